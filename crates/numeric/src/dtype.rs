@@ -1,0 +1,289 @@
+//! Element types of stored tensors and their f32 codecs.
+//!
+//! Everything here works on little-endian byte slices, so callers can hand in memory-mapped
+//! data without caring about alignment.
+
+use crate::fp8::{Fp8Format, E4M3, E5M2};
+use half::{bf16, f16};
+
+/// An element type as stored in safetensors (and, for the float types, GGUF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum DType {
+    Bool,
+    U8,
+    I8,
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F16,
+    BF16,
+    F32,
+    F64,
+    F8E4M3,
+    F8E5M2,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::Bool | DType::U8 | DType::I8 | DType::F8E4M3 | DType::F8E5M2 => 1,
+            DType::U16 | DType::I16 | DType::F16 | DType::BF16 => 2,
+            DType::U32 | DType::I32 | DType::F32 => 4,
+            DType::U64 | DType::I64 | DType::F64 => 8,
+        }
+    }
+
+    /// The name safetensors uses in its header.
+    pub fn safetensors_name(self) -> &'static str {
+        match self {
+            DType::Bool => "BOOL",
+            DType::U8 => "U8",
+            DType::I8 => "I8",
+            DType::U16 => "U16",
+            DType::I16 => "I16",
+            DType::U32 => "U32",
+            DType::I32 => "I32",
+            DType::U64 => "U64",
+            DType::I64 => "I64",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::F32 => "F32",
+            DType::F64 => "F64",
+            DType::F8E4M3 => "F8_E4M3",
+            DType::F8E5M2 => "F8_E5M2",
+        }
+    }
+
+    /// Parses a safetensors dtype name. `None` for names we do not read.
+    pub fn from_safetensors_name(s: &str) -> Option<DType> {
+        Some(match s {
+            "BOOL" => DType::Bool,
+            "U8" => DType::U8,
+            "I8" => DType::I8,
+            "U16" => DType::U16,
+            "I16" => DType::I16,
+            "U32" => DType::U32,
+            "I32" => DType::I32,
+            "U64" => DType::U64,
+            "I64" => DType::I64,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "F32" => DType::F32,
+            "F64" => DType::F64,
+            "F8_E4M3" => DType::F8E4M3,
+            "F8_E5M2" => DType::F8E5M2,
+            _ => return None,
+        })
+    }
+
+    /// True for element types whose values are real numbers we can quantize.
+    pub fn is_float(self) -> bool {
+        matches!(
+            self,
+            DType::F16 | DType::BF16 | DType::F32 | DType::F64 | DType::F8E4M3 | DType::F8E5M2
+        )
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.safetensors_name())
+    }
+}
+
+/// Decodes `out.len()` little-endian values of float type `dtype` from `src` into f32.
+///
+/// Panics if `dtype` is not a float type or `src` is shorter than `out.len() * size`;
+/// callers check both when they validate the file.
+pub fn decode_f32(dtype: DType, src: &[u8], out: &mut [f32]) {
+    let n = out.len();
+    let sz = dtype.size();
+    assert!(src.len() >= n * sz, "decode_f32: source too short");
+    match dtype {
+        DType::F32 => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        DType::F16 => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        DType::BF16 => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                // bf16 -> f32 is exact: the 16 bits become the high half of the f32.
+                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+            }
+        }
+        DType::F64 => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(8)) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                *o = f64::from_le_bytes(b) as f32;
+            }
+        }
+        DType::F8E4M3 => {
+            for (o, &b) in out.iter_mut().zip(src) {
+                *o = E4M3.decode(b);
+            }
+        }
+        DType::F8E5M2 => {
+            for (o, &b) in out.iter_mut().zip(src) {
+                *o = E5M2.decode(b);
+            }
+        }
+        other => panic!("decode_f32: {other} is not a float type"),
+    }
+}
+
+/// Rounds one f32 to bf16 (round to nearest even, NaN kept quiet), as ggml and torch do.
+pub fn f32_to_bf16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    if (u & 0x7fff_ffff) > 0x7f80_0000 {
+        // NaN: keep the sign and the top payload bits, force quiet.
+        return ((u >> 16) | 0x40) as u16;
+    }
+    ((u as u64 + (0x7fff + ((u >> 16) & 1)) as u64) >> 16) as u16
+}
+
+/// Rounds one f32 to IEEE half (round to nearest even), as F16C's `vcvtps2ph` with mode 0.
+pub fn f32_to_f16_bits(x: f32) -> u16 {
+    f16::from_f32(x).to_bits()
+}
+
+/// Encodes f32 values as `dtype` (F32, F16 or BF16), little-endian, into `out`.
+pub fn encode_float(dtype: DType, src: &[f32], out: &mut [u8]) {
+    let sz = dtype.size();
+    assert!(
+        out.len() >= src.len() * sz,
+        "encode_float: output too short"
+    );
+    match dtype {
+        DType::F32 => {
+            for (c, &x) in out.chunks_exact_mut(4).zip(src) {
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            for (c, &x) in out.chunks_exact_mut(2).zip(src) {
+                c.copy_from_slice(&f32_to_f16_bits(x).to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            for (c, &x) in out.chunks_exact_mut(2).zip(src) {
+                c.copy_from_slice(&f32_to_bf16_bits(x).to_le_bytes());
+            }
+        }
+        DType::F8E4M3 => {
+            for (c, &x) in out.iter_mut().zip(src) {
+                *c = E4M3.encode(x);
+            }
+        }
+        DType::F8E5M2 => {
+            for (c, &x) in out.iter_mut().zip(src) {
+                *c = E5M2.encode(x);
+            }
+        }
+        other => panic!("encode_float: cannot encode {other}"),
+    }
+}
+
+/// Rounds `x` to the nearest value representable in `dtype` (F32, F16, BF16) and returns it as f32.
+pub fn round_to(dtype: DType, x: f32) -> f32 {
+    match dtype {
+        DType::F32 => x,
+        DType::F16 => f16::from_f32(x).to_f32(),
+        DType::BF16 => bf16::from_bits(f32_to_bf16_bits(x)).to_f32(),
+        other => panic!("round_to: {other} is not a scale dtype"),
+    }
+}
+
+/// Machine epsilon of a float dtype: the replacement for a zero scale, as compressed-tensors uses.
+pub fn eps(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => f16::EPSILON.to_f32(),
+        DType::BF16 => bf16::EPSILON.to_f32(),
+        _ => f32::EPSILON,
+    }
+}
+
+/// Format descriptor so callers can name fp8 formats uniformly.
+pub fn fp8_format(dtype: DType) -> Option<Fp8Format> {
+    match dtype {
+        DType::F8E4M3 => Some(E4M3),
+        DType::F8E5M2 => Some(E5M2),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounding_matches_half_crate_on_all_patterns() {
+        // Every bf16 value widened, plus values halfway between neighbours (ties to even).
+        for hi in 0u32..=0xffff {
+            let x = f32::from_bits(hi << 16);
+            if x.is_nan() {
+                continue;
+            }
+            assert_eq!(f32_to_bf16_bits(x), hi as u16);
+            let mid = f32::from_bits((hi << 16) | 0x8000);
+            if mid.is_nan() || mid.is_infinite() {
+                continue;
+            }
+            assert_eq!(
+                f32_to_bf16_bits(mid),
+                bf16::from_f32(mid).to_bits(),
+                "{mid:e}"
+            );
+        }
+    }
+
+    #[test]
+    fn decode_encode_roundtrip() {
+        let vals = [0.0f32, -0.0, 1.0, -2.5, 65504.0, 1e-7, 3.0e38];
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            let mut bytes = vec![0u8; vals.len() * dt.size()];
+            encode_float(dt, &vals, &mut bytes);
+            let mut back = vec![0f32; vals.len()];
+            decode_f32(dt, &bytes, &mut back);
+            for (a, b) in vals.iter().zip(&back) {
+                assert_eq!(round_to(dt, *a).to_bits(), b.to_bits(), "{dt}: {a}");
+            }
+        }
+    }
+
+    #[test]
+    fn names_roundtrip() {
+        for dt in [
+            DType::Bool,
+            DType::U8,
+            DType::I8,
+            DType::U16,
+            DType::I16,
+            DType::U32,
+            DType::I32,
+            DType::U64,
+            DType::I64,
+            DType::F16,
+            DType::BF16,
+            DType::F32,
+            DType::F64,
+            DType::F8E4M3,
+            DType::F8E5M2,
+        ] {
+            assert_eq!(
+                DType::from_safetensors_name(dt.safetensors_name()),
+                Some(dt)
+            );
+        }
+        assert_eq!(DType::from_safetensors_name("F4"), None);
+    }
+}

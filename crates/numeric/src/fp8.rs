@@ -1,0 +1,196 @@
+//! FP8 codecs: E4M3FN (no infinities, NaN = S.1111.111) and E5M2 (IEEE-like).
+//!
+//! Encoding saturates to ±max finite (a plain cast would not) and rounds to nearest, ties to even.
+//! Tested exhaustively against a brute-force nearest-code search over the whole 256-entry table.
+
+/// Description of an 8-bit minifloat format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fp8Format {
+    pub name: &'static str,
+    pub exp_bits: u32,
+    pub man_bits: u32,
+    pub bias: i32,
+    /// Code (without sign) of the largest finite value.
+    pub max_code: u8,
+    /// Code (without sign) used for NaN when encoding.
+    pub nan_code: u8,
+    /// E5M2 has infinities at exponent all-ones / mantissa 0; E4M3FN has none.
+    pub has_inf: bool,
+}
+
+pub const E4M3: Fp8Format = Fp8Format {
+    name: "e4m3",
+    exp_bits: 4,
+    man_bits: 3,
+    bias: 7,
+    max_code: 0x7e,
+    nan_code: 0x7f,
+    has_inf: false,
+};
+
+pub const E5M2: Fp8Format = Fp8Format {
+    name: "e5m2",
+    exp_bits: 5,
+    man_bits: 2,
+    bias: 15,
+    max_code: 0x7b,
+    nan_code: 0x7f,
+    has_inf: true,
+};
+
+impl Fp8Format {
+    /// Largest finite magnitude: 448 for E4M3FN, 57344 for E5M2.
+    pub fn max_finite(&self) -> f32 {
+        self.decode(self.max_code)
+    }
+
+    /// Decodes one code to f32 (exact).
+    pub fn decode(&self, b: u8) -> f32 {
+        let sign = if b & 0x80 != 0 { -1.0f32 } else { 1.0 };
+        let mag = b & 0x7f;
+        let e = (mag >> self.man_bits) as i32;
+        let m = (mag & ((1u8 << self.man_bits) - 1)) as i32;
+        let e_all_ones = (1i32 << self.exp_bits) - 1;
+        if self.has_inf {
+            if e == e_all_ones {
+                return if m == 0 {
+                    sign * f32::INFINITY
+                } else {
+                    f32::NAN
+                };
+            }
+        } else if mag == self.nan_code {
+            return f32::NAN;
+        }
+        let v = if e == 0 {
+            m as f32 * exp2i(1 - self.bias - self.man_bits as i32)
+        } else {
+            (1.0 + m as f32 / (1u32 << self.man_bits) as f32) * exp2i(e - self.bias)
+        };
+        sign * v
+    }
+
+    /// Encodes one f32: NaN -> NaN code, |x| clamped to max finite, then round-to-nearest-even.
+    pub fn encode(&self, x: f32) -> u8 {
+        let sign: u8 = if x.is_sign_negative() { 0x80 } else { 0 };
+        if x.is_nan() {
+            return sign | self.nan_code;
+        }
+        let max = self.max_finite();
+        let a = x.abs().min(max);
+        let emin = 1 - self.bias; // exponent of the smallest normal
+                                  // Exponent of `a` (floor(log2 a)) from its f32 bits; subnormal f32 inputs are far below
+                                  // any fp8 quantum and round to zero below.
+        let ea = if a == 0.0 {
+            emin
+        } else {
+            ((a.to_bits() >> 23) as i32 - 127).max(emin)
+        };
+        let quantum = exp2i(ea - self.man_bits as i32);
+        // a / quantum is exact (power-of-two scaling well inside f32 range).
+        let r = (a / quantum).round_ties_even() * quantum;
+        if r == 0.0 {
+            return sign;
+        }
+        // r is exactly representable; rounding up may have moved it to the next binade.
+        let er = (r.to_bits() >> 23) as i32 - 127;
+        let code = if er < emin {
+            (r / exp2i(emin - self.man_bits as i32)) as u32
+        } else {
+            let field = (er + self.bias) as u32;
+            let mant = (r / exp2i(er - self.man_bits as i32)) as u32 - (1u32 << self.man_bits);
+            (field << self.man_bits) | mant
+        };
+        sign | code as u8
+    }
+}
+
+fn exp2i(e: i32) -> f32 {
+    f32::from_bits(((e + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brute force: the finite code whose value is nearest to clamp(x), ties to the even mantissa.
+    fn nearest_code(f: &Fp8Format, x: f32) -> u8 {
+        let max = f.max_finite();
+        let a = x.abs().min(max) as f64;
+        let sign: u8 = if x.is_sign_negative() { 0x80 } else { 0 };
+        let mut best = 0u8;
+        let mut best_d = f64::INFINITY;
+        for c in 0u8..=f.max_code {
+            let v = f.decode(c) as f64;
+            let d = (v - a).abs();
+            if d < best_d || (d == best_d && c & 1 == 0) {
+                best = c;
+                best_d = d;
+            }
+        }
+        sign | best
+    }
+
+    #[test]
+    fn known_values() {
+        assert_eq!(E4M3.max_finite(), 448.0);
+        assert_eq!(E5M2.max_finite(), 57344.0);
+        assert_eq!(E4M3.decode(0x01), 2f32.powi(-9));
+        assert_eq!(E5M2.decode(0x01), 2f32.powi(-16));
+        assert!(E4M3.decode(0x7f).is_nan());
+        assert!(E4M3.decode(0xff).is_nan());
+        assert_eq!(E5M2.decode(0x7c), f32::INFINITY);
+        assert_eq!(E5M2.decode(0xfc), f32::NEG_INFINITY);
+        assert_eq!(E4M3.encode(1e9), 0x7e);
+        assert_eq!(E4M3.encode(-1e9), 0xfe);
+        assert_eq!(E4M3.encode(f32::INFINITY), 0x7e);
+        assert_eq!(E5M2.encode(f32::INFINITY), 0x7b);
+        assert_eq!(E4M3.encode(1.0), 0x38);
+        assert_eq!(E5M2.encode(1.0), 0x3c);
+    }
+
+    #[test]
+    fn every_finite_code_roundtrips() {
+        for f in [E4M3, E5M2] {
+            for c in 0u8..=255 {
+                let v = f.decode(c);
+                if v.is_finite() {
+                    assert_eq!(f.encode(v), c, "{} code {c:#x} value {v}", f.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exhaustive_over_all_bf16_and_f16_inputs() {
+        for f in [E4M3, E5M2] {
+            for bits in 0u32..=0xffff {
+                let xs = [
+                    f32::from_bits(bits << 16),
+                    half::f16::from_bits(bits as u16).to_f32(),
+                ];
+                for x in xs {
+                    if x.is_nan() {
+                        assert_eq!(f.encode(x) & 0x7f, f.nan_code);
+                        continue;
+                    }
+                    assert_eq!(f.encode(x), nearest_code(&f, x), "{} x={x:e}", f.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn midpoints_round_to_even() {
+        for f in [E4M3, E5M2] {
+            for c in 0u8..f.max_code {
+                let lo = f.decode(c);
+                let hi = f.decode(c + 1);
+                let mid = (lo + hi) / 2.0;
+                let want = if c & 1 == 0 { c } else { c + 1 };
+                assert_eq!(f.encode(mid), want, "{} between {lo} and {hi}", f.name);
+                assert_eq!(f.encode(-mid), want | 0x80);
+            }
+        }
+    }
+}

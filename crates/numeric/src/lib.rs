@@ -1,0 +1,16 @@
+//! quantsmith's numeric core: element codecs, quantization schemes, packing, dequantization
+//! kernels and error metrics. Pure functions over slices: no I/O, no printing, deterministic.
+
+pub mod dtype;
+pub mod fp8;
+pub mod ggml;
+pub mod metrics;
+pub mod pack;
+pub mod rtn;
+pub mod scheme;
+pub mod synth;
+
+pub use dtype::DType;
+pub use ggml::GgmlType;
+pub use metrics::{ErrorStats, ErrorSummary, NarrowingAudit};
+pub use scheme::{Granularity, Scheme, SchemeError, Slot, SlotType, TensorStats};

@@ -1,0 +1,220 @@
+//! Round-to-nearest ("min-max") integer quantization, compressed-tensors conventions.
+//!
+//! Codes are signed, `qmin = -2^(b-1)`, `qmax = 2^(b-1) - 1`.
+//! - symmetric: `scale = amax / ((qmax - qmin) / 2)` (amax/7.5 for int4, amax/127.5 for int8),
+//!   zero point 0.
+//! - asymmetric: range widened to include 0, `scale = (max - min) / (qmax - qmin)`,
+//!   `zero = round(clamp(qmin - min/scale, qmin, qmax))`.
+//!
+//! Scales are rounded to the storage dtype *before* the codes are computed, so the stored
+//! scale is the one that minimises the error of what is actually written. A zero scale
+//! (all-zero group) becomes the storage dtype's epsilon, as in compressed-tensors.
+//! `q = clamp(round_half_even(x / scale) + zero, qmin, qmax)`, `x̂ = (q - zero) · scale`.
+
+use crate::dtype::{eps, round_to, DType};
+
+/// Bit width and symmetry of an integer scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntSpec {
+    pub bits: u32,
+    pub symmetric: bool,
+}
+
+impl IntSpec {
+    pub fn qmin(self) -> i32 {
+        -(1 << (self.bits - 1))
+    }
+    pub fn qmax(self) -> i32 {
+        (1 << (self.bits - 1)) - 1
+    }
+}
+
+/// Scale and zero point of one group.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QParams {
+    pub scale: f32,
+    pub zero: i32,
+}
+
+/// Fits scale/zero to a value range. `scale_dtype` is the dtype the scale will be stored in.
+pub fn fit(spec: IntSpec, min: f32, max: f32, scale_dtype: DType) -> QParams {
+    let (qmin, qmax) = (spec.qmin() as f32, spec.qmax() as f32);
+    let min = min.min(0.0);
+    let max = max.max(0.0);
+    let raw = if spec.symmetric {
+        min.abs().max(max.abs()) / ((qmax - qmin) / 2.0)
+    } else {
+        (max - min) / (qmax - qmin)
+    };
+    let mut scale = round_to(scale_dtype, raw);
+    if scale == 0.0 || !scale.is_finite() {
+        scale = if scale == 0.0 {
+            eps(scale_dtype)
+        } else {
+            round_to(scale_dtype, f32::MAX)
+        };
+    }
+    let zero = if spec.symmetric {
+        0
+    } else {
+        (qmin - min / scale).clamp(qmin, qmax).round_ties_even() as i32
+    };
+    QParams { scale, zero }
+}
+
+/// Quantizes `x` with fixed parameters into signed codes.
+#[inline]
+pub fn quantize(spec: IntSpec, p: QParams, x: &[f32], codes: &mut [i8]) {
+    let (qmin, qmax) = (spec.qmin() as f32, spec.qmax() as f32);
+    let inv_zero = p.zero as f32;
+    for (c, &v) in codes.iter_mut().zip(x) {
+        *c = ((v / p.scale).round_ties_even() + inv_zero).clamp(qmin, qmax) as i8;
+    }
+}
+
+/// `x̂ = (q - zero) · scale`.
+#[inline]
+pub fn dequantize(p: QParams, codes: &[i8], out: &mut [f32]) {
+    for (o, &c) in out.iter_mut().zip(codes) {
+        *o = (c as i32 - p.zero) as f32 * p.scale;
+    }
+}
+
+/// Min and max of a slice (NaN-free input).
+pub fn min_max(x: &[f32]) -> (f32, f32) {
+    x.iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        })
+}
+
+/// Result of quantizing a block of rows group-wise.
+#[derive(Debug, Clone, Default)]
+pub struct IntRows {
+    /// `rows × cols` signed codes.
+    pub codes: Vec<i8>,
+    /// `rows × groups` parameters, row-major.
+    pub params: Vec<QParams>,
+}
+
+/// Quantizes `rows × cols` values group-wise (`group` consecutive columns share parameters;
+/// `group == cols` is per-channel). With `fixed = Some(p)` every group uses `p` (per-tensor).
+/// `cols % group` must be 0.
+pub fn quantize_rows(
+    spec: IntSpec,
+    x: &[f32],
+    cols: usize,
+    group: usize,
+    scale_dtype: DType,
+    fixed: Option<QParams>,
+) -> IntRows {
+    assert!(group > 0 && cols % group == 0, "group must divide the row");
+    let mut codes = vec![0i8; x.len()];
+    let mut params = Vec::with_capacity(x.len() / group);
+    for (xg, cg) in x.chunks_exact(group).zip(codes.chunks_exact_mut(group)) {
+        let p = fixed.unwrap_or_else(|| {
+            let (mn, mx) = min_max(xg);
+            fit(spec, mn, mx, scale_dtype)
+        });
+        quantize(spec, p, xg, cg);
+        params.push(p);
+    }
+    IntRows { codes, params }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::weights_like;
+
+    const S4: IntSpec = IntSpec {
+        bits: 4,
+        symmetric: true,
+    };
+    const A4: IntSpec = IntSpec {
+        bits: 4,
+        symmetric: false,
+    };
+
+    #[test]
+    fn symmetric_int4_uses_amax_over_7_5() {
+        let x = [0.75f32, -0.3, 0.0, 0.1];
+        let p = fit(S4, -0.3, 0.75, DType::F32);
+        assert_eq!(p.scale, 0.1);
+        assert_eq!(p.zero, 0);
+        let mut q = [0i8; 4];
+        quantize(S4, p, &x, &mut q);
+        // 7.5 rounds to even 8, clamped to 7; -3 stays; 1 stays
+        assert_eq!(q, [7, -3, 0, 1]);
+    }
+
+    #[test]
+    fn asymmetric_zero_point_represents_zero_exactly() {
+        for seed in 0..20 {
+            let x: Vec<f32> = weights_like(128, seed).iter().map(|v| v + 0.01).collect();
+            let (mn, mx) = min_max(&x);
+            for bits in [2, 3, 4, 8] {
+                let spec = IntSpec {
+                    bits,
+                    symmetric: false,
+                };
+                let p = fit(spec, mn, mx, DType::BF16);
+                assert!(p.zero >= spec.qmin() && p.zero <= spec.qmax());
+                let mut q = [0i8; 1];
+                quantize(spec, p, &[0.0], &mut q);
+                let mut r = [1f32];
+                dequantize(p, &q, &mut r);
+                assert!(r[0].abs() <= p.scale * 0.5 + 1e-9);
+            }
+        }
+        let _ = A4;
+    }
+
+    #[test]
+    fn error_at_most_half_step_inside_range() {
+        for spec in [
+            S4,
+            A4,
+            IntSpec {
+                bits: 8,
+                symmetric: true,
+            },
+        ] {
+            let x = weights_like(1024, 3);
+            let r = quantize_rows(spec, &x, 1024, 128, DType::F32, None);
+            let mut out = vec![0f32; 128];
+            for (g, p) in r.params.iter().enumerate() {
+                dequantize(*p, &r.codes[g * 128..(g + 1) * 128], &mut out);
+                for (a, b) in x[g * 128..(g + 1) * 128].iter().zip(&out) {
+                    // symmetric codes clamp +amax to qmax: error up to one full step there
+                    assert!((a - b).abs() <= p.scale * 1.0001, "{a} {b} {}", p.scale);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_constant_and_denormal_groups_have_finite_scales() {
+        for spec in [S4, A4] {
+            for dt in [DType::F32, DType::F16, DType::BF16] {
+                for x in [[0.0f32; 8], [3.5; 8], [-1e-42; 8], [f32::MIN_POSITIVE; 8]] {
+                    let r = quantize_rows(spec, &x, 8, 8, dt, None);
+                    let p = r.params[0];
+                    assert!(p.scale.is_finite() && p.scale > 0.0, "{spec:?} {dt} {x:?}");
+                    let mut o = [0f32; 8];
+                    dequantize(p, &r.codes, &mut o);
+                    assert!(o.iter().all(|v| v.is_finite()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scale_is_representable_in_storage_dtype() {
+        let x = weights_like(256, 9);
+        let r = quantize_rows(S4, &x, 256, 32, DType::BF16, None);
+        for p in r.params {
+            assert_eq!(round_to(DType::BF16, p.scale), p.scale);
+        }
+    }
+}

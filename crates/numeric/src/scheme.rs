@@ -1,0 +1,853 @@
+//! One description of "how a tensor is stored", shared by the writer (encode) and by `verify`
+//! and the report (decode).
+//!
+//! A tensor is processed in chunks of whole rows. For each scheme, [`Scheme::slots`] lists the
+//! stored tensors it produces (e.g. `weight_packed`, `weight_scale`), and [`Scheme::slot_range`]
+//! says which bytes of each slot a row range owns, so chunks can be encoded, written and decoded
+//! independently and in any order. Everything here is pure.
+
+use crate::dtype::{self, DType};
+use crate::ggml::{self, GgmlType};
+use crate::pack;
+use crate::rtn::{self, IntSpec, QParams};
+use std::ops::Range;
+
+/// How scale parameters are shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// One scale for the whole tensor.
+    Tensor,
+    /// One scale per output row.
+    Channel,
+    /// One scale per `n` consecutive columns of a row.
+    Group(usize),
+    /// One scale per `rows × cols` tile.
+    Block(usize, usize),
+}
+
+impl Granularity {
+    /// The name compressed-tensors uses for the strategy.
+    pub fn strategy(self) -> &'static str {
+        match self {
+            Granularity::Tensor => "tensor",
+            Granularity::Channel => "channel",
+            Granularity::Group(_) => "group",
+            Granularity::Block(..) => "block",
+        }
+    }
+}
+
+/// How one tensor is stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scheme {
+    /// Plain float storage (F32, F16, BF16). `clamp` saturates values beyond the type's range.
+    Float { dtype: DType, clamp: bool },
+    /// A ggml type (GGUF output), row-major blocks along each row.
+    Ggml(GgmlType),
+    /// Integer codes packed into int32 (compressed-tensors pack-quantized).
+    Int {
+        spec: IntSpec,
+        granularity: Granularity,
+        scale_dtype: DType,
+    },
+    /// FP8 codes with float scales (compressed-tensors float-quantized).
+    Fp8 {
+        format: DType,
+        granularity: Granularity,
+        scale_dtype: DType,
+    },
+}
+
+/// Element type of a stored slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotType {
+    Dtype(DType),
+    Ggml(GgmlType),
+}
+
+/// A stored tensor produced by a scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Appended to the module prefix; empty means "the tensor's own name".
+    pub suffix: &'static str,
+    pub ty: SlotType,
+    /// Numpy-order shape.
+    pub shape: Vec<usize>,
+    pub nbytes: usize,
+}
+
+/// Per-tensor statistics some schemes need before any chunk is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TensorStats {
+    pub min: f32,
+    pub max: f32,
+}
+
+/// Bytes for one slot, at `offset` inside that slot's data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piece {
+    pub slot: usize,
+    pub offset: usize,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub pieces: Vec<Piece>,
+}
+
+/// Why a scheme cannot store a tensor of a given shape.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SchemeError {
+    #[error("row length {cols} is not a multiple of {what} {n}")]
+    NotMultiple {
+        cols: usize,
+        what: &'static str,
+        n: usize,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl Scheme {
+    /// Short human name, e.g. `int4-sym-g128`, `Q4_0`, `fp8-e4m3-channel`, `F16`.
+    pub fn label(&self) -> String {
+        match self {
+            Scheme::Float { dtype, .. } => dtype.to_string(),
+            Scheme::Ggml(t) => t.to_string(),
+            Scheme::Int {
+                spec, granularity, ..
+            } => format!(
+                "int{}-{}-{}",
+                spec.bits,
+                if spec.symmetric { "sym" } else { "asym" },
+                gran_label(*granularity)
+            ),
+            Scheme::Fp8 {
+                format,
+                granularity,
+                ..
+            } => format!(
+                "fp8-{}-{}",
+                if *format == DType::F8E4M3 {
+                    "e4m3"
+                } else {
+                    "e5m2"
+                },
+                gran_label(*granularity)
+            ),
+        }
+    }
+
+    /// Rows a chunk must be a multiple of (except the last chunk).
+    pub fn row_align(&self) -> usize {
+        match *self {
+            Scheme::Int {
+                spec,
+                granularity: Granularity::Channel | Granularity::Group(_),
+                ..
+            } if !spec.symmetric => 32,
+            Scheme::Fp8 {
+                granularity: Granularity::Block(r, _),
+                ..
+            } => r,
+            _ => 1,
+        }
+    }
+
+    /// True when encoding needs [`TensorStats`] of the whole tensor first.
+    pub fn needs_tensor_stats(&self) -> bool {
+        matches!(
+            self,
+            Scheme::Int {
+                granularity: Granularity::Tensor,
+                ..
+            } | Scheme::Fp8 {
+                granularity: Granularity::Tensor,
+                ..
+            }
+        )
+    }
+
+    /// Checks the scheme can store a tensor of `shape` (numpy order).
+    pub fn check(&self, shape: &[usize]) -> Result<(), SchemeError> {
+        let cols = shape.last().copied().unwrap_or(1);
+        match self {
+            Scheme::Float { dtype, .. } => {
+                if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+                    return Err(SchemeError::Unsupported(format!(
+                        "{dtype} is not a float storage type"
+                    )));
+                }
+            }
+            Scheme::Ggml(t) => {
+                if !t.can_quantize() {
+                    return Err(SchemeError::Unsupported(format!(
+                        "writing {t} is not supported yet"
+                    )));
+                }
+                let bs = t.block().0;
+                if cols % bs != 0 {
+                    return Err(SchemeError::NotMultiple {
+                        cols,
+                        what: "the block size",
+                        n: bs,
+                    });
+                }
+            }
+            Scheme::Int {
+                spec, granularity, ..
+            } => {
+                if !(1..=8).contains(&spec.bits) {
+                    return Err(SchemeError::Unsupported(format!(
+                        "{} bits (1..8 supported)",
+                        spec.bits
+                    )));
+                }
+                need_2d(shape)?;
+                check_gran(*granularity, cols)?;
+                if matches!(granularity, Granularity::Block(..)) {
+                    return Err(SchemeError::Unsupported(
+                        "block scales are only for fp8".into(),
+                    ));
+                }
+            }
+            Scheme::Fp8 { granularity, .. } => {
+                need_2d(shape)?;
+                check_gran(*granularity, cols)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored tensors this scheme produces for a tensor of `shape` (numpy order).
+    pub fn slots(&self, shape: &[usize]) -> Vec<Slot> {
+        let (rows, cols) = rows_cols(shape);
+        match *self {
+            Scheme::Float { dtype, .. } => vec![Slot {
+                suffix: "",
+                ty: SlotType::Dtype(dtype),
+                shape: shape.to_vec(),
+                nbytes: rows * cols * dtype.size(),
+            }],
+            Scheme::Ggml(t) => vec![Slot {
+                suffix: "",
+                ty: SlotType::Ggml(t),
+                shape: shape.to_vec(),
+                nbytes: rows * t.row_bytes(cols),
+            }],
+            Scheme::Int {
+                spec,
+                granularity,
+                scale_dtype,
+            } => {
+                let pw = pack::packed_words(cols, spec.bits);
+                let sshape = scale_shape(granularity, rows, cols);
+                let mut v = vec![
+                    slot("_packed", DType::I32, vec![rows, pw]),
+                    slot("_scale", scale_dtype, sshape.clone()),
+                ];
+                if !spec.symmetric {
+                    if granularity == Granularity::Tensor {
+                        v.push(slot("_zero_point", DType::I8, vec![1]));
+                    } else {
+                        let pr = pack::packed_words(rows, spec.bits);
+                        v.push(slot("_zero_point", DType::I32, vec![pr, sshape[1]]));
+                    }
+                }
+                v.push(slot("_shape", DType::I64, vec![2]));
+                v
+            }
+            Scheme::Fp8 {
+                format,
+                granularity,
+                scale_dtype,
+            } => vec![
+                slot("", format, vec![rows, cols]),
+                slot("_scale", scale_dtype, scale_shape(granularity, rows, cols)),
+            ],
+        }
+    }
+
+    /// Byte range of slot `slot` owned by rows `r0..r1` of a tensor of `shape`.
+    /// Slots written whole (per-tensor scale, shape) belong to the chunk starting at row 0.
+    pub fn slot_range(&self, slot: usize, shape: &[usize], r0: usize, r1: usize) -> Range<usize> {
+        let (rows, cols) = rows_cols(shape);
+        let slots = self.slots(shape);
+        let s = &slots[slot];
+        let whole = |first: bool| if first { 0..s.nbytes } else { 0..0 };
+        let per_row = |bpr: usize| r0 * bpr..r1 * bpr;
+        match *self {
+            Scheme::Float { dtype, .. } => per_row(cols * dtype.size()),
+            Scheme::Ggml(t) => per_row(t.row_bytes(cols)),
+            Scheme::Int {
+                spec,
+                granularity,
+                scale_dtype,
+            } => match s.suffix {
+                "_packed" => per_row(pack::packed_words(cols, spec.bits) * 4),
+                "_scale" if granularity == Granularity::Tensor => whole(r0 == 0),
+                "_scale" => per_row(s.shape[1] * scale_dtype.size()),
+                "_zero_point" if granularity == Granularity::Tensor => whole(r0 == 0),
+                "_zero_point" => {
+                    let bpr = s.shape[1] * 4;
+                    let p0 = r0 * spec.bits as usize / 32;
+                    let p1 = if r1 == rows {
+                        s.shape[0]
+                    } else {
+                        r1 * spec.bits as usize / 32
+                    };
+                    p0 * bpr..p1 * bpr
+                }
+                _ => whole(r0 == 0),
+            },
+            Scheme::Fp8 {
+                format,
+                granularity,
+                scale_dtype,
+            } => match slot {
+                0 => per_row(cols * format.size()),
+                _ => match granularity {
+                    Granularity::Tensor => whole(r0 == 0),
+                    Granularity::Block(br, _) => {
+                        let bpr = s.shape[1] * scale_dtype.size();
+                        (r0 / br) * bpr..r1.div_ceil(br) * bpr
+                    }
+                    _ => per_row(s.shape[1] * scale_dtype.size()),
+                },
+            },
+        }
+    }
+
+    /// Encodes rows `r0..r0 + x.len()/cols` of a tensor of `shape`.
+    /// `x` holds those rows as f32; `stats` is required when [`Self::needs_tensor_stats`].
+    pub fn encode(&self, shape: &[usize], r0: usize, x: &[f32], stats: TensorStats) -> Encoded {
+        let (rows, cols) = rows_cols(shape);
+        let nrows = x.len() / cols.max(1);
+        let r1 = r0 + nrows;
+        let mut pieces = Vec::new();
+        let push = |slot: usize, bytes: Vec<u8>, pieces: &mut Vec<Piece>| {
+            let range = self.slot_range(slot, shape, r0, r1);
+            debug_assert_eq!(range.len(), bytes.len(), "slot {slot} of {}", self.label());
+            pieces.push(Piece {
+                slot,
+                offset: range.start,
+                bytes,
+            });
+        };
+        match *self {
+            Scheme::Float { dtype, clamp } => {
+                let mut out = vec![0u8; x.len() * dtype.size()];
+                if clamp {
+                    let max = float_max(dtype);
+                    let c: Vec<f32> = x.iter().map(|v| v.clamp(-max, max)).collect();
+                    dtype::encode_float(dtype, &c, &mut out);
+                } else {
+                    dtype::encode_float(dtype, x, &mut out);
+                }
+                push(0, out, &mut pieces);
+            }
+            Scheme::Ggml(t) => {
+                let mut out = vec![0u8; nrows * t.row_bytes(cols)];
+                if cols > 0 {
+                    for (xr, yr) in x
+                        .chunks_exact(cols)
+                        .zip(out.chunks_exact_mut(t.row_bytes(cols)))
+                    {
+                        ggml::quantize_row(t, xr, yr);
+                    }
+                }
+                push(0, out, &mut pieces);
+            }
+            Scheme::Int {
+                spec,
+                granularity,
+                scale_dtype,
+            } => {
+                let group = group_len(granularity, cols);
+                let fixed = (granularity == Granularity::Tensor)
+                    .then(|| rtn::fit(spec, stats.min, stats.max, scale_dtype));
+                let q = rtn::quantize_rows(spec, x, cols, group, scale_dtype, fixed);
+                let pw = pack::packed_words(cols, spec.bits);
+                let mut packed = vec![0u32; nrows * pw];
+                for (cr, pr) in q.codes.chunks_exact(cols).zip(packed.chunks_exact_mut(pw)) {
+                    pack::pack_row(cr, spec.bits, pr);
+                }
+                push(0, words_to_bytes(&packed), &mut pieces);
+                let scales: Vec<f32> = match fixed {
+                    Some(p) => vec![p.scale],
+                    None => q.params.iter().map(|p| p.scale).collect(),
+                };
+                if granularity != Granularity::Tensor || r0 == 0 {
+                    push(1, encode_scales(scale_dtype, &scales), &mut pieces);
+                }
+                let mut next = 2;
+                if !spec.symmetric {
+                    if let Some(p) = fixed {
+                        if r0 == 0 {
+                            push(2, vec![p.zero as i8 as u8], &mut pieces);
+                        }
+                    } else {
+                        let groups = cols / group;
+                        let zeros: Vec<i8> = q.params.iter().map(|p| p.zero as i8).collect();
+                        let words = pack::pack_dim0(&zeros, nrows, groups, spec.bits);
+                        push(2, words_to_bytes(&words), &mut pieces);
+                    }
+                    next = 3;
+                }
+                if r0 == 0 {
+                    let mut b = Vec::with_capacity(16);
+                    b.extend_from_slice(&(rows as i64).to_le_bytes());
+                    b.extend_from_slice(&(cols as i64).to_le_bytes());
+                    push(next, b, &mut pieces);
+                }
+            }
+            Scheme::Fp8 {
+                format,
+                granularity,
+                scale_dtype,
+            } => {
+                let f = dtype::fp8_format(format).expect("fp8 format");
+                let fit = |amax: f32| -> f32 {
+                    let s = dtype::round_to(scale_dtype, amax / f.max_finite());
+                    if s == 0.0 || !s.is_finite() {
+                        dtype::eps(scale_dtype)
+                    } else {
+                        s
+                    }
+                };
+                let mut codes = vec![0u8; x.len()];
+                let scales: Vec<f32> = match granularity {
+                    Granularity::Tensor => {
+                        let s = fit(stats.min.abs().max(stats.max.abs()));
+                        for (c, &v) in codes.iter_mut().zip(x) {
+                            *c = f.encode(v / s);
+                        }
+                        vec![s]
+                    }
+                    Granularity::Channel | Granularity::Group(_) => {
+                        let g = group_len(granularity, cols);
+                        let mut sc = Vec::new();
+                        for (xg, cg) in x.chunks_exact(g).zip(codes.chunks_exact_mut(g)) {
+                            let s = fit(absmax(xg));
+                            for (c, &v) in cg.iter_mut().zip(xg) {
+                                *c = f.encode(v / s);
+                            }
+                            sc.push(s);
+                        }
+                        sc
+                    }
+                    Granularity::Block(br, bc) => {
+                        let bcols = cols.div_ceil(bc);
+                        let brows = nrows.div_ceil(br);
+                        let mut sc = vec![0f32; brows * bcols];
+                        for bi in 0..brows {
+                            let rr = bi * br..((bi + 1) * br).min(nrows);
+                            for bj in 0..bcols {
+                                let cc = bj * bc..((bj + 1) * bc).min(cols);
+                                let mut amax = 0f32;
+                                for r in rr.clone() {
+                                    amax = amax
+                                        .max(absmax(&x[r * cols + cc.start..r * cols + cc.end]));
+                                }
+                                let s = fit(amax);
+                                sc[bi * bcols + bj] = s;
+                                for r in rr.clone() {
+                                    for c in cc.clone() {
+                                        codes[r * cols + c] = f.encode(x[r * cols + c] / s);
+                                    }
+                                }
+                            }
+                        }
+                        sc
+                    }
+                };
+                push(0, codes, &mut pieces);
+                if granularity != Granularity::Tensor || r0 == 0 {
+                    push(1, encode_scales(scale_dtype, &scales), &mut pieces);
+                }
+            }
+        }
+        Encoded { pieces }
+    }
+
+    /// Decodes rows `r0..r1` from the slot bytes given by [`Self::slot_range`] for the same
+    /// rows (`parts[i]` is slot i's range). Slots written whole must be passed whole.
+    pub fn decode(&self, shape: &[usize], r0: usize, r1: usize, parts: &[&[u8]], out: &mut [f32]) {
+        let (rows, cols) = rows_cols(shape);
+        let nrows = r1 - r0;
+        debug_assert_eq!(out.len(), nrows * cols);
+        match *self {
+            Scheme::Float { dtype, .. } => dtype::decode_f32(dtype, parts[0], out),
+            Scheme::Ggml(t) => {
+                let rb = t.row_bytes(cols);
+                if cols > 0 {
+                    for (yr, xr) in parts[0].chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
+                        ggml::dequantize_row(t, yr, xr);
+                    }
+                }
+            }
+            Scheme::Int {
+                spec,
+                granularity,
+                scale_dtype,
+            } => {
+                let group = group_len(granularity, cols);
+                let groups = cols / group;
+                let pw = pack::packed_words(cols, spec.bits);
+                let words = bytes_to_words(parts[0]);
+                let scales = decode_scales(scale_dtype, parts[1]);
+                let zeros: Vec<i32> = if spec.symmetric {
+                    vec![]
+                } else if granularity == Granularity::Tensor {
+                    vec![parts[2][0] as i8 as i32]
+                } else {
+                    // The chunk starts on a packed-word boundary (rows aligned to 32).
+                    let w = bytes_to_words(parts[2]);
+                    let all = pack::unpack_dim0(
+                        &w,
+                        w.len() / groups * 32 / spec.bits as usize,
+                        groups,
+                        spec.bits,
+                    );
+                    all[..nrows * groups].iter().map(|&z| z as i32).collect()
+                };
+                let _ = rows;
+                let mut codes = vec![0i8; cols];
+                for r in 0..nrows {
+                    pack::unpack_row(&words[r * pw..(r + 1) * pw], spec.bits, &mut codes);
+                    for g in 0..groups {
+                        let k = if granularity == Granularity::Tensor {
+                            0
+                        } else {
+                            r * groups + g
+                        };
+                        let p = QParams {
+                            scale: scales[k],
+                            zero: zeros.get(k).copied().unwrap_or(0),
+                        };
+                        rtn::dequantize(
+                            p,
+                            &codes[g * group..(g + 1) * group],
+                            &mut out[r * cols + g * group..r * cols + (g + 1) * group],
+                        );
+                    }
+                }
+            }
+            Scheme::Fp8 {
+                format,
+                granularity,
+                scale_dtype,
+            } => {
+                dtype::decode_f32(format, parts[0], out);
+                let scales = decode_scales(scale_dtype, parts[1]);
+                match granularity {
+                    Granularity::Tensor => out.iter_mut().for_each(|v| *v *= scales[0]),
+                    Granularity::Channel | Granularity::Group(_) => {
+                        let g = group_len(granularity, cols);
+                        for (o, s) in out.chunks_exact_mut(g).zip(&scales) {
+                            o.iter_mut().for_each(|v| *v *= s);
+                        }
+                    }
+                    Granularity::Block(br, bc) => {
+                        let bcols = cols.div_ceil(bc);
+                        for r in 0..nrows {
+                            for c in 0..cols {
+                                out[r * cols + c] *= scales[(r / br) * bcols + c / bc];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stored bits per original value (all slots counted).
+    pub fn bits_per_weight(&self, shape: &[usize]) -> f64 {
+        let n: usize = shape.iter().product();
+        let bytes: usize = self.slots(shape).iter().map(|s| s.nbytes).sum();
+        if n == 0 {
+            0.0
+        } else {
+            bytes as f64 * 8.0 / n as f64
+        }
+    }
+}
+
+fn gran_label(g: Granularity) -> String {
+    match g {
+        Granularity::Tensor => "tensor".into(),
+        Granularity::Channel => "channel".into(),
+        Granularity::Group(n) => format!("g{n}"),
+        Granularity::Block(r, c) => format!("block{r}x{c}"),
+    }
+}
+
+fn slot(suffix: &'static str, dt: DType, shape: Vec<usize>) -> Slot {
+    let nbytes = shape.iter().product::<usize>() * dt.size();
+    Slot {
+        suffix,
+        ty: SlotType::Dtype(dt),
+        shape,
+        nbytes,
+    }
+}
+
+/// (rows, cols) view of a numpy-order shape: the last axis is the row.
+pub fn rows_cols(shape: &[usize]) -> (usize, usize) {
+    match shape.split_last() {
+        None => (1, 1),
+        Some((&c, rest)) => (rest.iter().product(), c),
+    }
+}
+
+fn need_2d(shape: &[usize]) -> Result<(), SchemeError> {
+    if shape.len() != 2 {
+        return Err(SchemeError::Unsupported(format!(
+            "only 2-D weights can be quantized (shape {shape:?})"
+        )));
+    }
+    Ok(())
+}
+
+fn check_gran(g: Granularity, cols: usize) -> Result<(), SchemeError> {
+    match g {
+        Granularity::Group(n) if n == 0 || cols % n != 0 => Err(SchemeError::NotMultiple {
+            cols,
+            what: "the group size",
+            n,
+        }),
+        Granularity::Block(r, c) if r == 0 || c == 0 => {
+            Err(SchemeError::Unsupported("empty block size".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn group_len(g: Granularity, cols: usize) -> usize {
+    match g {
+        Granularity::Group(n) => n,
+        _ => cols.max(1),
+    }
+}
+
+fn scale_shape(g: Granularity, rows: usize, cols: usize) -> Vec<usize> {
+    match g {
+        Granularity::Tensor => vec![1],
+        Granularity::Channel => vec![rows, 1],
+        Granularity::Group(n) => vec![rows, cols / n],
+        Granularity::Block(r, c) => vec![rows.div_ceil(r), cols.div_ceil(c)],
+    }
+}
+
+fn absmax(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |a, v| a.max(v.abs()))
+}
+
+/// Largest finite value of a float storage type.
+pub fn float_max(dt: DType) -> f32 {
+    match dt {
+        DType::F16 => 65504.0,
+        DType::BF16 => half::bf16::MAX.to_f32(),
+        _ => f32::MAX,
+    }
+}
+
+/// Smallest normal value of a float storage type.
+pub fn float_min_normal(dt: DType) -> f32 {
+    match dt {
+        DType::F16 => half::f16::MIN_POSITIVE.to_f32(),
+        _ => f32::MIN_POSITIVE,
+    }
+}
+
+fn encode_scales(dt: DType, s: &[f32]) -> Vec<u8> {
+    let mut b = vec![0u8; s.len() * dt.size()];
+    dtype::encode_float(dt, s, &mut b);
+    b
+}
+
+fn decode_scales(dt: DType, b: &[u8]) -> Vec<f32> {
+    let mut s = vec![0f32; b.len() / dt.size()];
+    dtype::decode_f32(dt, b, &mut s);
+    s
+}
+
+fn words_to_bytes(w: &[u32]) -> Vec<u8> {
+    w.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn bytes_to_words(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::weight_matrix;
+    use crate::ErrorStats;
+
+    fn all_schemes() -> Vec<Scheme> {
+        let mut v = vec![
+            Scheme::Float {
+                dtype: DType::F16,
+                clamp: false,
+            },
+            Scheme::Float {
+                dtype: DType::BF16,
+                clamp: false,
+            },
+            Scheme::Ggml(GgmlType::Q4_0),
+            Scheme::Ggml(GgmlType::Q5_1),
+            Scheme::Ggml(GgmlType::Q8_0),
+        ];
+        for bits in [2, 3, 4, 8] {
+            for symmetric in [true, false] {
+                for g in [
+                    Granularity::Tensor,
+                    Granularity::Channel,
+                    Granularity::Group(64),
+                ] {
+                    v.push(Scheme::Int {
+                        spec: IntSpec { bits, symmetric },
+                        granularity: g,
+                        scale_dtype: DType::BF16,
+                    });
+                }
+            }
+        }
+        for format in [DType::F8E4M3, DType::F8E5M2] {
+            for g in [
+                Granularity::Tensor,
+                Granularity::Channel,
+                Granularity::Block(128, 128),
+            ] {
+                v.push(Scheme::Fp8 {
+                    format,
+                    granularity: g,
+                    scale_dtype: DType::F32,
+                });
+            }
+        }
+        v
+    }
+
+    /// Encodes a tensor in chunks of `chunk` rows into whole slot buffers.
+    fn encode_chunked(s: &Scheme, shape: &[usize], x: &[f32], chunk: usize) -> Vec<Vec<u8>> {
+        let (rows, cols) = rows_cols(shape);
+        let (mn, mx) = rtn::min_max(x);
+        let stats = TensorStats { min: mn, max: mx };
+        let mut bufs: Vec<Vec<u8>> = s
+            .slots(shape)
+            .iter()
+            .map(|sl| vec![0xAA; sl.nbytes])
+            .collect();
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + chunk).min(rows);
+            for p in s.encode(shape, r0, &x[r0 * cols..r1 * cols], stats).pieces {
+                bufs[p.slot][p.offset..p.offset + p.bytes.len()].copy_from_slice(&p.bytes);
+            }
+            r0 = r1;
+        }
+        bufs
+    }
+
+    #[test]
+    fn chunked_encoding_equals_whole_and_decodes_close() {
+        let shape = [300usize, 256];
+        let x = weight_matrix(300, 256, 0.02, 11);
+        for s in all_schemes() {
+            s.check(&shape).unwrap();
+            let whole = encode_chunked(&s, &shape, &x, 300);
+            // 128-row chunks: a multiple of every row_align in use
+            let chunked = encode_chunked(&s, &shape, &x, 128);
+            assert_eq!(whole, chunked, "{}", s.label());
+            let parts: Vec<&[u8]> = whole.iter().map(|b| b.as_slice()).collect();
+            let mut y = vec![0f32; x.len()];
+            s.decode(&shape, 0, 300, &parts, &mut y);
+            // decode a middle chunk from its own slot ranges
+            let (r0, r1) = (128, 256);
+            let sub: Vec<&[u8]> = (0..parts.len())
+                .map(|i| &parts[i][s.slot_range(i, &shape, r0, r1)])
+                .map(|p| if p.is_empty() { &[][..] } else { p })
+                .collect();
+            let sub: Vec<&[u8]> = sub
+                .iter()
+                .enumerate()
+                .map(|(i, p)| if p.is_empty() { parts[i] } else { *p })
+                .collect();
+            let mut y2 = vec![0f32; (r1 - r0) * 256];
+            s.decode(&shape, r0, r1, &sub, &mut y2);
+            assert_eq!(&y[r0 * 256..r1 * 256], &y2[..], "{}", s.label());
+            let e = ErrorStats::of(&x, &y);
+            let min_sqnr = match s {
+                Scheme::Int { spec, .. } if spec.bits <= 3 => 0.0,
+                Scheme::Int {
+                    granularity: Granularity::Tensor,
+                    spec,
+                    ..
+                } if spec.bits == 4 => 0.0,
+                _ => 12.0,
+            };
+            assert!(e.sqnr_db() > min_sqnr, "{}: {}", s.label(), e.sqnr_db());
+        }
+    }
+
+    #[test]
+    fn finer_granularity_is_more_accurate() {
+        let shape = [64usize, 512];
+        let x = weight_matrix(64, 512, 0.02, 5);
+        let sq = |g| {
+            let s = Scheme::Int {
+                spec: IntSpec {
+                    bits: 4,
+                    symmetric: true,
+                },
+                granularity: g,
+                scale_dtype: DType::F32,
+            };
+            let b = encode_chunked(&s, &shape, &x, 64);
+            let parts: Vec<&[u8]> = b.iter().map(|v| v.as_slice()).collect();
+            let mut y = vec![0f32; x.len()];
+            s.decode(&shape, 0, 64, &parts, &mut y);
+            ErrorStats::of(&x, &y).sqnr_db()
+        };
+        let (t, c, g) = (
+            sq(Granularity::Tensor),
+            sq(Granularity::Channel),
+            sq(Granularity::Group(32)),
+        );
+        assert!(t < c && c < g, "{t} {c} {g}");
+    }
+
+    #[test]
+    fn group_must_divide_rows() {
+        let s = Scheme::Int {
+            spec: IntSpec {
+                bits: 4,
+                symmetric: true,
+            },
+            granularity: Granularity::Group(128),
+            scale_dtype: DType::BF16,
+        };
+        assert!(matches!(
+            s.check(&[8, 576]),
+            Err(SchemeError::NotMultiple {
+                cols: 576,
+                n: 128,
+                ..
+            })
+        ));
+        assert!(Scheme::Ggml(GgmlType::Q4_0).check(&[8, 48]).is_err());
+        assert!(s.check(&[576]).is_err());
+    }
+
+    #[test]
+    fn bits_per_weight() {
+        assert_eq!(Scheme::Ggml(GgmlType::Q4_0).bits_per_weight(&[4, 64]), 4.5);
+        assert_eq!(Scheme::Ggml(GgmlType::Q8_0).bits_per_weight(&[4, 64]), 8.5);
+    }
+}

@@ -1,0 +1,225 @@
+//! A model to read: a single safetensors file, a sharded checkpoint
+//! (`model.safetensors.index.json` + shards, cross-checked), or a Hugging Face model folder.
+
+use crate::error::{file_err, io_err, tensor_err, Result};
+use crate::safetensors::{SafetensorsFile, StTensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Name of the sharded-checkpoint index.
+pub const INDEX_NAME: &str = "model.safetensors.index.json";
+
+/// Files a Hugging Face folder carries beside the weights, copied into safetensors outputs.
+pub const HF_SIDE_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+];
+
+/// A tensor of a [`ModelSource`]: which file, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceTensor {
+    pub file: usize,
+    pub info: StTensor,
+}
+
+#[derive(Debug)]
+pub struct ModelSource {
+    /// The path the user gave.
+    pub input: PathBuf,
+    pub files: Vec<SafetensorsFile>,
+    /// All tensors, in shard order then header order.
+    pub tensors: Vec<SourceTensor>,
+    /// Folder holding `config.json` and tokenizer files, if any.
+    pub hf_dir: Option<PathBuf>,
+    /// Parsed `config.json`, if present.
+    pub config: Option<serde_json::Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct Index {
+    weight_map: BTreeMap<String, String>,
+}
+
+impl ModelSource {
+    pub fn open(path: &Path) -> Result<ModelSource> {
+        let meta = std::fs::metadata(path).map_err(io_err(path))?;
+        let (files, dir) = if meta.is_dir() {
+            let index = path.join(INDEX_NAME);
+            if index.exists() {
+                (open_sharded(&index)?, path.to_path_buf())
+            } else {
+                let mut st: Vec<PathBuf> = std::fs::read_dir(path)
+                    .map_err(io_err(path))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                    .collect();
+                st.sort();
+                match st.len() {
+                    0 => return Err(file_err(path, "no .safetensors file in this folder")),
+                    1 => (vec![SafetensorsFile::open(&st[0])?], path.to_path_buf()),
+                    n => {
+                        return Err(file_err(
+                            path,
+                            format!("{n} .safetensors files but no {INDEX_NAME} to say how they fit together"),
+                        ))
+                    }
+                }
+            }
+        } else if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(".index.json"))
+        {
+            let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            (open_sharded(path)?, dir)
+        } else {
+            let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            (vec![SafetensorsFile::open(path)?], dir)
+        };
+
+        let mut tensors = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (fi, f) in files.iter().enumerate() {
+            for t in &f.tensors {
+                if let Some(&prev) = seen.get(&t.name) {
+                    return Err(tensor_err(
+                        &f.path,
+                        &t.name,
+                        format!("also present in {}", files[prev].path.display()),
+                    ));
+                }
+                seen.insert(t.name.clone(), fi);
+                tensors.push(SourceTensor {
+                    file: fi,
+                    info: t.clone(),
+                });
+            }
+        }
+        let config_path = dir.join("config.json");
+        let (hf_dir, config) = if config_path.is_file() {
+            let text = std::fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| file_err(&config_path, format!("not valid JSON: {e}")))?;
+            (Some(dir), Some(v))
+        } else {
+            (None, None)
+        };
+        Ok(ModelSource {
+            input: path.to_path_buf(),
+            files,
+            tensors,
+            hf_dir,
+            config,
+        })
+    }
+
+    pub fn bytes(&self, t: &SourceTensor) -> &[u8] {
+        self.files[t.file].bytes(&t.info)
+    }
+
+    pub fn path_of(&self, t: &SourceTensor) -> &Path {
+        &self.files[t.file].path
+    }
+
+    /// Drops the resident pages of `t`'s bytes `start..end` (relative to the tensor).
+    pub fn release(&self, t: &SourceTensor, start: usize, end: usize) {
+        self.files[t.file].release(t.info.start + start, t.info.start + end);
+    }
+
+    /// Sum of all tensor data sizes.
+    pub fn total_bytes(&self) -> u64 {
+        self.tensors
+            .iter()
+            .map(|t| (t.info.end - t.info.start) as u64)
+            .sum()
+    }
+
+    /// Side files (config, tokenizer, ...) present in the HF folder.
+    pub fn side_files(&self) -> Vec<PathBuf> {
+        match &self.hf_dir {
+            None => vec![],
+            Some(d) => HF_SIDE_FILES
+                .iter()
+                .map(|n| d.join(n))
+                .filter(|p| p.is_file())
+                .collect(),
+        }
+    }
+}
+
+fn open_sharded(index: &Path) -> Result<Vec<SafetensorsFile>> {
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let text = std::fs::read_to_string(index).map_err(io_err(index))?;
+    let idx: Index = serde_json::from_str(&text)
+        .map_err(|e| file_err(index, format!("not a valid safetensors index: {e}")))?;
+    // Shards in first-appearance order of their sorted names (HF numbers them 00001-of-N).
+    let mut shard_names: Vec<&String> = idx.weight_map.values().collect();
+    shard_names.sort();
+    shard_names.dedup();
+    let mut files = Vec::new();
+    let mut pos = HashMap::new();
+    for name in shard_names {
+        let p = dir.join(name);
+        if !p.is_file() {
+            let tensor = idx
+                .weight_map
+                .iter()
+                .find(|(_, v)| *v == name)
+                .map(|(k, _)| k.clone())
+                .unwrap_or_default();
+            return Err(tensor_err(
+                index,
+                tensor,
+                format!("mapped to shard '{name}', which does not exist"),
+            ));
+        }
+        pos.insert(name.clone(), files.len());
+        files.push(SafetensorsFile::open(&p)?);
+    }
+    // Cross-check: every mapped tensor is in its shard; every shard tensor is mapped there.
+    for (tensor, shard) in &idx.weight_map {
+        let f = &files[pos[shard]];
+        if !f.tensors.iter().any(|t| &t.name == tensor) {
+            return Err(tensor_err(
+                index,
+                tensor,
+                format!("mapped to {shard}, but that shard's header does not have it"),
+            ));
+        }
+    }
+    for f in &files {
+        let fname = f
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for t in &f.tensors {
+            match idx.weight_map.get(&t.name) {
+                Some(s) if *s == fname => {}
+                Some(s) => {
+                    return Err(tensor_err(
+                        &f.path,
+                        &t.name,
+                        format!("present in this shard but the index maps it to {s}"),
+                    ))
+                }
+                None => {
+                    return Err(tensor_err(
+                        &f.path,
+                        &t.name,
+                        format!("present in this shard but missing from {}", index.display()),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(files)
+}

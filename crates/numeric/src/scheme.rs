@@ -270,12 +270,12 @@ impl Scheme {
     }
 
     /// Byte range of slot `slot` owned by rows `r0..r1` of a tensor of `shape`.
-    /// Slots written whole (per-tensor scale, shape) belong to the chunk starting at row 0.
+    /// Slots that are not per-row (per-tensor scale and zero point, shape) are whole in every
+    /// chunk: each chunk re-emits the same bytes, so any chunk decodes on its own.
     pub fn slot_range(&self, slot: usize, shape: &[usize], r0: usize, r1: usize) -> Range<usize> {
         let (rows, cols) = rows_cols(shape);
         let slots = self.slots(shape);
         let s = &slots[slot];
-        let whole = |first: bool| if first { 0..s.nbytes } else { 0..0 };
         let per_row = |bpr: usize| r0 * bpr..r1 * bpr;
         match *self {
             Scheme::Float { dtype, .. } => per_row(cols * dtype.size()),
@@ -286,9 +286,9 @@ impl Scheme {
                 scale_dtype,
             } => match s.suffix {
                 "_packed" => per_row(pack::packed_words(cols, spec.bits) * 4),
-                "_scale" if granularity == Granularity::Tensor => whole(r0 == 0),
+                "_scale" if granularity == Granularity::Tensor => 0..s.nbytes,
                 "_scale" => per_row(s.shape[1] * scale_dtype.size()),
-                "_zero_point" if granularity == Granularity::Tensor => whole(r0 == 0),
+                "_zero_point" if granularity == Granularity::Tensor => 0..s.nbytes,
                 "_zero_point" => {
                     let bpr = s.shape[1] * 4;
                     let p0 = r0 * spec.bits as usize / 32;
@@ -299,7 +299,7 @@ impl Scheme {
                     };
                     p0 * bpr..p1 * bpr
                 }
-                _ => whole(r0 == 0),
+                _ => 0..s.nbytes,
             },
             Scheme::Fp8 {
                 format,
@@ -308,7 +308,7 @@ impl Scheme {
             } => match slot {
                 0 => per_row(cols * format.size()),
                 _ => match granularity {
-                    Granularity::Tensor => whole(r0 == 0),
+                    Granularity::Tensor => 0..s.nbytes,
                     Granularity::Block(br, _) => {
                         let bpr = s.shape[1] * scale_dtype.size();
                         (r0 / br) * bpr..r1.div_ceil(br) * bpr
@@ -378,15 +378,11 @@ impl Scheme {
                     Some(p) => vec![p.scale],
                     None => q.params.iter().map(|p| p.scale).collect(),
                 };
-                if granularity != Granularity::Tensor || r0 == 0 {
-                    push(1, encode_scales(scale_dtype, &scales), &mut pieces);
-                }
+                push(1, encode_scales(scale_dtype, &scales), &mut pieces);
                 let mut next = 2;
                 if !spec.symmetric {
                     if let Some(p) = fixed {
-                        if r0 == 0 {
-                            push(2, vec![p.zero as i8 as u8], &mut pieces);
-                        }
+                        push(2, vec![p.zero as i8 as u8], &mut pieces);
                     } else {
                         let groups = cols / group;
                         let zeros: Vec<i8> = q.params.iter().map(|p| p.zero as i8).collect();
@@ -395,12 +391,10 @@ impl Scheme {
                     }
                     next = 3;
                 }
-                if r0 == 0 {
-                    let mut b = Vec::with_capacity(16);
-                    b.extend_from_slice(&(rows as i64).to_le_bytes());
-                    b.extend_from_slice(&(cols as i64).to_le_bytes());
-                    push(next, b, &mut pieces);
-                }
+                let mut b = Vec::with_capacity(16);
+                b.extend_from_slice(&(rows as i64).to_le_bytes());
+                b.extend_from_slice(&(cols as i64).to_le_bytes());
+                push(next, b, &mut pieces);
             }
             Scheme::Fp8 {
                 format,
@@ -463,9 +457,7 @@ impl Scheme {
                     }
                 };
                 push(0, codes, &mut pieces);
-                if granularity != Granularity::Tensor || r0 == 0 {
-                    push(1, encode_scales(scale_dtype, &scales), &mut pieces);
-                }
+                push(1, encode_scales(scale_dtype, &scales), &mut pieces);
             }
         }
         Encoded { pieces }
@@ -772,12 +764,6 @@ mod tests {
             let (r0, r1) = (128, 256);
             let sub: Vec<&[u8]> = (0..parts.len())
                 .map(|i| &parts[i][s.slot_range(i, &shape, r0, r1)])
-                .map(|p| if p.is_empty() { &[][..] } else { p })
-                .collect();
-            let sub: Vec<&[u8]> = sub
-                .iter()
-                .enumerate()
-                .map(|(i, p)| if p.is_empty() { parts[i] } else { *p })
                 .collect();
             let mut y2 = vec![0f32; (r1 - r0) * 256];
             s.decode(&shape, r0, r1, &sub, &mut y2);

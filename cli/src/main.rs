@@ -1,0 +1,276 @@
+//! `quantize`: a thin command line over the `quantsmith` library.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use quantsmith::config::{parse_tensor_type, GranularityArg};
+use quantsmith::{Progress, QuantizeConfig, Target};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "quantize",
+    version,
+    about = "Quantize LLM checkpoints (safetensors / HF folders) to GGUF or compressed-tensors safetensors",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List tensors, dtypes, shapes and sizes of a safetensors or GGUF file (or model folder).
+    Inspect {
+        file: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dequantize every tensor of QUANTIZED and compare it with ORIGINAL.
+    Verify {
+        original: PathBuf,
+        quantized: PathBuf,
+        /// Write the per-tensor report as JSON (schema: docs/REPORT.md).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        #[arg(short = 'j', long)]
+        threads: Option<usize>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A .safetensors file, a model.safetensors.index.json, or a Hugging Face model folder.
+    #[arg(required = true)]
+    model: Option<PathBuf>,
+    /// Target: f32, f16, bf16, int8, int4, int3, int2, fp8 (E4M3), fp8-e5m2, q8_0, q4_0, q4_1, q5_0, q5_1.
+    #[arg(long = "to", required = true, value_parser = Target::parse)]
+    to: Option<Target>,
+    /// Output: NAME.gguf, NAME.safetensors, or a folder (default: next to the input).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Group size for group-wise scales (int targets; default 128 for int4/int3/int2).
+    #[arg(long)]
+    group: Option<usize>,
+    /// Scale granularity: tensor, channel, group, block (fp8 only: 128x128 tiles).
+    #[arg(long, value_parser = GranularityArg::parse)]
+    granularity: Option<GranularityArg>,
+    /// Tile edge for fp8 block scales.
+    #[arg(long, default_value_t = 128)]
+    block: usize,
+    /// Asymmetric integer quantization (zero points) instead of symmetric.
+    #[arg(long)]
+    asym: bool,
+    /// Also quantize tensors matching REGEX (e.g. embeddings, lm_head).
+    #[arg(long, value_name = "REGEX")]
+    include: Vec<String>,
+    /// Never quantize tensors matching REGEX.
+    #[arg(long, value_name = "REGEX")]
+    exclude: Vec<String>,
+    /// Per-tensor target, REGEX=TARGET (first match wins; TARGET may be `keep`).
+    #[arg(long = "tensor-type", value_name = "REGEX=TARGET")]
+    tensor_type: Vec<String>,
+    /// Saturate values beyond the target float range instead of failing.
+    #[arg(long)]
+    clamp: bool,
+    /// Carry NaN/Inf through copies and float conversions instead of failing.
+    #[arg(long)]
+    allow_nonfinite: bool,
+    /// Overwrite an existing output.
+    #[arg(long)]
+    force: bool,
+    /// Print the plan (tensor -> storage, bytes before/after) and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Write the per-tensor report as JSON (schema: docs/REPORT.md).
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(short = 'j', long)]
+    threads: Option<usize>,
+    /// Print nothing on success.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// An indicatif bar on a terminal; nothing otherwise.
+struct Bar(Option<ProgressBar>);
+
+impl Bar {
+    fn new(quiet: bool) -> Bar {
+        if quiet || !std::io::stderr().is_terminal() {
+            return Bar(None);
+        }
+        let pb = ProgressBar::new(0);
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("valid template"),
+        );
+        Bar(Some(pb))
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total: u64) {
+        if let Some(p) = &self.0 {
+            p.set_length(total);
+            p.set_position(0);
+        }
+    }
+    fn inc(&self, n: u64) {
+        if let Some(p) = &self.0 {
+            p.inc(n);
+        }
+    }
+    fn finish(&self) {
+        if let Some(p) = &self.0 {
+            p.finish_and_clear();
+        }
+    }
+}
+
+fn write_report(path: &Path, json: &str) -> Result<()> {
+    std::fs::write(path, json).with_context(|| format!("writing report {}", path.display()))
+}
+
+fn regexes(v: &[String]) -> Result<Vec<regex::Regex>> {
+    v.iter()
+        .map(|s| regex::Regex::new(s).with_context(|| format!("bad regex '{s}'")))
+        .collect()
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let model = a.model.expect("clap requires MODEL");
+    let target = a.to.expect("clap requires --to");
+    let mut cfg = QuantizeConfig::new(&model, target);
+    cfg.output = a.output;
+    cfg.group = a.group;
+    cfg.granularity = a.granularity;
+    cfg.block = a.block;
+    cfg.asymmetric = a.asym;
+    cfg.include = regexes(&a.include)?;
+    cfg.exclude = regexes(&a.exclude)?;
+    cfg.tensor_types = a
+        .tensor_type
+        .iter()
+        .map(|s| parse_tensor_type(s).map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()
+        .context("--tensor-type")?;
+    cfg.clamp = a.clamp;
+    cfg.allow_nonfinite = a.allow_nonfinite;
+    cfg.force = a.force;
+    cfg.dry_run = a.dry_run;
+    cfg.threads = a.threads;
+
+    let bar = Bar::new(a.quiet);
+    let outcome = quantsmith::quantize(&cfg, &bar)
+        .with_context(|| format!("quantizing {}", model.display()))?;
+    match outcome.report {
+        None => {
+            let rows = outcome.plan.rows();
+            if !a.quiet {
+                let w = rows
+                    .iter()
+                    .map(|r| r.tensor.len())
+                    .max()
+                    .unwrap_or(6)
+                    .max(6);
+                println!(
+                    "plan: {} -> {}",
+                    model.display(),
+                    outcome.plan.output.display()
+                );
+                println!(
+                    "{:<w$}  {:<14} {:<22} {:>12} {:>12}",
+                    "tensor", "shape", "storage", "bytes in", "bytes out"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<w$}  {:<14} {:<22} {:>12} {:>12}{}",
+                        r.tensor,
+                        format!("{:?}", r.shape),
+                        r.storage,
+                        r.bytes_in,
+                        r.bytes_out,
+                        r.note
+                            .as_ref()
+                            .map(|n| format!("  ({n})"))
+                            .unwrap_or_default()
+                    );
+                }
+                let (bi, bo): (usize, usize) = rows
+                    .iter()
+                    .fold((0, 0), |(x, y), r| (x + r.bytes_in, y + r.bytes_out));
+                println!(
+                    "total: {} tensors, {bi} -> {bo} bytes (dry run: nothing written)",
+                    rows.len()
+                );
+            }
+            if let Some(p) = &a.report {
+                write_report(p, &serde_json::to_string_pretty(&rows)?)?;
+            }
+        }
+        Some(report) => {
+            if !a.quiet {
+                print!("{}", report.to_table());
+                println!("wrote {}", outcome.plan.output.display());
+            }
+            if let Some(p) = &a.report {
+                write_report(p, &report.to_json())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Some(Cmd::Inspect { file, json }) => quantsmith::inspect(&file)
+            .with_context(|| format!("inspecting {}", file.display()))
+            .and_then(|i| {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&i)?);
+                } else {
+                    print!("{}", i.to_text());
+                }
+                Ok(())
+            }),
+        Some(Cmd::Verify {
+            original,
+            quantized,
+            report,
+            threads,
+            quiet,
+        }) => {
+            let bar = Bar::new(quiet);
+            quantsmith::verify(&original, &quantized, threads, &bar)
+                .context("verify")
+                .and_then(|r| {
+                    if !quiet {
+                        print!("{}", r.to_table());
+                    }
+                    if let Some(p) = &report {
+                        write_report(p, &r.to_json())?;
+                    }
+                    Ok(())
+                })
+        }
+        None => run(cli.run),
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

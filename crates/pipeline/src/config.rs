@@ -1,0 +1,186 @@
+//! What the user asked for, parsed into types the planner understands.
+
+use qs_numeric::{DType, GgmlType, Granularity};
+use regex::Regex;
+use std::path::PathBuf;
+
+/// A storage target named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// Plain float storage: f32, f16, bf16.
+    Float(DType),
+    /// Integer RTN codes (compressed-tensors pack-quantized), 2..8 bits.
+    Int(u32),
+    /// FP8 (compressed-tensors float-quantized).
+    Fp8(DType),
+    /// A ggml block type (GGUF only).
+    Ggml(GgmlType),
+    /// Leave the tensor as it is (only in `--tensor-type`).
+    Keep,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Target, String> {
+        let l = s.to_ascii_lowercase();
+        Ok(match l.as_str() {
+            "f32" | "fp32" | "float32" => Target::Float(DType::F32),
+            "f16" | "fp16" | "float16" | "half" => Target::Float(DType::F16),
+            "bf16" | "bfloat16" => Target::Float(DType::BF16),
+            "int8" | "w8a16" => Target::Int(8),
+            "int4" | "w4a16" => Target::Int(4),
+            "int3" => Target::Int(3),
+            "int2" => Target::Int(2),
+            "fp8" | "fp8-e4m3" | "e4m3" | "f8_e4m3" => Target::Fp8(DType::F8E4M3),
+            "fp8-e5m2" | "e5m2" | "f8_e5m2" => Target::Fp8(DType::F8E5M2),
+            "keep" | "none" | "skip" => Target::Keep,
+            _ => match GgmlType::from_name(&l) {
+                Some(t) if t.can_quantize() => match t {
+                    GgmlType::F32 => Target::Float(DType::F32),
+                    GgmlType::F16 => Target::Float(DType::F16),
+                    GgmlType::BF16 => Target::Float(DType::BF16),
+                    t => Target::Ggml(t),
+                },
+                Some(t) => return Err(format!("{t} is a ggml type we cannot write yet (supported: q8_0, q4_0, q4_1, q5_0, q5_1)")),
+                None => {
+                    return Err(format!(
+                        "unknown target '{s}' (expected f32, f16, bf16, int8, int4, int3, int2, fp8, fp8-e5m2, q8_0, q4_0, q4_1, q5_0, q5_1)"
+                    ))
+                }
+            },
+        })
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Target::Float(d) => d.to_string().to_lowercase(),
+            Target::Int(b) => format!("int{b}"),
+            Target::Fp8(DType::F8E5M2) => "fp8-e5m2".into(),
+            Target::Fp8(_) => "fp8".into(),
+            Target::Ggml(t) => t.name().to_lowercase(),
+            Target::Keep => "keep".into(),
+        }
+    }
+
+    /// True for targets that quantize (as opposed to float conversion or keeping).
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, Target::Int(_) | Target::Fp8(_) | Target::Ggml(_))
+    }
+}
+
+/// Where the output goes and in which container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    Gguf,
+    /// One `.safetensors` file.
+    SafetensorsFile,
+    /// A folder: `model.safetensors`, `config.json`, tokenizer files.
+    SafetensorsDir,
+}
+
+/// Granularity the user asked for, before it is resolved per target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GranularityArg {
+    Tensor,
+    Channel,
+    Group,
+    Block,
+}
+
+impl GranularityArg {
+    pub fn parse(s: &str) -> Result<GranularityArg, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "tensor" => GranularityArg::Tensor,
+            "channel" | "row" => GranularityArg::Channel,
+            "group" => GranularityArg::Group,
+            "block" => GranularityArg::Block,
+            _ => {
+                return Err(format!(
+                    "unknown granularity '{s}' (tensor, channel, group, block)"
+                ))
+            }
+        })
+    }
+}
+
+/// Everything `quantize` needs.
+#[derive(Debug, Clone)]
+pub struct QuantizeConfig {
+    pub input: PathBuf,
+    pub output: Option<PathBuf>,
+    pub target: Target,
+    /// `--group N`: group-wise scales along each row.
+    pub group: Option<usize>,
+    pub granularity: Option<GranularityArg>,
+    /// Tile edge for fp8 block scales (default 128).
+    pub block: usize,
+    pub asymmetric: bool,
+    pub include: Vec<Regex>,
+    pub exclude: Vec<Regex>,
+    /// `REGEX=TARGET` overrides, first match wins.
+    pub tensor_types: Vec<(Regex, Target)>,
+    pub clamp: bool,
+    pub allow_nonfinite: bool,
+    pub force: bool,
+    pub dry_run: bool,
+    /// Worker threads (None: rayon's default, one per core).
+    pub threads: Option<usize>,
+}
+
+impl QuantizeConfig {
+    pub fn new(input: impl Into<PathBuf>, target: Target) -> QuantizeConfig {
+        QuantizeConfig {
+            input: input.into(),
+            output: None,
+            target,
+            group: None,
+            granularity: None,
+            block: 128,
+            asymmetric: false,
+            include: vec![],
+            exclude: vec![],
+            tensor_types: vec![],
+            clamp: false,
+            allow_nonfinite: false,
+            force: false,
+            dry_run: false,
+            threads: None,
+        }
+    }
+
+    /// Resolves the granularity for an integer or fp8 target.
+    pub fn granularity_for(&self, target: Target) -> Result<Granularity, String> {
+        let g = match (self.granularity, self.group) {
+            (Some(GranularityArg::Group), None)
+            | (None, Some(_))
+            | (Some(GranularityArg::Group), Some(_)) => {
+                Granularity::Group(self.group.unwrap_or(128))
+            }
+            (Some(GranularityArg::Tensor), _) => Granularity::Tensor,
+            (Some(GranularityArg::Channel), _) => Granularity::Channel,
+            (Some(GranularityArg::Block), _) => Granularity::Block(self.block, self.block),
+            (None, None) => match target {
+                // vLLM's presets: W4A16 is group 128, W8A16 per channel; FP8 per channel.
+                Target::Int(b) if b <= 4 => Granularity::Group(128),
+                _ => Granularity::Channel,
+            },
+        };
+        match (target, g) {
+            (Target::Int(_), Granularity::Block(..)) => {
+                Err("block scales are only for fp8 targets".into())
+            }
+            (Target::Fp8(_), Granularity::Group(_)) => {
+                Err("fp8 supports tensor, channel or block scales (not --group)".into())
+            }
+            (_, g) => Ok(g),
+        }
+    }
+}
+
+/// Parses `REGEX=TARGET`.
+pub fn parse_tensor_type(s: &str) -> Result<(Regex, Target), String> {
+    let (re, t) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("'{s}': expected REGEX=TARGET"))?;
+    let re = Regex::new(re).map_err(|e| format!("'{re}': {e}"))?;
+    Ok((re, Target::parse(t)?))
+}

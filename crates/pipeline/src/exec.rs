@@ -1,0 +1,446 @@
+//! Running a plan: per-chunk jobs in parallel, each writing its bytes at offsets fixed by the
+//! plan, so output bytes never depend on scheduling or thread count.
+//!
+//! Memory: a job holds one chunk (≈ `CHUNK_ELEMS` values) decoded to f32 plus its encoded
+//! bytes; input pages are dropped from the resident set as soon as a chunk is done.
+
+use crate::config::{OutputKind, QuantizeConfig};
+use crate::error::{Error, Result};
+use crate::meta;
+use crate::plan::{chunk_rows, make_plan, Action, Plan, TensorPlan};
+use crate::report::{Report, ReportRow};
+use crate::Progress;
+use qs_formats::gguf;
+use qs_formats::output::{check_target, AtomicDir, AtomicFile};
+use qs_formats::safetensors::{plan_layout, StEntry};
+use qs_formats::source::ModelSource;
+use qs_numeric::dtype::{decode_f32, round_to};
+use qs_numeric::metrics::audit_narrowing;
+use qs_numeric::scheme::{float_max, float_min_normal, rows_cols};
+use qs_numeric::{DType, ErrorStats, NarrowingAudit, Scheme, SlotType, TensorStats};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Values per chunk: 1 Mi values = 4 MiB of f32 per job.
+pub const CHUNK_ELEMS: usize = 1 << 20;
+
+/// What a quantize run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub plan: Plan,
+    /// `None` for a dry run.
+    pub report: Option<Report>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct ChunkResult {
+    stats: ErrorStats,
+    audit: NarrowingAudit,
+}
+
+/// Builds a thread pool of `threads` workers (all cores when `None`).
+pub(crate) fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    let mut b = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = threads {
+        b = b.num_threads(n.max(1));
+    }
+    b.build()
+        .map_err(|e| Error::Config(format!("cannot start worker threads: {e}")))
+}
+
+/// Runs `f` over `jobs` in parallel; returns results in job order, or the first error in job
+/// order among the jobs that ran (later jobs are skipped once one fails).
+pub(crate) fn run_jobs<J: Sync, T: Send>(
+    pool: &rayon::ThreadPool,
+    jobs: &[J],
+    f: impl Fn(&J) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let failed = AtomicBool::new(false);
+    let results: Vec<Option<Result<T>>> = pool.install(|| {
+        jobs.par_iter()
+            .map(|j| {
+                if failed.load(Ordering::Relaxed) {
+                    return None;
+                }
+                let r = f(j);
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                Some(r)
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(results.len());
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Some(Ok(v)) => out.push(v),
+            Some(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            None => {}
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// Where the data goes while the run is in progress.
+enum Sink {
+    File(AtomicFile),
+    Dir(AtomicDir, AtomicFile),
+}
+
+impl Sink {
+    fn file(&self) -> &AtomicFile {
+        match self {
+            Sink::File(f) | Sink::Dir(_, f) => f,
+        }
+    }
+}
+
+/// Plans, then (unless a dry run) writes the output and returns the report.
+pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome> {
+    let src = ModelSource::open(&cfg.input)?;
+    let plan = make_plan(&src, cfg)?;
+    if cfg.dry_run {
+        return Ok(Outcome { plan, report: None });
+    }
+    check_target(&plan.output, cfg.force)?;
+
+    // Fix every offset before touching data.
+    let (header, offsets, total_len) = layout(&plan, &src, cfg)?;
+    let sink = match plan.kind {
+        OutputKind::Gguf | OutputKind::SafetensorsFile => {
+            Sink::File(AtomicFile::create(&plan.output, cfg.force)?)
+        }
+        OutputKind::SafetensorsDir => {
+            let dir = AtomicDir::create(&plan.output, cfg.force)?;
+            let f = AtomicFile::create(&dir.path().join("model.safetensors"), true)?;
+            Sink::Dir(dir, f)
+        }
+    };
+    let out = sink.file();
+    out.write_at(0, &header)?;
+    out.set_len(total_len)?;
+
+    let pool = pool(cfg.threads)?;
+    // Per-tensor statistics some schemes need first (per-tensor scales).
+    let mut tstats = vec![TensorStats::default(); plan.tensors.len()];
+    for (ti, tp) in plan.tensors.iter().enumerate() {
+        if let Action::Encode(s) = &tp.action {
+            if s.needs_tensor_stats() {
+                tstats[ti] = tensor_min_max(&pool, &src, tp, cfg.allow_nonfinite)?;
+            }
+        }
+    }
+
+    struct Job {
+        tensor: usize,
+        r0: usize,
+        r1: usize,
+    }
+    let mut jobs = Vec::new();
+    for (ti, tp) in plan.tensors.iter().enumerate() {
+        let (rows, cols) = rows_cols(&tp.shape);
+        let align = match &tp.action {
+            Action::Encode(s) => s.row_align(),
+            Action::Copy => 1,
+        };
+        for (r0, r1) in chunk_rows(rows, cols, align, CHUNK_ELEMS) {
+            jobs.push(Job { tensor: ti, r0, r1 });
+        }
+    }
+    progress.start(src.total_bytes());
+    let results = run_jobs(&pool, &jobs, |j| {
+        let tp = &plan.tensors[j.tensor];
+        let r = run_chunk(
+            &src,
+            tp,
+            &offsets[j.tensor],
+            j.r0,
+            j.r1,
+            tstats[j.tensor],
+            cfg,
+            out,
+        );
+        let (_, cols) = rows_cols(&tp.shape);
+        progress.inc(((j.r1 - j.r0) * cols * tp.dtype.size()) as u64);
+        r
+    })?;
+    progress.finish();
+
+    // Merge chunk results per tensor, in job order (deterministic sums).
+    let mut per: Vec<ChunkResult> = vec![ChunkResult::default(); plan.tensors.len()];
+    for (j, r) in jobs.iter().zip(&results) {
+        per[j.tensor].stats.merge(&r.stats);
+        per[j.tensor].audit.merge(&r.audit);
+    }
+    let rows = plan
+        .tensors
+        .iter()
+        .zip(&per)
+        .map(|(tp, r)| row(tp, r))
+        .collect();
+
+    // Finish the container.
+    match sink {
+        Sink::File(f) => f.commit()?,
+        Sink::Dir(dir, f) => {
+            f.commit()?;
+            meta::write_side_files(&src, &plan, cfg, dir.path())?;
+            dir.commit()?;
+        }
+    }
+    let report = Report::new(
+        "quantize",
+        cfg.input.display().to_string(),
+        plan.output.display().to_string(),
+        Some(cfg.target.name()),
+        rows,
+    );
+    Ok(Outcome {
+        plan,
+        report: Some(report),
+    })
+}
+
+/// Header bytes, absolute offsets of every output tensor (per plan tensor, per slot), total length.
+fn layout(
+    plan: &Plan,
+    src: &ModelSource,
+    cfg: &QuantizeConfig,
+) -> Result<(Vec<u8>, Vec<Vec<u64>>, u64)> {
+    let flat: Vec<&crate::plan::OutTensor> = plan.tensors.iter().flat_map(|t| &t.outputs).collect();
+    let (header, offs, total) = match plan.kind {
+        OutputKind::Gguf => {
+            let kvs = meta::gguf_metadata(src, plan, cfg);
+            let tps: Vec<gguf::TensorPlan> = flat
+                .iter()
+                .map(|o| gguf::TensorPlan {
+                    name: o.name.clone(),
+                    ne: o.shape.iter().rev().map(|&d| d as u64).collect::<Vec<_>>(),
+                    ty: match o.ty {
+                        SlotType::Ggml(t) => t,
+                        SlotType::Dtype(_) => unreachable!("GGUF outputs carry ggml types"),
+                    },
+                })
+                .map(|mut t| {
+                    if t.ne.is_empty() {
+                        t.ne.push(1);
+                    }
+                    t
+                })
+                .collect();
+            let l = gguf::plan(&kvs, &tps).map_err(|e| Error::Output {
+                path: plan.output.clone(),
+                msg: e.to_string(),
+            })?;
+            (l.header, l.offsets, l.total_len)
+        }
+        OutputKind::SafetensorsFile | OutputKind::SafetensorsDir => {
+            let entries: Vec<StEntry> = flat
+                .iter()
+                .map(|o| StEntry {
+                    name: o.name.clone(),
+                    dtype: match o.ty {
+                        SlotType::Dtype(d) => d,
+                        SlotType::Ggml(_) => unreachable!("safetensors outputs carry dtypes"),
+                    },
+                    shape: o.shape.clone(),
+                })
+                .collect();
+            let mut md = BTreeMap::new();
+            md.insert("format".to_string(), "pt".to_string());
+            if let Some(qc) = meta::quantization_config(plan) {
+                md.insert("quantization_config".to_string(), qc.to_string());
+            }
+            let l = plan_layout(&entries, &md);
+            (l.header, l.offsets, l.total_len)
+        }
+    };
+    let mut it = offs.into_iter();
+    let per = plan
+        .tensors
+        .iter()
+        .map(|t| {
+            t.outputs
+                .iter()
+                .map(|_| it.next().expect("offset per output"))
+                .collect()
+        })
+        .collect();
+    Ok((header, per, total))
+}
+
+fn tensor_err(src: &ModelSource, tp: &TensorPlan, msg: String) -> Error {
+    Error::Tensor {
+        file: src.path_of(&src.tensors[tp.source]).to_path_buf(),
+        tensor: tp.name.clone(),
+        msg,
+    }
+}
+
+/// Decodes rows `r0..r1` of a source tensor to f32 and checks them for NaN/Inf.
+fn decode_rows(
+    src: &ModelSource,
+    tp: &TensorPlan,
+    r0: usize,
+    r1: usize,
+    allow_nonfinite: bool,
+) -> Result<Vec<f32>> {
+    let st = &src.tensors[tp.source];
+    let (_, cols) = rows_cols(&tp.shape);
+    let sz = tp.dtype.size();
+    let bytes = &src.bytes(st)[r0 * cols * sz..r1 * cols * sz];
+    let mut x = vec![0f32; (r1 - r0) * cols];
+    decode_f32(tp.dtype, bytes, &mut x);
+    if !allow_nonfinite {
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            let n = x.iter().filter(|v| !v.is_finite()).count();
+            return Err(tensor_err(
+                src,
+                tp,
+                format!(
+                    "{n} non-finite value(s) in rows {r0}..{r1}, first {} at row {}, column {} (pass --allow-nonfinite to carry them through a copy or float conversion)",
+                    x[i],
+                    r0 + i / cols.max(1),
+                    i % cols.max(1)
+                ),
+            ));
+        }
+    }
+    Ok(x)
+}
+
+fn tensor_min_max(
+    pool: &rayon::ThreadPool,
+    src: &ModelSource,
+    tp: &TensorPlan,
+    allow_nonfinite: bool,
+) -> Result<TensorStats> {
+    let (rows, cols) = rows_cols(&tp.shape);
+    let chunks = chunk_rows(rows, cols, 1, CHUNK_ELEMS);
+    let parts = run_jobs(pool, &chunks, |&(r0, r1)| {
+        let x = decode_rows(src, tp, r0, r1, allow_nonfinite)?;
+        Ok(qs_numeric::rtn::min_max(&x))
+    })?;
+    let (mn, mx) = parts
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &(c, d)| {
+            (a.min(c), b.max(d))
+        });
+    Ok(TensorStats { min: mn, max: mx })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_chunk(
+    src: &ModelSource,
+    tp: &TensorPlan,
+    offsets: &[u64],
+    r0: usize,
+    r1: usize,
+    tstats: TensorStats,
+    cfg: &QuantizeConfig,
+    out: &AtomicFile,
+) -> Result<ChunkResult> {
+    let st = &src.tensors[tp.source];
+    let (_, cols) = rows_cols(&tp.shape);
+    let sz = tp.dtype.size();
+    let (b0, b1) = (r0 * cols * sz, r1 * cols * sz);
+    let mut res = ChunkResult::default();
+    match &tp.action {
+        Action::Copy => {
+            if tp.dtype.is_float() {
+                // scanned for NaN/Inf like everything else
+                decode_rows(src, tp, r0, r1, cfg.allow_nonfinite)?;
+            }
+            out.write_at(offsets[0] + b0 as u64, &src.bytes(st)[b0..b1])?;
+            res.stats.n = ((r1 - r0) * cols) as u64;
+        }
+        Action::Encode(scheme) => {
+            let quantizing = !matches!(scheme, Scheme::Float { .. });
+            let x = decode_rows(src, tp, r0, r1, cfg.allow_nonfinite && !quantizing)?;
+            if let Scheme::Float { dtype, clamp } = *scheme {
+                if narrows(tp.dtype, dtype) {
+                    let rounded: Vec<f32> = x.iter().map(|&v| round_to(dtype, v)).collect();
+                    res.audit =
+                        audit_narrowing(&x, &rounded, float_max(dtype), float_min_normal(dtype));
+                    if res.audit.overflow > 0 && !clamp {
+                        let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+                        return Err(tensor_err(
+                            src,
+                            tp,
+                            format!(
+                                "{} value(s) in rows {r0}..{r1} exceed the {} range (max |x| = {amax:e} > {}); pass --clamp to saturate them",
+                                res.audit.overflow,
+                                dtype,
+                                float_max(dtype)
+                            ),
+                        ));
+                    }
+                }
+            }
+            let enc = scheme.encode(&tp.shape, r0, &x, tstats);
+            for p in &enc.pieces {
+                out.write_at(offsets[p.slot] + p.offset as u64, &p.bytes)?;
+            }
+            // Validate what was written: decode the very bytes and compare.
+            let parts: Vec<&[u8]> = enc.pieces.iter().map(|p| p.bytes.as_slice()).collect();
+            let mut y = vec![0f32; x.len()];
+            scheme.decode(&tp.shape, r0, r1, &parts, &mut y);
+            if cfg.allow_nonfinite {
+                // NaN/Inf carried through a float conversion: compare the finite values only
+                let (xf, yf): (Vec<f32>, Vec<f32>) = x
+                    .iter()
+                    .zip(&y)
+                    .filter(|(a, _)| a.is_finite())
+                    .map(|(a, b)| (*a, *b))
+                    .unzip();
+                res.stats = ErrorStats::of(&xf, &yf);
+            } else {
+                res.stats = ErrorStats::of(&x, &y);
+            }
+        }
+    }
+    src.release(st, b0, b1);
+    Ok(res)
+}
+
+fn narrows(from: DType, to: DType) -> bool {
+    match to {
+        DType::F16 => from != DType::F16,
+        DType::BF16 => matches!(from, DType::F32 | DType::F64),
+        _ => false,
+    }
+}
+
+fn row(tp: &TensorPlan, r: &ChunkResult) -> ReportRow {
+    let n: usize = tp.shape.iter().product();
+    let out = tp.bytes_out() as u64;
+    let changed = matches!(tp.action, Action::Encode(_));
+    let audit = match tp.action {
+        Action::Encode(Scheme::Float { dtype, .. }) if narrows(tp.dtype, dtype) => Some(r.audit),
+        _ => None,
+    };
+    ReportRow {
+        tensor: tp.name.clone(),
+        shape: tp.shape.clone(),
+        dtype_in: tp.dtype.to_string(),
+        storage: tp.label(),
+        bytes_in: tp.bytes_in() as u64,
+        bytes_out: out,
+        bits_per_weight: if n == 0 {
+            0.0
+        } else {
+            out as f64 * 8.0 / n as f64
+        },
+        error: changed.then(|| r.stats.summary()),
+        audit,
+        note: tp.note.clone(),
+        stats: r.stats,
+    }
+}

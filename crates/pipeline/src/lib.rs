@@ -1,0 +1,33 @@
+//! quantsmith's pipeline facade: what the `quantize` CLI calls.
+//!
+//! [`quantize`]: open the source → [`plan::make_plan`] (every tensor's storage and output names,
+//! hence every file offset) → header written first → per-chunk jobs in parallel, each writing at
+//! its planned offsets and validating its bytes with the dequantization kernels → [`Report`].
+//! [`verify`] and [`inspect`] read what was written.
+
+pub mod config;
+pub mod error;
+pub mod exec;
+pub mod inspect;
+pub mod meta;
+pub mod plan;
+pub mod report;
+pub mod verify;
+
+pub use config::{OutputKind, QuantizeConfig, Target};
+pub use error::{Error, Result};
+pub use exec::{quantize, Outcome};
+pub use inspect::inspect;
+pub use report::Report;
+pub use verify::verify;
+
+/// Progress callbacks (bytes of input). Implemented by the CLI with indicatif.
+pub trait Progress: Sync {
+    fn start(&self, _total_bytes: u64) {}
+    fn inc(&self, _bytes: u64) {}
+    fn finish(&self) {}
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}

@@ -1,0 +1,197 @@
+//! Metadata that travels with the weights: GGUF `general.*` keys, compressed-tensors
+//! `quantization_config`, and the HF side files of a safetensors output folder.
+
+use crate::config::{QuantizeConfig, Target};
+use crate::error::{Error, Result};
+use crate::plan::{is_embedding, Action, Plan};
+use qs_formats::gguf::Value;
+use qs_formats::source::ModelSource;
+use qs_numeric::{DType, GgmlType, Granularity, Scheme};
+use serde_json::{json, Map, Value as Json};
+use std::path::Path;
+
+/// llama.cpp's `llama_ftype` for a uniform target.
+pub fn file_type(t: Target) -> Option<u32> {
+    Some(match t {
+        Target::Float(DType::F32) => 0,
+        Target::Float(DType::F16) => 1,
+        Target::Float(DType::BF16) => 32,
+        Target::Ggml(GgmlType::Q4_0) => 2,
+        Target::Ggml(GgmlType::Q4_1) => 3,
+        Target::Ggml(GgmlType::Q8_0) => 7,
+        Target::Ggml(GgmlType::Q5_0) => 8,
+        Target::Ggml(GgmlType::Q5_1) => 9,
+        _ => return None,
+    })
+}
+
+/// `general.*` metadata. Full llama.cpp hyper-parameters and tokenizer come with the
+/// per-architecture converter (a later step); these keys are what every GGUF carries.
+pub fn gguf_metadata(src: &ModelSource, plan: &Plan, cfg: &QuantizeConfig) -> Vec<(String, Value)> {
+    let arch = src
+        .config
+        .as_ref()
+        .and_then(|c| c.get("model_type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("unknown")
+        .to_string();
+    let name = plan
+        .output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let mut kvs = vec![
+        ("general.architecture".to_string(), Value::String(arch)),
+        ("general.name".to_string(), Value::String(name)),
+    ];
+    if let Some(ft) = file_type(cfg.target) {
+        kvs.push(("general.file_type".to_string(), Value::U32(ft)));
+    }
+    kvs.push(("general.quantization_version".to_string(), Value::U32(2)));
+    kvs.push(("general.alignment".to_string(), Value::U32(32)));
+    kvs
+}
+
+fn scheme_json(s: &Scheme) -> Option<(Json, &'static str)> {
+    let (kind, bits, symmetric, g, format) = match *s {
+        Scheme::Int {
+            spec, granularity, ..
+        } => (
+            "int",
+            spec.bits,
+            spec.symmetric,
+            granularity,
+            "pack-quantized",
+        ),
+        Scheme::Fp8 {
+            granularity,
+            format,
+            ..
+        } => {
+            let _ = format;
+            ("float", 8, true, granularity, "float-quantized")
+        }
+        _ => return None,
+    };
+    let (group_size, block) = match g {
+        Granularity::Group(n) => (json!(n), Json::Null),
+        Granularity::Block(r, c) => (Json::Null, json!([r, c])),
+        _ => (Json::Null, Json::Null),
+    };
+    let mut w = Map::new();
+    w.insert("num_bits".into(), json!(bits));
+    w.insert("type".into(), json!(kind));
+    w.insert("symmetric".into(), json!(symmetric));
+    w.insert("strategy".into(), json!(g.strategy()));
+    w.insert("group_size".into(), group_size);
+    w.insert("block_structure".into(), block);
+    w.insert("dynamic".into(), json!(false));
+    w.insert("actorder".into(), Json::Null);
+    w.insert("observer".into(), json!("minmax"));
+    w.insert("observer_kwargs".into(), json!({}));
+    Some((Json::Object(w), format))
+}
+
+fn module_of(name: &str) -> String {
+    name.strip_suffix(".weight").unwrap_or(name).to_string()
+}
+
+/// compressed-tensors `quantization_config` for the quantized tensors of a plan, or `None`
+/// when nothing is quantized. One config group per distinct scheme; with a single scheme the
+/// group targets `Linear` and unquantized linear layers go to `ignore`.
+pub fn quantization_config(plan: &Plan) -> Option<Json> {
+    let mut groups: Vec<(Json, &'static str, Vec<String>)> = Vec::new();
+    let mut ignore = Vec::new();
+    for t in &plan.tensors {
+        let sj = match &t.action {
+            Action::Encode(s) => scheme_json(s),
+            Action::Copy => None,
+        };
+        match sj {
+            Some((w, fmt)) => match groups.iter_mut().find(|(gw, gf, _)| *gw == w && *gf == fmt) {
+                Some(g) => g.2.push(module_of(&t.name)),
+                None => groups.push((w, fmt, vec![module_of(&t.name)])),
+            },
+            None => {
+                if t.shape.len() == 2 && t.name.ends_with(".weight") && !is_embedding(&t.name) {
+                    ignore.push(module_of(&t.name));
+                }
+            }
+        }
+    }
+    if groups.is_empty() {
+        return None;
+    }
+    let single = groups.len() == 1;
+    let formats: Vec<&str> = groups.iter().map(|g| g.1).collect();
+    let uniform = formats.iter().all(|f| *f == formats[0]);
+    let mut cg = Map::new();
+    for (i, (w, fmt, modules)) in groups.into_iter().enumerate() {
+        let targets = if single {
+            json!(["Linear"])
+        } else {
+            json!(modules)
+        };
+        cg.insert(
+            format!("group_{i}"),
+            json!({"targets": targets, "weights": w, "input_activations": null, "output_activations": null, "format": fmt}),
+        );
+    }
+    Some(json!({
+        "quant_method": "compressed-tensors",
+        "format": if uniform { formats[0] } else { "mixed-precision" },
+        "quantization_status": "compressed",
+        "config_groups": cg,
+        "ignore": if single { json!(ignore) } else { json!([]) },
+        "kv_cache_scheme": null,
+        "sparsity_config": {},
+        "global_compression_ratio": null,
+    }))
+}
+
+/// Writes `config.json` (with `quantization_config`, or the new `torch_dtype` for a float
+/// conversion) and copies tokenizer and generation files into `dir`.
+pub fn write_side_files(
+    src: &ModelSource,
+    plan: &Plan,
+    cfg: &QuantizeConfig,
+    dir: &Path,
+) -> Result<()> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| Error::Output {
+            path: p,
+            msg: e.to_string(),
+        }
+    };
+    for f in src.side_files() {
+        if f.file_name().is_some_and(|n| n == "config.json") {
+            continue;
+        }
+        let dst = dir.join(f.file_name().expect("file name"));
+        std::fs::copy(&f, &dst).map_err(io(&dst))?;
+    }
+    let mut config = src.config.clone().unwrap_or_else(|| json!({}));
+    if let Some(obj) = config.as_object_mut() {
+        match quantization_config(plan) {
+            Some(qc) => {
+                obj.insert("quantization_config".into(), qc);
+            }
+            None => {
+                obj.remove("quantization_config");
+                if let Target::Float(d) = cfg.target {
+                    let name = match d {
+                        DType::F16 => "float16",
+                        DType::BF16 => "bfloat16",
+                        _ => "float32",
+                    };
+                    obj.insert("torch_dtype".into(), json!(name));
+                }
+            }
+        }
+    }
+    let dst = dir.join("config.json");
+    let text = serde_json::to_string_pretty(&config).expect("json") + "\n";
+    std::fs::write(&dst, text).map_err(io(&dst))?;
+    Ok(())
+}

@@ -1,0 +1,456 @@
+//! The plan: for every input tensor, how it is stored and under which names, decided before
+//! any data is read. Output sizes (and hence every file offset) follow from the plan.
+
+use crate::config::{OutputKind, QuantizeConfig, Target};
+use crate::error::{Error, Result};
+use qs_formats::source::ModelSource;
+use qs_numeric::rtn::IntSpec;
+use qs_numeric::{DType, GgmlType, Scheme, SchemeError, SlotType};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// What happens to one tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Bytes copied unchanged.
+    Copy,
+    /// Decoded to f32 and stored with a scheme.
+    Encode(Scheme),
+}
+
+/// One stored output tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutTensor {
+    pub name: String,
+    pub ty: SlotType,
+    pub shape: Vec<usize>,
+    pub nbytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorPlan {
+    /// Index into the source's tensors.
+    pub source: usize,
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub action: Action,
+    /// The target this tensor ended up with (for reports and config groups).
+    pub target: Target,
+    pub outputs: Vec<OutTensor>,
+    pub note: Option<String>,
+}
+
+impl TensorPlan {
+    pub fn bytes_in(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.size()
+    }
+    pub fn bytes_out(&self) -> usize {
+        self.outputs.iter().map(|o| o.nbytes).sum()
+    }
+    pub fn label(&self) -> String {
+        match &self.action {
+            Action::Copy => format!("{} (copy)", self.dtype),
+            Action::Encode(s) => s.label(),
+        }
+    }
+    pub fn is_quantized(&self) -> bool {
+        matches!(
+            self.action,
+            Action::Encode(Scheme::Int { .. } | Scheme::Fp8 { .. } | Scheme::Ggml(_))
+        ) && !matches!(
+            self.action,
+            Action::Encode(Scheme::Ggml(GgmlType::F32 | GgmlType::F16 | GgmlType::BF16))
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub kind: OutputKind,
+    pub output: PathBuf,
+    pub tensors: Vec<TensorPlan>,
+}
+
+/// One row of `--dry-run` output.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanRow {
+    pub tensor: String,
+    pub shape: Vec<usize>,
+    pub dtype: String,
+    pub storage: String,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+    pub note: Option<String>,
+}
+
+impl Plan {
+    pub fn rows(&self) -> Vec<PlanRow> {
+        self.tensors
+            .iter()
+            .map(|t| PlanRow {
+                tensor: t.name.clone(),
+                shape: t.shape.clone(),
+                dtype: t.dtype.to_string(),
+                storage: t.label(),
+                bytes_in: t.bytes_in(),
+                bytes_out: t.bytes_out(),
+                note: t.note.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Embedding tables by their usual HF / GGUF names.
+pub fn is_embedding(name: &str) -> bool {
+    [
+        "embed_tokens",
+        "wte.",
+        "word_embeddings",
+        "tok_embeddings",
+        "embed_in",
+        "token_embd",
+        "wpe.",
+        "embed_positions",
+    ]
+    .iter()
+    .any(|p| name.contains(p))
+}
+
+/// Output heads by their usual names.
+pub fn is_output_head(name: &str) -> bool {
+    name.starts_with("lm_head")
+        || name.contains(".lm_head")
+        || name.contains("embed_out")
+        || name == "output.weight"
+}
+
+/// The default rule: 2-D float `.weight` matrices of linear layers.
+pub fn is_linear_weight(name: &str, shape: &[usize], dtype: DType) -> bool {
+    dtype.is_float()
+        && shape.len() == 2
+        && name.ends_with(".weight")
+        && !is_embedding(name)
+        && !is_output_head(name)
+}
+
+/// Decides the container from the output path (or the default output name).
+pub fn output_for(cfg: &QuantizeConfig) -> Result<(OutputKind, PathBuf)> {
+    let path = match &cfg.output {
+        Some(p) => p.clone(),
+        None => default_output(&cfg.input, cfg),
+    };
+    let s = path.to_string_lossy();
+    let kind = if s.ends_with(".gguf") {
+        OutputKind::Gguf
+    } else if s.ends_with(".safetensors") {
+        OutputKind::SafetensorsFile
+    } else {
+        OutputKind::SafetensorsDir
+    };
+    let path = PathBuf::from(s.trim_end_matches('/').to_string());
+    Ok((kind, path))
+}
+
+fn default_output(input: &Path, cfg: &QuantizeConfig) -> PathBuf {
+    let base = if input.is_dir() {
+        input.canonicalize().unwrap_or(input.to_path_buf())
+    } else {
+        input.to_path_buf()
+    };
+    let stem = base
+        .file_name()
+        .map(|n| {
+            n.to_string_lossy()
+                .trim_end_matches(".safetensors")
+                .trim_end_matches(".index.json")
+                .to_string()
+        })
+        .unwrap_or_else(|| "model".into());
+    let dir = if input.is_dir() {
+        base.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        input.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
+    let mut label = cfg.target.name();
+    if let Some(g) = cfg.group {
+        label.push_str(&format!("-g{g}"));
+    }
+    match cfg.target {
+        Target::Ggml(_) => dir.join(format!("{stem}-{label}.gguf")),
+        _ => dir.join(format!("{stem}-{label}")),
+    }
+}
+
+/// Builds the plan. Errors name the tensor that cannot be stored as asked.
+pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
+    let (kind, output) = output_for(cfg)?;
+    match (kind, cfg.target) {
+        (OutputKind::Gguf, Target::Int(_) | Target::Fp8(_)) => {
+            return Err(Error::Config(format!(
+                "{} is a safetensors (compressed-tensors) target; for GGUF use q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16 or f32",
+                cfg.target.name()
+            )))
+        }
+        (OutputKind::SafetensorsFile | OutputKind::SafetensorsDir, Target::Ggml(t)) => {
+            return Err(Error::Config(format!("{t} is a GGUF type: give an output path ending in .gguf")))
+        }
+        _ => {}
+    }
+    let mut tensors = Vec::with_capacity(src.tensors.len());
+    for (i, st) in src.tensors.iter().enumerate() {
+        let name = &st.info.name;
+        let shape = &st.info.shape;
+        let dtype = st.info.dtype;
+        let file = src.path_of(st);
+        let terr = |msg: String| Error::Tensor {
+            file: file.to_path_buf(),
+            tensor: name.clone(),
+            msg,
+        };
+
+        let forced = cfg
+            .tensor_types
+            .iter()
+            .find(|(re, _)| re.is_match(name))
+            .map(|(_, t)| *t);
+        let target = match forced {
+            Some(t) => t,
+            None => {
+                let excluded = cfg.exclude.iter().any(|re| re.is_match(name));
+                let included = cfg.include.iter().any(|re| re.is_match(name));
+                let quantizable = dtype.is_float() && shape.len() == 2;
+                if !cfg.target.is_quantized() {
+                    // conversion: every float tensor, unless excluded
+                    if dtype.is_float() && !excluded {
+                        cfg.target
+                    } else {
+                        Target::Keep
+                    }
+                } else if !excluded
+                    && (is_linear_weight(name, shape, dtype) || (included && quantizable))
+                {
+                    cfg.target
+                } else {
+                    Target::Keep
+                }
+            }
+        };
+        if target != Target::Keep && !dtype.is_float() {
+            return Err(terr(format!(
+                "is {dtype}, not a float tensor: it can only be kept as is"
+            )));
+        }
+        let mut note = None;
+        let (action, target) = match (kind, target) {
+            (OutputKind::Gguf, t @ (Target::Int(_) | Target::Fp8(_)))
+            | (OutputKind::SafetensorsFile | OutputKind::SafetensorsDir, t @ Target::Ggml(_)) => {
+                return Err(terr(format!(
+                    "target {} cannot be written to this output format",
+                    t.name()
+                )))
+            }
+            (OutputKind::Gguf, Target::Keep) => {
+                (gguf_keep(dtype, shape).map_err(terr)?, Target::Keep)
+            }
+            (_, Target::Keep) => (Action::Copy, Target::Keep),
+            (OutputKind::Gguf, Target::Float(dt)) => {
+                // ggml reads norms and other 1-D tensors as F32, as llama.cpp's converter writes them
+                let dt = if shape.len() <= 1 { DType::F32 } else { dt };
+                (float_action(dtype, dt, cfg.clamp), Target::Float(dt))
+            }
+            (_, Target::Float(dt)) => (float_action(dtype, dt, cfg.clamp), target),
+            (OutputKind::Gguf, Target::Ggml(t)) => {
+                let s = Scheme::Ggml(t);
+                match s.check(shape) {
+                    Ok(()) if shape.len() >= 2 => (Action::Encode(s), target),
+                    Ok(()) | Err(SchemeError::NotMultiple { .. }) => {
+                        // llama.cpp's converter falls back to F16 when blocks do not fit the row
+                        note = Some(if shape.len() < 2 {
+                            "1-D: kept F32".to_string()
+                        } else {
+                            format!(
+                                "row length {} is not a multiple of {}: F16 fallback",
+                                shape.last().unwrap_or(&0),
+                                t.block().0
+                            )
+                        });
+                        if shape.len() < 2 {
+                            (
+                                float_action(dtype, DType::F32, cfg.clamp),
+                                Target::Float(DType::F32),
+                            )
+                        } else {
+                            (
+                                float_action(dtype, DType::F16, cfg.clamp),
+                                Target::Float(DType::F16),
+                            )
+                        }
+                    }
+                    Err(e) => return Err(terr(e.to_string())),
+                }
+            }
+            (_, Target::Int(bits)) => {
+                let g = cfg.granularity_for(target).map_err(Error::Config)?;
+                let s = Scheme::Int {
+                    spec: IntSpec {
+                        bits,
+                        symmetric: !cfg.asymmetric,
+                    },
+                    granularity: g,
+                    scale_dtype: scale_dtype(dtype),
+                };
+                check(&s, shape, &terr)?;
+                (Action::Encode(s), target)
+            }
+            (_, Target::Fp8(format)) => {
+                let g = cfg.granularity_for(target).map_err(Error::Config)?;
+                let s = Scheme::Fp8 {
+                    format,
+                    granularity: g,
+                    scale_dtype: scale_dtype(dtype),
+                };
+                check(&s, shape, &terr)?;
+                (Action::Encode(s), target)
+            }
+        };
+        let outputs = match &action {
+            Action::Copy => vec![OutTensor {
+                name: name.clone(),
+                ty: if kind == OutputKind::Gguf {
+                    SlotType::Ggml(ggml_of(dtype))
+                } else {
+                    SlotType::Dtype(dtype)
+                },
+                shape: shape.clone(),
+                nbytes: st.info.end - st.info.start,
+            }],
+            Action::Encode(s) => s
+                .slots(shape)
+                .into_iter()
+                .map(|sl| OutTensor {
+                    name: format!("{name}{}", sl.suffix),
+                    ty: match (kind, sl.ty) {
+                        (OutputKind::Gguf, SlotType::Dtype(d)) => SlotType::Ggml(ggml_of(d)),
+                        (_, t) => t,
+                    },
+                    shape: sl.shape,
+                    nbytes: sl.nbytes,
+                })
+                .collect(),
+        };
+        tensors.push(TensorPlan {
+            source: i,
+            name: name.clone(),
+            dtype,
+            shape: shape.clone(),
+            action,
+            target,
+            outputs,
+            note,
+        });
+    }
+    Ok(Plan {
+        kind,
+        output,
+        tensors,
+    })
+}
+
+fn check(s: &Scheme, shape: &[usize], terr: &dyn Fn(String) -> Error) -> Result<()> {
+    s.check(shape).map_err(|e| {
+        let hint = match e {
+            SchemeError::NotMultiple {
+                cols,
+                what: "the group size",
+                ..
+            } => {
+                let alt: Vec<String> = [128usize, 64, 32, 16]
+                    .iter()
+                    .filter(|g| cols % **g == 0)
+                    .map(|g| g.to_string())
+                    .collect();
+                if alt.is_empty() {
+                    " (use --granularity channel)".to_string()
+                } else {
+                    format!(" (try --group {} or --granularity channel)", alt[0])
+                }
+            }
+            _ => String::new(),
+        };
+        terr(format!("{e}{hint}"))
+    })
+}
+
+/// Scales are stored in the weight's own float type (f32 for anything wider or narrower).
+fn scale_dtype(src: DType) -> DType {
+    match src {
+        DType::F16 | DType::BF16 | DType::F32 => src,
+        _ => DType::F32,
+    }
+}
+
+fn float_action(src: DType, dst: DType, clamp: bool) -> Action {
+    if src == dst {
+        Action::Copy
+    } else {
+        Action::Encode(Scheme::Float { dtype: dst, clamp })
+    }
+}
+
+/// Unquantized tensors in GGUF: 1-D as F32 (llama.cpp's convention), others in their own float
+/// type when ggml has it, else F32.
+fn gguf_keep(src: DType, shape: &[usize]) -> std::result::Result<Action, String> {
+    if !src.is_float() {
+        return match src {
+            DType::I8 | DType::I16 | DType::I32 | DType::I64 => Ok(Action::Copy),
+            _ => Err(format!("{src} tensors cannot be stored in GGUF")),
+        };
+    }
+    let dst = if shape.len() <= 1 {
+        DType::F32
+    } else {
+        match src {
+            DType::F16 | DType::BF16 | DType::F32 => src,
+            _ => DType::F32,
+        }
+    };
+    Ok(float_action(src, dst, false))
+}
+
+fn ggml_of(d: DType) -> GgmlType {
+    match d {
+        DType::F32 => GgmlType::F32,
+        DType::F16 => GgmlType::F16,
+        DType::BF16 => GgmlType::BF16,
+        DType::I8 => GgmlType::I8,
+        DType::I16 => GgmlType::I16,
+        DType::I32 => GgmlType::I32,
+        DType::I64 => GgmlType::I64,
+        DType::F64 => GgmlType::F64,
+        // not reachable: GGUF keeps are mapped to float types above
+        _ => GgmlType::F32,
+    }
+}
+
+/// Rows per chunk for a tensor: about `target_elems` values, a multiple of `align`.
+pub fn chunk_rows(
+    rows: usize,
+    cols: usize,
+    align: usize,
+    target_elems: usize,
+) -> Vec<(usize, usize)> {
+    let per = (target_elems / cols.max(1)).max(1);
+    let per = per.div_ceil(align) * align;
+    let mut v = Vec::new();
+    let mut r0 = 0;
+    while r0 < rows {
+        let r1 = (r0 + per).min(rows);
+        v.push((r0, r1));
+        r0 = r1;
+    }
+    if v.is_empty() {
+        v.push((0, 0));
+    }
+    v
+}

@@ -1,0 +1,205 @@
+//! Per-layer error report: rows (worst first), totals, a terminal table and JSON.
+//! The JSON schema is documented in docs/REPORT.md.
+
+use qs_numeric::{ErrorStats, ErrorSummary, NarrowingAudit};
+use serde::Serialize;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportRow {
+    pub tensor: String,
+    pub shape: Vec<usize>,
+    pub dtype_in: String,
+    /// How the tensor is stored, e.g. `Q4_0`, `int4-sym-g128`, `F16`, `BF16 (copy)`.
+    pub storage: String,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub bits_per_weight: f64,
+    /// `null` for exact copies.
+    pub error: Option<ErrorSummary>,
+    /// Float narrowing audit (f16/bf16 conversion), when one applies.
+    pub audit: Option<NarrowingAudit>,
+    pub note: Option<String>,
+    #[serde(skip)]
+    pub stats: ErrorStats,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Totals {
+    pub tensors: usize,
+    /// Tensors whose values changed (quantized or converted).
+    pub changed: usize,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub compression: f64,
+    /// Bits per weight over the changed tensors.
+    pub bits_per_weight_changed: f64,
+    /// Error over all changed tensors pooled together.
+    pub error: Option<ErrorSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub command: String,
+    pub input: String,
+    pub output: String,
+    pub target: Option<String>,
+    pub rows: Vec<ReportRow>,
+    pub totals: Totals,
+}
+
+impl Report {
+    /// Sorts rows worst first and computes totals.
+    pub fn new(
+        command: &str,
+        input: String,
+        output: String,
+        target: Option<String>,
+        mut rows: Vec<ReportRow>,
+    ) -> Report {
+        rows.sort_by(|a, b| {
+            let key = |r: &ReportRow| match &r.error {
+                None => (2, 0.0),
+                Some(e) => match e.sqnr_db {
+                    None => (1, 0.0),
+                    Some(s) => (0, s),
+                },
+            };
+            let (ka, kb) = (key(a), key(b));
+            ka.0.cmp(&kb.0)
+                .then(ka.1.total_cmp(&kb.1))
+                .then_with(|| a.tensor.cmp(&b.tensor))
+        });
+        let mut pooled = ErrorStats::default();
+        let (mut cin, mut cout, mut cn, mut changed) = (0u64, 0u64, 0u64, 0usize);
+        for r in &rows {
+            if r.error.is_some() {
+                pooled.merge(&r.stats);
+                changed += 1;
+                cout += r.bytes_out;
+                cn += r.shape.iter().product::<usize>() as u64;
+                cin += r.bytes_in;
+            }
+        }
+        let _ = cin;
+        let bytes_in: u64 = rows.iter().map(|r| r.bytes_in).sum();
+        let bytes_out: u64 = rows.iter().map(|r| r.bytes_out).sum();
+        let totals = Totals {
+            tensors: rows.len(),
+            changed,
+            bytes_in,
+            bytes_out,
+            compression: if bytes_out == 0 {
+                0.0
+            } else {
+                bytes_in as f64 / bytes_out as f64
+            },
+            bits_per_weight_changed: if cn == 0 {
+                0.0
+            } else {
+                cout as f64 * 8.0 / cn as f64
+            },
+            error: (changed > 0).then(|| pooled.summary()),
+        };
+        Report {
+            schema_version: SCHEMA_VERSION,
+            command: command.into(),
+            input,
+            output,
+            target,
+            rows,
+            totals,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serializes")
+    }
+
+    /// The terminal table: changed tensors worst first, then a count of exact copies, then totals.
+    pub fn to_table(&self) -> String {
+        let mut s = String::new();
+        let w = self
+            .rows
+            .iter()
+            .filter(|r| r.error.is_some())
+            .map(|r| r.tensor.len())
+            .max()
+            .unwrap_or(6)
+            .clamp(6, 60);
+        s.push_str(&format!(
+            "{:<w$}  {:<18} {:>10} {:>10} {:>9} {:>8} {:>9} {:>5}\n",
+            "tensor", "storage", "rmse", "max|err|", "sqnr dB", "cosine", "size", "bpw"
+        ));
+        let mut copies = 0;
+        for r in &self.rows {
+            let Some(e) = &r.error else {
+                copies += 1;
+                continue;
+            };
+            let mut name = r.tensor.clone();
+            if name.len() > w {
+                name = format!("…{}", &name[name.len() - (w - 1)..]);
+            }
+            s.push_str(&format!(
+                "{:<w$}  {:<18} {:>10.3e} {:>10.3e} {:>9} {:>8.6} {:>9} {:>5.2}\n",
+                name,
+                r.storage,
+                e.rmse,
+                e.max_abs_err,
+                e.sqnr_db.map_or("exact".into(), |v| format!("{v:.2}")),
+                e.cosine,
+                human_bytes(r.bytes_out),
+                r.bits_per_weight
+            ));
+            if let Some(a) = &r.audit {
+                if a.overflow + a.underflow + a.subnormal > 0 {
+                    s.push_str(&format!(
+                        "{:<w$}    overflow {} · flushed to zero {} · subnormal {} · max rel err {:.2e}\n",
+                        "", a.overflow, a.underflow, a.subnormal, a.max_rel_err
+                    ));
+                }
+            }
+            if let Some(n) = &r.note {
+                s.push_str(&format!("{:<w$}    note: {n}\n", ""));
+            }
+        }
+        if copies > 0 {
+            s.push_str(&format!("({copies} tensors stored exactly: not listed)\n"));
+        }
+        let t = &self.totals;
+        s.push_str(&format!(
+            "total: {} tensors ({} changed) · {} -> {} ({:.2}x)",
+            t.tensors,
+            t.changed,
+            human_bytes(t.bytes_in),
+            human_bytes(t.bytes_out),
+            t.compression
+        ));
+        if let Some(e) = &t.error {
+            s.push_str(&format!(
+                " · changed tensors: {:.2} bpw, sqnr {} dB, rmse {:.3e}",
+                t.bits_per_weight_changed,
+                e.sqnr_db.map_or("inf".into(), |v| format!("{v:.2}")),
+                e.rmse
+            ));
+        }
+        s.push('\n');
+        s
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.2} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{b} B")
+    }
+}

@@ -1,0 +1,429 @@
+//! `verify ORIGINAL QUANTIZED`: dequantize every tensor of QUANTIZED with the same kernels the
+//! writer validates with, and compare against ORIGINAL.
+//!
+//! QUANTIZED may be a GGUF file, or safetensors (file, sharded, or folder) holding plain float
+//! tensors and/or compressed-tensors pack-quantized / float-quantized weights.
+
+use crate::error::{Error, Result};
+use crate::exec::{pool, run_jobs, CHUNK_ELEMS};
+use crate::plan::chunk_rows;
+use crate::report::{Report, ReportRow};
+use crate::Progress;
+use qs_formats::gguf::GgufFile;
+use qs_formats::source::ModelSource;
+use qs_numeric::dtype::decode_f32;
+use qs_numeric::rtn::IntSpec;
+use qs_numeric::scheme::rows_cols;
+use qs_numeric::{DType, ErrorStats, GgmlType, Granularity, Scheme};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A logical tensor of the quantized model: how to decode it and where its slot bytes are.
+struct Logical<'a> {
+    name: String,
+    shape: Vec<usize>,
+    scheme: Scheme,
+    slots: Vec<&'a [u8]>,
+    bytes: u64,
+}
+
+enum Quantized {
+    Gguf(GgufFile),
+    St(ModelSource),
+}
+
+pub fn verify(
+    original: &Path,
+    quantized: &Path,
+    threads: Option<usize>,
+    progress: &dyn Progress,
+) -> Result<Report> {
+    let orig = ModelSource::open(original)?;
+    let q = if is_gguf(quantized) {
+        Quantized::Gguf(GgufFile::open(quantized)?)
+    } else {
+        Quantized::St(ModelSource::open(quantized)?)
+    };
+    let logical = match &q {
+        Quantized::Gguf(g) => gguf_logical(g)?,
+        Quantized::St(s) => st_logical(s)?,
+    };
+    let by_name: HashMap<&str, usize> = orig
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.info.name.as_str(), i))
+        .collect();
+    for l in &logical {
+        let Some(&oi) = by_name.get(l.name.as_str()) else {
+            return Err(Error::Verify(format!(
+                "{}: tensor '{}' is not in {}",
+                quantized.display(),
+                l.name,
+                original.display()
+            )));
+        };
+        let ot = &orig.tensors[oi].info;
+        let (or, oc) = rows_cols(&ot.shape);
+        let (lr, lc) = rows_cols(&l.shape);
+        if (or, oc) != (lr, lc) {
+            return Err(Error::Verify(format!(
+                "tensor '{}': shape {:?} in {} but {:?} in {}",
+                l.name,
+                l.shape,
+                quantized.display(),
+                ot.shape,
+                original.display()
+            )));
+        }
+        if !ot.dtype.is_float() {
+            return Err(Error::Verify(format!(
+                "tensor '{}': original is {}, not a float tensor",
+                l.name, ot.dtype
+            )));
+        }
+    }
+    let missing: Vec<&str> = {
+        let have: std::collections::HashSet<&str> =
+            logical.iter().map(|l| l.name.as_str()).collect();
+        orig.tensors
+            .iter()
+            .map(|t| t.info.name.as_str())
+            .filter(|n| !have.contains(n))
+            .collect()
+    };
+    if !missing.is_empty() {
+        return Err(Error::Verify(format!(
+            "{} lacks {} tensor(s) of the original, e.g. '{}'",
+            quantized.display(),
+            missing.len(),
+            missing[0]
+        )));
+    }
+
+    struct Job {
+        l: usize,
+        r0: usize,
+        r1: usize,
+    }
+    let mut jobs = Vec::new();
+    for (li, l) in logical.iter().enumerate() {
+        let (rows, cols) = rows_cols(&l.shape);
+        for (r0, r1) in chunk_rows(rows, cols, l.scheme.row_align(), CHUNK_ELEMS) {
+            jobs.push(Job { l: li, r0, r1 });
+        }
+    }
+    let pool = pool(threads)?;
+    progress.start(logical.iter().map(|l| l.bytes).sum());
+    let stats = run_jobs(&pool, &jobs, |j| {
+        let l = &logical[j.l];
+        let (_, cols) = rows_cols(&l.shape);
+        let ot = &orig.tensors[by_name[l.name.as_str()]];
+        let sz = ot.info.dtype.size();
+        let mut x = vec![0f32; (j.r1 - j.r0) * cols];
+        decode_f32(
+            ot.info.dtype,
+            &orig.bytes(ot)[j.r0 * cols * sz..j.r1 * cols * sz],
+            &mut x,
+        );
+        let parts: Vec<&[u8]> = l
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| &s[l.scheme.slot_range(i, &l.shape, j.r0, j.r1)])
+            .collect();
+        let mut y = vec![0f32; x.len()];
+        l.scheme.decode(&l.shape, j.r0, j.r1, &parts, &mut y);
+        progress.inc(parts.iter().map(|p| p.len() as u64).sum());
+        Ok(ErrorStats::of(&x, &y))
+    })?;
+    progress.finish();
+    let mut per = vec![ErrorStats::default(); logical.len()];
+    for (j, s) in jobs.iter().zip(&stats) {
+        per[j.l].merge(s);
+    }
+    let rows = logical
+        .iter()
+        .zip(per)
+        .map(|(l, s)| {
+            let ot = &orig.tensors[by_name[l.name.as_str()]].info;
+            let n: usize = l.shape.iter().product();
+            ReportRow {
+                tensor: l.name.clone(),
+                shape: l.shape.clone(),
+                dtype_in: ot.dtype.to_string(),
+                storage: l.scheme.label(),
+                bytes_in: (ot.end - ot.start) as u64,
+                bytes_out: l.bytes,
+                bits_per_weight: if n == 0 {
+                    0.0
+                } else {
+                    l.bytes as f64 * 8.0 / n as f64
+                },
+                error: Some(s.summary()),
+                audit: None,
+                note: None,
+                stats: s,
+            }
+        })
+        .collect();
+    Ok(Report::new(
+        "verify",
+        original.display().to_string(),
+        quantized.display().to_string(),
+        None,
+        rows,
+    ))
+}
+
+pub(crate) fn is_gguf(p: &Path) -> bool {
+    if p.extension().is_some_and(|e| e == "gguf") {
+        return true;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(p)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
+}
+
+fn gguf_logical(g: &GgufFile) -> Result<Vec<Logical<'_>>> {
+    let mut v = Vec::new();
+    for t in &g.tensors {
+        let scheme = match t.ty {
+            GgmlType::F32 => Scheme::Float {
+                dtype: DType::F32,
+                clamp: false,
+            },
+            GgmlType::F16 => Scheme::Float {
+                dtype: DType::F16,
+                clamp: false,
+            },
+            GgmlType::BF16 => Scheme::Float {
+                dtype: DType::BF16,
+                clamp: false,
+            },
+            ty if ty.can_dequantize() => Scheme::Ggml(ty),
+            ty => {
+                return Err(Error::Verify(format!(
+                    "{}: tensor '{}': dequantizing {ty} is not supported yet",
+                    g.path.display(),
+                    t.name
+                )))
+            }
+        };
+        let b = g.bytes(t);
+        v.push(Logical {
+            name: t.name.clone(),
+            shape: t.shape(),
+            scheme,
+            slots: vec![b],
+            bytes: b.len() as u64,
+        });
+    }
+    Ok(v)
+}
+
+/// compressed-tensors weight arguments for a module, from `quantization_config`.
+fn weight_args<'c>(
+    qc: Option<&'c serde_json::Value>,
+    module: &str,
+) -> Option<&'c serde_json::Value> {
+    let groups = qc?.get("config_groups")?.as_object()?;
+    let mut fallback = None;
+    for g in groups.values() {
+        let targets = g.get("targets")?.as_array()?;
+        for t in targets.iter().filter_map(|t| t.as_str()) {
+            if t == module {
+                return g.get("weights");
+            }
+            if let Some(re) = t.strip_prefix("re:") {
+                if regex::Regex::new(re).is_ok_and(|r| r.is_match(module)) {
+                    return g.get("weights");
+                }
+            }
+            if t == "Linear" {
+                fallback = g.get("weights");
+            }
+        }
+    }
+    fallback
+}
+
+fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
+    let qc_meta: Option<serde_json::Value> = s
+        .files
+        .first()
+        .and_then(|f| f.metadata.get("quantization_config"))
+        .and_then(|t| serde_json::from_str(t).ok());
+    let qc = s
+        .config
+        .as_ref()
+        .and_then(|c| c.get("quantization_config"))
+        .or(qc_meta.as_ref());
+    let by_name: HashMap<&str, usize> = s
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.info.name.as_str(), i))
+        .collect();
+    let get = |n: &str| by_name.get(n).map(|&i| &s.tensors[i]);
+    let bad =
+        |t: &str, m: String| Error::Verify(format!("{}: tensor '{t}': {m}", s.input.display()));
+    let mut companions = std::collections::HashSet::new();
+    let mut v = Vec::new();
+    for t in &s.tensors {
+        let name = &t.info.name;
+        if let Some(base) = name.strip_suffix("_packed") {
+            let scale = get(&format!("{base}_scale"))
+                .ok_or_else(|| bad(name, "has no _scale companion".into()))?;
+            let shape_t = get(&format!("{base}_shape"))
+                .ok_or_else(|| bad(name, "has no _shape companion".into()))?;
+            let zp = get(&format!("{base}_zero_point"));
+            let sb = s.bytes(shape_t);
+            let dims: Vec<usize> = match shape_t.info.dtype {
+                DType::I64 => sb
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8")) as usize)
+                    .collect(),
+                DType::I32 => sb
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as usize)
+                    .collect(),
+                d => return Err(bad(name, format!("_shape has dtype {d}"))),
+            };
+            if dims.len() != 2 {
+                return Err(bad(name, format!("_shape {dims:?} is not 2-D")));
+            }
+            let (rows, cols) = (dims[0], dims[1]);
+            let w = weight_args(qc, base.strip_suffix(".weight").unwrap_or(base));
+            let pw = t.info.shape.get(1).copied().unwrap_or(0);
+            let bits = w
+                .and_then(|w| w.get("num_bits"))
+                .and_then(|b| b.as_u64())
+                .map(|b| b as u32)
+                .or_else(|| {
+                    (1..=8)
+                        .rev()
+                        .find(|b| qs_numeric::pack::packed_words(cols, *b) == pw)
+                })
+                .ok_or_else(|| {
+                    bad(
+                        name,
+                        "cannot tell the bit width (no quantization_config)".into(),
+                    )
+                })?;
+            let sshape = &scale.info.shape;
+            let ng = sshape.get(1).copied().unwrap_or(1);
+            let granularity = if sshape.iter().product::<usize>() == 1 && rows != 1 {
+                Granularity::Tensor
+            } else if ng <= 1 {
+                Granularity::Channel
+            } else {
+                Granularity::Group(cols / ng)
+            };
+            let scheme = Scheme::Int {
+                spec: IntSpec {
+                    bits,
+                    symmetric: zp.is_none(),
+                },
+                granularity,
+                scale_dtype: scale.info.dtype,
+            };
+            scheme
+                .check(&[rows, cols])
+                .map_err(|e| bad(name, e.to_string()))?;
+            let mut slots = vec![s.bytes(t), s.bytes(scale)];
+            companions.extend([format!("{base}_scale"), format!("{base}_shape")]);
+            if let Some(z) = zp {
+                slots.push(s.bytes(z));
+                companions.insert(format!("{base}_zero_point"));
+            }
+            slots.push(sb);
+            let expect: Vec<usize> = scheme
+                .slots(&[rows, cols])
+                .iter()
+                .map(|x| x.nbytes)
+                .collect();
+            let got: Vec<usize> = slots.iter().map(|x| x.len()).collect();
+            if expect != got {
+                return Err(bad(name, format!("stored sizes {got:?} do not match {} for shape [{rows}, {cols}] (expected {expect:?})", scheme.label())));
+            }
+            let bytes = got.iter().sum::<usize>() as u64;
+            v.push(Logical {
+                name: base.to_string(),
+                shape: vec![rows, cols],
+                scheme,
+                slots,
+                bytes,
+            });
+        } else if matches!(t.info.dtype, DType::F8E4M3 | DType::F8E5M2) {
+            let sname = format!("{name}_scale");
+            let scale = get(&sname)
+                .ok_or_else(|| bad(name, "fp8 tensor without a _scale companion".into()))?;
+            companions.insert(sname);
+            let shape = t.info.shape.clone();
+            let (rows, cols) = rows_cols(&shape);
+            let sshape = &scale.info.shape;
+            let granularity = if sshape.iter().product::<usize>() == 1 && rows != 1 {
+                Granularity::Tensor
+            } else if sshape.len() == 2 && sshape[0] == rows && sshape[1] == 1 {
+                Granularity::Channel
+            } else {
+                let block = weight_args(qc, name.strip_suffix(".weight").unwrap_or(name))
+                    .and_then(|w| w.get("block_structure"))
+                    .and_then(|b| serde_json::from_value::<[usize; 2]>(b.clone()).ok())
+                    .unwrap_or([
+                        rows.div_ceil(sshape[0].max(1)),
+                        cols.div_ceil(sshape.get(1).copied().unwrap_or(1).max(1)),
+                    ]);
+                Granularity::Block(block[0], block[1])
+            };
+            let scheme = Scheme::Fp8 {
+                format: t.info.dtype,
+                granularity,
+                scale_dtype: scale.info.dtype,
+            };
+            let slots = vec![s.bytes(t), s.bytes(scale)];
+            let bytes = slots.iter().map(|x| x.len() as u64).sum();
+            v.push(Logical {
+                name: name.clone(),
+                shape,
+                scheme,
+                slots,
+                bytes,
+            });
+        }
+    }
+    for t in &s.tensors {
+        let name = &t.info.name;
+        if companions.contains(name)
+            || name.ends_with("_packed")
+            || v.iter().any(|l| &l.name == name)
+        {
+            continue;
+        }
+        match t.info.dtype {
+            DType::F32 | DType::F16 | DType::BF16 => {
+                let b = s.bytes(t);
+                v.push(Logical {
+                    name: name.clone(),
+                    shape: t.info.shape.clone(),
+                    scheme: Scheme::Float {
+                        dtype: t.info.dtype,
+                        clamp: false,
+                    },
+                    slots: vec![b],
+                    bytes: b.len() as u64,
+                });
+            }
+            d => {
+                return Err(bad(
+                    name,
+                    format!("{d} tensor that is not part of a quantized weight"),
+                ))
+            }
+        }
+    }
+    Ok(v)
+}

@@ -244,6 +244,19 @@ fn roundf(x: f32) -> f32 {
     x.round()
 }
 
+/// C's `(int8_t)x` for a float as x86 compiles it: truncate to int32 (`cvttss2si`, which gives
+/// INT_MIN for NaN/±inf/out of range), then keep the low byte. Only reachable with
+/// non-finite products, e.g. a block of denormals whose inverse scale overflows to inf;
+/// ggml and gguf-py (numpy on x86) both store 0 there, and so do we.
+#[inline]
+fn c_i8(x: f32) -> i8 {
+    if x.is_finite() && x.abs() < 2_147_483_648.0 {
+        x as i32 as i8
+    } else {
+        0
+    }
+}
+
 fn quantize_block(ty: GgmlType, x: &[f32], y: &mut [u8]) {
     match ty {
         Q8_0 => {
@@ -252,7 +265,7 @@ fn quantize_block(ty: GgmlType, x: &[f32], y: &mut [u8]) {
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             put_f16(y, d);
             for (q, &v) in y[2..34].iter_mut().zip(x) {
-                *q = roundf(v * id) as i8 as u8;
+                *q = c_i8(roundf(v * id)) as u8;
             }
         }
         Q4_0 => {
@@ -261,9 +274,8 @@ fn quantize_block(ty: GgmlType, x: &[f32], y: &mut [u8]) {
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             put_f16(y, d);
             for j in 0..16 {
-                // `as i8` then `as u8` mirrors C's (int8_t) truncation toward zero.
-                let q0 = ((x[j] * id + 8.5) as i8 as u8).min(15);
-                let q1 = ((x[j + 16] * id + 8.5) as i8 as u8).min(15);
+                let q0 = (c_i8(x[j] * id + 8.5) as u8).min(15);
+                let q1 = (c_i8(x[j + 16] * id + 8.5) as u8).min(15);
                 y[2 + j] = q0 | (q1 << 4);
             }
         }
@@ -274,8 +286,8 @@ fn quantize_block(ty: GgmlType, x: &[f32], y: &mut [u8]) {
             put_f16(y, d);
             put_f16(&mut y[2..], min);
             for j in 0..16 {
-                let q0 = (((x[j] - min) * id + 0.5) as i8 as u8).min(15);
-                let q1 = (((x[j + 16] - min) * id + 0.5) as i8 as u8).min(15);
+                let q0 = (c_i8((x[j] - min) * id + 0.5) as u8).min(15);
+                let q1 = (c_i8((x[j + 16] - min) * id + 0.5) as u8).min(15);
                 y[4 + j] = q0 | (q1 << 4);
             }
         }
@@ -286,8 +298,8 @@ fn quantize_block(ty: GgmlType, x: &[f32], y: &mut [u8]) {
             put_f16(y, d);
             let mut qh = 0u32;
             for j in 0..16 {
-                let q0 = ((x[j] * id + 16.5) as i8 as u8).min(31);
-                let q1 = ((x[j + 16] * id + 16.5) as i8 as u8).min(31);
+                let q0 = (c_i8(x[j] * id + 16.5) as u8).min(31);
+                let q1 = (c_i8(x[j + 16] * id + 16.5) as u8).min(31);
                 y[6 + j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
                 qh |= ((q0 as u32 & 0x10) >> 4) << j;
                 qh |= ((q1 as u32 & 0x10) >> 4) << (j + 16);
@@ -302,8 +314,8 @@ fn quantize_block(ty: GgmlType, x: &[f32], y: &mut [u8]) {
             put_f16(&mut y[2..], min);
             let mut qh = 0u32;
             for j in 0..16 {
-                let q0 = (((x[j] - min) * id + 0.5) as u8).min(31);
-                let q1 = (((x[j + 16] - min) * id + 0.5) as u8).min(31);
+                let q0 = (c_i8((x[j] - min) * id + 0.5) as u8).min(31);
+                let q1 = (c_i8((x[j + 16] - min) * id + 0.5) as u8).min(31);
                 y[8 + j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
                 qh |= ((q0 as u32 & 0x10) >> 4) << j;
                 qh |= ((q1 as u32 & 0x10) >> 4) << (j + 16);

@@ -1,0 +1,412 @@
+//! Bad input: each case fails with one clear line naming the file (and tensor), a non-zero
+//! exit code, and nothing at the output path.
+
+use crate::util::*;
+use safetensors::Dtype;
+use std::path::Path;
+
+fn raw_file(header: &str, data_len: usize) -> Vec<u8> {
+    let mut v = (header.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(header.as_bytes());
+    v.extend(std::iter::repeat_n(0u8, data_len));
+    v
+}
+
+/// Runs `quantize INPUT --to q4_0 -o DIR/out.gguf` and checks the failure contract.
+#[track_caller]
+fn expect_failure(dir: &Path, input: &Path, extra: &[&str], must_contain: &[&str]) -> String {
+    let out = dir.join("out.gguf");
+    let mut args: Vec<String> = vec![
+        input.display().to_string(),
+        "--to".into(),
+        "q4_0".into(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let r = quantize(&args);
+    assert_ne!(r.code, 0, "expected failure, got success: {}", r.stdout);
+    let msg = r.stderr.trim();
+    assert_eq!(msg.lines().count(), 1, "one line: {msg}");
+    assert!(msg.starts_with("error: "), "{msg}");
+    for m in must_contain {
+        assert!(msg.contains(m), "'{m}' missing from: {msg}");
+    }
+    assert!(!out.exists(), "nothing at the output path");
+    assert!(
+        listing(dir).iter().all(|f| !f.contains("qs-partial")),
+        "no temporary left: {:?}",
+        listing(dir)
+    );
+    msg.to_string()
+}
+
+#[test]
+fn malformed_safetensors_headers() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("bad.safetensors");
+    let cases: Vec<(Vec<u8>, Vec<&str>)> = vec![
+        (vec![1, 2, 3], vec!["bad.safetensors", "truncated"]),
+        (
+            {
+                let mut v = 5000u64.to_le_bytes().to_vec();
+                v.extend_from_slice(b"{}");
+                v
+            },
+            vec!["bad.safetensors", "header length 5000 runs past the end"],
+        ),
+        (
+            raw_file(
+                r#"{"a.weight":{"dtype":"F32","shape":[4,32],"data_offsets":[0,512]},"b.weight":{"dtype":"F32","shape":[2,32],"data_offsets":[256,512]}}"#,
+                512,
+            ),
+            vec!["'b.weight'", "overlaps"],
+        ),
+        (
+            raw_file(
+                r#"{"a.weight":{"dtype":"F32","shape":[4,32],"data_offsets":[0,512]}}"#,
+                100,
+            ),
+            vec!["'a.weight'", "run past the data section"],
+        ),
+        (
+            raw_file(
+                r#"{"a.weight":{"dtype":"BF16","shape":[4,32],"data_offsets":[0,512]}}"#,
+                512,
+            ),
+            vec!["'a.weight'", "needs 256 bytes"],
+        ),
+        (
+            raw_file(
+                r#"{"a.weight":{"dtype":"F32","shape":[1,32],"data_offsets":[0,128]},"a.weight":{"dtype":"F32","shape":[1,32],"data_offsets":[128,256]}}"#,
+                256,
+            ),
+            vec!["'a.weight'", "twice"],
+        ),
+        (
+            raw_file(
+                r#"{"a.weight":{"dtype":"F4","shape":[2,32],"data_offsets":[0,32]}}"#,
+                32,
+            ),
+            vec!["'a.weight'", "unknown or unsupported dtype 'F4'"],
+        ),
+        (
+            raw_file(
+                r#"{"a.weight":{"dtype":"F32","shape":[1,32],"data_offsets":[0,128]}"#,
+                128,
+            ),
+            vec!["not valid JSON"],
+        ),
+    ];
+    for (bytes, must) in cases {
+        std::fs::write(&p, &bytes).unwrap();
+        let mut m = must.clone();
+        m.push("bad.safetensors");
+        expect_failure(d.path(), &p, &[], &m);
+    }
+}
+
+#[test]
+fn truncated_data_section() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("m.safetensors");
+    write_st(
+        &p,
+        &[(
+            "x.weight",
+            Dtype::BF16,
+            vec![8, 64],
+            bf16_bytes(&vec![0.5; 512]),
+        )],
+    );
+    let full = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &full[..full.len() - 100]).unwrap();
+    expect_failure(
+        d.path(),
+        &p,
+        &[],
+        &["m.safetensors", "'x.weight'", "truncated"],
+    );
+}
+
+#[test]
+fn index_pointing_at_a_missing_shard_or_lying_about_tensors() {
+    let d = tempfile::tempdir().unwrap();
+    let s1 = d.path().join("model-00001-of-00002.safetensors");
+    write_st(
+        &s1,
+        &[(
+            "a.weight",
+            Dtype::F32,
+            vec![2, 32],
+            f32_bytes(&vec![0.1; 64]),
+        )],
+    );
+    let idx = d.path().join("model.safetensors.index.json");
+    std::fs::write(&idx, r#"{"metadata":{},"weight_map":{"a.weight":"model-00001-of-00002.safetensors","b.weight":"model-00002-of-00002.safetensors"}}"#).unwrap();
+    let out = d.path().join("o");
+    std::fs::create_dir(&out).unwrap();
+    expect_failure(
+        &out,
+        d.path(),
+        &[],
+        &[
+            "model.safetensors.index.json",
+            "'b.weight'",
+            "model-00002-of-00002.safetensors",
+            "does not exist",
+        ],
+    );
+    // shard has a tensor the index does not map
+    write_st(
+        &s1,
+        &[
+            (
+                "a.weight",
+                Dtype::F32,
+                vec![2, 32],
+                f32_bytes(&vec![0.1; 64]),
+            ),
+            (
+                "c.weight",
+                Dtype::F32,
+                vec![2, 32],
+                f32_bytes(&vec![0.1; 64]),
+            ),
+        ],
+    );
+    std::fs::write(
+        &idx,
+        r#"{"metadata":{},"weight_map":{"a.weight":"model-00001-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    expect_failure(
+        &out,
+        d.path(),
+        &[],
+        &[
+            "model-00001-of-00002.safetensors",
+            "'c.weight'",
+            "missing from",
+        ],
+    );
+    // index maps a tensor to a shard whose header lacks it
+    std::fs::write(&idx, r#"{"metadata":{},"weight_map":{"a.weight":"model-00001-of-00002.safetensors","c.weight":"model-00001-of-00002.safetensors","z.weight":"model-00001-of-00002.safetensors"}}"#).unwrap();
+    expect_failure(&out, d.path(), &[], &["'z.weight'", "does not have it"]);
+    // the same tensor in two shards
+    let s2 = d.path().join("model-00002-of-00002.safetensors");
+    write_st(
+        &s2,
+        &[
+            (
+                "a.weight",
+                Dtype::F32,
+                vec![2, 32],
+                f32_bytes(&vec![0.1; 64]),
+            ),
+            (
+                "d.weight",
+                Dtype::F32,
+                vec![2, 32],
+                f32_bytes(&vec![0.1; 64]),
+            ),
+        ],
+    );
+    std::fs::write(&idx, r#"{"metadata":{},"weight_map":{"a.weight":"model-00001-of-00002.safetensors","c.weight":"model-00001-of-00002.safetensors","d.weight":"model-00002-of-00002.safetensors"}}"#).unwrap();
+    expect_failure(
+        &out,
+        d.path(),
+        &[],
+        &["'a.weight'", "model-00002-of-00002.safetensors"],
+    );
+}
+
+#[test]
+fn nan_and_inf_weights_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("m.safetensors");
+    let mut v = vec![0.25f32; 4 * 64];
+    v[64 + 5] = f32::NAN;
+    write_st(
+        &p,
+        &[
+            (
+                "ok.weight",
+                Dtype::F32,
+                vec![4, 64],
+                f32_bytes(&vec![0.1; 256]),
+            ),
+            ("bad.weight", Dtype::F32, vec![4, 64], f32_bytes(&v)),
+        ],
+    );
+    expect_failure(
+        d.path(),
+        &p,
+        &[],
+        &[
+            "m.safetensors",
+            "'bad.weight'",
+            "non-finite",
+            "row 1, column 5",
+        ],
+    );
+    v[64 + 5] = f32::INFINITY;
+    write_st(&p, &[("norm", Dtype::F32, vec![256], f32_bytes(&v))]);
+    expect_failure(d.path(), &p, &[], &["'norm'", "non-finite"]);
+    // carried through a float copy when asked
+    let out = d.path().join("c.safetensors");
+    quantize(&[
+        p.as_os_str(),
+        "--to".as_ref(),
+        "f32".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--allow-nonfinite".as_ref(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let buf = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&buf).unwrap();
+    assert_eq!(
+        &st.tensor("norm").unwrap().data()[(69) * 4..70 * 4],
+        &f32::INFINITY.to_le_bytes()
+    );
+}
+
+#[test]
+fn existing_output_is_refused_unless_forced() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.gguf");
+    std::fs::write(&out, b"precious").unwrap();
+    let fx = fixture();
+    let r = quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "q4_0".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("already exists") && r.stderr.contains("--force"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "q4_0".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--force".as_ref(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    assert_eq!(&std::fs::read(&out).unwrap()[..4], b"GGUF");
+    // folders too
+    let od = d.path().join("folder");
+    std::fs::create_dir(&od).unwrap();
+    std::fs::write(od.join("keep.txt"), b"x").unwrap();
+    let r = quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "int8".as_ref(),
+        "-o".as_ref(),
+        od.as_os_str(),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(od.join("keep.txt").exists());
+}
+
+#[test]
+fn unwritable_output() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    // parent directory missing
+    let out = d.path().join("no/such/dir/out.gguf");
+    let r = quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "q4_0".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("out.gguf"), "{}", r.stderr);
+    assert!(!out.exists());
+    // parent is a file
+    let f = d.path().join("file");
+    std::fs::write(&f, b"x").unwrap();
+    let out = f.join("out.gguf");
+    let r = quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "q4_0".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("out.gguf"), "{}", r.stderr);
+}
+
+/// A full disk, simulated with a file-size limit (writes past it fail with EFBIG, as they
+/// would with ENOSPC): clear error, partial file removed.
+#[test]
+fn full_disk_leaves_nothing_behind() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.gguf");
+    let cmd = format!(
+        "trap '' XFSZ; ulimit -f 200; exec '{}' '{}' --to q8_0 -o '{}'",
+        env!("CARGO_BIN_EXE_quantize"),
+        fixture().display(),
+        out.display()
+    );
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("out.gguf") && err.to_lowercase().contains("too large"),
+        "{err}"
+    );
+    assert_eq!(listing(d.path()), Vec::<String>::new(), "no partial file");
+}
+
+#[test]
+fn wrong_target_for_container_and_non_float_tensors() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let r = quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "-o".as_ref(),
+        d.path().join("x.gguf").as_os_str(),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("compressed-tensors"), "{}", r.stderr);
+    let r = quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "q4_0".as_ref(),
+        "-o".as_ref(),
+        d.path().join("x").as_os_str(),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains(".gguf"), "{}", r.stderr);
+    let r = quantize(&[fx.as_os_str(), "--to".as_ref(), "q9_9".as_ref()]);
+    assert_eq!(r.code, 2, "usage error");
+    let p = d.path().join("m.safetensors");
+    write_st(
+        &p,
+        &[
+            ("ids", Dtype::I64, vec![4], vec![0; 32]),
+            ("flag", Dtype::BOOL, vec![32], vec![1; 32]),
+        ],
+    );
+    expect_failure(d.path(), &p, &[], &["'flag'", "BOOL", "GGUF"]);
+}

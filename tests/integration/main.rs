@@ -1,0 +1,7 @@
+//! The one integration-test binary: the `quantize` command end to end, bad input, and the
+//! independent oracles (gguf-py, ml_dtypes, the safetensors and gguf-rs-lib crates).
+
+mod bad_input;
+mod cli;
+mod oracle;
+mod util;

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Independent checks of quantsmith output with llama.cpp's own Python package `gguf`
+(and `ml_dtypes` for FP8). Called by tests/integration/oracle.rs; prints one JSON line.
+
+  codecs DIR          DIR/<TYPE>.in.f32, <TYPE>.q, <TYPE>.deq.f32 for each ggml type; fp8 files too
+  gguf FILE INPUT     read FILE with gguf.GGUFReader; every tensor must match INPUT (safetensors)
+                      re-quantized by gguf.quants.quantize (or equal, for float tensors)
+"""
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType as T
+from gguf.quants import quantize, dequantize
+
+TYPES = {"F16": T.F16, "BF16": T.BF16, "Q8_0": T.Q8_0, "Q4_0": T.Q4_0, "Q4_1": T.Q4_1, "Q5_0": T.Q5_0, "Q5_1": T.Q5_1}
+
+
+def fail(msg):
+    print(json.dumps({"ok": False, "error": msg}))
+    sys.exit(1)
+
+
+def first_diff(a, b):
+    a = np.frombuffer(a, np.uint8)
+    b = np.frombuffer(b, np.uint8)
+    if a.shape != b.shape:
+        return f"sizes differ: {a.size} vs {b.size}"
+    i = int(np.argmax(a != b))
+    return f"first difference at byte {i}: ours {a[i]} vs reference {b[i]}"
+
+
+def codecs(d):
+    d = Path(d)
+    checked = []
+    for name, qt in TYPES.items():
+        x = np.fromfile(d / f"{name}.in.f32", dtype="<f4")
+        ours = (d / f"{name}.q").read_bytes()
+        ours_deq = np.fromfile(d / f"{name}.deq.f32", dtype="<f4")
+        rows = x.reshape(-1, 256)
+        ref = quantize(rows, qt).tobytes()
+        if ref != ours:
+            fail(f"{name}: our bytes differ from gguf.quants.quantize: {first_diff(ours, ref)}")
+        deq = dequantize(np.frombuffer(ours, np.uint8).reshape(rows.shape[0], -1), qt).reshape(-1).astype(np.float32)
+        if not np.array_equal(deq, ours_deq):
+            i = int(np.argmax(deq != ours_deq))
+            fail(f"{name}: dequantized value {i} differs: ours {ours_deq[i]!r} vs gguf {deq[i]!r}")
+        checked.append(name)
+    import ml_dtypes
+    for name, dt, mx in [("E4M3", ml_dtypes.float8_e4m3fn, 448.0), ("E5M2", ml_dtypes.float8_e5m2, 57344.0)]:
+        x = np.fromfile(d / f"{name}.in.f32", dtype="<f4")
+        ours = np.frombuffer((d / f"{name}.q").read_bytes(), np.uint8)
+        # ml_dtypes casts with round-to-nearest-even but does not saturate: clamp first,
+        # as compressed-tensors does before its cast.
+        ref = np.clip(x, -mx, mx).astype(dt).view(np.uint8)
+        if not np.array_equal(ref, ours):
+            i = int(np.argmax(ref != ours))
+            fail(f"fp8 {name}: value {x[i]!r}: ours {ours[i]:#04x} vs ml_dtypes {ref[i]:#04x}")
+        back = ours.view(dt).astype(np.float32)
+        ours_deq = np.fromfile(d / f"{name}.deq.f32", dtype="<f4")
+        if not np.array_equal(back, ours_deq):
+            fail(f"fp8 {name}: decode differs from ml_dtypes")
+        checked.append(name)
+    print(json.dumps({"ok": True, "checked": checked}))
+
+
+def read_safetensors(path):
+    """Minimal independent safetensors reader -> {name: float32 array} (F32/F16/BF16)."""
+    buf = Path(path).read_bytes()
+    n = struct.unpack("<Q", buf[:8])[0]
+    header = json.loads(buf[8:8 + n])
+    base = 8 + n
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        b, e = v["data_offsets"]
+        raw = buf[base + b:base + e]
+        if v["dtype"] == "BF16":
+            a = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+        elif v["dtype"] == "F16":
+            a = np.frombuffer(raw, "<f2").astype(np.float32)
+        elif v["dtype"] == "F32":
+            a = np.frombuffer(raw, "<f4").copy()
+        else:
+            continue
+        out[k] = (a.reshape(v["shape"]), v["dtype"])
+    return out
+
+
+def check_gguf(path, input_path):
+    r = gguf.GGUFReader(path)
+    src = read_safetensors(input_path)
+    seen = []
+    for t in r.tensors:
+        if t.name not in src:
+            fail(f"tensor {t.name} not in the input")
+        x, dtype = src[t.name]
+        ne = [int(v) for v in t.shape]
+        if list(reversed(ne)) != list(x.shape) and not (len(x.shape) == 1 and ne == [x.shape[0]]):
+            fail(f"{t.name}: GGUF shape {ne} is not the input shape {list(x.shape)} reversed")
+        qt = t.tensor_type
+        data = np.asarray(t.data)
+        if qt == T.F32:
+            if not np.array_equal(data.reshape(-1), x.reshape(-1)):
+                fail(f"{t.name}: F32 data differs from the input")
+        elif qt in (T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1):
+            if qt == T.BF16 and dtype == "BF16":
+                ref = (x.reshape(-1).view(np.uint32) >> 16).astype(np.uint16).tobytes()
+            else:
+                ref = quantize(x.reshape(-1, x.shape[-1]), qt).tobytes()
+            if data.tobytes() != ref:
+                fail(f"{t.name} ({qt.name}): bytes differ from gguf.quants.quantize: {first_diff(data.tobytes(), ref)}")
+        else:
+            fail(f"{t.name}: unexpected type {qt.name}")
+        seen.append(t.name)
+    align = r.fields.get("general.alignment")
+    print(json.dumps({"ok": True, "tensors": len(seen), "alignment": int(align.parts[-1][0]) if align else 32}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "codecs":
+        codecs(sys.argv[2])
+    elif sys.argv[1] == "gguf":
+        check_gguf(sys.argv[2], sys.argv[3])
+    else:
+        fail("unknown command")

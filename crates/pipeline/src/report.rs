@@ -35,7 +35,9 @@ pub struct Totals {
     pub compression: f64,
     /// Bits per weight over the changed tensors.
     pub bits_per_weight_changed: f64,
-    /// Error over all changed tensors pooled together.
+    /// Changed tensors whose values are not reproduced exactly.
+    pub lossy: usize,
+    /// Error pooled over the lossy tensors.
     pub error: Option<ErrorSummary>,
 }
 
@@ -73,17 +75,19 @@ impl Report {
                 .then_with(|| a.tensor.cmp(&b.tensor))
         });
         let mut pooled = ErrorStats::default();
-        let (mut cin, mut cout, mut cn, mut changed) = (0u64, 0u64, 0u64, 0usize);
+        let (mut cout, mut cn, mut changed) = (0u64, 0u64, 0usize);
+        let mut lossy = 0usize;
         for r in &rows {
-            if r.error.is_some() {
-                pooled.merge(&r.stats);
+            if let Some(e) = &r.error {
                 changed += 1;
                 cout += r.bytes_out;
                 cn += r.shape.iter().product::<usize>() as u64;
-                cin += r.bytes_in;
+                if e.sqnr_db.is_some() {
+                    pooled.merge(&r.stats);
+                    lossy += 1;
+                }
             }
         }
-        let _ = cin;
         let bytes_in: u64 = rows.iter().map(|r| r.bytes_in).sum();
         let bytes_out: u64 = rows.iter().map(|r| r.bytes_out).sum();
         let totals = Totals {
@@ -101,7 +105,8 @@ impl Report {
             } else {
                 cout as f64 * 8.0 / cn as f64
             },
-            error: (changed > 0).then(|| pooled.summary()),
+            lossy,
+            error: (lossy > 0).then(|| pooled.summary()),
         };
         Report {
             schema_version: SCHEMA_VERSION,
@@ -135,7 +140,7 @@ impl Report {
         ));
         let mut copies = 0;
         for r in &self.rows {
-            let Some(e) = &r.error else {
+            let Some(e) = r.error.as_ref().filter(|e| e.sqnr_db.is_some()) else {
                 copies += 1;
                 continue;
             };
@@ -167,7 +172,7 @@ impl Report {
             }
         }
         if copies > 0 {
-            s.push_str(&format!("({copies} tensors stored exactly: not listed)\n"));
+            s.push_str(&format!("({copies} tensors stored exactly (copied or widened): not listed)\n"));
         }
         let t = &self.totals;
         s.push_str(&format!(
@@ -180,8 +185,9 @@ impl Report {
         ));
         if let Some(e) = &t.error {
             s.push_str(&format!(
-                " · changed tensors: {:.2} bpw, sqnr {} dB, rmse {:.3e}",
+                " · changed tensors: {:.2} bpw · lossy ({}): sqnr {} dB, rmse {:.3e}",
                 t.bits_per_weight_changed,
+                t.lossy,
                 e.sqnr_db.map_or("inf".into(), |v| format!("{v:.2}")),
                 e.rmse
             ));

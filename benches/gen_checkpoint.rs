@@ -18,27 +18,66 @@ fn main() {
     }
     let target: f64 = args[2].parse::<f64>().expect("SIZE_GB is a number") * 1e9;
     let (hidden, inter, vocab) = (4096usize, 11008usize, 32000usize);
-    let mut entries = vec![StEntry { name: "model.embed_tokens.weight".into(), dtype: DType::BF16, shape: vec![vocab, hidden] }];
+    let mut entries = vec![StEntry {
+        name: "model.embed_tokens.weight".into(),
+        dtype: DType::BF16,
+        shape: vec![vocab, hidden],
+    }];
     let mut size = (vocab * hidden * 2 * 2) as f64; // embed + lm_head
     let layer = ((4 * hidden * hidden + 3 * hidden * inter) * 2) as f64;
     let mut l = 0;
     while size + layer <= target || l == 0 {
         let p = format!("model.layers.{l}.");
-        entries.push(StEntry { name: format!("{p}input_layernorm.weight"), dtype: DType::BF16, shape: vec![hidden] });
+        entries.push(StEntry {
+            name: format!("{p}input_layernorm.weight"),
+            dtype: DType::BF16,
+            shape: vec![hidden],
+        });
         for n in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-            entries.push(StEntry { name: format!("{p}self_attn.{n}.weight"), dtype: DType::BF16, shape: vec![hidden, hidden] });
+            entries.push(StEntry {
+                name: format!("{p}self_attn.{n}.weight"),
+                dtype: DType::BF16,
+                shape: vec![hidden, hidden],
+            });
         }
-        entries.push(StEntry { name: format!("{p}post_attention_layernorm.weight"), dtype: DType::BF16, shape: vec![hidden] });
-        entries.push(StEntry { name: format!("{p}mlp.gate_proj.weight"), dtype: DType::BF16, shape: vec![inter, hidden] });
-        entries.push(StEntry { name: format!("{p}mlp.up_proj.weight"), dtype: DType::BF16, shape: vec![inter, hidden] });
-        entries.push(StEntry { name: format!("{p}mlp.down_proj.weight"), dtype: DType::BF16, shape: vec![hidden, inter] });
+        entries.push(StEntry {
+            name: format!("{p}post_attention_layernorm.weight"),
+            dtype: DType::BF16,
+            shape: vec![hidden],
+        });
+        entries.push(StEntry {
+            name: format!("{p}mlp.gate_proj.weight"),
+            dtype: DType::BF16,
+            shape: vec![inter, hidden],
+        });
+        entries.push(StEntry {
+            name: format!("{p}mlp.up_proj.weight"),
+            dtype: DType::BF16,
+            shape: vec![inter, hidden],
+        });
+        entries.push(StEntry {
+            name: format!("{p}mlp.down_proj.weight"),
+            dtype: DType::BF16,
+            shape: vec![hidden, inter],
+        });
         size += layer;
         l += 1;
     }
-    entries.push(StEntry { name: "model.norm.weight".into(), dtype: DType::BF16, shape: vec![hidden] });
-    entries.push(StEntry { name: "lm_head.weight".into(), dtype: DType::BF16, shape: vec![vocab, hidden] });
+    entries.push(StEntry {
+        name: "model.norm.weight".into(),
+        dtype: DType::BF16,
+        shape: vec![hidden],
+    });
+    entries.push(StEntry {
+        name: "lm_head.weight".into(),
+        dtype: DType::BF16,
+        shape: vec![vocab, hidden],
+    });
 
-    let layout = plan_layout(&entries, &BTreeMap::from([("format".to_string(), "pt".to_string())]));
+    let layout = plan_layout(
+        &entries,
+        &BTreeMap::from([("format".to_string(), "pt".to_string())]),
+    );
     // A pool of weight-like bf16 values, reused at a different offset per tensor.
     let pool: Vec<u8> = weight_matrix(1 << 10, 1 << 12, 0.02, 1)
         .iter()
@@ -61,5 +100,10 @@ fn main() {
         }
     }
     w.flush().unwrap();
-    println!("{}: {} layers, {:.2} GB", args[1], l, layout.total_len as f64 / 1e9);
+    println!(
+        "{}: {} layers, {:.2} GB",
+        args[1],
+        l,
+        layout.total_len as f64 / 1e9
+    );
 }

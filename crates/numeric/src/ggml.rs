@@ -209,18 +209,34 @@ fn get_f16(b: &[u8]) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
 }
 
-/// Value with the largest magnitude, sign kept (first one wins on ties), as ggml scans.
+/// Value with the largest magnitude, sign kept; the first one wins on ties, as ggml's scan
+/// (`if (amax < fabsf(v))`) does. Two passes so the first vectorizes.
 #[inline]
 fn signed_absmax(x: &[f32]) -> f32 {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
+    let amax = absmax(x);
+    if amax == 0.0 {
+        return 0.0;
+    }
+    x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+}
+
+/// max |x| over a block (NaN-free input), as a compare-select that vectorizes.
+#[inline]
+fn absmax(x: &[f32]) -> f32 {
+    let mut m = [0f32; 8];
+    let c = x.chunks_exact(8);
+    let r = c.remainder();
+    for b in c {
+        for k in 0..8 {
+            let a = b[k].abs();
+            m[k] = if a > m[k] { a } else { m[k] };
         }
     }
-    max
+    for (k, v) in r.iter().enumerate() {
+        let a = v.abs();
+        m[k] = if a > m[k] { a } else { m[k] };
+    }
+    m.iter().fold(0f32, |a, &b| if b > a { b } else { a })
 }
 
 #[inline]
@@ -244,6 +260,15 @@ fn roundf(x: f32) -> f32 {
     x.round()
 }
 
+/// `roundf` for |x| < 2^22 without a libm call: truncate, then step away from zero when the
+/// dropped fraction is at least one half (x - trunc(x) is exact in this range).
+#[inline]
+fn roundf_small(x: f32) -> i32 {
+    let i = x as i32;
+    let f = x - i as f32;
+    i + (f >= 0.5) as i32 - (f <= -0.5) as i32
+}
+
 /// C's `(int8_t)x` for a float as x86 compiles it: truncate to int32 (`cvttss2si`, which gives
 /// INT_MIN for NaN/±inf/out of range), then keep the low byte. Only reachable with
 /// non-finite products, e.g. a block of denormals whose inverse scale overflows to inf;
@@ -260,12 +285,19 @@ fn c_i8(x: f32) -> i8 {
 fn quantize_block(ty: GgmlType, x: &[f32], y: &mut [u8]) {
     match ty {
         Q8_0 => {
-            let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            let amax = absmax(x);
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             put_f16(y, d);
-            for (q, &v) in y[2..34].iter_mut().zip(x) {
-                *q = c_i8(roundf(v * id)) as u8;
+            if id.is_finite() {
+                // |x·id| <= 127 (+ rounding): the libm-free rounding is exact here
+                for (q, &v) in y[2..34].iter_mut().zip(x) {
+                    *q = roundf_small(v * id) as i8 as u8;
+                }
+            } else {
+                for (q, &v) in y[2..34].iter_mut().zip(x) {
+                    *q = c_i8(roundf(v * id)) as u8;
+                }
             }
         }
         Q4_0 => {
@@ -555,5 +587,31 @@ mod tests {
         assert_eq!(get_f16(&y), 1.0);
         assert_eq!(y[2], 0x80); // q[0]=0, q[16]=8
         assert_eq!(y[3], (7 + 8) | (11 << 4));
+    }
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    use super::*;
+
+    #[test]
+    fn roundf_small_equals_roundf() {
+        let mut rng = crate::synth::Rng::new(1);
+        let mut xs: Vec<f32> = (0..200_000)
+            .map(|_| (rng.uniform() as f32 - 0.5) * 260.0)
+            .collect();
+        for k in -130..130 {
+            let h = k as f32 + 0.5;
+            xs.extend([
+                h,
+                f32::from_bits(h.to_bits() - 1),
+                f32::from_bits(h.to_bits() + 1),
+                k as f32,
+                -0.0,
+            ]);
+        }
+        for x in xs {
+            assert_eq!(roundf_small(x), x.round() as i32, "{x:e}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::Progress;
 use qs_formats::gguf;
 use qs_formats::output::{check_target, AtomicDir, AtomicFile};
 use qs_formats::safetensors::{plan_layout, StEntry};
-use qs_formats::source::ModelSource;
+use qs_formats::source::{ModelSource, SourceTensor};
 use qs_numeric::dtype::{decode_f32, round_to};
 use qs_numeric::metrics::audit_narrowing;
 use qs_numeric::scheme::{float_max, float_min_normal, rows_cols};
@@ -24,6 +24,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Values per chunk: 1 Mi values = 4 MiB of f32 per job.
 pub const CHUNK_ELEMS: usize = 1 << 20;
+
+/// Encoded pieces waiting for the writer thread, at most.
+const WRITE_QUEUE: usize = 32;
+
+/// Bytes for the writer: encoded output, or a range of a memory-mapped input tensor (copies),
+/// whose pages the writer releases once written.
+enum Bytes<'a> {
+    Owned(Vec<u8>),
+    Mapped {
+        tensor: &'a SourceTensor,
+        start: usize,
+        end: usize,
+    },
+}
+
+type WriteTx<'a> = std::sync::mpsc::SyncSender<(u64, Bytes<'a>)>;
+
+fn send<'a>(tx: &WriteTx<'a>, offset: u64, bytes: Bytes<'a>, out: &std::path::Path) -> Result<()> {
+    tx.send((offset, bytes)).map_err(|_| Error::Output {
+        path: out.to_path_buf(),
+        msg: "writer stopped".into(),
+    })
+}
 
 /// What a quantize run produced.
 #[derive(Debug)]
@@ -155,21 +178,45 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         }
     }
     progress.start(src.total_bytes());
-    let results = run_jobs(&pool, &jobs, |j| {
-        let tp = &plan.tensors[j.tensor];
-        let r = run_chunk(
-            &src,
-            tp,
-            &offsets[j.tensor],
-            j.r0,
-            j.r1,
-            tstats[j.tensor],
-            cfg,
-            out,
-        );
-        let (_, cols) = rows_cols(&tp.shape);
-        progress.inc(((j.r1 - j.r0) * cols * tp.dtype.size()) as u64);
-        r
+    // Workers compute; one writer thread does all file writes (no lock contention on the
+    // file, and the kernel's copy overlaps with computing). The bounded channel caps the
+    // bytes in flight.
+    let results = std::thread::scope(|scope| -> Result<Vec<ChunkResult>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Bytes<'_>)>(WRITE_QUEUE);
+        let src = &src;
+        let writer = scope.spawn(move || -> Result<()> {
+            for (offset, bytes) in rx {
+                match bytes {
+                    Bytes::Owned(v) => out.write_at(offset, &v)?,
+                    Bytes::Mapped { tensor, start, end } => {
+                        out.write_at(offset, &src.bytes(tensor)[start..end])?;
+                        src.release(tensor, start, end);
+                    }
+                }
+            }
+            Ok(())
+        });
+        let results = run_jobs(&pool, &jobs, |j| {
+            let tp = &plan.tensors[j.tensor];
+            let r = run_chunk(
+                src,
+                tp,
+                &offsets[j.tensor],
+                j.r0,
+                j.r1,
+                tstats[j.tensor],
+                cfg,
+                &tx,
+            );
+            let (_, cols) = rows_cols(&tp.shape);
+            progress.inc(((j.r1 - j.r0) * cols * tp.dtype.size()) as u64);
+            r
+        });
+        drop(tx);
+        let written = writer.join().expect("writer thread does not panic");
+        // a write error makes workers fail with "writer stopped": report the write error
+        written?;
+        results
     })?;
     progress.finish();
 
@@ -298,7 +345,13 @@ fn decode_rows(
     let bytes = &src.bytes(st)[r0 * cols * sz..r1 * cols * sz];
     let mut x = vec![0f32; (r1 - r0) * cols];
     decode_f32(tp.dtype, bytes, &mut x);
-    if !allow_nonfinite {
+    // Branch-free scan (vectorizes); the position is looked up only on failure.
+    let any_nonfinite = x.chunks(256).any(|c| {
+        c.iter().fold(0u32, |a, v| {
+            a | ((v.to_bits() & 0x7f80_0000) == 0x7f80_0000) as u32
+        }) != 0
+    });
+    if !allow_nonfinite && any_nonfinite {
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
             let n = x.iter().filter(|v| !v.is_finite()).count();
             return Err(tensor_err(
@@ -337,15 +390,15 @@ fn tensor_min_max(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_chunk(
-    src: &ModelSource,
+fn run_chunk<'a>(
+    src: &'a ModelSource,
     tp: &TensorPlan,
     offsets: &[u64],
     r0: usize,
     r1: usize,
     tstats: TensorStats,
     cfg: &QuantizeConfig,
-    out: &AtomicFile,
+    tx: &WriteTx<'a>,
 ) -> Result<ChunkResult> {
     let st = &src.tensors[tp.source];
     let (_, cols) = rows_cols(&tp.shape);
@@ -358,8 +411,19 @@ fn run_chunk(
                 // scanned for NaN/Inf like everything else
                 decode_rows(src, tp, r0, r1, cfg.allow_nonfinite)?;
             }
-            out.write_at(offsets[0] + b0 as u64, &src.bytes(st)[b0..b1])?;
             res.stats.n = ((r1 - r0) * cols) as u64;
+            // the writer releases these pages once they are written
+            send(
+                tx,
+                offsets[0] + b0 as u64,
+                Bytes::Mapped {
+                    tensor: st,
+                    start: b0,
+                    end: b1,
+                },
+                &cfg.input,
+            )?;
+            return Ok(res);
         }
         Action::Encode(scheme) => {
             let quantizing = !matches!(scheme, Scheme::Float { .. });
@@ -385,13 +449,18 @@ fn run_chunk(
                 }
             }
             let enc = scheme.encode(&tp.shape, r0, &x, tstats);
-            for p in &enc.pieces {
-                out.write_at(offsets[p.slot] + p.offset as u64, &p.bytes)?;
-            }
-            // Validate what was written: decode the very bytes and compare.
+            // Validate what is written: decode the very bytes and compare.
             let parts: Vec<&[u8]> = enc.pieces.iter().map(|p| p.bytes.as_slice()).collect();
             let mut y = vec![0f32; x.len()];
             scheme.decode(&tp.shape, r0, r1, &parts, &mut y);
+            for p in enc.pieces {
+                send(
+                    tx,
+                    offsets[p.slot] + p.offset as u64,
+                    Bytes::Owned(p.bytes),
+                    &cfg.input,
+                )?;
+            }
             if cfg.allow_nonfinite {
                 // NaN/Inf carried through a float conversion: compare the finite values only
                 let (xf, yf): (Vec<f32>, Vec<f32>) = x

@@ -172,7 +172,9 @@ impl Report {
             }
         }
         if copies > 0 {
-            s.push_str(&format!("({copies} tensors stored exactly (copied or widened): not listed)\n"));
+            s.push_str(&format!(
+                "({copies} tensors stored exactly (copied or widened): not listed)\n"
+            ));
         }
         let t = &self.totals;
         s.push_str(&format!(

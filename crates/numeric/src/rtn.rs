@@ -62,13 +62,24 @@ pub fn fit(spec: IntSpec, min: f32, max: f32, scale_dtype: DType) -> QParams {
     QParams { scale, zero }
 }
 
+/// Round half to even for |v| <= 2^22 without a libm call: adding and subtracting 1.5·2^23
+/// leaves exactly the integer part rounded by the FPU's default mode (nearest, ties to even).
+#[inline]
+pub fn round_even_small(v: f32) -> f32 {
+    const M: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + M) - M
+}
+
 /// Quantizes `x` with fixed parameters into signed codes.
 #[inline]
 pub fn quantize(spec: IntSpec, p: QParams, x: &[f32], codes: &mut [i8]) {
     let (qmin, qmax) = (spec.qmin() as f32, spec.qmax() as f32);
-    let inv_zero = p.zero as f32;
+    let zero = p.zero as f32;
     for (c, &v) in codes.iter_mut().zip(x) {
-        *c = ((v / p.scale).round_ties_even() + inv_zero).clamp(qmin, qmax) as i8;
+        // pre-clamping to ±2^22 changes nothing after the final clamp, and keeps the
+        // rounding trick exact
+        let r = round_even_small((v / p.scale).clamp(-4_194_304.0, 4_194_304.0));
+        *c = (r + zero).clamp(qmin, qmax) as i8;
     }
 }
 
@@ -135,6 +146,20 @@ mod tests {
         bits: 4,
         symmetric: false,
     };
+
+    #[test]
+    fn round_even_small_equals_round_ties_even() {
+        let mut rng = crate::synth::Rng::new(2);
+        let mut xs: Vec<f32> = (0..200_000).map(|_| (rng.uniform() as f32 - 0.5) * 600.0).collect();
+        for k in -300..300 {
+            let h = k as f32 + 0.5;
+            xs.extend([h, f32::from_bits(h.to_bits() - 1), f32::from_bits(h.to_bits() + 1), k as f32]);
+        }
+        xs.extend([4_194_304.0, -4_194_304.0, 4_194_303.5, 1e-30, -0.0]);
+        for x in xs {
+            assert_eq!(round_even_small(x), x.round_ties_even(), "{x:e}");
+        }
+    }
 
     #[test]
     fn symmetric_int4_uses_amax_over_7_5() {

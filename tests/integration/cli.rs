@@ -125,9 +125,7 @@ fn output_bytes_do_not_depend_on_thread_count() {
     ] {
         let mut outs = vec![];
         for j in ["1", "2", "3"] {
-            // same file name in different folders: the name is recorded in GGUF metadata
-            std::fs::create_dir_all(d.path().join(j)).unwrap();
-            let o = d.path().join(j).join(name);
+            let o = d.path().join(format!("j{j}-{name}"));
             let mut a: Vec<String> = vec![fx.display().to_string()];
             a.extend(args.iter().map(|s| s.to_string()));
             a.extend([
@@ -443,6 +441,34 @@ fn include_exclude_and_tensor_type_overrides() {
         "-q".as_ref(),
     ])
     .ok();
+}
+
+#[test]
+fn already_quantized_input_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let o = d.path().join("q");
+    quantize(&[
+        fixture().as_os_str(),
+        "--to".as_ref(),
+        "int8".as_ref(),
+        "-o".as_ref(),
+        o.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let r = quantize(&[
+        o.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "-o".as_ref(),
+        d.path().join("qq").as_os_str(),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("already quantized") && r.stderr.contains("compressed-tensors"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -150,10 +150,17 @@ mod tests {
     #[test]
     fn round_even_small_equals_round_ties_even() {
         let mut rng = crate::synth::Rng::new(2);
-        let mut xs: Vec<f32> = (0..200_000).map(|_| (rng.uniform() as f32 - 0.5) * 600.0).collect();
+        let mut xs: Vec<f32> = (0..200_000)
+            .map(|_| (rng.uniform() as f32 - 0.5) * 600.0)
+            .collect();
         for k in -300..300 {
             let h = k as f32 + 0.5;
-            xs.extend([h, f32::from_bits(h.to_bits() - 1), f32::from_bits(h.to_bits() + 1), k as f32]);
+            xs.extend([
+                h,
+                f32::from_bits(h.to_bits() - 1),
+                f32::from_bits(h.to_bits() + 1),
+                k as f32,
+            ]);
         }
         xs.extend([4_194_304.0, -4_194_304.0, 4_194_303.5, 1e-30, -0.0]);
         for x in xs {

@@ -35,11 +35,10 @@ pub fn gguf_metadata(src: &ModelSource, plan: &Plan, cfg: &QuantizeConfig) -> Ve
         .and_then(|v| v.as_str())
         .unwrap_or("unknown")
         .to_string();
-    let name = plan
-        .output
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
+    // The model's name, not the output file's: same input and options give the same bytes
+    // wherever the output goes.
+    let _ = plan;
+    let name = model_name(src);
     let mut kvs = vec![
         ("general.architecture".to_string(), Value::String(arch)),
         ("general.name".to_string(), Value::String(name)),
@@ -94,6 +93,23 @@ fn scheme_json(s: &Scheme) -> Option<(Json, &'static str)> {
 
 fn module_of(name: &str) -> String {
     name.strip_suffix(".weight").unwrap_or(name).to_string()
+}
+
+/// A model name for metadata: the HF folder's name, else the input file's stem.
+pub fn model_name(src: &ModelSource) -> String {
+    let base = match &src.hf_dir {
+        Some(d) => d.canonicalize().unwrap_or(d.clone()),
+        None => src.input.clone(),
+    };
+    base.file_name()
+        .map(|n| {
+            n.to_string_lossy()
+                .trim_end_matches(".safetensors")
+                .trim_end_matches(".index.json")
+                .to_string()
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "model".into())
 }
 
 /// compressed-tensors `quantization_config` for the quantized tensors of a plan, or `None`

@@ -197,6 +197,20 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
         }
         _ => {}
     }
+    if let Some(qc) = src
+        .config
+        .as_ref()
+        .and_then(|c| c.get("quantization_config"))
+    {
+        let method = qc
+            .get("quant_method")
+            .and_then(|m| m.as_str())
+            .unwrap_or("unknown");
+        return Err(Error::Config(format!(
+            "{} is already quantized (quantization_config, quant_method \"{method}\" in config.json): quantize from the original weights",
+            src.input.display()
+        )));
+    }
     let mut tensors = Vec::with_capacity(src.tensors.len());
     for (i, st) in src.tensors.iter().enumerate() {
         let name = &st.info.name;

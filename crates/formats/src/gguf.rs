@@ -507,17 +507,10 @@ fn parse(path: &Path, buf: &[u8]) -> Result<ParsedGguf> {
             }
         }
     }
-    let mut by_start: Vec<&GgufTensor> = tensors.iter().collect();
-    by_start.sort_by_key(|t| t.start);
-    for w in by_start.windows(2) {
-        if w[1].start < w[0].end {
-            return Err(tensor_err(
-                path,
-                &w[1].name,
-                format!("data overlaps tensor '{}'", w[0].name),
-            ));
-        }
-    }
+    crate::safetensors::check_overlaps(
+        path,
+        tensors.iter().map(|t| (t.name.as_str(), t.start, t.end)),
+    )?;
     Ok((version, kvs, tensors, alignment, data_start as usize))
 }
 

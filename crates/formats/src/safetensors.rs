@@ -98,6 +98,25 @@ pub(crate) fn release_pages(mmap: &Mmap, start: usize, end: usize) {
     let _ = (mmap, start, end);
 }
 
+/// Rejects two tensors whose non-empty byte ranges overlap, naming the later one.
+pub(crate) fn check_overlaps<'a>(
+    path: &Path,
+    ranges: impl Iterator<Item = (&'a str, usize, usize)>,
+) -> Result<()> {
+    let mut v: Vec<(&str, usize, usize)> = ranges.filter(|r| r.2 > r.1).collect();
+    v.sort_by_key(|r| (r.1, r.2));
+    for w in v.windows(2) {
+        if w[1].1 < w[0].2 {
+            return Err(tensor_err(
+                path,
+                w[1].0,
+                format!("data overlaps tensor '{}'", w[0].0),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[derive(serde::Deserialize)]
 struct RawInfo {
     dtype: String,
@@ -227,17 +246,10 @@ pub fn parse_header(path: &Path, buf: &[u8]) -> Result<Parsed> {
             end: data_start + e as usize,
         });
     }
-    let mut by_start: Vec<&StTensor> = tensors.iter().filter(|t| t.end > t.start).collect();
-    by_start.sort_by_key(|t| (t.start, t.end));
-    for w in by_start.windows(2) {
-        if w[1].start < w[0].end {
-            return Err(tensor_err(
-                path,
-                &w[1].name,
-                format!("data overlaps tensor '{}'", w[0].name),
-            ));
-        }
-    }
+    check_overlaps(
+        path,
+        tensors.iter().map(|t| (t.name.as_str(), t.start, t.end)),
+    )?;
     Ok((tensors, metadata))
 }
 

@@ -51,7 +51,7 @@ struct RunArgs {
     /// A .safetensors file, a model.safetensors.index.json, or a Hugging Face model folder.
     #[arg(required = true)]
     model: Option<PathBuf>,
-    /// Target: f32, f16, bf16, int8, int4, int3, int2, fp8 (E4M3), fp8-e5m2, q8_0, q4_0, q4_1, q5_0, q5_1.
+    /// Target: f32, f16, bf16, int8, int4, int3, int2, fp8 (E4M3), fp8-e5m2, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl.
     #[arg(long = "to", required = true, value_parser = Target::parse)]
     to: Option<Target>,
     /// Output: NAME.gguf, NAME.safetensors, or a folder (default: next to the input).

@@ -108,7 +108,10 @@ fn gguf_files_read_and_requantize_identically_in_gguf_py() {
     );
     let fx = fixture().join("model.safetensors");
     for input in [&fx, &f32in] {
-        for t in ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16", "bf16", "f32"] {
+        for t in [
+            "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16", "bf16", "f32", "q2_k", "q3_k", "q4_k",
+            "q5_k", "q6_k", "iq4_nl",
+        ] {
             let o = d.path().join(format!(
                 "{}-{t}.gguf",
                 input.file_stem().unwrap().to_string_lossy()
@@ -147,5 +150,79 @@ fn gguf_rs_lib_agrees(path: &Path) {
         assert_eq!(info.tensor_type().name(), t.ty.name(), "{}", t.name);
         let data = theirs.load_tensor_data(&t.name).unwrap().unwrap();
         assert_eq!(data.as_slice(), ours.bytes(t), "{}", t.name);
+    }
+}
+
+/// Every ggml type we write, quantized by ggml itself (`ggml_quantize_chunk`, no importance
+/// matrix) and dequantized by ggml's `to_float`: our bytes and our values must be identical.
+#[test]
+fn ggml_codecs_match_ggml_quantize_chunk() {
+    let d = tempfile::tempdir().unwrap();
+    let x = codec_rows();
+    let input = d.path().join("in.f32");
+    write_f32(&input, &x);
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_NL,
+    ] {
+        let (q_path, deq_path) = (
+            d.path().join(format!("{ty}.q")),
+            d.path().join(format!("{ty}.deq")),
+        );
+        let out = std::process::Command::new(ggml_quant())
+            .args([
+                ty.name().as_ref(),
+                "256".as_ref(),
+                input.as_os_str(),
+                q_path.as_os_str(),
+                deq_path.as_os_str(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ggml-quant {ty}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let theirs = std::fs::read(&q_path).unwrap();
+        let rb = ty.row_bytes(256);
+        let mut ours = vec![0u8; x.len() / 256 * rb];
+        for (xr, qr) in x.chunks(256).zip(ours.chunks_mut(rb)) {
+            quantize_row(ty, xr, qr);
+        }
+        if let Some(i) = ours.iter().zip(&theirs).position(|(a, b)| a != b) {
+            panic!(
+                "{ty}: byte {i} (row {}, offset {}) ours {:#04x} ggml {:#04x}",
+                i / rb,
+                i % rb,
+                ours[i],
+                theirs[i]
+            );
+        }
+        assert_eq!(ours.len(), theirs.len(), "{ty}");
+        let their_deq: Vec<f32> = std::fs::read(&deq_path)
+            .unwrap()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let mut our_deq = vec![0f32; x.len()];
+        for (qr, yr) in ours.chunks(rb).zip(our_deq.chunks_mut(256)) {
+            dequantize_row(ty, qr, yr);
+        }
+        for (i, (a, b)) in our_deq.iter().zip(&their_deq).enumerate() {
+            assert!(
+                a.to_bits() == b.to_bits() || (*a == 0.0 && *b == 0.0),
+                "{ty}: value {i}: ours {a:e} ggml {b:e}"
+            );
+        }
     }
 }

@@ -114,3 +114,24 @@ pub fn listing(dir: &Path) -> Vec<String> {
 pub fn read_json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
+
+/// ggml's own quantizer (tests/oracle/ggml_quant.c linked against ggml built from llama.cpp's
+/// sources by `.ci/run`).
+pub fn ggml_quant() -> PathBuf {
+    if let Some(p) = std::env::var_os("QS_GGML_QUANT") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let cache = std::env::var_os("QS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or(home.join(".cache/quantsmith"));
+    let p = cache.join("llama.cpp/ggml-quant");
+    assert!(
+        p.exists(),
+        "ggml oracle not found at {} — run `bash .ci/run` once (it builds it) or set QS_GGML_QUANT",
+        p.display()
+    );
+    p
+}

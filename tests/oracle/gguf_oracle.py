@@ -114,6 +114,15 @@ def check_gguf(path, input_path):
                 ref = quantize(x.reshape(-1, x.shape[-1]), qt).tobytes()
             if data.tobytes() != ref:
                 fail(f"{t.name} ({qt.name}): bytes differ from gguf.quants.quantize: {first_diff(data.tobytes(), ref)}")
+        elif qt in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL):
+            # gguf-py has no reference quantizer for these (tests compare with ggml itself);
+            # its dequantizer must still give back the weights.
+            deq = dequantize(data, qt).reshape(-1).astype(np.float64)
+            xs = x.reshape(-1).astype(np.float64)
+            sqnr = 10 * np.log10((xs ** 2).sum() / max(((xs - deq) ** 2).sum(), 1e-300))
+            floor = {T.Q2_K: 5.0, T.Q3_K: 10.0}.get(qt, 15.0)
+            if sqnr < floor:
+                fail(f"{t.name} ({qt.name}): gguf-py dequantizes to SQNR {sqnr:.1f} dB < {floor}")
         else:
             fail(f"{t.name}: unexpected type {qt.name}")
         seen.append(t.name)

@@ -6,6 +6,7 @@
 //! (`dequantize_row_ref`) and a block-wise fast path (`dequantize_row`); tests compare the two.
 
 use crate::dtype::{f32_to_bf16_bits, f32_to_f16_bits};
+use crate::kquants as kq;
 use half::f16;
 
 /// ggml tensor types with their GGUF ids.
@@ -184,12 +185,50 @@ impl GgmlType {
 
     /// Types this crate can encode from f32.
     pub fn can_quantize(self) -> bool {
-        matches!(self, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0)
+        matches!(
+            self,
+            F32 | F16
+                | BF16
+                | Q4_0
+                | Q4_1
+                | Q5_0
+                | Q5_1
+                | Q8_0
+                | Q2_K
+                | Q3_K
+                | Q4_K
+                | Q5_K
+                | Q6_K
+                | IQ4_NL
+        )
     }
 
     /// Types this crate can decode to f32.
     pub fn can_dequantize(self) -> bool {
         self.can_quantize()
+    }
+}
+
+/// llama-quantize's fallback for a row length the type's blocks do not divide: 256-value
+/// types step down to a 32-value type (Q2_K/Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1,
+/// Q6_K → Q8_0, IQ4_XS → IQ4_NL), and anything that still does not fit becomes F16.
+/// Returns `ty` itself when no fallback is needed.
+pub fn fallback_for(ty: GgmlType, ncols: usize) -> GgmlType {
+    if ncols % ty.block().0 == 0 {
+        return ty;
+    }
+    let next = match ty {
+        IQ1_S | IQ1_M | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ4_XS => IQ4_NL,
+        Q2_K | Q3_K | TQ1_0 | TQ2_0 => Q4_0,
+        Q4_K => Q5_0,
+        Q5_K => Q5_1,
+        Q6_K => Q8_0,
+        other => other,
+    };
+    if ncols % next.block().0 == 0 {
+        next
+    } else {
+        F16
     }
 }
 
@@ -354,6 +393,12 @@ fn quantize_block(ty: GgmlType, x: &[f32], y: &mut [u8]) {
             }
             y[4..8].copy_from_slice(&qh.to_le_bytes());
         }
+        Q2_K => kq::quantize_block_q2_k(x, y),
+        Q3_K => kq::quantize_block_q3_k(x, y),
+        Q4_K => kq::quantize_block_q4_k(x, y),
+        Q5_K => kq::quantize_block_q5_k(x, y),
+        Q6_K => kq::quantize_block_q6_k(x, y),
+        IQ4_NL => kq::quantize_block_iq4_nl(x, y),
         _ => unreachable!("quantize_block called with {ty}"),
     }
 }
@@ -394,11 +439,32 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], y: &mut [u8]) {
     }
 }
 
-/// Scalar reference dequantizer: decodes element by element straight from the block layout.
+/// Block decoders shared by both dequantizer paths for the 256-value types (and IQ4_NL).
+fn dequantize_block_k(ty: GgmlType, b: &[u8], out: &mut [f32]) -> bool {
+    match ty {
+        Q2_K => kq::dequantize_block_q2_k(b, out),
+        Q3_K => kq::dequantize_block_q3_k(b, out),
+        Q4_K => kq::dequantize_block_q4_k(b, out),
+        Q5_K => kq::dequantize_block_q5_k(b, out),
+        Q6_K => kq::dequantize_block_q6_k(b, out),
+        IQ4_NL => kq::dequantize_block_iq4_nl(b, out),
+        _ => return false,
+    }
+    true
+}
+
+/// Scalar reference dequantizer: decodes element by element straight from the block layout
+/// (K-quants and IQ4_NL: block by block, they have a single implementation).
 pub fn dequantize_row_ref(ty: GgmlType, y: &[u8], x: &mut [f32]) {
     let (bs, bb) = ty.block();
     assert!(ty.can_dequantize(), "cannot dequantize {ty}");
     assert_eq!(y.len(), x.len() / bs * bb);
+    if matches!(ty, Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_NL) {
+        for (b, o) in y.chunks_exact(bb).zip(x.chunks_exact_mut(bs)) {
+            dequantize_block_k(ty, b, o);
+        }
+        return;
+    }
     for (i, out) in x.iter_mut().enumerate() {
         let b = &y[(i / bs) * bb..(i / bs + 1) * bb];
         let j = i % bs;
@@ -448,8 +514,10 @@ pub fn dequantize_row(ty: GgmlType, y: &[u8], x: &mut [f32]) {
         }
         _ => {
             for (b, out) in y.chunks_exact(bb).zip(x.chunks_exact_mut(bs)) {
-                let out: &mut [f32; 32] = out.try_into().expect("32-value block");
-                dequantize_block32(ty, b, out);
+                if !dequantize_block_k(ty, b, out) {
+                    let out: &mut [f32; 32] = out.try_into().expect("32-value block");
+                    dequantize_block32(ty, b, out);
+                }
             }
         }
     }
@@ -573,6 +641,17 @@ mod tests {
                 assert!(r.iter().all(|v| v.is_finite()), "{ty}");
             }
         }
+    }
+
+    #[test]
+    fn fallbacks_follow_llama_quantize() {
+        assert_eq!(fallback_for(Q4_K, 4096), Q4_K);
+        assert_eq!(fallback_for(Q4_K, 576), Q5_0);
+        assert_eq!(fallback_for(Q5_K, 576), Q5_1);
+        assert_eq!(fallback_for(Q6_K, 576), Q8_0);
+        assert_eq!(fallback_for(Q3_K, 576), Q4_0);
+        assert_eq!(fallback_for(Q6_K, 100), F16);
+        assert_eq!(fallback_for(Q4_0, 100), F16);
     }
 
     #[test]

@@ -21,6 +21,12 @@ pub fn file_type(t: Target) -> Option<u32> {
         Target::Ggml(GgmlType::Q8_0) => 7,
         Target::Ggml(GgmlType::Q5_0) => 8,
         Target::Ggml(GgmlType::Q5_1) => 9,
+        Target::Ggml(GgmlType::Q2_K) => 10,
+        Target::Ggml(GgmlType::Q3_K) => 12,
+        Target::Ggml(GgmlType::Q4_K) => 15,
+        Target::Ggml(GgmlType::Q5_K) => 17,
+        Target::Ggml(GgmlType::Q6_K) => 18,
+        Target::Ggml(GgmlType::IQ4_NL) => 25,
         _ => return None,
     })
 }

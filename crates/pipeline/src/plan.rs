@@ -275,33 +275,30 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             }
             (_, Target::Float(dt)) => (float_action(dtype, dt, cfg.clamp), target),
             (OutputKind::Gguf, Target::Ggml(t)) => {
-                let s = Scheme::Ggml(t);
-                match s.check(shape) {
-                    Ok(()) if shape.len() >= 2 => (Action::Encode(s), target),
-                    Ok(()) | Err(SchemeError::NotMultiple { .. }) => {
-                        // llama.cpp's converter falls back to F16 when blocks do not fit the row
-                        note = Some(if shape.len() < 2 {
-                            "1-D: kept F32".to_string()
-                        } else {
-                            format!(
-                                "row length {} is not a multiple of {}: F16 fallback",
-                                shape.last().unwrap_or(&0),
-                                t.block().0
-                            )
-                        });
-                        if shape.len() < 2 {
-                            (
-                                float_action(dtype, DType::F32, cfg.clamp),
-                                Target::Float(DType::F32),
-                            )
-                        } else {
-                            (
-                                float_action(dtype, DType::F16, cfg.clamp),
-                                Target::Float(DType::F16),
-                            )
+                if shape.len() < 2 {
+                    // ggml reads 1-D tensors (norms, biases) as F32
+                    note = Some("1-D: kept F32".to_string());
+                    (
+                        float_action(dtype, DType::F32, cfg.clamp),
+                        Target::Float(DType::F32),
+                    )
+                } else {
+                    let cols = *shape.last().unwrap_or(&0);
+                    let ft = qs_numeric::ggml::fallback_for(t, cols);
+                    if ft != t {
+                        note = Some(format!("row length {cols} is not a multiple of {}: {ft} fallback (as llama-quantize)", t.block().0));
+                    }
+                    match ft {
+                        GgmlType::F16 => (
+                            float_action(dtype, DType::F16, cfg.clamp),
+                            Target::Float(DType::F16),
+                        ),
+                        ft => {
+                            let s = Scheme::Ggml(ft);
+                            check(&s, shape, &terr)?;
+                            (Action::Encode(s), Target::Ggml(ft))
                         }
                     }
-                    Err(e) => return Err(terr(e.to_string())),
                 }
             }
             (_, Target::Int(bits)) => {

@@ -1,0 +1,771 @@
+//! ggml's K-quants (Q2_K … Q6_K, 256-value super-blocks) and IQ4_NL, without an importance
+//! matrix: the scale/min searches of ggml's reference quantizers, operation for operation in f32
+//! (no fused multiply-add, sums in the same order), so our bytes equal `ggml_quantize_chunk`'s.
+//! Checked against ggml itself (built from llama.cpp's sources) in the integration tests.
+
+use half::f16;
+
+pub const QK_K: usize = 256;
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// IQ4_NL's non-linear 4-bit grid.
+pub const IQ4NL_VALUES: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+#[inline]
+fn f16_bits(x: f32) -> [u8; 2] {
+    f16::from_f32(x).to_bits().to_le_bytes()
+}
+
+#[inline]
+fn f16_at(b: &[u8]) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+}
+
+/// ggml's `nearest_int`: round half to even via the 1.5·2^23 trick (|x| <= 4194303).
+#[inline]
+fn nearest_int(x: f32) -> i32 {
+    let v = x + 12_582_912.0;
+    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// `make_qx_quants` (symmetric, signed levels -nmax..nmax-1 stored +nmax), `rmse_type` 1,
+/// no importance weights.
+fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
+    let n = x.len();
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let mut iscale = -(nmax as f32) / max;
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for i in 0..n {
+        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        l_out[i] = (l + nmax) as i8;
+        let w = x[i] * x[i];
+        sumlx += w * x[i] * l as f32;
+        suml2 += w * l as f32 * l as f32;
+    }
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        sumlx = 0.0;
+        suml2 = 0.0;
+        for i in 0..n {
+            let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+            let w = x[i] * x[i];
+            sumlx += w * x[i] * l as f32;
+            suml2 += w * l as f32 * l as f32;
+        }
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for i in 0..n {
+                let l = nearest_int(iscale * x[i]);
+                l_out[i] = (nmax + l.clamp(-nmax, nmax - 1)) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// `make_q3_quants` with `do_rmse` (Q3_K): levels -nmax..nmax-1, refined by coordinate descent.
+fn make_q3_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
+    let n = x.len();
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for i in 0..n {
+        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        l_out[i] = l as i8;
+        let w = x[i] * x[i];
+        sumlx += w * x[i] * l as f32;
+        suml2 += w * l as f32 * l as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = 0;
+        for i in 0..n {
+            let w = x[i] * x[i];
+            let li = l_out[i] as i32;
+            let mut slx = sumlx - w * x[i] * li as f32;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * li as f32 * li as f32;
+                let new_l = nearest_int(x[i] * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new_l != li {
+                    slx += w * x[i] * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l_out[i] = new_l as i8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed += 1;
+                    }
+                }
+            }
+        }
+        if changed == 0 {
+            break;
+        }
+    }
+    for l in l_out[..n].iter_mut() {
+        *l += nmax as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// `make_qkx2_quants`: asymmetric levels 0..nmax with a min, weighted least squares over a grid
+/// of `nstep + 1` candidate scales. Returns (scale, -min).
+#[allow(clippy::too_many_arguments)]
+fn make_qkx2_quants(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    l_out: &mut [u8],
+    laux: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let n = x.len();
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l_out[..n].fill(0);
+        return (0.0, -min);
+    }
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        l_out[i] = l as u8;
+        let mut diff = scale * l as f32 + min - x[i];
+        diff = if use_mad { diff.abs() } else { diff * diff };
+        best_error += weights[i] * diff;
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = l as u8;
+            let w = weights[i];
+            let lf = l as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0f32;
+            for i in 0..n {
+                let mut diff = this_scale * laux[i] as f32 + this_min - x[i];
+                diff = if use_mad { diff.abs() } else { diff * diff };
+                cur_error += weights[i] * diff;
+            }
+            if cur_error < best_error {
+                l_out[..n].copy_from_slice(&laux[..n]);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// 6-bit scale and min of sub-block `j` from Q4_K/Q5_K's 12 packed bytes.
+#[inline]
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Packs 2-bit levels as Q2_K/Q3_K do: for each 128-value half, byte l holds values
+/// l, l+32, l+64, l+96 at bit offsets 0, 2, 4, 6.
+fn pack_2bit(l: &[u8], qs: &mut [u8]) {
+    for j in (0..QK_K).step_by(128) {
+        for k in 0..32 {
+            qs[j / 4 + k] =
+                l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
+        }
+    }
+}
+
+/// Q2_K block (84 bytes): scales[16] (4-bit scale | 4-bit min << 4), qs[64], d, dmin.
+pub fn quantize_block_q2_k(x: &[f32], y: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let mut laux = [0u8; 16];
+    let mut weights = [0f32; 16];
+    let mut mins = [0f32; 16];
+    let mut scales = [0f32; 16];
+    let q4scale = 15f32;
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..16 {
+        let xs = &x[16 * j..16 * j + 16];
+        for k in 0..16 {
+            weights[k] = xs[k].abs();
+        }
+        let (s, m) = make_qkx2_quants(
+            xs,
+            &weights,
+            3,
+            &mut l[16 * j..16 * j + 16],
+            &mut laux,
+            -0.5,
+            0.1,
+            15,
+            true,
+        );
+        scales[j] = s;
+        mins[j] = m;
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+    let (sc, rest) = y.split_at_mut(16);
+    if max_scale > 0.0 {
+        let iscale = q4scale / max_scale;
+        for j in 0..16 {
+            sc[j] = nearest_int(iscale * scales[j]) as u8;
+        }
+        rest[64..66].copy_from_slice(&f16_bits(max_scale / q4scale));
+    } else {
+        sc.fill(0);
+        rest[64..66].copy_from_slice(&f16_bits(0.0));
+    }
+    if max_min > 0.0 {
+        let iscale = q4scale / max_min;
+        for j in 0..16 {
+            let m = nearest_int(iscale * mins[j]);
+            sc[j] |= (m << 4) as u8;
+        }
+        rest[66..68].copy_from_slice(&f16_bits(max_min / q4scale));
+    } else {
+        rest[66..68].copy_from_slice(&f16_bits(0.0));
+    }
+    let dd = f16_at(&rest[64..66]);
+    let dmin = f16_at(&rest[66..68]);
+    for j in 0..16 {
+        let d = dd * (sc[j] & 0xf) as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin * (sc[j] >> 4) as f32;
+        for ii in 0..16 {
+            let q = nearest_int((x[16 * j + ii] + dm) / d).clamp(0, 3);
+            l[16 * j + ii] = q as u8;
+        }
+    }
+    pack_2bit(&l, &mut rest[..64]);
+}
+
+pub fn dequantize_block_q2_k(b: &[u8], y: &mut [f32]) {
+    let sc = &b[..16];
+    let d = f16_at(&b[80..82]);
+    let min = f16_at(&b[82..84]);
+    let mut is = 0;
+    let mut out = 0;
+    for n in 0..2 {
+        let q = &b[16 + 32 * n..16 + 32 * n + 32];
+        for shift in [0u32, 2, 4, 6] {
+            for half in 0..2 {
+                let s = sc[is];
+                is += 1;
+                let dl = d * (s & 0xf) as f32;
+                let ml = min * (s >> 4) as f32;
+                for l in 0..16 {
+                    y[out] = dl * ((q[l + 16 * half] >> shift) & 3) as f32 - ml;
+                    out += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Q3_K block (110 bytes): hmask[32], qs[64], scales[12] (6-bit, packed), d.
+pub fn quantize_block_q3_k(x: &[f32], y: &mut [u8]) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; 16];
+    let (mut max_scale, mut amax) = (0f32, 0f32);
+    for j in 0..16 {
+        scales[j] = make_q3_quants(&x[16 * j..16 * j + 16], 4, &mut l[16 * j..16 * j + 16]);
+        let s = scales[j].abs();
+        if s > amax {
+            amax = s;
+            max_scale = scales[j];
+        }
+    }
+    let (hmask, rest) = y.split_at_mut(32);
+    let (qs, rest) = rest.split_at_mut(64);
+    let (sc, dbytes) = rest.split_at_mut(12);
+    sc.fill(0);
+    if max_scale != 0.0 {
+        let iscale = -32.0 / max_scale;
+        for j in 0..16 {
+            // C stores nearest_int's result in an int8_t first
+            let v = (nearest_int(iscale * scales[j]) as i8).clamp(-32, 31) as i32 + 32;
+            if j < 8 {
+                sc[j] = (v & 0xf) as u8;
+            } else {
+                sc[j - 8] |= ((v & 0xf) << 4) as u8;
+            }
+            let hi = v >> 4;
+            sc[j % 4 + 8] |= (hi << (2 * (j / 4))) as u8;
+        }
+        dbytes.copy_from_slice(&f16_bits(1.0 / iscale));
+    } else {
+        dbytes.copy_from_slice(&f16_bits(0.0));
+    }
+    let dall = f16_at(dbytes);
+    for j in 0..16 {
+        let lo = if j < 8 { sc[j] & 0xf } else { sc[j - 8] >> 4 };
+        let s = (lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
+        let d = dall * s as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let q = nearest_int(x[16 * j + ii] / d).clamp(-4, 3);
+            l[16 * j + ii] = (q + 4) as i8;
+        }
+    }
+    hmask.fill(0);
+    let mut lu = [0u8; QK_K];
+    let (mut m, mut hm) = (0usize, 1u8);
+    for j in 0..QK_K {
+        let mut v = l[j] as u8;
+        if v > 3 {
+            hmask[m] |= hm;
+            v -= 4;
+        }
+        lu[j] = v;
+        m += 1;
+        if m == QK_K / 8 {
+            m = 0;
+            hm <<= 1;
+        }
+    }
+    pack_2bit(&lu, qs);
+}
+
+pub fn dequantize_block_q3_k(b: &[u8], y: &mut [f32]) {
+    let hm = &b[..32];
+    let qs = &b[32..96];
+    let sc = &b[96..108];
+    let dall = f16_at(&b[108..110]);
+    let mut scales = [0i32; 16];
+    for (j, s) in scales.iter_mut().enumerate() {
+        let lo = if j < 8 { sc[j] & 0xf } else { sc[j - 8] >> 4 };
+        *s = (lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
+    }
+    let mut is = 0;
+    let mut out = 0;
+    let mut m = 1u8;
+    for n in 0..2 {
+        let q = &qs[32 * n..32 * n + 32];
+        for shift in [0u32, 2, 4, 6] {
+            for half in 0..2 {
+                let dl = dall * scales[is] as f32;
+                is += 1;
+                for l in 0..16 {
+                    let k = l + 16 * half;
+                    let v = ((q[k] >> shift) & 3) as i32 - if hm[k] & m != 0 { 0 } else { 4 };
+                    y[out] = dl * v as f32;
+                    out += 1;
+                }
+            }
+            m <<= 1;
+        }
+    }
+}
+
+/// Scales and mins of eight 32-value sub-blocks, shared by Q4_K and Q5_K. Returns the packed
+/// 12 scale bytes, d, dmin and the levels L.
+fn q45_k_scales(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    l: &mut [u8; QK_K],
+) -> ([u8; 12], [u8; 2], [u8; 2]) {
+    let mut laux = [0u8; 32];
+    let mut weights = [0f32; 32];
+    let mut mins = [0f32; 8];
+    let mut scales = [0f32; 8];
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * j + 32];
+        let mut sum_x2 = 0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for k in 0..32 {
+            weights[k] = av_x + xs[k].abs();
+        }
+        let (s, m) = make_qkx2_quants(
+            xs,
+            &weights,
+            nmax,
+            &mut l[32 * j..32 * j + 32],
+            &mut laux,
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
+        scales[j] = s;
+        mins[j] = m;
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut sc = [0u8; 12];
+    for j in 0..8 {
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            sc[j] = ls;
+            sc[j + 4] = lm;
+        } else {
+            sc[j + 4] = (ls & 0xf) | ((lm & 0xf) << 4);
+            sc[j - 4] |= (ls >> 4) << 6;
+            sc[j] |= (lm >> 4) << 6;
+        }
+    }
+    let d = f16_bits(max_scale / 63.0);
+    let dmin = f16_bits(max_min / 63.0);
+    let (dd, dm) = (f16_at(&d), f16_at(&dmin));
+    for j in 0..8 {
+        let (s, m) = scale_min_k4(j, &sc);
+        let d = dd * s as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dmj = dm * m as f32;
+        for ii in 0..32 {
+            let q = nearest_int((x[32 * j + ii] + dmj) / d).clamp(0, nmax);
+            l[32 * j + ii] = q as u8;
+        }
+    }
+    (sc, d, dmin)
+}
+
+/// Q4_K block (144 bytes): d, dmin, scales[12], qs[128].
+pub fn quantize_block_q4_k(x: &[f32], y: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let (sc, d, dmin) = q45_k_scales(x, 15, -1.0, 20, &mut l);
+    y[0..2].copy_from_slice(&d);
+    y[2..4].copy_from_slice(&dmin);
+    y[4..16].copy_from_slice(&sc);
+    let q = &mut y[16..144];
+    for (c, j) in (0..QK_K).step_by(64).enumerate() {
+        for k in 0..32 {
+            q[32 * c + k] = l[j + k] | (l[j + k + 32] << 4);
+        }
+    }
+}
+
+pub fn dequantize_block_q4_k(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(&b[0..2]);
+    let min = f16_at(&b[2..4]);
+    let sc = &b[4..16];
+    for c in 0..4 {
+        let q = &b[16 + 32 * c..16 + 32 * c + 32];
+        let (s1, m1) = scale_min_k4(2 * c, sc);
+        let (s2, m2) = scale_min_k4(2 * c + 1, sc);
+        let (d1, m1) = (d * s1 as f32, min * m1 as f32);
+        let (d2, m2) = (d * s2 as f32, min * m2 as f32);
+        for l in 0..32 {
+            y[64 * c + l] = d1 * (q[l] & 0xf) as f32 - m1;
+            y[64 * c + 32 + l] = d2 * (q[l] >> 4) as f32 - m2;
+        }
+    }
+}
+
+/// Q5_K block (176 bytes): d, dmin, scales[12], qh[32], qs[128].
+pub fn quantize_block_q5_k(x: &[f32], y: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let (sc, d, dmin) = q45_k_scales(x, 31, -0.5, 15, &mut l);
+    y[0..2].copy_from_slice(&d);
+    y[2..4].copy_from_slice(&dmin);
+    y[4..16].copy_from_slice(&sc);
+    let (qh, ql) = y[16..176].split_at_mut(32);
+    qh.fill(0);
+    let (mut m1, mut m2) = (1u8, 2u8);
+    for (c, n) in (0..QK_K).step_by(64).enumerate() {
+        for j in 0..32 {
+            let mut l1 = l[n + j];
+            if l1 > 15 {
+                l1 -= 16;
+                qh[j] |= m1;
+            }
+            let mut l2 = l[n + j + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                qh[j] |= m2;
+            }
+            ql[32 * c + j] = l1 | (l2 << 4);
+        }
+        m1 <<= 2;
+        m2 <<= 2;
+    }
+}
+
+pub fn dequantize_block_q5_k(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(&b[0..2]);
+    let min = f16_at(&b[2..4]);
+    let sc = &b[4..16];
+    let qh = &b[16..48];
+    let (mut u1, mut u2) = (1u8, 2u8);
+    for c in 0..4 {
+        let ql = &b[48 + 32 * c..48 + 32 * c + 32];
+        let (s1, m1) = scale_min_k4(2 * c, sc);
+        let (s2, m2) = scale_min_k4(2 * c + 1, sc);
+        let (d1, m1) = (d * s1 as f32, min * m1 as f32);
+        let (d2, m2) = (d * s2 as f32, min * m2 as f32);
+        for l in 0..32 {
+            let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
+            let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
+            y[64 * c + l] = d1 * ((ql[l] & 0xf) as i32 + h1) as f32 - m1;
+            y[64 * c + 32 + l] = d2 * ((ql[l] >> 4) as i32 + h2) as f32 - m2;
+        }
+        u1 <<= 2;
+        u2 <<= 2;
+    }
+}
+
+/// Q6_K block (210 bytes): ql[128], qh[64], scales[16] (i8), d.
+pub fn quantize_block_q6_k(x: &[f32], y: &mut [u8]) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; 16];
+    let (mut max_scale, mut max_abs) = (0f32, 0f32);
+    for ib in 0..16 {
+        let s = make_qx_quants(&x[16 * ib..16 * ib + 16], 32, &mut l[16 * ib..16 * ib + 16]);
+        scales[ib] = s;
+        if s.abs() > max_abs {
+            max_abs = s.abs();
+            max_scale = s;
+        }
+    }
+    if max_abs < GROUP_MAX_EPS {
+        y[..210].fill(0);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    y[208..210].copy_from_slice(&f16_bits(1.0 / iscale));
+    for ib in 0..16 {
+        y[192 + ib] = nearest_int(iscale * scales[ib]).min(127) as i8 as u8;
+    }
+    let dd = f16_at(&y[208..210]);
+    for j in 0..16 {
+        let d = dd * (y[192 + j] as i8) as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let q = nearest_int(x[16 * j + ii] / d).clamp(-32, 31);
+            l[16 * j + ii] = (q + 32) as i8;
+        }
+    }
+    let (ql, rest) = y.split_at_mut(128);
+    let qh = &mut rest[..64];
+    for (c, j) in (0..QK_K).step_by(128).enumerate() {
+        for k in 0..32 {
+            let v = |o: usize| l[j + k + o] as u8;
+            ql[64 * c + k] = (v(0) & 0xf) | ((v(64) & 0xf) << 4);
+            ql[64 * c + k + 32] = (v(32) & 0xf) | ((v(96) & 0xf) << 4);
+            qh[32 * c + k] =
+                (v(0) >> 4) | ((v(32) >> 4) << 2) | ((v(64) >> 4) << 4) | ((v(96) >> 4) << 6);
+        }
+    }
+}
+
+pub fn dequantize_block_q6_k(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(&b[208..210]);
+    for c in 0..2 {
+        let ql = &b[64 * c..64 * c + 64];
+        let qh = &b[128 + 32 * c..128 + 32 * c + 32];
+        let sc = &b[192 + 8 * c..192 + 8 * c + 8];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            let s = |k: usize| (sc[k] as i8) as f32;
+            y[128 * c + l] = d * s(is) * q1 as f32;
+            y[128 * c + l + 32] = d * s(is + 2) * q2 as f32;
+            y[128 * c + l + 64] = d * s(is + 4) * q3 as f32;
+            y[128 * c + l + 96] = d * s(is + 6) * q4 as f32;
+        }
+    }
+}
+
+/// ggml's `best_index_int8`: nearest grid index (binary search, lower index on ties).
+#[inline]
+fn best_index(values: &[i8; 16], x: f32) -> usize {
+    if x <= values[0] as f32 {
+        return 0;
+    }
+    if x >= values[15] as f32 {
+        return 15;
+    }
+    let (mut ml, mut mu) = (0usize, 15usize);
+    while mu - ml > 1 {
+        let mav = (ml + mu) / 2;
+        if x < values[mav] as f32 {
+            mu = mav;
+        } else {
+            ml = mav;
+        }
+    }
+    if x - (values[mu - 1] as f32) < values[mu] as f32 - x {
+        mu - 1
+    } else {
+        mu
+    }
+}
+
+/// IQ4_NL block (18 bytes): d, qs[16] (grid indices, low nibble = value j, high = j+16).
+pub fn quantize_block_iq4_nl(x: &[f32], y: &mut [u8]) {
+    let values = &IQ4NL_VALUES;
+    let ntry = 7i32;
+    let mut weight = [0f32; 32];
+    let mut l = [0u8; 32];
+    for j in 0..32 {
+        weight[j] = x[j] * x[j];
+    }
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    let scale = if amax < GROUP_MAX_EPS {
+        0.0
+    } else {
+        let mut d = -max / values[0] as f32;
+        let mut id = 1.0 / d;
+        let (mut sumqx, mut sumq2) = (0f32, 0f32);
+        for j in 0..32 {
+            let al = id * x[j];
+            let k = best_index(values, al);
+            l[j] = k as u8;
+            let q = values[k] as f32;
+            let w = weight[j];
+            sumqx += w * q * x[j];
+            sumq2 += w * q * q;
+        }
+        d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+        let mut best = d * sumqx;
+        for itry in -ntry..=ntry {
+            id = (itry + values[0] as i32) as f32 / max;
+            sumqx = 0.0;
+            sumq2 = 0.0;
+            for j in 0..32 {
+                let al = id * x[j];
+                let q = values[best_index(values, al)] as f32;
+                let w = weight[j];
+                sumqx += w * q * x[j];
+                sumq2 += w * q * q;
+            }
+            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+                d = sumqx / sumq2;
+                best = d * sumqx;
+            }
+        }
+        d
+    };
+    y[0..2].copy_from_slice(&f16_bits(scale));
+    let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+    for j in 0..32 {
+        l[j] = best_index(values, id * x[j]) as u8;
+    }
+    for j in 0..16 {
+        y[2 + j] = l[j] | (l[16 + j] << 4);
+    }
+}
+
+pub fn dequantize_block_iq4_nl(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b);
+    for j in 0..16 {
+        y[j] = d * IQ4NL_VALUES[(b[2 + j] & 0xf) as usize] as f32;
+        y[j + 16] = d * IQ4NL_VALUES[(b[2 + j] >> 4) as usize] as f32;
+    }
+}

@@ -99,6 +99,13 @@ struct RunArgs {
     /// Print nothing on success.
     #[arg(short, long)]
     quiet: bool,
+    /// GGUF: keep the input's tensor names and write only general.* metadata (no llama.cpp
+    /// architecture conversion).
+    #[arg(long)]
+    keep_names: bool,
+    /// GGUF: llama.cpp pre-tokenizer name to write when it is not recognised (e.g. llama-bpe).
+    #[arg(long, value_name = "NAME")]
+    tokenizer_pre: Option<String>,
 }
 
 /// An indicatif bar on a terminal; nothing otherwise.
@@ -169,6 +176,8 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.force = a.force;
     cfg.dry_run = a.dry_run;
     cfg.threads = a.threads;
+    cfg.keep_names = a.keep_names;
+    cfg.tokenizer_pre = a.tokenizer_pre;
 
     let bar = Bar::new(a.quiet);
     let outcome = quantsmith::quantize(&cfg, &bar)

@@ -668,7 +668,7 @@ fn inspect_safetensors_and_gguf() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["name"] == "model.layers.0.mlp.gate_proj.weight")
+        .find(|t| t["name"] == "blk.0.ffn_gate.weight")
         .unwrap();
     assert_eq!(t["dtype"], "Q4_1");
     assert_eq!(t["shape"], serde_json::json!([768, 256]));

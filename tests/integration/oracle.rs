@@ -116,6 +116,7 @@ fn gguf_files_read_and_requantize_identically_in_gguf_py() {
                 "{}-{t}.gguf",
                 input.file_stem().unwrap().to_string_lossy()
             ));
+            // input names kept: this test is about the bytes (conversion is tested with llama.cpp)
             quantize(&[
                 input.as_os_str(),
                 "--to".as_ref(),
@@ -123,6 +124,7 @@ fn gguf_files_read_and_requantize_identically_in_gguf_py() {
                 "-o".as_ref(),
                 o.as_os_str(),
                 "-q".as_ref(),
+                "--keep-names".as_ref(),
             ])
             .ok();
             let r = oracle(&["gguf".as_ref(), o.as_os_str(), input.as_os_str()]);

@@ -124,6 +124,11 @@ pub struct QuantizeConfig {
     pub dry_run: bool,
     /// Worker threads (None: rayon's default, one per core).
     pub threads: Option<usize>,
+    /// GGUF: keep the input's tensor names and write only `general.*` keys, instead of
+    /// converting a known architecture the way llama.cpp's converter does.
+    pub keep_names: bool,
+    /// GGUF: `tokenizer.ggml.pre` to write when it cannot be recognised.
+    pub tokenizer_pre: Option<String>,
 }
 
 impl QuantizeConfig {
@@ -144,6 +149,8 @@ impl QuantizeConfig {
             force: false,
             dry_run: false,
             threads: None,
+            keep_names: false,
+            tokenizer_pre: None,
         }
     }
 

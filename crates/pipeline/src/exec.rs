@@ -264,7 +264,7 @@ fn layout(
     let flat: Vec<&crate::plan::OutTensor> = plan.tensors.iter().flat_map(|t| &t.outputs).collect();
     let (header, offs, total) = match plan.kind {
         OutputKind::Gguf => {
-            let kvs = meta::gguf_metadata(src, plan, cfg);
+            let kvs = meta::gguf_metadata(src, plan, cfg)?;
             let tps: Vec<gguf::TensorPlan> = flat
                 .iter()
                 .map(|o| gguf::TensorPlan {
@@ -331,7 +331,8 @@ fn tensor_err(src: &ModelSource, tp: &TensorPlan, msg: String) -> Error {
     }
 }
 
-/// Decodes rows `r0..r1` of a source tensor to f32 and checks them for NaN/Inf.
+/// Decodes rows `r0..r1` of a source tensor to f32 (gathering permuted rows) and checks them
+/// for NaN/Inf.
 fn decode_rows(
     src: &ModelSource,
     tp: &TensorPlan,
@@ -340,11 +341,19 @@ fn decode_rows(
     allow_nonfinite: bool,
 ) -> Result<Vec<f32>> {
     let st = &src.tensors[tp.source];
-    let (_, cols) = rows_cols(&tp.shape);
+    let (rows, cols) = rows_cols(&tp.shape);
     let sz = tp.dtype.size();
-    let bytes = &src.bytes(st)[r0 * cols * sz..r1 * cols * sz];
+    let all = src.bytes(st);
     let mut x = vec![0f32; (r1 - r0) * cols];
-    decode_f32(tp.dtype, bytes, &mut x);
+    match tp.permute {
+        None => decode_f32(tp.dtype, &all[r0 * cols * sz..r1 * cols * sz], &mut x),
+        Some(heads) => {
+            for (k, out) in x.chunks_mut(cols.max(1)).enumerate() {
+                let s = crate::arch::permuted_source_row(r0 + k, rows, heads);
+                decode_f32(tp.dtype, &all[s * cols * sz..(s + 1) * cols * sz], out);
+            }
+        }
+    }
     // Branch-free scan (vectorizes); the position is looked up only on failure.
     let any_nonfinite = x.chunks(256).any(|c| {
         c.iter().fold(0u32, |a, v| {
@@ -475,7 +484,10 @@ fn run_chunk<'a>(
             }
         }
     }
-    src.release(st, b0, b1);
+    if tp.permute.is_none() {
+        // permuted tensors read rows out of order: their pages go when the map does
+        src.release(st, b0, b1);
+    }
     Ok(res)
 }
 

@@ -5,6 +5,7 @@
 //! its planned offsets and validating its bytes with the dequantization kernels → [`Report`].
 //! [`verify`] and [`inspect`] read what was written.
 
+pub mod arch;
 pub mod config;
 pub mod error;
 pub mod exec;
@@ -12,6 +13,7 @@ pub mod inspect;
 pub mod meta;
 pub mod plan;
 pub mod report;
+pub mod tokenizer;
 pub mod verify;
 
 pub use config::{OutputKind, QuantizeConfig, Target};

@@ -33,28 +33,39 @@ pub fn file_type(t: Target) -> Option<u32> {
 
 /// `general.*` metadata. Full llama.cpp hyper-parameters and tokenizer come with the
 /// per-architecture converter (a later step); these keys are what every GGUF carries.
-pub fn gguf_metadata(src: &ModelSource, plan: &Plan, cfg: &QuantizeConfig) -> Vec<(String, Value)> {
-    let arch = src
-        .config
-        .as_ref()
-        .and_then(|c| c.get("model_type"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("unknown")
-        .to_string();
-    // The model's name, not the output file's: same input and options give the same bytes
-    // wherever the output goes.
-    let _ = plan;
-    let name = model_name(src);
+pub fn gguf_metadata(
+    src: &ModelSource,
+    plan: &Plan,
+    cfg: &QuantizeConfig,
+) -> Result<Vec<(String, Value)>> {
+    let arch_name = match plan.arch {
+        Some(a) => a.name.to_string(),
+        None => src
+            .config
+            .as_ref()
+            .and_then(|c| c.get("model_type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown")
+            .to_string(),
+    };
     let mut kvs = vec![
-        ("general.architecture".to_string(), Value::String(arch)),
-        ("general.name".to_string(), Value::String(name)),
+        ("general.architecture".to_string(), Value::String(arch_name)),
+        ("general.name".to_string(), Value::String(model_name(src))),
     ];
+    if let (Some(a), Some(c)) = (plan.arch, &src.config) {
+        kvs.extend(crate::arch::hparams(a, c)?);
+    }
     if let Some(ft) = file_type(cfg.target) {
         kvs.push(("general.file_type".to_string(), Value::U32(ft)));
     }
     kvs.push(("general.quantization_version".to_string(), Value::U32(2)));
     kvs.push(("general.alignment".to_string(), Value::U32(32)));
-    kvs
+    if let (Some(_), Some(dir), Some(c)) = (plan.arch, &src.hf_dir, &src.config) {
+        if let Some(tk) = crate::tokenizer::gguf_tokenizer(dir, c, cfg.tokenizer_pre.as_deref())? {
+            kvs.extend(tk);
+        }
+    }
+    Ok(kvs)
 }
 
 fn scheme_json(s: &Scheme) -> Option<(Json, &'static str)> {

@@ -1,6 +1,7 @@
 //! The plan: for every input tensor, how it is stored and under which names, decided before
 //! any data is read. Output sizes (and hence every file offset) follow from the plan.
 
+use crate::arch::{self, Arch, Mapped};
 use crate::config::{OutputKind, QuantizeConfig, Target};
 use crate::error::{Error, Result};
 use qs_formats::source::ModelSource;
@@ -39,6 +40,8 @@ pub struct TensorPlan {
     pub target: Target,
     pub outputs: Vec<OutTensor>,
     pub note: Option<String>,
+    /// Output row r comes from source row `arch::permuted_source_row(r, rows, heads)`.
+    pub permute: Option<usize>,
 }
 
 impl TensorPlan {
@@ -70,6 +73,8 @@ pub struct Plan {
     pub kind: OutputKind,
     pub output: PathBuf,
     pub tensors: Vec<TensorPlan>,
+    /// The architecture a GGUF output is converted for (llama.cpp names and keys).
+    pub arch: Option<&'static Arch>,
 }
 
 /// One row of `--dry-run` output.
@@ -211,9 +216,23 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             src.input.display()
         )));
     }
+    let arch = match (&src.config, kind) {
+        (Some(c), OutputKind::Gguf) if !cfg.keep_names => Some(arch::detect(c)?),
+        _ => None,
+    };
     let mut tensors = Vec::with_capacity(src.tensors.len());
     for (i, st) in src.tensors.iter().enumerate() {
         let name = &st.info.name;
+        let (out_name, permute) = match (arch, &src.config) {
+            (Some(a), Some(c)) => match arch::map_tensor(a, c, name)? {
+                Mapped::Skip => continue,
+                Mapped::Tensor {
+                    name,
+                    permute_heads,
+                } => (name, permute_heads),
+            },
+            _ => (name.clone(), None),
+        };
         let shape = &st.info.shape;
         let dtype = st.info.dtype;
         let file = src.path_of(st);
@@ -325,9 +344,17 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                 (Action::Encode(s), target)
             }
         };
+        // a permuted tensor is re-encoded (exactly, in its own float type) rather than copied
+        let action = match (action, permute) {
+            (Action::Copy, Some(_)) if dtype.is_float() => Action::Encode(Scheme::Float {
+                dtype: gguf_float(dtype),
+                clamp: false,
+            }),
+            (a, _) => a,
+        };
         let outputs = match &action {
             Action::Copy => vec![OutTensor {
-                name: name.clone(),
+                name: out_name.clone(),
                 ty: if kind == OutputKind::Gguf {
                     SlotType::Ggml(ggml_of(dtype))
                 } else {
@@ -340,7 +367,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                 .slots(shape)
                 .into_iter()
                 .map(|sl| OutTensor {
-                    name: format!("{name}{}", sl.suffix),
+                    name: format!("{out_name}{}", sl.suffix),
                     ty: match (kind, sl.ty) {
                         (OutputKind::Gguf, SlotType::Dtype(d)) => SlotType::Ggml(ggml_of(d)),
                         (_, t) => t,
@@ -359,12 +386,14 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             target,
             outputs,
             note,
+            permute,
         });
     }
     Ok(Plan {
         kind,
         output,
         tensors,
+        arch,
     })
 }
 
@@ -427,6 +456,13 @@ fn gguf_keep(src: DType, shape: &[usize]) -> std::result::Result<Action, String>
         }
     };
     Ok(float_action(src, dst, false))
+}
+
+fn gguf_float(d: DType) -> DType {
+    match d {
+        DType::F16 | DType::BF16 | DType::F32 => d,
+        _ => DType::F32,
+    }
 }
 
 fn ggml_of(d: DType) -> GgmlType {

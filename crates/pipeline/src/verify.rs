@@ -4,12 +4,13 @@
 //! QUANTIZED may be a GGUF file, or safetensors (file, sharded, or folder) holding plain float
 //! tensors and/or compressed-tensors pack-quantized / float-quantized weights.
 
+use crate::arch::Mapped;
 use crate::error::{Error, Result};
 use crate::exec::{pool, run_jobs, CHUNK_ELEMS};
 use crate::plan::chunk_rows;
 use crate::report::{Report, ReportRow};
 use crate::Progress;
-use qs_formats::gguf::GgufFile;
+use qs_formats::gguf::{GgufFile, Value};
 use qs_formats::source::ModelSource;
 use qs_numeric::dtype::decode_f32;
 use qs_numeric::rtn::IntSpec;
@@ -20,7 +21,10 @@ use std::path::Path;
 
 /// A logical tensor of the quantized model: how to decode it and where its slot bytes are.
 struct Logical<'a> {
+    /// The original tensor's name.
     name: String,
+    /// Output row r holds original row `permuted_source_row(r, rows, heads)` (llama q/k).
+    permute: Option<usize>,
     shape: Vec<usize>,
     scheme: Scheme,
     slots: Vec<&'a [u8]>,
@@ -45,7 +49,7 @@ pub fn verify(
         Quantized::St(ModelSource::open(quantized)?)
     };
     let logical = match &q {
-        Quantized::Gguf(g) => gguf_logical(g)?,
+        Quantized::Gguf(g) => gguf_logical(g, &orig)?,
         Quantized::St(s) => st_logical(s)?,
     };
     let by_name: HashMap<&str, usize> = orig
@@ -121,11 +125,21 @@ pub fn verify(
         let ot = &orig.tensors[by_name[l.name.as_str()]];
         let sz = ot.info.dtype.size();
         let mut x = vec![0f32; (j.r1 - j.r0) * cols];
-        decode_f32(
-            ot.info.dtype,
-            &orig.bytes(ot)[j.r0 * cols * sz..j.r1 * cols * sz],
-            &mut x,
-        );
+        let all = orig.bytes(ot);
+        match l.permute {
+            None => decode_f32(
+                ot.info.dtype,
+                &all[j.r0 * cols * sz..j.r1 * cols * sz],
+                &mut x,
+            ),
+            Some(h) => {
+                let rows = rows_cols(&l.shape).0;
+                for (k, out) in x.chunks_mut(cols.max(1)).enumerate() {
+                    let s = crate::arch::permuted_source_row(j.r0 + k, rows, h);
+                    decode_f32(ot.info.dtype, &all[s * cols * sz..(s + 1) * cols * sz], out);
+                }
+            }
+        }
         let parts: Vec<&[u8]> = l
             .slots
             .iter()
@@ -187,7 +201,24 @@ pub(crate) fn is_gguf(p: &Path) -> bool {
         && &magic == b"GGUF"
 }
 
-fn gguf_logical(g: &GgufFile) -> Result<Vec<Logical<'_>>> {
+fn gguf_logical<'a>(g: &'a GgufFile, orig: &ModelSource) -> Result<Vec<Logical<'a>>> {
+    // A converted model: map the original's HF names forward to find each GGUF tensor's source.
+    let mut back: HashMap<String, (String, Option<usize>)> = HashMap::new();
+    if let (Some(Value::String(a)), Some(c)) = (g.get("general.architecture"), &orig.config) {
+        if let Ok(arch) = crate::arch::detect(c).map(|x| *x) {
+            if arch.name == a {
+                for t in &orig.tensors {
+                    if let Ok(Mapped::Tensor {
+                        name,
+                        permute_heads,
+                    }) = crate::arch::map_tensor(&arch, c, &t.info.name)
+                    {
+                        back.insert(name, (t.info.name.clone(), permute_heads));
+                    }
+                }
+            }
+        }
+    }
     let mut v = Vec::new();
     for t in &g.tensors {
         let scheme = match t.ty {
@@ -213,8 +244,10 @@ fn gguf_logical(g: &GgufFile) -> Result<Vec<Logical<'_>>> {
             }
         };
         let b = g.bytes(t);
+        let (name, permute) = back.get(&t.name).cloned().unwrap_or((t.name.clone(), None));
         v.push(Logical {
-            name: t.name.clone(),
+            name,
+            permute,
             shape: t.shape(),
             scheme,
             slots: vec![b],
@@ -351,6 +384,7 @@ fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
             }
             let bytes = got.iter().sum::<usize>() as u64;
             v.push(Logical {
+                permute: None,
                 name: base.to_string(),
                 shape: vec![rows, cols],
                 scheme,
@@ -387,6 +421,7 @@ fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
             let slots = vec![s.bytes(t), s.bytes(scale)];
             let bytes = slots.iter().map(|x| x.len() as u64).sum();
             v.push(Logical {
+                permute: None,
                 name: name.clone(),
                 shape,
                 scheme,
@@ -407,6 +442,7 @@ fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
             DType::F32 | DType::F16 | DType::BF16 => {
                 let b = s.bytes(t);
                 v.push(Logical {
+                    permute: None,
                     name: name.clone(),
                     shape: t.info.shape.clone(),
                     scheme: Scheme::Float {

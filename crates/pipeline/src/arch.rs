@@ -1,0 +1,324 @@
+//! Per-architecture conversion of a Hugging Face model to what llama.cpp reads: tensor names,
+//! hyper-parameter keys, and the q/k row permutation of the "llama" architecture.
+//!
+//! One table row per architecture; adding gemma or phi means adding a row (names that differ,
+//! extra keys) here, nothing elsewhere.
+
+use crate::error::{Error, Result};
+use qs_formats::gguf::Value;
+use serde_json::Value as Json;
+
+/// What differs between the architectures we convert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arch {
+    /// `general.architecture` and key prefix.
+    pub name: &'static str,
+    /// HF `model_type`s that convert to it.
+    pub model_types: &'static [&'static str],
+    /// llama.cpp's converter permutes q/k rows (rotate-half → interleaved rope) for "llama".
+    pub permute_qk: bool,
+    /// Writes `{arch}.vocab_size`.
+    pub vocab_size_key: bool,
+    /// Writes `{arch}.rope.dimension_count`.
+    pub rope_dim_key: bool,
+}
+
+pub const ARCHS: &[Arch] = &[
+    Arch {
+        name: "llama",
+        model_types: &["llama", "mistral"],
+        permute_qk: true,
+        vocab_size_key: true,
+        rope_dim_key: true,
+    },
+    Arch {
+        name: "qwen2",
+        model_types: &["qwen2"],
+        permute_qk: false,
+        vocab_size_key: false,
+        rope_dim_key: false,
+    },
+    Arch {
+        name: "qwen3",
+        model_types: &["qwen3"],
+        permute_qk: false,
+        vocab_size_key: false,
+        rope_dim_key: false,
+    },
+];
+
+/// The architecture of an HF `config.json`, or an error naming the unsupported one.
+pub fn detect(config: &Json) -> Result<&'static Arch> {
+    let mt = config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    ARCHS
+        .iter()
+        .find(|a| a.model_types.contains(&mt))
+        .ok_or_else(|| {
+            let names: Vec<&str> = ARCHS
+                .iter()
+                .flat_map(|a| a.model_types.iter().copied())
+                .collect();
+            Error::Config(format!(
+                "unsupported architecture '{mt}' for GGUF conversion (supported: {})",
+                names.join(", ")
+            ))
+        })
+}
+
+fn get_u64(c: &Json, keys: &[&str]) -> Option<u64> {
+    keys.iter().find_map(|k| c.get(*k).and_then(|v| v.as_u64()))
+}
+
+fn get_f64(c: &Json, keys: &[&str]) -> Option<f64> {
+    keys.iter().find_map(|k| c.get(*k).and_then(|v| v.as_f64()))
+}
+
+/// Attention head counts (q, kv) from config.json.
+pub fn heads(c: &Json) -> Result<(u64, u64)> {
+    let h = get_u64(c, &["num_attention_heads", "n_head", "n_heads"])
+        .ok_or_else(|| Error::Config("config.json has no num_attention_heads".into()))?;
+    Ok((
+        h,
+        get_u64(c, &["num_key_value_heads", "n_kv_heads"]).unwrap_or(h),
+    ))
+}
+
+/// The hyper-parameter keys llama.cpp reads for `arch`, from config.json.
+pub fn hparams(arch: &Arch, c: &Json) -> Result<Vec<(String, Value)>> {
+    let a = arch.name;
+    let need = |keys: &[&str]| {
+        get_u64(c, keys).ok_or_else(|| Error::Config(format!("config.json lacks {}", keys[0])))
+    };
+    let mut kv: Vec<(String, Value)> = Vec::new();
+    let mut put = |k: &str, v: Value| kv.push((format!("{a}.{k}"), v));
+    put(
+        "block_count",
+        Value::U32(need(&["num_hidden_layers", "n_layer", "num_layers"])? as u32),
+    );
+    if let Some(n) = get_u64(
+        c,
+        &[
+            "max_position_embeddings",
+            "n_ctx",
+            "n_positions",
+            "max_length",
+            "max_sequence_length",
+            "model_max_length",
+        ],
+    ) {
+        put("context_length", Value::U32(n as u32));
+    }
+    let n_embd = need(&["hidden_size", "n_embd", "dim"])?;
+    put("embedding_length", Value::U32(n_embd as u32));
+    if let Some(n) = get_u64(c, &["intermediate_size", "n_inner", "hidden_dim"]) {
+        put("feed_forward_length", Value::U32(n as u32));
+    }
+    let (n_head, n_head_kv) = heads(c)?;
+    put("attention.head_count", Value::U32(n_head as u32));
+    put("attention.head_count_kv", Value::U32(n_head_kv as u32));
+    let rope = c
+        .get("rope_parameters")
+        .or_else(|| c.get("rope_scaling"))
+        .filter(|v| !v.is_null());
+    if let Some(r) = rope {
+        let ty = r
+            .get("rope_type")
+            .or_else(|| r.get("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
+        let factor = r.get("factor").and_then(|v| v.as_f64());
+        match (ty, factor) {
+            ("default", _) => {}
+            ("linear", Some(f)) => {
+                put("rope.scaling.type", Value::String("linear".into()));
+                put("rope.scaling.factor", Value::F32(f as f32));
+            }
+            ("yarn", Some(f)) => {
+                put("rope.scaling.type", Value::String("yarn".into()));
+                put("rope.scaling.factor", Value::F32(f as f32));
+                if let Some(o) = r
+                    .get("original_max_position_embeddings")
+                    .and_then(|v| v.as_u64())
+                {
+                    put("rope.scaling.original_context_length", Value::U32(o as u32));
+                }
+            }
+            (t, _) => {
+                return Err(Error::Config(format!(
+                    "rope scaling type '{t}' is not supported yet"
+                )))
+            }
+        }
+    }
+    let theta = get_f64(c, &["rope_theta"]).or_else(|| {
+        rope.and_then(|r| r.get("rope_theta"))
+            .and_then(|v| v.as_f64())
+    });
+    if let Some(t) = theta {
+        put("rope.freq_base", Value::F32(t as f32));
+    }
+    if let Some(e) = get_f64(c, &["rms_norm_eps", "norm_eps"]) {
+        put("attention.layer_norm_rms_epsilon", Value::F32(e as f32));
+    }
+    if let Some(hd) = get_u64(c, &["head_dim"]) {
+        put("attention.key_length", Value::U32(hd as u32));
+        put("attention.value_length", Value::U32(hd as u32));
+    }
+    if arch.vocab_size_key {
+        put("vocab_size", Value::U32(need(&["vocab_size"])? as u32));
+    }
+    if arch.rope_dim_key {
+        let rd = get_u64(c, &["head_dim"]).unwrap_or(n_embd / n_head);
+        put("rope.dimension_count", Value::U32(rd as u32));
+    }
+    Ok(kv)
+}
+
+/// What happens to one HF tensor in the GGUF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped {
+    /// Stored under this GGUF name; rows permuted with this head count when `Some`.
+    Tensor {
+        name: String,
+        permute_heads: Option<usize>,
+    },
+    /// Not stored (e.g. `rotary_emb.inv_freq`, recomputed by llama.cpp).
+    Skip,
+}
+
+const LAYER_NAMES: &[(&str, &str)] = &[
+    ("input_layernorm", "attn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("self_attn.q_norm", "attn_q_norm"),
+    ("self_attn.k_norm", "attn_k_norm"),
+    ("post_attention_layernorm", "ffn_norm"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// HF tensor name → GGUF name (and permutation), or an error naming the tensor.
+pub fn map_tensor(arch: &Arch, c: &Json, hf: &str) -> Result<Mapped> {
+    if hf.ends_with("rotary_emb.inv_freq") {
+        return Ok(Mapped::Skip);
+    }
+    let unknown = || {
+        Error::Config(format!(
+            "tensor '{hf}' has no GGUF name for architecture {}",
+            arch.name
+        ))
+    };
+    let (stem, suffix) = match hf.rsplit_once('.') {
+        Some((s, x @ ("weight" | "bias"))) => (s, x),
+        _ => return Err(unknown()),
+    };
+    let plain = |n: &str| {
+        Ok(Mapped::Tensor {
+            name: format!("{n}.{suffix}"),
+            permute_heads: None,
+        })
+    };
+    match stem {
+        "model.embed_tokens" => return plain("token_embd"),
+        "model.norm" => return plain("output_norm"),
+        "lm_head" => return plain("output"),
+        _ => {}
+    }
+    let rest = stem.strip_prefix("model.layers.").ok_or_else(unknown)?;
+    let (bid, part) = rest.split_once('.').ok_or_else(unknown)?;
+    let bid: usize = bid.parse().map_err(|_| unknown())?;
+    let (_, gg) = LAYER_NAMES
+        .iter()
+        .find(|(h, _)| *h == part)
+        .ok_or_else(unknown)?;
+    let permute_heads = if arch.permute_qk && matches!(*gg, "attn_q" | "attn_k") {
+        let (h, kv) = heads(c)?;
+        Some(if *gg == "attn_k" { kv } else { h } as usize)
+    } else {
+        None
+    };
+    Ok(Mapped::Tensor {
+        name: format!("blk.{bid}.{gg}.{suffix}"),
+        permute_heads,
+    })
+}
+
+/// Source row of output row `r` under llama.cpp's q/k permutation of a tensor with `rows` rows:
+/// rows viewed as `(n_head, 2, rows/n_head/2)`, axes 1 and 2 swapped.
+#[inline]
+pub fn permuted_source_row(r: usize, rows: usize, n_head: usize) -> usize {
+    let half = rows / n_head / 2;
+    let (h, rem) = (r / (2 * half), r % (2 * half));
+    let (i, j) = (rem / 2, rem % 2);
+    h * 2 * half + j * half + i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn permutation_matches_reshape_swapaxes() {
+        // numpy: w.reshape(2, 2, 3, cols).swapaxes(1, 2).reshape(12, cols) for 2 heads
+        let src: Vec<usize> = (0..12).map(|r| permuted_source_row(r, 12, 2)).collect();
+        assert_eq!(src, vec![0, 3, 1, 4, 2, 5, 6, 9, 7, 10, 8, 11]);
+        let mut seen = src.clone();
+        seen.sort();
+        assert_eq!(seen, (0..12).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn names_and_keys() {
+        let c = json!({"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "intermediate_size": 768, "vocab_size": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "max_position_embeddings": 2048});
+        let a = detect(&c).unwrap();
+        assert_eq!(
+            map_tensor(a, &c, "model.layers.1.self_attn.k_proj.weight").unwrap(),
+            Mapped::Tensor {
+                name: "blk.1.attn_k.weight".into(),
+                permute_heads: Some(2)
+            }
+        );
+        assert_eq!(
+            map_tensor(a, &c, "model.layers.0.mlp.down_proj.weight").unwrap(),
+            Mapped::Tensor {
+                name: "blk.0.ffn_down.weight".into(),
+                permute_heads: None
+            }
+        );
+        assert_eq!(
+            map_tensor(a, &c, "lm_head.weight").unwrap(),
+            Mapped::Tensor {
+                name: "output.weight".into(),
+                permute_heads: None
+            }
+        );
+        assert!(map_tensor(a, &c, "model.vision.x.weight").is_err());
+        let kv = hparams(a, &c).unwrap();
+        let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("llama.rope.dimension_count"), Some(Value::U32(64)));
+        assert_eq!(get("llama.attention.head_count_kv"), Some(Value::U32(2)));
+        assert_eq!(get("llama.vocab_size"), Some(Value::U32(512)));
+        let q = json!({"model_type": "qwen2", "num_hidden_layers": 1, "hidden_size": 8, "num_attention_heads": 2});
+        let aq = detect(&q).unwrap();
+        assert_eq!(
+            map_tensor(aq, &q, "model.layers.0.self_attn.q_proj.bias").unwrap(),
+            Mapped::Tensor {
+                name: "blk.0.attn_q.bias".into(),
+                permute_heads: None
+            }
+        );
+        assert!(detect(&json!({"model_type": "gpt_neox"}))
+            .unwrap_err()
+            .to_string()
+            .contains("unsupported architecture 'gpt_neox'"));
+    }
+}

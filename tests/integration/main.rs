@@ -3,5 +3,6 @@
 
 mod bad_input;
 mod cli;
+mod llama;
 mod oracle;
 mod util;

@@ -115,6 +115,29 @@ pub fn read_json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
+/// A binary built from llama.cpp's sources by `.ci/run` (llama-quantize, llama-logits).
+pub fn llama_bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("QS_LLAMA_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            std::env::var_os("QS_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or(home.join(".cache/quantsmith"))
+                .join("llama.cpp/bin")
+        }
+    };
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found — run `bash .ci/run` once (it builds llama.cpp) or set QS_LLAMA_BIN",
+        p.display()
+    );
+    p
+}
+
 /// ggml's own quantizer (tests/oracle/ggml_quant.c linked against ggml built from llama.cpp's
 /// sources by `.ci/run`).
 pub fn ggml_quant() -> PathBuf {

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Independent reference: the Hugging Face llama/qwen2/qwen3 forward pass in numpy (float64),
+straight from a model folder's config.json and safetensors — HF conventions (rotate-half RoPE on
+the unpermuted weights). Writes the logits of every position.
+
+  ref_forward.py MODEL_DIR OUT.f32 TOKEN_ID...
+"""
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def load(path):
+    buf = Path(path).read_bytes()
+    n = struct.unpack("<Q", buf[:8])[0]
+    header = json.loads(buf[8:8 + n])
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        b, e = v["data_offsets"]
+        raw = buf[8 + n + b:8 + n + e]
+        dt = v["dtype"]
+        if dt == "BF16":
+            a = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+        elif dt == "F16":
+            a = np.frombuffer(raw, "<f2")
+        elif dt == "F32":
+            a = np.frombuffer(raw, "<f4")
+        else:
+            raise SystemExit(f"{k}: dtype {dt} not handled")
+        out[k] = a.astype(np.float64).reshape(v["shape"])
+    return out
+
+
+def rms(x, w, eps):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+
+def rope(x, pos, theta):
+    # x: (T, H, D), HF rotate_half convention
+    d = x.shape[-1]
+    inv = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
+    ang = pos[:, None] * inv[None, :]
+    cos = np.concatenate([np.cos(ang)] * 2, -1)[:, None, :]
+    sin = np.concatenate([np.sin(ang)] * 2, -1)[:, None, :]
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return x * cos + np.concatenate([-x2, x1], -1) * sin
+
+
+def main():
+    d = Path(sys.argv[1])
+    cfg = json.loads((d / "config.json").read_text())
+    ids = np.array([int(t) for t in sys.argv[3:]])
+    W = {}
+    for f in sorted(d.glob("*.safetensors")):
+        W.update(load(f))
+    H, KV = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // H
+    eps, theta = cfg["rms_norm_eps"], cfg.get("rope_theta", 10000.0)
+    T = len(ids)
+    pos = np.arange(T, dtype=np.float64)
+    x = W["model.embed_tokens.weight"][ids]
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    for l in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        h = rms(x, W[p + "input_layernorm.weight"], eps)
+        def lin(name, v):
+            y = v @ W[p + name + ".weight"].T
+            b = W.get(p + name + ".bias")
+            return y if b is None else y + b
+        q = lin("self_attn.q_proj", h).reshape(T, H, hd)
+        k = lin("self_attn.k_proj", h).reshape(T, KV, hd)
+        v = lin("self_attn.v_proj", h).reshape(T, KV, hd)
+        if p + "self_attn.q_norm.weight" in W:
+            q = rms(q, W[p + "self_attn.q_norm.weight"], eps)
+            k = rms(k, W[p + "self_attn.k_norm.weight"], eps)
+        q, k = rope(q, pos, theta), rope(k, pos, theta)
+        rep = H // KV
+        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+        att = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd) + mask
+        att = np.exp(att - att.max(-1, keepdims=True))
+        att /= att.sum(-1, keepdims=True)
+        o = np.einsum("hts,shd->thd", att, v).reshape(T, H * hd)
+        x = x + lin("self_attn.o_proj", o)
+        h = rms(x, W[p + "post_attention_layernorm.weight"], eps)
+        g, u = lin("mlp.gate_proj", h), lin("mlp.up_proj", h)
+        x = x + lin("mlp.down_proj", g / (1 + np.exp(-g)) * u)
+    x = rms(x, W["model.norm.weight"], eps)
+    head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
+    (x @ head.T).astype("<f4").tofile(sys.argv[2])
+
+
+if __name__ == "__main__":
+    main()

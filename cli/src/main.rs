@@ -51,9 +51,9 @@ struct RunArgs {
     /// A .safetensors file, a model.safetensors.index.json, or a Hugging Face model folder.
     #[arg(required = true)]
     model: Option<PathBuf>,
-    /// Target: f32, f16, bf16, int8, int4, int3, int2, fp8 (E4M3), fp8-e5m2, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl.
-    #[arg(long = "to", required = true, value_parser = Target::parse)]
-    to: Option<Target>,
+    /// Target: f32, f16, bf16, int8, int4, int3, int2, fp8 (E4M3), fp8-e5m2 (safetensors); q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s/m/l, q4_k_s/m, q5_k_s/m, q6_k, iq4_nl (GGUF: llama-quantize's mixtures; q4_k = q4_k_m).
+    #[arg(long = "to", required = true, value_parser = Target::parse_main)]
+    to: Option<(Target, Option<quantsmith::mixture::Ftype>)>,
     /// Output: NAME.gguf, NAME.safetensors, or a folder (default: next to the input).
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -103,6 +103,10 @@ struct RunArgs {
     /// architecture conversion).
     #[arg(long)]
     keep_names: bool,
+    /// GGUF: one type for every quantizable tensor instead of llama-quantize's mixture
+    /// (as llama-quantize --pure).
+    #[arg(long)]
+    pure: bool,
     /// GGUF: llama.cpp pre-tokenizer name to write when it is not recognised (e.g. llama-bpe).
     #[arg(long, value_name = "NAME")]
     tokenizer_pre: Option<String>,
@@ -156,8 +160,10 @@ fn regexes(v: &[String]) -> Result<Vec<regex::Regex>> {
 
 fn run(a: RunArgs) -> Result<()> {
     let model = a.model.expect("clap requires MODEL");
-    let target = a.to.expect("clap requires --to");
+    let (target, mixture) = a.to.expect("clap requires --to");
     let mut cfg = QuantizeConfig::new(&model, target);
+    cfg.mixture = mixture;
+    cfg.pure = a.pure;
     cfg.output = a.output;
     cfg.group = a.group;
     cfg.granularity = a.granularity;

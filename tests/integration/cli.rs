@@ -347,10 +347,42 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
         .iter()
         .find(|r| r["tensor"] == "model.embed_tokens.weight")
         .unwrap();
-    assert_eq!(
-        emb["storage"], "BF16 (copy)",
-        "embeddings stay in higher precision by default"
-    );
+    // a converted GGUF follows llama-quantize's Q4_0 mixture: embeddings Q4_0, output Q6_K
+    assert_eq!(emb["storage"], "Q4_0");
+    let head = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["tensor"] == "lm_head.weight")
+        .unwrap();
+    assert_eq!(head["storage"], "Q6_K");
+    // safetensors outputs keep embeddings and the head in their own precision by default
+    let st_plan = d.path().join("st.json");
+    quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "-o".as_ref(),
+        d.path().join("st").as_os_str(),
+        "--dry-run".as_ref(),
+        "-q".as_ref(),
+        "--report".as_ref(),
+        st_plan.as_os_str(),
+    ])
+    .ok();
+    let rows = read_json(&st_plan);
+    for n in ["model.embed_tokens.weight", "lm_head.weight"] {
+        let r = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["tensor"] == n)
+            .unwrap();
+        assert_eq!(
+            r["storage"], "BF16 (copy)",
+            "{n} stays in higher precision by default"
+        );
+    }
 }
 
 #[test]

@@ -155,13 +155,12 @@ fn our_tensors_equal_llama_quantize_output() {
             String::from_utf8_lossy(&o.stderr)
         );
         let ours = d.path().join(format!("ours-{t}.gguf"));
-        // --pure quantizes every 2-D weight, embeddings and output included
+        // --pure: one type for every quantizable weight, embeddings and output included
         quantize(&[
             fx.as_os_str(),
             "--to".as_ref(),
             t.to_lowercase().as_ref(),
-            "--include".as_ref(),
-            "embed_tokens|lm_head".as_ref(),
+            "--pure".as_ref(),
             "-o".as_ref(),
             ours.as_os_str(),
             "-q".as_ref(),
@@ -243,5 +242,169 @@ fn llama_cpp_tokenizes_like_hugging_face() {
             String::from_utf8_lossy(&h.stdout).trim(),
             "text {text:?}"
         );
+    }
+}
+
+/// A llama-style model folder with `layers` layers (weights from the fixture generator's
+/// distribution), the fixture's tokenizer, written with the reference safetensors crate.
+fn synthetic_llama(
+    dir: &Path,
+    layers: usize,
+    hidden: usize,
+    inter: usize,
+    heads: usize,
+    kv: usize,
+) {
+    use qs_numeric::synth::weight_matrix;
+    use safetensors::Dtype;
+    std::fs::create_dir_all(dir).unwrap();
+    let hd = hidden / heads;
+    let vocab = 512;
+    let mut ts: Vec<(String, Vec<usize>, Vec<f32>)> = vec![(
+        "model.embed_tokens.weight".into(),
+        vec![vocab, hidden],
+        weight_matrix(vocab, hidden, 0.02, 1),
+    )];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}.");
+        let s = 100 * l as u64;
+        ts.push((
+            format!("{p}input_layernorm.weight"),
+            vec![hidden],
+            vec![1.0; hidden],
+        ));
+        ts.push((
+            format!("{p}self_attn.q_proj.weight"),
+            vec![heads * hd, hidden],
+            weight_matrix(heads * hd, hidden, 0.02, s + 2),
+        ));
+        ts.push((
+            format!("{p}self_attn.k_proj.weight"),
+            vec![kv * hd, hidden],
+            weight_matrix(kv * hd, hidden, 0.02, s + 3),
+        ));
+        ts.push((
+            format!("{p}self_attn.v_proj.weight"),
+            vec![kv * hd, hidden],
+            weight_matrix(kv * hd, hidden, 0.02, s + 4),
+        ));
+        ts.push((
+            format!("{p}self_attn.o_proj.weight"),
+            vec![hidden, heads * hd],
+            weight_matrix(hidden, heads * hd, 0.02, s + 5),
+        ));
+        ts.push((
+            format!("{p}post_attention_layernorm.weight"),
+            vec![hidden],
+            vec![1.0; hidden],
+        ));
+        ts.push((
+            format!("{p}mlp.gate_proj.weight"),
+            vec![inter, hidden],
+            weight_matrix(inter, hidden, 0.02, s + 6),
+        ));
+        ts.push((
+            format!("{p}mlp.up_proj.weight"),
+            vec![inter, hidden],
+            weight_matrix(inter, hidden, 0.02, s + 7),
+        ));
+        ts.push((
+            format!("{p}mlp.down_proj.weight"),
+            vec![hidden, inter],
+            weight_matrix(hidden, inter, 0.02, s + 8),
+        ));
+    }
+    ts.push(("model.norm.weight".into(), vec![hidden], vec![1.0; hidden]));
+    ts.push((
+        "lm_head.weight".into(),
+        vec![vocab, hidden],
+        weight_matrix(vocab, hidden, 0.02, 9),
+    ));
+    let owned: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = ts
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), Dtype::BF16, s.clone(), bf16_bytes(v)))
+        .collect();
+    write_st(&dir.join("model.safetensors"), &owned);
+    let mut cfg = read_json(&fixture().join("config.json"));
+    cfg["num_hidden_layers"] = layers.into();
+    cfg["hidden_size"] = hidden.into();
+    cfg["intermediate_size"] = inter.into();
+    cfg["num_attention_heads"] = heads.into();
+    cfg["num_key_value_heads"] = kv.into();
+    cfg["head_dim"] = hd.into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
+    }
+}
+
+/// llama-quantize's file types (mixtures): per-tensor types and bytes equal to what
+/// llama-quantize makes from our F32 GGUF, on a 16-layer model (so the "first/last eighth and
+/// every third layer" rules bite, with GQA 4) and on one whose rows are not multiples of 256
+/// (fallbacks).
+#[test]
+fn mixtures_equal_llama_quantize() {
+    let d = tempfile::tempdir().unwrap();
+    let deep = d.path().join("deep");
+    synthetic_llama(&deep, 16, 256, 256, 8, 2);
+    let odd = d.path().join("odd");
+    synthetic_llama(&odd, 4, 320, 640, 5, 1);
+    for model in [&deep, &odd] {
+        let f32g = model.join("f32.gguf");
+        quantize(&[
+            model.as_os_str(),
+            "--to".as_ref(),
+            "f32".as_ref(),
+            "-o".as_ref(),
+            f32g.as_os_str(),
+            "-q".as_ref(),
+        ])
+        .ok();
+        for ft in [
+            "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
+            "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL",
+        ] {
+            let theirs = model.join(format!("ref-{ft}.gguf"));
+            let o = Command::new(llama_bin("llama-quantize"))
+                .arg(&f32g)
+                .arg(&theirs)
+                .arg(ft)
+                .arg("1")
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "llama-quantize {ft}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let ours = model.join(format!("ours-{ft}.gguf"));
+            quantize(&[
+                model.as_os_str(),
+                "--to".as_ref(),
+                ft.to_lowercase().as_ref(),
+                "-o".as_ref(),
+                ours.as_os_str(),
+                "-q".as_ref(),
+            ])
+            .ok();
+            let (a, b) = (
+                qs_formats::gguf::GgufFile::open(&ours).unwrap(),
+                qs_formats::gguf::GgufFile::open(&theirs).unwrap(),
+            );
+            assert_eq!(
+                a.get("general.file_type"),
+                b.get("general.file_type"),
+                "{ft}"
+            );
+            for tb in &b.tensors {
+                let ta = a
+                    .tensors
+                    .iter()
+                    .find(|x| x.name == tb.name)
+                    .unwrap_or_else(|| panic!("{ft}: {} missing", tb.name));
+                assert_eq!(ta.ty, tb.ty, "{ft}: {} type ({})", tb.name, model.display());
+                assert!(a.bytes(ta) == b.bytes(tb), "{ft}: {} bytes differ", tb.name);
+            }
+        }
     }
 }

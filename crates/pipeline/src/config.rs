@@ -20,6 +20,14 @@ pub enum Target {
 }
 
 impl Target {
+    /// Parses `--to`: a target, plus the llama-quantize mixture for names like `q4_k_m`.
+    pub fn parse_main(s: &str) -> Result<(Target, Option<crate::mixture::Ftype>), String> {
+        match crate::mixture::Ftype::parse(s) {
+            Some(f) => Ok((Target::Ggml(f.default_type()), Some(f))),
+            None => Ok((Target::parse(s)?, None)),
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Target, String> {
         let l = s.to_ascii_lowercase();
         Ok(match l.as_str() {
@@ -129,6 +137,11 @@ pub struct QuantizeConfig {
     pub keep_names: bool,
     /// GGUF: `tokenizer.ggml.pre` to write when it cannot be recognised.
     pub tokenizer_pre: Option<String>,
+    /// GGUF of a converted model: llama-quantize's file type (mixture). `None` with a ggml
+    /// target means the type's own mixture (`q4_k` → Q4_K_M, `q4_0` → Q4_0, …).
+    pub mixture: Option<crate::mixture::Ftype>,
+    /// GGUF of a converted model: one type for every quantizable tensor (llama-quantize --pure).
+    pub pure: bool,
 }
 
 impl QuantizeConfig {
@@ -151,6 +164,8 @@ impl QuantizeConfig {
             threads: None,
             keep_names: false,
             tokenizer_pre: None,
+            mixture: None,
+            pure: false,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod exec;
 pub mod inspect;
 pub mod meta;
+pub mod mixture;
 pub mod plan;
 pub mod report;
 pub mod tokenizer;

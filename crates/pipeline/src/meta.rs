@@ -55,7 +55,11 @@ pub fn gguf_metadata(
     if let (Some(a), Some(c)) = (plan.arch, &src.config) {
         kvs.extend(crate::arch::hparams(a, c)?);
     }
-    if let Some(ft) = file_type(cfg.target) {
+    if let Some(ft) = plan
+        .mixture
+        .map(|m| m.id())
+        .or_else(|| file_type(cfg.target))
+    {
         kvs.push(("general.file_type".to_string(), Value::U32(ft)));
     }
     kvs.push(("general.quantization_version".to_string(), Value::U32(2)));

@@ -4,6 +4,7 @@
 use crate::arch::{self, Arch, Mapped};
 use crate::config::{OutputKind, QuantizeConfig, Target};
 use crate::error::{Error, Result};
+use crate::mixture::{self, Ftype};
 use qs_formats::source::ModelSource;
 use qs_numeric::rtn::IntSpec;
 use qs_numeric::{DType, GgmlType, Scheme, SchemeError, SlotType};
@@ -75,6 +76,8 @@ pub struct Plan {
     pub tensors: Vec<TensorPlan>,
     /// The architecture a GGUF output is converted for (llama.cpp names and keys).
     pub arch: Option<&'static Arch>,
+    /// The llama-quantize file type a converted GGUF is written as (`general.file_type`).
+    pub mixture: Option<Ftype>,
 }
 
 /// One row of `--dry-run` output.
@@ -220,8 +223,60 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
         (Some(c), OutputKind::Gguf) if !cfg.keep_names => Some(arch::detect(c)?),
         _ => None,
     };
+    // A converted model with a ggml target gets llama-quantize's choices: its mixture for the
+    // file type (None: --pure, one type for every quantizable tensor).
+    let default_ggml = match cfg.target {
+        Target::Ggml(t) => t,
+        _ => GgmlType::F16,
+    };
+    let llama_mix = match (arch, &src.config, cfg.target) {
+        (Some(a), Some(c), Target::Ggml(_)) => {
+            let (h, kv) = arch::heads(c)?;
+            let names: Vec<String> = src
+                .tensors
+                .iter()
+                .filter_map(|t| match arch::map_tensor(a, c, &t.info.name) {
+                    Ok(Mapped::Tensor { name, .. }) => Some(name),
+                    _ => None,
+                })
+                .collect();
+            let n_layer = c
+                .get("num_hidden_layers")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0);
+            let info = mixture::ModelInfo {
+                n_gqa: h / kv.max(1),
+                tied_embeddings: !names.iter().any(|n| n == "output.weight"),
+                is_70b: a.name == "llama" && n_layer == 80,
+                n_attention_wv: names
+                    .iter()
+                    .filter(|n| n.contains("attn_v.weight") || n.contains("attn_qkv.weight"))
+                    .count(),
+                n_ffn_down: names.iter().filter(|n| n.contains("ffn_down")).count(),
+            };
+            let f = if cfg.pure {
+                None
+            } else {
+                Some(cfg.mixture.unwrap_or(mixture_for(default_ggml)))
+            };
+            Some((f, info))
+        }
+        _ => None,
+    };
+    let mut counters = mixture::Counters::default();
+    // A converted GGUF lists tensors as llama.cpp's loader orders them, by layer then name, so
+    // the mixture's per-layer counters (and the file) do not depend on the input's order.
+    let mut order: Vec<usize> = (0..src.tensors.len()).collect();
+    if let (Some(a), Some(c)) = (arch, &src.config) {
+        let key = |i: usize| match arch::map_tensor(a, c, &src.tensors[i].info.name) {
+            Ok(Mapped::Tensor { name, .. }) => (layer_of(&name), name),
+            _ => (-1, String::new()),
+        };
+        order.sort_by_cached_key(|&i| key(i));
+    }
     let mut tensors = Vec::with_capacity(src.tensors.len());
-    for (i, st) in src.tensors.iter().enumerate() {
+    for i in order {
+        let st = &src.tensors[i];
         let name = &st.info.name;
         let (out_name, permute) = match (arch, &src.config) {
             (Some(a), Some(c)) => match arch::map_tensor(a, c, name)? {
@@ -245,11 +300,29 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
         let forced = cfg
             .tensor_types
             .iter()
-            .find(|(re, _)| re.is_match(name))
+            .find(|(re, _)| re.is_match(name) || (arch.is_some() && re.is_match(&out_name)))
             .map(|(_, t)| *t);
-        let target = match forced {
-            Some(t) => t,
-            None => {
+        let target = match (forced, llama_mix) {
+            (Some(t), _) => t,
+            (None, Some((f, info))) => {
+                // llama-quantize's selection: its quantizable tensors, its per-tensor types
+                let excluded = cfg
+                    .exclude
+                    .iter()
+                    .any(|re| re.is_match(name) || re.is_match(&out_name));
+                if !excluded
+                    && dtype.is_float()
+                    && mixture::allows_quantization(&out_name, shape.len())
+                {
+                    Target::Ggml(match f {
+                        Some(f) => mixture::tensor_type(f, &out_name, &info, &mut counters),
+                        None => default_ggml,
+                    })
+                } else {
+                    Target::Keep
+                }
+            }
+            (None, None) => {
                 let excluded = cfg.exclude.iter().any(|re| re.is_match(name));
                 let included = cfg.include.iter().any(|re| re.is_match(name));
                 let quantizable = dtype.is_float() && shape.len() == 2;
@@ -389,11 +462,13 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             permute,
         });
     }
+    let mixture = llama_mix.map(|_| cfg.mixture.unwrap_or(mixture_for(default_ggml)));
     Ok(Plan {
         kind,
         output,
         tensors,
         arch,
+        mixture,
     })
 }
 
@@ -456,6 +531,20 @@ fn gguf_keep(src: DType, shape: &[usize]) -> std::result::Result<Action, String>
         }
     };
     Ok(float_action(src, dst, false))
+}
+
+/// The block number of a GGUF tensor name (`blk.N.…`), -1 for the others.
+fn layer_of(gguf_name: &str) -> i64 {
+    gguf_name
+        .strip_prefix("blk.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(-1)
+}
+
+/// The llama-quantize file type whose default type is `t` (`q4_k` means Q4_K_M there).
+fn mixture_for(t: GgmlType) -> Ftype {
+    Ftype::parse(t.name()).unwrap_or(Ftype::Q8_0)
 }
 
 fn gguf_float(d: DType) -> DType {

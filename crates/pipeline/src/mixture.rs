@@ -1,0 +1,247 @@
+//! llama-quantize's file types ("Q4_K_M", …) and its per-tensor type choice, so a converted
+//! model gets the same tensor types as `llama-quantize in.gguf out.gguf Q4_K_M`.
+
+use qs_numeric::GgmlType;
+
+/// llama.cpp's `llama_ftype` values we write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum Ftype {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q2_K,
+    Q3_K_S,
+    Q3_K_M,
+    Q3_K_L,
+    Q4_K_S,
+    Q4_K_M,
+    Q5_K_S,
+    Q5_K_M,
+    Q6_K,
+    IQ4_NL,
+}
+
+use Ftype::*;
+
+const ALL: [Ftype; 15] = [
+    Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M,
+    Q6_K, IQ4_NL,
+];
+
+impl Ftype {
+    pub fn name(self) -> &'static str {
+        match self {
+            Q4_0 => "Q4_0",
+            Q4_1 => "Q4_1",
+            Q5_0 => "Q5_0",
+            Q5_1 => "Q5_1",
+            Q8_0 => "Q8_0",
+            Q2_K => "Q2_K",
+            Q3_K_S => "Q3_K_S",
+            Q3_K_M => "Q3_K_M",
+            Q3_K_L => "Q3_K_L",
+            Q4_K_S => "Q4_K_S",
+            Q4_K_M => "Q4_K_M",
+            Q5_K_S => "Q5_K_S",
+            Q5_K_M => "Q5_K_M",
+            Q6_K => "Q6_K",
+            IQ4_NL => "IQ4_NL",
+        }
+    }
+
+    /// Parses a llama-quantize type name; `Q3_K`, `Q4_K`, `Q5_K` are its aliases for the `_M` mixtures.
+    pub fn parse(s: &str) -> Option<Ftype> {
+        let u = s.to_ascii_uppercase();
+        match u.as_str() {
+            "Q3_K" => Some(Q3_K_M),
+            "Q4_K" => Some(Q4_K_M),
+            "Q5_K" => Some(Q5_K_M),
+            _ => ALL.iter().copied().find(|f| f.name() == u),
+        }
+    }
+
+    /// `general.file_type`.
+    pub fn id(self) -> u32 {
+        match self {
+            Q4_0 => 2,
+            Q4_1 => 3,
+            Q8_0 => 7,
+            Q5_0 => 8,
+            Q5_1 => 9,
+            Q2_K => 10,
+            Q3_K_S => 11,
+            Q3_K_M => 12,
+            Q3_K_L => 13,
+            Q4_K_S => 14,
+            Q4_K_M => 15,
+            Q5_K_S => 16,
+            Q5_K_M => 17,
+            Q6_K => 18,
+            IQ4_NL => 25,
+        }
+    }
+
+    /// The type of every quantized tensor the mixture does not single out.
+    pub fn default_type(self) -> GgmlType {
+        match self {
+            Q4_0 => GgmlType::Q4_0,
+            Q4_1 => GgmlType::Q4_1,
+            Q5_0 => GgmlType::Q5_0,
+            Q5_1 => GgmlType::Q5_1,
+            Q8_0 => GgmlType::Q8_0,
+            Q2_K => GgmlType::Q2_K,
+            Q3_K_S | Q3_K_M | Q3_K_L => GgmlType::Q3_K,
+            Q4_K_S | Q4_K_M => GgmlType::Q4_K,
+            Q5_K_S | Q5_K_M => GgmlType::Q5_K,
+            Q6_K => GgmlType::Q6_K,
+            IQ4_NL => GgmlType::IQ4_NL,
+        }
+    }
+}
+
+/// Whether llama-quantize quantizes a tensor at all (by its GGUF name and dimensions).
+pub fn allows_quantization(gguf_name: &str, n_dims: usize) -> bool {
+    n_dims >= 2
+        && gguf_name.ends_with("weight")
+        && !gguf_name.contains("_norm.weight")
+        && !gguf_name.contains("ffn_gate_inp.weight")
+}
+
+/// Model facts the mixture depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelInfo {
+    /// n_head / n_head_kv.
+    pub n_gqa: u64,
+    /// No separate output.weight: token_embd doubles as the output head.
+    pub tied_embeddings: bool,
+    /// llama.cpp's LLM_TYPE_70B (llama with 80 layers).
+    pub is_70b: bool,
+    /// Number of attn_v (or attn_qkv) tensors, and of ffn_down tensors.
+    pub n_attention_wv: usize,
+    pub n_ffn_down: usize,
+}
+
+/// Counters llama-quantize advances as it meets attn_v and ffn_down tensors in file order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counters {
+    pub i_attention_wv: usize,
+    pub i_ffn_down: usize,
+}
+
+fn use_more_bits(i: usize, n: usize) -> bool {
+    let (i, n) = (i as i64, n as i64);
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+}
+
+/// llama-quantize's choice for one tensor (before the row-length fallback), given its GGUF
+/// name; tensors must be visited in file order so the counters match.
+pub fn tensor_type(f: Ftype, name: &str, m: &ModelInfo, c: &mut Counters) -> GgmlType {
+    use GgmlType as T;
+    let mut t = f.default_type();
+    let is_output = name == "output.weight";
+    let is_embd = name == "token_embd.weight";
+    if is_output || (m.tied_embeddings && is_embd) {
+        // (the row-length check of this branch is applied by the caller's fallback)
+        if t != T::Q8_0 {
+            t = T::Q6_K;
+        }
+        return t;
+    }
+    if is_embd {
+        return t;
+    }
+    if name.contains("attn_v.weight") || name.contains("attn_qkv.weight") {
+        match f {
+            Q2_K => t = if m.n_gqa >= 4 { T::Q4_K } else { T::Q3_K },
+            Q3_K_M => {
+                t = if c.i_attention_wv < 2 {
+                    T::Q5_K
+                } else {
+                    T::Q4_K
+                }
+            }
+            Q3_K_L => t = T::Q5_K,
+            IQ4_NL if m.n_gqa >= 4 => t = T::Q5_K,
+            Q4_K_M | Q5_K_M if use_more_bits(c.i_attention_wv, m.n_attention_wv) => t = T::Q6_K,
+            Q4_K_S if c.i_attention_wv < 4 => t = T::Q5_K,
+            _ => {}
+        }
+        if m.is_70b && matches!(t, T::Q3_K | T::Q4_K) {
+            t = T::Q5_K;
+        }
+        c.i_attention_wv += 1;
+        return t;
+    }
+    if name.contains("ffn_down") {
+        let (i, n) = (c.i_ffn_down as i64, m.n_ffn_down as i64);
+        match f {
+            Q2_K => t = T::Q3_K,
+            Q3_K_M => t = if i < n / 16 { T::Q5_K } else { T::Q4_K },
+            Q3_K_L => t = T::Q5_K,
+            Q4_K_M if use_more_bits(c.i_ffn_down, m.n_ffn_down) => t = T::Q6_K,
+            IQ4_NL if i < n / 8 => t = T::Q5_K,
+            Q5_K_M if use_more_bits(c.i_ffn_down, m.n_ffn_down) => t = T::Q6_K,
+            Q4_K_S if i < n / 8 => t = T::Q5_K,
+            _ => {}
+        }
+        c.i_ffn_down += 1;
+        return t;
+    }
+    if name.contains("attn_output.weight") {
+        t = match f {
+            Q2_K => T::Q3_K,
+            Q3_K_M => T::Q4_K,
+            Q3_K_L => T::Q5_K,
+            _ => t,
+        };
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q4_k_m_layers() {
+        let m = ModelInfo {
+            n_gqa: 2,
+            tied_embeddings: false,
+            is_70b: false,
+            n_attention_wv: 32,
+            n_ffn_down: 32,
+        };
+        let mut c = Counters::default();
+        let v: Vec<GgmlType> = (0..32)
+            .map(|_| tensor_type(Ftype::Q4_K_M, "blk.0.attn_v.weight", &m, &mut c))
+            .collect();
+        let q6: Vec<usize> = v
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == GgmlType::Q6_K)
+            .map(|(i, _)| i)
+            .collect();
+        // first and last eighth, and every third layer between
+        assert_eq!(
+            q6,
+            vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+        );
+        assert_eq!(
+            tensor_type(Ftype::Q4_K_M, "output.weight", &m, &mut c),
+            GgmlType::Q6_K
+        );
+        assert_eq!(
+            tensor_type(Ftype::Q4_K_M, "token_embd.weight", &m, &mut c),
+            GgmlType::Q4_K
+        );
+        assert_eq!(
+            tensor_type(Ftype::Q8_0, "output.weight", &m, &mut c),
+            GgmlType::Q8_0
+        );
+        assert_eq!(Ftype::parse("q4_k"), Some(Ftype::Q4_K_M));
+        assert!(!allows_quantization("blk.0.attn_norm.weight", 1));
+    }
+}

@@ -228,3 +228,72 @@ fn ggml_codecs_match_ggml_quantize_chunk() {
         }
     }
 }
+
+/// The same with an importance matrix (per-column weights, as llama-imatrix produces):
+/// ggml's `quantize_row_*_impl` paths, byte for byte.
+#[test]
+fn ggml_codecs_with_importance_matrix_match_ggml() {
+    let d = tempfile::tempdir().unwrap();
+    let n_per_row = 512;
+    let mut x = weight_matrix(40, n_per_row, 0.02, 21);
+    x.extend(vec![0.0; n_per_row]);
+    x.extend((0..n_per_row).map(|i| ((i * 7919) % 13) as f32 * 0.01 - 0.06));
+    let mut rng = Rng::new(3);
+    // activation energy per input column: log-normal, a few hot columns
+    let imatrix: Vec<f32> = (0..n_per_row)
+        .map(|i| ((rng.normal() * 1.5).exp() * if i % 97 == 5 { 50.0 } else { 1.0 }) as f32)
+        .collect();
+    let (input, im) = (d.path().join("in.f32"), d.path().join("imatrix.f32"));
+    write_f32(&input, &x);
+    write_f32(&im, &imatrix);
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_NL,
+    ] {
+        let (q_path, deq_path) = (
+            d.path().join(format!("{ty}.q")),
+            d.path().join(format!("{ty}.deq")),
+        );
+        let out = std::process::Command::new(ggml_quant())
+            .args([
+                ty.name().as_ref(),
+                n_per_row.to_string().as_ref(),
+                input.as_os_str(),
+                q_path.as_os_str(),
+                deq_path.as_os_str(),
+                im.as_os_str(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ggml-quant {ty}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let theirs = std::fs::read(&q_path).unwrap();
+        let rb = ty.row_bytes(n_per_row);
+        let mut ours = vec![0u8; x.len() / n_per_row * rb];
+        for (xr, qr) in x.chunks(n_per_row).zip(ours.chunks_mut(rb)) {
+            qs_numeric::ggml::quantize_row_weighted(ty, xr, &imatrix, qr);
+        }
+        if let Some(i) = ours.iter().zip(&theirs).position(|(a, b)| a != b) {
+            panic!(
+                "{ty} with imatrix: byte {i} (row {}, offset {}) ours {:#04x} ggml {:#04x}",
+                i / rb,
+                i % rb,
+                ours[i],
+                theirs[i]
+            );
+        }
+        assert_eq!(ours.len(), theirs.len());
+    }
+}

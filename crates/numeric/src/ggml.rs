@@ -397,7 +397,7 @@ fn quantize_block(ty: GgmlType, x: &[f32], y: &mut [u8]) {
         Q3_K => kq::quantize_block_q3_k(x, y),
         Q4_K => kq::quantize_block_q4_k(x, y),
         Q5_K => kq::quantize_block_q5_k(x, y),
-        Q6_K => kq::quantize_block_q6_k(x, y),
+        Q6_K => kq::quantize_block_q6_k(x, None, y),
         IQ4_NL => kq::quantize_block_iq4_nl(x, y),
         _ => unreachable!("quantize_block called with {ty}"),
     }
@@ -451,6 +451,35 @@ fn dequantize_block_k(ty: GgmlType, b: &[u8], out: &mut [f32]) -> bool {
         _ => return false,
     }
     true
+}
+
+/// Encodes a row with an importance matrix `qw` (one weight per column, as llama-quantize's
+/// `--imatrix`), following ggml's `quantize_row_*_impl`. Types that ignore importance
+/// (Q8_0, floats) encode as [`quantize_row`].
+pub fn quantize_row_weighted(ty: GgmlType, x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let (bs, bb) = ty.block();
+    assert_eq!(qw.len(), x.len(), "one importance weight per column");
+    assert_eq!(y.len(), x.len() / bs * bb);
+    let sigma2 = kq::row_sigma2(x);
+    for ((xb, wb), yb) in x
+        .chunks_exact(bs)
+        .zip(qw.chunks_exact(bs))
+        .zip(y.chunks_exact_mut(bb))
+    {
+        match ty {
+            Q4_0 => kq::quantize_block_q4_0_or_q5_0_imatrix(false, xb, wb, sigma2, yb),
+            Q5_0 => kq::quantize_block_q4_0_or_q5_0_imatrix(true, xb, wb, sigma2, yb),
+            Q4_1 => kq::quantize_block_q4_1_or_q5_1_imatrix(false, xb, wb, sigma2, yb),
+            Q5_1 => kq::quantize_block_q4_1_or_q5_1_imatrix(true, xb, wb, sigma2, yb),
+            Q2_K => kq::quantize_block_q2_k_imatrix(xb, wb, yb),
+            Q3_K => kq::quantize_block_q3_k_imatrix(xb, wb, yb),
+            Q4_K => kq::quantize_block_q4_k_imatrix(xb, wb, yb),
+            Q5_K => kq::quantize_block_q5_k_imatrix(xb, wb, yb),
+            Q6_K => kq::quantize_block_q6_k(xb, Some(wb), yb),
+            IQ4_NL => kq::quantize_block_iq4_nl_imatrix(xb, wb, yb),
+            _ => return quantize_row(ty, x, y),
+        }
+    }
 }
 
 /// Scalar reference dequantizer: decodes element by element straight from the block layout

@@ -30,9 +30,9 @@ fn nearest_int(x: f32) -> i32 {
     (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
-/// `make_qx_quants` (symmetric, signed levels -nmax..nmax-1 stored +nmax), `rmse_type` 1,
-/// no importance weights.
-fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
+/// `make_qx_quants` (symmetric, signed levels -nmax..nmax-1 stored +nmax), `rmse_type` 1:
+/// error weights `qw` when given, else x².
+fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<&[f32]>) -> f32 {
     let n = x.len();
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
@@ -51,7 +51,7 @@ fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
     for i in 0..n {
         let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
         l_out[i] = (l + nmax) as i8;
-        let w = x[i] * x[i];
+        let w = qw.map_or(x[i] * x[i], |q| q[i]);
         sumlx += w * x[i] * l as f32;
         suml2 += w * l as f32 * l as f32;
     }
@@ -66,7 +66,7 @@ fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
         suml2 = 0.0;
         for i in 0..n {
             let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
-            let w = x[i] * x[i];
+            let w = qw.map_or(x[i] * x[i], |q| q[i]);
             sumlx += w * x[i] * l as f32;
             suml2 += w * l as f32 * l as f32;
         }
@@ -608,13 +608,19 @@ pub fn dequantize_block_q5_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
-/// Q6_K block (210 bytes): ql[128], qh[64], scales[16] (i8), d.
-pub fn quantize_block_q6_k(x: &[f32], y: &mut [u8]) {
+/// Q6_K block (210 bytes): ql[128], qh[64], scales[16] (i8), d. With an importance matrix
+/// `qw` (this block's 256 column weights) the scale search weighs errors by it.
+pub fn quantize_block_q6_k(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs) = (0f32, 0f32);
     for ib in 0..16 {
-        let s = make_qx_quants(&x[16 * ib..16 * ib + 16], 32, &mut l[16 * ib..16 * ib + 16]);
+        let s = make_qx_quants(
+            &x[16 * ib..16 * ib + 16],
+            32,
+            &mut l[16 * ib..16 * ib + 16],
+            qw.map(|q| &q[16 * ib..16 * ib + 16]),
+        );
         scales[ib] = s;
         if s.abs() > max_abs {
             max_abs = s.abs();
@@ -702,13 +708,18 @@ fn best_index(values: &[i8; 16], x: f32) -> usize {
 
 /// IQ4_NL block (18 bytes): d, qs[16] (grid indices, low nibble = value j, high = j+16).
 pub fn quantize_block_iq4_nl(x: &[f32], y: &mut [u8]) {
-    let values = &IQ4NL_VALUES;
-    let ntry = 7i32;
     let mut weight = [0f32; 32];
-    let mut l = [0u8; 32];
     for j in 0..32 {
         weight[j] = x[j] * x[j];
     }
+    iq4_nl_with_weights(x, &weight, y);
+}
+
+/// `quantize_row_iq4_nl_impl` for one 32-value block with error weights `weight`.
+fn iq4_nl_with_weights(x: &[f32], weight: &[f32], y: &mut [u8]) {
+    let values = &IQ4NL_VALUES;
+    let ntry = 7i32;
+    let mut l = [0u8; 32];
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         let ax = v.abs();
@@ -768,4 +779,523 @@ pub fn dequantize_block_iq4_nl(b: &[u8], y: &mut [f32]) {
         y[j] = d * IQ4NL_VALUES[(b[2 + j] & 0xf) as usize] as f32;
         y[j + 16] = d * IQ4NL_VALUES[(b[2 + j] >> 4) as usize] as f32;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// With an importance matrix (llama-quantize --imatrix): ggml's `quantize_row_*_impl`.
+// `qw` holds the per-column importance of the values being quantized.
+
+/// `make_qkx3_quants`: as `make_qkx2_quants` but weights default to x² and a `max <= min`
+/// early exit. Returns (scale, -min).
+#[allow(clippy::too_many_arguments)]
+fn make_qkx3_quants(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    l_out: &mut [u8],
+    laux: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let n = x.len();
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max <= min {
+        l_out[..n].fill(0);
+        return (0.0, -min);
+    }
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best = 0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        l_out[i] = l as u8;
+        let diff = scale * l as f32 + min - x[i];
+        best += weights[i] * (diff * diff);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = l as u8;
+            let w = weights[i];
+            let lf = l as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut mad = 0f32;
+            for i in 0..n {
+                let diff = this_scale * laux[i] as f32 + this_min - x[i];
+                mad += weights[i] * (diff * diff);
+            }
+            if mad < best {
+                l_out[..n].copy_from_slice(&laux[..n]);
+                best = mad;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// `make_qp_quants`: non-negative levels 0..nmax for the (non-negative) sub-block scales,
+/// weighted least squares with coordinate-descent refinement.
+fn make_qp_quants(x: &[f32], nmax: i32, l_out: &mut [u8], qw: &[f32]) -> f32 {
+    let n = x.len();
+    let mut max = 0f32;
+    for &v in x {
+        max = if max > v { max } else { v };
+    }
+    if max < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let mut iscale = nmax as f32 / max;
+    for i in 0..n {
+        l_out[i] = nearest_int(iscale * x[i]) as u8;
+    }
+    let scale = 1.0 / iscale;
+    let mut best = 0f32;
+    for i in 0..n {
+        let diff = x[i] - scale * l_out[i] as f32;
+        best += qw[i] * diff * diff;
+    }
+    for is in -4i32..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1 * is as f32 + nmax as f32) / max;
+        let scale_is = 1.0 / iscale_is;
+        let mut mse = 0f32;
+        for i in 0..n {
+            let l = nearest_int(iscale_is * x[i]).min(nmax);
+            let diff = x[i] - scale_is * l as f32;
+            mse += qw[i] * diff * diff;
+        }
+        if mse < best {
+            best = mse;
+            iscale = iscale_is;
+        }
+    }
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for i in 0..n {
+        let l = nearest_int(iscale * x[i]).min(nmax);
+        l_out[i] = l as u8;
+        let w = qw[i];
+        sumlx += w * x[i] * l as f32;
+        suml2 += w * l as f32 * l as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = 0;
+        for i in 0..n {
+            let w = qw[i];
+            let li = l_out[i] as f32;
+            let mut slx = sumlx - w * x[i] * li;
+            let mut sl2 = suml2 - w * li * li;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
+                if new_l != l_out[i] as i32 {
+                    slx += w * x[i] * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l_out[i] = new_l as u8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed += 1;
+                    }
+                }
+            }
+        }
+        if changed == 0 {
+            break;
+        }
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+fn sigma2_of(x: &[f32], twice: bool) -> f32 {
+    let mut s = 0f32;
+    for &v in x {
+        s += v * v;
+    }
+    if twice {
+        2.0 * s / x.len() as f32
+    } else {
+        s / x.len() as f32
+    }
+}
+
+/// Q2_K with importance weights (`quantize_row_q2_K_impl`).
+pub fn quantize_block_q2_k_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let mut laux = [0u8; 16];
+    let mut mins = [0f32; 16];
+    let mut scales = [0f32; 16];
+    let mut sw = [0f32; 16];
+    let mut weight = [0f32; 16];
+    let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
+    let sigma2 = sigma2_of(&x[..QK_K], false);
+    for j in 0..16 {
+        for k in 0..16 {
+            let v = x[16 * j + k];
+            weight[k] = qw[16 * j + k] * (sigma2 + v * v).sqrt();
+        }
+        for w in &weight {
+            sw[j] += w;
+        }
+        let (s, m) = make_qkx3_quants(
+            &x[16 * j..16 * j + 16],
+            &weight,
+            3,
+            &mut l[16 * j..16 * j + 16],
+            &mut laux,
+            -0.9,
+            0.05,
+            36,
+        );
+        scales[j] = s;
+        mins[j] = m;
+    }
+    let dm = make_qp_quants(&scales, 15, &mut ls, &sw);
+    let mm = make_qp_quants(&mins, 15, &mut lm, &sw);
+    y[80..82].copy_from_slice(&f16_bits(dm));
+    y[82..84].copy_from_slice(&f16_bits(mm));
+    let (dm, mm) = (f16_at(&y[80..82]), f16_at(&y[82..84]));
+    for j in 0..16 {
+        y[j] = ls[j] | (lm[j] << 4);
+    }
+    for j in 0..16 {
+        let d = dm * (y[j] & 0xf) as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let m = mm * (y[j] >> 4) as f32;
+        for ii in 0..16 {
+            l[16 * j + ii] = nearest_int((x[16 * j + ii] + m) / d).clamp(0, 3) as u8;
+        }
+    }
+    pack_2bit(&l, &mut y[16..80]);
+}
+
+/// Q3_K with importance weights (`quantize_row_q3_K_impl`).
+pub fn quantize_block_q3_k_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; 16];
+    let mut weight = [0f32; 16];
+    let mut sw = [0f32; 16];
+    let mut ls = [0i8; 16];
+    let sigma2 = sigma2_of(&x[..QK_K], true);
+    for j in 0..16 {
+        for k in 0..16 {
+            let v = x[16 * j + k];
+            weight[k] = qw[16 * j + k] * (sigma2 + v * v).sqrt();
+        }
+        let mut sumw = 0f32;
+        for w in &weight {
+            sumw += w;
+        }
+        sw[j] = sumw;
+        scales[j] = make_qx_quants(
+            &x[16 * j..16 * j + 16],
+            4,
+            &mut l[16 * j..16 * j + 16],
+            Some(&weight),
+        );
+    }
+    let (hmask, rest) = y.split_at_mut(32);
+    let (qs, rest) = rest.split_at_mut(64);
+    let (sc, dbytes) = rest.split_at_mut(12);
+    sc.fill(0);
+    let d_block = make_qx_quants(&scales, 32, &mut ls, Some(&sw));
+    for j in 0..16 {
+        let v = ls[j] as i32;
+        if j < 8 {
+            sc[j] = (v & 0xf) as u8;
+        } else {
+            sc[j - 8] |= ((v & 0xf) << 4) as u8;
+        }
+        sc[j % 4 + 8] |= ((v >> 4) << (2 * (j / 4))) as u8;
+    }
+    dbytes.copy_from_slice(&f16_bits(d_block));
+    finish_q3_k(x, &mut l, hmask, qs, sc, f16_at(dbytes));
+}
+
+/// The part of Q3_K shared by both paths: requantize with the stored scales, split high bits.
+fn finish_q3_k(
+    x: &[f32],
+    l: &mut [i8; QK_K],
+    hmask: &mut [u8],
+    qs: &mut [u8],
+    sc: &[u8],
+    dall: f32,
+) {
+    for j in 0..16 {
+        let lo = if j < 8 { sc[j] & 0xf } else { sc[j - 8] >> 4 };
+        let s = (lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
+        let d = dall * s as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let q = nearest_int(x[16 * j + ii] / d).clamp(-4, 3);
+            l[16 * j + ii] = (q + 4) as i8;
+        }
+    }
+    hmask.fill(0);
+    let mut lu = [0u8; QK_K];
+    let (mut m, mut hm) = (0usize, 1u8);
+    for j in 0..QK_K {
+        let mut v = l[j] as u8;
+        if v > 3 {
+            hmask[m] |= hm;
+            v -= 4;
+        }
+        lu[j] = v;
+        m += 1;
+        if m == QK_K / 8 {
+            m = 0;
+            hm <<= 1;
+        }
+    }
+    pack_2bit(&lu, qs);
+}
+
+/// Q4_K / Q5_K with importance weights (`quantize_row_q{4,5}_K_impl`): scales and mins
+/// fitted by `make_qp_quants` instead of max-scaling.
+fn q45_k_scales_imatrix(
+    x: &[f32],
+    qw: &[f32],
+    nmax: i32,
+    clamp63: bool,
+    l: &mut [u8; QK_K],
+) -> ([u8; 12], [u8; 2], [u8; 2]) {
+    let mut laux = [0u8; 32];
+    let mut weights = [0f32; 32];
+    let mut mins = [0f32; 8];
+    let mut scales = [0f32; 8];
+    let mut sw = [0f32; 8];
+    let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
+    let sigma2 = sigma2_of(&x[..QK_K], true);
+    for j in 0..8 {
+        for k in 0..32 {
+            let v = x[32 * j + k];
+            weights[k] = qw[32 * j + k] * (sigma2 + v * v).sqrt();
+        }
+        let mut sumw = 0f32;
+        for w in &weights {
+            sumw += w;
+        }
+        sw[j] = sumw;
+        let (s, m) = make_qkx3_quants(
+            &x[32 * j..32 * j + 32],
+            &weights,
+            nmax,
+            &mut l[32 * j..32 * j + 32],
+            &mut laux,
+            -0.9,
+            0.05,
+            36,
+        );
+        scales[j] = s;
+        mins[j] = m;
+    }
+    let d_block = make_qp_quants(&scales, 63, &mut ls, &sw);
+    let m_block = make_qp_quants(&mins, 63, &mut lm, &sw);
+    let mut sc = [0u8; 12];
+    for j in 0..8 {
+        let (a, b) = if clamp63 {
+            (ls[j].min(63), lm[j].min(63))
+        } else {
+            (ls[j], lm[j])
+        };
+        if j < 4 {
+            sc[j] = a;
+            sc[j + 4] = b;
+        } else {
+            sc[j + 4] = (a & 0xf) | ((b & 0xf) << 4);
+            sc[j - 4] |= (a >> 4) << 6;
+            sc[j] |= (b >> 4) << 6;
+        }
+    }
+    let d = f16_bits(d_block);
+    let dmin = f16_bits(m_block);
+    let (dd, dm) = (f16_at(&d), f16_at(&dmin));
+    for j in 0..8 {
+        let (s, m) = scale_min_k4(j, &sc);
+        let d = dd * s as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dmj = dm * m as f32;
+        for ii in 0..32 {
+            l[32 * j + ii] = nearest_int((x[32 * j + ii] + dmj) / d).clamp(0, nmax) as u8;
+        }
+    }
+    (sc, d, dmin)
+}
+
+pub fn quantize_block_q4_k_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let (sc, d, dmin) = q45_k_scales_imatrix(x, qw, 15, false, &mut l);
+    y[0..2].copy_from_slice(&d);
+    y[2..4].copy_from_slice(&dmin);
+    y[4..16].copy_from_slice(&sc);
+    let q = &mut y[16..144];
+    for (c, j) in (0..QK_K).step_by(64).enumerate() {
+        for k in 0..32 {
+            q[32 * c + k] = l[j + k] | (l[j + k + 32] << 4);
+        }
+    }
+}
+
+pub fn quantize_block_q5_k_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let (sc, d, dmin) = q45_k_scales_imatrix(x, qw, 31, true, &mut l);
+    y[0..2].copy_from_slice(&d);
+    y[2..4].copy_from_slice(&dmin);
+    y[4..16].copy_from_slice(&sc);
+    pack_q5_k(&l, &mut y[16..176]);
+}
+
+fn pack_q5_k(l: &[u8; QK_K], out: &mut [u8]) {
+    let (qh, ql) = out.split_at_mut(32);
+    qh.fill(0);
+    let (mut m1, mut m2) = (1u8, 2u8);
+    for (c, n) in (0..QK_K).step_by(64).enumerate() {
+        for j in 0..32 {
+            let mut l1 = l[n + j];
+            if l1 > 15 {
+                l1 -= 16;
+                qh[j] |= m1;
+            }
+            let mut l2 = l[n + j + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                qh[j] |= m2;
+            }
+            ql[32 * c + j] = l1 | (l2 << 4);
+        }
+        m1 <<= 2;
+        m2 <<= 2;
+    }
+}
+
+/// IQ4_NL with importance weights: weights `qw·sqrt(sigma2 + x²)`, sigma2 over the block.
+pub fn quantize_block_iq4_nl_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let sigma2 = sigma2_of(&x[..32], true);
+    let mut w = [0f32; 32];
+    for j in 0..32 {
+        w[j] = qw[j] * (sigma2 + x[j] * x[j]).sqrt();
+    }
+    iq4_nl_with_weights(x, &w, y);
+}
+
+/// Q4_0 / Q5_0 with importance weights: `make_qx_quants` on each 32-value block; `sigma2`
+/// is the mean square of the whole row.
+pub fn quantize_block_q4_0_or_q5_0_imatrix(
+    five: bool,
+    x: &[f32],
+    qw: &[f32],
+    sigma2: f32,
+    y: &mut [u8],
+) {
+    let mut w = [0f32; 32];
+    for j in 0..32 {
+        w[j] = qw[j] * (sigma2 + x[j] * x[j]).sqrt();
+    }
+    let mut l = [0i8; 32];
+    let d = make_qx_quants(x, if five { 16 } else { 8 }, &mut l, Some(&w));
+    y[0..2].copy_from_slice(&f16_bits(d));
+    if five {
+        let mut qh = 0u32;
+        for j in 0..16 {
+            let (a, b) = (l[j] as u8, l[j + 16] as u8);
+            y[6 + j] = (a & 0x0f) | ((b & 0x0f) << 4);
+            qh |= ((a as u32 & 0x10) >> 4) << j;
+            qh |= ((b as u32 & 0x10) >> 4) << (j + 16);
+        }
+        y[2..6].copy_from_slice(&qh.to_le_bytes());
+    } else {
+        for j in 0..16 {
+            y[2 + j] = (l[j] as u8) | ((l[j + 16] as u8) << 4);
+        }
+    }
+}
+
+/// Q4_1 / Q5_1 with importance weights: `make_qkx3_quants` on each 32-value block.
+pub fn quantize_block_q4_1_or_q5_1_imatrix(
+    five: bool,
+    x: &[f32],
+    qw: &[f32],
+    sigma2: f32,
+    y: &mut [u8],
+) {
+    let mut w = [0f32; 32];
+    for j in 0..32 {
+        w[j] = qw[j] * (sigma2 + x[j] * x[j]).sqrt();
+    }
+    let (mut l, mut laux) = ([0u8; 32], [0u8; 32]);
+    let (d, min) = make_qkx3_quants(
+        x,
+        &w,
+        if five { 31 } else { 15 },
+        &mut l,
+        &mut laux,
+        -0.9,
+        0.05,
+        36,
+    );
+    y[0..2].copy_from_slice(&f16_bits(d));
+    y[2..4].copy_from_slice(&f16_bits(-min));
+    if five {
+        let mut qh = 0u32;
+        for j in 0..16 {
+            let (a, b) = (l[j], l[j + 16]);
+            y[8 + j] = (a & 0x0f) | ((b & 0x0f) << 4);
+            qh |= ((a as u32 & 0x10) >> 4) << j;
+            qh |= ((b as u32 & 0x10) >> 4) << (j + 16);
+        }
+        y[4..8].copy_from_slice(&qh.to_le_bytes());
+    } else {
+        for j in 0..16 {
+            y[4 + j] = l[j] | (l[j + 16] << 4);
+        }
+    }
+}
+
+/// Mean square of a row, ggml's `sigma2` for the legacy types' imatrix path.
+pub fn row_sigma2(x: &[f32]) -> f32 {
+    sigma2_of(x, false)
 }

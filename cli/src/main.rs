@@ -103,6 +103,10 @@ struct RunArgs {
     /// architecture conversion).
     #[arg(long)]
     keep_names: bool,
+    /// GGUF: importance matrix from llama-imatrix (GGUF or legacy .dat), applied as
+    /// llama-quantize --imatrix does.
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
     /// GGUF: one type for every quantizable tensor instead of llama-quantize's mixture
     /// (as llama-quantize --pure).
     #[arg(long)]
@@ -164,6 +168,7 @@ fn run(a: RunArgs) -> Result<()> {
     let mut cfg = QuantizeConfig::new(&model, target);
     cfg.mixture = mixture;
     cfg.pure = a.pure;
+    cfg.imatrix = a.imatrix;
     cfg.output = a.output;
     cfg.group = a.group;
     cfg.granularity = a.granularity;

@@ -408,3 +408,134 @@ fn mixtures_equal_llama_quantize() {
         }
     }
 }
+
+/// Writes an importance matrix for `model_gguf`'s quantizable tensors in llama-imatrix's GGUF
+/// form (and the same values in the legacy .dat form); returns both paths.
+fn write_imatrix(model_gguf: &Path, dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use qs_formats::gguf::{plan, TensorPlan, Value};
+    use qs_numeric::synth::Rng;
+    let g = qs_formats::gguf::GgufFile::open(model_gguf).unwrap();
+    let mut rng = Rng::new(11);
+    let mut entries: Vec<(String, Vec<f32>)> = Vec::new();
+    for t in g
+        .tensors
+        .iter()
+        .filter(|t| t.ne.len() == 2 && t.name.starts_with("blk."))
+    {
+        let v = (0..t.ne[0])
+            .map(|i| ((rng.normal() * 1.2).exp() * if i % 53 == 3 { 40.0 } else { 1.0 }) as f32)
+            .collect();
+        entries.push((t.name.clone(), v));
+    }
+    let kvs = vec![
+        ("general.type".to_string(), Value::String("imatrix".into())),
+        (
+            "imatrix.datasets".to_string(),
+            Value::Array(8, vec![Value::String("synthetic".into())]),
+        ),
+        ("imatrix.chunk_count".to_string(), Value::U32(3)),
+        ("imatrix.chunk_size".to_string(), Value::U32(512)),
+    ];
+    let mut tps = Vec::new();
+    let mut data: Vec<Vec<u8>> = Vec::new();
+    for (n, v) in &entries {
+        tps.push(TensorPlan {
+            name: format!("{n}.in_sum2"),
+            ne: vec![v.len() as u64, 1],
+            ty: qs_numeric::GgmlType::F32,
+        });
+        data.push(f32_bytes(&v.iter().map(|x| x * 4.0).collect::<Vec<_>>()));
+        tps.push(TensorPlan {
+            name: format!("{n}.counts"),
+            ne: vec![1, 1],
+            ty: qs_numeric::GgmlType::F32,
+        });
+        data.push(f32_bytes(&[4.0]));
+    }
+    let l = plan(&kvs, &tps).unwrap();
+    let mut buf = vec![0u8; l.total_len as usize];
+    buf[..l.header.len()].copy_from_slice(&l.header);
+    for (o, d) in l.offsets.iter().zip(&data) {
+        buf[*o as usize..*o as usize + d.len()].copy_from_slice(d);
+    }
+    let gg = dir.join("imatrix.gguf");
+    std::fs::write(&gg, buf).unwrap();
+    // legacy: n, then (len, name, ncall, nval, values·ncall)
+    let mut b = (entries.len() as i32).to_le_bytes().to_vec();
+    for (n, v) in &entries {
+        b.extend_from_slice(&(n.len() as i32).to_le_bytes());
+        b.extend_from_slice(n.as_bytes());
+        b.extend_from_slice(&2i32.to_le_bytes());
+        b.extend_from_slice(&(v.len() as i32).to_le_bytes());
+        b.extend(f32_bytes(&v.iter().map(|x| x * 2.0).collect::<Vec<_>>()));
+    }
+    let dat = dir.join("imatrix.dat");
+    std::fs::write(&dat, b).unwrap();
+    (gg, dat)
+}
+
+/// --imatrix: the tensors (types and bytes) llama-quantize --imatrix makes, from either file
+/// format.
+#[test]
+fn importance_matrix_quantization_equals_llama_quantize() {
+    let d = tempfile::tempdir().unwrap();
+    let deep = d.path().join("deep");
+    synthetic_llama(&deep, 16, 256, 256, 8, 2);
+    let f32g = deep.join("f32.gguf");
+    quantize(&[
+        deep.as_os_str(),
+        "--to".as_ref(),
+        "f32".as_ref(),
+        "-o".as_ref(),
+        f32g.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let (gg, dat) = write_imatrix(&f32g, d.path());
+    for ft in ["Q4_K_M", "Q4_0", "Q5_1", "IQ4_NL", "Q2_K", "Q3_K_S", "Q6_K"] {
+        let theirs = d.path().join(format!("ref-{ft}.gguf"));
+        let o = Command::new(llama_bin("llama-quantize"))
+            .arg("--imatrix")
+            .arg(&gg)
+            .arg(&f32g)
+            .arg(&theirs)
+            .arg(ft)
+            .arg("1")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "llama-quantize {ft}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let b = qs_formats::gguf::GgufFile::open(&theirs).unwrap();
+        for (k, im) in [("gguf", &gg), ("dat", &dat)] {
+            let ours = d.path().join(format!("ours-{ft}-{k}.gguf"));
+            quantize(&[
+                deep.as_os_str(),
+                "--to".as_ref(),
+                ft.to_lowercase().as_ref(),
+                "--imatrix".as_ref(),
+                im.as_os_str(),
+                "-o".as_ref(),
+                ours.as_os_str(),
+                "-q".as_ref(),
+            ])
+            .ok();
+            let a = qs_formats::gguf::GgufFile::open(&ours).unwrap();
+            for tb in &b.tensors {
+                let ta = a.tensors.iter().find(|x| x.name == tb.name).unwrap();
+                assert_eq!(ta.ty, tb.ty, "{ft} ({k}): {} type", tb.name);
+                assert!(
+                    a.bytes(ta) == b.bytes(tb),
+                    "{ft} ({k}): {} bytes differ from llama-quantize --imatrix",
+                    tb.name
+                );
+            }
+            assert_eq!(
+                a.get("quantize.imatrix.entries_count"),
+                b.get("quantize.imatrix.entries_count")
+            );
+        }
+    }
+}

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod imatrix;
 pub mod output;
 pub mod safetensors;
 pub mod source;

@@ -322,6 +322,18 @@ impl Scheme {
     /// Encodes rows `r0..r0 + x.len()/cols` of a tensor of `shape`.
     /// `x` holds those rows as f32; `stats` is required when [`Self::needs_tensor_stats`].
     pub fn encode(&self, shape: &[usize], r0: usize, x: &[f32], stats: TensorStats) -> Encoded {
+        self.encode_weighted(shape, r0, x, stats, None)
+    }
+
+    /// [`Self::encode`] with an importance matrix (one weight per column) for ggml types.
+    pub fn encode_weighted(
+        &self,
+        shape: &[usize],
+        r0: usize,
+        x: &[f32],
+        stats: TensorStats,
+        qw: Option<&[f32]>,
+    ) -> Encoded {
         let (rows, cols) = rows_cols(shape);
         let nrows = x.len() / cols.max(1);
         let r1 = r0 + nrows;
@@ -354,7 +366,10 @@ impl Scheme {
                         .chunks_exact(cols)
                         .zip(out.chunks_exact_mut(t.row_bytes(cols)))
                     {
-                        ggml::quantize_row(t, xr, yr);
+                        match qw {
+                            Some(w) => ggml::quantize_row_weighted(t, xr, w, yr),
+                            None => ggml::quantize_row(t, xr, yr),
+                        }
                     }
                 }
                 push(0, out, &mut pieces);

@@ -142,6 +142,8 @@ pub struct QuantizeConfig {
     pub mixture: Option<crate::mixture::Ftype>,
     /// GGUF of a converted model: one type for every quantizable tensor (llama-quantize --pure).
     pub pure: bool,
+    /// GGUF: importance matrix (llama-imatrix output, GGUF or legacy .dat).
+    pub imatrix: Option<PathBuf>,
 }
 
 impl QuantizeConfig {
@@ -166,6 +168,7 @@ impl QuantizeConfig {
             tokenizer_pre: None,
             mixture: None,
             pure: false,
+            imatrix: None,
         }
     }
 

@@ -457,7 +457,13 @@ fn run_chunk<'a>(
                     }
                 }
             }
-            let enc = scheme.encode(&tp.shape, r0, &x, tstats);
+            let enc = scheme.encode_weighted(
+                &tp.shape,
+                r0,
+                &x,
+                tstats,
+                tp.imatrix.as_ref().map(|v| v.as_slice()),
+            );
             // Validate what is written: decode the very bytes and compare.
             let parts: Vec<&[u8]> = enc.pieces.iter().map(|p| p.bytes.as_slice()).collect();
             let mut y = vec![0f32; x.len()];

@@ -63,6 +63,27 @@ pub fn gguf_metadata(
         kvs.push(("general.file_type".to_string(), Value::U32(ft)));
     }
     kvs.push(("general.quantization_version".to_string(), Value::U32(2)));
+    if let Some((path, im)) = &plan.imatrix {
+        // the keys llama-quantize records
+        kvs.push((
+            "quantize.imatrix.file".to_string(),
+            Value::String(path.display().to_string()),
+        ));
+        if let Some(ds) = im.datasets.first() {
+            kvs.push((
+                "quantize.imatrix.dataset".to_string(),
+                Value::String(ds.clone()),
+            ));
+        }
+        kvs.push((
+            "quantize.imatrix.entries_count".to_string(),
+            Value::U32(im.entries.len() as u32),
+        ));
+        kvs.push((
+            "quantize.imatrix.chunks_count".to_string(),
+            Value::U32(im.chunk_count),
+        ));
+    }
     kvs.push(("general.alignment".to_string(), Value::U32(32)));
     if let (Some(_), Some(dir), Some(c)) = (plan.arch, &src.hf_dir, &src.config) {
         if let Some(tk) = crate::tokenizer::gguf_tokenizer(dir, c, cfg.tokenizer_pre.as_deref())? {

@@ -122,6 +122,8 @@ pub struct ModelInfo {
     /// Number of attn_v (or attn_qkv) tensors, and of ffn_down tensors.
     pub n_attention_wv: usize,
     pub n_ffn_down: usize,
+    /// Quantizing with an importance matrix.
+    pub has_imatrix: bool,
 }
 
 /// Counters llama-quantize advances as it meets attn_v and ffn_down tensors in file order.
@@ -182,9 +184,12 @@ pub fn tensor_type(f: Ftype, name: &str, m: &ModelInfo, c: &mut Counters) -> Ggm
             Q3_K_M => t = if i < n / 16 { T::Q5_K } else { T::Q4_K },
             Q3_K_L => t = T::Q5_K,
             Q4_K_M if use_more_bits(c.i_ffn_down, m.n_ffn_down) => t = T::Q6_K,
-            IQ4_NL if i < n / 8 => t = T::Q5_K,
+            IQ4_NL if i < n / 8 && !m.has_imatrix => t = T::Q5_K,
             Q5_K_M if use_more_bits(c.i_ffn_down, m.n_ffn_down) => t = T::Q6_K,
             Q4_K_S if i < n / 8 => t = T::Q5_K,
+            // with an imatrix, guard the first ffn_down layers of the legacy 4/5-bit types
+            Q4_0 if m.has_imatrix && i < n / 8 => t = T::Q4_1,
+            Q5_0 if m.has_imatrix && i < n / 8 => t = T::Q5_1,
             _ => {}
         }
         c.i_ffn_down += 1;

@@ -43,6 +43,8 @@ pub struct TensorPlan {
     pub note: Option<String>,
     /// Output row r comes from source row `arch::permuted_source_row(r, rows, heads)`.
     pub permute: Option<usize>,
+    /// Importance weights (one per column) for a ggml type.
+    pub imatrix: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 impl TensorPlan {
@@ -78,6 +80,8 @@ pub struct Plan {
     pub arch: Option<&'static Arch>,
     /// The llama-quantize file type a converted GGUF is written as (`general.file_type`).
     pub mixture: Option<Ftype>,
+    /// The importance matrix in use, and where it came from.
+    pub imatrix: Option<(PathBuf, qs_formats::imatrix::Imatrix)>,
 }
 
 /// One row of `--dry-run` output.
@@ -225,6 +229,11 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
     };
     // A converted model with a ggml target gets llama-quantize's choices: its mixture for the
     // file type (None: --pure, one type for every quantizable tensor).
+    let imatrix = match &cfg.imatrix {
+        Some(p) if kind == OutputKind::Gguf => Some(qs_formats::imatrix::load(p)?),
+        Some(_) => return Err(Error::Config("--imatrix applies to GGUF outputs".into())),
+        None => None,
+    };
     let default_ggml = match cfg.target {
         Target::Ggml(t) => t,
         _ => GgmlType::F16,
@@ -253,6 +262,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                     .filter(|n| n.contains("attn_v.weight") || n.contains("attn_qkv.weight"))
                     .count(),
                 n_ffn_down: names.iter().filter(|n| n.contains("ffn_down")).count(),
+                has_imatrix: imatrix.is_some(),
             };
             let f = if cfg.pure {
                 None
@@ -450,6 +460,22 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                 })
                 .collect(),
         };
+        let imatrix_of = match (&action, &imatrix) {
+            (Action::Encode(Scheme::Ggml(_)), Some(im)) => match im.entries.get(&out_name) {
+                Some(v) if v.len() == *shape.last().unwrap_or(&0) => {
+                    Some(std::sync::Arc::new(v.clone()))
+                }
+                Some(v) => {
+                    return Err(terr(format!(
+                        "importance matrix has {} values, the row has {}",
+                        v.len(),
+                        shape.last().unwrap_or(&0)
+                    )))
+                }
+                None => None,
+            },
+            _ => None,
+        };
         tensors.push(TensorPlan {
             source: i,
             name: name.clone(),
@@ -460,6 +486,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             outputs,
             note,
             permute,
+            imatrix: imatrix_of,
         });
     }
     let mixture = llama_mix.map(|_| cfg.mixture.unwrap_or(mixture_for(default_ggml)));
@@ -469,6 +496,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
         tensors,
         arch,
         mixture,
+        imatrix: imatrix.map(|im| (cfg.imatrix.clone().unwrap_or_default(), im)),
     })
 }
 

@@ -218,6 +218,7 @@ mod tests {
             is_70b: false,
             n_attention_wv: 32,
             n_ffn_down: 32,
+            has_imatrix: false,
         };
         let mut c = Counters::default();
         let v: Vec<GgmlType> = (0..32)

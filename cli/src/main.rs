@@ -32,6 +32,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Turn a llama.cpp GGUF (llama, qwen2, qwen3) back into a Hugging Face folder:
+    /// dequantized weights, config.json and tokenizer files rebuilt.
+    Export {
+        model: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Element type of the written weights: f32, f16 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(short = 'j', long)]
+        threads: Option<usize>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Dequantize every tensor of QUANTIZED and compare it with ORIGINAL.
     Verify {
         original: PathBuf,
@@ -284,6 +300,31 @@ fn main() -> std::process::ExitCode {
                     Ok(())
                 })
         }
+        Some(Cmd::Export {
+            model,
+            output,
+            dtype,
+            force,
+            threads,
+            quiet,
+        }) => (|| {
+            let dtype = match Target::parse(&dtype).map_err(anyhow::Error::msg)? {
+                Target::Float(d) => d,
+                _ => anyhow::bail!("--dtype must be f32, f16 or bf16"),
+            };
+            let bar = Bar::new(quiet);
+            let cfg = quantsmith::export::ExportConfig {
+                dtype,
+                force,
+                threads,
+            };
+            let n = quantsmith::export::export(&model, &output, &cfg, &bar)
+                .with_context(|| format!("exporting {}", model.display()))?;
+            if !quiet {
+                println!("wrote {} ({n} tensors)", output.display());
+            }
+            Ok(())
+        })(),
         None => run(cli.run),
     };
     match r {

@@ -539,3 +539,189 @@ fn importance_matrix_quantization_equals_llama_quantize() {
         }
     }
 }
+
+/// `quantize export`: GGUF → HF folder. The weights are exactly what the GGUF dequantizes to
+/// (verify finds every tensor exact), names and the q/k permutation are undone (verify against
+/// the original gives the GGUF's own error), the config round-trips, the rebuilt tokenizer.json
+/// tokenizes like the original, and the folder converts back to the same GGUF metadata.
+#[test]
+fn export_gguf_back_to_hugging_face_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let g = d.path().join("m.gguf");
+    quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "q5_k_m".as_ref(),
+        "-o".as_ref(),
+        g.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let e = d.path().join("exported");
+    quantize(&[
+        "export".as_ref(),
+        g.as_os_str(),
+        "-o".as_ref(),
+        e.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    assert!(
+        quantize(&[
+            "export".as_ref(),
+            g.as_os_str(),
+            "-o".as_ref(),
+            e.as_os_str()
+        ])
+        .code
+            != 0,
+        "refuses an existing folder"
+    );
+    // exact against the GGUF it came from
+    let r = d.path().join("exact.json");
+    quantize(&[
+        "verify".as_ref(),
+        e.as_os_str(),
+        g.as_os_str(),
+        "-q".as_ref(),
+        "--report".as_ref(),
+        r.as_os_str(),
+    ])
+    .ok();
+    let rep = read_json(&r);
+    assert_eq!(
+        rep["totals"]["lossy"], 0,
+        "every tensor of the export equals the GGUF's dequantized values"
+    );
+    assert_eq!(rep["totals"]["tensors"], 21);
+    // and the original compares to the export as it compares to the GGUF
+    let (r1, r2) = (d.path().join("a.json"), d.path().join("b.json"));
+    quantize(&[
+        "verify".as_ref(),
+        fx.as_os_str(),
+        g.as_os_str(),
+        "-q".as_ref(),
+        "--report".as_ref(),
+        r1.as_os_str(),
+    ])
+    .ok();
+    quantize(&[
+        "verify".as_ref(),
+        fx.as_os_str(),
+        e.as_os_str(),
+        "-q".as_ref(),
+        "--report".as_ref(),
+        r2.as_os_str(),
+    ])
+    .ok();
+    let (a, b) = (read_json(&r1), read_json(&r2));
+    assert!(
+        (a["totals"]["error"]["sqnr_db"].as_f64().unwrap()
+            - b["totals"]["error"]["sqnr_db"].as_f64().unwrap())
+        .abs()
+            < 1e-9
+    );
+    let (c0, c1) = (
+        read_json(&fx.join("config.json")),
+        read_json(&e.join("config.json")),
+    );
+    for k in [
+        "model_type",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "rope_theta",
+        "tie_word_embeddings",
+        "bos_token_id",
+        "eos_token_id",
+    ] {
+        assert_eq!(c0[k], c1[k], "config.json {k}");
+    }
+    for text in [
+        "Four score and seven years ago, 1863!",
+        "<|im_start|>user\nnew nation<|im_end|>",
+        "  tabs\tand ✓ spaces ",
+    ] {
+        let enc = |tok: &Path| {
+            let py = "import tokenizers,sys; t=tokenizers.Tokenizer.from_file(sys.argv[1]); print(t.encode(sys.argv[2], add_special_tokens=False).ids)";
+            let o = Command::new(python())
+                .arg("-c")
+                .arg(py)
+                .arg(tok)
+                .arg(text)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        assert_eq!(
+            enc(&fx.join("tokenizer.json")),
+            enc(&e.join("tokenizer.json")),
+            "{text:?}"
+        );
+    }
+    // back to GGUF: the same tokenizer and hyper-parameter keys
+    let g2 = d.path().join("again.gguf");
+    quantize(&[
+        e.as_os_str(),
+        "--to".as_ref(),
+        "q8_0".as_ref(),
+        "-o".as_ref(),
+        g2.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let (x, y) = (
+        qs_formats::gguf::GgufFile::open(&g).unwrap(),
+        qs_formats::gguf::GgufFile::open(&g2).unwrap(),
+    );
+    for (k, v) in &x.kvs {
+        if k.starts_with("tokenizer.") || k.starts_with("llama.") {
+            assert_eq!(y.get(k), Some(v), "{k}");
+        }
+    }
+    // f32 export of an f32 GGUF reproduces the original bf16 weights exactly
+    let gf = d.path().join("f.gguf");
+    quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "f32".as_ref(),
+        "-o".as_ref(),
+        gf.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let ef = d.path().join("ef");
+    quantize(&[
+        "export".as_ref(),
+        gf.as_os_str(),
+        "-o".as_ref(),
+        ef.as_os_str(),
+        "-q".as_ref(),
+        "--dtype".as_ref(),
+        "bf16".as_ref(),
+    ])
+    .ok();
+    let (o, n) = (
+        std::fs::read(fx.join("model.safetensors")).unwrap(),
+        std::fs::read(ef.join("model.safetensors")).unwrap(),
+    );
+    let (so, sn) = (
+        safetensors::SafeTensors::deserialize(&o).unwrap(),
+        safetensors::SafeTensors::deserialize(&n).unwrap(),
+    );
+    for name in so.names() {
+        assert_eq!(
+            so.tensor(name).unwrap().data(),
+            sn.tensor(name).unwrap().data(),
+            "{name}"
+        );
+    }
+}

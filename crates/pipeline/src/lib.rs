@@ -9,6 +9,7 @@ pub mod arch;
 pub mod config;
 pub mod error;
 pub mod exec;
+pub mod export;
 pub mod inspect;
 pub mod meta;
 pub mod mixture;

@@ -1,0 +1,505 @@
+//! `quantize export model.gguf -o folder/`: the reverse path. A llama.cpp GGUF of a known
+//! architecture becomes a Hugging Face folder: tensors dequantized (F32 by default), names
+//! mapped back and the llama q/k permutation undone, `config.json`, `tokenizer.json`,
+//! `tokenizer_config.json` and `generation_config.json` rebuilt from the metadata.
+
+use crate::arch::{self, Arch, ARCHS};
+use crate::error::{Error, Result};
+use crate::exec::{pool, run_jobs, CHUNK_ELEMS};
+use crate::plan::chunk_rows;
+use crate::Progress;
+use qs_formats::gguf::{GgufFile, GgufTensor, Value};
+use qs_formats::output::{AtomicDir, AtomicFile};
+use qs_formats::safetensors::{plan_layout, StEntry};
+use qs_numeric::scheme::rows_cols;
+use qs_numeric::{DType, GgmlType, Scheme};
+use serde_json::{json, Map, Value as Json};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Options of an export.
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    /// Element type of the written tensors (F32, F16 or BF16).
+    pub dtype: DType,
+    pub force: bool,
+    pub threads: Option<usize>,
+}
+
+fn err(g: &GgufFile, m: impl std::fmt::Display) -> Error {
+    Error::Config(format!("{}: {m}", g.path.display()))
+}
+
+fn u(g: &GgufFile, k: &str) -> Option<u64> {
+    g.get(k).and_then(|v| v.as_u64())
+}
+
+fn f(g: &GgufFile, k: &str) -> Option<f64> {
+    match g.get(k)? {
+        Value::F32(v) => Some(*v as f64),
+        Value::F64(v) => Some(*v),
+        v => v.as_u64().map(|x| x as f64),
+    }
+}
+
+fn s<'a>(g: &'a GgufFile, k: &str) -> Option<&'a str> {
+    match g.get(k)? {
+        Value::String(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// HF class names per architecture.
+fn hf_class(a: &Arch) -> &'static str {
+    match a.name {
+        "qwen2" => "Qwen2ForCausalLM",
+        "qwen3" => "Qwen3ForCausalLM",
+        _ => "LlamaForCausalLM",
+    }
+}
+
+/// config.json from the GGUF hyper-parameters.
+fn config_json(g: &GgufFile, a: &Arch, vocab: usize, tied: bool, dtype: DType) -> Result<Json> {
+    let p = a.name;
+    let need =
+        |k: &str| u(g, &format!("{p}.{k}")).ok_or_else(|| err(g, format!("missing {p}.{k}")));
+    let hidden = need("embedding_length")?;
+    let heads = need("attention.head_count")?;
+    let mut c = Map::new();
+    c.insert("architectures".into(), json!([hf_class(a)]));
+    c.insert("model_type".into(), json!(a.model_types[0]));
+    c.insert("hidden_size".into(), json!(hidden));
+    if let Some(ff) = u(g, &format!("{p}.feed_forward_length")) {
+        c.insert("intermediate_size".into(), json!(ff));
+    }
+    c.insert("num_hidden_layers".into(), json!(need("block_count")?));
+    c.insert("num_attention_heads".into(), json!(heads));
+    c.insert(
+        "num_key_value_heads".into(),
+        json!(u(g, &format!("{p}.attention.head_count_kv")).unwrap_or(heads)),
+    );
+    c.insert(
+        "head_dim".into(),
+        json!(u(g, &format!("{p}.attention.key_length")).unwrap_or(hidden / heads)),
+    );
+    if let Some(ctx) = u(g, &format!("{p}.context_length")) {
+        c.insert("max_position_embeddings".into(), json!(ctx));
+    }
+    if let Some(e) = f(g, &format!("{p}.attention.layer_norm_rms_epsilon")) {
+        // f32 in GGUF: print the shortest decimal that reads back to it
+        c.insert(
+            "rms_norm_eps".into(),
+            json!((e as f32).to_string().parse::<f64>().unwrap_or(e)),
+        );
+    }
+    if let Some(t) = f(g, &format!("{p}.rope.freq_base")) {
+        c.insert(
+            "rope_theta".into(),
+            json!((t as f32).to_string().parse::<f64>().unwrap_or(t)),
+        );
+    }
+    match s(g, &format!("{p}.rope.scaling.type")) {
+        Some(ty @ ("linear" | "yarn")) => {
+            let mut r = Map::new();
+            r.insert("rope_type".into(), json!(ty));
+            if let Some(fa) = f(g, &format!("{p}.rope.scaling.factor")) {
+                r.insert("factor".into(), json!(fa));
+            }
+            if let Some(o) = u(g, &format!("{p}.rope.scaling.original_context_length")) {
+                r.insert("original_max_position_embeddings".into(), json!(o));
+            }
+            c.insert("rope_scaling".into(), Json::Object(r));
+        }
+        _ => {
+            c.insert("rope_scaling".into(), Json::Null);
+        }
+    }
+    c.insert("vocab_size".into(), json!(vocab));
+    c.insert("hidden_act".into(), json!("silu"));
+    c.insert("tie_word_embeddings".into(), json!(tied));
+    c.insert(
+        "attention_bias".into(),
+        json!(g.tensors.iter().any(|t| t.name.ends_with("attn_q.bias"))),
+    );
+    c.insert("mlp_bias".into(), json!(false));
+    for (k, key) in [
+        ("bos_token_id", "tokenizer.ggml.bos_token_id"),
+        ("eos_token_id", "tokenizer.ggml.eos_token_id"),
+    ] {
+        if let Some(v) = u(g, key) {
+            c.insert(k.into(), json!(v));
+        }
+    }
+    let td = match dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    };
+    c.insert("torch_dtype".into(), json!(td));
+    Ok(Json::Object(c))
+}
+
+/// The pre-tokenizer definition llama.cpp's pre name stands for.
+fn pre_tokenizer(pre: &str) -> Json {
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let byte_level_noregex = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false});
+    let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
+    match pre {
+        "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, byte_level]}),
+        "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [
+            split("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"),
+            byte_level_noregex]}),
+        "qwen2" => json!({"type": "Sequence", "pretokenizers": [
+            split("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"),
+            byte_level_noregex]}),
+        _ => byte_level,
+    }
+}
+
+/// tokenizer.json + tokenizer_config.json for a "gpt2" (byte-level BPE) vocabulary.
+fn tokenizer_files(g: &GgufFile) -> Result<Option<(Json, Json)>> {
+    if s(g, "tokenizer.ggml.model") != Some("gpt2") {
+        return Ok(None);
+    }
+    let tokens: Vec<&str> = match g.get("tokenizer.ggml.tokens") {
+        Some(Value::Array(_, v)) => v
+            .iter()
+            .filter_map(|t| {
+                if let Value::String(s) = t {
+                    Some(s.as_str())
+                } else {
+                    None
+                }
+            })
+            .collect(),
+        _ => return Err(err(g, "tokenizer.ggml.tokens missing")),
+    };
+    let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
+        Some(Value::Array(_, v)) => v
+            .iter()
+            .map(|t| if let Value::I32(x) = t { *x as i64 } else { 1 })
+            .collect(),
+        _ => vec![1; tokens.len()],
+    };
+    let merges: Vec<Json> = match g.get("tokenizer.ggml.merges") {
+        Some(Value::Array(_, v)) => v
+            .iter()
+            .filter_map(|t| {
+                if let Value::String(s) = t {
+                    Some(json!(s))
+                } else {
+                    None
+                }
+            })
+            .collect(),
+        _ => vec![],
+    };
+    let mut vocab = Map::new();
+    let mut added = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let ty = types.get(i).copied().unwrap_or(1);
+        if ty == 5 && t.starts_with("[PAD") {
+            continue; // padding the converter invented
+        }
+        vocab.insert(t.to_string(), json!(i));
+        if ty == 3 || ty == 4 {
+            added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                "normalized": ty == 4, "special": ty == 3}));
+        }
+    }
+    let pre = s(g, "tokenizer.ggml.pre").unwrap_or("default");
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer(pre),
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges}
+    });
+    let mut tc = Map::new();
+    let tok_at = |k: &str| {
+        u(g, k)
+            .and_then(|i| tokens.get(i as usize))
+            .map(|t| json!(t))
+    };
+    for (name, key) in [
+        ("bos_token", "tokenizer.ggml.bos_token_id"),
+        ("eos_token", "tokenizer.ggml.eos_token_id"),
+        ("unk_token", "tokenizer.ggml.unknown_token_id"),
+        ("pad_token", "tokenizer.ggml.padding_token_id"),
+    ] {
+        if let Some(t) = tok_at(key) {
+            tc.insert(name.into(), t);
+        }
+    }
+    for (name, key) in [
+        ("add_bos_token", "tokenizer.ggml.add_bos_token"),
+        ("add_eos_token", "tokenizer.ggml.add_eos_token"),
+    ] {
+        if let Some(Value::Bool(b)) = g.get(key) {
+            tc.insert(name.into(), json!(b));
+        }
+    }
+    if let Some(t) = s(g, "tokenizer.chat_template") {
+        tc.insert("chat_template".into(), json!(t));
+    }
+    tc.insert("tokenizer_class".into(), json!("GPT2Tokenizer"));
+    tc.insert(
+        "model_max_length".into(),
+        json!(u(
+            g,
+            &format!(
+                "{}.context_length",
+                s(g, "general.architecture").unwrap_or("")
+            )
+        )
+        .unwrap_or(2048)),
+    );
+    Ok(Some((tok, Json::Object(tc))))
+}
+
+/// GGUF name → (HF name, permutation heads) by running the forward map over every HF name
+/// the architecture can have.
+fn inverse_names(
+    a: &Arch,
+    cfg: &Json,
+    g: &GgufFile,
+) -> Result<BTreeMap<String, (String, Option<usize>)>> {
+    let n_layer = cfg["num_hidden_layers"].as_u64().unwrap_or(0);
+    let mut hf = vec![
+        "model.embed_tokens.weight".to_string(),
+        "model.norm.weight".to_string(),
+        "lm_head.weight".to_string(),
+    ];
+    for l in 0..n_layer {
+        for part in [
+            "input_layernorm",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "self_attn.q_norm",
+            "self_attn.k_norm",
+            "post_attention_layernorm",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ] {
+            for sfx in ["weight", "bias"] {
+                hf.push(format!("model.layers.{l}.{part}.{sfx}"));
+            }
+        }
+    }
+    let mut m = BTreeMap::new();
+    for h in hf {
+        if let arch::Mapped::Tensor {
+            name,
+            permute_heads,
+        } = arch::map_tensor(a, cfg, &h)?
+        {
+            m.insert(name, (h, permute_heads));
+        }
+    }
+    for t in &g.tensors {
+        if !m.contains_key(&t.name) {
+            return Err(err(
+                g,
+                format!(
+                    "tensor '{}' has no Hugging Face name for architecture {}",
+                    t.name, a.name
+                ),
+            ));
+        }
+    }
+    Ok(m)
+}
+
+/// Writes the HF folder; returns the number of tensors written.
+pub fn export(
+    input: &Path,
+    output: &Path,
+    cfg: &ExportConfig,
+    progress: &dyn Progress,
+) -> Result<usize> {
+    let g = GgufFile::open(input)?;
+    let an = s(&g, "general.architecture").unwrap_or("");
+    let a = ARCHS.iter().find(|a| a.name == an).ok_or_else(|| {
+        err(
+            &g,
+            format!("cannot export architecture '{an}' (supported: llama, qwen2, qwen3)"),
+        )
+    })?;
+    if !matches!(cfg.dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(Error::Config(format!(
+            "export writes F32, F16 or BF16, not {}",
+            cfg.dtype
+        )));
+    }
+    let tied = !g.tensors.iter().any(|t| t.name == "output.weight");
+    let vocab = match g.get("tokenizer.ggml.tokens") {
+        Some(Value::Array(_, v)) => v.len(),
+        _ => g
+            .tensors
+            .iter()
+            .find(|t| t.name == "token_embd.weight")
+            .map(|t| t.ne[1] as usize)
+            .unwrap_or(0),
+    };
+    let config = config_json(&g, a, vocab, tied, cfg.dtype)?;
+    let names = inverse_names(a, &config, &g)?;
+    struct Out<'a> {
+        t: &'a GgufTensor,
+        hf: String,
+        permute: Option<usize>,
+        scheme: Scheme,
+    }
+    let mut outs = Vec::new();
+    for t in &g.tensors {
+        let (hf, permute) = names[&t.name].clone();
+        let scheme = match t.ty {
+            GgmlType::F32 => Scheme::Float {
+                dtype: DType::F32,
+                clamp: false,
+            },
+            GgmlType::F16 => Scheme::Float {
+                dtype: DType::F16,
+                clamp: false,
+            },
+            GgmlType::BF16 => Scheme::Float {
+                dtype: DType::BF16,
+                clamp: false,
+            },
+            ty if ty.can_dequantize() => Scheme::Ggml(ty),
+            ty => {
+                return Err(err(
+                    &g,
+                    format!(
+                        "tensor '{}': dequantizing {ty} is not supported yet",
+                        t.name
+                    ),
+                ))
+            }
+        };
+        outs.push(Out {
+            t,
+            hf,
+            permute,
+            scheme,
+        });
+    }
+    // norms and other 1-D tensors stay F32, as transformers keeps them in the checkpoint dtype
+    let entries: Vec<StEntry> = outs
+        .iter()
+        .map(|o| StEntry {
+            name: o.hf.clone(),
+            dtype: cfg.dtype,
+            shape: o.t.shape(),
+        })
+        .collect();
+    let layout = plan_layout(
+        &entries,
+        &BTreeMap::from([("format".to_string(), "pt".to_string())]),
+    );
+    let dir = AtomicDir::create(output, cfg.force)?;
+    let file = AtomicFile::create(&dir.path().join("model.safetensors"), true)?;
+    file.write_at(0, &layout.header)?;
+    file.set_len(layout.total_len)?;
+
+    struct Job {
+        o: usize,
+        r0: usize,
+        r1: usize,
+    }
+    let mut jobs = Vec::new();
+    for (i, o) in outs.iter().enumerate() {
+        let (rows, cols) = rows_cols(&o.t.shape());
+        for (r0, r1) in chunk_rows(rows, cols, 1, CHUNK_ELEMS) {
+            jobs.push(Job { o: i, r0, r1 });
+        }
+    }
+    progress.start(outs.iter().map(|o| (o.t.end - o.t.start) as u64).sum());
+    let pool = pool(cfg.threads)?;
+    run_jobs(&pool, &jobs, |j| {
+        let o = &outs[j.o];
+        let shape = o.t.shape();
+        let (rows, cols) = rows_cols(&shape);
+        let all = g.bytes(o.t);
+        let rb = all.len() / rows.max(1);
+        let mut y = vec![0f32; (j.r1 - j.r0) * cols];
+        for (k, out) in y.chunks_mut(cols.max(1)).enumerate() {
+            // HF row r is the GGUF row q with permuted_source_row(q) == r
+            let r = j.r0 + k;
+            let q = match o.permute {
+                None => r,
+                Some(h) => inverse_row(r, rows, h),
+            };
+            o.scheme
+                .decode(&shape, q, q + 1, &[&all[q * rb..(q + 1) * rb]], out);
+        }
+        let mut bytes = vec![0u8; y.len() * cfg.dtype.size()];
+        qs_numeric::dtype::encode_float(cfg.dtype, &y, &mut bytes);
+        file.write_at(
+            layout.offsets[j.o] + (j.r0 * cols * cfg.dtype.size()) as u64,
+            &bytes,
+        )?;
+        progress.inc(((j.r1 - j.r0) * rb) as u64);
+        Ok(())
+    })?;
+    progress.finish();
+    file.commit()?;
+    let io = |p: &Path, e: std::io::Error| Error::Output {
+        path: p.to_path_buf(),
+        msg: e.to_string(),
+    };
+    let write_json = |name: &str, v: &Json| -> Result<()> {
+        let p = dir.path().join(name);
+        std::fs::write(&p, serde_json::to_string_pretty(v).expect("json") + "\n")
+            .map_err(|e| io(&p, e))
+    };
+    write_json("config.json", &config)?;
+    let mut gen = Map::new();
+    for k in ["bos_token_id", "eos_token_id"] {
+        if let Some(v) = config.get(k) {
+            gen.insert(k.into(), v.clone());
+        }
+    }
+    write_json("generation_config.json", &Json::Object(gen))?;
+    if let Some((tok, tc)) = tokenizer_files(&g)? {
+        write_json("tokenizer.json", &tok)?;
+        write_json("tokenizer_config.json", &tc)?;
+    }
+    dir.commit()?;
+    Ok(outs.len())
+}
+
+/// The GGUF row holding HF row `r` under the q/k permutation (inverse of
+/// [`arch::permuted_source_row`]).
+pub fn inverse_row(r: usize, rows: usize, heads: usize) -> usize {
+    let half = rows / heads / 2;
+    let (h, rem) = (r / (2 * half), r % (2 * half));
+    let (j, i) = (rem / half, rem % half);
+    h * 2 * half + i * 2 + j
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn inverse_permutation() {
+        for (rows, heads) in [(12, 2), (576, 9), (192, 3)] {
+            for q in 0..rows {
+                assert_eq!(
+                    super::inverse_row(
+                        crate::arch::permuted_source_row(q, rows, heads),
+                        rows,
+                        heads
+                    ),
+                    q
+                );
+            }
+        }
+    }
+}

@@ -64,7 +64,7 @@ enum Cmd {
 
 #[derive(Args)]
 struct RunArgs {
-    /// A .safetensors file, a model.safetensors.index.json, or a Hugging Face model folder.
+    /// A .safetensors file, a model.safetensors.index.json, a Hugging Face model folder, or a GGUF.
     #[arg(required = true)]
     model: Option<PathBuf>,
     /// Target: f32, f16, bf16, int8, int4, int3, int2, fp8 (E4M3), fp8-e5m2 (safetensors); q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s/m/l, q4_k_s/m, q5_k_s/m, q6_k, iq4_nl (GGUF: llama-quantize's mixtures; q4_k = q4_k_m).
@@ -123,6 +123,9 @@ struct RunArgs {
     /// llama-quantize --imatrix does.
     #[arg(long, value_name = "FILE")]
     imatrix: Option<PathBuf>,
+    /// GGUF input: re-quantize tensors that are already quantized (loses quality).
+    #[arg(long)]
+    allow_requantize: bool,
     /// GGUF: one type for every quantizable tensor instead of llama-quantize's mixture
     /// (as llama-quantize --pure).
     #[arg(long)]
@@ -185,6 +188,7 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.mixture = mixture;
     cfg.pure = a.pure;
     cfg.imatrix = a.imatrix;
+    cfg.allow_requantize = a.allow_requantize;
     cfg.output = a.output;
     cfg.group = a.group;
     cfg.granularity = a.granularity;

@@ -725,3 +725,78 @@ fn export_gguf_back_to_hugging_face_folder() {
         );
     }
 }
+
+/// GGUF input: an F16 GGUF re-quantizes to exactly what llama-quantize makes from it; a
+/// quantized one needs --allow-requantize, and then matches llama-quantize --allow-requantize.
+#[test]
+fn gguf_input_requantizes_like_llama_quantize() {
+    let d = tempfile::tempdir().unwrap();
+    let deep = d.path().join("deep");
+    synthetic_llama(&deep, 8, 256, 512, 8, 2);
+    for (src_t, flag) in [("f16", None), ("q8_0", Some("--allow-requantize"))] {
+        let src = d.path().join(format!("src-{src_t}.gguf"));
+        quantize(&[
+            deep.as_os_str(),
+            "--to".as_ref(),
+            src_t.as_ref(),
+            "-o".as_ref(),
+            src.as_os_str(),
+            "-q".as_ref(),
+        ])
+        .ok();
+        for ft in ["Q4_K_M", "Q5_0"] {
+            let theirs = d.path().join(format!("ref-{src_t}-{ft}.gguf"));
+            let mut c = Command::new(llama_bin("llama-quantize"));
+            if let Some(f) = flag {
+                c.arg(f);
+            }
+            let o = c.arg(&src).arg(&theirs).arg(ft).arg("1").output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let ours = d.path().join(format!("ours-{src_t}-{ft}.gguf"));
+            let mut args: Vec<&std::ffi::OsStr> = vec![
+                src.as_os_str(),
+                "--to".as_ref(),
+                "x".as_ref(),
+                "-o".as_ref(),
+                ours.as_os_str(),
+                "-q".as_ref(),
+            ];
+            let lower = ft.to_lowercase();
+            args[2] = lower.as_ref();
+            if flag.is_some() {
+                let r = quantize(&args);
+                assert_ne!(r.code, 0);
+                assert!(
+                    r.stderr.contains("--allow-requantize") && r.stderr.contains("Q8_0"),
+                    "{}",
+                    r.stderr
+                );
+                args.push("--allow-requantize".as_ref());
+            }
+            quantize(&args).ok();
+            let (a, b) = (
+                qs_formats::gguf::GgufFile::open(&ours).unwrap(),
+                qs_formats::gguf::GgufFile::open(&theirs).unwrap(),
+            );
+            assert_eq!(a.tensors.len(), b.tensors.len());
+            for tb in &b.tensors {
+                let ta = a.tensors.iter().find(|x| x.name == tb.name).unwrap();
+                assert_eq!(ta.ty, tb.ty, "{src_t}->{ft}: {}", tb.name);
+                assert!(
+                    a.bytes(ta) == b.bytes(tb),
+                    "{src_t}->{ft}: {} bytes differ",
+                    tb.name
+                );
+            }
+            for k in [
+                "general.architecture",
+                "llama.block_count",
+                "tokenizer.ggml.pre",
+                "tokenizer.ggml.merges",
+                "general.file_type",
+            ] {
+                assert_eq!(a.get(k), b.get(k), "{k}");
+            }
+        }
+    }
+}

@@ -397,6 +397,11 @@ impl GgufFile {
         &self.mmap[t.start..t.end]
     }
 
+    /// Bytes `start..end` of the file.
+    pub fn range(&self, start: usize, end: usize) -> &[u8] {
+        &self.mmap[start..end]
+    }
+
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.kvs.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }

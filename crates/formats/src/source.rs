@@ -2,7 +2,9 @@
 //! (`model.safetensors.index.json` + shards, cross-checked), or a Hugging Face model folder.
 
 use crate::error::{file_err, io_err, tensor_err, Result};
+use crate::gguf::GgufFile;
 use crate::safetensors::{SafetensorsFile, StTensor};
+use qs_numeric::{DType, GgmlType};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -28,7 +30,10 @@ pub const HF_SIDE_FILES: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceTensor {
     pub file: usize,
+    /// For a ggml-quantized tensor of a GGUF input, `dtype` is F32 (what it decodes to).
     pub info: StTensor,
+    /// The ggml block type of a quantized GGUF tensor.
+    pub ggml: Option<GgmlType>,
 }
 
 #[derive(Debug)]
@@ -42,6 +47,8 @@ pub struct ModelSource {
     pub hf_dir: Option<PathBuf>,
     /// Parsed `config.json`, if present.
     pub config: Option<serde_json::Value>,
+    /// A GGUF input (then `files` is empty).
+    pub gguf: Option<GgufFile>,
 }
 
 #[derive(serde::Deserialize)]
@@ -52,6 +59,9 @@ struct Index {
 impl ModelSource {
     pub fn open(path: &Path) -> Result<ModelSource> {
         let meta = std::fs::metadata(path).map_err(io_err(path))?;
+        if meta.is_file() && is_gguf(path) {
+            return Self::open_gguf(path);
+        }
         let (files, dir) = if meta.is_dir() {
             let index = path.join(INDEX_NAME);
             if index.exists() {
@@ -100,6 +110,7 @@ impl ModelSource {
                 tensors.push(SourceTensor {
                     file: fi,
                     info: t.clone(),
+                    ggml: None,
                 });
             }
         }
@@ -118,20 +129,93 @@ impl ModelSource {
             tensors,
             hf_dir,
             config,
+            gguf: None,
+        })
+    }
+
+    fn open_gguf(path: &Path) -> Result<ModelSource> {
+        let g = GgufFile::open(path)?;
+        let mut tensors = Vec::with_capacity(g.tensors.len());
+        for t in &g.tensors {
+            let (dtype, ggml) = match t.ty {
+                GgmlType::F32 => (DType::F32, None),
+                GgmlType::F16 => (DType::F16, None),
+                GgmlType::BF16 => (DType::BF16, None),
+                GgmlType::F64 => (DType::F64, None),
+                GgmlType::I8 => (DType::I8, None),
+                GgmlType::I16 => (DType::I16, None),
+                GgmlType::I32 => (DType::I32, None),
+                GgmlType::I64 => (DType::I64, None),
+                ty if ty.can_dequantize() => (DType::F32, Some(ty)),
+                ty => {
+                    return Err(tensor_err(
+                        path,
+                        &t.name,
+                        format!("{ty} tensors cannot be read yet"),
+                    ))
+                }
+            };
+            let info = StTensor {
+                name: t.name.clone(),
+                dtype,
+                shape: t.shape(),
+                start: t.start,
+                end: t.end,
+            };
+            tensors.push(SourceTensor {
+                file: 0,
+                info,
+                ggml,
+            });
+        }
+        Ok(ModelSource {
+            input: path.to_path_buf(),
+            files: vec![],
+            tensors,
+            hf_dir: None,
+            config: None,
+            gguf: Some(g),
         })
     }
 
     pub fn bytes(&self, t: &SourceTensor) -> &[u8] {
-        self.files[t.file].bytes(&t.info)
+        match &self.gguf {
+            Some(g) => g.range(t.info.start, t.info.end),
+            None => self.files[t.file].bytes(&t.info),
+        }
     }
 
     pub fn path_of(&self, t: &SourceTensor) -> &Path {
-        &self.files[t.file].path
+        match &self.gguf {
+            Some(g) => &g.path,
+            None => &self.files[t.file].path,
+        }
     }
 
     /// Drops the resident pages of `t`'s bytes `start..end` (relative to the tensor).
     pub fn release(&self, t: &SourceTensor, start: usize, end: usize) {
-        self.files[t.file].release(t.info.start + start, t.info.start + end);
+        match &self.gguf {
+            Some(g) => g.release(t.info.start + start, t.info.start + end),
+            None => self.files[t.file].release(t.info.start + start, t.info.start + end),
+        }
+    }
+
+    /// Bytes of one row of `t` as stored.
+    pub fn row_bytes(&self, t: &SourceTensor) -> usize {
+        let cols = t.info.shape.last().copied().unwrap_or(1);
+        match t.ggml {
+            Some(ty) => ty.row_bytes(cols),
+            None => cols * t.info.dtype.size(),
+        }
+    }
+
+    /// Number of files read.
+    pub fn file_count(&self) -> usize {
+        if self.gguf.is_some() {
+            1
+        } else {
+            self.files.len()
+        }
     }
 
     /// Sum of all tensor data sizes.
@@ -222,4 +306,16 @@ fn open_sharded(index: &Path) -> Result<Vec<SafetensorsFile>> {
         }
     }
     Ok(files)
+}
+
+/// A GGUF file, by extension or magic.
+pub fn is_gguf(p: &Path) -> bool {
+    if p.extension().is_some_and(|e| e == "gguf") {
+        return true;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(p)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
 }

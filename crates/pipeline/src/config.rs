@@ -144,6 +144,8 @@ pub struct QuantizeConfig {
     pub pure: bool,
     /// GGUF: importance matrix (llama-imatrix output, GGUF or legacy .dat).
     pub imatrix: Option<PathBuf>,
+    /// GGUF input: re-quantize tensors that are already quantized.
+    pub allow_requantize: bool,
 }
 
 impl QuantizeConfig {
@@ -169,6 +171,7 @@ impl QuantizeConfig {
             mixture: None,
             pure: false,
             imatrix: None,
+            allow_requantize: false,
         }
     }
 

@@ -208,8 +208,7 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
                 cfg,
                 &tx,
             );
-            let (_, cols) = rows_cols(&tp.shape);
-            progress.inc(((j.r1 - j.r0) * cols * tp.dtype.size()) as u64);
+            progress.inc(((j.r1 - j.r0) * src.row_bytes(&src.tensors[tp.source])) as u64);
             r
         });
         drop(tx);
@@ -342,15 +341,22 @@ fn decode_rows(
 ) -> Result<Vec<f32>> {
     let st = &src.tensors[tp.source];
     let (rows, cols) = rows_cols(&tp.shape);
-    let sz = tp.dtype.size();
+    let rb = src.row_bytes(st);
     let all = src.bytes(st);
     let mut x = vec![0f32; (r1 - r0) * cols];
-    match tp.permute {
-        None => decode_f32(tp.dtype, &all[r0 * cols * sz..r1 * cols * sz], &mut x),
-        Some(heads) => {
+    let decode = |row: usize, out: &mut [f32]| match st.ggml {
+        Some(ty) => qs_numeric::ggml::dequantize_row(ty, &all[row * rb..(row + 1) * rb], out),
+        None => decode_f32(tp.dtype, &all[row * rb..(row + 1) * rb], out),
+    };
+    match (tp.permute, st.ggml) {
+        (None, None) => decode_f32(tp.dtype, &all[r0 * rb..r1 * rb], &mut x),
+        (p, _) => {
             for (k, out) in x.chunks_mut(cols.max(1)).enumerate() {
-                let s = crate::arch::permuted_source_row(r0 + k, rows, heads);
-                decode_f32(tp.dtype, &all[s * cols * sz..(s + 1) * cols * sz], out);
+                let r = r0 + k;
+                decode(
+                    p.map_or(r, |heads| crate::arch::permuted_source_row(r, rows, heads)),
+                    out,
+                );
             }
         }
     }
@@ -411,12 +417,12 @@ fn run_chunk<'a>(
 ) -> Result<ChunkResult> {
     let st = &src.tensors[tp.source];
     let (_, cols) = rows_cols(&tp.shape);
-    let sz = tp.dtype.size();
-    let (b0, b1) = (r0 * cols * sz, r1 * cols * sz);
+    let rb = src.row_bytes(st);
+    let (b0, b1) = (r0 * rb, r1 * rb);
     let mut res = ChunkResult::default();
     match &tp.action {
         Action::Copy => {
-            if tp.dtype.is_float() {
+            if tp.dtype.is_float() && st.ggml.is_none() {
                 // scanned for NaN/Inf like everything else
                 decode_rows(src, tp, r0, r1, cfg.allow_nonfinite)?;
             }

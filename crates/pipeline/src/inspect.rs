@@ -78,7 +78,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
                 bytes: (t.info.end - t.info.start) as u64,
             })
             .collect();
-        ("safetensors".to_string(), s.files.len(), md, ts)
+        ("safetensors".to_string(), s.file_count(), md, ts)
     };
     let total_bytes = tensors.iter().map(|t: &InspectTensor| t.bytes).sum();
     Ok(Inspection {

@@ -38,22 +38,34 @@ pub fn gguf_metadata(
     plan: &Plan,
     cfg: &QuantizeConfig,
 ) -> Result<Vec<(String, Value)>> {
-    let arch_name = match plan.arch {
-        Some(a) => a.name.to_string(),
-        None => src
-            .config
-            .as_ref()
-            .and_then(|c| c.get("model_type"))
-            .and_then(|v| v.as_str())
-            .unwrap_or("unknown")
-            .to_string(),
-    };
-    let mut kvs = vec![
-        ("general.architecture".to_string(), Value::String(arch_name)),
-        ("general.name".to_string(), Value::String(model_name(src))),
-    ];
-    if let (Some(a), Some(c)) = (plan.arch, &src.config) {
-        kvs.extend(crate::arch::hparams(a, c)?);
+    let mut kvs: Vec<(String, Value)> = Vec::new();
+    if let Some(g) = &src.gguf {
+        // a GGUF input keeps its metadata (architecture, tokenizer, provenance); what this run
+        // decides is written below
+        let regenerated = |k: &str| {
+            matches!(
+                k,
+                "general.file_type" | "general.quantization_version" | "general.alignment"
+            ) || k.starts_with("quantize.")
+                || k.starts_with("split.")
+        };
+        kvs.extend(g.kvs.iter().filter(|(k, _)| !regenerated(k)).cloned());
+    } else {
+        let arch_name = match plan.arch {
+            Some(a) => a.name.to_string(),
+            None => src
+                .config
+                .as_ref()
+                .and_then(|c| c.get("model_type"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .to_string(),
+        };
+        kvs.push(("general.architecture".to_string(), Value::String(arch_name)));
+        kvs.push(("general.name".to_string(), Value::String(model_name(src))));
+        if let (Some(a), Some(c)) = (plan.arch, &src.config) {
+            kvs.extend(crate::arch::hparams(a, c)?);
+        }
     }
     if let Some(ft) = plan
         .mixture

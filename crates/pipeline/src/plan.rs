@@ -45,18 +45,26 @@ pub struct TensorPlan {
     pub permute: Option<usize>,
     /// Importance weights (one per column) for a ggml type.
     pub imatrix: Option<std::sync::Arc<Vec<f32>>>,
+    /// The ggml type of a quantized GGUF input tensor (`dtype` is then F32, what it decodes to).
+    pub src_ggml: Option<GgmlType>,
+    /// Bytes the tensor takes in the input.
+    pub src_bytes: usize,
 }
 
 impl TensorPlan {
     pub fn bytes_in(&self) -> usize {
-        self.shape.iter().product::<usize>() * self.dtype.size()
+        self.src_bytes
     }
     pub fn bytes_out(&self) -> usize {
         self.outputs.iter().map(|o| o.nbytes).sum()
     }
     pub fn label(&self) -> String {
         match &self.action {
-            Action::Copy => format!("{} (copy)", self.dtype),
+            Action::Copy => format!(
+                "{} (copy)",
+                self.src_ggml
+                    .map_or(self.dtype.to_string(), |t| t.to_string())
+            ),
             Action::Encode(s) => s.label(),
         }
     }
@@ -103,7 +111,7 @@ impl Plan {
             .map(|t| PlanRow {
                 tensor: t.name.clone(),
                 shape: t.shape.clone(),
-                dtype: t.dtype.to_string(),
+                dtype: t.src_ggml.map_or(t.dtype.to_string(), |g| g.to_string()),
                 storage: t.label(),
                 bytes_in: t.bytes_in(),
                 bytes_out: t.bytes_out(),
@@ -223,10 +231,11 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             src.input.display()
         )));
     }
-    let arch = match (&src.config, kind) {
-        (Some(c), OutputKind::Gguf) if !cfg.keep_names => Some(arch::detect(c)?),
+    let conv = match kind {
+        OutputKind::Gguf if !cfg.keep_names => Conv::of(src)?,
         _ => None,
     };
+    let arch = conv.as_ref().map(|c| c.arch);
     // A converted model with a ggml target gets llama-quantize's choices: its mixture for the
     // file type (None: --pure, one type for every quantizable tensor).
     let imatrix = match &cfg.imatrix {
@@ -238,21 +247,19 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
         Target::Ggml(t) => t,
         _ => GgmlType::F16,
     };
-    let llama_mix = match (arch, &src.config, cfg.target) {
-        (Some(a), Some(c), Target::Ggml(_)) => {
-            let (h, kv) = arch::heads(c)?;
+    let llama_mix = match (&conv, cfg.target) {
+        (Some(cv), Target::Ggml(_)) => {
+            let a = cv.arch;
+            let (h, kv) = cv.heads()?;
             let names: Vec<String> = src
                 .tensors
                 .iter()
-                .filter_map(|t| match arch::map_tensor(a, c, &t.info.name) {
+                .filter_map(|t| match cv.map(&t.info.name) {
                     Ok(Mapped::Tensor { name, .. }) => Some(name),
                     _ => None,
                 })
                 .collect();
-            let n_layer = c
-                .get("num_hidden_layers")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0);
+            let n_layer = cv.n_layer();
             let info = mixture::ModelInfo {
                 n_gqa: h / kv.max(1),
                 tied_embeddings: !names.iter().any(|n| n == "output.weight"),
@@ -277,8 +284,8 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
     // A converted GGUF lists tensors as llama.cpp's loader orders them, by layer then name, so
     // the mixture's per-layer counters (and the file) do not depend on the input's order.
     let mut order: Vec<usize> = (0..src.tensors.len()).collect();
-    if let (Some(a), Some(c)) = (arch, &src.config) {
-        let key = |i: usize| match arch::map_tensor(a, c, &src.tensors[i].info.name) {
+    if let Some(cv) = &conv {
+        let key = |i: usize| match cv.map(&src.tensors[i].info.name) {
             Ok(Mapped::Tensor { name, .. }) => (layer_of(&name), name),
             _ => (-1, String::new()),
         };
@@ -288,8 +295,8 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
     for i in order {
         let st = &src.tensors[i];
         let name = &st.info.name;
-        let (out_name, permute) = match (arch, &src.config) {
-            (Some(a), Some(c)) => match arch::map_tensor(a, c, name)? {
+        let (out_name, permute) = match &conv {
+            Some(cv) => match cv.map(name)? {
                 Mapped::Skip => continue,
                 Mapped::Tensor {
                     name,
@@ -427,6 +434,24 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                 (Action::Encode(s), target)
             }
         };
+        // a tensor already quantized (GGUF input): kept as is, decoded to float, or (only when
+        // asked) re-quantized
+        let action = match (st.ggml, action) {
+            (None, a) => a,
+            (Some(_), Action::Copy) if kind == OutputKind::Gguf => Action::Copy,
+            (Some(_), Action::Copy) => Action::Encode(Scheme::Float {
+                dtype: DType::F32,
+                clamp: false,
+            }),
+            (Some(q), Action::Encode(Scheme::Ggml(t))) if t == q => Action::Copy,
+            (Some(_), a @ Action::Encode(Scheme::Float { .. })) => a,
+            (Some(q), a) => {
+                if !cfg.allow_requantize {
+                    return Err(terr(format!("is already {q}: re-quantizing it loses quality; pass --allow-requantize to do it anyway")));
+                }
+                a
+            }
+        };
         // a permuted tensor is re-encoded (exactly, in its own float type) rather than copied
         let action = match (action, permute) {
             (Action::Copy, Some(_)) if dtype.is_float() => Action::Encode(Scheme::Float {
@@ -439,7 +464,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             Action::Copy => vec![OutTensor {
                 name: out_name.clone(),
                 ty: if kind == OutputKind::Gguf {
-                    SlotType::Ggml(ggml_of(dtype))
+                    SlotType::Ggml(st.ggml.unwrap_or(ggml_of(dtype)))
                 } else {
                     SlotType::Dtype(dtype)
                 },
@@ -487,6 +512,8 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             note,
             permute,
             imatrix: imatrix_of,
+            src_ggml: st.ggml,
+            src_bytes: st.info.end - st.info.start,
         });
     }
     let mixture = llama_mix.map(|_| cfg.mixture.unwrap_or(mixture_for(default_ggml)));
@@ -559,6 +586,79 @@ fn gguf_keep(src: DType, shape: &[usize]) -> std::result::Result<Action, String>
         }
     };
     Ok(float_action(src, dst, false))
+}
+
+/// What a GGUF conversion reads: an HF config.json, or (GGUF input) the file's own keys, whose
+/// tensors already have llama.cpp's names and layout.
+struct Conv<'a> {
+    arch: &'static Arch,
+    config: Option<&'a serde_json::Value>,
+    gguf: Option<&'a qs_formats::gguf::GgufFile>,
+}
+
+impl<'a> Conv<'a> {
+    fn of(src: &'a ModelSource) -> Result<Option<Conv<'a>>> {
+        if let Some(g) = &src.gguf {
+            let name = match g.get("general.architecture") {
+                Some(qs_formats::gguf::Value::String(s)) => s.as_str(),
+                _ => "",
+            };
+            return Ok(arch::ARCHS
+                .iter()
+                .find(|a| a.name == name)
+                .map(|arch| Conv {
+                    arch,
+                    config: None,
+                    gguf: Some(g),
+                }));
+        }
+        match &src.config {
+            Some(c) => Ok(Some(Conv {
+                arch: arch::detect(c)?,
+                config: Some(c),
+                gguf: None,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    fn map(&self, name: &str) -> Result<Mapped> {
+        match self.config {
+            Some(c) => arch::map_tensor(self.arch, c, name),
+            None => Ok(Mapped::Tensor {
+                name: name.to_string(),
+                permute_heads: None,
+            }),
+        }
+    }
+
+    fn gguf_u64(&self, key: &str) -> Option<u64> {
+        self.gguf?
+            .get(&format!("{}.{key}", self.arch.name))?
+            .as_u64()
+    }
+
+    fn heads(&self) -> Result<(u64, u64)> {
+        match self.config {
+            Some(c) => arch::heads(c),
+            None => {
+                let h = self
+                    .gguf_u64("attention.head_count")
+                    .ok_or_else(|| Error::Config("GGUF input lacks attention.head_count".into()))?;
+                Ok((h, self.gguf_u64("attention.head_count_kv").unwrap_or(h)))
+            }
+        }
+    }
+
+    fn n_layer(&self) -> u64 {
+        match self.config {
+            Some(c) => c
+                .get("num_hidden_layers")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0),
+            None => self.gguf_u64("block_count").unwrap_or(0),
+        }
+    }
 }
 
 /// The block number of a GGUF tensor name (`blk.N.…`), -1 for the others.

@@ -126,6 +126,10 @@ struct RunArgs {
     /// GGUF input: re-quantize tensors that are already quantized (loses quality).
     #[arg(long)]
     allow_requantize: bool,
+    /// GGUF: split into files of at most SIZE of tensor data (e.g. 2G, 500M), named as
+    /// llama.cpp's gguf-split names them.
+    #[arg(long, value_name = "SIZE", value_parser = quantsmith::config::parse_size)]
+    split_max_size: Option<u64>,
     /// GGUF: one type for every quantizable tensor instead of llama-quantize's mixture
     /// (as llama-quantize --pure).
     #[arg(long)]
@@ -189,6 +193,7 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.pure = a.pure;
     cfg.imatrix = a.imatrix;
     cfg.allow_requantize = a.allow_requantize;
+    cfg.split_max_bytes = a.split_max_size;
     cfg.output = a.output;
     cfg.group = a.group;
     cfg.granularity = a.granularity;

@@ -800,3 +800,70 @@ fn gguf_input_requantizes_like_llama_quantize() {
         }
     }
 }
+
+/// --split-max-size: llama.cpp's split convention; llama.cpp loads the set from its first file
+/// and computes the same logits as from the single file.
+#[test]
+fn split_output_loads_in_llama_cpp() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let one = d.path().join("one.gguf");
+    quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "q8_0".as_ref(),
+        "-o".as_ref(),
+        one.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let split = d.path().join("split.gguf");
+    quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "q8_0".as_ref(),
+        "-o".as_ref(),
+        split.as_os_str(),
+        "-q".as_ref(),
+        "--split-max-size".as_ref(),
+        "1M".as_ref(),
+    ])
+    .ok();
+    let names = listing(d.path());
+    let parts: Vec<&String> = names.iter().filter(|n| n.starts_with("split-")).collect();
+    assert!(parts.len() >= 2, "{names:?}");
+    assert!(!split.exists(), "only the numbered files are written");
+    let n = parts.len();
+    let mut tensors = 0;
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(**p, format!("split-{:05}-of-{n:05}.gguf", i + 1));
+        let g = qs_formats::gguf::GgufFile::open(&d.path().join(p)).unwrap();
+        assert_eq!(
+            g.get("split.no"),
+            Some(&qs_formats::gguf::Value::U16(i as u16))
+        );
+        assert_eq!(
+            g.get("split.count"),
+            Some(&qs_formats::gguf::Value::U16(n as u16))
+        );
+        assert_eq!(
+            g.get("split.tensors.count"),
+            Some(&qs_formats::gguf::Value::I32(21))
+        );
+        assert_eq!(
+            g.get("general.architecture").is_some(),
+            i == 0,
+            "metadata in the first file only"
+        );
+        let data: u64 = g.tensors.iter().map(|t| (t.end - t.start) as u64).sum();
+        assert!(
+            data <= 1_000_000 || g.tensors.len() == 1,
+            "{p}: {data} bytes of tensors"
+        );
+        tensors += g.tensors.len();
+    }
+    assert_eq!(tensors, 21);
+    let a = llama_logits(&one, &d.path().join("a.f32"));
+    let b = llama_logits(&d.path().join(parts[0]), &d.path().join("b.f32"));
+    assert!(a == b, "same logits from the split set");
+}

@@ -146,6 +146,9 @@ pub struct QuantizeConfig {
     pub imatrix: Option<PathBuf>,
     /// GGUF input: re-quantize tensors that are already quantized.
     pub allow_requantize: bool,
+    /// GGUF: split into files of at most this many bytes of tensor data (llama.cpp's
+    /// `{stem}-00001-of-0000N.gguf` convention).
+    pub split_max_bytes: Option<u64>,
 }
 
 impl QuantizeConfig {
@@ -172,6 +175,7 @@ impl QuantizeConfig {
             pure: false,
             imatrix: None,
             allow_requantize: false,
+            split_max_bytes: None,
         }
     }
 
@@ -211,4 +215,22 @@ pub fn parse_tensor_type(s: &str) -> Result<(Regex, Target), String> {
         .ok_or_else(|| format!("'{s}': expected REGEX=TARGET"))?;
     let re = Regex::new(re).map_err(|e| format!("'{re}': {e}"))?;
     Ok((re, Target::parse(t)?))
+}
+
+/// Parses a size like llama.cpp's gguf-split: `500M`, `2G` (decimal units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.chars().last() {
+        Some('M') | Some('m') => (&t[..t.len() - 1], 1_000_000u64),
+        Some('G') | Some('g') => (&t[..t.len() - 1], 1_000_000_000u64),
+        Some('K') | Some('k') => (&t[..t.len() - 1], 1_000u64),
+        _ => (t, 1u64),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}': expected a size like 500M or 2G"))?;
+    if n == 0 {
+        return Err("split size must be positive".into());
+    }
+    Ok(n * mul)
 }

@@ -39,10 +39,15 @@ enum Bytes<'a> {
     },
 }
 
-type WriteTx<'a> = std::sync::mpsc::SyncSender<(u64, Bytes<'a>)>;
+type WriteTx<'a> = std::sync::mpsc::SyncSender<((usize, u64), Bytes<'a>)>;
 
-fn send<'a>(tx: &WriteTx<'a>, offset: u64, bytes: Bytes<'a>, out: &std::path::Path) -> Result<()> {
-    tx.send((offset, bytes)).map_err(|_| Error::Output {
+fn send<'a>(
+    tx: &WriteTx<'a>,
+    at: (usize, u64),
+    bytes: Bytes<'a>,
+    out: &std::path::Path,
+) -> Result<()> {
+    tx.send((at, bytes)).map_err(|_| Error::Output {
         path: out.to_path_buf(),
         msg: "writer stopped".into(),
     })
@@ -111,18 +116,18 @@ pub(crate) fn run_jobs<J: Sync, T: Send>(
     }
 }
 
-/// Where the data goes while the run is in progress.
-enum Sink {
-    File(AtomicFile),
-    Dir(AtomicDir, AtomicFile),
+/// Where the data goes while the run is in progress: the output files (several for a split
+/// GGUF), inside a folder for a safetensors folder output.
+struct Sink {
+    dir: Option<AtomicDir>,
+    files: Vec<AtomicFile>,
 }
 
-impl Sink {
-    fn file(&self) -> &AtomicFile {
-        match self {
-            Sink::File(f) | Sink::Dir(_, f) => f,
-        }
-    }
+/// One output file: its path (final, or inside the folder), header and length.
+struct FileLayout {
+    path: std::path::PathBuf,
+    header: Vec<u8>,
+    total_len: u64,
 }
 
 /// Plans, then (unless a dry run) writes the output and returns the report.
@@ -135,20 +140,23 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     check_target(&plan.output, cfg.force)?;
 
     // Fix every offset before touching data.
-    let (header, offsets, total_len) = layout(&plan, &src, cfg)?;
-    let sink = match plan.kind {
-        OutputKind::Gguf | OutputKind::SafetensorsFile => {
-            Sink::File(AtomicFile::create(&plan.output, cfg.force)?)
-        }
-        OutputKind::SafetensorsDir => {
-            let dir = AtomicDir::create(&plan.output, cfg.force)?;
-            let f = AtomicFile::create(&dir.path().join("model.safetensors"), true)?;
-            Sink::Dir(dir, f)
-        }
+    let (layouts, offsets) = layout(&plan, &src, cfg)?;
+    let dir = match plan.kind {
+        OutputKind::SafetensorsDir => Some(AtomicDir::create(&plan.output, cfg.force)?),
+        _ => None,
     };
-    let out = sink.file();
-    out.write_at(0, &header)?;
-    out.set_len(total_len)?;
+    let mut files = Vec::with_capacity(layouts.len());
+    for l in &layouts {
+        let f = match &dir {
+            Some(d) => AtomicFile::create(&d.path().join(&l.path), true)?,
+            None => AtomicFile::create(&l.path, cfg.force)?,
+        };
+        f.write_at(0, &l.header)?;
+        f.set_len(l.total_len)?;
+        files.push(f);
+    }
+    let sink = Sink { dir, files };
+    let outs = &sink.files;
 
     let pool = pool(cfg.threads)?;
     // Per-tensor statistics some schemes need first (per-tensor scales).
@@ -182,14 +190,14 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     // file, and the kernel's copy overlaps with computing). The bounded channel caps the
     // bytes in flight.
     let results = std::thread::scope(|scope| -> Result<Vec<ChunkResult>> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Bytes<'_>)>(WRITE_QUEUE);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<((usize, u64), Bytes<'_>)>(WRITE_QUEUE);
         let src = &src;
         let writer = scope.spawn(move || -> Result<()> {
-            for (offset, bytes) in rx {
+            for ((file, offset), bytes) in rx {
                 match bytes {
-                    Bytes::Owned(v) => out.write_at(offset, &v)?,
+                    Bytes::Owned(v) => outs[file].write_at(offset, &v)?,
                     Bytes::Mapped { tensor, start, end } => {
-                        out.write_at(offset, &src.bytes(tensor)[start..end])?;
+                        outs[file].write_at(offset, &src.bytes(tensor)[start..end])?;
                         src.release(tensor, start, end);
                     }
                 }
@@ -232,14 +240,13 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         .map(|(tp, r)| row(tp, r))
         .collect();
 
-    // Finish the container.
-    match sink {
-        Sink::File(f) => f.commit()?,
-        Sink::Dir(dir, f) => {
-            f.commit()?;
-            meta::write_side_files(&src, &plan, cfg, dir.path())?;
-            dir.commit()?;
-        }
+    // Finish the container: all files are complete before any is renamed into place.
+    for f in sink.files {
+        f.commit()?;
+    }
+    if let Some(dir) = sink.dir {
+        meta::write_side_files(&src, &plan, cfg, dir.path())?;
+        dir.commit()?;
     }
     let report = Report::new(
         "quantize",
@@ -254,38 +261,30 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     })
 }
 
-/// Header bytes, absolute offsets of every output tensor (per plan tensor, per slot), total length.
-fn layout(
-    plan: &Plan,
-    src: &ModelSource,
-    cfg: &QuantizeConfig,
-) -> Result<(Vec<u8>, Vec<Vec<u64>>, u64)> {
+/// The output files and, per plan tensor and slot, (file index, absolute offset).
+type Layout = (Vec<FileLayout>, Vec<Vec<(usize, u64)>>);
+
+fn layout(plan: &Plan, src: &ModelSource, cfg: &QuantizeConfig) -> Result<Layout> {
     let flat: Vec<&crate::plan::OutTensor> = plan.tensors.iter().flat_map(|t| &t.outputs).collect();
-    let (header, offs, total) = match plan.kind {
+    let (files, offs): (Vec<FileLayout>, Vec<(usize, u64)>) = match plan.kind {
         OutputKind::Gguf => {
             let kvs = meta::gguf_metadata(src, plan, cfg)?;
             let tps: Vec<gguf::TensorPlan> = flat
                 .iter()
                 .map(|o| gguf::TensorPlan {
                     name: o.name.clone(),
-                    ne: o.shape.iter().rev().map(|&d| d as u64).collect::<Vec<_>>(),
+                    ne: if o.shape.is_empty() {
+                        vec![1]
+                    } else {
+                        o.shape.iter().rev().map(|&d| d as u64).collect()
+                    },
                     ty: match o.ty {
                         SlotType::Ggml(t) => t,
                         SlotType::Dtype(_) => unreachable!("GGUF outputs carry ggml types"),
                     },
                 })
-                .map(|mut t| {
-                    if t.ne.is_empty() {
-                        t.ne.push(1);
-                    }
-                    t
-                })
                 .collect();
-            let l = gguf::plan(&kvs, &tps).map_err(|e| Error::Output {
-                path: plan.output.clone(),
-                msg: e.to_string(),
-            })?;
-            (l.header, l.offsets, l.total_len)
+            gguf_files(&plan.output, kvs, tps, cfg.split_max_bytes)?
         }
         OutputKind::SafetensorsFile | OutputKind::SafetensorsDir => {
             let entries: Vec<StEntry> = flat
@@ -305,7 +304,18 @@ fn layout(
                 md.insert("quantization_config".to_string(), qc.to_string());
             }
             let l = plan_layout(&entries, &md);
-            (l.header, l.offsets, l.total_len)
+            let path = match plan.kind {
+                OutputKind::SafetensorsDir => "model.safetensors".into(),
+                _ => plan.output.clone(),
+            };
+            (
+                vec![FileLayout {
+                    path,
+                    header: l.header,
+                    total_len: l.total_len,
+                }],
+                l.offsets.into_iter().map(|o| (0, o)).collect(),
+            )
         }
     };
     let mut it = offs.into_iter();
@@ -319,7 +329,74 @@ fn layout(
                 .collect()
         })
         .collect();
-    Ok((header, per, total))
+    Ok((files, per))
+}
+
+/// llama.cpp's split file name: `{stem}-{no:05}-of-{count:05}.gguf` (1-based).
+pub fn split_path(output: &std::path::Path, no: usize, count: usize) -> std::path::PathBuf {
+    let s = output.to_string_lossy();
+    let stem = s.strip_suffix(".gguf").unwrap_or(&s);
+    std::path::PathBuf::from(format!("{stem}-{:05}-of-{:05}.gguf", no + 1, count))
+}
+
+/// One GGUF, or (with a size limit) llama.cpp's split set: tensors in order, a new file when
+/// the next tensor would take a file's tensor data past the limit; all metadata in the first
+/// file, `split.no` / `split.count` / `split.tensors.count` in every file.
+fn gguf_files(
+    output: &std::path::Path,
+    kvs: Vec<(String, gguf::Value)>,
+    tps: Vec<gguf::TensorPlan>,
+    max: Option<u64>,
+) -> Result<(Vec<FileLayout>, Vec<(usize, u64)>)> {
+    let perr = |e: gguf::PlanError| Error::Output {
+        path: output.to_path_buf(),
+        msg: e.to_string(),
+    };
+    let Some(max) = max else {
+        let l = gguf::plan(&kvs, &tps).map_err(perr)?;
+        return Ok((
+            vec![FileLayout {
+                path: output.to_path_buf(),
+                header: l.header,
+                total_len: l.total_len,
+            }],
+            l.offsets.into_iter().map(|o| (0, o)).collect(),
+        ));
+    };
+    let mut groups: Vec<Vec<usize>> = vec![vec![]];
+    let mut cur = 0u64;
+    for (i, t) in tps.iter().enumerate() {
+        let n = t.nbytes().next_multiple_of(gguf::DEFAULT_ALIGNMENT);
+        if cur + n > max && !groups.last().expect("one group").is_empty() {
+            groups.push(vec![]);
+            cur = 0;
+        }
+        cur += n;
+        groups.last_mut().expect("one group").push(i);
+    }
+    let count = groups.len();
+    let mut files = Vec::with_capacity(count);
+    let mut offs = vec![(0usize, 0u64); tps.len()];
+    for (no, g) in groups.iter().enumerate() {
+        let mut k = if no == 0 { kvs.clone() } else { vec![] };
+        k.push(("split.no".into(), gguf::Value::U16(no as u16)));
+        k.push(("split.count".into(), gguf::Value::U16(count as u16)));
+        k.push((
+            "split.tensors.count".into(),
+            gguf::Value::I32(tps.len() as i32),
+        ));
+        let sub: Vec<gguf::TensorPlan> = g.iter().map(|&i| tps[i].clone()).collect();
+        let l = gguf::plan(&k, &sub).map_err(perr)?;
+        for (j, &i) in g.iter().enumerate() {
+            offs[i] = (no, l.offsets[j]);
+        }
+        files.push(FileLayout {
+            path: split_path(output, no, count),
+            header: l.header,
+            total_len: l.total_len,
+        });
+    }
+    Ok((files, offs))
 }
 
 fn tensor_err(src: &ModelSource, tp: &TensorPlan, msg: String) -> Error {
@@ -408,7 +485,7 @@ fn tensor_min_max(
 fn run_chunk<'a>(
     src: &'a ModelSource,
     tp: &TensorPlan,
-    offsets: &[u64],
+    offsets: &[(usize, u64)],
     r0: usize,
     r1: usize,
     tstats: TensorStats,
@@ -430,7 +507,7 @@ fn run_chunk<'a>(
             // the writer releases these pages once they are written
             send(
                 tx,
-                offsets[0] + b0 as u64,
+                (offsets[0].0, offsets[0].1 + b0 as u64),
                 Bytes::Mapped {
                     tensor: st,
                     start: b0,
@@ -477,7 +554,7 @@ fn run_chunk<'a>(
             for p in enc.pieces {
                 send(
                     tx,
-                    offsets[p.slot] + p.offset as u64,
+                    (offsets[p.slot].0, offsets[p.slot].1 + p.offset as u64),
                     Bytes::Owned(p.bytes),
                     &cfg.input,
                 )?;

@@ -3,6 +3,9 @@
 //! outlier channels) and deterministic.
 //!
 //!   cargo run --release --example gen_checkpoint -- OUT.safetensors SIZE_GB
+//!
+//! When OUT is a folder (no .safetensors suffix) it becomes a Hugging Face llama folder:
+//! model.safetensors, config.json, and the fixture's tokenizer files.
 
 use qs_formats::safetensors::{plan_layout, StEntry};
 use qs_numeric::synth::weight_matrix;
@@ -83,7 +86,22 @@ fn main() {
         .iter()
         .flat_map(|v| qs_numeric::dtype::f32_to_bf16_bits(*v).to_le_bytes())
         .collect();
-    let f = std::fs::File::create(&args[1]).expect("create output");
+    let out = std::path::PathBuf::from(&args[1]);
+    let file = if out.extension().is_some_and(|e| e == "safetensors") {
+        out.clone()
+    } else {
+        std::fs::create_dir_all(&out).expect("create folder");
+        let cfg = format!(
+            r#"{{"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":{hidden},"intermediate_size":{inter},"num_hidden_layers":{l},"num_attention_heads":32,"num_key_value_heads":32,"vocab_size":{vocab},"max_position_embeddings":4096,"rms_norm_eps":1e-5,"rope_theta":10000.0,"tie_word_embeddings":false,"torch_dtype":"bfloat16","bos_token_id":1,"eos_token_id":2}}"#
+        );
+        std::fs::write(out.join("config.json"), cfg).expect("config.json");
+        let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny-llama");
+        for f in ["tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(fx.join(f), out.join(f)).expect("tokenizer files");
+        }
+        out.join("model.safetensors")
+    };
+    let f = std::fs::File::create(&file).expect("create output");
     let mut w = BufWriter::with_capacity(1 << 22, f);
     w.write_all(&layout.header).unwrap();
     let mut order: Vec<usize> = (0..entries.len()).collect();

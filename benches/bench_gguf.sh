@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# HF folder -> Q4_K_M GGUF: quantsmith in one pass, vs llama-quantize from an F16 GGUF.
+#   bash benches/bench_gguf.sh        (after .ci/run has built llama.cpp into the cache)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH_DIR="${BENCH_DIR:-/tmp/qs-bench}"
+THREADS="${THREADS:-2}"
+CACHE="${QS_CACHE:-$HOME/.cache/quantsmith}"
+LQ="${LLAMA_QUANTIZE:-$CACHE/llama.cpp/bin/llama-quantize}"
+mkdir -p "$BENCH_DIR"
+cargo build --release --quiet --bin quantize --example gen_checkpoint
+T="${CARGO_TARGET_DIR:-target}/release"
+Q="$T/quantize"
+M="$BENCH_DIR/llama-1g-hf"
+[ -f "$M/model.safetensors" ] || "$T/examples/gen_checkpoint" "$M" 1
+size=$(stat -c %s "$M/model.safetensors")
+run() { sync; /usr/bin/time -f "%e %M" "$@" 2>&1 >/dev/null | tail -1; }
+rm -f "$BENCH_DIR"/b-*.gguf
+read -r w1 r1 < <(run "$Q" "$M" --to q4_k_m -o "$BENCH_DIR/b-ours.gguf" -j "$THREADS" -q)
+read -r w2 r2 < <(run "$Q" "$M" --to f16 -o "$BENCH_DIR/b-f16.gguf" -j "$THREADS" -q)
+read -r w3 r3 < <(run "$LQ" "$BENCH_DIR/b-f16.gguf" "$BENCH_DIR/b-lq.gguf" Q4_K_M "$THREADS")
+same=$("$Q" verify "$M" "$BENCH_DIR/b-ours.gguf" --report "$BENCH_DIR/a.json" -q && "$Q" verify "$M" "$BENCH_DIR/b-lq.gguf" --report "$BENCH_DIR/b.json" -q \
+  && python3 -c "import json;a=json.load(open('$BENCH_DIR/a.json'));b=json.load(open('$BENCH_DIR/b.json'));print('identical errors' if a['rows']==b['rows'] else 'errors differ')")
+echo "input: $(python3 -c "print(f'{$size/1e9:.2f}')") GB bf16, llama-7B-shaped, $THREADS threads ($same)"
+echo "| pipeline | wall s | peak RSS MB |"
+echo "|---|---|---|"
+echo "| quantsmith: HF folder -> Q4_K_M GGUF | $w1 | $((r1 / 1024)) |"
+echo "| quantsmith: HF folder -> F16 GGUF | $w2 | $((r2 / 1024)) |"
+echo "| llama-quantize: F16 GGUF -> Q4_K_M | $w3 | $((r3 / 1024)) |"
+echo "| F16 GGUF + llama-quantize, total | $(python3 -c "print(f'{$w2+$w3:.2f}')") | |"

@@ -37,24 +37,32 @@ pub fn quantize<S: AsRef<OsStr>>(args: &[S]) -> Run {
     }
 }
 
-/// The Python with the oracles (`gguf`, `numpy`, `ml_dtypes`) installed by `.ci/run`.
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("QS_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let cache = std::env::var_os("QS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or(home.join(".cache/quantsmith"));
-    let p = cache.join("venv/bin/python");
+/// An oracle installed by `.ci/run`: `$ENV` if set, else `rel` under the cache
+/// ($QS_CACHE, else ~/.cache/quantsmith).
+fn oracle_path(env: &str, rel: &str) -> PathBuf {
+    let p = match std::env::var_os(env) {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            std::env::var_os("QS_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or(home.join(".cache/quantsmith"))
+                .join(rel)
+        }
+    };
     assert!(
         p.exists(),
-        "oracle Python not found at {} — run `bash .ci/run` once (it creates the venv) or set QS_PYTHON",
+        "oracle not found at {} — run `bash .ci/run` once (it installs the oracles) or set {env}",
         p.display()
     );
     p
+}
+
+/// The Python with the oracles (`gguf`, `numpy`, `ml_dtypes`, `tokenizers`).
+pub fn python() -> PathBuf {
+    oracle_path("QS_PYTHON", "venv/bin/python")
 }
 
 /// Runs the oracle script; panics with its message unless it prints `"ok": true`.
@@ -117,44 +125,11 @@ pub fn read_json(p: &Path) -> serde_json::Value {
 
 /// A binary built from llama.cpp's sources by `.ci/run` (llama-quantize, llama-logits).
 pub fn llama_bin(name: &str) -> PathBuf {
-    let dir = match std::env::var_os("QS_LLAMA_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            std::env::var_os("QS_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or(home.join(".cache/quantsmith"))
-                .join("llama.cpp/bin")
-        }
-    };
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} not found — run `bash .ci/run` once (it builds llama.cpp) or set QS_LLAMA_BIN",
-        p.display()
-    );
-    p
+    oracle_path("QS_LLAMA_BIN", "llama.cpp/bin").join(name)
 }
 
 /// ggml's own quantizer (tests/oracle/ggml_quant.c linked against ggml built from llama.cpp's
 /// sources by `.ci/run`).
 pub fn ggml_quant() -> PathBuf {
-    if let Some(p) = std::env::var_os("QS_GGML_QUANT") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let cache = std::env::var_os("QS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or(home.join(".cache/quantsmith"));
-    let p = cache.join("llama.cpp/ggml-quant");
-    assert!(
-        p.exists(),
-        "ggml oracle not found at {} — run `bash .ci/run` once (it builds it) or set QS_GGML_QUANT",
-        p.display()
-    );
-    p
+    oracle_path("QS_GGML_QUANT", "llama.cpp/ggml-quant")
 }

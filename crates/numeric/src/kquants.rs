@@ -783,88 +783,10 @@ pub fn dequantize_block_iq4_nl(b: &[u8], y: &mut [f32]) {
 
 // ---------------------------------------------------------------------------------------------
 // With an importance matrix (llama-quantize --imatrix): ggml's `quantize_row_*_impl`.
-// `qw` holds the per-column importance of the values being quantized.
-
-/// `make_qkx3_quants`: as `make_qkx2_quants` but weights default to x² and a `max <= min`
-/// early exit. Returns (scale, -min).
-#[allow(clippy::too_many_arguments)]
-fn make_qkx3_quants(
-    x: &[f32],
-    weights: &[f32],
-    nmax: i32,
-    l_out: &mut [u8],
-    laux: &mut [u8],
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
-) -> (f32, f32) {
-    let n = x.len();
-    let mut min = x[0];
-    let mut max = x[0];
-    let mut sum_w = weights[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..n {
-        if x[i] < min {
-            min = x[i];
-        }
-        if x[i] > max {
-            max = x[i];
-        }
-        let w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if min > 0.0 {
-        min = 0.0;
-    }
-    if max <= min {
-        l_out[..n].fill(0);
-        return (0.0, -min);
-    }
-    let mut iscale = nmax as f32 / (max - min);
-    let mut scale = 1.0 / iscale;
-    let mut best = 0f32;
-    for i in 0..n {
-        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-        l_out[i] = l as u8;
-        let diff = scale * l as f32 + min - x[i];
-        best += weights[i] * (diff * diff);
-    }
-    for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
-        for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            laux[i] = l as u8;
-            let w = weights[i];
-            let lf = l as f32;
-            sum_l += w * lf;
-            sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
-        }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut mad = 0f32;
-            for i in 0..n {
-                let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                mad += weights[i] * (diff * diff);
-            }
-            if mad < best {
-                l_out[..n].copy_from_slice(&laux[..n]);
-                best = mad;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    (scale, -min)
-}
+// `qw` holds the per-column importance of the values being quantized. (ggml's
+// `make_qkx3_quants`, which these use, computes exactly what `make_qkx2_quants` does with
+// squared errors and explicit weights: `max <= min` and `max == min` coincide after min is
+// clamped to at most 0.)
 
 /// `make_qp_quants`: non-negative levels 0..nmax for the (non-negative) sub-block scales,
 /// weighted least squares with coordinate-descent refinement.
@@ -975,7 +897,7 @@ pub fn quantize_block_q2_k_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
         for w in &weight {
             sw[j] += w;
         }
-        let (s, m) = make_qkx3_quants(
+        let (s, m) = make_qkx2_quants(
             &x[16 * j..16 * j + 16],
             &weight,
             3,
@@ -984,6 +906,7 @@ pub fn quantize_block_q2_k_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
             -0.9,
             0.05,
             36,
+            false,
         );
         scales[j] = s;
         mins[j] = m;
@@ -1118,7 +1041,7 @@ fn q45_k_scales_imatrix(
             sumw += w;
         }
         sw[j] = sumw;
-        let (s, m) = make_qkx3_quants(
+        let (s, m) = make_qkx2_quants(
             &x[32 * j..32 * j + 32],
             &weights,
             nmax,
@@ -1127,6 +1050,7 @@ fn q45_k_scales_imatrix(
             -0.9,
             0.05,
             36,
+            false,
         );
         scales[j] = s;
         mins[j] = m;
@@ -1267,7 +1191,7 @@ pub fn quantize_block_q4_1_or_q5_1_imatrix(
         w[j] = qw[j] * (sigma2 + x[j] * x[j]).sqrt();
     }
     let (mut l, mut laux) = ([0u8; 32], [0u8; 32]);
-    let (d, min) = make_qkx3_quants(
+    let (d, min) = make_qkx2_quants(
         x,
         &w,
         if five { 31 } else { 15 },
@@ -1276,6 +1200,7 @@ pub fn quantize_block_q4_1_or_q5_1_imatrix(
         -0.9,
         0.05,
         36,
+        false,
     );
     y[0..2].copy_from_slice(&f16_bits(d));
     y[2..4].copy_from_slice(&f16_bits(-min));

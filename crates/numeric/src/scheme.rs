@@ -110,6 +110,24 @@ pub enum SchemeError {
 }
 
 impl Scheme {
+    /// How a stored ggml tensor decodes: plain floats, or ggml blocks. `None` for types we
+    /// cannot dequantize.
+    pub fn for_ggml(ty: GgmlType) -> Option<Scheme> {
+        let float = |dtype| {
+            Some(Scheme::Float {
+                dtype,
+                clamp: false,
+            })
+        };
+        match ty {
+            GgmlType::F32 => float(DType::F32),
+            GgmlType::F16 => float(DType::F16),
+            GgmlType::BF16 => float(DType::BF16),
+            t if t.can_dequantize() => Some(Scheme::Ggml(t)),
+            _ => None,
+        }
+    }
+
     /// Short human name, e.g. `int4-sym-g128`, `Q4_0`, `fp8-e4m3-channel`, `F16`.
     pub fn label(&self) -> String {
         match self {

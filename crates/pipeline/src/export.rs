@@ -12,7 +12,7 @@ use qs_formats::gguf::{GgufFile, GgufTensor, Value};
 use qs_formats::output::{AtomicDir, AtomicFile};
 use qs_formats::safetensors::{plan_layout, StEntry};
 use qs_numeric::scheme::rows_cols;
-use qs_numeric::{DType, GgmlType, Scheme};
+use qs_numeric::{DType, Scheme};
 use serde_json::{json, Map, Value as Json};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -360,30 +360,16 @@ pub fn export(
     let mut outs = Vec::new();
     for t in &g.tensors {
         let (hf, permute) = names[&t.name].clone();
-        let scheme = match t.ty {
-            GgmlType::F32 => Scheme::Float {
-                dtype: DType::F32,
-                clamp: false,
-            },
-            GgmlType::F16 => Scheme::Float {
-                dtype: DType::F16,
-                clamp: false,
-            },
-            GgmlType::BF16 => Scheme::Float {
-                dtype: DType::BF16,
-                clamp: false,
-            },
-            ty if ty.can_dequantize() => Scheme::Ggml(ty),
-            ty => {
-                return Err(err(
-                    &g,
-                    format!(
-                        "tensor '{}': dequantizing {ty} is not supported yet",
-                        t.name
-                    ),
-                ))
-            }
-        };
+        let scheme = Scheme::for_ggml(t.ty).ok_or_else(|| {
+            let ty = t.ty;
+            err(
+                &g,
+                format!(
+                    "tensor '{}': dequantizing {ty} is not supported yet",
+                    t.name
+                ),
+            )
+        })?;
         outs.push(Out {
             t,
             hf,

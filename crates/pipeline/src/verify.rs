@@ -15,7 +15,7 @@ use qs_formats::source::ModelSource;
 use qs_numeric::dtype::decode_f32;
 use qs_numeric::rtn::IntSpec;
 use qs_numeric::scheme::rows_cols;
-use qs_numeric::{DType, ErrorStats, GgmlType, Granularity, Scheme};
+use qs_numeric::{DType, ErrorStats, Granularity, Scheme};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -221,28 +221,14 @@ fn gguf_logical<'a>(g: &'a GgufFile, orig: &ModelSource) -> Result<Vec<Logical<'
     }
     let mut v = Vec::new();
     for t in &g.tensors {
-        let scheme = match t.ty {
-            GgmlType::F32 => Scheme::Float {
-                dtype: DType::F32,
-                clamp: false,
-            },
-            GgmlType::F16 => Scheme::Float {
-                dtype: DType::F16,
-                clamp: false,
-            },
-            GgmlType::BF16 => Scheme::Float {
-                dtype: DType::BF16,
-                clamp: false,
-            },
-            ty if ty.can_dequantize() => Scheme::Ggml(ty),
-            ty => {
-                return Err(Error::Verify(format!(
-                    "{}: tensor '{}': dequantizing {ty} is not supported yet",
-                    g.path.display(),
-                    t.name
-                )))
-            }
-        };
+        let scheme = Scheme::for_ggml(t.ty).ok_or_else(|| {
+            let ty = t.ty;
+            Error::Verify(format!(
+                "{}: tensor '{}': dequantizing {ty} is not supported yet",
+                g.path.display(),
+                t.name
+            ))
+        })?;
         let b = g.bytes(t);
         let (name, permute) = back.get(&t.name).cloned().unwrap_or((t.name.clone(), None));
         v.push(Logical {

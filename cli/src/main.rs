@@ -130,6 +130,12 @@ struct RunArgs {
     /// llama.cpp's gguf-split names them.
     #[arg(long, value_name = "SIZE", value_parser = quantsmith::config::parse_size)]
     split_max_size: Option<u64>,
+    /// GGUF: type of output.weight (and of tied embeddings), as llama-quantize's option.
+    #[arg(long, value_name = "TYPE", value_parser = quantsmith::config::parse_ggml_type)]
+    output_tensor_type: Option<quantsmith::qs_numeric_types::GgmlType>,
+    /// GGUF: type of token_embd.weight, as llama-quantize's option.
+    #[arg(long, value_name = "TYPE", value_parser = quantsmith::config::parse_ggml_type)]
+    token_embedding_type: Option<quantsmith::qs_numeric_types::GgmlType>,
     /// GGUF: one type for every quantizable tensor instead of llama-quantize's mixture
     /// (as llama-quantize --pure).
     #[arg(long)]
@@ -194,6 +200,8 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.imatrix = a.imatrix;
     cfg.allow_requantize = a.allow_requantize;
     cfg.split_max_bytes = a.split_max_size;
+    cfg.output_tensor_type = a.output_tensor_type;
+    cfg.token_embedding_type = a.token_embedding_type;
     cfg.output = a.output;
     cfg.group = a.group;
     cfg.granularity = a.granularity;

@@ -867,3 +867,67 @@ fn split_output_loads_in_llama_cpp() {
     let b = llama_logits(&d.path().join(parts[0]), &d.path().join("b.f32"));
     assert!(a == b, "same logits from the split set");
 }
+
+/// --output-tensor-type / --token-embedding-type as llama-quantize applies them.
+#[test]
+fn output_and_embedding_type_options_equal_llama_quantize() {
+    let d = tempfile::tempdir().unwrap();
+    let m = d.path().join("m");
+    synthetic_llama(&m, 4, 256, 256, 8, 2);
+    let f32g = d.path().join("f32.gguf");
+    quantize(&[
+        m.as_os_str(),
+        "--to".as_ref(),
+        "f32".as_ref(),
+        "-o".as_ref(),
+        f32g.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let theirs = d.path().join("ref.gguf");
+    let o = Command::new(llama_bin("llama-quantize"))
+        .args([
+            "--output-tensor-type",
+            "q8_0",
+            "--token-embedding-type",
+            "q5_k",
+        ])
+        .arg(&f32g)
+        .arg(&theirs)
+        .arg("Q4_K_M")
+        .arg("1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = d.path().join("ours.gguf");
+    quantize(&[
+        m.as_os_str(),
+        "--to".as_ref(),
+        "q4_k_m".as_ref(),
+        "--output-tensor-type".as_ref(),
+        "q8_0".as_ref(),
+        "--token-embedding-type".as_ref(),
+        "q5_k".as_ref(),
+        "-o".as_ref(),
+        ours.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let (a, b) = (
+        qs_formats::gguf::GgufFile::open(&ours).unwrap(),
+        qs_formats::gguf::GgufFile::open(&theirs).unwrap(),
+    );
+    for tb in &b.tensors {
+        let ta = a.tensors.iter().find(|x| x.name == tb.name).unwrap();
+        assert_eq!(ta.ty, tb.ty, "{}", tb.name);
+        assert!(a.bytes(ta) == b.bytes(tb), "{} bytes differ", tb.name);
+    }
+    assert_eq!(
+        a.tensors
+            .iter()
+            .find(|t| t.name == "output.weight")
+            .unwrap()
+            .ty,
+        qs_numeric::GgmlType::Q8_0
+    );
+}

@@ -149,6 +149,10 @@ pub struct QuantizeConfig {
     /// GGUF: split into files of at most this many bytes of tensor data (llama.cpp's
     /// `{stem}-00001-of-0000N.gguf` convention).
     pub split_max_bytes: Option<u64>,
+    /// GGUF of a converted model: type of `output.weight` (and of tied embeddings).
+    pub output_tensor_type: Option<GgmlType>,
+    /// GGUF of a converted model: type of `token_embd.weight`.
+    pub token_embedding_type: Option<GgmlType>,
 }
 
 impl QuantizeConfig {
@@ -176,6 +180,8 @@ impl QuantizeConfig {
             imatrix: None,
             allow_requantize: false,
             split_max_bytes: None,
+            output_tensor_type: None,
+            token_embedding_type: None,
         }
     }
 
@@ -233,4 +239,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err("split size must be positive".into());
     }
     Ok(n * mul)
+}
+
+/// Parses a ggml type we can write (`q6_k`, `q8_0`, `f16`, …).
+pub fn parse_ggml_type(s: &str) -> Result<GgmlType, String> {
+    match GgmlType::from_name(s) {
+        Some(t) if t.can_quantize() => Ok(t),
+        _ => Err(format!("'{s}' is not a ggml type we can write")),
+    }
 }

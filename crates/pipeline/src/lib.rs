@@ -25,6 +25,11 @@ pub use inspect::inspect;
 pub use report::Report;
 pub use verify::verify;
 
+/// Element and block types, re-exported for front ends.
+pub mod qs_numeric_types {
+    pub use qs_numeric::{DType, GgmlType};
+}
+
 /// Progress callbacks (bytes of input). Implemented by the CLI with indicatif.
 pub trait Progress: Sync {
     fn start(&self, _total_bytes: u64) {}

@@ -319,6 +319,23 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             .iter()
             .find(|(re, _)| re.is_match(name) || (arch.is_some() && re.is_match(&out_name)))
             .map(|(_, t)| *t);
+        // --token-embedding-type / --output-tensor-type come first, as in llama-quantize (the
+        // output type also covers tied embeddings)
+        let special = match (out_name.as_str(), &llama_mix) {
+            ("token_embd.weight", Some((_, info))) => cfg
+                .token_embedding_type
+                .or(cfg.output_tensor_type.filter(|_| info.tied_embeddings)),
+            ("output.weight", Some(_)) => cfg.output_tensor_type,
+            _ => None,
+        };
+        let forced = special
+            .map(|t| match t {
+                GgmlType::F32 => Target::Float(DType::F32),
+                GgmlType::F16 => Target::Float(DType::F16),
+                GgmlType::BF16 => Target::Float(DType::BF16),
+                t => Target::Ggml(t),
+            })
+            .or(forced);
         let target = match (forced, llama_mix) {
             (Some(t), _) => t,
             (None, Some((f, info))) => {

@@ -255,6 +255,19 @@ fn synthetic_llama(
     heads: usize,
     kv: usize,
 ) {
+    synthetic_model(dir, "llama", layers, hidden, inter, heads, kv)
+}
+
+/// As [`synthetic_llama`] for `model_type` llama, qwen2 (q/k/v biases) or qwen3 (q/k norms).
+fn synthetic_model(
+    dir: &Path,
+    model_type: &str,
+    layers: usize,
+    hidden: usize,
+    inter: usize,
+    heads: usize,
+    kv: usize,
+) {
     use qs_numeric::synth::weight_matrix;
     use safetensors::Dtype;
     std::fs::create_dir_all(dir).unwrap();
@@ -293,6 +306,28 @@ fn synthetic_llama(
             vec![hidden, heads * hd],
             weight_matrix(hidden, heads * hd, 0.02, s + 5),
         ));
+        if model_type == "qwen2" {
+            for (n, rows, seed) in [
+                ("q", heads * hd, 11),
+                ("k", kv * hd, 12),
+                ("v", kv * hd, 13),
+            ] {
+                ts.push((
+                    format!("{p}self_attn.{n}_proj.bias"),
+                    vec![rows],
+                    weight_matrix(1, rows, 0.05, s + seed),
+                ));
+            }
+        }
+        if model_type == "qwen3" {
+            for n in ["q", "k"] {
+                let w = weight_matrix(1, hd, 0.1, s + 14)
+                    .iter()
+                    .map(|v| 1.0 + v)
+                    .collect();
+                ts.push((format!("{p}self_attn.{n}_norm.weight"), vec![hd], w));
+            }
+        }
         ts.push((
             format!("{p}post_attention_layernorm.weight"),
             vec![hidden],
@@ -326,6 +361,12 @@ fn synthetic_llama(
         .collect();
     write_st(&dir.join("model.safetensors"), &owned);
     let mut cfg = read_json(&fixture().join("config.json"));
+    cfg["model_type"] = model_type.into();
+    cfg["architectures"] = serde_json::json!([match model_type {
+        "qwen2" => "Qwen2ForCausalLM",
+        "qwen3" => "Qwen3ForCausalLM",
+        _ => "LlamaForCausalLM",
+    }]);
     cfg["num_hidden_layers"] = layers.into();
     cfg["hidden_size"] = hidden.into();
     cfg["intermediate_size"] = inter.into();
@@ -930,4 +971,49 @@ fn output_and_embedding_type_options_equal_llama_quantize() {
             .ty,
         qs_numeric::GgmlType::Q8_0
     );
+}
+
+/// Qwen2 (q/k/v biases, NEOX rope: no permutation) and Qwen3 (per-head q/k RMS norms): llama.cpp
+/// loads our conversion and its logits match the numpy reference of the HF weights.
+#[test]
+fn qwen2_and_qwen3_conversions_run_in_llama_cpp() {
+    let d = tempfile::tempdir().unwrap();
+    for mt in ["qwen2", "qwen3"] {
+        let m = d.path().join(mt);
+        synthetic_model(&m, mt, 2, 256, 512, 4, 2);
+        let g = d.path().join(format!("{mt}.gguf"));
+        quantize(&[
+            m.as_os_str(),
+            "--to".as_ref(),
+            "f32".as_ref(),
+            "-o".as_ref(),
+            g.as_os_str(),
+            "-q".as_ref(),
+        ])
+        .ok();
+        let gg = qs_formats::gguf::GgufFile::open(&g).unwrap();
+        assert_eq!(
+            gg.get("general.architecture"),
+            Some(&qs_formats::gguf::Value::String(mt.into()))
+        );
+        let ours = llama_logits(&g, &d.path().join(format!("{mt}.f32")));
+        let reference = reference_logits(&m, &d.path().join(format!("{mt}-ref.f32")));
+        let worst = ours
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let cos = cosine(&ours, &reference);
+        eprintln!("{mt}: max |Δlogit| {worst}, cosine {cos}");
+        // f32 weights: llama.cpp's f32 arithmetic and f16 KV cache are the only differences
+        assert!(
+            worst < 0.1 && cos > 0.99999,
+            "{mt}: llama.cpp logits differ from the reference by {worst} (cosine {cos})"
+        );
+        assert_eq!(
+            argmaxes(&ours, 512),
+            argmaxes(&reference, 512),
+            "{mt}: top-1"
+        );
+    }
 }

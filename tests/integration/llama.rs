@@ -139,6 +139,7 @@ fn our_tensors_equal_llama_quantize_output() {
     .ok();
     for t in [
         "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",
+        "IQ4_XS",
     ] {
         let theirs = d.path().join(format!("ref-{t}.gguf"));
         let o = Command::new(llama_bin("llama-quantize"))
@@ -403,7 +404,7 @@ fn mixtures_equal_llama_quantize() {
         .ok();
         for ft in [
             "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
-            "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL",
+            "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS",
         ] {
             let theirs = model.join(format!("ref-{ft}.gguf"));
             let o = Command::new(llama_bin("llama-quantize"))
@@ -533,7 +534,9 @@ fn importance_matrix_quantization_equals_llama_quantize() {
     ])
     .ok();
     let (gg, dat) = write_imatrix(&f32g, d.path());
-    for ft in ["Q4_K_M", "Q4_0", "Q5_1", "IQ4_NL", "Q2_K", "Q3_K_S", "Q6_K"] {
+    for ft in [
+        "Q4_K_M", "Q4_0", "Q5_1", "IQ4_NL", "IQ4_XS", "Q2_K", "Q3_K_S", "Q6_K",
+    ] {
         let theirs = d.path().join(format!("ref-{ft}.gguf"));
         let o = Command::new(llama_bin("llama-quantize"))
             .arg("--imatrix")

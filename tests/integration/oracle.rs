@@ -175,6 +175,7 @@ fn ggml_codecs_match_ggml_quantize_chunk() {
         GgmlType::Q5_K,
         GgmlType::Q6_K,
         GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
     ] {
         let (q_path, deq_path) = (
             d.path().join(format!("{ty}.q")),
@@ -258,6 +259,7 @@ fn ggml_codecs_with_importance_matrix_match_ggml() {
         GgmlType::Q5_K,
         GgmlType::Q6_K,
         GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
     ] {
         let (q_path, deq_path) = (
             d.path().join(format!("{ty}.q")),

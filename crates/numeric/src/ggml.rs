@@ -200,6 +200,7 @@ impl GgmlType {
                 | Q5_K
                 | Q6_K
                 | IQ4_NL
+                | IQ4_XS
         )
     }
 
@@ -399,6 +400,7 @@ fn quantize_block(ty: GgmlType, x: &[f32], y: &mut [u8]) {
         Q5_K => kq::quantize_block_q5_k(x, y),
         Q6_K => kq::quantize_block_q6_k(x, None, y),
         IQ4_NL => kq::quantize_block_iq4_nl(x, y),
+        IQ4_XS => kq::quantize_block_iq4_xs(x, None, y),
         _ => unreachable!("quantize_block called with {ty}"),
     }
 }
@@ -448,6 +450,7 @@ fn dequantize_block_k(ty: GgmlType, b: &[u8], out: &mut [f32]) -> bool {
         Q5_K => kq::dequantize_block_q5_k(b, out),
         Q6_K => kq::dequantize_block_q6_k(b, out),
         IQ4_NL => kq::dequantize_block_iq4_nl(b, out),
+        IQ4_XS => kq::dequantize_block_iq4_xs(b, out),
         _ => return false,
     }
     true
@@ -477,6 +480,7 @@ pub fn quantize_row_weighted(ty: GgmlType, x: &[f32], qw: &[f32], y: &mut [u8]) 
             Q5_K => kq::quantize_block_q5_k_imatrix(xb, wb, yb),
             Q6_K => kq::quantize_block_q6_k(xb, Some(wb), yb),
             IQ4_NL => kq::quantize_block_iq4_nl_imatrix(xb, wb, yb),
+            IQ4_XS => kq::quantize_block_iq4_xs(xb, Some(wb), yb),
             _ => return quantize_row(ty, x, y),
         }
     }
@@ -488,7 +492,7 @@ pub fn dequantize_row_ref(ty: GgmlType, y: &[u8], x: &mut [f32]) {
     let (bs, bb) = ty.block();
     assert!(ty.can_dequantize(), "cannot dequantize {ty}");
     assert_eq!(y.len(), x.len() / bs * bb);
-    if matches!(ty, Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_NL) {
+    if matches!(ty, Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_NL | IQ4_XS) {
         for (b, o) in y.chunks_exact(bb).zip(x.chunks_exact_mut(bs)) {
             dequantize_block_k(ty, b, o);
         }

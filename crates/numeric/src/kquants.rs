@@ -717,9 +717,23 @@ pub fn quantize_block_iq4_nl(x: &[f32], y: &mut [u8]) {
 
 /// `quantize_row_iq4_nl_impl` for one 32-value block with error weights `weight`.
 fn iq4_nl_with_weights(x: &[f32], weight: &[f32], y: &mut [u8]) {
+    let scale = iq4_block_scale(x, weight);
+    y[0..2].copy_from_slice(&f16_bits(scale));
+    let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+    let mut l = [0u8; 32];
+    for j in 0..32 {
+        l[j] = best_index(&IQ4NL_VALUES, id * x[j]) as u8;
+    }
+    for j in 0..16 {
+        y[2 + j] = l[j] | (l[16 + j] << 4);
+    }
+}
+
+/// The scale search of `quantize_row_iq4_nl_impl` for one 32-value block (ntry = 7); 0 for an
+/// all-zero block.
+fn iq4_block_scale(x: &[f32], weight: &[f32]) -> f32 {
     let values = &IQ4NL_VALUES;
     let ntry = 7i32;
-    let mut l = [0u8; 32];
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         let ax = v.abs();
@@ -728,48 +742,101 @@ fn iq4_nl_with_weights(x: &[f32], weight: &[f32], y: &mut [u8]) {
             max = v;
         }
     }
-    let scale = if amax < GROUP_MAX_EPS {
-        0.0
-    } else {
-        let mut d = -max / values[0] as f32;
-        let mut id = 1.0 / d;
-        let (mut sumqx, mut sumq2) = (0f32, 0f32);
+    if amax < GROUP_MAX_EPS {
+        return 0.0;
+    }
+    let mut d = -max / values[0] as f32;
+    let mut id = 1.0 / d;
+    let (mut sumqx, mut sumq2) = (0f32, 0f32);
+    for j in 0..32 {
+        let q = values[best_index(values, id * x[j])] as f32;
+        let w = weight[j];
+        sumqx += w * q * x[j];
+        sumq2 += w * q * q;
+    }
+    d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+    let mut best = d * sumqx;
+    for itry in -ntry..=ntry {
+        id = (itry + values[0] as i32) as f32 / max;
+        sumqx = 0.0;
+        sumq2 = 0.0;
         for j in 0..32 {
-            let al = id * x[j];
-            let k = best_index(values, al);
-            l[j] = k as u8;
-            let q = values[k] as f32;
+            let q = values[best_index(values, id * x[j])] as f32;
             let w = weight[j];
             sumqx += w * q * x[j];
             sumq2 += w * q * q;
         }
-        d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
-        let mut best = d * sumqx;
-        for itry in -ntry..=ntry {
-            id = (itry + values[0] as i32) as f32 / max;
-            sumqx = 0.0;
-            sumq2 = 0.0;
-            for j in 0..32 {
-                let al = id * x[j];
-                let q = values[best_index(values, al)] as f32;
-                let w = weight[j];
-                sumqx += w * q * x[j];
-                sumq2 += w * q * q;
-            }
-            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-                d = sumqx / sumq2;
-                best = d * sumqx;
-            }
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            d = sumqx / sumq2;
+            best = d * sumqx;
         }
-        d
-    };
-    y[0..2].copy_from_slice(&f16_bits(scale));
-    let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-    for j in 0..32 {
-        l[j] = best_index(values, id * x[j]) as u8;
     }
-    for j in 0..16 {
-        y[2 + j] = l[j] | (l[16 + j] << 4);
+    d
+}
+
+/// IQ4_XS block (136 bytes): d, scales_h (u16), scales_l[4], qs[128]; eight 32-value blocks on
+/// IQ4_NL's grid with 6-bit block scales relative to d. `qw`: importance weights, if any.
+pub fn quantize_block_iq4_xs(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    let sigma2 = sigma2_of(&x[..QK_K], true);
+    let mut scales = [0f32; 8];
+    let (mut max_scale, mut amax_scale) = (0f32, 0f32);
+    let mut w = [0f32; 32];
+    for ib in 0..8 {
+        let xb = &x[32 * ib..32 * ib + 32];
+        for j in 0..32 {
+            w[j] = match qw {
+                Some(q) => q[32 * ib + j] * (sigma2 + xb[j] * xb[j]).sqrt(),
+                None => xb[j] * xb[j],
+            };
+        }
+        let d = iq4_block_scale(xb, &w);
+        scales[ib] = d;
+        if d.abs() > amax_scale {
+            amax_scale = d.abs();
+            max_scale = d;
+        }
+    }
+    y[..136].fill(0);
+    let d = -max_scale / 32.0;
+    y[0..2].copy_from_slice(&f16_bits(d));
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut scales_h = 0u16;
+    let mut l = [0u8; QK_K];
+    for ib in 0..8 {
+        let ls = nearest_int(id * scales[ib]).clamp(-32, 31);
+        let dl = d * ls as f32;
+        let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+        for j in 0..32 {
+            l[32 * ib + j] = best_index(&IQ4NL_VALUES, idl * x[32 * ib + j]) as u8;
+        }
+        let u = (ls + 32) as u8;
+        if ib % 2 == 0 {
+            y[4 + ib / 2] = u & 0xf;
+        } else {
+            y[4 + ib / 2] |= (u & 0xf) << 4;
+        }
+        scales_h |= ((u >> 4) as u16) << (2 * ib);
+    }
+    y[2..4].copy_from_slice(&scales_h.to_le_bytes());
+    for i in 0..8 {
+        for j in 0..16 {
+            y[8 + 16 * i + j] = l[32 * i + j] | (l[32 * i + 16 + j] << 4);
+        }
+    }
+}
+
+pub fn dequantize_block_iq4_xs(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b);
+    let sh = u16::from_le_bytes([b[2], b[3]]);
+    for ib in 0..8 {
+        let ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xf) as i32
+            | ((((sh >> (2 * ib)) & 3) as i32) << 4);
+        let dl = d * (ls - 32) as f32;
+        let qs = &b[8 + 16 * ib..8 + 16 * ib + 16];
+        for j in 0..16 {
+            y[32 * ib + j] = dl * IQ4NL_VALUES[(qs[j] & 0xf) as usize] as f32;
+            y[32 * ib + j + 16] = dl * IQ4NL_VALUES[(qs[j] >> 4) as usize] as f32;
+        }
     }
 }
 

@@ -27,6 +27,7 @@ pub fn file_type(t: Target) -> Option<u32> {
         Target::Ggml(GgmlType::Q5_K) => 17,
         Target::Ggml(GgmlType::Q6_K) => 18,
         Target::Ggml(GgmlType::IQ4_NL) => 25,
+        Target::Ggml(GgmlType::IQ4_XS) => 30,
         _ => return None,
     })
 }

@@ -22,13 +22,14 @@ pub enum Ftype {
     Q5_K_M,
     Q6_K,
     IQ4_NL,
+    IQ4_XS,
 }
 
 use Ftype::*;
 
-const ALL: [Ftype; 15] = [
+const ALL: [Ftype; 16] = [
     Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M,
-    Q6_K, IQ4_NL,
+    Q6_K, IQ4_NL, IQ4_XS,
 ];
 
 impl Ftype {
@@ -49,6 +50,7 @@ impl Ftype {
             Q5_K_M => "Q5_K_M",
             Q6_K => "Q6_K",
             IQ4_NL => "IQ4_NL",
+            IQ4_XS => "IQ4_XS",
         }
     }
 
@@ -81,6 +83,7 @@ impl Ftype {
             Q5_K_M => 17,
             Q6_K => 18,
             IQ4_NL => 25,
+            IQ4_XS => 30,
         }
     }
 
@@ -98,6 +101,7 @@ impl Ftype {
             Q5_K_S | Q5_K_M => GgmlType::Q5_K,
             Q6_K => GgmlType::Q6_K,
             IQ4_NL => GgmlType::IQ4_NL,
+            IQ4_XS => GgmlType::IQ4_XS,
         }
     }
 }
@@ -166,7 +170,7 @@ pub fn tensor_type(f: Ftype, name: &str, m: &ModelInfo, c: &mut Counters) -> Ggm
                 }
             }
             Q3_K_L => t = T::Q5_K,
-            IQ4_NL if m.n_gqa >= 4 => t = T::Q5_K,
+            IQ4_NL | IQ4_XS if m.n_gqa >= 4 => t = T::Q5_K,
             Q4_K_M | Q5_K_M if use_more_bits(c.i_attention_wv, m.n_attention_wv) => t = T::Q6_K,
             Q4_K_S if c.i_attention_wv < 4 => t = T::Q5_K,
             _ => {}
@@ -184,7 +188,7 @@ pub fn tensor_type(f: Ftype, name: &str, m: &ModelInfo, c: &mut Counters) -> Ggm
             Q3_K_M => t = if i < n / 16 { T::Q5_K } else { T::Q4_K },
             Q3_K_L => t = T::Q5_K,
             Q4_K_M if use_more_bits(c.i_ffn_down, m.n_ffn_down) => t = T::Q6_K,
-            IQ4_NL if i < n / 8 && !m.has_imatrix => t = T::Q5_K,
+            IQ4_NL | IQ4_XS if i < n / 8 && !m.has_imatrix => t = T::Q5_K,
             Q5_K_M if use_more_bits(c.i_ffn_down, m.n_ffn_down) => t = T::Q6_K,
             Q4_K_S if i < n / 8 => t = T::Q5_K,
             // with an imatrix, guard the first ffn_down layers of the legacy 4/5-bit types

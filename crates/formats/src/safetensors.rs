@@ -312,7 +312,7 @@ pub fn plan_layout(entries: &[StEntry], metadata: &BTreeMap<String, String>) -> 
         off += n;
     }
     let mut json = serde_json::to_vec(&serde_json::Value::Object(map)).expect("json");
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let data_start = 8 + json.len() as u64;

@@ -215,7 +215,7 @@ impl GgmlType {
 /// Q6_K → Q8_0, IQ4_XS → IQ4_NL), and anything that still does not fit becomes F16.
 /// Returns `ty` itself when no fallback is needed.
 pub fn fallback_for(ty: GgmlType, ncols: usize) -> GgmlType {
-    if ncols % ty.block().0 == 0 {
+    if ncols.is_multiple_of(ty.block().0) {
         return ty;
     }
     let next = match ty {
@@ -226,7 +226,7 @@ pub fn fallback_for(ty: GgmlType, ncols: usize) -> GgmlType {
         Q6_K => Q8_0,
         other => other,
     };
-    if ncols % next.block().0 == 0 {
+    if ncols.is_multiple_of(next.block().0) {
         next
     } else {
         F16

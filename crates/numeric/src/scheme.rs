@@ -499,7 +499,7 @@ impl Scheme {
     /// Decodes rows `r0..r1` from the slot bytes given by [`Self::slot_range`] for the same
     /// rows (`parts[i]` is slot i's range). Slots written whole must be passed whole.
     pub fn decode(&self, shape: &[usize], r0: usize, r1: usize, parts: &[&[u8]], out: &mut [f32]) {
-        let (rows, cols) = rows_cols(shape);
+        let (_, cols) = rows_cols(shape);
         let nrows = r1 - r0;
         debug_assert_eq!(out.len(), nrows * cols);
         match *self {
@@ -537,7 +537,6 @@ impl Scheme {
                     );
                     all[..nrows * groups].iter().map(|&z| z as i32).collect()
                 };
-                let _ = rows;
                 let mut codes = vec![0i8; cols];
                 for r in 0..nrows {
                     pack::unpack_row(&words[r * pw..(r + 1) * pw], spec.bits, &mut codes);
@@ -637,11 +636,13 @@ fn need_2d(shape: &[usize]) -> Result<(), SchemeError> {
 
 fn check_gran(g: Granularity, cols: usize) -> Result<(), SchemeError> {
     match g {
-        Granularity::Group(n) if n == 0 || cols % n != 0 => Err(SchemeError::NotMultiple {
-            cols,
-            what: "the group size",
-            n,
-        }),
+        Granularity::Group(n) if n == 0 || !cols.is_multiple_of(n) => {
+            Err(SchemeError::NotMultiple {
+                cols,
+                what: "the group size",
+                n,
+            })
+        }
         Granularity::Block(r, c) if r == 0 || c == 0 => {
             Err(SchemeError::Unsupported("empty block size".into()))
         }

@@ -264,9 +264,12 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
 /// The output files and, per plan tensor and slot, (file index, absolute offset).
 type Layout = (Vec<FileLayout>, Vec<Vec<(usize, u64)>>);
 
+/// The output files and, per output tensor in order, (file index, absolute offset).
+type FlatLayout = (Vec<FileLayout>, Vec<(usize, u64)>);
+
 fn layout(plan: &Plan, src: &ModelSource, cfg: &QuantizeConfig) -> Result<Layout> {
     let flat: Vec<&crate::plan::OutTensor> = plan.tensors.iter().flat_map(|t| &t.outputs).collect();
-    let (files, offs): (Vec<FileLayout>, Vec<(usize, u64)>) = match plan.kind {
+    let (files, offs): FlatLayout = match plan.kind {
         OutputKind::Gguf => {
             let kvs = meta::gguf_metadata(src, plan, cfg)?;
             let tps: Vec<gguf::TensorPlan> = flat
@@ -347,7 +350,7 @@ fn gguf_files(
     kvs: Vec<(String, gguf::Value)>,
     tps: Vec<gguf::TensorPlan>,
     max: Option<u64>,
-) -> Result<(Vec<FileLayout>, Vec<(usize, u64)>)> {
+) -> Result<FlatLayout> {
     let perr = |e: gguf::PlanError| Error::Output {
         path: output.to_path_buf(),
         msg: e.to_string(),

@@ -117,14 +117,7 @@ fn scheme_json(s: &Scheme) -> Option<(Json, &'static str)> {
             granularity,
             "pack-quantized",
         ),
-        Scheme::Fp8 {
-            granularity,
-            format,
-            ..
-        } => {
-            let _ = format;
-            ("float", 8, true, granularity, "float-quantized")
-        }
+        Scheme::Fp8 { granularity, .. } => ("float", 8, true, granularity, "float-quantized"),
         _ => return None,
     };
     let (group_size, block) = match g {

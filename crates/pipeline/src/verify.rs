@@ -205,7 +205,7 @@ fn gguf_logical<'a>(g: &'a GgufFile, orig: &ModelSource) -> Result<Vec<Logical<'
     // A converted model: map the original's HF names forward to find each GGUF tensor's source.
     let mut back: HashMap<String, (String, Option<usize>)> = HashMap::new();
     if let (Some(Value::String(a)), Some(c)) = (g.get("general.architecture"), &orig.config) {
-        if let Ok(arch) = crate::arch::detect(c).map(|x| *x) {
+        if let Ok(arch) = crate::arch::detect(c).copied() {
             if arch.name == a {
                 for t in &orig.tensors {
                     if let Ok(Mapped::Tensor {

@@ -148,7 +148,7 @@ pub fn gptq(
         });
     }
     let group = cfg.group.unwrap_or(cols).max(1);
-    if cols % group != 0 {
+    if !cols.is_multiple_of(group) {
         return Err(GptqError::Group { cols, group });
     }
     let ngroups = cols / group;

@@ -1,0 +1,410 @@
+//! The calibration forward pass: llama-style decoder layers (llama/Mistral, Qwen2 with q/k/v
+//! biases, Qwen3 with per-head q/k norms) in f32 on CPU, with faer's multi-threaded matrix
+//! products. Layers run one at a time so only one layer's weights are in memory, and each layer
+//! can hand back the inputs its linear layers saw (what GPTQ and AWQ calibrate on).
+//!
+//! Hugging Face conventions: weights `[out, in]`, rotate-half RoPE on the unpermuted q/k.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef, Par};
+use qs_formats::source::ModelSource;
+use serde_json::Value as Json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Format(#[from] qs_formats::FormatError),
+    #[error("config.json: {0}")]
+    Config(String),
+    #[error("tensor '{name}': {msg}")]
+    Tensor { name: String, msg: String },
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// The hyper-parameters the forward pass needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub eps: f32,
+    pub theta: f64,
+    pub vocab: usize,
+}
+
+impl Config {
+    pub fn from_hf(c: &Json) -> Result<Config> {
+        let u = |k: &str| c.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+        let need = |k: &str| u(k).ok_or_else(|| ModelError::Config(format!("missing {k}")));
+        let mt = c.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        if !matches!(mt, "llama" | "mistral" | "qwen2" | "qwen3") {
+            return Err(ModelError::Config(format!(
+                "unsupported architecture '{mt}' (llama, mistral, qwen2, qwen3)"
+            )));
+        }
+        if c.get("rope_scaling").is_some_and(|r| !r.is_null()) {
+            return Err(ModelError::Config(
+                "rope scaling is not supported by the calibration pass yet".into(),
+            ));
+        }
+        let hidden = need("hidden_size")?;
+        let heads = need("num_attention_heads")?;
+        Ok(Config {
+            hidden,
+            layers: need("num_hidden_layers")?,
+            heads,
+            kv_heads: u("num_key_value_heads").unwrap_or(heads),
+            head_dim: u("head_dim").unwrap_or(hidden / heads),
+            eps: c
+                .get("rms_norm_eps")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(1e-6) as f32,
+            theta: c
+                .get("rope_theta")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10000.0),
+            vocab: need("vocab_size")?,
+        })
+    }
+}
+
+/// A model to run: weights read tensor by tensor from the source on demand.
+pub struct Model<'a> {
+    pub src: &'a ModelSource,
+    pub cfg: Config,
+}
+
+/// One decoder layer's weights, f32, `[out, in]`.
+pub struct Layer {
+    pub input_norm: Vec<f32>,
+    pub q: Mat<f32>,
+    pub k: Mat<f32>,
+    pub v: Mat<f32>,
+    pub o: Mat<f32>,
+    pub q_bias: Option<Vec<f32>>,
+    pub k_bias: Option<Vec<f32>>,
+    pub v_bias: Option<Vec<f32>>,
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub post_norm: Vec<f32>,
+    pub gate: Mat<f32>,
+    pub up: Mat<f32>,
+    pub down: Mat<f32>,
+}
+
+/// The inputs each linear of a layer saw (rows = tokens).
+pub struct Captured {
+    /// Input of q/k/v (after the input norm).
+    pub qkv_in: Mat<f32>,
+    /// Input of o_proj (attention output).
+    pub o_in: Mat<f32>,
+    /// Input of gate/up (after the post-attention norm).
+    pub mlp_in: Mat<f32>,
+    /// Input of down_proj.
+    pub down_in: Mat<f32>,
+}
+
+impl<'a> Model<'a> {
+    pub fn new(src: &'a ModelSource) -> Result<Model<'a>> {
+        let c = src
+            .config
+            .as_ref()
+            .ok_or_else(|| ModelError::Config("the model folder has no config.json".into()))?;
+        Ok(Model {
+            src,
+            cfg: Config::from_hf(c)?,
+        })
+    }
+
+    fn find(&self, name: &str) -> Option<&qs_formats::source::SourceTensor> {
+        self.src.tensors.iter().find(|t| t.info.name == name)
+    }
+
+    /// A tensor as f32, checked against the expected shape.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self.find(name).ok_or_else(|| ModelError::Tensor {
+            name: name.into(),
+            msg: "missing".into(),
+        })?;
+        if t.info.shape != shape {
+            return Err(ModelError::Tensor {
+                name: name.into(),
+                msg: format!("shape {:?}, expected {shape:?}", t.info.shape),
+            });
+        }
+        if !t.info.dtype.is_float() || t.ggml.is_some() {
+            return Err(ModelError::Tensor {
+                name: name.into(),
+                msg: format!("{} is not a float tensor", t.info.dtype),
+            });
+        }
+        let mut out = vec![0f32; shape.iter().product()];
+        qs_numeric::dtype::decode_f32(t.info.dtype, self.src.bytes(t), &mut out);
+        Ok(out)
+    }
+
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Mat<f32>> {
+        let v = self.tensor(name, &[rows, cols])?;
+        Ok(Mat::from_fn(rows, cols, |r, c| v[r * cols + c]))
+    }
+
+    fn optional(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
+        match self.find(name) {
+            None => Ok(None),
+            Some(_) => self.tensor(name, &[n]).map(Some),
+        }
+    }
+
+    pub fn layer(&self, l: usize) -> Result<Layer> {
+        let c = &self.cfg;
+        let p = format!("model.layers.{l}.");
+        let (qd, kd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        Ok(Layer {
+            input_norm: self.tensor(&format!("{p}input_layernorm.weight"), &[c.hidden])?,
+            q: self.matrix(&format!("{p}self_attn.q_proj.weight"), qd, c.hidden)?,
+            k: self.matrix(&format!("{p}self_attn.k_proj.weight"), kd, c.hidden)?,
+            v: self.matrix(&format!("{p}self_attn.v_proj.weight"), kd, c.hidden)?,
+            o: self.matrix(&format!("{p}self_attn.o_proj.weight"), c.hidden, qd)?,
+            q_bias: self.optional(&format!("{p}self_attn.q_proj.bias"), qd)?,
+            k_bias: self.optional(&format!("{p}self_attn.k_proj.bias"), kd)?,
+            v_bias: self.optional(&format!("{p}self_attn.v_proj.bias"), kd)?,
+            q_norm: self.optional(&format!("{p}self_attn.q_norm.weight"), c.head_dim)?,
+            k_norm: self.optional(&format!("{p}self_attn.k_norm.weight"), c.head_dim)?,
+            post_norm: self.tensor(&format!("{p}post_attention_layernorm.weight"), &[c.hidden])?,
+            gate: {
+                let t = self
+                    .find(&format!("{p}mlp.gate_proj.weight"))
+                    .ok_or_else(|| ModelError::Tensor {
+                        name: format!("{p}mlp.gate_proj.weight"),
+                        msg: "missing".into(),
+                    })?;
+                let inter = t.info.shape[0];
+                self.matrix(&format!("{p}mlp.gate_proj.weight"), inter, c.hidden)?
+            },
+            up: {
+                let inter = self
+                    .find(&format!("{p}mlp.up_proj.weight"))
+                    .map_or(0, |t| t.info.shape[0]);
+                self.matrix(&format!("{p}mlp.up_proj.weight"), inter, c.hidden)?
+            },
+            down: {
+                let inter = self
+                    .find(&format!("{p}mlp.down_proj.weight"))
+                    .map_or(0, |t| t.info.shape.get(1).copied().unwrap_or(0));
+                self.matrix(&format!("{p}mlp.down_proj.weight"), c.hidden, inter)?
+            },
+        })
+    }
+
+    /// Token embeddings of `ids` (tokens × hidden).
+    pub fn embed(&self, ids: &[u32]) -> Result<Mat<f32>> {
+        let c = &self.cfg;
+        let t = self
+            .find("model.embed_tokens.weight")
+            .ok_or_else(|| ModelError::Tensor {
+                name: "model.embed_tokens.weight".into(),
+                msg: "missing".into(),
+            })?;
+        let row = c.hidden * t.info.dtype.size();
+        let bytes = self.src.bytes(t);
+        let mut out = Mat::<f32>::zeros(ids.len(), c.hidden);
+        let mut buf = vec![0f32; c.hidden];
+        for (i, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            if id >= t.info.shape[0] {
+                return Err(ModelError::Tensor {
+                    name: "model.embed_tokens.weight".into(),
+                    msg: format!("token id {id} out of range"),
+                });
+            }
+            qs_numeric::dtype::decode_f32(t.info.dtype, &bytes[id * row..(id + 1) * row], &mut buf);
+            for (j, v) in buf.iter().enumerate() {
+                out[(i, j)] = *v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Final norm and output head: logits (tokens × vocab).
+    pub fn head(&self, x: &Mat<f32>) -> Result<Mat<f32>> {
+        let c = &self.cfg;
+        let norm = self.tensor("model.norm.weight", &[c.hidden])?;
+        let h = rms_norm(x.as_ref(), &norm, c.eps);
+        let name = if self.find("lm_head.weight").is_some() {
+            "lm_head.weight"
+        } else {
+            "model.embed_tokens.weight"
+        };
+        let w = self.matrix(name, c.vocab, c.hidden)?;
+        Ok(linear(h.as_ref(), &w, None))
+    }
+
+    /// Logits of every position of one sequence.
+    pub fn logits(&self, ids: &[u32]) -> Result<Mat<f32>> {
+        let mut x = self.embed(ids)?;
+        for l in 0..self.cfg.layers {
+            let layer = self.layer(l)?;
+            x = layer_forward(&self.cfg, &layer, x.as_ref(), ids.len(), false).0;
+        }
+        self.head(&x)
+    }
+}
+
+/// RMSNorm of each row: x / sqrt(mean(x²) + eps) · w.
+pub fn rms_norm(x: MatRef<'_, f32>, w: &[f32], eps: f32) -> Mat<f32> {
+    let n = x.ncols();
+    let mut out = Mat::<f32>::zeros(x.nrows(), n);
+    for i in 0..x.nrows() {
+        let mut ss = 0f64;
+        for j in 0..n {
+            let v = x[(i, j)] as f64;
+            ss += v * v;
+        }
+        let inv = 1.0 / ((ss / n as f64) as f32 + eps).sqrt();
+        for j in 0..n {
+            out[(i, j)] = x[(i, j)] * inv * w[j];
+        }
+    }
+    out
+}
+
+/// `x Wᵀ (+ b)`: x is tokens × in, W is `[out, in]`.
+pub fn linear(x: MatRef<'_, f32>, w: &Mat<f32>, b: Option<&[f32]>) -> Mat<f32> {
+    let mut out = Mat::<f32>::zeros(x.nrows(), w.nrows());
+    matmul(
+        out.as_mut(),
+        Accum::Replace,
+        x,
+        w.transpose(),
+        1.0f32,
+        Par::rayon(0),
+    );
+    if let Some(b) = b {
+        for i in 0..out.nrows() {
+            for j in 0..out.ncols() {
+                out[(i, j)] += b[j];
+            }
+        }
+    }
+    out
+}
+
+/// Rotate-half RoPE on every head of `x` (tokens × heads·head_dim), positions restarting at 0
+/// every `seq_len` tokens.
+fn rope(x: &mut Mat<f32>, heads: usize, head_dim: usize, seq_len: usize, theta: f64) {
+    let half = head_dim / 2;
+    let inv: Vec<f64> = (0..half)
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
+        .collect();
+    for t in 0..x.nrows() {
+        let pos = (t % seq_len) as f64;
+        for h in 0..heads {
+            let base = h * head_dim;
+            for i in 0..half {
+                let (s, c) = (pos * inv[i]).sin_cos();
+                let (a, b) = (x[(t, base + i)] as f64, x[(t, base + i + half)] as f64);
+                x[(t, base + i)] = (a * c - b * s) as f32;
+                x[(t, base + i + half)] = (b * c + a * s) as f32;
+            }
+        }
+    }
+}
+
+/// Per-head RMSNorm (Qwen3's q/k norms).
+fn head_norm(x: &mut Mat<f32>, heads: usize, head_dim: usize, w: &[f32], eps: f32) {
+    for t in 0..x.nrows() {
+        for h in 0..heads {
+            let base = h * head_dim;
+            let ss: f64 = (0..head_dim)
+                .map(|i| (x[(t, base + i)] as f64).powi(2))
+                .sum();
+            let inv = 1.0 / ((ss / head_dim as f64) as f32 + eps).sqrt();
+            for i in 0..head_dim {
+                x[(t, base + i)] = x[(t, base + i)] * inv * w[i];
+            }
+        }
+    }
+}
+
+/// One decoder layer on `x` (tokens × hidden, sequences of `seq_len` tokens back to back, causal
+/// attention within each). Returns the new hidden states and, when asked, the linears' inputs.
+pub fn layer_forward(
+    c: &Config,
+    w: &Layer,
+    x: MatRef<'_, f32>,
+    seq_len: usize,
+    capture: bool,
+) -> (Mat<f32>, Option<Captured>) {
+    let tokens = x.nrows();
+    let hd = c.head_dim;
+    let h = rms_norm(x, &w.input_norm, c.eps);
+    let mut q = linear(h.as_ref(), &w.q, w.q_bias.as_deref());
+    let mut k = linear(h.as_ref(), &w.k, w.k_bias.as_deref());
+    let v = linear(h.as_ref(), &w.v, w.v_bias.as_deref());
+    if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+        head_norm(&mut q, c.heads, hd, qn, c.eps);
+        head_norm(&mut k, c.kv_heads, hd, kn, c.eps);
+    }
+    rope(&mut q, c.heads, hd, seq_len, c.theta);
+    rope(&mut k, c.kv_heads, hd, seq_len, c.theta);
+    let rep = c.heads / c.kv_heads.max(1);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut attn = Mat::<f32>::zeros(tokens, c.heads * hd);
+    let mut scores = vec![0f32; seq_len];
+    for s0 in (0..tokens).step_by(seq_len) {
+        let n = seq_len.min(tokens - s0);
+        for head in 0..c.heads {
+            let kvh = head / rep;
+            for i in 0..n {
+                let ti = s0 + i;
+                let mut mx = f32::NEG_INFINITY;
+                for j in 0..=i {
+                    let tj = s0 + j;
+                    let mut dot = 0f32;
+                    for d in 0..hd {
+                        dot += q[(ti, head * hd + d)] * k[(tj, kvh * hd + d)];
+                    }
+                    scores[j] = dot * scale;
+                    mx = mx.max(scores[j]);
+                }
+                let mut sum = 0f32;
+                for s in scores.iter_mut().take(i + 1) {
+                    *s = (*s - mx).exp();
+                    sum += *s;
+                }
+                for d in 0..hd {
+                    let mut acc = 0f32;
+                    for j in 0..=i {
+                        acc += scores[j] * v[(s0 + j, kvh * hd + d)];
+                    }
+                    attn[(ti, head * hd + d)] = acc / sum;
+                }
+            }
+        }
+    }
+    let o = linear(attn.as_ref(), &w.o, None);
+    let mut x1 = Mat::<f32>::from_fn(tokens, c.hidden, |i, j| x[(i, j)] + o[(i, j)]);
+    let h2 = rms_norm(x1.as_ref(), &w.post_norm, c.eps);
+    let g = linear(h2.as_ref(), &w.gate, None);
+    let u = linear(h2.as_ref(), &w.up, None);
+    let act = Mat::<f32>::from_fn(tokens, g.ncols(), |i, j| {
+        let a = g[(i, j)];
+        a / (1.0 + (-a).exp()) * u[(i, j)]
+    });
+    let d = linear(act.as_ref(), &w.down, None);
+    for i in 0..tokens {
+        for j in 0..c.hidden {
+            x1[(i, j)] += d[(i, j)];
+        }
+    }
+    let cap = capture.then(|| Captured {
+        qkv_in: h,
+        o_in: attn,
+        mlp_in: h2,
+        down_in: act,
+    });
+    (x1, cap)
+}

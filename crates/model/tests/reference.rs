@@ -1,0 +1,62 @@
+//! The forward pass against the independent numpy reference (tests/oracle/ref_forward.py, f64)
+//! on the fixture model.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("QS_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let p = std::env::var_os("QS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or(home.join(".cache/quantsmith"))
+        .join("venv/bin/python");
+    assert!(
+        p.exists(),
+        "oracle Python not found at {} — run `bash .ci/run` once or set QS_PYTHON",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn logits_match_the_numpy_reference() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let fx = root.join("fixtures/tiny-llama");
+    let ids: Vec<u32> = vec![5, 100, 200, 300, 17, 42, 511, 0, 256, 7, 64, 128];
+    let d = std::env::temp_dir().join(format!("qs-model-ref-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let out = d.join("ref.f32");
+    let o = Command::new(python())
+        .arg(root.join("tests/oracle/ref_forward.py"))
+        .arg(&fx)
+        .arg(&out)
+        .args(ids.iter().map(|i| i.to_string()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reference: Vec<f32> = std::fs::read(&out)
+        .unwrap()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let src = qs_formats::source::ModelSource::open(&fx).unwrap();
+    let model = qs_model::Model::new(&src).unwrap();
+    let logits = model.logits(&ids).unwrap();
+    let vocab = model.cfg.vocab;
+    let mut worst = 0f32;
+    for t in 0..ids.len() {
+        for v in 0..vocab {
+            worst = worst.max((logits[(t, v)] - reference[t * vocab + v]).abs());
+        }
+    }
+    assert!(
+        worst < 1e-4,
+        "f32 forward pass differs from the f64 reference by {worst}"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}

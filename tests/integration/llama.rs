@@ -1018,5 +1018,20 @@ fn qwen2_and_qwen3_conversions_run_in_llama_cpp() {
             argmaxes(&reference, 512),
             "{mt}: top-1"
         );
+        // and our own calibration forward pass (biases, q/k norms) against the same reference
+        let src = qs_formats::source::ModelSource::open(&m).unwrap();
+        let model = qs_model::Model::new(&src).unwrap();
+        let ids: Vec<u32> = IDS.iter().map(|s| s.parse().unwrap()).collect();
+        let l = model.logits(&ids).unwrap();
+        let mut worst_rust = 0f32;
+        for t in 0..ids.len() {
+            for v in 0..512 {
+                worst_rust = worst_rust.max((l[(t, v)] - reference[t * 512 + v]).abs());
+            }
+        }
+        assert!(
+            worst_rust < 1e-3,
+            "{mt}: qs-model logits differ from the reference by {worst_rust}"
+        );
     }
 }

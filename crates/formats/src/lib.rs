@@ -5,6 +5,7 @@
 //! - [`gguf`]: GGUF v3 planned-layout writer and validating reader.
 //! - [`output`]: outputs that appear only when complete.
 
+pub mod calib;
 pub mod error;
 pub mod gguf;
 pub mod imatrix;

@@ -352,7 +352,7 @@ impl Scheme {
         stats: TensorStats,
         qw: Option<&[f32]>,
     ) -> Encoded {
-        let (rows, cols) = rows_cols(shape);
+        let (_, cols) = rows_cols(shape);
         let nrows = x.len() / cols.max(1);
         let r1 = r0 + nrows;
         let mut pieces = Vec::new();
@@ -401,33 +401,11 @@ impl Scheme {
                 let fixed = (granularity == Granularity::Tensor)
                     .then(|| rtn::fit(spec, stats.min, stats.max, scale_dtype));
                 let q = rtn::quantize_rows(spec, x, cols, group, scale_dtype, fixed);
-                let pw = pack::packed_words(cols, spec.bits);
-                let mut packed = vec![0u32; nrows * pw];
-                for (cr, pr) in q.codes.chunks_exact(cols).zip(packed.chunks_exact_mut(pw)) {
-                    pack::pack_row(cr, spec.bits, pr);
-                }
-                push(0, words_to_bytes(&packed), &mut pieces);
-                let scales: Vec<f32> = match fixed {
-                    Some(p) => vec![p.scale],
-                    None => q.params.iter().map(|p| p.scale).collect(),
+                let params = match fixed {
+                    Some(p) => vec![p],
+                    None => q.params,
                 };
-                push(1, encode_scales(scale_dtype, &scales), &mut pieces);
-                let mut next = 2;
-                if !spec.symmetric {
-                    if let Some(p) = fixed {
-                        push(2, vec![p.zero as i8 as u8], &mut pieces);
-                    } else {
-                        let groups = cols / group;
-                        let zeros: Vec<i8> = q.params.iter().map(|p| p.zero as i8).collect();
-                        let words = pack::pack_dim0(&zeros, nrows, groups, spec.bits);
-                        push(2, words_to_bytes(&words), &mut pieces);
-                    }
-                    next = 3;
-                }
-                let mut b = Vec::with_capacity(16);
-                b.extend_from_slice(&(rows as i64).to_le_bytes());
-                b.extend_from_slice(&(cols as i64).to_le_bytes());
-                push(next, b, &mut pieces);
+                return self.encode_int_codes(shape, r0, &q.codes, &params);
             }
             Scheme::Fp8 {
                 format,
@@ -493,6 +471,64 @@ impl Scheme {
                 push(1, encode_scales(scale_dtype, &scales), &mut pieces);
             }
         }
+        Encoded { pieces }
+    }
+
+    /// Integer schemes: the stored slots for rows `r0..` given their codes (`nrows × cols`)
+    /// and parameters (`nrows × groups`, or a single one for per-tensor scales) — computed by
+    /// RTN ([`Self::encode`]) or by GPTQ.
+    pub fn encode_int_codes(
+        &self,
+        shape: &[usize],
+        r0: usize,
+        codes: &[i8],
+        params: &[QParams],
+    ) -> Encoded {
+        let Scheme::Int {
+            spec,
+            granularity,
+            scale_dtype,
+        } = *self
+        else {
+            panic!("encode_int_codes on {}", self.label());
+        };
+        let (rows, cols) = rows_cols(shape);
+        let nrows = codes.len() / cols.max(1);
+        let r1 = r0 + nrows;
+        let group = group_len(granularity, cols);
+        let mut pieces = Vec::new();
+        let mut push = |slot: usize, bytes: Vec<u8>| {
+            let range = self.slot_range(slot, shape, r0, r1);
+            debug_assert_eq!(range.len(), bytes.len(), "slot {slot} of {}", self.label());
+            pieces.push(Piece {
+                slot,
+                offset: range.start,
+                bytes,
+            });
+        };
+        let pw = pack::packed_words(cols, spec.bits);
+        let mut packed = vec![0u32; nrows * pw];
+        for (cr, pr) in codes.chunks_exact(cols).zip(packed.chunks_exact_mut(pw)) {
+            pack::pack_row(cr, spec.bits, pr);
+        }
+        push(0, words_to_bytes(&packed));
+        let scales: Vec<f32> = params.iter().map(|p| p.scale).collect();
+        push(1, encode_scales(scale_dtype, &scales));
+        let mut next = 2;
+        if !spec.symmetric {
+            if granularity == Granularity::Tensor {
+                push(2, vec![params[0].zero as i8 as u8]);
+            } else {
+                let zeros: Vec<i8> = params.iter().map(|p| p.zero as i8).collect();
+                let words = pack::pack_dim0(&zeros, nrows, cols / group, spec.bits);
+                push(2, words_to_bytes(&words));
+            }
+            next = 3;
+        }
+        let mut b = Vec::with_capacity(16);
+        b.extend_from_slice(&(rows as i64).to_le_bytes());
+        b.extend_from_slice(&(cols as i64).to_le_bytes());
+        push(next, b);
         Encoded { pieces }
     }
 

@@ -126,6 +126,29 @@ struct RunArgs {
     /// GGUF input: re-quantize tensors that are already quantized (loses quality).
     #[arg(long)]
     allow_requantize: bool,
+    /// How integer codes are chosen: rtn (round to nearest) or gptq (calibrated, layer by
+    /// layer on CPU; compressed-tensors outputs).
+    #[arg(long, default_value = "rtn", value_parser = quantsmith::config::Method::parse)]
+    method: quantsmith::config::Method,
+    /// Calibration text for GPTQ: plain text or JSONL with a "text" field (default: a shipped
+    /// public-domain English text).
+    #[arg(long, value_name = "FILE")]
+    calib: Option<PathBuf>,
+    /// Calibration sequences.
+    #[arg(long, default_value_t = 128)]
+    calib_samples: usize,
+    /// Tokens per calibration sequence.
+    #[arg(long, default_value_t = 512)]
+    calib_seq_len: usize,
+    /// Seed for choosing calibration windows.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// GPTQ: quantize columns by decreasing activation energy (with static groups).
+    #[arg(long)]
+    act_order: bool,
+    /// GPTQ: Hessian damping relative to its mean diagonal (raised automatically if needed).
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
     /// GGUF: split into files of at most SIZE of tensor data (e.g. 2G, 500M), named as
     /// llama.cpp's gguf-split names them.
     #[arg(long, value_name = "SIZE", value_parser = quantsmith::config::parse_size)]
@@ -201,6 +224,13 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.allow_requantize = a.allow_requantize;
     cfg.split_max_bytes = a.split_max_size;
     cfg.output_tensor_type = a.output_tensor_type;
+    cfg.method = a.method;
+    cfg.calib = a.calib;
+    cfg.calib_samples = a.calib_samples;
+    cfg.calib_seq_len = a.calib_seq_len;
+    cfg.seed = a.seed;
+    cfg.act_order = a.act_order;
+    cfg.damp = a.damp;
     cfg.token_embedding_type = a.token_embedding_type;
     cfg.output = a.output;
     cfg.group = a.group;

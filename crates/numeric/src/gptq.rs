@@ -104,6 +104,15 @@ impl Hessian {
         }
     }
 
+    /// Adds the rows of a (tokens × cols) activation matrix.
+    pub fn add_mat(&mut self, x: faer::MatRef<'_, f32>) {
+        let (t, c) = (x.nrows(), x.ncols());
+        let v: Vec<f32> = (0..t)
+            .flat_map(|i| (0..c).map(move |j| x[(i, j)]))
+            .collect();
+        self.add(&v, t);
+    }
+
     /// Adds `tokens` rows of activations (`tokens × cols`, row-major f32). The running mean is
     /// kept as in the reference (`H *= n/(n+t); H += 2/(n+t) XᵀX`).
     pub fn add(&mut self, x: &[f32], tokens: usize) {

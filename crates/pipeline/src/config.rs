@@ -153,6 +153,34 @@ pub struct QuantizeConfig {
     pub output_tensor_type: Option<GgmlType>,
     /// GGUF of a converted model: type of `token_embd.weight`.
     pub token_embedding_type: Option<GgmlType>,
+    /// Round-to-nearest, or GPTQ on calibration activations.
+    pub method: Method,
+    /// Calibration text (plain or JSONL with "text"); the shipped default when `None`.
+    pub calib: Option<PathBuf>,
+    pub calib_samples: usize,
+    pub calib_seq_len: usize,
+    pub seed: u64,
+    /// GPTQ: quantize columns by decreasing activation energy (static groups).
+    pub act_order: bool,
+    /// GPTQ: relative damping of the Hessian.
+    pub damp: f64,
+}
+
+/// How integer codes are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Rtn,
+    Gptq,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Result<Method, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "rtn" | "minmax" => Ok(Method::Rtn),
+            "gptq" => Ok(Method::Gptq),
+            _ => Err(format!("unknown method '{s}' (rtn, gptq)")),
+        }
+    }
 }
 
 impl QuantizeConfig {
@@ -182,6 +210,13 @@ impl QuantizeConfig {
             split_max_bytes: None,
             output_tensor_type: None,
             token_embedding_type: None,
+            method: Method::Rtn,
+            calib: None,
+            calib_samples: 128,
+            calib_seq_len: 512,
+            seed: 0,
+            act_order: false,
+            damp: 0.01,
         }
     }
 

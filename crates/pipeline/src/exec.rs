@@ -19,7 +19,7 @@ use qs_numeric::metrics::audit_narrowing;
 use qs_numeric::scheme::{float_max, float_min_normal, rows_cols};
 use qs_numeric::{DType, ErrorStats, NarrowingAudit, Scheme, SlotType, TensorStats};
 use rayon::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Values per chunk: 1 Mi values = 4 MiB of f32 per job.
@@ -138,6 +138,17 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         return Ok(Outcome { plan, report: None });
     }
     check_target(&plan.output, cfg.force)?;
+    // GPTQ: calibrate and quantize every integer weight before writing anything
+    let calibrated = match cfg.method {
+        crate::config::Method::Rtn => HashMap::new(),
+        crate::config::Method::Gptq => {
+            if plan.kind == OutputKind::Gguf {
+                return Err(Error::Config("--method gptq writes compressed-tensors safetensors for now (int targets); GGUF grids come later".into()));
+            }
+            // inside our pool, so faer's parallel products use -j threads
+            pool(cfg.threads)?.install(|| crate::calibrate::gptq_model(&src, &plan, cfg))?
+        }
+    };
 
     // Fix every offset before touching data.
     let (layouts, offsets) = layout(&plan, &src, cfg)?;
@@ -214,6 +225,7 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
                 j.r1,
                 tstats[j.tensor],
                 cfg,
+                calibrated.get(&tp.name),
                 &tx,
             );
             progress.inc(((j.r1 - j.r0) * src.row_bytes(&src.tensors[tp.source])) as u64);
@@ -237,7 +249,7 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         .tensors
         .iter()
         .zip(&per)
-        .map(|(tp, r)| row(tp, r))
+        .map(|(tp, r)| row(tp, r, calibrated.get(&tp.name)))
         .collect();
 
     // Finish the container: all files are complete before any is renamed into place.
@@ -493,6 +505,7 @@ fn run_chunk<'a>(
     r1: usize,
     tstats: TensorStats,
     cfg: &QuantizeConfig,
+    gptq: Option<&crate::calibrate::Calibrated>,
     tx: &WriteTx<'a>,
 ) -> Result<ChunkResult> {
     let st = &src.tensors[tp.source];
@@ -543,13 +556,25 @@ fn run_chunk<'a>(
                     }
                 }
             }
-            let enc = scheme.encode_weighted(
-                &tp.shape,
-                r0,
-                &x,
-                tstats,
-                tp.imatrix.as_ref().map(|v| v.as_slice()),
-            );
+            let enc = match gptq {
+                Some(c) => {
+                    // codes and parameters chosen by GPTQ for these rows
+                    let groups = c.out.params.len() / rows_cols(&tp.shape).0.max(1);
+                    scheme.encode_int_codes(
+                        &tp.shape,
+                        r0,
+                        &c.out.codes[r0 * cols..r1 * cols],
+                        &c.out.params[r0 * groups..r1 * groups],
+                    )
+                }
+                None => scheme.encode_weighted(
+                    &tp.shape,
+                    r0,
+                    &x,
+                    tstats,
+                    tp.imatrix.as_ref().map(|v| v.as_slice()),
+                ),
+            };
             // Validate what is written: decode the very bytes and compare.
             let parts: Vec<&[u8]> = enc.pieces.iter().map(|p| p.bytes.as_slice()).collect();
             let mut y = vec![0f32; x.len()];
@@ -591,7 +616,7 @@ fn narrows(from: DType, to: DType) -> bool {
     }
 }
 
-fn row(tp: &TensorPlan, r: &ChunkResult) -> ReportRow {
+fn row(tp: &TensorPlan, r: &ChunkResult, gptq: Option<&crate::calibrate::Calibrated>) -> ReportRow {
     let n: usize = tp.shape.iter().product();
     let out = tp.bytes_out() as u64;
     let changed = matches!(tp.action, Action::Encode(_));
@@ -614,6 +639,7 @@ fn row(tp: &TensorPlan, r: &ChunkResult) -> ReportRow {
         error: changed.then(|| r.stats.summary()),
         audit,
         note: tp.note.clone(),
+        layer_output_error: gptq.map(|c| c.error),
         stats: r.stats,
     }
 }

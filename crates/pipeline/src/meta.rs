@@ -106,7 +106,7 @@ pub fn gguf_metadata(
     Ok(kvs)
 }
 
-fn scheme_json(s: &Scheme) -> Option<(Json, &'static str)> {
+fn scheme_json(s: &Scheme, actorder_static: bool) -> Option<(Json, &'static str)> {
     let (kind, bits, symmetric, g, format) = match *s {
         Scheme::Int {
             spec, granularity, ..
@@ -133,7 +133,14 @@ fn scheme_json(s: &Scheme) -> Option<(Json, &'static str)> {
     w.insert("group_size".into(), group_size);
     w.insert("block_structure".into(), block);
     w.insert("dynamic".into(), json!(false));
-    w.insert("actorder".into(), Json::Null);
+    w.insert(
+        "actorder".into(),
+        if actorder_static && kind == "int" {
+            json!("static")
+        } else {
+            Json::Null
+        },
+    );
     w.insert("observer".into(), json!("minmax"));
     w.insert("observer_kwargs".into(), json!({}));
     Some((Json::Object(w), format))
@@ -168,7 +175,7 @@ pub fn quantization_config(plan: &Plan) -> Option<Json> {
     let mut ignore = Vec::new();
     for t in &plan.tensors {
         let sj = match &t.action {
-            Action::Encode(s) => scheme_json(s),
+            Action::Encode(s) => scheme_json(s, plan.actorder_static),
             Action::Copy => None,
         };
         match sj {

@@ -90,6 +90,8 @@ pub struct Plan {
     pub mixture: Option<Ftype>,
     /// The importance matrix in use, and where it came from.
     pub imatrix: Option<(PathBuf, qs_formats::imatrix::Imatrix)>,
+    /// GPTQ with act-order (static groups): recorded as compressed-tensors' "static" actorder.
+    pub actorder_static: bool,
 }
 
 /// One row of `--dry-run` output.
@@ -541,6 +543,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
         arch,
         mixture,
         imatrix: imatrix.map(|im| (cfg.imatrix.clone().unwrap_or_default(), im)),
+        actorder_static: cfg.method == crate::config::Method::Gptq && cfg.act_order,
     })
 }
 

@@ -21,6 +21,8 @@ pub struct ReportRow {
     /// Float narrowing audit (f16/bf16 conversion), when one applies.
     pub audit: Option<NarrowingAudit>,
     pub note: Option<String>,
+    /// GPTQ runs: ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖² on held-out calibration tokens, RTN and GPTQ.
+    pub layer_output_error: Option<crate::calibrate::LayerOutputError>,
     #[serde(skip)]
     pub stats: ErrorStats,
 }
@@ -169,6 +171,12 @@ impl Report {
             }
             if let Some(n) = &r.note {
                 s.push_str(&format!("{:<w$}    note: {n}\n", ""));
+            }
+            if let Some(l) = &r.layer_output_error {
+                s.push_str(&format!(
+                    "{:<w$}    layer-output error (held-out): RTN {:.3e} · GPTQ {:.3e}\n",
+                    "", l.rtn, l.gptq
+                ));
             }
         }
         if copies > 0 {

@@ -177,6 +177,7 @@ pub fn verify(
                 error: Some(s.summary()),
                 audit: None,
                 note: None,
+                layer_output_error: None,
                 stats: s,
             }
         })

@@ -1,0 +1,241 @@
+//! `--method gptq`: run the model layer by layer on calibration text, and quantize each
+//! layer's linears with GPTQ on the inputs they see. Layer L+1's inputs come from layer L run
+//! with its already-quantized weights. Only one layer's weights and the current activations
+//! are in memory.
+//!
+//! A tenth of the calibration sequences (at least one) is held out: the report compares RTN
+//! and GPTQ on them by the layer-output error ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖².
+
+use crate::config::QuantizeConfig;
+use crate::error::{Error, Result};
+use crate::plan::{Action, Plan};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef, Par};
+use qs_formats::calib::{self, CalibConfig};
+use qs_formats::source::ModelSource;
+use qs_model::{layer_forward, Captured, Model};
+use qs_numeric::gptq::{gptq, GptqConfig, GptqOutput, Hessian};
+use qs_numeric::rtn;
+use qs_numeric::{Granularity, Scheme};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What GPTQ produced for one weight, and how it compares with RTN on held-out tokens.
+#[derive(Debug, Clone)]
+pub struct Calibrated {
+    pub out: Arc<GptqOutput>,
+    pub error: LayerOutputError,
+}
+
+/// ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖² on held-out calibration tokens.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct LayerOutputError {
+    pub rtn: f64,
+    pub gptq: f64,
+}
+
+fn model_err(e: qs_model::ModelError) -> Error {
+    Error::Config(format!("calibration: {e}"))
+}
+
+/// `x Wᵀ`, tokens × out.
+fn apply(x: MatRef<'_, f32>, w: &Mat<f32>) -> Mat<f32> {
+    let mut out = Mat::<f32>::zeros(x.nrows(), w.nrows());
+    matmul(
+        out.as_mut(),
+        Accum::Replace,
+        x,
+        w.transpose(),
+        1.0f32,
+        Par::rayon(0),
+    );
+    out
+}
+
+fn relative_error(y: &Mat<f32>, yq: &Mat<f32>) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for j in 0..y.ncols() {
+        for i in 0..y.nrows() {
+            let (a, b) = (y[(i, j)] as f64, yq[(i, j)] as f64);
+            num += (a - b) * (a - b);
+            den += a * a;
+        }
+    }
+    if den == 0.0 {
+        0.0
+    } else {
+        num / den
+    }
+}
+
+fn to_mat(v: &[f32], rows: usize, cols: usize) -> Mat<f32> {
+    Mat::from_fn(rows, cols, |r, c| v[r * cols + c])
+}
+
+fn rtn_dequant(w: &Mat<f32>, cfg: &GptqConfig) -> Mat<f32> {
+    let (rows, cols) = (w.nrows(), w.ncols());
+    let v: Vec<f32> = (0..rows)
+        .flat_map(|r| (0..cols).map(move |c| w[(r, c)]))
+        .collect();
+    let group = cfg.group.unwrap_or(cols);
+    let q = rtn::quantize_rows(cfg.spec, &v, cols, group, cfg.scale_dtype, None);
+    let mut out = vec![0f32; v.len()];
+    for (g, p) in q.params.iter().enumerate() {
+        rtn::dequantize(
+            *p,
+            &q.codes[g * group..(g + 1) * group],
+            &mut out[g * group..(g + 1) * group],
+        );
+    }
+    to_mat(&out, rows, cols)
+}
+
+/// Runs calibration and GPTQ for every linear the plan stores with an integer scheme.
+pub fn gptq_model(
+    src: &ModelSource,
+    plan: &Plan,
+    cfg: &QuantizeConfig,
+) -> Result<HashMap<String, Calibrated>> {
+    let model = Model::new(src).map_err(model_err)?;
+    let dir = src.hf_dir.as_ref().ok_or_else(|| {
+        Error::Config(
+            "--method gptq needs a Hugging Face folder (config.json, tokenizer.json)".into(),
+        )
+    })?;
+    let text = calib::load_text(cfg.calib.as_deref())?;
+    let ccfg = CalibConfig {
+        samples: cfg.calib_samples,
+        seq_len: cfg.calib_seq_len,
+        seed: cfg.seed,
+    };
+    let seqs = calib::sequences(&dir.join("tokenizer.json"), &text, &ccfg)?;
+    let held = (seqs.len() / 10).max(1).min(seqs.len().saturating_sub(1));
+    let (fit_seqs, held_seqs) = seqs.split_at(seqs.len() - held);
+    let seq_len = ccfg.seq_len;
+    let ids = |s: &[Vec<u32>]| s.iter().flatten().copied().collect::<Vec<u32>>();
+    let mut x = model.embed(&ids(fit_seqs)).map_err(model_err)?;
+    let mut xh = model.embed(&ids(held_seqs)).map_err(model_err)?;
+
+    // scheme of each weight the plan quantizes with integers
+    let int_scheme: HashMap<&str, GptqConfig> = plan
+        .tensors
+        .iter()
+        .filter_map(|t| match t.action {
+            Action::Encode(Scheme::Int {
+                spec,
+                granularity,
+                scale_dtype,
+            }) => {
+                let group = match granularity {
+                    Granularity::Group(n) => Some(n),
+                    Granularity::Channel => None,
+                    _ => return None,
+                };
+                // act-order with static groups: g_idx stays the identity grouping, which every
+                // loader reads without a g_idx tensor
+                Some((
+                    t.name.as_str(),
+                    GptqConfig {
+                        spec,
+                        group,
+                        block: 128,
+                        percdamp: cfg.damp,
+                        act_order: cfg.act_order,
+                        static_groups: cfg.act_order,
+                        scale_dtype,
+                    },
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    for t in &plan.tensors {
+        if let Action::Encode(Scheme::Int {
+            granularity: Granularity::Tensor,
+            ..
+        }) = t.action
+        {
+            return Err(Error::Config(format!(
+                "tensor '{}': GPTQ needs channel or group scales, not per-tensor",
+                t.name
+            )));
+        }
+    }
+    let mut done = HashMap::new();
+    for l in 0..model.cfg.layers {
+        let mut layer = model.layer(l).map_err(model_err)?;
+        let (_, cap) = layer_forward(&model.cfg, &layer, x.as_ref(), seq_len, true);
+        let cap: Captured = cap.expect("captured");
+        let (_, caph) = layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, true);
+        let caph: Captured = caph.expect("captured");
+        let p = format!("model.layers.{l}.");
+        let groups: [(&str, MatRef<'_, f32>, MatRef<'_, f32>); 4] = [
+            ("qkv", cap.qkv_in.as_ref(), caph.qkv_in.as_ref()),
+            ("o", cap.o_in.as_ref(), caph.o_in.as_ref()),
+            ("mlp", cap.mlp_in.as_ref(), caph.mlp_in.as_ref()),
+            ("down", cap.down_in.as_ref(), caph.down_in.as_ref()),
+        ];
+        for (kind, xin, xheld) in groups {
+            let members: Vec<(&str, &mut Mat<f32>)> = match kind {
+                "qkv" => vec![
+                    ("self_attn.q_proj", &mut layer.q),
+                    ("self_attn.k_proj", &mut layer.k),
+                    ("self_attn.v_proj", &mut layer.v),
+                ],
+                "o" => vec![("self_attn.o_proj", &mut layer.o)],
+                "mlp" => vec![
+                    ("mlp.gate_proj", &mut layer.gate),
+                    ("mlp.up_proj", &mut layer.up),
+                ],
+                _ => vec![("mlp.down_proj", &mut layer.down)],
+            };
+            // one Hessian for the linears that read the same input
+            let mut h: Option<Hessian> = None;
+            for (part, w) in members {
+                let name = format!("{p}{part}.weight");
+                let Some(gc) = int_scheme.get(name.as_str()) else {
+                    continue;
+                };
+                let hm = h.get_or_insert_with(|| {
+                    let mut hh = Hessian::new(xin.ncols());
+                    hh.add_mat(xin);
+                    hh
+                });
+                let (rows, cols) = (w.nrows(), w.ncols());
+                let wv: Vec<f32> = (0..rows)
+                    .flat_map(|r| (0..cols).map(|c| w[(r, c)]).collect::<Vec<_>>())
+                    .collect();
+                let out = gptq(&wv, rows, cols, &hm.h, gc)
+                    .map_err(|e| Error::Config(format!("tensor '{name}': GPTQ: {e}")))?;
+                let wq = to_mat(&out.dequantize(rows, cols), rows, cols);
+                let y = apply(xheld, w);
+                let error = LayerOutputError {
+                    rtn: relative_error(&y, &apply(xheld, &rtn_dequant(w, gc))),
+                    gptq: relative_error(&y, &apply(xheld, &wq)),
+                };
+                *w = wq;
+                done.insert(
+                    name,
+                    Calibrated {
+                        out: Arc::new(out),
+                        error,
+                    },
+                );
+            }
+        }
+        // next layer's inputs: this layer with its quantized weights
+        x = layer_forward(&model.cfg, &layer, x.as_ref(), seq_len, false).0;
+        xh = layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, false).0;
+    }
+    let missing: Vec<&&str> = int_scheme
+        .keys()
+        .filter(|n| !done.contains_key(**n))
+        .collect();
+    if let Some(n) = missing.first() {
+        return Err(Error::Config(format!(
+            "tensor '{n}': GPTQ covers the decoder layers' linears only (exclude it or keep it)"
+        )));
+    }
+    Ok(done)
+}

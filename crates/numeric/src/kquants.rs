@@ -380,36 +380,7 @@ pub fn quantize_block_q3_k(x: &[f32], y: &mut [u8]) {
     } else {
         dbytes.copy_from_slice(&f16_bits(0.0));
     }
-    let dall = f16_at(dbytes);
-    for j in 0..16 {
-        let lo = if j < 8 { sc[j] & 0xf } else { sc[j - 8] >> 4 };
-        let s = (lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
-        let d = dall * s as f32;
-        if d == 0.0 {
-            continue;
-        }
-        for ii in 0..16 {
-            let q = nearest_int(x[16 * j + ii] / d).clamp(-4, 3);
-            l[16 * j + ii] = (q + 4) as i8;
-        }
-    }
-    hmask.fill(0);
-    let mut lu = [0u8; QK_K];
-    let (mut m, mut hm) = (0usize, 1u8);
-    for j in 0..QK_K {
-        let mut v = l[j] as u8;
-        if v > 3 {
-            hmask[m] |= hm;
-            v -= 4;
-        }
-        lu[j] = v;
-        m += 1;
-        if m == QK_K / 8 {
-            m = 0;
-            hm <<= 1;
-        }
-    }
-    pack_2bit(&lu, qs);
+    finish_q3_k(x, &mut l, hmask, qs, sc, f16_at(dbytes));
 }
 
 pub fn dequantize_block_q3_k(b: &[u8], y: &mut [f32]) {

@@ -9,11 +9,10 @@
 use crate::config::QuantizeConfig;
 use crate::error::{Error, Result};
 use crate::plan::{Action, Plan};
-use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatRef, Par};
+use faer::{Mat, MatRef};
 use qs_formats::calib::{self, CalibConfig};
 use qs_formats::source::ModelSource;
-use qs_model::{layer_forward, Captured, Model};
+use qs_model::{layer_forward, linear, Captured, Model};
 use qs_numeric::gptq::{gptq, GptqConfig, GptqOutput, Hessian};
 use qs_numeric::rtn;
 use qs_numeric::{Granularity, Scheme};
@@ -37,20 +36,6 @@ pub struct LayerOutputError {
 
 fn model_err(e: qs_model::ModelError) -> Error {
     Error::Config(format!("calibration: {e}"))
-}
-
-/// `x Wᵀ`, tokens × out.
-fn apply(x: MatRef<'_, f32>, w: &Mat<f32>) -> Mat<f32> {
-    let mut out = Mat::<f32>::zeros(x.nrows(), w.nrows());
-    matmul(
-        out.as_mut(),
-        Accum::Replace,
-        x,
-        w.transpose(),
-        1.0f32,
-        Par::rayon(0),
-    );
-    out
 }
 
 fn relative_error(y: &Mat<f32>, yq: &Mat<f32>) -> f64 {
@@ -209,10 +194,10 @@ pub fn gptq_model(
                 let out = gptq(&wv, rows, cols, &hm.h, gc)
                     .map_err(|e| Error::Config(format!("tensor '{name}': GPTQ: {e}")))?;
                 let wq = to_mat(&out.dequantize(rows, cols), rows, cols);
-                let y = apply(xheld, w);
+                let y = linear(xheld, w, None);
                 let error = LayerOutputError {
-                    rtn: relative_error(&y, &apply(xheld, &rtn_dequant(w, gc))),
-                    gptq: relative_error(&y, &apply(xheld, &wq)),
+                    rtn: relative_error(&y, &linear(xheld, &rtn_dequant(w, gc), None)),
+                    gptq: relative_error(&y, &linear(xheld, &wq, None)),
                 };
                 *w = wq;
                 done.insert(

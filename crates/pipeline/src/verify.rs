@@ -191,16 +191,7 @@ pub fn verify(
     ))
 }
 
-pub(crate) fn is_gguf(p: &Path) -> bool {
-    if p.extension().is_some_and(|e| e == "gguf") {
-        return true;
-    }
-    let mut magic = [0u8; 4];
-    std::fs::File::open(p)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .is_ok()
-        && &magic == b"GGUF"
-}
+pub(crate) use qs_formats::source::is_gguf;
 
 fn gguf_logical<'a>(g: &'a GgufFile, orig: &ModelSource) -> Result<Vec<Logical<'a>>> {
     // A converted model: map the original's HF names forward to find each GGUF tensor's source.

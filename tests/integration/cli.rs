@@ -804,4 +804,18 @@ fn gptq_writes_compressed_tensors_and_beats_rtn_on_held_out_tokens() {
         d.path().join("x.gguf").as_os_str(),
     ]);
     assert_ne!(r.code, 0, "GGUF GPTQ is not offered yet");
+    let r = quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "fp8".as_ref(),
+        "--method".as_ref(),
+        "gptq".as_ref(),
+        "-o".as_ref(),
+        d.path().join("f").as_os_str(),
+    ]);
+    assert!(
+        r.code != 0 && r.stderr.contains("integer targets"),
+        "{}",
+        r.stderr
+    );
 }

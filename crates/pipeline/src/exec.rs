@@ -145,6 +145,16 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
             if plan.kind == OutputKind::Gguf {
                 return Err(Error::Config("--method gptq writes compressed-tensors safetensors for now (int targets); GGUF grids come later".into()));
             }
+            if !plan
+                .tensors
+                .iter()
+                .any(|t| matches!(t.action, Action::Encode(Scheme::Int { .. })))
+            {
+                return Err(Error::Config(format!(
+                    "--method gptq applies to integer targets (int8, int4, int3, int2), not {}",
+                    cfg.target.name()
+                )));
+            }
             // inside our pool, so faer's parallel products use -j threads
             pool(cfg.threads)?.install(|| crate::calibrate::gptq_model(&src, &plan, cfg))?
         }

@@ -8,6 +8,7 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use qs_formats::source::ModelSource;
+use rayon::prelude::*;
 use serde_json::Value as Json;
 
 #[derive(Debug, thiserror::Error)]
@@ -352,36 +353,64 @@ pub fn layer_forward(
     rope(&mut k, c.kv_heads, hd, seq_len, c.theta);
     let rep = c.heads / c.kv_heads.max(1);
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut attn = Mat::<f32>::zeros(tokens, c.heads * hd);
-    let mut scores = vec![0f32; seq_len];
-    for s0 in (0..tokens).step_by(seq_len) {
-        let n = seq_len.min(tokens - s0);
-        for head in 0..c.heads {
+    // causal attention per (sequence, head): two small matrix products each, in parallel
+    let blocks: Vec<(usize, usize)> = (0..tokens)
+        .step_by(seq_len.max(1))
+        .flat_map(|s0| (0..c.heads).map(move |h| (s0, h)))
+        .collect();
+    let outs: Vec<Mat<f32>> = blocks
+        .par_iter()
+        .map(|&(s0, head)| {
+            let n = seq_len.min(tokens - s0);
             let kvh = head / rep;
+            let qh = Mat::<f32>::from_fn(n, hd, |i, d| q[(s0 + i, head * hd + d)]);
+            let kh = Mat::<f32>::from_fn(n, hd, |i, d| k[(s0 + i, kvh * hd + d)]);
+            let vh = Mat::<f32>::from_fn(n, hd, |i, d| v[(s0 + i, kvh * hd + d)]);
+            let mut scores = Mat::<f32>::zeros(n, n);
+            matmul(
+                scores.as_mut(),
+                Accum::Replace,
+                qh.as_ref(),
+                kh.transpose(),
+                scale,
+                Par::Seq,
+            );
             for i in 0..n {
-                let ti = s0 + i;
                 let mut mx = f32::NEG_INFINITY;
                 for j in 0..=i {
-                    let tj = s0 + j;
-                    let mut dot = 0f32;
-                    for d in 0..hd {
-                        dot += q[(ti, head * hd + d)] * k[(tj, kvh * hd + d)];
-                    }
-                    scores[j] = dot * scale;
-                    mx = mx.max(scores[j]);
+                    mx = mx.max(scores[(i, j)]);
                 }
                 let mut sum = 0f32;
-                for s in scores.iter_mut().take(i + 1) {
-                    *s = (*s - mx).exp();
-                    sum += *s;
+                for j in 0..n {
+                    let e = if j <= i {
+                        (scores[(i, j)] - mx).exp()
+                    } else {
+                        0.0
+                    };
+                    scores[(i, j)] = e;
+                    sum += e;
                 }
-                for d in 0..hd {
-                    let mut acc = 0f32;
-                    for j in 0..=i {
-                        acc += scores[j] * v[(s0 + j, kvh * hd + d)];
-                    }
-                    attn[(ti, head * hd + d)] = acc / sum;
+                for j in 0..=i {
+                    scores[(i, j)] /= sum;
                 }
+            }
+            let mut out = Mat::<f32>::zeros(n, hd);
+            matmul(
+                out.as_mut(),
+                Accum::Replace,
+                scores.as_ref(),
+                vh.as_ref(),
+                1.0f32,
+                Par::Seq,
+            );
+            out
+        })
+        .collect();
+    let mut attn = Mat::<f32>::zeros(tokens, c.heads * hd);
+    for (&(s0, head), out) in blocks.iter().zip(&outs) {
+        for i in 0..out.nrows() {
+            for d in 0..hd {
+                attn[(s0 + i, head * hd + d)] = out[(i, d)];
             }
         }
     }

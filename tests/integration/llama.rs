@@ -73,6 +73,37 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     ab / (aa * bb).sqrt()
 }
 
+/// Every tensor of `theirs` is in `ours` with the same type, shape and bytes (and no extras).
+fn assert_same_tensors(
+    ours: &qs_formats::gguf::GgufFile,
+    theirs: &qs_formats::gguf::GgufFile,
+    what: &str,
+) {
+    assert_eq!(
+        ours.tensors.len(),
+        theirs.tensors.len(),
+        "{what}: tensor count"
+    );
+    for tb in &theirs.tensors {
+        let ta = ours
+            .tensors
+            .iter()
+            .find(|x| x.name == tb.name)
+            .unwrap_or_else(|| panic!("{what}: {} missing", tb.name));
+        assert_eq!(
+            (ta.ty, &ta.ne),
+            (tb.ty, &tb.ne),
+            "{what}: {} type/shape",
+            tb.name
+        );
+        assert!(
+            ours.bytes(ta) == theirs.bytes(tb),
+            "{what}: {} bytes differ",
+            tb.name
+        );
+    }
+}
+
 #[test]
 fn llama_cpp_runs_our_gguf_with_reference_logits() {
     let d = tempfile::tempdir().unwrap();
@@ -171,20 +202,7 @@ fn our_tensors_equal_llama_quantize_output() {
             qs_formats::gguf::GgufFile::open(&ours).unwrap(),
             qs_formats::gguf::GgufFile::open(&theirs).unwrap(),
         );
-        assert_eq!(a.tensors.len(), b.tensors.len());
-        for ta in &a.tensors {
-            let tb = b
-                .tensors
-                .iter()
-                .find(|x| x.name == ta.name)
-                .unwrap_or_else(|| panic!("{t}: {} missing in llama-quantize output", ta.name));
-            assert_eq!((ta.ty, &ta.ne), (tb.ty, &tb.ne), "{t}: {}", ta.name);
-            assert!(
-                a.bytes(ta) == b.bytes(tb),
-                "{t}: tensor {} bytes differ from llama-quantize",
-                ta.name
-            );
-        }
+        assert_same_tensors(&a, &b, t);
         for k in [
             "llama.block_count",
             "llama.attention.head_count_kv",
@@ -438,15 +456,7 @@ fn mixtures_equal_llama_quantize() {
                 b.get("general.file_type"),
                 "{ft}"
             );
-            for tb in &b.tensors {
-                let ta = a
-                    .tensors
-                    .iter()
-                    .find(|x| x.name == tb.name)
-                    .unwrap_or_else(|| panic!("{ft}: {} missing", tb.name));
-                assert_eq!(ta.ty, tb.ty, "{ft}: {} type ({})", tb.name, model.display());
-                assert!(a.bytes(ta) == b.bytes(tb), "{ft}: {} bytes differ", tb.name);
-            }
+            assert_same_tensors(&a, &b, &format!("{ft} ({})", model.display()));
         }
     }
 }
@@ -567,15 +577,7 @@ fn importance_matrix_quantization_equals_llama_quantize() {
             ])
             .ok();
             let a = qs_formats::gguf::GgufFile::open(&ours).unwrap();
-            for tb in &b.tensors {
-                let ta = a.tensors.iter().find(|x| x.name == tb.name).unwrap();
-                assert_eq!(ta.ty, tb.ty, "{ft} ({k}): {} type", tb.name);
-                assert!(
-                    a.bytes(ta) == b.bytes(tb),
-                    "{ft} ({k}): {} bytes differ from llama-quantize --imatrix",
-                    tb.name
-                );
-            }
+            assert_same_tensors(&a, &b, &format!("{ft} ({k}) with --imatrix"));
             assert_eq!(
                 a.get("quantize.imatrix.entries_count"),
                 b.get("quantize.imatrix.entries_count")
@@ -822,16 +824,7 @@ fn gguf_input_requantizes_like_llama_quantize() {
                 qs_formats::gguf::GgufFile::open(&ours).unwrap(),
                 qs_formats::gguf::GgufFile::open(&theirs).unwrap(),
             );
-            assert_eq!(a.tensors.len(), b.tensors.len());
-            for tb in &b.tensors {
-                let ta = a.tensors.iter().find(|x| x.name == tb.name).unwrap();
-                assert_eq!(ta.ty, tb.ty, "{src_t}->{ft}: {}", tb.name);
-                assert!(
-                    a.bytes(ta) == b.bytes(tb),
-                    "{src_t}->{ft}: {} bytes differ",
-                    tb.name
-                );
-            }
+            assert_same_tensors(&a, &b, &format!("{src_t}->{ft}"));
             for k in [
                 "general.architecture",
                 "llama.block_count",
@@ -961,11 +954,7 @@ fn output_and_embedding_type_options_equal_llama_quantize() {
         qs_formats::gguf::GgufFile::open(&ours).unwrap(),
         qs_formats::gguf::GgufFile::open(&theirs).unwrap(),
     );
-    for tb in &b.tensors {
-        let ta = a.tensors.iter().find(|x| x.name == tb.name).unwrap();
-        assert_eq!(ta.ty, tb.ty, "{}", tb.name);
-        assert!(a.bytes(ta) == b.bytes(tb), "{} bytes differ", tb.name);
-    }
+    assert_same_tensors(&a, &b, "--output-tensor-type/--token-embedding-type");
     assert_eq!(
         a.tensors
             .iter()

@@ -502,12 +502,7 @@ pub fn quantize_block_q4_k(x: &[f32], y: &mut [u8]) {
     y[0..2].copy_from_slice(&d);
     y[2..4].copy_from_slice(&dmin);
     y[4..16].copy_from_slice(&sc);
-    let q = &mut y[16..144];
-    for (c, j) in (0..QK_K).step_by(64).enumerate() {
-        for k in 0..32 {
-            q[32 * c + k] = l[j + k] | (l[j + k + 32] << 4);
-        }
-    }
+    pack_q4_k(&l, &mut y[16..144]);
 }
 
 pub fn dequantize_block_q4_k(b: &[u8], y: &mut [f32]) {
@@ -534,26 +529,7 @@ pub fn quantize_block_q5_k(x: &[f32], y: &mut [u8]) {
     y[0..2].copy_from_slice(&d);
     y[2..4].copy_from_slice(&dmin);
     y[4..16].copy_from_slice(&sc);
-    let (qh, ql) = y[16..176].split_at_mut(32);
-    qh.fill(0);
-    let (mut m1, mut m2) = (1u8, 2u8);
-    for (c, n) in (0..QK_K).step_by(64).enumerate() {
-        for j in 0..32 {
-            let mut l1 = l[n + j];
-            if l1 > 15 {
-                l1 -= 16;
-                qh[j] |= m1;
-            }
-            let mut l2 = l[n + j + 32];
-            if l2 > 15 {
-                l2 -= 16;
-                qh[j] |= m2;
-            }
-            ql[32 * c + j] = l1 | (l2 << 4);
-        }
-        m1 <<= 2;
-        m2 <<= 2;
-    }
+    pack_q5_k(&l, &mut y[16..176]);
 }
 
 pub fn dequantize_block_q5_k(b: &[u8], y: &mut [f32]) {
@@ -1134,12 +1110,7 @@ pub fn quantize_block_q4_k_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
     y[0..2].copy_from_slice(&d);
     y[2..4].copy_from_slice(&dmin);
     y[4..16].copy_from_slice(&sc);
-    let q = &mut y[16..144];
-    for (c, j) in (0..QK_K).step_by(64).enumerate() {
-        for k in 0..32 {
-            q[32 * c + k] = l[j + k] | (l[j + k + 32] << 4);
-        }
-    }
+    pack_q4_k(&l, &mut y[16..144]);
 }
 
 pub fn quantize_block_q5_k_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
@@ -1151,6 +1122,16 @@ pub fn quantize_block_q5_k_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
     pack_q5_k(&l, &mut y[16..176]);
 }
 
+/// Q4_K nibbles: for each 64-value chunk, byte k holds values k and k+32.
+fn pack_q4_k(l: &[u8; QK_K], q: &mut [u8]) {
+    for (c, j) in (0..QK_K).step_by(64).enumerate() {
+        for k in 0..32 {
+            q[32 * c + k] = l[j + k] | (l[j + k + 32] << 4);
+        }
+    }
+}
+
+/// Q5_K: low nibbles as Q4_K, fifth bits in qh (two bits per 64-value chunk).
 fn pack_q5_k(l: &[u8; QK_K], out: &mut [u8]) {
     let (qh, ql) = out.split_at_mut(32);
     qh.fill(0);

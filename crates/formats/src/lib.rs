@@ -12,5 +12,6 @@ pub mod imatrix;
 pub mod output;
 pub mod safetensors;
 pub mod source;
+pub mod spm;
 
 pub use error::{FormatError, Result};

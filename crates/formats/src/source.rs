@@ -29,7 +29,10 @@ pub const HF_SIDE_FILES: &[&str] = &[
 /// A tensor of a [`ModelSource`]: which file, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceTensor {
+    /// Index into `files`, or into `generated` when `generated` is set.
     pub file: usize,
+    /// A tensor the converter computes (e.g. Llama 3's `rope_freqs`), not read from a file.
+    pub generated: bool,
     /// For a ggml-quantized tensor of a GGUF input, `dtype` is F32 (what it decodes to).
     pub info: StTensor,
     /// The ggml block type of a quantized GGUF tensor.
@@ -49,6 +52,8 @@ pub struct ModelSource {
     pub config: Option<serde_json::Value>,
     /// A GGUF input (then `files` is empty).
     pub gguf: Option<GgufFile>,
+    /// Bytes of generated tensors, with the file they were derived from (for messages).
+    pub generated: Vec<(PathBuf, Vec<u8>)>,
 }
 
 #[derive(serde::Deserialize)]
@@ -109,6 +114,7 @@ impl ModelSource {
                 seen.insert(t.name.clone(), fi);
                 tensors.push(SourceTensor {
                     file: fi,
+                    generated: false,
                     info: t.clone(),
                     ggml: None,
                 });
@@ -130,6 +136,7 @@ impl ModelSource {
             hf_dir,
             config,
             gguf: None,
+            generated: Vec::new(),
         })
     }
 
@@ -164,6 +171,7 @@ impl ModelSource {
             };
             tensors.push(SourceTensor {
                 file: 0,
+                generated: false,
                 info,
                 ggml,
             });
@@ -175,10 +183,32 @@ impl ModelSource {
             hf_dir: None,
             config: None,
             gguf: Some(g),
+            generated: Vec::new(),
         })
     }
 
+    /// Adds a tensor computed from the model's files (`from` names the file for messages).
+    pub fn add_generated(&mut self, name: &str, from: PathBuf, shape: Vec<usize>, data: &[f32]) {
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.tensors.push(SourceTensor {
+            file: self.generated.len(),
+            generated: true,
+            info: StTensor {
+                name: name.to_string(),
+                dtype: DType::F32,
+                shape,
+                start: 0,
+                end: bytes.len(),
+            },
+            ggml: None,
+        });
+        self.generated.push((from, bytes));
+    }
+
     pub fn bytes(&self, t: &SourceTensor) -> &[u8] {
+        if t.generated {
+            return &self.generated[t.file].1;
+        }
         match &self.gguf {
             Some(g) => g.range(t.info.start, t.info.end),
             None => self.files[t.file].bytes(&t.info),
@@ -186,6 +216,9 @@ impl ModelSource {
     }
 
     pub fn path_of(&self, t: &SourceTensor) -> &Path {
+        if t.generated {
+            return &self.generated[t.file].0;
+        }
         match &self.gguf {
             Some(g) => &g.path,
             None => &self.files[t.file].path,
@@ -194,6 +227,9 @@ impl ModelSource {
 
     /// Drops the resident pages of `t`'s bytes `start..end` (relative to the tensor).
     pub fn release(&self, t: &SourceTensor, start: usize, end: usize) {
+        if t.generated {
+            return;
+        }
         match &self.gguf {
             Some(g) => g.release(t.info.start + start, t.info.start + end),
             None => self.files[t.file].release(t.info.start + start, t.info.start + end),

@@ -34,6 +34,53 @@ pub struct Config {
     pub eps: f32,
     pub theta: f64,
     pub vocab: usize,
+    /// Per rotary pair, the divisor of its frequency (Llama 3 scaling; else all 1).
+    pub rope_factors: Vec<f32>,
+    /// Position multiplier (linear rope scaling: 1/factor).
+    pub pos_scale: f64,
+}
+
+/// The rope scaling parameters of a config.json (`rope_parameters` or `rope_scaling`), if any.
+pub fn rope_params(c: &Json) -> Option<&Json> {
+    c.get("rope_parameters")
+        .or_else(|| c.get("rope_scaling"))
+        .filter(|v| !v.is_null())
+}
+
+/// The rope type named by rope parameters (`rope_type`, or the older `type`).
+pub fn rope_type(r: &Json) -> &str {
+    r.get("rope_type")
+        .or_else(|| r.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default")
+}
+
+/// Llama 3 frequency scaling: one divisor per rotary pair, computed as llama.cpp's converter
+/// computes its `rope_freqs` tensor: float32 arithmetic, and `scalar / tensor` as torch does it
+/// (reciprocal, then multiply). torch's vectorised `powf` can differ from libm's by an ulp, so
+/// a factor in the smoothing band may too.
+pub fn llama3_rope_factors(r: &Json, theta: f64, head_dim: usize) -> Vec<f32> {
+    let f = |k: &str, d: f64| r.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+    let factor = f("factor", 8.0) as f32;
+    let low = f("low_freq_factor", 1.0);
+    let high = f("high_freq_factor", 4.0);
+    let old = f("original_max_position_embeddings", 8192.0);
+    let (low_wavelen, high_wavelen) = ((old / low) as f32, (old / high) as f32);
+    (0..head_dim)
+        .step_by(2)
+        .map(|i| {
+            let freq = 1.0f32 / (theta as f32).powf(i as f32 / head_dim as f32);
+            let wavelen = (1.0 / freq) * (2.0 * std::f64::consts::PI) as f32;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = ((1.0 / wavelen) * old as f32 - low as f32) / (high - low) as f32;
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
 }
 
 impl Config {
@@ -46,28 +93,46 @@ impl Config {
                 "unsupported architecture '{mt}' (llama, mistral, qwen2, qwen3)"
             )));
         }
-        if c.get("rope_scaling").is_some_and(|r| !r.is_null()) {
-            return Err(ModelError::Config(
-                "rope scaling is not supported by the calibration pass yet".into(),
-            ));
-        }
         let hidden = need("hidden_size")?;
         let heads = need("num_attention_heads")?;
+        let head_dim = u("head_dim").unwrap_or(hidden / heads);
+        let rope = rope_params(c);
+        let theta = c
+            .get("rope_theta")
+            .or_else(|| rope.and_then(|r| r.get("rope_theta")))
+            .and_then(|v| v.as_f64())
+            .unwrap_or(10000.0);
+        let mut rope_factors = vec![1.0; head_dim / 2];
+        let mut pos_scale = 1.0;
+        if let Some(r) = rope {
+            let factor = r.get("factor").and_then(|v| v.as_f64());
+            match (rope_type(r), factor) {
+                ("default", _) => {}
+                ("linear", Some(f)) if f > 0.0 => pos_scale = 1.0 / f,
+                (t, _) if t.eq_ignore_ascii_case("llama3") => {
+                    rope_factors = llama3_rope_factors(r, theta, head_dim)
+                }
+                (t, _) => {
+                    return Err(ModelError::Config(format!(
+                        "rope scaling '{t}' is not supported by the calibration pass (default, linear and llama3 are)"
+                    )))
+                }
+            }
+        }
         Ok(Config {
             hidden,
             layers: need("num_hidden_layers")?,
             heads,
             kv_heads: u("num_key_value_heads").unwrap_or(heads),
-            head_dim: u("head_dim").unwrap_or(hidden / heads),
+            head_dim,
             eps: c
                 .get("rms_norm_eps")
                 .and_then(|v| v.as_f64())
                 .unwrap_or(1e-6) as f32,
-            theta: c
-                .get("rope_theta")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(10000.0),
+            theta,
             vocab: need("vocab_size")?,
+            rope_factors,
+            pos_scale,
         })
     }
 }
@@ -295,13 +360,14 @@ pub fn linear(x: MatRef<'_, f32>, w: &Mat<f32>, b: Option<&[f32]>) -> Mat<f32> {
 
 /// Rotate-half RoPE on every head of `x` (tokens × heads·head_dim), positions restarting at 0
 /// every `seq_len` tokens.
-fn rope(x: &mut Mat<f32>, heads: usize, head_dim: usize, seq_len: usize, theta: f64) {
+fn rope(x: &mut Mat<f32>, heads: usize, seq_len: usize, c: &Config) {
+    let head_dim = c.head_dim;
     let half = head_dim / 2;
     let inv: Vec<f64> = (0..half)
-        .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
+        .map(|i| 1.0 / c.theta.powf((2 * i) as f64 / head_dim as f64) / c.rope_factors[i] as f64)
         .collect();
     for t in 0..x.nrows() {
-        let pos = (t % seq_len) as f64;
+        let pos = (t % seq_len) as f64 * c.pos_scale;
         for h in 0..heads {
             let base = h * head_dim;
             for i in 0..half {
@@ -349,8 +415,8 @@ pub fn layer_forward(
         head_norm(&mut q, c.heads, hd, qn, c.eps);
         head_norm(&mut k, c.kv_heads, hd, kn, c.eps);
     }
-    rope(&mut q, c.heads, hd, seq_len, c.theta);
-    rope(&mut k, c.kv_heads, hd, seq_len, c.theta);
+    rope(&mut q, c.heads, seq_len, c);
+    rope(&mut k, c.kv_heads, seq_len, c);
     let rep = c.heads / c.kv_heads.max(1);
     let scale = 1.0 / (hd as f32).sqrt();
     // causal attention per (sequence, head): two small matrix products each, in parallel

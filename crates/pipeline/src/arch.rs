@@ -87,7 +87,10 @@ pub fn heads(c: &Json) -> Result<(u64, u64)> {
 }
 
 /// The hyper-parameter keys llama.cpp reads for `arch`, from config.json.
-pub fn hparams(arch: &Arch, c: &Json) -> Result<Vec<(String, Value)>> {
+/// Hyper-parameter keys: those llama.cpp's converter writes for every text model, then the
+/// architecture's own (vocab size, rope dimensions).
+#[allow(clippy::type_complexity)]
+pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(String, Value)>)> {
     let a = arch.name;
     let need = |keys: &[&str]| {
         get_u64(c, keys).ok_or_else(|| Error::Config(format!("config.json lacks {}", keys[0])))
@@ -139,13 +142,36 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<Vec<(String, Value)>> {
             ("yarn", Some(f)) => {
                 put("rope.scaling.type", Value::String("yarn".into()));
                 put("rope.scaling.factor", Value::F32(f as f32));
-                if let Some(o) = r
+                let orig = r
                     .get("original_max_position_embeddings")
+                    .or_else(|| c.get("original_max_position_embeddings"))
                     .and_then(|v| v.as_u64())
-                {
-                    put("rope.scaling.original_context_length", Value::U32(o as u32));
+                    .ok_or_else(|| {
+                        Error::Config(
+                            "yarn rope scaling without original_max_position_embeddings".into(),
+                        )
+                    })?;
+                put(
+                    "rope.scaling.original_context_length",
+                    Value::U32(orig as u32),
+                );
+                let f = |k: &str| r.get(k).and_then(|v| v.as_f64());
+                for (key, v) in [
+                    ("rope.scaling.yarn_ext_factor", f("extrapolation_factor")),
+                    (
+                        "rope.scaling.yarn_attn_factor",
+                        f("attention_factor").or_else(|| f("attn_factor")),
+                    ),
+                    ("rope.scaling.yarn_beta_fast", f("beta_fast")),
+                    ("rope.scaling.yarn_beta_slow", f("beta_slow")),
+                ] {
+                    if let Some(v) = v {
+                        put(key, Value::F32(v as f32));
+                    }
                 }
             }
+            // llama.cpp reads Llama 3's frequency scaling from a generated `rope_freqs` tensor
+            ("llama3", _) if arch.name == "llama" => {}
             (t, _) => {
                 return Err(Error::Config(format!(
                     "rope scaling type '{t}' is not supported yet"
@@ -167,14 +193,38 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<Vec<(String, Value)>> {
         put("attention.key_length", Value::U32(hd as u32));
         put("attention.value_length", Value::U32(hd as u32));
     }
+    let mut own: Vec<(String, Value)> = Vec::new();
     if arch.vocab_size_key {
-        put("vocab_size", Value::U32(need(&["vocab_size"])? as u32));
+        own.push((
+            format!("{a}.vocab_size"),
+            Value::U32(need(&["vocab_size"])? as u32),
+        ));
     }
     if arch.rope_dim_key {
         let rd = get_u64(c, &["head_dim"]).unwrap_or(n_embd / n_head);
-        put("rope.dimension_count", Value::U32(rd as u32));
+        own.push((format!("{a}.rope.dimension_count"), Value::U32(rd as u32)));
     }
-    Ok(kv)
+    Ok((kv, own))
+}
+
+/// Tensors llama.cpp's converter computes rather than copies (named as [`map_tensor`] expects):
+/// Llama 3 rope scaling becomes a `rope_freqs` tensor of per-pair frequency divisors.
+pub fn generated_tensors(arch: &Arch, c: &Json) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    let Some(r) = qs_model::rope_params(c) else {
+        return Ok(vec![]);
+    };
+    if arch.name != "llama" || !qs_model::rope_type(r).eq_ignore_ascii_case("llama3") {
+        return Ok(vec![]);
+    }
+    let theta = get_f64(c, &["rope_theta"])
+        .or_else(|| r.get("rope_theta").and_then(|v| v.as_f64()))
+        .unwrap_or(10000.0);
+    let (n_head, _) = heads(c)?;
+    let n_embd = get_u64(c, &["hidden_size", "n_embd", "dim"])
+        .ok_or_else(|| Error::Config("config.json lacks hidden_size".into()))?;
+    let dim = get_u64(c, &["head_dim"]).unwrap_or(n_embd / n_head) as usize;
+    let f = qs_model::llama3_rope_factors(r, theta, dim);
+    Ok(vec![("rope_freqs.weight".to_string(), vec![f.len()], f)])
 }
 
 /// What happens to one HF tensor in the GGUF.
@@ -228,6 +278,7 @@ pub fn map_tensor(arch: &Arch, c: &Json, hf: &str) -> Result<Mapped> {
         "model.embed_tokens" => return plain("token_embd"),
         "model.norm" => return plain("output_norm"),
         "lm_head" => return plain("output"),
+        "rope_freqs" => return plain("rope_freqs"),
         _ => {}
     }
     let rest = stem.strip_prefix("model.layers.").ok_or_else(unknown)?;
@@ -302,7 +353,8 @@ mod tests {
             }
         );
         assert!(map_tensor(a, &c, "model.vision.x.weight").is_err());
-        let kv = hparams(a, &c).unwrap();
+        let (base, own) = hparams(a, &c).unwrap();
+        let kv: Vec<_> = base.into_iter().chain(own).collect();
         let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         assert_eq!(get("llama.rope.dimension_count"), Some(Value::U32(64)));
         assert_eq!(get("llama.attention.head_count_kv"), Some(Value::U32(2)));

@@ -132,7 +132,8 @@ struct FileLayout {
 
 /// Plans, then (unless a dry run) writes the output and returns the report.
 pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome> {
-    let src = ModelSource::open(&cfg.input)?;
+    let mut src = ModelSource::open(&cfg.input)?;
+    crate::plan::add_generated(&mut src, cfg)?;
     let plan = make_plan(&src, cfg)?;
     if cfg.dry_run {
         return Ok(Outcome { plan, report: None });

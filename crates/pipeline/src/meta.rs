@@ -32,14 +32,20 @@ pub fn file_type(t: Target) -> Option<u32> {
     })
 }
 
-/// `general.*` metadata. Full llama.cpp hyper-parameters and tokenizer come with the
-/// per-architecture converter (a later step); these keys are what every GGUF carries.
+/// GGUF metadata: what llama.cpp's converter writes for the folder (general keys,
+/// hyper-parameters, tokenizer), in its order; for quantized outputs and GGUF inputs, laid out
+/// as llama-quantize leaves it.
 pub fn gguf_metadata(
     src: &ModelSource,
     plan: &Plan,
     cfg: &QuantizeConfig,
 ) -> Result<Vec<(String, Value)>> {
     let mut kvs: Vec<(String, Value)> = Vec::new();
+    let converter_style = crate::plan::converter_layout(src, cfg);
+    let ft = plan
+        .mixture
+        .map(|m| m.id())
+        .or_else(|| file_type(cfg.target));
     if let Some(g) = &src.gguf {
         // a GGUF input keeps its metadata (architecture, tokenizer, provenance); what this run
         // decides is written below
@@ -63,19 +69,52 @@ pub fn gguf_metadata(
                 .to_string(),
         };
         kvs.push(("general.architecture".to_string(), Value::String(arch_name)));
-        kvs.push(("general.name".to_string(), Value::String(model_name(src))));
-        if let (Some(a), Some(c)) = (plan.arch, &src.config) {
-            kvs.extend(crate::arch::hparams(a, c)?);
+        // what llama.cpp's converter writes from the folder (its model-card heuristics for
+        // basename/finetune/version/license are not reproduced)
+        kvs.push(("general.type".to_string(), Value::String("model".into())));
+        let (name, org) = general_name(src);
+        kvs.push(("general.name".to_string(), Value::String(name)));
+        if let Some(org) = org {
+            kvs.push(("general.organization".to_string(), Value::String(org)));
+        }
+        let params: usize = plan
+            .tensors
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>())
+            .sum();
+        if params > 0 {
+            kvs.push((
+                "general.size_label".to_string(),
+                Value::String(size_label(params)),
+            ));
+        }
+        // as llama.cpp's converter orders them: shared hyper-parameters, file type, the
+        // architecture's own, quantization version, tokenizer
+        let (base, own) = match (plan.arch, &src.config) {
+            (Some(a), Some(c)) => crate::arch::hparams(a, c)?,
+            _ => (vec![], vec![]),
+        };
+        kvs.extend(base);
+        if converter_style {
+            kvs.extend(ft.map(|f| ("general.file_type".to_string(), Value::U32(f))));
+        }
+        kvs.extend(own);
+        if converter_style {
+            kvs.push(("general.quantization_version".to_string(), Value::U32(2)));
+        }
+        if let (Some(a), Some(dir), Some(c)) = (plan.arch, &src.hf_dir, &src.config) {
+            if let Some(tk) =
+                crate::tokenizer::gguf_tokenizer(dir, c, a.name, cfg.tokenizer_pre.as_deref())?
+            {
+                kvs.extend(tk);
+            }
         }
     }
-    if let Some(ft) = plan
-        .mixture
-        .map(|m| m.id())
-        .or_else(|| file_type(cfg.target))
-    {
-        kvs.push(("general.file_type".to_string(), Value::U32(ft)));
+    if !converter_style {
+        // llama-quantize re-sets these two on the converted metadata, so they move to the end
+        kvs.push(("general.quantization_version".to_string(), Value::U32(2)));
+        kvs.extend(ft.map(|f| ("general.file_type".to_string(), Value::U32(f))));
     }
-    kvs.push(("general.quantization_version".to_string(), Value::U32(2)));
     if let Some((path, im)) = &plan.imatrix {
         // the keys llama-quantize records
         kvs.push((
@@ -96,12 +135,6 @@ pub fn gguf_metadata(
             "quantize.imatrix.chunks_count".to_string(),
             Value::U32(im.chunk_count),
         ));
-    }
-    kvs.push(("general.alignment".to_string(), Value::U32(32)));
-    if let (Some(_), Some(dir), Some(c)) = (plan.arch, &src.hf_dir, &src.config) {
-        if let Some(tk) = crate::tokenizer::gguf_tokenizer(dir, c, cfg.tokenizer_pre.as_deref())? {
-            kvs.extend(tk);
-        }
     }
     Ok(kvs)
 }
@@ -151,6 +184,107 @@ fn module_of(name: &str) -> String {
 }
 
 /// A model name for metadata: the HF folder's name, else the input file's stem.
+/// gguf-py's `Metadata.id_to_title`: words of a model id, lower-case words title-cased
+/// (Python's `str.title`: a letter after a non-letter is upper-cased) unless they look like a
+/// version (`v1.2`) or start with a digit.
+fn id_to_title(id: &str) -> String {
+    id.trim()
+        .replace('-', " ")
+        .split_whitespace()
+        .map(|w| {
+            let lower = w.chars().any(|c| c.is_lowercase()) && !w.chars().any(|c| c.is_uppercase());
+            let version = w.starts_with(|c: char| c.is_ascii_digit())
+                || (w.len() > 1
+                    && w.starts_with('v')
+                    && w[1..]
+                        .split('.')
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())));
+            if !lower || version {
+                return w.to_string();
+            }
+            let mut out = String::with_capacity(w.len());
+            let mut prev_letter = false;
+            for c in w.chars() {
+                if prev_letter {
+                    out.extend(c.to_lowercase());
+                } else {
+                    out.extend(c.to_uppercase());
+                }
+                prev_letter = c.is_alphabetic();
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `general.name` (and `general.organization`) as llama.cpp's converter derives them: from
+/// config.json's `_name_or_path` when it is a Hub id (`org/name`), else the folder's name.
+fn general_name(src: &ModelSource) -> (String, Option<String>) {
+    let hub = src
+        .config
+        .as_ref()
+        .and_then(|c| c.get("_name_or_path"))
+        .and_then(|v| v.as_str())
+        .filter(|s| s.matches('/').count() <= 1 && !s.is_empty());
+    let id = hub.map(str::to_string).unwrap_or_else(|| model_name(src));
+    if id.contains(' ') {
+        return (id, None);
+    }
+    let (org, name) = match id.split_once('/') {
+        Some((o, n)) if !o.starts_with('.') && !o.is_empty() => (Some(id_to_title(o)), n),
+        Some((_, n)) => (None, n),
+        None => (None, id.as_str()),
+    };
+    (id_to_title(name), org)
+}
+
+/// gguf-py's `size_label`: parameter count in K/M/B/T with at least two significant digits.
+pub fn size_label(n: usize) -> String {
+    let n = n as f64;
+    let (v, suffix) = if n > 1e12 {
+        (n * 1e-12, "T")
+    } else if n > 1e9 {
+        (n * 1e-9, "B")
+    } else if n > 1e6 {
+        (n * 1e-6, "M")
+    } else {
+        (n * 1e-3, "K")
+    };
+    // Python: max(2 - len(str(round(v)).lstrip('0')), 0) decimals
+    let int_digits = {
+        let r = v.round_ties_even() as u64;
+        if r == 0 {
+            0
+        } else {
+            r.to_string().len()
+        }
+    };
+    let decimals = 2usize.saturating_sub(int_digits);
+    format!("{v:.decimals$}{suffix}")
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn titles_and_size_labels_follow_gguf_py() {
+        assert_eq!(id_to_title("tiny-llama"), "Tiny Llama");
+        assert_eq!(
+            id_to_title("SmolLM2-135M-Instruct"),
+            "SmolLM2 135M Instruct"
+        );
+        assert_eq!(id_to_title("llama-2-7b-hf"), "Llama 2 7b Hf");
+        assert_eq!(id_to_title("mistral-v0.3-gpt2x"), "Mistral v0.3 Gpt2X");
+        assert_eq!(size_label(1_835_264), "1.8M");
+        assert_eq!(size_label(134_515_008), "135M");
+        assert_eq!(size_label(6_738_415_616), "6.7B");
+        assert_eq!(size_label(999), "1.0K");
+        assert_eq!(size_label(70_553_706_496), "71B");
+    }
+}
+
 pub fn model_name(src: &ModelSource) -> String {
     let base = match &src.hf_dir {
         Some(d) => d.canonicalize().unwrap_or(d.clone()),

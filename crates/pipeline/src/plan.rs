@@ -205,6 +205,29 @@ fn default_output(input: &Path, cfg: &QuantizeConfig) -> PathBuf {
 }
 
 /// Builds the plan. Errors name the tensor that cannot be stored as asked.
+/// Whether a GGUF output is laid out as llama.cpp's converter writes it (a float conversion of
+/// an HF folder) rather than as llama-quantize writes it (anything quantized, any GGUF input):
+/// tensor order and the position of the file-type keys differ.
+pub fn converter_layout(src: &ModelSource, cfg: &QuantizeConfig) -> bool {
+    src.gguf.is_none() && matches!(cfg.target, Target::Float(_))
+}
+
+/// Adds the tensors a conversion to GGUF computes (see [`arch::generated_tensors`]) to `src`.
+pub fn add_generated(src: &mut ModelSource, cfg: &QuantizeConfig) -> Result<()> {
+    let (kind, _) = output_for(cfg)?;
+    if kind != OutputKind::Gguf || cfg.keep_names || src.gguf.is_some() {
+        return Ok(());
+    }
+    let (Some(c), Some(dir)) = (src.config.clone(), src.hf_dir.clone()) else {
+        return Ok(());
+    };
+    let arch = arch::detect(&c)?;
+    for (name, shape, data) in arch::generated_tensors(arch, &c)? {
+        src.add_generated(&name, dir.join("config.json"), shape, &data);
+    }
+    Ok(())
+}
+
 pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
     let (kind, output) = output_for(cfg)?;
     match (kind, cfg.target) {
@@ -283,15 +306,29 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
         _ => None,
     };
     let mut counters = mixture::Counters::default();
-    // A converted GGUF lists tensors as llama.cpp's loader orders them, by layer then name, so
-    // the mixture's per-layer counters (and the file) do not depend on the input's order.
+    // Tensor order of a converted GGUF. A float conversion of an HF folder is what llama.cpp's
+    // converter writes: shard by shard (sorted file names), each shard's tensors sorted by HF
+    // name. Anything quantized is what llama-quantize writes: its loader's order, by layer then
+    // GGUF name, which also makes the mixture's per-layer counters independent of the input.
     let mut order: Vec<usize> = (0..src.tensors.len()).collect();
     if let Some(cv) = &conv {
-        let key = |i: usize| match cv.map(&src.tensors[i].info.name) {
-            Ok(Mapped::Tensor { name, .. }) => (layer_of(&name), name),
-            _ => (-1, String::new()),
-        };
-        order.sort_by_cached_key(|&i| key(i));
+        if converter_layout(src, cfg) {
+            // generated tensors come first, as the converter yields them first
+            order.sort_by(|&a, &b| {
+                let (ta, tb) = (&src.tensors[a], &src.tensors[b]);
+                (!ta.generated, ta.file, &ta.info.name).cmp(&(
+                    !tb.generated,
+                    tb.file,
+                    &tb.info.name,
+                ))
+            });
+        } else {
+            let key = |i: usize| match cv.map(&src.tensors[i].info.name) {
+                Ok(Mapped::Tensor { name, .. }) => (layer_of(&name), name),
+                _ => (-1, String::new()),
+            };
+            order.sort_by_cached_key(|&i| key(i));
+        }
     }
     let mut tensors = Vec::with_capacity(src.tensors.len());
     for i in order {

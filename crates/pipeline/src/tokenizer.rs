@@ -1,6 +1,6 @@
-//! GGUF tokenizer metadata from a Hugging Face folder (`tokenizer.json`,
-//! `tokenizer_config.json`, `config.json`), as llama.cpp's converter writes it for byte-level
-//! BPE ("gpt2") vocabularies.
+//! GGUF tokenizer metadata from a Hugging Face folder (`tokenizer.model`, `tokenizer.json`,
+//! `tokenizer_config.json`, `config.json`), as llama.cpp's converter writes it: SentencePiece
+//! ("llama") and byte-level BPE ("gpt2") vocabularies.
 
 use crate::error::{Error, Result};
 use qs_formats::gguf::Value;
@@ -8,11 +8,8 @@ use serde_json::Value as Json;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// llama.cpp token types.
-const NORMAL: i32 = 1;
-const CONTROL: i32 = 3;
-const USER_DEFINED: i32 = 4;
-const UNUSED: i32 = 5;
+/// llama.cpp token types (the same numbers as SentencePiece piece types).
+use qs_formats::spm::{BYTE, CONTROL, NORMAL, UNUSED, USER_DEFINED};
 
 fn read_json(p: &Path) -> Result<Option<Json>> {
     if !p.is_file() {
@@ -68,22 +65,257 @@ fn detect_pre(tok: &Json) -> Option<&'static str> {
     None
 }
 
-/// The tokenizer keys, or `None` when the folder has no tokenizer.json.
+/// The tokenizer keys, or `None` when the folder has neither tokenizer.model nor
+/// tokenizer.json. Chosen the way llama.cpp's converter chooses: a SentencePiece
+/// `tokenizer.model` first ("llama" vocabulary), then a tokenizer.json that is SentencePiece-style
+/// BPE (byte fallback, `Sequence` decoder; llama architecture only), then byte-level BPE ("gpt2").
 pub fn gguf_tokenizer(
     dir: &Path,
     config: &Json,
+    arch: &str,
     pre_override: Option<&str>,
 ) -> Result<Option<Vec<(String, Value)>>> {
-    let Some(tok) = read_json(&dir.join("tokenizer.json"))? else {
+    let tok = read_json(&dir.join("tokenizer.json"))?;
+    let tcfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
+    let spm_path = dir.join("tokenizer.model");
+    let mut kv = Vec::new();
+    if arch == "llama" {
+        if let Some(b) = tcfg.get("add_prefix_space").and_then(|v| v.as_bool()) {
+            kv.push((
+                "tokenizer.ggml.add_space_prefix".to_string(),
+                Value::Bool(b),
+            ));
+        }
+    }
+    let (vocab, merges) = if spm_path.is_file() {
+        (spm_vocab(&spm_path, dir, config, &tcfg)?, false)
+    } else if let Some(tok) = &tok {
+        if arch == "llama" && is_llama_hf(tok) {
+            (llama_hf_vocab(dir, tok, config, &tcfg)?, false)
+        } else {
+            (bpe_vocab(dir, tok, config, pre_override)?, true)
+        }
+    } else {
         return Ok(None);
     };
-    let tcfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
+    let n = vocab.n;
+    kv.extend(vocab.kv);
+    kv.extend(special_vocab(dir, tok.as_ref(), &tcfg, config, n, merges)?);
+    Ok(Some(kv))
+}
+
+struct Vocab {
+    kv: Vec<(String, Value)>,
+    n: u64,
+}
+
+fn vocab_kv(model: &str, tokens: Vec<String>, scores: Option<Vec<f32>>, types: Vec<i32>) -> Vocab {
+    let n = tokens.len() as u64;
+    let mut kv = vec![
+        (
+            "tokenizer.ggml.model".to_string(),
+            Value::String(model.into()),
+        ),
+        (
+            "tokenizer.ggml.pre".to_string(),
+            Value::String("default".into()),
+        ),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            Value::Array(8, tokens.into_iter().map(Value::String).collect()),
+        ),
+    ];
+    if let Some(s) = scores {
+        kv.push((
+            "tokenizer.ggml.scores".to_string(),
+            Value::Array(6, s.into_iter().map(Value::F32).collect()),
+        ));
+    }
+    kv.push((
+        "tokenizer.ggml.token_type".to_string(),
+        Value::Array(5, types.into_iter().map(Value::I32).collect()),
+    ));
+    Vocab { kv, n }
+}
+
+/// The model's vocab size: config.json's `vocab_size`, else `fallback`.
+fn vocab_size(config: &Json, fallback: u64) -> u64 {
+    config
+        .get("vocab_size")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(fallback)
+}
+
+/// llama.cpp's `_create_vocab_sentencepiece`: pieces with their scores and types, padded to
+/// the model's vocab size with `[PADn]`, then added_tokens.json and tokenizer_config's
+/// `added_tokens_decoder` on top.
+fn spm_vocab(path: &Path, dir: &Path, config: &Json, tcfg: &Json) -> Result<Vocab> {
+    let m = qs_formats::spm::read_model(path)?;
+    let n = vocab_size(config, m.pieces.len() as u64) as usize;
+    let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
+    let mut scores = vec![-10000.0f32; n];
+    let mut types = vec![UNUSED; n];
+    for (i, p) in m.pieces.iter().enumerate().take(n) {
+        tokens[i] = p.piece.clone();
+        scores[i] = p.score;
+        types[i] = p.kind;
+    }
+    if let Some(Json::Object(added)) = read_json(&dir.join("added_tokens.json"))? {
+        for (t, id) in added {
+            if let Some(id) = id.as_u64().map(|i| i as usize).filter(|&i| i < n) {
+                tokens[id] = t.clone();
+                scores[id] = -1000.0;
+                types[id] = USER_DEFINED;
+            }
+        }
+    }
+    if let Some(Json::Object(dec)) = tcfg.get("added_tokens_decoder") {
+        for (id, d) in dec {
+            let (Ok(id), Some(content)) = (
+                id.parse::<usize>(),
+                d.get("content").and_then(|c| c.as_str()),
+            ) else {
+                continue;
+            };
+            if id >= n {
+                continue;
+            }
+            let special = d.get("special").and_then(|v| v.as_bool()).unwrap_or(false);
+            if special || looks_special(content) {
+                types[id] = CONTROL;
+                tokens[id] = content.to_string();
+            } else {
+                types[id] = USER_DEFINED;
+                tokens[id] = content.replace('\u{2581}', " ");
+            }
+            scores[id] = -1000.0;
+        }
+    }
+    Ok(vocab_kv("llama", tokens, Some(scores), types))
+}
+
+/// A tokenizer.json that llama.cpp converts with `LlamaHfVocab`: BPE with byte fallback and a
+/// `Sequence` decoder (Llama 2 / Mistral "fast" tokenizers without tokenizer.model).
+fn is_llama_hf(tok: &Json) -> bool {
+    let m = &tok["model"];
+    m["type"] == "BPE"
+        && m["byte_fallback"].as_bool().unwrap_or(false)
+        && tok["decoder"]["type"] == "Sequence"
+}
+
+/// Token ids the tokenizer treats as special: the `*_token` entries of tokenizer_config.json
+/// and its `additional_special_tokens` (transformers' `all_special_ids`).
+fn special_ids(tcfg: &Json, ids: &HashMap<String, u64>) -> Vec<u64> {
+    let content = |e: &Json| {
+        e.as_str()
+            .or_else(|| e.get("content").and_then(|c| c.as_str()))
+            .map(str::to_string)
+    };
+    let mut names: Vec<String> = [
+        "bos_token",
+        "eos_token",
+        "unk_token",
+        "sep_token",
+        "pad_token",
+        "cls_token",
+        "mask_token",
+    ]
+    .iter()
+    .filter_map(|k| tcfg.get(*k).and_then(content))
+    .collect();
+    if let Some(a) = tcfg
+        .get("additional_special_tokens")
+        .and_then(|a| a.as_array())
+    {
+        names.extend(a.iter().filter_map(content));
+    }
+    names.iter().filter_map(|n| ids.get(n).copied()).collect()
+}
+
+/// llama.cpp's `LlamaHfVocab`: the base vocab in id order (`<0xXX>` pieces are BYTE, special
+/// ids CONTROL), then added tokens beyond it; every score is -1000.
+fn llama_hf_vocab(dir: &Path, tok: &Json, config: &Json, tcfg: &Json) -> Result<Vocab> {
+    let bad = |m: &str| Error::Config(format!("{}: {m}", dir.join("tokenizer.json").display()));
+    let vocab = tok["model"]["vocab"]
+        .as_object()
+        .ok_or_else(|| bad("BPE model without a vocab"))?;
+    let mut ids: HashMap<String, u64> = HashMap::new();
+    let mut by_id: HashMap<u64, String> = HashMap::new();
+    for (t, id) in vocab {
+        let id = id.as_u64().ok_or_else(|| bad("non-integer token id"))?;
+        ids.insert(t.clone(), id);
+        by_id.insert(id, t.clone());
+    }
+    let base = vocab.len() as u64;
+    let mut extra: Vec<(u64, String)> = Vec::new();
+    for a in tok["added_tokens"].as_array().into_iter().flatten() {
+        if let (Some(id), Some(c)) = (a["id"].as_u64(), a["content"].as_str()) {
+            ids.entry(c.to_string()).or_insert(id);
+            if id >= base {
+                extra.push((id, c.to_string()));
+            }
+        }
+    }
+    extra.sort();
+    let specials = special_ids(tcfg, &ids);
+    let is_byte = |t: &str| {
+        t.len() == 6
+            && t.starts_with("<0x")
+            && t.ends_with('>')
+            && t[3..5].chars().all(|c| c.is_ascii_hexdigit())
+    };
+    let mut tokens = Vec::new();
+    let mut types = Vec::new();
+    for id in 0..base {
+        let t = by_id
+            .get(&id)
+            .ok_or_else(|| bad(&format!("vocab has no token with id {id}")))?;
+        types.push(if is_byte(t) {
+            BYTE
+        } else if specials.contains(&id) {
+            CONTROL
+        } else {
+            NORMAL
+        });
+        tokens.push(t.clone());
+    }
+    for (id, t) in extra {
+        if id != tokens.len() as u64 {
+            return Err(bad(&format!(
+                "added token '{t}' has id {id}, expected {}",
+                tokens.len()
+            )));
+        }
+        types.push(if specials.contains(&id) {
+            CONTROL
+        } else {
+            USER_DEFINED
+        });
+        tokens.push(t);
+    }
+    let n = vocab_size(config, tokens.len() as u64);
+    if (tokens.len() as u64) > n {
+        return Err(bad(&format!(
+            "{} tokens but the model's vocab_size is {n}",
+            tokens.len()
+        )));
+    }
+    while (tokens.len() as u64) < n {
+        tokens.push(format!("[PAD{}]", tokens.len()));
+        types.push(UNUSED);
+    }
+    let scores = vec![-1000.0; tokens.len()];
+    Ok(vocab_kv("llama", tokens, Some(scores), types))
+}
+
+/// Byte-level BPE ("gpt2"): vocab and added tokens by id, `[PADn]` holes, the pre-tokenizer name.
+fn bpe_vocab(dir: &Path, tok: &Json, config: &Json, pre_override: Option<&str>) -> Result<Vocab> {
     let bad = |m: &str| Error::Config(format!("{}: {m}", dir.join("tokenizer.json").display()));
     let model = tok.get("model").ok_or_else(|| bad("no \"model\""))?;
     let mtype = model.get("type").and_then(|t| t.as_str()).unwrap_or("");
     if mtype != "BPE" {
         return Err(bad(&format!(
-            "tokenizer model '{mtype}' is not supported yet (byte-level BPE is)"
+            "tokenizer model '{mtype}' is not supported (BPE is, and SentencePiece via tokenizer.model)"
         )));
     }
     let vocab = model
@@ -95,19 +327,11 @@ pub fn gguf_tokenizer(
         let id = id.as_u64().ok_or_else(|| bad("non-integer token id"))?;
         by_id.insert(id, (t.clone(), NORMAL));
     }
-    let added = tok
-        .get("added_tokens")
-        .and_then(|a| a.as_array())
-        .cloned()
-        .unwrap_or_default();
-    for a in &added {
-        let (Some(id), Some(content)) = (
-            a.get("id").and_then(|v| v.as_u64()),
-            a.get("content").and_then(|v| v.as_str()),
-        ) else {
+    for a in tok["added_tokens"].as_array().into_iter().flatten() {
+        let (Some(id), Some(content)) = (a["id"].as_u64(), a["content"].as_str()) else {
             continue;
         };
-        let special = a.get("special").and_then(|v| v.as_bool()).unwrap_or(false);
+        let special = a["special"].as_bool().unwrap_or(false);
         let ty = if special || looks_special(content) {
             CONTROL
         } else {
@@ -116,71 +340,75 @@ pub fn gguf_tokenizer(
         by_id.insert(id, (content.to_string(), ty));
     }
     let max_id = by_id.keys().max().copied().unwrap_or(0);
-    let n = config
-        .get("vocab_size")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(max_id + 1);
+    let n = vocab_size(config, max_id + 1);
     if max_id >= n {
         return Err(bad(&format!(
             "token id {max_id} is beyond the model's vocab_size {n}"
         )));
     }
-    let (mut tokens, mut types) = (
-        Vec::with_capacity(n as usize),
-        Vec::with_capacity(n as usize),
-    );
+    let (mut tokens, mut types) = (Vec::new(), Vec::new());
     for i in 0..n {
-        match by_id.get(&i) {
+        match by_id.remove(&i) {
             Some((t, ty)) => {
-                tokens.push(Value::String(t.clone()));
-                types.push(Value::I32(*ty));
+                tokens.push(t);
+                types.push(ty);
             }
             None => {
-                tokens.push(Value::String(format!("[PAD{i}]")));
-                types.push(Value::I32(UNUSED));
+                tokens.push(format!("[PAD{i}]"));
+                types.push(UNUSED);
             }
         }
     }
-    let merges: Vec<Value> = model
-        .get("merges")
-        .and_then(|m| m.as_array())
-        .map(|m| {
-            m.iter()
-                .filter_map(|x| match x {
-                    Json::String(s) => Some(s.clone()),
-                    Json::Array(p) => Some(
-                        p.iter()
-                            .filter_map(|v| v.as_str())
-                            .collect::<Vec<_>>()
-                            .join(" "),
-                    ),
-                    _ => None,
-                })
-                .map(Value::String)
-                .collect()
-        })
-        .unwrap_or_default();
     let pre = match pre_override {
         Some(p) => p.to_string(),
-        None => detect_pre(&tok)
+        None => detect_pre(tok)
             .ok_or_else(|| bad("pre-tokenizer not recognised: pass --tokenizer-pre NAME (llama.cpp's name, e.g. llama-bpe, qwen2, smollm, gpt-2)"))?
             .to_string(),
     };
-    let mut kv = vec![
-        (
-            "tokenizer.ggml.model".to_string(),
-            Value::String("gpt2".into()),
-        ),
-        ("tokenizer.ggml.pre".to_string(), Value::String(pre)),
-        ("tokenizer.ggml.tokens".to_string(), Value::Array(8, tokens)),
-        (
-            "tokenizer.ggml.token_type".to_string(),
-            Value::Array(5, types),
-        ),
-        ("tokenizer.ggml.merges".to_string(), Value::Array(8, merges)),
-    ];
-    // Special tokens: tokenizer_config's strings resolved through added_tokens, then
-    // config.json's *_token_id for the rest (as gguf-py's SpecialVocab does).
+    let mut v = vocab_kv("gpt2", tokens, None, types);
+    v.kv[1].1 = Value::String(pre);
+    Ok(v)
+}
+
+/// gguf-py's `SpecialVocab`: merges (byte-level BPE only), special token ids (tokenizer_config's
+/// strings resolved through tokenizer.json's added tokens, then config.json's `*_token_id`),
+/// add_bos/add_eos, chat template.
+fn special_vocab(
+    dir: &Path,
+    tok: Option<&Json>,
+    tcfg: &Json,
+    config: &Json,
+    n: u64,
+    with_merges: bool,
+) -> Result<Vec<(String, Value)>> {
+    let mut kv = Vec::new();
+    if with_merges {
+        let merges: Vec<Value> = tok
+            .and_then(|t| t["model"]["merges"].as_array())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|x| match x {
+                        Json::String(s) => Some(s.clone()),
+                        // [a, b] pairs: spaces inside a part become U+0120 as gguf-py does
+                        Json::Array(p) => Some(
+                            p.iter()
+                                .filter_map(|v| v.as_str())
+                                .map(|s| s.replace(' ', "\u{120}"))
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                        ),
+                        _ => None,
+                    })
+                    .map(Value::String)
+                    .collect()
+            })
+            .unwrap_or_default();
+        kv.push(("tokenizer.ggml.merges".to_string(), Value::Array(8, merges)));
+    }
+    let added: &[Json] = tok
+        .and_then(|t| t["added_tokens"].as_array())
+        .map(|v| v.as_slice())
+        .unwrap_or(&[]);
     for (typ, key) in [
         ("bos", "bos_token_id"),
         ("eos", "eos_token_id"),
@@ -200,9 +428,8 @@ pub fn gguf_tokenizer(
         let from_tok = content.and_then(|c| {
             added
                 .iter()
-                .find(|a| a.get("content").and_then(|v| v.as_str()) == Some(c.as_str()))
-                .and_then(|a| a.get("id"))
-                .and_then(|v| v.as_u64())
+                .find(|a| a["content"].as_str() == Some(c.as_str()))
+                .and_then(|a| a["id"].as_u64())
         });
         let id = from_tok.or_else(|| {
             config
@@ -223,10 +450,101 @@ pub fn gguf_tokenizer(
     }
     let template = match tcfg.get("chat_template") {
         Some(Json::String(s)) => Some(s.clone()),
-        _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+        _ => match std::fs::read_to_string(dir.join("chat_template.jinja")) {
+            Ok(t) => Some(t),
+            Err(_) => read_json(&dir.join("chat_template.json"))?.and_then(|j| {
+                j.get("chat_template")
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string)
+            }),
+        },
     };
     if let Some(t) = template {
         kv.push(("tokenizer.chat_template".to_string(), Value::String(t)));
     }
-    Ok(Some(kv))
+    Ok(kv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn kv<'a>(kv: &'a [(String, Value)], k: &str) -> &'a Value {
+        &kv.iter()
+            .find(|(n, _)| n == k)
+            .unwrap_or_else(|| panic!("no {k}"))
+            .1
+    }
+
+    #[test]
+    fn llama_hf_vocab_types_and_added_tokens() {
+        let dir = std::env::temp_dir().join(format!("qs-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tok = json!({
+            "model": {"type": "BPE", "byte_fallback": true, "vocab":
+                {"<unk>": 0, "<s>": 1, "</s>": 2, "<0x0A>": 3, "\u{2581}a": 4, "b": 5}},
+            "decoder": {"type": "Sequence", "decoders": []},
+            "added_tokens": [
+                {"id": 1, "content": "<s>", "special": true},
+                {"id": 6, "content": "<tool>", "special": true},
+                {"id": 7, "content": "hello", "special": false}
+            ]
+        });
+        std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+        let tcfg = json!({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+            "additional_special_tokens": ["<tool>"], "add_bos_token": true});
+        std::fs::write(dir.join("tokenizer_config.json"), tcfg.to_string()).unwrap();
+        let config = json!({"vocab_size": 9, "bos_token_id": 1, "eos_token_id": 2});
+        let kvs = gguf_tokenizer(&dir, &config, "llama", None)
+            .unwrap()
+            .unwrap();
+        let strs = |v: &Value| match v {
+            Value::Array(_, a) => a
+                .iter()
+                .map(|x| match x {
+                    Value::String(s) => s.clone(),
+                    Value::I32(i) => i.to_string(),
+                    Value::F32(f) => f.to_string(),
+                    _ => panic!(),
+                })
+                .collect::<Vec<_>>(),
+            _ => panic!(),
+        };
+        assert_eq!(
+            kv(&kvs, "tokenizer.ggml.model"),
+            &Value::String("llama".into())
+        );
+        assert_eq!(
+            strs(kv(&kvs, "tokenizer.ggml.tokens")),
+            [
+                "<unk>",
+                "<s>",
+                "</s>",
+                "<0x0A>",
+                "\u{2581}a",
+                "b",
+                "<tool>",
+                "hello",
+                "[PAD8]"
+            ]
+        );
+        assert_eq!(
+            strs(kv(&kvs, "tokenizer.ggml.token_type")),
+            ["3", "3", "3", "6", "1", "1", "3", "4", "5"]
+        );
+        assert!(strs(kv(&kvs, "tokenizer.ggml.scores"))
+            .iter()
+            .all(|s| s == "-1000"));
+        assert_eq!(kv(&kvs, "tokenizer.ggml.bos_token_id"), &Value::U32(1));
+        assert_eq!(kv(&kvs, "tokenizer.ggml.add_bos_token"), &Value::Bool(true));
+        assert!(!kvs.iter().any(|(k, _)| k == "tokenizer.ggml.merges"));
+        // another architecture converts the same file as byte-level BPE
+        let err = gguf_tokenizer(&dir, &config, "qwen2", None).unwrap_err();
+        assert!(
+            err.to_string().contains("pre-tokenizer not recognised"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -6,11 +6,11 @@ use crate::util::*;
 use std::path::Path;
 use std::process::Command;
 
-const IDS: &[&str] = &[
+pub(crate) const IDS: &[&str] = &[
     "5", "100", "200", "300", "17", "42", "511", "0", "256", "7", "64", "128",
 ];
 
-fn read_f32(p: &Path) -> Vec<f32> {
+pub(crate) fn read_f32(p: &Path) -> Vec<f32> {
     std::fs::read(p)
         .unwrap()
         .chunks(4)
@@ -18,7 +18,7 @@ fn read_f32(p: &Path) -> Vec<f32> {
         .collect()
 }
 
-fn llama_logits(model: &Path, out: &Path) -> Vec<f32> {
+pub(crate) fn llama_logits(model: &Path, out: &Path) -> Vec<f32> {
     let o = Command::new(llama_bin("llama-logits"))
         .arg(model)
         .arg(out)
@@ -34,7 +34,7 @@ fn llama_logits(model: &Path, out: &Path) -> Vec<f32> {
     read_f32(out)
 }
 
-fn reference_logits(dir: &Path, out: &Path) -> Vec<f32> {
+pub(crate) fn reference_logits(dir: &Path, out: &Path) -> Vec<f32> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/ref_forward.py");
     let o = Command::new(python())
         .arg(script)
@@ -51,7 +51,7 @@ fn reference_logits(dir: &Path, out: &Path) -> Vec<f32> {
     read_f32(out)
 }
 
-fn argmaxes(l: &[f32], nv: usize) -> Vec<usize> {
+pub(crate) fn argmaxes(l: &[f32], nv: usize) -> Vec<usize> {
     l.chunks(nv)
         .map(|r| {
             r.iter()
@@ -63,7 +63,7 @@ fn argmaxes(l: &[f32], nv: usize) -> Vec<usize> {
         .collect()
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
     for (x, y) in a.iter().zip(b) {
         ab += *x as f64 * *y as f64;
@@ -74,7 +74,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Every tensor of `theirs` is in `ours` with the same type, shape and bytes (and no extras).
-fn assert_same_tensors(
+pub(crate) fn assert_same_tensors(
     ours: &qs_formats::gguf::GgufFile,
     theirs: &qs_formats::gguf::GgufFile,
     what: &str,
@@ -278,7 +278,7 @@ fn synthetic_llama(
 }
 
 /// As [`synthetic_llama`] for `model_type` llama, qwen2 (q/k/v biases) or qwen3 (q/k norms).
-fn synthetic_model(
+pub(crate) fn synthetic_model(
     dir: &Path,
     model_type: &str,
     layers: usize,

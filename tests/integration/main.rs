@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod convert;
 mod llama;
 mod oracle;
 mod util;

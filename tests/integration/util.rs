@@ -133,3 +133,13 @@ pub fn llama_bin(name: &str) -> PathBuf {
 pub fn ggml_quant() -> PathBuf {
     oracle_path("QS_GGML_QUANT", "llama.cpp/ggml-quant")
 }
+
+/// llama.cpp's sources as `.ci/run` unpacked them (its `convert_hf_to_gguf.py` and gguf-py).
+pub fn llama_src() -> PathBuf {
+    oracle_path("QS_LLAMA_SRC", "llama.cpp/src")
+}
+
+/// The Python with torch, transformers and sentencepiece that llama.cpp's converter needs.
+pub fn convert_python() -> PathBuf {
+    oracle_path("QS_CONVERT_PYTHON", "venv-convert/bin/python")
+}

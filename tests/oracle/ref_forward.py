@@ -40,10 +40,32 @@ def rms(x, w, eps):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
 
-def rope(x, pos, theta):
+def inv_freq(cfg, d, theta):
+    """HF's rotary inverse frequencies, with linear or Llama 3 scaling (transformers'
+    _compute_llama3_parameters: long wavelengths divided by `factor`, a smooth blend between
+    the low- and high-frequency wavelengths)."""
+    inv = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
+    r = cfg.get("rope_scaling") or {}
+    kind = r.get("rope_type", r.get("type", "default"))
+    if kind == "linear":
+        return inv / r["factor"]
+    if kind == "llama3":
+        factor, lo, hi = r["factor"], r["low_freq_factor"], r["high_freq_factor"]
+        old = r["original_max_position_embeddings"]
+        wavelen = 2 * np.pi / inv
+        scaled = np.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        mid = (wavelen >= old / hi) & (wavelen <= old / lo)
+        return np.where(mid, blended, scaled)
+    if kind != "default":
+        raise SystemExit(f"rope scaling {kind} not handled")
+    return inv
+
+
+def rope(x, pos, inv):
     # x: (T, H, D), HF rotate_half convention
     d = x.shape[-1]
-    inv = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
     ang = pos[:, None] * inv[None, :]
     cos = np.concatenate([np.cos(ang)] * 2, -1)[:, None, :]
     sin = np.concatenate([np.sin(ang)] * 2, -1)[:, None, :]
@@ -78,7 +100,8 @@ def main():
         if p + "self_attn.q_norm.weight" in W:
             q = rms(q, W[p + "self_attn.q_norm.weight"], eps)
             k = rms(k, W[p + "self_attn.k_norm.weight"], eps)
-        q, k = rope(q, pos, theta), rope(k, pos, theta)
+        inv = inv_freq(cfg, hd, theta)
+        q, k = rope(q, pos, inv), rope(k, pos, inv)
         rep = H // KV
         k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
         att = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd) + mask

@@ -1,0 +1,259 @@
+//! Against llama.cpp's own converter (`convert_hf_to_gguf.py` from the sources .ci/run builds,
+//! run by tests/oracle/convert_hf.py) and its own converter + llama-quantize pipeline: our one
+//! pass writes the same files, byte for byte. Also SentencePiece vocabularies and Llama 3 rope
+//! scaling, checked against sentencepiece and an independent numpy forward pass.
+
+use crate::llama::{argmaxes, cosine, llama_logits, reference_logits, synthetic_model, IDS};
+use crate::util::{convert_python, fixture, llama_bin, llama_src, python, quantize};
+use qs_formats::gguf::{GgufFile, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// llama.cpp's converter on `model` → `out`. `pre`: the BPE pre-tokenizer name to use where the
+/// converter would look up a hash of the tokenizer (a fixture's vocabulary is not in its table).
+fn convert(model: &Path, out: &Path, outtype: &str, pre: Option<&str>) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/convert_hf.py");
+    let mut c = Command::new(convert_python());
+    c.arg(script)
+        .arg(llama_src())
+        .arg(model)
+        .args(["--outfile".as_ref(), out.as_os_str()])
+        .args(["--outtype", outtype]);
+    if let Some(p) = pre {
+        c.env("QS_PRE", p);
+    }
+    let o = c.output().expect("run llama.cpp's converter");
+    assert!(
+        o.status.success(),
+        "convert_hf_to_gguf.py failed on {}:\n{}",
+        model.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn ours(model: &Path, out: &Path, to: &str) {
+    quantize(&[
+        model.as_os_str(),
+        "--to".as_ref(),
+        to.as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+}
+
+/// Byte equality, or a message naming the first metadata key or tensor that differs.
+fn assert_identical(ours: &Path, theirs: &Path, what: &str) {
+    let (a, b) = (std::fs::read(ours).unwrap(), std::fs::read(theirs).unwrap());
+    if a == b {
+        return;
+    }
+    let (ga, gb) = (
+        GgufFile::open(ours).unwrap(),
+        GgufFile::open(theirs).unwrap(),
+    );
+    let keys = |g: &GgufFile| g.kvs.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    for (k, v) in &gb.kvs {
+        assert_eq!(ga.get(k), Some(v), "{what}: metadata {k}");
+    }
+    assert_eq!(keys(&ga), keys(&gb), "{what}: metadata keys/order");
+    let names = |g: &GgufFile| g.tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&ga), names(&gb), "{what}: tensor order");
+    for (ta, tb) in ga.tensors.iter().zip(&gb.tensors) {
+        assert_eq!((ta.ty, &ta.ne), (tb.ty, &tb.ne), "{what}: {}", tb.name);
+        assert!(ga.bytes(ta) == gb.bytes(tb), "{what}: {} bytes", tb.name);
+    }
+    panic!(
+        "{what}: files differ ({} vs {} bytes) though metadata and tensors agree",
+        a.len(),
+        b.len()
+    );
+}
+
+/// tiny-llama's weights and config with the SentencePiece tokenizer of fixtures/tiny-llama-spm,
+/// in `parent/tiny-llama-spm` (the folder name becomes general.name).
+fn spm_model(parent: &Path) -> PathBuf {
+    let fx = fixture();
+    let spm = fx.parent().unwrap().join("tiny-llama-spm");
+    let m = parent.join("tiny-llama-spm");
+    std::fs::create_dir_all(&m).unwrap();
+    for e in std::fs::read_dir(&spm).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), m.join(e.file_name())).unwrap();
+    }
+    std::fs::copy(fx.join("model.safetensors"), m.join("model.safetensors")).unwrap();
+    m
+}
+
+/// The fixture with Llama 3 rope scaling (short original context so most rotary pairs are
+/// scaled or blended at the test's positions).
+fn llama3_model(parent: &Path, scaled: bool) -> PathBuf {
+    let fx = fixture();
+    let m = parent.join(if scaled {
+        "tiny-llama3"
+    } else {
+        "tiny-llama3-unscaled"
+    });
+    std::fs::create_dir_all(&m).unwrap();
+    for e in std::fs::read_dir(&fx).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), m.join(e.file_name())).unwrap();
+    }
+    let mut c = crate::util::read_json(&m.join("config.json"));
+    if scaled {
+        c["rope_scaling"] = serde_json::json!({
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 32
+        });
+    }
+    std::fs::write(m.join("config.json"), c.to_string()).unwrap();
+    m
+}
+
+/// Float conversions: the same file as llama.cpp's converter, byte for byte, for byte-level BPE
+/// (llama), SentencePiece (llama), Llama 3 rope scaling (generated rope_freqs), qwen2 and qwen3.
+#[test]
+fn float_conversions_equal_llama_cpp_converter() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cases: Vec<(PathBuf, &str, Option<&str>)> = vec![
+        (fixture(), "f32", Some("gpt-2")),
+        (fixture(), "f16", Some("gpt-2")),
+        (fixture(), "bf16", Some("gpt-2")),
+        (spm_model(d.path()), "f32", None),
+        (llama3_model(d.path(), true), "f16", Some("gpt-2")),
+    ];
+    for mt in ["qwen2", "qwen3"] {
+        let m = d.path().join(mt);
+        synthetic_model(&m, mt, 2, 256, 512, 4, 2);
+        cases.push((m, "bf16", Some("gpt-2")));
+    }
+    for (i, (m, t, pre)) in cases.iter().enumerate() {
+        let what = format!("{} → {t}", m.file_name().unwrap().to_string_lossy());
+        let (a, b) = (
+            d.path().join(format!("ours-{i}.gguf")),
+            d.path().join(format!("theirs-{i}.gguf")),
+        );
+        ours(m, &a, t);
+        convert(m, &b, t, *pre);
+        assert_identical(&a, &b, &what);
+        eprintln!(
+            "{what}: identical ({} bytes)",
+            std::fs::metadata(&a).unwrap().len()
+        );
+    }
+}
+
+/// HF folder → K-quant mixture in one pass equals llama.cpp's two steps (converter to F16, then
+/// llama-quantize), byte for byte.
+#[test]
+fn one_pass_equals_converter_then_llama_quantize() {
+    let d = tempfile::tempdir().unwrap();
+    for (k, (m, pre)) in [(fixture(), Some("gpt-2")), (spm_model(d.path()), None)]
+        .into_iter()
+        .enumerate()
+    {
+        let f16 = d.path().join(format!("theirs-{k}-f16.gguf"));
+        convert(&m, &f16, "f16", pre);
+        for ft in ["Q4_K_M", "Q3_K_S", "Q5_K_M", "Q6_K", "Q4_0", "IQ4_XS"] {
+            let what = format!("{} → {ft}", m.file_name().unwrap().to_string_lossy());
+            let theirs = d.path().join(format!("theirs-{k}-{ft}.gguf"));
+            let o = Command::new(llama_bin("llama-quantize"))
+                .arg(&f16)
+                .arg(&theirs)
+                .arg(ft)
+                .arg("2")
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "llama-quantize {ft}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let a = d.path().join(format!("ours-{k}-{ft}.gguf"));
+            ours(&m, &a, &ft.to_lowercase());
+            assert_identical(&a, &theirs, &what);
+        }
+    }
+}
+
+/// A SentencePiece tokenizer.model becomes a "llama" vocabulary that llama.cpp tokenizes as
+/// sentencepiece itself does (merges by score, byte fallback for unseen characters).
+#[test]
+fn sentencepiece_vocabulary_tokenizes_like_sentencepiece() {
+    let d = tempfile::tempdir().unwrap();
+    let m = spm_model(d.path());
+    let g = d.path().join("spm.gguf");
+    ours(&m, &g, "q8_0");
+    let gg = GgufFile::open(&g).unwrap();
+    assert_eq!(
+        gg.get("tokenizer.ggml.model"),
+        Some(&Value::String("llama".into()))
+    );
+    for text in [
+        "Four score and seven years ago our fathers brought forth",
+        "  government of the people,\nby the people -- 1863! ünïcödé ✓",
+    ] {
+        let o = Command::new(llama_bin("llama-logits"))
+            .arg(&g)
+            .arg(d.path().join("t.f32"))
+            .args(["--text", text])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let llama: String = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let py = "import sentencepiece as s,sys; p=s.SentencePieceProcessor(model_file=sys.argv[1]); print(' '.join(map(str, p.encode(sys.argv[2]))))";
+        let o = Command::new(python())
+            .args(["-c", py])
+            .arg(m.join("tokenizer.model"))
+            .arg(text)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let spm = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        assert_eq!(llama, spm, "tokens of {text:?}");
+        assert!(spm.split(' ').count() > 10);
+    }
+}
+
+/// Llama 3 rope scaling: llama.cpp, reading our generated rope_freqs, gives the logits of the HF
+/// forward pass with scaled frequencies (numpy reference), and so does our calibration forward
+/// pass; the unscaled reference is clearly different (the check has power).
+#[test]
+fn llama3_rope_scaling_matches_reference() {
+    let d = tempfile::tempdir().unwrap();
+    let m = llama3_model(d.path(), true);
+    let g = d.path().join("l3.gguf");
+    ours(&m, &g, "f32");
+    let lc = llama_logits(&g, &d.path().join("l3.f32"));
+    let reference = reference_logits(&m, &d.path().join("ref.f32"));
+    let plain = reference_logits(&llama3_model(d.path(), false), &d.path().join("plain.f32"));
+    let worst = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let (w, w_plain) = (worst(&lc, &reference), worst(&lc, &plain));
+    eprintln!(
+        "llama3: max |Δlogit| {w} (unscaled reference: {w_plain}), cosine {}",
+        cosine(&lc, &reference)
+    );
+    assert!(w < 0.02, "llama.cpp vs scaled reference: {w}");
+    assert!(
+        w_plain > 10.0 * w,
+        "scaling makes no measurable difference ({w_plain})"
+    );
+    assert_eq!(argmaxes(&lc, 512), argmaxes(&reference, 512));
+    let src = qs_formats::source::ModelSource::open(&m).unwrap();
+    let model = qs_model::Model::new(&src).unwrap();
+    let ids: Vec<u32> = IDS.iter().map(|s| s.parse().unwrap()).collect();
+    let l = model.logits(&ids).unwrap();
+    let mut w_rust = 0f32;
+    for t in 0..ids.len() {
+        for v in 0..512 {
+            w_rust = w_rust.max((l[(t, v)] - reference[t * 512 + v]).abs());
+        }
+    }
+    assert!(w_rust < 1e-3, "qs-model vs scaled reference: {w_rust}");
+}

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# HF folder -> Q4_K_M GGUF: quantsmith in one pass, vs llama-quantize from an F16 GGUF.
-#   bash benches/bench_gguf.sh        (after .ci/run has built llama.cpp into the cache)
+# HF folder -> Q4_K_M GGUF: quantsmith in one pass, vs llama.cpp's converter (HF -> F16 GGUF)
+# then llama-quantize (F16 -> Q4_K_M), on the same weights and thread count.
+#   bash benches/bench_gguf.sh        (after .ci/run has built llama.cpp and its converter venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH_DIR="${BENCH_DIR:-/tmp/qs-bench}"
 THREADS="${THREADS:-2}"
 CACHE="${QS_CACHE:-$HOME/.cache/quantsmith}"
 LQ="${LLAMA_QUANTIZE:-$CACHE/llama.cpp/bin/llama-quantize}"
+CONVERT_PY="${QS_CONVERT_PYTHON:-$CACHE/venv-convert/bin/python}"
+LLAMA_SRC="${QS_LLAMA_SRC:-$CACHE/llama.cpp/src}"
 mkdir -p "$BENCH_DIR"
 cargo build --release --quiet --bin quantize --example gen_checkpoint
 T="${CARGO_TARGET_DIR:-target}/release"
@@ -18,13 +21,19 @@ run() { sync; /usr/bin/time -f "%e %M" "$@" 2>&1 >/dev/null | tail -1; }
 rm -f "$BENCH_DIR"/b-*.gguf
 read -r w1 r1 < <(run "$Q" "$M" --to q4_k_m -o "$BENCH_DIR/b-ours.gguf" -j "$THREADS" -q)
 read -r w2 r2 < <(run "$Q" "$M" --to f16 -o "$BENCH_DIR/b-f16.gguf" -j "$THREADS" -q)
-read -r w3 r3 < <(run "$LQ" "$BENCH_DIR/b-f16.gguf" "$BENCH_DIR/b-lq.gguf" Q4_K_M "$THREADS")
+# the converter is single-threaded Python; the fixture's vocabulary needs QS_PRE (see
+# tests/oracle/convert_hf.py)
+read -r w4 r4 < <(QS_PRE=gpt-2 run "$CONVERT_PY" tests/oracle/convert_hf.py "$LLAMA_SRC" "$M" --outfile "$BENCH_DIR/b-conv-f16.gguf" --outtype f16)
+same_f16=$(cmp -s "$BENCH_DIR/b-f16.gguf" "$BENCH_DIR/b-conv-f16.gguf" && echo "F16 files byte-identical" || echo "F16 files differ")
+read -r w3 r3 < <(run "$LQ" "$BENCH_DIR/b-conv-f16.gguf" "$BENCH_DIR/b-lq.gguf" Q4_K_M "$THREADS")
+same_q=$(cmp -s "$BENCH_DIR/b-ours.gguf" "$BENCH_DIR/b-lq.gguf" && echo "Q4_K_M files byte-identical" || echo "Q4_K_M files differ")
 same=$("$Q" verify "$M" "$BENCH_DIR/b-ours.gguf" --report "$BENCH_DIR/a.json" -q && "$Q" verify "$M" "$BENCH_DIR/b-lq.gguf" --report "$BENCH_DIR/b.json" -q \
   && python3 -c "import json;a=json.load(open('$BENCH_DIR/a.json'));b=json.load(open('$BENCH_DIR/b.json'));print('identical errors' if a['rows']==b['rows'] else 'errors differ')")
-echo "input: $(python3 -c "print(f'{$size/1e9:.2f}')") GB bf16, llama-7B-shaped, $THREADS threads ($same)"
+echo "input: $(python3 -c "print(f'{$size/1e9:.2f}')") GB bf16, llama-7B-shaped, $THREADS threads ($same; $same_f16; $same_q)"
 echo "| pipeline | wall s | peak RSS MB |"
 echo "|---|---|---|"
 echo "| quantsmith: HF folder -> Q4_K_M GGUF | $w1 | $((r1 / 1024)) |"
 echo "| quantsmith: HF folder -> F16 GGUF | $w2 | $((r2 / 1024)) |"
+echo "| llama.cpp convert_hf_to_gguf.py: HF folder -> F16 GGUF | $w4 | $((r4 / 1024)) |"
 echo "| llama-quantize: F16 GGUF -> Q4_K_M | $w3 | $((r3 / 1024)) |"
-echo "| F16 GGUF + llama-quantize, total | $(python3 -c "print(f'{$w2+$w3:.2f}')") | |"
+echo "| llama.cpp converter + llama-quantize, total | $(python3 -c "print(f'{$w4+$w3:.2f}')") | |"

@@ -214,6 +214,26 @@ fn sentencepiece_vocabulary_tokenizes_like_sentencepiece() {
         assert_eq!(llama, spm, "tokens of {text:?}");
         assert!(spm.split(' ').count() > 10);
     }
+    // export rebuilds tokenizer.model from the GGUF (the fixture's, byte for byte), and the
+    // exported folder converts back to the same vocabulary
+    let e = d.path().join("exported");
+    quantize(&[
+        "export".as_ref(),
+        g.as_os_str(),
+        "-o".as_ref(),
+        e.as_os_str(),
+    ])
+    .ok();
+    assert!(
+        std::fs::read(e.join("tokenizer.model")).unwrap()
+            == std::fs::read(m.join("tokenizer.model")).unwrap()
+    );
+    let g2 = d.path().join("again.gguf");
+    ours(&e, &g2, "q8_0");
+    let again = GgufFile::open(&g2).unwrap();
+    for (k, v) in gg.kvs.iter().filter(|(k, _)| k.starts_with("tokenizer.")) {
+        assert_eq!(again.get(k), Some(v), "{k} after export and re-conversion");
+    }
 }
 
 /// Llama 3 rope scaling: llama.cpp, reading our generated rope_freqs, gives the logits of the HF
@@ -256,4 +276,14 @@ fn llama3_rope_scaling_matches_reference() {
         }
     }
     assert!(w_rust < 1e-3, "qs-model vs scaled reference: {w_rust}");
+    // the factors cannot be turned back into rope_scaling parameters: export says so
+    let r = quantize(&[
+        "export".as_ref(),
+        g.as_os_str(),
+        "-o".as_ref(),
+        d.path().join("e").as_os_str(),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("rope_freqs.weight"), "{}", r.stderr);
+    assert!(!d.path().join("e").exists());
 }

@@ -157,9 +157,20 @@ fn pre_tokenizer(pre: &str) -> Json {
     }
 }
 
-/// tokenizer.json + tokenizer_config.json for a "gpt2" (byte-level BPE) vocabulary.
-fn tokenizer_files(g: &GgufFile) -> Result<Option<(Json, Json)>> {
-    if s(g, "tokenizer.ggml.model") != Some("gpt2") {
+/// The tokenizer files an HF folder needs, rebuilt from GGUF metadata.
+struct TokenizerFiles {
+    /// tokenizer.json (byte-level BPE).
+    json: Option<Json>,
+    /// tokenizer.model (SentencePiece).
+    model: Option<Vec<u8>>,
+    config: Json,
+}
+
+/// tokenizer.json + tokenizer_config.json for a "gpt2" (byte-level BPE) vocabulary,
+/// tokenizer.model + tokenizer_config.json for a "llama" (SentencePiece) one.
+fn tokenizer_files(g: &GgufFile) -> Result<Option<TokenizerFiles>> {
+    let model = s(g, "tokenizer.ggml.model");
+    if !matches!(model, Some("gpt2" | "llama")) {
         return Ok(None);
     }
     let tokens: Vec<&str> = match g.get("tokenizer.ggml.tokens") {
@@ -181,6 +192,37 @@ fn tokenizer_files(g: &GgufFile) -> Result<Option<(Json, Json)>> {
             .map(|t| if let Value::I32(x) = t { *x as i64 } else { 1 })
             .collect(),
         _ => vec![1; tokens.len()],
+    };
+    let spm = if model == Some("llama") {
+        let scores: Vec<f32> = match g.get("tokenizer.ggml.scores") {
+            Some(Value::Array(_, v)) => v
+                .iter()
+                .map(|t| if let Value::F32(x) = t { *x } else { 0.0 })
+                .collect(),
+            _ => vec![0.0; tokens.len()],
+        };
+        use qs_formats::spm::{Piece, SpmModel, BYTE};
+        let pieces: Vec<Piece> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Piece {
+                piece: t.to_string(),
+                score: scores.get(i).copied().unwrap_or(0.0),
+                kind: types.get(i).copied().unwrap_or(1) as i32,
+            })
+            .collect();
+        let byte_fallback = pieces.iter().any(|p| p.kind == BYTE);
+        Some(qs_formats::spm::encode_model(&SpmModel {
+            pieces,
+            model_type: 2,
+            byte_fallback,
+            add_dummy_prefix: !matches!(
+                g.get("tokenizer.ggml.add_space_prefix"),
+                Some(Value::Bool(false))
+            ),
+        }))
+    } else {
+        None
     };
     let merges: Vec<Json> = match g.get("tokenizer.ggml.merges") {
         Some(Value::Array(_, v)) => v
@@ -247,7 +289,17 @@ fn tokenizer_files(g: &GgufFile) -> Result<Option<(Json, Json)>> {
     if let Some(t) = s(g, "tokenizer.chat_template") {
         tc.insert("chat_template".into(), json!(t));
     }
-    tc.insert("tokenizer_class".into(), json!("GPT2Tokenizer"));
+    if let Some(Value::Bool(b)) = g.get("tokenizer.ggml.add_space_prefix") {
+        tc.insert("add_prefix_space".into(), json!(b));
+    }
+    tc.insert(
+        "tokenizer_class".into(),
+        json!(if spm.is_some() {
+            "LlamaTokenizer"
+        } else {
+            "GPT2Tokenizer"
+        }),
+    );
     tc.insert(
         "model_max_length".into(),
         json!(u(
@@ -259,7 +311,11 @@ fn tokenizer_files(g: &GgufFile) -> Result<Option<(Json, Json)>> {
         )
         .unwrap_or(2048)),
     );
-    Ok(Some((tok, Json::Object(tc))))
+    Ok(Some(TokenizerFiles {
+        json: spm.is_none().then_some(tok),
+        model: spm,
+        config: Json::Object(tc),
+    }))
 }
 
 /// GGUF name → (HF name, permutation heads) by running the forward map over every HF name
@@ -305,6 +361,12 @@ fn inverse_names(
         }
     }
     for t in &g.tensors {
+        if t.name == "rope_freqs.weight" {
+            return Err(err(
+                g,
+                "rope_freqs.weight (Llama 3 rope scaling computed by the converter) cannot be turned back into config.json's rope_scaling parameters; export does not support this file",
+            ));
+        }
         if !m.contains_key(&t.name) {
             return Err(err(
                 g,
@@ -454,9 +516,15 @@ pub fn export(
         }
     }
     write_json("generation_config.json", &Json::Object(gen))?;
-    if let Some((tok, tc)) = tokenizer_files(&g)? {
-        write_json("tokenizer.json", &tok)?;
-        write_json("tokenizer_config.json", &tc)?;
+    if let Some(tf) = tokenizer_files(&g)? {
+        if let Some(tok) = &tf.json {
+            write_json("tokenizer.json", tok)?;
+        }
+        if let Some(m) = &tf.model {
+            let p = dir.path().join("tokenizer.model");
+            std::fs::write(&p, m).map_err(|e| io(&p, e))?;
+        }
+        write_json("tokenizer_config.json", &tf.config)?;
     }
     dir.commit()?;
     Ok(outs.len())

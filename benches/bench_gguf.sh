@@ -24,9 +24,23 @@ read -r w2 r2 < <(run "$Q" "$M" --to f16 -o "$BENCH_DIR/b-f16.gguf" -j "$THREADS
 # the converter is single-threaded Python; the fixture's vocabulary needs QS_PRE (see
 # tests/oracle/convert_hf.py)
 read -r w4 r4 < <(QS_PRE=gpt-2 run "$CONVERT_PY" tests/oracle/convert_hf.py "$LLAMA_SRC" "$M" --outfile "$BENCH_DIR/b-conv-f16.gguf" --outtype f16)
-same_f16=$(cmp -s "$BENCH_DIR/b-f16.gguf" "$BENCH_DIR/b-conv-f16.gguf" && echo "F16 files byte-identical" || echo "F16 files differ")
+# byte-identical, or which metadata keys / tensors differ
+PY="${QS_PYTHON:-$CACHE/venv/bin/python}"
+gguf_diff() {
+  cmp -s "$1" "$2" && { echo "byte-identical"; return; }
+  "$PY" -c "
+import gguf, sys, numpy as np
+a, b = gguf.GGUFReader(sys.argv[1]), gguf.GGUFReader(sys.argv[2])
+kv = lambda r: {k: f.contents() for k, f in r.fields.items() if not k.startswith('GGUF.')}
+ka, kb = kv(a), kv(b)
+keys = [k for k in sorted(set(ka) | set(kb)) if ka.get(k) != kb.get(k)]
+ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+ts = [n for n in sorted(set(ta) | set(tb)) if n not in ta or n not in tb or ta[n].tensor_type != tb[n].tensor_type or not np.array_equal(ta[n].data, tb[n].data)]
+print('differ in keys', keys, 'tensors', ts)" "$1" "$2"
+}
+same_f16="F16: $(gguf_diff "$BENCH_DIR/b-f16.gguf" "$BENCH_DIR/b-conv-f16.gguf")"
 read -r w3 r3 < <(run "$LQ" "$BENCH_DIR/b-conv-f16.gguf" "$BENCH_DIR/b-lq.gguf" Q4_K_M "$THREADS")
-same_q=$(cmp -s "$BENCH_DIR/b-ours.gguf" "$BENCH_DIR/b-lq.gguf" && echo "Q4_K_M files byte-identical" || echo "Q4_K_M files differ")
+same_q="Q4_K_M: $(gguf_diff "$BENCH_DIR/b-ours.gguf" "$BENCH_DIR/b-lq.gguf")"
 same=$("$Q" verify "$M" "$BENCH_DIR/b-ours.gguf" --report "$BENCH_DIR/a.json" -q && "$Q" verify "$M" "$BENCH_DIR/b-lq.gguf" --report "$BENCH_DIR/b.json" -q \
   && python3 -c "import json;a=json.load(open('$BENCH_DIR/a.json'));b=json.load(open('$BENCH_DIR/b.json'));print('identical errors' if a['rows']==b['rows'] else 'errors differ')")
 echo "input: $(python3 -c "print(f'{$size/1e9:.2f}')") GB bf16, llama-7B-shaped, $THREADS threads ($same; $same_f16; $same_q)"

@@ -139,8 +139,93 @@ impl Config {
 
 /// A model to run: weights read tensor by tensor from the source on demand.
 pub struct Model<'a> {
-    pub src: &'a ModelSource,
+    pub w: &'a dyn Weights,
     pub cfg: Config,
+}
+
+/// Where a model's weights come from: tensors by Hugging Face name, decoded to f32 in HF
+/// layout. A float safetensors folder ([`ModelSource`]) is one; the pipeline adds dequantizing
+/// views of GGUF and compressed-tensors files.
+pub trait Weights: Sync {
+    /// The tensor's shape, or `None` when the model has no such tensor.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The whole tensor as f32, row-major.
+    fn read(&self, name: &str) -> Result<Vec<f32>>;
+    /// Rows `ids` of a 2-D tensor (an embedding lookup), concatenated.
+    fn rows(&self, name: &str, ids: &[usize]) -> Result<Vec<f32>> {
+        let shape = self.shape(name).unwrap_or_default();
+        let cols = shape.get(1).copied().unwrap_or(0);
+        let all = self.read(name)?;
+        let mut out = Vec::with_capacity(ids.len() * cols);
+        for &i in ids {
+            out.extend_from_slice(&all[i * cols..(i + 1) * cols]);
+        }
+        Ok(out)
+    }
+}
+
+impl Weights for ModelSource {
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors
+            .iter()
+            .find(|t| t.info.name == name)
+            .map(|t| t.info.shape.clone())
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self
+            .tensors
+            .iter()
+            .find(|t| t.info.name == name)
+            .ok_or_else(|| ModelError::Tensor {
+                name: name.into(),
+                msg: "missing".into(),
+            })?;
+        if !t.info.dtype.is_float() || t.ggml.is_some() {
+            return Err(ModelError::Tensor {
+                name: name.into(),
+                msg: format!("{} is not a float tensor", t.info.dtype),
+            });
+        }
+        let mut out = vec![0f32; t.info.numel()];
+        qs_numeric::dtype::decode_f32(t.info.dtype, self.bytes(t), &mut out);
+        Ok(out)
+    }
+
+    fn rows(&self, name: &str, ids: &[usize]) -> Result<Vec<f32>> {
+        let t = self
+            .tensors
+            .iter()
+            .find(|t| t.info.name == name)
+            .ok_or_else(|| ModelError::Tensor {
+                name: name.into(),
+                msg: "missing".into(),
+            })?;
+        if !t.info.dtype.is_float() || t.ggml.is_some() || t.info.shape.len() != 2 {
+            return Err(ModelError::Tensor {
+                name: name.into(),
+                msg: "not a 2-D float tensor".into(),
+            });
+        }
+        let cols = t.info.shape[1];
+        let row = cols * t.info.dtype.size();
+        let bytes = self.bytes(t);
+        let mut out = vec![0f32; ids.len() * cols];
+        for (k, &id) in ids.iter().enumerate() {
+            if id >= t.info.shape[0] {
+                return Err(ModelError::Tensor {
+                    name: name.into(),
+                    msg: format!("token id {id} out of range"),
+                });
+            }
+            qs_numeric::dtype::decode_f32(
+                t.info.dtype,
+                &bytes[id * row..(id + 1) * row],
+                &mut out[k * cols..(k + 1) * cols],
+            );
+        }
+        Ok(out)
+    }
 }
 
 /// One decoder layer's weights, f32, `[out, in]`.
@@ -179,37 +264,34 @@ impl<'a> Model<'a> {
             .config
             .as_ref()
             .ok_or_else(|| ModelError::Config("the model folder has no config.json".into()))?;
+        Model::with_weights(src, c)
+    }
+
+    /// A model over any weight source, with its HF config.json.
+    pub fn with_weights(w: &'a dyn Weights, config: &Json) -> Result<Model<'a>> {
         Ok(Model {
-            src,
-            cfg: Config::from_hf(c)?,
+            w,
+            cfg: Config::from_hf(config)?,
         })
     }
 
-    fn find(&self, name: &str) -> Option<&qs_formats::source::SourceTensor> {
-        self.src.tensors.iter().find(|t| t.info.name == name)
+    fn dims(&self, name: &str) -> Result<Vec<usize>> {
+        self.w.shape(name).ok_or_else(|| ModelError::Tensor {
+            name: name.into(),
+            msg: "missing".into(),
+        })
     }
 
     /// A tensor as f32, checked against the expected shape.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let t = self.find(name).ok_or_else(|| ModelError::Tensor {
-            name: name.into(),
-            msg: "missing".into(),
-        })?;
-        if t.info.shape != shape {
+        let have = self.dims(name)?;
+        if have != shape {
             return Err(ModelError::Tensor {
                 name: name.into(),
-                msg: format!("shape {:?}, expected {shape:?}", t.info.shape),
+                msg: format!("shape {have:?}, expected {shape:?}"),
             });
         }
-        if !t.info.dtype.is_float() || t.ggml.is_some() {
-            return Err(ModelError::Tensor {
-                name: name.into(),
-                msg: format!("{} is not a float tensor", t.info.dtype),
-            });
-        }
-        let mut out = vec![0f32; shape.iter().product()];
-        qs_numeric::dtype::decode_f32(t.info.dtype, self.src.bytes(t), &mut out);
-        Ok(out)
+        self.w.read(name)
     }
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Mat<f32>> {
@@ -218,7 +300,7 @@ impl<'a> Model<'a> {
     }
 
     fn optional(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
-        match self.find(name) {
+        match self.w.shape(name) {
             None => Ok(None),
             Some(_) => self.tensor(name, &[n]).map(Some),
         }
@@ -241,25 +323,16 @@ impl<'a> Model<'a> {
             k_norm: self.optional(&format!("{p}self_attn.k_norm.weight"), c.head_dim)?,
             post_norm: self.tensor(&format!("{p}post_attention_layernorm.weight"), &[c.hidden])?,
             gate: {
-                let t = self
-                    .find(&format!("{p}mlp.gate_proj.weight"))
-                    .ok_or_else(|| ModelError::Tensor {
-                        name: format!("{p}mlp.gate_proj.weight"),
-                        msg: "missing".into(),
-                    })?;
-                let inter = t.info.shape[0];
+                let inter = self.dims(&format!("{p}mlp.gate_proj.weight"))?[0];
                 self.matrix(&format!("{p}mlp.gate_proj.weight"), inter, c.hidden)?
             },
             up: {
-                let inter = self
-                    .find(&format!("{p}mlp.up_proj.weight"))
-                    .map_or(0, |t| t.info.shape[0]);
+                let inter = self.dims(&format!("{p}mlp.up_proj.weight"))?[0];
                 self.matrix(&format!("{p}mlp.up_proj.weight"), inter, c.hidden)?
             },
             down: {
-                let inter = self
-                    .find(&format!("{p}mlp.down_proj.weight"))
-                    .map_or(0, |t| t.info.shape.get(1).copied().unwrap_or(0));
+                let d = self.dims(&format!("{p}mlp.down_proj.weight"))?;
+                let inter = d.get(1).copied().unwrap_or(0);
                 self.matrix(&format!("{p}mlp.down_proj.weight"), c.hidden, inter)?
             },
         })
@@ -268,30 +341,19 @@ impl<'a> Model<'a> {
     /// Token embeddings of `ids` (tokens × hidden).
     pub fn embed(&self, ids: &[u32]) -> Result<Mat<f32>> {
         let c = &self.cfg;
-        let t = self
-            .find("model.embed_tokens.weight")
-            .ok_or_else(|| ModelError::Tensor {
-                name: "model.embed_tokens.weight".into(),
-                msg: "missing".into(),
-            })?;
-        let row = c.hidden * t.info.dtype.size();
-        let bytes = self.src.bytes(t);
-        let mut out = Mat::<f32>::zeros(ids.len(), c.hidden);
-        let mut buf = vec![0f32; c.hidden];
-        for (i, &id) in ids.iter().enumerate() {
-            let id = id as usize;
-            if id >= t.info.shape[0] {
-                return Err(ModelError::Tensor {
-                    name: "model.embed_tokens.weight".into(),
-                    msg: format!("token id {id} out of range"),
-                });
-            }
-            qs_numeric::dtype::decode_f32(t.info.dtype, &bytes[id * row..(id + 1) * row], &mut buf);
-            for (j, v) in buf.iter().enumerate() {
-                out[(i, j)] = *v;
-            }
+        let name = "model.embed_tokens.weight";
+        let vocab = self.dims(name)?[0];
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(ModelError::Tensor {
+                name: name.into(),
+                msg: format!("token id {bad} out of range"),
+            });
         }
-        Ok(out)
+        let idx: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
+        let v = self.w.rows(name, &idx)?;
+        Ok(Mat::from_fn(ids.len(), c.hidden, |i, j| {
+            v[i * c.hidden + j]
+        }))
     }
 
     /// Final norm and output head: logits (tokens × vocab).
@@ -299,7 +361,7 @@ impl<'a> Model<'a> {
         let c = &self.cfg;
         let norm = self.tensor("model.norm.weight", &[c.hidden])?;
         let h = rms_norm(x.as_ref(), &norm, c.eps);
-        let name = if self.find("lm_head.weight").is_some() {
+        let name = if self.w.shape("lm_head.weight").is_some() {
             "lm_head.weight"
         } else {
             "model.embed_tokens.weight"

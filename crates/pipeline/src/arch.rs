@@ -76,6 +76,47 @@ fn get_f64(c: &Json, keys: &[&str]) -> Option<f64> {
     keys.iter().find_map(|k| c.get(*k).and_then(|v| v.as_f64()))
 }
 
+/// config.json completed with the defaults of the model type's transformers config class
+/// (5.x), which is what llama.cpp's converter reads (`AutoConfig.from_pretrained(..).to_dict()`):
+/// a key the file leaves out still gets written, with transformers' value.
+pub fn with_defaults(c: &Json) -> Json {
+    let mut c = c.clone();
+    let mt = c
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let (max_pos, head_dim): (u64, Option<u64>) = match mt.as_str() {
+        "llama" => (2048, None),
+        "mistral" => (131072, None),
+        "qwen2" => (32768, None),
+        "qwen3" => (32768, Some(128)),
+        _ => return c,
+    };
+    let theta_in_rope = qs_model::rope_params(&c).is_some_and(|r| r.get("rope_theta").is_some());
+    let hidden = c.get("hidden_size").and_then(|v| v.as_u64());
+    let heads = c.get("num_attention_heads").and_then(|v| v.as_u64());
+    let Some(obj) = c.as_object_mut() else {
+        return c;
+    };
+    let mut put = |k: &str, v: Json| {
+        if obj.get(k).is_none_or(|x| x.is_null()) {
+            obj.insert(k.to_string(), v);
+        }
+    };
+    put("max_position_embeddings", max_pos.into());
+    put("rms_norm_eps", 1e-6.into());
+    if !theta_in_rope {
+        put("rope_theta", 10000.0.into());
+    }
+    match (mt.as_str(), head_dim, hidden, heads) {
+        ("llama" | "mistral", _, Some(h), Some(n)) if n > 0 => put("head_dim", (h / n).into()),
+        (_, Some(d), _, _) => put("head_dim", d.into()),
+        _ => {}
+    }
+    c
+}
+
 /// Attention head counts (q, kv) from config.json.
 pub fn heads(c: &Json) -> Result<(u64, u64)> {
     let h = get_u64(c, &["num_attention_heads", "n_head", "n_heads"])
@@ -91,6 +132,7 @@ pub fn heads(c: &Json) -> Result<(u64, u64)> {
 /// architecture's own (vocab size, rope dimensions).
 #[allow(clippy::type_complexity)]
 pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(String, Value)>)> {
+    let c = &with_defaults(c);
     let a = arch.name;
     let need = |keys: &[&str]| {
         get_u64(c, keys).ok_or_else(|| Error::Config(format!("config.json lacks {}", keys[0])))

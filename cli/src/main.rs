@@ -48,6 +48,31 @@ enum Cmd {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Perplexity of MODEL on a text and, with --against, the KL divergence and top-1 agreement
+    /// of its next-token distributions vs ORIGINAL (chunked as llama-perplexity does).
+    Eval {
+        /// A model folder (float or compressed-tensors safetensors) or a GGUF file.
+        model: PathBuf,
+        /// The original model to compare with (same vocabulary).
+        #[arg(long, value_name = "ORIGINAL")]
+        against: Option<PathBuf>,
+        /// The text (plain, or JSONL with a "text" field).
+        #[arg(long, value_name = "FILE")]
+        text: PathBuf,
+        /// Tokens per chunk (llama-perplexity's -c).
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// Evaluate only the first N chunks.
+        #[arg(long)]
+        chunks: Option<usize>,
+        /// Write the figures as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        #[arg(short = 'j', long)]
+        threads: Option<usize>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Dequantize every tensor of QUANTIZED and compare it with ORIGINAL.
     Verify {
         original: PathBuf,
@@ -369,6 +394,45 @@ fn main() -> std::process::ExitCode {
                 .with_context(|| format!("exporting {}", model.display()))?;
             if !quiet {
                 println!("wrote {} ({n} tensors)", output.display());
+            }
+            Ok(())
+        })(),
+        Some(Cmd::Eval {
+            model,
+            against,
+            text,
+            ctx,
+            chunks,
+            json,
+            threads,
+            quiet,
+        }) => (|| {
+            let cfg = quantsmith::eval::EvalConfig {
+                model: model.clone(),
+                against,
+                text,
+                ctx,
+                chunks,
+                threads,
+            };
+            let r = quantsmith::eval::eval(&cfg)
+                .with_context(|| format!("evaluating {}", model.display()))?;
+            if !quiet {
+                println!(
+                    "{} chunks of {} tokens, {} predictions scored",
+                    r.chunks, r.ctx, r.tokens_scored
+                );
+                println!("PPL          {:.4}", r.ppl);
+                if let (Some(pb), Some(kl), Some(km), Some(t1)) =
+                    (r.ppl_against, r.kld_mean, r.kld_max, r.top1_agreement)
+                {
+                    println!("PPL original {pb:.4}  (ratio {:.4})", r.ppl / pb);
+                    println!("mean KLD     {kl:.6}  (max {km:.4})");
+                    println!("same top-1   {:.2} %", 100.0 * t1);
+                }
+            }
+            if let Some(p) = &json {
+                write_report(p, &(serde_json::to_string_pretty(&r)? + "\n"))?;
             }
             Ok(())
         })(),

@@ -287,3 +287,122 @@ fn llama3_rope_scaling_matches_reference() {
     assert!(r.stderr.contains("rope_freqs.weight"), "{}", r.stderr);
     assert!(!d.path().join("e").exists());
 }
+
+/// `quantize eval` computes llama-perplexity's figures: checked against the numpy reference
+/// forward pass, chunk by chunk (second half of each chunk scored), for the perplexity of a
+/// Q4_0 GGUF, the original's, their mean KL divergence and top-1 agreement.
+#[test]
+fn eval_matches_reference_chunking_perplexity_and_kl() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let text = d.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "It is for us the living, rather, to be dedicated here to the unfinished work which they \
+         who fought here have thus far so nobly advanced. The world will little note, nor long \
+         remember what we say here, but it can never forget what they did here. Four score and \
+         seven years ago our fathers brought forth on this continent a new nation.",
+    )
+    .unwrap();
+    let g = d.path().join("q4_0.gguf");
+    ours(&fx, &g, "q4_0");
+    let json = d.path().join("eval.json");
+    quantize(&[
+        "eval".as_ref(),
+        g.as_os_str(),
+        "--against".as_ref(),
+        fx.as_os_str(),
+        "--text".as_ref(),
+        text.as_os_str(),
+        "--ctx".as_ref(),
+        "16".as_ref(),
+        "--chunks".as_ref(),
+        "3".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let r = crate::util::read_json(&json);
+    // the reference: tokens from HF tokenizers, logits from the numpy forward pass of the
+    // original and of the GGUF exported back to float (its exact dequantization)
+    let py = "import tokenizers,sys; t=tokenizers.Tokenizer.from_file(sys.argv[1]); print(' '.join(map(str, t.encode(open(sys.argv[2]).read(), add_special_tokens=False).ids)))";
+    let o = Command::new(python())
+        .args(["-c", py])
+        .arg(fx.join("tokenizer.json"))
+        .arg(&text)
+        .output()
+        .unwrap();
+    let ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert!(ids.len() >= 48, "{} tokens", ids.len());
+    let e = d.path().join("exported");
+    quantize(&[
+        "export".as_ref(),
+        g.as_os_str(),
+        "-o".as_ref(),
+        e.as_os_str(),
+    ])
+    .ok();
+    let nv = 512;
+    let (ctx, first) = (16, 8);
+    let (mut nll, mut nll_b, mut kl_sum, mut same, mut n) = (0f64, 0f64, 0f64, 0usize, 0usize);
+    let logsm = |row: &[f32]| {
+        let m = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+        let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        row.iter().map(|&v| v as f64 - lse).collect::<Vec<f64>>()
+    };
+    let am = |v: &[f64]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+    for c in 0..3 {
+        let chunk: Vec<&str> = ids[c * ctx..(c + 1) * ctx]
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        let run = |dir: &Path, out: &str| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/ref_forward.py");
+            let o = Command::new(python())
+                .arg(script)
+                .arg(dir)
+                .arg(d.path().join(out))
+                .args(&chunk)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            crate::llama::read_f32(&d.path().join(out))
+        };
+        let (lq, lb) = (run(&e, "q.f32"), run(&fx, "b.f32"));
+        for k in first..ctx - 1 {
+            let next: usize = chunk[k + 1].parse().unwrap();
+            let (pq, pb) = (
+                logsm(&lq[k * nv..(k + 1) * nv]),
+                logsm(&lb[k * nv..(k + 1) * nv]),
+            );
+            nll -= pq[next];
+            nll_b -= pb[next];
+            kl_sum += pb
+                .iter()
+                .zip(&pq)
+                .map(|(&b, &q)| b.exp() * (b - q))
+                .sum::<f64>();
+            same += usize::from(am(&pq) == am(&pb));
+            n += 1;
+        }
+    }
+    let nf = n as f64;
+    assert_eq!(r["tokens_scored"], n);
+    let close = |k: &str, want: f64, tol: f64| {
+        let got = r[k].as_f64().unwrap();
+        eprintln!("{k}: ours {got}, reference {want}");
+        assert!(
+            (got - want).abs() <= tol * want.abs().max(1e-3),
+            "{k}: {got} vs {want}"
+        );
+    };
+    close("ppl", (nll / nf).exp(), 1e-3);
+    close("ppl_against", (nll_b / nf).exp(), 1e-3);
+    close("kld_mean", kl_sum / nf, 2e-2);
+    assert!((r["top1_agreement"].as_f64().unwrap() - same as f64 / nf).abs() < 1e-12);
+    assert!(kl_sum > 0.0, "Q4_0 must differ from the original");
+}

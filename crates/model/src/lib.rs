@@ -356,6 +356,35 @@ impl<'a> Model<'a> {
         }))
     }
 
+    /// The final norm and the output head matrix (vocab × hidden), for [`Model::apply_head`].
+    pub fn head_weights(&self) -> Result<(Vec<f32>, Mat<f32>)> {
+        let c = &self.cfg;
+        let norm = self.tensor("model.norm.weight", &[c.hidden])?;
+        let name = if self.w.shape("lm_head.weight").is_some() {
+            "lm_head.weight"
+        } else {
+            "model.embed_tokens.weight"
+        };
+        Ok((norm, self.matrix(name, c.vocab, c.hidden)?))
+    }
+
+    /// Logits (tokens × vocab) of final hidden states `x` with loaded head weights.
+    pub fn apply_head(&self, hw: &(Vec<f32>, Mat<f32>), x: MatRef<'_, f32>) -> Mat<f32> {
+        let h = rms_norm(x, &hw.0, self.cfg.eps);
+        linear(h.as_ref(), &hw.1, None)
+    }
+
+    /// Final hidden states (before the final norm) of sequences of `seq_len` tokens laid end to
+    /// end in `ids`, layer by layer (one layer's weights in memory at a time).
+    pub fn hidden(&self, ids: &[u32], seq_len: usize) -> Result<Mat<f32>> {
+        let mut x = self.embed(ids)?;
+        for l in 0..self.cfg.layers {
+            let layer = self.layer(l)?;
+            x = layer_forward(&self.cfg, &layer, x.as_ref(), seq_len, false).0;
+        }
+        Ok(x)
+    }
+
     /// Final norm and output head: logits (tokens × vocab).
     pub fn head(&self, x: &Mat<f32>) -> Result<Mat<f32>> {
         let c = &self.cfg;

@@ -59,7 +59,13 @@ fn hf_class(a: &Arch) -> &'static str {
 }
 
 /// config.json from the GGUF hyper-parameters.
-fn config_json(g: &GgufFile, a: &Arch, vocab: usize, tied: bool, dtype: DType) -> Result<Json> {
+pub(crate) fn config_json(
+    g: &GgufFile,
+    a: &Arch,
+    vocab: usize,
+    tied: bool,
+    dtype: DType,
+) -> Result<Json> {
     let p = a.name;
     let need =
         |k: &str| u(g, &format!("{p}.{k}")).ok_or_else(|| err(g, format!("missing {p}.{k}")));
@@ -158,17 +164,17 @@ fn pre_tokenizer(pre: &str) -> Json {
 }
 
 /// The tokenizer files an HF folder needs, rebuilt from GGUF metadata.
-struct TokenizerFiles {
+pub(crate) struct TokenizerFiles {
     /// tokenizer.json (byte-level BPE).
-    json: Option<Json>,
+    pub json: Option<Json>,
     /// tokenizer.model (SentencePiece).
-    model: Option<Vec<u8>>,
-    config: Json,
+    pub model: Option<Vec<u8>>,
+    pub config: Json,
 }
 
 /// tokenizer.json + tokenizer_config.json for a "gpt2" (byte-level BPE) vocabulary,
 /// tokenizer.model + tokenizer_config.json for a "llama" (SentencePiece) one.
-fn tokenizer_files(g: &GgufFile) -> Result<Option<TokenizerFiles>> {
+pub(crate) fn tokenizer_files(g: &GgufFile) -> Result<Option<TokenizerFiles>> {
     let model = s(g, "tokenizer.ggml.model");
     if !matches!(model, Some("gpt2" | "llama")) {
         return Ok(None);
@@ -320,7 +326,7 @@ fn tokenizer_files(g: &GgufFile) -> Result<Option<TokenizerFiles>> {
 
 /// GGUF name → (HF name, permutation heads) by running the forward map over every HF name
 /// the architecture can have.
-fn inverse_names(
+pub(crate) fn inverse_names(
     a: &Arch,
     cfg: &Json,
     g: &GgufFile,

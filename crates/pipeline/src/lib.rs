@@ -9,6 +9,7 @@ pub mod arch;
 pub mod calibrate;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod exec;
 pub mod export;
 pub mod inspect;

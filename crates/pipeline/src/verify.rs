@@ -20,15 +20,15 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// A logical tensor of the quantized model: how to decode it and where its slot bytes are.
-struct Logical<'a> {
+pub(crate) struct Logical<'a> {
     /// The original tensor's name.
-    name: String,
+    pub name: String,
     /// Output row r holds original row `permuted_source_row(r, rows, heads)` (llama q/k).
-    permute: Option<usize>,
-    shape: Vec<usize>,
-    scheme: Scheme,
-    slots: Vec<&'a [u8]>,
-    bytes: u64,
+    pub permute: Option<usize>,
+    pub shape: Vec<usize>,
+    pub scheme: Scheme,
+    pub slots: Vec<&'a [u8]>,
+    pub bytes: u64,
 }
 
 enum Quantized {
@@ -261,7 +261,7 @@ fn weight_args<'c>(
     fallback
 }
 
-fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
+pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
     let qc_meta: Option<serde_json::Value> = s
         .files
         .first()

@@ -1,0 +1,388 @@
+//! `quantize eval MODEL [--against ORIGINAL] --text FILE`: perplexity of a model, and against an
+//! original the KL divergence and top-1 agreement of their next-token distributions — the
+//! figures llama.cpp's `llama-perplexity` (`--kl-divergence`) prints, computed the same way:
+//!
+//! - the whole text is tokenized once (BOS first when the tokenizer adds one), then cut into
+//!   `n_chunk = tokens / ctx` chunks of `ctx` tokens (the tail is dropped); `--chunks N` keeps
+//!   the first N;
+//! - each chunk is evaluated on its own, its first token replaced by BOS when the tokenizer
+//!   adds one;
+//! - only the second half of each chunk is scored: the logits at positions
+//!   `ctx/2 .. ctx-2` predict the tokens at `ctx/2+1 .. ctx-1` (`ctx/2 - 1` per chunk).
+//!
+//! MODEL and ORIGINAL may be a float safetensors model folder, a compressed-tensors folder
+//! (dequantized), or a GGUF file of a supported architecture (dequantized, names and q/k
+//! permutation mapped back). Everything runs on the CPU in f32 (qs-model), layer by layer.
+
+use crate::error::{Error, Result};
+use crate::verify::{is_gguf, st_logical};
+use faer::Mat;
+use qs_formats::gguf::{GgufFile, Value};
+use qs_formats::source::ModelSource;
+use qs_model::{Model, ModelError, Weights};
+use qs_numeric::scheme::rows_cols;
+use qs_numeric::Scheme;
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    pub model: PathBuf,
+    pub against: Option<PathBuf>,
+    pub text: PathBuf,
+    /// Tokens per chunk (llama-perplexity's `-c`, default 512).
+    pub ctx: usize,
+    /// Evaluate only the first N chunks.
+    pub chunks: Option<usize>,
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalReport {
+    pub model: String,
+    pub against: Option<String>,
+    pub ctx: usize,
+    pub chunks: usize,
+    /// Next-token predictions scored.
+    pub tokens_scored: usize,
+    pub ppl: f64,
+    /// Perplexity of ORIGINAL on the same tokens.
+    pub ppl_against: Option<f64>,
+    /// Mean KL(ORIGINAL ‖ MODEL) over the scored positions (nats).
+    pub kld_mean: Option<f64>,
+    pub kld_max: Option<f64>,
+    /// Fraction of scored positions where both models' most likely token is the same.
+    pub top1_agreement: Option<f64>,
+}
+
+/// A model's weights (HF names, f32) with its config.json, tokenizer and BOS handling.
+struct Loaded {
+    weights: Box<dyn Weights>,
+    config: Json,
+    tokenizer: Option<tokenizers::Tokenizer>,
+    /// The BOS id when the tokenizer adds one.
+    bos: Option<u32>,
+}
+
+fn model_err(path: &Path, e: ModelError) -> Error {
+    Error::Config(format!("{}: {e}", path.display()))
+}
+
+/// GGUF tensors by HF name, dequantized with the q/k permutation undone.
+struct GgufWeights {
+    g: GgufFile,
+    /// HF name → (tensor index, permutation heads).
+    map: BTreeMap<String, (usize, Option<usize>)>,
+}
+
+impl Weights for GgufWeights {
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.map.get(name).map(|&(i, _)| self.g.tensors[i].shape())
+    }
+
+    fn read(&self, name: &str) -> qs_model::Result<Vec<f32>> {
+        let &(i, permute) = self.map.get(name).ok_or_else(|| ModelError::Tensor {
+            name: name.into(),
+            msg: "missing".into(),
+        })?;
+        let t = &self.g.tensors[i];
+        let scheme = Scheme::for_ggml(t.ty).ok_or_else(|| ModelError::Tensor {
+            name: name.into(),
+            msg: format!("dequantizing {} is not supported", t.ty),
+        })?;
+        let shape = t.shape();
+        let (rows, cols) = rows_cols(&shape);
+        let all = self.g.bytes(t);
+        let rb = all.len() / rows.max(1);
+        let mut out = vec![0f32; rows * cols];
+        use rayon::prelude::*;
+        out.par_chunks_mut(cols.max(1))
+            .enumerate()
+            .for_each(|(r, row)| {
+                let q = permute.map_or(r, |h| crate::export::inverse_row(r, rows, h));
+                scheme.decode(&shape, q, q + 1, &[&all[q * rb..(q + 1) * rb]], row);
+            });
+        Ok(out)
+    }
+}
+
+/// A safetensors model (plain float and/or compressed-tensors weights), dequantized.
+struct StWeights {
+    src: ModelSource,
+}
+
+impl Weights for StWeights {
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let ls = st_logical(&self.src).ok()?;
+        ls.into_iter().find(|l| l.name == name).map(|l| l.shape)
+    }
+
+    fn read(&self, name: &str) -> qs_model::Result<Vec<f32>> {
+        let ls = st_logical(&self.src).map_err(|e| ModelError::Tensor {
+            name: name.into(),
+            msg: e.to_string(),
+        })?;
+        let l = ls
+            .iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| ModelError::Tensor {
+                name: name.into(),
+                msg: "missing".into(),
+            })?;
+        let (rows, cols) = rows_cols(&l.shape);
+        let parts: Vec<&[u8]> = l
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| &s[l.scheme.slot_range(i, &l.shape, 0, rows)])
+            .collect();
+        let mut out = vec![0f32; rows * cols];
+        l.scheme.decode(&l.shape, 0, rows, &parts, &mut out);
+        Ok(out)
+    }
+}
+
+fn load(path: &Path) -> Result<Loaded> {
+    if is_gguf(path) {
+        let g = GgufFile::open(path)?;
+        let an = match g.get("general.architecture") {
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let arch = crate::arch::ARCHS
+            .iter()
+            .find(|a| a.name == an)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{}: architecture '{an}' cannot be evaluated (llama, qwen2, qwen3)",
+                    path.display()
+                ))
+            })?;
+        let tied = !g.tensors.iter().any(|t| t.name == "output.weight");
+        let vocab = g
+            .tensors
+            .iter()
+            .find(|t| t.name == "token_embd.weight")
+            .map(|t| t.ne[1] as usize)
+            .unwrap_or(0);
+        let config = crate::export::config_json(&g, arch, vocab, tied, qs_numeric::DType::F32)?;
+        let names = crate::export::inverse_names(arch, &config, &g)?;
+        let map = g
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let (hf, p) = names[&t.name].clone();
+                (hf, (i, p))
+            })
+            .collect();
+        let tokenizer = match crate::export::tokenizer_files(&g)?.and_then(|t| t.json) {
+            Some(j) => Some(
+                j.to_string()
+                    .parse::<tokenizers::Tokenizer>()
+                    .map_err(|e| {
+                        Error::Config(format!(
+                            "{}: cannot build a tokenizer from its metadata: {e}",
+                            path.display()
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
+        let add_bos = match g.get("tokenizer.ggml.add_bos_token") {
+            Some(Value::Bool(b)) => *b,
+            _ => matches!(g.get("tokenizer.ggml.model"), Some(Value::String(m)) if m == "llama"),
+        };
+        let bos = match g.get("tokenizer.ggml.bos_token_id") {
+            Some(Value::U32(b)) if add_bos => Some(*b),
+            _ => None,
+        };
+        return Ok(Loaded {
+            weights: Box::new(GgufWeights { g, map }),
+            config,
+            tokenizer,
+            bos,
+        });
+    }
+    let src = ModelSource::open(path)?;
+    let config = src.config.clone().ok_or_else(|| {
+        Error::Config(format!(
+            "{}: no config.json next to the weights",
+            path.display()
+        ))
+    })?;
+    let dir = src.hf_dir.clone();
+    let tokenizer =
+        match dir.as_ref().map(|d| d.join("tokenizer.json")) {
+            Some(p) if p.is_file() => Some(tokenizers::Tokenizer::from_file(&p).map_err(|e| {
+                Error::Config(format!("{}: cannot load tokenizer: {e}", p.display()))
+            })?),
+            _ => None,
+        };
+    let tcfg: Json = dir
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(d.join("tokenizer_config.json")).ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Json::Null);
+    let add_bos = tcfg
+        .get("add_bos_token")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let bos = config
+        .get("bos_token_id")
+        .and_then(|v| v.as_u64())
+        .filter(|_| add_bos)
+        .map(|b| b as u32);
+    Ok(Loaded {
+        weights: Box::new(StWeights { src }),
+        config,
+        tokenizer,
+        bos,
+    })
+}
+
+/// log-softmax of one row, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let s: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+    let lse = m + s.ln();
+    row.iter().map(|&v| v as f64 - lse).collect()
+}
+
+fn argmax(v: &[f64]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f64::NEG_INFINITY),
+            |a, (i, &x)| if x > a.1 { (i, x) } else { a },
+        )
+        .0
+}
+
+pub fn eval(cfg: &EvalConfig) -> Result<EvalReport> {
+    if cfg.ctx < 4 {
+        return Err(Error::Config("--ctx must be at least 4".into()));
+    }
+    let m = load(&cfg.model)?;
+    let base = cfg.against.as_ref().map(|p| load(p)).transpose()?;
+    let tok = m
+        .tokenizer
+        .as_ref()
+        .or_else(|| base.as_ref().and_then(|b| b.tokenizer.as_ref()))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{}: no tokenizer.json (or byte-level BPE GGUF metadata) to tokenize the text with",
+                cfg.model.display()
+            ))
+        })?;
+    let text = qs_formats::calib::load_text(Some(&cfg.text))?;
+    let enc = tok
+        .encode(text.as_str(), false)
+        .map_err(|e| Error::Config(format!("{}: tokenizing: {e}", cfg.text.display())))?;
+    let mut ids: Vec<u32> = Vec::with_capacity(enc.get_ids().len() + 1);
+    ids.extend(m.bos);
+    ids.extend_from_slice(enc.get_ids());
+    let max_chunks = ids.len() / cfg.ctx;
+    let n_chunks = cfg.chunks.map_or(max_chunks, |c| c.min(max_chunks));
+    if n_chunks == 0 {
+        return Err(Error::Config(format!(
+            "{}: {} tokens, fewer than one chunk of --ctx {}",
+            cfg.text.display(),
+            ids.len(),
+            cfg.ctx
+        )));
+    }
+    let pool = crate::exec::pool(cfg.threads)?;
+    pool.install(|| {
+        let model = Model::with_weights(m.weights.as_ref(), &m.config)
+            .map_err(|e| model_err(&cfg.model, e))?;
+        let orig = match (&base, &cfg.against) {
+            (Some(b), Some(p)) => {
+                let o = Model::with_weights(b.weights.as_ref(), &b.config)
+                    .map_err(|e| model_err(p, e))?;
+                if o.cfg.vocab != model.cfg.vocab {
+                    return Err(Error::Config(format!(
+                        "{} has a vocabulary of {} tokens, {} of {}",
+                        p.display(),
+                        o.cfg.vocab,
+                        cfg.model.display(),
+                        model.cfg.vocab
+                    )));
+                }
+                Some(o)
+            }
+            _ => None,
+        };
+        let first = cfg.ctx / 2;
+        let (mut nll, mut nll_base, mut kld_sum, mut kld_max, mut same, mut count) =
+            (0f64, 0f64, 0f64, 0f64, 0usize, 0usize);
+        let hw = model.head_weights().map_err(|e| model_err(&cfg.model, e))?;
+        let hw_base = match &orig {
+            Some(o) => Some(o.head_weights().map_err(|e| model_err(&cfg.model, e))?),
+            None => None,
+        };
+        // groups of chunks through the layers together, bounding activation memory
+        let group = (8192 / cfg.ctx).max(1);
+        let mut c0 = 0;
+        while c0 < n_chunks {
+            let c1 = (c0 + group).min(n_chunks);
+            let mut batch: Vec<u32> = ids[c0 * cfg.ctx..c1 * cfg.ctx].to_vec();
+            if let Some(b) = m.bos {
+                for c in 0..c1 - c0 {
+                    batch[c * cfg.ctx] = b;
+                }
+            }
+            let h = model
+                .hidden(&batch, cfg.ctx)
+                .map_err(|e| model_err(&cfg.model, e))?;
+            let hb = match &orig {
+                Some(o) => Some(
+                    o.hidden(&batch, cfg.ctx)
+                        .map_err(|e| model_err(&cfg.model, e))?,
+                ),
+                None => None,
+            };
+            for c in 0..c1 - c0 {
+                let (r0, r1) = (c * cfg.ctx + first, c * cfg.ctx + cfg.ctx - 1);
+                let logits = model.apply_head(&hw, h.as_ref().subrows(r0, r1 - r0));
+                let logits_b: Option<Mat<f32>> = match (&orig, &hb, &hw_base) {
+                    (Some(o), Some(hb), Some(w)) => {
+                        Some(o.apply_head(w, hb.as_ref().subrows(r0, r1 - r0)))
+                    }
+                    _ => None,
+                };
+                for k in 0..r1 - r0 {
+                    let next = batch[r0 + k + 1] as usize;
+                    let row: Vec<f32> = (0..logits.ncols()).map(|j| logits[(k, j)]).collect();
+                    let lp = log_softmax(&row);
+                    nll -= lp[next];
+                    if let Some(lb) = &logits_b {
+                        let rowb: Vec<f32> = (0..lb.ncols()).map(|j| lb[(k, j)]).collect();
+                        let lpb = log_softmax(&rowb);
+                        nll_base -= lpb[next];
+                        let kl: f64 = lpb.iter().zip(&lp).map(|(&b, &q)| b.exp() * (b - q)).sum();
+                        kld_sum += kl;
+                        kld_max = kld_max.max(kl);
+                        same += usize::from(argmax(&lp) == argmax(&lpb));
+                    }
+                    count += 1;
+                }
+            }
+            c0 = c1;
+        }
+        let n = count as f64;
+        Ok(EvalReport {
+            model: cfg.model.display().to_string(),
+            against: cfg.against.as_ref().map(|p| p.display().to_string()),
+            ctx: cfg.ctx,
+            chunks: n_chunks,
+            tokens_scored: count,
+            ppl: (nll / n).exp(),
+            ppl_against: orig.as_ref().map(|_| (nll_base / n).exp()),
+            kld_mean: orig.as_ref().map(|_| kld_sum / n),
+            kld_max: orig.as_ref().map(|_| kld_max),
+            top1_agreement: orig.as_ref().map(|_| same as f64 / n),
+        })
+    })
+}

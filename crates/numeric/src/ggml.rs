@@ -727,3 +727,80 @@ mod rounding_tests {
         }
     }
 }
+
+/// Packs one row of chosen codes into Q4_0, Q4_1 or Q8_0 blocks (GPTQ on a ggml grid): per
+/// 32-column block, its scale `d` and (Q4_1) minimum `m`, already f16-representable, and 32
+/// codes (0..15 for the 4-bit types, -127..127 for Q8_0). Decodes to `(q - 8)·d`, `q·d + m`
+/// and `q·d` as ggml's dequantizers do.
+pub fn pack_codes_row(ty: GgmlType, codes: &[i8], d: &[f32], m: &[f32], out: &mut [u8]) {
+    let (bs, bytes) = ty.block();
+    assert!(
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0),
+        "{ty}"
+    );
+    assert_eq!(codes.len() % bs, 0);
+    for (b, (q, y)) in codes
+        .chunks_exact(bs)
+        .zip(out.chunks_exact_mut(bytes))
+        .enumerate()
+    {
+        put_f16(y, d[b]);
+        let nib = |y: &mut [u8]| {
+            for j in 0..16 {
+                y[j] = (q[j] as u8 & 0x0f) | ((q[j + 16] as u8 & 0x0f) << 4);
+            }
+        };
+        match ty {
+            GgmlType::Q4_0 => nib(&mut y[2..]),
+            GgmlType::Q4_1 => {
+                put_f16(&mut y[2..], m[b]);
+                nib(&mut y[4..]);
+            }
+            _ => {
+                for j in 0..32 {
+                    y[2 + j] = q[j] as u8;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod pack_codes_tests {
+    use super::*;
+
+    /// Packed codes decode, through ggml's dequantizer, to the values the codes stand for.
+    #[test]
+    fn packed_codes_decode_to_their_values() {
+        let mut rng = crate::synth::Rng::new(7);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let (lo, hi, zero) = match ty {
+                GgmlType::Q8_0 => (-127i32, 127i32, 0i32),
+                GgmlType::Q4_0 => (0, 15, 8),
+                _ => (0, 15, 0),
+            };
+            let codes: Vec<i8> = (0..64)
+                .map(|_| (lo + (rng.next_u64() % (hi - lo + 1) as u64) as i32) as i8)
+                .collect();
+            let d: Vec<f32> = (0..2)
+                .map(|_| f16_round_for_test(0.01 + rng.normal().abs() as f32 * 0.01))
+                .collect();
+            let m: Vec<f32> = (0..2)
+                .map(|_| f16_round_for_test(-(rng.normal().abs() as f32) * 0.1))
+                .collect();
+            let mut bytes = vec![0u8; ty.row_bytes(64)];
+            pack_codes_row(ty, &codes, &d, &m, &mut bytes);
+            let mut y = vec![0f32; 64];
+            dequantize_row(ty, &bytes, &mut y);
+            for (i, (&q, &v)) in codes.iter().zip(&y).enumerate() {
+                let b = i / 32;
+                let off = if ty == GgmlType::Q4_1 { m[b] } else { 0.0 };
+                assert_eq!(v, (q as i32 - zero) as f32 * d[b] + off, "{ty} element {i}");
+            }
+        }
+    }
+
+    fn f16_round_for_test(x: f32) -> f32 {
+        half::f16::from_f32(x).to_f32()
+    }
+}

@@ -31,6 +31,97 @@ pub struct GptqConfig {
     pub static_groups: bool,
     /// Storage type of the scales (they are rounded to it before codes are chosen).
     pub scale_dtype: DType,
+    /// The grid codes live on: compressed-tensors integers (`spec`), or a ggml block type.
+    pub grid: Grid,
+}
+
+/// Where GPTQ's codes go. For the ggml grids the group is the 32-column block and each block's
+/// parameters are fitted as ggml fits them (on the weights as GPTQ has updated them when the
+/// loop enters the block), stored in f16; codes are the nearest point of that stored grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grid {
+    /// `spec` bits, compressed-tensors conventions.
+    Int,
+    /// d = (signed max-|x| value) / -8, codes 0..15, value (q - 8)·d.
+    Q4_0,
+    /// d = (max - min) / 15, m = min, codes 0..15, value q·d + m.
+    Q4_1,
+    /// d = max|x| / 127, codes -127..127, value q·d.
+    Q8_0,
+}
+
+/// One group's grid: value = (q - zero)·scale + offset, q in qmin..=qmax.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct GroupGrid {
+    p: QParams,
+    offset: f32,
+}
+
+fn f16_round(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
+}
+
+impl Grid {
+    fn fit(self, cfg: &GptqConfig, w: &[f32]) -> GroupGrid {
+        let p = |scale: f32, zero: i32| QParams { scale, zero };
+        match self {
+            Grid::Int => {
+                let (mn, mx) = rtn::min_max(w);
+                GroupGrid {
+                    p: rtn::fit(cfg.spec, mn, mx, cfg.scale_dtype),
+                    offset: 0.0,
+                }
+            }
+            Grid::Q4_0 => {
+                let (mut amax, mut max) = (0f32, 0f32);
+                for &v in w {
+                    if amax < v.abs() {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                GroupGrid {
+                    p: p(f16_round(max / -8.0), 8),
+                    offset: 0.0,
+                }
+            }
+            Grid::Q4_1 => {
+                let (mn, mx) = w
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                GroupGrid {
+                    p: p(f16_round((mx - mn) / 15.0), 0),
+                    offset: f16_round(mn),
+                }
+            }
+            Grid::Q8_0 => {
+                let amax = w.iter().fold(0f32, |a, &v| a.max(v.abs()));
+                GroupGrid {
+                    p: p(f16_round(amax / 127.0), 0),
+                    offset: 0.0,
+                }
+            }
+        }
+    }
+
+    /// The code for `x` and the value it stands for.
+    fn quantize(self, cfg: &GptqConfig, g: GroupGrid, x: f32) -> (i8, f32) {
+        if self == Grid::Int {
+            let mut q = [0i8];
+            rtn::quantize(cfg.spec, g.p, &[x], &mut q);
+            return (q[0], (q[0] as i32 - g.p.zero) as f32 * g.p.scale);
+        }
+        let (qmin, qmax) = match self {
+            Grid::Q8_0 => (-127, 127),
+            _ => (0, 15),
+        };
+        let q = if g.p.scale == 0.0 {
+            g.p.zero.clamp(qmin, qmax)
+        } else {
+            (((x - g.offset) / g.p.scale).round() as i32 + g.p.zero).clamp(qmin, qmax)
+        };
+        (q as i8, (q - g.p.zero) as f32 * g.p.scale + g.offset)
+    }
 }
 
 impl Default for GptqConfig {
@@ -46,6 +137,7 @@ impl Default for GptqConfig {
             act_order: false,
             static_groups: false,
             scale_dtype: DType::F32,
+            grid: Grid::Int,
         }
     }
 }
@@ -58,6 +150,8 @@ pub struct GptqOutput {
     /// `rows × groups` parameters (one group per row without groups); group `g` of row `r` at
     /// `r * groups + g`.
     pub params: Vec<QParams>,
+    /// Per group (as `params`): the value added after scaling (Q4_1's minimum; else 0).
+    pub offsets: Vec<f32>,
     /// The group of each input column (`cols` entries).
     pub g_idx: Vec<u32>,
     /// The damping (relative) that made the factorisations succeed.
@@ -71,8 +165,10 @@ impl GptqOutput {
         let mut out = vec![0f32; rows * cols];
         for r in 0..rows {
             for c in 0..cols {
-                let p = self.params[r * groups + self.g_idx[c] as usize];
-                out[r * cols + c] = (self.codes[r * cols + c] as i32 - p.zero) as f32 * p.scale;
+                let k = r * groups + self.g_idx[c] as usize;
+                let p = self.params[k];
+                out[r * cols + c] =
+                    (self.codes[r * cols + c] as i32 - p.zero) as f32 * p.scale + self.offsets[k];
             }
         }
         out
@@ -172,16 +268,18 @@ pub fn gptq(
             }
         }
     }
-    let fit_group = |wm: &Mat<f32>, r: usize, c0: usize, c1: usize| -> QParams {
+    if cfg.grid != Grid::Int && cfg.group != Some(32) {
+        return Err(GptqError::Group { cols, group: 32 });
+    }
+    let fit_group = |wm: &Mat<f32>, r: usize, c0: usize, c1: usize| -> GroupGrid {
         let mut col = Vec::with_capacity(c1 - c0);
         for c in c0..c1 {
             col.push(wm[(r, c)]);
         }
-        let (mn, mx) = rtn::min_max(&col);
-        rtn::fit(cfg.spec, mn, mx, cfg.scale_dtype)
+        cfg.grid.fit(cfg, &col)
     };
     // static groups: parameters of the original column groups, before any permutation
-    let static_params: Option<Vec<QParams>> =
+    let static_params: Option<Vec<GroupGrid>> =
         (cfg.group.is_some() && cfg.static_groups).then(|| {
             let mut v = Vec::with_capacity(rows * ngroups);
             for r in 0..rows {
@@ -204,7 +302,7 @@ pub fn gptq(
         hm = Mat::from_fn(cols, cols, |i, j| hm[(perm[i], perm[j])]);
     }
     // per-channel parameters are fitted once on the whole row
-    let channel_params: Option<Vec<QParams>> = cfg
+    let channel_params: Option<Vec<GroupGrid>> = cfg
         .group
         .is_none()
         .then(|| (0..rows).map(|r| fit_group(&wm, r, 0, cols)).collect());
@@ -237,20 +335,15 @@ pub fn gptq(
     };
 
     let mut codes_p = vec![0i8; rows * cols]; // permuted column order
-    let mut params_p: Vec<QParams> = vec![
-        QParams {
+    let unit = GroupGrid {
+        p: QParams {
             scale: 1.0,
-            zero: 0
-        };
-        rows * ngroups
-    ];
-    let mut cur: Vec<QParams> = vec![
-        QParams {
-            scale: 1.0,
-            zero: 0
-        };
-        rows
-    ];
+            zero: 0,
+        },
+        offset: 0.0,
+    };
+    let mut params_p: Vec<GroupGrid> = vec![unit; rows * ngroups];
+    let mut cur: Vec<GroupGrid> = vec![unit; rows];
     let block = cfg.block.max(1);
     let mut i1 = 0;
     while i1 < cols {
@@ -282,10 +375,8 @@ pub fn gptq(
             let mut e = vec![0f32; rows];
             for r in 0..rows {
                 let x = w1[(r, i)];
-                let mut q = [0i8];
-                rtn::quantize(cfg.spec, cur[r], &[x], &mut q);
-                codes_p[r * cols + c] = q[0];
-                let xq = (q[0] as i32 - cur[r].zero) as f32 * cur[r].scale;
+                let (q, xq) = cfg.grid.quantize(cfg, cur[r], x);
+                codes_p[r * cols + c] = q;
                 e[r] = (x - xq) / d;
             }
             for j in i..count {
@@ -334,14 +425,15 @@ pub fn gptq(
             (c / group) as u32
         };
     }
-    let params = match (static_params, channel_params) {
+    let grids = match (static_params, channel_params) {
         (Some(sp), _) => sp,
         (_, Some(cp)) => cp,
         _ => params_p,
     };
     Ok(GptqOutput {
         codes,
-        params,
+        params: grids.iter().map(|g| g.p).collect(),
+        offsets: grids.iter().map(|g| g.offset).collect(),
         g_idx,
         percdamp,
     })

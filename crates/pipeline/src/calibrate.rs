@@ -13,9 +13,9 @@ use faer::{Mat, MatRef};
 use qs_formats::calib::{self, CalibConfig};
 use qs_formats::source::ModelSource;
 use qs_model::{layer_forward, linear, Captured, Model};
-use qs_numeric::gptq::{gptq, GptqConfig, GptqOutput, Hessian};
-use qs_numeric::rtn;
-use qs_numeric::{Granularity, Scheme};
+use qs_numeric::gptq::{gptq, GptqConfig, GptqOutput, Grid, Hessian};
+use qs_numeric::rtn::{self, IntSpec};
+use qs_numeric::{GgmlType, Granularity, Scheme};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,6 +63,22 @@ fn rtn_dequant(w: &Mat<f32>, cfg: &GptqConfig) -> Mat<f32> {
     let v: Vec<f32> = (0..rows)
         .flat_map(|r| (0..cols).map(move |c| w[(r, c)]))
         .collect();
+    let ggml = match cfg.grid {
+        Grid::Int => None,
+        Grid::Q4_0 => Some(GgmlType::Q4_0),
+        Grid::Q4_1 => Some(GgmlType::Q4_1),
+        Grid::Q8_0 => Some(GgmlType::Q8_0),
+    };
+    if let Some(ty) = ggml {
+        // llama.cpp's own round-to-nearest for the type
+        let mut out = vec![0f32; v.len()];
+        let mut bytes = vec![0u8; ty.row_bytes(cols)];
+        for (x, y) in v.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+            qs_numeric::ggml::quantize_row(ty, x, &mut bytes);
+            qs_numeric::ggml::dequantize_row(ty, &bytes, y);
+        }
+        return to_mat(&out, rows, cols);
+    }
     let group = cfg.group.unwrap_or(cols);
     let q = rtn::quantize_rows(cfg.spec, &v, cols, group, cfg.scale_dtype, None);
     let mut out = vec![0f32; v.len()];
@@ -102,11 +118,41 @@ pub fn gptq_model(
     let mut x = model.embed(&ids(fit_seqs)).map_err(model_err)?;
     let mut xh = model.embed(&ids(held_seqs)).map_err(model_err)?;
 
-    // scheme of each weight the plan quantizes with integers
+    // GPTQ settings of each weight (by HF name) the plan stores on an integer grid:
+    // compressed-tensors integers, or ggml's Q4_0 / Q4_1 / Q8_0 blocks
     let int_scheme: HashMap<&str, GptqConfig> = plan
         .tensors
         .iter()
         .filter_map(|t| match t.action {
+            Action::Encode(Scheme::Ggml(ty)) => {
+                // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer
+                let n = &src.tensors[t.source].info.name;
+                if !(n.starts_with("model.layers.") && n.ends_with("_proj.weight")) {
+                    return None;
+                }
+                let grid = match ty {
+                    GgmlType::Q4_0 => Grid::Q4_0,
+                    GgmlType::Q4_1 => Grid::Q4_1,
+                    GgmlType::Q8_0 => Grid::Q8_0,
+                    _ => return None,
+                };
+                Some((
+                    src.tensors[t.source].info.name.as_str(),
+                    GptqConfig {
+                        spec: IntSpec {
+                            bits: if ty == GgmlType::Q8_0 { 8 } else { 4 },
+                            symmetric: ty != GgmlType::Q4_1,
+                        },
+                        group: Some(32),
+                        block: 128,
+                        percdamp: cfg.damp,
+                        act_order: cfg.act_order,
+                        static_groups: cfg.act_order,
+                        scale_dtype: qs_numeric::DType::F16,
+                        grid,
+                    },
+                ))
+            }
             Action::Encode(Scheme::Int {
                 spec,
                 granularity,
@@ -120,7 +166,7 @@ pub fn gptq_model(
                 // act-order with static groups: g_idx stays the identity grouping, which every
                 // loader reads without a g_idx tensor
                 Some((
-                    t.name.as_str(),
+                    src.tensors[t.source].info.name.as_str(),
                     GptqConfig {
                         spec,
                         group,
@@ -129,6 +175,7 @@ pub fn gptq_model(
                         act_order: cfg.act_order,
                         static_groups: cfg.act_order,
                         scale_dtype,
+                        grid: Grid::Int,
                     },
                 ))
             }

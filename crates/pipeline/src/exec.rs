@@ -143,16 +143,20 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     let calibrated = match cfg.method {
         crate::config::Method::Rtn => HashMap::new(),
         crate::config::Method::Gptq => {
-            if plan.kind == OutputKind::Gguf {
-                return Err(Error::Config("--method gptq writes compressed-tensors safetensors for now (int targets); GGUF grids come later".into()));
-            }
-            if !plan
-                .tensors
-                .iter()
-                .any(|t| matches!(t.action, Action::Encode(Scheme::Int { .. })))
-            {
+            let on_grid = |t: &TensorPlan| {
+                matches!(
+                    t.action,
+                    Action::Encode(Scheme::Int { .. })
+                        | Action::Encode(Scheme::Ggml(
+                            qs_numeric::GgmlType::Q4_0
+                                | qs_numeric::GgmlType::Q4_1
+                                | qs_numeric::GgmlType::Q8_0
+                        ))
+                )
+            };
+            if !plan.tensors.iter().any(on_grid) {
                 return Err(Error::Config(format!(
-                    "--method gptq applies to integer targets (int8, int4, int3, int2), not {}",
+                    "--method gptq applies to integer targets (int8, int4, int3, int2; GGUF q4_0, q4_1, q8_0), not {}",
                     cfg.target.name()
                 )));
             }
@@ -236,7 +240,7 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
                 j.r1,
                 tstats[j.tensor],
                 cfg,
-                calibrated.get(&tp.name),
+                calibrated.get(&src.tensors[tp.source].info.name),
                 &tx,
             );
             progress.inc(((j.r1 - j.r0) * src.row_bytes(&src.tensors[tp.source])) as u64);
@@ -260,7 +264,7 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         .tensors
         .iter()
         .zip(&per)
-        .map(|(tp, r)| row(tp, r, calibrated.get(&tp.name)))
+        .map(|(tp, r)| row(tp, r, calibrated.get(&src.tensors[tp.source].info.name)))
         .collect();
 
     // Finish the container: all files are complete before any is renamed into place.
@@ -567,8 +571,39 @@ fn run_chunk<'a>(
                     }
                 }
             }
-            let enc = match gptq {
-                Some(c) => {
+            let enc = match (gptq, scheme) {
+                (Some(c), Scheme::Ggml(ty)) => {
+                    // GPTQ's codes and block parameters, rows in output order (q/k permuted)
+                    let (rows, _) = rows_cols(&tp.shape);
+                    let groups = cols / 32;
+                    let rb = ty.row_bytes(cols);
+                    let mut bytes = vec![0u8; (r1 - r0) * rb];
+                    for (k, out) in bytes.chunks_exact_mut(rb).enumerate() {
+                        let r = r0 + k;
+                        let s = tp
+                            .permute
+                            .map_or(r, |h| crate::arch::permuted_source_row(r, rows, h));
+                        let d: Vec<f32> = c.out.params[s * groups..(s + 1) * groups]
+                            .iter()
+                            .map(|p| p.scale)
+                            .collect();
+                        qs_numeric::ggml::pack_codes_row(
+                            *ty,
+                            &c.out.codes[s * cols..(s + 1) * cols],
+                            &d,
+                            &c.out.offsets[s * groups..(s + 1) * groups],
+                            out,
+                        );
+                    }
+                    qs_numeric::scheme::Encoded {
+                        pieces: vec![qs_numeric::scheme::Piece {
+                            slot: 0,
+                            offset: scheme.slot_range(0, &tp.shape, r0, r1).start,
+                            bytes,
+                        }],
+                    }
+                }
+                (Some(c), _) => {
                     // codes and parameters chosen by GPTQ for these rows
                     let groups = c.out.params.len() / rows_cols(&tp.shape).0.max(1);
                     scheme.encode_int_codes(
@@ -578,7 +613,7 @@ fn run_chunk<'a>(
                         &c.out.params[r0 * groups..r1 * groups],
                     )
                 }
-                None => scheme.encode_weighted(
+                (None, _) => scheme.encode_weighted(
                     &tp.shape,
                     r0,
                     &x,

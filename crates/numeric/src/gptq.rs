@@ -577,6 +577,66 @@ mod tests {
         }
     }
 
+    /// On ggml's Q4_0 / Q4_1 / Q8_0 grids: the packed blocks decode (with ggml's dequantizer)
+    /// to GPTQ's values, every block's parameters are f16 and codes in range, and the layer
+    /// output error is well below llama.cpp's own round-to-nearest for the type.
+    #[test]
+    fn gptq_on_ggml_grids_beats_ggml_rtn() {
+        use crate::ggml::{dequantize_row, pack_codes_row, quantize_row, GgmlType};
+        let (rows, cols, tokens) = (32, 256, 1024);
+        let w = weight_matrix(rows, cols, 0.02, 11);
+        let x = inputs(tokens, cols, 12);
+        let h = hessian_of(&x, tokens, cols);
+        for (ty, grid) in [
+            (GgmlType::Q4_0, Grid::Q4_0),
+            (GgmlType::Q4_1, Grid::Q4_1),
+            (GgmlType::Q8_0, Grid::Q8_0),
+        ] {
+            for act_order in [false, true] {
+                let cfg = GptqConfig {
+                    group: Some(32),
+                    grid,
+                    act_order,
+                    static_groups: act_order,
+                    scale_dtype: DType::F16,
+                    ..Default::default()
+                };
+                let out = gptq(&w, rows, cols, &h, &cfg).unwrap();
+                let wq = out.dequantize(rows, cols);
+                let groups = cols / 32;
+                let rb = ty.row_bytes(cols);
+                let (mut packed, mut rtn) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
+                let mut bytes = vec![0u8; rb];
+                for r in 0..rows {
+                    let d: Vec<f32> = out.params[r * groups..(r + 1) * groups]
+                        .iter()
+                        .map(|p| p.scale)
+                        .collect();
+                    assert!(d.iter().all(|&v| half::f16::from_f32(v).to_f32() == v));
+                    pack_codes_row(
+                        ty,
+                        &out.codes[r * cols..(r + 1) * cols],
+                        &d,
+                        &out.offsets[r * groups..(r + 1) * groups],
+                        &mut bytes,
+                    );
+                    dequantize_row(ty, &bytes, &mut packed[r * cols..(r + 1) * cols]);
+                    quantize_row(ty, &w[r * cols..(r + 1) * cols], &mut bytes);
+                    dequantize_row(ty, &bytes, &mut rtn[r * cols..(r + 1) * cols]);
+                }
+                assert_eq!(packed, wq, "{ty}: packed blocks decode to GPTQ's values");
+                let (eg, er) = (
+                    output_error(&x, tokens, &w, &wq, rows, cols),
+                    output_error(&x, tokens, &w, &rtn, rows, cols),
+                );
+                assert!(
+                    eg < 0.5 * er,
+                    "{ty} act_order={act_order}: GPTQ {eg:.6} vs RTN {er:.6}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn act_order_permutes_groups() {
         let (rows, cols, tokens) = (8, 128, 256);

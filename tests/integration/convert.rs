@@ -501,3 +501,77 @@ fn gptq_into_gguf_grids_beats_round_to_nearest() {
         assert!(kg < kr, "{t}: GPTQ KLD {kg} vs RTN {kr}");
     }
 }
+
+/// Our compressed-tensors outputs decompress with the PyPI `compressed-tensors` package (what
+/// vLLM and llm-compressor load them with) to exactly our dequantized weights: symmetric and
+/// asymmetric, group and channel, 2/4/8 bits, and a GPTQ output with act-order.
+#[test]
+fn compressed_tensors_package_decompresses_to_our_weights() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/ct_decompress.py");
+    let variants: &[&[&str]] = &[
+        &["--to", "int4", "--group", "64"],
+        &["--to", "int4", "--group", "128", "--asym"],
+        &["--to", "int8", "--granularity", "channel"],
+        &["--to", "int2", "--group", "32", "--asym"],
+        &[
+            "--to",
+            "int4",
+            "--group",
+            "64",
+            "--method",
+            "gptq",
+            "--act-order",
+            "--calib-samples",
+            "8",
+            "--calib-seq-len",
+            "64",
+        ],
+    ];
+    for (i, args) in variants.iter().enumerate() {
+        let q = d.path().join(format!("q{i}"));
+        let mut a: Vec<&std::ffi::OsStr> = vec![fx.as_os_str()];
+        a.extend(args.iter().map(|s| std::ffi::OsStr::new(*s)));
+        a.extend(["-o".as_ref(), q.as_os_str(), "-q".as_ref()]);
+        quantize(&a).ok();
+        let out = d.path().join(format!("dec{i}"));
+        let o = Command::new(convert_python())
+            .arg(&script)
+            .arg(&q)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: compressed-tensors failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let report = d.path().join(format!("v{i}.json"));
+        quantize(&[
+            "verify".as_ref(),
+            out.as_os_str(),
+            q.as_os_str(),
+            "--report".as_ref(),
+            report.as_os_str(),
+            "-q".as_ref(),
+        ])
+        .ok();
+        let r = crate::util::read_json(&report);
+        let rows = r["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 21);
+        let quantized = rows
+            .iter()
+            .filter(|x| x["storage"].as_str().unwrap_or("").starts_with("int"))
+            .count();
+        assert_eq!(quantized, 14, "{args:?}: {rows:?}");
+        for x in rows {
+            assert_eq!(
+                x["error"]["max_abs_err"].as_f64().unwrap(),
+                0.0,
+                "{args:?}: {} differs from the package's decompression",
+                x["tensor"]
+            );
+        }
+    }
+}

@@ -155,6 +155,10 @@ struct RunArgs {
     /// layer on CPU; compressed-tensors outputs).
     #[arg(long, default_value = "rtn", value_parser = quantsmith::config::Method::parse)]
     method: quantsmith::config::Method,
+    /// Layout of integer safetensors outputs: compressed-tensors (pack-quantized), or gptq
+    /// (AutoGPTQ v1: qweight/qzeros/scales/g_idx + quantize_config.json; symmetric 2/4/8 bits).
+    #[arg(long = "format", default_value = "compressed-tensors", value_parser = quantsmith::config::IntFormat::parse)]
+    int_format: quantsmith::config::IntFormat,
     /// Calibration text for GPTQ: plain text or JSONL with a "text" field (default: a shipped
     /// public-domain English text).
     #[arg(long, value_name = "FILE")]
@@ -250,6 +254,7 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.split_max_bytes = a.split_max_size;
     cfg.output_tensor_type = a.output_tensor_type;
     cfg.method = a.method;
+    cfg.int_format = a.int_format;
     cfg.calib = a.calib;
     cfg.calib_samples = a.calib_samples;
     cfg.calib_seq_len = a.calib_seq_len;

@@ -50,6 +50,12 @@ pub enum Scheme {
         granularity: Granularity,
         scale_dtype: DType,
     },
+    /// AutoGPTQ's "v1" checkpoint layout (GPTQModel, transformers, vLLM read it): symmetric
+    /// unsigned codes packed along the input dimension into `qweight` [cols·bits/32, rows],
+    /// zero points minus one (always 2^(bits-1) - 1) packed into `qzeros` [groups,
+    /// rows·bits/32], f16 `scales` [groups, rows] and `g_idx` [cols]. Transposed storage, so a
+    /// tensor is encoded and decoded whole (one chunk).
+    Gptq { bits: u32, group: usize },
     /// FP8 codes with float scales (compressed-tensors float-quantized).
     Fp8 {
         format: DType,
@@ -141,6 +147,7 @@ impl Scheme {
                 if spec.symmetric { "sym" } else { "asym" },
                 gran_label(*granularity)
             ),
+            Scheme::Gptq { bits, group } => format!("gptq-int{bits}-g{group}"),
             Scheme::Fp8 {
                 format,
                 granularity,
@@ -169,6 +176,8 @@ impl Scheme {
                 granularity: Granularity::Block(r, _),
                 ..
             } => r,
+            // the whole tensor in one chunk
+            Scheme::Gptq { .. } => 1 << 40,
             _ => 1,
         }
     }
@@ -234,6 +243,22 @@ impl Scheme {
                 need_2d(shape)?;
                 check_gran(*granularity, cols)?;
             }
+            Scheme::Gptq { bits, group } => {
+                if !matches!(bits, 2 | 4 | 8) {
+                    return Err(SchemeError::Unsupported(format!(
+                        "{bits} bits in the GPTQ layout (2, 4 and 8 supported)"
+                    )));
+                }
+                need_2d(shape)?;
+                check_gran(Granularity::Group(*group), cols)?;
+                let per = 32 / *bits as usize;
+                let rows = rows_cols(shape).0;
+                if rows % per != 0 {
+                    return Err(SchemeError::Unsupported(format!(
+                        "{rows} output rows: the GPTQ layout packs {per} per int32"
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -275,6 +300,16 @@ impl Scheme {
                 }
                 v.push(slot("_shape", DType::I64, vec![2]));
                 v
+            }
+            Scheme::Gptq { bits, group } => {
+                let per = 32 / bits as usize;
+                let groups = cols / group.max(1);
+                vec![
+                    slot(".qweight", DType::I32, vec![cols / per, rows]),
+                    slot(".qzeros", DType::I32, vec![groups, rows / per]),
+                    slot(".scales", DType::F16, vec![groups, rows]),
+                    slot(".g_idx", DType::I32, vec![cols]),
+                ]
             }
             Scheme::Fp8 {
                 format,
@@ -319,6 +354,7 @@ impl Scheme {
                 }
                 _ => 0..s.nbytes,
             },
+            Scheme::Gptq { .. } => 0..s.nbytes,
             Scheme::Fp8 {
                 format,
                 granularity,
@@ -407,6 +443,14 @@ impl Scheme {
                 };
                 return self.encode_int_codes(shape, r0, &q.codes, &params);
             }
+            Scheme::Gptq { bits, group } => {
+                let spec = IntSpec {
+                    bits,
+                    symmetric: true,
+                };
+                let q = rtn::quantize_rows(spec, x, cols, group, DType::F16, None);
+                return self.encode_int_codes(shape, r0, &q.codes, &q.params);
+            }
             Scheme::Fp8 {
                 format,
                 granularity,
@@ -484,6 +528,9 @@ impl Scheme {
         codes: &[i8],
         params: &[QParams],
     ) -> Encoded {
+        if let Scheme::Gptq { bits, group } = *self {
+            return self.encode_gptq(shape, r0, codes, params, bits, group);
+        }
         let Scheme::Int {
             spec,
             granularity,
@@ -594,6 +641,27 @@ impl Scheme {
                     }
                 }
             }
+            Scheme::Gptq { bits, group } => {
+                let (rows, _) = rows_cols(shape);
+                let per = 32 / bits as usize;
+                let mask = (1u32 << bits) - 1;
+                let qw = bytes_to_words(parts[0]);
+                let qz = bytes_to_words(parts[1]);
+                let scales = decode_scales(DType::F16, parts[2]);
+                let gidx = bytes_to_words(parts[3]);
+                let _ = group;
+                for r in r0..r1 {
+                    for c in 0..cols {
+                        let q = (qw[(c / per) * rows + r] >> (bits as usize * (c % per))) & mask;
+                        let g = gidx[c] as usize;
+                        let z = ((qz[g * (rows / per) + r / per] >> (bits as usize * (r % per)))
+                            & mask)
+                            + 1;
+                        out[(r - r0) * cols + c] =
+                            (q as i32 - z as i32) as f32 * scales[g * rows + r];
+                    }
+                }
+            }
             Scheme::Fp8 {
                 format,
                 granularity,
@@ -620,6 +688,60 @@ impl Scheme {
                 }
             }
         }
+    }
+
+    /// The GPTQ v1 slots of a whole tensor from signed symmetric codes (`rows × cols`, in
+    /// -2^(bits-1)..2^(bits-1)) and per-group scales (`rows × groups`).
+    fn encode_gptq(
+        &self,
+        shape: &[usize],
+        r0: usize,
+        codes: &[i8],
+        params: &[QParams],
+        bits: u32,
+        group: usize,
+    ) -> Encoded {
+        let (rows, cols) = rows_cols(shape);
+        assert_eq!(r0, 0, "the GPTQ layout is encoded whole");
+        assert_eq!(codes.len(), rows * cols);
+        let per = 32 / bits as usize;
+        let groups = cols / group;
+        let half = 1i32 << (bits - 1);
+        let mask = (1u32 << bits) - 1;
+        let mut qw = vec![0u32; cols / per * rows];
+        for r in 0..rows {
+            for c in 0..cols {
+                let u = (codes[r * cols + c] as i32 + half) as u32 & mask;
+                qw[(c / per) * rows + r] |= u << (bits as usize * (c % per));
+            }
+        }
+        // v1 stores zero - 1; symmetric zero is 2^(bits-1)
+        let zword = (0..per).fold(0u32, |w, j| {
+            w | (((half - 1) as u32 & mask) << (bits as usize * j))
+        });
+        let qz = vec![zword; groups * rows / per];
+        let mut sc = vec![0f32; groups * rows];
+        for r in 0..rows {
+            for g in 0..groups {
+                sc[g * rows + r] = params[r * groups + g].scale;
+            }
+        }
+        let gidx: Vec<u32> = (0..cols).map(|c| (c / group) as u32).collect();
+        let pieces = [
+            words_to_bytes(&qw),
+            words_to_bytes(&qz),
+            encode_scales(DType::F16, &sc),
+            words_to_bytes(&gidx),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(slot, bytes)| Piece {
+            slot,
+            offset: 0,
+            bytes,
+        })
+        .collect();
+        Encoded { pieces }
     }
 
     /// Stored bits per original value (all slots counted).
@@ -905,5 +1027,48 @@ mod tests {
     fn bits_per_weight() {
         assert_eq!(Scheme::Ggml(GgmlType::Q4_0).bits_per_weight(&[4, 64]), 4.5);
         assert_eq!(Scheme::Ggml(GgmlType::Q8_0).bits_per_weight(&[4, 64]), 8.5);
+    }
+}
+
+#[cfg(test)]
+mod gptq_layout_tests {
+    use super::*;
+
+    /// The GPTQ v1 layout stores the same values as compressed-tensors' symmetric int scheme
+    /// with f16 scales (same RTN codes and scales, different packing), for 2, 4 and 8 bits.
+    #[test]
+    fn gptq_layout_round_trips_like_int() {
+        let (rows, cols) = (48, 256);
+        let x = crate::synth::weight_matrix(rows, cols, 0.02, 5);
+        for bits in [2u32, 4, 8] {
+            for group in [32, 128, 256] {
+                let g = Scheme::Gptq { bits, group };
+                let i = Scheme::Int {
+                    spec: IntSpec {
+                        bits,
+                        symmetric: true,
+                    },
+                    granularity: Granularity::Group(group),
+                    scale_dtype: DType::F16,
+                };
+                g.check(&[rows, cols]).unwrap();
+                let stats = TensorStats::default();
+                let decode = |s: &Scheme| {
+                    let e = s.encode(&[rows, cols], 0, &x, stats);
+                    let parts: Vec<&[u8]> = e.pieces.iter().map(|p| p.bytes.as_slice()).collect();
+                    for (p, sl) in e.pieces.iter().zip(s.slots(&[rows, cols])) {
+                        assert_eq!(p.bytes.len(), sl.nbytes, "{}", s.label());
+                    }
+                    let mut y = vec![0f32; rows * cols];
+                    s.decode(&[rows, cols], 0, rows, &parts, &mut y);
+                    y
+                };
+                assert_eq!(decode(&g), decode(&i), "bits {bits} group {group}");
+            }
+        }
+        assert!(Scheme::Gptq { bits: 3, group: 32 }.check(&[8, 64]).is_err());
+        assert!(Scheme::Gptq { bits: 4, group: 32 }
+            .check(&[12, 64])
+            .is_err());
     }
 }

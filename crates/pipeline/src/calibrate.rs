@@ -124,6 +124,22 @@ pub fn gptq_model(
         .tensors
         .iter()
         .filter_map(|t| match t.action {
+            Action::Encode(Scheme::Gptq { bits, group }) => Some((
+                src.tensors[t.source].info.name.as_str(),
+                GptqConfig {
+                    spec: IntSpec {
+                        bits,
+                        symmetric: true,
+                    },
+                    group: Some(group),
+                    block: 128,
+                    percdamp: cfg.damp,
+                    act_order: cfg.act_order,
+                    static_groups: cfg.act_order,
+                    scale_dtype: qs_numeric::DType::F16,
+                    grid: Grid::Int,
+                },
+            )),
             Action::Encode(Scheme::Ggml(ty)) => {
                 // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer
                 let n = &src.tensors[t.source].info.name;

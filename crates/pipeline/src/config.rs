@@ -164,6 +164,27 @@ pub struct QuantizeConfig {
     pub act_order: bool,
     /// GPTQ: relative damping of the Hessian.
     pub damp: f64,
+    /// Layout of integer safetensors outputs.
+    pub int_format: IntFormat,
+}
+
+/// How integer weights are laid out in a safetensors output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntFormat {
+    /// compressed-tensors pack-quantized (`weight_packed`, `weight_scale`, ...).
+    CompressedTensors,
+    /// AutoGPTQ "v1" (`qweight`, `qzeros`, `scales`, `g_idx`, quantize_config.json).
+    Gptq,
+}
+
+impl IntFormat {
+    pub fn parse(s: &str) -> Result<IntFormat, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "compressed-tensors" | "ct" => Ok(IntFormat::CompressedTensors),
+            "gptq" => Ok(IntFormat::Gptq),
+            _ => Err(format!("unknown format '{s}' (compressed-tensors, gptq)")),
+        }
+    }
 }
 
 /// How integer codes are chosen.
@@ -211,6 +232,7 @@ impl QuantizeConfig {
             output_tensor_type: None,
             token_embedding_type: None,
             method: Method::Rtn,
+            int_format: IntFormat::CompressedTensors,
             calib: None,
             calib_samples: 128,
             calib_seq_len: 512,

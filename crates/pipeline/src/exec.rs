@@ -147,6 +147,7 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
                 matches!(
                     t.action,
                     Action::Encode(Scheme::Int { .. })
+                        | Action::Encode(Scheme::Gptq { .. })
                         | Action::Encode(Scheme::Ggml(
                             qs_numeric::GgmlType::Q4_0
                                 | qs_numeric::GgmlType::Q4_1

@@ -305,6 +305,9 @@ pub fn model_name(src: &ModelSource) -> String {
 /// when nothing is quantized. One config group per distinct scheme; with a single scheme the
 /// group targets `Linear` and unquantized linear layers go to `ignore`.
 pub fn quantization_config(plan: &Plan) -> Option<Json> {
+    if let Some(g) = gptq_config(plan) {
+        return Some(g);
+    }
     let mut groups: Vec<(Json, &'static str, Vec<String>)> = Vec::new();
     let mut ignore = Vec::new();
     for t in &plan.tensors {
@@ -354,6 +357,29 @@ pub fn quantization_config(plan: &Plan) -> Option<Json> {
     }))
 }
 
+/// The GPTQ (AutoGPTQ v1) `quantization_config` / quantize_config.json of a plan that stores
+/// its linears with [`Scheme::Gptq`], as GPTQModel writes it; `None` otherwise.
+pub fn gptq_config(plan: &Plan) -> Option<Json> {
+    let (bits, group, cols) = plan.tensors.iter().find_map(|t| match t.action {
+        Action::Encode(Scheme::Gptq { bits, group }) => {
+            Some((bits, group, t.shape.last().copied().unwrap_or(0)))
+        }
+        _ => None,
+    })?;
+    Some(json!({
+        "bits": bits,
+        "group_size": if group == cols { -1 } else { group as i64 },
+        "desc_act": false,
+        "static_groups": plan.actorder_static,
+        "sym": true,
+        "true_sequential": true,
+        "damp_percent": 0.01,
+        "quant_method": "gptq",
+        "checkpoint_format": "gptq",
+        "model_file_base_name": "model",
+    }))
+}
+
 /// Writes `config.json` (with `quantization_config`, or the new `torch_dtype` for a float
 /// conversion) and copies tokenizer and generation files into `dir`.
 pub fn write_side_files(
@@ -398,5 +424,10 @@ pub fn write_side_files(
     let dst = dir.join("config.json");
     let text = serde_json::to_string_pretty(&config).expect("json") + "\n";
     std::fs::write(&dst, text).map_err(io(&dst))?;
+    if let Some(g) = gptq_config(plan) {
+        let dst = dir.join("quantize_config.json");
+        let text = serde_json::to_string_pretty(&g).expect("json") + "\n";
+        std::fs::write(&dst, text).map_err(io(&dst))?;
+    }
     Ok(())
 }

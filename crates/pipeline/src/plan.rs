@@ -466,6 +466,26 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                     }
                 }
             }
+            (_, Target::Int(bits)) if cfg.int_format == crate::config::IntFormat::Gptq => {
+                let g = cfg.granularity_for(target).map_err(Error::Config)?;
+                let group = match g {
+                    qs_numeric::Granularity::Group(n) => n,
+                    qs_numeric::Granularity::Channel => shape.last().copied().unwrap_or(1),
+                    _ => {
+                        return Err(Error::Config(
+                            "--format gptq needs group or channel scales".into(),
+                        ))
+                    }
+                };
+                if cfg.asymmetric {
+                    return Err(Error::Config(
+                        "--format gptq writes symmetric checkpoints (sym=true); use compressed-tensors for --asym".into(),
+                    ));
+                }
+                let s = Scheme::Gptq { bits, group };
+                check(&s, shape, &terr)?;
+                (Action::Encode(s), target)
+            }
             (_, Target::Int(bits)) => {
                 let g = cfg.granularity_for(target).map_err(Error::Config)?;
                 let s = Scheme::Int {
@@ -531,7 +551,12 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                 .slots(shape)
                 .into_iter()
                 .map(|sl| OutTensor {
-                    name: format!("{out_name}{}", sl.suffix),
+                    // a suffix starting with '.' replaces the last name component
+                    // (GPTQ's `q_proj.qweight` for `q_proj.weight`)
+                    name: match (sl.suffix.starts_with('.'), out_name.rsplit_once('.')) {
+                        (true, Some((stem, _))) => format!("{stem}{}", sl.suffix),
+                        _ => format!("{out_name}{}", sl.suffix),
+                    },
                     ty: match (kind, sl.ty) {
                         (OutputKind::Gguf, SlotType::Dtype(d)) => SlotType::Ggml(ggml_of(d)),
                         (_, t) => t,

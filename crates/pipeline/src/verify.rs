@@ -369,6 +369,65 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
                 slots,
                 bytes,
             });
+        } else if let Some(prefix) = name.strip_suffix(".qweight") {
+            // AutoGPTQ v1: qweight [cols·bits/32, rows], qzeros, scales [groups, rows], g_idx
+            let comp = |suffix: &str| {
+                get(&format!("{prefix}.{suffix}"))
+                    .ok_or_else(|| bad(name, format!("has no {suffix} companion")))
+            };
+            let (qz, sc, gi) = (comp("qzeros")?, comp("scales")?, comp("g_idx")?);
+            let rows = sc.info.shape.get(1).copied().unwrap_or(0);
+            let groups = sc.info.shape.first().copied().unwrap_or(0);
+            let cols = gi.info.shape.first().copied().unwrap_or(0);
+            let packed_rows = t.info.shape.first().copied().unwrap_or(0);
+            if cols == 0 || groups == 0 || (32 * packed_rows) % cols != 0 {
+                return Err(bad(
+                    name,
+                    format!(
+                        "shapes qweight {:?}, scales {:?}, g_idx {:?} do not fit together",
+                        t.info.shape, sc.info.shape, gi.info.shape
+                    ),
+                ));
+            }
+            let bits = (32 * packed_rows / cols) as u32;
+            let scheme = Scheme::Gptq {
+                bits,
+                group: cols / groups,
+            };
+            scheme
+                .check(&[rows, cols])
+                .map_err(|e| bad(name, e.to_string()))?;
+            if sc.info.dtype != DType::F16 {
+                return Err(bad(
+                    name,
+                    format!("scales are {}, expected F16", sc.info.dtype),
+                ));
+            }
+            let slots = vec![s.bytes(t), s.bytes(qz), s.bytes(sc), s.bytes(gi)];
+            let expect: Vec<usize> = scheme
+                .slots(&[rows, cols])
+                .iter()
+                .map(|x| x.nbytes)
+                .collect();
+            let got: Vec<usize> = slots.iter().map(|x| x.len()).collect();
+            if expect != got {
+                return Err(bad(name, format!("stored sizes {got:?} do not match {} for shape [{rows}, {cols}] (expected {expect:?})", scheme.label())));
+            }
+            if let Some(&g) = bytes_to_u32(slots[3])
+                .iter()
+                .find(|&&g| g as usize >= groups)
+            {
+                return Err(bad(name, format!("g_idx holds group {g} of {groups}")));
+            }
+            companions.extend(["qzeros", "scales", "g_idx"].map(|x| format!("{prefix}.{x}")));
+            v.push(Logical {
+                permute: None,
+                name: format!("{prefix}.weight"),
+                shape: vec![rows, cols],
+                scheme,
+                slots,
+                bytes: got.iter().sum::<usize>() as u64,
+            });
         } else if matches!(t.info.dtype, DType::F8E4M3 | DType::F8E5M2) {
             let sname = format!("{name}_scale");
             let scale = get(&sname)
@@ -412,6 +471,7 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
         let name = &t.info.name;
         if companions.contains(name)
             || name.ends_with("_packed")
+            || name.ends_with(".qweight")
             || v.iter().any(|l| &l.name == name)
         {
             continue;
@@ -440,4 +500,10 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
         }
     }
     Ok(v)
+}
+
+fn bytes_to_u32(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
+        .collect()
 }

@@ -233,6 +233,20 @@ impl Progress for Bar {
     }
 }
 
+/// The process's peak resident memory (Linux `VmHWM`), if known.
+fn peak_rss_mb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024)
+}
+
 fn write_report(path: &Path, json: &str) -> Result<()> {
     std::fs::write(path, json).with_context(|| format!("writing report {}", path.display()))
 }
@@ -335,6 +349,9 @@ fn run(a: RunArgs) -> Result<()> {
             if !a.quiet {
                 print!("{}", report.to_table());
                 println!("wrote {}", outcome.plan.output.display());
+                if let Some(mb) = peak_rss_mb() {
+                    println!("peak memory (RSS): {mb} MB");
+                }
             }
             if let Some(p) = &a.report {
                 write_report(p, &report.to_json())?;

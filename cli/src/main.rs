@@ -159,6 +159,10 @@ struct RunArgs {
     /// (AutoGPTQ v1: qweight/qzeros/scales/g_idx + quantize_config.json; symmetric 2/4/8 bits).
     #[arg(long = "format", default_value = "compressed-tensors", value_parser = quantsmith::config::IntFormat::parse)]
     int_format: quantsmith::config::IntFormat,
+    /// GPTQ on integer targets: search each group's clipping (min/max shrunk by up to 20 %)
+    /// for the least |x - q|^2.4, as the reference quantizer's mse option.
+    #[arg(long)]
+    mse_clip: bool,
     /// Calibration text for GPTQ: plain text or JSONL with a "text" field (default: a shipped
     /// public-domain English text).
     #[arg(long, value_name = "FILE")]
@@ -269,6 +273,7 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.output_tensor_type = a.output_tensor_type;
     cfg.method = a.method;
     cfg.int_format = a.int_format;
+    cfg.mse_clip = a.mse_clip;
     cfg.calib = a.calib;
     cfg.calib_samples = a.calib_samples;
     cfg.calib_seq_len = a.calib_seq_len;

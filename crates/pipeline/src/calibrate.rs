@@ -138,6 +138,7 @@ pub fn gptq_model(
                     static_groups: cfg.act_order,
                     scale_dtype: qs_numeric::DType::F16,
                     grid: Grid::Int,
+                    mse_clip: cfg.mse_clip,
                 },
             )),
             Action::Encode(Scheme::Ggml(ty)) => {
@@ -166,6 +167,7 @@ pub fn gptq_model(
                         static_groups: cfg.act_order,
                         scale_dtype: qs_numeric::DType::F16,
                         grid,
+                        mse_clip: false,
                     },
                 ))
             }
@@ -192,6 +194,7 @@ pub fn gptq_model(
                         static_groups: cfg.act_order,
                         scale_dtype,
                         grid: Grid::Int,
+                        mse_clip: cfg.mse_clip,
                     },
                 ))
             }

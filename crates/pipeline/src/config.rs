@@ -166,6 +166,8 @@ pub struct QuantizeConfig {
     pub damp: f64,
     /// Layout of integer safetensors outputs.
     pub int_format: IntFormat,
+    /// GPTQ on integer grids: search each group's clipping for the least |x - q|^2.4.
+    pub mse_clip: bool,
 }
 
 /// How integer weights are laid out in a safetensors output.
@@ -233,6 +235,7 @@ impl QuantizeConfig {
             token_embedding_type: None,
             method: Method::Rtn,
             int_format: IntFormat::CompressedTensors,
+            mse_clip: false,
             calib: None,
             calib_samples: 128,
             calib_seq_len: 512,

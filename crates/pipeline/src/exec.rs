@@ -140,6 +140,9 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     }
     check_target(&plan.output, cfg.force)?;
     // GPTQ: calibrate and quantize every integer weight before writing anything
+    if cfg.mse_clip && cfg.method != crate::config::Method::Gptq {
+        return Err(Error::Config("--mse-clip applies to --method gptq".into()));
+    }
     let calibrated = match cfg.method {
         crate::config::Method::Rtn => HashMap::new(),
         crate::config::Method::Gptq => {

@@ -1,7 +1,7 @@
 //! `--method gptq`: run the model layer by layer on calibration text, and quantize each
 //! layer's linears with GPTQ on the inputs they see. Layer L+1's inputs come from layer L run
-//! with its already-quantized weights. Only one layer's weights and the current activations
-//! are in memory.
+//! with its already-quantized weights. Only one layer's weights, the activations between
+//! layers (tokens × hidden) and one batch of ~4096 tokens' intermediate values are in memory.
 //!
 //! A tenth of the calibration sequences (at least one) is held out: the report compares RTN
 //! and GPTQ on them by the layer-output error ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖².
@@ -9,7 +9,7 @@
 use crate::config::QuantizeConfig;
 use crate::error::{Error, Result};
 use crate::plan::{Action, Plan};
-use faer::{Mat, MatRef};
+use faer::Mat;
 use qs_formats::calib::{self, CalibConfig};
 use qs_formats::source::ModelSource;
 use qs_model::{layer_forward, linear, Captured, Model};
@@ -214,45 +214,79 @@ pub fn gptq_model(
         }
     }
     let mut done = HashMap::new();
+    // Calibration tokens go through each layer in batches of whole sequences (about 4096
+    // tokens), so only one batch's intermediate activations exist at a time; the Hessians
+    // accumulate batch by batch (running mean, as the reference does over its batches).
+    let batch = (4096 / seq_len.max(1)).max(1) * seq_len;
+    let kinds = ["qkv", "o", "mlp", "down"];
+    let members_of = |kind: &str| -> &'static [&'static str] {
+        match kind {
+            "qkv" => &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            "o" => &["self_attn.o_proj"],
+            "mlp" => &["mlp.gate_proj", "mlp.up_proj"],
+            _ => &["mlp.down_proj"],
+        }
+    };
+    let input_of = |cap: &Captured, kind: &str| -> Mat<f32> {
+        match kind {
+            "qkv" => cap.qkv_in.clone(),
+            "o" => cap.o_in.clone(),
+            "mlp" => cap.mlp_in.clone(),
+            _ => cap.down_in.clone(),
+        }
+    };
     for l in 0..model.cfg.layers {
         let mut layer = model.layer(l).map_err(model_err)?;
-        let (_, cap) = layer_forward(&model.cfg, &layer, x.as_ref(), seq_len, true);
-        let cap: Captured = cap.expect("captured");
+        let p = format!("model.layers.{l}.");
+        // which input groups have a linear to quantize
+        let wanted: Vec<&str> = kinds
+            .iter()
+            .copied()
+            .filter(|k| {
+                members_of(k)
+                    .iter()
+                    .any(|m| int_scheme.contains_key(format!("{p}{m}.weight").as_str()))
+            })
+            .collect();
+        let mut hess: HashMap<&str, Hessian> = HashMap::new();
+        let mut r0 = 0;
+        while r0 < x.nrows() && !wanted.is_empty() {
+            let r1 = (r0 + batch).min(x.nrows());
+            let (_, cap) = layer_forward(
+                &model.cfg,
+                &layer,
+                x.as_ref().subrows(r0, r1 - r0),
+                seq_len,
+                true,
+            );
+            let cap = cap.expect("captured");
+            for k in &wanted {
+                let xin = input_of(&cap, k);
+                hess.entry(k)
+                    .or_insert_with(|| Hessian::new(xin.ncols()))
+                    .add_mat(xin.as_ref());
+            }
+            r0 = r1;
+        }
         let (_, caph) = layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, true);
         let caph: Captured = caph.expect("captured");
-        let p = format!("model.layers.{l}.");
-        let groups: [(&str, MatRef<'_, f32>, MatRef<'_, f32>); 4] = [
-            ("qkv", cap.qkv_in.as_ref(), caph.qkv_in.as_ref()),
-            ("o", cap.o_in.as_ref(), caph.o_in.as_ref()),
-            ("mlp", cap.mlp_in.as_ref(), caph.mlp_in.as_ref()),
-            ("down", cap.down_in.as_ref(), caph.down_in.as_ref()),
-        ];
-        for (kind, xin, xheld) in groups {
-            let members: Vec<(&str, &mut Mat<f32>)> = match kind {
-                "qkv" => vec![
-                    ("self_attn.q_proj", &mut layer.q),
-                    ("self_attn.k_proj", &mut layer.k),
-                    ("self_attn.v_proj", &mut layer.v),
-                ],
-                "o" => vec![("self_attn.o_proj", &mut layer.o)],
-                "mlp" => vec![
-                    ("mlp.gate_proj", &mut layer.gate),
-                    ("mlp.up_proj", &mut layer.up),
-                ],
-                _ => vec![("mlp.down_proj", &mut layer.down)],
-            };
-            // one Hessian for the linears that read the same input
-            let mut h: Option<Hessian> = None;
-            for (part, w) in members {
+        for kind in &wanted {
+            let xheld = input_of(&caph, kind);
+            let hm = &hess[kind];
+            for part in members_of(kind) {
                 let name = format!("{p}{part}.weight");
                 let Some(gc) = int_scheme.get(name.as_str()) else {
                     continue;
                 };
-                let hm = h.get_or_insert_with(|| {
-                    let mut hh = Hessian::new(xin.ncols());
-                    hh.add_mat(xin);
-                    hh
-                });
+                let w: &mut Mat<f32> = match *part {
+                    "self_attn.q_proj" => &mut layer.q,
+                    "self_attn.k_proj" => &mut layer.k,
+                    "self_attn.v_proj" => &mut layer.v,
+                    "self_attn.o_proj" => &mut layer.o,
+                    "mlp.gate_proj" => &mut layer.gate,
+                    "mlp.up_proj" => &mut layer.up,
+                    _ => &mut layer.down,
+                };
                 let (rows, cols) = (w.nrows(), w.ncols());
                 let wv: Vec<f32> = (0..rows)
                     .flat_map(|r| (0..cols).map(|c| w[(r, c)]).collect::<Vec<_>>())
@@ -260,10 +294,10 @@ pub fn gptq_model(
                 let out = gptq(&wv, rows, cols, &hm.h, gc)
                     .map_err(|e| Error::Config(format!("tensor '{name}': GPTQ: {e}")))?;
                 let wq = to_mat(&out.dequantize(rows, cols), rows, cols);
-                let y = linear(xheld, w, None);
+                let y = linear(xheld.as_ref(), w, None);
                 let error = LayerOutputError {
-                    rtn: relative_error(&y, &linear(xheld, &rtn_dequant(w, gc), None)),
-                    gptq: relative_error(&y, &linear(xheld, &wq, None)),
+                    rtn: relative_error(&y, &linear(xheld.as_ref(), &rtn_dequant(w, gc), None)),
+                    gptq: relative_error(&y, &linear(xheld.as_ref(), &wq, None)),
                 };
                 *w = wq;
                 done.insert(
@@ -275,8 +309,23 @@ pub fn gptq_model(
                 );
             }
         }
-        // next layer's inputs: this layer with its quantized weights
-        x = layer_forward(&model.cfg, &layer, x.as_ref(), seq_len, false).0;
+        drop(caph);
+        // next layer's inputs: this layer with its quantized weights, batch by batch
+        let mut next = Mat::<f32>::zeros(x.nrows(), x.ncols());
+        let mut r0 = 0;
+        while r0 < x.nrows() {
+            let r1 = (r0 + batch).min(x.nrows());
+            let (y, _) = layer_forward(
+                &model.cfg,
+                &layer,
+                x.as_ref().subrows(r0, r1 - r0),
+                seq_len,
+                false,
+            );
+            next.as_mut().subrows_mut(r0, r1 - r0).copy_from(&y);
+            r0 = r1;
+        }
+        x = next;
         xh = layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, false).0;
     }
     let missing: Vec<&&str> = int_scheme

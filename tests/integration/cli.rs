@@ -818,7 +818,11 @@ fn gptq_writes_compressed_tensors_and_beats_rtn_on_held_out_tokens() {
         "-o".as_ref(),
         d.path().join("m").as_os_str(),
     ]);
-    assert!(r.code != 0 && r.stderr.contains("--mse-clip"), "{}", r.stderr);
+    assert!(
+        r.code != 0 && r.stderr.contains("--mse-clip"),
+        "{}",
+        r.stderr
+    );
     let r = quantize(&[
         fx.as_os_str(),
         "--to".as_ref(),

@@ -53,8 +53,22 @@ pub fn load_text(path: Option<&Path>) -> Result<String> {
     Ok(out)
 }
 
-/// Token sequences for calibration.
-pub fn sequences(tokenizer_json: &Path, text: &str, cfg: &CalibConfig) -> Result<Vec<Vec<u32>>> {
+/// Calibration sequences cut from a text: disjoint windows, so no token is counted twice and
+/// the held-out windows share no text with the fitted ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibSet {
+    /// Windows GPTQ fits on (seeded choice among the windows of the text's first 90 %).
+    pub fit: Vec<Vec<u32>>,
+    /// Windows from the text's last 10 % (at least one), for the held-out error.
+    pub held: Vec<Vec<u32>>,
+    /// Tokens in the whole text.
+    pub text_tokens: usize,
+}
+
+/// Tokenizes `text` with the model's tokenizer.json and cuts it into windows of `seq_len`
+/// tokens: the last tenth of the windows (at least one) is held out; `samples` of the others
+/// (all of them when the text has fewer) are chosen with the seed.
+pub fn sequences(tokenizer_json: &Path, text: &str, cfg: &CalibConfig) -> Result<CalibSet> {
     let tok = tokenizers::Tokenizer::from_file(tokenizer_json)
         .map_err(|e| file_err(tokenizer_json, format!("cannot load tokenizer: {e}")))?;
     let enc = tok.encode(text, false).map_err(|e| {
@@ -64,24 +78,36 @@ pub fn sequences(tokenizer_json: &Path, text: &str, cfg: &CalibConfig) -> Result
         )
     })?;
     let ids = enc.get_ids();
-    if ids.len() < cfg.seq_len.max(1) {
+    let seq = cfg.seq_len.max(1);
+    let windows = ids.len() / seq;
+    if windows < 2 {
         return Err(file_err(
             tokenizer_json,
             format!(
-                "calibration text is {} tokens, shorter than one sequence of {}",
-                ids.len(),
-                cfg.seq_len
+                "calibration text is {} tokens: GPTQ needs at least two sequences of {seq} (one is held out)",
+                ids.len()
             ),
         ));
     }
+    let held_n = (windows / 10).max(1);
+    let fit_n = windows - held_n;
+    let window = |w: usize| ids[w * seq..(w + 1) * seq].to_vec();
+    // a seeded partial shuffle of the fit windows, first `samples` kept, in text order
+    let mut order: Vec<usize> = (0..fit_n).collect();
     let mut rng = Rng::new(cfg.seed);
-    let span = ids.len() - cfg.seq_len + 1;
-    Ok((0..cfg.samples)
-        .map(|_| {
-            let start = (rng.next_u64() % span as u64) as usize;
-            ids[start..start + cfg.seq_len].to_vec()
-        })
-        .collect())
+    let take = cfg.samples.min(fit_n);
+    for i in 0..take {
+        let j = i + (rng.next_u64() % (fit_n - i) as u64) as usize;
+        order.swap(i, j);
+    }
+    let mut chosen = order[..take].to_vec();
+    chosen.sort_unstable();
+    let held_take = (take / 10).max(1).min(held_n);
+    Ok(CalibSet {
+        fit: chosen.into_iter().map(window).collect(),
+        held: (fit_n..fit_n + held_take).map(window).collect(),
+        text_tokens: ids.len(),
+    })
 }
 
 #[cfg(test)]
@@ -93,28 +119,60 @@ mod tests {
     }
 
     #[test]
-    fn sequences_are_seeded_windows_of_the_text() {
+    fn sequences_are_disjoint_seeded_windows_with_a_held_out_tail() {
         let cfg = CalibConfig {
             samples: 8,
             seq_len: 64,
             seed: 3,
         };
         let a = sequences(&tokenizer(), DEFAULT_TEXT, &cfg).unwrap();
-        assert_eq!(a.len(), 8);
+        let all = tokenizers::Tokenizer::from_file(tokenizer())
+            .unwrap()
+            .encode(DEFAULT_TEXT, false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        let windows = all.len() / 64;
+        assert!(windows > 12, "{windows}");
+        assert_eq!(a.fit.len(), 8);
+        assert_eq!(a.held.len(), 1);
+        assert_eq!(a.text_tokens, all.len());
+        // every sequence is a distinct aligned window; held-out ones come after all fit ones
+        let pos = |s: &Vec<u32>| {
+            (0..windows)
+                .find(|w| &all[w * 64..(w + 1) * 64] == s.as_slice())
+                .expect("an aligned window of the text")
+        };
+        let fp: Vec<usize> = a.fit.iter().map(pos).collect();
+        assert!(fp.windows(2).all(|p| p[0] < p[1]), "distinct, in order");
         assert!(a
+            .held
             .iter()
-            .all(|s| s.len() == 64 && s.iter().all(|&t| t < 512)));
+            .map(pos)
+            .all(|h| h >= windows - (windows / 10).max(1)));
+        assert!(fp.iter().all(|&p| p < windows - (windows / 10).max(1)));
         assert_eq!(
             a,
             sequences(&tokenizer(), DEFAULT_TEXT, &cfg).unwrap(),
             "deterministic"
         );
         let b = sequences(&tokenizer(), DEFAULT_TEXT, &CalibConfig { seed: 4, ..cfg }).unwrap();
-        assert_ne!(a, b, "the seed picks the windows");
+        assert_ne!(a.fit, b.fit, "the seed picks the windows");
+        // asking for more than the text holds gives every fit window once
+        let many = sequences(
+            &tokenizer(),
+            DEFAULT_TEXT,
+            &CalibConfig {
+                samples: 10_000,
+                ..cfg
+            },
+        )
+        .unwrap();
+        assert_eq!(many.fit.len(), windows - (windows / 10).max(1));
         assert!(sequences(&tokenizer(), "too short", &cfg)
             .unwrap_err()
             .to_string()
-            .contains("shorter"));
+            .contains("at least two sequences"));
     }
 
     #[test]

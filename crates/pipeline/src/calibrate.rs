@@ -27,6 +27,19 @@ pub struct Calibrated {
     pub error: LayerOutputError,
 }
 
+/// The calibration data a GPTQ run used.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct CalibSummary {
+    pub text_tokens: usize,
+    pub seq_len: usize,
+    /// Sequences asked for (`--calib-samples`).
+    pub requested: usize,
+    /// Disjoint sequences GPTQ fitted on (fewer than requested when the text is short).
+    pub fit_sequences: usize,
+    /// Sequences from the end of the text, held out for the layer-output error.
+    pub held_sequences: usize,
+}
+
 /// ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖² on held-out calibration tokens.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct LayerOutputError {
@@ -97,7 +110,7 @@ pub fn gptq_model(
     src: &ModelSource,
     plan: &Plan,
     cfg: &QuantizeConfig,
-) -> Result<HashMap<String, Calibrated>> {
+) -> Result<(HashMap<String, Calibrated>, CalibSummary)> {
     let model = Model::new(src).map_err(model_err)?;
     let dir = src.hf_dir.as_ref().ok_or_else(|| {
         Error::Config(
@@ -110,9 +123,15 @@ pub fn gptq_model(
         seq_len: cfg.calib_seq_len,
         seed: cfg.seed,
     };
-    let seqs = calib::sequences(&dir.join("tokenizer.json"), &text, &ccfg)?;
-    let held = (seqs.len() / 10).max(1).min(seqs.len().saturating_sub(1));
-    let (fit_seqs, held_seqs) = seqs.split_at(seqs.len() - held);
+    let set = calib::sequences(&dir.join("tokenizer.json"), &text, &ccfg)?;
+    let summary = CalibSummary {
+        text_tokens: set.text_tokens,
+        seq_len: ccfg.seq_len,
+        requested: ccfg.samples,
+        fit_sequences: set.fit.len(),
+        held_sequences: set.held.len(),
+    };
+    let (fit_seqs, held_seqs) = (&set.fit[..], &set.held[..]);
     let seq_len = ccfg.seq_len;
     let ids = |s: &[Vec<u32>]| s.iter().flatten().copied().collect::<Vec<u32>>();
     let mut x = model.embed(&ids(fit_seqs)).map_err(model_err)?;
@@ -337,5 +356,5 @@ pub fn gptq_model(
             "tensor '{n}': GPTQ covers the decoder layers' linears only (exclude it or keep it)"
         )));
     }
-    Ok(done)
+    Ok((done, summary))
 }

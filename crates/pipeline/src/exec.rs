@@ -143,8 +143,8 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     if cfg.mse_clip && cfg.method != crate::config::Method::Gptq {
         return Err(Error::Config("--mse-clip applies to --method gptq".into()));
     }
-    let calibrated = match cfg.method {
-        crate::config::Method::Rtn => HashMap::new(),
+    let (calibrated, calib_summary) = match cfg.method {
+        crate::config::Method::Rtn => (HashMap::new(), None),
         crate::config::Method::Gptq => {
             let on_grid = |t: &TensorPlan| {
                 matches!(
@@ -165,7 +165,9 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
                 )));
             }
             // inside our pool, so faer's parallel products use -j threads
-            pool(cfg.threads)?.install(|| crate::calibrate::gptq_model(&src, &plan, cfg))?
+            let (c, s) =
+                pool(cfg.threads)?.install(|| crate::calibrate::gptq_model(&src, &plan, cfg))?;
+            (c, Some(s))
         }
     };
 
@@ -279,13 +281,14 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         meta::write_side_files(&src, &plan, cfg, dir.path())?;
         dir.commit()?;
     }
-    let report = Report::new(
+    let mut report = Report::new(
         "quantize",
         cfg.input.display().to_string(),
         plan.output.display().to_string(),
         Some(cfg.target.name()),
         rows,
     );
+    report.calibration = calib_summary;
     Ok(Outcome {
         plan,
         report: Some(report),

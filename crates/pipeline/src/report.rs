@@ -52,6 +52,9 @@ pub struct Report {
     pub target: Option<String>,
     pub rows: Vec<ReportRow>,
     pub totals: Totals,
+    /// GPTQ runs: the calibration data actually used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::calibrate::CalibSummary>,
 }
 
 impl Report {
@@ -118,6 +121,7 @@ impl Report {
             target,
             rows,
             totals,
+            calibration: None,
         }
     }
 
@@ -203,6 +207,23 @@ impl Report {
             ));
         }
         s.push('\n');
+        if let Some(c) = &self.calibration {
+            s.push_str(&format!(
+                "calibration: {} sequences of {} tokens fitted, {} held out (text: {} tokens{})\n",
+                c.fit_sequences,
+                c.seq_len,
+                c.held_sequences,
+                c.text_tokens,
+                if c.fit_sequences < c.requested {
+                    format!(
+                        "; {} requested: pass a longer --calib text for more",
+                        c.requested
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+        }
         s
     }
 }

@@ -1,9 +1,12 @@
 //! Against llama.cpp's own converter (`convert_hf_to_gguf.py` from the sources .ci/run builds,
 //! run by tests/oracle/convert_hf.py) and its own converter + llama-quantize pipeline: our one
 //! pass writes the same files, byte for byte. Also SentencePiece vocabularies and Llama 3 rope
-//! scaling, checked against sentencepiece and an independent numpy forward pass.
+//! scaling, checked against sentencepiece and an independent numpy forward pass; `eval`,
+//! GPTQ into GGUF grids, and the compressed-tensors and GPTQ layouts against their readers.
 
-use crate::llama::{argmaxes, cosine, llama_logits, reference_logits, synthetic_model, IDS};
+use crate::llama::{
+    argmaxes, cosine, llama_logits, llama_quantize, reference_logits, synthetic_model, IDS,
+};
 use crate::util::{convert_python, fixture, llama_bin, llama_src, python, quantize};
 use qs_formats::gguf::{GgufFile, Value};
 use std::path::{Path, PathBuf};
@@ -158,18 +161,12 @@ fn one_pass_equals_converter_then_llama_quantize() {
         for ft in ["Q4_K_M", "Q3_K_S", "Q5_K_M", "Q6_K", "Q4_0", "IQ4_XS"] {
             let what = format!("{} → {ft}", m.file_name().unwrap().to_string_lossy());
             let theirs = d.path().join(format!("theirs-{k}-{ft}.gguf"));
-            let o = Command::new(llama_bin("llama-quantize"))
-                .arg(&f16)
-                .arg(&theirs)
-                .arg(ft)
-                .arg("2")
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "llama-quantize {ft}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
+            llama_quantize(&[
+                f16.as_os_str(),
+                theirs.as_os_str(),
+                ft.as_ref(),
+                "2".as_ref(),
+            ]);
             let a = d.path().join(format!("ours-{k}-{ft}.gguf"));
             ours(&m, &a, &ft.to_lowercase());
             assert_identical(&a, &theirs, &what);
@@ -502,6 +499,42 @@ fn gptq_into_gguf_grids_beats_round_to_nearest() {
     }
 }
 
+/// `quantize verify DECODED QUANTIZED`: all 21 tensors of the fixture, the 14 linears stored as
+/// `storage*`, every one decoding exactly to what the independent reader wrote to DECODED.
+fn assert_decodes_exactly(
+    decoded: &Path,
+    quantized: &Path,
+    report: &Path,
+    storage: &str,
+    what: &str,
+) {
+    quantize(&[
+        "verify".as_ref(),
+        decoded.as_os_str(),
+        quantized.as_os_str(),
+        "--report".as_ref(),
+        report.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let r = crate::util::read_json(report);
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 21, "{what}");
+    let linears = rows
+        .iter()
+        .filter(|x| x["storage"].as_str().unwrap_or("").starts_with(storage))
+        .count();
+    assert_eq!(linears, 14, "{what}: {rows:?}");
+    for x in rows {
+        let e = x["error"]["max_abs_err"].as_f64().unwrap_or(0.0);
+        assert_eq!(
+            e, 0.0,
+            "{what}: {} differs from the independent reader",
+            x["tensor"]
+        );
+    }
+}
+
 /// Our compressed-tensors outputs decompress with the PyPI `compressed-tensors` package (what
 /// vLLM and llm-compressor load them with) to exactly our dequantized weights: symmetric and
 /// asymmetric, group and channel, 2/4/8 bits, and a GPTQ output with act-order.
@@ -547,32 +580,8 @@ fn compressed_tensors_package_decompresses_to_our_weights() {
             "{args:?}: compressed-tensors failed: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        let report = d.path().join(format!("v{i}.json"));
-        quantize(&[
-            "verify".as_ref(),
-            out.as_os_str(),
-            q.as_os_str(),
-            "--report".as_ref(),
-            report.as_os_str(),
-            "-q".as_ref(),
-        ])
-        .ok();
-        let r = crate::util::read_json(&report);
-        let rows = r["rows"].as_array().unwrap();
-        assert_eq!(rows.len(), 21);
-        let quantized = rows
-            .iter()
-            .filter(|x| x["storage"].as_str().unwrap_or("").starts_with("int"))
-            .count();
-        assert_eq!(quantized, 14, "{args:?}: {rows:?}");
-        for x in rows {
-            assert_eq!(
-                x["error"]["max_abs_err"].as_f64().unwrap(),
-                0.0,
-                "{args:?}: {} differs from the package's decompression",
-                x["tensor"]
-            );
-        }
+        let what = format!("{args:?}");
+        assert_decodes_exactly(&out, &q, &d.path().join(format!("v{i}.json")), "int", &what);
     }
 }
 
@@ -629,28 +638,14 @@ fn gptq_format_dequantizes_like_autogptq() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let report = d.path().join(format!("v{i}.json"));
-        quantize(&[
-            "verify".as_ref(),
-            out.as_os_str(),
-            q.as_os_str(),
-            "--report".as_ref(),
-            report.as_os_str(),
-            "-q".as_ref(),
-        ])
-        .ok();
-        let r = crate::util::read_json(&report);
-        let rows = r["rows"].as_array().unwrap();
-        assert_eq!(rows.len(), 21);
-        let gptq = rows
-            .iter()
-            .filter(|x| x["storage"].as_str().unwrap_or("").starts_with("gptq-"))
-            .count();
-        assert_eq!(gptq, 14, "{args:?}");
-        for x in rows {
-            let e = x["error"]["max_abs_err"].as_f64().unwrap_or(0.0);
-            assert_eq!(e, 0.0, "{args:?}: {}", x["tensor"]);
-        }
+        let what = format!("{args:?}");
+        assert_decodes_exactly(
+            &out,
+            &q,
+            &d.path().join(format!("v{i}.json")),
+            "gptq-",
+            &what,
+        );
     }
     // asymmetric is refused (the v1 layout's zero - 1 cannot hold every zero point)
     let r = quantize(&[

@@ -10,6 +10,22 @@ pub(crate) const IDS: &[&str] = &[
     "5", "100", "200", "300", "17", "42", "511", "0", "256", "7", "64", "128",
 ];
 
+/// Runs llama-quantize with `args`; panics with its stderr when it fails.
+pub(crate) fn llama_quantize<S: AsRef<std::ffi::OsStr>>(args: &[S]) {
+    let o = Command::new(llama_bin("llama-quantize"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "llama-quantize {:?}: {}",
+        args.iter()
+            .map(|a| a.as_ref().to_owned())
+            .collect::<Vec<_>>(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 pub(crate) fn read_f32(p: &Path) -> Vec<f32> {
     std::fs::read(p)
         .unwrap()
@@ -173,19 +189,13 @@ fn our_tensors_equal_llama_quantize_output() {
         "IQ4_XS",
     ] {
         let theirs = d.path().join(format!("ref-{t}.gguf"));
-        let o = Command::new(llama_bin("llama-quantize"))
-            .arg("--pure")
-            .arg(&f32g)
-            .arg(&theirs)
-            .arg(t)
-            .arg("1")
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "llama-quantize {t}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        llama_quantize(&[
+            "--pure".as_ref(),
+            f32g.as_os_str(),
+            theirs.as_os_str(),
+            t.as_ref(),
+            "1".as_ref(),
+        ]);
         let ours = d.path().join(format!("ours-{t}.gguf"));
         // --pure: one type for every quantizable weight, embeddings and output included
         quantize(&[
@@ -425,18 +435,12 @@ fn mixtures_equal_llama_quantize() {
             "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS",
         ] {
             let theirs = model.join(format!("ref-{ft}.gguf"));
-            let o = Command::new(llama_bin("llama-quantize"))
-                .arg(&f32g)
-                .arg(&theirs)
-                .arg(ft)
-                .arg("1")
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "llama-quantize {ft}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
+            llama_quantize(&[
+                f32g.as_os_str(),
+                theirs.as_os_str(),
+                ft.as_ref(),
+                "1".as_ref(),
+            ]);
             let ours = model.join(format!("ours-{ft}.gguf"));
             quantize(&[
                 model.as_os_str(),
@@ -548,20 +552,14 @@ fn importance_matrix_quantization_equals_llama_quantize() {
         "Q4_K_M", "Q4_0", "Q5_1", "IQ4_NL", "IQ4_XS", "Q2_K", "Q3_K_S", "Q6_K",
     ] {
         let theirs = d.path().join(format!("ref-{ft}.gguf"));
-        let o = Command::new(llama_bin("llama-quantize"))
-            .arg("--imatrix")
-            .arg(&gg)
-            .arg(&f32g)
-            .arg(&theirs)
-            .arg(ft)
-            .arg("1")
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "llama-quantize {ft}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        llama_quantize(&[
+            "--imatrix".as_ref(),
+            gg.as_os_str(),
+            f32g.as_os_str(),
+            theirs.as_os_str(),
+            ft.as_ref(),
+            "1".as_ref(),
+        ]);
         let b = qs_formats::gguf::GgufFile::open(&theirs).unwrap();
         for (k, im) in [("gguf", &gg), ("dat", &dat)] {
             let ours = d.path().join(format!("ours-{ft}-{k}.gguf"));
@@ -792,12 +790,14 @@ fn gguf_input_requantizes_like_llama_quantize() {
         .ok();
         for ft in ["Q4_K_M", "Q5_0"] {
             let theirs = d.path().join(format!("ref-{src_t}-{ft}.gguf"));
-            let mut c = Command::new(llama_bin("llama-quantize"));
-            if let Some(f) = flag {
-                c.arg(f);
-            }
-            let o = c.arg(&src).arg(&theirs).arg(ft).arg("1").output().unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let mut lq: Vec<&std::ffi::OsStr> = flag.iter().map(|f| f.as_ref()).collect();
+            lq.extend([
+                src.as_os_str(),
+                theirs.as_os_str(),
+                ft.as_ref(),
+                "1".as_ref(),
+            ]);
+            llama_quantize(&lq);
             let ours = d.path().join(format!("ours-{src_t}-{ft}.gguf"));
             let mut args: Vec<&std::ffi::OsStr> = vec![
                 src.as_os_str(),
@@ -922,20 +922,16 @@ fn output_and_embedding_type_options_equal_llama_quantize() {
     ])
     .ok();
     let theirs = d.path().join("ref.gguf");
-    let o = Command::new(llama_bin("llama-quantize"))
-        .args([
-            "--output-tensor-type",
-            "q8_0",
-            "--token-embedding-type",
-            "q5_k",
-        ])
-        .arg(&f32g)
-        .arg(&theirs)
-        .arg("Q4_K_M")
-        .arg("1")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    llama_quantize(&[
+        "--output-tensor-type".as_ref(),
+        "q8_0".as_ref(),
+        "--token-embedding-type".as_ref(),
+        "q5_k".as_ref(),
+        f32g.as_os_str(),
+        theirs.as_os_str(),
+        "Q4_K_M".as_ref(),
+        "1".as_ref(),
+    ]);
     let ours = d.path().join("ours.gguf");
     quantize(&[
         m.as_os_str(),

@@ -164,6 +164,19 @@ pub trait Weights: Sync {
     }
 }
 
+fn source_tensor<'s>(
+    src: &'s ModelSource,
+    name: &str,
+) -> Result<&'s qs_formats::source::SourceTensor> {
+    src.tensors
+        .iter()
+        .find(|t| t.info.name == name)
+        .ok_or_else(|| ModelError::Tensor {
+            name: name.into(),
+            msg: "missing".into(),
+        })
+}
+
 impl Weights for ModelSource {
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.tensors
@@ -173,14 +186,7 @@ impl Weights for ModelSource {
     }
 
     fn read(&self, name: &str) -> Result<Vec<f32>> {
-        let t = self
-            .tensors
-            .iter()
-            .find(|t| t.info.name == name)
-            .ok_or_else(|| ModelError::Tensor {
-                name: name.into(),
-                msg: "missing".into(),
-            })?;
+        let t = source_tensor(self, name)?;
         if !t.info.dtype.is_float() || t.ggml.is_some() {
             return Err(ModelError::Tensor {
                 name: name.into(),
@@ -193,14 +199,7 @@ impl Weights for ModelSource {
     }
 
     fn rows(&self, name: &str, ids: &[usize]) -> Result<Vec<f32>> {
-        let t = self
-            .tensors
-            .iter()
-            .find(|t| t.info.name == name)
-            .ok_or_else(|| ModelError::Tensor {
-                name: name.into(),
-                msg: "missing".into(),
-            })?;
+        let t = source_tensor(self, name)?;
         if !t.info.dtype.is_float() || t.ggml.is_some() || t.info.shape.len() != 2 {
             return Err(ModelError::Tensor {
                 name: name.into(),

@@ -351,16 +351,8 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
                 companions.insert(format!("{base}_zero_point"));
             }
             slots.push(sb);
-            let expect: Vec<usize> = scheme
-                .slots(&[rows, cols])
-                .iter()
-                .map(|x| x.nbytes)
-                .collect();
-            let got: Vec<usize> = slots.iter().map(|x| x.len()).collect();
-            if expect != got {
-                return Err(bad(name, format!("stored sizes {got:?} do not match {} for shape [{rows}, {cols}] (expected {expect:?})", scheme.label())));
-            }
-            let bytes = got.iter().sum::<usize>() as u64;
+            let got = check_sizes(&scheme, rows, cols, &slots).map_err(|m| bad(name, m))?;
+            let bytes = got as u64;
             v.push(Logical {
                 permute: None,
                 name: base.to_string(),
@@ -404,15 +396,7 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
                 ));
             }
             let slots = vec![s.bytes(t), s.bytes(qz), s.bytes(sc), s.bytes(gi)];
-            let expect: Vec<usize> = scheme
-                .slots(&[rows, cols])
-                .iter()
-                .map(|x| x.nbytes)
-                .collect();
-            let got: Vec<usize> = slots.iter().map(|x| x.len()).collect();
-            if expect != got {
-                return Err(bad(name, format!("stored sizes {got:?} do not match {} for shape [{rows}, {cols}] (expected {expect:?})", scheme.label())));
-            }
+            let got = check_sizes(&scheme, rows, cols, &slots).map_err(|m| bad(name, m))?;
             if let Some(&g) = bytes_to_u32(slots[3])
                 .iter()
                 .find(|&&g| g as usize >= groups)
@@ -426,7 +410,7 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
                 shape: vec![rows, cols],
                 scheme,
                 slots,
-                bytes: got.iter().sum::<usize>() as u64,
+                bytes: got as u64,
             });
         } else if matches!(t.info.dtype, DType::F8E4M3 | DType::F8E5M2) {
             let sname = format!("{name}_scale");
@@ -500,6 +484,28 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
         }
     }
     Ok(v)
+}
+
+/// The stored slots have the sizes `scheme` gives a `rows × cols` tensor; their total.
+fn check_sizes(
+    scheme: &Scheme,
+    rows: usize,
+    cols: usize,
+    slots: &[&[u8]],
+) -> std::result::Result<usize, String> {
+    let expect: Vec<usize> = scheme
+        .slots(&[rows, cols])
+        .iter()
+        .map(|x| x.nbytes)
+        .collect();
+    let got: Vec<usize> = slots.iter().map(|x| x.len()).collect();
+    if expect != got {
+        return Err(format!(
+            "stored sizes {got:?} do not match {} for shape [{rows}, {cols}] (expected {expect:?})",
+            scheme.label()
+        ));
+    }
+    Ok(got.iter().sum())
 }
 
 fn bytes_to_u32(b: &[u8]) -> Vec<u32> {

@@ -586,8 +586,9 @@ fn compressed_tensors_package_decompresses_to_our_weights() {
 }
 
 /// `--format gptq` writes AutoGPTQ's v1 layout: an independent numpy dequantizer (AutoGPTQ's
-/// unpacking and `zero + 1` convention) gives exactly our dequantized weights, for RTN and GPTQ
-/// codes, 2/4/8 bits, group and channel scales; quantize_config.json says what loaders need.
+/// unpacking and `zero + 1` convention, any g_idx) gives exactly our dequantized weights, for
+/// RTN and GPTQ codes (act-order with its g_idx), 2/4/8 bits, group and channel scales;
+/// quantize_config.json says what loaders need.
 #[test]
 fn gptq_format_dequantizes_like_autogptq() {
     let d = tempfile::tempdir().unwrap();
@@ -628,6 +629,23 @@ fn gptq_format_dequantizes_like_autogptq() {
         assert_eq!(qc["bits"], *bits);
         assert_eq!(qc["group_size"], *group);
         assert_eq!(qc["sym"], true);
+        // act-order GPTQ stores its groups in activation order: desc_act and a permuted g_idx
+        let act_order = args.contains(&"--act-order");
+        assert_eq!(qc["desc_act"], act_order);
+        let st = std::fs::read(q.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+        let g: Vec<u32> = st
+            .tensor("model.layers.0.mlp.down_proj.g_idx")
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            g.windows(2).all(|p| p[0] <= p[1]),
+            !act_order,
+            "{args:?}: g_idx order"
+        );
         let cfg = crate::util::read_json(&q.join("config.json"));
         assert_eq!(cfg["quantization_config"], qc);
         let out = d.path().join(format!("dec{i}"));

@@ -528,8 +528,21 @@ impl Scheme {
         codes: &[i8],
         params: &[QParams],
     ) -> Encoded {
+        self.encode_int_codes_gidx(shape, r0, codes, params, None)
+    }
+
+    /// As [`Self::encode_int_codes`], with each column's group (`g_idx`, act-order GPTQ) for the
+    /// layouts that store one ([`Scheme::Gptq`]); the others group columns in order.
+    pub fn encode_int_codes_gidx(
+        &self,
+        shape: &[usize],
+        r0: usize,
+        codes: &[i8],
+        params: &[QParams],
+        g_idx: Option<&[u32]>,
+    ) -> Encoded {
         if let Scheme::Gptq { bits, group } = *self {
-            return self.encode_gptq(shape, r0, codes, params, bits, group);
+            return self.encode_gptq(shape, r0, codes, params, bits, group, g_idx);
         }
         let Scheme::Int {
             spec,
@@ -691,7 +704,9 @@ impl Scheme {
     }
 
     /// The GPTQ v1 slots of a whole tensor from signed symmetric codes (`rows × cols`, in
-    /// -2^(bits-1)..2^(bits-1)) and per-group scales (`rows × groups`).
+    /// -2^(bits-1)..2^(bits-1)), per-group scales (`rows × groups`) and each column's group
+    /// (`i / group` when not given).
+    #[allow(clippy::too_many_arguments)]
     fn encode_gptq(
         &self,
         shape: &[usize],
@@ -700,6 +715,7 @@ impl Scheme {
         params: &[QParams],
         bits: u32,
         group: usize,
+        g_idx: Option<&[u32]>,
     ) -> Encoded {
         let (rows, cols) = rows_cols(shape);
         assert_eq!(r0, 0, "the GPTQ layout is encoded whole");
@@ -726,7 +742,10 @@ impl Scheme {
                 sc[g * rows + r] = params[r * groups + g].scale;
             }
         }
-        let gidx: Vec<u32> = (0..cols).map(|c| (c / group) as u32).collect();
+        let gidx: Vec<u32> = match g_idx {
+            Some(g) => g.to_vec(),
+            None => (0..cols).map(|c| (c / group) as u32).collect(),
+        };
         let pieces = [
             words_to_bytes(&qw),
             words_to_bytes(&qz),

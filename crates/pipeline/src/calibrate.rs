@@ -154,7 +154,8 @@ pub fn gptq_model(
                     block: 128,
                     percdamp: cfg.damp,
                     act_order: cfg.act_order,
-                    static_groups: cfg.act_order,
+                    // the GPTQ layout stores g_idx: groups follow the activation order
+                    static_groups: false,
                     scale_dtype: qs_numeric::DType::F16,
                     grid: Grid::Int,
                     mse_clip: cfg.mse_clip,

@@ -613,11 +613,12 @@ fn run_chunk<'a>(
                 (Some(c), _) => {
                     // codes and parameters chosen by GPTQ for these rows
                     let groups = c.out.params.len() / rows_cols(&tp.shape).0.max(1);
-                    scheme.encode_int_codes(
+                    scheme.encode_int_codes_gidx(
                         &tp.shape,
                         r0,
                         &c.out.codes[r0 * cols..r1 * cols],
                         &c.out.params[r0 * groups..r1 * groups],
+                        Some(&c.out.g_idx),
                     )
                 }
                 (None, _) => scheme.encode_weighted(

@@ -369,8 +369,9 @@ pub fn gptq_config(plan: &Plan) -> Option<Json> {
     Some(json!({
         "bits": bits,
         "group_size": if group == cols { -1 } else { group as i64 },
-        "desc_act": false,
-        "static_groups": plan.actorder_static,
+        // act-order GPTQ writes its g_idx (groups in activation order)
+        "desc_act": plan.actorder_static,
+        "static_groups": false,
         "sym": true,
         "true_sequential": true,
         "damp_percent": 0.01,

@@ -176,9 +176,11 @@ struct RunArgs {
     /// Seed for choosing calibration windows.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// GPTQ: quantize columns by decreasing activation energy (with static groups).
-    #[arg(long)]
-    act_order: bool,
+    /// GPTQ: quantize columns by decreasing activation energy. `static` (the default): groups
+    /// stay consecutive columns; `group`: groups follow the activation order, stored as a g_idx
+    /// (compressed-tensors actorder "group", GPTQ desc_act).
+    #[arg(long, num_args = 0..=1, default_missing_value = "static", value_name = "static|group", value_parser = ["static", "group"])]
+    act_order: Option<String>,
     /// GPTQ: Hessian damping relative to its mean diagonal (raised automatically if needed).
     #[arg(long, default_value_t = 0.01)]
     damp: f64,
@@ -278,7 +280,8 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.calib_samples = a.calib_samples;
     cfg.calib_seq_len = a.calib_seq_len;
     cfg.seed = a.seed;
-    cfg.act_order = a.act_order;
+    cfg.act_order = a.act_order.is_some();
+    cfg.act_order_group = a.act_order.as_deref() == Some("group");
     cfg.damp = a.damp;
     cfg.token_embedding_type = a.token_embedding_type;
     cfg.output = a.output;

@@ -583,6 +583,23 @@ fn compressed_tensors_package_decompresses_to_our_weights() {
         let what = format!("{args:?}");
         assert_decodes_exactly(&out, &q, &d.path().join(format!("v{i}.json")), "int", &what);
     }
+    // the package no longer accepts dynamic act-order ("group"): we refuse to write it
+    let r = quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "--method".as_ref(),
+        "gptq".as_ref(),
+        "--act-order".as_ref(),
+        "group".as_ref(),
+        "-o".as_ref(),
+        d.path().join("g").as_os_str(),
+    ]);
+    assert!(
+        r.code != 0 && r.stderr.contains("--format gptq"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// `--format gptq` writes AutoGPTQ's v1 layout: an independent numpy dequantizer (AutoGPTQ's
@@ -616,6 +633,24 @@ fn gptq_format_dequantizes_like_autogptq() {
             64,
             4,
         ),
+        (
+            &[
+                "--to",
+                "int4",
+                "--group",
+                "64",
+                "--method",
+                "gptq",
+                "--act-order",
+                "group",
+                "--calib-samples",
+                "8",
+                "--calib-seq-len",
+                "64",
+            ],
+            64,
+            4,
+        ),
     ];
     for (i, (args, group, bits)) in variants.iter().enumerate() {
         let q = d.path().join(format!("q{i}"));
@@ -630,7 +665,7 @@ fn gptq_format_dequantizes_like_autogptq() {
         assert_eq!(qc["group_size"], *group);
         assert_eq!(qc["sym"], true);
         // act-order GPTQ stores its groups in activation order: desc_act and a permuted g_idx
-        let act_order = args.contains(&"--act-order");
+        let act_order = args.contains(&"group");
         assert_eq!(qc["desc_act"], act_order);
         let st = std::fs::read(q.join("model.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&st).unwrap();

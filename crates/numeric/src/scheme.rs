@@ -44,11 +44,14 @@ pub enum Scheme {
     Float { dtype: DType, clamp: bool },
     /// A ggml type (GGUF output), row-major blocks along each row.
     Ggml(GgmlType),
-    /// Integer codes packed into int32 (compressed-tensors pack-quantized).
+    /// Integer codes packed into int32 (compressed-tensors pack-quantized). With `g_idx`
+    /// (group scales only) each column's group is stored in a `weight_g_idx` slot
+    /// (compressed-tensors `actorder: "group"`, from act-order GPTQ); else groups are consecutive.
     Int {
         spec: IntSpec,
         granularity: Granularity,
         scale_dtype: DType,
+        g_idx: bool,
     },
     /// AutoGPTQ's "v1" checkpoint layout (GPTQModel, transformers, vLLM read it): symmetric
     /// unsigned codes packed along the input dimension into `qweight` [cols·bits/32, rows],
@@ -223,8 +226,16 @@ impl Scheme {
                 }
             }
             Scheme::Int {
-                spec, granularity, ..
+                spec,
+                granularity,
+                g_idx,
+                ..
             } => {
+                if *g_idx && !matches!(granularity, Granularity::Group(_)) {
+                    return Err(SchemeError::Unsupported(
+                        "a g_idx needs group scales".into(),
+                    ));
+                }
                 if !(1..=8).contains(&spec.bits) {
                     return Err(SchemeError::Unsupported(format!(
                         "{} bits (1..8 supported)",
@@ -283,6 +294,7 @@ impl Scheme {
                 spec,
                 granularity,
                 scale_dtype,
+                g_idx,
             } => {
                 let pw = pack::packed_words(cols, spec.bits);
                 let sshape = scale_shape(granularity, rows, cols);
@@ -299,6 +311,9 @@ impl Scheme {
                     }
                 }
                 v.push(slot("_shape", DType::I64, vec![2]));
+                if g_idx {
+                    v.push(slot("_g_idx", DType::I32, vec![cols]));
+                }
                 v
             }
             Scheme::Gptq { bits, group } => {
@@ -337,6 +352,7 @@ impl Scheme {
                 spec,
                 granularity,
                 scale_dtype,
+                ..
             } => match s.suffix {
                 "_packed" => per_row(pack::packed_words(cols, spec.bits) * 4),
                 "_scale" if granularity == Granularity::Tensor => 0..s.nbytes,
@@ -432,6 +448,7 @@ impl Scheme {
                 spec,
                 granularity,
                 scale_dtype,
+                ..
             } => {
                 let group = group_len(granularity, cols);
                 let fixed = (granularity == Granularity::Tensor)
@@ -548,6 +565,7 @@ impl Scheme {
             spec,
             granularity,
             scale_dtype,
+            g_idx: has_g_idx,
         } = *self
         else {
             panic!("encode_int_codes on {}", self.label());
@@ -589,6 +607,13 @@ impl Scheme {
         b.extend_from_slice(&(rows as i64).to_le_bytes());
         b.extend_from_slice(&(cols as i64).to_le_bytes());
         push(next, b);
+        if has_g_idx {
+            let g: Vec<u32> = match g_idx {
+                Some(g) => g.to_vec(),
+                None => (0..cols).map(|c| (c / group) as u32).collect(),
+            };
+            push(next + 1, words_to_bytes(&g));
+        }
         Encoded { pieces }
     }
 
@@ -612,6 +637,7 @@ impl Scheme {
                 spec,
                 granularity,
                 scale_dtype,
+                g_idx,
             } => {
                 let group = group_len(granularity, cols);
                 let groups = cols / group;
@@ -634,6 +660,26 @@ impl Scheme {
                     all[..nrows * groups].iter().map(|&z| z as i32).collect()
                 };
                 let mut codes = vec![0i8; cols];
+                if g_idx {
+                    // each column's group from the stored g_idx (the last slot)
+                    let gi = bytes_to_words(parts[parts.len() - 1]);
+                    for r in 0..nrows {
+                        pack::unpack_row(&words[r * pw..(r + 1) * pw], spec.bits, &mut codes);
+                        for c in 0..cols {
+                            let k = r * groups + gi[c] as usize;
+                            let p = QParams {
+                                scale: scales[k],
+                                zero: zeros.get(k).copied().unwrap_or(0),
+                            };
+                            rtn::dequantize(
+                                p,
+                                &codes[c..c + 1],
+                                &mut out[r * cols + c..r * cols + c + 1],
+                            );
+                        }
+                    }
+                    return;
+                }
                 for r in 0..nrows {
                     pack::unpack_row(&words[r * pw..(r + 1) * pw], spec.bits, &mut codes);
                     for g in 0..groups {
@@ -917,6 +963,7 @@ mod tests {
                         spec: IntSpec { bits, symmetric },
                         granularity: g,
                         scale_dtype: DType::BF16,
+                        g_idx: false,
                     });
                 }
             }
@@ -1005,6 +1052,7 @@ mod tests {
                 },
                 granularity: g,
                 scale_dtype: DType::F32,
+                g_idx: false,
             };
             let b = encode_chunked(&s, &shape, &x, 64);
             let parts: Vec<&[u8]> = b.iter().map(|v| v.as_slice()).collect();
@@ -1029,6 +1077,7 @@ mod tests {
             },
             granularity: Granularity::Group(128),
             scale_dtype: DType::BF16,
+            g_idx: false,
         };
         assert!(matches!(
             s.check(&[8, 576]),
@@ -1069,6 +1118,7 @@ mod gptq_layout_tests {
                     },
                     granularity: Granularity::Group(group),
                     scale_dtype: DType::F16,
+                    g_idx: false,
                 };
                 g.check(&[rows, cols]).unwrap();
                 let stats = TensorStats::default();
@@ -1089,5 +1139,62 @@ mod gptq_layout_tests {
         assert!(Scheme::Gptq { bits: 4, group: 32 }
             .check(&[12, 64])
             .is_err());
+    }
+}
+
+#[cfg(test)]
+mod int_g_idx_tests {
+    use super::*;
+
+    /// compressed-tensors checkpoints with a `weight_g_idx` (older act-order GPTQ outputs):
+    /// each column decodes with its own group's parameters.
+    #[test]
+    fn int_scheme_decodes_with_a_g_idx() {
+        let (rows, cols, group) = (32, 64, 16);
+        let groups = cols / group;
+        let s = Scheme::Int {
+            spec: IntSpec {
+                bits: 4,
+                symmetric: false,
+            },
+            granularity: Granularity::Group(group),
+            scale_dtype: DType::F32,
+            g_idx: true,
+        };
+        s.check(&[rows, cols]).unwrap();
+        let mut rng = crate::synth::Rng::new(9);
+        let codes: Vec<i8> = (0..rows * cols)
+            .map(|_| (rng.next_u64() % 16) as i8 - 8)
+            .collect();
+        let params: Vec<QParams> = (0..rows * groups)
+            .map(|k| QParams {
+                scale: 0.01 * (1 + k % 7) as f32,
+                zero: (k % 5) as i32 - 2,
+            })
+            .collect();
+        // a permuted grouping: column c in group (c * 3) % groups
+        let g_idx: Vec<u32> = (0..cols).map(|c| ((c * 3) % groups) as u32).collect();
+        let e = s.encode_int_codes_gidx(&[rows, cols], 0, &codes, &params, Some(&g_idx));
+        let parts: Vec<&[u8]> = e.pieces.iter().map(|p| p.bytes.as_slice()).collect();
+        let mut y = vec![0f32; rows * cols];
+        s.decode(&[rows, cols], 0, rows, &parts, &mut y);
+        for r in 0..rows {
+            for c in 0..cols {
+                let p = params[r * groups + g_idx[c] as usize];
+                let want = (codes[r * cols + c] as i32 - p.zero) as f32 * p.scale;
+                assert_eq!(y[r * cols + c], want, "row {r} column {c}");
+            }
+        }
+        assert!(Scheme::Int {
+            spec: IntSpec {
+                bits: 4,
+                symmetric: true
+            },
+            granularity: Granularity::Channel,
+            scale_dtype: DType::F32,
+            g_idx: true,
+        }
+        .check(&[rows, cols])
+        .is_err());
     }
 }

@@ -154,8 +154,8 @@ pub fn gptq_model(
                     block: 128,
                     percdamp: cfg.damp,
                     act_order: cfg.act_order,
-                    // the GPTQ layout stores g_idx: groups follow the activation order
-                    static_groups: false,
+                    // `--act-order group`: groups follow the activation order (g_idx stored)
+                    static_groups: !cfg.act_order_group,
                     scale_dtype: qs_numeric::DType::F16,
                     grid: Grid::Int,
                     mse_clip: cfg.mse_clip,
@@ -195,14 +195,15 @@ pub fn gptq_model(
                 spec,
                 granularity,
                 scale_dtype,
+                g_idx,
             }) => {
                 let group = match granularity {
                     Granularity::Group(n) => Some(n),
                     Granularity::Channel => None,
                     _ => return None,
                 };
-                // act-order with static groups: g_idx stays the identity grouping, which every
-                // loader reads without a g_idx tensor
+                // act-order: static groups (the identity grouping, which every loader reads
+                // without a g_idx tensor) unless the scheme stores a g_idx
                 Some((
                     src.tensors[t.source].info.name.as_str(),
                     GptqConfig {
@@ -211,7 +212,7 @@ pub fn gptq_model(
                         block: 128,
                         percdamp: cfg.damp,
                         act_order: cfg.act_order,
-                        static_groups: cfg.act_order,
+                        static_groups: cfg.act_order && !g_idx,
                         scale_dtype,
                         grid: Grid::Int,
                         mse_clip: cfg.mse_clip,

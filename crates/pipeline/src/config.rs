@@ -162,6 +162,9 @@ pub struct QuantizeConfig {
     pub seed: u64,
     /// GPTQ: quantize columns by decreasing activation energy (static groups).
     pub act_order: bool,
+    /// With `act_order`: groups follow the activation order and each column's group is stored
+    /// (compressed-tensors `actorder: "group"` + `weight_g_idx`; GPTQ layout `desc_act`).
+    pub act_order_group: bool,
     /// GPTQ: relative damping of the Hessian.
     pub damp: f64,
     /// Layout of integer safetensors outputs.
@@ -241,6 +244,7 @@ impl QuantizeConfig {
             calib_seq_len: 512,
             seed: 0,
             act_order: false,
+            act_order_group: false,
             damp: 0.01,
         }
     }

@@ -139,7 +139,7 @@ pub fn gguf_metadata(
     Ok(kvs)
 }
 
-fn scheme_json(s: &Scheme, actorder_static: bool) -> Option<(Json, &'static str)> {
+fn scheme_json(s: &Scheme, actorder: Option<&'static str>) -> Option<(Json, &'static str)> {
     let (kind, bits, symmetric, g, format) = match *s {
         Scheme::Int {
             spec, granularity, ..
@@ -168,10 +168,9 @@ fn scheme_json(s: &Scheme, actorder_static: bool) -> Option<(Json, &'static str)
     w.insert("dynamic".into(), json!(false));
     w.insert(
         "actorder".into(),
-        if actorder_static && kind == "int" {
-            json!("static")
-        } else {
-            Json::Null
+        match actorder {
+            Some(a) if kind == "int" => json!(a),
+            _ => Json::Null,
         },
     );
     w.insert("observer".into(), json!("minmax"));
@@ -312,7 +311,7 @@ pub fn quantization_config(plan: &Plan) -> Option<Json> {
     let mut ignore = Vec::new();
     for t in &plan.tensors {
         let sj = match &t.action {
-            Action::Encode(s) => scheme_json(s, plan.actorder_static),
+            Action::Encode(s) => scheme_json(s, plan.actorder),
             Action::Copy => None,
         };
         match sj {
@@ -370,7 +369,7 @@ pub fn gptq_config(plan: &Plan) -> Option<Json> {
         "bits": bits,
         "group_size": if group == cols { -1 } else { group as i64 },
         // act-order GPTQ writes its g_idx (groups in activation order)
-        "desc_act": plan.actorder_static,
+        "desc_act": plan.actorder == Some("group"),
         "static_groups": false,
         "sym": true,
         "true_sequential": true,

@@ -90,8 +90,9 @@ pub struct Plan {
     pub mixture: Option<Ftype>,
     /// The importance matrix in use, and where it came from.
     pub imatrix: Option<(PathBuf, qs_formats::imatrix::Imatrix)>,
-    /// GPTQ with act-order (static groups): recorded as compressed-tensors' "static" actorder.
-    pub actorder_static: bool,
+    /// GPTQ with act-order: "static" (consecutive groups) or "group" (groups in activation
+    /// order, a g_idx stored), as compressed-tensors names them.
+    pub actorder: Option<&'static str>,
 }
 
 /// One row of `--dry-run` output.
@@ -486,6 +487,11 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                 check(&s, shape, &terr)?;
                 (Action::Encode(s), target)
             }
+            (_, Target::Int(_)) if cfg.act_order_group => {
+                return Err(Error::Config(
+                    "--act-order group (groups in activation order, stored as a g_idx) needs --format gptq: compressed-tensors 0.20 removed that ordering (\"group\"); use --act-order (static) for compressed-tensors".into(),
+                ))
+            }
             (_, Target::Int(bits)) => {
                 let g = cfg.granularity_for(target).map_err(Error::Config)?;
                 let s = Scheme::Int {
@@ -495,6 +501,9 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                     },
                     granularity: g,
                     scale_dtype: scale_dtype(dtype),
+                    // written without: compressed-tensors 0.20 removed dynamic act-order
+                    // ("group", weight_g_idx); older checkpoints with one are still read
+                    g_idx: false,
                 };
                 check(&s, shape, &terr)?;
                 (Action::Encode(s), target)
@@ -605,7 +614,13 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
         arch,
         mixture,
         imatrix: imatrix.map(|im| (cfg.imatrix.clone().unwrap_or_default(), im)),
-        actorder_static: cfg.method == crate::config::Method::Gptq && cfg.act_order,
+        actorder: (cfg.method == crate::config::Method::Gptq && cfg.act_order).then_some(
+            if cfg.act_order_group {
+                "group"
+            } else {
+                "static"
+            },
+        ),
     })
 }
 

@@ -333,6 +333,7 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
             } else {
                 Granularity::Group(cols / ng)
             };
+            let gi = get(&format!("{base}_g_idx"));
             let scheme = Scheme::Int {
                 spec: IntSpec {
                     bits,
@@ -340,6 +341,7 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
                 },
                 granularity,
                 scale_dtype: scale.info.dtype,
+                g_idx: gi.is_some(),
             };
             scheme
                 .check(&[rows, cols])
@@ -351,6 +353,14 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
                 companions.insert(format!("{base}_zero_point"));
             }
             slots.push(sb);
+            if let Some(g) = gi {
+                let gb = s.bytes(g);
+                if let Some(&x) = bytes_to_u32(gb).iter().find(|&&x| x as usize >= ng.max(1)) {
+                    return Err(bad(name, format!("g_idx holds group {x} of {ng}")));
+                }
+                slots.push(gb);
+                companions.insert(format!("{base}_g_idx"));
+            }
             let got = check_sizes(&scheme, rows, cols, &slots).map_err(|m| bad(name, m))?;
             let bytes = got as u64;
             v.push(Logical {

@@ -264,7 +264,7 @@ impl Scheme {
                 check_gran(Granularity::Group(*group), cols)?;
                 let per = 32 / *bits as usize;
                 let rows = rows_cols(shape).0;
-                if rows % per != 0 {
+                if !rows.is_multiple_of(per) {
                     return Err(SchemeError::Unsupported(format!(
                         "{rows} output rows: the GPTQ layout packs {per} per int32"
                     )));

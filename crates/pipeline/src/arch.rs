@@ -249,9 +249,12 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
     Ok((kv, own))
 }
 
+/// A generated tensor: HF-style name, shape, f32 values.
+pub type Generated = (String, Vec<usize>, Vec<f32>);
+
 /// Tensors llama.cpp's converter computes rather than copies (named as [`map_tensor`] expects):
 /// Llama 3 rope scaling becomes a `rope_freqs` tensor of per-pair frequency divisors.
-pub fn generated_tensors(arch: &Arch, c: &Json) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn generated_tensors(arch: &Arch, c: &Json) -> Result<Vec<Generated>> {
     let Some(r) = qs_model::rope_params(c) else {
         return Ok(vec![]);
     };

@@ -263,27 +263,6 @@ pub fn size_label(n: usize) -> String {
     format!("{v:.decimals$}{suffix}")
 }
 
-#[cfg(test)]
-mod name_tests {
-    use super::*;
-
-    #[test]
-    fn titles_and_size_labels_follow_gguf_py() {
-        assert_eq!(id_to_title("tiny-llama"), "Tiny Llama");
-        assert_eq!(
-            id_to_title("SmolLM2-135M-Instruct"),
-            "SmolLM2 135M Instruct"
-        );
-        assert_eq!(id_to_title("llama-2-7b-hf"), "Llama 2 7b Hf");
-        assert_eq!(id_to_title("mistral-v0.3-gpt2x"), "Mistral v0.3 Gpt2X");
-        assert_eq!(size_label(1_835_264), "1.8M");
-        assert_eq!(size_label(134_515_008), "135M");
-        assert_eq!(size_label(6_738_415_616), "6.7B");
-        assert_eq!(size_label(999), "1.0K");
-        assert_eq!(size_label(70_553_706_496), "71B");
-    }
-}
-
 pub fn model_name(src: &ModelSource) -> String {
     let base = match &src.hf_dir {
         Some(d) => d.canonicalize().unwrap_or(d.clone()),
@@ -430,4 +409,25 @@ pub fn write_side_files(
         std::fs::write(&dst, text).map_err(io(&dst))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn titles_and_size_labels_follow_gguf_py() {
+        assert_eq!(id_to_title("tiny-llama"), "Tiny Llama");
+        assert_eq!(
+            id_to_title("SmolLM2-135M-Instruct"),
+            "SmolLM2 135M Instruct"
+        );
+        assert_eq!(id_to_title("llama-2-7b-hf"), "Llama 2 7b Hf");
+        assert_eq!(id_to_title("mistral-v0.3-gpt2x"), "Mistral v0.3 Gpt2X");
+        assert_eq!(size_label(1_835_264), "1.8M");
+        assert_eq!(size_label(134_515_008), "135M");
+        assert_eq!(size_label(6_738_415_616), "6.7B");
+        assert_eq!(size_label(999), "1.0K");
+        assert_eq!(size_label(70_553_706_496), "71B");
+    }
 }

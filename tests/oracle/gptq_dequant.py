@@ -17,25 +17,9 @@ import sys
 import numpy as np
 from safetensors.numpy import save_file
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from st_read import read as load_file  # noqa: E402
 
-def load_file(path):
-    """safetensors → numpy, BF16 widened to F32 (numpy has no bfloat16)."""
-    buf = open(path, "rb").read()
-    n = int.from_bytes(buf[:8], "little")
-    header = json.loads(buf[8:8 + n])
-    kinds = {"I32": "<i4", "F16": "<f2", "F32": "<f4", "I64": "<i8"}
-    out = {}
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        b, e = v["data_offsets"]
-        raw = buf[8 + n + b:8 + n + e]
-        if v["dtype"] == "BF16":
-            a = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
-        else:
-            a = np.frombuffer(raw, kinds[v["dtype"]])
-        out[k] = a.reshape(v["shape"])
-    return out
 
 src, out = sys.argv[1], sys.argv[2]
 qcfg = json.load(open(os.path.join(src, "quantize_config.json")))

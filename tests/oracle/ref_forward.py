@@ -6,33 +6,22 @@ the unpermuted weights). Writes the logits of every position.
   ref_forward.py MODEL_DIR OUT.f32 TOKEN_ID...
 """
 import json
-import struct
 import sys
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from st_read import read  # noqa: E402
+
 
 def load(path):
-    buf = Path(path).read_bytes()
-    n = struct.unpack("<Q", buf[:8])[0]
-    header = json.loads(buf[8:8 + n])
+    """Float tensors of a safetensors file, as float64."""
     out = {}
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        b, e = v["data_offsets"]
-        raw = buf[8 + n + b:8 + n + e]
-        dt = v["dtype"]
-        if dt == "BF16":
-            a = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
-        elif dt == "F16":
-            a = np.frombuffer(raw, "<f2")
-        elif dt == "F32":
-            a = np.frombuffer(raw, "<f4")
-        else:
-            raise SystemExit(f"{k}: dtype {dt} not handled")
-        out[k] = a.astype(np.float64).reshape(v["shape"])
+    for k, a in read(path).items():
+        if a.dtype.kind != "f":
+            raise SystemExit(f"{k}: dtype {a.dtype} not handled")
+        out[k] = a.astype(np.float64)
     return out
 
 

@@ -266,13 +266,27 @@ mod tests {
     }
 
     #[test]
-    fn every_truncation_is_an_error_or_a_prefix() {
-        let buf = encode_model(&sample());
+    fn truncations_parse_only_at_field_boundaries() {
+        let m = sample();
+        let buf = encode_model(&m);
+        // top-level field boundaries: after each piece, then the trainer and normalizer specs
+        let mut ends = Vec::new();
+        let mut r = Reader { buf: &buf, pos: 0 };
+        while r.field().unwrap().is_some() {
+            ends.push(r.pos);
+        }
+        assert_eq!(ends.len(), m.pieces.len() + 2);
         for n in 0..buf.len() {
-            // a cut inside a field is an error; a cut between top-level fields gives fewer
-            // pieces, never a panic
-            if let Ok(m) = parse_model(&buf[..n]) {
-                assert!(m.pieces.len() <= 4);
+            let got = parse_model(&buf[..n]);
+            match ends.iter().position(|&e| e == n) {
+                // a prefix ending after k whole pieces: those k pieces
+                Some(k) => assert_eq!(
+                    got.unwrap().pieces,
+                    m.pieces[..(k + 1).min(4)],
+                    "cut at {n}"
+                ),
+                // inside a field, or before any piece: an error, never a panic
+                None => assert!(got.is_err(), "cut at {n} parsed"),
             }
         }
     }

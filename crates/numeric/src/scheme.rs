@@ -409,13 +409,7 @@ impl Scheme {
         let r1 = r0 + nrows;
         let mut pieces = Vec::new();
         let push = |slot: usize, bytes: Vec<u8>, pieces: &mut Vec<Piece>| {
-            let range = self.slot_range(slot, shape, r0, r1);
-            debug_assert_eq!(range.len(), bytes.len(), "slot {slot} of {}", self.label());
-            pieces.push(Piece {
-                slot,
-                offset: range.start,
-                bytes,
-            });
+            pieces.push(self.placed(slot, shape, r0, r1, bytes));
         };
         match *self {
             Scheme::Float { dtype, clamp } => {
@@ -576,13 +570,7 @@ impl Scheme {
         let group = group_len(granularity, cols);
         let mut pieces = Vec::new();
         let mut push = |slot: usize, bytes: Vec<u8>| {
-            let range = self.slot_range(slot, shape, r0, r1);
-            debug_assert_eq!(range.len(), bytes.len(), "slot {slot} of {}", self.label());
-            pieces.push(Piece {
-                slot,
-                offset: range.start,
-                bytes,
-            });
+            pieces.push(self.placed(slot, shape, r0, r1, bytes));
         };
         let pw = pack::packed_words(cols, spec.bits);
         let mut packed = vec![0u32; nrows * pw];
@@ -800,13 +788,20 @@ impl Scheme {
         ]
         .into_iter()
         .enumerate()
-        .map(|(slot, bytes)| Piece {
-            slot,
-            offset: 0,
-            bytes,
-        })
+        .map(|(slot, bytes)| self.placed(slot, shape, 0, rows, bytes))
         .collect();
         Encoded { pieces }
+    }
+
+    /// The bytes of slot `slot` for rows `r0..r1`, placed where [`Self::slot_range`] says.
+    fn placed(&self, slot: usize, shape: &[usize], r0: usize, r1: usize, bytes: Vec<u8>) -> Piece {
+        let range = self.slot_range(slot, shape, r0, r1);
+        debug_assert_eq!(range.len(), bytes.len(), "slot {slot} of {}", self.label());
+        Piece {
+            slot,
+            offset: range.start,
+            bytes,
+        }
     }
 
     /// Stored bits per original value (all slots counted).

@@ -9,7 +9,7 @@
 use crate::config::QuantizeConfig;
 use crate::error::{Error, Result};
 use crate::plan::{Action, Plan};
-use faer::Mat;
+use faer::{Mat, MatRef};
 use qs_formats::calib::{self, CalibConfig};
 use qs_formats::source::ModelSource;
 use qs_model::{layer_forward, linear, Captured, Model};
@@ -248,14 +248,19 @@ pub fn gptq_model(
             _ => &["mlp.down_proj"],
         }
     };
-    let input_of = |cap: &Captured, kind: &str| -> Mat<f32> {
+    fn input_of<'c>(cap: &'c Captured, kind: &str) -> MatRef<'c, f32> {
         match kind {
-            "qkv" => cap.qkv_in.clone(),
-            "o" => cap.o_in.clone(),
-            "mlp" => cap.mlp_in.clone(),
-            _ => cap.down_in.clone(),
+            "qkv" => cap.qkv_in.as_ref(),
+            "o" => cap.o_in.as_ref(),
+            "mlp" => cap.mlp_in.as_ref(),
+            _ => cap.down_in.as_ref(),
         }
-    };
+    }
+    // row ranges of the fitted tokens, one batch each
+    let batches: Vec<(usize, usize)> = (0..x.nrows())
+        .step_by(batch)
+        .map(|r0| (r0, (r0 + batch).min(x.nrows())))
+        .collect();
     for l in 0..model.cfg.layers {
         let mut layer = model.layer(l).map_err(model_err)?;
         let p = format!("model.layers.{l}.");
@@ -270,9 +275,7 @@ pub fn gptq_model(
             })
             .collect();
         let mut hess: HashMap<&str, Hessian> = HashMap::new();
-        let mut r0 = 0;
-        while r0 < x.nrows() && !wanted.is_empty() {
-            let r1 = (r0 + batch).min(x.nrows());
+        for &(r0, r1) in batches.iter().filter(|_| !wanted.is_empty()) {
             let (_, cap) = layer_forward(
                 &model.cfg,
                 &layer,
@@ -285,9 +288,8 @@ pub fn gptq_model(
                 let xin = input_of(&cap, k);
                 hess.entry(k)
                     .or_insert_with(|| Hessian::new(xin.ncols()))
-                    .add_mat(xin.as_ref());
+                    .add_mat(xin);
             }
-            r0 = r1;
         }
         let (_, caph) = layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, true);
         let caph: Captured = caph.expect("captured");
@@ -333,9 +335,7 @@ pub fn gptq_model(
         drop(caph);
         // next layer's inputs: this layer with its quantized weights, batch by batch
         let mut next = Mat::<f32>::zeros(x.nrows(), x.ncols());
-        let mut r0 = 0;
-        while r0 < x.nrows() {
-            let r1 = (r0 + batch).min(x.nrows());
+        for &(r0, r1) in &batches {
             let (y, _) = layer_forward(
                 &model.cfg,
                 &layer,
@@ -344,7 +344,6 @@ pub fn gptq_model(
                 false,
             );
             next.as_mut().subrows_mut(r0, r1 - r0).copy_from(&y);
-            r0 = r1;
         }
         x = next;
         xh = layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, false).0;

@@ -92,7 +92,7 @@ struct RunArgs {
     /// A .safetensors file, a model.safetensors.index.json, a Hugging Face model folder, or a GGUF.
     #[arg(required = true)]
     model: Option<PathBuf>,
-    /// Target: f32, f16, bf16, int8, int4, int3, int2, fp8 (E4M3), fp8-e5m2 (safetensors); q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s/m/l, q4_k_s/m, q5_k_s/m, q6_k, iq4_nl (GGUF: llama-quantize's mixtures; q4_k = q4_k_m).
+    /// Target (the GGUF list comes from the block-type registry; see `target_help`).
     #[arg(long = "to", required = true, value_parser = Target::parse_main)]
     to: Option<(Target, Option<quantsmith::mixture::Ftype>)>,
     /// Output: NAME.gguf, NAME.safetensors, or a folder (default: next to the input).
@@ -369,8 +369,23 @@ fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--to`'s help: the safetensors targets, then every GGUF file type the registry knows.
+fn target_help() -> String {
+    format!(
+        "Target: f32, f16, bf16, int8, int4, int3, int2, fp8 (E4M3), fp8-e5m2 (safetensors); {} (GGUF: llama-quantize's file types; q3_k/q4_k/q5_k = their _m mixtures)",
+        quantsmith::mixture::Ftype::names()
+    )
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command()
+        .mut_arg("to", |a| a.help(target_help()))
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let r = match cli.command {
         Some(Cmd::Inspect { file, json }) => quantsmith::inspect(&file)
             .with_context(|| format!("inspecting {}", file.display()))

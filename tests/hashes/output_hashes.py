@@ -160,7 +160,7 @@ def main():
     g.add_argument("--check", action="store_true", help="compare with expected.txt")
     g.add_argument("--write", action="store_true", help="rewrite expected.txt")
     a = ap.parse_args()
-    binary = a.bin or str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "quantize")
+    binary = os.path.abspath(a.bin or str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "quantize"))
     with tempfile.TemporaryDirectory() as d:
         rows = run(binary, Path(d))
     text = "".join(f"{c:<28} {f:<34} {h}\n" for c, f, h in rows)

@@ -255,9 +255,7 @@ fn llama_cpp_tokenizes_like_hugging_face() {
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let ours = String::from_utf8_lossy(&o.stdout).trim().to_string();
-        let py = format!(
-            "import tokenizers,sys; t=tokenizers.Tokenizer.from_file(sys.argv[1]); print(' '.join(map(str, t.encode(sys.argv[2], add_special_tokens=False).ids)))"
-        );
+        let py = "import tokenizers,sys; t=tokenizers.Tokenizer.from_file(sys.argv[1]); print(' '.join(map(str, t.encode(sys.argv[2], add_special_tokens=False).ids)))";
         let h = Command::new(python())
             .arg("-c")
             .arg(py)

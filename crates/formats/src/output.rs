@@ -185,7 +185,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let t = d.path().join("o.bin");
         let a = AtomicFile::create(&t, false).unwrap();
-        (&*a.file()).write_all(b"hi").unwrap();
+        a.file().write_all(b"hi").unwrap();
         assert!(!t.exists());
         drop(a);
         assert!(!t.exists());
@@ -195,7 +195,7 @@ mod tests {
             "temp removed"
         );
         let a = AtomicFile::create(&t, false).unwrap();
-        (&*a.file()).write_all(b"hi").unwrap();
+        a.file().write_all(b"hi").unwrap();
         a.commit().unwrap();
         assert_eq!(std::fs::read(&t).unwrap(), b"hi");
         assert!(matches!(

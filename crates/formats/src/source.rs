@@ -153,7 +153,7 @@ impl ModelSource {
                 GgmlType::I16 => (DType::I16, None),
                 GgmlType::I32 => (DType::I32, None),
                 GgmlType::I64 => (DType::I64, None),
-                ty if ty.can_dequantize() => (DType::F32, Some(ty)),
+                ty if ty.can_quantize() => (DType::F32, Some(ty)),
                 ty => {
                     return Err(tensor_err(
                         path,

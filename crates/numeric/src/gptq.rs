@@ -9,6 +9,7 @@
 //! compressed-tensors conventions of [`crate::rtn`].
 
 use crate::dtype::DType;
+use crate::ggml::GgmlType;
 use crate::rtn::{self, IntSpec, QParams};
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::DenseSolveCore;
@@ -38,19 +39,16 @@ pub struct GptqConfig {
     pub mse_clip: bool,
 }
 
-/// Where GPTQ's codes go. For the ggml grids the group is the 32-column block and each block's
-/// parameters are fitted as ggml fits them (on the weights as GPTQ has updated them when the
-/// loop enters the block), stored in f16; codes are the nearest point of that stored grid.
+/// Where GPTQ's codes go. For a ggml type with a code grid (see [`crate::ggml::CodeGrid`]:
+/// Q4_0, Q4_1, Q8_0) the group is the block and each block's parameters are fitted as ggml fits
+/// them (on the weights as GPTQ has updated them when the loop enters the block), stored in
+/// f16; codes are the nearest point of that stored grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grid {
     /// `spec` bits, compressed-tensors conventions.
     Int,
-    /// d = (signed max-|x| value) / -8, codes 0..15, value (q - 8)·d.
-    Q4_0,
-    /// d = (max - min) / 15, m = min, codes 0..15, value q·d + m.
-    Q4_1,
-    /// d = max|x| / 127, codes -127..127, value q·d.
-    Q8_0,
+    /// A ggml block type's grid.
+    Ggml(GgmlType),
 }
 
 /// One group's grid: value = (q - zero)·scale + offset, q in qmin..=qmax.
@@ -60,13 +58,13 @@ struct GroupGrid {
     offset: f32,
 }
 
-fn f16_round(x: f32) -> f32 {
-    half::f16::from_f32(x).to_f32()
+fn code_grid(ty: GgmlType) -> &'static dyn crate::ggml::CodeGrid {
+    ty.grid()
+        .unwrap_or_else(|| panic!("{ty} has no code grid (checked by gptq())"))
 }
 
 impl Grid {
     fn fit(self, cfg: &GptqConfig, w: &[f32]) -> GroupGrid {
-        let p = |scale: f32, zero: i32| QParams { scale, zero };
         match self {
             Grid::Int => {
                 let (mn, mx) = rtn::min_max(w);
@@ -98,49 +96,24 @@ impl Grid {
                     offset: 0.0,
                 }
             }
-            Grid::Q4_0 => {
-                let (mut amax, mut max) = (0f32, 0f32);
-                for &v in w {
-                    if amax < v.abs() {
-                        amax = v.abs();
-                        max = v;
-                    }
-                }
-                GroupGrid {
-                    p: p(f16_round(max / -8.0), 8),
-                    offset: 0.0,
-                }
-            }
-            Grid::Q4_1 => {
-                let (mn, mx) = w
-                    .iter()
-                    .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-                GroupGrid {
-                    p: p(f16_round((mx - mn) / 15.0), 0),
-                    offset: f16_round(mn),
-                }
-            }
-            Grid::Q8_0 => {
-                let amax = w.iter().fold(0f32, |a, &v| a.max(v.abs()));
-                GroupGrid {
-                    p: p(f16_round(amax / 127.0), 0),
-                    offset: 0.0,
-                }
+            Grid::Ggml(ty) => {
+                let (p, offset) = code_grid(ty).fit(w);
+                GroupGrid { p, offset }
             }
         }
     }
 
     /// The code for `x` and the value it stands for.
     fn quantize(self, cfg: &GptqConfig, g: GroupGrid, x: f32) -> (i8, f32) {
-        if self == Grid::Int {
-            let mut q = [0i8];
-            rtn::quantize(cfg.spec, g.p, &[x], &mut q);
-            return (q[0], (q[0] as i32 - g.p.zero) as f32 * g.p.scale);
-        }
-        let (qmin, qmax) = match self {
-            Grid::Q8_0 => (-127, 127),
-            _ => (0, 15),
+        let ty = match self {
+            Grid::Int => {
+                let mut q = [0i8];
+                rtn::quantize(cfg.spec, g.p, &[x], &mut q);
+                return (q[0], (q[0] as i32 - g.p.zero) as f32 * g.p.scale);
+            }
+            Grid::Ggml(ty) => ty,
         };
+        let (qmin, qmax) = code_grid(ty).code_range();
         let q = if g.p.scale == 0.0 {
             g.p.zero.clamp(qmin, qmax)
         } else {
@@ -204,6 +177,8 @@ impl GptqOutput {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GptqError {
+    #[error("{0} has no code grid GPTQ can choose codes on")]
+    NoGrid(GgmlType),
     #[error("Hessian is {got} values, expected {cols}×{cols}")]
     HessianShape { got: usize, cols: usize },
     #[error("row length {cols} is not a multiple of the group size {group}")]
@@ -296,8 +271,14 @@ pub fn gptq(
             }
         }
     }
-    if cfg.grid != Grid::Int && cfg.group != Some(32) {
-        return Err(GptqError::Group { cols, group: 32 });
+    if let Grid::Ggml(ty) = cfg.grid {
+        if ty.grid().is_none() {
+            return Err(GptqError::NoGrid(ty));
+        }
+        let block = ty.block().0;
+        if cfg.group != Some(block) {
+            return Err(GptqError::Group { cols, group: block });
+        }
     }
     let fit_group = |wm: &Mat<f32>, r: usize, c0: usize, c1: usize| -> GroupGrid {
         let mut col = Vec::with_capacity(c1 - c0);
@@ -612,16 +593,13 @@ mod tests {
     /// output error is well below llama.cpp's own round-to-nearest for the type.
     #[test]
     fn gptq_on_ggml_grids_beats_ggml_rtn() {
-        use crate::ggml::{dequantize_row, pack_codes_row, quantize_row, GgmlType};
+        use crate::ggml::{dequantize_row, pack_codes_row, quantize_row};
         let (rows, cols, tokens) = (32, 256, 1024);
         let w = weight_matrix(rows, cols, 0.02, 11);
         let x = inputs(tokens, cols, 12);
         let h = hessian_of(&x, tokens, cols);
-        for (ty, grid) in [
-            (GgmlType::Q4_0, Grid::Q4_0),
-            (GgmlType::Q4_1, Grid::Q4_1),
-            (GgmlType::Q8_0, Grid::Q8_0),
-        ] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let grid = Grid::Ggml(ty);
             for act_order in [false, true] {
                 let cfg = GptqConfig {
                     group: Some(32),

@@ -5,7 +5,6 @@ pub mod dtype;
 pub mod fp8;
 pub mod ggml;
 pub mod gptq;
-pub mod kquants;
 pub mod metrics;
 pub mod pack;
 pub mod rtn;

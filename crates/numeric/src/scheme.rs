@@ -132,7 +132,7 @@ impl Scheme {
             GgmlType::F32 => float(DType::F32),
             GgmlType::F16 => float(DType::F16),
             GgmlType::BF16 => float(DType::BF16),
-            t if t.can_dequantize() => Some(Scheme::Ggml(t)),
+            t if t.can_quantize() => Some(Scheme::Ggml(t)),
             _ => None,
         }
     }

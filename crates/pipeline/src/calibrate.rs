@@ -15,7 +15,7 @@ use qs_formats::source::ModelSource;
 use qs_model::{layer_forward, linear, Captured, Model};
 use qs_numeric::gptq::{gptq, GptqConfig, GptqOutput, Grid, Hessian};
 use qs_numeric::rtn::{self, IntSpec};
-use qs_numeric::{GgmlType, Granularity, Scheme};
+use qs_numeric::{Granularity, Scheme};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,9 +78,7 @@ fn rtn_dequant(w: &Mat<f32>, cfg: &GptqConfig) -> Mat<f32> {
         .collect();
     let ggml = match cfg.grid {
         Grid::Int => None,
-        Grid::Q4_0 => Some(GgmlType::Q4_0),
-        Grid::Q4_1 => Some(GgmlType::Q4_1),
-        Grid::Q8_0 => Some(GgmlType::Q8_0),
+        Grid::Ggml(t) => Some(t),
     };
     if let Some(ty) = ggml {
         // llama.cpp's own round-to-nearest for the type
@@ -167,26 +165,18 @@ pub fn gptq_model(
                 if !(n.starts_with("model.layers.") && n.ends_with("_proj.weight")) {
                     return None;
                 }
-                let grid = match ty {
-                    GgmlType::Q4_0 => Grid::Q4_0,
-                    GgmlType::Q4_1 => Grid::Q4_1,
-                    GgmlType::Q8_0 => Grid::Q8_0,
-                    _ => return None,
-                };
+                let code_grid = ty.grid()?;
                 Some((
                     src.tensors[t.source].info.name.as_str(),
                     GptqConfig {
-                        spec: IntSpec {
-                            bits: if ty == GgmlType::Q8_0 { 8 } else { 4 },
-                            symmetric: ty != GgmlType::Q4_1,
-                        },
-                        group: Some(32),
+                        spec: code_grid.spec(),
+                        group: Some(ty.block().0),
                         block: 128,
                         percdamp: cfg.damp,
                         act_order: cfg.act_order,
                         static_groups: cfg.act_order,
                         scale_dtype: qs_numeric::DType::F16,
-                        grid,
+                        grid: Grid::Ggml(ty),
                         mse_clip: false,
                     },
                 ))

@@ -48,10 +48,11 @@ impl Target {
                     GgmlType::BF16 => Target::Float(DType::BF16),
                     t => Target::Ggml(t),
                 },
-                Some(t) => return Err(format!("{t} is a ggml type we cannot write yet (supported: q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs)")),
+                Some(t) => return Err(format!("{t} is a ggml type we cannot write yet (supported: {})", qs_numeric::ggml::quantized_type_names())),
                 None => {
                     return Err(format!(
-                        "unknown target '{s}' (expected f32, f16, bf16, int8, int4, int3, int2, fp8, fp8-e5m2, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs)"
+                        "unknown target '{s}' (expected f32, f16, bf16, int8, int4, int3, int2, fp8, fp8-e5m2, {})",
+                        crate::mixture::Ftype::names()
                     ))
                 }
             },

@@ -6,30 +6,17 @@ use crate::error::{Error, Result};
 use crate::plan::{is_embedding, Action, Plan};
 use qs_formats::gguf::Value;
 use qs_formats::source::ModelSource;
-use qs_numeric::{DType, GgmlType, Granularity, Scheme};
+use qs_numeric::{DType, Granularity, Scheme};
 use serde_json::{json, Map, Value as Json};
 use std::path::Path;
 
-/// llama.cpp's `llama_ftype` for a uniform target.
+/// llama.cpp's `llama_ftype` for a uniform target (from the block type's codec).
 pub fn file_type(t: Target) -> Option<u32> {
-    Some(match t {
-        Target::Float(DType::F32) => 0,
-        Target::Float(DType::F16) => 1,
-        Target::Float(DType::BF16) => 32,
-        Target::Ggml(GgmlType::Q4_0) => 2,
-        Target::Ggml(GgmlType::Q4_1) => 3,
-        Target::Ggml(GgmlType::Q8_0) => 7,
-        Target::Ggml(GgmlType::Q5_0) => 8,
-        Target::Ggml(GgmlType::Q5_1) => 9,
-        Target::Ggml(GgmlType::Q2_K) => 10,
-        Target::Ggml(GgmlType::Q3_K) => 12,
-        Target::Ggml(GgmlType::Q4_K) => 15,
-        Target::Ggml(GgmlType::Q5_K) => 17,
-        Target::Ggml(GgmlType::Q6_K) => 18,
-        Target::Ggml(GgmlType::IQ4_NL) => 25,
-        Target::Ggml(GgmlType::IQ4_XS) => 30,
-        _ => return None,
-    })
+    match t {
+        Target::Float(d) => crate::plan::ggml_float(d)?.file_type(),
+        Target::Ggml(g) => g.file_type(),
+        _ => None,
+    }
 }
 
 /// GGUF metadata: what llama.cpp's converter writes for the folder (general keys,

@@ -3,16 +3,19 @@
 
 use qs_numeric::GgmlType;
 
-/// llama.cpp's `llama_ftype` values we write.
+/// A llama-quantize file type: "mostly" one block type (`Q4_0`, `Q6_K`, `IQ4_XS`, …: every
+/// block type with a codec, its `general.file_type` from the codec), or one of the named
+/// mixtures of the K-quants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ftype {
+    Pure(GgmlType),
+    Mix(Mix),
+}
+
+/// llama-quantize's named K-quant mixtures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(non_camel_case_types)]
-pub enum Ftype {
-    Q4_0,
-    Q4_1,
-    Q5_0,
-    Q5_1,
-    Q8_0,
-    Q2_K,
+pub enum Mix {
     Q3_K_S,
     Q3_K_M,
     Q3_K_L,
@@ -20,88 +23,76 @@ pub enum Ftype {
     Q4_K_M,
     Q5_K_S,
     Q5_K_M,
-    Q6_K,
-    IQ4_NL,
-    IQ4_XS,
 }
 
-use Ftype::*;
-
-const ALL: [Ftype; 16] = [
-    Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M,
-    Q6_K, IQ4_NL, IQ4_XS,
+/// (mixture, name, `general.file_type`, type of the tensors it does not single out).
+const MIXES: [(Mix, &str, u32, GgmlType); 7] = [
+    (Mix::Q3_K_S, "Q3_K_S", 11, GgmlType::Q3_K),
+    (Mix::Q3_K_M, "Q3_K_M", 12, GgmlType::Q3_K),
+    (Mix::Q3_K_L, "Q3_K_L", 13, GgmlType::Q3_K),
+    (Mix::Q4_K_S, "Q4_K_S", 14, GgmlType::Q4_K),
+    (Mix::Q4_K_M, "Q4_K_M", 15, GgmlType::Q4_K),
+    (Mix::Q5_K_S, "Q5_K_S", 16, GgmlType::Q5_K),
+    (Mix::Q5_K_M, "Q5_K_M", 17, GgmlType::Q5_K),
 ];
+
+fn mix_row(m: Mix) -> &'static (Mix, &'static str, u32, GgmlType) {
+    MIXES
+        .iter()
+        .find(|r| r.0 == m)
+        .expect("every mixture is in MIXES")
+}
 
 impl Ftype {
     pub fn name(self) -> &'static str {
         match self {
-            Q4_0 => "Q4_0",
-            Q4_1 => "Q4_1",
-            Q5_0 => "Q5_0",
-            Q5_1 => "Q5_1",
-            Q8_0 => "Q8_0",
-            Q2_K => "Q2_K",
-            Q3_K_S => "Q3_K_S",
-            Q3_K_M => "Q3_K_M",
-            Q3_K_L => "Q3_K_L",
-            Q4_K_S => "Q4_K_S",
-            Q4_K_M => "Q4_K_M",
-            Q5_K_S => "Q5_K_S",
-            Q5_K_M => "Q5_K_M",
-            Q6_K => "Q6_K",
-            IQ4_NL => "IQ4_NL",
-            IQ4_XS => "IQ4_XS",
+            Ftype::Pure(t) => t.name(),
+            Ftype::Mix(m) => mix_row(m).1,
         }
     }
 
-    /// Parses a llama-quantize type name; `Q3_K`, `Q4_K`, `Q5_K` are its aliases for the `_M` mixtures.
+    /// Parses a llama-quantize type name; `Q3_K`, `Q4_K`, `Q5_K` are its aliases for the `_M`
+    /// mixtures.
     pub fn parse(s: &str) -> Option<Ftype> {
         let u = s.to_ascii_uppercase();
-        match u.as_str() {
-            "Q3_K" => Some(Q3_K_M),
-            "Q4_K" => Some(Q4_K_M),
-            "Q5_K" => Some(Q5_K_M),
-            _ => ALL.iter().copied().find(|f| f.name() == u),
+        let alias = match u.as_str() {
+            "Q3_K" => Some(Mix::Q3_K_M),
+            "Q4_K" => Some(Mix::Q4_K_M),
+            "Q5_K" => Some(Mix::Q5_K_M),
+            _ => MIXES.iter().find(|r| r.1 == u).map(|r| r.0),
+        };
+        if let Some(m) = alias {
+            return Some(Ftype::Mix(m));
         }
+        GgmlType::quantized_types()
+            .find(|t| t.name() == u)
+            .map(Ftype::Pure)
+    }
+
+    /// Every file type, for help texts: the block types, then the mixtures.
+    pub fn names() -> String {
+        GgmlType::quantized_types()
+            .filter(|t| !matches!(t, GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K))
+            .map(|t| t.name())
+            .chain(MIXES.iter().map(|r| r.1))
+            .map(|n| n.to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// `general.file_type`.
     pub fn id(self) -> u32 {
         match self {
-            Q4_0 => 2,
-            Q4_1 => 3,
-            Q8_0 => 7,
-            Q5_0 => 8,
-            Q5_1 => 9,
-            Q2_K => 10,
-            Q3_K_S => 11,
-            Q3_K_M => 12,
-            Q3_K_L => 13,
-            Q4_K_S => 14,
-            Q4_K_M => 15,
-            Q5_K_S => 16,
-            Q5_K_M => 17,
-            Q6_K => 18,
-            IQ4_NL => 25,
-            IQ4_XS => 30,
+            Ftype::Pure(t) => t.file_type().unwrap_or(0),
+            Ftype::Mix(m) => mix_row(m).2,
         }
     }
 
     /// The type of every quantized tensor the mixture does not single out.
     pub fn default_type(self) -> GgmlType {
         match self {
-            Q4_0 => GgmlType::Q4_0,
-            Q4_1 => GgmlType::Q4_1,
-            Q5_0 => GgmlType::Q5_0,
-            Q5_1 => GgmlType::Q5_1,
-            Q8_0 => GgmlType::Q8_0,
-            Q2_K => GgmlType::Q2_K,
-            Q3_K_S | Q3_K_M | Q3_K_L => GgmlType::Q3_K,
-            Q4_K_S | Q4_K_M => GgmlType::Q4_K,
-            Q5_K_S | Q5_K_M => GgmlType::Q5_K,
-            Q6_K => GgmlType::Q6_K,
-            IQ4_NL => GgmlType::IQ4_NL,
-            IQ4_XS => GgmlType::IQ4_XS,
+            Ftype::Pure(t) => t,
+            Ftype::Mix(m) => mix_row(m).3,
         }
     }
 }
@@ -145,6 +136,7 @@ fn use_more_bits(i: usize, n: usize) -> bool {
 /// llama-quantize's choice for one tensor (before the row-length fallback), given its GGUF
 /// name; tensors must be visited in file order so the counters match.
 pub fn tensor_type(f: Ftype, name: &str, m: &ModelInfo, c: &mut Counters) -> GgmlType {
+    use Ftype::{Mix as M, Pure as P};
     use GgmlType as T;
     let mut t = f.default_type();
     let is_output = name == "output.weight";
@@ -161,18 +153,20 @@ pub fn tensor_type(f: Ftype, name: &str, m: &ModelInfo, c: &mut Counters) -> Ggm
     }
     if name.contains("attn_v.weight") || name.contains("attn_qkv.weight") {
         match f {
-            Q2_K => t = if m.n_gqa >= 4 { T::Q4_K } else { T::Q3_K },
-            Q3_K_M => {
+            P(T::Q2_K) => t = if m.n_gqa >= 4 { T::Q4_K } else { T::Q3_K },
+            M(Mix::Q3_K_M) => {
                 t = if c.i_attention_wv < 2 {
                     T::Q5_K
                 } else {
                     T::Q4_K
                 }
             }
-            Q3_K_L => t = T::Q5_K,
-            IQ4_NL | IQ4_XS if m.n_gqa >= 4 => t = T::Q5_K,
-            Q4_K_M | Q5_K_M if use_more_bits(c.i_attention_wv, m.n_attention_wv) => t = T::Q6_K,
-            Q4_K_S if c.i_attention_wv < 4 => t = T::Q5_K,
+            M(Mix::Q3_K_L) => t = T::Q5_K,
+            P(T::IQ4_NL | T::IQ4_XS) if m.n_gqa >= 4 => t = T::Q5_K,
+            M(Mix::Q4_K_M | Mix::Q5_K_M) if use_more_bits(c.i_attention_wv, m.n_attention_wv) => {
+                t = T::Q6_K
+            }
+            M(Mix::Q4_K_S) if c.i_attention_wv < 4 => t = T::Q5_K,
             _ => {}
         }
         if m.is_70b && matches!(t, T::Q3_K | T::Q4_K) {
@@ -184,16 +178,16 @@ pub fn tensor_type(f: Ftype, name: &str, m: &ModelInfo, c: &mut Counters) -> Ggm
     if name.contains("ffn_down") {
         let (i, n) = (c.i_ffn_down as i64, m.n_ffn_down as i64);
         match f {
-            Q2_K => t = T::Q3_K,
-            Q3_K_M => t = if i < n / 16 { T::Q5_K } else { T::Q4_K },
-            Q3_K_L => t = T::Q5_K,
-            Q4_K_M if use_more_bits(c.i_ffn_down, m.n_ffn_down) => t = T::Q6_K,
-            IQ4_NL | IQ4_XS if i < n / 8 && !m.has_imatrix => t = T::Q5_K,
-            Q5_K_M if use_more_bits(c.i_ffn_down, m.n_ffn_down) => t = T::Q6_K,
-            Q4_K_S if i < n / 8 => t = T::Q5_K,
+            P(T::Q2_K) => t = T::Q3_K,
+            M(Mix::Q3_K_M) => t = if i < n / 16 { T::Q5_K } else { T::Q4_K },
+            M(Mix::Q3_K_L) => t = T::Q5_K,
+            M(Mix::Q4_K_M) if use_more_bits(c.i_ffn_down, m.n_ffn_down) => t = T::Q6_K,
+            P(T::IQ4_NL | T::IQ4_XS) if i < n / 8 && !m.has_imatrix => t = T::Q5_K,
+            M(Mix::Q5_K_M) if use_more_bits(c.i_ffn_down, m.n_ffn_down) => t = T::Q6_K,
+            M(Mix::Q4_K_S) if i < n / 8 => t = T::Q5_K,
             // with an imatrix, guard the first ffn_down layers of the legacy 4/5-bit types
-            Q4_0 if m.has_imatrix && i < n / 8 => t = T::Q4_1,
-            Q5_0 if m.has_imatrix && i < n / 8 => t = T::Q5_1,
+            P(T::Q4_0) if m.has_imatrix && i < n / 8 => t = T::Q4_1,
+            P(T::Q5_0) if m.has_imatrix && i < n / 8 => t = T::Q5_1,
             _ => {}
         }
         c.i_ffn_down += 1;
@@ -201,9 +195,9 @@ pub fn tensor_type(f: Ftype, name: &str, m: &ModelInfo, c: &mut Counters) -> Ggm
     }
     if name.contains("attn_output.weight") {
         t = match f {
-            Q2_K => T::Q3_K,
-            Q3_K_M => T::Q4_K,
-            Q3_K_L => T::Q5_K,
+            P(T::Q2_K) => T::Q3_K,
+            M(Mix::Q3_K_M) => T::Q4_K,
+            M(Mix::Q3_K_L) => T::Q5_K,
             _ => t,
         };
     }
@@ -226,7 +220,7 @@ mod tests {
         };
         let mut c = Counters::default();
         let v: Vec<GgmlType> = (0..32)
-            .map(|_| tensor_type(Ftype::Q4_K_M, "blk.0.attn_v.weight", &m, &mut c))
+            .map(|_| tensor_type(Ftype::Mix(Mix::Q4_K_M), "blk.0.attn_v.weight", &m, &mut c))
             .collect();
         let q6: Vec<usize> = v
             .iter()
@@ -240,18 +234,18 @@ mod tests {
             vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
         );
         assert_eq!(
-            tensor_type(Ftype::Q4_K_M, "output.weight", &m, &mut c),
+            tensor_type(Ftype::Mix(Mix::Q4_K_M), "output.weight", &m, &mut c),
             GgmlType::Q6_K
         );
         assert_eq!(
-            tensor_type(Ftype::Q4_K_M, "token_embd.weight", &m, &mut c),
+            tensor_type(Ftype::Mix(Mix::Q4_K_M), "token_embd.weight", &m, &mut c),
             GgmlType::Q4_K
         );
         assert_eq!(
-            tensor_type(Ftype::Q8_0, "output.weight", &m, &mut c),
+            tensor_type(Ftype::Pure(GgmlType::Q8_0), "output.weight", &m, &mut c),
             GgmlType::Q8_0
         );
-        assert_eq!(Ftype::parse("q4_k"), Some(Ftype::Q4_K_M));
+        assert_eq!(Ftype::parse("q4_k"), Some(Ftype::Mix(Mix::Q4_K_M)));
         assert!(!allows_quantization("blk.0.attn_norm.weight", 1));
     }
 }

@@ -234,12 +234,15 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
     match (kind, cfg.target) {
         (OutputKind::Gguf, Target::Int(_) | Target::Fp8(_)) => {
             return Err(Error::Config(format!(
-                "{} is a safetensors (compressed-tensors) target; for GGUF use q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16 or f32",
-                cfg.target.name()
-            )))
+            "{} is a safetensors (compressed-tensors) target; for GGUF use f32, f16, bf16 or {}",
+            cfg.target.name(),
+            crate::mixture::Ftype::names()
+        )))
         }
         (OutputKind::SafetensorsFile | OutputKind::SafetensorsDir, Target::Ggml(t)) => {
-            return Err(Error::Config(format!("{t} is a GGUF type: give an output path ending in .gguf")))
+            return Err(Error::Config(format!(
+                "{t} is a GGUF type: give an output path ending in .gguf"
+            )))
         }
         _ => {}
     }
@@ -769,13 +772,23 @@ fn layer_of(gguf_name: &str) -> i64 {
 
 /// The llama-quantize file type whose default type is `t` (`q4_k` means Q4_K_M there).
 fn mixture_for(t: GgmlType) -> Ftype {
-    Ftype::parse(t.name()).unwrap_or(Ftype::Q8_0)
+    Ftype::parse(t.name()).unwrap_or(Ftype::Pure(GgmlType::Q8_0))
 }
 
 fn gguf_float(d: DType) -> DType {
     match d {
         DType::F16 | DType::BF16 | DType::F32 => d,
         _ => DType::F32,
+    }
+}
+
+/// The ggml type of a float storage type (F32, F16, BF16).
+pub(crate) fn ggml_float(d: DType) -> Option<GgmlType> {
+    match d {
+        DType::F32 => Some(GgmlType::F32),
+        DType::F16 => Some(GgmlType::F16),
+        DType::BF16 => Some(GgmlType::BF16),
+        _ => None,
     }
 }
 

@@ -1,38 +1,36 @@
-//! ggml's K-quants (Q2_K … Q6_K, 256-value super-blocks) and IQ4_NL, without an importance
+//! ggml's K-quants (Q2_K … Q6_K, 256-value super-blocks), with and without an importance
 //! matrix: the scale/min searches of ggml's reference quantizers, operation for operation in f32
 //! (no fused multiply-add, sums in the same order), so our bytes equal `ggml_quantize_chunk`'s.
-//! Checked against ggml itself (built from llama.cpp's sources) in the integration tests.
+//! Checked against ggml itself (built from llama.cpp's sources) in the integration tests. The
+//! scale searches shared with the other families (`make_qx_quants`, `make_qkx2_quants`) live
+//! here too.
 
+use super::{BlockCodec, GgmlType};
 use half::f16;
 
 pub const QK_K: usize = 256;
-const GROUP_MAX_EPS: f32 = 1e-15;
-
-/// IQ4_NL's non-linear 4-bit grid.
-pub const IQ4NL_VALUES: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
+pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 
 #[inline]
-fn f16_bits(x: f32) -> [u8; 2] {
+pub(super) fn f16_bits(x: f32) -> [u8; 2] {
     f16::from_f32(x).to_bits().to_le_bytes()
 }
 
 #[inline]
-fn f16_at(b: &[u8]) -> f32 {
+pub(super) fn f16_at(b: &[u8]) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
 }
 
 /// ggml's `nearest_int`: round half to even via the 1.5·2^23 trick (|x| <= 4194303).
 #[inline]
-fn nearest_int(x: f32) -> i32 {
+pub(super) fn nearest_int(x: f32) -> i32 {
     let v = x + 12_582_912.0;
     (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 /// `make_qx_quants` (symmetric, signed levels -nmax..nmax-1 stored +nmax), `rmse_type` 1:
 /// error weights `qw` when given, else x².
-fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<&[f32]>) -> f32 {
+pub(super) fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<&[f32]>) -> f32 {
     let n = x.len();
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
@@ -144,7 +142,7 @@ fn make_q3_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
 /// `make_qkx2_quants`: asymmetric levels 0..nmax with a min, weighted least squares over a grid
 /// of `nstep + 1` candidate scales. Returns (scale, -min).
 #[allow(clippy::too_many_arguments)]
-fn make_qkx2_quants(
+pub(super) fn make_qkx2_quants(
     x: &[f32],
     weights: &[f32],
     nmax: i32,
@@ -628,173 +626,6 @@ pub fn dequantize_block_q6_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
-/// ggml's `best_index_int8`: nearest grid index (binary search, lower index on ties).
-#[inline]
-fn best_index(values: &[i8; 16], x: f32) -> usize {
-    if x <= values[0] as f32 {
-        return 0;
-    }
-    if x >= values[15] as f32 {
-        return 15;
-    }
-    let (mut ml, mut mu) = (0usize, 15usize);
-    while mu - ml > 1 {
-        let mav = (ml + mu) / 2;
-        if x < values[mav] as f32 {
-            mu = mav;
-        } else {
-            ml = mav;
-        }
-    }
-    if x - (values[mu - 1] as f32) < values[mu] as f32 - x {
-        mu - 1
-    } else {
-        mu
-    }
-}
-
-/// IQ4_NL block (18 bytes): d, qs[16] (grid indices, low nibble = value j, high = j+16).
-pub fn quantize_block_iq4_nl(x: &[f32], y: &mut [u8]) {
-    let mut weight = [0f32; 32];
-    for j in 0..32 {
-        weight[j] = x[j] * x[j];
-    }
-    iq4_nl_with_weights(x, &weight, y);
-}
-
-/// `quantize_row_iq4_nl_impl` for one 32-value block with error weights `weight`.
-fn iq4_nl_with_weights(x: &[f32], weight: &[f32], y: &mut [u8]) {
-    let scale = iq4_block_scale(x, weight);
-    y[0..2].copy_from_slice(&f16_bits(scale));
-    let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-    let mut l = [0u8; 32];
-    for j in 0..32 {
-        l[j] = best_index(&IQ4NL_VALUES, id * x[j]) as u8;
-    }
-    for j in 0..16 {
-        y[2 + j] = l[j] | (l[16 + j] << 4);
-    }
-}
-
-/// The scale search of `quantize_row_iq4_nl_impl` for one 32-value block (ntry = 7); 0 for an
-/// all-zero block.
-fn iq4_block_scale(x: &[f32], weight: &[f32]) -> f32 {
-    let values = &IQ4NL_VALUES;
-    let ntry = 7i32;
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
-        return 0.0;
-    }
-    let mut d = -max / values[0] as f32;
-    let mut id = 1.0 / d;
-    let (mut sumqx, mut sumq2) = (0f32, 0f32);
-    for j in 0..32 {
-        let q = values[best_index(values, id * x[j])] as f32;
-        let w = weight[j];
-        sumqx += w * q * x[j];
-        sumq2 += w * q * q;
-    }
-    d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
-    let mut best = d * sumqx;
-    for itry in -ntry..=ntry {
-        id = (itry + values[0] as i32) as f32 / max;
-        sumqx = 0.0;
-        sumq2 = 0.0;
-        for j in 0..32 {
-            let q = values[best_index(values, id * x[j])] as f32;
-            let w = weight[j];
-            sumqx += w * q * x[j];
-            sumq2 += w * q * q;
-        }
-        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-            d = sumqx / sumq2;
-            best = d * sumqx;
-        }
-    }
-    d
-}
-
-/// IQ4_XS block (136 bytes): d, scales_h (u16), scales_l[4], qs[128]; eight 32-value blocks on
-/// IQ4_NL's grid with 6-bit block scales relative to d. `qw`: importance weights, if any.
-pub fn quantize_block_iq4_xs(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
-    let sigma2 = sigma2_of(&x[..QK_K], true);
-    let mut scales = [0f32; 8];
-    let (mut max_scale, mut amax_scale) = (0f32, 0f32);
-    let mut w = [0f32; 32];
-    for ib in 0..8 {
-        let xb = &x[32 * ib..32 * ib + 32];
-        for j in 0..32 {
-            w[j] = match qw {
-                Some(q) => q[32 * ib + j] * (sigma2 + xb[j] * xb[j]).sqrt(),
-                None => xb[j] * xb[j],
-            };
-        }
-        let d = iq4_block_scale(xb, &w);
-        scales[ib] = d;
-        if d.abs() > amax_scale {
-            amax_scale = d.abs();
-            max_scale = d;
-        }
-    }
-    y[..136].fill(0);
-    let d = -max_scale / 32.0;
-    y[0..2].copy_from_slice(&f16_bits(d));
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut scales_h = 0u16;
-    let mut l = [0u8; QK_K];
-    for ib in 0..8 {
-        let ls = nearest_int(id * scales[ib]).clamp(-32, 31);
-        let dl = d * ls as f32;
-        let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
-        for j in 0..32 {
-            l[32 * ib + j] = best_index(&IQ4NL_VALUES, idl * x[32 * ib + j]) as u8;
-        }
-        let u = (ls + 32) as u8;
-        if ib % 2 == 0 {
-            y[4 + ib / 2] = u & 0xf;
-        } else {
-            y[4 + ib / 2] |= (u & 0xf) << 4;
-        }
-        scales_h |= ((u >> 4) as u16) << (2 * ib);
-    }
-    y[2..4].copy_from_slice(&scales_h.to_le_bytes());
-    for i in 0..8 {
-        for j in 0..16 {
-            y[8 + 16 * i + j] = l[32 * i + j] | (l[32 * i + 16 + j] << 4);
-        }
-    }
-}
-
-pub fn dequantize_block_iq4_xs(b: &[u8], y: &mut [f32]) {
-    let d = f16_at(b);
-    let sh = u16::from_le_bytes([b[2], b[3]]);
-    for ib in 0..8 {
-        let ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xf) as i32
-            | ((((sh >> (2 * ib)) & 3) as i32) << 4);
-        let dl = d * (ls - 32) as f32;
-        let qs = &b[8 + 16 * ib..8 + 16 * ib + 16];
-        for j in 0..16 {
-            y[32 * ib + j] = dl * IQ4NL_VALUES[(qs[j] & 0xf) as usize] as f32;
-            y[32 * ib + j + 16] = dl * IQ4NL_VALUES[(qs[j] >> 4) as usize] as f32;
-        }
-    }
-}
-
-pub fn dequantize_block_iq4_nl(b: &[u8], y: &mut [f32]) {
-    let d = f16_at(b);
-    for j in 0..16 {
-        y[j] = d * IQ4NL_VALUES[(b[2 + j] & 0xf) as usize] as f32;
-        y[j + 16] = d * IQ4NL_VALUES[(b[2 + j] >> 4) as usize] as f32;
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // With an importance matrix (llama-quantize --imatrix): ggml's `quantize_row_*_impl`.
 // `qw` holds the per-column importance of the values being quantized. (ggml's
@@ -881,7 +712,7 @@ fn make_qp_quants(x: &[f32], nmax: i32, l_out: &mut [u8], qw: &[f32]) -> f32 {
     }
 }
 
-fn sigma2_of(x: &[f32], twice: bool) -> f32 {
+pub(super) fn sigma2_of(x: &[f32], twice: bool) -> f32 {
     let mut s = 0f32;
     for &v in x {
         s += v * v;
@@ -1155,91 +986,74 @@ fn pack_q5_k(l: &[u8; QK_K], out: &mut [u8]) {
     }
 }
 
-/// IQ4_NL with importance weights: weights `qw·sqrt(sigma2 + x²)`, sigma2 over the block.
-pub fn quantize_block_iq4_nl_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
-    let sigma2 = sigma2_of(&x[..32], true);
-    let mut w = [0f32; 32];
-    for j in 0..32 {
-        w[j] = qw[j] * (sigma2 + x[j] * x[j]).sqrt();
-    }
-    iq4_nl_with_weights(x, &w, y);
+/// One K-quant type: 256-value super-blocks with 16- or 32-value sub-blocks.
+pub struct KQuant {
+    ty: GgmlType,
+    quantize: fn(&[f32], &mut [u8]),
+    quantize_imatrix: fn(&[f32], &[f32], &mut [u8]),
+    dequantize: fn(&[u8], &mut [f32]),
+    file_type: u32,
+    fallback: GgmlType,
 }
 
-/// Q4_0 / Q5_0 with importance weights: `make_qx_quants` on each 32-value block; `sigma2`
-/// is the mean square of the whole row.
-pub fn quantize_block_q4_0_or_q5_0_imatrix(
-    five: bool,
-    x: &[f32],
-    qw: &[f32],
-    sigma2: f32,
-    y: &mut [u8],
-) {
-    let mut w = [0f32; 32];
-    for j in 0..32 {
-        w[j] = qw[j] * (sigma2 + x[j] * x[j]).sqrt();
-    }
-    let mut l = [0i8; 32];
-    let d = make_qx_quants(x, if five { 16 } else { 8 }, &mut l, Some(&w));
-    y[0..2].copy_from_slice(&f16_bits(d));
-    if five {
-        let mut qh = 0u32;
-        for j in 0..16 {
-            let (a, b) = (l[j] as u8, l[j + 16] as u8);
-            y[6 + j] = (a & 0x0f) | ((b & 0x0f) << 4);
-            qh |= ((a as u32 & 0x10) >> 4) << j;
-            qh |= ((b as u32 & 0x10) >> 4) << (j + 16);
-        }
-        y[2..6].copy_from_slice(&qh.to_le_bytes());
-    } else {
-        for j in 0..16 {
-            y[2 + j] = (l[j] as u8) | ((l[j + 16] as u8) << 4);
-        }
-    }
-}
+pub static Q2_K: KQuant = KQuant {
+    ty: GgmlType::Q2_K,
+    quantize: quantize_block_q2_k,
+    quantize_imatrix: quantize_block_q2_k_imatrix,
+    dequantize: dequantize_block_q2_k,
+    file_type: 10,
+    fallback: GgmlType::Q4_0,
+};
+pub static Q3_K: KQuant = KQuant {
+    ty: GgmlType::Q3_K,
+    quantize: quantize_block_q3_k,
+    quantize_imatrix: quantize_block_q3_k_imatrix,
+    dequantize: dequantize_block_q3_k,
+    file_type: 12,
+    fallback: GgmlType::Q4_0,
+};
+pub static Q4_K: KQuant = KQuant {
+    ty: GgmlType::Q4_K,
+    quantize: quantize_block_q4_k,
+    quantize_imatrix: quantize_block_q4_k_imatrix,
+    dequantize: dequantize_block_q4_k,
+    file_type: 15,
+    fallback: GgmlType::Q5_0,
+};
+pub static Q5_K: KQuant = KQuant {
+    ty: GgmlType::Q5_K,
+    quantize: quantize_block_q5_k,
+    quantize_imatrix: quantize_block_q5_k_imatrix,
+    dequantize: dequantize_block_q5_k,
+    file_type: 17,
+    fallback: GgmlType::Q5_1,
+};
+pub static Q6_K: KQuant = KQuant {
+    ty: GgmlType::Q6_K,
+    quantize: |x, y| quantize_block_q6_k(x, None, y),
+    quantize_imatrix: |x, w, y| quantize_block_q6_k(x, Some(w), y),
+    dequantize: dequantize_block_q6_k,
+    file_type: 18,
+    fallback: GgmlType::Q8_0,
+};
 
-/// Q4_1 / Q5_1 with importance weights: `make_qkx3_quants` on each 32-value block.
-pub fn quantize_block_q4_1_or_q5_1_imatrix(
-    five: bool,
-    x: &[f32],
-    qw: &[f32],
-    sigma2: f32,
-    y: &mut [u8],
-) {
-    let mut w = [0f32; 32];
-    for j in 0..32 {
-        w[j] = qw[j] * (sigma2 + x[j] * x[j]).sqrt();
+impl BlockCodec for KQuant {
+    fn ty(&self) -> GgmlType {
+        self.ty
     }
-    let (mut l, mut laux) = ([0u8; 32], [0u8; 32]);
-    let (d, min) = make_qkx2_quants(
-        x,
-        &w,
-        if five { 31 } else { 15 },
-        &mut l,
-        &mut laux,
-        -0.9,
-        0.05,
-        36,
-        false,
-    );
-    y[0..2].copy_from_slice(&f16_bits(d));
-    y[2..4].copy_from_slice(&f16_bits(-min));
-    if five {
-        let mut qh = 0u32;
-        for j in 0..16 {
-            let (a, b) = (l[j], l[j + 16]);
-            y[8 + j] = (a & 0x0f) | ((b & 0x0f) << 4);
-            qh |= ((a as u32 & 0x10) >> 4) << j;
-            qh |= ((b as u32 & 0x10) >> 4) << (j + 16);
-        }
-        y[4..8].copy_from_slice(&qh.to_le_bytes());
-    } else {
-        for j in 0..16 {
-            y[4 + j] = l[j] | (l[j + 16] << 4);
-        }
+    fn file_type(&self) -> u32 {
+        self.file_type
     }
-}
-
-/// Mean square of a row, ggml's `sigma2` for the legacy types' imatrix path.
-pub fn row_sigma2(x: &[f32]) -> f32 {
-    sigma2_of(x, false)
+    fn fallback(&self) -> Option<GgmlType> {
+        Some(self.fallback)
+    }
+    fn quantize_block(&self, x: &[f32], y: &mut [u8]) {
+        (self.quantize)(x, y)
+    }
+    fn quantize_block_weighted(&self, x: &[f32], qw: &[f32], _row_sigma2: f32, y: &mut [u8]) {
+        (self.quantize_imatrix)(x, qw, y)
+    }
+    fn dequantize_block(&self, b: &[u8], y: &mut [f32]) {
+        (self.dequantize)(b, y)
+    }
 }

@@ -1,0 +1,551 @@
+//! ggml's legacy 32-value block types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.
+//!
+//! The quantizers follow ggml's `quantize_row_*_ref` step for step (same operation order, f32
+//! arithmetic, inverse scale computed from the f32 scale before it is rounded to f16), so our
+//! bytes equal ggml's and gguf-py's; with an importance matrix they follow
+//! `quantize_row_*_impl`. Each dequantizer has a per-element scalar reference
+//! ([`dequantize_ref`]) and a block-wise fast path; tests compare the two. Q4_0, Q4_1 and Q8_0
+//! also take codes chosen elsewhere (GPTQ on their grid, [`CodeGrid`]).
+
+use super::kquants::{f16_bits, make_qkx2_quants, make_qx_quants, sigma2_of};
+use super::{BlockCodec, CodeGrid, GgmlType};
+use crate::dtype::f32_to_f16_bits;
+use crate::rtn::{IntSpec, QParams};
+use half::f16;
+
+/// (x, importance, sigma2 of the row, out)
+type WeightedFn = fn(&[f32], &[f32], f32, &mut [u8]);
+
+/// One legacy type: how it quantizes (plain and importance-weighted) and decodes a block.
+pub struct Legacy {
+    ty: GgmlType,
+    quantize: fn(&[f32], &mut [u8]),
+    quantize_imatrix: Option<WeightedFn>,
+    file_type: u32,
+    grid: Option<&'static Grid32>,
+}
+
+pub static Q4_0: Legacy = Legacy {
+    ty: GgmlType::Q4_0,
+    quantize: quantize_q4_0,
+    quantize_imatrix: Some(|x, w, s, y| quantize_q4_0_or_q5_0_imatrix(false, x, w, s, y)),
+    file_type: 2,
+    grid: Some(&GRID_Q4_0),
+};
+pub static Q4_1: Legacy = Legacy {
+    ty: GgmlType::Q4_1,
+    quantize: quantize_q4_1,
+    quantize_imatrix: Some(|x, w, s, y| quantize_q4_1_or_q5_1_imatrix(false, x, w, s, y)),
+    file_type: 3,
+    grid: Some(&GRID_Q4_1),
+};
+pub static Q5_0: Legacy = Legacy {
+    ty: GgmlType::Q5_0,
+    quantize: quantize_q5_0,
+    quantize_imatrix: Some(|x, w, s, y| quantize_q4_0_or_q5_0_imatrix(true, x, w, s, y)),
+    file_type: 8,
+    grid: None,
+};
+pub static Q5_1: Legacy = Legacy {
+    ty: GgmlType::Q5_1,
+    quantize: quantize_q5_1,
+    quantize_imatrix: Some(|x, w, s, y| quantize_q4_1_or_q5_1_imatrix(true, x, w, s, y)),
+    file_type: 9,
+    grid: None,
+};
+/// Q8_0 ignores importance weights (as ggml does).
+pub static Q8_0: Legacy = Legacy {
+    ty: GgmlType::Q8_0,
+    quantize: quantize_q8_0,
+    quantize_imatrix: None,
+    file_type: 7,
+    grid: Some(&GRID_Q8_0),
+};
+
+impl BlockCodec for Legacy {
+    fn ty(&self) -> GgmlType {
+        self.ty
+    }
+    fn file_type(&self) -> u32 {
+        self.file_type
+    }
+    fn quantize_block(&self, x: &[f32], y: &mut [u8]) {
+        (self.quantize)(x, y)
+    }
+    fn quantize_block_weighted(&self, x: &[f32], qw: &[f32], row_sigma2: f32, y: &mut [u8]) {
+        match self.quantize_imatrix {
+            Some(f) => f(x, qw, row_sigma2, y),
+            None => (self.quantize)(x, y),
+        }
+    }
+    fn dequantize_block(&self, b: &[u8], y: &mut [f32]) {
+        let y: &mut [f32; 32] = y.try_into().expect("32-value block");
+        dequantize_block32(self.ty, b, y)
+    }
+    fn dequantize_block_ref(&self, b: &[u8], y: &mut [f32]) {
+        dequantize_ref(self.ty, b, y)
+    }
+    fn grid(&self) -> Option<&'static dyn CodeGrid> {
+        self.grid.map(|g| g as &'static dyn CodeGrid)
+    }
+}
+
+#[inline]
+fn put_f16(out: &mut [u8], x: f32) {
+    out[..2].copy_from_slice(&f32_to_f16_bits(x).to_le_bytes());
+}
+
+#[inline]
+fn get_f16(b: &[u8]) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+}
+
+/// Value with the largest magnitude, sign kept; the first one wins on ties, as ggml's scan
+/// (`if (amax < fabsf(v))`) does. Two passes so the first vectorizes.
+#[inline]
+fn signed_absmax(x: &[f32]) -> f32 {
+    let amax = absmax(x);
+    if amax == 0.0 {
+        return 0.0;
+    }
+    x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+}
+
+/// max |x| over a block (NaN-free input), as a compare-select that vectorizes.
+#[inline]
+fn absmax(x: &[f32]) -> f32 {
+    let mut m = [0f32; 8];
+    let c = x.chunks_exact(8);
+    let r = c.remainder();
+    for b in c {
+        for k in 0..8 {
+            let a = b[k].abs();
+            m[k] = if a > m[k] { a } else { m[k] };
+        }
+    }
+    for (k, v) in r.iter().enumerate() {
+        let a = v.abs();
+        m[k] = if a > m[k] { a } else { m[k] };
+    }
+    m.iter().fold(0f32, |a, &b| if b > a { b } else { a })
+}
+
+#[inline]
+fn min_max(x: &[f32]) -> (f32, f32) {
+    let mut min = f32::MAX;
+    let mut max = -f32::MAX;
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+/// C's `roundf`: half away from zero.
+#[inline]
+fn roundf(x: f32) -> f32 {
+    x.round()
+}
+
+/// `roundf` for |x| < 2^22 without a libm call: truncate, then step away from zero when the
+/// dropped fraction is at least one half (x - trunc(x) is exact in this range).
+#[inline]
+fn roundf_small(x: f32) -> i32 {
+    let i = x as i32;
+    let f = x - i as f32;
+    i + (f >= 0.5) as i32 - (f <= -0.5) as i32
+}
+
+/// C's `(int8_t)x` for a float as x86 compiles it: truncate to int32 (`cvttss2si`, which gives
+/// INT_MIN for NaN/±inf/out of range), then keep the low byte. Only reachable with
+/// non-finite products, e.g. a block of denormals whose inverse scale overflows to inf;
+/// ggml and gguf-py (numpy on x86) both store 0 there, and so do we.
+#[inline]
+fn c_i8(x: f32) -> i8 {
+    if x.is_finite() && x.abs() < 2_147_483_648.0 {
+        x as i32 as i8
+    } else {
+        0
+    }
+}
+
+fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
+    let amax = absmax(x);
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    put_f16(y, d);
+    if id.is_finite() {
+        // |x·id| <= 127 (+ rounding): the libm-free rounding is exact here
+        for (q, &v) in y[2..34].iter_mut().zip(x) {
+            *q = roundf_small(v * id) as i8 as u8;
+        }
+    } else {
+        for (q, &v) in y[2..34].iter_mut().zip(x) {
+            *q = c_i8(roundf(v * id)) as u8;
+        }
+    }
+}
+
+fn quantize_q4_0(x: &[f32], y: &mut [u8]) {
+    let max = signed_absmax(x);
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    put_f16(y, d);
+    for j in 0..16 {
+        let q0 = (c_i8(x[j] * id + 8.5) as u8).min(15);
+        let q1 = (c_i8(x[j + 16] * id + 8.5) as u8).min(15);
+        y[2 + j] = q0 | (q1 << 4);
+    }
+}
+
+fn quantize_q4_1(x: &[f32], y: &mut [u8]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 15.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    put_f16(y, d);
+    put_f16(&mut y[2..], min);
+    for j in 0..16 {
+        let q0 = (c_i8((x[j] - min) * id + 0.5) as u8).min(15);
+        let q1 = (c_i8((x[j + 16] - min) * id + 0.5) as u8).min(15);
+        y[4 + j] = q0 | (q1 << 4);
+    }
+}
+
+fn quantize_q5_0(x: &[f32], y: &mut [u8]) {
+    let max = signed_absmax(x);
+    let d = max / -16.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    put_f16(y, d);
+    let mut qh = 0u32;
+    for j in 0..16 {
+        let q0 = (c_i8(x[j] * id + 16.5) as u8).min(31);
+        let q1 = (c_i8(x[j + 16] * id + 16.5) as u8).min(31);
+        y[6 + j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
+        qh |= ((q0 as u32 & 0x10) >> 4) << j;
+        qh |= ((q1 as u32 & 0x10) >> 4) << (j + 16);
+    }
+    y[2..6].copy_from_slice(&qh.to_le_bytes());
+}
+
+fn quantize_q5_1(x: &[f32], y: &mut [u8]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 31.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    put_f16(y, d);
+    put_f16(&mut y[2..], min);
+    let mut qh = 0u32;
+    for j in 0..16 {
+        let q0 = (c_i8((x[j] - min) * id + 0.5) as u8).min(31);
+        let q1 = (c_i8((x[j + 16] - min) * id + 0.5) as u8).min(31);
+        y[8 + j] = (q0 & 0x0f) | ((q1 & 0x0f) << 4);
+        qh |= ((q0 as u32 & 0x10) >> 4) << j;
+        qh |= ((q1 as u32 & 0x10) >> 4) << (j + 16);
+    }
+    y[4..8].copy_from_slice(&qh.to_le_bytes());
+}
+
+#[inline]
+fn dequantize_block32(ty: GgmlType, b: &[u8], out: &mut [f32; 32]) {
+    let d = get_f16(b);
+    let mut q = [0i32; 32];
+    let (qs, offset, m) = match ty {
+        GgmlType::Q8_0 => {
+            for (o, &v) in out.iter_mut().zip(&b[2..34]) {
+                *o = d * (v as i8) as f32;
+            }
+            return;
+        }
+        GgmlType::Q4_0 => (&b[2..18], -8, 0.0),
+        GgmlType::Q4_1 => (&b[4..20], 0, get_f16(&b[2..])),
+        GgmlType::Q5_0 => (&b[6..22], -16, 0.0),
+        GgmlType::Q5_1 => (&b[8..24], 0, get_f16(&b[2..])),
+        _ => unreachable!(),
+    };
+    for j in 0..16 {
+        q[j] = (qs[j] & 0x0f) as i32;
+        q[j + 16] = (qs[j] >> 4) as i32;
+    }
+    let qh = match ty {
+        GgmlType::Q5_0 => Some(u32::from_le_bytes([b[2], b[3], b[4], b[5]])),
+        GgmlType::Q5_1 => Some(u32::from_le_bytes([b[4], b[5], b[6], b[7]])),
+        _ => None,
+    };
+    if let Some(qh) = qh {
+        for (j, v) in q.iter_mut().enumerate() {
+            *v |= (((qh >> j) & 1) << 4) as i32;
+        }
+    }
+    if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
+        for (o, &v) in out.iter_mut().zip(&q) {
+            *o = d * v as f32 + m;
+        }
+    } else {
+        // no `+ 0.0`: ggml keeps the sign of a zero product
+        for (o, &v) in out.iter_mut().zip(&q) {
+            *o = d * (v + offset) as f32;
+        }
+    }
+}
+
+/// Scalar reference decoder of one block: element by element straight from the layout.
+fn dequantize_ref(ty: GgmlType, b: &[u8], x: &mut [f32]) {
+    for (j, out) in x.iter_mut().enumerate() {
+        // nibble j of a 32-value block: low nibble of byte j for j < 16, else high nibble of j-16
+        let nib = |qs: &[u8]| -> u32 {
+            if j < 16 {
+                (qs[j] & 0x0f) as u32
+            } else {
+                (qs[j - 16] >> 4) as u32
+            }
+        };
+        *out = match ty {
+            GgmlType::Q8_0 => get_f16(b) * (b[2 + j] as i8) as f32,
+            GgmlType::Q4_0 => get_f16(b) * (nib(&b[2..]) as i32 - 8) as f32,
+            GgmlType::Q4_1 => get_f16(b) * nib(&b[4..]) as f32 + get_f16(&b[2..]),
+            GgmlType::Q5_0 => {
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                let q = nib(&b[6..]) | (((qh >> j) & 1) << 4);
+                get_f16(b) * (q as i32 - 16) as f32
+            }
+            GgmlType::Q5_1 => {
+                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                let q = nib(&b[8..]) | (((qh >> j) & 1) << 4);
+                get_f16(b) * q as f32 + get_f16(&b[2..])
+            }
+            _ => unreachable!("not a legacy type: {ty}"),
+        };
+    }
+}
+
+/// Q4_0 / Q5_0 with importance weights: `make_qx_quants` on each 32-value block; `sigma2`
+/// is the mean square of the whole row.
+fn quantize_q4_0_or_q5_0_imatrix(five: bool, x: &[f32], qw: &[f32], sigma2: f32, y: &mut [u8]) {
+    let mut w = [0f32; 32];
+    for j in 0..32 {
+        w[j] = qw[j] * (sigma2 + x[j] * x[j]).sqrt();
+    }
+    let mut l = [0i8; 32];
+    let d = make_qx_quants(x, if five { 16 } else { 8 }, &mut l, Some(&w));
+    y[0..2].copy_from_slice(&f16_bits(d));
+    if five {
+        let mut qh = 0u32;
+        for j in 0..16 {
+            let (a, b) = (l[j] as u8, l[j + 16] as u8);
+            y[6 + j] = (a & 0x0f) | ((b & 0x0f) << 4);
+            qh |= ((a as u32 & 0x10) >> 4) << j;
+            qh |= ((b as u32 & 0x10) >> 4) << (j + 16);
+        }
+        y[2..6].copy_from_slice(&qh.to_le_bytes());
+    } else {
+        for j in 0..16 {
+            y[2 + j] = (l[j] as u8) | ((l[j + 16] as u8) << 4);
+        }
+    }
+}
+
+/// Q4_1 / Q5_1 with importance weights: `make_qkx3_quants` on each 32-value block.
+fn quantize_q4_1_or_q5_1_imatrix(five: bool, x: &[f32], qw: &[f32], sigma2: f32, y: &mut [u8]) {
+    let mut w = [0f32; 32];
+    for j in 0..32 {
+        w[j] = qw[j] * (sigma2 + x[j] * x[j]).sqrt();
+    }
+    let (mut l, mut laux) = ([0u8; 32], [0u8; 32]);
+    let (d, min) = make_qkx2_quants(
+        x,
+        &w,
+        if five { 31 } else { 15 },
+        &mut l,
+        &mut laux,
+        -0.9,
+        0.05,
+        36,
+        false,
+    );
+    y[0..2].copy_from_slice(&f16_bits(d));
+    y[2..4].copy_from_slice(&f16_bits(-min));
+    if five {
+        let mut qh = 0u32;
+        for j in 0..16 {
+            let (a, b) = (l[j], l[j + 16]);
+            y[8 + j] = (a & 0x0f) | ((b & 0x0f) << 4);
+            qh |= ((a as u32 & 0x10) >> 4) << j;
+            qh |= ((b as u32 & 0x10) >> 4) << (j + 16);
+        }
+        y[4..8].copy_from_slice(&qh.to_le_bytes());
+    } else {
+        for j in 0..16 {
+            y[4 + j] = l[j] | (l[j + 16] << 4);
+        }
+    }
+}
+/// Mean square of a row, ggml's `sigma2` for the legacy types' imatrix path.
+pub(super) fn row_sigma2(x: &[f32]) -> f32 {
+    sigma2_of(x, false)
+}
+
+/// The grid of a legacy type that GPTQ chooses codes on: per 32-value block a scale `d` (and for
+/// Q4_1 a minimum `m`), fitted as ggml fits them and rounded to f16.
+pub struct Grid32 {
+    ty: GgmlType,
+}
+static GRID_Q4_0: Grid32 = Grid32 { ty: GgmlType::Q4_0 };
+static GRID_Q4_1: Grid32 = Grid32 { ty: GgmlType::Q4_1 };
+static GRID_Q8_0: Grid32 = Grid32 { ty: GgmlType::Q8_0 };
+
+fn f16_round(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+impl CodeGrid for Grid32 {
+    fn spec(&self) -> IntSpec {
+        IntSpec {
+            bits: if self.ty == GgmlType::Q8_0 { 8 } else { 4 },
+            symmetric: self.ty != GgmlType::Q4_1,
+        }
+    }
+    fn code_range(&self) -> (i32, i32) {
+        match self.ty {
+            GgmlType::Q8_0 => (-127, 127),
+            _ => (0, 15),
+        }
+    }
+    fn fit(&self, w: &[f32]) -> (QParams, f32) {
+        let p = |scale: f32, zero: i32| QParams { scale, zero };
+        match self.ty {
+            // d = (signed max-|x| value) / -8, codes 0..15, value (q - 8)·d
+            GgmlType::Q4_0 => {
+                let (mut amax, mut max) = (0f32, 0f32);
+                for &v in w {
+                    if amax < v.abs() {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                (p(f16_round(max / -8.0), 8), 0.0)
+            }
+            // d = (max - min) / 15, m = min, codes 0..15, value q·d + m
+            GgmlType::Q4_1 => {
+                let (mn, mx) = w
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                (p(f16_round((mx - mn) / 15.0), 0), f16_round(mn))
+            }
+            // d = max|x| / 127, codes -127..127, value q·d
+            _ => {
+                let amax = w.iter().fold(0f32, |a, &v| a.max(v.abs()));
+                (p(f16_round(amax / 127.0), 0), 0.0)
+            }
+        }
+    }
+    fn pack_row(&self, codes: &[i8], d: &[f32], m: &[f32], out: &mut [u8]) {
+        pack_codes_row(self.ty, codes, d, m, out)
+    }
+}
+
+/// Packs one row of chosen codes into Q4_0, Q4_1 or Q8_0 blocks (GPTQ on a ggml grid): per
+/// 32-column block, its scale `d` and (Q4_1) minimum `m`, already f16-representable, and 32
+/// codes (0..15 for the 4-bit types, -127..127 for Q8_0). Decodes to `(q - 8)·d`, `q·d + m`
+/// and `q·d` as ggml's dequantizers do.
+fn pack_codes_row(ty: GgmlType, codes: &[i8], d: &[f32], m: &[f32], out: &mut [u8]) {
+    let (bs, bytes) = ty.block();
+    assert!(
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0),
+        "{ty}"
+    );
+    assert_eq!(codes.len() % bs, 0);
+    for (b, (q, y)) in codes
+        .chunks_exact(bs)
+        .zip(out.chunks_exact_mut(bytes))
+        .enumerate()
+    {
+        put_f16(y, d[b]);
+        let nib = |y: &mut [u8]| {
+            for j in 0..16 {
+                y[j] = (q[j] as u8 & 0x0f) | ((q[j + 16] as u8 & 0x0f) << 4);
+            }
+        };
+        match ty {
+            GgmlType::Q4_0 => nib(&mut y[2..]),
+            GgmlType::Q4_1 => {
+                put_f16(&mut y[2..], m[b]);
+                nib(&mut y[4..]);
+            }
+            _ => {
+                for j in 0..32 {
+                    y[2 + j] = q[j] as u8;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    use super::*;
+
+    #[test]
+    fn roundf_small_equals_roundf() {
+        let mut rng = crate::synth::Rng::new(1);
+        let mut xs: Vec<f32> = (0..200_000)
+            .map(|_| (rng.uniform() as f32 - 0.5) * 260.0)
+            .collect();
+        for k in -130..130 {
+            let h = k as f32 + 0.5;
+            xs.extend([
+                h,
+                f32::from_bits(h.to_bits() - 1),
+                f32::from_bits(h.to_bits() + 1),
+                k as f32,
+                -0.0,
+            ]);
+        }
+        for x in xs {
+            assert_eq!(roundf_small(x), x.round() as i32, "{x:e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod pack_codes_tests {
+    use super::*;
+    use crate::ggml::dequantize_row;
+
+    /// Packed codes decode, through ggml's dequantizer, to the values the codes stand for.
+    #[test]
+    fn packed_codes_decode_to_their_values() {
+        let mut rng = crate::synth::Rng::new(7);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let (lo, hi, zero) = match ty {
+                GgmlType::Q8_0 => (-127i32, 127i32, 0i32),
+                GgmlType::Q4_0 => (0, 15, 8),
+                _ => (0, 15, 0),
+            };
+            let codes: Vec<i8> = (0..64)
+                .map(|_| (lo + (rng.next_u64() % (hi - lo + 1) as u64) as i32) as i8)
+                .collect();
+            let d: Vec<f32> = (0..2)
+                .map(|_| f16_round_for_test(0.01 + rng.normal().abs() as f32 * 0.01))
+                .collect();
+            let m: Vec<f32> = (0..2)
+                .map(|_| f16_round_for_test(-(rng.normal().abs() as f32) * 0.1))
+                .collect();
+            let mut bytes = vec![0u8; ty.row_bytes(64)];
+            pack_codes_row(ty, &codes, &d, &m, &mut bytes);
+            let mut y = vec![0f32; 64];
+            dequantize_row(ty, &bytes, &mut y);
+            for (i, (&q, &v)) in codes.iter().zip(&y).enumerate() {
+                let b = i / 32;
+                let off = if ty == GgmlType::Q4_1 { m[b] } else { 0.0 };
+                assert_eq!(v, (q as i32 - zero) as f32 * d[b] + off, "{ty} element {i}");
+            }
+        }
+    }
+
+    fn f16_round_for_test(x: f32) -> f32 {
+        half::f16::from_f32(x).to_f32()
+    }
+}

@@ -5,13 +5,13 @@ pub mod dtype;
 pub mod fp8;
 pub mod ggml;
 pub mod gptq;
+pub mod layout;
 pub mod metrics;
 pub mod pack;
 pub mod rtn;
-pub mod scheme;
 pub mod synth;
 
 pub use dtype::DType;
 pub use ggml::GgmlType;
+pub use layout::{Granularity, Layout, Scheme, SchemeError, Slot, SlotType, TensorStats};
 pub use metrics::{ErrorStats, ErrorSummary, NarrowingAudit};
-pub use scheme::{Granularity, Scheme, SchemeError, Slot, SlotType, TensorStats};

@@ -14,8 +14,9 @@ use qs_formats::calib::{self, CalibConfig};
 use qs_formats::source::ModelSource;
 use qs_model::{layer_forward, linear, Captured, Model};
 use qs_numeric::gptq::{gptq, GptqConfig, GptqOutput, Grid, Hessian};
-use qs_numeric::rtn::{self, IntSpec};
-use qs_numeric::{Granularity, Scheme};
+use qs_numeric::layout::CodeGrid;
+use qs_numeric::rtn;
+use qs_numeric::Scheme;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -140,36 +141,42 @@ pub fn gptq_model(
     let int_scheme: HashMap<&str, GptqConfig> = plan
         .tensors
         .iter()
-        .filter_map(|t| match t.action {
-            Action::Encode(Scheme::Gptq { bits, group }) => Some((
-                src.tensors[t.source].info.name.as_str(),
-                GptqConfig {
-                    spec: IntSpec {
-                        bits,
-                        symmetric: true,
-                    },
-                    group: Some(group),
+        .filter_map(|t| {
+            let Action::Encode(scheme) = &t.action else {
+                return None;
+            };
+            let name = src.tensors[t.source].info.name.as_str();
+            let gc = match scheme.code_grid(&t.shape)? {
+                CodeGrid::Int {
+                    spec,
+                    group,
+                    scale_dtype,
+                    stores_g_idx,
+                } => GptqConfig {
+                    spec,
+                    group,
                     block: 128,
                     percdamp: cfg.damp,
                     act_order: cfg.act_order,
-                    // `--act-order group`: groups follow the activation order (g_idx stored)
-                    static_groups: !cfg.act_order_group,
-                    scale_dtype: qs_numeric::DType::F16,
+                    // act-order: static groups (the identity grouping, which every loader
+                    // reads without a g_idx) unless the layout stores a g_idx and
+                    // `--act-order group` asks for groups in activation order
+                    static_groups: if stores_g_idx {
+                        !cfg.act_order_group
+                    } else {
+                        cfg.act_order
+                    },
+                    scale_dtype,
                     grid: Grid::Int,
                     mse_clip: cfg.mse_clip,
                 },
-            )),
-            Action::Encode(Scheme::Ggml(ty)) => {
-                // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer
-                let n = &src.tensors[t.source].info.name;
-                if !(n.starts_with("model.layers.") && n.ends_with("_proj.weight")) {
-                    return None;
-                }
-                let code_grid = ty.grid()?;
-                Some((
-                    src.tensors[t.source].info.name.as_str(),
+                CodeGrid::Ggml(ty) => {
+                    // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer
+                    if !(name.starts_with("model.layers.") && name.ends_with("_proj.weight")) {
+                        return None;
+                    }
                     GptqConfig {
-                        spec: code_grid.spec(),
+                        spec: ty.grid()?.spec(),
                         group: Some(ty.block().0),
                         block: 128,
                         percdamp: cfg.damp,
@@ -178,50 +185,20 @@ pub fn gptq_model(
                         scale_dtype: qs_numeric::DType::F16,
                         grid: Grid::Ggml(ty),
                         mse_clip: false,
-                    },
-                ))
-            }
-            Action::Encode(Scheme::Int {
-                spec,
-                granularity,
-                scale_dtype,
-                g_idx,
-            }) => {
-                let group = match granularity {
-                    Granularity::Group(n) => Some(n),
-                    Granularity::Channel => None,
-                    _ => return None,
-                };
-                // act-order: static groups (the identity grouping, which every loader reads
-                // without a g_idx tensor) unless the scheme stores a g_idx
-                Some((
-                    src.tensors[t.source].info.name.as_str(),
-                    GptqConfig {
-                        spec,
-                        group,
-                        block: 128,
-                        percdamp: cfg.damp,
-                        act_order: cfg.act_order,
-                        static_groups: cfg.act_order && !g_idx,
-                        scale_dtype,
-                        grid: Grid::Int,
-                        mse_clip: cfg.mse_clip,
-                    },
-                ))
-            }
-            _ => None,
+                    }
+                }
+            };
+            Some((name, gc))
         })
         .collect();
     for t in &plan.tensors {
-        if let Action::Encode(Scheme::Int {
-            granularity: Granularity::Tensor,
-            ..
-        }) = t.action
-        {
-            return Err(Error::Config(format!(
-                "tensor '{}': GPTQ needs channel or group scales, not per-tensor",
-                t.name
-            )));
+        if let Action::Encode(s) = &t.action {
+            if s.code_grid(&t.shape).is_none() && matches!(s, Scheme::Int(_)) {
+                return Err(Error::Config(format!(
+                    "tensor '{}': GPTQ needs channel or group scales, not per-tensor",
+                    t.name
+                )));
+            }
         }
     }
     let mut done = HashMap::new();

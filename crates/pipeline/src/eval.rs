@@ -20,7 +20,7 @@ use faer::Mat;
 use qs_formats::gguf::{GgufFile, Value};
 use qs_formats::source::ModelSource;
 use qs_model::{Model, ModelError, Weights};
-use qs_numeric::scheme::rows_cols;
+use qs_numeric::layout::rows_cols;
 use qs_numeric::Scheme;
 use serde_json::Value as Json;
 use std::collections::BTreeMap;

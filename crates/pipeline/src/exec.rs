@@ -15,8 +15,9 @@ use qs_formats::output::{check_target, AtomicDir, AtomicFile};
 use qs_formats::safetensors::{plan_layout, StEntry};
 use qs_formats::source::{ModelSource, SourceTensor};
 use qs_numeric::dtype::{decode_f32, round_to};
+use qs_numeric::layout::FloatLayout;
+use qs_numeric::layout::{float_max, float_min_normal, rows_cols};
 use qs_numeric::metrics::audit_narrowing;
-use qs_numeric::scheme::{float_max, float_min_normal, rows_cols};
 use qs_numeric::{DType, ErrorStats, NarrowingAudit, Scheme, SlotType, TensorStats};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -146,17 +147,9 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     let (calibrated, calib_summary) = match cfg.method {
         crate::config::Method::Rtn => (HashMap::new(), None),
         crate::config::Method::Gptq => {
-            let on_grid = |t: &TensorPlan| {
-                matches!(
-                    t.action,
-                    Action::Encode(Scheme::Int { .. })
-                        | Action::Encode(Scheme::Gptq { .. })
-                        | Action::Encode(Scheme::Ggml(
-                            qs_numeric::GgmlType::Q4_0
-                                | qs_numeric::GgmlType::Q4_1
-                                | qs_numeric::GgmlType::Q8_0
-                        ))
-                )
+            let on_grid = |t: &TensorPlan| match &t.action {
+                Action::Encode(s) => s.code_grid(&t.shape).is_some(),
+                Action::Copy => false,
             };
             if !plan.tensors.iter().any(on_grid) {
                 return Err(Error::Config(format!(
@@ -556,9 +549,9 @@ fn run_chunk<'a>(
             return Ok(res);
         }
         Action::Encode(scheme) => {
-            let quantizing = !matches!(scheme, Scheme::Float { .. });
+            let quantizing = !matches!(scheme, Scheme::Float(FloatLayout { .. }));
             let x = decode_rows(src, tp, r0, r1, cfg.allow_nonfinite && !quantizing)?;
-            if let Scheme::Float { dtype, clamp } = *scheme {
+            if let Scheme::Float(FloatLayout { dtype, clamp }) = *scheme {
                 if narrows(tp.dtype, dtype) {
                     let rounded: Vec<f32> = x.iter().map(|&v| round_to(dtype, v)).collect();
                     res.audit =
@@ -578,50 +571,40 @@ fn run_chunk<'a>(
                     }
                 }
             }
-            let enc = match (gptq, scheme) {
-                (Some(c), Scheme::Ggml(ty)) => {
-                    // GPTQ's codes and block parameters, rows in output order (q/k permuted)
+            // what the decoded bytes must equal, where the encoder's intent is known exactly
+            let mut intended: Option<Vec<f32>> = None;
+            let enc = match gptq {
+                Some(c) => {
+                    // the codes and parameters the method chose for these rows, in output
+                    // row order (llama's q/k rows are permuted in a GGUF)
                     let (rows, _) = rows_cols(&tp.shape);
-                    let groups = cols / 32;
-                    let rb = ty.row_bytes(cols);
-                    let mut bytes = vec![0u8; (r1 - r0) * rb];
-                    for (k, out) in bytes.chunks_exact_mut(rb).enumerate() {
-                        let r = r0 + k;
-                        let s = tp
-                            .permute
-                            .map_or(r, |h| crate::arch::permuted_source_row(r, rows, h));
-                        let d: Vec<f32> = c.out.params[s * groups..(s + 1) * groups]
-                            .iter()
-                            .map(|p| p.scale)
-                            .collect();
-                        qs_numeric::ggml::pack_codes_row(
-                            *ty,
-                            &c.out.codes[s * cols..(s + 1) * cols],
-                            &d,
-                            &c.out.offsets[s * groups..(s + 1) * groups],
-                            out,
-                        );
-                    }
-                    qs_numeric::scheme::Encoded {
-                        pieces: vec![qs_numeric::scheme::Piece {
-                            slot: 0,
-                            offset: scheme.slot_range(0, &tp.shape, r0, r1).start,
-                            bytes,
-                        }],
-                    }
+                    let groups = c.out.params.len() / rows.max(1);
+                    let src_rows: Vec<usize> = (r0..r1)
+                        .map(|r| {
+                            tp.permute
+                                .map_or(r, |h| crate::arch::permuted_source_row(r, rows, h))
+                        })
+                        .collect();
+                    let (codes, params, offsets) = (
+                        gather_rows(&c.out.codes, &src_rows, cols),
+                        gather_rows(&c.out.params, &src_rows, groups),
+                        gather_rows(&c.out.offsets, &src_rows, groups),
+                    );
+                    intended = Some(code_values(&codes, &params, &offsets, &c.out.g_idx, cols));
+                    scheme
+                        .encode_codes(
+                            &tp.shape,
+                            r0,
+                            qs_numeric::layout::Codes {
+                                codes: &codes,
+                                params: &params,
+                                offsets: &offsets,
+                                g_idx: &c.out.g_idx,
+                            },
+                        )
+                        .map_err(|e| tensor_err(src, tp, e.to_string()))?
                 }
-                (Some(c), _) => {
-                    // codes and parameters chosen by GPTQ for these rows
-                    let groups = c.out.params.len() / rows_cols(&tp.shape).0.max(1);
-                    scheme.encode_int_codes_gidx(
-                        &tp.shape,
-                        r0,
-                        &c.out.codes[r0 * cols..r1 * cols],
-                        &c.out.params[r0 * groups..r1 * groups],
-                        Some(&c.out.g_idx),
-                    )
-                }
-                (None, _) => scheme.encode_weighted(
+                None => scheme.encode_weighted(
                     &tp.shape,
                     r0,
                     &x,
@@ -629,10 +612,25 @@ fn run_chunk<'a>(
                     tp.imatrix.as_ref().map(|v| v.as_slice()),
                 ),
             };
-            // Validate what is written: decode the very bytes and compare.
+            // Validate what is written: decode the very bytes and compare with what was meant.
             let parts: Vec<&[u8]> = enc.pieces.iter().map(|p| p.bytes.as_slice()).collect();
             let mut y = vec![0f32; x.len()];
             scheme.decode(&tp.shape, r0, r1, &parts, &mut y);
+            if let Scheme::Float(FloatLayout { dtype, clamp }) = *scheme {
+                let max = float_max(dtype);
+                intended = Some(
+                    x.iter()
+                        .map(|&v| round_to(dtype, if clamp { v.clamp(-max, max) } else { v }))
+                        .collect(),
+                );
+            }
+            check_written(intended.as_deref(), &x, &y, cols).map_err(|m| {
+                tensor_err(
+                    src,
+                    tp,
+                    format!("rows {r0}..{r1}: the written bytes do not decode as intended: {m}"),
+                )
+            })?;
             for p in enc.pieces {
                 send(
                     tx,
@@ -662,6 +660,73 @@ fn run_chunk<'a>(
     Ok(res)
 }
 
+/// The values codes stand for: `(q − zero)·scale + offset`, each column in its group.
+fn code_values(
+    codes: &[i8],
+    params: &[qs_numeric::rtn::QParams],
+    offsets: &[f32],
+    g_idx: &[u32],
+    cols: usize,
+) -> Vec<f32> {
+    let groups = params.len() / (codes.len() / cols.max(1)).max(1);
+    codes
+        .iter()
+        .enumerate()
+        .map(|(i, &q)| {
+            let k = (i / cols) * groups + g_idx[i % cols] as usize;
+            (q as i32 - params[k].zero) as f32 * params[k].scale + offsets[k]
+        })
+        .collect()
+}
+
+/// The writer's check of what it wrote: decoded values `y` equal `intended` exactly (float
+/// conversions, codes chosen by a calibration method); else (round to nearest in a quantized
+/// layout, whose decoder defines its values) every value of a finite input decodes to a finite
+/// value no further from it than the largest magnitude of its row (twice the row's range: a
+/// misplaced or garbled block cannot pass).
+fn check_written(
+    intended: Option<&[f32]>,
+    x: &[f32],
+    y: &[f32],
+    cols: usize,
+) -> std::result::Result<(), String> {
+    let same = |a: f32, b: f32| a == b || (a.is_nan() && b.is_nan());
+    if let Some(want) = intended {
+        return match want.iter().zip(y).position(|(&a, &b)| !same(a, b)) {
+            None => Ok(()),
+            Some(i) => Err(format!(
+                "value {} of row {} decodes to {} instead of {}",
+                i % cols.max(1),
+                i / cols.max(1),
+                y[i],
+                want[i]
+            )),
+        };
+    }
+    for (r, (xr, yr)) in x.chunks(cols.max(1)).zip(y.chunks(cols.max(1))).enumerate() {
+        let amax = xr.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let tol = amax + amax * 1e-3 + f32::MIN_POSITIVE;
+        if let Some(c) = xr
+            .iter()
+            .zip(yr)
+            .position(|(&a, &b)| a.is_finite() && (!b.is_finite() || (a - b).abs() > tol))
+        {
+            return Err(format!(
+                "value {c} of row {r} decodes to {} from {} (row max |x| {amax})",
+                yr[c], xr[c]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Rows `rows` (each `per` values) of a row-major matrix, in that order.
+fn gather_rows<T: Copy>(v: &[T], rows: &[usize], per: usize) -> Vec<T> {
+    rows.iter()
+        .flat_map(|&s| v[s * per..(s + 1) * per].iter().copied())
+        .collect()
+}
+
 fn narrows(from: DType, to: DType) -> bool {
     match to {
         DType::F16 => from != DType::F16,
@@ -675,7 +740,9 @@ fn row(tp: &TensorPlan, r: &ChunkResult, gptq: Option<&crate::calibrate::Calibra
     let out = tp.bytes_out() as u64;
     let changed = matches!(tp.action, Action::Encode(_));
     let audit = match tp.action {
-        Action::Encode(Scheme::Float { dtype, .. }) if narrows(tp.dtype, dtype) => Some(r.audit),
+        Action::Encode(Scheme::Float(FloatLayout { dtype, .. })) if narrows(tp.dtype, dtype) => {
+            Some(r.audit)
+        }
         _ => None,
     };
     ReportRow {
@@ -695,5 +762,29 @@ fn row(tp: &TensorPlan, r: &ChunkResult, gptq: Option<&crate::calibrate::Calibra
         note: tp.note.clone(),
         layer_output_error: gptq.map(|c| c.error),
         stats: r.stats,
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    #[test]
+    fn the_writers_check_fails_on_what_was_not_meant() {
+        let x = [0.5f32, -1.0, 0.25, 0.0];
+        // exact: one value off, or a NaN where a number was meant
+        assert!(check_written(Some(&x), &x, &x, 2).is_ok());
+        let mut y = x;
+        y[2] = 0.2500001;
+        assert!(check_written(Some(&x), &x, &y, 2)
+            .unwrap_err()
+            .contains("value 0 of row 1"));
+        // bounded: a value beyond its row's range, or non-finite
+        let ok = [0.4f32, -0.9, 0.2, 0.0];
+        assert!(check_written(None, &x, &ok, 2).is_ok());
+        assert!(check_written(None, &x, &[0.4, -0.9, 0.6, 0.0], 2).is_err());
+        assert!(check_written(None, &x, &[f32::NAN, -0.9, 0.2, 0.0], 2).is_err());
+        // an all-zero row must decode to zeros
+        assert!(check_written(None, &[0.0, 0.0], &[0.0, 1e-3], 2).is_err());
     }
 }

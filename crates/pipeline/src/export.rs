@@ -11,7 +11,7 @@ use crate::Progress;
 use qs_formats::gguf::{GgufFile, GgufTensor, Value};
 use qs_formats::output::{AtomicDir, AtomicFile};
 use qs_formats::safetensors::{plan_layout, StEntry};
-use qs_numeric::scheme::rows_cols;
+use qs_numeric::layout::rows_cols;
 use qs_numeric::{DType, Scheme};
 use serde_json::{json, Map, Value as Json};
 use std::collections::BTreeMap;

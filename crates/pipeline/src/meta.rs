@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::plan::{is_embedding, Action, Plan};
 use qs_formats::gguf::Value;
 use qs_formats::source::ModelSource;
+use qs_numeric::layout::{AutoGptq, FloatQuantized, PackQuantized};
 use qs_numeric::{DType, Granularity, Scheme};
 use serde_json::{json, Map, Value as Json};
 use std::path::Path;
@@ -128,16 +129,18 @@ pub fn gguf_metadata(
 
 fn scheme_json(s: &Scheme, actorder: Option<&'static str>) -> Option<(Json, &'static str)> {
     let (kind, bits, symmetric, g, format) = match *s {
-        Scheme::Int {
+        Scheme::Int(PackQuantized {
             spec, granularity, ..
-        } => (
+        }) => (
             "int",
             spec.bits,
             spec.symmetric,
             granularity,
             "pack-quantized",
         ),
-        Scheme::Fp8 { granularity, .. } => ("float", 8, true, granularity, "float-quantized"),
+        Scheme::Fp8(FloatQuantized { granularity, .. }) => {
+            ("float", 8, true, granularity, "float-quantized")
+        }
         _ => return None,
     };
     let (group_size, block) = match g {
@@ -326,7 +329,7 @@ pub fn quantization_config(plan: &Plan) -> Option<Json> {
 /// its linears with [`Scheme::Gptq`], as GPTQModel writes it; `None` otherwise.
 pub fn gptq_config(plan: &Plan) -> Option<Json> {
     let (bits, group, cols) = plan.tensors.iter().find_map(|t| match t.action {
-        Action::Encode(Scheme::Gptq { bits, group }) => {
+        Action::Encode(Scheme::Gptq(AutoGptq { bits, group })) => {
             Some((bits, group, t.shape.last().copied().unwrap_or(0)))
         }
         _ => None,

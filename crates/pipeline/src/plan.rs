@@ -6,6 +6,7 @@ use crate::config::{OutputKind, QuantizeConfig, Target};
 use crate::error::{Error, Result};
 use crate::mixture::{self, Ftype};
 use qs_formats::source::ModelSource;
+use qs_numeric::layout::{AutoGptq, FloatLayout, FloatQuantized, GgmlBlocks, PackQuantized};
 use qs_numeric::rtn::IntSpec;
 use qs_numeric::{DType, GgmlType, Scheme, SchemeError, SlotType};
 use serde::Serialize;
@@ -67,15 +68,6 @@ impl TensorPlan {
             ),
             Action::Encode(s) => s.label(),
         }
-    }
-    pub fn is_quantized(&self) -> bool {
-        matches!(
-            self.action,
-            Action::Encode(Scheme::Int { .. } | Scheme::Fp8 { .. } | Scheme::Ggml(_))
-        ) && !matches!(
-            self.action,
-            Action::Encode(Scheme::Ggml(GgmlType::F32 | GgmlType::F16 | GgmlType::BF16))
-        )
     }
 }
 
@@ -463,7 +455,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                             Target::Float(DType::F16),
                         ),
                         ft => {
-                            let s = Scheme::Ggml(ft);
+                            let s = Scheme::Ggml(GgmlBlocks(ft));
                             check(&s, shape, &terr)?;
                             (Action::Encode(s), Target::Ggml(ft))
                         }
@@ -486,7 +478,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                         "--format gptq writes symmetric checkpoints (sym=true); use compressed-tensors for --asym".into(),
                     ));
                 }
-                let s = Scheme::Gptq { bits, group };
+                let s = Scheme::Gptq(AutoGptq { bits, group });
                 check(&s, shape, &terr)?;
                 (Action::Encode(s), target)
             }
@@ -497,7 +489,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             }
             (_, Target::Int(bits)) => {
                 let g = cfg.granularity_for(target).map_err(Error::Config)?;
-                let s = Scheme::Int {
+                let s = Scheme::Int(PackQuantized {
                     spec: IntSpec {
                         bits,
                         symmetric: !cfg.asymmetric,
@@ -507,17 +499,17 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                     // written without: compressed-tensors 0.20 removed dynamic act-order
                     // ("group", weight_g_idx); older checkpoints with one are still read
                     g_idx: false,
-                };
+                });
                 check(&s, shape, &terr)?;
                 (Action::Encode(s), target)
             }
             (_, Target::Fp8(format)) => {
                 let g = cfg.granularity_for(target).map_err(Error::Config)?;
-                let s = Scheme::Fp8 {
+                let s = Scheme::Fp8(FloatQuantized {
                     format,
                     granularity: g,
                     scale_dtype: scale_dtype(dtype),
-                };
+                });
                 check(&s, shape, &terr)?;
                 (Action::Encode(s), target)
             }
@@ -527,12 +519,12 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
         let action = match (st.ggml, action) {
             (None, a) => a,
             (Some(_), Action::Copy) if kind == OutputKind::Gguf => Action::Copy,
-            (Some(_), Action::Copy) => Action::Encode(Scheme::Float {
+            (Some(_), Action::Copy) => Action::Encode(Scheme::Float(FloatLayout {
                 dtype: DType::F32,
                 clamp: false,
-            }),
-            (Some(q), Action::Encode(Scheme::Ggml(t))) if t == q => Action::Copy,
-            (Some(_), a @ Action::Encode(Scheme::Float { .. })) => a,
+            })),
+            (Some(q), Action::Encode(Scheme::Ggml(GgmlBlocks(t)))) if t == q => Action::Copy,
+            (Some(_), a @ Action::Encode(Scheme::Float(FloatLayout { .. }))) => a,
             (Some(q), a) => {
                 if !cfg.allow_requantize {
                     return Err(terr(format!("is already {q}: re-quantizing it loses quality; pass --allow-requantize to do it anyway")));
@@ -542,10 +534,12 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
         };
         // a permuted tensor is re-encoded (exactly, in its own float type) rather than copied
         let action = match (action, permute) {
-            (Action::Copy, Some(_)) if dtype.is_float() => Action::Encode(Scheme::Float {
-                dtype: gguf_float(dtype),
-                clamp: false,
-            }),
+            (Action::Copy, Some(_)) if dtype.is_float() => {
+                Action::Encode(Scheme::Float(FloatLayout {
+                    dtype: gguf_float(dtype),
+                    clamp: false,
+                }))
+            }
             (a, _) => a,
         };
         let outputs = match &action {
@@ -664,7 +658,7 @@ fn float_action(src: DType, dst: DType, clamp: bool) -> Action {
     if src == dst {
         Action::Copy
     } else {
-        Action::Encode(Scheme::Float { dtype: dst, clamp })
+        Action::Encode(Scheme::Float(FloatLayout { dtype: dst, clamp }))
     }
 }
 

@@ -13,8 +13,9 @@ use crate::Progress;
 use qs_formats::gguf::{GgufFile, Value};
 use qs_formats::source::ModelSource;
 use qs_numeric::dtype::decode_f32;
+use qs_numeric::layout::rows_cols;
+use qs_numeric::layout::{AutoGptq, FloatLayout, FloatQuantized, PackQuantized};
 use qs_numeric::rtn::IntSpec;
-use qs_numeric::scheme::rows_cols;
 use qs_numeric::{DType, ErrorStats, Granularity, Scheme};
 use std::collections::HashMap;
 use std::path::Path;
@@ -334,7 +335,7 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
                 Granularity::Group(cols / ng)
             };
             let gi = get(&format!("{base}_g_idx"));
-            let scheme = Scheme::Int {
+            let scheme = Scheme::Int(PackQuantized {
                 spec: IntSpec {
                     bits,
                     symmetric: zp.is_none(),
@@ -342,7 +343,7 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
                 granularity,
                 scale_dtype: scale.info.dtype,
                 g_idx: gi.is_some(),
-            };
+            });
             scheme
                 .check(&[rows, cols])
                 .map_err(|e| bad(name, e.to_string()))?;
@@ -392,10 +393,10 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
                 ));
             }
             let bits = (32 * packed_rows / cols) as u32;
-            let scheme = Scheme::Gptq {
+            let scheme = Scheme::Gptq(AutoGptq {
                 bits,
                 group: cols / groups,
-            };
+            });
             scheme
                 .check(&[rows, cols])
                 .map_err(|e| bad(name, e.to_string()))?;
@@ -444,11 +445,11 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
                     ]);
                 Granularity::Block(block[0], block[1])
             };
-            let scheme = Scheme::Fp8 {
+            let scheme = Scheme::Fp8(FloatQuantized {
                 format: t.info.dtype,
                 granularity,
                 scale_dtype: scale.info.dtype,
-            };
+            });
             let slots = vec![s.bytes(t), s.bytes(scale)];
             let bytes = slots.iter().map(|x| x.len() as u64).sum();
             v.push(Logical {
@@ -477,10 +478,10 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
                     permute: None,
                     name: name.clone(),
                     shape: t.info.shape.clone(),
-                    scheme: Scheme::Float {
+                    scheme: Scheme::Float(FloatLayout {
                         dtype: t.info.dtype,
                         clamp: false,
-                    },
+                    }),
                     slots: vec![b],
                     bytes: b.len() as u64,
                 });

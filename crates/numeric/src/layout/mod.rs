@@ -1,0 +1,729 @@
+//! Stored layouts: how one tensor is stored, shared by the writer (encode), by `verify`, `eval`
+//! and `export` (decode) and by the checkpoint metadata.
+//!
+//! Each layout is one module implementing [`Layout`] — [`float`] (F32/F16/BF16),
+//! [`ggml_blocks`] (GGUF block types), [`pack_quantized`] (compressed-tensors integers),
+//! [`float_quantized`] (compressed-tensors FP8), [`autogptq`] (AutoGPTQ v1) — and is registered
+//! once in the `layouts!` list below, which makes it a variant of [`Scheme`].
+//!
+//! A tensor is processed in chunks of whole rows. [`Layout::slots`] lists the stored tensors a
+//! layout produces (e.g. `weight_packed`, `weight_scale`), and [`Layout::slot_range`] says which
+//! bytes of each slot a row range owns, so chunks can be encoded, written and decoded
+//! independently and in any order. Integer layouts also take codes chosen elsewhere (GPTQ, and
+//! later AWQ): [`Layout::code_grid`] says which grid the codes must lie on and
+//! [`Layout::encode_codes`] stores them. Everything here is pure.
+
+pub mod autogptq;
+pub mod float;
+pub mod float_quantized;
+pub mod ggml_blocks;
+pub mod pack_quantized;
+
+pub use autogptq::AutoGptq;
+pub use float::FloatLayout;
+pub use float_quantized::FloatQuantized;
+pub use ggml_blocks::GgmlBlocks;
+pub use pack_quantized::PackQuantized;
+
+use crate::dtype::{self, DType};
+use crate::ggml::GgmlType;
+use crate::rtn::{IntSpec, QParams};
+use std::ops::Range;
+
+/// How scale parameters are shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// One scale for the whole tensor.
+    Tensor,
+    /// One scale per output row.
+    Channel,
+    /// One scale per `n` consecutive columns of a row.
+    Group(usize),
+    /// One scale per `rows × cols` tile.
+    Block(usize, usize),
+}
+
+impl Granularity {
+    /// The name compressed-tensors uses for the strategy.
+    pub fn strategy(self) -> &'static str {
+        match self {
+            Granularity::Tensor => "tensor",
+            Granularity::Channel => "channel",
+            Granularity::Group(_) => "group",
+            Granularity::Block(..) => "block",
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Granularity::Tensor => "tensor".into(),
+            Granularity::Channel => "channel".into(),
+            Granularity::Group(n) => format!("g{n}"),
+            Granularity::Block(r, c) => format!("block{r}x{c}"),
+        }
+    }
+}
+
+/// Element type of a stored slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotType {
+    Dtype(DType),
+    Ggml(GgmlType),
+}
+
+/// A stored tensor produced by a layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Appended to the module prefix; empty means "the tensor's own name"; a suffix starting
+    /// with '.' replaces the last name component (`q_proj.qweight` for `q_proj.weight`).
+    pub suffix: &'static str,
+    pub ty: SlotType,
+    /// Numpy-order shape.
+    pub shape: Vec<usize>,
+    pub nbytes: usize,
+}
+
+/// Per-tensor statistics some layouts need before any chunk is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TensorStats {
+    pub min: f32,
+    pub max: f32,
+}
+
+/// Bytes for one slot, at `offset` inside that slot's data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piece {
+    pub slot: usize,
+    pub offset: usize,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub pieces: Vec<Piece>,
+}
+
+/// Why a layout cannot store a tensor of a given shape (or given codes).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SchemeError {
+    #[error("row length {cols} is not a multiple of {what} {n}")]
+    NotMultiple {
+        cols: usize,
+        what: &'static str,
+        n: usize,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// The grid a calibration method must choose codes on for a layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeGrid {
+    /// compressed-tensors integer codes: `spec`, one parameter set per `group` columns of a
+    /// row (`None`: per row), scales stored as `scale_dtype`; `stores_g_idx`: each column's
+    /// group is stored, so groups may follow any column order.
+    Int {
+        spec: IntSpec,
+        group: Option<usize>,
+        scale_dtype: DType,
+        stores_g_idx: bool,
+    },
+    /// A ggml block type's grid ([`crate::ggml::CodeGrid`]).
+    Ggml(GgmlType),
+}
+
+/// Codes chosen by a method for rows `r0..r0 + n` of a weight, in output row order:
+/// `codes` `n × cols`, `params` and `offsets` `n × groups` (value = (q − zero)·scale + offset),
+/// `g_idx` each column's group.
+#[derive(Debug, Clone, Copy)]
+pub struct Codes<'a> {
+    pub codes: &'a [i8],
+    pub params: &'a [QParams],
+    pub offsets: &'a [f32],
+    pub g_idx: &'a [u32],
+}
+
+/// One stored layout. `shape` is the logical tensor's numpy-order shape; rows are along the
+/// last axis.
+pub trait Layout: std::fmt::Debug + Sync {
+    /// Short human name, e.g. `int4-sym-g128`, `Q4_0`, `fp8-e4m3-channel`, `F16`.
+    fn label(&self) -> String;
+    /// Rows a chunk must be a multiple of (except the last chunk).
+    fn row_align(&self) -> usize {
+        1
+    }
+    /// True when encoding needs [`TensorStats`] of the whole tensor first.
+    fn needs_tensor_stats(&self) -> bool {
+        false
+    }
+    /// Checks the layout can store a tensor of `shape`.
+    fn check(&self, shape: &[usize]) -> Result<(), SchemeError>;
+    /// The stored tensors this layout produces for a tensor of `shape`.
+    fn slots(&self, shape: &[usize]) -> Vec<Slot>;
+    /// Byte range of slot `slot` owned by rows `r0..r1`. Slots that are not per-row
+    /// (per-tensor scale, shape) are whole in every chunk: each chunk re-emits the same bytes,
+    /// so any chunk decodes on its own.
+    fn slot_range(&self, slot: usize, shape: &[usize], r0: usize, r1: usize) -> Range<usize>;
+    /// Encodes rows `r0..r0 + x.len()/cols` given as f32 (round to nearest, or the type's own
+    /// quantizer); `stats` when [`Self::needs_tensor_stats`]; `importance` one weight per
+    /// column (ggml types with an importance matrix).
+    fn encode(
+        &self,
+        shape: &[usize],
+        r0: usize,
+        x: &[f32],
+        stats: TensorStats,
+        importance: Option<&[f32]>,
+    ) -> Encoded;
+    /// The grid a calibration method must choose codes on; `None`: the layout takes no codes.
+    fn code_grid(&self, shape: &[usize]) -> Option<CodeGrid> {
+        let _ = shape;
+        None
+    }
+    /// Stores codes chosen by a method on [`Self::code_grid`] for rows `r0..`.
+    fn encode_codes(
+        &self,
+        shape: &[usize],
+        r0: usize,
+        codes: Codes<'_>,
+    ) -> Result<Encoded, SchemeError> {
+        let _ = (shape, r0, codes);
+        Err(SchemeError::Unsupported(format!(
+            "{} does not take codes from a calibration method",
+            self.label()
+        )))
+    }
+    /// Decodes rows `r0..r1` from the slot bytes given by [`Self::slot_range`] for the same
+    /// rows (`parts[i]` is slot i's range).
+    fn decode(&self, shape: &[usize], r0: usize, r1: usize, parts: &[&[u8]], out: &mut [f32]);
+}
+
+/// The registry: one line per layout makes it a [`Scheme`] variant.
+macro_rules! layouts {
+    ($($variant:ident($ty:ty),)*) => {
+        /// How one tensor is stored: one of the registered layouts.
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        pub enum Scheme {
+            $($variant($ty),)*
+        }
+
+        impl Scheme {
+            /// The layout behind the scheme.
+            pub fn layout(&self) -> &dyn Layout {
+                match self {
+                    $(Scheme::$variant(l) => l,)*
+                }
+            }
+        }
+    };
+}
+
+layouts! {
+    Float(float::FloatLayout),
+    Ggml(ggml_blocks::GgmlBlocks),
+    Int(pack_quantized::PackQuantized),
+    Fp8(float_quantized::FloatQuantized),
+    Gptq(autogptq::AutoGptq),
+}
+
+impl Scheme {
+    /// Plain float storage.
+    pub fn float(dtype: DType) -> Scheme {
+        Scheme::Float(float::FloatLayout {
+            dtype,
+            clamp: false,
+        })
+    }
+
+    /// How a stored ggml tensor decodes: plain floats, or ggml blocks. `None` for types we
+    /// cannot decode.
+    pub fn for_ggml(ty: GgmlType) -> Option<Scheme> {
+        match ty {
+            GgmlType::F32 => Some(Scheme::float(DType::F32)),
+            GgmlType::F16 => Some(Scheme::float(DType::F16)),
+            GgmlType::BF16 => Some(Scheme::float(DType::BF16)),
+            t if t.can_quantize() => Some(Scheme::Ggml(ggml_blocks::GgmlBlocks(t))),
+            _ => None,
+        }
+    }
+
+    pub fn label(&self) -> String {
+        self.layout().label()
+    }
+    pub fn row_align(&self) -> usize {
+        self.layout().row_align()
+    }
+    pub fn needs_tensor_stats(&self) -> bool {
+        self.layout().needs_tensor_stats()
+    }
+    pub fn check(&self, shape: &[usize]) -> Result<(), SchemeError> {
+        self.layout().check(shape)
+    }
+    pub fn slots(&self, shape: &[usize]) -> Vec<Slot> {
+        self.layout().slots(shape)
+    }
+    pub fn slot_range(&self, slot: usize, shape: &[usize], r0: usize, r1: usize) -> Range<usize> {
+        self.layout().slot_range(slot, shape, r0, r1)
+    }
+    /// [`Layout::encode`] without importance weights.
+    pub fn encode(&self, shape: &[usize], r0: usize, x: &[f32], stats: TensorStats) -> Encoded {
+        self.layout().encode(shape, r0, x, stats, None)
+    }
+    pub fn encode_weighted(
+        &self,
+        shape: &[usize],
+        r0: usize,
+        x: &[f32],
+        stats: TensorStats,
+        importance: Option<&[f32]>,
+    ) -> Encoded {
+        self.layout().encode(shape, r0, x, stats, importance)
+    }
+    pub fn code_grid(&self, shape: &[usize]) -> Option<CodeGrid> {
+        self.layout().code_grid(shape)
+    }
+    pub fn encode_codes(
+        &self,
+        shape: &[usize],
+        r0: usize,
+        codes: Codes<'_>,
+    ) -> Result<Encoded, SchemeError> {
+        self.layout().encode_codes(shape, r0, codes)
+    }
+    pub fn decode(&self, shape: &[usize], r0: usize, r1: usize, parts: &[&[u8]], out: &mut [f32]) {
+        self.layout().decode(shape, r0, r1, parts, out)
+    }
+
+    /// Stored bits per original value (all slots counted).
+    pub fn bits_per_weight(&self, shape: &[usize]) -> f64 {
+        let n: usize = shape.iter().product();
+        let bytes: usize = self.slots(shape).iter().map(|s| s.nbytes).sum();
+        if n == 0 {
+            0.0
+        } else {
+            bytes as f64 * 8.0 / n as f64
+        }
+    }
+}
+
+/// The bytes of slot `slot` for rows `r0..r1`, placed where [`Layout::slot_range`] says.
+fn placed(
+    l: &dyn Layout,
+    slot: usize,
+    shape: &[usize],
+    r0: usize,
+    r1: usize,
+    bytes: Vec<u8>,
+) -> Piece {
+    let range = l.slot_range(slot, shape, r0, r1);
+    debug_assert_eq!(range.len(), bytes.len(), "slot {slot} of {}", l.label());
+    Piece {
+        slot,
+        offset: range.start,
+        bytes,
+    }
+}
+
+fn slot(suffix: &'static str, dt: DType, shape: Vec<usize>) -> Slot {
+    let nbytes = shape.iter().product::<usize>() * dt.size();
+    Slot {
+        suffix,
+        ty: SlotType::Dtype(dt),
+        shape,
+        nbytes,
+    }
+}
+
+/// (rows, cols) view of a numpy-order shape: the last axis is the row.
+pub fn rows_cols(shape: &[usize]) -> (usize, usize) {
+    match shape.split_last() {
+        None => (1, 1),
+        Some((&c, rest)) => (rest.iter().product(), c),
+    }
+}
+
+fn need_2d(shape: &[usize]) -> Result<(), SchemeError> {
+    if shape.len() != 2 {
+        return Err(SchemeError::Unsupported(format!(
+            "only 2-D weights can be quantized (shape {shape:?})"
+        )));
+    }
+    Ok(())
+}
+
+fn check_gran(g: Granularity, cols: usize) -> Result<(), SchemeError> {
+    match g {
+        Granularity::Group(n) if n == 0 || !cols.is_multiple_of(n) => {
+            Err(SchemeError::NotMultiple {
+                cols,
+                what: "the group size",
+                n,
+            })
+        }
+        Granularity::Block(r, c) if r == 0 || c == 0 => {
+            Err(SchemeError::Unsupported("empty block size".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn group_len(g: Granularity, cols: usize) -> usize {
+    match g {
+        Granularity::Group(n) => n,
+        _ => cols.max(1),
+    }
+}
+
+fn scale_shape(g: Granularity, rows: usize, cols: usize) -> Vec<usize> {
+    match g {
+        Granularity::Tensor => vec![1],
+        Granularity::Channel => vec![rows, 1],
+        Granularity::Group(n) => vec![rows, cols / n],
+        Granularity::Block(r, c) => vec![rows.div_ceil(r), cols.div_ceil(c)],
+    }
+}
+
+fn absmax(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |a, v| a.max(v.abs()))
+}
+
+/// Largest finite value of a float storage type.
+pub fn float_max(dt: DType) -> f32 {
+    match dt {
+        DType::F16 => 65504.0,
+        DType::BF16 => half::bf16::MAX.to_f32(),
+        _ => f32::MAX,
+    }
+}
+
+/// Smallest normal value of a float storage type.
+pub fn float_min_normal(dt: DType) -> f32 {
+    match dt {
+        DType::F16 => half::f16::MIN_POSITIVE.to_f32(),
+        _ => f32::MIN_POSITIVE,
+    }
+}
+
+fn encode_scales(dt: DType, s: &[f32]) -> Vec<u8> {
+    let mut b = vec![0u8; s.len() * dt.size()];
+    dtype::encode_float(dt, s, &mut b);
+    b
+}
+
+fn decode_scales(dt: DType, b: &[u8]) -> Vec<f32> {
+    let mut s = vec![0f32; b.len() / dt.size()];
+    dtype::decode_f32(dt, b, &mut s);
+    s
+}
+
+fn words_to_bytes(w: &[u32]) -> Vec<u8> {
+    w.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn bytes_to_words(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtn::{self, IntSpec};
+    use crate::synth::weight_matrix;
+    use crate::ErrorStats;
+    use float::FloatLayout;
+    use float_quantized::FloatQuantized;
+    use ggml_blocks::GgmlBlocks;
+    use pack_quantized::PackQuantized;
+
+    fn all_schemes() -> Vec<Scheme> {
+        let mut v = vec![
+            Scheme::Float(FloatLayout {
+                dtype: DType::F16,
+                clamp: false,
+            }),
+            Scheme::Float(FloatLayout {
+                dtype: DType::BF16,
+                clamp: false,
+            }),
+            Scheme::Ggml(GgmlBlocks(GgmlType::Q4_0)),
+            Scheme::Ggml(GgmlBlocks(GgmlType::Q5_1)),
+            Scheme::Ggml(GgmlBlocks(GgmlType::Q8_0)),
+        ];
+        for bits in [2, 3, 4, 8] {
+            for symmetric in [true, false] {
+                for g in [
+                    Granularity::Tensor,
+                    Granularity::Channel,
+                    Granularity::Group(64),
+                ] {
+                    v.push(Scheme::Int(PackQuantized {
+                        spec: IntSpec { bits, symmetric },
+                        granularity: g,
+                        scale_dtype: DType::BF16,
+                        g_idx: false,
+                    }));
+                }
+            }
+        }
+        for format in [DType::F8E4M3, DType::F8E5M2] {
+            for g in [
+                Granularity::Tensor,
+                Granularity::Channel,
+                Granularity::Block(128, 128),
+            ] {
+                v.push(Scheme::Fp8(FloatQuantized {
+                    format,
+                    granularity: g,
+                    scale_dtype: DType::F32,
+                }));
+            }
+        }
+        v
+    }
+
+    /// Encodes a tensor in chunks of `chunk` rows into whole slot buffers.
+    fn encode_chunked(s: &Scheme, shape: &[usize], x: &[f32], chunk: usize) -> Vec<Vec<u8>> {
+        let (rows, cols) = rows_cols(shape);
+        let (mn, mx) = rtn::min_max(x);
+        let stats = TensorStats { min: mn, max: mx };
+        let mut bufs: Vec<Vec<u8>> = s
+            .slots(shape)
+            .iter()
+            .map(|sl| vec![0xAA; sl.nbytes])
+            .collect();
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + chunk).min(rows);
+            for p in s.encode(shape, r0, &x[r0 * cols..r1 * cols], stats).pieces {
+                bufs[p.slot][p.offset..p.offset + p.bytes.len()].copy_from_slice(&p.bytes);
+            }
+            r0 = r1;
+        }
+        bufs
+    }
+
+    #[test]
+    fn chunked_encoding_equals_whole_and_decodes_close() {
+        let shape = [300usize, 256];
+        let x = weight_matrix(300, 256, 0.02, 11);
+        for s in all_schemes() {
+            s.check(&shape).unwrap();
+            let whole = encode_chunked(&s, &shape, &x, 300);
+            // 128-row chunks: a multiple of every row_align in use
+            let chunked = encode_chunked(&s, &shape, &x, 128);
+            assert_eq!(whole, chunked, "{}", s.label());
+            let parts: Vec<&[u8]> = whole.iter().map(|b| b.as_slice()).collect();
+            let mut y = vec![0f32; x.len()];
+            s.decode(&shape, 0, 300, &parts, &mut y);
+            // decode a middle chunk from its own slot ranges
+            let (r0, r1) = (128, 256);
+            let sub: Vec<&[u8]> = (0..parts.len())
+                .map(|i| &parts[i][s.slot_range(i, &shape, r0, r1)])
+                .collect();
+            let mut y2 = vec![0f32; (r1 - r0) * 256];
+            s.decode(&shape, r0, r1, &sub, &mut y2);
+            assert_eq!(&y[r0 * 256..r1 * 256], &y2[..], "{}", s.label());
+            let e = ErrorStats::of(&x, &y);
+            let min_sqnr = match s {
+                Scheme::Int(PackQuantized { spec, .. }) if spec.bits <= 3 => 0.0,
+                Scheme::Int(PackQuantized {
+                    granularity: Granularity::Tensor,
+                    spec,
+                    ..
+                }) if spec.bits == 4 => 0.0,
+                _ => 12.0,
+            };
+            assert!(e.sqnr_db() > min_sqnr, "{}: {}", s.label(), e.sqnr_db());
+        }
+    }
+
+    #[test]
+    fn finer_granularity_is_more_accurate() {
+        let shape = [64usize, 512];
+        let x = weight_matrix(64, 512, 0.02, 5);
+        let sq = |g| {
+            let s = Scheme::Int(PackQuantized {
+                spec: IntSpec {
+                    bits: 4,
+                    symmetric: true,
+                },
+                granularity: g,
+                scale_dtype: DType::F32,
+                g_idx: false,
+            });
+            let b = encode_chunked(&s, &shape, &x, 64);
+            let parts: Vec<&[u8]> = b.iter().map(|v| v.as_slice()).collect();
+            let mut y = vec![0f32; x.len()];
+            s.decode(&shape, 0, 64, &parts, &mut y);
+            ErrorStats::of(&x, &y).sqnr_db()
+        };
+        let (t, c, g) = (
+            sq(Granularity::Tensor),
+            sq(Granularity::Channel),
+            sq(Granularity::Group(32)),
+        );
+        assert!(t < c && c < g, "{t} {c} {g}");
+    }
+
+    #[test]
+    fn group_must_divide_rows() {
+        let s = Scheme::Int(PackQuantized {
+            spec: IntSpec {
+                bits: 4,
+                symmetric: true,
+            },
+            granularity: Granularity::Group(128),
+            scale_dtype: DType::BF16,
+            g_idx: false,
+        });
+        assert!(matches!(
+            s.check(&[8, 576]),
+            Err(SchemeError::NotMultiple {
+                cols: 576,
+                n: 128,
+                ..
+            })
+        ));
+        assert!(Scheme::Ggml(GgmlBlocks(GgmlType::Q4_0))
+            .check(&[8, 48])
+            .is_err());
+        assert!(s.check(&[576]).is_err());
+    }
+
+    #[test]
+    fn bits_per_weight() {
+        assert_eq!(
+            Scheme::Ggml(GgmlBlocks(GgmlType::Q4_0)).bits_per_weight(&[4, 64]),
+            4.5
+        );
+        assert_eq!(
+            Scheme::Ggml(GgmlBlocks(GgmlType::Q8_0)).bits_per_weight(&[4, 64]),
+            8.5
+        );
+    }
+}
+
+#[cfg(test)]
+mod gptq_layout_tests {
+    use super::*;
+    use crate::rtn::IntSpec;
+    use autogptq::AutoGptq;
+    use pack_quantized::PackQuantized;
+
+    /// Consistency between two of our own layouts, not correctness: given the same RTN codes
+    /// and f16 scales, the GPTQ v1 packing decodes to what compressed-tensors' symmetric int
+    /// packing decodes to (2, 4 and 8 bits). Correctness of each is checked by independent
+    /// oracles in the integration tests (tests/oracle/gptq_dequant.py, the compressed-tensors
+    /// package).
+    #[test]
+    fn gptq_layout_round_trips_like_int() {
+        let (rows, cols) = (48, 256);
+        let x = crate::synth::weight_matrix(rows, cols, 0.02, 5);
+        for bits in [2u32, 4, 8] {
+            for group in [32, 128, 256] {
+                let g = Scheme::Gptq(AutoGptq { bits, group });
+                let i = Scheme::Int(PackQuantized {
+                    spec: IntSpec {
+                        bits,
+                        symmetric: true,
+                    },
+                    granularity: Granularity::Group(group),
+                    scale_dtype: DType::F16,
+                    g_idx: false,
+                });
+                g.check(&[rows, cols]).unwrap();
+                let stats = TensorStats::default();
+                let decode = |s: &Scheme| {
+                    let e = s.encode(&[rows, cols], 0, &x, stats);
+                    let parts: Vec<&[u8]> = e.pieces.iter().map(|p| p.bytes.as_slice()).collect();
+                    for (p, sl) in e.pieces.iter().zip(s.slots(&[rows, cols])) {
+                        assert_eq!(p.bytes.len(), sl.nbytes, "{}", s.label());
+                    }
+                    let mut y = vec![0f32; rows * cols];
+                    s.decode(&[rows, cols], 0, rows, &parts, &mut y);
+                    y
+                };
+                assert_eq!(decode(&g), decode(&i), "bits {bits} group {group}");
+            }
+        }
+        assert!(Scheme::Gptq(AutoGptq { bits: 3, group: 32 })
+            .check(&[8, 64])
+            .is_err());
+        assert!(Scheme::Gptq(AutoGptq { bits: 4, group: 32 })
+            .check(&[12, 64])
+            .is_err());
+    }
+}
+
+#[cfg(test)]
+mod int_g_idx_tests {
+    use super::*;
+    use crate::rtn::{IntSpec, QParams};
+    use pack_quantized::PackQuantized;
+
+    /// compressed-tensors checkpoints with a `weight_g_idx` (older act-order GPTQ outputs):
+    /// each column decodes with its own group's parameters.
+    #[test]
+    fn int_scheme_decodes_with_a_g_idx() {
+        let (rows, cols, group) = (32, 64, 16);
+        let groups = cols / group;
+        let s = Scheme::Int(PackQuantized {
+            spec: IntSpec {
+                bits: 4,
+                symmetric: false,
+            },
+            granularity: Granularity::Group(group),
+            scale_dtype: DType::F32,
+            g_idx: true,
+        });
+        s.check(&[rows, cols]).unwrap();
+        let mut rng = crate::synth::Rng::new(9);
+        let codes: Vec<i8> = (0..rows * cols)
+            .map(|_| (rng.next_u64() % 16) as i8 - 8)
+            .collect();
+        let params: Vec<QParams> = (0..rows * groups)
+            .map(|k| QParams {
+                scale: 0.01 * (1 + k % 7) as f32,
+                zero: (k % 5) as i32 - 2,
+            })
+            .collect();
+        // a permuted grouping: column c in group (c * 3) % groups
+        let g_idx: Vec<u32> = (0..cols).map(|c| ((c * 3) % groups) as u32).collect();
+        let offsets = vec![0f32; params.len()];
+        let e = s
+            .encode_codes(
+                &[rows, cols],
+                0,
+                Codes {
+                    codes: &codes,
+                    params: &params,
+                    offsets: &offsets,
+                    g_idx: &g_idx,
+                },
+            )
+            .unwrap();
+        let parts: Vec<&[u8]> = e.pieces.iter().map(|p| p.bytes.as_slice()).collect();
+        let mut y = vec![0f32; rows * cols];
+        s.decode(&[rows, cols], 0, rows, &parts, &mut y);
+        for r in 0..rows {
+            for c in 0..cols {
+                let p = params[r * groups + g_idx[c] as usize];
+                let want = (codes[r * cols + c] as i32 - p.zero) as f32 * p.scale;
+                assert_eq!(y[r * cols + c], want, "row {r} column {c}");
+            }
+        }
+        assert!(Scheme::Int(PackQuantized {
+            spec: IntSpec {
+                bits: 4,
+                symmetric: true
+            },
+            granularity: Granularity::Channel,
+            scale_dtype: DType::F32,
+            g_idx: true,
+        })
+        .check(&[rows, cols])
+        .is_err());
+    }
+}

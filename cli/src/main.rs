@@ -151,8 +151,7 @@ struct RunArgs {
     /// GGUF input: re-quantize tensors that are already quantized (loses quality).
     #[arg(long)]
     allow_requantize: bool,
-    /// How integer codes are chosen: rtn (round to nearest) or gptq (calibrated, layer by
-    /// layer on CPU; compressed-tensors outputs).
+    /// How integer codes are chosen (the list comes from the method registry; see `method_help`).
     #[arg(long, default_value = "rtn", value_parser = quantsmith::config::Method::parse)]
     method: quantsmith::config::Method,
     /// Layout of integer safetensors outputs: compressed-tensors (pack-quantized), or gptq
@@ -377,10 +376,20 @@ fn target_help() -> String {
     )
 }
 
+/// `--method`'s help: round to nearest, then every registered calibration method.
+fn method_help() -> String {
+    let names: Vec<&str> = quantsmith::calib::METHODS.iter().map(|m| m.name()).collect();
+    format!(
+        "How integer codes are chosen: rtn (round to nearest) or a calibrated method ({}), run layer by layer on CPU",
+        names.join(", ")
+    )
+}
+
 fn main() -> std::process::ExitCode {
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command()
         .mut_arg("to", |a| a.help(target_help()))
+        .mut_arg("method", |a| a.help(method_help()))
         .get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,

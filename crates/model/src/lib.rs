@@ -245,6 +245,129 @@ pub struct Layer {
     pub down: Mat<f32>,
 }
 
+/// The linears of a decoder layer, the one list calibration and export use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Linear {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+/// What a linear reads. Linears with the same input share its statistics (one Hessian for
+/// q, k and v; one for gate and up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Input {
+    /// The attention input, after the input norm (q, k, v).
+    Attention,
+    /// The attention output (o).
+    AttentionOut,
+    /// The MLP input, after the post-attention norm (gate, up).
+    Mlp,
+    /// The MLP's inner activation (down).
+    MlpInner,
+}
+
+impl Linear {
+    pub const ALL: [Linear; 7] = [
+        Linear::Q,
+        Linear::K,
+        Linear::V,
+        Linear::O,
+        Linear::Gate,
+        Linear::Up,
+        Linear::Down,
+    ];
+
+    /// The module name under `model.layers.N.` in a Hugging Face checkpoint.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Linear::Q => "self_attn.q_proj",
+            Linear::K => "self_attn.k_proj",
+            Linear::V => "self_attn.v_proj",
+            Linear::O => "self_attn.o_proj",
+            Linear::Gate => "mlp.gate_proj",
+            Linear::Up => "mlp.up_proj",
+            Linear::Down => "mlp.down_proj",
+        }
+    }
+
+    /// The HF weight name of this linear in layer `l`.
+    pub fn weight_name(self, l: usize) -> String {
+        format!("model.layers.{l}.{}.weight", self.hf_name())
+    }
+
+    /// (layer, linear) of an HF weight name `model.layers.N.<module>.weight`.
+    pub fn parse(name: &str) -> Option<(usize, Linear)> {
+        let rest = name.strip_prefix("model.layers.")?;
+        let (l, module) = rest.split_once('.')?;
+        let module = module.strip_suffix(".weight")?;
+        let lin = Linear::ALL.into_iter().find(|x| x.hf_name() == module)?;
+        Some((l.parse().ok()?, lin))
+    }
+
+    pub fn input(self) -> Input {
+        match self {
+            Linear::Q | Linear::K | Linear::V => Input::Attention,
+            Linear::O => Input::AttentionOut,
+            Linear::Gate | Linear::Up => Input::Mlp,
+            Linear::Down => Input::MlpInner,
+        }
+    }
+
+    /// This linear's weight in a loaded layer (`[out, in]`).
+    pub fn weight(self, layer: &Layer) -> &Mat<f32> {
+        match self {
+            Linear::Q => &layer.q,
+            Linear::K => &layer.k,
+            Linear::V => &layer.v,
+            Linear::O => &layer.o,
+            Linear::Gate => &layer.gate,
+            Linear::Up => &layer.up,
+            Linear::Down => &layer.down,
+        }
+    }
+
+    pub fn weight_mut(self, layer: &mut Layer) -> &mut Mat<f32> {
+        match self {
+            Linear::Q => &mut layer.q,
+            Linear::K => &mut layer.k,
+            Linear::V => &mut layer.v,
+            Linear::O => &mut layer.o,
+            Linear::Gate => &mut layer.gate,
+            Linear::Up => &mut layer.up,
+            Linear::Down => &mut layer.down,
+        }
+    }
+}
+
+impl Input {
+    pub const ALL: [Input; 4] = [
+        Input::Attention,
+        Input::AttentionOut,
+        Input::Mlp,
+        Input::MlpInner,
+    ];
+
+    /// The captured values of this input (tokens × features).
+    pub fn of(self, cap: &Captured) -> MatRef<'_, f32> {
+        match self {
+            Input::Attention => cap.qkv_in.as_ref(),
+            Input::AttentionOut => cap.o_in.as_ref(),
+            Input::Mlp => cap.mlp_in.as_ref(),
+            Input::MlpInner => cap.down_in.as_ref(),
+        }
+    }
+
+    /// The linears that read this input.
+    pub fn linears(self) -> impl Iterator<Item = Linear> {
+        Linear::ALL.into_iter().filter(move |l| l.input() == self)
+    }
+}
+
 /// The inputs each linear of a layer saw (rows = tokens).
 pub struct Captured {
     /// Input of q/k/v (after the input norm).
@@ -311,10 +434,10 @@ impl<'a> Model<'a> {
         let (qd, kd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         Ok(Layer {
             input_norm: self.tensor(&format!("{p}input_layernorm.weight"), &[c.hidden])?,
-            q: self.matrix(&format!("{p}self_attn.q_proj.weight"), qd, c.hidden)?,
-            k: self.matrix(&format!("{p}self_attn.k_proj.weight"), kd, c.hidden)?,
-            v: self.matrix(&format!("{p}self_attn.v_proj.weight"), kd, c.hidden)?,
-            o: self.matrix(&format!("{p}self_attn.o_proj.weight"), c.hidden, qd)?,
+            q: self.matrix(&Linear::Q.weight_name(l), qd, c.hidden)?,
+            k: self.matrix(&Linear::K.weight_name(l), kd, c.hidden)?,
+            v: self.matrix(&Linear::V.weight_name(l), kd, c.hidden)?,
+            o: self.matrix(&Linear::O.weight_name(l), c.hidden, qd)?,
             q_bias: self.optional(&format!("{p}self_attn.q_proj.bias"), qd)?,
             k_bias: self.optional(&format!("{p}self_attn.k_proj.bias"), kd)?,
             v_bias: self.optional(&format!("{p}self_attn.v_proj.bias"), kd)?,
@@ -322,17 +445,19 @@ impl<'a> Model<'a> {
             k_norm: self.optional(&format!("{p}self_attn.k_norm.weight"), c.head_dim)?,
             post_norm: self.tensor(&format!("{p}post_attention_layernorm.weight"), &[c.hidden])?,
             gate: {
-                let inter = self.dims(&format!("{p}mlp.gate_proj.weight"))?[0];
-                self.matrix(&format!("{p}mlp.gate_proj.weight"), inter, c.hidden)?
+                let name = Linear::Gate.weight_name(l);
+                let inter = self.dims(&name)?.first().copied().unwrap_or(0);
+                self.matrix(&name, inter, c.hidden)?
             },
             up: {
-                let inter = self.dims(&format!("{p}mlp.up_proj.weight"))?[0];
-                self.matrix(&format!("{p}mlp.up_proj.weight"), inter, c.hidden)?
+                let name = Linear::Up.weight_name(l);
+                let inter = self.dims(&name)?.first().copied().unwrap_or(0);
+                self.matrix(&name, inter, c.hidden)?
             },
             down: {
-                let d = self.dims(&format!("{p}mlp.down_proj.weight"))?;
-                let inter = d.get(1).copied().unwrap_or(0);
-                self.matrix(&format!("{p}mlp.down_proj.weight"), c.hidden, inter)?
+                let name = Linear::Down.weight_name(l);
+                let inter = self.dims(&name)?.get(1).copied().unwrap_or(0);
+                self.matrix(&name, c.hidden, inter)?
             },
         })
     }

@@ -193,20 +193,19 @@ impl IntFormat {
     }
 }
 
-/// How integer codes are chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Rtn,
-    Gptq,
-}
+/// How integer codes are chosen: round to nearest (`None`), or a calibration method from the
+/// registry ([`crate::calib::METHODS`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Method(pub Option<&'static dyn crate::calib::Method>);
 
 impl Method {
     pub fn parse(s: &str) -> Result<Method, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "rtn" | "minmax" => Ok(Method::Rtn),
-            "gptq" => Ok(Method::Gptq),
-            _ => Err(format!("unknown method '{s}' (rtn, gptq)")),
-        }
+        crate::calib::method(s).map(Method)
+    }
+
+    /// The method's name (`rtn` for round to nearest).
+    pub fn name(&self) -> &'static str {
+        self.0.map_or("rtn", |m| m.name())
     }
 }
 
@@ -237,7 +236,7 @@ impl QuantizeConfig {
             split_max_bytes: None,
             output_tensor_type: None,
             token_embedding_type: None,
-            method: Method::Rtn,
+            method: Method(None),
             int_format: IntFormat::CompressedTensors,
             mse_clip: false,
             calib: None,

@@ -136,30 +136,25 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     let mut src = ModelSource::open(&cfg.input)?;
     crate::plan::add_generated(&mut src, cfg)?;
     let plan = make_plan(&src, cfg)?;
+    // every option check before any work: the calibrated linears and their grids
+    if cfg.mse_clip && cfg.method.0.is_none() {
+        return Err(Error::Config("--mse-clip applies to --method gptq".into()));
+    }
+    let targets = match cfg.method.0 {
+        Some(m) => Some((m, crate::calib::targets(m, &src, &plan, cfg)?)),
+        None => None,
+    };
     if cfg.dry_run {
         return Ok(Outcome { plan, report: None });
     }
     check_target(&plan.output, cfg.force)?;
-    // GPTQ: calibrate and quantize every integer weight before writing anything
-    if cfg.mse_clip && cfg.method != crate::config::Method::Gptq {
-        return Err(Error::Config("--mse-clip applies to --method gptq".into()));
-    }
-    let (calibrated, calib_summary) = match cfg.method {
-        crate::config::Method::Rtn => (HashMap::new(), None),
-        crate::config::Method::Gptq => {
-            let on_grid = |t: &TensorPlan| match &t.action {
-                Action::Encode(s) => s.code_grid(&t.shape).is_some(),
-                Action::Copy => false,
-            };
-            if !plan.tensors.iter().any(on_grid) {
-                return Err(Error::Config(format!(
-                    "--method gptq applies to integer targets (int8, int4, int3, int2; GGUF q4_0, q4_1, q8_0), not {}",
-                    cfg.target.name()
-                )));
-            }
+    // a calibrated method quantizes every targeted weight before anything is written
+    let (calibrated, calib_summary) = match &targets {
+        None => (HashMap::new(), None),
+        Some((m, t)) => {
             // inside our pool, so faer's parallel products use -j threads
             let (c, s) =
-                pool(cfg.threads)?.install(|| crate::calibrate::gptq_model(&src, &plan, cfg))?;
+                pool(cfg.threads)?.install(|| crate::calib::calibrate_model(*m, &src, t, cfg))?;
             (c, Some(s))
         }
     };
@@ -520,7 +515,7 @@ fn run_chunk<'a>(
     r1: usize,
     tstats: TensorStats,
     cfg: &QuantizeConfig,
-    gptq: Option<&crate::calibrate::Calibrated>,
+    gptq: Option<&crate::calib::Calibrated>,
     tx: &WriteTx<'a>,
 ) -> Result<ChunkResult> {
     let st = &src.tensors[tp.source];
@@ -735,7 +730,7 @@ fn narrows(from: DType, to: DType) -> bool {
     }
 }
 
-fn row(tp: &TensorPlan, r: &ChunkResult, gptq: Option<&crate::calibrate::Calibrated>) -> ReportRow {
+fn row(tp: &TensorPlan, r: &ChunkResult, gptq: Option<&crate::calib::Calibrated>) -> ReportRow {
     let n: usize = tp.shape.iter().product();
     let out = tp.bytes_out() as u64;
     let changed = matches!(tp.action, Action::Encode(_));

@@ -6,7 +6,7 @@
 //! [`verify`] and [`inspect`] read what was written.
 
 pub mod arch;
-pub mod calibrate;
+pub mod calib;
 pub mod config;
 pub mod error;
 pub mod eval;

@@ -611,13 +611,11 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
         arch,
         mixture,
         imatrix: imatrix.map(|im| (cfg.imatrix.clone().unwrap_or_default(), im)),
-        actorder: (cfg.method == crate::config::Method::Gptq && cfg.act_order).then_some(
-            if cfg.act_order_group {
-                "group"
-            } else {
-                "static"
-            },
-        ),
+        actorder: (cfg.method.0.is_some() && cfg.act_order).then_some(if cfg.act_order_group {
+            "group"
+        } else {
+            "static"
+        }),
     })
 }
 

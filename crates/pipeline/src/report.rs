@@ -22,7 +22,7 @@ pub struct ReportRow {
     pub audit: Option<NarrowingAudit>,
     pub note: Option<String>,
     /// GPTQ runs: ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖² on held-out calibration tokens, RTN and GPTQ.
-    pub layer_output_error: Option<crate::calibrate::LayerOutputError>,
+    pub layer_output_error: Option<crate::calib::LayerOutputError>,
     #[serde(skip)]
     pub stats: ErrorStats,
 }
@@ -54,7 +54,7 @@ pub struct Report {
     pub totals: Totals,
     /// GPTQ runs: the calibration data actually used.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub calibration: Option<crate::calibrate::CalibSummary>,
+    pub calibration: Option<crate::calib::CalibSummary>,
 }
 
 impl Report {
@@ -178,8 +178,12 @@ impl Report {
             }
             if let Some(l) = &r.layer_output_error {
                 s.push_str(&format!(
-                    "{:<w$}    layer-output error (held-out): RTN {:.3e} · GPTQ {:.3e}\n",
-                    "", l.rtn, l.gptq
+                    "{:<w$}    layer-output error (held-out): RTN {:.3e} · {} {:.3e}\n",
+                    "",
+                    l.rtn,
+                    self.calibration
+                        .map_or("calibrated".to_string(), |c| c.method.to_ascii_uppercase()),
+                    l.calibrated
                 ));
             }
         }

@@ -1,0 +1,87 @@
+//! GPTQ as a calibration method: each linear's codes from the Hessian of its inputs
+//! ([`qs_numeric::gptq`]), on compressed-tensors integer grids (with act-order, static or
+//! activation-ordered groups, MSE clipping) or on a ggml type's block grid.
+
+use super::{CodeSet, LinearJob, Method};
+use crate::config::QuantizeConfig;
+use crate::error::{Error, Result};
+use qs_numeric::gptq::{gptq, GptqConfig, Grid};
+use qs_numeric::layout::CodeGrid;
+
+#[derive(Debug)]
+pub struct Gptq;
+
+impl Method for Gptq {
+    fn name(&self) -> &'static str {
+        "gptq"
+    }
+
+    fn check_options(&self, cfg: &QuantizeConfig) -> Result<()> {
+        if !(cfg.damp > 0.0 && cfg.damp.is_finite()) {
+            return Err(Error::Config(format!(
+                "--damp {}: the Hessian damping must be positive",
+                cfg.damp
+            )));
+        }
+        Ok(())
+    }
+
+    fn supports(&self, grid: &CodeGrid) -> std::result::Result<(), String> {
+        match grid {
+            CodeGrid::Int { .. } => Ok(()),
+            CodeGrid::Ggml(t) if t.grid().is_some() => Ok(()),
+            CodeGrid::Ggml(t) => Err(format!("{t} has no code grid")),
+        }
+    }
+
+    fn quantize(&self, job: &LinearJob<'_>) -> Result<CodeSet> {
+        let cfg = job.cfg;
+        let gc = match job.grid {
+            CodeGrid::Int {
+                spec,
+                group,
+                scale_dtype,
+                stores_g_idx,
+            } => GptqConfig {
+                spec,
+                group,
+                block: 128,
+                percdamp: cfg.damp,
+                act_order: cfg.act_order,
+                // act-order: static groups (the identity grouping, which every loader reads
+                // without a g_idx) unless the layout stores a g_idx and `--act-order group`
+                // asks for groups in activation order
+                static_groups: if stores_g_idx {
+                    !cfg.act_order_group
+                } else {
+                    cfg.act_order
+                },
+                scale_dtype,
+                grid: Grid::Int,
+                mse_clip: cfg.mse_clip,
+            },
+            CodeGrid::Ggml(ty) => GptqConfig {
+                spec: ty
+                    .grid()
+                    .ok_or_else(|| Error::Config(format!("{ty} has no code grid")))?
+                    .spec(),
+                group: Some(ty.block().0),
+                block: 128,
+                percdamp: cfg.damp,
+                act_order: cfg.act_order,
+                static_groups: cfg.act_order,
+                scale_dtype: qs_numeric::DType::F16,
+                grid: Grid::Ggml(ty),
+                mse_clip: false,
+            },
+        };
+        let out = gptq(job.w, job.rows, job.cols, &job.stats.hessian.h, &gc)
+            .map_err(|e| Error::Config(format!("tensor '{}': GPTQ: {e}", job.name)))?;
+        Ok(CodeSet {
+            codes: out.codes,
+            params: out.params,
+            offsets: out.offsets,
+            g_idx: out.g_idx,
+        })
+    }
+}

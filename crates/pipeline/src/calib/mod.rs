@@ -1,0 +1,399 @@
+//! Calibrated quantization (`--method NAME`): run the model layer by layer on calibration
+//! text and let a method choose each linear's codes from the inputs it sees. Layer L+1's
+//! inputs come from layer L run with its already-quantized weights. Only one layer's weights,
+//! the activations between layers (tokens × hidden) and one batch of ~4096 tokens'
+//! intermediate values are in memory.
+//!
+//! The loop (calibration sequences, forward pass, capture, statistics per input, propagation,
+//! held-out comparison with round-to-nearest) is written once here; a method is one module
+//! implementing [`Method`] — today [`gptq`] — registered once in [`METHODS`]. A method's codes
+//! go to the planned layout's encoder ([`qs_numeric::Layout::encode_codes`]), on the grid the
+//! layout asks for ([`qs_numeric::Layout::code_grid`]).
+//!
+//! A tenth of the calibration sequences (at least one) is held out: the report compares RTN
+//! and the method on them by the layer-output error ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖².
+
+pub mod gptq;
+
+use crate::config::QuantizeConfig;
+use crate::error::{Error, Result};
+use crate::plan::{Action, Plan};
+use faer::Mat;
+use qs_formats::calib::{self, CalibConfig};
+use qs_formats::source::ModelSource;
+use qs_model::{layer_forward, linear, Input, Linear, Model};
+use qs_numeric::gptq::Hessian;
+use qs_numeric::layout::CodeGrid;
+use qs_numeric::rtn::QParams;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// The registered methods, one line each (`--method NAME`; `rtn` means none).
+pub static METHODS: [&dyn Method; 1] = [&gptq::Gptq];
+
+/// The method called `name`, `None` for round to nearest.
+pub fn method(name: &str) -> std::result::Result<Option<&'static dyn Method>, String> {
+    let l = name.to_ascii_lowercase();
+    if l == "rtn" || l == "minmax" {
+        return Ok(None);
+    }
+    METHODS
+        .iter()
+        .copied()
+        .find(|m| m.name() == l)
+        .map(Some)
+        .ok_or_else(|| {
+            let names: Vec<&str> = METHODS.iter().map(|m| m.name()).collect();
+            format!("unknown method '{name}' (rtn, {})", names.join(", "))
+        })
+}
+
+/// Statistics of a linear's captured inputs that a method asks for.
+pub struct InputStats<'a> {
+    /// `H = (2/n) Σ xᵀx` over the calibration tokens.
+    pub hessian: &'a Hessian,
+}
+
+/// One linear for a method to quantize.
+pub struct LinearJob<'a> {
+    /// HF weight name.
+    pub name: &'a str,
+    /// `rows × cols` weights (`[out, in]`), as the layer holds them.
+    pub w: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    /// The grid the planned layout stores.
+    pub grid: CodeGrid,
+    pub stats: InputStats<'a>,
+    pub cfg: &'a QuantizeConfig,
+}
+
+/// What a method chose for one weight: method-neutral codes and parameters in the original
+/// row and column order (`rows × cols` codes, `rows × groups` parameters and offsets, each
+/// column's group).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodeSet {
+    pub codes: Vec<i8>,
+    pub params: Vec<QParams>,
+    pub offsets: Vec<f32>,
+    pub g_idx: Vec<u32>,
+}
+
+impl CodeSet {
+    /// The values the codes stand for, `rows × cols`.
+    pub fn dequantize(&self, rows: usize, cols: usize) -> Vec<f32> {
+        let groups = self.params.len() / rows.max(1);
+        let mut out = vec![0f32; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                let k = r * groups + self.g_idx[c] as usize;
+                let p = self.params[k];
+                out[r * cols + c] =
+                    (self.codes[r * cols + c] as i32 - p.zero) as f32 * p.scale + self.offsets[k];
+            }
+        }
+        out
+    }
+}
+
+/// A calibration method.
+pub trait Method: std::fmt::Debug + Sync {
+    /// Its `--method` name.
+    fn name(&self) -> &'static str;
+    /// Checks the options before any work starts (the CLI's method-specific options).
+    fn check_options(&self, cfg: &QuantizeConfig) -> Result<()>;
+    /// Whether it can choose codes on `grid`; `Err` says why not.
+    fn supports(&self, grid: &CodeGrid) -> std::result::Result<(), String>;
+    /// Quantizes one linear from the statistics of its input.
+    fn quantize(&self, job: &LinearJob<'_>) -> Result<CodeSet>;
+}
+
+/// What a method produced for one weight, and how it compares with RTN on held-out tokens.
+#[derive(Debug, Clone)]
+pub struct Calibrated {
+    pub out: Arc<CodeSet>,
+    pub error: LayerOutputError,
+}
+
+/// The calibration data a run used.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct CalibSummary {
+    /// The method's `--method` name.
+    pub method: &'static str,
+    pub text_tokens: usize,
+    pub seq_len: usize,
+    /// Sequences asked for (`--calib-samples`).
+    pub requested: usize,
+    /// Disjoint sequences the method fitted on (fewer than requested when the text is short).
+    pub fit_sequences: usize,
+    /// Sequences from the end of the text, held out for the layer-output error.
+    pub held_sequences: usize,
+}
+
+/// ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖² on held-out calibration tokens, for round to nearest and for the
+/// method (serialised as `gptq`, the report schema's name for it).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct LayerOutputError {
+    pub rtn: f64,
+    #[serde(rename = "gptq")]
+    pub calibrated: f64,
+}
+
+fn model_err(e: qs_model::ModelError) -> Error {
+    Error::Config(format!("calibration: {e}"))
+}
+
+fn relative_error(y: &Mat<f32>, yq: &Mat<f32>) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for j in 0..y.ncols() {
+        for i in 0..y.nrows() {
+            let (a, b) = (y[(i, j)] as f64, yq[(i, j)] as f64);
+            num += (a - b) * (a - b);
+            den += a * a;
+        }
+    }
+    if den == 0.0 {
+        0.0
+    } else {
+        num / den
+    }
+}
+
+fn to_mat(v: &[f32], rows: usize, cols: usize) -> Mat<f32> {
+    Mat::from_fn(rows, cols, |r, c| v[r * cols + c])
+}
+
+/// Round to nearest on the same grid (the report's baseline).
+fn rtn_dequant(w: &[f32], rows: usize, cols: usize, grid: CodeGrid) -> Mat<f32> {
+    let mut out = vec![0f32; w.len()];
+    match grid {
+        CodeGrid::Ggml(ty) => {
+            // llama.cpp's own round-to-nearest for the type
+            let mut bytes = vec![0u8; ty.row_bytes(cols)];
+            for (x, y) in w.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+                qs_numeric::ggml::quantize_row(ty, x, &mut bytes);
+                qs_numeric::ggml::dequantize_row(ty, &bytes, y);
+            }
+        }
+        CodeGrid::Int {
+            spec,
+            group,
+            scale_dtype,
+            ..
+        } => {
+            let group = group.unwrap_or(cols);
+            let q = qs_numeric::rtn::quantize_rows(spec, w, cols, group, scale_dtype, None);
+            for (g, p) in q.params.iter().enumerate() {
+                qs_numeric::rtn::dequantize(
+                    *p,
+                    &q.codes[g * group..(g + 1) * group],
+                    &mut out[g * group..(g + 1) * group],
+                );
+            }
+        }
+    }
+    to_mat(&out, rows, cols)
+}
+
+/// The linears a calibrated run quantizes: (layer, linear) → (HF name, grid), from the plan.
+/// Every check that can fail does so here, before any work.
+pub fn targets(
+    method: &dyn Method,
+    src: &ModelSource,
+    plan: &Plan,
+    cfg: &QuantizeConfig,
+) -> Result<BTreeMap<(usize, Linear), (String, CodeGrid)>> {
+    method.check_options(cfg)?;
+    let layers = src
+        .config
+        .as_ref()
+        .and_then(|c| c.get("num_hidden_layers"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0) as usize;
+    let mut out = BTreeMap::new();
+    for t in &plan.tensors {
+        let Action::Encode(scheme) = &t.action else {
+            continue;
+        };
+        let name = &src.tensors[t.source].info.name;
+        let grid = match scheme.code_grid(&t.shape) {
+            Some(g) => g,
+            None if matches!(scheme, qs_numeric::Scheme::Int(_)) => {
+                return Err(Error::Config(format!(
+                    "tensor '{}': --method {} needs channel or group scales, not per-tensor",
+                    t.name,
+                    method.name()
+                )))
+            }
+            None => continue,
+        };
+        match (Linear::parse(name).filter(|(l, _)| *l < layers), grid) {
+            (Some(key), g) => {
+                method.supports(&g).map_err(|m| {
+                    Error::Config(format!(
+                        "tensor '{name}': --method {} cannot store {}: {m}",
+                        method.name(),
+                        scheme.label()
+                    ))
+                })?;
+                out.insert(key, (name.clone(), g));
+            }
+            // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer
+            (None, CodeGrid::Ggml(_)) => {}
+            (None, CodeGrid::Int { .. }) => {
+                return Err(Error::Config(format!(
+                    "tensor '{name}': --method {} covers the decoder layers' linears only (exclude it or keep it)",
+                    method.name()
+                )))
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Config(format!(
+            "--method {} applies to integer targets (int8, int4, int3, int2; GGUF types with a code grid: {}), not {}",
+            method.name(),
+            qs_numeric::GgmlType::quantized_types()
+                .filter(|t| t.grid().is_some())
+                .map(|t| t.name().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join(", "),
+            cfg.target.name()
+        )));
+    }
+    if src.hf_dir.is_none() {
+        return Err(Error::Config(format!(
+            "--method {} needs a Hugging Face folder (config.json, tokenizer.json)",
+            method.name()
+        )));
+    }
+    Ok(out)
+}
+
+/// Runs calibration and `method` on every linear in `targets` (from [`targets`]).
+pub fn calibrate_model(
+    method: &dyn Method,
+    src: &ModelSource,
+    targets: &BTreeMap<(usize, Linear), (String, CodeGrid)>,
+    cfg: &QuantizeConfig,
+) -> Result<(HashMap<String, Calibrated>, CalibSummary)> {
+    let model = Model::new(src).map_err(model_err)?;
+    let dir = src.hf_dir.as_ref().ok_or_else(|| {
+        Error::Config(
+            "calibration needs a Hugging Face folder (config.json, tokenizer.json)".into(),
+        )
+    })?;
+    let text = calib::load_text(cfg.calib.as_deref())?;
+    let ccfg = CalibConfig {
+        samples: cfg.calib_samples,
+        seq_len: cfg.calib_seq_len,
+        seed: cfg.seed,
+    };
+    let set = calib::sequences(&dir.join("tokenizer.json"), &text, &ccfg)?;
+    let summary = CalibSummary {
+        method: method.name(),
+        text_tokens: set.text_tokens,
+        seq_len: ccfg.seq_len,
+        requested: ccfg.samples,
+        fit_sequences: set.fit.len(),
+        held_sequences: set.held.len(),
+    };
+    let seq_len = ccfg.seq_len;
+    let ids = |s: &[Vec<u32>]| s.iter().flatten().copied().collect::<Vec<u32>>();
+    let mut x = model.embed(&ids(&set.fit)).map_err(model_err)?;
+    let mut xh = model.embed(&ids(&set.held)).map_err(model_err)?;
+
+    let mut done = HashMap::new();
+    // Calibration tokens go through each layer in batches of whole sequences (about 4096
+    // tokens), so only one batch's intermediate activations exist at a time; the statistics
+    // accumulate batch by batch (running mean, as the reference does over its batches).
+    let batch = (4096 / seq_len.max(1)).max(1) * seq_len;
+    let batches: Vec<(usize, usize)> = (0..x.nrows())
+        .step_by(batch)
+        .map(|r0| (r0, (r0 + batch).min(x.nrows())))
+        .collect();
+    for l in 0..model.cfg.layers {
+        let mut layer = model.layer(l).map_err(model_err)?;
+        // the inputs that feed a linear to quantize
+        let wanted: Vec<Input> = Input::ALL
+            .into_iter()
+            .filter(|i| i.linears().any(|lin| targets.contains_key(&(l, lin))))
+            .collect();
+        let mut hess: HashMap<Input, Hessian> = HashMap::new();
+        for &(r0, r1) in batches.iter().filter(|_| !wanted.is_empty()) {
+            let (_, cap) = layer_forward(
+                &model.cfg,
+                &layer,
+                x.as_ref().subrows(r0, r1 - r0),
+                seq_len,
+                true,
+            );
+            let cap = cap.expect("captured");
+            for &i in &wanted {
+                let xin = i.of(&cap);
+                hess.entry(i)
+                    .or_insert_with(|| Hessian::new(xin.ncols()))
+                    .add_mat(xin);
+            }
+        }
+        let (_, caph) = layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, true);
+        let caph = caph.expect("captured");
+        for &input in &wanted {
+            let xheld = input.of(&caph);
+            for lin in input.linears() {
+                let Some((name, grid)) = targets.get(&(l, lin)) else {
+                    continue;
+                };
+                let w = lin.weight_mut(&mut layer);
+                let (rows, cols) = (w.nrows(), w.ncols());
+                let wv: Vec<f32> = (0..rows)
+                    .flat_map(|r| (0..cols).map(|c| w[(r, c)]).collect::<Vec<_>>())
+                    .collect();
+                let out = method.quantize(&LinearJob {
+                    name,
+                    w: &wv,
+                    rows,
+                    cols,
+                    grid: *grid,
+                    stats: InputStats {
+                        hessian: &hess[&input],
+                    },
+                    cfg,
+                })?;
+                let wq = to_mat(&out.dequantize(rows, cols), rows, cols);
+                let y = linear(xheld.as_ref(), w, None);
+                let error = LayerOutputError {
+                    rtn: relative_error(
+                        &y,
+                        &linear(xheld.as_ref(), &rtn_dequant(&wv, rows, cols, *grid), None),
+                    ),
+                    calibrated: relative_error(&y, &linear(xheld.as_ref(), &wq, None)),
+                };
+                *w = wq;
+                done.insert(
+                    name.clone(),
+                    Calibrated {
+                        out: Arc::new(out),
+                        error,
+                    },
+                );
+            }
+        }
+        drop(caph);
+        // next layer's inputs: this layer with its quantized weights, batch by batch
+        let mut next = Mat::<f32>::zeros(x.nrows(), x.ncols());
+        for &(r0, r1) in &batches {
+            let (y, _) = layer_forward(
+                &model.cfg,
+                &layer,
+                x.as_ref().subrows(r0, r1 - r0),
+                seq_len,
+                false,
+            );
+            next.as_mut().subrows_mut(r0, r1 - r0).copy_from(&y);
+        }
+        x = next;
+        xh = layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, false).0;
+    }
+    Ok((done, summary))
+}

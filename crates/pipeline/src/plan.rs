@@ -68,15 +68,6 @@ impl TensorPlan {
             Action::Encode(s) => s.label(),
         }
     }
-    pub fn is_quantized(&self) -> bool {
-        matches!(
-            self.action,
-            Action::Encode(Scheme::Int { .. } | Scheme::Fp8 { .. } | Scheme::Ggml(_))
-        ) && !matches!(
-            self.action,
-            Action::Encode(Scheme::Ggml(GgmlType::F32 | GgmlType::F16 | GgmlType::BF16))
-        )
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -352,7 +352,7 @@ pub fn gptq_config(plan: &Plan) -> Option<Json> {
         "static_groups": false,
         "sym": true,
         "true_sequential": true,
-        "damp_percent": 0.01,
+        "damp_percent": plan.damp,
         "quant_method": "gptq",
         "checkpoint_format": "gptq",
         "model_file_base_name": "model",

@@ -84,6 +84,9 @@ pub struct Plan {
     /// GPTQ with act-order: "static" (consecutive groups) or "group" (groups in activation
     /// order, a g_idx stored), as compressed-tensors names them.
     pub actorder: Option<&'static str>,
+    /// GPTQ: the Hessian damping asked for (`--damp`), recorded as the GPTQ layout's
+    /// `damp_percent`.
+    pub damp: f64,
 }
 
 /// One row of `--dry-run` output.
@@ -474,6 +477,12 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                         "--format gptq writes symmetric checkpoints (sym=true); use compressed-tensors for --asym".into(),
                     ));
                 }
+                if !(cfg.damp > 0.0 && cfg.damp < 1.0) {
+                    return Err(Error::Config(format!(
+                        "--damp {}: the GPTQ layout records it as damp_percent, which transformers and optimum only load between 0 and 1 (exclusive)",
+                        cfg.damp
+                    )));
+                }
                 let s = Scheme::Gptq { bits, group };
                 check(&s, shape, &terr)?;
                 (Action::Encode(s), target)
@@ -612,6 +621,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                 "static"
             },
         ),
+        damp: cfg.damp,
     })
 }
 

@@ -736,4 +736,26 @@ fn gptq_format_dequantizes_like_autogptq() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("--damp 1.5"), "{}", r.stderr);
     assert!(!d.path().join("damp").exists());
+    // quantize_config.json holds one bit width and group size: mixed schemes are refused
+    for tt in ["down_proj=int8", "down_proj=fp8"] {
+        let r = quantize(&[
+            fx.as_os_str(),
+            "--to".as_ref(),
+            "int4".as_ref(),
+            "--format".as_ref(),
+            "gptq".as_ref(),
+            "--tensor-type".as_ref(),
+            tt.as_ref(),
+            "-o".as_ref(),
+            d.path().join("mixed").as_os_str(),
+        ]);
+        assert_ne!(r.code, 0, "{tt}");
+        assert!(
+            r.stderr.contains("'model.layers.0.mlp.down_proj.weight'")
+                && r.stderr.contains("one bit width and group size"),
+            "{tt}: {}",
+            r.stderr
+        );
+        assert!(!d.path().join("mixed").exists());
+    }
 }

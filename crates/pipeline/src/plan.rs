@@ -606,6 +606,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             src_bytes: st.info.end - st.info.start,
         });
     }
+    one_gptq_scheme(src, &tensors)?;
     let mixture = llama_mix.map(|_| cfg.mixture.unwrap_or(mixture_for(default_ggml)));
     Ok(Plan {
         kind,
@@ -623,6 +624,44 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
         ),
         damp: cfg.damp,
     })
+}
+
+/// The GPTQ layout describes every quantized linear with one `bits` and one `group_size`
+/// (quantize_config.json, what transformers/optimum read): a plan that stores a GPTQ tensor
+/// stores every quantized tensor with that same scheme (group -1: each row whole).
+fn one_gptq_scheme(src: &ModelSource, tensors: &[TensorPlan]) -> Result<()> {
+    let key = |t: &TensorPlan| match t.action {
+        Action::Encode(Scheme::Gptq { bits, group }) => {
+            let cols = t.shape.last().copied().unwrap_or(0);
+            Some((bits, if group == cols { None } else { Some(group) }))
+        }
+        _ => None,
+    };
+    let Some(first) = tensors.iter().find(|t| key(t).is_some()) else {
+        return Ok(());
+    };
+    let describe = |t: &TensorPlan| match key(t) {
+        Some((bits, None)) => format!("int{bits} with channel scales"),
+        Some((bits, Some(g))) => format!("int{bits} in groups of {g}"),
+        None => t.label(),
+    };
+    let other = tensors.iter().find(|t| {
+        let quantized = matches!(&t.action, Action::Encode(s) if !matches!(s, Scheme::Float { .. }));
+        quantized && key(t) != key(first)
+    });
+    match other {
+        None => Ok(()),
+        Some(t) => Err(Error::Tensor {
+            file: src.path_of(&src.tensors[t.source]).to_path_buf(),
+            tensor: t.name.clone(),
+            msg: format!(
+                "would be {}, but --format gptq describes every quantized linear with one bit width and group size ({} for '{}'): use compressed-tensors for mixed schemes",
+                describe(t),
+                describe(first),
+                first.name
+            ),
+        }),
+    }
 }
 
 fn check(s: &Scheme, shape: &[usize], terr: &dyn Fn(String) -> Error) -> Result<()> {

@@ -87,6 +87,10 @@ pub struct Plan {
     /// GPTQ: the Hessian damping asked for (`--damp`), recorded as the GPTQ layout's
     /// `damp_percent`.
     pub damp: f64,
+    /// Linear modules a loader creates that hold no weight of their own in the input: the
+    /// `lm_head` of a causal LM whose output head is tied to the embeddings. They stay
+    /// unquantized, and a safetensors output's `quantization_config` says so (`ignore`).
+    pub tied_modules: Vec<String>,
 }
 
 /// One row of `--dry-run` output.
@@ -623,7 +627,29 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             },
         ),
         damp: cfg.damp,
+        tied_modules: tied_modules(src),
     })
+}
+
+/// The Linear modules transformers creates for `src` without a weight of their own in it: a
+/// `*ForCausalLM` checkpoint without an output head ties `lm_head` to the embeddings.
+fn tied_modules(src: &ModelSource) -> Vec<String> {
+    let causal_lm = src
+        .config
+        .as_ref()
+        .and_then(|c| c.get("architectures"))
+        .and_then(|a| a.as_array())
+        .is_some_and(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .any(|x| x.ends_with("ForCausalLM"))
+        });
+    let has_head = src.tensors.iter().any(|t| is_output_head(&t.info.name));
+    if src.gguf.is_none() && causal_lm && !has_head {
+        vec!["lm_head".to_string()]
+    } else {
+        vec![]
+    }
 }
 
 /// The GPTQ layout describes every quantized linear with one `bits` and one `group_size`

@@ -206,6 +206,8 @@ fn load(path: &Path) -> Result<Loaded> {
         });
     }
     let src = ModelSource::open(path)?;
+    // every quantized weight's layout checked once, before the forward pass reads any
+    st_logical(&src)?;
     let config = src.config.clone().ok_or_else(|| {
         Error::Config(format!(
             "{}: no config.json next to the weights",

@@ -672,7 +672,8 @@ fn one_gptq_scheme(src: &ModelSource, tensors: &[TensorPlan]) -> Result<()> {
         None => t.label(),
     };
     let other = tensors.iter().find(|t| {
-        let quantized = matches!(&t.action, Action::Encode(s) if !matches!(s, Scheme::Float { .. }));
+        let quantized =
+            matches!(&t.action, Action::Encode(s) if !matches!(s, Scheme::Float { .. }));
         quantized && key(t) != key(first)
     });
     match other {

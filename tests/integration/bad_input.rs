@@ -583,3 +583,106 @@ fn fp8_scales_that_do_not_fit_are_named_by_verify_and_eval() {
         );
     }
 }
+
+/// The fixture folder without one tensor (config.json and tokenizer copied).
+fn fixture_without(dir: &Path, drop: &str) {
+    let fx = fixture();
+    std::fs::create_dir_all(dir).unwrap();
+    for f in listing(&fx) {
+        if f != "model.safetensors" {
+            std::fs::copy(fx.join(&f), dir.join(&f)).unwrap();
+        }
+    }
+    let buf = std::fs::read(fx.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&buf).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != drop)
+        .collect();
+    assert_eq!(kept.len() + 1, st.len(), "{drop} is in the fixture");
+    safetensors::serialize_to_file(kept, None, &dir.join("model.safetensors")).unwrap();
+}
+
+/// Failures while running (calibration, GPTQ, eval) name the model or file and the tensor, not
+/// just a message: a weight missing from the forward pass, per-tensor scales GPTQ cannot fit, a
+/// text shorter than one chunk.
+#[test]
+fn runtime_failures_name_the_file_and_tensor() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let miss = d.path().join("miss");
+    fixture_without(&miss, "model.layers.1.mlp.up_proj.weight");
+    let text = d.path().join("text.txt");
+    std::fs::write(&text, "Four score and seven years ago our fathers brought forth on this continent, a new nation, conceived in Liberty.").unwrap();
+    let calib = ["--calib-samples", "2", "--calib-seq-len", "32"].map(std::ffi::OsStr::new);
+    let out = d.path().join("out");
+    let mut a: Vec<&std::ffi::OsStr> = vec![
+        miss.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "--method".as_ref(),
+        "gptq".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ];
+    a.extend(calib);
+    expect_error(
+        &a,
+        &[
+            "calibration: ",
+            "miss",
+            "tensor 'model.layers.1.mlp.up_proj.weight'",
+            "missing",
+        ],
+    );
+    expect_error(
+        &[
+            "eval".as_ref(),
+            miss.as_os_str(),
+            "--text".as_ref(),
+            text.as_os_str(),
+            "--ctx".as_ref(),
+            "8".as_ref(),
+        ],
+        &[
+            "eval: ",
+            "miss",
+            "tensor 'model.layers.1.mlp.up_proj.weight'",
+            "missing",
+        ],
+    );
+    let mut a: Vec<&std::ffi::OsStr> = vec![
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "--granularity".as_ref(),
+        "tensor".as_ref(),
+        "--method".as_ref(),
+        "gptq".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ];
+    a.extend(calib);
+    expect_error(
+        &a,
+        &[
+            "model.safetensors: tensor 'model.layers.0.self_attn.q_proj.weight'",
+            "per-tensor",
+        ],
+    );
+    assert!(!out.exists());
+    let short = d.path().join("short.txt");
+    std::fs::write(&short, "Four score").unwrap();
+    expect_error(
+        &[
+            "eval".as_ref(),
+            fx.as_os_str(),
+            "--text".as_ref(),
+            short.as_os_str(),
+            "--ctx".as_ref(),
+            "8".as_ref(),
+        ],
+        &["short.txt: ", "fewer than one chunk of --ctx 8"],
+    );
+}

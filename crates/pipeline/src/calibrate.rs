@@ -47,8 +47,12 @@ pub struct LayerOutputError {
     pub gptq: f64,
 }
 
-fn model_err(e: qs_model::ModelError) -> Error {
-    Error::Config(format!("calibration: {e}"))
+/// The file a tensor of `src` is in (the input itself for a name it does not have).
+fn file_of(src: &ModelSource, name: &str) -> std::path::PathBuf {
+    src.tensors
+        .iter()
+        .find(|t| t.info.name == name)
+        .map_or(src.input.clone(), |t| src.path_of(t).to_path_buf())
 }
 
 fn relative_error(y: &Mat<f32>, yq: &Mat<f32>) -> f64 {
@@ -111,6 +115,11 @@ pub fn gptq_model(
     plan: &Plan,
     cfg: &QuantizeConfig,
 ) -> Result<(HashMap<String, Calibrated>, CalibSummary)> {
+    let model_err = |err| Error::Model {
+        stage: "calibration",
+        path: src.input.clone(),
+        err,
+    };
     let model = Model::new(src).map_err(model_err)?;
     let dir = src.hf_dir.as_ref().ok_or_else(|| {
         Error::Config(
@@ -228,10 +237,11 @@ pub fn gptq_model(
             ..
         }) = t.action
         {
-            return Err(Error::Config(format!(
-                "tensor '{}': GPTQ needs channel or group scales, not per-tensor",
-                t.name
-            )));
+            return Err(Error::Tensor {
+                file: file_of(src, &t.name),
+                tensor: t.name.clone(),
+                msg: "GPTQ needs channel or group scales, not per-tensor".into(),
+            });
         }
     }
     let mut done = HashMap::new();
@@ -314,8 +324,11 @@ pub fn gptq_model(
                 let wv: Vec<f32> = (0..rows)
                     .flat_map(|r| (0..cols).map(|c| w[(r, c)]).collect::<Vec<_>>())
                     .collect();
-                let out = gptq(&wv, rows, cols, &hm.h, gc)
-                    .map_err(|e| Error::Config(format!("tensor '{name}': GPTQ: {e}")))?;
+                let out = gptq(&wv, rows, cols, &hm.h, gc).map_err(|err| Error::Gptq {
+                    file: file_of(src, &name),
+                    tensor: name.clone(),
+                    err,
+                })?;
                 let wq = to_mat(&out.dequantize(rows, cols), rows, cols);
                 let y = linear(xheld.as_ref(), w, None);
                 let error = LayerOutputError {
@@ -353,9 +366,11 @@ pub fn gptq_model(
         .filter(|n| !done.contains_key(**n))
         .collect();
     if let Some(n) = missing.first() {
-        return Err(Error::Config(format!(
-            "tensor '{n}': GPTQ covers the decoder layers' linears only (exclude it or keep it)"
-        )));
+        return Err(Error::Tensor {
+            file: file_of(src, n),
+            tensor: n.to_string(),
+            msg: "GPTQ covers the decoder layers' linears only (exclude it or keep it)".into(),
+        });
     }
     Ok((done, summary))
 }

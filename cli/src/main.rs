@@ -378,7 +378,10 @@ fn target_help() -> String {
 
 /// `--method`'s help: round to nearest, then every registered calibration method.
 fn method_help() -> String {
-    let names: Vec<&str> = quantsmith::calib::METHODS.iter().map(|m| m.name()).collect();
+    let names: Vec<&str> = quantsmith::calib::METHODS
+        .iter()
+        .map(|m| m.name())
+        .collect();
     format!(
         "How integer codes are chosen: rtn (round to nearest) or a calibrated method ({}), run layer by layer on CPU",
         names.join(", ")

@@ -410,3 +410,279 @@ fn wrong_target_for_container_and_non_float_tensors() {
     );
     expect_failure(d.path(), &p, &[], &["'flag'", "BOOL", "GGUF"]);
 }
+
+/// Runs `quantize ARGS` (verify, eval) and checks the failure contract: non-zero exit, one
+/// line starting with "error: " holding every `must_contain`, no panic.
+#[track_caller]
+fn expect_error(args: &[&std::ffi::OsStr], must_contain: &[&str]) {
+    let r = quantize(args);
+    assert_ne!(r.code, 0, "expected failure, got success: {}", r.stdout);
+    let msg = r.stderr.trim();
+    assert_eq!(msg.lines().count(), 1, "one line: {msg}");
+    assert!(msg.starts_with("error: "), "{msg}");
+    for m in must_contain {
+        assert!(msg.contains(m), "'{m}' missing from: {msg}");
+    }
+}
+
+/// fp8 (float-quantized) checkpoints whose scale is not what the weight needs — an integer
+/// dtype, a shape that fits no layout, a shape that contradicts the declared strategy — are
+/// refused by `verify` and `eval` with the file and tensor named (they used to panic or decode
+/// garbage); a 0-d per-tensor scale, also on a one-row weight, is read.
+#[test]
+fn fp8_scales_that_do_not_fit_are_named_by_verify_and_eval() {
+    use qs_numeric::fp8::E4M3;
+    let d = tempfile::tempdir().unwrap();
+    let dp = d.path();
+    // weights that fp8 × 0.5 represents exactly
+    let codes = |rows: usize| -> Vec<u8> { (0..rows * 32).map(|i| (i * 7 % 120) as u8).collect() };
+    let values = |c: &[u8]| -> Vec<f32> { c.iter().map(|&c| E4M3.decode(c) * 0.5).collect() };
+    let (c4, c1) = (codes(4), codes(1));
+    let (orig4, orig1) = (dp.join("orig4.safetensors"), dp.join("orig1.safetensors"));
+    write_st(
+        &orig4,
+        &[("w.weight", Dtype::F32, vec![4, 32], f32_bytes(&values(&c4)))],
+    );
+    write_st(
+        &orig1,
+        &[("w.weight", Dtype::F32, vec![1, 32], f32_bytes(&values(&c1)))],
+    );
+    let q = dp.join("q.safetensors");
+    let cases: &[(Dtype, Vec<usize>, Vec<u8>, &[&str])] = &[
+        (
+            Dtype::I32,
+            vec![4, 1],
+            1i32.to_le_bytes().repeat(4),
+            &["'w.weight'", "w.weight_scale has dtype I32"],
+        ),
+        (
+            Dtype::F32,
+            vec![3, 1],
+            f32_bytes(&[0.5; 3]),
+            &["'w.weight'", "w.weight_scale has shape [3, 1]"],
+        ),
+        (
+            Dtype::F32,
+            vec![4, 1, 1],
+            f32_bytes(&[0.5; 4]),
+            &["'w.weight'", "shape [4, 1, 1]"],
+        ),
+    ];
+    for (dt, shape, bytes, must) in cases {
+        write_st(
+            &q,
+            &[
+                ("w.weight", Dtype::F8_E4M3, vec![4, 32], c4.clone()),
+                ("w.weight_scale", *dt, shape.clone(), bytes.clone()),
+            ],
+        );
+        let mut m = must.to_vec();
+        m.push("q.safetensors");
+        expect_error(
+            &[
+                "verify".as_ref(),
+                orig4.as_os_str(),
+                q.as_os_str(),
+                "-q".as_ref(),
+            ],
+            &m,
+        );
+    }
+    // a 0-d per-tensor scale on a one-row weight decodes exactly
+    write_st(
+        &q,
+        &[
+            ("w.weight", Dtype::F8_E4M3, vec![1, 32], c1.clone()),
+            ("w.weight_scale", Dtype::F32, vec![], f32_bytes(&[0.5])),
+        ],
+    );
+    let rep = dp.join("v.json");
+    quantize(&[
+        "verify".as_ref(),
+        orig1.as_os_str(),
+        q.as_os_str(),
+        "-q".as_ref(),
+        "--report".as_ref(),
+        rep.as_os_str(),
+    ])
+    .ok();
+    let r = read_json(&rep);
+    assert_eq!(r["rows"][0]["tensor"], "w.weight");
+    assert_eq!(r["rows"][0]["error"]["max_abs_err"], 0.0);
+
+    // the fixture as fp8 (per-channel), one scale of its folder broken; eval and verify refuse it
+    let fx = fixture();
+    let good = dp.join("fp8");
+    quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "fp8".as_ref(),
+        "-o".as_ref(),
+        good.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let text = dp.join("text.txt");
+    std::fs::write(&text, "Four score and seven years ago our fathers brought forth on this continent, a new nation, conceived in Liberty.").unwrap();
+    let buf = std::fs::read(good.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&buf).unwrap();
+    let target = "model.layers.0.mlp.down_proj.weight_scale";
+    let broken: &[(Dtype, Vec<usize>, &str)] = &[
+        (Dtype::I16, vec![256, 1], "dtype I16"),
+        (Dtype::BF16, vec![255, 1], "shape [255, 1]"),
+        // as many values as per-channel, shaped as blocks: contradicts strategy "channel"
+        (Dtype::BF16, vec![128, 2], "declares strategy \"channel\""),
+    ];
+    for (i, (dt, shape, why)) in broken.iter().enumerate() {
+        let bad = dp.join(format!("bad{i}"));
+        std::fs::create_dir(&bad).unwrap();
+        for f in listing(&good) {
+            if f != "model.safetensors" {
+                std::fs::copy(good.join(&f), bad.join(&f)).unwrap();
+            }
+        }
+        let n: usize = shape.iter().product();
+        let tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(name, v)| match name == target {
+                true => (name, *dt, shape.clone(), vec![0x3f; n * 2]),
+                false => (name, v.dtype(), v.shape().to_vec(), v.data().to_vec()),
+            })
+            .collect();
+        let views: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+            .collect();
+        write_st(&bad.join("model.safetensors"), &views);
+        let must = [
+            "model.safetensors",
+            "'model.layers.0.mlp.down_proj.weight'",
+            why,
+        ];
+        expect_error(
+            &[
+                "verify".as_ref(),
+                fx.as_os_str(),
+                bad.as_os_str(),
+                "-q".as_ref(),
+            ],
+            &must,
+        );
+        expect_error(
+            &[
+                "eval".as_ref(),
+                bad.as_os_str(),
+                "--text".as_ref(),
+                text.as_os_str(),
+                "--ctx".as_ref(),
+                "8".as_ref(),
+                "-q".as_ref(),
+            ],
+            &must,
+        );
+    }
+}
+
+/// The fixture folder without one tensor (config.json and tokenizer copied).
+fn fixture_without(dir: &Path, drop: &str) {
+    let fx = fixture();
+    std::fs::create_dir_all(dir).unwrap();
+    for f in listing(&fx) {
+        if f != "model.safetensors" {
+            std::fs::copy(fx.join(&f), dir.join(&f)).unwrap();
+        }
+    }
+    let buf = std::fs::read(fx.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&buf).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != drop)
+        .collect();
+    assert_eq!(kept.len() + 1, st.len(), "{drop} is in the fixture");
+    safetensors::serialize_to_file(kept, None, &dir.join("model.safetensors")).unwrap();
+}
+
+/// Failures while running (calibration, GPTQ, eval) name the model or file and the tensor, not
+/// just a message: a weight missing from the forward pass, per-tensor scales GPTQ cannot fit, a
+/// text shorter than one chunk.
+#[test]
+fn runtime_failures_name_the_file_and_tensor() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let miss = d.path().join("miss");
+    fixture_without(&miss, "model.layers.1.mlp.up_proj.weight");
+    let text = d.path().join("text.txt");
+    std::fs::write(&text, "Four score and seven years ago our fathers brought forth on this continent, a new nation, conceived in Liberty.").unwrap();
+    let calib = ["--calib-samples", "2", "--calib-seq-len", "32"].map(std::ffi::OsStr::new);
+    let out = d.path().join("out");
+    let mut a: Vec<&std::ffi::OsStr> = vec![
+        miss.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "--method".as_ref(),
+        "gptq".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ];
+    a.extend(calib);
+    expect_error(
+        &a,
+        &[
+            "calibration: ",
+            "miss",
+            "tensor 'model.layers.1.mlp.up_proj.weight'",
+            "missing",
+        ],
+    );
+    expect_error(
+        &[
+            "eval".as_ref(),
+            miss.as_os_str(),
+            "--text".as_ref(),
+            text.as_os_str(),
+            "--ctx".as_ref(),
+            "8".as_ref(),
+        ],
+        &[
+            "eval: ",
+            "miss",
+            "tensor 'model.layers.1.mlp.up_proj.weight'",
+            "missing",
+        ],
+    );
+    let mut a: Vec<&std::ffi::OsStr> = vec![
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "--granularity".as_ref(),
+        "tensor".as_ref(),
+        "--method".as_ref(),
+        "gptq".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ];
+    a.extend(calib);
+    expect_error(
+        &a,
+        &[
+            "model.safetensors: tensor 'model.layers.0.self_attn.q_proj.weight'",
+            "per-tensor",
+        ],
+    );
+    assert!(!out.exists());
+    let short = d.path().join("short.txt");
+    std::fs::write(&short, "Four score").unwrap();
+    expect_error(
+        &[
+            "eval".as_ref(),
+            fx.as_os_str(),
+            "--text".as_ref(),
+            short.as_os_str(),
+            "--ctx".as_ref(),
+            "8".as_ref(),
+        ],
+        &["short.txt: ", "fewer than one chunk of --ctx 8"],
+    );
+}

@@ -472,6 +472,8 @@ fn include_exclude_and_tensor_type_overrides() {
             "model.layers.1.mlp.down_proj"
         ])
     );
+    // the unquantized linear (the untied output head) is ignored by name with several groups too
+    assert_eq!(qc["ignore"], serde_json::json!(["lm_head"]));
     quantize(&[
         "verify".as_ref(),
         fx.as_os_str(),

@@ -625,6 +625,8 @@ fn gptq_format_dequantizes_like_autogptq() {
                 "--method",
                 "gptq",
                 "--act-order",
+                "--damp",
+                "0.05",
                 "--calib-samples",
                 "8",
                 "--calib-seq-len",
@@ -664,6 +666,12 @@ fn gptq_format_dequantizes_like_autogptq() {
         assert_eq!(qc["bits"], *bits);
         assert_eq!(qc["group_size"], *group);
         assert_eq!(qc["sym"], true);
+        // the damping asked for (the default 0.01 otherwise)
+        let damp = match args.iter().position(|a| *a == "--damp") {
+            Some(i) => args[i + 1].parse::<f64>().unwrap(),
+            None => 0.01,
+        };
+        assert_eq!(qc["damp_percent"].as_f64(), Some(damp), "{args:?}");
         // act-order GPTQ stores its groups in activation order: desc_act and a permuted g_idx
         let act_order = args.contains(&"group");
         assert_eq!(qc["desc_act"], act_order);
@@ -713,4 +721,41 @@ fn gptq_format_dequantizes_like_autogptq() {
     ]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("symmetric"), "{}", r.stderr);
+    // transformers and optimum refuse a damp_percent outside (0, 1): so do we
+    let r = quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "--format".as_ref(),
+        "gptq".as_ref(),
+        "--damp".as_ref(),
+        "1.5".as_ref(),
+        "-o".as_ref(),
+        d.path().join("damp").as_os_str(),
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("--damp 1.5"), "{}", r.stderr);
+    assert!(!d.path().join("damp").exists());
+    // quantize_config.json holds one bit width and group size: mixed schemes are refused
+    for tt in ["down_proj=int8", "down_proj=fp8"] {
+        let r = quantize(&[
+            fx.as_os_str(),
+            "--to".as_ref(),
+            "int4".as_ref(),
+            "--format".as_ref(),
+            "gptq".as_ref(),
+            "--tensor-type".as_ref(),
+            tt.as_ref(),
+            "-o".as_ref(),
+            d.path().join("mixed").as_os_str(),
+        ]);
+        assert_ne!(r.code, 0, "{tt}");
+        assert!(
+            r.stderr.contains("'model.layers.0.mlp.down_proj.weight'")
+                && r.stderr.contains("one bit width and group size"),
+            "{tt}: {}",
+            r.stderr
+        );
+        assert!(!d.path().join("mixed").exists());
+    }
 }

@@ -69,10 +69,6 @@ impl SafetensorsFile {
         &self.mmap[t.start..t.end]
     }
 
-    pub fn file_len(&self) -> usize {
-        self.mmap.len()
-    }
-
     /// Tells the kernel we are done with `range` of the file: the pages leave our resident set
     /// (they stay in the page cache). Only whole pages inside the range are dropped.
     pub fn release(&self, start: usize, end: usize) {

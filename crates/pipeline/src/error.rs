@@ -6,6 +6,7 @@ use std::path::PathBuf;
 pub enum Error {
     #[error(transparent)]
     Format(#[from] FormatError),
+    /// Options that do not go together, or do not apply to this input (a usage error).
     #[error("{0}")]
     Config(String),
     #[error("{file}: tensor '{tensor}': {msg}")]
@@ -14,6 +15,28 @@ pub enum Error {
         tensor: String,
         msg: String,
     },
+    /// A file that cannot be used as asked: metadata missing or unsupported (a GGUF to export
+    /// or evaluate, a model folder without config.json or tokenizer), a text too short.
+    #[error("{path}: {msg}")]
+    Input { path: PathBuf, msg: String },
+    /// The forward pass (GPTQ calibration, `eval`) could not run on a model: a missing or
+    /// misshapen weight (named by the model error), config.json lacking a hyper-parameter.
+    // (the inner errors are part of the message, not `source`s: the CLI prints the chain)
+    #[error("{stage}: {path}: {err}")]
+    Model {
+        stage: &'static str,
+        path: PathBuf,
+        err: qs_model::ModelError,
+    },
+    /// GPTQ could not quantize a weight (its Hessian stays indefinite).
+    #[error("{file}: tensor '{tensor}': GPTQ: {err}")]
+    Gptq {
+        file: PathBuf,
+        tensor: String,
+        err: qs_numeric::gptq::GptqError,
+    },
+    #[error("cannot start worker threads: {0}")]
+    Threads(rayon::ThreadPoolBuildError),
     #[error("{path}: {msg}")]
     Output { path: PathBuf, msg: String },
     #[error("verify: {0}")]

@@ -65,8 +65,19 @@ struct Loaded {
     bos: Option<u32>,
 }
 
-fn model_err(path: &Path, e: ModelError) -> Error {
-    Error::Config(format!("{}: {e}", path.display()))
+fn model_err(path: &Path, err: ModelError) -> Error {
+    Error::Model {
+        stage: "eval",
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+fn input_err(path: &Path, msg: String) -> Error {
+    Error::Input {
+        path: path.to_path_buf(),
+        msg,
+    }
 }
 
 /// GGUF tensors by HF name, dequantized with the q/k permutation undone.
@@ -154,10 +165,10 @@ fn load(path: &Path) -> Result<Loaded> {
             .iter()
             .find(|a| a.name == an)
             .ok_or_else(|| {
-                Error::Config(format!(
-                    "{}: architecture '{an}' cannot be evaluated (llama, qwen2, qwen3)",
-                    path.display()
-                ))
+                input_err(
+                    path,
+                    format!("architecture '{an}' cannot be evaluated (llama, qwen2, qwen3)"),
+                )
             })?;
         let tied = !g.tensors.iter().any(|t| t.name == "output.weight");
         let vocab = g
@@ -182,10 +193,10 @@ fn load(path: &Path) -> Result<Loaded> {
                 j.to_string()
                     .parse::<tokenizers::Tokenizer>()
                     .map_err(|e| {
-                        Error::Config(format!(
-                            "{}: cannot build a tokenizer from its metadata: {e}",
-                            path.display()
-                        ))
+                        input_err(
+                            path,
+                            format!("cannot build a tokenizer from its metadata: {e}"),
+                        )
                     })?,
             ),
             None => None,
@@ -206,20 +217,20 @@ fn load(path: &Path) -> Result<Loaded> {
         });
     }
     let src = ModelSource::open(path)?;
-    let config = src.config.clone().ok_or_else(|| {
-        Error::Config(format!(
-            "{}: no config.json next to the weights",
-            path.display()
-        ))
-    })?;
+    // every quantized weight's layout checked once, before the forward pass reads any
+    st_logical(&src)?;
+    let config = src
+        .config
+        .clone()
+        .ok_or_else(|| input_err(path, "no config.json next to the weights".into()))?;
     let dir = src.hf_dir.clone();
-    let tokenizer =
-        match dir.as_ref().map(|d| d.join("tokenizer.json")) {
-            Some(p) if p.is_file() => Some(tokenizers::Tokenizer::from_file(&p).map_err(|e| {
-                Error::Config(format!("{}: cannot load tokenizer: {e}", p.display()))
-            })?),
-            _ => None,
-        };
+    let tokenizer = match dir.as_ref().map(|d| d.join("tokenizer.json")) {
+        Some(p) if p.is_file() => Some(
+            tokenizers::Tokenizer::from_file(&p)
+                .map_err(|e| input_err(&p, format!("cannot load tokenizer: {e}")))?,
+        ),
+        _ => None,
+    };
     let tcfg: Json = dir
         .as_ref()
         .and_then(|d| std::fs::read_to_string(d.join("tokenizer_config.json")).ok())
@@ -271,27 +282,30 @@ pub fn eval(cfg: &EvalConfig) -> Result<EvalReport> {
         .as_ref()
         .or_else(|| base.as_ref().and_then(|b| b.tokenizer.as_ref()))
         .ok_or_else(|| {
-            Error::Config(format!(
-                "{}: no tokenizer.json (or byte-level BPE GGUF metadata) to tokenize the text with",
-                cfg.model.display()
-            ))
+            input_err(
+                &cfg.model,
+                "no tokenizer.json (or byte-level BPE GGUF metadata) to tokenize the text with"
+                    .into(),
+            )
         })?;
     let text = qs_formats::calib::load_text(Some(&cfg.text))?;
     let enc = tok
         .encode(text.as_str(), false)
-        .map_err(|e| Error::Config(format!("{}: tokenizing: {e}", cfg.text.display())))?;
+        .map_err(|e| input_err(&cfg.text, format!("tokenizing: {e}")))?;
     let mut ids: Vec<u32> = Vec::with_capacity(enc.get_ids().len() + 1);
     ids.extend(m.bos);
     ids.extend_from_slice(enc.get_ids());
     let max_chunks = ids.len() / cfg.ctx;
     let n_chunks = cfg.chunks.map_or(max_chunks, |c| c.min(max_chunks));
     if n_chunks == 0 {
-        return Err(Error::Config(format!(
-            "{}: {} tokens, fewer than one chunk of --ctx {}",
-            cfg.text.display(),
-            ids.len(),
-            cfg.ctx
-        )));
+        return Err(input_err(
+            &cfg.text,
+            format!(
+                "{} tokens, fewer than one chunk of --ctx {}",
+                ids.len(),
+                cfg.ctx
+            ),
+        ));
     }
     let pool = crate::exec::pool(cfg.threads)?;
     pool.install(|| {
@@ -302,13 +316,15 @@ pub fn eval(cfg: &EvalConfig) -> Result<EvalReport> {
                 let o = Model::with_weights(b.weights.as_ref(), &b.config)
                     .map_err(|e| model_err(p, e))?;
                 if o.cfg.vocab != model.cfg.vocab {
-                    return Err(Error::Config(format!(
-                        "{} has a vocabulary of {} tokens, {} of {}",
-                        p.display(),
-                        o.cfg.vocab,
-                        cfg.model.display(),
-                        model.cfg.vocab
-                    )));
+                    return Err(input_err(
+                        p,
+                        format!(
+                            "a vocabulary of {} tokens, {} has {}",
+                            o.cfg.vocab,
+                            cfg.model.display(),
+                            model.cfg.vocab
+                        ),
+                    ));
                 }
                 Some(o)
             }

@@ -74,8 +74,7 @@ pub(crate) fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
     if let Some(n) = threads {
         b = b.num_threads(n.max(1));
     }
-    b.build()
-        .map_err(|e| Error::Config(format!("cannot start worker threads: {e}")))
+    b.build().map_err(Error::Threads)
 }
 
 /// Runs `f` over `jobs` in parallel; returns results in job order, or the first error in job

@@ -27,7 +27,18 @@ pub struct ExportConfig {
 }
 
 fn err(g: &GgufFile, m: impl std::fmt::Display) -> Error {
-    Error::Config(format!("{}: {m}", g.path.display()))
+    Error::Input {
+        path: g.path.clone(),
+        msg: m.to_string(),
+    }
+}
+
+fn tensor_err(g: &GgufFile, t: &str, m: impl std::fmt::Display) -> Error {
+    Error::Tensor {
+        file: g.path.clone(),
+        tensor: t.to_string(),
+        msg: m.to_string(),
+    }
 }
 
 fn u(g: &GgufFile, k: &str) -> Option<u64> {
@@ -374,12 +385,10 @@ pub(crate) fn inverse_names(
             ));
         }
         if !m.contains_key(&t.name) {
-            return Err(err(
+            return Err(tensor_err(
                 g,
-                format!(
-                    "tensor '{}' has no Hugging Face name for architecture {}",
-                    t.name, a.name
-                ),
+                &t.name,
+                format!("has no Hugging Face name for architecture {}", a.name),
             ));
         }
     }
@@ -430,12 +439,10 @@ pub fn export(
         let (hf, permute) = names[&t.name].clone();
         let scheme = Scheme::for_ggml(t.ty).ok_or_else(|| {
             let ty = t.ty;
-            err(
+            tensor_err(
                 &g,
-                format!(
-                    "tensor '{}': dequantizing {ty} is not supported yet",
-                    t.name
-                ),
+                &t.name,
+                format!("dequantizing {ty} is not supported yet"),
             )
         })?;
         outs.push(Out {

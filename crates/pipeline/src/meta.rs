@@ -270,34 +270,33 @@ pub fn model_name(src: &ModelSource) -> String {
 }
 
 /// compressed-tensors `quantization_config` for the quantized tensors of a plan, or `None`
-/// when nothing is quantized. One config group per distinct scheme; with a single scheme the
-/// group targets `Linear` and unquantized linear layers go to `ignore`.
+/// when nothing is quantized. One config group per distinct scheme (a single one targets
+/// `Linear`, several target their modules by name); every linear module left unquantized,
+/// tied ones included, is in `ignore` by module name, as llm-compressor writes it: a loader
+/// applying the scheme to a `Linear` it finds no quantized weight for fails (transformers:
+/// "Linear has no attribute `weight`") or leaves it uninitialised.
 pub fn quantization_config(plan: &Plan) -> Option<Json> {
     if let Some(g) = gptq_config(plan) {
         return Some(g);
     }
     let mut groups: Vec<(Json, &'static str, Vec<String>)> = Vec::new();
-    let mut ignore = Vec::new();
     for t in &plan.tensors {
         let sj = match &t.action {
             Action::Encode(s) => scheme_json(s, plan.actorder),
             Action::Copy => None,
         };
-        match sj {
-            Some((w, fmt)) => match groups.iter_mut().find(|(gw, gf, _)| *gw == w && *gf == fmt) {
+        if let Some((w, fmt)) = sj {
+            match groups.iter_mut().find(|(gw, gf, _)| *gw == w && *gf == fmt) {
                 Some(g) => g.2.push(module_of(&t.name)),
                 None => groups.push((w, fmt, vec![module_of(&t.name)])),
-            },
-            None => {
-                if t.shape.len() == 2 && t.name.ends_with(".weight") && !is_embedding(&t.name) {
-                    ignore.push(module_of(&t.name));
-                }
             }
         }
     }
     if groups.is_empty() {
         return None;
     }
+    let quantized: Vec<&String> = groups.iter().flat_map(|g| &g.2).collect();
+    let ignore = unquantized_linears(plan, |m| quantized.contains(&m));
     let single = groups.len() == 1;
     let formats: Vec<&str> = groups.iter().map(|g| g.1).collect();
     let uniform = formats.iter().all(|f| *f == formats[0]);
@@ -318,11 +317,110 @@ pub fn quantization_config(plan: &Plan) -> Option<Json> {
         "format": if uniform { formats[0] } else { "mixed-precision" },
         "quantization_status": "compressed",
         "config_groups": cg,
-        "ignore": if single { json!(ignore) } else { json!([]) },
+        "ignore": ignore,
         "kv_cache_scheme": null,
         "sparsity_config": {},
         "global_compression_ratio": null,
     }))
+}
+
+/// A linear layer's weight: 2-D `.weight`, not an embedding table.
+fn is_linear(t: &crate::plan::TensorPlan) -> bool {
+    t.shape.len() == 2 && t.name.ends_with(".weight") && !is_embedding(&t.name)
+}
+
+/// Module names of the linear layers a loader must leave unquantized: those the plan stores
+/// as they are (or as floats), in plan order, then the plan's tied modules.
+fn unquantized_linears(plan: &Plan, quantized: impl Fn(&String) -> bool) -> Vec<String> {
+    let mut v: Vec<String> = plan
+        .tensors
+        .iter()
+        .filter(|t| is_linear(t))
+        .map(|t| module_of(&t.name))
+        .filter(|m| !quantized(m))
+        .collect();
+    for m in &plan.tied_modules {
+        if !v.contains(m) && !quantized(m) {
+            v.push(m.clone());
+        }
+    }
+    v
+}
+
+/// A module inside a repeated block, split after the block index:
+/// `model.layers.3.self_attn.q_proj` → (`model.layers.3`, `self_attn.q_proj`).
+fn in_block(module: &str) -> Option<(&str, &str)> {
+    let mut pos = 0;
+    for seg in module.split('.') {
+        let end = pos + seg.len();
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) && end < module.len() {
+            return Some((&module[..end], &module[end + 1..]));
+        }
+        pos = end + 1;
+    }
+    None
+}
+
+/// What loaders of the GPTQ layout need to be told when some linear inside the decoder blocks
+/// is left unquantized (`None` when every one is quantized):
+///
+/// - `modules_in_block_to_quantize` for transformers, which hands the config to optimum:
+///   optimum replaces every `nn.Linear` of every block with a GPTQ layer unless this list is
+///   given, and keeps a layer when its full name ends with one of the entries. The same linears
+///   quantized in every block are listed by their name in the block (`self_attn.q_proj`),
+///   otherwise every quantized one by its full module name;
+/// - `dynamic` for GPTQModel's own loader (which ignores that list and refuses a checkpoint
+///   without the `qweight` of every block linear): a negative rule (`-:^name$`, an exact
+///   module name) per unquantized one.
+fn partly_quantized_blocks(plan: &Plan) -> Option<(Json, Json)> {
+    let mut blocks: Vec<&str> = Vec::new();
+    let mut quantized: Vec<(&str, &str)> = Vec::new();
+    let mut kept: Vec<&str> = Vec::new();
+    let modules: Vec<(String, bool)> = plan
+        .tensors
+        .iter()
+        .filter(|t| is_linear(t))
+        .map(|t| {
+            let q = matches!(t.action, Action::Encode(Scheme::Gptq(AutoGptq { .. })));
+            (module_of(&t.name), q)
+        })
+        .collect();
+    for (m, q) in &modules {
+        let Some((b, rel)) = in_block(m) else {
+            continue;
+        };
+        if !blocks.contains(&b) {
+            blocks.push(b);
+        }
+        if *q {
+            quantized.push((b, rel));
+        } else {
+            kept.push(m);
+        }
+    }
+    if kept.is_empty() {
+        return None;
+    }
+    let names_in = |b: &str| {
+        let mut v: Vec<&str> = quantized
+            .iter()
+            .filter(|(qb, _)| *qb == b)
+            .map(|(_, r)| *r)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let first = names_in(blocks[0]);
+    let list: Vec<String> = if blocks.iter().all(|b| names_in(b) == first) {
+        first.iter().map(|r| r.to_string()).collect()
+    } else {
+        quantized.iter().map(|(b, r)| format!("{b}.{r}")).collect()
+    };
+    let dynamic: Map<String, Json> = kept
+        .iter()
+        .map(|m| (format!("-:^{}$", regex::escape(m)), json!({})))
+        .collect();
+    Some((json!([list]), Json::Object(dynamic)))
 }
 
 /// The GPTQ (AutoGPTQ v1) `quantization_config` / quantize_config.json of a plan that stores
@@ -334,7 +432,7 @@ pub fn gptq_config(plan: &Plan) -> Option<Json> {
         }
         _ => None,
     })?;
-    Some(json!({
+    let mut c = json!({
         "bits": bits,
         "group_size": if group == cols { -1 } else { group as i64 },
         // act-order GPTQ writes its g_idx (groups in activation order)
@@ -342,11 +440,16 @@ pub fn gptq_config(plan: &Plan) -> Option<Json> {
         "static_groups": false,
         "sym": true,
         "true_sequential": true,
-        "damp_percent": 0.01,
+        "damp_percent": plan.damp,
         "quant_method": "gptq",
         "checkpoint_format": "gptq",
         "model_file_base_name": "model",
-    }))
+    });
+    if let (Some((m, d)), Some(obj)) = (partly_quantized_blocks(plan), c.as_object_mut()) {
+        obj.insert("modules_in_block_to_quantize".into(), m);
+        obj.insert("dynamic".into(), d);
+    }
+    Some(c)
 }
 
 /// Writes `config.json` (with `quantization_config`, or the new `torch_dtype` for a float
@@ -419,5 +522,19 @@ mod name_tests {
         assert_eq!(size_label(6_738_415_616), "6.7B");
         assert_eq!(size_label(999), "1.0K");
         assert_eq!(size_label(70_553_706_496), "71B");
+    }
+
+    #[test]
+    fn block_modules_split_after_the_block_index() {
+        assert_eq!(
+            in_block("model.layers.3.self_attn.q_proj"),
+            Some(("model.layers.3", "self_attn.q_proj"))
+        );
+        assert_eq!(
+            in_block("transformer.h.12.mlp.c_fc"),
+            Some(("transformer.h.12", "mlp.c_fc"))
+        );
+        assert_eq!(in_block("lm_head"), None);
+        assert_eq!(in_block("model.layers.3"), None);
     }
 }

@@ -85,6 +85,13 @@ pub struct Plan {
     /// GPTQ with act-order: "static" (consecutive groups) or "group" (groups in activation
     /// order, a g_idx stored), as compressed-tensors names them.
     pub actorder: Option<&'static str>,
+    /// GPTQ: the Hessian damping asked for (`--damp`), recorded as the GPTQ layout's
+    /// `damp_percent`.
+    pub damp: f64,
+    /// Linear modules a loader creates that hold no weight of their own in the input: the
+    /// `lm_head` of a causal LM whose output head is tied to the embeddings. They stay
+    /// unquantized, and a safetensors output's `quantization_config` says so (`ignore`).
+    pub tied_modules: Vec<String>,
 }
 
 /// One row of `--dry-run` output.
@@ -478,6 +485,12 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
                         "--format gptq writes symmetric checkpoints (sym=true); use compressed-tensors for --asym".into(),
                     ));
                 }
+                if !(cfg.damp > 0.0 && cfg.damp < 1.0) {
+                    return Err(Error::Config(format!(
+                        "--damp {}: the GPTQ layout records it as damp_percent, which transformers and optimum only load between 0 and 1 (exclusive)",
+                        cfg.damp
+                    )));
+                }
                 let s = Scheme::Gptq(AutoGptq { bits, group });
                 check(&s, shape, &terr)?;
                 (Action::Encode(s), target)
@@ -603,6 +616,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             src_bytes: st.info.end - st.info.start,
         });
     }
+    one_gptq_scheme(src, &tensors)?;
     let mixture = llama_mix.map(|_| cfg.mixture.unwrap_or(mixture_for(default_ggml)));
     Ok(Plan {
         kind,
@@ -616,7 +630,69 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
         } else {
             "static"
         }),
+        damp: cfg.damp,
+        tied_modules: tied_modules(src),
     })
+}
+
+/// The Linear modules transformers creates for `src` without a weight of their own in it: a
+/// `*ForCausalLM` checkpoint without an output head ties `lm_head` to the embeddings.
+fn tied_modules(src: &ModelSource) -> Vec<String> {
+    let causal_lm = src
+        .config
+        .as_ref()
+        .and_then(|c| c.get("architectures"))
+        .and_then(|a| a.as_array())
+        .is_some_and(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .any(|x| x.ends_with("ForCausalLM"))
+        });
+    let has_head = src.tensors.iter().any(|t| is_output_head(&t.info.name));
+    if src.gguf.is_none() && causal_lm && !has_head {
+        vec!["lm_head".to_string()]
+    } else {
+        vec![]
+    }
+}
+
+/// The GPTQ layout describes every quantized linear with one `bits` and one `group_size`
+/// (quantize_config.json, what transformers/optimum read): a plan that stores a GPTQ tensor
+/// stores every quantized tensor with that same scheme (group -1: each row whole).
+fn one_gptq_scheme(src: &ModelSource, tensors: &[TensorPlan]) -> Result<()> {
+    let key = |t: &TensorPlan| match t.action {
+        Action::Encode(Scheme::Gptq(AutoGptq { bits, group })) => {
+            let cols = t.shape.last().copied().unwrap_or(0);
+            Some((bits, if group == cols { None } else { Some(group) }))
+        }
+        _ => None,
+    };
+    let Some(first) = tensors.iter().find(|t| key(t).is_some()) else {
+        return Ok(());
+    };
+    let describe = |t: &TensorPlan| match key(t) {
+        Some((bits, None)) => format!("int{bits} with channel scales"),
+        Some((bits, Some(g))) => format!("int{bits} in groups of {g}"),
+        None => t.label(),
+    };
+    let other = tensors.iter().find(|t| {
+        let quantized =
+            matches!(&t.action, Action::Encode(s) if !matches!(s, Scheme::Float(FloatLayout { .. })));
+        quantized && key(t) != key(first)
+    });
+    match other {
+        None => Ok(()),
+        Some(t) => Err(Error::Tensor {
+            file: src.path_of(&src.tensors[t.source]).to_path_buf(),
+            tensor: t.name.clone(),
+            msg: format!(
+                "would be {}, but --format gptq describes every quantized linear with one bit width and group size ({} for '{}'): use compressed-tensors for mixed schemes",
+                describe(t),
+                describe(first),
+                first.name
+            ),
+        }),
+    }
 }
 
 fn check(s: &Scheme, shape: &[usize], terr: &dyn Fn(String) -> Error) -> Result<()> {

@@ -15,11 +15,14 @@ fn read_json(p: &Path) -> Result<Option<Json>> {
     if !p.is_file() {
         return Ok(None);
     }
-    let t =
-        std::fs::read_to_string(p).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
+    let bad = |msg: String| Error::Input {
+        path: p.to_path_buf(),
+        msg,
+    };
+    let t = std::fs::read_to_string(p).map_err(|e| bad(e.to_string()))?;
     serde_json::from_str(&t)
         .map(Some)
-        .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", p.display())))
+        .map_err(|e| bad(format!("not valid JSON: {e}")))
 }
 
 /// llama.cpp's `does_token_look_special`.
@@ -235,7 +238,10 @@ fn special_ids(tcfg: &Json, ids: &HashMap<String, u64>) -> Vec<u64> {
 /// llama.cpp's `LlamaHfVocab`: the base vocab in id order (`<0xXX>` pieces are BYTE, special
 /// ids CONTROL), then added tokens beyond it; every score is -1000.
 fn llama_hf_vocab(dir: &Path, tok: &Json, config: &Json, tcfg: &Json) -> Result<Vocab> {
-    let bad = |m: &str| Error::Config(format!("{}: {m}", dir.join("tokenizer.json").display()));
+    let bad = |m: &str| Error::Input {
+        path: dir.join("tokenizer.json"),
+        msg: m.to_string(),
+    };
     let vocab = tok["model"]["vocab"]
         .as_object()
         .ok_or_else(|| bad("BPE model without a vocab"))?;
@@ -310,7 +316,10 @@ fn llama_hf_vocab(dir: &Path, tok: &Json, config: &Json, tcfg: &Json) -> Result<
 
 /// Byte-level BPE ("gpt2"): vocab and added tokens by id, `[PADn]` holes, the pre-tokenizer name.
 fn bpe_vocab(dir: &Path, tok: &Json, config: &Json, pre_override: Option<&str>) -> Result<Vocab> {
-    let bad = |m: &str| Error::Config(format!("{}: {m}", dir.join("tokenizer.json").display()));
+    let bad = |m: &str| Error::Input {
+        path: dir.join("tokenizer.json"),
+        msg: m.to_string(),
+    };
     let model = tok.get("model").ok_or_else(|| bad("no \"model\""))?;
     let mtype = model.get("type").and_then(|t| t.as_str()).unwrap_or("");
     if mtype != "BPE" {

@@ -11,7 +11,7 @@ use crate::plan::chunk_rows;
 use crate::report::{Report, ReportRow};
 use crate::Progress;
 use qs_formats::gguf::{GgufFile, Value};
-use qs_formats::source::ModelSource;
+use qs_formats::source::{ModelSource, SourceTensor};
 use qs_numeric::dtype::decode_f32;
 use qs_numeric::layout::rows_cols;
 use qs_numeric::layout::{AutoGptq, FloatLayout, FloatQuantized, PackQuantized};
@@ -280,17 +280,21 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
         .map(|(i, t)| (t.info.name.as_str(), i))
         .collect();
     let get = |n: &str| by_name.get(n).map(|&i| &s.tensors[i]);
-    let bad =
-        |t: &str, m: String| Error::Verify(format!("{}: tensor '{t}': {m}", s.input.display()));
+    // a tensor that cannot be read as what it claims to be: named with the file it is in
+    let bad = |t: &SourceTensor, m: String| Error::Tensor {
+        file: s.path_of(t).to_path_buf(),
+        tensor: t.info.name.clone(),
+        msg: m,
+    };
     let mut companions = std::collections::HashSet::new();
     let mut v = Vec::new();
     for t in &s.tensors {
         let name = &t.info.name;
         if let Some(base) = name.strip_suffix("_packed") {
             let scale = get(&format!("{base}_scale"))
-                .ok_or_else(|| bad(name, "has no _scale companion".into()))?;
+                .ok_or_else(|| bad(t, "has no _scale companion".into()))?;
             let shape_t = get(&format!("{base}_shape"))
-                .ok_or_else(|| bad(name, "has no _shape companion".into()))?;
+                .ok_or_else(|| bad(t, "has no _shape companion".into()))?;
             let zp = get(&format!("{base}_zero_point"));
             let sb = s.bytes(shape_t);
             let dims: Vec<usize> = match shape_t.info.dtype {
@@ -302,10 +306,10 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
                     .chunks_exact(4)
                     .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as usize)
                     .collect(),
-                d => return Err(bad(name, format!("_shape has dtype {d}"))),
+                d => return Err(bad(t, format!("_shape has dtype {d}"))),
             };
             if dims.len() != 2 {
-                return Err(bad(name, format!("_shape {dims:?} is not 2-D")));
+                return Err(bad(t, format!("_shape {dims:?} is not 2-D")));
             }
             let (rows, cols) = (dims[0], dims[1]);
             let w = weight_args(qc, base.strip_suffix(".weight").unwrap_or(base));
@@ -321,10 +325,11 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
                 })
                 .ok_or_else(|| {
                     bad(
-                        name,
+                        t,
                         "cannot tell the bit width (no quantization_config)".into(),
                     )
                 })?;
+            check_scale_dtype(scale.info.dtype, &format!("{base}_scale")).map_err(|m| bad(t, m))?;
             let sshape = &scale.info.shape;
             let ng = sshape.get(1).copied().unwrap_or(1);
             let granularity = if sshape.iter().product::<usize>() == 1 && rows != 1 {
@@ -346,7 +351,7 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
             });
             scheme
                 .check(&[rows, cols])
-                .map_err(|e| bad(name, e.to_string()))?;
+                .map_err(|e| bad(t, e.to_string()))?;
             let mut slots = vec![s.bytes(t), s.bytes(scale)];
             companions.extend([format!("{base}_scale"), format!("{base}_shape")]);
             if let Some(z) = zp {
@@ -357,12 +362,12 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
             if let Some(g) = gi {
                 let gb = s.bytes(g);
                 if let Some(&x) = bytes_to_u32(gb).iter().find(|&&x| x as usize >= ng.max(1)) {
-                    return Err(bad(name, format!("g_idx holds group {x} of {ng}")));
+                    return Err(bad(t, format!("g_idx holds group {x} of {ng}")));
                 }
                 slots.push(gb);
                 companions.insert(format!("{base}_g_idx"));
             }
-            let got = check_sizes(&scheme, rows, cols, &slots).map_err(|m| bad(name, m))?;
+            let got = check_sizes(&scheme, rows, cols, &slots).map_err(|m| bad(t, m))?;
             let bytes = got as u64;
             v.push(Logical {
                 permute: None,
@@ -376,7 +381,7 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
             // AutoGPTQ v1: qweight [cols·bits/32, rows], qzeros, scales [groups, rows], g_idx
             let comp = |suffix: &str| {
                 get(&format!("{prefix}.{suffix}"))
-                    .ok_or_else(|| bad(name, format!("has no {suffix} companion")))
+                    .ok_or_else(|| bad(t, format!("has no {suffix} companion")))
             };
             let (qz, sc, gi) = (comp("qzeros")?, comp("scales")?, comp("g_idx")?);
             let rows = sc.info.shape.get(1).copied().unwrap_or(0);
@@ -385,7 +390,7 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
             let packed_rows = t.info.shape.first().copied().unwrap_or(0);
             if cols == 0 || groups == 0 || (32 * packed_rows) % cols != 0 {
                 return Err(bad(
-                    name,
+                    t,
                     format!(
                         "shapes qweight {:?}, scales {:?}, g_idx {:?} do not fit together",
                         t.info.shape, sc.info.shape, gi.info.shape
@@ -399,20 +404,20 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
             });
             scheme
                 .check(&[rows, cols])
-                .map_err(|e| bad(name, e.to_string()))?;
+                .map_err(|e| bad(t, e.to_string()))?;
             if sc.info.dtype != DType::F16 {
                 return Err(bad(
-                    name,
+                    t,
                     format!("scales are {}, expected F16", sc.info.dtype),
                 ));
             }
             let slots = vec![s.bytes(t), s.bytes(qz), s.bytes(sc), s.bytes(gi)];
-            let got = check_sizes(&scheme, rows, cols, &slots).map_err(|m| bad(name, m))?;
+            let got = check_sizes(&scheme, rows, cols, &slots).map_err(|m| bad(t, m))?;
             if let Some(&g) = bytes_to_u32(slots[3])
                 .iter()
                 .find(|&&g| g as usize >= groups)
             {
-                return Err(bad(name, format!("g_idx holds group {g} of {groups}")));
+                return Err(bad(t, format!("g_idx holds group {g} of {groups}")));
             }
             companions.extend(["qzeros", "scales", "g_idx"].map(|x| format!("{prefix}.{x}")));
             v.push(Logical {
@@ -426,32 +431,73 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
         } else if matches!(t.info.dtype, DType::F8E4M3 | DType::F8E5M2) {
             let sname = format!("{name}_scale");
             let scale = get(&sname)
-                .ok_or_else(|| bad(name, "fp8 tensor without a _scale companion".into()))?;
-            companions.insert(sname);
+                .ok_or_else(|| bad(t, "fp8 tensor without a _scale companion".into()))?;
+            companions.insert(sname.clone());
+            check_scale_dtype(scale.info.dtype, &sname).map_err(|m| bad(t, m))?;
             let shape = t.info.shape.clone();
-            let (rows, cols) = rows_cols(&shape);
+            if shape.len() != 2 {
+                return Err(bad(t, format!("fp8 weight of shape {shape:?} is not 2-D")));
+            }
+            let (rows, cols) = (shape[0], shape[1]);
             let sshape = &scale.info.shape;
-            let granularity = if sshape.iter().product::<usize>() == 1 && rows != 1 {
+            let numel: usize = sshape.iter().product();
+            let misfit = || {
+                let layouts = format!("tensor: one value, channel: [{rows}, 1], or blocks");
+                bad(
+                    t,
+                    format!("{sname} has shape {sshape:?}, no fp8 scale layout ({layouts}) of a [{rows}, {cols}] weight"),
+                )
+            };
+            let args = weight_args(qc, name.strip_suffix(".weight").unwrap_or(name));
+            let granularity = if sshape.len() <= 1 && numel == 1 {
                 Granularity::Tensor
-            } else if sshape.len() == 2 && sshape[0] == rows && sshape[1] == 1 {
+            } else if sshape.len() != 2 {
+                return Err(misfit());
+            } else if sshape[0] == rows && sshape[1] == 1 {
                 Granularity::Channel
+            } else if numel == 1 {
+                Granularity::Tensor
             } else {
-                let block = weight_args(qc, name.strip_suffix(".weight").unwrap_or(name))
+                let block = args
                     .and_then(|w| w.get("block_structure"))
                     .and_then(|b| serde_json::from_value::<[usize; 2]>(b.clone()).ok())
                     .unwrap_or([
                         rows.div_ceil(sshape[0].max(1)),
-                        cols.div_ceil(sshape.get(1).copied().unwrap_or(1).max(1)),
+                        cols.div_ceil(sshape[1].max(1)),
                     ]);
+                if block[0] == 0
+                    || block[1] == 0
+                    || [rows.div_ceil(block[0]), cols.div_ceil(block[1])] != sshape[..]
+                {
+                    return Err(misfit());
+                }
                 Granularity::Block(block[0], block[1])
             };
+            // the scale's shape must be the layout quantization_config declares (one value on
+            // one row is a tensor and a channel scale alike)
+            let declared = args
+                .and_then(|w| w.get("strategy"))
+                .and_then(|d| d.as_str());
+            if let Some(d) = declared {
+                let either = rows == 1 && numel == 1 && matches!(d, "tensor" | "channel");
+                if d != granularity.strategy() && !either {
+                    return Err(bad(
+                        t,
+                        format!(
+                            "{sname} has shape {sshape:?}, a {} scale, but quantization_config declares strategy \"{d}\"",
+                            granularity.strategy()
+                        ),
+                    ));
+                }
+            }
             let scheme = Scheme::Fp8(FloatQuantized {
                 format: t.info.dtype,
                 granularity,
                 scale_dtype: scale.info.dtype,
             });
+            scheme.check(&shape).map_err(|e| bad(t, e.to_string()))?;
             let slots = vec![s.bytes(t), s.bytes(scale)];
-            let bytes = slots.iter().map(|x| x.len() as u64).sum();
+            let bytes = check_sizes(&scheme, rows, cols, &slots).map_err(|m| bad(t, m))? as u64;
             v.push(Logical {
                 permute: None,
                 name: name.clone(),
@@ -488,13 +534,21 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
             }
             d => {
                 return Err(bad(
-                    name,
+                    t,
                     format!("{d} tensor that is not part of a quantized weight"),
                 ))
             }
         }
     }
     Ok(v)
+}
+
+/// Scales are stored as floats: anything else would be decoded as garbage (or not at all).
+fn check_scale_dtype(d: DType, scale: &str) -> std::result::Result<(), String> {
+    match d {
+        DType::F32 | DType::F16 | DType::BF16 => Ok(()),
+        d => Err(format!("{scale} has dtype {d}, expected F32, F16 or BF16")),
+    }
 }
 
 /// The stored slots have the sizes `scheme` gives a `rows × cols` tensor; their total.

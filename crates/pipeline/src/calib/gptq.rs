@@ -75,8 +75,13 @@ impl Method for Gptq {
                 mse_clip: false,
             },
         };
-        let out = gptq(job.w, job.rows, job.cols, &job.stats.hessian.h, &gc)
-            .map_err(|e| Error::Config(format!("tensor '{}': GPTQ: {e}", job.name)))?;
+        let out = gptq(job.w, job.rows, job.cols, &job.stats.hessian.h, &gc).map_err(|err| {
+            Error::Gptq {
+                file: job.file.to_path_buf(),
+                tensor: job.name.to_string(),
+                err,
+            }
+        })?;
         Ok(CodeSet {
             codes: out.codes,
             params: out.params,

@@ -57,8 +57,9 @@ pub struct InputStats<'a> {
 
 /// One linear for a method to quantize.
 pub struct LinearJob<'a> {
-    /// HF weight name.
+    /// HF weight name, and the file it is in.
     pub name: &'a str,
+    pub file: &'a std::path::Path,
     /// `rows × cols` weights (`[out, in]`), as the layer holds them.
     pub w: &'a [f32],
     pub rows: usize,
@@ -140,8 +141,12 @@ pub struct LayerOutputError {
     pub calibrated: f64,
 }
 
-fn model_err(e: qs_model::ModelError) -> Error {
-    Error::Config(format!("calibration: {e}"))
+/// The file a tensor of `src` is in (the input itself for a name it does not have).
+pub(crate) fn file_of(src: &ModelSource, name: &str) -> std::path::PathBuf {
+    src.tensors
+        .iter()
+        .find(|t| t.info.name == name)
+        .map_or(src.input.clone(), |t| src.path_of(t).to_path_buf())
 }
 
 fn relative_error(y: &Mat<f32>, yq: &Mat<f32>) -> f64 {
@@ -220,33 +225,40 @@ pub fn targets(
         let grid = match scheme.code_grid(&t.shape) {
             Some(g) => g,
             None if matches!(scheme, qs_numeric::Scheme::Int(_)) => {
-                return Err(Error::Config(format!(
-                    "tensor '{}': --method {} needs channel or group scales, not per-tensor",
-                    t.name,
-                    method.name()
-                )))
+                return Err(Error::Tensor {
+                    file: file_of(src, &t.name),
+                    tensor: t.name.clone(),
+                    msg: format!(
+                        "--method {} needs channel or group scales, not per-tensor",
+                        method.name()
+                    ),
+                })
             }
             None => continue,
         };
         match (Linear::parse(name).filter(|(l, _)| *l < layers), grid) {
             (Some(key), g) => {
-                method.supports(&g).map_err(|m| {
-                    Error::Config(format!(
-                        "tensor '{name}': --method {} cannot store {}: {m}",
+                method.supports(&g).map_err(|m| Error::Tensor {
+                    file: file_of(src, name),
+                    tensor: name.clone(),
+                    msg: format!(
+                        "--method {} cannot store {}: {m}",
                         method.name(),
                         scheme.label()
-                    ))
+                    ),
                 })?;
                 out.insert(key, (name.clone(), g));
             }
             // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer
             (None, CodeGrid::Ggml(_)) => {}
-            (None, CodeGrid::Int { .. }) => {
-                return Err(Error::Config(format!(
-                    "tensor '{name}': --method {} covers the decoder layers' linears only (exclude it or keep it)",
+            (None, CodeGrid::Int { .. }) => return Err(Error::Tensor {
+                file: file_of(src, name),
+                tensor: name.clone(),
+                msg: format!(
+                    "--method {} covers the decoder layers' linears only (exclude it or keep it)",
                     method.name()
-                )))
-            }
+                ),
+            }),
         }
     }
     if out.is_empty() {
@@ -262,10 +274,13 @@ pub fn targets(
         )));
     }
     if src.hf_dir.is_none() {
-        return Err(Error::Config(format!(
-            "--method {} needs a Hugging Face folder (config.json, tokenizer.json)",
-            method.name()
-        )));
+        return Err(Error::Input {
+            path: src.input.clone(),
+            msg: format!(
+                "--method {} needs a Hugging Face folder (config.json, tokenizer.json)",
+                method.name()
+            ),
+        });
     }
     Ok(out)
 }
@@ -277,11 +292,15 @@ pub fn calibrate_model(
     targets: &BTreeMap<(usize, Linear), (String, CodeGrid)>,
     cfg: &QuantizeConfig,
 ) -> Result<(HashMap<String, Calibrated>, CalibSummary)> {
+    let model_err = |err| Error::Model {
+        stage: "calibration",
+        path: src.input.clone(),
+        err,
+    };
     let model = Model::new(src).map_err(model_err)?;
-    let dir = src.hf_dir.as_ref().ok_or_else(|| {
-        Error::Config(
-            "calibration needs a Hugging Face folder (config.json, tokenizer.json)".into(),
-        )
+    let dir = src.hf_dir.as_ref().ok_or_else(|| Error::Input {
+        path: src.input.clone(),
+        msg: "calibration needs a Hugging Face folder (config.json, tokenizer.json)".into(),
     })?;
     let text = calib::load_text(cfg.calib.as_deref())?;
     let ccfg = CalibConfig {
@@ -349,8 +368,10 @@ pub fn calibrate_model(
                 let wv: Vec<f32> = (0..rows)
                     .flat_map(|r| (0..cols).map(|c| w[(r, c)]).collect::<Vec<_>>())
                     .collect();
+                let file = file_of(src, name);
                 let out = method.quantize(&LinearJob {
                     name,
+                    file: &file,
                     w: &wv,
                     rows,
                     cols,

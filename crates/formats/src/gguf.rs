@@ -182,6 +182,65 @@ pub enum PlanError {
     Alignment(u64),
 }
 
+/// llama.cpp's split file name: `{stem}-{no:05}-of-{count:05}.gguf` (`no` 0-based).
+pub fn split_path(output: &Path, no: usize, count: usize) -> PathBuf {
+    let s = output.to_string_lossy();
+    let stem = s.strip_suffix(".gguf").unwrap_or(&s);
+    PathBuf::from(format!("{stem}-{:05}-of-{:05}.gguf", no + 1, count))
+}
+
+/// The files of one GGUF output and, per tensor in order, (file index, absolute offset).
+pub type SplitLayout = (Vec<(PathBuf, GgufLayout)>, Vec<(usize, u64)>);
+
+/// Plans one GGUF at `output`, or (with `max` bytes of tensor data per file) llama.cpp's split
+/// set (`gguf-split`'s layout): tensors in order, a new file when the next tensor would take a
+/// file's tensor data past the limit; all metadata in the first file, `split.no` /
+/// `split.count` / `split.tensors.count` in every file.
+pub fn plan_split(
+    output: &Path,
+    kvs: Vec<(String, Value)>,
+    tensors: &[TensorPlan],
+    max: Option<u64>,
+) -> std::result::Result<SplitLayout, PlanError> {
+    let Some(max) = max else {
+        let l = plan(&kvs, tensors)?;
+        let offs = l.offsets.iter().map(|&o| (0, o)).collect();
+        return Ok((vec![(output.to_path_buf(), l)], offs));
+    };
+    let mut groups: Vec<Vec<usize>> = vec![vec![]];
+    let mut cur = 0u64;
+    for (i, t) in tensors.iter().enumerate() {
+        let n = t.nbytes().next_multiple_of(DEFAULT_ALIGNMENT);
+        if cur + n > max && !groups.last().is_some_and(|g| g.is_empty()) {
+            groups.push(vec![]);
+            cur = 0;
+        }
+        cur += n;
+        if let Some(g) = groups.last_mut() {
+            g.push(i);
+        }
+    }
+    let count = groups.len();
+    let mut files = Vec::with_capacity(count);
+    let mut offs = vec![(0usize, 0u64); tensors.len()];
+    for (no, g) in groups.iter().enumerate() {
+        let mut k = if no == 0 { kvs.clone() } else { vec![] };
+        k.push(("split.no".into(), Value::U16(no as u16)));
+        k.push(("split.count".into(), Value::U16(count as u16)));
+        k.push((
+            "split.tensors.count".into(),
+            Value::I32(tensors.len() as i32),
+        ));
+        let sub: Vec<TensorPlan> = g.iter().map(|&i| tensors[i].clone()).collect();
+        let l = plan(&k, &sub)?;
+        for (j, &i) in g.iter().enumerate() {
+            offs[i] = (no, l.offsets[j]);
+        }
+        files.push((split_path(output, no, count), l));
+    }
+    Ok((files, offs))
+}
+
 /// Plans a GGUF v3 file. `general.alignment` in `kvs` (u32) is honoured; without it the
 /// default 32 applies.
 pub fn plan(

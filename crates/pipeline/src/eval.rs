@@ -307,7 +307,7 @@ pub fn eval(cfg: &EvalConfig) -> Result<EvalReport> {
             ),
         ));
     }
-    let pool = crate::exec::pool(cfg.threads)?;
+    let pool = crate::jobs::pool(cfg.threads)?;
     pool.install(|| {
         let model = Model::with_weights(m.weights.as_ref(), &m.config)
             .map_err(|e| model_err(&cfg.model, e))?;

@@ -7,7 +7,8 @@
 use crate::config::{OutputKind, QuantizeConfig};
 use crate::error::{Error, Result};
 use crate::meta;
-use crate::plan::{chunk_rows, make_plan, Action, Plan, TensorPlan};
+use crate::jobs::{chunk_rows, pool, run_jobs, CHUNK_ELEMS};
+use crate::plan::{make_plan, Action, Plan, TensorPlan};
 use crate::report::{Report, ReportRow};
 use crate::Progress;
 use qs_formats::gguf;
@@ -19,12 +20,8 @@ use qs_numeric::layout::FloatLayout;
 use qs_numeric::layout::{float_max, float_min_normal, rows_cols};
 use qs_numeric::metrics::audit_narrowing;
 use qs_numeric::{DType, ErrorStats, NarrowingAudit, Scheme, SlotType, TensorStats};
-use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Values per chunk: 1 Mi values = 4 MiB of f32 per job.
-pub const CHUNK_ELEMS: usize = 1 << 20;
 
 /// Encoded pieces waiting for the writer thread, at most.
 const WRITE_QUEUE: usize = 32;
@@ -66,54 +63,6 @@ pub struct Outcome {
 struct ChunkResult {
     stats: ErrorStats,
     audit: NarrowingAudit,
-}
-
-/// Builds a thread pool of `threads` workers (all cores when `None`).
-pub(crate) fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
-    let mut b = rayon::ThreadPoolBuilder::new();
-    if let Some(n) = threads {
-        b = b.num_threads(n.max(1));
-    }
-    b.build().map_err(Error::Threads)
-}
-
-/// Runs `f` over `jobs` in parallel; returns results in job order, or the first error in job
-/// order among the jobs that ran (later jobs are skipped once one fails).
-pub(crate) fn run_jobs<J: Sync, T: Send>(
-    pool: &rayon::ThreadPool,
-    jobs: &[J],
-    f: impl Fn(&J) -> Result<T> + Sync,
-) -> Result<Vec<T>> {
-    let failed = AtomicBool::new(false);
-    let results: Vec<Option<Result<T>>> = pool.install(|| {
-        jobs.par_iter()
-            .map(|j| {
-                if failed.load(Ordering::Relaxed) {
-                    return None;
-                }
-                let r = f(j);
-                if r.is_err() {
-                    failed.store(true, Ordering::Relaxed);
-                }
-                Some(r)
-            })
-            .collect()
-    });
-    let mut out = Vec::with_capacity(results.len());
-    let mut first_err = None;
-    for r in results {
-        match r {
-            Some(Ok(v)) => out.push(v),
-            Some(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            None => {}
-        }
-    }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
 }
 
 /// Where the data goes while the run is in progress: the output files (several for a split
@@ -356,70 +305,25 @@ fn layout(plan: &Plan, src: &ModelSource, cfg: &QuantizeConfig) -> Result<Layout
     Ok((files, per))
 }
 
-/// llama.cpp's split file name: `{stem}-{no:05}-of-{count:05}.gguf` (1-based).
-pub fn split_path(output: &std::path::Path, no: usize, count: usize) -> std::path::PathBuf {
-    let s = output.to_string_lossy();
-    let stem = s.strip_suffix(".gguf").unwrap_or(&s);
-    std::path::PathBuf::from(format!("{stem}-{:05}-of-{:05}.gguf", no + 1, count))
-}
-
-/// One GGUF, or (with a size limit) llama.cpp's split set: tensors in order, a new file when
-/// the next tensor would take a file's tensor data past the limit; all metadata in the first
-/// file, `split.no` / `split.count` / `split.tensors.count` in every file.
+/// One GGUF, or (with a size limit) llama.cpp's split set ([`gguf::plan_split`]).
 fn gguf_files(
     output: &std::path::Path,
     kvs: Vec<(String, gguf::Value)>,
     tps: Vec<gguf::TensorPlan>,
     max: Option<u64>,
 ) -> Result<FlatLayout> {
-    let perr = |e: gguf::PlanError| Error::Output {
+    let (files, offs) = gguf::plan_split(output, kvs, &tps, max).map_err(|e| Error::Output {
         path: output.to_path_buf(),
         msg: e.to_string(),
-    };
-    let Some(max) = max else {
-        let l = gguf::plan(&kvs, &tps).map_err(perr)?;
-        return Ok((
-            vec![FileLayout {
-                path: output.to_path_buf(),
-                header: l.header,
-                total_len: l.total_len,
-            }],
-            l.offsets.into_iter().map(|o| (0, o)).collect(),
-        ));
-    };
-    let mut groups: Vec<Vec<usize>> = vec![vec![]];
-    let mut cur = 0u64;
-    for (i, t) in tps.iter().enumerate() {
-        let n = t.nbytes().next_multiple_of(gguf::DEFAULT_ALIGNMENT);
-        if cur + n > max && !groups.last().expect("one group").is_empty() {
-            groups.push(vec![]);
-            cur = 0;
-        }
-        cur += n;
-        groups.last_mut().expect("one group").push(i);
-    }
-    let count = groups.len();
-    let mut files = Vec::with_capacity(count);
-    let mut offs = vec![(0usize, 0u64); tps.len()];
-    for (no, g) in groups.iter().enumerate() {
-        let mut k = if no == 0 { kvs.clone() } else { vec![] };
-        k.push(("split.no".into(), gguf::Value::U16(no as u16)));
-        k.push(("split.count".into(), gguf::Value::U16(count as u16)));
-        k.push((
-            "split.tensors.count".into(),
-            gguf::Value::I32(tps.len() as i32),
-        ));
-        let sub: Vec<gguf::TensorPlan> = g.iter().map(|&i| tps[i].clone()).collect();
-        let l = gguf::plan(&k, &sub).map_err(perr)?;
-        for (j, &i) in g.iter().enumerate() {
-            offs[i] = (no, l.offsets[j]);
-        }
-        files.push(FileLayout {
-            path: split_path(output, no, count),
+    })?;
+    let files = files
+        .into_iter()
+        .map(|(path, l)| FileLayout {
+            path,
             header: l.header,
             total_len: l.total_len,
-        });
-    }
+        })
+        .collect();
     Ok((files, offs))
 }
 

@@ -5,8 +5,7 @@
 
 use crate::arch::{self, Arch, ARCHS};
 use crate::error::{Error, Result};
-use crate::exec::{pool, run_jobs, CHUNK_ELEMS};
-use crate::plan::chunk_rows;
+use crate::jobs::{chunk_rows, pool, run_jobs, CHUNK_ELEMS};
 use crate::Progress;
 use qs_formats::gguf::{GgufFile, GgufTensor, Value};
 use qs_formats::output::{AtomicDir, AtomicFile};

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod exec;
+pub mod jobs;
 pub mod export;
 pub mod inspect;
 pub mod meta;

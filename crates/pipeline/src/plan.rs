@@ -874,25 +874,3 @@ fn ggml_of(d: DType) -> GgmlType {
         _ => GgmlType::F32,
     }
 }
-
-/// Rows per chunk for a tensor: about `target_elems` values, a multiple of `align`.
-pub fn chunk_rows(
-    rows: usize,
-    cols: usize,
-    align: usize,
-    target_elems: usize,
-) -> Vec<(usize, usize)> {
-    let per = (target_elems / cols.max(1)).max(1);
-    let per = per.div_ceil(align) * align;
-    let mut v = Vec::new();
-    let mut r0 = 0;
-    while r0 < rows {
-        let r1 = (r0 + per).min(rows);
-        v.push((r0, r1));
-        r0 = r1;
-    }
-    if v.is_empty() {
-        v.push((0, 0));
-    }
-    v
-}

@@ -6,8 +6,7 @@
 
 use crate::arch::Mapped;
 use crate::error::{Error, Result};
-use crate::exec::{pool, run_jobs, CHUNK_ELEMS};
-use crate::plan::chunk_rows;
+use crate::jobs::{chunk_rows, pool, run_jobs, CHUNK_ELEMS};
 use crate::report::{Report, ReportRow};
 use crate::Progress;
 use qs_formats::gguf::{GgufFile, Value};

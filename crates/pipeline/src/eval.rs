@@ -14,8 +14,8 @@
 //! (dequantized), or a GGUF file of a supported architecture (dequantized, names and q/k
 //! permutation mapped back). Everything runs on the CPU in f32 (qs-model), layer by layer.
 
+use crate::checkpoint::{is_gguf, st_logical};
 use crate::error::{Error, Result};
-use crate::verify::{is_gguf, st_logical};
 use faer::Mat;
 use qs_formats::gguf::{GgufFile, Value};
 use qs_formats::source::ModelSource;

@@ -6,8 +6,8 @@
 
 use crate::config::{OutputKind, QuantizeConfig};
 use crate::error::{Error, Result};
-use crate::meta;
 use crate::jobs::{chunk_rows, pool, run_jobs, CHUNK_ELEMS};
+use crate::meta;
 use crate::plan::{make_plan, Action, Plan, TensorPlan};
 use crate::report::{Report, ReportRow};
 use crate::Progress;
@@ -21,7 +21,6 @@ use qs_numeric::layout::{float_max, float_min_normal, rows_cols};
 use qs_numeric::metrics::audit_narrowing;
 use qs_numeric::{DType, ErrorStats, NarrowingAudit, Scheme, SlotType, TensorStats};
 use std::collections::{BTreeMap, HashMap};
-
 
 /// Encoded pieces waiting for the writer thread, at most.
 const WRITE_QUEUE: usize = 32;

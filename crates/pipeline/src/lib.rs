@@ -7,13 +7,14 @@
 
 pub mod arch;
 pub mod calib;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
 pub mod exec;
-pub mod jobs;
 pub mod export;
 pub mod inspect;
+pub mod jobs;
 pub mod meta;
 pub mod mixture;
 pub mod plan;

@@ -173,3 +173,64 @@ impl Layout for AutoGptq {
         }
     }
 }
+
+/// Reads an AutoGPTQ v1 weight from its `*.qweight` and companions: qweight
+/// [cols·bits/32, rows], qzeros, scales [groups, rows], g_idx [cols].
+pub fn read<'a>(
+    ck: &dyn super::Checkpoint<'a>,
+    t: super::Stored<'a>,
+) -> Option<Result<super::ReadWeight<'a>, String>> {
+    let prefix = t.name.strip_suffix(".qweight")?;
+    Some(read_qweight(ck, t, prefix))
+}
+
+fn read_qweight<'a>(
+    ck: &dyn super::Checkpoint<'a>,
+    t: super::Stored<'a>,
+    prefix: &str,
+) -> Result<super::ReadWeight<'a>, String> {
+    let comp = |suffix: &str| {
+        ck.get(&format!("{prefix}.{suffix}"))
+            .ok_or_else(|| format!("has no {suffix} companion"))
+    };
+    let (qz, sc, gi) = (comp("qzeros")?, comp("scales")?, comp("g_idx")?);
+    let rows = sc.shape.get(1).copied().unwrap_or(0);
+    let groups = sc.shape.first().copied().unwrap_or(0);
+    let cols = gi.shape.first().copied().unwrap_or(0);
+    let packed_rows = t.shape.first().copied().unwrap_or(0);
+    if cols == 0 || groups == 0 || (32 * packed_rows) % cols != 0 {
+        return Err(format!(
+            "shapes qweight {:?}, scales {:?}, g_idx {:?} do not fit together",
+            t.shape, sc.shape, gi.shape
+        ));
+    }
+    let scheme = super::Scheme::Gptq(AutoGptq {
+        bits: (32 * packed_rows / cols) as u32,
+        group: cols / groups,
+    });
+    scheme.check(&[rows, cols]).map_err(|e| e.to_string())?;
+    if sc.dtype != DType::F16 {
+        return Err(format!("scales are {}, expected F16", sc.dtype));
+    }
+    let slots = vec![t.bytes, qz.bytes, sc.bytes, gi.bytes];
+    super::check_sizes(&scheme, rows, cols, &slots)?;
+    if let Some(&g) = bytes_to_words(gi.bytes)
+        .iter()
+        .find(|&&g| g as usize >= groups)
+    {
+        return Err(format!("g_idx holds group {g} of {groups}"));
+    }
+    Ok(super::ReadWeight {
+        name: format!("{prefix}.weight"),
+        shape: vec![rows, cols],
+        scheme,
+        slots,
+        stored: [
+            t.name.to_string(),
+            qz.name.to_string(),
+            sc.name.to_string(),
+            gi.name.to_string(),
+        ]
+        .to_vec(),
+    })
+}

@@ -172,3 +172,92 @@ impl Layout for FloatQuantized {
         }
     }
 }
+
+/// Reads an FP8 weight (an F8_E4M3 / F8_E5M2 tensor) and its `_scale`: the granularity from
+/// the scale's shape, checked against the strategy `quantization_config` declares.
+pub fn read<'a>(
+    ck: &dyn super::Checkpoint<'a>,
+    t: super::Stored<'a>,
+) -> Option<Result<super::ReadWeight<'a>, String>> {
+    if !matches!(t.dtype, DType::F8E4M3 | DType::F8E5M2) {
+        return None;
+    }
+    Some(read_fp8(ck, t))
+}
+
+fn read_fp8<'a>(
+    ck: &dyn super::Checkpoint<'a>,
+    t: super::Stored<'a>,
+) -> Result<super::ReadWeight<'a>, String> {
+    let name = t.name;
+    let sname = format!("{name}_scale");
+    let scale = ck
+        .get(&sname)
+        .ok_or("fp8 tensor without a _scale companion")?;
+    super::check_scale_dtype(scale.dtype, &sname)?;
+    let shape = t.shape.to_vec();
+    if shape.len() != 2 {
+        return Err(format!("fp8 weight of shape {shape:?} is not 2-D"));
+    }
+    let (rows, cols) = (shape[0], shape[1]);
+    let sshape = scale.shape;
+    let numel: usize = sshape.iter().product();
+    let misfit = || {
+        let layouts = format!("tensor: one value, channel: [{rows}, 1], or blocks");
+        format!("{sname} has shape {sshape:?}, no fp8 scale layout ({layouts}) of a [{rows}, {cols}] weight")
+    };
+    let args = ck.weight_args(name.strip_suffix(".weight").unwrap_or(name));
+    let granularity = if sshape.len() <= 1 && numel == 1 {
+        Granularity::Tensor
+    } else if sshape.len() != 2 {
+        return Err(misfit());
+    } else if sshape[0] == rows && sshape[1] == 1 {
+        Granularity::Channel
+    } else if numel == 1 {
+        Granularity::Tensor
+    } else {
+        let block = args
+            .and_then(|w| w.get("block_structure"))
+            .and_then(|b| serde_json::from_value::<[usize; 2]>(b.clone()).ok())
+            .unwrap_or([
+                rows.div_ceil(sshape[0].max(1)),
+                cols.div_ceil(sshape[1].max(1)),
+            ]);
+        if block[0] == 0
+            || block[1] == 0
+            || [rows.div_ceil(block[0]), cols.div_ceil(block[1])] != sshape[..]
+        {
+            return Err(misfit());
+        }
+        Granularity::Block(block[0], block[1])
+    };
+    // the scale's shape must be the layout quantization_config declares (one value on one row
+    // is a tensor and a channel scale alike)
+    let declared = args
+        .and_then(|w| w.get("strategy"))
+        .and_then(|d| d.as_str());
+    if let Some(d) = declared {
+        let either = rows == 1 && numel == 1 && matches!(d, "tensor" | "channel");
+        if d != granularity.strategy() && !either {
+            return Err(format!(
+                "{sname} has shape {sshape:?}, a {} scale, but quantization_config declares strategy \"{d}\"",
+                granularity.strategy()
+            ));
+        }
+    }
+    let scheme = super::Scheme::Fp8(FloatQuantized {
+        format: t.dtype,
+        granularity,
+        scale_dtype: scale.dtype,
+    });
+    scheme.check(&shape).map_err(|e| e.to_string())?;
+    let slots = vec![t.bytes, scale.bytes];
+    super::check_sizes(&scheme, rows, cols, &slots)?;
+    Ok(super::ReadWeight {
+        name: name.to_string(),
+        shape,
+        scheme,
+        slots,
+        stored: vec![name.to_string(), sname],
+    })
+}

@@ -198,9 +198,59 @@ pub trait Layout: std::fmt::Debug + Sync {
     fn decode(&self, shape: &[usize], r0: usize, r1: usize, parts: &[&[u8]], out: &mut [f32]);
 }
 
-/// The registry: one line per layout makes it a [`Scheme`] variant.
+/// One stored tensor of a checkpoint, as a layout's reader sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    pub name: &'a str,
+    pub dtype: DType,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
+}
+
+/// What a layout's reader sees of a checkpoint: its tensors by name, and the
+/// compressed-tensors `weights` arguments `quantization_config` gives a module.
+pub trait Checkpoint<'a> {
+    fn get(&self, name: &str) -> Option<Stored<'a>>;
+    fn weight_args(&self, module: &str) -> Option<&serde_json::Value>;
+}
+
+/// A weight read back from a checkpoint: its logical name and shape, how it is stored, its
+/// slots' bytes (in [`Layout::slots`] order) and the stored tensors it is made of.
+#[derive(Debug)]
+pub struct ReadWeight<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub scheme: Scheme,
+    pub slots: Vec<&'a [u8]>,
+    pub stored: Vec<String>,
+}
+
+/// A layout's reader: `None` when `t` is not the tensor its weights are found by (e.g. a
+/// `*_packed` for pack-quantized), else the weight or why `t` cannot be read as it claims.
+pub type Reader =
+    for<'a> fn(&dyn Checkpoint<'a>, Stored<'a>) -> Option<Result<ReadWeight<'a>, String>>;
+
+/// For layouts found another way (plain floats: whatever no reader claims; ggml blocks: GGUF
+/// tensor types).
+fn no_reader<'a>(_: &dyn Checkpoint<'a>, _: Stored<'a>) -> Option<Result<ReadWeight<'a>, String>> {
+    None
+}
+
+/// Reads the weight `t` anchors, with the first registered reader that claims it.
+pub fn read_weight<'a>(
+    ck: &dyn Checkpoint<'a>,
+    t: Stored<'a>,
+) -> Option<Result<ReadWeight<'a>, String>> {
+    READERS.iter().find_map(|r| r(ck, t))
+}
+
+/// The registry: one line per layout makes it a [`Scheme`] variant and registers its
+/// checkpoint reader.
 macro_rules! layouts {
-    ($($variant:ident($ty:ty),)*) => {
+    ($($variant:ident($ty:ty) reads $reader:path,)*) => {
+        /// Every layout's checkpoint reader, in registry order.
+        pub static READERS: &[Reader] = &[$($reader,)*];
+
         /// How one tensor is stored: one of the registered layouts.
         #[derive(Debug, Clone, Copy, PartialEq)]
         pub enum Scheme {
@@ -219,11 +269,11 @@ macro_rules! layouts {
 }
 
 layouts! {
-    Float(float::FloatLayout),
-    Ggml(ggml_blocks::GgmlBlocks),
-    Int(pack_quantized::PackQuantized),
-    Fp8(float_quantized::FloatQuantized),
-    Gptq(autogptq::AutoGptq),
+    Float(float::FloatLayout) reads no_reader,
+    Ggml(ggml_blocks::GgmlBlocks) reads no_reader,
+    Int(pack_quantized::PackQuantized) reads pack_quantized::read,
+    Fp8(float_quantized::FloatQuantized) reads float_quantized::read,
+    Gptq(autogptq::AutoGptq) reads autogptq::read,
 }
 
 impl Scheme {
@@ -322,6 +372,31 @@ fn placed(
         offset: range.start,
         bytes,
     }
+}
+
+/// Scales are stored as floats: anything else would be decoded as garbage (or not at all).
+fn check_scale_dtype(d: DType, scale: &str) -> Result<(), String> {
+    match d {
+        DType::F32 | DType::F16 | DType::BF16 => Ok(()),
+        d => Err(format!("{scale} has dtype {d}, expected F32, F16 or BF16")),
+    }
+}
+
+/// The stored slots have the sizes `scheme` gives a `rows × cols` tensor.
+fn check_sizes(scheme: &Scheme, rows: usize, cols: usize, slots: &[&[u8]]) -> Result<(), String> {
+    let expect: Vec<usize> = scheme
+        .slots(&[rows, cols])
+        .iter()
+        .map(|x| x.nbytes)
+        .collect();
+    let got: Vec<usize> = slots.iter().map(|x| x.len()).collect();
+    if expect != got {
+        return Err(format!(
+            "stored sizes {got:?} do not match {} for shape [{rows}, {cols}] (expected {expect:?})",
+            scheme.label()
+        ));
+    }
+    Ok(())
 }
 
 fn slot(suffix: &'static str, dt: DType, shape: Vec<usize>) -> Slot {

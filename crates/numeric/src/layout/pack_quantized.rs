@@ -282,3 +282,98 @@ impl Layout for PackQuantized {
         }
     }
 }
+
+/// Reads a pack-quantized weight from its `*_packed` tensor and companions. The bit width
+/// comes from `quantization_config` (else from the packed width), symmetry from the presence
+/// of a zero point, the granularity from the scale's shape.
+pub fn read<'a>(
+    ck: &dyn super::Checkpoint<'a>,
+    t: super::Stored<'a>,
+) -> Option<Result<super::ReadWeight<'a>, String>> {
+    let base = t.name.strip_suffix("_packed")?;
+    Some(read_packed(ck, t, base))
+}
+
+fn read_packed<'a>(
+    ck: &dyn super::Checkpoint<'a>,
+    t: super::Stored<'a>,
+    base: &str,
+) -> Result<super::ReadWeight<'a>, String> {
+    let name = |s: &str| format!("{base}{s}");
+    let scale = ck.get(&name("_scale")).ok_or("has no _scale companion")?;
+    let shape_t = ck.get(&name("_shape")).ok_or("has no _shape companion")?;
+    let zp = ck.get(&name("_zero_point"));
+    let sb = shape_t.bytes;
+    let dims: Vec<u64> = match shape_t.dtype {
+        DType::I64 => sb
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as u64)
+            .collect(),
+        DType::I32 => sb
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64)
+            .collect(),
+        d => return Err(format!("_shape has dtype {d}")),
+    };
+    let dims: Vec<usize> = dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("_shape {dims:?} is out of range")))
+        .collect::<Result<_, _>>()?;
+    if dims.len() != 2 {
+        return Err(format!("_shape {dims:?} is not 2-D"));
+    }
+    let (rows, cols) = (dims[0], dims[1]);
+    let w = ck.weight_args(base.strip_suffix(".weight").unwrap_or(base));
+    let pw = t.shape.get(1).copied().unwrap_or(0);
+    let bits = w
+        .and_then(|w| w.get("num_bits"))
+        .and_then(|b| b.as_u64())
+        .map(|b| b as u32)
+        .or_else(|| (1..=8).rev().find(|b| pack::packed_words(cols, *b) == pw))
+        .ok_or("cannot tell the bit width (no quantization_config)")?;
+    super::check_scale_dtype(scale.dtype, &name("_scale"))?;
+    let ng = scale.shape.get(1).copied().unwrap_or(1);
+    let granularity = if scale.shape.iter().product::<usize>() == 1 && rows != 1 {
+        Granularity::Tensor
+    } else if ng <= 1 {
+        Granularity::Channel
+    } else {
+        Granularity::Group(cols / ng)
+    };
+    let gi = ck.get(&name("_g_idx"));
+    let scheme = super::Scheme::Int(PackQuantized {
+        spec: IntSpec {
+            bits,
+            symmetric: zp.is_none(),
+        },
+        granularity,
+        scale_dtype: scale.dtype,
+        g_idx: gi.is_some(),
+    });
+    scheme.check(&[rows, cols]).map_err(|e| e.to_string())?;
+    let mut slots = vec![t.bytes, scale.bytes];
+    let mut stored = vec![t.name.to_string(), name("_scale"), name("_shape")];
+    if let Some(z) = zp {
+        slots.push(z.bytes);
+        stored.push(name("_zero_point"));
+    }
+    slots.push(sb);
+    if let Some(g) = gi {
+        if let Some(&x) = bytes_to_words(g.bytes)
+            .iter()
+            .find(|&&x| x as usize >= ng.max(1))
+        {
+            return Err(format!("g_idx holds group {x} of {ng}"));
+        }
+        slots.push(g.bytes);
+        stored.push(name("_g_idx"));
+    }
+    super::check_sizes(&scheme, rows, cols, &slots)?;
+    Ok(super::ReadWeight {
+        name: base.to_string(),
+        shape: vec![rows, cols],
+        scheme,
+        slots,
+        stored,
+    })
+}

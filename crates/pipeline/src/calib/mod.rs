@@ -251,14 +251,16 @@ pub fn targets(
             }
             // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer
             (None, CodeGrid::Ggml(_)) => {}
-            (None, CodeGrid::Int { .. }) => return Err(Error::Tensor {
-                file: file_of(src, name),
-                tensor: name.clone(),
-                msg: format!(
+            (None, CodeGrid::Int { .. }) => {
+                return Err(Error::Tensor {
+                    file: file_of(src, name),
+                    tensor: name.clone(),
+                    msg: format!(
                     "--method {} covers the decoder layers' linears only (exclude it or keep it)",
                     method.name()
                 ),
-            }),
+                })
+            }
         }
     }
     if out.is_empty() {

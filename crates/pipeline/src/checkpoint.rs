@@ -1,0 +1,197 @@
+//! Reading a quantized checkpoint back: every logical tensor of a GGUF or a safetensors
+//! checkpoint with its layout and slot bytes. The one reader `verify`, `eval` and `export`
+//! share; each layout's own reader (`qs_numeric::layout::READERS`) recognises its weights.
+
+use crate::arch::Mapped;
+use crate::error::{Error, Result};
+use qs_formats::gguf::{GgufFile, Value};
+use qs_formats::source::{ModelSource, SourceTensor};
+use qs_numeric::layout::{read_weight, Checkpoint, FloatLayout, Stored};
+use qs_numeric::{DType, Scheme};
+use std::collections::HashMap;
+
+/// A logical tensor of the quantized model: how to decode it and where its slot bytes are.
+pub(crate) struct Logical<'a> {
+    /// The original tensor's name.
+    pub name: String,
+    /// Output row r holds original row `permuted_source_row(r, rows, heads)` (llama q/k).
+    pub permute: Option<usize>,
+    pub shape: Vec<usize>,
+    pub scheme: Scheme,
+    pub slots: Vec<&'a [u8]>,
+    pub bytes: u64,
+}
+
+pub(crate) use qs_formats::source::is_gguf;
+
+pub(crate) fn gguf_logical<'a>(g: &'a GgufFile, orig: &ModelSource) -> Result<Vec<Logical<'a>>> {
+    // A converted model: map the original's HF names forward to find each GGUF tensor's source.
+    let mut back: HashMap<String, (String, Option<usize>)> = HashMap::new();
+    if let (Some(Value::String(a)), Some(c)) = (g.get("general.architecture"), &orig.config) {
+        if let Ok(arch) = crate::arch::detect(c).copied() {
+            if arch.name == a {
+                for t in &orig.tensors {
+                    if let Ok(Mapped::Tensor {
+                        name,
+                        permute_heads,
+                    }) = crate::arch::map_tensor(&arch, c, &t.info.name)
+                    {
+                        back.insert(name, (t.info.name.clone(), permute_heads));
+                    }
+                }
+            }
+        }
+    }
+    let mut v = Vec::new();
+    for t in &g.tensors {
+        let scheme = Scheme::for_ggml(t.ty).ok_or_else(|| {
+            let ty = t.ty;
+            Error::Verify(format!(
+                "{}: tensor '{}': dequantizing {ty} is not supported yet",
+                g.path.display(),
+                t.name
+            ))
+        })?;
+        let b = g.bytes(t);
+        let (name, permute) = back.get(&t.name).cloned().unwrap_or((t.name.clone(), None));
+        v.push(Logical {
+            name,
+            permute,
+            shape: t.shape(),
+            scheme,
+            slots: vec![b],
+            bytes: b.len() as u64,
+        });
+    }
+    Ok(v)
+}
+
+/// compressed-tensors weight arguments for a module, from `quantization_config`.
+fn weight_args<'c>(
+    qc: Option<&'c serde_json::Value>,
+    module: &str,
+) -> Option<&'c serde_json::Value> {
+    let groups = qc?.get("config_groups")?.as_object()?;
+    let mut fallback = None;
+    for g in groups.values() {
+        let targets = g.get("targets")?.as_array()?;
+        for t in targets.iter().filter_map(|t| t.as_str()) {
+            if t == module {
+                return g.get("weights");
+            }
+            if let Some(re) = t.strip_prefix("re:") {
+                if regex::Regex::new(re).is_ok_and(|r| r.is_match(module)) {
+                    return g.get("weights");
+                }
+            }
+            if t == "Linear" {
+                fallback = g.get("weights");
+            }
+        }
+    }
+    fallback
+}
+
+/// A safetensors checkpoint as the layouts' readers see it.
+struct StCheckpoint<'a> {
+    src: &'a ModelSource,
+    by_name: HashMap<&'a str, usize>,
+    qc: Option<serde_json::Value>,
+}
+
+impl<'a> Checkpoint<'a> for StCheckpoint<'a> {
+    fn get(&self, name: &str) -> Option<Stored<'a>> {
+        let t = &self.src.tensors[*self.by_name.get(name)?];
+        Some(stored(self.src, t))
+    }
+    fn weight_args(&self, module: &str) -> Option<&serde_json::Value> {
+        weight_args(self.qc.as_ref(), module)
+    }
+}
+
+fn stored<'a>(src: &'a ModelSource, t: &'a SourceTensor) -> Stored<'a> {
+    Stored {
+        name: &t.info.name,
+        dtype: t.info.dtype,
+        shape: &t.info.shape,
+        bytes: src.bytes(t),
+    }
+}
+
+/// Every logical tensor of a safetensors checkpoint: the weights a layout's reader claims,
+/// then every other float tensor as it is stored.
+pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
+    let qc_meta: Option<serde_json::Value> = s
+        .files
+        .first()
+        .and_then(|f| f.metadata.get("quantization_config"))
+        .and_then(|t| serde_json::from_str(t).ok());
+    let qc = s
+        .config
+        .as_ref()
+        .and_then(|c| c.get("quantization_config"))
+        .cloned()
+        .or(qc_meta);
+    let ck = StCheckpoint {
+        src: s,
+        by_name: s
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.info.name.as_str(), i))
+            .collect(),
+        qc,
+    };
+    // a tensor that cannot be read as what it claims to be: named with the file it is in
+    let bad = |t: &SourceTensor, m: String| Error::Tensor {
+        file: s.path_of(t).to_path_buf(),
+        tensor: t.info.name.clone(),
+        msg: m,
+    };
+    let mut claimed = std::collections::HashSet::new();
+    let mut v = Vec::new();
+    for t in &s.tensors {
+        let Some(r) = read_weight(&ck, stored(s, t)) else {
+            continue;
+        };
+        let w = r.map_err(|m| bad(t, m))?;
+        claimed.extend(w.stored);
+        v.push(Logical {
+            permute: None,
+            bytes: w.slots.iter().map(|x| x.len() as u64).sum(),
+            name: w.name,
+            shape: w.shape,
+            scheme: w.scheme,
+            slots: w.slots,
+        });
+    }
+    for t in &s.tensors {
+        let name = &t.info.name;
+        if claimed.contains(name) || v.iter().any(|l| &l.name == name) {
+            continue;
+        }
+        match t.info.dtype {
+            DType::F32 | DType::F16 | DType::BF16 => {
+                let b = s.bytes(t);
+                v.push(Logical {
+                    permute: None,
+                    name: name.clone(),
+                    shape: t.info.shape.clone(),
+                    scheme: Scheme::Float(FloatLayout {
+                        dtype: t.info.dtype,
+                        clamp: false,
+                    }),
+                    slots: vec![b],
+                    bytes: b.len() as u64,
+                });
+            }
+            d => {
+                return Err(bad(
+                    t,
+                    format!("{d} tensor that is not part of a quantized weight"),
+                ))
+            }
+        }
+    }
+    Ok(v)
+}

@@ -6,8 +6,8 @@ use crate::error::{Error, Result};
 use crate::plan::{is_embedding, Action, Plan};
 use qs_formats::gguf::Value;
 use qs_formats::source::ModelSource;
-use qs_numeric::layout::{AutoGptq, FloatQuantized, PackQuantized};
-use qs_numeric::{DType, Granularity, Scheme};
+use qs_numeric::layout::CheckpointMeta;
+use qs_numeric::{DType, Scheme};
 use serde_json::{json, Map, Value as Json};
 use std::path::Path;
 
@@ -127,45 +127,12 @@ pub fn gguf_metadata(
     Ok(kvs)
 }
 
+/// The compressed-tensors config group arguments and format a scheme contributes.
 fn scheme_json(s: &Scheme, actorder: Option<&'static str>) -> Option<(Json, &'static str)> {
-    let (kind, bits, symmetric, g, format) = match *s {
-        Scheme::Int(PackQuantized {
-            spec, granularity, ..
-        }) => (
-            "int",
-            spec.bits,
-            spec.symmetric,
-            granularity,
-            "pack-quantized",
-        ),
-        Scheme::Fp8(FloatQuantized { granularity, .. }) => {
-            ("float", 8, true, granularity, "float-quantized")
-        }
-        _ => return None,
-    };
-    let (group_size, block) = match g {
-        Granularity::Group(n) => (json!(n), Json::Null),
-        Granularity::Block(r, c) => (Json::Null, json!([r, c])),
-        _ => (Json::Null, Json::Null),
-    };
-    let mut w = Map::new();
-    w.insert("num_bits".into(), json!(bits));
-    w.insert("type".into(), json!(kind));
-    w.insert("symmetric".into(), json!(symmetric));
-    w.insert("strategy".into(), json!(g.strategy()));
-    w.insert("group_size".into(), group_size);
-    w.insert("block_structure".into(), block);
-    w.insert("dynamic".into(), json!(false));
-    w.insert(
-        "actorder".into(),
-        match actorder {
-            Some(a) if kind == "int" => json!(a),
-            _ => Json::Null,
-        },
-    );
-    w.insert("observer".into(), json!("minmax"));
-    w.insert("observer_kwargs".into(), json!({}));
-    Some((Json::Object(w), format))
+    match s.checkpoint_meta(actorder)? {
+        CheckpointMeta::CompressedTensors { weights, format } => Some((weights, format)),
+        CheckpointMeta::AutoGptq { .. } => None,
+    }
 }
 
 fn module_of(name: &str) -> String {
@@ -381,7 +348,8 @@ fn partly_quantized_blocks(plan: &Plan) -> Option<(Json, Json)> {
         .iter()
         .filter(|t| is_linear(t))
         .map(|t| {
-            let q = matches!(t.action, Action::Encode(Scheme::Gptq(AutoGptq { .. })));
+            let q = matches!(&t.action, Action::Encode(s)
+                if matches!(s.checkpoint_meta(None), Some(CheckpointMeta::AutoGptq { .. })));
             (module_of(&t.name), q)
         })
         .collect();
@@ -424,13 +392,16 @@ fn partly_quantized_blocks(plan: &Plan) -> Option<(Json, Json)> {
 }
 
 /// The GPTQ (AutoGPTQ v1) `quantization_config` / quantize_config.json of a plan that stores
-/// its linears with [`Scheme::Gptq`], as GPTQModel writes it; `None` otherwise.
+/// its linears in the AutoGPTQ layout, as GPTQModel writes it; `None` otherwise.
 pub fn gptq_config(plan: &Plan) -> Option<Json> {
-    let (bits, group, cols) = plan.tensors.iter().find_map(|t| match t.action {
-        Action::Encode(Scheme::Gptq(AutoGptq { bits, group })) => {
-            Some((bits, group, t.shape.last().copied().unwrap_or(0)))
-        }
-        _ => None,
+    let (bits, group, cols) = plan.tensors.iter().find_map(|t| match &t.action {
+        Action::Encode(s) => match s.checkpoint_meta(None)? {
+            CheckpointMeta::AutoGptq { bits, group } => {
+                Some((bits, group, t.shape.last().copied().unwrap_or(0)))
+            }
+            _ => None,
+        },
+        Action::Copy => None,
     })?;
     let mut c = json!({
         "bits": bits,

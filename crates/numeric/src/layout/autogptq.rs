@@ -153,6 +153,13 @@ impl Layout for AutoGptq {
         Ok(Encoded { pieces })
     }
 
+    fn checkpoint_meta(&self, _actorder: Option<&str>) -> Option<super::CheckpointMeta> {
+        Some(super::CheckpointMeta::AutoGptq {
+            bits: self.bits,
+            group: self.group,
+        })
+    }
+
     fn decode(&self, shape: &[usize], r0: usize, r1: usize, parts: &[&[u8]], out: &mut [f32]) {
         let (rows, cols) = rows_cols(shape);
         let bits = self.bits;

@@ -148,6 +148,13 @@ impl Layout for FloatQuantized {
         }
     }
 
+    fn checkpoint_meta(&self, _actorder: Option<&str>) -> Option<super::CheckpointMeta> {
+        Some(super::CheckpointMeta::CompressedTensors {
+            weights: super::ct_weights("float", 8, true, self.granularity, None),
+            format: "float-quantized",
+        })
+    }
+
     fn decode(&self, shape: &[usize], r0: usize, r1: usize, parts: &[&[u8]], out: &mut [f32]) {
         let cols = rows_cols(shape).1;
         let nrows = r1 - r0;

@@ -143,6 +143,46 @@ pub struct Codes<'a> {
     pub g_idx: &'a [u32],
 }
 
+/// What a layout contributes to a safetensors checkpoint's metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckpointMeta {
+    /// A compressed-tensors config group: its `weights` arguments and `format`.
+    CompressedTensors {
+        weights: serde_json::Value,
+        format: &'static str,
+    },
+    /// AutoGPTQ's `quantize_config`: bits and group size.
+    AutoGptq { bits: u32, group: usize },
+}
+
+/// compressed-tensors `weights` arguments (`QuantizationArgs`) as llm-compressor writes them.
+fn ct_weights(
+    kind: &str,
+    bits: u32,
+    symmetric: bool,
+    g: Granularity,
+    actorder: Option<&str>,
+) -> serde_json::Value {
+    use serde_json::{json, Map, Value as Json};
+    let (group_size, block) = match g {
+        Granularity::Group(n) => (json!(n), Json::Null),
+        Granularity::Block(r, c) => (Json::Null, json!([r, c])),
+        _ => (Json::Null, Json::Null),
+    };
+    let mut w = Map::new();
+    w.insert("num_bits".into(), json!(bits));
+    w.insert("type".into(), json!(kind));
+    w.insert("symmetric".into(), json!(symmetric));
+    w.insert("strategy".into(), json!(g.strategy()));
+    w.insert("group_size".into(), group_size);
+    w.insert("block_structure".into(), block);
+    w.insert("dynamic".into(), json!(false));
+    w.insert("actorder".into(), actorder.map_or(Json::Null, |a| json!(a)));
+    w.insert("observer".into(), json!("minmax"));
+    w.insert("observer_kwargs".into(), json!({}));
+    Json::Object(w)
+}
+
 /// One stored layout. `shape` is the logical tensor's numpy-order shape; rows are along the
 /// last axis.
 pub trait Layout: std::fmt::Debug + Sync {
@@ -192,6 +232,13 @@ pub trait Layout: std::fmt::Debug + Sync {
             "{} does not take codes from a calibration method",
             self.label()
         )))
+    }
+    /// What it contributes to a safetensors checkpoint's metadata (`quantization_config`,
+    /// `quantize_config.json`); `actorder` as compressed-tensors names it, when codes were
+    /// chosen in activation order.
+    fn checkpoint_meta(&self, actorder: Option<&str>) -> Option<CheckpointMeta> {
+        let _ = actorder;
+        None
     }
     /// Decodes rows `r0..r1` from the slot bytes given by [`Self::slot_range`] for the same
     /// rows (`parts[i]` is slot i's range).
@@ -328,6 +375,9 @@ impl Scheme {
         importance: Option<&[f32]>,
     ) -> Encoded {
         self.layout().encode(shape, r0, x, stats, importance)
+    }
+    pub fn checkpoint_meta(&self, actorder: Option<&str>) -> Option<CheckpointMeta> {
+        self.layout().checkpoint_meta(actorder)
     }
     pub fn code_grid(&self, shape: &[usize]) -> Option<CodeGrid> {
         self.layout().code_grid(shape)

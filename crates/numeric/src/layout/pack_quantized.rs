@@ -215,6 +215,19 @@ impl Layout for PackQuantized {
         Ok(self.encode_int(shape, r0, c.codes, c.params, Some(c.g_idx)))
     }
 
+    fn checkpoint_meta(&self, actorder: Option<&str>) -> Option<super::CheckpointMeta> {
+        Some(super::CheckpointMeta::CompressedTensors {
+            weights: super::ct_weights(
+                "int",
+                self.spec.bits,
+                self.spec.symmetric,
+                self.granularity,
+                actorder,
+            ),
+            format: "pack-quantized",
+        })
+    }
+
     fn decode(&self, shape: &[usize], r0: usize, r1: usize, parts: &[&[u8]], out: &mut [f32]) {
         let cols = rows_cols(shape).1;
         let nrows = r1 - r0;

@@ -59,15 +59,6 @@ fn s<'a>(g: &'a GgufFile, k: &str) -> Option<&'a str> {
     }
 }
 
-/// HF class names per architecture.
-fn hf_class(a: &Arch) -> &'static str {
-    match a.name {
-        "qwen2" => "Qwen2ForCausalLM",
-        "qwen3" => "Qwen3ForCausalLM",
-        _ => "LlamaForCausalLM",
-    }
-}
-
 /// config.json from the GGUF hyper-parameters.
 pub(crate) fn config_json(
     g: &GgufFile,
@@ -82,8 +73,8 @@ pub(crate) fn config_json(
     let hidden = need("embedding_length")?;
     let heads = need("attention.head_count")?;
     let mut c = Map::new();
-    c.insert("architectures".into(), json!([hf_class(a)]));
-    c.insert("model_type".into(), json!(a.model_types[0]));
+    c.insert("architectures".into(), json!([a.hf_class]));
+    c.insert("model_type".into(), json!(a.model_types[0].name));
     c.insert("hidden_size".into(), json!(hidden));
     if let Some(ff) = u(g, &format!("{p}.feed_forward_length")) {
         c.insert("intermediate_size".into(), json!(ff));
@@ -348,19 +339,7 @@ pub(crate) fn inverse_names(
         "lm_head.weight".to_string(),
     ];
     for l in 0..n_layer {
-        for part in [
-            "input_layernorm",
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "self_attn.q_norm",
-            "self_attn.k_norm",
-            "post_attention_layernorm",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-        ] {
+        for (part, _) in arch::LAYER_NAMES {
             for sfx in ["weight", "bias"] {
                 hf.push(format!("model.layers.{l}.{part}.{sfx}"));
             }

@@ -92,7 +92,7 @@ pub fn gguf_metadata(
         }
         if let (Some(a), Some(dir), Some(c)) = (plan.arch, &src.hf_dir, &src.config) {
             if let Some(tk) =
-                crate::tokenizer::gguf_tokenizer(dir, c, a.name, cfg.tokenizer_pre.as_deref())?
+                crate::tokenizer::gguf_tokenizer(dir, c, a, cfg.tokenizer_pre.as_deref())?
             {
                 kvs.extend(tk);
             }

@@ -291,7 +291,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             let info = mixture::ModelInfo {
                 n_gqa: h / kv.max(1),
                 tied_embeddings: !names.iter().any(|n| n == "output.weight"),
-                is_70b: a.name == "llama" && n_layer == 80,
+                is_70b: a.is_70b(n_layer),
                 n_attention_wv: names
                     .iter()
                     .filter(|n| n.contains("attn_v.weight") || n.contains("attn_qkv.weight"))

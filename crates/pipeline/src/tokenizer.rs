@@ -75,14 +75,14 @@ fn detect_pre(tok: &Json) -> Option<&'static str> {
 pub fn gguf_tokenizer(
     dir: &Path,
     config: &Json,
-    arch: &str,
+    arch: &crate::arch::Arch,
     pre_override: Option<&str>,
 ) -> Result<Option<Vec<(String, Value)>>> {
     let tok = read_json(&dir.join("tokenizer.json"))?;
     let tcfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
     let spm_path = dir.join("tokenizer.model");
     let mut kv = Vec::new();
-    if arch == "llama" {
+    if arch.sentencepiece {
         if let Some(b) = tcfg.get("add_prefix_space").and_then(|v| v.as_bool()) {
             kv.push((
                 "tokenizer.ggml.add_space_prefix".to_string(),
@@ -93,7 +93,7 @@ pub fn gguf_tokenizer(
     let (vocab, merges) = if spm_path.is_file() {
         (spm_vocab(&spm_path, dir, config, &tcfg)?, false)
     } else if let Some(tok) = &tok {
-        if arch == "llama" && is_llama_hf(tok) {
+        if arch.sentencepiece && is_llama_hf(tok) {
             (llama_hf_vocab(dir, tok, config, &tcfg)?, false)
         } else {
             (bpe_vocab(dir, tok, config, pre_override)?, true)
@@ -505,7 +505,7 @@ mod tests {
             "additional_special_tokens": ["<tool>"], "add_bos_token": true});
         std::fs::write(dir.join("tokenizer_config.json"), tcfg.to_string()).unwrap();
         let config = json!({"vocab_size": 9, "bos_token_id": 1, "eos_token_id": 2});
-        let kvs = gguf_tokenizer(&dir, &config, "llama", None)
+        let kvs = gguf_tokenizer(&dir, &config, &crate::arch::ARCHS[0], None)
             .unwrap()
             .unwrap();
         let strs = |v: &Value| match v {
@@ -549,7 +549,7 @@ mod tests {
         assert_eq!(kv(&kvs, "tokenizer.ggml.add_bos_token"), &Value::Bool(true));
         assert!(!kvs.iter().any(|(k, _)| k == "tokenizer.ggml.merges"));
         // another architecture converts the same file as byte-level BPE
-        let err = gguf_tokenizer(&dir, &config, "qwen2", None).unwrap_err();
+        let err = gguf_tokenizer(&dir, &config, &crate::arch::ARCHS[1], None).unwrap_err();
         assert!(
             err.to_string().contains("pre-tokenizer not recognised"),
             "{err}"

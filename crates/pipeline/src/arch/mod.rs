@@ -1,51 +1,76 @@
 //! Per-architecture conversion of a Hugging Face model to what llama.cpp reads: tensor names,
 //! hyper-parameter keys, and the q/k row permutation of the "llama" architecture.
 //!
-//! One table row per architecture; adding gemma or phi means adding a row (names that differ,
-//! extra keys) here, nothing elsewhere.
+//! One module per architecture family (`llama.rs`, `qwen2.rs`, `qwen3.rs`) describes it as an
+//! [`Arch`] value, registered once in [`ARCHS`]; everything else reads the table.
 
 use crate::error::{Error, Result};
 use qs_formats::gguf::Value;
 use serde_json::Value as Json;
 
+mod llama;
+mod qwen2;
+mod qwen3;
+
+/// The architectures we convert, one line each; each is described in its own module.
+pub const ARCHS: &[Arch] = &[llama::ARCH, qwen2::ARCH, qwen3::ARCH];
+
 /// What differs between the architectures we convert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Arch {
     /// `general.architecture` and key prefix.
     pub name: &'static str,
-    /// HF `model_type`s that convert to it.
-    pub model_types: &'static [&'static str],
-    /// llama.cpp's converter permutes q/k rows (rotate-half → interleaved rope) for "llama".
+    /// HF `model_type`s that convert to it, with their transformers config defaults.
+    pub model_types: &'static [ModelType],
+    /// The HF class `export` writes in `architectures`.
+    pub hf_class: &'static str,
+    /// llama.cpp's converter permutes q/k rows (rotate-half → interleaved rope).
     pub permute_qk: bool,
     /// Writes `{arch}.vocab_size`.
     pub vocab_size_key: bool,
     /// Writes `{arch}.rope.dimension_count`.
     pub rope_dim_key: bool,
+    /// Llama 3 rope scaling becomes a generated `rope_freqs` tensor.
+    pub llama3_rope_freqs: bool,
+    /// The converter reads SentencePiece vocabularies (tokenizer.model, or a SentencePiece-style
+    /// tokenizer.json) and `add_prefix_space` for it.
+    pub sentencepiece: bool,
+    /// Layer count of llama.cpp's LLM_TYPE_70B, which llama-quantize's mixtures single out.
+    pub layers_70b: Option<u64>,
 }
 
-pub const ARCHS: &[Arch] = &[
-    Arch {
-        name: "llama",
-        model_types: &["llama", "mistral"],
-        permute_qk: true,
-        vocab_size_key: true,
-        rope_dim_key: true,
-    },
-    Arch {
-        name: "qwen2",
-        model_types: &["qwen2"],
-        permute_qk: false,
-        vocab_size_key: false,
-        rope_dim_key: false,
-    },
-    Arch {
-        name: "qwen3",
-        model_types: &["qwen3"],
-        permute_qk: false,
-        vocab_size_key: false,
-        rope_dim_key: false,
-    },
-];
+/// A Hugging Face `model_type` and the defaults its transformers (5.x) config class fills in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelType {
+    pub name: &'static str,
+    pub max_position_embeddings: u64,
+    pub head_dim: HeadDim,
+}
+
+/// How transformers fills in a missing `head_dim`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HeadDim {
+    /// Left out (the config class has no such attribute).
+    Absent,
+    /// hidden_size / num_attention_heads.
+    FromHidden,
+    Fixed(u64),
+}
+
+impl Arch {
+    /// Whether a model of `layers` layers is llama.cpp's LLM_TYPE_70B.
+    pub fn is_70b(&self, layers: u64) -> bool {
+        self.layers_70b == Some(layers)
+    }
+}
+
+/// The model type entry of an HF `model_type`, across every architecture.
+pub fn model_type(name: &str) -> Option<&'static ModelType> {
+    ARCHS
+        .iter()
+        .flat_map(|a| a.model_types.iter())
+        .find(|m| m.name == name)
+}
 
 /// The architecture of an HF `config.json`, or an error naming the unsupported one.
 pub fn detect(config: &Json) -> Result<&'static Arch> {
@@ -55,11 +80,11 @@ pub fn detect(config: &Json) -> Result<&'static Arch> {
         .unwrap_or("");
     ARCHS
         .iter()
-        .find(|a| a.model_types.contains(&mt))
+        .find(|a| a.model_types.iter().any(|m| m.name == mt))
         .ok_or_else(|| {
             let names: Vec<&str> = ARCHS
                 .iter()
-                .flat_map(|a| a.model_types.iter().copied())
+                .flat_map(|a| a.model_types.iter().map(|m| m.name))
                 .collect();
             Error::Config(format!(
                 "unsupported architecture '{mt}' for GGUF conversion (supported: {})",
@@ -86,13 +111,10 @@ pub fn with_defaults(c: &Json) -> Json {
         .and_then(|v| v.as_str())
         .unwrap_or("")
         .to_string();
-    let (max_pos, head_dim): (u64, Option<u64>) = match mt.as_str() {
-        "llama" => (2048, None),
-        "mistral" => (131072, None),
-        "qwen2" => (32768, None),
-        "qwen3" => (32768, Some(128)),
-        _ => return c,
+    let Some(m) = model_type(&mt) else {
+        return c;
     };
+    let (max_pos, head_dim) = (m.max_position_embeddings, m.head_dim);
     let theta_in_rope = qs_model::rope_params(&c).is_some_and(|r| r.get("rope_theta").is_some());
     let hidden = c.get("hidden_size").and_then(|v| v.as_u64());
     let heads = c.get("num_attention_heads").and_then(|v| v.as_u64());
@@ -109,9 +131,9 @@ pub fn with_defaults(c: &Json) -> Json {
     if !theta_in_rope {
         put("rope_theta", 10000.0.into());
     }
-    match (mt.as_str(), head_dim, hidden, heads) {
-        ("llama" | "mistral", _, Some(h), Some(n)) if n > 0 => put("head_dim", (h / n).into()),
-        (_, Some(d), _, _) => put("head_dim", d.into()),
+    match (head_dim, hidden, heads) {
+        (HeadDim::FromHidden, Some(h), Some(n)) if n > 0 => put("head_dim", (h / n).into()),
+        (HeadDim::Fixed(d), _, _) => put("head_dim", d.into()),
         _ => {}
     }
     c
@@ -213,7 +235,7 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
                 }
             }
             // llama.cpp reads Llama 3's frequency scaling from a generated `rope_freqs` tensor
-            ("llama3", _) if arch.name == "llama" => {}
+            ("llama3", _) if arch.llama3_rope_freqs => {}
             (t, _) => {
                 return Err(Error::Config(format!(
                     "rope scaling type '{t}' is not supported yet"
@@ -258,7 +280,7 @@ pub fn generated_tensors(arch: &Arch, c: &Json) -> Result<Vec<Generated>> {
     let Some(r) = qs_model::rope_params(c) else {
         return Ok(vec![]);
     };
-    if arch.name != "llama" || !qs_model::rope_type(r).eq_ignore_ascii_case("llama3") {
+    if !arch.llama3_rope_freqs || !qs_model::rope_type(r).eq_ignore_ascii_case("llama3") {
         return Ok(vec![]);
     }
     let theta = get_f64(c, &["rope_theta"])
@@ -284,7 +306,9 @@ pub enum Mapped {
     Skip,
 }
 
-const LAYER_NAMES: &[(&str, &str)] = &[
+/// A decoder layer's modules: HF name under `model.layers.N.` → llama.cpp name under `blk.N.`
+/// (the one list; `export` walks it backwards).
+pub(crate) const LAYER_NAMES: &[(&str, &str)] = &[
     ("input_layernorm", "attn_norm"),
     ("self_attn.q_proj", "attn_q"),
     ("self_attn.k_proj", "attn_k"),

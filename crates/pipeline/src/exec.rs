@@ -82,7 +82,8 @@ struct FileLayout {
 pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome> {
     let mut src = ModelSource::open(&cfg.input)?;
     crate::plan::add_generated(&mut src, cfg)?;
-    let plan = make_plan(&src, cfg)?;
+    let imatrix = crate::plan::load_imatrix(cfg)?;
+    let plan = make_plan(&src, cfg, imatrix)?;
     // every option check before any work: the calibrated linears and their grids
     if cfg.mse_clip && cfg.method.0.is_none() {
         return Err(Error::Config("--mse-clip applies to --method gptq".into()));

@@ -228,7 +228,23 @@ pub fn add_generated(src: &mut ModelSource, cfg: &QuantizeConfig) -> Result<()> 
     Ok(())
 }
 
-pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
+/// The importance matrix `--imatrix` names, loaded (GGUF outputs only).
+pub fn load_imatrix(cfg: &QuantizeConfig) -> Result<Option<qs_formats::imatrix::Imatrix>> {
+    let (kind, _) = output_for(cfg)?;
+    match &cfg.imatrix {
+        Some(p) if kind == OutputKind::Gguf => Ok(Some(qs_formats::imatrix::load(p)?)),
+        Some(_) => Err(Error::Config("--imatrix applies to GGUF outputs".into())),
+        None => Ok(None),
+    }
+}
+
+/// Builds the plan from the source, the options and the loaded importance matrix
+/// ([`load_imatrix`]). Errors name the tensor that cannot be stored as asked.
+pub fn make_plan(
+    src: &ModelSource,
+    cfg: &QuantizeConfig,
+    imatrix: Option<qs_formats::imatrix::Imatrix>,
+) -> Result<Plan> {
     let (kind, output) = output_for(cfg)?;
     match (kind, cfg.target) {
         (OutputKind::Gguf, Target::Int(_) | Target::Fp8(_)) => {
@@ -266,11 +282,6 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
     let arch = conv.as_ref().map(|c| c.arch);
     // A converted model with a ggml target gets llama-quantize's choices: its mixture for the
     // file type (None: --pure, one type for every quantizable tensor).
-    let imatrix = match &cfg.imatrix {
-        Some(p) if kind == OutputKind::Gguf => Some(qs_formats::imatrix::load(p)?),
-        Some(_) => return Err(Error::Config("--imatrix applies to GGUF outputs".into())),
-        None => None,
-    };
     let default_ggml = match cfg.target {
         Target::Ggml(t) => t,
         _ => GgmlType::F16,
@@ -309,30 +320,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
         _ => None,
     };
     let mut counters = mixture::Counters::default();
-    // Tensor order of a converted GGUF. A float conversion of an HF folder is what llama.cpp's
-    // converter writes: shard by shard (sorted file names), each shard's tensors sorted by HF
-    // name. Anything quantized is what llama-quantize writes: its loader's order, by layer then
-    // GGUF name, which also makes the mixture's per-layer counters independent of the input.
-    let mut order: Vec<usize> = (0..src.tensors.len()).collect();
-    if let Some(cv) = &conv {
-        if converter_layout(src, cfg) {
-            // generated tensors come first, as the converter yields them first
-            order.sort_by(|&a, &b| {
-                let (ta, tb) = (&src.tensors[a], &src.tensors[b]);
-                (!ta.generated, ta.file, &ta.info.name).cmp(&(
-                    !tb.generated,
-                    tb.file,
-                    &tb.info.name,
-                ))
-            });
-        } else {
-            let key = |i: usize| match cv.map(&src.tensors[i].info.name) {
-                Ok(Mapped::Tensor { name, .. }) => (layer_of(&name), name),
-                _ => (-1, String::new()),
-            };
-            order.sort_by_cached_key(|&i| key(i));
-        }
-    }
+    let order = tensor_order(src, conv.as_ref(), converter_layout(src, cfg));
     let mut tensors = Vec::with_capacity(src.tensors.len());
     for i in order {
         let st = &src.tensors[i];
@@ -356,177 +344,23 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             msg,
         };
 
-        let forced = cfg
-            .tensor_types
-            .iter()
-            .find(|(re, _)| re.is_match(name) || (arch.is_some() && re.is_match(&out_name)))
-            .map(|(_, t)| *t);
-        // --token-embedding-type / --output-tensor-type come first, as in llama-quantize (the
-        // output type also covers tied embeddings)
-        let special = match (out_name.as_str(), &llama_mix) {
-            ("token_embd.weight", Some((_, info))) => cfg
-                .token_embedding_type
-                .or(cfg.output_tensor_type.filter(|_| info.tied_embeddings)),
-            ("output.weight", Some(_)) => cfg.output_tensor_type,
-            _ => None,
-        };
-        let forced = special
-            .map(|t| match t {
-                GgmlType::F32 => Target::Float(DType::F32),
-                GgmlType::F16 => Target::Float(DType::F16),
-                GgmlType::BF16 => Target::Float(DType::BF16),
-                t => Target::Ggml(t),
-            })
-            .or(forced);
-        let target = match (forced, llama_mix) {
-            (Some(t), _) => t,
-            (None, Some((f, info))) => {
-                // llama-quantize's selection: its quantizable tensors, its per-tensor types
-                let excluded = cfg
-                    .exclude
-                    .iter()
-                    .any(|re| re.is_match(name) || re.is_match(&out_name));
-                if !excluded
-                    && dtype.is_float()
-                    && mixture::allows_quantization(&out_name, shape.len())
-                {
-                    Target::Ggml(match f {
-                        Some(f) => mixture::tensor_type(f, &out_name, &info, &mut counters),
-                        None => default_ggml,
-                    })
-                } else {
-                    Target::Keep
-                }
-            }
-            (None, None) => {
-                let excluded = cfg.exclude.iter().any(|re| re.is_match(name));
-                let included = cfg.include.iter().any(|re| re.is_match(name));
-                let quantizable = dtype.is_float() && shape.len() == 2;
-                if !cfg.target.is_quantized() {
-                    // conversion: every float tensor, unless excluded
-                    if dtype.is_float() && !excluded {
-                        cfg.target
-                    } else {
-                        Target::Keep
-                    }
-                } else if !excluded
-                    && (is_linear_weight(name, shape, dtype) || (included && quantizable))
-                {
-                    cfg.target
-                } else {
-                    Target::Keep
-                }
-            }
-        };
+        let target = choose_target(
+            cfg,
+            name,
+            &out_name,
+            arch.is_some(),
+            dtype,
+            shape,
+            llama_mix,
+            default_ggml,
+            &mut counters,
+        );
         if target != Target::Keep && !dtype.is_float() {
             return Err(terr(format!(
                 "is {dtype}, not a float tensor: it can only be kept as is"
             )));
         }
-        let mut note = None;
-        let (action, target) = match (kind, target) {
-            (OutputKind::Gguf, t @ (Target::Int(_) | Target::Fp8(_)))
-            | (OutputKind::SafetensorsFile | OutputKind::SafetensorsDir, t @ Target::Ggml(_)) => {
-                return Err(terr(format!(
-                    "target {} cannot be written to this output format",
-                    t.name()
-                )))
-            }
-            (OutputKind::Gguf, Target::Keep) => {
-                (gguf_keep(dtype, shape).map_err(terr)?, Target::Keep)
-            }
-            (_, Target::Keep) => (Action::Copy, Target::Keep),
-            (OutputKind::Gguf, Target::Float(dt)) => {
-                // ggml reads norms and other 1-D tensors as F32, as llama.cpp's converter writes them
-                let dt = if shape.len() <= 1 { DType::F32 } else { dt };
-                (float_action(dtype, dt, cfg.clamp), Target::Float(dt))
-            }
-            (_, Target::Float(dt)) => (float_action(dtype, dt, cfg.clamp), target),
-            (OutputKind::Gguf, Target::Ggml(t)) => {
-                if shape.len() < 2 {
-                    // ggml reads 1-D tensors (norms, biases) as F32
-                    note = Some("1-D: kept F32".to_string());
-                    (
-                        float_action(dtype, DType::F32, cfg.clamp),
-                        Target::Float(DType::F32),
-                    )
-                } else {
-                    let cols = *shape.last().unwrap_or(&0);
-                    let ft = qs_numeric::ggml::fallback_for(t, cols);
-                    if ft != t {
-                        note = Some(format!("row length {cols} is not a multiple of {}: {ft} fallback (as llama-quantize)", t.block().0));
-                    }
-                    match ft {
-                        GgmlType::F16 => (
-                            float_action(dtype, DType::F16, cfg.clamp),
-                            Target::Float(DType::F16),
-                        ),
-                        ft => {
-                            let s = Scheme::Ggml(GgmlBlocks(ft));
-                            check(&s, shape, &terr)?;
-                            (Action::Encode(s), Target::Ggml(ft))
-                        }
-                    }
-                }
-            }
-            (_, Target::Int(bits)) if cfg.int_format == crate::config::IntFormat::Gptq => {
-                let g = cfg.granularity_for(target).map_err(Error::Config)?;
-                let group = match g {
-                    qs_numeric::Granularity::Group(n) => n,
-                    qs_numeric::Granularity::Channel => shape.last().copied().unwrap_or(1),
-                    _ => {
-                        return Err(Error::Config(
-                            "--format gptq needs group or channel scales".into(),
-                        ))
-                    }
-                };
-                if cfg.asymmetric {
-                    return Err(Error::Config(
-                        "--format gptq writes symmetric checkpoints (sym=true); use compressed-tensors for --asym".into(),
-                    ));
-                }
-                if !(cfg.damp > 0.0 && cfg.damp < 1.0) {
-                    return Err(Error::Config(format!(
-                        "--damp {}: the GPTQ layout records it as damp_percent, which transformers and optimum only load between 0 and 1 (exclusive)",
-                        cfg.damp
-                    )));
-                }
-                let s = Scheme::Gptq(AutoGptq { bits, group });
-                check(&s, shape, &terr)?;
-                (Action::Encode(s), target)
-            }
-            (_, Target::Int(_)) if cfg.act_order_group => {
-                return Err(Error::Config(
-                    "--act-order group (groups in activation order, stored as a g_idx) needs --format gptq: compressed-tensors 0.20 removed that ordering (\"group\"); use --act-order (static) for compressed-tensors".into(),
-                ))
-            }
-            (_, Target::Int(bits)) => {
-                let g = cfg.granularity_for(target).map_err(Error::Config)?;
-                let s = Scheme::Int(PackQuantized {
-                    spec: IntSpec {
-                        bits,
-                        symmetric: !cfg.asymmetric,
-                    },
-                    granularity: g,
-                    scale_dtype: scale_dtype(dtype),
-                    // written without: compressed-tensors 0.20 removed dynamic act-order
-                    // ("group", weight_g_idx); older checkpoints with one are still read
-                    g_idx: false,
-                });
-                check(&s, shape, &terr)?;
-                (Action::Encode(s), target)
-            }
-            (_, Target::Fp8(format)) => {
-                let g = cfg.granularity_for(target).map_err(Error::Config)?;
-                let s = Scheme::Fp8(FloatQuantized {
-                    format,
-                    granularity: g,
-                    scale_dtype: scale_dtype(dtype),
-                });
-                check(&s, shape, &terr)?;
-                (Action::Encode(s), target)
-            }
-        };
+        let (action, target, note) = choose_action(kind, target, dtype, shape, cfg, &terr)?;
         // a tensor already quantized (GGUF input): kept as is, decoded to float, or (only when
         // asked) re-quantized
         let action = match (st.ggml, action) {
@@ -555,36 +389,7 @@ pub fn make_plan(src: &ModelSource, cfg: &QuantizeConfig) -> Result<Plan> {
             }
             (a, _) => a,
         };
-        let outputs = match &action {
-            Action::Copy => vec![OutTensor {
-                name: out_name.clone(),
-                ty: if kind == OutputKind::Gguf {
-                    SlotType::Ggml(st.ggml.unwrap_or(ggml_of(dtype)))
-                } else {
-                    SlotType::Dtype(dtype)
-                },
-                shape: shape.clone(),
-                nbytes: st.info.end - st.info.start,
-            }],
-            Action::Encode(s) => s
-                .slots(shape)
-                .into_iter()
-                .map(|sl| OutTensor {
-                    // a suffix starting with '.' replaces the last name component
-                    // (GPTQ's `q_proj.qweight` for `q_proj.weight`)
-                    name: match (sl.suffix.starts_with('.'), out_name.rsplit_once('.')) {
-                        (true, Some((stem, _))) => format!("{stem}{}", sl.suffix),
-                        _ => format!("{out_name}{}", sl.suffix),
-                    },
-                    ty: match (kind, sl.ty) {
-                        (OutputKind::Gguf, SlotType::Dtype(d)) => SlotType::Ggml(ggml_of(d)),
-                        (_, t) => t,
-                    },
-                    shape: sl.shape,
-                    nbytes: sl.nbytes,
-                })
-                .collect(),
-        };
+        let outputs = output_tensors(&action, &out_name, kind, st, shape);
         let imatrix_of = match (&action, &imatrix) {
             (Action::Encode(Scheme::Ggml(_)), Some(im)) => match im.entries.get(&out_name) {
                 Some(v) if v.len() == *shape.last().unwrap_or(&0) => {
@@ -692,6 +497,272 @@ fn one_gptq_scheme(src: &ModelSource, tensors: &[TensorPlan]) -> Result<()> {
                 first.name
             ),
         }),
+    }
+}
+
+/// The target of one tensor: `--tensor-type` (and llama-quantize's
+/// `--token-embedding-type` / `--output-tensor-type`) first; for a converted GGUF,
+/// llama-quantize's mixture (`counters` advance in file order); otherwise the main target for
+/// linear weights (and `--include`d matrices), everything float for a float conversion, minus
+/// `--exclude`.
+#[allow(clippy::too_many_arguments)]
+fn choose_target(
+    cfg: &QuantizeConfig,
+    name: &str,
+    out_name: &str,
+    converted: bool,
+    dtype: DType,
+    shape: &[usize],
+    llama_mix: Option<(Option<Ftype>, mixture::ModelInfo)>,
+    default_ggml: GgmlType,
+    counters: &mut mixture::Counters,
+) -> Target {
+    let forced = cfg
+        .tensor_types
+        .iter()
+        .find(|(re, _)| re.is_match(name) || (converted && re.is_match(out_name)))
+        .map(|(_, t)| *t);
+    // --token-embedding-type / --output-tensor-type come first, as in llama-quantize (the
+    // output type also covers tied embeddings)
+    let special = match (out_name, &llama_mix) {
+        ("token_embd.weight", Some((_, info))) => cfg
+            .token_embedding_type
+            .or(cfg.output_tensor_type.filter(|_| info.tied_embeddings)),
+        ("output.weight", Some(_)) => cfg.output_tensor_type,
+        _ => None,
+    };
+    let forced = special
+        .map(|t| match t {
+            GgmlType::F32 => Target::Float(DType::F32),
+            GgmlType::F16 => Target::Float(DType::F16),
+            GgmlType::BF16 => Target::Float(DType::BF16),
+            t => Target::Ggml(t),
+        })
+        .or(forced);
+    match (forced, llama_mix) {
+        (Some(t), _) => t,
+        (None, Some((f, info))) => {
+            // llama-quantize's selection: its quantizable tensors, its per-tensor types
+            let excluded = cfg
+                .exclude
+                .iter()
+                .any(|re| re.is_match(name) || re.is_match(out_name));
+            if !excluded && dtype.is_float() && mixture::allows_quantization(out_name, shape.len())
+            {
+                Target::Ggml(match f {
+                    Some(f) => mixture::tensor_type(f, out_name, &info, counters),
+                    None => default_ggml,
+                })
+            } else {
+                Target::Keep
+            }
+        }
+        (None, None) => {
+            let excluded = cfg.exclude.iter().any(|re| re.is_match(name));
+            let included = cfg.include.iter().any(|re| re.is_match(name));
+            let quantizable = dtype.is_float() && shape.len() == 2;
+            if !cfg.target.is_quantized() {
+                // conversion: every float tensor, unless excluded
+                if dtype.is_float() && !excluded {
+                    cfg.target
+                } else {
+                    Target::Keep
+                }
+            } else if !excluded
+                && (is_linear_weight(name, shape, dtype) || (included && quantizable))
+            {
+                cfg.target
+            } else {
+                Target::Keep
+            }
+        }
+    }
+}
+
+/// Tensor order of the output. A float conversion of an HF folder (`converter`) is what
+/// llama.cpp's converter writes: shard by shard (sorted file names), each shard's tensors
+/// sorted by HF name, generated tensors first. Anything else converted is what llama-quantize
+/// writes: its loader's order, by layer then GGUF name, which also makes the mixture's
+/// per-layer counters independent of the input. Without a conversion: the input's order.
+fn tensor_order(src: &ModelSource, conv: Option<&Conv<'_>>, converter: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..src.tensors.len()).collect();
+    if let Some(cv) = conv {
+        if converter {
+            // generated tensors come first, as the converter yields them first
+            order.sort_by(|&a, &b| {
+                let (ta, tb) = (&src.tensors[a], &src.tensors[b]);
+                (!ta.generated, ta.file, &ta.info.name).cmp(&(
+                    !tb.generated,
+                    tb.file,
+                    &tb.info.name,
+                ))
+            });
+        } else {
+            let key = |i: usize| match cv.map(&src.tensors[i].info.name) {
+                Ok(Mapped::Tensor { name, .. }) => (layer_of(&name), name),
+                _ => (-1, String::new()),
+            };
+            order.sort_by_cached_key(|&i| key(i));
+        }
+    }
+    order
+}
+
+/// The layout a tensor gets for its target in this container (with the note the report
+/// shows), or an error naming the tensor: GGUF keeps 1-D tensors F32 and falls back as
+/// llama-quantize does; integer targets become compressed-tensors or AutoGPTQ layouts.
+fn choose_action(
+    kind: OutputKind,
+    target: Target,
+    dtype: DType,
+    shape: &[usize],
+    cfg: &QuantizeConfig,
+    terr: &dyn Fn(String) -> Error,
+) -> Result<(Action, Target, Option<String>)> {
+    let mut note = None;
+    let (action, target) = match (kind, target) {
+        (OutputKind::Gguf, t @ (Target::Int(_) | Target::Fp8(_)))
+        | (OutputKind::SafetensorsFile | OutputKind::SafetensorsDir, t @ Target::Ggml(_)) => {
+            return Err(terr(format!(
+                "target {} cannot be written to this output format",
+                t.name()
+            )))
+        }
+        (OutputKind::Gguf, Target::Keep) => {
+            (gguf_keep(dtype, shape).map_err(terr)?, Target::Keep)
+        }
+        (_, Target::Keep) => (Action::Copy, Target::Keep),
+        (OutputKind::Gguf, Target::Float(dt)) => {
+            // ggml reads norms and other 1-D tensors as F32, as llama.cpp's converter writes them
+            let dt = if shape.len() <= 1 { DType::F32 } else { dt };
+            (float_action(dtype, dt, cfg.clamp), Target::Float(dt))
+        }
+        (_, Target::Float(dt)) => (float_action(dtype, dt, cfg.clamp), target),
+        (OutputKind::Gguf, Target::Ggml(t)) => {
+            if shape.len() < 2 {
+                // ggml reads 1-D tensors (norms, biases) as F32
+                note = Some("1-D: kept F32".to_string());
+                (
+                    float_action(dtype, DType::F32, cfg.clamp),
+                    Target::Float(DType::F32),
+                )
+            } else {
+                let cols = *shape.last().unwrap_or(&0);
+                let ft = qs_numeric::ggml::fallback_for(t, cols);
+                if ft != t {
+                    note = Some(format!("row length {cols} is not a multiple of {}: {ft} fallback (as llama-quantize)", t.block().0));
+                }
+                match ft {
+                    GgmlType::F16 => (
+                        float_action(dtype, DType::F16, cfg.clamp),
+                        Target::Float(DType::F16),
+                    ),
+                    ft => {
+                        let s = Scheme::Ggml(GgmlBlocks(ft));
+                        check(&s, shape, &terr)?;
+                        (Action::Encode(s), Target::Ggml(ft))
+                    }
+                }
+            }
+        }
+        (_, Target::Int(bits)) if cfg.int_format == crate::config::IntFormat::Gptq => {
+            let g = cfg.granularity_for(target).map_err(Error::Config)?;
+            let group = match g {
+                qs_numeric::Granularity::Group(n) => n,
+                qs_numeric::Granularity::Channel => shape.last().copied().unwrap_or(1),
+                _ => {
+                    return Err(Error::Config(
+                        "--format gptq needs group or channel scales".into(),
+                    ))
+                }
+            };
+            if cfg.asymmetric {
+                return Err(Error::Config(
+                    "--format gptq writes symmetric checkpoints (sym=true); use compressed-tensors for --asym".into(),
+                ));
+            }
+            if !(cfg.damp > 0.0 && cfg.damp < 1.0) {
+                return Err(Error::Config(format!(
+                    "--damp {}: the GPTQ layout records it as damp_percent, which transformers and optimum only load between 0 and 1 (exclusive)",
+                    cfg.damp
+                )));
+            }
+            let s = Scheme::Gptq(AutoGptq { bits, group });
+            check(&s, shape, &terr)?;
+            (Action::Encode(s), target)
+        }
+        (_, Target::Int(_)) if cfg.act_order_group => {
+            return Err(Error::Config(
+                "--act-order group (groups in activation order, stored as a g_idx) needs --format gptq: compressed-tensors 0.20 removed that ordering (\"group\"); use --act-order (static) for compressed-tensors".into(),
+            ))
+        }
+        (_, Target::Int(bits)) => {
+            let g = cfg.granularity_for(target).map_err(Error::Config)?;
+            let s = Scheme::Int(PackQuantized {
+                spec: IntSpec {
+                    bits,
+                    symmetric: !cfg.asymmetric,
+                },
+                granularity: g,
+                scale_dtype: scale_dtype(dtype),
+                // written without: compressed-tensors 0.20 removed dynamic act-order
+                // ("group", weight_g_idx); older checkpoints with one are still read
+                g_idx: false,
+            });
+            check(&s, shape, &terr)?;
+            (Action::Encode(s), target)
+        }
+        (_, Target::Fp8(format)) => {
+            let g = cfg.granularity_for(target).map_err(Error::Config)?;
+            let s = Scheme::Fp8(FloatQuantized {
+                format,
+                granularity: g,
+                scale_dtype: scale_dtype(dtype),
+            });
+            check(&s, shape, &terr)?;
+            (Action::Encode(s), target)
+        }
+    };
+    Ok((action, target, note))
+}
+
+/// The stored tensors of one planned tensor, named after `out_name`: a copy keeps its bytes;
+/// an encoded tensor gets its layout's slots (a suffix starting with '.' replaces the last
+/// name component: GPTQ's `q_proj.qweight` for `q_proj.weight`).
+fn output_tensors(
+    action: &Action,
+    out_name: &str,
+    kind: OutputKind,
+    st: &qs_formats::source::SourceTensor,
+    shape: &[usize],
+) -> Vec<OutTensor> {
+    let dtype = st.info.dtype;
+    match action {
+        Action::Copy => vec![OutTensor {
+            name: out_name.to_string(),
+            ty: if kind == OutputKind::Gguf {
+                SlotType::Ggml(st.ggml.unwrap_or(ggml_of(dtype)))
+            } else {
+                SlotType::Dtype(dtype)
+            },
+            shape: shape.to_vec(),
+            nbytes: st.info.end - st.info.start,
+        }],
+        Action::Encode(s) => s
+            .slots(shape)
+            .into_iter()
+            .map(|sl| OutTensor {
+                // a suffix starting with '.' replaces the last name component
+                // (GPTQ's `q_proj.qweight` for `q_proj.weight`)
+                name: slot_name(out_name, sl.suffix),
+                ty: match (kind, sl.ty) {
+                    (OutputKind::Gguf, SlotType::Dtype(d)) => SlotType::Ggml(ggml_of(d)),
+                    (_, t) => t,
+                },
+                shape: sl.shape,
+                nbytes: sl.nbytes,
+            })
+            .collect(),
     }
 }
 
@@ -829,6 +900,15 @@ impl<'a> Conv<'a> {
     }
 }
 
+/// The stored name of a layout slot of tensor `name`: the suffix appended, or (a suffix
+/// starting with '.') replacing the last name component.
+fn slot_name(name: &str, suffix: &str) -> String {
+    match (suffix.starts_with('.'), name.rsplit_once('.')) {
+        (true, Some((stem, _))) => format!("{stem}{suffix}"),
+        _ => format!("{name}{suffix}"),
+    }
+}
+
 /// The block number of a GGUF tensor name (`blk.N.…`), -1 for the others.
 fn layer_of(gguf_name: &str) -> i64 {
     gguf_name
@@ -872,5 +952,150 @@ fn ggml_of(d: DType) -> GgmlType {
         DType::F64 => GgmlType::F64,
         // not reachable: GGUF keeps are mapped to float types above
         _ => GgmlType::F32,
+    }
+}
+
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+    use crate::config::parse_tensor_type;
+    use qs_numeric::layout::{AutoGptq, GgmlBlocks, PackQuantized};
+
+    fn cfg(target: Target) -> QuantizeConfig {
+        QuantizeConfig::new("in", target)
+    }
+
+    fn target_of(c: &QuantizeConfig, name: &str, shape: &[usize]) -> Target {
+        choose_target(
+            c,
+            name,
+            name,
+            false,
+            DType::BF16,
+            shape,
+            None,
+            GgmlType::F16,
+            &mut mixture::Counters::default(),
+        )
+    }
+
+    #[test]
+    fn target_choice_follows_linear_rule_include_exclude_and_overrides() {
+        let mut c = cfg(Target::Int(4));
+        let q = "model.layers.0.self_attn.q_proj.weight";
+        assert_eq!(target_of(&c, q, &[8, 8]), Target::Int(4));
+        assert_eq!(
+            target_of(&c, "model.embed_tokens.weight", &[8, 8]),
+            Target::Keep
+        );
+        assert_eq!(target_of(&c, "lm_head.weight", &[8, 8]), Target::Keep);
+        assert_eq!(target_of(&c, "model.norm.weight", &[8]), Target::Keep);
+        c.include.push(regex::Regex::new("embed_tokens").unwrap());
+        assert_eq!(
+            target_of(&c, "model.embed_tokens.weight", &[8, 8]),
+            Target::Int(4)
+        );
+        c.exclude.push(regex::Regex::new("q_proj").unwrap());
+        assert_eq!(target_of(&c, q, &[8, 8]), Target::Keep);
+        c.tensor_types
+            .push(parse_tensor_type("q_proj=int8").unwrap());
+        assert_eq!(target_of(&c, q, &[8, 8]), Target::Int(8));
+        // a float conversion takes every float tensor, 1-D ones too
+        let f = cfg(Target::Float(DType::F16));
+        assert_eq!(
+            target_of(&f, "model.norm.weight", &[8]),
+            Target::Float(DType::F16)
+        );
+    }
+
+    fn action_of(
+        c: &QuantizeConfig,
+        kind: OutputKind,
+        t: Target,
+        shape: &[usize],
+    ) -> Result<(Action, Target, Option<String>)> {
+        let terr = |m: String| Error::Config(m);
+        choose_action(kind, t, DType::BF16, shape, c, &terr)
+    }
+
+    #[test]
+    fn scheme_choice_per_container_and_format() {
+        let mut c = cfg(Target::Int(4));
+        c.group = Some(64);
+        let (a, _, _) =
+            action_of(&c, OutputKind::SafetensorsDir, Target::Int(4), &[8, 128]).unwrap();
+        assert!(matches!(
+            a,
+            Action::Encode(Scheme::Int(PackQuantized { spec, granularity: qs_numeric::Granularity::Group(64), scale_dtype: DType::BF16, .. })) if spec.bits == 4 && spec.symmetric
+        ));
+        c.int_format = crate::config::IntFormat::Gptq;
+        let (a, _, _) =
+            action_of(&c, OutputKind::SafetensorsDir, Target::Int(4), &[8, 128]).unwrap();
+        assert_eq!(
+            a,
+            Action::Encode(Scheme::Gptq(AutoGptq { bits: 4, group: 64 }))
+        );
+        // a group that does not divide the row names the alternatives
+        let e = action_of(&c, OutputKind::SafetensorsDir, Target::Int(4), &[8, 96]).unwrap_err();
+        assert!(e.to_string().contains("group size"), "{e}");
+        // GGUF: 1-D tensors stay F32; a row the blocks do not divide falls back as llama-quantize
+        let g = cfg(Target::Ggml(GgmlType::Q4_K));
+        let (a, t, _) =
+            action_of(&g, OutputKind::Gguf, Target::Ggml(GgmlType::Q4_K), &[64]).unwrap();
+        assert_eq!(t, Target::Float(DType::F32));
+        assert!(matches!(a, Action::Encode(Scheme::Float(_))));
+        let (a, _, note) = action_of(
+            &g,
+            OutputKind::Gguf,
+            Target::Ggml(GgmlType::Q4_K),
+            &[8, 576],
+        )
+        .unwrap();
+        assert_eq!(a, Action::Encode(Scheme::Ggml(GgmlBlocks(GgmlType::Q5_0))));
+        assert!(note.unwrap().contains("Q5_0 fallback"));
+        // a safetensors target in a GGUF, and the other way round, are refused
+        assert!(action_of(&g, OutputKind::Gguf, Target::Int(4), &[8, 128]).is_err());
+        assert!(action_of(
+            &g,
+            OutputKind::SafetensorsFile,
+            Target::Ggml(GgmlType::Q4_0),
+            &[8, 128]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn tensor_order_is_llama_quantizes_loader_order() {
+        let names = [
+            "blk.10.attn_q.weight",
+            "output.weight",
+            "blk.2.ffn_down.weight",
+            "blk.2.attn_k.weight",
+            "token_embd.weight",
+        ];
+        let mut v: Vec<(i64, String)> =
+            names.iter().map(|n| (layer_of(n), n.to_string())).collect();
+        v.sort();
+        let sorted: Vec<&str> = v.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(
+            sorted,
+            [
+                "output.weight",
+                "token_embd.weight",
+                "blk.2.attn_k.weight",
+                "blk.2.ffn_down.weight",
+                "blk.10.attn_q.weight"
+            ]
+        );
+    }
+
+    #[test]
+    fn output_names_append_or_replace_the_last_component() {
+        assert_eq!(
+            slot_name("m.q_proj.weight", "_packed"),
+            "m.q_proj.weight_packed"
+        );
+        assert_eq!(slot_name("m.q_proj.weight", ".qweight"), "m.q_proj.qweight");
+        assert_eq!(slot_name("blk.0.attn_q.weight", ""), "blk.0.attn_q.weight");
     }
 }

@@ -152,7 +152,7 @@ struct RunArgs {
     #[arg(long)]
     allow_requantize: bool,
     /// How integer codes are chosen (the list comes from the method registry; see `method_help`).
-    #[arg(long, default_value = "rtn", value_parser = quantsmith::config::Method::parse)]
+    #[arg(long, default_value = "rtn", value_parser = quantsmith::calib::parse_method)]
     method: quantsmith::config::Method,
     /// Layout of integer safetensors outputs: compressed-tensors (pack-quantized), or gptq
     /// (AutoGPTQ v1: qweight/qzeros/scales/g_idx + quantize_config.json; symmetric 2/4/8 bits).

@@ -193,21 +193,11 @@ impl IntFormat {
     }
 }
 
-/// How integer codes are chosen: round to nearest (`None`), or a calibration method from the
-/// registry ([`crate::calib::METHODS`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Method(pub Option<&'static dyn crate::calib::Method>);
-
-impl Method {
-    pub fn parse(s: &str) -> Result<Method, String> {
-        crate::calib::method(s).map(Method)
-    }
-
-    /// The method's name (`rtn` for round to nearest).
-    pub fn name(&self) -> &'static str {
-        self.0.map_or("rtn", |m| m.name())
-    }
-}
+/// How integer codes are chosen: round to nearest (`None`), or the calibration method of that
+/// name in the registry ([`crate::calib::METHODS`], which [`crate::calib::parse_method`]
+/// checks names against).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Method(pub Option<&'static str>);
 
 impl QuantizeConfig {
     pub fn new(input: impl Into<PathBuf>, target: Target) -> QuantizeConfig {

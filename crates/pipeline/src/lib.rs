@@ -5,22 +5,20 @@
 //! its planned offsets and validating its bytes with the dequantization kernels → [`Report`].
 //! [`verify`] and [`inspect`] read what was written.
 
-pub mod arch;
 pub mod calib;
 pub mod checkpoint;
+pub mod commands;
 pub mod config;
+pub mod convert;
 pub mod error;
-pub mod eval;
-pub mod exec;
-pub mod export;
-pub mod inspect;
-pub mod jobs;
 pub mod meta;
-pub mod mixture;
 pub mod plan;
 pub mod report;
-pub mod tokenizer;
-pub mod verify;
+pub mod run;
+
+pub use commands::{eval, export, inspect, verify};
+pub use convert::{arch, mixture, tokenizer};
+pub use run::{self as exec, jobs};
 
 pub use config::{OutputKind, QuantizeConfig, Target};
 pub use error::{Error, Result};

@@ -32,6 +32,16 @@ use std::sync::Arc;
 /// The registered methods, one line each (`--method NAME`; `rtn` means none).
 pub static METHODS: [&dyn Method; 1] = [&gptq::Gptq];
 
+/// `--method NAME`: a registered method's name, or `rtn` for round to nearest.
+pub fn parse_method(name: &str) -> std::result::Result<crate::config::Method, String> {
+    Ok(crate::config::Method(method(name)?.map(|m| m.name())))
+}
+
+/// The registered method a configuration names (`None`: round to nearest).
+pub fn method_of(m: crate::config::Method) -> Option<&'static dyn Method> {
+    m.0.and_then(|n| method(n).ok().flatten())
+}
+
 /// The method called `name`, `None` for round to nearest.
 pub fn method(name: &str) -> std::result::Result<Option<&'static dyn Method>, String> {
     let l = name.to_ascii_lowercase();

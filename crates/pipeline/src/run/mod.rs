@@ -1,16 +1,18 @@
-//! Running a plan: per-chunk jobs in parallel, each writing its bytes at offsets fixed by the
+//! Running a plan (the `quantize` run; [`jobs`] is the shared job pool): per-chunk jobs in parallel, each writing its bytes at offsets fixed by the
 //! plan, so output bytes never depend on scheduling or thread count.
 //!
 //! Memory: a job holds one chunk (≈ `CHUNK_ELEMS` values) decoded to f32 plus its encoded
 //! bytes; input pages are dropped from the resident set as soon as a chunk is done.
 
+pub mod jobs;
+
 use crate::config::{OutputKind, QuantizeConfig};
 use crate::error::{Error, Result};
-use crate::jobs::{chunk_rows, pool, run_jobs, CHUNK_ELEMS};
 use crate::meta;
 use crate::plan::{make_plan, Action, Plan, TensorPlan};
 use crate::report::{Report, ReportRow};
 use crate::Progress;
+use jobs::{chunk_rows, pool, run_jobs, CHUNK_ELEMS};
 use qs_formats::gguf;
 use qs_formats::output::{check_target, AtomicDir, AtomicFile};
 use qs_formats::safetensors::{plan_layout, StEntry};
@@ -88,7 +90,7 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     if cfg.mse_clip && cfg.method.0.is_none() {
         return Err(Error::Config("--mse-clip applies to --method gptq".into()));
     }
-    let targets = match cfg.method.0 {
+    let targets = match crate::calib::method_of(cfg.method) {
         Some(m) => Some((m, crate::calib::targets(m, &src, &plan, cfg)?)),
         None => None,
     };

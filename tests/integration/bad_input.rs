@@ -448,7 +448,9 @@ fn fp8_scales_that_do_not_fit_are_named_by_verify_and_eval() {
         &[("w.weight", Dtype::F32, vec![1, 32], f32_bytes(&values(&c1)))],
     );
     let q = dp.join("q.safetensors");
-    let cases: &[(Dtype, Vec<usize>, Vec<u8>, &[&str])] = &[
+    // (scale dtype, scale shape, scale bytes, what the error says)
+    type Case<'a> = (Dtype, Vec<usize>, Vec<u8>, &'a [&'a str]);
+    let cases: &[Case] = &[
         (
             Dtype::I32,
             vec![4, 1],

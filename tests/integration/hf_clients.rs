@@ -248,7 +248,8 @@ fn transformers_loads_every_safetensors_layout_with_our_logits() {
     let mut bad: Vec<String> = Vec::new();
     macro_rules! check {
         ($cond:expr, $($msg:tt)*) => {
-            if !$cond {
+            let ok: bool = $cond;
+            if !ok {
                 bad.push(format!($($msg)*));
             }
         };

@@ -68,6 +68,10 @@ enum Cmd {
         /// Write the figures as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Write MODEL's logits at the scored positions as a float32 .npy (rows: positions,
+        /// chunk by chunk; columns: vocabulary; positions × vocabulary × 4 bytes).
+        #[arg(long, value_name = "FILE")]
+        logits: Option<PathBuf>,
         #[arg(short = 'j', long)]
         threads: Option<usize>,
         #[arg(short, long)]
@@ -461,6 +465,7 @@ fn main() -> std::process::ExitCode {
             ctx,
             chunks,
             json,
+            logits,
             threads,
             quiet,
         }) => (|| {
@@ -471,6 +476,7 @@ fn main() -> std::process::ExitCode {
                 ctx,
                 chunks,
                 threads,
+                logits,
             };
             let r = quantsmith::eval::eval(&cfg)
                 .with_context(|| format!("evaluating {}", model.display()))?;

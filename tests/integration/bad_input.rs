@@ -448,7 +448,9 @@ fn fp8_scales_that_do_not_fit_are_named_by_verify_and_eval() {
         &[("w.weight", Dtype::F32, vec![1, 32], f32_bytes(&values(&c1)))],
     );
     let q = dp.join("q.safetensors");
-    let cases: &[(Dtype, Vec<usize>, Vec<u8>, &[&str])] = &[
+    // (scale dtype, scale shape, scale bytes, what the error says)
+    type Case<'a> = (Dtype, Vec<usize>, Vec<u8>, &'a [&'a str]);
+    let cases: &[Case] = &[
         (
             Dtype::I32,
             vec![4, 1],
@@ -582,26 +584,6 @@ fn fp8_scales_that_do_not_fit_are_named_by_verify_and_eval() {
             &must,
         );
     }
-}
-
-/// The fixture folder without one tensor (config.json and tokenizer copied).
-fn fixture_without(dir: &Path, drop: &str) {
-    let fx = fixture();
-    std::fs::create_dir_all(dir).unwrap();
-    for f in listing(&fx) {
-        if f != "model.safetensors" {
-            std::fs::copy(fx.join(&f), dir.join(&f)).unwrap();
-        }
-    }
-    let buf = std::fs::read(fx.join("model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&buf).unwrap();
-    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
-        .tensors()
-        .into_iter()
-        .filter(|(n, _)| n != drop)
-        .collect();
-    assert_eq!(kept.len() + 1, st.len(), "{drop} is in the fixture");
-    safetensors::serialize_to_file(kept, None, &dir.join("model.safetensors")).unwrap();
 }
 
 /// Failures while running (calibration, GPTQ, eval) name the model or file and the tensor, not

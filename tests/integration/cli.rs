@@ -1,6 +1,8 @@
 use crate::util::*;
 use safetensors::Dtype;
 use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
 
 fn sqnr_by_tensor(report: &serde_json::Value) -> HashMap<String, Option<f64>> {
     report["rows"]
@@ -16,11 +18,15 @@ fn sqnr_by_tensor(report: &serde_json::Value) -> HashMap<String, Option<f64>> {
         .collect()
 }
 
-/// Every target: quantize with a report, then `verify` the written file independently; the
-/// two reports must agree tensor by tensor. Quality floors are the measured minimum SQNR on
+/// Every target: the written file, decoded by an independent reader — gguf-py's dequantizers
+/// (names and llama.cpp's q/k permutation mapped back to the folder's), the PyPI
+/// compressed-tensors package (pack-quantized and float-quantized), numpy for float
+/// safetensors — holds exactly the weights our decoder reads from it (`quantize verify
+/// DECODED OUTPUT`: every tensor equal), so the error figures of quantize's report are those
+/// of what other readers get. Quality floors on those figures are the measured minimum SQNR on
 /// the fixture (deterministic data) less ~1 dB: a regression guard per scheme.
 #[test]
-fn every_target_writes_and_verifies() {
+fn every_target_decodes_like_independent_readers() {
     let d = tempfile::tempdir().unwrap();
     let fx = fixture();
     let cases: &[(&str, &[&str], f64)] = &[
@@ -76,7 +82,6 @@ fn every_target_writes_and_verifies() {
     for (out, args, min_sqnr) in cases {
         let o = d.path().join(out);
         let qr = d.path().join(format!("{out}.q.json"));
-        let vr = d.path().join(format!("{out}.v.json"));
         let mut a: Vec<&std::ffi::OsStr> = vec![fx.as_os_str()];
         a.extend(args.iter().map(std::ffi::OsStr::new));
         a.extend([
@@ -89,27 +94,11 @@ fn every_target_writes_and_verifies() {
         let r = quantize(&a);
         r.ok();
         assert!(r.stdout.is_empty(), "--quiet prints nothing: {}", r.stdout);
-        quantize(&[
-            "verify".as_ref(),
-            fx.as_os_str(),
-            o.as_os_str(),
-            "--report".as_ref(),
-            vr.as_os_str(),
-            "-q".as_ref(),
-        ])
-        .ok();
-        let (q, v) = (read_json(&qr), read_json(&vr));
+        let q = read_json(&qr);
         assert_eq!(q["schema_version"], 1);
-        let (qs, vs) = (sqnr_by_tensor(&q), sqnr_by_tensor(&v));
         let mut quantized = 0;
-        for (name, s) in &qs {
+        for (name, s) in &sqnr_by_tensor(&q) {
             let Some(s) = s else { continue };
-            let vsq = vs[name]
-                .unwrap_or_else(|| panic!("{out}: {name} exact in verify but not in quantize"));
-            assert!(
-                (s - vsq).abs() < 1e-6,
-                "{out}: {name}: quantize says {s} dB, verify {vsq} dB"
-            );
             if std::env::var_os("QS_PRINT_SQNR").is_some() {
                 eprintln!("{out} {name} {s:.2}");
             }
@@ -117,6 +106,55 @@ fn every_target_writes_and_verifies() {
             quantized += 1;
         }
         assert!(quantized >= 14, "{out}: only {quantized} lossy tensors");
+    }
+    // the independent readers' decoding of every output, in the folder's names and row order
+    // (one process per reader: importing torch is the slow part)
+    let dec = |out: &str| d.path().join(format!("{out}.decoded"));
+    let oracle = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle");
+    let (files, folders): (Vec<&str>, Vec<&str>) = cases
+        .iter()
+        .map(|c| c.0)
+        .partition(|out| out.ends_with(".gguf") || out.ends_with(".safetensors"));
+    let mut gguf_py = Command::new(python());
+    gguf_py
+        .arg(oracle.join("gguf_oracle.py"))
+        .arg("decode")
+        .arg(&fx);
+    let mut ct = Command::new(convert_python());
+    ct.arg(oracle.join("ct_decompress.py"));
+    for (cmd, outs) in [(&mut gguf_py, &files), (&mut ct, &folders)] {
+        for out in outs.iter() {
+            cmd.arg(d.path().join(out)).arg(dec(out));
+        }
+        let o = cmd.output().unwrap();
+        assert!(
+            o.status.success(),
+            "independent decoding failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    for (out, _, _) in cases {
+        let vr = d.path().join(format!("{out}.v.json"));
+        quantize(&[
+            "verify".as_ref(),
+            dec(out).as_os_str(),
+            d.path().join(out).as_os_str(),
+            "--report".as_ref(),
+            vr.as_os_str(),
+            "-q".as_ref(),
+        ])
+        .ok();
+        let v = read_json(&vr);
+        let rows = v["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 21, "{out}: every tensor decoded");
+        for r in rows {
+            assert_eq!(
+                r["error"]["max_abs_err"].as_f64(),
+                Some(0.0),
+                "{out}: {} decodes differently in the independent reader",
+                r["tensor"]
+            );
+        }
     }
 }
 

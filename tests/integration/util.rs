@@ -143,3 +143,37 @@ pub fn llama_src() -> PathBuf {
 pub fn convert_python() -> PathBuf {
     oracle_path("QS_CONVERT_PYTHON", "venv-convert/bin/python")
 }
+
+/// A copy of the fixture folder in `dir` without the tensor `drop` (side files copied).
+pub fn fixture_without(dir: &Path, drop: &str) {
+    let fx = fixture();
+    std::fs::create_dir_all(dir).unwrap();
+    for f in listing(&fx) {
+        if f != "model.safetensors" {
+            std::fs::copy(fx.join(&f), dir.join(&f)).unwrap();
+        }
+    }
+    let buf = std::fs::read(fx.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&buf).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != drop)
+        .collect();
+    assert_eq!(kept.len() + 1, st.len(), "{drop} is in the fixture");
+    let md = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(kept, Some(md), &dir.join("model.safetensors")).unwrap();
+}
+
+/// The fixture with tied embeddings: no `lm_head.weight`, `tie_word_embeddings: true` (the
+/// output head is the embedding table, as in Qwen2.5-0.5B or Llama 3.2 1B).
+pub fn tied_fixture(dir: &Path) {
+    fixture_without(dir, "lm_head.weight");
+    let mut cfg = read_json(&dir.join("config.json"));
+    cfg["tie_word_embeddings"] = serde_json::json!(true);
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
+}

@@ -5,6 +5,12 @@
   codecs DIR          DIR/<TYPE>.in.f32, <TYPE>.q, <TYPE>.deq.f32 for each ggml type; fp8 files too
   gguf FILE INPUT     read FILE with gguf.GGUFReader; every tensor must match INPUT (safetensors)
                       re-quantized by gguf.quants.quantize (or equal, for float tensors)
+  decode HF_DIR OUT DIR [OUT DIR ...]
+                      OUT (a GGUF converted from the llama folder HF_DIR, or a float safetensors
+                      file) decoded independently into DIR/model.safetensors in f32 with HF_DIR's
+                      names and row order (gguf-py's dequantizers; llama.cpp's converter's q/k
+                      permutation undone), plus HF_DIR's config.json: `quantize verify DIR OUT`
+                      then compares our decoding with this one
 """
 import json
 import struct
@@ -130,10 +136,70 @@ def check_gguf(path, input_path):
     print(json.dumps({"ok": True, "tensors": len(seen), "alignment": int(align.parts[-1][0]) if align else 32}))
 
 
+# llama.cpp's names for a llama folder's tensors (convert_hf_to_gguf.py / gguf-py's tensor map)
+LLAMA_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def hf_name(gguf_name):
+    parts = gguf_name.split(".")
+    if parts[0] == "blk":
+        return f"model.layers.{parts[1]}.{LLAMA_NAMES[parts[2]]}.{parts[3]}"
+    return f"{LLAMA_NAMES[parts[0]]}.{parts[1]}"
+
+
+def unpermute(w, n_head):
+    """Inverse of convert_hf_to_gguf.py's LlamaModel.permute (rotary halves interleaved)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def decode(out_path, hf_dir, dest):
+    from safetensors.numpy import save_file
+
+    hf_dir, dest = Path(hf_dir), Path(dest)
+    config = json.loads((hf_dir / "config.json").read_text())
+    result = {}
+    if str(out_path).endswith(".gguf"):
+        heads = config["num_attention_heads"]
+        kv = config.get("num_key_value_heads", heads)
+        for t in gguf.GGUFReader(out_path).tensors:
+            rows_first = [int(v) for v in reversed(t.shape)]
+            w = dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32).reshape(rows_first)
+            name = hf_name(t.name)
+            if t.name.endswith("attn_q.weight"):
+                w = unpermute(w, heads)
+            elif t.name.endswith("attn_k.weight"):
+                w = unpermute(w, kv)
+            result[name] = np.ascontiguousarray(w)
+    else:
+        for k, (a, _) in read_safetensors(out_path).items():
+            result[k] = np.ascontiguousarray(a.astype(np.float32))
+    dest.mkdir(parents=True, exist_ok=True)
+    save_file(result, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    (dest / "config.json").write_text(json.dumps(config, indent=2))
+    return len(result)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "codecs":
         codecs(sys.argv[2])
     elif sys.argv[1] == "gguf":
         check_gguf(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "decode":
+        n = [decode(out, sys.argv[2], dest) for out, dest in zip(sys.argv[3::2], sys.argv[4::2])]
+        print(json.dumps({"ok": True, "tensors": n}))
     else:
         fail("unknown command")

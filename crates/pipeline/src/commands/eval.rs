@@ -36,6 +36,10 @@ pub struct EvalConfig {
     /// Evaluate only the first N chunks.
     pub chunks: Option<usize>,
     pub threads: Option<usize>,
+    /// Write MODEL's logits at the scored positions here (float32 `.npy`, one row per scored
+    /// position, chunk by chunk; one column per vocabulary entry): what another implementation
+    /// of the forward pass is compared with.
+    pub logits: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -253,6 +257,62 @@ fn load(path: &Path) -> Result<Loaded> {
     })
 }
 
+/// A float32 `.npy` file (format 1.0, C order, `rows × cols`) written row by row.
+struct NpyRows {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    cols: usize,
+    rows_left: usize,
+}
+
+impl NpyRows {
+    fn create(path: &Path, rows: usize, cols: usize) -> Result<NpyRows> {
+        let io = |e: std::io::Error| Error::Output {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        };
+        let mut header =
+            format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+        // magic (6) + version (2) + header length (2) + header, a multiple of 64, ending in \n
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+        use std::io::Write;
+        out.write_all(b"\x93NUMPY\x01\x00").map_err(io)?;
+        out.write_all(&(header.len() as u16).to_le_bytes())
+            .map_err(io)?;
+        out.write_all(header.as_bytes()).map_err(io)?;
+        Ok(NpyRows {
+            path: path.to_path_buf(),
+            out,
+            cols,
+            rows_left: rows,
+        })
+    }
+
+    fn push(&mut self, row: &[f32]) -> Result<()> {
+        use std::io::Write;
+        debug_assert!(row.len() == self.cols && self.rows_left > 0);
+        self.rows_left -= 1;
+        let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.out.write_all(&bytes).map_err(|e| Error::Output {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        })
+    }
+
+    fn finish(mut self) -> Result<()> {
+        use std::io::Write;
+        debug_assert_eq!(self.rows_left, 0);
+        self.out.flush().map_err(|e| Error::Output {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        })
+    }
+}
+
 /// log-softmax of one row, in f64.
 fn log_softmax(row: &[f32]) -> Vec<f64> {
     let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
@@ -334,6 +394,14 @@ pub fn eval(cfg: &EvalConfig) -> Result<EvalReport> {
         let (mut nll, mut nll_base, mut kld_sum, mut kld_max, mut same, mut count) =
             (0f64, 0f64, 0f64, 0f64, 0usize, 0usize);
         let hw = model.head_weights().map_err(|e| model_err(&cfg.model, e))?;
+        let mut logits_out = match &cfg.logits {
+            Some(p) => Some(NpyRows::create(
+                p,
+                n_chunks * (cfg.ctx - 1 - first),
+                model.cfg.vocab,
+            )?),
+            None => None,
+        };
         let hw_base = match &orig {
             Some(o) => Some(o.head_weights().map_err(|e| model_err(&cfg.model, e))?),
             None => None,
@@ -371,6 +439,9 @@ pub fn eval(cfg: &EvalConfig) -> Result<EvalReport> {
                 for k in 0..r1 - r0 {
                     let next = batch[r0 + k + 1] as usize;
                     let row: Vec<f32> = (0..logits.ncols()).map(|j| logits[(k, j)]).collect();
+                    if let Some(w) = logits_out.as_mut() {
+                        w.push(&row)?;
+                    }
                     let lp = log_softmax(&row);
                     nll -= lp[next];
                     if let Some(lb) = &logits_b {
@@ -386,6 +457,9 @@ pub fn eval(cfg: &EvalConfig) -> Result<EvalReport> {
                 }
             }
             c0 = c1;
+        }
+        if let Some(w) = logits_out {
+            w.finish()?;
         }
         let n = count as f64;
         Ok(EvalReport {

@@ -358,7 +358,8 @@ mod tests {
 
     #[test]
     fn fast_dequant_equals_scalar_reference() {
-        for (seed, ty) in QTYPES.iter().chain(&[F32, F16, BF16]).enumerate() {
+        let all: Vec<GgmlType> = CODECS.iter().map(|c| c.ty()).collect();
+        for (seed, ty) in all.iter().enumerate() {
             let x = weights_like(4096, seed as u64 + 1);
             let mut y = vec![0u8; ty.row_bytes(x.len())];
             quantize_row(*ty, &x, &mut y);
@@ -412,6 +413,27 @@ mod tests {
                 let mut r = vec![0f32; 32];
                 dequantize_row(ty, &y, &mut r);
                 assert!(r.iter().all(|v| v.is_finite()), "{ty}");
+            }
+        }
+    }
+
+    /// One registration per type, distinct file types, fallbacks that can be written.
+    #[test]
+    fn registry_is_consistent() {
+        let mut file_types = std::collections::HashSet::new();
+        for c in CODECS {
+            let t = c.ty();
+            assert_eq!(CODECS.iter().filter(|d| d.ty() == t).count(), 1, "{t}");
+            assert!(file_types.insert(c.file_type()), "{t}: file type reused");
+            if let Some(f) = c.fallback() {
+                assert!(
+                    f.can_quantize() && f.block().0 == 32,
+                    "{t} falls back to {f}"
+                );
+            }
+            if let Some(g) = c.grid() {
+                let (lo, hi) = g.code_range();
+                assert!(lo < hi && hi < 256, "{t}");
             }
         }
     }

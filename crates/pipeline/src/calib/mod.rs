@@ -220,6 +220,15 @@ pub fn targets(
     cfg: &QuantizeConfig,
 ) -> Result<BTreeMap<(usize, Linear), (String, CodeGrid)>> {
     method.check_options(cfg)?;
+    if src.hf_dir.is_none() {
+        return Err(Error::Input {
+            path: src.input.clone(),
+            msg: format!(
+                "--method {} needs a Hugging Face folder (config.json, tokenizer.json)",
+                method.name()
+            ),
+        });
+    }
     let layers = src
         .config
         .as_ref()
@@ -284,15 +293,6 @@ pub fn targets(
                 .join(", "),
             cfg.target.name()
         )));
-    }
-    if src.hf_dir.is_none() {
-        return Err(Error::Input {
-            path: src.input.clone(),
-            msg: format!(
-                "--method {} needs a Hugging Face folder (config.json, tokenizer.json)",
-                method.name()
-            ),
-        });
     }
     Ok(out)
 }

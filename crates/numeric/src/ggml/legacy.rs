@@ -85,6 +85,24 @@ impl BlockCodec for Legacy {
     fn dequantize_block_ref(&self, b: &[u8], y: &mut [f32]) {
         dequantize_ref(self.ty, b, y)
     }
+    // Row loops with the block function known at compile time (inlined), not called through
+    // the trait per 32 values.
+    fn quantize_row(&self, x: &[f32], y: &mut [u8]) {
+        match self.ty {
+            GgmlType::Q4_0 => blocks(x, y, 18, quantize_q4_0),
+            GgmlType::Q4_1 => blocks(x, y, 20, quantize_q4_1),
+            GgmlType::Q5_0 => blocks(x, y, 22, quantize_q5_0),
+            GgmlType::Q5_1 => blocks(x, y, 24, quantize_q5_1),
+            _ => blocks(x, y, 34, quantize_q8_0),
+        }
+    }
+    fn dequantize_row(&self, y: &[u8], x: &mut [f32]) {
+        let bb = self.ty.block().1;
+        for (b, out) in y.chunks_exact(bb).zip(x.chunks_exact_mut(32)) {
+            let out: &mut [f32; 32] = out.try_into().expect("32-value block");
+            dequantize_block32(self.ty, b, out);
+        }
+    }
     fn grid(&self) -> Option<&'static dyn CodeGrid> {
         self.grid.map(|g| g as &'static dyn CodeGrid)
     }
@@ -288,6 +306,13 @@ fn dequantize_block32(ty: GgmlType, b: &[u8], out: &mut [f32; 32]) {
         for (o, &v) in out.iter_mut().zip(&q) {
             *o = d * (v + offset) as f32;
         }
+    }
+}
+
+#[inline(always)]
+fn blocks(x: &[f32], y: &mut [u8], bb: usize, f: impl Fn(&[f32], &mut [u8])) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.chunks_exact_mut(bb)) {
+        f(xb, yb);
     }
 }
 

@@ -6,6 +6,7 @@
 
 use crate::error::{Error, Result};
 use qs_formats::gguf::Value;
+use qs_model::Linear;
 use serde_json::Value as Json;
 
 mod llama;
@@ -306,21 +307,37 @@ pub enum Mapped {
     Skip,
 }
 
-/// A decoder layer's modules: HF name under `model.layers.N.` → llama.cpp name under `blk.N.`
-/// (the one list; `export` walks it backwards).
-pub(crate) const LAYER_NAMES: &[(&str, &str)] = &[
+/// A decoder layer's non-linear modules: HF name under `model.layers.N.` → llama.cpp name
+/// under `blk.N.`.
+const NORM_NAMES: &[(&str, &str)] = &[
     ("input_layernorm", "attn_norm"),
-    ("self_attn.q_proj", "attn_q"),
-    ("self_attn.k_proj", "attn_k"),
-    ("self_attn.v_proj", "attn_v"),
-    ("self_attn.o_proj", "attn_output"),
     ("self_attn.q_norm", "attn_q_norm"),
     ("self_attn.k_norm", "attn_k_norm"),
     ("post_attention_layernorm", "ffn_norm"),
-    ("mlp.gate_proj", "ffn_gate"),
-    ("mlp.up_proj", "ffn_up"),
-    ("mlp.down_proj", "ffn_down"),
 ];
+
+/// llama.cpp's name (under `blk.N.`) of a decoder layer's linear.
+pub fn gguf_linear(l: Linear) -> &'static str {
+    match l {
+        Linear::Q => "attn_q",
+        Linear::K => "attn_k",
+        Linear::V => "attn_v",
+        Linear::O => "attn_output",
+        Linear::Gate => "ffn_gate",
+        Linear::Up => "ffn_up",
+        Linear::Down => "ffn_down",
+    }
+}
+
+/// Every module of a decoder layer, HF name → llama.cpp name: the norms, then the linears of
+/// `qs_model::Linear` (the one list of them). `export` walks it backwards.
+pub(crate) fn layer_names() -> impl Iterator<Item = (&'static str, &'static str)> {
+    NORM_NAMES.iter().copied().chain(
+        Linear::ALL
+            .into_iter()
+            .map(|l| (l.hf_name(), gguf_linear(l))),
+    )
+}
 
 /// HF tensor name → GGUF name (and permutation), or an error naming the tensor.
 pub fn map_tensor(arch: &Arch, c: &Json, hf: &str) -> Result<Mapped> {
@@ -353,13 +370,12 @@ pub fn map_tensor(arch: &Arch, c: &Json, hf: &str) -> Result<Mapped> {
     let rest = stem.strip_prefix("model.layers.").ok_or_else(unknown)?;
     let (bid, part) = rest.split_once('.').ok_or_else(unknown)?;
     let bid: usize = bid.parse().map_err(|_| unknown())?;
-    let (_, gg) = LAYER_NAMES
-        .iter()
+    let (_, gg) = layer_names()
         .find(|(h, _)| *h == part)
         .ok_or_else(unknown)?;
-    let permute_heads = if arch.permute_qk && matches!(*gg, "attn_q" | "attn_k") {
+    let permute_heads = if arch.permute_qk && matches!(gg, "attn_q" | "attn_k") {
         let (h, kv) = heads(c)?;
-        Some(if *gg == "attn_k" { kv } else { h } as usize)
+        Some(if gg == "attn_k" { kv } else { h } as usize)
     } else {
         None
     };

@@ -143,6 +143,23 @@ pub struct Codes<'a> {
     pub g_idx: &'a [u32],
 }
 
+impl Codes<'_> {
+    /// The values the codes stand for: `(q − zero)·scale + offset`, each column with its
+    /// group's parameters (`codes.len() / cols` rows).
+    pub fn values(&self, cols: usize) -> Vec<f32> {
+        let rows = self.codes.len() / cols.max(1);
+        let groups = self.params.len() / rows.max(1);
+        self.codes
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| {
+                let k = (i / cols) * groups + self.g_idx[i % cols] as usize;
+                (q as i32 - self.params[k].zero) as f32 * self.params[k].scale + self.offsets[k]
+            })
+            .collect()
+    }
+}
+
 /// What a layout contributes to a safetensors checkpoint's metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CheckpointMeta {

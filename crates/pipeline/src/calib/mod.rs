@@ -92,19 +92,20 @@ pub struct CodeSet {
 }
 
 impl CodeSet {
+    /// The codes as a layout's encoder takes them.
+    pub fn as_codes(&self) -> qs_numeric::layout::Codes<'_> {
+        qs_numeric::layout::Codes {
+            codes: &self.codes,
+            params: &self.params,
+            offsets: &self.offsets,
+            g_idx: &self.g_idx,
+        }
+    }
+
     /// The values the codes stand for, `rows × cols`.
     pub fn dequantize(&self, rows: usize, cols: usize) -> Vec<f32> {
-        let groups = self.params.len() / rows.max(1);
-        let mut out = vec![0f32; rows * cols];
-        for r in 0..rows {
-            for c in 0..cols {
-                let k = r * groups + self.g_idx[c] as usize;
-                let p = self.params[k];
-                out[r * cols + c] =
-                    (self.codes[r * cols + c] as i32 - p.zero) as f32 * p.scale + self.offsets[k];
-            }
-        }
-        out
+        debug_assert_eq!(self.codes.len(), rows * cols);
+        self.as_codes().values(cols)
     }
 }
 

@@ -490,18 +490,15 @@ fn run_chunk<'a>(
                         gather_rows(&c.out.params, &src_rows, groups),
                         gather_rows(&c.out.offsets, &src_rows, groups),
                     );
-                    intended = Some(code_values(&codes, &params, &offsets, &c.out.g_idx, cols));
+                    let chunk = qs_numeric::layout::Codes {
+                        codes: &codes,
+                        params: &params,
+                        offsets: &offsets,
+                        g_idx: &c.out.g_idx,
+                    };
+                    intended = Some(chunk.values(cols));
                     scheme
-                        .encode_codes(
-                            &tp.shape,
-                            r0,
-                            qs_numeric::layout::Codes {
-                                codes: &codes,
-                                params: &params,
-                                offsets: &offsets,
-                                g_idx: &c.out.g_idx,
-                            },
-                        )
+                        .encode_codes(&tp.shape, r0, chunk)
                         .map_err(|e| tensor_err(src, tp, e.to_string()))?
                 }
                 None => scheme.encode_weighted(
@@ -558,25 +555,6 @@ fn run_chunk<'a>(
         src.release(st, b0, b1);
     }
     Ok(res)
-}
-
-/// The values codes stand for: `(q − zero)·scale + offset`, each column in its group.
-fn code_values(
-    codes: &[i8],
-    params: &[qs_numeric::rtn::QParams],
-    offsets: &[f32],
-    g_idx: &[u32],
-    cols: usize,
-) -> Vec<f32> {
-    let groups = params.len() / (codes.len() / cols.max(1)).max(1);
-    codes
-        .iter()
-        .enumerate()
-        .map(|(i, &q)| {
-            let k = (i / cols) * groups + g_idx[i % cols] as usize;
-            (q as i32 - params[k].zero) as f32 * params[k].scale + offsets[k]
-        })
-        .collect()
 }
 
 /// The writer's check of what it wrote: decoded values `y` equal `intended` exactly (float

@@ -1,0 +1,37 @@
+//! config.json → hyper-parameters: what a GGUF conversion reads (`arch::detect`, `hparams`,
+//! `generated_tensors`, `map_tensor` for a llama layer's names) and what calibration and `eval`
+//! read (`qs_model::Config::from_hf`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use quantsmith::arch;
+
+const NAMES: &[&str] = &[
+    "model.embed_tokens.weight",
+    "model.norm.weight",
+    "lm_head.weight",
+    "rope_freqs.weight",
+    "model.layers.0.self_attn.q_proj.weight",
+    "model.layers.0.self_attn.k_proj.weight",
+    "model.layers.0.self_attn.v_proj.bias",
+    "model.layers.1.mlp.down_proj.weight",
+    "model.layers.0.input_layernorm.weight",
+    "model.layers.0.self_attn.rotary_emb.inv_freq",
+];
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(c) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let _ = qs_model::Config::from_hf(&c);
+    let _ = arch::with_defaults(&c);
+    let _ = arch::heads(&c);
+    let Ok(a) = arch::detect(&c) else {
+        return;
+    };
+    let _ = arch::hparams(a, &c);
+    let _ = arch::generated_tensors(a, &c);
+    for n in NAMES {
+        let _ = arch::map_tensor(a, &c, n);
+    }
+});

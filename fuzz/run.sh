@@ -53,22 +53,21 @@ FUZZ=(rustup run nightly cargo fuzz)
 mkdir -p work/logs
 failed=()
 
-# Committed reproducers: each must now run clean.
+# Committed reproducers: each must now run clean (one run per file, so every failing one is
+# named).
 for t in "${TARGETS[@]}"; do
   [ -d "artifacts/$t" ] || continue
-  repro=()
   for f in "artifacts/$t"/*; do
     case "$(basename "$f")" in crash-*|oom-*|timeout-*|slow-unit-*|'*') continue ;; esac
-    repro+=("$f")
+    log="work/logs/$t.replay.$(basename "$f").log"
+    if "${FUZZ[@]}" run -O "$t" "$f" -- -rss_limit_mb=2048 -timeout=10 >"$log" 2>&1; then
+      echo "$t: reproducer $f runs clean"
+    else
+      echo "$t: reproducer $f still fails (fuzz/$log):"
+      grep -E "panicked at|ERROR: libFuzzer|ERROR: AddressSanitizer" "$log" | head -2 | sed 's/^/    /'
+      failed+=("$f")
+    fi
   done
-  [ ${#repro[@]} -eq 0 ] && continue
-  if "${FUZZ[@]}" run -O "$t" "${repro[@]}" -- -rss_limit_mb=2048 -timeout=10 >"work/logs/$t.replay.log" 2>&1; then
-    echo "$t: ${#repro[@]} committed reproducer(s) run clean"
-  else
-    echo "$t: a committed reproducer still fails (fuzz/work/logs/$t.replay.log):"
-    grep -E "panicked at|ERROR: libFuzzer|ERROR: AddressSanitizer|Running: " "work/logs/$t.replay.log" | tail -4 | sed 's/^/    /'
-    failed+=("$t(replay)")
-  fi
 done
 
 opts=(-max_total_time="$TIME" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1)
@@ -81,7 +80,9 @@ for t in "${TARGETS[@]}"; do
   before=$(find "artifacts/$t" -type f \( -name 'crash-*' -o -name 'oom-*' -o -name 'timeout-*' \) | wc -l)
   start=$(date +%s)
   set +e
-  "${FUZZ[@]}" run -O "$t" "work/corpus/$t" "corpus/$t" -- "${opts[@]}" >"$log" 2>&1
+  dict=()
+  case "$t" in config|tokenizer|plan|safetensors_source|safetensors_header) dict=(-dict=dicts/json.dict) ;; esac
+  "${FUZZ[@]}" run -O "$t" "work/corpus/$t" "corpus/$t" -- "${opts[@]}" "${dict[@]}" >"$log" 2>&1
   rc=$?
   set -e
   secs=$(( $(date +%s) - start ))

@@ -1,4 +1,7 @@
 //! The importance-matrix reader `imatrix::load` (GGUF or legacy .dat, chosen by the magic).
+//! What it returns is not checked further: the planner checks each entry's length against the
+//! row it weights (an empty GGUF entry is accepted here and refused there; see
+//! docs/RELIABILITY.md).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -7,9 +10,5 @@ use quantsmith_fuzz::Scratch;
 fuzz_target!(|data: &[u8]| {
     let dir = Scratch::new();
     let path = dir.write("imatrix.dat", data);
-    if let Ok(im) = qs_formats::imatrix::load(&path) {
-        for v in im.entries.values() {
-            assert!(!v.is_empty());
-        }
-    }
+    let _ = qs_formats::imatrix::load(&path);
 });

@@ -90,7 +90,7 @@ for t in "${TARGETS[@]}"; do
   # Closing figures: final stats (non-fork), else the last status line (fork mode).
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
-  status=$(grep -E '^#[0-9]+:? .*cov: ' "$log" | tail -1 || true)
+  status=$(grep -E '^#[0-9]+:?[[:space:]].*cov: ' "$log" | tail -1 || true)
   [ -z "$execs" ] && execs=$(printf '%s' "$status" | sed -n 's/^#\([0-9]*\).*/\1/p')
   [ -z "$rate" ] && rate=$(printf '%s' "$status" | sed -n 's/.*exec\/s: \([0-9]*\).*/\1/p')
   cov=$(printf '%s' "$status" | sed -n 's/.*cov: \([0-9]*\).*/\1/p')

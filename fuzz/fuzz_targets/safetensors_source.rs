@@ -1,6 +1,6 @@
 //! A model folder as `ModelSource::open` reads it: a sharded set (`model.safetensors.index.json`
-//! + shards) or one safetensors file, and config.json. Input: files joined by
-//! `quantsmith_fuzz::SEP` — index.json, config.json, then up to three shards named
+//! and its shards) or one safetensors file, and config.json. Input: files joined by
+//! `quantsmith_fuzz::SEP`: index.json, config.json, then up to three shards named
 //! `model-0000K-of-00003.safetensors` (an empty index or config part: that file is absent; with
 //! no index, the folder holds the shards, so one shard opens as a single file and more are
 //! refused). Then `inspect` on the folder, and every tensor's bytes of what opened.

@@ -43,7 +43,38 @@ pub(crate) fn tensor_err(
 ) -> FormatError {
     FormatError::Tensor {
         path: path.into(),
-        tensor: tensor.into(),
+        tensor: shown(&tensor.into()),
         msg: msg.into(),
+    }
+}
+
+/// A name read from a file, fit for a one-line message: control characters escaped, at most
+/// 80 characters (a corrupted length can make a "name" of kilobytes of raw bytes).
+pub fn shown(name: &str) -> String {
+    const MAX: usize = 80;
+    let mut out = String::new();
+    for c in name.chars() {
+        if out.len() >= MAX {
+            out.push_str(&format!("… ({} bytes)", name.len()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_in_messages_are_one_short_line() {
+        assert_eq!(super::shown("blk.0.attn_q.weight"), "blk.0.attn_q.weight");
+        assert_eq!(super::shown("a\nb\u{0}"), "a\\nb\\u{0}");
+        let long = "x".repeat(1000);
+        let s = super::shown(&long);
+        assert!(s.len() < 120 && s.ends_with("(1000 bytes)"), "{s}");
     }
 }

@@ -64,6 +64,12 @@ struct Index {
 impl ModelSource {
     pub fn open(path: &Path) -> Result<ModelSource> {
         let meta = std::fs::metadata(path).map_err(io_err(path))?;
+        if !meta.is_file() && !meta.is_dir() {
+            return Err(file_err(
+                path,
+                "not a regular file or folder (a FIFO, socket or device cannot be mapped)",
+            ));
+        }
         if meta.is_file() && is_gguf(path) {
             return Self::open_gguf(path);
         }
@@ -125,6 +131,12 @@ impl ModelSource {
             let text = std::fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| file_err(&config_path, format!("not valid JSON: {e}")))?;
+            if !v.is_object() {
+                return Err(file_err(
+                    &config_path,
+                    "not a JSON object: a model's config.json maps names to hyper-parameters",
+                ));
+            }
             (Some(dir), Some(v))
         } else {
             (None, None)
@@ -275,12 +287,32 @@ impl ModelSource {
     }
 }
 
+/// Refuses what is not a regular file before it is opened: opening a FIFO blocks until a
+/// writer appears, and a device or socket cannot be mapped.
+pub fn check_regular(path: &Path) -> Result<()> {
+    let m = std::fs::metadata(path).map_err(io_err(path))?;
+    if !m.is_file() {
+        return Err(file_err(
+            path,
+            if m.is_dir() {
+                "is a folder, not a file"
+            } else {
+                "not a regular file (a FIFO, socket or device cannot be read as a model)"
+            },
+        ));
+    }
+    Ok(())
+}
+
 fn open_sharded(index: &Path) -> Result<Vec<SafetensorsFile>> {
     let dir = index.parent().unwrap_or(Path::new("."));
     let text = std::fs::read_to_string(index).map_err(io_err(index))?;
     let idx: Index = serde_json::from_str(&text)
         .map_err(|e| file_err(index, format!("not a valid safetensors index: {e}")))?;
     // Shards in first-appearance order of their sorted names (HF numbers them 00001-of-N).
+    if idx.weight_map.is_empty() {
+        return Err(file_err(index, "weight_map lists no tensors"));
+    }
     let mut shard_names: Vec<&String> = idx.weight_map.values().collect();
     shard_names.sort();
     shard_names.dedup();
@@ -348,6 +380,9 @@ fn open_sharded(index: &Path) -> Result<Vec<SafetensorsFile>> {
 pub fn is_gguf(p: &Path) -> bool {
     if p.extension().is_some_and(|e| e == "gguf") {
         return true;
+    }
+    if !p.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
     }
     let mut magic = [0u8; 4];
     std::fs::File::open(p)

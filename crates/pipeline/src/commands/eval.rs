@@ -181,8 +181,8 @@ fn load(path: &Path) -> Result<Loaded> {
             .find(|t| t.name == "token_embd.weight")
             .map(|t| t.ne[1] as usize)
             .unwrap_or(0);
-        let config = crate::export::config_json(&g, arch, vocab, tied, qs_numeric::DType::F32)?;
-        let names = crate::export::inverse_names(arch, &config, &g)?;
+        let (config, names) =
+            crate::export::gguf_config(&g, arch, vocab, tied, qs_numeric::DType::F32)?;
         let map = g
             .tensors
             .iter()

@@ -337,26 +337,27 @@ fn tensor_err(src: &ModelSource, tp: &TensorPlan, msg: String) -> Error {
     }
 }
 
-/// Decodes rows `r0..r1` of a source tensor to f32 (gathering permuted rows) and checks them
-/// for NaN/Inf.
-fn decode_rows(
+/// Rows `r0..r1` of a source tensor as f32, whatever it is stored as (float, or a ggml block
+/// type of a GGUF input); with `permute`, output row r is source row
+/// `arch::permuted_source_row(r, rows, heads)`.
+pub(crate) fn source_rows(
     src: &ModelSource,
-    tp: &TensorPlan,
+    st: &SourceTensor,
+    permute: Option<usize>,
     r0: usize,
     r1: usize,
-    allow_nonfinite: bool,
-) -> Result<Vec<f32>> {
-    let st = &src.tensors[tp.source];
-    let (rows, cols) = rows_cols(&tp.shape);
+) -> Vec<f32> {
+    let dtype = st.info.dtype;
+    let (rows, cols) = rows_cols(&st.info.shape);
     let rb = src.row_bytes(st);
     let all = src.bytes(st);
     let mut x = vec![0f32; (r1 - r0) * cols];
     let decode = |row: usize, out: &mut [f32]| match st.ggml {
         Some(ty) => qs_numeric::ggml::dequantize_row(ty, &all[row * rb..(row + 1) * rb], out),
-        None => decode_f32(tp.dtype, &all[row * rb..(row + 1) * rb], out),
+        None => decode_f32(dtype, &all[row * rb..(row + 1) * rb], out),
     };
-    match (tp.permute, st.ggml) {
-        (None, None) => decode_f32(tp.dtype, &all[r0 * rb..r1 * rb], &mut x),
+    match (permute, st.ggml) {
+        (None, None) => decode_f32(dtype, &all[r0 * rb..r1 * rb], &mut x),
         (p, _) => {
             for (k, out) in x.chunks_mut(cols.max(1)).enumerate() {
                 let r = r0 + k;
@@ -367,6 +368,20 @@ fn decode_rows(
             }
         }
     }
+    x
+}
+
+/// Decodes rows `r0..r1` of a source tensor to f32 (gathering permuted rows) and checks them
+/// for NaN/Inf.
+fn decode_rows(
+    src: &ModelSource,
+    tp: &TensorPlan,
+    r0: usize,
+    r1: usize,
+    allow_nonfinite: bool,
+) -> Result<Vec<f32>> {
+    let x = source_rows(src, &src.tensors[tp.source], tp.permute, r0, r1);
+    let cols = rows_cols(&tp.shape).1;
     // Branch-free scan (vectorizes); the position is looked up only on failure.
     let any_nonfinite = x.chunks(256).any(|c| {
         c.iter().fold(0u32, |a, v| {
@@ -596,6 +611,13 @@ fn check_written(
             .zip(yr)
             .position(|(&a, &b)| a.is_finite() && (!b.is_finite() || (a - b).abs() > tol))
         {
+            if !yr[c].is_finite() {
+                // a block scale beyond its storage type (ggml overflows the same way)
+                return Err(format!(
+                    "value {c} of row {r} is {}, beyond what this layout's scales can hold (it would decode to {}); keep this tensor in a float type (--tensor-type NAME=f16) or rescale it",
+                    xr[c], yr[c]
+                ));
+            }
             return Err(format!(
                 "value {c} of row {r} decodes to {} from {} (row max |x| {amax})",
                 yr[c], xr[c]

@@ -8,4 +8,5 @@ mod convert;
 mod hf_clients;
 mod llama;
 mod oracle;
+mod outputs;
 mod util;

@@ -477,10 +477,23 @@ fn main() -> std::process::ExitCode {
     // without it an interrupted run leaves its temporaries (a stale one is removed by the next
     // run to the same target); the run itself does not depend on it
     let _ = clean_up_on_signals();
-    let matches = Cli::command()
+    let matches = match Cli::command()
         .mut_arg("to", |a| a.help(target_help()))
         .mut_arg("method", |a| a.help(method_help()))
-        .get_matches();
+        .try_get_matches()
+    {
+        Ok(m) => m,
+        // --help, --version: through `out` (clap's own printing ignores a failed write)
+        Err(e) if !e.use_stderr() => {
+            let text = if std::io::stdout().is_terminal() {
+                e.render().ansi().to_string()
+            } else {
+                e.render().to_string()
+            };
+            return exit_code(out(&text));
+        }
+        Err(e) => e.exit(),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -602,6 +615,11 @@ fn main() -> std::process::ExitCode {
         })(),
         None => run(cli.run),
     };
+    exit_code(r)
+}
+
+/// 0, or 1 after the error's one line (a closed standard output is no error).
+fn exit_code(r: Result<()>) -> std::process::ExitCode {
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // the reader of our output went away (`| head`): it wanted no more, as most Unix tools

@@ -82,6 +82,8 @@ fn stdout_closed_by_its_reader_ends_quietly() {
         (0, ""),
         "inspect --json | true"
     );
+    let r = run_with_stdout(&["--help".as_ref()], closed_pipe());
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""), "--help | true");
     // a conversion: its output is complete, only the summary had no reader
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("out.gguf");
@@ -106,6 +108,10 @@ fn stdout_on_a_full_disk_is_one_error() {
     let r = run_with_stdout(&["inspect".as_ref(), fx.as_os_str()], dev_full());
     let msg = one_line_error(&r, &["standard output", "No space left on device"]);
     assert_eq!(msg.matches("os error 28").count(), 1, "said once: {msg}");
+    for args in [["--help"], ["--version"]] {
+        let r = run_with_stdout(&[args[0].as_ref()], dev_full());
+        one_line_error(&r, &["standard output", "No space left on device"]);
+    }
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("out.gguf");
     let report = d.path().join("r.json");

@@ -248,21 +248,18 @@ impl AtomicFile {
         check_file_target(target, force).map_err(|e| e.with_path(shown))?;
         remove_stale(target);
         let temp = temp_sibling(target);
-        // registered before it exists, so a signal in between still removes it
-        live().push(temp.clone());
+        // registered as it is created (the registry locked throughout), so a signal handler
+        // removes it whenever the signal comes
+        let mut list = live();
         let file = File::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&temp);
-        let file = match file {
-            Ok(f) => f,
-            Err(e) => {
-                unregister(&mut live(), &temp);
-                return Err(io_err(shown)(e));
-            }
-        };
+            .open(&temp)
+            .map_err(io_err(shown))?;
+        list.push(temp.clone());
+        drop(list);
         Ok(AtomicFile {
             target: target.to_path_buf(),
             shown: shown.to_path_buf(),
@@ -350,12 +347,11 @@ impl AtomicDir {
         check_target(target, force)?;
         remove_stale(target);
         let temp = temp_sibling(target);
-        live().push(temp.clone());
+        let mut list = live();
         let _ = std::fs::remove_dir_all(&temp);
-        if let Err(e) = std::fs::create_dir(&temp) {
-            unregister(&mut live(), &temp);
-            return Err(io_err(target)(e));
-        }
+        std::fs::create_dir(&temp).map_err(io_err(target))?;
+        list.push(temp.clone());
+        drop(list);
         Ok(AtomicDir {
             target: target.to_path_buf(),
             temp,

@@ -9,4 +9,5 @@ mod hf_clients;
 mod hostile;
 mod llama;
 mod oracle;
+mod outputs;
 mod util;

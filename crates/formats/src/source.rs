@@ -285,6 +285,28 @@ impl ModelSource {
                 .collect(),
         }
     }
+
+    /// Every path this source reads: the path given (a folder stands for all it holds), the
+    /// index, each shard or GGUF, the side files, and the files generated tensors come from.
+    /// An output must be none of these ([`crate::output::check_not_input`]).
+    pub fn input_paths(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.input.clone()];
+        v.extend(self.files.iter().map(|f| f.path.clone()));
+        if let Some(g) = &self.gguf {
+            v.push(g.path.clone());
+        }
+        if let Some(d) = &self.hf_dir {
+            let index = d.join(INDEX_NAME);
+            if index.is_file() {
+                v.push(index);
+            }
+        }
+        v.extend(self.side_files());
+        v.extend(self.generated.iter().map(|(p, _)| p.clone()));
+        v.sort();
+        v.dedup();
+        v
+    }
 }
 
 /// Refuses what is not a regular file before it is opened: opening a FIFO blocks until a
@@ -377,6 +399,18 @@ fn open_sharded(index: &Path) -> Result<Vec<SafetensorsFile>> {
 }
 
 /// A GGUF file, by extension or magic.
+/// The paths a model input reads ([`ModelSource::input_paths`]); just `path` when it cannot be
+/// opened (the command that reads it then says why).
+pub fn input_paths(path: &Path) -> Vec<PathBuf> {
+    if path.is_file() && is_gguf(path) {
+        return vec![path.to_path_buf()];
+    }
+    match ModelSource::open(path) {
+        Ok(s) => s.input_paths(),
+        Err(_) => vec![path.to_path_buf()],
+    }
+}
+
 pub fn is_gguf(p: &Path) -> bool {
     if p.extension().is_some_and(|e| e == "gguf") {
         return true;

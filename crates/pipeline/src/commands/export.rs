@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::jobs::{chunk_rows, pool, run_jobs, CHUNK_ELEMS};
 use crate::Progress;
 use qs_formats::gguf::{GgufFile, GgufTensor, Value};
-use qs_formats::output::{AtomicDir, AtomicFile};
+use qs_formats::output::{check_not_input, AtomicDir};
 use qs_formats::safetensors::{plan_layout, StEntry};
 use qs_numeric::layout::rows_cols;
 use qs_numeric::{DType, Scheme};
@@ -408,6 +408,8 @@ pub fn export(
     cfg: &ExportConfig,
     progress: &dyn Progress,
 ) -> Result<usize> {
+    // the folder replaces what is there with --force: never the GGUF being read
+    check_not_input(output, true, &[input.to_path_buf()])?;
     let g = GgufFile::open(input)?;
     let an = s(&g, "general.architecture").unwrap_or("");
     let a = ARCHS.iter().find(|a| a.name == an).ok_or_else(|| {
@@ -471,7 +473,7 @@ pub fn export(
         &BTreeMap::from([("format".to_string(), "pt".to_string())]),
     );
     let dir = AtomicDir::create(output, cfg.force)?;
-    let file = AtomicFile::create(&dir.path().join("model.safetensors"), true)?;
+    let file = dir.file("model.safetensors")?;
     file.write_at(0, &layout.header)?;
     file.set_len(layout.total_len)?;
 
@@ -517,8 +519,9 @@ pub fn export(
     })?;
     progress.finish();
     file.commit()?;
+    // messages name the file where it will be, not inside the temporary folder
     let io = |p: &Path, e: std::io::Error| Error::Output {
-        path: p.to_path_buf(),
+        path: dir.shown(p),
         msg: e.to_string(),
     };
     let write_json = |name: &str, v: &Json| -> Result<()> {

@@ -14,7 +14,9 @@ use crate::report::{Report, ReportRow};
 use crate::Progress;
 use jobs::{chunk_rows, pool, run_jobs, CHUNK_ELEMS};
 use qs_formats::gguf;
-use qs_formats::output::{check_target, AtomicDir, AtomicFile};
+use qs_formats::output::{
+    check_file_target, check_not_input, check_target, check_writable, AtomicDir, AtomicFile,
+};
 use qs_formats::safetensors::{plan_layout, StEntry};
 use qs_formats::source::{ModelSource, SourceTensor};
 use qs_numeric::dtype::{decode_f32, round_to};
@@ -94,6 +96,7 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         Some(m) => Some((m, crate::calib::targets(m, &src, &plan, cfg)?)),
         None => None,
     };
+    let inputs = check_outputs(&src, &plan, cfg)?;
     if cfg.dry_run {
         return Ok(Outcome { plan, report: None });
     }
@@ -118,8 +121,12 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     let mut files = Vec::with_capacity(layouts.len());
     for l in &layouts {
         let f = match &dir {
-            Some(d) => AtomicFile::create(&d.path().join(&l.path), true)?,
-            None => AtomicFile::create(&l.path, cfg.force)?,
+            Some(d) => d.file(&l.path)?,
+            None => {
+                // a split set's other files
+                check_not_input(&l.path, false, &inputs)?;
+                AtomicFile::create(&l.path, cfg.force)?
+            }
         };
         f.write_at(0, &l.header)?;
         f.set_len(l.total_len)?;
@@ -216,7 +223,8 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         f.commit()?;
     }
     if let Some(dir) = sink.dir {
-        meta::write_side_files(&src, &plan, cfg, dir.path())?;
+        meta::write_side_files(&src, &plan, cfg, dir.path())
+            .map_err(|e| e.map_paths(|p| dir.shown(&p)))?;
         dir.commit()?;
     }
     let mut report = Report::new(
@@ -231,6 +239,28 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         plan,
         report: Some(report),
     })
+}
+
+/// Checks made before any work, dry runs included: the output is no input (nor, for a folder,
+/// holds one), a file output does not replace a folder (even with `--force`), and the report
+/// can be written. Returns every path the run reads.
+fn check_outputs(
+    src: &ModelSource,
+    plan: &Plan,
+    cfg: &QuantizeConfig,
+) -> Result<Vec<std::path::PathBuf>> {
+    let mut inputs = src.input_paths();
+    inputs.extend(cfg.imatrix.iter().cloned());
+    inputs.extend(cfg.calib.iter().cloned());
+    let folder = plan.kind == OutputKind::SafetensorsDir;
+    check_not_input(&plan.output, folder, &inputs)?;
+    if !folder {
+        check_file_target(&plan.output, true)?;
+    }
+    if let Some(r) = &cfg.report {
+        check_writable(r, &inputs, std::slice::from_ref(&plan.output))?;
+    }
+    Ok(inputs)
 }
 
 /// The output files and, per plan tensor and slot, (file index, absolute offset).

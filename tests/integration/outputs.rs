@@ -223,6 +223,8 @@ fn signals_remove_the_temporaries_and_exit_128_plus_the_signal() {
             "-o".as_ref(),
             out.as_os_str(),
             "-j1".as_ref(),
+            // bare tensors (no config.json): GGUF under their own names
+            if to == "q4_0" { "--keep-names" } else { "-q" }.as_ref(),
         ]);
         let temp = wait_for_temporary(&mut child, &outs);
         assert!(temp.starts_with(&format!(".{name}.qs-partial-")), "{temp}");
@@ -256,6 +258,7 @@ fn the_loser_of_two_runs_to_one_target_leaves_nothing() {
         "-o".as_ref(),
         out.as_os_str(),
         "-j1".as_ref(),
+        "--keep-names".as_ref(),
     ]);
     wait_for_temporary(&mut child, &outs);
     // the other run finishes first

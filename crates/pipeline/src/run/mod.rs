@@ -642,9 +642,17 @@ fn check_written(
             .position(|(&a, &b)| a.is_finite() && (!b.is_finite() || (a - b).abs() > tol))
         {
             if !yr[c].is_finite() {
-                // a block scale beyond its storage type (ggml overflows the same way)
+                // a block scale beyond its storage type (ggml overflows the same way): name the
+                // largest value among those that decode to non-finite ones, the culprit
+                let (c, _) = xr
+                    .iter()
+                    .zip(yr)
+                    .enumerate()
+                    .filter(|(_, (a, b))| a.is_finite() && !b.is_finite())
+                    .map(|(i, (a, _))| (i, a.abs()))
+                    .fold((c, 0f32), |m, v| if v.1 > m.1 { v } else { m });
                 return Err(format!(
-                    "value {c} of row {r} is {}, beyond what this layout's scales can hold (it would decode to {}); keep this tensor in a float type (--tensor-type NAME=f16) or rescale it",
+                    "value {c} of row {r} is {}, beyond what this layout's scales can hold (its block would decode to {}); keep this tensor in a float type (--tensor-type NAME=f16) or rescale it",
                     xr[c], yr[c]
                 ));
             }

@@ -74,6 +74,9 @@ fn load_gguf(path: &Path) -> Result<Imatrix> {
             })?;
         let sums = f32s(t)?;
         let counts = f32s(counts)?;
+        if sums.is_empty() {
+            return Err(file_err(path, format!("'{}': no values", shown(name))));
+        }
         if counts.is_empty() || sums.len() % counts.len() != 0 {
             return Err(file_err(
                 path,

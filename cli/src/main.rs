@@ -5,7 +5,9 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use quantsmith::config::{parse_tensor_type, GranularityArg};
 use quantsmith::{Progress, QuantizeConfig, Target};
+use std::fmt::Write as _;
 use std::io::IsTerminal;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -256,8 +258,77 @@ fn peak_rss_mb() -> Option<u64> {
     Some(kb / 1024)
 }
 
+/// Writes a report (temporary, then rename: a failed or interrupted write leaves nothing).
 fn write_report(path: &Path, json: &str) -> Result<()> {
-    std::fs::write(path, json).with_context(|| format!("writing report {}", path.display()))
+    quantsmith::output::write_file(path, json.as_bytes()).context("writing report")
+}
+
+/// Checks up front that each report (`--report`, `eval --json`, `--logits`) can be written
+/// once the work is done: not an input, not another output, its folder writable.
+fn check_reports(reports: &[&Path], inputs: &[PathBuf]) -> Result<()> {
+    for (i, r) in reports.iter().enumerate() {
+        let others: Vec<PathBuf> = reports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| p.to_path_buf())
+            .collect();
+        quantsmith::output::check_writable(r, inputs, &others)?;
+    }
+    Ok(())
+}
+
+/// Standard output was closed by its reader (`quantize inspect … | head`): not an error, the
+/// command stops quietly with exit code 0.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Writes results to standard output. Unlike `println!` (which panics), a failed write is an
+/// error: a closed pipe is [`StdoutClosed`], anything else (a full disk) a one-line error.
+fn out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::anyhow!("writing to standard output: {e}")),
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: remove every temporary output still being written, then exit
+/// with 128 + the signal's number (130, 143, 129), as a shell reports a process it killed.
+/// signal-hook rather than ctrlc: ctrlc's handler is not told which signal came, so the exit
+/// code could not say it.
+fn clean_up_on_signals() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                quantsmith::output::remove_temporaries_then(|| {
+                    let name = match sig {
+                        SIGINT => "SIGINT",
+                        SIGTERM => "SIGTERM",
+                        _ => "SIGHUP",
+                    };
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "error: interrupted by {name}; partial outputs removed"
+                    );
+                    std::process::exit(128 + sig)
+                })
+            }
+        })?;
+    Ok(())
 }
 
 fn regexes(v: &[String]) -> Result<Vec<regex::Regex>> {
@@ -304,6 +375,7 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.allow_nonfinite = a.allow_nonfinite;
     cfg.force = a.force;
     cfg.dry_run = a.dry_run;
+    cfg.report = a.report.clone();
     cfg.threads = a.threads;
     cfg.keep_names = a.keep_names;
     cfg.tokenizer_pre = a.tokenizer_pre;
@@ -311,9 +383,13 @@ fn run(a: RunArgs) -> Result<()> {
     let bar = Bar::new(a.quiet);
     let outcome = quantsmith::quantize(&cfg, &bar)
         .with_context(|| format!("quantizing {}", model.display()))?;
-    match outcome.report {
+    // the report first: it is part of the result, the summary on stdout is not
+    match &outcome.report {
         None => {
             let rows = outcome.plan.rows();
+            if let Some(p) = &a.report {
+                write_report(p, &serde_json::to_string_pretty(&rows)?)?;
+            }
             if !a.quiet {
                 let w = rows
                     .iter()
@@ -321,17 +397,21 @@ fn run(a: RunArgs) -> Result<()> {
                     .max()
                     .unwrap_or(6)
                     .max(6);
-                println!(
+                let mut s = String::new();
+                writeln!(
+                    s,
                     "plan: {} -> {}",
                     model.display(),
                     outcome.plan.output.display()
-                );
-                println!(
+                )?;
+                writeln!(
+                    s,
                     "{:<w$}  {:<14} {:<22} {:>12} {:>12}",
                     "tensor", "shape", "storage", "bytes in", "bytes out"
-                );
+                )?;
                 for r in &rows {
-                    println!(
+                    writeln!(
+                        s,
                         "{:<w$}  {:<14} {:<22} {:>12} {:>12}{}",
                         r.tensor,
                         format!("{:?}", r.shape),
@@ -342,30 +422,30 @@ fn run(a: RunArgs) -> Result<()> {
                             .as_ref()
                             .map(|n| format!("  ({n})"))
                             .unwrap_or_default()
-                    );
+                    )?;
                 }
                 let (bi, bo): (usize, usize) = rows
                     .iter()
                     .fold((0, 0), |(x, y), r| (x + r.bytes_in, y + r.bytes_out));
-                println!(
+                writeln!(
+                    s,
                     "total: {} tensors, {bi} -> {bo} bytes (dry run: nothing written)",
                     rows.len()
-                );
-            }
-            if let Some(p) = &a.report {
-                write_report(p, &serde_json::to_string_pretty(&rows)?)?;
+                )?;
+                out(&s)?;
             }
         }
         Some(report) => {
-            if !a.quiet {
-                print!("{}", report.to_table());
-                println!("wrote {}", outcome.plan.output.display());
-                if let Some(mb) = peak_rss_mb() {
-                    println!("peak memory (RSS): {mb} MB");
-                }
-            }
             if let Some(p) = &a.report {
                 write_report(p, &report.to_json())?;
+            }
+            if !a.quiet {
+                let mut s = report.to_table();
+                writeln!(s, "wrote {}", outcome.plan.output.display())?;
+                if let Some(mb) = peak_rss_mb() {
+                    writeln!(s, "peak memory (RSS): {mb} MB")?;
+                }
+                out(&s)?;
             }
         }
     }
@@ -394,10 +474,26 @@ fn method_help() -> String {
 
 fn main() -> std::process::ExitCode {
     use clap::{CommandFactory, FromArgMatches};
-    let matches = Cli::command()
+    // without it an interrupted run leaves its temporaries (a stale one is removed by the next
+    // run to the same target); the run itself does not depend on it
+    let _ = clean_up_on_signals();
+    let matches = match Cli::command()
         .mut_arg("to", |a| a.help(target_help()))
         .mut_arg("method", |a| a.help(method_help()))
-        .get_matches();
+        .try_get_matches()
+    {
+        Ok(m) => m,
+        // --help, --version: through `out` (clap's own printing ignores a failed write)
+        Err(e) if !e.use_stderr() => {
+            let text = if std::io::stdout().is_terminal() {
+                e.render().ansi().to_string()
+            } else {
+                e.render().to_string()
+            };
+            return exit_code(out(&text));
+        }
+        Err(e) => e.exit(),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -407,11 +503,10 @@ fn main() -> std::process::ExitCode {
             .with_context(|| format!("inspecting {}", file.display()))
             .and_then(|i| {
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&i)?);
+                    out(&(serde_json::to_string_pretty(&i)? + "\n"))
                 } else {
-                    print!("{}", i.to_text());
+                    out(&i.to_text())
                 }
-                Ok(())
             }),
         Some(Cmd::Verify {
             original,
@@ -420,15 +515,23 @@ fn main() -> std::process::ExitCode {
             threads,
             quiet,
         }) => {
-            let bar = Bar::new(quiet);
-            quantsmith::verify(&original, &quantized, threads, &bar)
+            let inputs = [
+                quantsmith::input_paths(&original),
+                quantsmith::input_paths(&quantized),
+            ]
+            .concat();
+            check_reports(report.as_deref().as_slice(), &inputs)
                 .context("verify")
+                .and_then(|()| {
+                    let bar = Bar::new(quiet);
+                    quantsmith::verify(&original, &quantized, threads, &bar).context("verify")
+                })
                 .and_then(|r| {
-                    if !quiet {
-                        print!("{}", r.to_table());
-                    }
                     if let Some(p) = &report {
                         write_report(p, &r.to_json())?;
+                    }
+                    if !quiet {
+                        out(&r.to_table())?;
                     }
                     Ok(())
                 })
@@ -454,7 +557,7 @@ fn main() -> std::process::ExitCode {
             let n = quantsmith::export::export(&model, &output, &cfg, &bar)
                 .with_context(|| format!("exporting {}", model.display()))?;
             if !quiet {
-                println!("wrote {} ({n} tensors)", output.display());
+                out(&format!("wrote {} ({n} tensors)\n", output.display()))?;
             }
             Ok(())
         })(),
@@ -469,6 +572,14 @@ fn main() -> std::process::ExitCode {
             threads,
             quiet,
         }) => (|| {
+            let mut inputs = quantsmith::input_paths(&model);
+            if let Some(a) = &against {
+                inputs.extend(quantsmith::input_paths(a));
+            }
+            inputs.push(text.clone());
+            let reports: Vec<&Path> = json.iter().chain(&logits).map(|p| p.as_path()).collect();
+            check_reports(&reports, &inputs)
+                .with_context(|| format!("evaluating {}", model.display()))?;
             let cfg = quantsmith::eval::EvalConfig {
                 model: model.clone(),
                 against,
@@ -480,31 +591,43 @@ fn main() -> std::process::ExitCode {
             };
             let r = quantsmith::eval::eval(&cfg)
                 .with_context(|| format!("evaluating {}", model.display()))?;
+            if let Some(p) = &json {
+                write_report(p, &(serde_json::to_string_pretty(&r)? + "\n"))?;
+            }
             if !quiet {
-                println!(
+                let mut s = String::new();
+                writeln!(
+                    s,
                     "{} chunks of {} tokens, {} predictions scored",
                     r.chunks, r.ctx, r.tokens_scored
-                );
-                println!("PPL          {:.4}", r.ppl);
+                )?;
+                writeln!(s, "PPL          {:.4}", r.ppl)?;
                 if let (Some(pb), Some(kl), Some(km), Some(t1)) =
                     (r.ppl_against, r.kld_mean, r.kld_max, r.top1_agreement)
                 {
-                    println!("PPL original {pb:.4}  (ratio {:.4})", r.ppl / pb);
-                    println!("mean KLD     {kl:.6}  (max {km:.4})");
-                    println!("same top-1   {:.2} %", 100.0 * t1);
+                    writeln!(s, "PPL original {pb:.4}  (ratio {:.4})", r.ppl / pb)?;
+                    writeln!(s, "mean KLD     {kl:.6}  (max {km:.4})")?;
+                    writeln!(s, "same top-1   {:.2} %", 100.0 * t1)?;
                 }
-            }
-            if let Some(p) = &json {
-                write_report(p, &(serde_json::to_string_pretty(&r)? + "\n"))?;
+                out(&s)?;
             }
             Ok(())
         })(),
         None => run(cli.run),
     };
+    exit_code(r)
+}
+
+/// 0, or 1 after the error's one line (a closed standard output is no error).
+fn exit_code(r: Result<()>) -> std::process::ExitCode {
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // the reader of our output went away (`| head`): it wanted no more, as most Unix tools
+        // treat it (ripgrep exits 0 too; a C tool killed by SIGPIPE shows 141)
+        Err(e) if e.chain().any(|c| c.is::<StdoutClosed>()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // (not eprintln!, which panics when standard error is closed too)
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             std::process::ExitCode::from(1)
         }
     }

@@ -22,6 +22,8 @@ fn expect_failure(dir: &Path, input: &Path, extra: &[&str], must_contain: &[&str
         "q4_0".into(),
         "-o".into(),
         out.display().to_string(),
+        // bare tensors: a llama.cpp conversion would refuse them for want of config.json
+        "--keep-names".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let r = quantize(&args);

@@ -572,6 +572,7 @@ fn default_output_name_and_single_file_input() {
         m.as_os_str(),
         "--to".as_ref(),
         "q8_0".as_ref(),
+        "--keep-names".as_ref(),
         "-q".as_ref(),
     ])
     .ok();
@@ -610,7 +611,9 @@ fn sharded_checkpoint_gives_the_same_output_as_one_file() {
         serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map}).to_string(),
     )
     .unwrap();
-    std::fs::copy(fixture().join("config.json"), sharded.join("config.json")).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture().join(f), sharded.join(f)).unwrap();
+    }
     let a = d.path().join("a.gguf");
     let b = d.path().join("b.gguf");
     quantize(&[

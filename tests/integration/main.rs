@@ -6,6 +6,8 @@ mod bad_input;
 mod cli;
 mod convert;
 mod hf_clients;
+mod hostile;
 mod llama;
 mod oracle;
+mod outputs;
 mod util;

@@ -4,8 +4,9 @@
 //! the header is written first and tensor data can be streamed (or written positionally by
 //! parallel workers) afterwards.
 
-use crate::error::{file_err, io_err, tensor_err, Result};
+use crate::error::{file_err, io_err, shown, tensor_err, Result};
 use memmap2::Mmap;
+use qs_numeric::limits::{checked_numel, MAX_ARRAY_DEPTH, MAX_KEY_LEN, MAX_KVS, MAX_TENSORS};
 use qs_numeric::GgmlType;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -386,12 +387,15 @@ impl<'a> Cursor<'a> {
     }
     fn string(&mut self, what: &str) -> Result<String> {
         let n = self.u64(what)?;
+        self.string_of(n, what)
+    }
+    fn string_of(&mut self, n: u64, what: &str) -> Result<String> {
         let b = self.take(n, what)?;
         String::from_utf8(b.to_vec())
             .map_err(|_| file_err(self.path, format!("{what} is not UTF-8")))
     }
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<Value> {
-        let what = format!("value of '{key}'");
+        let what = format!("value of '{}'", shown(key));
         Ok(match ty {
             0 => Value::U8(self.take(1, &what)?[0]),
             1 => Value::I8(self.take(1, &what)?[0] as i8),
@@ -406,14 +410,26 @@ impl<'a> Cursor<'a> {
             6 => Value::F32(f32::from_bits(self.u32(&what)?)),
             7 => Value::Bool(self.take(1, &what)?[0] != 0),
             8 => Value::String(self.string(&what)?),
-            9 if depth == 0 => {
+            9 if depth >= MAX_ARRAY_DEPTH => {
+                return Err(file_err(
+                    self.path,
+                    format!(
+                        "'{}': arrays nested more than {MAX_ARRAY_DEPTH} deep",
+                        shown(key)
+                    ),
+                ))
+            }
+            9 => {
                 let et = self.u32(&what)?;
                 let n = self.u64(&what)?;
                 // every element takes at least one byte: a count beyond the file is a lie
                 if n > (self.buf.len() - self.pos) as u64 {
                     return Err(file_err(
                         self.path,
-                        format!("'{key}': array of {n} items cannot fit in the file"),
+                        format!(
+                            "'{}': array of {n} items cannot fit in the file",
+                            shown(key)
+                        ),
                     ));
                 }
                 let mut v = Vec::with_capacity(n as usize);
@@ -428,7 +444,7 @@ impl<'a> Cursor<'a> {
             t => {
                 return Err(file_err(
                     self.path,
-                    format!("'{key}': unknown metadata value type {t}"),
+                    format!("'{}': unknown metadata value type {t}", shown(key)),
                 ))
             }
         })
@@ -437,6 +453,7 @@ impl<'a> Cursor<'a> {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<GgufFile> {
+        crate::source::check_regular(path)?;
         let file = File::open(path).map_err(io_err(path))?;
         // SAFETY: read-only map, see SafetensorsFile::open.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
@@ -489,9 +506,20 @@ fn parse(path: &Path, buf: &[u8]) -> Result<ParsedGguf> {
     if n_tensors > buf.len() as u64 || n_kv > buf.len() as u64 {
         return Err(file_err(path, format!("header claims {n_tensors} tensors and {n_kv} metadata entries: more than the file could hold")));
     }
+    if n_tensors > MAX_TENSORS || n_kv > MAX_KVS {
+        return Err(file_err(path, format!("header claims {n_tensors} tensors and {n_kv} metadata entries (at most {MAX_TENSORS} and {MAX_KVS} accepted)")));
+    }
     let mut kvs = Vec::with_capacity(n_kv as usize);
-    for _ in 0..n_kv {
-        let k = c.string("metadata key")?;
+    for i in 0..n_kv {
+        let at = c.pos;
+        let n = c.u64("metadata key")?;
+        if n > MAX_KEY_LEN {
+            return Err(file_err(
+                path,
+                format!("metadata key {i} at byte {at} claims {n} bytes (at most {MAX_KEY_LEN}): corrupted"),
+            ));
+        }
+        let k = c.string_of(n, "metadata key")?;
         let t = c.u32("metadata type")?;
         let v = c.value(t, &k, 0)?;
         kvs.push((k, v));
@@ -509,7 +537,17 @@ fn parse(path: &Path, buf: &[u8]) -> Result<ParsedGguf> {
     }
     let mut infos = Vec::with_capacity(n_tensors as usize);
     for _ in 0..n_tensors {
-        let name = c.string("tensor name")?;
+        let n = c.u64("tensor name")?;
+        if n > MAX_KEY_LEN {
+            return Err(file_err(
+                path,
+                format!(
+                    "tensor name at byte {} claims {n} bytes: corrupted",
+                    c.pos - 8
+                ),
+            ));
+        }
+        let name = c.string_of(n, "tensor name")?;
         let nd = c.u32("tensor dims")?;
         if nd == 0 || nd > 4 {
             return Err(tensor_err(
@@ -553,8 +591,10 @@ fn parse(path: &Path, buf: &[u8]) -> Result<ParsedGguf> {
                 format!("data offset {off} not aligned to {alignment}"),
             ));
         }
-        let rows = ne[1..].iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-        let nbytes = rows.and_then(|r| r.checked_mul(ty.row_bytes(ne[0] as usize) as u64));
+        checked_numel(&ne).map_err(|m| tensor_err(path, &name, m))?;
+        // within MAX_ELEMENTS, so neither product can overflow
+        let (be, bb) = ty.block();
+        let nbytes = Some(ne.iter().product::<u64>() / be as u64 * bb as u64);
         let end = nbytes
             .and_then(|n| n.checked_add(off))
             .and_then(|e| e.checked_add(data_start));
@@ -647,6 +687,54 @@ mod tests {
         let mut lie = buf.clone();
         lie[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(parse(Path::new("x.gguf"), &lie).is_err());
+    }
+
+    #[test]
+    fn nested_arrays_round_trip_up_to_the_depth_limit() {
+        let leaf = Value::Array(4, vec![Value::U32(7), Value::U32(8)]);
+        let mut v = leaf.clone();
+        for _ in 1..MAX_ARRAY_DEPTH {
+            v = Value::Array(9, vec![v.clone(), v]);
+        }
+        let kvs = vec![("n".to_string(), v)];
+        let l = plan(&kvs, &[]).unwrap();
+        let (_, k, _, _, _) = parse(Path::new("x.gguf"), &l.header).unwrap();
+        assert_eq!(k, kvs);
+        let deeper = vec![("n".to_string(), Value::Array(9, vec![kvs[0].1.clone()]))];
+        let l = plan(&deeper, &[]).unwrap();
+        let e = parse(Path::new("x.gguf"), &l.header)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nested more than"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_names_from_the_header_are_checked() {
+        // a tensor whose byte size overflows: refused at open, named
+        let mut h = b"GGUF".to_vec();
+        h.extend_from_slice(&3u32.to_le_bytes());
+        h.extend_from_slice(&1u64.to_le_bytes());
+        h.extend_from_slice(&0u64.to_le_bytes());
+        h.extend_from_slice(&18u64.to_le_bytes());
+        h.extend_from_slice(b"output_norm.weight");
+        h.extend_from_slice(&1u32.to_le_bytes());
+        h.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        h.extend_from_slice(&0u32.to_le_bytes());
+        h.extend_from_slice(&0u64.to_le_bytes());
+        h.resize(96, 0);
+        let e = parse(Path::new("x.gguf"), &h).unwrap_err().to_string();
+        assert!(
+            e.contains("'output_norm.weight'") && e.contains("limit"),
+            "{e}"
+        );
+        // a key length that runs into the data: a short message without the raw bytes
+        let (kvs, ts) = sample();
+        let l = plan(&kvs, &ts).unwrap();
+        let mut buf = vec![b'\n'; l.total_len as usize];
+        buf[..l.header.len()].copy_from_slice(&l.header);
+        buf[24..32].copy_from_slice(&5000u64.to_le_bytes());
+        let e = parse(Path::new("x.gguf"), &buf).unwrap_err().to_string();
+        assert!(e.len() < 200 && !e.contains('\n'), "{e}");
     }
 
     #[test]

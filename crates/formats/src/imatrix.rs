@@ -2,7 +2,7 @@
 //! `<tensor>.counts`, F32) and the legacy `.dat` form. Values are normalised the way
 //! llama-quantize does: sums / count (GGUF), sums / ncall (legacy).
 
-use crate::error::{file_err, io_err, Result};
+use crate::error::{file_err, io_err, shown, Result};
 use crate::gguf::{GgufFile, Value};
 use qs_numeric::GgmlType;
 use std::collections::BTreeMap;
@@ -17,6 +17,7 @@ pub struct Imatrix {
 }
 
 pub fn load(path: &Path) -> Result<Imatrix> {
+    crate::source::check_regular(path)?;
     let mut magic = [0u8; 4];
     let is_gguf = std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
@@ -52,7 +53,7 @@ fn load_gguf(path: &Path) -> Result<Imatrix> {
         if t.ty != GgmlType::F32 {
             return Err(file_err(
                 path,
-                format!("imatrix tensor '{}' is {}, not F32", t.name, t.ty),
+                format!("imatrix tensor '{}' is {}, not F32", shown(&t.name), t.ty),
             ));
         }
         Ok(g.bytes(t)
@@ -60,22 +61,28 @@ fn load_gguf(path: &Path) -> Result<Imatrix> {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect())
     };
+    let by_name: std::collections::HashMap<&str, &crate::gguf::GgufTensor> =
+        g.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     for t in &g.tensors {
         let Some(name) = t.name.strip_suffix(".in_sum2") else {
             continue;
         };
-        let counts = g
-            .tensors
-            .iter()
-            .find(|c| c.name == format!("{name}.counts"))
-            .ok_or_else(|| file_err(path, format!("'{name}' has in_sum2 but no counts")))?;
+        let counts = by_name
+            .get(format!("{name}.counts").as_str())
+            .ok_or_else(|| {
+                file_err(path, format!("'{}' has in_sum2 but no counts", shown(name)))
+            })?;
         let sums = f32s(t)?;
         let counts = f32s(counts)?;
+        if sums.is_empty() {
+            return Err(file_err(path, format!("'{}': no values", shown(name))));
+        }
         if counts.is_empty() || sums.len() % counts.len() != 0 {
             return Err(file_err(
                 path,
                 format!(
-                    "'{name}': {} sums do not split into {} counts",
+                    "'{}': {} sums do not split into {} counts",
+                    shown(name),
                     sums.len(),
                     counts.len()
                 ),
@@ -156,7 +163,7 @@ fn load_legacy(path: &Path) -> Result<Imatrix> {
         let ncall = r.i32("ncall")?;
         let nval = r.len("value count")?;
         if nval == 0 {
-            return Err(file_err(path, format!("'{name}': no values")));
+            return Err(file_err(path, format!("'{}': no values", shown(&name))));
         }
         let raw = r.bytes(
             nval.checked_mul(4)

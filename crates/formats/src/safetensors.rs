@@ -51,6 +51,7 @@ impl fmt::Debug for SafetensorsFile {
 
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<SafetensorsFile> {
+        crate::source::check_regular(path)?;
         let file = File::open(path).map_err(io_err(path))?;
         // SAFETY: the map is read-only; a file changed underneath us while mapped gives wrong
         // bytes (or SIGBUS if truncated), the same contract every mmap-based loader has.
@@ -179,6 +180,16 @@ pub fn parse_header(path: &Path, buf: &[u8]) -> Result<Parsed> {
     let entries: Entries = serde_json::from_str(header.trim_end_matches(' '))
         .map_err(|e| file_err(path, format!("header is not valid JSON: {e}")))?;
 
+    if entries.0.len() as u64 > qs_numeric::limits::MAX_TENSORS {
+        return Err(file_err(
+            path,
+            format!(
+                "header lists {} tensors (at most {} accepted)",
+                entries.0.len(),
+                qs_numeric::limits::MAX_TENSORS
+            ),
+        ));
+    }
     let mut metadata = BTreeMap::new();
     let mut tensors = Vec::with_capacity(entries.0.len());
     let mut seen = std::collections::HashSet::new();
@@ -216,11 +227,9 @@ pub fn parse_header(path: &Path, buf: &[u8]) -> Result<Parsed> {
                 format!("data_offsets [{b}, {e}] run past the data section ({data_len} bytes): file truncated or header lies"),
             ));
         }
-        let numel = raw
-            .shape
-            .iter()
-            .try_fold(1u64, |a, &d| a.checked_mul(d))
-            .and_then(|n| n.checked_mul(dtype.size() as u64));
+        let numel = qs_numeric::limits::checked_numel(&raw.shape)
+            .map_err(|m| tensor_err(path, &name, m))?
+            .checked_mul(dtype.size() as u64);
         if numel != Some(e - b) {
             return Err(tensor_err(
                 path,

@@ -64,6 +64,12 @@ struct Index {
 impl ModelSource {
     pub fn open(path: &Path) -> Result<ModelSource> {
         let meta = std::fs::metadata(path).map_err(io_err(path))?;
+        if !meta.is_file() && !meta.is_dir() {
+            return Err(file_err(
+                path,
+                "not a regular file or folder (a FIFO, socket or device cannot be mapped)",
+            ));
+        }
         if meta.is_file() && is_gguf(path) {
             return Self::open_gguf(path);
         }
@@ -125,6 +131,12 @@ impl ModelSource {
             let text = std::fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| file_err(&config_path, format!("not valid JSON: {e}")))?;
+            if !v.is_object() {
+                return Err(file_err(
+                    &config_path,
+                    "not a JSON object: a model's config.json maps names to hyper-parameters",
+                ));
+            }
             (Some(dir), Some(v))
         } else {
             (None, None)
@@ -273,6 +285,45 @@ impl ModelSource {
                 .collect(),
         }
     }
+
+    /// Every path this source reads: the path given (a folder stands for all it holds), the
+    /// index, each shard or GGUF, the side files, and the files generated tensors come from.
+    /// An output must be none of these ([`crate::output::check_not_input`]).
+    pub fn input_paths(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.input.clone()];
+        v.extend(self.files.iter().map(|f| f.path.clone()));
+        if let Some(g) = &self.gguf {
+            v.push(g.path.clone());
+        }
+        if let Some(d) = &self.hf_dir {
+            let index = d.join(INDEX_NAME);
+            if index.is_file() {
+                v.push(index);
+            }
+        }
+        v.extend(self.side_files());
+        v.extend(self.generated.iter().map(|(p, _)| p.clone()));
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// Refuses what is not a regular file before it is opened: opening a FIFO blocks until a
+/// writer appears, and a device or socket cannot be mapped.
+pub fn check_regular(path: &Path) -> Result<()> {
+    let m = std::fs::metadata(path).map_err(io_err(path))?;
+    if !m.is_file() {
+        return Err(file_err(
+            path,
+            if m.is_dir() {
+                "is a folder, not a file"
+            } else {
+                "not a regular file (a FIFO, socket or device cannot be read as a model)"
+            },
+        ));
+    }
+    Ok(())
 }
 
 fn open_sharded(index: &Path) -> Result<Vec<SafetensorsFile>> {
@@ -281,6 +332,9 @@ fn open_sharded(index: &Path) -> Result<Vec<SafetensorsFile>> {
     let idx: Index = serde_json::from_str(&text)
         .map_err(|e| file_err(index, format!("not a valid safetensors index: {e}")))?;
     // Shards in first-appearance order of their sorted names (HF numbers them 00001-of-N).
+    if idx.weight_map.is_empty() {
+        return Err(file_err(index, "weight_map lists no tensors"));
+    }
     let mut shard_names: Vec<&String> = idx.weight_map.values().collect();
     shard_names.sort();
     shard_names.dedup();
@@ -345,9 +399,24 @@ fn open_sharded(index: &Path) -> Result<Vec<SafetensorsFile>> {
 }
 
 /// A GGUF file, by extension or magic.
+/// The paths a model input reads ([`ModelSource::input_paths`]); just `path` when it cannot be
+/// opened (the command that reads it then says why).
+pub fn input_paths(path: &Path) -> Vec<PathBuf> {
+    if path.is_file() && is_gguf(path) {
+        return vec![path.to_path_buf()];
+    }
+    match ModelSource::open(path) {
+        Ok(s) => s.input_paths(),
+        Err(_) => vec![path.to_path_buf()],
+    }
+}
+
 pub fn is_gguf(p: &Path) -> bool {
     if p.extension().is_some_and(|e| e == "gguf") {
         return true;
+    }
+    if !p.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
     }
     let mut magic = [0u8; 4];
     std::fs::File::open(p)

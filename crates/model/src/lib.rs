@@ -11,6 +11,9 @@ use qs_formats::source::ModelSource;
 use rayon::prelude::*;
 use serde_json::Value as Json;
 
+pub mod hparams;
+pub use hparams::HParams;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(transparent)]
@@ -85,17 +88,15 @@ pub fn llama3_rope_factors(r: &Json, theta: f64, head_dim: usize) -> Vec<f32> {
 
 impl Config {
     pub fn from_hf(c: &Json) -> Result<Config> {
-        let u = |k: &str| c.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
-        let need = |k: &str| u(k).ok_or_else(|| ModelError::Config(format!("missing {k}")));
         let mt = c.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
         if !matches!(mt, "llama" | "mistral" | "qwen2" | "qwen3") {
             return Err(ModelError::Config(format!(
                 "unsupported architecture '{mt}' (llama, mistral, qwen2, qwen3)"
             )));
         }
-        let hidden = need("hidden_size")?;
-        let heads = need("num_attention_heads")?;
-        let head_dim = u("head_dim").unwrap_or(hidden / heads);
+        let hp = HParams::from_config(c).map_err(ModelError::Config)?;
+        let (hidden, heads) = (hp.n_embd as usize, hp.n_head as usize);
+        let head_dim = hp.head_dim as usize;
         let rope = rope_params(c);
         let theta = c
             .get("rope_theta")
@@ -121,16 +122,19 @@ impl Config {
         }
         Ok(Config {
             hidden,
-            layers: need("num_hidden_layers")?,
+            layers: hp.n_layer as usize,
             heads,
-            kv_heads: u("num_key_value_heads").unwrap_or(heads),
+            kv_heads: hp.n_head_kv as usize,
             head_dim,
             eps: c
                 .get("rms_norm_eps")
                 .and_then(|v| v.as_f64())
                 .unwrap_or(1e-6) as f32,
             theta,
-            vocab: need("vocab_size")?,
+            vocab: hp
+                .vocab
+                .ok_or_else(|| ModelError::Config("lacks vocab_size".into()))?
+                as usize,
             rope_factors,
             pos_scale,
         })

@@ -6,6 +6,7 @@ pub mod fp8;
 pub mod ggml;
 pub mod gptq;
 pub mod layout;
+pub mod limits;
 pub mod metrics;
 pub mod pack;
 pub mod rtn;

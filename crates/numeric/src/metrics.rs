@@ -141,7 +141,16 @@ fn finite_or_none(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
-/// The derived figures, as written to reports. `sqnr_db` is `null` for an exact copy.
+impl ErrorSummary {
+    /// Every value reproduced exactly (NaN statistics are not exact).
+    pub fn exact(&self) -> bool {
+        self.mse == 0.0 && self.max_abs_err == 0.0
+    }
+}
+
+/// The derived figures, as written to reports. `sqnr_db` is `null` for an exact copy, and for
+/// a lossy tensor whose SQNR is not a number (an all-zero original, or non-finite values
+/// carried with `--allow-nonfinite`).
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct ErrorSummary {
     pub mse: f64,

@@ -131,6 +131,10 @@ pub struct QuantizeConfig {
     pub allow_nonfinite: bool,
     pub force: bool,
     pub dry_run: bool,
+    /// Where the caller will write the report once the run is done (`--report`): checked
+    /// before any work (writable, not an input, not the output) so that a run does not fail
+    /// after its output was written.
+    pub report: Option<PathBuf>,
     /// Worker threads (None: rayon's default, one per core).
     pub threads: Option<usize>,
     /// GGUF: keep the input's tensor names and write only `general.*` keys, instead of
@@ -216,6 +220,7 @@ impl QuantizeConfig {
             allow_nonfinite: false,
             force: false,
             dry_run: false,
+            report: None,
             threads: None,
             keep_names: false,
             tokenizer_pre: None,

@@ -44,3 +44,31 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// The same error with every file path it names passed through `f` (a file inside a
+    /// folder output: named where it will be, not inside the temporary folder).
+    pub fn map_paths(self, f: impl Fn(PathBuf) -> PathBuf) -> Error {
+        match self {
+            Error::Format(e) => Error::Format(e.map_path(f)),
+            Error::Tensor { file, tensor, msg } => Error::Tensor {
+                file: f(file),
+                tensor,
+                msg,
+            },
+            Error::Input { path, msg } => Error::Input { path: f(path), msg },
+            Error::Model { stage, path, err } => Error::Model {
+                stage,
+                path: f(path),
+                err,
+            },
+            Error::Gptq { file, tensor, err } => Error::Gptq {
+                file: f(file),
+                tensor,
+                err,
+            },
+            Error::Output { path, msg } => Error::Output { path: f(path), msg },
+            e @ (Error::Config(_) | Error::Threads(_) | Error::Verify(_)) => e,
+        }
+    }
+}

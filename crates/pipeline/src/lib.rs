@@ -27,6 +27,12 @@ pub use inspect::inspect;
 pub use report::Report;
 pub use verify::verify;
 
+/// Outputs written under a temporary name, their checks, and the registry of live
+/// temporaries a front end's signal handler removes.
+pub use qs_formats::output;
+/// Every path a model input reads (what no output may replace).
+pub use qs_formats::source::input_paths;
+
 /// Element and block types, re-exported for front ends.
 pub mod qs_numeric_types {
     pub use qs_numeric::{DType, GgmlType};

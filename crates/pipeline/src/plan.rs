@@ -221,7 +221,7 @@ pub fn add_generated(src: &mut ModelSource, cfg: &QuantizeConfig) -> Result<()> 
     let (Some(c), Some(dir)) = (src.config.clone(), src.hf_dir.clone()) else {
         return Ok(());
     };
-    let arch = arch::detect(&c)?;
+    let arch = arch::checked_model(src)?;
     for (name, shape, data) in arch::generated_tensors(arch, &c)? {
         src.add_generated(&name, dir.join("config.json"), shape, &data);
     }
@@ -620,6 +620,16 @@ fn choose_action(
     terr: &dyn Fn(String) -> Error,
 ) -> Result<(Action, Target, Option<String>)> {
     let mut note = None;
+    if shape.contains(&0) {
+        // nothing to quantize; GGUF cannot hold it (llama.cpp's reader divides by every
+        // dimension), safetensors keeps it as it is
+        return match kind {
+            OutputKind::Gguf => Err(terr(format!(
+                "has no elements (shape {shape:?}): GGUF files cannot hold empty tensors"
+            ))),
+            _ => Ok((Action::Copy, Target::Keep, Some("empty: kept".to_string()))),
+        };
+    }
     let (action, target) = match (kind, target) {
         (OutputKind::Gguf, t @ (Target::Int(_) | Target::Fp8(_)))
         | (OutputKind::SafetensorsFile | OutputKind::SafetensorsDir, t @ Target::Ggml(_)) => {
@@ -851,14 +861,28 @@ impl<'a> Conv<'a> {
                     gguf: Some(g),
                 }));
         }
-        match &src.config {
-            Some(c) => Ok(Some(Conv {
-                arch: arch::detect(c)?,
-                config: Some(c),
-                gguf: None,
-            })),
-            None => Ok(None),
+        let Some(c) = &src.config else {
+            return Err(Error::Input {
+                path: src.input.clone(),
+                msg: "no config.json beside the weights: a llama.cpp model needs the architecture and hyper-parameters (give the Hugging Face folder, or pass --keep-names to store the tensors under their own names)".into(),
+            });
+        };
+        let dir = src.hf_dir.as_deref().unwrap_or(&src.input);
+        let arch = arch::checked_model(src)?;
+        if !["tokenizer.json", "tokenizer.model"]
+            .iter()
+            .any(|f| dir.join(f).is_file())
+        {
+            return Err(Error::Input {
+                path: dir.to_path_buf(),
+                msg: "no tokenizer.json or tokenizer.model: llama.cpp needs the model's vocabulary in the GGUF".into(),
+            });
         }
+        Ok(Some(Conv {
+            arch,
+            config: Some(c),
+            gguf: None,
+        }))
     }
 
     fn map(&self, name: &str) -> Result<Mapped> {

@@ -69,10 +69,8 @@ impl Report {
         rows.sort_by(|a, b| {
             let key = |r: &ReportRow| match &r.error {
                 None => (2, 0.0),
-                Some(e) => match e.sqnr_db {
-                    None => (1, 0.0),
-                    Some(s) => (0, s),
-                },
+                Some(e) if e.exact() => (1, 0.0),
+                Some(e) => (0, e.sqnr_db.unwrap_or(f64::NEG_INFINITY)),
             };
             let (ka, kb) = (key(a), key(b));
             ka.0.cmp(&kb.0)
@@ -87,7 +85,7 @@ impl Report {
                 changed += 1;
                 cout += r.bytes_out;
                 cn += r.shape.iter().product::<usize>() as u64;
-                if e.sqnr_db.is_some() {
+                if !e.exact() {
                     pooled.merge(&r.stats);
                     lossy += 1;
                 }
@@ -146,13 +144,16 @@ impl Report {
         ));
         let mut copies = 0;
         for r in &self.rows {
-            let Some(e) = r.error.as_ref().filter(|e| e.sqnr_db.is_some()) else {
+            let Some(e) = r.error.as_ref().filter(|e| !e.exact()) else {
                 copies += 1;
                 continue;
             };
             let mut name = r.tensor.clone();
-            if name.len() > w {
-                name = format!("…{}", &name[name.len() - (w - 1)..]);
+            let chars = name.chars().count();
+            if chars > w {
+                // the tail, cut on a character boundary (names come from files)
+                let tail: String = name.chars().skip(chars - (w - 1)).collect();
+                name = format!("…{tail}");
             }
             s.push_str(&format!(
                 "{:<w$}  {:<18} {:>10.3e} {:>10.3e} {:>9} {:>8.6} {:>9} {:>5.2}\n",
@@ -160,7 +161,7 @@ impl Report {
                 r.storage,
                 e.rmse,
                 e.max_abs_err,
-                e.sqnr_db.map_or("exact".into(), |v| format!("{v:.2}")),
+                e.sqnr_db.map_or("-".into(), |v| format!("{v:.2}")),
                 e.cosine,
                 human_bytes(r.bytes_out),
                 r.bits_per_weight

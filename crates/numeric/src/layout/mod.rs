@@ -568,6 +568,69 @@ fn bytes_to_words(b: &[u8]) -> Vec<u32> {
         .collect()
 }
 
+/// The writer's check of what it wrote: decoded values `y` equal `intended` exactly (float
+/// conversions, codes chosen by a calibration method); else (round to nearest in a quantized
+/// layout, whose decoder defines its values) every value of a finite input decodes to a finite
+/// value no further from it than the largest magnitude of its row (twice the row's range: a
+/// misplaced or garbled block cannot pass).
+pub fn check_written(
+    intended: Option<&[f32]>,
+    x: &[f32],
+    y: &[f32],
+    cols: usize,
+) -> std::result::Result<(), String> {
+    let same = |a: f32, b: f32| a == b || (a.is_nan() && b.is_nan());
+    if let Some(want) = intended {
+        return match want.iter().zip(y).position(|(&a, &b)| !same(a, b)) {
+            None => Ok(()),
+            Some(i) => Err(format!(
+                "value {} of row {} decodes to {} instead of {}",
+                i % cols.max(1),
+                i / cols.max(1),
+                y[i],
+                want[i]
+            )),
+        };
+    }
+    for (r, (xr, yr)) in x.chunks(cols.max(1)).zip(y.chunks(cols.max(1))).enumerate() {
+        let amax = xr.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let tol = amax + amax * 1e-3 + f32::MIN_POSITIVE;
+        // one branch-free pass (NaN fails the comparison); the position only on failure
+        let fine = xr.iter().zip(yr).fold(true, |ok, (&a, &b)| {
+            ok & (!a.is_finite() | ((a - b).abs() <= tol))
+        });
+        if fine {
+            continue;
+        }
+        if let Some(c) = xr
+            .iter()
+            .zip(yr)
+            .position(|(&a, &b)| a.is_finite() && (!b.is_finite() || (a - b).abs() > tol))
+        {
+            if !yr[c].is_finite() {
+                // a block scale beyond its storage type (ggml overflows the same way): name the
+                // largest value among those that decode to non-finite ones, the culprit
+                let (c, _) = xr
+                    .iter()
+                    .zip(yr)
+                    .enumerate()
+                    .filter(|(_, (a, b))| a.is_finite() && !b.is_finite())
+                    .map(|(i, (a, _))| (i, a.abs()))
+                    .fold((c, 0f32), |m, v| if v.1 > m.1 { v } else { m });
+                return Err(format!(
+                    "value {c} of row {r} is {}, beyond what this layout's scales can hold (its block would decode to {}); keep this tensor in a float type (--tensor-type NAME=f16) or rescale it",
+                    xr[c], yr[c]
+                ));
+            }
+            return Err(format!(
+                "value {c} of row {r} decodes to {} from {} (row max |x| {amax})",
+                yr[c], xr[c]
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -867,5 +930,29 @@ mod int_g_idx_tests {
         })
         .check(&[rows, cols])
         .is_err());
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    #[test]
+    fn the_writers_check_fails_on_what_was_not_meant() {
+        let x = [0.5f32, -1.0, 0.25, 0.0];
+        // exact: one value off, or a NaN where a number was meant
+        assert!(check_written(Some(&x), &x, &x, 2).is_ok());
+        let mut y = x;
+        y[2] = 0.2500001;
+        assert!(check_written(Some(&x), &x, &y, 2)
+            .unwrap_err()
+            .contains("value 0 of row 1"));
+        // bounded: a value beyond its row's range, or non-finite
+        let ok = [0.4f32, -0.9, 0.2, 0.0];
+        assert!(check_written(None, &x, &ok, 2).is_ok());
+        assert!(check_written(None, &x, &[0.4, -0.9, 0.6, 0.0], 2).is_err());
+        assert!(check_written(None, &x, &[f32::NAN, -0.9, 0.2, 0.0], 2).is_err());
+        // an all-zero row must decode to zeros
+        assert!(check_written(None, &[0.0, 0.0], &[0.0, 1e-3], 2).is_err());
     }
 }

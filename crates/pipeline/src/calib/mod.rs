@@ -230,12 +230,10 @@ pub fn targets(
             ),
         });
     }
-    let layers = src
-        .config
-        .as_ref()
-        .and_then(|c| c.get("num_hidden_layers"))
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0) as usize;
+    // the forward pass sizes everything from config.json: checked against the weights first
+    crate::arch::checked_model(src)?;
+    let layers = crate::arch::hparams_of(src.config.as_ref().unwrap_or(&serde_json::Value::Null))?
+        .n_layer as usize;
     let mut out = BTreeMap::new();
     for t in &plan.tensors {
         let Action::Encode(scheme) = &t.action else {

@@ -181,8 +181,8 @@ fn load(path: &Path) -> Result<Loaded> {
             .find(|t| t.name == "token_embd.weight")
             .map(|t| t.ne[1] as usize)
             .unwrap_or(0);
-        let config = crate::export::config_json(&g, arch, vocab, tied, qs_numeric::DType::F32)?;
-        let names = crate::export::inverse_names(arch, &config, &g)?;
+        let (config, names) =
+            crate::export::gguf_config(&g, arch, vocab, tied, qs_numeric::DType::F32)?;
         let map = g
             .tensors
             .iter()
@@ -257,9 +257,11 @@ fn load(path: &Path) -> Result<Loaded> {
     })
 }
 
-/// A float32 `.npy` file (format 1.0, C order, `rows × cols`) written row by row.
+/// A float32 `.npy` file (format 1.0, C order, `rows × cols`) written row by row, under a
+/// temporary name until [`NpyRows::finish`] (an interrupted or failed run leaves nothing).
 struct NpyRows {
     path: PathBuf,
+    file: qs_formats::output::AtomicFile,
     out: std::io::BufWriter<std::fs::File>,
     cols: usize,
     rows_left: usize,
@@ -278,7 +280,8 @@ impl NpyRows {
             header.push(' ');
         }
         header.push('\n');
-        let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+        let file = qs_formats::output::AtomicFile::create(path, true)?;
+        let mut out = std::io::BufWriter::new(file.file().try_clone().map_err(io)?);
         use std::io::Write;
         out.write_all(b"\x93NUMPY\x01\x00").map_err(io)?;
         out.write_all(&(header.len() as u16).to_le_bytes())
@@ -286,6 +289,7 @@ impl NpyRows {
         out.write_all(header.as_bytes()).map_err(io)?;
         Ok(NpyRows {
             path: path.to_path_buf(),
+            file,
             out,
             cols,
             rows_left: rows,
@@ -309,7 +313,9 @@ impl NpyRows {
         self.out.flush().map_err(|e| Error::Output {
             path: self.path.clone(),
             msg: e.to_string(),
-        })
+        })?;
+        drop(self.out);
+        Ok(self.file.commit()?)
     }
 }
 

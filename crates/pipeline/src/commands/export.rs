@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::jobs::{chunk_rows, pool, run_jobs, CHUNK_ELEMS};
 use crate::Progress;
 use qs_formats::gguf::{GgufFile, GgufTensor, Value};
-use qs_formats::output::{AtomicDir, AtomicFile};
+use qs_formats::output::{check_not_input, AtomicDir};
 use qs_formats::safetensors::{plan_layout, StEntry};
 use qs_numeric::layout::rows_cols;
 use qs_numeric::{DType, Scheme};
@@ -85,10 +85,9 @@ pub(crate) fn config_json(
         "num_key_value_heads".into(),
         json!(u(g, &format!("{p}.attention.head_count_kv")).unwrap_or(heads)),
     );
-    c.insert(
-        "head_dim".into(),
-        json!(u(g, &format!("{p}.attention.key_length")).unwrap_or(hidden / heads)),
-    );
+    if let Some(hd) = u(g, &format!("{p}.attention.key_length")).or(hidden.checked_div(heads)) {
+        c.insert("head_dim".into(), json!(hd));
+    }
     if let Some(ctx) = u(g, &format!("{p}.context_length")) {
         c.insert("max_position_embeddings".into(), json!(ctx));
     }
@@ -325,6 +324,35 @@ pub(crate) fn tokenizer_files(g: &GgufFile) -> Result<Option<TokenizerFiles>> {
     }))
 }
 
+/// GGUF name → (HF name, q/k permutation heads).
+pub(crate) type NameMap = BTreeMap<String, (String, Option<usize>)>;
+
+/// config.json for a GGUF's hyper-parameters, checked ([`qs_model::HParams`]) against each
+/// other and the GGUF's tensors, and the GGUF name → (HF name, permutation heads) map.
+pub(crate) fn gguf_config(
+    g: &GgufFile,
+    a: &Arch,
+    vocab: usize,
+    tied: bool,
+    dtype: DType,
+) -> Result<(Json, NameMap)> {
+    let config = config_json(g, a, vocab, tied, dtype)?;
+    let hp = qs_model::HParams::from_config(&config)
+        .map_err(|m| err(g, format!("hyper-parameters (as config.json): {m}")))?;
+    let names = inverse_names(a, &config, g)?;
+    let shapes: Vec<(String, Vec<usize>)> = g
+        .tensors
+        .iter()
+        .map(|t| (names[&t.name].0.clone(), t.shape()))
+        .collect();
+    hp.check_tensors(shapes.iter().map(|(n, s)| (n.as_str(), s.as_slice())))
+        .map_err(|(hf, m)| match names.iter().find(|(_, (h, _))| *h == hf) {
+            Some((gg, _)) => tensor_err(g, gg, format!("{m} (the GGUF's hyper-parameters)")),
+            None => err(g, format!("{m} (the GGUF's hyper-parameters)")),
+        })?;
+    Ok((config, names))
+}
+
 /// GGUF name → (HF name, permutation heads) by running the forward map over every HF name
 /// the architecture can have.
 pub(crate) fn inverse_names(
@@ -380,6 +408,8 @@ pub fn export(
     cfg: &ExportConfig,
     progress: &dyn Progress,
 ) -> Result<usize> {
+    // the folder replaces what is there with --force: never the GGUF being read
+    check_not_input(output, true, &[input.to_path_buf()])?;
     let g = GgufFile::open(input)?;
     let an = s(&g, "general.architecture").unwrap_or("");
     let a = ARCHS.iter().find(|a| a.name == an).ok_or_else(|| {
@@ -404,8 +434,7 @@ pub fn export(
             .map(|t| t.ne[1] as usize)
             .unwrap_or(0),
     };
-    let config = config_json(&g, a, vocab, tied, cfg.dtype)?;
-    let names = inverse_names(a, &config, &g)?;
+    let (config, names) = gguf_config(&g, a, vocab, tied, cfg.dtype)?;
     struct Out<'a> {
         t: &'a GgufTensor,
         hf: String,
@@ -444,7 +473,7 @@ pub fn export(
         &BTreeMap::from([("format".to_string(), "pt".to_string())]),
     );
     let dir = AtomicDir::create(output, cfg.force)?;
-    let file = AtomicFile::create(&dir.path().join("model.safetensors"), true)?;
+    let file = dir.file("model.safetensors")?;
     file.write_at(0, &layout.header)?;
     file.set_len(layout.total_len)?;
 
@@ -490,8 +519,9 @@ pub fn export(
     })?;
     progress.finish();
     file.commit()?;
+    // messages name the file where it will be, not inside the temporary folder
     let io = |p: &Path, e: std::io::Error| Error::Output {
-        path: p.to_path_buf(),
+        path: dir.shown(p),
         msg: e.to_string(),
     };
     let write_json = |name: &str, v: &Json| -> Result<()> {

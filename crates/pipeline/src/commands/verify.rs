@@ -10,7 +10,6 @@ use crate::report::{Report, ReportRow};
 use crate::Progress;
 use qs_formats::gguf::GgufFile;
 use qs_formats::source::ModelSource;
-use qs_numeric::dtype::decode_f32;
 use qs_numeric::layout::rows_cols;
 use qs_numeric::ErrorStats;
 use std::collections::HashMap;
@@ -108,23 +107,9 @@ pub fn verify(
         let l = &logical[j.l];
         let (_, cols) = rows_cols(&l.shape);
         let ot = &orig.tensors[by_name[l.name.as_str()]];
-        let sz = ot.info.dtype.size();
-        let mut x = vec![0f32; (j.r1 - j.r0) * cols];
-        let all = orig.bytes(ot);
-        match l.permute {
-            None => decode_f32(
-                ot.info.dtype,
-                &all[j.r0 * cols * sz..j.r1 * cols * sz],
-                &mut x,
-            ),
-            Some(h) => {
-                let rows = rows_cols(&l.shape).0;
-                for (k, out) in x.chunks_mut(cols.max(1)).enumerate() {
-                    let s = crate::arch::permuted_source_row(j.r0 + k, rows, h);
-                    decode_f32(ot.info.dtype, &all[s * cols * sz..(s + 1) * cols * sz], out);
-                }
-            }
-        }
+        // the original may be a GGUF of any block type we read: decoded as the run reads it
+        let x = crate::run::source_rows(&orig, ot, l.permute, j.r0, j.r1);
+        debug_assert_eq!(x.len(), (j.r1 - j.r0) * cols);
         let parts: Vec<&[u8]> = l
             .slots
             .iter()

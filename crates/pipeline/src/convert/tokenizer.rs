@@ -141,12 +141,23 @@ fn vocab_kv(model: &str, tokens: Vec<String>, scores: Option<Vec<f32>>, types: V
     Vocab { kv, n }
 }
 
-/// The model's vocab size: config.json's `vocab_size`, else `fallback`.
-fn vocab_size(config: &Json, fallback: u64) -> u64 {
-    config
-        .get("vocab_size")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(fallback)
+/// The model's vocab size: config.json's `vocab_size`, else `fallback` (what the tokenizer file
+/// `from` holds), within `qs_numeric::limits::MAX_VOCAB` either way.
+fn vocab_size(dir: &Path, config: &Json, fallback: u64, from: &str) -> Result<u64> {
+    let max = qs_numeric::limits::MAX_VOCAB;
+    let n = qs_model::hparams::int(config, &["vocab_size"], max)
+        .map_err(|msg| Error::Input {
+            path: dir.join("config.json"),
+            msg,
+        })?
+        .unwrap_or(fallback);
+    if n > max {
+        return Err(Error::Input {
+            path: dir.join(from),
+            msg: format!("a vocabulary of {n} tokens (at most {max} accepted)"),
+        });
+    }
+    Ok(n)
 }
 
 /// llama.cpp's `_create_vocab_sentencepiece`: pieces with their scores and types, padded to
@@ -154,7 +165,7 @@ fn vocab_size(config: &Json, fallback: u64) -> u64 {
 /// `added_tokens_decoder` on top.
 fn spm_vocab(path: &Path, dir: &Path, config: &Json, tcfg: &Json) -> Result<Vocab> {
     let m = qs_formats::spm::read_model(path)?;
-    let n = vocab_size(config, m.pieces.len() as u64) as usize;
+    let n = vocab_size(dir, config, m.pieces.len() as u64, "tokenizer.model")? as usize;
     let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
     let mut scores = vec![-10000.0f32; n];
     let mut types = vec![UNUSED; n];
@@ -299,7 +310,7 @@ fn llama_hf_vocab(dir: &Path, tok: &Json, config: &Json, tcfg: &Json) -> Result<
         });
         tokens.push(t);
     }
-    let n = vocab_size(config, tokens.len() as u64);
+    let n = vocab_size(dir, config, tokens.len() as u64, "tokenizer.json")?;
     if (tokens.len() as u64) > n {
         return Err(bad(&format!(
             "{} tokens but the model's vocab_size is {n}",
@@ -349,7 +360,7 @@ fn bpe_vocab(dir: &Path, tok: &Json, config: &Json, pre_override: Option<&str>) 
         by_id.insert(id, (content.to_string(), ty));
     }
     let max_id = by_id.keys().max().copied().unwrap_or(0);
-    let n = vocab_size(config, max_id + 1);
+    let n = vocab_size(dir, config, max_id.saturating_add(1), "tokenizer.json")?;
     if max_id >= n {
         return Err(bad(&format!(
             "token id {max_id} is beyond the model's vocab_size {n}"

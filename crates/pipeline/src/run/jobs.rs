@@ -65,7 +65,11 @@ pub fn chunk_rows(
     align: usize,
     target_elems: usize,
 ) -> Vec<(usize, usize)> {
-    let per = (target_elems / cols.max(1)).max(1);
+    if cols == 0 {
+        // empty rows: one job, whatever the row count
+        return vec![(0, rows)];
+    }
+    let per = (target_elems / cols).max(1);
     let per = per.div_ceil(align) * align;
     let mut v = Vec::new();
     let mut r0 = 0;

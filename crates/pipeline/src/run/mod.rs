@@ -14,7 +14,9 @@ use crate::report::{Report, ReportRow};
 use crate::Progress;
 use jobs::{chunk_rows, pool, run_jobs, CHUNK_ELEMS};
 use qs_formats::gguf;
-use qs_formats::output::{check_target, AtomicDir, AtomicFile};
+use qs_formats::output::{
+    check_file_target, check_not_input, check_target, check_writable, AtomicDir, AtomicFile,
+};
 use qs_formats::safetensors::{plan_layout, StEntry};
 use qs_formats::source::{ModelSource, SourceTensor};
 use qs_numeric::dtype::{decode_f32, round_to};
@@ -94,6 +96,7 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         Some(m) => Some((m, crate::calib::targets(m, &src, &plan, cfg)?)),
         None => None,
     };
+    let inputs = check_outputs(&src, &plan, cfg)?;
     if cfg.dry_run {
         return Ok(Outcome { plan, report: None });
     }
@@ -118,8 +121,12 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     let mut files = Vec::with_capacity(layouts.len());
     for l in &layouts {
         let f = match &dir {
-            Some(d) => AtomicFile::create(&d.path().join(&l.path), true)?,
-            None => AtomicFile::create(&l.path, cfg.force)?,
+            Some(d) => d.file(&l.path)?,
+            None => {
+                // a split set's other files
+                check_not_input(&l.path, false, &inputs)?;
+                AtomicFile::create(&l.path, cfg.force)?
+            }
         };
         f.write_at(0, &l.header)?;
         f.set_len(l.total_len)?;
@@ -216,7 +223,8 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         f.commit()?;
     }
     if let Some(dir) = sink.dir {
-        meta::write_side_files(&src, &plan, cfg, dir.path())?;
+        meta::write_side_files(&src, &plan, cfg, dir.path())
+            .map_err(|e| e.map_paths(|p| dir.shown(&p)))?;
         dir.commit()?;
     }
     let mut report = Report::new(
@@ -231,6 +239,28 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         plan,
         report: Some(report),
     })
+}
+
+/// Checks made before any work, dry runs included: the output is no input (nor, for a folder,
+/// holds one), a file output does not replace a folder (even with `--force`), and the report
+/// can be written. Returns every path the run reads.
+fn check_outputs(
+    src: &ModelSource,
+    plan: &Plan,
+    cfg: &QuantizeConfig,
+) -> Result<Vec<std::path::PathBuf>> {
+    let mut inputs = src.input_paths();
+    inputs.extend(cfg.imatrix.iter().cloned());
+    inputs.extend(cfg.calib.iter().cloned());
+    let folder = plan.kind == OutputKind::SafetensorsDir;
+    check_not_input(&plan.output, folder, &inputs)?;
+    if !folder {
+        check_file_target(&plan.output, true)?;
+    }
+    if let Some(r) = &cfg.report {
+        check_writable(r, &inputs, std::slice::from_ref(&plan.output))?;
+    }
+    Ok(inputs)
 }
 
 /// The output files and, per plan tensor and slot, (file index, absolute offset).
@@ -337,26 +367,27 @@ fn tensor_err(src: &ModelSource, tp: &TensorPlan, msg: String) -> Error {
     }
 }
 
-/// Decodes rows `r0..r1` of a source tensor to f32 (gathering permuted rows) and checks them
-/// for NaN/Inf.
-fn decode_rows(
+/// Rows `r0..r1` of a source tensor as f32, whatever it is stored as (float, or a ggml block
+/// type of a GGUF input); with `permute`, output row r is source row
+/// `arch::permuted_source_row(r, rows, heads)`.
+pub(crate) fn source_rows(
     src: &ModelSource,
-    tp: &TensorPlan,
+    st: &SourceTensor,
+    permute: Option<usize>,
     r0: usize,
     r1: usize,
-    allow_nonfinite: bool,
-) -> Result<Vec<f32>> {
-    let st = &src.tensors[tp.source];
-    let (rows, cols) = rows_cols(&tp.shape);
+) -> Vec<f32> {
+    let dtype = st.info.dtype;
+    let (rows, cols) = rows_cols(&st.info.shape);
     let rb = src.row_bytes(st);
     let all = src.bytes(st);
     let mut x = vec![0f32; (r1 - r0) * cols];
     let decode = |row: usize, out: &mut [f32]| match st.ggml {
         Some(ty) => qs_numeric::ggml::dequantize_row(ty, &all[row * rb..(row + 1) * rb], out),
-        None => decode_f32(tp.dtype, &all[row * rb..(row + 1) * rb], out),
+        None => decode_f32(dtype, &all[row * rb..(row + 1) * rb], out),
     };
-    match (tp.permute, st.ggml) {
-        (None, None) => decode_f32(tp.dtype, &all[r0 * rb..r1 * rb], &mut x),
+    match (permute, st.ggml) {
+        (None, None) => decode_f32(dtype, &all[r0 * rb..r1 * rb], &mut x),
         (p, _) => {
             for (k, out) in x.chunks_mut(cols.max(1)).enumerate() {
                 let r = r0 + k;
@@ -367,6 +398,20 @@ fn decode_rows(
             }
         }
     }
+    x
+}
+
+/// Decodes rows `r0..r1` of a source tensor to f32 (gathering permuted rows) and checks them
+/// for NaN/Inf.
+fn decode_rows(
+    src: &ModelSource,
+    tp: &TensorPlan,
+    r0: usize,
+    r1: usize,
+    allow_nonfinite: bool,
+) -> Result<Vec<f32>> {
+    let x = source_rows(src, &src.tensors[tp.source], tp.permute, r0, r1);
+    let cols = rows_cols(&tp.shape).1;
     // Branch-free scan (vectorizes); the position is looked up only on failure.
     let any_nonfinite = x.chunks(256).any(|c| {
         c.iter().fold(0u32, |a, v| {
@@ -521,7 +566,7 @@ fn run_chunk<'a>(
                         .collect(),
                 );
             }
-            check_written(intended.as_deref(), &x, &y, cols).map_err(|m| {
+            qs_numeric::layout::check_written(intended.as_deref(), &x, &y, cols).map_err(|m| {
                 tensor_err(
                     src,
                     tp,
@@ -555,54 +600,6 @@ fn run_chunk<'a>(
         src.release(st, b0, b1);
     }
     Ok(res)
-}
-
-/// The writer's check of what it wrote: decoded values `y` equal `intended` exactly (float
-/// conversions, codes chosen by a calibration method); else (round to nearest in a quantized
-/// layout, whose decoder defines its values) every value of a finite input decodes to a finite
-/// value no further from it than the largest magnitude of its row (twice the row's range: a
-/// misplaced or garbled block cannot pass).
-fn check_written(
-    intended: Option<&[f32]>,
-    x: &[f32],
-    y: &[f32],
-    cols: usize,
-) -> std::result::Result<(), String> {
-    let same = |a: f32, b: f32| a == b || (a.is_nan() && b.is_nan());
-    if let Some(want) = intended {
-        return match want.iter().zip(y).position(|(&a, &b)| !same(a, b)) {
-            None => Ok(()),
-            Some(i) => Err(format!(
-                "value {} of row {} decodes to {} instead of {}",
-                i % cols.max(1),
-                i / cols.max(1),
-                y[i],
-                want[i]
-            )),
-        };
-    }
-    for (r, (xr, yr)) in x.chunks(cols.max(1)).zip(y.chunks(cols.max(1))).enumerate() {
-        let amax = xr.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let tol = amax + amax * 1e-3 + f32::MIN_POSITIVE;
-        // one branch-free pass (NaN fails the comparison); the position only on failure
-        let fine = xr.iter().zip(yr).fold(true, |ok, (&a, &b)| {
-            ok & (!a.is_finite() | ((a - b).abs() <= tol))
-        });
-        if fine {
-            continue;
-        }
-        if let Some(c) = xr
-            .iter()
-            .zip(yr)
-            .position(|(&a, &b)| a.is_finite() && (!b.is_finite() || (a - b).abs() > tol))
-        {
-            return Err(format!(
-                "value {c} of row {r} decodes to {} from {} (row max |x| {amax})",
-                yr[c], xr[c]
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Rows `rows` (each `per` values) of a row-major matrix, in that order.
@@ -647,29 +644,5 @@ fn row(tp: &TensorPlan, r: &ChunkResult, gptq: Option<&crate::calib::Calibrated>
         note: tp.note.clone(),
         layer_output_error: gptq.map(|c| c.error),
         stats: r.stats,
-    }
-}
-
-#[cfg(test)]
-mod check_tests {
-    use super::*;
-
-    #[test]
-    fn the_writers_check_fails_on_what_was_not_meant() {
-        let x = [0.5f32, -1.0, 0.25, 0.0];
-        // exact: one value off, or a NaN where a number was meant
-        assert!(check_written(Some(&x), &x, &x, 2).is_ok());
-        let mut y = x;
-        y[2] = 0.2500001;
-        assert!(check_written(Some(&x), &x, &y, 2)
-            .unwrap_err()
-            .contains("value 0 of row 1"));
-        // bounded: a value beyond its row's range, or non-finite
-        let ok = [0.4f32, -0.9, 0.2, 0.0];
-        assert!(check_written(None, &x, &ok, 2).is_ok());
-        assert!(check_written(None, &x, &[0.4, -0.9, 0.6, 0.0], 2).is_err());
-        assert!(check_written(None, &x, &[f32::NAN, -0.9, 0.2, 0.0], 2).is_err());
-        // an all-zero row must decode to zeros
-        assert!(check_written(None, &[0.0, 0.0], &[0.0, 1e-3], 2).is_err());
     }
 }

@@ -6,7 +6,10 @@
 
 use crate::error::{Error, Result};
 use qs_formats::gguf::Value;
+use qs_formats::source::ModelSource;
+use qs_model::hparams::{self, HParams};
 use qs_model::Linear;
+use qs_numeric::limits::MAX_CONTEXT;
 use serde_json::Value as Json;
 
 mod llama;
@@ -75,10 +78,24 @@ pub fn model_type(name: &str) -> Option<&'static ModelType> {
 
 /// The architecture of an HF `config.json`, or an error naming the unsupported one.
 pub fn detect(config: &Json) -> Result<&'static Arch> {
-    let mt = config
-        .get("model_type")
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
+    if !config.is_object() {
+        return Err(Error::Config(
+            "config.json is not a JSON object".to_string(),
+        ));
+    }
+    let mt = match config.get("model_type") {
+        Some(Json::String(s)) => s.as_str(),
+        None | Some(Json::Null) => {
+            return Err(Error::Config(
+                "config.json has no model_type: cannot tell the architecture".to_string(),
+            ))
+        }
+        Some(v) => {
+            return Err(Error::Config(format!(
+                "config.json: model_type {v} is not a string"
+            )))
+        }
+    };
     ARCHS
         .iter()
         .find(|a| a.model_types.iter().any(|m| m.name == mt))
@@ -88,18 +105,28 @@ pub fn detect(config: &Json) -> Result<&'static Arch> {
                 .flat_map(|a| a.model_types.iter().map(|m| m.name))
                 .collect();
             Error::Config(format!(
-                "unsupported architecture '{mt}' for GGUF conversion (supported: {})",
+                "config.json: unsupported architecture '{}' for GGUF conversion (supported: {})",
+                qs_formats::error::shown(mt),
                 names.join(", ")
             ))
         })
 }
 
-fn get_u64(c: &Json, keys: &[&str]) -> Option<u64> {
-    keys.iter().find_map(|k| c.get(*k).and_then(|v| v.as_u64()))
+fn cfg_err(m: String) -> Error {
+    Error::Config(format!("config.json: {m}"))
 }
 
-fn get_f64(c: &Json, keys: &[&str]) -> Option<f64> {
-    keys.iter().find_map(|k| c.get(*k).and_then(|v| v.as_f64()))
+/// The validated hyper-parameters of a config.json (completed with transformers' defaults).
+pub fn hparams_of(c: &Json) -> Result<HParams> {
+    HParams::from_config(&with_defaults(c)).map_err(cfg_err)
+}
+
+fn get_u64(c: &Json, keys: &[&str], max: u64) -> Result<Option<u64>> {
+    hparams::int(c, keys, max).map_err(cfg_err)
+}
+
+fn get_f64(c: &Json, keys: &[&str]) -> Result<Option<f64>> {
+    hparams::num(c, keys).map_err(cfg_err)
 }
 
 /// config.json completed with the defaults of the model type's transformers config class
@@ -133,21 +160,58 @@ pub fn with_defaults(c: &Json) -> Json {
         put("rope_theta", 10000.0.into());
     }
     match (head_dim, hidden, heads) {
-        (HeadDim::FromHidden, Some(h), Some(n)) if n > 0 => put("head_dim", (h / n).into()),
+        (HeadDim::FromHidden, Some(h), Some(n)) if n > 0 && h >= n => {
+            put("head_dim", (h / n).into())
+        }
         (HeadDim::Fixed(d), _, _) => put("head_dim", d.into()),
         _ => {}
     }
     c
 }
 
+/// The architecture and hyper-parameters of an HF folder's model, checked against each other
+/// and against the weights present before anything is sized from them. Errors name
+/// config.json (or the tensor that does not fit it).
+pub fn checked_model(src: &ModelSource) -> Result<&'static Arch> {
+    let dir = src.hf_dir.as_deref().unwrap_or(&src.input);
+    let cfg_path = dir.join("config.json");
+    let Some(c) = &src.config else {
+        return Err(Error::Input {
+            path: cfg_path,
+            msg: "missing".into(),
+        });
+    };
+    let at_config = |e: Error| match e {
+        Error::Config(m) => Error::Input {
+            path: cfg_path.clone(),
+            msg: m.strip_prefix("config.json: ").unwrap_or(&m).to_string(),
+        },
+        e => e,
+    };
+    let arch = detect(c).map_err(at_config)?;
+    let hp = hparams_of(c).map_err(at_config)?;
+    let real = src.tensors.iter().filter(|t| !t.generated);
+    hp.check_tensors(real.map(|t| (t.info.name.as_str(), t.info.shape.as_slice())))
+        .map_err(
+            |(tensor, msg)| match src.tensors.iter().find(|t| t.info.name == tensor) {
+                Some(t) => Error::Tensor {
+                    file: src.path_of(t).to_path_buf(),
+                    tensor,
+                    msg: format!("{msg} in {}", cfg_path.display()),
+                },
+                None => Error::Input {
+                    path: cfg_path.clone(),
+                    msg,
+                },
+            },
+        )?;
+    Ok(arch)
+}
+
 /// Attention head counts (q, kv) from config.json.
 pub fn heads(c: &Json) -> Result<(u64, u64)> {
-    let h = get_u64(c, &["num_attention_heads", "n_head", "n_heads"])
-        .ok_or_else(|| Error::Config("config.json has no num_attention_heads".into()))?;
-    Ok((
-        h,
-        get_u64(c, &["num_key_value_heads", "n_kv_heads"]).unwrap_or(h),
-    ))
+    let hp = hparams_of(c)?;
+    Ok((hp.n_head, hp.n_head_kv))
 }
 
 /// The hyper-parameter keys llama.cpp reads for `arch`, from config.json.
@@ -155,38 +219,22 @@ pub fn heads(c: &Json) -> Result<(u64, u64)> {
 /// architecture's own (vocab size, rope dimensions).
 #[allow(clippy::type_complexity)]
 pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(String, Value)>)> {
+    let hp = hparams_of(c)?;
     let c = &with_defaults(c);
     let a = arch.name;
-    let need = |keys: &[&str]| {
-        get_u64(c, keys).ok_or_else(|| Error::Config(format!("config.json lacks {}", keys[0])))
-    };
     let mut kv: Vec<(String, Value)> = Vec::new();
     let mut put = |k: &str, v: Value| kv.push((format!("{a}.{k}"), v));
-    put(
-        "block_count",
-        Value::U32(need(&["num_hidden_layers", "n_layer", "num_layers"])? as u32),
-    );
-    if let Some(n) = get_u64(
-        c,
-        &[
-            "max_position_embeddings",
-            "n_ctx",
-            "n_positions",
-            "max_length",
-            "max_sequence_length",
-            "model_max_length",
-        ],
-    ) {
+    // every integer below is within qs_numeric::limits, so it fits the u32 it is written as
+    put("block_count", Value::U32(hp.n_layer as u32));
+    if let Some(n) = hp.context {
         put("context_length", Value::U32(n as u32));
     }
-    let n_embd = need(&["hidden_size", "n_embd", "dim"])?;
-    put("embedding_length", Value::U32(n_embd as u32));
-    if let Some(n) = get_u64(c, &["intermediate_size", "n_inner", "hidden_dim"]) {
+    put("embedding_length", Value::U32(hp.n_embd as u32));
+    if let Some(n) = hp.n_ff {
         put("feed_forward_length", Value::U32(n as u32));
     }
-    let (n_head, n_head_kv) = heads(c)?;
-    put("attention.head_count", Value::U32(n_head as u32));
-    put("attention.head_count_kv", Value::U32(n_head_kv as u32));
+    put("attention.head_count", Value::U32(hp.n_head as u32));
+    put("attention.head_count_kv", Value::U32(hp.n_head_kv as u32));
     let rope = c
         .get("rope_parameters")
         .or_else(|| c.get("rope_scaling"))
@@ -197,7 +245,7 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
             .or_else(|| r.get("type"))
             .and_then(|v| v.as_str())
             .unwrap_or("default");
-        let factor = r.get("factor").and_then(|v| v.as_f64());
+        let factor = get_f64(r, &["factor"])?;
         match (ty, factor) {
             ("default", _) => {}
             ("linear", Some(f)) => {
@@ -207,10 +255,9 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
             ("yarn", Some(f)) => {
                 put("rope.scaling.type", Value::String("yarn".into()));
                 put("rope.scaling.factor", Value::F32(f as f32));
-                let orig = r
-                    .get("original_max_position_embeddings")
-                    .or_else(|| c.get("original_max_position_embeddings"))
-                    .and_then(|v| v.as_u64())
+                let key = ["original_max_position_embeddings"];
+                let orig = get_u64(r, &key, MAX_CONTEXT)?
+                    .or(get_u64(c, &key, MAX_CONTEXT)?)
                     .ok_or_else(|| {
                         Error::Config(
                             "yarn rope scaling without original_max_position_embeddings".into(),
@@ -244,30 +291,35 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
             }
         }
     }
-    let theta = get_f64(c, &["rope_theta"]).or_else(|| {
-        rope.and_then(|r| r.get("rope_theta"))
-            .and_then(|v| v.as_f64())
-    });
+    let theta = match get_f64(c, &["rope_theta"])? {
+        Some(t) => Some(t),
+        None => match rope {
+            Some(r) => get_f64(r, &["rope_theta"])?,
+            None => None,
+        },
+    };
     if let Some(t) = theta {
         put("rope.freq_base", Value::F32(t as f32));
     }
-    if let Some(e) = get_f64(c, &["rms_norm_eps", "norm_eps"]) {
+    if let Some(e) = get_f64(c, &["rms_norm_eps", "norm_eps"])? {
         put("attention.layer_norm_rms_epsilon", Value::F32(e as f32));
     }
-    if let Some(hd) = get_u64(c, &["head_dim"]) {
-        put("attention.key_length", Value::U32(hd as u32));
-        put("attention.value_length", Value::U32(hd as u32));
+    if c.get("head_dim").is_some_and(|v| !v.is_null()) {
+        put("attention.key_length", Value::U32(hp.head_dim as u32));
+        put("attention.value_length", Value::U32(hp.head_dim as u32));
     }
     let mut own: Vec<(String, Value)> = Vec::new();
     if arch.vocab_size_key {
-        own.push((
-            format!("{a}.vocab_size"),
-            Value::U32(need(&["vocab_size"])? as u32),
-        ));
+        let v = hp
+            .vocab
+            .ok_or_else(|| cfg_err("lacks vocab_size".to_string()))?;
+        own.push((format!("{a}.vocab_size"), Value::U32(v as u32)));
     }
     if arch.rope_dim_key {
-        let rd = get_u64(c, &["head_dim"]).unwrap_or(n_embd / n_head);
-        own.push((format!("{a}.rope.dimension_count"), Value::U32(rd as u32)));
+        own.push((
+            format!("{a}.rope.dimension_count"),
+            Value::U32(hp.head_dim as u32),
+        ));
     }
     Ok((kv, own))
 }
@@ -284,13 +336,11 @@ pub fn generated_tensors(arch: &Arch, c: &Json) -> Result<Vec<Generated>> {
     if !arch.llama3_rope_freqs || !qs_model::rope_type(r).eq_ignore_ascii_case("llama3") {
         return Ok(vec![]);
     }
-    let theta = get_f64(c, &["rope_theta"])
-        .or_else(|| r.get("rope_theta").and_then(|v| v.as_f64()))
-        .unwrap_or(10000.0);
-    let (n_head, _) = heads(c)?;
-    let n_embd = get_u64(c, &["hidden_size", "n_embd", "dim"])
-        .ok_or_else(|| Error::Config("config.json lacks hidden_size".into()))?;
-    let dim = get_u64(c, &["head_dim"]).unwrap_or(n_embd / n_head) as usize;
+    let theta = match get_f64(c, &["rope_theta"])? {
+        Some(t) => t,
+        None => get_f64(r, &["rope_theta"])?.unwrap_or(10000.0),
+    };
+    let dim = hparams_of(c)?.head_dim as usize;
     let f = qs_model::llama3_rope_factors(r, theta, dim);
     Ok(vec![("rope_freqs.weight".to_string(), vec![f.len()], f)])
 }

@@ -597,7 +597,8 @@ pub fn check_written(
         let tol = amax + amax * 1e-3 + f32::MIN_POSITIVE;
         // one branch-free pass (NaN fails the comparison); the position only on failure
         let fine = xr.iter().zip(yr).fold(true, |ok, (&a, &b)| {
-            ok & (!a.is_finite() | ((a - b).abs() <= tol))
+            // (b finite on its own: near f32's limit `tol` itself overflows to inf)
+            ok & (!a.is_finite() | (b.is_finite() & ((a - b).abs() <= tol)))
         });
         if fine {
             continue;
@@ -952,6 +953,9 @@ mod check_tests {
         assert!(check_written(None, &x, &ok, 2).is_ok());
         assert!(check_written(None, &x, &[0.4, -0.9, 0.6, 0.0], 2).is_err());
         assert!(check_written(None, &x, &[f32::NAN, -0.9, 0.2, 0.0], 2).is_err());
+        // near f32's limit the tolerance overflows: an infinite decode is still refused
+        let big = [f32::MAX, -3.4e38];
+        assert!(check_written(None, &big, &[f32::MAX, f32::NEG_INFINITY], 2).is_err());
         // an all-zero row must decode to zeros
         assert!(check_written(None, &[0.0, 0.0], &[0.0, 1e-3], 2).is_err());
     }

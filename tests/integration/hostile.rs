@@ -544,3 +544,21 @@ fn special_files_missing_side_files_and_nested_arrays() {
         GgufFile::open(&g).unwrap().get("test.nested")
     );
 }
+
+#[test]
+fn options_that_do_not_apply_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("o.gguf");
+    for extra in [["--group", "1000000000000"], ["--granularity", "channel"]] {
+        let mut args = vec![
+            s(&fixture()),
+            "--to".into(),
+            "q4_0".into(),
+            "-o".into(),
+            s(&out),
+        ];
+        args.extend(extra.iter().map(|x| x.to_string()));
+        let args: Vec<&str> = args.iter().map(|x| x.as_str()).collect();
+        fails(&args, Some(&out), &["apply to int and fp8 targets"]);
+    }
+}

@@ -261,6 +261,14 @@ pub fn make_plan(
         }
         _ => {}
     }
+    if matches!(cfg.target, Target::Ggml(_) | Target::Float(_))
+        && (cfg.group.is_some() || cfg.granularity.is_some())
+    {
+        return Err(Error::Config(format!(
+            "--group and --granularity apply to int and fp8 targets; {} has fixed blocks",
+            cfg.target.name()
+        )));
+    }
     if let Some(qc) = src
         .config
         .as_ref()

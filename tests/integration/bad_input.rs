@@ -26,21 +26,7 @@ fn expect_failure(dir: &Path, input: &Path, extra: &[&str], must_contain: &[&str
         "--keep-names".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let r = quantize(&args);
-    assert_ne!(r.code, 0, "expected failure, got success: {}", r.stdout);
-    let msg = r.stderr.trim();
-    assert_eq!(msg.lines().count(), 1, "one line: {msg}");
-    assert!(msg.starts_with("error: "), "{msg}");
-    for m in must_contain {
-        assert!(msg.contains(m), "'{m}' missing from: {msg}");
-    }
-    assert!(!out.exists(), "nothing at the output path");
-    assert!(
-        listing(dir).iter().all(|f| !f.contains("qs-partial")),
-        "no temporary left: {:?}",
-        listing(dir)
-    );
-    msg.to_string()
+    fails(&args, Some(&out), must_contain)
 }
 
 #[test]
@@ -417,14 +403,7 @@ fn wrong_target_for_container_and_non_float_tensors() {
 /// line starting with "error: " holding every `must_contain`, no panic.
 #[track_caller]
 fn expect_error(args: &[&std::ffi::OsStr], must_contain: &[&str]) {
-    let r = quantize(args);
-    assert_ne!(r.code, 0, "expected failure, got success: {}", r.stdout);
-    let msg = r.stderr.trim();
-    assert_eq!(msg.lines().count(), 1, "one line: {msg}");
-    assert!(msg.starts_with("error: "), "{msg}");
-    for m in must_contain {
-        assert!(msg.contains(m), "'{m}' missing from: {msg}");
-    }
+    fails(args, None, must_contain);
 }
 
 /// fp8 (float-quantized) checkpoints whose scale is not what the weight needs — an integer

@@ -7,45 +7,6 @@ use crate::util::*;
 use qs_formats::gguf::{GgufFile, Value};
 use safetensors::Dtype;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-/// Runs `quantize ARGS` and checks the failure contract; `out` must not exist afterwards and
-/// its folder must hold no temporary. Returns the message.
-#[track_caller]
-fn fails(args: &[&str], out: Option<&Path>, must: &[&str]) -> String {
-    let t = Instant::now();
-    let r = quantize(args);
-    assert!(
-        t.elapsed() < Duration::from_secs(30),
-        "took {:?}: {args:?}",
-        t.elapsed()
-    );
-    assert!(
-        r.code != 0 && r.code != 101,
-        "expected a clean failure, got exit {}: {args:?}\nstdout: {}\nstderr: {}",
-        r.code,
-        r.stdout,
-        r.stderr
-    );
-    let msg = r.stderr.trim();
-    assert_eq!(msg.lines().count(), 1, "one line: {msg}");
-    assert!(msg.starts_with("error: "), "{msg}");
-    assert!(msg.len() < 600, "short: {msg}");
-    for m in must {
-        assert!(msg.contains(m), "'{m}' missing from: {msg}");
-    }
-    if let Some(out) = out {
-        assert!(!out.exists(), "nothing at {}", out.display());
-        if let Some(dir) = out.parent() {
-            let left: Vec<String> = listing(dir)
-                .into_iter()
-                .filter(|f| f.contains("qs-partial"))
-                .collect();
-            assert!(left.is_empty(), "temporaries left: {left:?}");
-        }
-    }
-    msg.to_string()
-}
 
 fn s(p: &Path) -> String {
     p.display().to_string()

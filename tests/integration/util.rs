@@ -1,6 +1,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 pub fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny-llama")
@@ -176,4 +177,47 @@ pub fn tied_fixture(dir: &Path) {
         serde_json::to_string_pretty(&cfg).unwrap(),
     )
     .unwrap();
+}
+
+/// Runs `quantize ARGS` and checks the failure contract (issue 9): a non-zero exit that is not
+/// a panic, within 30 s, one short `error:` line holding every `must`; `out` must not exist afterwards and
+/// its folder must hold no temporary. Returns the message.
+#[track_caller]
+pub fn fails<S: AsRef<OsStr> + std::fmt::Debug>(
+    args: &[S],
+    out: Option<&Path>,
+    must: &[&str],
+) -> String {
+    let t = Instant::now();
+    let r = quantize(args);
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "took {:?}: {args:?}",
+        t.elapsed()
+    );
+    assert!(
+        r.code != 0 && r.code != 101,
+        "expected a clean failure, got exit {}: {args:?}\nstdout: {}\nstderr: {}",
+        r.code,
+        r.stdout,
+        r.stderr
+    );
+    let msg = r.stderr.trim();
+    assert_eq!(msg.lines().count(), 1, "one line: {msg}");
+    assert!(msg.starts_with("error: "), "{msg}");
+    assert!(msg.len() < 600, "short: {msg}");
+    for m in must {
+        assert!(msg.contains(m), "'{m}' missing from: {msg}");
+    }
+    if let Some(out) = out {
+        assert!(!out.exists(), "nothing at {}", out.display());
+        if let Some(dir) = out.parent() {
+            let left: Vec<String> = listing(dir)
+                .into_iter()
+                .filter(|f| f.contains("qs-partial"))
+                .collect();
+            assert!(left.is_empty(), "temporaries left: {left:?}");
+        }
+    }
+    msg.to_string()
 }

@@ -954,6 +954,8 @@ mod check_tests {
         assert!(check_written(None, &x, &ok, 2).is_ok());
         assert!(check_written(None, &x, &[0.4, -0.9, 0.6, 0.0], 2).is_err());
         assert!(check_written(None, &x, &[f32::NAN, -0.9, 0.2, 0.0], 2).is_err());
+        // near f32's limit the row's tolerance overflows to infinity: an infinite decode still fails
+        assert!(check_written(None, &[-f32::MAX, 0.0], &[f32::NEG_INFINITY, 0.0], 2).is_err());
         // an all-zero row must decode to zeros
         assert!(check_written(None, &[0.0, 0.0], &[0.0, 1e-3], 2).is_err());
     }

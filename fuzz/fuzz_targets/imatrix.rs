@@ -1,14 +1,7 @@
-//! The importance-matrix reader `imatrix::load` (GGUF or legacy .dat, chosen by the magic).
-//! What it returns is not checked further: the planner checks each entry's length against the
-//! row it weights (an empty GGUF entry is accepted here and refused there; see
-//! docs/RELIABILITY.md).
+//! libFuzzer entry of `qs_fuzz_targets::imatrix` (crates/fuzz-targets/src/imatrix.rs holds the body,
+//! which tests/replay.rs also runs on stable over the committed seeds and reproducers).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use quantsmith_fuzz::Scratch;
 
-fuzz_target!(|data: &[u8]| {
-    let dir = Scratch::new();
-    let path = dir.write("imatrix.dat", data);
-    let _ = qs_formats::imatrix::load(&path);
-});
+fuzz_target!(|data: &[u8]| qs_fuzz_targets::imatrix::run(data));

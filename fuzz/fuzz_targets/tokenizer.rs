@@ -1,37 +1,7 @@
-//! tokenizer.json (and its companions) → GGUF vocabulary (`tokenizer::gguf_tokenizer`).
-//! Input: one byte choosing the architecture (`arch::ARCHS`, low bits) and `--tokenizer-pre
-//! llama-bpe` (bit 7), then files joined by
-//! `quantsmith_fuzz::SEP`: tokenizer.json, tokenizer_config.json, config.json,
-//! tokenizer.model (an empty part: that file is absent; no config part: `{}`).
+//! libFuzzer entry of `qs_fuzz_targets::tokenizer` (crates/fuzz-targets/src/tokenizer.rs holds the body,
+//! which tests/replay.rs also runs on stable over the committed seeds and reproducers).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use quantsmith::arch::ARCHS;
-use quantsmith_fuzz::{split_files, Scratch};
 
-const FILES: [&str; 4] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "config.json",
-    "tokenizer.model",
-];
-
-fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else {
-        return;
-    };
-    let arch = &ARCHS[(sel & 127) as usize % ARCHS.len()];
-    let parts = split_files(rest, FILES.len());
-    let dir = Scratch::new();
-    for (name, bytes) in FILES.iter().zip(&parts) {
-        if !bytes.is_empty() {
-            dir.write(name, bytes);
-        }
-    }
-    let config = parts
-        .get(2)
-        .and_then(|b| serde_json::from_slice(b).ok())
-        .unwrap_or_else(|| serde_json::json!({}));
-    let pre = (sel & 128 != 0).then_some("llama-bpe");
-    let _ = quantsmith::tokenizer::gguf_tokenizer(dir.path(), &config, arch, pre);
-});
+fuzz_target!(|data: &[u8]| qs_fuzz_targets::tokenizer::run(data));

@@ -595,10 +595,9 @@ pub fn check_written(
     for (r, (xr, yr)) in x.chunks(cols.max(1)).zip(y.chunks(cols.max(1))).enumerate() {
         let amax = xr.iter().fold(0f32, |a, v| a.max(v.abs()));
         let tol = amax + amax * 1e-3 + f32::MIN_POSITIVE;
-        // one branch-free pass (NaN fails the comparison; an infinite decode fails even when
-        // the tolerance itself overflows to infinity, for values near f32's limit); the
-        // position only on failure
+        // one branch-free pass (NaN fails the comparison); the position only on failure
         let fine = xr.iter().zip(yr).fold(true, |ok, (&a, &b)| {
+            // (b finite on its own: near f32's limit `tol` itself overflows to inf)
             ok & (!a.is_finite() | (b.is_finite() & ((a - b).abs() <= tol)))
         });
         if fine {
@@ -954,8 +953,9 @@ mod check_tests {
         assert!(check_written(None, &x, &ok, 2).is_ok());
         assert!(check_written(None, &x, &[0.4, -0.9, 0.6, 0.0], 2).is_err());
         assert!(check_written(None, &x, &[f32::NAN, -0.9, 0.2, 0.0], 2).is_err());
-        // near f32's limit the row's tolerance overflows to infinity: an infinite decode still fails
-        assert!(check_written(None, &[-f32::MAX, 0.0], &[f32::NEG_INFINITY, 0.0], 2).is_err());
+        // near f32's limit the tolerance overflows: an infinite decode is still refused
+        let big = [f32::MAX, -3.4e38];
+        assert!(check_written(None, &big, &[f32::MAX, f32::NEG_INFINITY], 2).is_err());
         // an all-zero row must decode to zeros
         assert!(check_written(None, &[0.0, 0.0], &[0.0, 1e-3], 2).is_err());
     }

@@ -1,11 +1,36 @@
-//! Helpers shared by the fuzz targets: several files in one fuzz input, and a scratch folder
-//! to write them into (the readers take paths).
+//! The fuzz targets' bodies, one module per parser or planner entry (docs/RELIABILITY.md):
+//! `fuzz/` wraps each `run` for libFuzzer (nightly), and `tests/replay.rs` runs them on stable
+//! over the committed seeds (`fuzz/corpus/`), the reproducers of past findings
+//! (`fuzz/artifacts/*/repro-*`) and a bounded number of seeded mutations of each seed: the CI
+//! smoke run. Also the helpers they share: several files in one input, and a scratch folder to
+//! write them into (the readers take paths).
 //!
 //! A multi-file input is the files' bytes joined by [`SEP`], in the order the target documents
 //! (missing trailing files are absent; an empty part is an absent file unless the target says
 //! otherwise). fuzz/seeds.py writes seeds in this form.
 
+pub mod config;
+pub mod gguf;
+pub mod imatrix;
+pub mod plan;
+pub mod safetensors_header;
+pub mod safetensors_source;
+pub mod spm;
+pub mod tokenizer;
+
 use std::path::{Path, PathBuf};
+
+/// Every target, by the name `fuzz/` and its corpus folders use.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("config", config::run),
+    ("gguf", gguf::run),
+    ("imatrix", imatrix::run),
+    ("plan", plan::run),
+    ("safetensors_header", safetensors_header::run),
+    ("safetensors_source", safetensors_source::run),
+    ("spm", spm::run),
+    ("tokenizer", tokenizer::run),
+];
 
 /// Separates the files of a multi-file fuzz input.
 pub const SEP: &[u8] = b"\n--qsfuzz-file--\n";

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 /// Mutations per seed; the planner runs a whole conversion per input, so it gets fewer.
 fn mutations(target: &str) -> usize {
     match target {
-        "plan" => 6,
-        "gguf" | "safetensors_source" | "tokenizer" => 40,
-        _ => 200,
+        "plan" => 30,
+        "gguf" | "safetensors_source" | "tokenizer" => 300,
+        _ => 2000,
     }
 }
 

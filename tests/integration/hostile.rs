@@ -22,10 +22,7 @@ fn raw_st(path: &Path, header: &str, data_len: usize) {
 
 /// A copy of the fixture folder with config.json changed by `f`.
 fn fixture_with_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    for n in listing(&fixture()) {
-        std::fs::copy(fixture().join(&n), dir.join(&n)).unwrap();
-    }
+    fixture_copy(dir);
     let mut c = read_json(&dir.join("config.json"));
     f(&mut c);
     std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
@@ -412,10 +409,7 @@ fn d17_config_json_that_is_not_an_object_or_names_no_architecture() {
     let d = tempfile::tempdir().unwrap();
     for (i, text) in ["null", "[]", "1", "{}"].into_iter().enumerate() {
         let m = d.path().join(format!("m{i}"));
-        std::fs::create_dir_all(&m).unwrap();
-        for n in listing(&fixture()) {
-            std::fs::copy(fixture().join(&n), m.join(&n)).unwrap();
-        }
+        fixture_copy(&m);
         std::fs::write(m.join("config.json"), text).unwrap();
         let out = d.path().join("o.gguf");
         let e = fails(&[&s(&m), "--to", "q8_0", "-o", &s(&out)], Some(&out), &[]);

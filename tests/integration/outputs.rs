@@ -350,13 +350,6 @@ fn stale_temporaries_are_removed_by_the_next_run() {
 }
 
 /// A copy of the fixture folder at `dir`.
-fn fixture_copy(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for f in listing(&fixture()) {
-        std::fs::copy(fixture().join(&f), dir.join(&f)).unwrap();
-    }
-}
-
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     listing(dir)
         .into_iter()

@@ -221,3 +221,11 @@ pub fn fails<S: AsRef<OsStr> + std::fmt::Debug>(
     }
     msg.to_string()
 }
+
+/// A copy of the fixture folder in `dir`.
+pub fn fixture_copy(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in listing(&fixture()) {
+        std::fs::copy(fixture().join(&f), dir.join(&f)).unwrap();
+    }
+}

@@ -189,6 +189,14 @@ struct RunArgs {
     /// GPTQ: Hessian damping relative to its mean diagonal (raised automatically if needed).
     #[arg(long, default_value_t = 0.01)]
     damp: f64,
+    /// AWQ: candidate scales x_mean^r / w_mean^(1-r) (duo, the default of AutoAWQ and
+    /// llm-compressor), x_mean^r (plain), or half the grid each way (both).
+    #[arg(long, default_value = "duo", value_parser = quantsmith::qs_numeric_types::awq::Scaling::parse)]
+    awq_scaling: quantsmith::qs_numeric_types::awq::Scaling,
+    /// AWQ: calibration tokens per layer the scale and clipping searches run on (rounded up to
+    /// whole sequences).
+    #[arg(long, default_value_t = 2048)]
+    awq_tokens: usize,
     /// GGUF: split into files of at most SIZE of tensor data (e.g. 2G, 500M), named as
     /// llama.cpp's gguf-split names them.
     #[arg(long, value_name = "SIZE", value_parser = quantsmith::config::parse_size)]
@@ -357,6 +365,8 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.act_order = a.act_order.is_some();
     cfg.act_order_group = a.act_order.as_deref() == Some("group");
     cfg.damp = a.damp;
+    cfg.awq_scaling = a.awq_scaling;
+    cfg.awq_tokens = a.awq_tokens;
     cfg.token_embedding_type = a.token_embedding_type;
     cfg.output = a.output;
     cfg.group = a.group;

@@ -615,21 +615,14 @@ fn head_norm(x: &mut Mat<f32>, heads: usize, head_dim: usize, w: &[f32], eps: f3
     }
 }
 
-/// One decoder layer on `x` (tokens × hidden, sequences of `seq_len` tokens back to back, causal
-/// attention within each). Returns the new hidden states and, when asked, the linears' inputs.
-pub fn layer_forward(
-    c: &Config,
-    w: &Layer,
-    x: MatRef<'_, f32>,
-    seq_len: usize,
-    capture: bool,
-) -> (Mat<f32>, Option<Captured>) {
-    let tokens = x.nrows();
+/// The attention heads' output (o_proj's input, tokens × heads·head_dim) for normed inputs `h`
+/// (sequences of `seq_len` tokens back to back, causal attention within each).
+pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize) -> Mat<f32> {
+    let tokens = h.nrows();
     let hd = c.head_dim;
-    let h = rms_norm(x, &w.input_norm, c.eps);
-    let mut q = linear(h.as_ref(), &w.q, w.q_bias.as_deref());
-    let mut k = linear(h.as_ref(), &w.k, w.k_bias.as_deref());
-    let v = linear(h.as_ref(), &w.v, w.v_bias.as_deref());
+    let mut q = linear(h, &w.q, w.q_bias.as_deref());
+    let mut k = linear(h, &w.k, w.k_bias.as_deref());
+    let v = linear(h, &w.v, w.v_bias.as_deref());
     if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
         head_norm(&mut q, c.heads, hd, qn, c.eps);
         head_norm(&mut k, c.kv_heads, hd, kn, c.eps);
@@ -699,15 +692,45 @@ pub fn layer_forward(
             }
         }
     }
+    attn
+}
+
+/// The attention block's output (o_proj of the heads) for normed inputs `h`.
+pub fn attention_out(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize) -> Mat<f32> {
+    linear(attention_heads(c, w, h, seq_len).as_ref(), &w.o, None)
+}
+
+/// The MLP's inner activation silu(h2 gateᵀ) · (h2 upᵀ) (down_proj's input).
+pub fn mlp_inner(w: &Layer, h2: MatRef<'_, f32>) -> Mat<f32> {
+    let g = linear(h2, &w.gate, None);
+    let u = linear(h2, &w.up, None);
+    Mat::<f32>::from_fn(h2.nrows(), g.ncols(), |i, j| {
+        let a = g[(i, j)];
+        a / (1.0 + (-a).exp()) * u[(i, j)]
+    })
+}
+
+/// The MLP block's output for normed inputs `h2`.
+pub fn mlp_out(w: &Layer, h2: MatRef<'_, f32>) -> Mat<f32> {
+    linear(mlp_inner(w, h2).as_ref(), &w.down, None)
+}
+
+/// One decoder layer on `x` (tokens × hidden, sequences of `seq_len` tokens back to back, causal
+/// attention within each). Returns the new hidden states and, when asked, the linears' inputs.
+pub fn layer_forward(
+    c: &Config,
+    w: &Layer,
+    x: MatRef<'_, f32>,
+    seq_len: usize,
+    capture: bool,
+) -> (Mat<f32>, Option<Captured>) {
+    let tokens = x.nrows();
+    let h = rms_norm(x, &w.input_norm, c.eps);
+    let attn = attention_heads(c, w, h.as_ref(), seq_len);
     let o = linear(attn.as_ref(), &w.o, None);
     let mut x1 = Mat::<f32>::from_fn(tokens, c.hidden, |i, j| x[(i, j)] + o[(i, j)]);
     let h2 = rms_norm(x1.as_ref(), &w.post_norm, c.eps);
-    let g = linear(h2.as_ref(), &w.gate, None);
-    let u = linear(h2.as_ref(), &w.up, None);
-    let act = Mat::<f32>::from_fn(tokens, g.ncols(), |i, j| {
-        let a = g[(i, j)];
-        a / (1.0 + (-a).exp()) * u[(i, j)]
-    });
+    let act = mlp_inner(w, h2.as_ref());
     let d = linear(act.as_ref(), &w.down, None);
     for i in 0..tokens {
         for j in 0..c.hidden {

@@ -176,6 +176,11 @@ pub struct QuantizeConfig {
     pub int_format: IntFormat,
     /// GPTQ on integer grids: search each group's clipping for the least |x - q|^2.4.
     pub mse_clip: bool,
+    /// AWQ: how candidate scales are formed.
+    pub awq_scaling: qs_numeric::awq::Scaling,
+    /// AWQ: calibration tokens (whole sequences, at least this many) the scale and clipping
+    /// searches run on, per layer.
+    pub awq_tokens: usize,
 }
 
 /// How integer weights are laid out in a safetensors output.
@@ -241,6 +246,8 @@ impl QuantizeConfig {
             act_order: false,
             act_order_group: false,
             damp: 0.01,
+            awq_scaling: qs_numeric::awq::Scaling::Duo,
+            awq_tokens: 2048,
         }
     }
 

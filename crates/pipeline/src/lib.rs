@@ -35,7 +35,7 @@ pub use qs_formats::source::input_paths;
 
 /// Element and block types, re-exported for front ends.
 pub mod qs_numeric_types {
-    pub use qs_numeric::{DType, GgmlType};
+    pub use qs_numeric::{awq, DType, GgmlType};
 }
 
 /// Progress callbacks (bytes of input). Implemented by the CLI with indicatif.

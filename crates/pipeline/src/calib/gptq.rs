@@ -7,6 +7,7 @@ use crate::config::QuantizeConfig;
 use crate::error::{Error, Result};
 use qs_numeric::gptq::{gptq, GptqConfig, Grid};
 use qs_numeric::layout::CodeGrid;
+use qs_numeric::Scheme;
 
 #[derive(Debug)]
 pub struct Gptq;
@@ -26,11 +27,16 @@ impl Method for Gptq {
         Ok(())
     }
 
-    fn supports(&self, grid: &CodeGrid) -> std::result::Result<(), String> {
+    fn supports(
+        &self,
+        scheme: &Scheme,
+        grid: Option<&CodeGrid>,
+    ) -> std::result::Result<(), String> {
         match grid {
-            CodeGrid::Int { .. } => Ok(()),
-            CodeGrid::Ggml(t) if t.grid().is_some() => Ok(()),
-            CodeGrid::Ggml(t) => Err(format!("{t} has no code grid")),
+            Some(CodeGrid::Int { .. }) => Ok(()),
+            Some(CodeGrid::Ggml(t)) if t.grid().is_some() => Ok(()),
+            Some(CodeGrid::Ggml(t)) => Err(format!("{t} has no code grid")),
+            None => Err(format!("{} takes no chosen codes", scheme.label())),
         }
     }
 

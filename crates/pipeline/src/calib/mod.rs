@@ -6,13 +6,18 @@
 //!
 //! The loop (calibration sequences, forward pass, capture, statistics per input, propagation,
 //! held-out comparison with round-to-nearest) is written once here; a method is one module
-//! implementing [`Method`] — today [`gptq`] — registered once in [`METHODS`]. A method's codes
-//! go to the planned layout's encoder ([`qs_numeric::Layout::encode_codes`]), on the grid the
-//! layout asks for ([`qs_numeric::Layout::code_grid`]).
+//! implementing [`Method`] — [`gptq`], [`awq`] — registered once in [`METHODS`]. A method may
+//! first rewrite a layer's float weights ([`Method::transform_layer`]: AWQ's scales and clips,
+//! kept as [`Transform`]s the run applies again when it writes the tensors), then choose codes
+//! per linear ([`Method::quantize`]) that go to the planned layout's encoder
+//! ([`qs_numeric::Layout::encode_codes`]) on the grid it asks for
+//! ([`qs_numeric::Layout::code_grid`]); a method that chooses no codes leaves the transformed
+//! weights to the layout's own round to nearest.
 //!
 //! A tenth of the calibration sequences (at least one) is held out: the report compares RTN
 //! and the method on them by the layer-output error ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖².
 
+pub mod awq;
 pub mod gptq;
 
 use crate::config::QuantizeConfig;
@@ -21,16 +26,18 @@ use crate::plan::{Action, Plan};
 use faer::Mat;
 use qs_formats::calib::{self, CalibConfig};
 use qs_formats::source::ModelSource;
-use qs_model::{layer_forward, linear, Input, Linear, Model};
+use qs_model::{layer_forward, linear, Input, Layer, Linear, Model};
+use qs_numeric::awq::Transform;
 use qs_numeric::gptq::Hessian;
 use qs_numeric::layout::CodeGrid;
 use qs_numeric::rtn::QParams;
+use qs_numeric::{Scheme, TensorStats};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// The registered methods, one line each (`--method NAME`; `rtn` means none).
-pub static METHODS: [&dyn Method; 1] = [&gptq::Gptq];
+pub static METHODS: [&dyn Method; 3] = [&gptq::Gptq, &awq::Awq, &awq::AwqGptq];
 
 /// `--method NAME`: a registered method's name, or `rtn` for round to nearest.
 pub fn parse_method(name: &str) -> std::result::Result<crate::config::Method, String> {
@@ -115,17 +122,68 @@ pub trait Method: std::fmt::Debug + Sync {
     fn name(&self) -> &'static str;
     /// Checks the options before any work starts (the CLI's method-specific options).
     fn check_options(&self, cfg: &QuantizeConfig) -> Result<()>;
-    /// Whether it can choose codes on `grid`; `Err` says why not.
-    fn supports(&self, grid: &CodeGrid) -> std::result::Result<(), String>;
+    /// Whether it can quantize a linear stored as `scheme` (`grid`: the codes its layout
+    /// takes, if it takes any); `Err` says why not.
+    fn supports(&self, scheme: &Scheme, grid: Option<&CodeGrid>)
+        -> std::result::Result<(), String>;
+    /// Whether it chooses codes ([`Method::quantize`]); otherwise the layout's round to nearest
+    /// stores the (transformed) weights.
+    fn chooses_codes(&self) -> bool {
+        true
+    }
+    /// Rewrites a layer's float weights before its linears are quantized, returning the
+    /// transform of every tensor it changed (by HF name). None by default.
+    fn transform_layer(&self, _ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
+        Ok(vec![])
+    }
     /// Quantizes one linear from the statistics of its input.
     fn quantize(&self, job: &LinearJob<'_>) -> Result<CodeSet>;
 }
 
-/// What a method produced for one weight, and how it compares with RTN on held-out tokens.
+/// A linear the run quantizes, as planned: its HF name, how it is stored, the code grid of
+/// that layout (if any) and its importance weights (GGUF with `--imatrix`).
 #[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub scheme: Scheme,
+    pub grid: Option<CodeGrid>,
+    pub imatrix: Option<Arc<Vec<f32>>>,
+}
+
+/// One layer for [`Method::transform_layer`].
+pub struct LayerCtx<'a> {
+    pub model: &'a qs_model::Config,
+    pub index: usize,
+    pub layer: &'a mut Layer,
+    /// The layer's inputs to search on (whole sequences of `seq_len` tokens).
+    pub x: faer::MatRef<'a, f32>,
+    pub seq_len: usize,
+    pub targets: &'a BTreeMap<(usize, Linear), Target>,
+    pub cfg: &'a QuantizeConfig,
+}
+
+/// `w` (rows × cols, transformed by `t`) as the planned quantizer stores and decodes it: the
+/// layout's own round to nearest (a ggml type's search, with importance weights adjusted to the
+/// transform), the very values the run will write for these weights.
+pub fn fake_quant(target: &Target, t: &Transform, w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let shape = [rows, cols];
+    let imp = target.imatrix.as_ref().map(|m| t.importance(m));
+    let enc = target
+        .scheme
+        .encode_weighted(&shape, 0, w, TensorStats::default(), imp.as_deref());
+    let parts: Vec<&[u8]> = enc.pieces.iter().map(|p| p.bytes.as_slice()).collect();
+    let mut y = vec![0f32; w.len()];
+    target.scheme.decode(&shape, 0, rows, &parts, &mut y);
+    y
+}
+
+/// What a method produced for one tensor: the transform to apply to its source values (AWQ),
+/// the codes to store (GPTQ), and for a linear how it compares with RTN on held-out tokens.
+#[derive(Debug, Clone, Default)]
 pub struct Calibrated {
-    pub out: Arc<CodeSet>,
-    pub error: LayerOutputError,
+    pub transform: Option<Arc<Transform>>,
+    pub out: Option<Arc<CodeSet>>,
+    pub error: Option<LayerOutputError>,
 }
 
 /// The calibration data a run used.
@@ -180,46 +238,14 @@ fn to_mat(v: &[f32], rows: usize, cols: usize) -> Mat<f32> {
     Mat::from_fn(rows, cols, |r, c| v[r * cols + c])
 }
 
-/// Round to nearest on the same grid (the report's baseline).
-fn rtn_dequant(w: &[f32], rows: usize, cols: usize, grid: CodeGrid) -> Mat<f32> {
-    let mut out = vec![0f32; w.len()];
-    match grid {
-        CodeGrid::Ggml(ty) => {
-            // llama.cpp's own round-to-nearest for the type
-            let mut bytes = vec![0u8; ty.row_bytes(cols)];
-            for (x, y) in w.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
-                qs_numeric::ggml::quantize_row(ty, x, &mut bytes);
-                qs_numeric::ggml::dequantize_row(ty, &bytes, y);
-            }
-        }
-        CodeGrid::Int {
-            spec,
-            group,
-            scale_dtype,
-            ..
-        } => {
-            let group = group.unwrap_or(cols);
-            let q = qs_numeric::rtn::quantize_rows(spec, w, cols, group, scale_dtype, None);
-            for (g, p) in q.params.iter().enumerate() {
-                qs_numeric::rtn::dequantize(
-                    *p,
-                    &q.codes[g * group..(g + 1) * group],
-                    &mut out[g * group..(g + 1) * group],
-                );
-            }
-        }
-    }
-    to_mat(&out, rows, cols)
-}
-
-/// The linears a calibrated run quantizes: (layer, linear) → (HF name, grid), from the plan.
-/// Every check that can fail does so here, before any work.
+/// The linears a calibrated run quantizes, by (layer, linear), from the plan. Every check
+/// that can fail does so here, before any work.
 pub fn targets(
     method: &dyn Method,
     src: &ModelSource,
     plan: &Plan,
     cfg: &QuantizeConfig,
-) -> Result<BTreeMap<(usize, Linear), (String, CodeGrid)>> {
+) -> Result<BTreeMap<(usize, Linear), Target>> {
     method.check_options(cfg)?;
     if src.hf_dir.is_none() {
         return Err(Error::Input {
@@ -239,37 +265,51 @@ pub fn targets(
         let Action::Encode(scheme) = &t.action else {
             continue;
         };
+        if matches!(scheme, Scheme::Float(_)) {
+            continue;
+        }
         let name = &src.tensors[t.source].info.name;
-        let grid = match scheme.code_grid(&t.shape) {
-            Some(g) => g,
-            None if matches!(scheme, qs_numeric::Scheme::Int(_)) => {
-                return Err(Error::Tensor {
-                    file: file_of(src, &t.name),
-                    tensor: t.name.clone(),
-                    msg: format!(
-                        "--method {} needs channel or group scales, not per-tensor",
-                        method.name()
-                    ),
-                })
-            }
-            None => continue,
-        };
-        match (Linear::parse(name).filter(|(l, _)| *l < layers), grid) {
-            (Some(key), g) => {
-                method.supports(&g).map_err(|m| Error::Tensor {
-                    file: file_of(src, name),
-                    tensor: name.clone(),
-                    msg: format!(
-                        "--method {} cannot store {}: {m}",
-                        method.name(),
-                        scheme.label()
-                    ),
-                })?;
-                out.insert(key, (name.clone(), g));
+        let grid = scheme.code_grid(&t.shape);
+        if grid.is_none() && matches!(scheme, Scheme::Int(_)) {
+            return Err(Error::Tensor {
+                file: file_of(src, &t.name),
+                tensor: t.name.clone(),
+                msg: format!(
+                    "--method {} needs channel or group scales, not per-tensor",
+                    method.name()
+                ),
+            });
+        }
+        if grid.is_none() && matches!(scheme, Scheme::Ggml(_)) && method.chooses_codes() {
+            // a ggml type without a code grid keeps llama.cpp's own quantizer
+            continue;
+        }
+        match Linear::parse(name).filter(|(l, _)| *l < layers) {
+            Some(key) => {
+                method
+                    .supports(scheme, grid.as_ref())
+                    .map_err(|m| Error::Tensor {
+                        file: file_of(src, name),
+                        tensor: name.clone(),
+                        msg: format!(
+                            "--method {} cannot store {}: {m}",
+                            method.name(),
+                            scheme.label()
+                        ),
+                    })?;
+                out.insert(
+                    key,
+                    Target {
+                        name: name.clone(),
+                        scheme: *scheme,
+                        grid,
+                        imatrix: t.imatrix.clone(),
+                    },
+                );
             }
             // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer
-            (None, CodeGrid::Ggml(_)) => {}
-            (None, CodeGrid::Int { .. }) => {
+            None if matches!(scheme, Scheme::Ggml(_)) => {}
+            None => {
                 return Err(Error::Tensor {
                     file: file_of(src, name),
                     tensor: name.clone(),
@@ -283,24 +323,50 @@ pub fn targets(
     }
     if out.is_empty() {
         return Err(Error::Config(format!(
-            "--method {} applies to integer targets (int8, int4, int3, int2; GGUF types with a code grid: {}), not {}",
+            "--method {} applies to integer targets (int8, int4, int3, int2) and GGUF quantized types{}, not {}",
             method.name(),
-            qs_numeric::GgmlType::quantized_types()
-                .filter(|t| t.grid().is_some())
-                .map(|t| t.name().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-                .join(", "),
+            if method.chooses_codes() {
+                format!(
+                    " with a code grid ({})",
+                    qs_numeric::GgmlType::quantized_types()
+                        .filter(|t| t.grid().is_some())
+                        .map(|t| t.name().to_ascii_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else {
+                String::new()
+            },
             cfg.target.name()
         )));
     }
     Ok(out)
 }
 
+/// For a method that folds scales into other tensors (AWQ): those tensors must be re-encoded,
+/// not copied, so a copy becomes a float encode in the same dtype (same bytes when unchanged).
+pub fn prepare_plan(method: &dyn Method, src: &ModelSource, plan: &mut Plan, layers: usize) {
+    if method.name() != awq::Awq.name() && method.name() != awq::AwqGptq.name() {
+        return;
+    }
+    let folded: std::collections::HashSet<String> =
+        (0..layers).flat_map(awq::folded_tensors).collect();
+    for t in &mut plan.tensors {
+        if matches!(t.action, Action::Copy)
+            && t.dtype.is_float()
+            && t.src_ggml.is_none()
+            && folded.contains(&src.tensors[t.source].info.name)
+        {
+            t.action = Action::Encode(Scheme::float(t.dtype));
+        }
+    }
+}
+
 /// Runs calibration and `method` on every linear in `targets` (from [`targets`]).
 pub fn calibrate_model(
     method: &dyn Method,
     src: &ModelSource,
-    targets: &BTreeMap<(usize, Linear), (String, CodeGrid)>,
+    targets: &BTreeMap<(usize, Linear), Target>,
     cfg: &QuantizeConfig,
 ) -> Result<(HashMap<String, Calibrated>, CalibSummary)> {
     let model_err = |err| Error::Model {
@@ -342,6 +408,9 @@ pub fn calibrate_model(
         .step_by(batch)
         .map(|r0| (r0, (r0 + batch).min(x.nrows())))
         .collect();
+    // a layer rewrite (AWQ) searches on the first sequences, about `awq_tokens` of them
+    let search_rows =
+        (cfg.awq_tokens.div_ceil(seq_len.max(1)) * seq_len).clamp(1, x.nrows().max(1));
     for l in 0..model.cfg.layers {
         let mut layer = model.layer(l).map_err(model_err)?;
         // the inputs that feed a linear to quantize
@@ -349,69 +418,128 @@ pub fn calibrate_model(
             .into_iter()
             .filter(|i| i.linears().any(|lin| targets.contains_key(&(l, lin))))
             .collect();
-        let mut hess: HashMap<Input, Hessian> = HashMap::new();
-        for &(r0, r1) in batches.iter().filter(|_| !wanted.is_empty()) {
-            let (_, cap) = layer_forward(
-                &model.cfg,
-                &layer,
-                x.as_ref().subrows(r0, r1 - r0),
+        // the float layer on held-out tokens: the baseline every error is measured against
+        let (_, cap0) = layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, true);
+        let cap0 = cap0.expect("captured");
+        let float_w: HashMap<Linear, Mat<f32>> = Linear::ALL
+            .into_iter()
+            .filter(|lin| targets.contains_key(&(l, *lin)))
+            .map(|lin| (lin, lin.weight(&layer).clone()))
+            .collect();
+        let transforms = if wanted.is_empty() {
+            vec![]
+        } else {
+            method.transform_layer(&mut LayerCtx {
+                model: &model.cfg,
+                index: l,
+                layer: &mut layer,
+                x: x.as_ref().subrows(0, search_rows.min(x.nrows())),
                 seq_len,
-                true,
-            );
-            let cap = cap.expect("captured");
-            for &i in &wanted {
-                let xin = i.of(&cap);
-                hess.entry(i)
-                    .or_insert_with(|| Hessian::new(xin.ncols()))
-                    .add_mat(xin);
+                targets,
+                cfg,
+            })?
+        };
+        let transforms: HashMap<String, Arc<Transform>> = transforms
+            .into_iter()
+            .map(|(n, t)| (n, Arc::new(t)))
+            .collect();
+        let mut hess: HashMap<Input, Hessian> = HashMap::new();
+        if method.chooses_codes() {
+            for &(r0, r1) in batches.iter().filter(|_| !wanted.is_empty()) {
+                let (_, cap) = layer_forward(
+                    &model.cfg,
+                    &layer,
+                    x.as_ref().subrows(r0, r1 - r0),
+                    seq_len,
+                    true,
+                );
+                let cap = cap.expect("captured");
+                for &i in &wanted {
+                    let xin = i.of(&cap);
+                    hess.entry(i)
+                        .or_insert_with(|| Hessian::new(xin.ncols()))
+                        .add_mat(xin);
+                }
             }
         }
-        let (_, caph) = layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, true);
-        let caph = caph.expect("captured");
+        // held-out inputs of the (transformed) layer the method quantizes
+        let caph = if transforms.is_empty() {
+            None
+        } else {
+            layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, true).1
+        };
+        let caph = caph.as_ref().unwrap_or(&cap0);
         for &input in &wanted {
-            let xheld = input.of(&caph);
+            let xheld = input.of(caph);
+            let x0 = input.of(&cap0);
             for lin in input.linears() {
-                let Some((name, grid)) = targets.get(&(l, lin)) else {
+                let Some(tg) = targets.get(&(l, lin)) else {
                     continue;
                 };
+                let name = &tg.name;
+                let transform = transforms.get(name).cloned();
+                let identity = Transform::default();
+                let t = transform.as_deref().unwrap_or(&identity);
                 let w = lin.weight_mut(&mut layer);
                 let (rows, cols) = (w.nrows(), w.ncols());
                 let wv: Vec<f32> = (0..rows)
                     .flat_map(|r| (0..cols).map(|c| w[(r, c)]).collect::<Vec<_>>())
                     .collect();
                 let file = file_of(src, name);
-                let out = method.quantize(&LinearJob {
-                    name,
-                    file: &file,
-                    w: &wv,
-                    rows,
-                    cols,
-                    grid: *grid,
-                    stats: InputStats {
-                        hessian: &hess[&input],
-                    },
-                    cfg,
-                })?;
-                let wq = to_mat(&out.dequantize(rows, cols), rows, cols);
-                let y = linear(xheld.as_ref(), w, None);
+                let (out, wq) = if method.chooses_codes() {
+                    let grid = tg.grid.ok_or_else(|| Error::Tensor {
+                        file: file.clone(),
+                        tensor: name.clone(),
+                        msg: format!("--method {} needs a code grid", method.name()),
+                    })?;
+                    let out = method.quantize(&LinearJob {
+                        name,
+                        file: &file,
+                        w: &wv,
+                        rows,
+                        cols,
+                        grid,
+                        stats: InputStats {
+                            hessian: &hess[&input],
+                        },
+                        cfg,
+                    })?;
+                    let wq = to_mat(&out.dequantize(rows, cols), rows, cols);
+                    (Some(Arc::new(out)), wq)
+                } else {
+                    (
+                        None,
+                        to_mat(&fake_quant(tg, t, &wv, rows, cols), rows, cols),
+                    )
+                };
+                let w0 = &float_w[&lin];
+                let w0v: Vec<f32> = (0..rows)
+                    .flat_map(|r| (0..cols).map(|c| w0[(r, c)]).collect::<Vec<_>>())
+                    .collect();
+                let y = linear(x0, w0, None);
+                let rtn = to_mat(&fake_quant(tg, &identity, &w0v, rows, cols), rows, cols);
                 let error = LayerOutputError {
-                    rtn: relative_error(
-                        &y,
-                        &linear(xheld.as_ref(), &rtn_dequant(&wv, rows, cols, *grid), None),
-                    ),
-                    calibrated: relative_error(&y, &linear(xheld.as_ref(), &wq, None)),
+                    rtn: relative_error(&y, &linear(x0, &rtn, None)),
+                    calibrated: relative_error(&y, &linear(xheld, &wq, None)),
                 };
                 *w = wq;
                 done.insert(
                     name.clone(),
                     Calibrated {
-                        out: Arc::new(out),
-                        error,
+                        transform,
+                        out,
+                        error: Some(error),
                     },
                 );
             }
         }
-        drop(caph);
+        // the folded tensors that are no linear (norms, biases)
+        for (name, t) in &transforms {
+            done.entry(name.clone()).or_insert_with(|| Calibrated {
+                transform: Some(t.clone()),
+                ..Default::default()
+            });
+        }
         // next layer's inputs: this layer with its quantized weights, batch by batch
         let mut next = Mat::<f32>::zeros(x.nrows(), x.ncols());
         for &(r0, r1) in &batches {

@@ -87,13 +87,20 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     let mut src = ModelSource::open(&cfg.input)?;
     crate::plan::add_generated(&mut src, cfg)?;
     let imatrix = crate::plan::load_imatrix(cfg)?;
-    let plan = make_plan(&src, cfg, imatrix)?;
+    let mut plan = make_plan(&src, cfg, imatrix)?;
     // every option check before any work: the calibrated linears and their grids
     if cfg.mse_clip && cfg.method.0.is_none() {
         return Err(Error::Config("--mse-clip applies to --method gptq".into()));
     }
     let targets = match crate::calib::method_of(cfg.method) {
-        Some(m) => Some((m, crate::calib::targets(m, &src, &plan, cfg)?)),
+        Some(m) => {
+            let t = crate::calib::targets(m, &src, &plan, cfg)?;
+            let layers =
+                crate::arch::hparams_of(src.config.as_ref().unwrap_or(&serde_json::Value::Null))?
+                    .n_layer as usize;
+            crate::calib::prepare_plan(m, &src, &mut plan, layers);
+            Some((m, t))
+        }
         None => None,
     };
     let inputs = check_outputs(&src, &plan, cfg)?;
@@ -465,9 +472,11 @@ fn run_chunk<'a>(
     r1: usize,
     tstats: TensorStats,
     cfg: &QuantizeConfig,
-    gptq: Option<&crate::calib::Calibrated>,
+    calibrated: Option<&crate::calib::Calibrated>,
     tx: &WriteTx<'a>,
 ) -> Result<ChunkResult> {
+    let transform = calibrated.and_then(|c| c.transform.as_deref());
+    let codes = calibrated.and_then(|c| c.out.as_deref());
     let st = &src.tensors[tp.source];
     let (_, cols) = rows_cols(&tp.shape);
     let rb = src.row_bytes(st);
@@ -475,6 +484,13 @@ fn run_chunk<'a>(
     let mut res = ChunkResult::default();
     match &tp.action {
         Action::Copy => {
+            if transform.is_some() {
+                return Err(tensor_err(
+                    src,
+                    tp,
+                    "a calibration transform reached a copied tensor".into(),
+                ));
+            }
             if tp.dtype.is_float() && st.ggml.is_none() {
                 // scanned for NaN/Inf like everything else
                 decode_rows(src, tp, r0, r1, cfg.allow_nonfinite)?;
@@ -495,7 +511,18 @@ fn run_chunk<'a>(
         }
         Action::Encode(scheme) => {
             let quantizing = !matches!(scheme, Scheme::Float(FloatLayout { .. }));
-            let x = decode_rows(src, tp, r0, r1, cfg.allow_nonfinite && !quantizing)?;
+            let mut x = decode_rows(src, tp, r0, r1, cfg.allow_nonfinite && !quantizing)?;
+            let (rows, _) = rows_cols(&tp.shape);
+            let src_rows: Vec<usize> = (r0..r1)
+                .map(|r| {
+                    tp.permute
+                        .map_or(r, |h| crate::arch::permuted_source_row(r, rows, h))
+                })
+                .collect();
+            if let Some(t) = transform {
+                // AWQ's scales and clipping, as the calibration applied them
+                t.apply(&src_rows, cols, &mut x);
+            }
             if let Scheme::Float(FloatLayout { dtype, clamp }) = *scheme {
                 if narrows(tp.dtype, dtype) {
                     let rounded: Vec<f32> = x.iter().map(|&v| round_to(dtype, v)).collect();
@@ -518,41 +545,36 @@ fn run_chunk<'a>(
             }
             // what the decoded bytes must equal, where the encoder's intent is known exactly
             let mut intended: Option<Vec<f32>> = None;
-            let enc = match gptq {
+            let enc = match codes {
                 Some(c) => {
                     // the codes and parameters the method chose for these rows, in output
                     // row order (llama's q/k rows are permuted in a GGUF)
-                    let (rows, _) = rows_cols(&tp.shape);
-                    let groups = c.out.params.len() / rows.max(1);
-                    let src_rows: Vec<usize> = (r0..r1)
-                        .map(|r| {
-                            tp.permute
-                                .map_or(r, |h| crate::arch::permuted_source_row(r, rows, h))
-                        })
-                        .collect();
+                    let groups = c.params.len() / rows.max(1);
                     let (codes, params, offsets) = (
-                        gather_rows(&c.out.codes, &src_rows, cols),
-                        gather_rows(&c.out.params, &src_rows, groups),
-                        gather_rows(&c.out.offsets, &src_rows, groups),
+                        gather_rows(&c.codes, &src_rows, cols),
+                        gather_rows(&c.params, &src_rows, groups),
+                        gather_rows(&c.offsets, &src_rows, groups),
                     );
                     let chunk = qs_numeric::layout::Codes {
                         codes: &codes,
                         params: &params,
                         offsets: &offsets,
-                        g_idx: &c.out.g_idx,
+                        g_idx: &c.g_idx,
                     };
                     intended = Some(chunk.values(cols));
                     scheme
                         .encode_codes(&tp.shape, r0, chunk)
                         .map_err(|e| tensor_err(src, tp, e.to_string()))?
                 }
-                None => scheme.encode_weighted(
-                    &tp.shape,
-                    r0,
-                    &x,
-                    tstats,
-                    tp.imatrix.as_ref().map(|v| v.as_slice()),
-                ),
+                None => {
+                    // importance of the transformed weights' inputs
+                    let imp = match (tp.imatrix.as_ref(), transform) {
+                        (Some(m), Some(t)) => Some(std::borrow::Cow::Owned(t.importance(m))),
+                        (Some(m), None) => Some(std::borrow::Cow::Borrowed(m.as_slice())),
+                        (None, _) => None,
+                    };
+                    scheme.encode_weighted(&tp.shape, r0, &x, tstats, imp.as_deref())
+                }
             };
             // Validate what is written: decode the very bytes and compare with what was meant.
             let parts: Vec<&[u8]> = enc.pieces.iter().map(|p| p.bytes.as_slice()).collect();
@@ -642,7 +664,7 @@ fn row(tp: &TensorPlan, r: &ChunkResult, gptq: Option<&crate::calib::Calibrated>
         error: changed.then(|| r.stats.summary()),
         audit,
         note: tp.note.clone(),
-        layer_output_error: gptq.map(|c| c.error),
+        layer_output_error: gptq.and_then(|c| c.error),
         stats: r.stats,
     }
 }

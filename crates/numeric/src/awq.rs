@@ -1,0 +1,369 @@
+//! AWQ (activation-aware weight quantization, Lin et al. 2023), the pure parts: the statistics
+//! the scale search starts from, the candidate scales of its grid, the clipping choice, and the
+//! [`Transform`] a search result applies to a stored tensor (column scales, row divisors,
+//! clipping). The search itself runs blocks of the model and lives with the calibration loop.
+//!
+//! A transform is applied the same way when the calibration loop quantizes a layer and when the
+//! run encodes the tensor's rows, so what is written is what was searched.
+
+use std::sync::Arc;
+
+/// Ratios in the scale search's grid (r = k / GRID).
+pub const GRID: usize = 20;
+/// Clipping candidates: max = amax · (1 − i / GRID) for i < CLIP_STEPS (AutoAWQ's
+/// `max_shrink` 0.5 over a grid of 20).
+pub const CLIP_STEPS: usize = 10;
+
+/// How candidate scales are formed from the statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scaling {
+    /// s = x_mean^r / w_mean^(1−r) (AutoAWQ's and llm-compressor's default, "duo scaling").
+    Duo,
+    /// s = x_mean^r (the paper's form).
+    Plain,
+    /// Half the grid each way (llm-compressor's `duo_scaling="both"`).
+    Both,
+}
+
+impl Scaling {
+    pub fn parse(s: &str) -> Result<Scaling, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "duo" => Ok(Scaling::Duo),
+            "plain" => Ok(Scaling::Plain),
+            "both" => Ok(Scaling::Both),
+            _ => Err(format!("unknown AWQ scaling '{s}' (duo, plain, both)")),
+        }
+    }
+}
+
+/// One candidate of the grid: its ratio, whether it is a duo scale, and the per-input-channel
+/// scales (normalised so that max · min = 1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub ratio: f32,
+    pub duo: bool,
+    pub scales: Vec<f32>,
+}
+
+/// Mean |x| per column of a `rows × cols` matrix given element-wise (`at(row, col)`), summed
+/// in f64 in row order.
+pub fn act_mean(rows: usize, cols: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    let mut sum = vec![0f64; cols];
+    for r in 0..rows {
+        for (c, s) in sum.iter_mut().enumerate() {
+            *s += at(r, c).abs() as f64;
+        }
+    }
+    sum.iter()
+        .map(|&s| (s / rows.max(1) as f64) as f32)
+        .collect()
+}
+
+/// AutoAWQ's weight statistic for linears sharing an input: per input column, the mean over
+/// every row of every weight of |w| divided by the largest |w| of that row's group
+/// (`group` columns; a whole row for `group >= cols`). Each weight is row-major with `cols`
+/// columns. An all-zero group contributes 0.
+pub fn weight_mean(weights: &[&[f32]], cols: usize, group: usize) -> Vec<f32> {
+    let group = group.clamp(1, cols.max(1));
+    let mut sum = vec![0f64; cols];
+    let mut n = 0usize;
+    for w in weights {
+        for row in w.chunks_exact(cols.max(1)) {
+            n += 1;
+            for (g, part) in row.chunks(group).enumerate() {
+                let amax = part.iter().fold(0f32, |a, v| a.max(v.abs()));
+                if amax > 0.0 {
+                    for (k, v) in part.iter().enumerate() {
+                        sum[g * group + k] += (v.abs() / amax) as f64;
+                    }
+                }
+            }
+        }
+    }
+    sum.iter().map(|&s| (s / n.max(1) as f64) as f32).collect()
+}
+
+/// The grid's candidates in search order: for each ratio k / GRID (k = 0..GRID; with
+/// [`Scaling::Both`], k = 0..GRID/2 over a half-resolution grid each way), the scales
+/// `x_mean^r / (w_mean^(1−r) + 1e-4)` (duo) or `x_mean^r` (plain), clamped below at 1e-4 and
+/// divided by sqrt(max · min), as the references compute them.
+pub fn candidates(x_mean: &[f32], w_mean: &[f32], scaling: Scaling) -> Vec<Candidate> {
+    let forms: Vec<(bool, usize)> = match scaling {
+        Scaling::Duo => vec![(true, GRID)],
+        Scaling::Plain => vec![(false, GRID)],
+        Scaling::Both => vec![(true, GRID / 2), (false, GRID / 2)],
+    };
+    let mut out = Vec::new();
+    for (duo, n) in forms {
+        for k in 0..n {
+            let ratio = k as f32 / n as f32;
+            let mut s: Vec<f32> = x_mean
+                .iter()
+                .zip(w_mean)
+                .map(|(&x, &w)| {
+                    let v = if duo {
+                        x.powf(ratio) / (w.powf(1.0 - ratio) + 1e-4)
+                    } else {
+                        x.powf(ratio)
+                    };
+                    v.max(1e-4)
+                })
+                .collect();
+            normalise(&mut s);
+            out.push(Candidate {
+                ratio,
+                duo,
+                scales: s,
+            });
+        }
+    }
+    out
+}
+
+/// Divides scales by sqrt(max · min) (no change when that is not a positive finite number).
+fn normalise(s: &mut [f32]) {
+    let (mn, mx) = s
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let d = (mx * mn).sqrt();
+    if d.is_finite() && d > 0.0 {
+        for v in s {
+            *v /= d;
+        }
+    }
+}
+
+/// Per (row, group) clipping: the step `i` of each group (max = amax · (1 − i / GRID)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clip {
+    pub group: usize,
+    /// rows × ceil(cols / group) steps, row-major, indexed by source row.
+    pub steps: Arc<[u8]>,
+}
+
+/// What AWQ does to one stored tensor, element by element for row `r`, column `c`:
+/// `w · col_mul[c] / col_div[c] / row_div[r]`, then each (row, group) clamped to
+/// ±amax · (1 − step / GRID) of the scaled values. 1-D tensors (norms, biases) are one row.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Transform {
+    pub col_mul: Option<Arc<[f32]>>,
+    pub col_div: Option<Arc<[f32]>>,
+    pub row_div: Option<Arc<[f32]>>,
+    pub clip: Option<Clip>,
+}
+
+impl Transform {
+    pub fn is_identity(&self) -> bool {
+        self.col_mul.is_none()
+            && self.col_div.is_none()
+            && self.row_div.is_none()
+            && self.clip.is_none()
+    }
+
+    /// Applies the transform to rows of a tensor: `x` holds `rows.len()` rows of `cols` values,
+    /// `rows[k]` being the source row index of the k-th.
+    pub fn apply(&self, rows: &[usize], cols: usize, x: &mut [f32]) {
+        debug_assert_eq!(x.len(), rows.len() * cols);
+        for (&r, row) in rows.iter().zip(x.chunks_exact_mut(cols.max(1))) {
+            self.scale_row(r, row);
+            if let Some(clip) = &self.clip {
+                clip_row(row, clip.group, &clip.steps[r * groups(cols, clip.group)..]);
+            }
+        }
+    }
+
+    /// The scaling part of [`Transform::apply`] on one row (source row `r`).
+    pub fn scale_row(&self, r: usize, row: &mut [f32]) {
+        if let Some(m) = &self.col_mul {
+            for (v, s) in row.iter_mut().zip(m.iter()) {
+                *v *= s;
+            }
+        }
+        if let Some(d) = &self.col_div {
+            for (v, s) in row.iter_mut().zip(d.iter()) {
+                *v /= s;
+            }
+        }
+        if let Some(d) = &self.row_div {
+            let s = d[r];
+            for v in row.iter_mut() {
+                *v /= s;
+            }
+        }
+    }
+
+    /// An importance vector (mean x² per input column) for the transformed weight: the inputs
+    /// are divided by `col_mul`, so their squares by its square.
+    pub fn importance(&self, imatrix: &[f32]) -> Vec<f32> {
+        match &self.col_mul {
+            Some(m) => imatrix
+                .iter()
+                .zip(m.iter())
+                .map(|(v, s)| v / (s * s))
+                .collect(),
+            None => imatrix.to_vec(),
+        }
+    }
+}
+
+/// Groups per row.
+pub fn groups(cols: usize, group: usize) -> usize {
+    cols.div_ceil(group.max(1))
+}
+
+/// Clamps each group of `row` to ±amax · (1 − step / GRID) of that group.
+pub fn clip_row(row: &mut [f32], group: usize, steps: &[u8]) {
+    for (part, &i) in row.chunks_mut(group.max(1)).zip(steps) {
+        if i == 0 {
+            continue;
+        }
+        let amax = part.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let m = amax * (1.0 - i as f32 / GRID as f32);
+        for v in part.iter_mut() {
+            *v = v.clamp(-m, m);
+        }
+    }
+}
+
+/// Output error of each (row, group) for a weight change `d` (rows × cols, row-major), from
+/// the blocks of the input's second moment: `err[r, g] = d_gᵀ H_g d_g` with
+/// `H_g = Xᵀ_g X_g / n` the `group × group` diagonal block of group g (`blocks[g]`, row-major).
+/// This equals the mean over tokens of (x_g · d_g)², AutoAWQ's clipping loss, without a pass
+/// over the tokens per candidate.
+pub fn group_errors(d: &[f32], cols: usize, group: usize, blocks: &[Vec<f32>]) -> Vec<f32> {
+    let ng = groups(cols, group);
+    let mut out = Vec::with_capacity(d.len() / cols.max(1) * ng);
+    for row in d.chunks_exact(cols.max(1)) {
+        for (g, part) in row.chunks(group.max(1)).enumerate() {
+            let h = &blocks[g];
+            let n = part.len();
+            let mut e = 0f64;
+            for i in 0..n {
+                let mut t = 0f64;
+                for j in 0..n {
+                    t += h[i * n + j] as f64 * part[j] as f64;
+                }
+                e += part[i] as f64 * t;
+            }
+            out.push(e as f32);
+        }
+    }
+    out
+}
+
+/// The diagonal `group × group` blocks of XᵀX / n for `rows × cols` inputs given element-wise.
+pub fn hessian_blocks(
+    rows: usize,
+    cols: usize,
+    group: usize,
+    at: impl Fn(usize, usize) -> f32,
+) -> Vec<Vec<f32>> {
+    let group = group.max(1);
+    let mut out = Vec::with_capacity(groups(cols, group));
+    for c0 in (0..cols).step_by(group) {
+        let n = group.min(cols - c0);
+        let mut h = vec![0f64; n * n];
+        let mut xs = vec![0f64; n];
+        for r in 0..rows {
+            for (k, x) in xs.iter_mut().enumerate() {
+                *x = at(r, c0 + k) as f64;
+            }
+            for i in 0..n {
+                for j in 0..n {
+                    h[i * n + j] += xs[i] * xs[j];
+                }
+            }
+        }
+        out.push(h.iter().map(|&v| (v / rows.max(1) as f64) as f32).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_candidates_are_all_ones_for_flat_activations() {
+        let x = vec![0.7f32; 8];
+        let w = vec![0.3, 0.9, 0.5, 0.1, 0.2, 0.4, 0.6, 0.8];
+        for c in candidates(&x, &w, Scaling::Plain) {
+            assert!(c.scales.iter().all(|&s| (s - 1.0).abs() < 1e-6), "{c:?}");
+        }
+        let d = candidates(&x, &w, Scaling::Duo);
+        assert_eq!(d.len(), GRID);
+        // ratio 0 duo: 1 / (w + 1e-4), normalised
+        let raw: Vec<f32> = w.iter().map(|v| 1.0 / (v + 1e-4)).collect();
+        let norm = (raw.iter().cloned().fold(f32::MIN, f32::max)
+            * raw.iter().cloned().fold(f32::MAX, f32::min))
+        .sqrt();
+        for (s, r) in d[0].scales.iter().zip(&raw) {
+            assert!((s - r / norm).abs() < 1e-5 * s.abs());
+        }
+        let b = candidates(&x, &w, Scaling::Both);
+        assert_eq!(b.len(), GRID);
+        assert_eq!(b.iter().filter(|c| c.duo).count(), GRID / 2);
+    }
+
+    #[test]
+    fn weight_mean_normalises_by_group_max() {
+        // two rows, 4 columns, group 2
+        let w = [1.0f32, -2.0, 0.0, 0.0, 4.0, 2.0, 3.0, -6.0];
+        let m = weight_mean(&[&w], 4, 2);
+        assert_eq!(
+            m,
+            vec![(0.5 + 1.0) / 2.0, (1.0 + 0.5) / 2.0, 0.5 / 2.0, 1.0 / 2.0]
+        );
+    }
+
+    #[test]
+    fn transform_scales_then_clips() {
+        let t = Transform {
+            col_mul: Some(vec![2.0, 1.0, 1.0, 1.0].into()),
+            col_div: None,
+            row_div: Some(vec![1.0, 2.0].into()),
+            clip: Some(Clip {
+                group: 2,
+                steps: vec![0, 0, 10, 0].into(),
+            }),
+        };
+        let mut x = vec![1.0f32, 1.0, 1.0, 1.0, 4.0, -2.0, 3.0, 1.0];
+        t.apply(&[0, 1], 4, &mut x);
+        // row 1: [8, -2, 3, 1] / 2 = [4, -1, 1.5, 0.5]; group 0 clipped to ±2
+        assert_eq!(x, vec![2.0, 1.0, 1.0, 1.0, 2.0, -1.0, 1.5, 0.5]);
+        // rows given out of order use their own divisors and steps
+        let mut y = vec![4.0f32, -2.0, 3.0, 1.0];
+        t.apply(&[1], 4, &mut y);
+        assert_eq!(y, vec![2.0, -1.0, 1.5, 0.5]);
+        assert_eq!(
+            t.importance(&[4.0, 4.0, 1.0, 1.0]),
+            vec![1.0, 4.0, 1.0, 1.0]
+        );
+    }
+
+    #[test]
+    fn group_errors_equal_the_token_mean() {
+        let mut rng = crate::synth::Rng::new(5);
+        let (n, rows, cols, group) = (37, 3, 12, 4);
+        let x: Vec<f32> = (0..n * cols).map(|_| rng.normal() as f32).collect();
+        let d: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32).collect();
+        let blocks = hessian_blocks(n, cols, group, |r, c| x[r * cols + c]);
+        let e = group_errors(&d, cols, group, &blocks);
+        for r in 0..rows {
+            for g in 0..cols / group {
+                let mut m = 0f64;
+                for t in 0..n {
+                    let dot: f64 = (g * group..(g + 1) * group)
+                        .map(|c| x[t * cols + c] as f64 * d[r * cols + c] as f64)
+                        .sum();
+                    m += dot * dot;
+                }
+                m /= n as f64;
+                let got = e[r * (cols / group) + g] as f64;
+                assert!((got - m).abs() <= 1e-4 * m.max(1.0), "{got} vs {m}");
+            }
+        }
+    }
+}

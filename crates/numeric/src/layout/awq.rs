@@ -484,6 +484,83 @@ mod tests {
         assert!(s.encode_codes(&[rows, cols], 8, c).is_err());
     }
 
+    /// A checkpoint of named tensors for the readers.
+    struct Ck(Vec<(String, DType, Vec<usize>, Vec<u8>)>);
+
+    impl<'a> super::super::Checkpoint<'a> for &'a Ck {
+        fn get(&self, name: &str) -> Option<super::super::Stored<'a>> {
+            let (n, dtype, shape, bytes) = self.0.iter().find(|t| t.0 == name)?;
+            Some(super::super::Stored {
+                name: n,
+                dtype: *dtype,
+                shape,
+                bytes,
+            })
+        }
+        fn weight_args(&self, _module: &str) -> Option<&serde_json::Value> {
+            None
+        }
+    }
+
+    /// What the registry's readers make of `{p}.qweight` in `ck`.
+    fn read<'a>(ck: &'a Ck, p: &str) -> Option<Result<super::super::ReadWeight<'a>, String>> {
+        let t = super::super::Checkpoint::get(&ck, &format!("{p}.qweight"))?;
+        super::super::read_weight(&ck, t)
+    }
+
+    /// The registry's readers tell the two `*.qweight` layouts apart: AWQ's shapes (scales 8
+    /// times as wide as qweight, no g_idx) are read as AWQ with the group the shapes imply and
+    /// decode as written; AutoGPTQ's are left to its reader; bad AWQ companions are named.
+    #[test]
+    fn readers_tell_awq_from_autogptq() {
+        let (rows, cols, group) = (16, 64, 32);
+        let s = Scheme::Awq(AutoAwq { group });
+        let x = crate::synth::weight_matrix(rows, cols, 0.02, 1);
+        let b = whole(&s, &[rows, cols], &x);
+        let p = "m.q_proj";
+        let mut ck = Ck(s
+            .slots(&[rows, cols])
+            .iter()
+            .zip(&b)
+            .map(|(sl, bytes)| {
+                let super::super::SlotType::Dtype(dt) = sl.ty else {
+                    unreachable!()
+                };
+                (
+                    format!("{p}{}", sl.suffix),
+                    dt,
+                    sl.shape.clone(),
+                    bytes.clone(),
+                )
+            })
+            .collect());
+        let w = read(&ck, p).unwrap().unwrap();
+        assert_eq!(
+            (w.name.as_str(), w.shape.clone()),
+            ("m.q_proj.weight", vec![rows, cols])
+        );
+        assert_eq!(w.scheme, s);
+        let mut y = vec![0f32; rows * cols];
+        w.scheme.decode(&w.shape, 0, rows, &w.slots, &mut y);
+        assert_eq!(y, decoded(&s, &[rows, cols], &b, 0, rows));
+        // scales stored as f32: named
+        let mut bad = Ck(ck.0.clone());
+        bad.0[2].1 = DType::F32;
+        let e = read(&bad, p).unwrap().unwrap_err();
+        assert!(e.contains("expected F16"), "{e}");
+        // with a g_idx it is AutoGPTQ's to read (which finds these shapes wrong)
+        ck.0.push((
+            format!("{p}.g_idx"),
+            DType::I32,
+            vec![cols],
+            vec![0; cols * 4],
+        ));
+        let t = super::super::Checkpoint::get(&&ck, &format!("{p}.qweight")).unwrap();
+        assert!(super::read(&&ck, t).is_none());
+        let e = read(&ck, p).unwrap().unwrap_err();
+        assert!(!e.contains("AWQ"), "{e}");
+    }
+
     #[test]
     fn shapes_it_cannot_store_are_refused() {
         let s = Scheme::Awq(AutoAwq { group: 32 });

@@ -160,8 +160,9 @@ struct RunArgs {
     /// How integer codes are chosen (the list comes from the method registry; see `method_help`).
     #[arg(long, default_value = "rtn", value_parser = quantsmith::calib::parse_method)]
     method: quantsmith::config::Method,
-    /// Layout of integer safetensors outputs: compressed-tensors (pack-quantized), or gptq
-    /// (AutoGPTQ v1: qweight/qzeros/scales/g_idx + quantize_config.json; symmetric 2/4/8 bits).
+    /// Layout of integer safetensors outputs: compressed-tensors (pack-quantized), gptq
+    /// (AutoGPTQ v1: qweight/qzeros/scales/g_idx + quantize_config.json; symmetric 2/4/8 bits),
+    /// or awq (AutoAWQ GEMM: qweight/qzeros/scales; int4 with zero points).
     #[arg(long = "format", default_value = "compressed-tensors", value_parser = quantsmith::config::IntFormat::parse)]
     int_format: quantsmith::config::IntFormat,
     /// GPTQ on integer targets: search each group's clipping (min/max shrunk by up to 20 %)

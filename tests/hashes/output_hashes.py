@@ -63,7 +63,7 @@ def cases(tmp: Path):
     add("gguf-in-f16-to-q4_k_m", ["@gguf-f16", "--to", "q4_k_m"], "from-f16-q4km.gguf")
     add("gguf-in-q8_0-requant-q4_0", ["@gguf-q8_0", "--to", "q4_0", "--allow-requantize"],
         "requant.gguf")
-    # safetensors outputs (compressed-tensors, AutoGPTQ, floats)
+    # safetensors outputs (compressed-tensors, AutoGPTQ, AutoAWQ, floats)
     st_cases = {
         "int8": ["--to", "int8"],
         "int8-tensor": ["--to", "int8", "--granularity", "tensor"],
@@ -79,6 +79,9 @@ def cases(tmp: Path):
         "gptq-layout-int4-g64": ["--to", "int4", "--group", "64", "--format", "gptq"],
         "gptq-layout-int8": ["--to", "int8", "--format", "gptq"],
         "gptq-layout-int2-g32": ["--to", "int2", "--group", "32", "--format", "gptq"],
+        "awq-layout-int4-g32": ["--to", "int4", "--group", "32", "--format", "awq"],
+        "awq-layout-int4-channel-o-kept": ["--to", "int4", "--granularity", "channel",
+                                           "--format", "awq", "--tensor-type", "o_proj=keep"],
         "int4-include-embed": ["--to", "int4", "--include", "embed_tokens"],
         "int4-tensor-type": ["--to", "int4", "--tensor-type", "down_proj=int8",
                              "--tensor-type", "o_proj=keep"],
@@ -96,6 +99,8 @@ def cases(tmp: Path):
         "gptq-int4-layout": ["--to", "int4", "--group", "64", "--format", "gptq"],
         "gptq-int4-layout-actgroup": ["--to", "int4", "--group", "64", "--format", "gptq",
                                       "--act-order", "group"],
+        "gptq-int4-awq-layout-actorder": ["--to", "int4", "--group", "64", "--format", "awq",
+                                          "--act-order"],
     }
     for name, a in gptq.items():
         add(name, [str(tl)] + a + ["--method", "gptq"] + CALIB, name)

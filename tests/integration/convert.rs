@@ -2,7 +2,7 @@
 //! run by tests/oracle/convert_hf.py) and its own converter + llama-quantize pipeline: our one
 //! pass writes the same files, byte for byte. Also SentencePiece vocabularies and Llama 3 rope
 //! scaling, checked against sentencepiece and an independent numpy forward pass; `eval`,
-//! GPTQ into GGUF grids, and the compressed-tensors and GPTQ layouts against their readers.
+//! GPTQ into GGUF grids, and the compressed-tensors, GPTQ and AWQ layouts against their readers.
 
 use crate::llama::{
     argmaxes, cosine, llama_logits, llama_quantize, reference_logits, synthetic_model, IDS,
@@ -757,5 +757,156 @@ fn gptq_format_dequantizes_like_autogptq() {
             r.stderr
         );
         assert!(!d.path().join("mixed").exists());
+    }
+}
+
+/// `--format awq` writes AutoAWQ's GEMM layout: an independent numpy dequantizer (AutoAWQ's
+/// interleaved nibble order, raw zero points; tests/oracle/awq_dequant.py) gives exactly our
+/// dequantized weights, for RTN and GPTQ codes, group and channel scales; for RTN it also finds
+/// AutoAWQ's scales (each group's range / 15 in f16) and every error within half a step of
+/// them; config.json's quantization_config is what transformers' AwqConfig reads.
+#[test]
+fn awq_format_dequantizes_like_autoawq() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/awq_dequant.py");
+    let variants: &[(&[&str], i64, bool)] = &[
+        (&["--to", "int4", "--group", "32"], 32, true),
+        (&["--to", "int4", "--group", "128"], 128, true),
+        (&["--to", "int4", "--granularity", "channel"], -1, true),
+        (
+            &[
+                "--to",
+                "int4",
+                "--group",
+                "64",
+                "--method",
+                "gptq",
+                "--act-order",
+                "--calib-samples",
+                "8",
+                "--calib-seq-len",
+                "64",
+            ],
+            64,
+            false,
+        ),
+    ];
+    for (i, (args, group, rtn)) in variants.iter().enumerate() {
+        let q = d.path().join(format!("q{i}"));
+        let mut a: Vec<&std::ffi::OsStr> = vec![fx.as_os_str()];
+        a.extend(args.iter().map(|s| std::ffi::OsStr::new(*s)));
+        a.extend(["--format", "awq", "-o"].map(std::ffi::OsStr::new));
+        a.extend([q.as_os_str(), "-q".as_ref()]);
+        quantize(&a).ok();
+        let cfg = crate::util::read_json(&q.join("config.json"));
+        assert_eq!(
+            cfg["quantization_config"],
+            serde_json::json!({
+                "quant_method": "awq",
+                "bits": 4,
+                "group_size": group,
+                "zero_point": true,
+                "version": "gemm",
+                // the untied fixture's output head stays bf16
+                "modules_to_not_convert": ["lm_head"],
+            }),
+            "{args:?}"
+        );
+        assert!(!q.join("quantize_config.json").exists());
+        let out = d.path().join(format!("dec{i}"));
+        let mut c = Command::new(python());
+        c.arg(&script).arg(&q).arg(&out);
+        if *rtn {
+            c.arg(&fx);
+        }
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let what = format!("{args:?}");
+        assert_decodes_exactly(
+            &out,
+            &q,
+            &d.path().join(format!("v{i}.json")),
+            "awq-int4-",
+            &what,
+        );
+    }
+    // zero points always (AutoAWQ's GEMM layout has no symmetric form): --asym changes nothing
+    let asym = d.path().join("asym");
+    quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "--group".as_ref(),
+        "32".as_ref(),
+        "--asym".as_ref(),
+        "--format".as_ref(),
+        "awq".as_ref(),
+        "-o".as_ref(),
+        asym.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read(asym.join("model.safetensors")).unwrap(),
+        std::fs::read(d.path().join("q0/model.safetensors")).unwrap()
+    );
+    // linears left in float are listed for the loaders to leave alone
+    let kept = d.path().join("kept");
+    quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "--format".as_ref(),
+        "awq".as_ref(),
+        "--tensor-type".as_ref(),
+        "o_proj=keep".as_ref(),
+        "-o".as_ref(),
+        kept.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let qc = &crate::util::read_json(&kept.join("config.json"))["quantization_config"];
+    assert_eq!(qc["group_size"], 128);
+    assert_eq!(
+        qc["modules_to_not_convert"],
+        serde_json::json!([
+            "model.layers.0.self_attn.o_proj",
+            "model.layers.1.self_attn.o_proj",
+            "lm_head"
+        ])
+    );
+    // refused, with nothing written: other bit widths, a g_idx, mixed schemes
+    let refusals: &[(&[&str], &str)] = &[
+        (&["--to", "int8"], "4-bit only"),
+        (&["--to", "int2", "--group", "32"], "4-bit only"),
+        (
+            &["--to", "int4", "--tensor-type", "down_proj=int8"],
+            "4-bit only",
+        ),
+        (
+            &["--to", "int4", "--tensor-type", "down_proj=fp8"],
+            "one bit width and group size",
+        ),
+        (
+            &["--to", "int4", "--method", "gptq", "--act-order", "group"],
+            "no place for",
+        ),
+    ];
+    for (args, msg) in refusals {
+        let o = d.path().join("refused");
+        let mut a: Vec<&std::ffi::OsStr> = vec![fx.as_os_str()];
+        a.extend(args.iter().map(|s| std::ffi::OsStr::new(*s)));
+        a.extend(["--format", "awq", "-o"].map(std::ffi::OsStr::new));
+        a.push(o.as_os_str());
+        let r = quantize(&a);
+        assert_ne!(r.code, 0, "{args:?}");
+        assert!(r.stderr.contains(msg), "{args:?}: {}", r.stderr);
+        assert!(!o.exists(), "{args:?}");
     }
 }

@@ -10,7 +10,8 @@ Chunking is eval's (llama-perplexity's): the text tokenized once with the folder
 tokenizer.json (BOS first when tokenizer_config.json adds one), cut into CHUNKS chunks of CTX
 tokens, each chunk's first token replaced by BOS when one is added; positions CTX/2 .. CTX-2 are
 scored. transformers decompresses compressed-tensors weights itself (compressed-tensors
-package) and runs AutoGPTQ checkpoints through optimum + GPTQModel's CPU kernels.
+package), runs AutoGPTQ checkpoints through optimum + GPTQModel's CPU kernels and AutoAWQ
+checkpoints through GPTQModel's.
 
 Prints one JSON line: a list with, per folder, what the loader reported (missing / unexpected
 keys, classes of the first block's linears and of lm_head) and the comparison: largest |logit

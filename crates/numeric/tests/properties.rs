@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 use qs_numeric::ggml::{GgmlType, CODECS};
 use qs_numeric::layout::{
-    check_written, AutoGptq, FloatLayout, FloatQuantized, GgmlBlocks, PackQuantized,
+    check_written, AutoAwq, AutoGptq, FloatLayout, FloatQuantized, GgmlBlocks, PackQuantized,
 };
 use qs_numeric::rtn::IntSpec;
 use qs_numeric::{DType, Granularity, Scheme, TensorStats};
@@ -485,6 +485,34 @@ proptest! {
             prop_assert!((x[i] - y[i]).abs() <= bound, "{}: {} -> {} (scale {})", s.label(), x[i], y[i], scale);
         }
     }
+
+    /// AutoAWQ GEMM (f16 scales and zero points per group and output row, transposed): within
+    /// half a step where the group spans zero; a group all of one sign clips at its far end as
+    /// AutoAWQ's rule does (its range is not widened to include zero), so there only within the
+    /// group's largest magnitude.
+    #[test]
+    fn awq_layout_is_within_half_a_step(
+        group in prop::sample::select(vec![32usize, 64]),
+        (cols, x) in (1usize..=2).prop_flat_map(|nb| matrix_rc(16, nb * 64, F16_MAX).prop_map(move |x| (nb * 64, x))),
+    ) {
+        let rows = 16;
+        let s = Scheme::Awq(AutoAwq { group });
+        let (bufs, y) = round_trip(&s, rows, cols, &x);
+        let sc = decode_floats(DType::F16, &bufs[2]);
+        for i in 0..x.len() {
+            let (r, c) = (i / cols, i % cols);
+            let scale = sc[(c / group) * rows + r];
+            prop_assert!(scale.is_finite() && scale > 0.0, "{}: scale {}", s.label(), scale);
+            prop_assert!(y[i].is_finite(), "{}: {} -> {}", s.label(), x[i], y[i]);
+            let g = &x[r * cols + c / group * group..][..group];
+            let (mn, mx) = g.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            let mut bound = int_bound(scale, 16.0, DType::F16);
+            if mn > 0.0 || mx < 0.0 {
+                bound += mn.abs().max(mx.abs());
+            }
+            prop_assert!((x[i] - y[i]).abs() <= bound, "{}: {} -> {} (scale {})", s.label(), x[i], y[i], scale);
+        }
+    }
 }
 
 // ---------------------------------------------------------------- FP8
@@ -598,6 +626,7 @@ fn all_schemes() -> Vec<Scheme> {
     for bits in [2, 4, 8] {
         v.push(Scheme::Gptq(AutoGptq { bits, group: 32 }));
     }
+    v.push(Scheme::Awq(AutoAwq { group: 32 }));
     v
 }
 
@@ -642,7 +671,8 @@ fn every_registered_type_and_layout_is_covered() {
             Scheme::Int(_) => "int",
             Scheme::Fp8(_) => "fp8",
             Scheme::Gptq(_) => "gptq",
+            Scheme::Awq(_) => "awq",
         })
         .collect();
-    assert_eq!(variants.len(), 5);
+    assert_eq!(variants.len(), 6);
 }

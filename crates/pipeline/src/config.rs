@@ -190,6 +190,8 @@ pub enum IntFormat {
     CompressedTensors,
     /// AutoGPTQ "v1" (`qweight`, `qzeros`, `scales`, `g_idx`, quantize_config.json).
     Gptq,
+    /// AutoAWQ GEMM (`qweight`, `qzeros`, `scales`; 4 bits with zero points).
+    Awq,
 }
 
 impl IntFormat {
@@ -197,7 +199,10 @@ impl IntFormat {
         match s.to_ascii_lowercase().as_str() {
             "compressed-tensors" | "ct" => Ok(IntFormat::CompressedTensors),
             "gptq" => Ok(IntFormat::Gptq),
-            _ => Err(format!("unknown format '{s}' (compressed-tensors, gptq)")),
+            "awq" => Ok(IntFormat::Awq),
+            _ => Err(format!(
+                "unknown format '{s}' (compressed-tensors, gptq, awq)"
+            )),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Metadata that travels with the weights: GGUF `general.*` keys, compressed-tensors
-//! `quantization_config`, and the HF side files of a safetensors output folder.
+//! Metadata that travels with the weights: GGUF `general.*` keys, compressed-tensors, GPTQ and
+//! AWQ `quantization_config`, and the HF side files of a safetensors output folder.
 
 use crate::config::{QuantizeConfig, Target};
 use crate::error::{Error, Result};
@@ -131,7 +131,7 @@ pub fn gguf_metadata(
 fn scheme_json(s: &Scheme, actorder: Option<&'static str>) -> Option<(Json, &'static str)> {
     match s.checkpoint_meta(actorder)? {
         CheckpointMeta::CompressedTensors { weights, format } => Some((weights, format)),
-        CheckpointMeta::AutoGptq { .. } => None,
+        CheckpointMeta::AutoGptq { .. } | CheckpointMeta::Awq { .. } => None,
     }
 }
 
@@ -243,7 +243,7 @@ pub fn model_name(src: &ModelSource) -> String {
 /// applying the scheme to a `Linear` it finds no quantized weight for fails (transformers:
 /// "Linear has no attribute `weight`") or leaves it uninitialised.
 pub fn quantization_config(plan: &Plan) -> Option<Json> {
-    if let Some(g) = gptq_config(plan) {
+    if let Some(g) = gptq_config(plan).or_else(|| awq_config(plan)) {
         return Some(g);
     }
     let mut groups: Vec<(Json, &'static str, Vec<String>)> = Vec::new();
@@ -421,6 +421,35 @@ pub fn gptq_config(plan: &Plan) -> Option<Json> {
         obj.insert("dynamic".into(), d);
     }
     Some(c)
+}
+
+/// The AutoAWQ `quantization_config` of a plan that stores its linears in the AWQ GEMM layout,
+/// as AutoAWQ writes it (transformers' `AwqConfig`); `None` otherwise. `modules_to_not_convert`
+/// lists every linear left in float (tied `lm_head` included) by module name, or is null when
+/// there is none: transformers skips a module whose name starts with or ends with an entry
+/// (at a module boundary), vLLM one whose name contains an entry.
+pub fn awq_config(plan: &Plan) -> Option<Json> {
+    let mut group = None;
+    let mut quantized: Vec<String> = Vec::new();
+    for t in &plan.tensors {
+        if let Action::Encode(s) = &t.action {
+            if let Some(CheckpointMeta::Awq { group: g }) = s.checkpoint_meta(None) {
+                let cols = t.shape.last().copied().unwrap_or(0);
+                group.get_or_insert(if g == cols { -1 } else { g as i64 });
+                quantized.push(module_of(&t.name));
+            }
+        }
+    }
+    let group = group?;
+    let kept = unquantized_linears(plan, |m| quantized.contains(m));
+    Some(json!({
+        "quant_method": "awq",
+        "bits": 4,
+        "group_size": group,
+        "zero_point": true,
+        "version": "gemm",
+        "modules_to_not_convert": if kept.is_empty() { Json::Null } else { json!(kept) },
+    }))
 }
 
 /// Writes `config.json` (with `quantization_config`, or the new `torch_dtype` for a float

@@ -6,7 +6,9 @@ use crate::config::{OutputKind, QuantizeConfig, Target};
 use crate::error::{Error, Result};
 use crate::mixture::{self, Ftype};
 use qs_formats::source::ModelSource;
-use qs_numeric::layout::{AutoGptq, FloatLayout, FloatQuantized, GgmlBlocks, PackQuantized};
+use qs_numeric::layout::{
+    AutoAwq, AutoGptq, FloatLayout, FloatQuantized, GgmlBlocks, PackQuantized,
+};
 use qs_numeric::rtn::IntSpec;
 use qs_numeric::{DType, GgmlType, Scheme, SchemeError, SlotType};
 use serde::Serialize;
@@ -429,7 +431,7 @@ pub fn make_plan(
             src_bytes: st.info.end - st.info.start,
         });
     }
-    one_gptq_scheme(src, &tensors)?;
+    one_file_wide_scheme(src, &tensors)?;
     let mixture = llama_mix.map(|_| cfg.mixture.unwrap_or(mixture_for(default_ggml)));
     Ok(Plan {
         kind,
@@ -469,25 +471,31 @@ fn tied_modules(src: &ModelSource) -> Vec<String> {
     }
 }
 
-/// The GPTQ layout describes every quantized linear with one `bits` and one `group_size`
-/// (quantize_config.json, what transformers/optimum read): a plan that stores a GPTQ tensor
-/// stores every quantized tensor with that same scheme (group -1: each row whole).
-fn one_gptq_scheme(src: &ModelSource, tensors: &[TensorPlan]) -> Result<()> {
-    let key = |t: &TensorPlan| match t.action {
-        Action::Encode(Scheme::Gptq(AutoGptq { bits, group })) => {
-            let cols = t.shape.last().copied().unwrap_or(0);
-            Some((bits, if group == cols { None } else { Some(group) }))
+/// The GPTQ and AWQ layouts describe every quantized linear with one `bits` and one
+/// `group_size` (quantize_config.json / `quantization_config`, what transformers, optimum and
+/// vLLM read): a plan that stores a GPTQ or AWQ tensor stores every quantized tensor with that
+/// same scheme (group -1: each row whole).
+fn one_file_wide_scheme(src: &ModelSource, tensors: &[TensorPlan]) -> Result<()> {
+    let key = |t: &TensorPlan| {
+        let cols = t.shape.last().copied().unwrap_or(0);
+        let g = |group: usize| if group == cols { None } else { Some(group) };
+        match t.action {
+            Action::Encode(Scheme::Gptq(AutoGptq { bits, group })) => {
+                Some(("gptq", bits, g(group)))
+            }
+            Action::Encode(Scheme::Awq(AutoAwq { group })) => Some(("awq", 4, g(group))),
+            _ => None,
         }
-        _ => None,
     };
     let Some(first) = tensors.iter().find(|t| key(t).is_some()) else {
         return Ok(());
     };
     let describe = |t: &TensorPlan| match key(t) {
-        Some((bits, None)) => format!("int{bits} with channel scales"),
-        Some((bits, Some(g))) => format!("int{bits} in groups of {g}"),
+        Some((_, bits, None)) => format!("int{bits} with channel scales"),
+        Some((_, bits, Some(g))) => format!("int{bits} in groups of {g}"),
         None => t.label(),
     };
+    let format = key(first).map_or("gptq", |k| k.0);
     let other = tensors.iter().find(|t| {
         let quantized =
             matches!(&t.action, Action::Encode(s) if !matches!(s, Scheme::Float(FloatLayout { .. })));
@@ -499,7 +507,7 @@ fn one_gptq_scheme(src: &ModelSource, tensors: &[TensorPlan]) -> Result<()> {
             file: src.path_of(&src.tensors[t.source]).to_path_buf(),
             tensor: t.name.clone(),
             msg: format!(
-                "would be {}, but --format gptq describes every quantized linear with one bit width and group size ({} for '{}'): use compressed-tensors for mixed schemes",
+                "would be {}, but --format {format} describes every quantized linear with one bit width and group size ({} for '{}'): use compressed-tensors for mixed schemes",
                 describe(t),
                 describe(first),
                 first.name
@@ -618,7 +626,7 @@ fn tensor_order(src: &ModelSource, conv: Option<&Conv<'_>>, converter: bool) -> 
 
 /// The layout a tensor gets for its target in this container (with the note the report
 /// shows), or an error naming the tensor: GGUF keeps 1-D tensors F32 and falls back as
-/// llama-quantize does; integer targets become compressed-tensors or AutoGPTQ layouts.
+/// llama-quantize does; integer targets become compressed-tensors, AutoGPTQ or AutoAWQ layouts.
 fn choose_action(
     kind: OutputKind,
     target: Target,
@@ -706,6 +714,32 @@ fn choose_action(
                 )));
             }
             let s = Scheme::Gptq(AutoGptq { bits, group });
+            check(&s, shape, &terr)?;
+            (Action::Encode(s), target)
+        }
+        (_, Target::Int(bits)) if cfg.int_format == crate::config::IntFormat::Awq => {
+            if bits != 4 {
+                return Err(terr(format!(
+                    "int{bits} cannot be stored with --format awq: AutoAWQ's GEMM layout is 4-bit only (use compressed-tensors or --format gptq)"
+                )));
+            }
+            if cfg.act_order_group {
+                return Err(Error::Config(
+                    "--act-order group stores each column's group (a g_idx), which the AWQ layout has no place for: use --act-order (static groups) or --format gptq".into(),
+                ));
+            }
+            // always zero points (AutoAWQ's GEMM layout has no symmetric form); `--asym` is
+            // what it is anyway
+            let group = match cfg.granularity_for(target).map_err(Error::Config)? {
+                qs_numeric::Granularity::Group(n) => n,
+                qs_numeric::Granularity::Channel => shape.last().copied().unwrap_or(1),
+                _ => {
+                    return Err(Error::Config(
+                        "--format awq needs group or channel scales".into(),
+                    ))
+                }
+            };
+            let s = Scheme::Awq(AutoAwq { group });
             check(&s, shape, &terr)?;
             (Action::Encode(s), target)
         }
@@ -991,7 +1025,7 @@ fn ggml_of(d: DType) -> GgmlType {
 mod step_tests {
     use super::*;
     use crate::config::parse_tensor_type;
-    use qs_numeric::layout::{AutoGptq, GgmlBlocks, PackQuantized};
+    use qs_numeric::layout::{AutoAwq, AutoGptq, GgmlBlocks, PackQuantized};
 
     fn cfg(target: Target) -> QuantizeConfig {
         QuantizeConfig::new("in", target)
@@ -1070,6 +1104,24 @@ mod step_tests {
         // a group that does not divide the row names the alternatives
         let e = action_of(&c, OutputKind::SafetensorsDir, Target::Int(4), &[8, 96]).unwrap_err();
         assert!(e.to_string().contains("group size"), "{e}");
+        // AWQ: int4 only, with zero points whatever --asym says; channel scales are one group
+        c.int_format = crate::config::IntFormat::Awq;
+        let (a, _, _) =
+            action_of(&c, OutputKind::SafetensorsDir, Target::Int(4), &[8, 128]).unwrap();
+        assert_eq!(a, Action::Encode(Scheme::Awq(AutoAwq { group: 64 })));
+        let e = action_of(&c, OutputKind::SafetensorsDir, Target::Int(8), &[8, 128]).unwrap_err();
+        assert!(e.to_string().contains("4-bit only"), "{e}");
+        let e = action_of(&c, OutputKind::SafetensorsDir, Target::Int(4), &[12, 128]).unwrap_err();
+        assert!(e.to_string().contains("packs 8 per int32"), "{e}");
+        c.act_order_group = true;
+        let e = action_of(&c, OutputKind::SafetensorsDir, Target::Int(4), &[8, 128]).unwrap_err();
+        assert!(e.to_string().contains("g_idx"), "{e}");
+        c.act_order_group = false;
+        c.group = None;
+        c.granularity = Some(crate::config::GranularityArg::Channel);
+        let (a, _, _) =
+            action_of(&c, OutputKind::SafetensorsDir, Target::Int(4), &[8, 96]).unwrap();
+        assert_eq!(a, Action::Encode(Scheme::Awq(AutoAwq { group: 96 })));
         // GGUF: 1-D tensors stay F32; a row the blocks do not divide falls back as llama-quantize
         let g = cfg(Target::Ggml(GgmlType::Q4_K));
         let (a, t, _) =

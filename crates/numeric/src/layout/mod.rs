@@ -3,23 +3,25 @@
 //!
 //! Each layout is one module implementing [`Layout`] — [`float`] (F32/F16/BF16),
 //! [`ggml_blocks`] (GGUF block types), [`pack_quantized`] (compressed-tensors integers),
-//! [`float_quantized`] (compressed-tensors FP8), [`autogptq`] (AutoGPTQ v1) — and is registered
+//! [`float_quantized`] (compressed-tensors FP8), [`autogptq`] (AutoGPTQ v1), [`awq`] (AutoAWQ
+//! GEMM) — and is registered
 //! once in the `layouts!` list below, which makes it a variant of [`Scheme`].
 //!
 //! A tensor is processed in chunks of whole rows. [`Layout::slots`] lists the stored tensors a
 //! layout produces (e.g. `weight_packed`, `weight_scale`), and [`Layout::slot_range`] says which
 //! bytes of each slot a row range owns, so chunks can be encoded, written and decoded
-//! independently and in any order. Integer layouts also take codes chosen elsewhere (GPTQ, and
-//! later AWQ): [`Layout::code_grid`] says which grid the codes must lie on and
+//! independently and in any order. Integer layouts also take codes chosen elsewhere (GPTQ): [`Layout::code_grid`] says which grid the codes must lie on and
 //! [`Layout::encode_codes`] stores them. Everything here is pure.
 
 pub mod autogptq;
+pub mod awq;
 pub mod float;
 pub mod float_quantized;
 pub mod ggml_blocks;
 pub mod pack_quantized;
 
 pub use autogptq::AutoGptq;
+pub use awq::AutoAwq;
 pub use float::FloatLayout;
 pub use float_quantized::FloatQuantized;
 pub use ggml_blocks::GgmlBlocks;
@@ -170,6 +172,8 @@ pub enum CheckpointMeta {
     },
     /// AutoGPTQ's `quantize_config`: bits and group size.
     AutoGptq { bits: u32, group: usize },
+    /// AutoAWQ's `quantization_config` (GEMM, 4 bits, zero points): group size.
+    Awq { group: usize },
 }
 
 /// compressed-tensors `weights` arguments (`QuantizationArgs`) as llm-compressor writes them.
@@ -332,11 +336,14 @@ macro_rules! layouts {
     };
 }
 
+// (readers are tried in this order: AWQ's claims a `*.qweight` only with its own shapes and no
+// g_idx, so it comes before AutoGPTQ's, which claims every `*.qweight`)
 layouts! {
     Float(float::FloatLayout) reads no_reader,
     Ggml(ggml_blocks::GgmlBlocks) reads no_reader,
     Int(pack_quantized::PackQuantized) reads pack_quantized::read,
     Fp8(float_quantized::FloatQuantized) reads float_quantized::read,
+    Awq(awq::AutoAwq) reads awq::read,
     Gptq(autogptq::AutoGptq) reads autogptq::read,
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Each layout is one module implementing [`Layout`] — [`float`] (F32/F16/BF16),
 //! [`ggml_blocks`] (GGUF block types), [`pack_quantized`] (compressed-tensors integers),
-//! [`float_quantized`] (compressed-tensors FP8), [`autogptq`] (AutoGPTQ v1), [`awq`] (AutoAWQ
+//! [`float_quantized`] (compressed-tensors FP8), [`autogptq`] (AutoGPTQ v1), [`awq_gemm`] (AutoAWQ
 //! GEMM) — and is registered
 //! once in the `layouts!` list below, which makes it a variant of [`Scheme`].
 //!
@@ -14,14 +14,14 @@
 //! [`Layout::encode_codes`] stores them. Everything here is pure.
 
 pub mod autogptq;
-pub mod awq;
+pub mod awq_gemm;
 pub mod float;
 pub mod float_quantized;
 pub mod ggml_blocks;
 pub mod pack_quantized;
 
 pub use autogptq::AutoGptq;
-pub use awq::AutoAwq;
+pub use awq_gemm::AutoAwq;
 pub use float::FloatLayout;
 pub use float_quantized::FloatQuantized;
 pub use ggml_blocks::GgmlBlocks;
@@ -343,7 +343,7 @@ layouts! {
     Ggml(ggml_blocks::GgmlBlocks) reads no_reader,
     Int(pack_quantized::PackQuantized) reads pack_quantized::read,
     Fp8(float_quantized::FloatQuantized) reads float_quantized::read,
-    Awq(awq::AutoAwq) reads awq::read,
+    Awq(awq_gemm::AutoAwq) reads awq_gemm::read,
     Gptq(autogptq::AutoGptq) reads autogptq::read,
 }
 

@@ -78,7 +78,7 @@ impl Method for Awq {
         false
     }
     fn transform_layer(&self, ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
-        search_layer(ctx)
+        search_layer(ctx, true)
     }
     fn quantize(&self, _job: &LinearJob<'_>) -> Result<CodeSet> {
         unreachable!("AWQ leaves the codes to the layout's round to nearest")
@@ -105,7 +105,9 @@ impl Method for AwqGptq {
         true
     }
     fn transform_layer(&self, ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
-        search_layer(ctx)
+        // GPTQ fits each group's range itself: clipping first would only add error it cannot
+        // undo (llm-compressor's AWQ, run before its GPTQ, does not clip either)
+        search_layer(ctx, false)
     }
     fn quantize(&self, job: &LinearJob<'_>) -> Result<CodeSet> {
         Gptq.quantize(job)
@@ -185,9 +187,10 @@ const GROUPS: [Group; 4] = [
     },
 ];
 
-/// AWQ's search on one layer: finds, folds and clips; rewrites `ctx.layer` to the transformed
-/// weights (the linears still in float) and returns the transforms by tensor name.
-pub fn search_layer(ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
+/// AWQ's search on one layer: finds and folds the scales, and with `clip` searches the clipping;
+/// rewrites `ctx.layer` to the transformed weights (the linears still in float) and returns the
+/// transforms by tensor name.
+pub fn search_layer(ctx: &mut LayerCtx<'_>, clip: bool) -> Result<Vec<(String, Transform)>> {
     let l = ctx.index;
     let mc = ctx.model;
     let seq_len = ctx.seq_len;
@@ -308,7 +311,7 @@ pub fn search_layer(ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> 
             qs_model::Input::MlpInner => s_down.as_ref(),
         }
     };
-    for (gi, g) in GROUPS.iter().enumerate() {
+    for (gi, g) in GROUPS.iter().enumerate().filter(|_| clip) {
         for &lin in g.linears {
             if matches!(lin, Linear::Q | Linear::K) {
                 continue;
@@ -522,15 +525,18 @@ mod tests {
         x: &Mat<f32>,
         l: &mut Layer,
     ) -> Vec<(String, Transform)> {
-        search_layer(&mut LayerCtx {
-            model: c,
-            index: 0,
-            layer: l,
-            x: x.as_ref(),
-            seq_len: SEQ,
-            targets: tg,
-            cfg,
-        })
+        search_layer(
+            &mut LayerCtx {
+                model: c,
+                index: 0,
+                layer: l,
+                x: x.as_ref(),
+                seq_len: SEQ,
+                targets: tg,
+                cfg,
+            },
+            true,
+        )
         .unwrap()
     }
 

@@ -518,9 +518,22 @@ pub fn calibrate_model(
                     .collect();
                 let y = linear(x0, w0, None);
                 let rtn = to_mat(&fake_quant(tg, &identity, &w0v, rows, cols), rows, cols);
+                // the method's error against the same function: the float weights with the
+                // transform's scales (rows of v and up carry the next group's divisors), not
+                // its clipping, which is part of the error
+                let yt = match &transform {
+                    Some(t) => {
+                        let mut v = w0v.clone();
+                        for (r, row) in v.chunks_exact_mut(cols).enumerate() {
+                            t.scale_row(r, row);
+                        }
+                        linear(xheld, &to_mat(&v, rows, cols), None)
+                    }
+                    None => y.clone(),
+                };
                 let error = LayerOutputError {
                     rtn: relative_error(&y, &linear(x0, &rtn, None)),
-                    calibrated: relative_error(&y, &linear(xheld, &wq, None)),
+                    calibrated: relative_error(&yt, &linear(xheld, &wq, None)),
                 };
                 *w = wq;
                 done.insert(

@@ -106,6 +106,16 @@ def cases(tmp: Path):
         add(name, [str(tl)] + a + ["--method", "gptq"] + CALIB, name)
     for t in ["q4_0", "q4_1", "q8_0"]:
         add(f"gptq-gguf-{t}", [str(tl), "--to", t, "--method", "gptq"] + CALIB, f"gptq-{t}.gguf")
+    # AWQ (scales folded into norms; clipping) and AWQ + GPTQ
+    awq = ["--awq-tokens", "128"] + CALIB
+    add("awq-int4-g32-asym", [str(tl), "--to", "int4", "--group", "32", "--asym",
+                              "--method", "awq"] + awq, "awq-int4-g32-asym")
+    add("awq-gguf-q4_k_m", [str(tl), "--to", "q4_k_m", "--method", "awq"] + awq,
+        "awq-q4_k_m.gguf")
+    add("awq-gguf-q4_k_m-imatrix", [str(tl), "--to", "q4_k_m", "--method", "awq",
+                                    "--imatrix", imat.name] + awq, "awq-q4_k_m-im.gguf")
+    add("awq-gptq-gguf-q4_0", [str(tl), "--to", "q4_0", "--method", "awq+gptq"] + awq,
+        "awq-gptq-q4_0.gguf")
     # GGUF -> HF export
     add("export-q4_0", ["export", "@gguf-q4_0"], "export-q4_0")
     add("export-f16-bf16", ["export", "@gguf-f16", "--dtype", "bf16"], "export-f16")

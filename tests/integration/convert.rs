@@ -499,6 +499,115 @@ fn gptq_into_gguf_grids_beats_round_to_nearest() {
     }
 }
 
+/// AWQ into GGUF types with and without a code grid (Q4_0, the Q4_K_M mixture) and AWQ + GPTQ
+/// into Q4_0: llama.cpp loads and runs each file; the types are the mixture's; the embeddings and
+/// output head are llama-quantize's bytes, while the linears and the norms the scales were folded
+/// into differ from round to nearest; every linear's held-out layer-output error is below RTN's.
+#[test]
+fn awq_into_gguf_types_loads_in_llama_cpp_and_beats_round_to_nearest() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    for (t, method) in [("q4_0", "awq"), ("q4_k_m", "awq"), ("q4_0", "awq+gptq")] {
+        let rtn = d.path().join(format!("rtn-{t}.gguf"));
+        if !rtn.exists() {
+            ours(&fx, &rtn, t);
+        }
+        let q = d.path().join(format!("{method}-{t}.gguf"));
+        let report = d.path().join(format!("{method}-{t}.json"));
+        quantize(&[
+            fx.as_os_str(),
+            "--to".as_ref(),
+            t.as_ref(),
+            "--method".as_ref(),
+            method.as_ref(),
+            "--calib-samples".as_ref(),
+            "16".as_ref(),
+            "--calib-seq-len".as_ref(),
+            "64".as_ref(),
+            "--awq-tokens".as_ref(),
+            "256".as_ref(),
+            "-o".as_ref(),
+            q.as_os_str(),
+            "--report".as_ref(),
+            report.as_os_str(),
+            "-q".as_ref(),
+        ])
+        .ok();
+        llama_logits(&q, &d.path().join("l.f32"));
+        let (a, b) = (GgufFile::open(&q).unwrap(), GgufFile::open(&rtn).unwrap());
+        let (mut linears, mut norms) = (0, 0);
+        for (ta, tb) in a.tensors.iter().zip(&b.tensors) {
+            assert_eq!((&ta.name, ta.ty), (&tb.name, tb.ty), "{method} {t}");
+            let folded =
+                ta.name.ends_with("attn_norm.weight") || ta.name.ends_with("ffn_norm.weight");
+            if ta.name.starts_with("blk.") && ta.ne.len() == 2 {
+                linears += 1;
+                assert!(
+                    a.bytes(ta) != b.bytes(tb),
+                    "{method} {t}: {} unchanged",
+                    ta.name
+                );
+            } else if folded {
+                norms += 1;
+                assert!(
+                    a.bytes(ta) != b.bytes(tb),
+                    "{method} {t}: {} not folded",
+                    ta.name
+                );
+            } else {
+                assert!(
+                    a.bytes(ta) == b.bytes(tb),
+                    "{method} {t}: {} differs",
+                    ta.name
+                );
+            }
+        }
+        assert_eq!((linears, norms), (14, 4), "{method} {t}");
+        let r = crate::util::read_json(&report);
+        assert_eq!(r["calibration"]["method"], method);
+        let rows: Vec<_> = r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| !x["layer_output_error"].is_null())
+            .collect();
+        assert_eq!(rows.len(), 14);
+        for x in rows {
+            let e = &x["layer_output_error"];
+            assert!(
+                e["gptq"].as_f64().unwrap() < e["rtn"].as_f64().unwrap(),
+                "{method} {t}: {}: {e}",
+                x["tensor"]
+            );
+        }
+    }
+    // the same bytes on one thread (the search's matrix products split differently)
+    let one = d.path().join("awq-q4_0-j1.gguf");
+    quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "q4_0".as_ref(),
+        "--method".as_ref(),
+        "awq".as_ref(),
+        "--calib-samples".as_ref(),
+        "16".as_ref(),
+        "--calib-seq-len".as_ref(),
+        "64".as_ref(),
+        "--awq-tokens".as_ref(),
+        "256".as_ref(),
+        "-j".as_ref(),
+        "1".as_ref(),
+        "-o".as_ref(),
+        one.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    assert!(
+        std::fs::read(&one).unwrap() == std::fs::read(d.path().join("awq-q4_0.gguf")).unwrap(),
+        "AWQ output bytes depend on the thread count"
+    );
+}
+
 /// `quantize verify DECODED QUANTIZED`: all 21 tensors of the fixture, the 14 linears stored as
 /// `storage*`, every one decoding exactly to what the independent reader wrote to DECODED.
 fn assert_decodes_exactly(
@@ -560,6 +669,36 @@ fn compressed_tensors_package_decompresses_to_our_weights() {
             "8",
             "--calib-seq-len",
             "64",
+        ],
+        // AWQ's folded norms and scaled, clipped weights; then AWQ + GPTQ codes
+        &[
+            "--to",
+            "int4",
+            "--group",
+            "32",
+            "--asym",
+            "--method",
+            "awq",
+            "--calib-samples",
+            "8",
+            "--calib-seq-len",
+            "64",
+            "--awq-tokens",
+            "128",
+        ],
+        &[
+            "--to",
+            "int4",
+            "--group",
+            "64",
+            "--method",
+            "awq+gptq",
+            "--calib-samples",
+            "8",
+            "--calib-seq-len",
+            "64",
+            "--awq-tokens",
+            "128",
         ],
     ];
     for (i, args) in variants.iter().enumerate() {
@@ -789,6 +928,24 @@ fn awq_format_dequantizes_like_autoawq() {
                 "64",
             ],
             64,
+            false,
+        ),
+        (
+            &[
+                "--to",
+                "int4",
+                "--group",
+                "32",
+                "--method",
+                "awq",
+                "--calib-samples",
+                "8",
+                "--calib-seq-len",
+                "64",
+                "--awq-tokens",
+                "128",
+            ],
+            32,
             false,
         ),
     ];

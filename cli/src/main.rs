@@ -79,6 +79,29 @@ enum Cmd {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// llama.cpp's importance matrix (GGUF, as llama-imatrix writes it) from our forward pass on
+    /// a calibration text, for `--imatrix` here or in llama-quantize.
+    Imatrix {
+        /// A model folder (float or compressed-tensors safetensors) or a GGUF file.
+        model: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Calibration text: plain, or JSONL with a "text" field (default: the shipped text).
+        #[arg(long, value_name = "FILE")]
+        calib: Option<PathBuf>,
+        /// Tokens per chunk (llama-imatrix's -c).
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// Use at most N chunks.
+        #[arg(long)]
+        chunks: Option<usize>,
+        #[arg(long)]
+        force: bool,
+        #[arg(short = 'j', long)]
+        threads: Option<usize>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Dequantize every tensor of QUANTIZED and compare it with ORIGINAL.
     Verify {
         original: PathBuf,
@@ -569,6 +592,39 @@ fn main() -> std::process::ExitCode {
                 .with_context(|| format!("exporting {}", model.display()))?;
             if !quiet {
                 out(&format!("wrote {} ({n} tensors)\n", output.display()))?;
+            }
+            Ok(())
+        })(),
+        Some(Cmd::Imatrix {
+            model,
+            output,
+            calib,
+            ctx,
+            chunks,
+            force,
+            threads,
+            quiet,
+        }) => (|| {
+            let cfg = quantsmith::imatrix::ImatrixConfig {
+                model: model.clone(),
+                output: output.clone(),
+                calib,
+                ctx,
+                chunks,
+                threads,
+                force,
+            };
+            let r = quantsmith::imatrix::imatrix(&cfg).with_context(|| {
+                format!("computing the importance matrix of {}", model.display())
+            })?;
+            if !quiet {
+                out(&format!(
+                    "wrote {} ({} tensors, {} chunks of {} tokens)\n",
+                    output.display(),
+                    r.entries,
+                    r.chunks,
+                    r.ctx
+                ))?;
             }
             Ok(())
         })(),

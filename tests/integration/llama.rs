@@ -1018,3 +1018,127 @@ fn qwen2_and_qwen3_conversions_run_in_llama_cpp() {
         );
     }
 }
+
+/// Fraction of equal bytes over every tensor of two GGUFs with the same tensors and types.
+fn same_tensor_bytes(a: &Path, b: &Path) -> f64 {
+    let (ga, gb) = (
+        qs_formats::gguf::GgufFile::open(a).unwrap(),
+        qs_formats::gguf::GgufFile::open(b).unwrap(),
+    );
+    let (mut same, mut all) = (0usize, 0usize);
+    for (ta, tb) in ga.tensors.iter().zip(&gb.tensors) {
+        assert_eq!((&ta.name, ta.ty), (&tb.name, tb.ty));
+        let (x, y) = (ga.bytes(ta), gb.bytes(tb));
+        same += x.iter().zip(y).filter(|(p, q)| p == q).count();
+        all += x.len();
+    }
+    same as f64 / all as f64
+}
+
+/// `quantize imatrix` against llama-imatrix on the same model (the F32 GGUF of the fixture) and
+/// text, 64-token chunks: the same entries, chunk count and token counts, sums within 1 %
+/// (f32 arithmetic in a different order); quantizing to Q4_K_M with our matrix gives nearly the
+/// bytes llama-imatrix's gives (while without a matrix almost every block differs).
+#[test]
+fn imatrix_matches_llama_imatrix() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let text = d.path().join("text.txt");
+    std::fs::write(&text, qs_formats::calib::DEFAULT_TEXT).unwrap();
+    let f32 = d.path().join("f32.gguf");
+    quantize(&[
+        fx.as_os_str(),
+        "--to".as_ref(),
+        "f32".as_ref(),
+        "-o".as_ref(),
+        f32.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let theirs = d.path().join("theirs.gguf");
+    let o = Command::new(llama_bin("llama-imatrix"))
+        .args([
+            "-m".as_ref(),
+            f32.as_os_str(),
+            "-f".as_ref(),
+            text.as_os_str(),
+        ])
+        .args(["-c", "64", "-t", "2", "-o"])
+        .arg(&theirs)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "llama-imatrix: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let ours = d.path().join("ours.gguf");
+    quantize(&[
+        "imatrix".as_ref(),
+        fx.as_os_str(),
+        "--calib".as_ref(),
+        text.as_os_str(),
+        "--ctx".as_ref(),
+        "64".as_ref(),
+        "-o".as_ref(),
+        ours.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let (a, b) = (
+        qs_formats::imatrix::load(&ours).unwrap(),
+        qs_formats::imatrix::load(&theirs).unwrap(),
+    );
+    assert_eq!(a.chunk_count, b.chunk_count);
+    assert!(a.chunk_count > 10, "{}", a.chunk_count);
+    assert_eq!(
+        a.entries.keys().collect::<Vec<_>>(),
+        b.entries.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(a.entries.len(), 14);
+    for (name, x) in &a.entries {
+        let y = &b.entries[name];
+        assert_eq!(x.len(), y.len());
+        for (i, (p, q)) in x.iter().zip(y).enumerate() {
+            assert!(
+                (p - q).abs() <= 1e-2 * q.abs(),
+                "{name}[{i}]: {p} vs llama-imatrix {q}"
+            );
+        }
+    }
+    // the raw counts: every token of every chunk
+    let g = |p: &Path| {
+        let g = qs_formats::gguf::GgufFile::open(p).unwrap();
+        let t = g
+            .tensors
+            .iter()
+            .find(|t| t.name == "blk.0.ffn_down.weight.counts")
+            .unwrap();
+        (t.ne.clone(), g.bytes(t).to_vec())
+    };
+    assert_eq!(g(&ours), g(&theirs));
+    let q = |im: Option<&Path>, out: &str| {
+        let p = d.path().join(out);
+        let mut a: Vec<&std::ffi::OsStr> = vec![
+            fx.as_os_str(),
+            "--to".as_ref(),
+            "q4_k_m".as_ref(),
+            "-o".as_ref(),
+            p.as_os_str(),
+            "-q".as_ref(),
+        ];
+        if let Some(im) = im {
+            a.extend(["--imatrix".as_ref(), im.as_os_str()]);
+        }
+        quantize(&a).ok();
+        p
+    };
+    let (qo, qt, qn) = (
+        q(Some(&ours), "qo.gguf"),
+        q(Some(&theirs), "qt.gguf"),
+        q(None, "qn.gguf"),
+    );
+    let (close, none) = (same_tensor_bytes(&qo, &qt), same_tensor_bytes(&qn, &qt));
+    eprintln!("Q4_K_M bytes equal to llama-imatrix's: ours {close:.4}, no matrix {none:.4}");
+    assert!(close > 0.95 && none < 0.9, "ours {close}, no matrix {none}");
+}

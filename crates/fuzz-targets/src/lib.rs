@@ -20,8 +20,11 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
+/// A target's name and body.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every target, by the name `fuzz/` and its corpus folders use.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("config", config::run),
     ("gguf", gguf::run),
     ("imatrix", imatrix::run),

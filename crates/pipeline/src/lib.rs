@@ -16,7 +16,7 @@ pub mod plan;
 pub mod report;
 pub mod run;
 
-pub use commands::{eval, export, inspect, verify};
+pub use commands::{eval, export, imatrix, inspect, verify};
 pub use convert::{arch, mixture, tokenizer};
 pub use run::{self as exec, jobs};
 

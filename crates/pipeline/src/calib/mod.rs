@@ -265,7 +265,11 @@ pub fn targets(
         let Action::Encode(scheme) = &t.action else {
             continue;
         };
-        if matches!(scheme, Scheme::Float(_)) {
+        if !matches!(
+            scheme,
+            Scheme::Int(_) | Scheme::Ggml(_) | Scheme::Gptq(_) | Scheme::Awq(_)
+        ) {
+            // float and fp8 targets: no method applies (an empty set is refused below)
             continue;
         }
         let name = &src.tensors[t.source].info.name;

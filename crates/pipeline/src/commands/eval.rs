@@ -61,15 +61,15 @@ pub struct EvalReport {
 }
 
 /// A model's weights (HF names, f32) with its config.json, tokenizer and BOS handling.
-struct Loaded {
-    weights: Box<dyn Weights>,
-    config: Json,
-    tokenizer: Option<tokenizers::Tokenizer>,
+pub(crate) struct Loaded {
+    pub(crate) weights: Box<dyn Weights>,
+    pub(crate) config: Json,
+    pub(crate) tokenizer: Option<tokenizers::Tokenizer>,
     /// The BOS id when the tokenizer adds one.
-    bos: Option<u32>,
+    pub(crate) bos: Option<u32>,
 }
 
-fn model_err(path: &Path, err: ModelError) -> Error {
+pub(crate) fn model_err(path: &Path, err: ModelError) -> Error {
     Error::Model {
         stage: "eval",
         path: path.to_path_buf(),
@@ -158,7 +158,7 @@ impl Weights for StWeights {
     }
 }
 
-fn load(path: &Path) -> Result<Loaded> {
+pub(crate) fn load(path: &Path) -> Result<Loaded> {
     if is_gguf(path) {
         let g = GgufFile::open(path)?;
         let an = match g.get("general.architecture") {
@@ -255,6 +255,34 @@ fn load(path: &Path) -> Result<Loaded> {
         tokenizer,
         bos,
     })
+}
+
+/// The text's tokens as llama.cpp's tools cut them: tokenized once (BOS first when the tokenizer
+/// adds one), `tokens / ctx` chunks (at most `chunks`); returns the tokens and the chunk count.
+/// Each chunk's first token is to be replaced by BOS when there is one.
+pub(crate) fn text_chunks(
+    tok: &tokenizers::Tokenizer,
+    bos: Option<u32>,
+    text: &str,
+    path: &Path,
+    ctx: usize,
+    chunks: Option<usize>,
+) -> Result<(Vec<u32>, usize)> {
+    let enc = tok
+        .encode(text, false)
+        .map_err(|e| input_err(path, format!("tokenizing: {e}")))?;
+    let mut ids: Vec<u32> = Vec::with_capacity(enc.get_ids().len() + 1);
+    ids.extend(bos);
+    ids.extend_from_slice(enc.get_ids());
+    let max_chunks = ids.len() / ctx.max(1);
+    let n_chunks = chunks.map_or(max_chunks, |c| c.min(max_chunks));
+    if n_chunks == 0 {
+        return Err(input_err(
+            path,
+            format!("{} tokens, fewer than one chunk of --ctx {ctx}", ids.len()),
+        ));
+    }
+    Ok((ids, n_chunks))
 }
 
 /// A float32 `.npy` file (format 1.0, C order, `rows × cols`) written row by row, under a
@@ -355,24 +383,7 @@ pub fn eval(cfg: &EvalConfig) -> Result<EvalReport> {
             )
         })?;
     let text = qs_formats::calib::load_text(Some(&cfg.text))?;
-    let enc = tok
-        .encode(text.as_str(), false)
-        .map_err(|e| input_err(&cfg.text, format!("tokenizing: {e}")))?;
-    let mut ids: Vec<u32> = Vec::with_capacity(enc.get_ids().len() + 1);
-    ids.extend(m.bos);
-    ids.extend_from_slice(enc.get_ids());
-    let max_chunks = ids.len() / cfg.ctx;
-    let n_chunks = cfg.chunks.map_or(max_chunks, |c| c.min(max_chunks));
-    if n_chunks == 0 {
-        return Err(input_err(
-            &cfg.text,
-            format!(
-                "{} tokens, fewer than one chunk of --ctx {}",
-                ids.len(),
-                cfg.ctx
-            ),
-        ));
-    }
+    let (ids, n_chunks) = text_chunks(tok, m.bos, &text, &cfg.text, cfg.ctx, cfg.chunks)?;
     let pool = crate::jobs::pool(cfg.threads)?;
     pool.install(|| {
         let model = Model::with_weights(m.weights.as_ref(), &m.config)

@@ -1,8 +1,10 @@
 //! The commands besides `quantize`, thin over the shared pieces: [`verify`] and [`eval`] read
 //! checkpoints back with [`crate::checkpoint`], [`export`] turns a GGUF into an HF folder,
-//! [`inspect`] lists a file's tensors.
+//! [`inspect`] lists a file's tensors, [`imatrix`] writes llama.cpp's importance matrix from our
+//! forward pass.
 
 pub mod eval;
 pub mod export;
+pub mod imatrix;
 pub mod inspect;
 pub mod verify;

@@ -192,8 +192,9 @@ struct RunArgs {
     /// for the least |x - q|^2.4, as the reference quantizer's mse option.
     #[arg(long)]
     mse_clip: bool,
-    /// Calibration text for GPTQ: plain text or JSONL with a "text" field (default: a shipped
-    /// public-domain English text).
+    /// Calibration text for --method: plain text or JSONL with a "text" field. Without it the
+    /// model writes its own: --calib-samples sequences (and a tenth more held out) of
+    /// --calib-seq-len tokens sampled from it at temperature 1, seeded by --seed.
     #[arg(long, value_name = "FILE")]
     calib: Option<PathBuf>,
     /// Calibration sequences.

@@ -783,12 +783,14 @@ fn group_that_does_not_divide_the_row_names_the_tensor() {
     assert!(!d.path().join("o").exists());
 }
 
-/// --method gptq: calibrates on the shipped text, writes compressed-tensors that verify, and
+/// --method gptq: calibrates on a text (the shipped page), writes compressed-tensors that verify, and
 /// beats RTN on held-out tokens for every linear; same bytes whatever the thread count.
 #[test]
 fn gptq_writes_compressed_tensors_and_beats_rtn_on_held_out_tokens() {
     let d = tempfile::tempdir().unwrap();
     let fx = fixture();
+    let text = d.path().join("calib.txt");
+    std::fs::write(&text, qs_formats::calib::DEFAULT_TEXT).unwrap();
     let mut outs = vec![];
     for j in ["1", "2"] {
         let o = d.path().join(format!("g{j}"));
@@ -801,6 +803,8 @@ fn gptq_writes_compressed_tensors_and_beats_rtn_on_held_out_tokens() {
             "64".as_ref(),
             "--method".as_ref(),
             "gptq".as_ref(),
+            "--calib".as_ref(),
+            text.as_os_str(),
             "--calib-samples".as_ref(),
             "8".as_ref(),
             "--calib-seq-len".as_ref(),

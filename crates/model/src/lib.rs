@@ -580,13 +580,18 @@ pub fn linear(x: MatRef<'_, f32>, w: &Mat<f32>, b: Option<&[f32]>) -> Mat<f32> {
 /// Rotate-half RoPE on every head of `x` (tokens × heads·head_dim), positions restarting at 0
 /// every `seq_len` tokens.
 fn rope(x: &mut Mat<f32>, heads: usize, seq_len: usize, c: &Config) {
+    rope_at(x, heads, c, |t| t % seq_len.max(1))
+}
+
+/// Rotate-half RoPE with row t at position `pos(t)`.
+fn rope_at(x: &mut Mat<f32>, heads: usize, c: &Config, pos: impl Fn(usize) -> usize) {
     let head_dim = c.head_dim;
     let half = head_dim / 2;
     let inv: Vec<f64> = (0..half)
         .map(|i| 1.0 / c.theta.powf((2 * i) as f64 / head_dim as f64) / c.rope_factors[i] as f64)
         .collect();
     for t in 0..x.nrows() {
-        let pos = (t % seq_len) as f64 * c.pos_scale;
+        let pos = pos(t) as f64 * c.pos_scale;
         for h in 0..heads {
             let base = h * head_dim;
             for i in 0..half {
@@ -744,4 +749,142 @@ pub fn layer_forward(
         down_in: act,
     });
     (x1, cap)
+}
+
+/// Sequences the model writes itself: each starts with `start`, then `len − 1` tokens sampled
+/// at temperature 1 with a KV cache, `batch` sequences at a time. The seed fixes every token
+/// (sequence i draws from its own generator, seeded by `seed` and i). Per step one layer's
+/// weights are in memory at a time (read again each step) besides the output head and the
+/// cache (`batch × len × 2·kv_heads·head_dim` floats per layer). `step` is called with the
+/// tokens written after each step.
+pub fn generate(
+    model: &Model<'_>,
+    start: u32,
+    n: usize,
+    len: usize,
+    batch: usize,
+    seed: u64,
+    step: &mut dyn FnMut(usize),
+) -> Result<Vec<Vec<u32>>> {
+    let c = &model.cfg;
+    let kd = c.kv_heads * c.head_dim;
+    let hw = model.head_weights()?;
+    let mut out = Vec::with_capacity(n);
+    for b0 in (0..n).step_by(batch.max(1)) {
+        let b = batch.max(1).min(n - b0);
+        let mut rngs: Vec<qs_numeric::synth::Rng> =
+            (0..b).map(|i| sequence_rng(seed, b0 + i)).collect();
+        let mut seqs: Vec<Vec<u32>> = vec![vec![start]; b];
+        // per layer: keys and values, [sequence][position][kd]
+        let mut kc = vec![vec![0f32; b * len * kd]; c.layers];
+        let mut vc = vec![vec![0f32; b * len * kd]; c.layers];
+        for pos in 0..len.saturating_sub(1) {
+            let ids: Vec<u32> = seqs.iter().map(|s| s[pos]).collect();
+            let mut x = model.embed(&ids)?;
+            for l in 0..c.layers {
+                let w = model.layer(l)?;
+                x = decode_step(c, &w, x, pos, len, &mut kc[l], &mut vc[l]);
+            }
+            let logits = model.apply_head(&hw, x.as_ref());
+            for (i, s) in seqs.iter_mut().enumerate() {
+                let row: Vec<f32> = (0..logits.ncols()).map(|j| logits[(i, j)]).collect();
+                s.push(sample(&row, &mut rngs[i]));
+            }
+            step(b);
+        }
+        out.extend(seqs);
+    }
+    Ok(out)
+}
+
+/// The random generator of sequence `i` of [`generate`].
+pub fn sequence_rng(seed: u64, i: usize) -> qs_numeric::synth::Rng {
+    qs_numeric::synth::Rng::new(seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d))
+}
+
+/// A token drawn from softmax(`logits`) (temperature 1).
+pub fn sample(logits: &[f32], rng: &mut qs_numeric::synth::Rng) -> u32 {
+    let mx = logits.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    let p: Vec<f64> = logits.iter().map(|&v| ((v - mx) as f64).exp()).collect();
+    let total: f64 = p.iter().sum();
+    let mut u = rng.uniform() * total;
+    for (i, &pi) in p.iter().enumerate() {
+        if u < pi {
+            return i as u32;
+        }
+        u -= pi;
+    }
+    (p.len() - 1) as u32
+}
+
+/// One decoder layer on one new token per sequence (rows of `x`, all at position `pos`), with
+/// the keys and values of earlier positions in the cache (`[sequence][len][kv dims]`).
+fn decode_step(
+    c: &Config,
+    w: &Layer,
+    x: Mat<f32>,
+    pos: usize,
+    len: usize,
+    kc: &mut [f32],
+    vc: &mut [f32],
+) -> Mat<f32> {
+    let b = x.nrows();
+    let hd = c.head_dim;
+    let kd = c.kv_heads * hd;
+    let h = rms_norm(x.as_ref(), &w.input_norm, c.eps);
+    let mut q = linear(h.as_ref(), &w.q, w.q_bias.as_deref());
+    let mut k = linear(h.as_ref(), &w.k, w.k_bias.as_deref());
+    let v = linear(h.as_ref(), &w.v, w.v_bias.as_deref());
+    if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+        head_norm(&mut q, c.heads, hd, qn, c.eps);
+        head_norm(&mut k, c.kv_heads, hd, kn, c.eps);
+    }
+    rope_at(&mut q, c.heads, c, |_| pos);
+    rope_at(&mut k, c.kv_heads, c, |_| pos);
+    for i in 0..b {
+        let at = (i * len + pos) * kd;
+        for d in 0..kd {
+            kc[at + d] = k[(i, d)];
+            vc[at + d] = v[(i, d)];
+        }
+    }
+    let rep = c.heads / c.kv_heads.max(1);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (kc, vc) = (&*kc, &*vc);
+    let rows: Vec<Vec<f32>> = (0..b * c.heads)
+        .into_par_iter()
+        .map(|ih| {
+            let (i, head) = (ih / c.heads, ih % c.heads);
+            let kvh = head / rep;
+            let mut scores = vec![0f32; pos + 1];
+            for (j, s) in scores.iter_mut().enumerate() {
+                let at = (i * len + j) * kd + kvh * hd;
+                let mut dot = 0f32;
+                for d in 0..hd {
+                    dot += q[(i, head * hd + d)] * kc[at + d];
+                }
+                *s = dot * scale;
+            }
+            let mx = scores.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - mx).exp();
+                sum += *s;
+            }
+            let mut o = vec![0f32; hd];
+            for (j, s) in scores.iter().enumerate() {
+                let at = (i * len + j) * kd + kvh * hd;
+                for d in 0..hd {
+                    o[d] += s / sum * vc[at + d];
+                }
+            }
+            o
+        })
+        .collect();
+    let attn = Mat::<f32>::from_fn(b, c.heads * hd, |i, e| rows[i * c.heads + e / hd][e % hd]);
+    let o = linear(attn.as_ref(), &w.o, None);
+    let x1 = Mat::<f32>::from_fn(b, c.hidden, |i, j| x[(i, j)] + o[(i, j)]);
+    let h2 = rms_norm(x1.as_ref(), &w.post_norm, c.eps);
+    let m = mlp_out(w, h2.as_ref());
+    Mat::<f32>::from_fn(b, c.hidden, |i, j| x1[(i, j)] + m[(i, j)])
 }

@@ -160,7 +160,7 @@ pub struct QuantizeConfig {
     pub token_embedding_type: Option<GgmlType>,
     /// Round-to-nearest, or GPTQ on calibration activations.
     pub method: Method,
-    /// Calibration text (plain or JSONL with "text"); the shipped default when `None`.
+    /// Calibration text (plain or JSONL with "text"); when `None` the model writes its own.
     pub calib: Option<PathBuf>,
     pub calib_samples: usize,
     pub calib_seq_len: usize,

@@ -214,10 +214,14 @@ impl Report {
         s.push('\n');
         if let Some(c) = &self.calibration {
             s.push_str(&format!(
-                "calibration: {} sequences of {} tokens fitted, {} held out (text: {} tokens{})\n",
+                "calibration: {} sequences of {} tokens fitted, {} held out ({}: {} tokens{})\n",
                 c.fit_sequences,
                 c.seq_len,
                 c.held_sequences,
+                match c.generation_secs {
+                    Some(t) => format!("written by the model itself in {t:.1} s"),
+                    None => "text".to_string(),
+                },
                 c.text_tokens,
                 if c.fit_sequences < c.requested {
                     format!(

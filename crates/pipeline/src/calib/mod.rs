@@ -191,6 +191,10 @@ pub struct Calibrated {
 pub struct CalibSummary {
     /// The method's `--method` name.
     pub method: &'static str,
+    /// `"text"` (`--calib FILE`) or `"self-generated"` (no `--calib`: sampled from the model).
+    pub source: &'static str,
+    /// Seconds the model took to write its calibration text (self-generated only).
+    pub generation_secs: Option<f64>,
     pub text_tokens: usize,
     pub seq_len: usize,
     /// Sequences asked for (`--calib-samples`).
@@ -366,6 +370,45 @@ pub fn prepare_plan(method: &dyn Method, src: &ModelSource, plan: &mut Plan, lay
     }
 }
 
+/// Calibration text the model writes itself (no `--calib`): `samples` sequences to fit and a
+/// tenth more (at least one) held out, each `seq_len` tokens sampled at temperature 1 from the
+/// BOS token (else EOS, else token 0), seeded by `--seed`. Its own distribution, so what the
+/// statistics see is what the model computes (docs/QUALITY.md measures how well it serves).
+fn self_generated(
+    model: &Model<'_>,
+    src: &ModelSource,
+    ccfg: &CalibConfig,
+) -> std::result::Result<calib::CalibSet, qs_model::ModelError> {
+    let c = src.config.as_ref();
+    let id = |k: &str| c.and_then(|c| c.get(k)).and_then(|v| v.as_u64());
+    let start = id("bos_token_id")
+        .or_else(|| id("eos_token_id"))
+        .unwrap_or(0)
+        .min(model.cfg.vocab.saturating_sub(1) as u64) as u32;
+    let samples = ccfg.samples.max(1);
+    let held = (samples / 10).max(1);
+    let seqs = qs_model::generate(
+        model,
+        start,
+        samples + held,
+        ccfg.seq_len.max(2),
+        GENERATION_BATCH,
+        ccfg.seed,
+        &mut |_| {},
+    )?;
+    let tokens = seqs.iter().map(|s| s.len()).sum();
+    let mut fit = seqs;
+    let held = fit.split_off(samples);
+    Ok(calib::CalibSet {
+        fit,
+        held,
+        text_tokens: tokens,
+    })
+}
+
+/// Sequences written at once when the model writes its calibration text.
+const GENERATION_BATCH: usize = 16;
+
 /// Runs calibration and `method` on every linear in `targets` (from [`targets`]).
 pub fn calibrate_model(
     method: &dyn Method,
@@ -383,15 +426,33 @@ pub fn calibrate_model(
         path: src.input.clone(),
         msg: "calibration needs a Hugging Face folder (config.json, tokenizer.json)".into(),
     })?;
-    let text = calib::load_text(cfg.calib.as_deref())?;
     let ccfg = CalibConfig {
         samples: cfg.calib_samples,
         seq_len: cfg.calib_seq_len,
         seed: cfg.seed,
     };
-    let set = calib::sequences(&dir.join("tokenizer.json"), &text, &ccfg)?;
+    let (set, generation_secs) = match &cfg.calib {
+        Some(p) => {
+            let text = calib::load_text(Some(p))?;
+            (
+                calib::sequences(&dir.join("tokenizer.json"), &text, &ccfg)?,
+                None,
+            )
+        }
+        None => {
+            let t0 = std::time::Instant::now();
+            let set = self_generated(&model, src, &ccfg).map_err(model_err)?;
+            (set, Some(t0.elapsed().as_secs_f64()))
+        }
+    };
     let summary = CalibSummary {
         method: method.name(),
+        source: if generation_secs.is_some() {
+            "self-generated"
+        } else {
+            "text"
+        },
+        generation_secs,
         text_tokens: set.text_tokens,
         seq_len: ccfg.seq_len,
         requested: ccfg.samples,

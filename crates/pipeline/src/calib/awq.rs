@@ -77,6 +77,9 @@ impl Method for Awq {
     fn chooses_codes(&self) -> bool {
         false
     }
+    fn folded_tensors(&self, l: usize) -> Vec<String> {
+        folded_tensors(l).to_vec()
+    }
     fn transform_layer(&self, ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
         search_layer(ctx, true)
     }
@@ -103,6 +106,9 @@ impl Method for AwqGptq {
     }
     fn chooses_codes(&self) -> bool {
         true
+    }
+    fn folded_tensors(&self, l: usize) -> Vec<String> {
+        folded_tensors(l).to_vec()
     }
     fn transform_layer(&self, ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
         // GPTQ fits each group's range itself: clipping first would only add error it cannot

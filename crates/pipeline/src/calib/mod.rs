@@ -131,6 +131,11 @@ pub trait Method: std::fmt::Debug + Sync {
     fn chooses_codes(&self) -> bool {
         true
     }
+    /// Tensors of layer `l` besides its linears that [`Method::transform_layer`] may change
+    /// (they are re-encoded, not copied). None by default.
+    fn folded_tensors(&self, _l: usize) -> Vec<String> {
+        vec![]
+    }
     /// Rewrites a layer's float weights before its linears are quantized, returning the
     /// transform of every tensor it changed (by HF name). None by default.
     fn transform_layer(&self, _ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
@@ -354,11 +359,8 @@ pub fn targets(
 /// For a method that folds scales into other tensors (AWQ): those tensors must be re-encoded,
 /// not copied, so a copy becomes a float encode in the same dtype (same bytes when unchanged).
 pub fn prepare_plan(method: &dyn Method, src: &ModelSource, plan: &mut Plan, layers: usize) {
-    if method.name() != awq::Awq.name() && method.name() != awq::AwqGptq.name() {
-        return;
-    }
     let folded: std::collections::HashSet<String> =
-        (0..layers).flat_map(awq::folded_tensors).collect();
+        (0..layers).flat_map(|l| method.folded_tensors(l)).collect();
     for t in &mut plan.tensors {
         if matches!(t.action, Action::Copy)
             && t.dtype.is_float()

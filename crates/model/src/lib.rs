@@ -752,11 +752,11 @@ pub fn layer_forward(
 }
 
 /// Sequences the model writes itself: each starts with `start`, then `len − 1` tokens sampled
-/// at temperature 1 with a KV cache, `batch` sequences at a time. The seed fixes every token
-/// (sequence i draws from its own generator, seeded by `seed` and i). Per step one layer's
-/// weights are in memory at a time (read again each step) besides the output head and the
-/// cache (`batch × len × 2·kv_heads·head_dim` floats per layer). `step` is called with the
-/// tokens written after each step.
+/// at temperature 1 with a KV cache, in equal batches of at most `batch` sequences. The seed
+/// fixes every token (sequence i draws from its own generator, seeded by `seed` and i). Memory: the output head, the cache (`batch × len × 2·kv_heads·head_dim`
+/// floats per layer, see [`generation_batch`]) and the layers' f32 weights when they fit in
+/// [`RESIDENT_LAYERS`] bytes, else one layer at a time, read again each step. `step` is called
+/// with the tokens written after each step.
 pub fn generate(
     model: &Model<'_>,
     start: u32,
@@ -769,9 +769,24 @@ pub fn generate(
     let c = &model.cfg;
     let kd = c.kv_heads * c.head_dim;
     let hw = model.head_weights()?;
+    // the layers stay in memory while they fit in RESIDENT_LAYERS bytes (else read each step)
+    let first = model.layer(0)?;
+    let resident: Option<Vec<Layer>> =
+        if layer_bytes(&first).saturating_mul(c.layers) <= RESIDENT_LAYERS {
+            let mut v = vec![first];
+            for l in 1..c.layers {
+                v.push(model.layer(l)?);
+            }
+            Some(v)
+        } else {
+            None
+        };
+    // equal batches of at most `batch` sequences
+    let batches = n.div_ceil(batch.max(1)).max(1);
+    let per = n.div_ceil(batches).max(1);
     let mut out = Vec::with_capacity(n);
-    for b0 in (0..n).step_by(batch.max(1)) {
-        let b = batch.max(1).min(n - b0);
+    for b0 in (0..n).step_by(per) {
+        let b = per.min(n - b0);
         let mut rngs: Vec<qs_numeric::synth::Rng> =
             (0..b).map(|i| sequence_rng(seed, b0 + i)).collect();
         let mut seqs: Vec<Vec<u32>> = vec![vec![start]; b];
@@ -782,8 +797,13 @@ pub fn generate(
             let ids: Vec<u32> = seqs.iter().map(|s| s[pos]).collect();
             let mut x = model.embed(&ids)?;
             for l in 0..c.layers {
-                let w = model.layer(l)?;
-                x = decode_step(c, &w, x, pos, len, &mut kc[l], &mut vc[l]);
+                x = match &resident {
+                    Some(ls) => decode_step(c, &ls[l], x, pos, len, &mut kc[l], &mut vc[l]),
+                    None => {
+                        let w = model.layer(l)?;
+                        decode_step(c, &w, x, pos, len, &mut kc[l], &mut vc[l])
+                    }
+                };
             }
             let logits = model.apply_head(&hw, x.as_ref());
             for (i, s) in seqs.iter_mut().enumerate() {
@@ -795,6 +815,21 @@ pub fn generate(
         out.extend(seqs);
     }
     Ok(out)
+}
+
+/// Bytes of f32 layer weights [`generate`] keeps in memory instead of reading them every step.
+pub const RESIDENT_LAYERS: usize = 2 << 30;
+
+/// Bytes a loaded layer takes.
+fn layer_bytes(w: &Layer) -> usize {
+    let m = |x: &Mat<f32>| x.nrows() * x.ncols();
+    4 * (m(&w.q) + m(&w.k) + m(&w.v) + m(&w.o) + m(&w.gate) + m(&w.up) + m(&w.down))
+}
+
+/// Sequences [`generate`] can write at once within `budget` bytes of KV cache.
+pub fn generation_batch(c: &Config, len: usize, budget: usize) -> usize {
+    let per = c.layers * len * 2 * c.kv_heads * c.head_dim * 4;
+    (budget / per.max(1)).max(1)
 }
 
 /// The random generator of sequence `i` of [`generate`].

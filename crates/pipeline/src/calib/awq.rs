@@ -26,6 +26,7 @@ use qs_model::{attention_out, linear, mlp_out, Layer, Linear};
 use qs_numeric::awq::{self, Clip, Transform};
 use qs_numeric::layout::CodeGrid;
 use qs_numeric::Scheme;
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -335,9 +336,19 @@ pub fn search_layer(ctx: &mut LayerCtx<'_>, clip: bool) -> Result<Vec<(String, T
             t.apply(&all_rows, cols, &mut sw);
             let x = inputs[gi];
             let s = input_scale(lin);
-            let blocks = awq::hessian_blocks(x.nrows(), cols, group, |r, c| {
-                x[(r, c)] / s.map_or(1.0, |s| s[c])
-            });
+            // one block per group, in parallel
+            let blocks: Vec<Vec<f32>> = (0..cols)
+                .step_by(group)
+                .collect::<Vec<_>>()
+                .par_iter()
+                .map(|&c0| {
+                    let n = group.min(cols - c0);
+                    awq::hessian_blocks(x.nrows(), n, n, |r, c| {
+                        x[(r, c0 + c)] / s.map_or(1.0, |s| s[c0 + c])
+                    })
+                    .remove(0)
+                })
+                .collect();
             let ng = awq::groups(cols, group);
             let mut best_err = vec![f32::INFINITY; rows * ng];
             let mut steps = vec![0u8; rows * ng];
@@ -349,7 +360,10 @@ pub fn search_layer(ctx: &mut LayerCtx<'_>, clip: bool) -> Result<Vec<(String, T
                 }
                 let q = fake_quant(tg, &t, &cw, rows, cols);
                 let d: Vec<f32> = q.iter().zip(&sw).map(|(a, b)| a - b).collect();
-                let err = awq::group_errors(&d, cols, group, &blocks);
+                let err: Vec<f32> = d
+                    .par_chunks(cols * 64)
+                    .flat_map_iter(|rows| awq::group_errors(rows, cols, group, &blocks))
+                    .collect();
                 for (k, e) in err.into_iter().enumerate() {
                     if e < best_err[k] {
                         best_err[k] = e;

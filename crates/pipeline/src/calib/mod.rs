@@ -170,16 +170,37 @@ pub struct LayerCtx<'a> {
 /// `w` (rows × cols, transformed by `t`) as the planned quantizer stores and decodes it: the
 /// layout's own round to nearest (a ggml type's search, with importance weights adjusted to the
 /// transform), the very values the run will write for these weights.
+///
+/// Row chunks run in parallel: a layout encodes any aligned row range as that range of the
+/// whole tensor (tested), so the values do not depend on the split.
 pub fn fake_quant(target: &Target, t: &Transform, w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    use rayon::prelude::*;
     let shape = [rows, cols];
     let imp = target.imatrix.as_ref().map(|m| t.importance(m));
-    let enc = target
-        .scheme
-        .encode_weighted(&shape, 0, w, TensorStats::default(), imp.as_deref());
-    let parts: Vec<&[u8]> = enc.pieces.iter().map(|p| p.bytes.as_slice()).collect();
-    let mut y = vec![0f32; w.len()];
-    target.scheme.decode(&shape, 0, rows, &parts, &mut y);
-    y
+    let align = target.scheme.row_align().max(1);
+    let per = (65536 / cols.max(1)).max(1).div_ceil(align) * align;
+    let chunks: Vec<(usize, usize)> = (0..rows)
+        .step_by(per)
+        .map(|r0| (r0, (r0 + per).min(rows)))
+        .collect();
+    let parts: Vec<Vec<f32>> = chunks
+        .par_iter()
+        .map(|&(r0, r1)| {
+            let x = &w[r0 * cols..r1 * cols];
+            let enc = target.scheme.encode_weighted(
+                &shape,
+                r0,
+                x,
+                TensorStats::default(),
+                imp.as_deref(),
+            );
+            let parts: Vec<&[u8]> = enc.pieces.iter().map(|p| p.bytes.as_slice()).collect();
+            let mut y = vec![0f32; x.len()];
+            target.scheme.decode(&shape, r0, r1, &parts, &mut y);
+            y
+        })
+        .collect();
+    parts.concat()
 }
 
 /// What a method produced for one tensor: the transform to apply to its source values (AWQ),
@@ -394,7 +415,7 @@ fn self_generated(
         start,
         samples + held,
         ccfg.seq_len.max(2),
-        GENERATION_BATCH,
+        qs_model::generation_batch(&model.cfg, ccfg.seq_len.max(2), GENERATION_CACHE),
         ccfg.seed,
         &mut |_| {},
     )?;
@@ -408,8 +429,9 @@ fn self_generated(
     })
 }
 
-/// Sequences written at once when the model writes its calibration text.
-const GENERATION_BATCH: usize = 16;
+/// Bytes of KV cache when the model writes its calibration text (the sequences written at once
+/// follow from it).
+const GENERATION_CACHE: usize = 1 << 30;
 
 /// Runs calibration and `method` on every linear in `targets` (from [`targets`]).
 pub fn calibrate_model(

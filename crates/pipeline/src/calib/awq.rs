@@ -45,6 +45,14 @@ pub fn folded_tensors(l: usize) -> [String; 3] {
     ]
 }
 
+/// Every tensor of layer `l` AWQ may rewrite: the folded ones and all seven linears (a linear
+/// kept in float still carries its group's scales).
+fn rewritten(l: usize) -> Vec<String> {
+    let mut v = folded_tensors(l).to_vec();
+    v.extend(Linear::ALL.iter().map(|lin| lin.weight_name(l)));
+    v
+}
+
 fn check_awq(cfg: &QuantizeConfig) -> Result<()> {
     if cfg.awq_tokens == 0 {
         return Err(Error::Config(
@@ -79,7 +87,7 @@ impl Method for Awq {
         false
     }
     fn folded_tensors(&self, l: usize) -> Vec<String> {
-        folded_tensors(l).to_vec()
+        rewritten(l)
     }
     fn transform_layer(&self, ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
         search_layer(ctx, true)
@@ -109,7 +117,7 @@ impl Method for AwqGptq {
         true
     }
     fn folded_tensors(&self, l: usize) -> Vec<String> {
-        folded_tensors(l).to_vec()
+        rewritten(l)
     }
     fn transform_layer(&self, ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
         // GPTQ fits each group's range itself: clipping first would only add error it cannot

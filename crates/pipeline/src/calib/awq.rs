@@ -18,7 +18,9 @@
 //! planned layout's round to nearest then stores it (`awq`), or GPTQ chooses its codes on the
 //! transformed weights and inputs (`awq+gptq`).
 
-use super::{fake_quant, gptq::Gptq, CodeSet, LayerCtx, LinearJob, Method, Target};
+use super::{
+    fake_quant, gptq::Gptq, rows_of, to_mat, CodeSet, LayerCtx, LinearJob, Method, Target,
+};
 use crate::config::QuantizeConfig;
 use crate::error::{Error, Result};
 use faer::{Mat, MatRef};
@@ -127,22 +129,6 @@ impl Method for AwqGptq {
     fn quantize(&self, job: &LinearJob<'_>) -> Result<CodeSet> {
         Gptq.quantize(job)
     }
-}
-
-/// Row-major copy of a matrix.
-fn rows_of(m: &Mat<f32>) -> Vec<f32> {
-    let (r, c) = (m.nrows(), m.ncols());
-    let mut v = Vec::with_capacity(r * c);
-    for i in 0..r {
-        for j in 0..c {
-            v.push(m[(i, j)]);
-        }
-    }
-    v
-}
-
-fn mat_of(v: &[f32], rows: usize, cols: usize) -> Mat<f32> {
-    Mat::from_fn(rows, cols, |r, c| v[r * cols + c])
 }
 
 fn mse(a: &Mat<f32>, b: &Mat<f32>) -> f64 {
@@ -272,7 +258,7 @@ pub fn search_layer(ctx: &mut LayerCtx<'_>, clip: bool) -> Result<Vec<(String, T
                         *v /= s;
                     }
                 }
-                *lin.weight_mut(ctx.layer) = mat_of(&q, rows, cols);
+                *lin.weight_mut(ctx.layer) = to_mat(&q, rows, cols);
             }
             let loss = mse(&y0, &block_out(ctx, g.block, x));
             if best.is_none_or(|(b, _)| loss < b) {
@@ -281,7 +267,7 @@ pub fn search_layer(ctx: &mut LayerCtx<'_>, clip: bool) -> Result<Vec<(String, T
         }
         // restore the float weights
         for (&lin, w) in g.linears.iter().zip(&ws) {
-            *lin.weight_mut(ctx.layer) = mat_of(w, w.len() / cols, cols);
+            *lin.weight_mut(ctx.layer) = to_mat(w, w.len() / cols, cols);
         }
         let (_, ci) = best.expect("at least the identity");
         if ci > 0 {
@@ -396,7 +382,7 @@ pub fn search_layer(ctx: &mut LayerCtx<'_>, clip: bool) -> Result<Vec<(String, T
             let (rows, cols) = (w.nrows(), w.ncols());
             let mut v = rows_of(w);
             t.apply(&(0..rows).collect::<Vec<_>>(), cols, &mut v);
-            *w = mat_of(&v, rows, cols);
+            *w = to_mat(&v, rows, cols);
         }
     }
     let [in_norm, post_norm, v_bias] = folded_tensors(l);
@@ -528,7 +514,7 @@ mod tests {
                 rows,
                 cols,
             );
-            *w = mat_of(&q, rows, cols);
+            *w = to_mat(&q, rows, cols);
         }
     }
 
@@ -645,7 +631,7 @@ mod tests {
                     let (rows, cols) = (w.nrows(), w.ncols());
                     let mut v = rows_of(w);
                     t.apply(&(0..rows).collect::<Vec<_>>(), cols, &mut v);
-                    *w = mat_of(&v, rows, cols);
+                    *w = to_mat(&v, rows, cols);
                 }
                 None => {
                     let v = if name.ends_with("input_layernorm.weight") {

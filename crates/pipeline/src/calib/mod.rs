@@ -264,7 +264,20 @@ fn relative_error(y: &Mat<f32>, yq: &Mat<f32>) -> f64 {
     }
 }
 
-fn to_mat(v: &[f32], rows: usize, cols: usize) -> Mat<f32> {
+/// Row-major copy of a matrix.
+pub(crate) fn rows_of(m: &Mat<f32>) -> Vec<f32> {
+    let (r, c) = (m.nrows(), m.ncols());
+    let mut v = Vec::with_capacity(r * c);
+    for i in 0..r {
+        for j in 0..c {
+            v.push(m[(i, j)]);
+        }
+    }
+    v
+}
+
+/// A matrix from row-major values.
+pub(crate) fn to_mat(v: &[f32], rows: usize, cols: usize) -> Mat<f32> {
     Mat::from_fn(rows, cols, |r, c| v[r * cols + c])
 }
 
@@ -571,9 +584,7 @@ pub fn calibrate_model(
                 let t = transform.as_deref().unwrap_or(&identity);
                 let w = lin.weight_mut(&mut layer);
                 let (rows, cols) = (w.nrows(), w.ncols());
-                let wv: Vec<f32> = (0..rows)
-                    .flat_map(|r| (0..cols).map(|c| w[(r, c)]).collect::<Vec<_>>())
-                    .collect();
+                let wv = rows_of(w);
                 let file = file_of(src, name);
                 let (out, wq) = if method.chooses_codes() {
                     let grid = tg.grid.ok_or_else(|| Error::Tensor {
@@ -602,9 +613,7 @@ pub fn calibrate_model(
                     )
                 };
                 let w0 = &float_w[&lin];
-                let w0v: Vec<f32> = (0..rows)
-                    .flat_map(|r| (0..cols).map(|c| w0[(r, c)]).collect::<Vec<_>>())
-                    .collect();
+                let w0v = rows_of(w0);
                 let y = linear(x0, w0, None);
                 let rtn = to_mat(&fake_quant(tg, &identity, &w0v, rows, cols), rows, cols);
                 // the method's error against the same function: the float weights with the

@@ -285,6 +285,24 @@ pub(crate) fn text_chunks(
     Ok((ids, n_chunks))
 }
 
+/// Chunks `c0..c1` of [`text_chunks`]' tokens laid end to end, each chunk's first token
+/// replaced by `bos` when there is one (as llama.cpp's tools evaluate them).
+pub(crate) fn chunk_batch(
+    ids: &[u32],
+    c0: usize,
+    c1: usize,
+    ctx: usize,
+    bos: Option<u32>,
+) -> Vec<u32> {
+    let mut batch = ids[c0 * ctx..c1 * ctx].to_vec();
+    if let Some(b) = bos {
+        for c in 0..c1 - c0 {
+            batch[c * ctx] = b;
+        }
+    }
+    batch
+}
+
 /// A float32 `.npy` file (format 1.0, C order, `rows × cols`) written row by row, under a
 /// temporary name until [`NpyRows::finish`] (an interrupted or failed run leaves nothing).
 struct NpyRows {
@@ -428,12 +446,7 @@ pub fn eval(cfg: &EvalConfig) -> Result<EvalReport> {
         let mut c0 = 0;
         while c0 < n_chunks {
             let c1 = (c0 + group).min(n_chunks);
-            let mut batch: Vec<u32> = ids[c0 * cfg.ctx..c1 * cfg.ctx].to_vec();
-            if let Some(b) = m.bos {
-                for c in 0..c1 - c0 {
-                    batch[c * cfg.ctx] = b;
-                }
-            }
+            let batch = chunk_batch(&ids, c0, c1, cfg.ctx, m.bos);
             let h = model
                 .hidden(&batch, cfg.ctx)
                 .map_err(|e| model_err(&cfg.model, e))?;

@@ -80,12 +80,7 @@ pub fn imatrix(cfg: &ImatrixConfig) -> Result<ImatrixSummary> {
         let mut c0 = 0;
         while c0 < n_chunks {
             let c1 = (c0 + group).min(n_chunks);
-            let mut batch: Vec<u32> = ids[c0 * cfg.ctx..c1 * cfg.ctx].to_vec();
-            if let Some(b) = m.bos {
-                for c in 0..c1 - c0 {
-                    batch[c * cfg.ctx] = b;
-                }
-            }
+            let batch = super::eval::chunk_batch(&ids, c0, c1, cfg.ctx, m.bos);
             let mut x = model.embed(&batch).map_err(merr)?;
             for l in 0..model.cfg.layers {
                 let layer = model.layer(l).map_err(merr)?;

@@ -541,19 +541,39 @@ impl<'a> Model<'a> {
 /// RMSNorm of each row: x / sqrt(mean(x²) + eps) · w.
 pub fn rms_norm(x: MatRef<'_, f32>, w: &[f32], eps: f32) -> Mat<f32> {
     let n = x.ncols();
-    let mut out = Mat::<f32>::zeros(x.nrows(), n);
-    for i in 0..x.nrows() {
-        let mut ss = 0f64;
-        for j in 0..n {
-            let v = x[(i, j)] as f64;
-            ss += v * v;
-        }
-        let inv = 1.0 / ((ss / n as f64) as f32 + eps).sqrt();
-        for j in 0..n {
-            out[(i, j)] = x[(i, j)] * inv * w[j];
+    // column by column (faer stores columns), each row's sum still in column order
+    let mut ss = vec![0f64; x.nrows()];
+    for j in 0..n {
+        for (s, &v) in ss.iter_mut().zip(x.col(j).iter()) {
+            *s += v as f64 * v as f64;
         }
     }
+    let inv: Vec<f32> = ss
+        .iter()
+        .map(|&s| 1.0 / ((s / n as f64) as f32 + eps).sqrt())
+        .collect();
+    let mut out = Mat::<f32>::zeros(x.nrows(), n);
+    out.as_mut()
+        .par_col_iter_mut()
+        .enumerate()
+        .for_each(|(j, col)| {
+            for ((o, &v), &r) in col.iter_mut().zip(x.col(j).iter()).zip(&inv) {
+                *o = v * r * w[j];
+            }
+        });
     out
+}
+
+/// `a += b`, element by element.
+fn add_into(a: &mut Mat<f32>, b: MatRef<'_, f32>) {
+    a.as_mut()
+        .par_col_iter_mut()
+        .enumerate()
+        .for_each(|(j, col)| {
+            for (o, &v) in col.iter_mut().zip(b.col(j).iter()) {
+                *o += v;
+            }
+        });
 }
 
 /// `x Wᵀ (+ b)`: x is tokens × in, W is `[out, in]`.
@@ -590,18 +610,31 @@ fn rope_at(x: &mut Mat<f32>, heads: usize, c: &Config, pos: impl Fn(usize) -> us
     let inv: Vec<f64> = (0..half)
         .map(|i| 1.0 / c.theta.powf((2 * i) as f64 / head_dim as f64) / c.rope_factors[i] as f64)
         .collect();
-    for t in 0..x.nrows() {
-        let pos = pos(t) as f64 * c.pos_scale;
-        for h in 0..heads {
-            let base = h * head_dim;
+    let pos: Vec<usize> = (0..x.nrows()).map(pos).collect();
+    // (sin, cos) of every position's angles, once per position rather than per row and head
+    let npos = pos.iter().max().map_or(0, |&p| p + 1);
+    let table: Vec<(f64, f64)> = (0..npos)
+        .flat_map(|p| {
+            let p = p as f64 * c.pos_scale;
+            inv.iter().map(move |&f| (p * f).sin_cos())
+        })
+        .collect();
+    x.as_mut()
+        .subcols_mut(0, heads * head_dim)
+        .par_col_chunks_mut(head_dim)
+        .for_each(|head| {
+            let (mut lo, mut hi) = head.split_at_col_mut(half);
             for i in 0..half {
-                let (s, c) = (pos * inv[i]).sin_cos();
-                let (a, b) = (x[(t, base + i)] as f64, x[(t, base + i + half)] as f64);
-                x[(t, base + i)] = (a * c - b * s) as f32;
-                x[(t, base + i + half)] = (b * c + a * s) as f32;
+                let a = lo.as_mut().col_mut(i);
+                let b = hi.as_mut().col_mut(i);
+                for ((a, b), &p) in a.iter_mut().zip(b.iter_mut()).zip(&pos) {
+                    let (s, c) = table[p * half + i];
+                    let (x0, x1) = (*a as f64, *b as f64);
+                    *a = (x0 * c - x1 * s) as f32;
+                    *b = (x1 * c + x0 * s) as f32;
+                }
             }
-        }
-    }
+        });
 }
 
 /// Per-head RMSNorm (Qwen3's q/k norms).
@@ -646,43 +679,32 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
         .map(|&(s0, head)| {
             let n = seq_len.min(tokens - s0);
             let kvh = head / rep;
-            let qh = Mat::<f32>::from_fn(n, hd, |i, d| q[(s0 + i, head * hd + d)]);
-            let kh = Mat::<f32>::from_fn(n, hd, |i, d| k[(s0 + i, kvh * hd + d)]);
-            let vh = Mat::<f32>::from_fn(n, hd, |i, d| v[(s0 + i, kvh * hd + d)]);
-            let mut scores = Mat::<f32>::zeros(n, n);
-            matmul(
-                scores.as_mut(),
-                Accum::Replace,
-                qh.as_ref(),
-                kh.transpose(),
-                scale,
-                Par::Seq,
-            );
+            let qh = q.as_ref().submatrix(s0, head * hd, n, hd);
+            let kh = k.as_ref().submatrix(s0, kvh * hd, n, hd);
+            let vh = v.as_ref().submatrix(s0, kvh * hd, n, hd);
+            // transposed scores: column i holds query i's scores over the keys (contiguous)
+            let mut st = Mat::<f32>::zeros(n, n);
+            matmul(st.as_mut(), Accum::Replace, kh, qh.transpose(), scale, Par::Seq);
             for i in 0..n {
-                let mut mx = f32::NEG_INFINITY;
-                for j in 0..=i {
-                    mx = mx.max(scores[(i, j)]);
-                }
+                let col = st.col_as_slice_mut(i);
+                let (seen, later) = col.split_at_mut(i + 1);
+                let mx = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
                 let mut sum = 0f32;
-                for j in 0..n {
-                    let e = if j <= i {
-                        (scores[(i, j)] - mx).exp()
-                    } else {
-                        0.0
-                    };
-                    scores[(i, j)] = e;
-                    sum += e;
+                for e in seen.iter_mut() {
+                    *e = (*e - mx).exp();
+                    sum += *e;
                 }
-                for j in 0..=i {
-                    scores[(i, j)] /= sum;
+                for e in seen.iter_mut() {
+                    *e /= sum;
                 }
+                later.fill(0.0);
             }
             let mut out = Mat::<f32>::zeros(n, hd);
             matmul(
                 out.as_mut(),
                 Accum::Replace,
-                scores.as_ref(),
-                vh.as_ref(),
+                st.transpose(),
+                vh,
                 1.0f32,
                 Par::Seq,
             );
@@ -691,11 +713,9 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
         .collect();
     let mut attn = Mat::<f32>::zeros(tokens, c.heads * hd);
     for (&(s0, head), out) in blocks.iter().zip(&outs) {
-        for i in 0..out.nrows() {
-            for d in 0..hd {
-                attn[(s0 + i, head * hd + d)] = out[(i, d)];
-            }
-        }
+        attn.as_mut()
+            .submatrix_mut(s0, head * hd, out.nrows(), hd)
+            .copy_from(out);
     }
     attn
 }
@@ -707,12 +727,17 @@ pub fn attention_out(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize) 
 
 /// The MLP's inner activation silu(h2 gateᵀ) · (h2 upᵀ) (down_proj's input).
 pub fn mlp_inner(w: &Layer, h2: MatRef<'_, f32>) -> Mat<f32> {
-    let g = linear(h2, &w.gate, None);
+    let mut g = linear(h2, &w.gate, None);
     let u = linear(h2, &w.up, None);
-    Mat::<f32>::from_fn(h2.nrows(), g.ncols(), |i, j| {
-        let a = g[(i, j)];
-        a / (1.0 + (-a).exp()) * u[(i, j)]
-    })
+    g.as_mut()
+        .par_col_iter_mut()
+        .zip(u.par_col_iter())
+        .for_each(|(gc, uc)| {
+            for (a, &b) in gc.iter_mut().zip(uc.iter()) {
+                *a = *a / (1.0 + (-*a).exp()) * b;
+            }
+        });
+    g
 }
 
 /// The MLP block's output for normed inputs `h2`.
@@ -729,19 +754,15 @@ pub fn layer_forward(
     seq_len: usize,
     capture: bool,
 ) -> (Mat<f32>, Option<Captured>) {
-    let tokens = x.nrows();
     let h = rms_norm(x, &w.input_norm, c.eps);
     let attn = attention_heads(c, w, h.as_ref(), seq_len);
     let o = linear(attn.as_ref(), &w.o, None);
-    let mut x1 = Mat::<f32>::from_fn(tokens, c.hidden, |i, j| x[(i, j)] + o[(i, j)]);
+    let mut x1 = o;
+    add_into(&mut x1, x);
     let h2 = rms_norm(x1.as_ref(), &w.post_norm, c.eps);
     let act = mlp_inner(w, h2.as_ref());
     let d = linear(act.as_ref(), &w.down, None);
-    for i in 0..tokens {
-        for j in 0..c.hidden {
-            x1[(i, j)] += d[(i, j)];
-        }
-    }
+    add_into(&mut x1, d.as_ref());
     let cap = capture.then(|| Captured {
         qkv_in: h,
         o_in: attn,
@@ -918,8 +939,10 @@ fn decode_step(
         .collect();
     let attn = Mat::<f32>::from_fn(b, c.heads * hd, |i, e| rows[i * c.heads + e / hd][e % hd]);
     let o = linear(attn.as_ref(), &w.o, None);
-    let x1 = Mat::<f32>::from_fn(b, c.hidden, |i, j| x[(i, j)] + o[(i, j)]);
+    let mut x1 = o;
+    add_into(&mut x1, x.as_ref());
     let h2 = rms_norm(x1.as_ref(), &w.post_norm, c.eps);
     let m = mlp_out(w, h2.as_ref());
-    Mat::<f32>::from_fn(b, c.hidden, |i, j| x1[(i, j)] + m[(i, j)])
+    add_into(&mut x1, m.as_ref());
+    x1
 }

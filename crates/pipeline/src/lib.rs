@@ -38,11 +38,19 @@ pub mod qs_numeric_types {
     pub use qs_numeric::{awq, DType, GgmlType};
 }
 
-/// Progress callbacks (bytes of input). Implemented by the CLI with indicatif.
+/// Progress callbacks. Implemented by the CLI with indicatif.
+///
+/// Writing counts bytes of input (`start`, `inc`, `finish`); the stages before it (the model
+/// writing its calibration text, calibration layer by layer) are counted in their own units
+/// (`stage`, then `step`, then `finish`).
 pub trait Progress: Sync {
     fn start(&self, _total_bytes: u64) {}
     fn inc(&self, _bytes: u64) {}
     fn finish(&self) {}
+    /// A counted stage begins: `what` names it and its unit ("calibration text, tokens").
+    fn stage(&self, _what: &str, _total: u64) {}
+    /// `n` more units of the current stage are done.
+    fn step(&self, _n: u64) {}
 }
 
 /// Reports nothing.

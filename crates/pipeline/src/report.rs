@@ -232,7 +232,8 @@ impl Report {
                     String::new()
                 }
             ));
-            if c.fit_sequences * c.seq_len < 32768 {
+            // AWQ reads its `--awq-tokens` on purpose; GPTQ fits its Hessians to all of them
+            if c.method != "awq" && c.fit_sequences * c.seq_len < 32768 {
                 s.push_str(
                     "warning: fewer than 32k calibration tokens; GPTQ can overfit them and do worse than round-to-nearest on other text (docs/QUALITY.md)\n",
                 );

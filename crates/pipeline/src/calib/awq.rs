@@ -312,6 +312,7 @@ pub fn search_layer(ctx: &mut LayerCtx<'_>, clip: bool) -> Result<Vec<(String, T
             qs_model::Input::MlpInner => s_down.as_ref(),
         }
     };
+    let mut block_cache: BTreeMap<(usize, usize), Vec<Vec<f32>>> = BTreeMap::new();
     for (gi, g) in GROUPS.iter().enumerate().filter(|_| clip) {
         for &lin in g.linears {
             if matches!(lin, Linear::Q | Linear::K) {
@@ -330,19 +331,22 @@ pub fn search_layer(ctx: &mut LayerCtx<'_>, clip: bool) -> Result<Vec<(String, T
             t.apply(&all_rows, cols, &mut sw);
             let x = inputs[gi];
             let s = input_scale(lin);
-            // one block per group, in parallel
-            let blocks: Vec<Vec<f32>> = (0..cols)
-                .step_by(group)
-                .collect::<Vec<_>>()
-                .par_iter()
-                .map(|&c0| {
-                    let n = group.min(cols - c0);
-                    awq::hessian_blocks(x.nrows(), n, n, |r, c| {
-                        x[(r, c0 + c)] / s.map_or(1.0, |s| s[c0 + c])
+            // one block per group, in parallel, once per input (gate and up share theirs)
+            let blocks = block_cache.entry((gi, group)).or_insert_with(|| {
+                (0..cols)
+                    .step_by(group)
+                    .collect::<Vec<_>>()
+                    .par_iter()
+                    .map(|&c0| {
+                        let n = group.min(cols - c0);
+                        awq::hessian_blocks(x.nrows(), n, n, |r, c| {
+                            x[(r, c0 + c)] / s.map_or(1.0, |s| s[c0 + c])
+                        })
+                        .remove(0)
                     })
-                    .remove(0)
-                })
-                .collect();
+                    .collect::<Vec<Vec<f32>>>()
+            });
+            let blocks = &*blocks;
             let ng = awq::groups(cols, group);
             let mut best_err = vec![f32::INFINITY; rows * ng];
             let mut steps = vec![0u8; rows * ng];
@@ -355,7 +359,7 @@ pub fn search_layer(ctx: &mut LayerCtx<'_>, clip: bool) -> Result<Vec<(String, T
                 let q = fake_quant(tg, &t, &cw, rows, cols);
                 let d: Vec<f32> = q.iter().zip(&sw).map(|(a, b)| a - b).collect();
                 let err: Vec<f32> = d
-                    .par_chunks(cols * 64)
+                    .par_chunks(cols * 256)
                     .flat_map_iter(|rows| awq::group_errors(rows, cols, group, &blocks))
                     .collect();
                 for (k, e) in err.into_iter().enumerate() {

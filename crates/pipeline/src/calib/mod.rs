@@ -21,6 +21,7 @@ pub mod awq;
 pub mod gptq;
 
 use crate::config::QuantizeConfig;
+use crate::Progress;
 use crate::error::{Error, Result};
 use crate::plan::{Action, Plan};
 use faer::Mat;
@@ -414,6 +415,7 @@ fn self_generated(
     model: &Model<'_>,
     src: &ModelSource,
     ccfg: &CalibConfig,
+    progress: &dyn Progress,
 ) -> std::result::Result<calib::CalibSet, qs_model::ModelError> {
     let c = src.config.as_ref();
     let id = |k: &str| c.and_then(|c| c.get(k)).and_then(|v| v.as_u64());
@@ -423,6 +425,11 @@ fn self_generated(
         .min(model.cfg.vocab.saturating_sub(1) as u64) as u32;
     let samples = ccfg.samples.max(1);
     let held = (samples / 10).max(1);
+    let len = ccfg.seq_len.max(2);
+    progress.stage(
+        "the model writes its calibration text (tokens)",
+        ((samples + held) * len) as u64,
+    );
     let seqs = qs_model::generate(
         model,
         start,
@@ -430,8 +437,9 @@ fn self_generated(
         ccfg.seq_len.max(2),
         qs_model::generation_batch(&model.cfg, ccfg.seq_len.max(2), GENERATION_CACHE),
         ccfg.seed,
-        &mut |_| {},
+        &mut |n| progress.step(n as u64),
     )?;
+    progress.finish();
     let tokens = seqs.iter().map(|s| s.len()).sum();
     let mut fit = seqs;
     let held = fit.split_off(samples);
@@ -452,6 +460,7 @@ pub fn calibrate_model(
     src: &ModelSource,
     targets: &BTreeMap<(usize, Linear), Target>,
     cfg: &QuantizeConfig,
+    progress: &dyn Progress,
 ) -> Result<(HashMap<String, Calibrated>, CalibSummary)> {
     let model_err = |err| Error::Model {
         stage: "calibration",
@@ -463,9 +472,17 @@ pub fn calibrate_model(
         path: src.input.clone(),
         msg: "calibration needs a Hugging Face folder (config.json, tokenizer.json)".into(),
     })?;
+    let seq_len = cfg.calib_seq_len;
+    // a method that only rewrites layers (AWQ) searches on about `awq_tokens` tokens and reads
+    // nothing more: no more sequences are drawn or written than that
+    let search_seqs = cfg.awq_tokens.div_ceil(seq_len.max(1)).max(1);
     let ccfg = CalibConfig {
-        samples: cfg.calib_samples,
-        seq_len: cfg.calib_seq_len,
+        samples: if method.chooses_codes() {
+            cfg.calib_samples
+        } else {
+            cfg.calib_samples.min(search_seqs)
+        },
+        seq_len,
         seed: cfg.seed,
     };
     let (set, generation_secs) = match &cfg.calib {
@@ -478,7 +495,7 @@ pub fn calibrate_model(
         }
         None => {
             let t0 = std::time::Instant::now();
-            let set = self_generated(&model, src, &ccfg).map_err(model_err)?;
+            let set = self_generated(&model, src, &ccfg, progress).map_err(model_err)?;
             (set, Some(t0.elapsed().as_secs_f64()))
         }
     };
@@ -496,7 +513,6 @@ pub fn calibrate_model(
         fit_sequences: set.fit.len(),
         held_sequences: set.held.len(),
     };
-    let seq_len = ccfg.seq_len;
     let ids = |s: &[Vec<u32>]| s.iter().flatten().copied().collect::<Vec<u32>>();
     let mut x = model.embed(&ids(&set.fit)).map_err(model_err)?;
     let mut xh = model.embed(&ids(&set.held)).map_err(model_err)?;
@@ -511,8 +527,8 @@ pub fn calibrate_model(
         .map(|r0| (r0, (r0 + batch).min(x.nrows())))
         .collect();
     // a layer rewrite (AWQ) searches on the first sequences, about `awq_tokens` of them
-    let search_rows =
-        (cfg.awq_tokens.div_ceil(seq_len.max(1)) * seq_len).clamp(1, x.nrows().max(1));
+    let search_rows = (search_seqs * seq_len).clamp(1, x.nrows().max(1));
+    progress.stage("calibration (layers)", model.cfg.layers as u64);
     for l in 0..model.cfg.layers {
         let mut layer = model.layer(l).map_err(model_err)?;
         // the inputs that feed a linear to quantize
@@ -665,6 +681,8 @@ pub fn calibrate_model(
         }
         x = next;
         xh = layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, false).0;
+        progress.step(1);
     }
+    progress.finish();
     Ok((done, summary))
 }

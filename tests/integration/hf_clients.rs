@@ -169,6 +169,32 @@ fn transformers_loads_every_safetensors_layout_with_our_logits() {
             AWQ,
             true,
         ),
+        // AWQ's scales with a linear of a scaled group kept in float: v_proj is re-encoded
+        // with its rows divided by o_proj's column scales (it was refused once: 'transform
+        // reached a copied tensor'); the model calibrates on its own text
+        (
+            "awq-method-v-kept",
+            &[
+                "--to",
+                "int4",
+                "--group",
+                "32",
+                "--format",
+                "awq",
+                "--method",
+                "awq",
+                "--awq-tokens",
+                "256",
+                "--calib-samples",
+                "4",
+                "--calib-seq-len",
+                "64",
+                "--tensor-type",
+                "v_proj=keep",
+            ],
+            AWQ,
+            true,
+        ),
         (
             "ct-int4-g128-asym",
             &["--to", "int4", "--group", "128", "--asym"],
@@ -304,8 +330,9 @@ fn transformers_loads_every_safetensors_layout_with_our_logits() {
                 if n.starts_with("gptq") || n.starts_with("awq") {
                     // GPTQ / AWQ layers where we quantized, plain Linear where we did not
                     for (m, c) in classes.as_object().unwrap() {
-                        let kept =
-                            m == "lm_head" || (n.contains("o-kept") && m.ends_with("o_proj"));
+                        let kept = m == "lm_head"
+                            || (n.contains("o-kept") && m.ends_with("o_proj"))
+                            || (n.contains("v-kept") && m.ends_with("v_proj"));
                         check!((c == "Linear") == kept, "{n}: {m} is a {c}");
                     }
                 }

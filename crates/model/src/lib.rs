@@ -912,29 +912,24 @@ fn decode_step(
         .map(|ih| {
             let (i, head) = (ih / c.heads, ih % c.heads);
             let kvh = head / rep;
-            let mut scores = vec![0f32; pos + 1];
-            for (j, s) in scores.iter_mut().enumerate() {
-                let at = (i * len + j) * kd + kvh * hd;
-                let mut dot = 0f32;
-                for d in 0..hd {
-                    dot += q[(i, head * hd + d)] * kc[at + d];
-                }
-                *s = dot * scale;
-            }
-            let mx = scores.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            // this sequence's cached keys and values of this head: (pos + 1) × hd, rows kd apart
+            let at = i * len * kd + kvh * hd;
+            let span = pos * kd + hd;
+            let keys = MatRef::from_row_major_slice_with_stride(&kc[at..at + span], pos + 1, hd, kd);
+            let vals = MatRef::from_row_major_slice_with_stride(&vc[at..at + span], pos + 1, hd, kd);
+            let qh = q.as_ref().submatrix(i, head * hd, 1, hd);
+            let mut scores = Mat::<f32>::zeros(pos + 1, 1);
+            matmul(scores.as_mut(), Accum::Replace, keys, qh.transpose(), scale, Par::Seq);
+            let sc = scores.col_as_slice_mut(0);
+            let mx = sc.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
             let mut sum = 0f32;
-            for s in scores.iter_mut() {
+            for s in sc.iter_mut() {
                 *s = (*s - mx).exp();
                 sum += *s;
             }
-            let mut o = vec![0f32; hd];
-            for (j, s) in scores.iter().enumerate() {
-                let at = (i * len + j) * kd + kvh * hd;
-                for d in 0..hd {
-                    o[d] += s / sum * vc[at + d];
-                }
-            }
-            o
+            let mut o = Mat::<f32>::zeros(hd, 1);
+            matmul(o.as_mut(), Accum::Replace, vals.transpose(), scores.as_ref(), 1.0 / sum, Par::Seq);
+            o.col_as_slice(0).to_vec()
         })
         .collect();
     let attn = Mat::<f32>::from_fn(b, c.heads * hd, |i, e| rows[i * c.heads + e / hd][e % hd]);

@@ -684,7 +684,14 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
             let vh = v.as_ref().submatrix(s0, kvh * hd, n, hd);
             // transposed scores: column i holds query i's scores over the keys (contiguous)
             let mut st = Mat::<f32>::zeros(n, n);
-            matmul(st.as_mut(), Accum::Replace, kh, qh.transpose(), scale, Par::Seq);
+            matmul(
+                st.as_mut(),
+                Accum::Replace,
+                kh,
+                qh.transpose(),
+                scale,
+                Par::Seq,
+            );
             for i in 0..n {
                 let col = st.col_as_slice_mut(i);
                 let (seen, later) = col.split_at_mut(i + 1);
@@ -915,11 +922,20 @@ fn decode_step(
             // this sequence's cached keys and values of this head: (pos + 1) × hd, rows kd apart
             let at = i * len * kd + kvh * hd;
             let span = pos * kd + hd;
-            let keys = MatRef::from_row_major_slice_with_stride(&kc[at..at + span], pos + 1, hd, kd);
-            let vals = MatRef::from_row_major_slice_with_stride(&vc[at..at + span], pos + 1, hd, kd);
+            let keys =
+                MatRef::from_row_major_slice_with_stride(&kc[at..at + span], pos + 1, hd, kd);
+            let vals =
+                MatRef::from_row_major_slice_with_stride(&vc[at..at + span], pos + 1, hd, kd);
             let qh = q.as_ref().submatrix(i, head * hd, 1, hd);
             let mut scores = Mat::<f32>::zeros(pos + 1, 1);
-            matmul(scores.as_mut(), Accum::Replace, keys, qh.transpose(), scale, Par::Seq);
+            matmul(
+                scores.as_mut(),
+                Accum::Replace,
+                keys,
+                qh.transpose(),
+                scale,
+                Par::Seq,
+            );
             let sc = scores.col_as_slice_mut(0);
             let mx = sc.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
             let mut sum = 0f32;
@@ -928,7 +944,14 @@ fn decode_step(
                 sum += *s;
             }
             let mut o = Mat::<f32>::zeros(hd, 1);
-            matmul(o.as_mut(), Accum::Replace, vals.transpose(), scores.as_ref(), 1.0 / sum, Par::Seq);
+            matmul(
+                o.as_mut(),
+                Accum::Replace,
+                vals.transpose(),
+                scores.as_ref(),
+                1.0 / sum,
+                Par::Seq,
+            );
             o.col_as_slice(0).to_vec()
         })
         .collect();

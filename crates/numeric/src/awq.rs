@@ -277,7 +277,14 @@ pub fn hessian_blocks(
         let x = Mat::<f32>::from_fn(rows, n, |r, k| at(r, c0 + k));
         let mut h = Mat::<f32>::zeros(n, n);
         let scale = 1.0 / rows.max(1) as f32;
-        matmul(h.as_mut(), Accum::Replace, x.transpose(), x.as_ref(), scale, Par::Seq);
+        matmul(
+            h.as_mut(),
+            Accum::Replace,
+            x.transpose(),
+            x.as_ref(),
+            scale,
+            Par::Seq,
+        );
         out.push((0..n * n).map(|k| h[(k / n, k % n)]).collect());
     }
     out

@@ -21,9 +21,9 @@ pub mod awq;
 pub mod gptq;
 
 use crate::config::QuantizeConfig;
-use crate::Progress;
 use crate::error::{Error, Result};
 use crate::plan::{Action, Plan};
+use crate::Progress;
 use faer::Mat;
 use qs_formats::calib::{self, CalibConfig};
 use qs_formats::source::ModelSource;

@@ -113,8 +113,8 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         None => (HashMap::new(), None),
         Some((m, t)) => {
             // inside our pool, so faer's parallel products use -j threads
-            let (c, s) =
-                pool(cfg.threads)?.install(|| crate::calib::calibrate_model(*m, &src, t, cfg, progress))?;
+            let (c, s) = pool(cfg.threads)?
+                .install(|| crate::calib::calibrate_model(*m, &src, t, cfg, progress))?;
             (c, Some(s))
         }
     };

@@ -434,8 +434,8 @@ fn self_generated(
         model,
         start,
         samples + held,
-        ccfg.seq_len.max(2),
-        qs_model::generation_batch(&model.cfg, ccfg.seq_len.max(2), GENERATION_CACHE),
+        len,
+        qs_model::generation_batch(&model.cfg, len, GENERATION_CACHE),
         ccfg.seed,
         &mut |n| progress.step(n as u64),
     )?;

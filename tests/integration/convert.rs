@@ -500,14 +500,20 @@ fn gptq_into_gguf_grids_beats_round_to_nearest() {
 }
 
 /// AWQ into GGUF types with and without a code grid (Q4_0, the Q4_K_M mixture) and AWQ + GPTQ
-/// into Q4_0: llama.cpp loads and runs each file; the types are the mixture's; the embeddings and
+/// into both (in Q4_K_M, GPTQ chooses the codes of the linears whose type has a grid; the others
+/// are scaled and clipped as plain AWQ does, then rounded by their type): llama.cpp loads and runs each file; the types are the mixture's; the embeddings and
 /// output head are llama-quantize's bytes, while the linears and the norms the scales were folded
 /// into differ from round to nearest; every linear's held-out layer-output error is below RTN's.
 #[test]
 fn awq_into_gguf_types_loads_in_llama_cpp_and_beats_round_to_nearest() {
     let d = tempfile::tempdir().unwrap();
     let fx = fixture();
-    for (t, method) in [("q4_0", "awq"), ("q4_k_m", "awq"), ("q4_0", "awq+gptq")] {
+    for (t, method) in [
+        ("q4_0", "awq"),
+        ("q4_k_m", "awq"),
+        ("q4_0", "awq+gptq"),
+        ("q4_k_m", "awq+gptq"),
+    ] {
         let rtn = d.path().join(format!("rtn-{t}.gguf"));
         if !rtn.exists() {
             ours(&fx, &rtn, t);

@@ -92,7 +92,7 @@ impl Method for Awq {
         rewritten(l)
     }
     fn transform_layer(&self, ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
-        search_layer(ctx, true)
+        search_layer(ctx, |_| true)
     }
     fn quantize(&self, _job: &LinearJob<'_>) -> Result<CodeSet> {
         unreachable!("AWQ leaves the codes to the layout's round to nearest")
@@ -113,7 +113,14 @@ impl Method for AwqGptq {
         grid: Option<&CodeGrid>,
     ) -> std::result::Result<(), String> {
         supports_awq(scheme)?;
-        Gptq.supports(scheme, grid)
+        match grid {
+            // scaled and clipped by AWQ, then rounded to nearest by the ggml type
+            None if matches!(scheme, Scheme::Ggml(_)) => Ok(()),
+            _ => Gptq.supports(scheme, grid),
+        }
+    }
+    fn leaves_gridless(&self) -> bool {
+        false
     }
     fn chooses_codes(&self) -> bool {
         true
@@ -123,8 +130,9 @@ impl Method for AwqGptq {
     }
     fn transform_layer(&self, ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
         // GPTQ fits each group's range itself: clipping first would only add error it cannot
-        // undo (llm-compressor's AWQ, run before its GPTQ, does not clip either)
-        search_layer(ctx, false)
+        // undo (llm-compressor's AWQ, run before its GPTQ, does not clip either); the linears
+        // GPTQ cannot reach (ggml types without a code grid) are clipped as plain AWQ does
+        search_layer(ctx, |t| t.grid.is_none())
     }
     fn quantize(&self, job: &LinearJob<'_>) -> Result<CodeSet> {
         Gptq.quantize(job)
@@ -188,10 +196,14 @@ const GROUPS: [Group; 4] = [
     },
 ];
 
-/// AWQ's search on one layer: finds and folds the scales, and with `clip` searches the clipping;
+/// AWQ's search on one layer: finds and folds the scales, and searches the clipping of the
+/// targets `clip` accepts;
 /// rewrites `ctx.layer` to the transformed weights (the linears still in float) and returns the
 /// transforms by tensor name.
-pub fn search_layer(ctx: &mut LayerCtx<'_>, clip: bool) -> Result<Vec<(String, Transform)>> {
+pub fn search_layer(
+    ctx: &mut LayerCtx<'_>,
+    clip: impl Fn(&Target) -> bool,
+) -> Result<Vec<(String, Transform)>> {
     let l = ctx.index;
     let mc = ctx.model;
     let seq_len = ctx.seq_len;
@@ -313,12 +325,14 @@ pub fn search_layer(ctx: &mut LayerCtx<'_>, clip: bool) -> Result<Vec<(String, T
         }
     };
     let mut block_cache: BTreeMap<(usize, usize), Vec<Vec<f32>>> = BTreeMap::new();
-    for (gi, g) in GROUPS.iter().enumerate().filter(|_| clip) {
+    for (gi, g) in GROUPS.iter().enumerate() {
         for &lin in g.linears {
             if matches!(lin, Linear::Q | Linear::K) {
                 continue;
             }
-            let Some(tg) = targeted(lin) else { continue };
+            let Some(tg) = targeted(lin).filter(|t| clip(t)) else {
+                continue;
+            };
             let w = lin.weight(ctx.layer);
             let (rows, cols) = (w.nrows(), w.ncols());
             let Some(group) = clip_group(tg, cols) else {
@@ -553,7 +567,7 @@ mod tests {
                 targets: tg,
                 cfg,
             },
-            true,
+            |_| true,
         )
         .unwrap()
     }

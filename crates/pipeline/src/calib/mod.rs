@@ -132,6 +132,12 @@ pub trait Method: std::fmt::Debug + Sync {
     fn chooses_codes(&self) -> bool {
         true
     }
+    /// Whether a linear whose planned ggml type takes no chosen codes (K-quants, Q5_0, …) is
+    /// left to llama.cpp's own quantizer, untouched by the method. By default a method that
+    /// chooses codes leaves it; one that also transforms (AWQ+GPTQ) still scales it.
+    fn leaves_gridless(&self) -> bool {
+        self.chooses_codes()
+    }
     /// Tensors of layer `l` besides its linears that [`Method::transform_layer`] may change
     /// (they are re-encoded, not copied). None by default.
     fn folded_tensors(&self, _l: usize) -> Vec<String> {
@@ -328,7 +334,7 @@ pub fn targets(
                 ),
             });
         }
-        if grid.is_none() && matches!(scheme, Scheme::Ggml(_)) && method.chooses_codes() {
+        if grid.is_none() && matches!(scheme, Scheme::Ggml(_)) && method.leaves_gridless() {
             // a ggml type without a code grid keeps llama.cpp's own quantizer
             continue;
         }
@@ -602,7 +608,9 @@ pub fn calibrate_model(
                 let (rows, cols) = (w.nrows(), w.ncols());
                 let wv = rows_of(w);
                 let file = file_of(src, name);
-                let (out, wq) = if method.chooses_codes() {
+                // codes where the method chooses them and the layout takes them; else the
+                // layout's round to nearest of the (transformed) weights
+                let (out, wq) = if method.chooses_codes() && tg.grid.is_some() {
                     let grid = tg.grid.ok_or_else(|| Error::Tensor {
                         file: file.clone(),
                         tensor: name.clone(),

@@ -404,7 +404,7 @@ fn eval_matches_reference_chunking_perplexity_and_kl() {
     assert!(kl_sum > 0.0, "Q4_0 must differ from the original");
 }
 
-/// GPTQ into GGUF grids (Q4_0, Q4_1, Q8_0): llama.cpp loads the file; the embeddings and output
+/// GPTQ into GGUF grids (the legacy types Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): llama.cpp loads the file; the embeddings and output
 /// head are llama-quantize's bytes (only decoder linears get GPTQ); every linear's held-out
 /// layer-output error beats llama.cpp's round-to-nearest; the model's next-token distributions
 /// stay closer to the original's than RTN's do (mean KL on text it was not calibrated on).
@@ -439,7 +439,7 @@ fn gptq_into_gguf_grids_beats_round_to_nearest() {
         .ok();
         crate::util::read_json(&j)["kld_mean"].as_f64().unwrap()
     };
-    for t in ["q4_0", "q4_1", "q8_0"] {
+    for t in ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"] {
         let (rtn, gq) = (
             d.path().join(format!("rtn-{t}.gguf")),
             d.path().join(format!("gptq-{t}.gguf")),

@@ -40,7 +40,7 @@ pub struct GptqConfig {
 }
 
 /// Where GPTQ's codes go. For a ggml type with a code grid (see [`crate::ggml::CodeGrid`]:
-/// Q4_0, Q4_1, Q8_0) the group is the block and each block's parameters are fitted as ggml fits
+/// the legacy types Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) the group is the block and each block's parameters are fitted as ggml fits
 /// them (on the weights as GPTQ has updated them when the loop enters the block), stored in
 /// f16; codes are the nearest point of that stored grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -585,7 +585,7 @@ mod tests {
         }
     }
 
-    /// On ggml's Q4_0 / Q4_1 / Q8_0 grids: the packed blocks decode (with ggml's dequantizer)
+    /// On ggml's legacy grids (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): the packed blocks decode (with ggml's dequantizer)
     /// to GPTQ's values, every block's parameters are f16 and codes in range, and the layer
     /// output error is well below llama.cpp's own round-to-nearest for the type.
     #[test]
@@ -595,7 +595,13 @@ mod tests {
         let w = weight_matrix(rows, cols, 0.02, 11);
         let x = inputs(tokens, cols, 12);
         let h = hessian_of(&x, tokens, cols);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+        ] {
             let grid = Grid::Ggml(ty);
             for act_order in [false, true] {
                 let cfg = GptqConfig {

@@ -4,8 +4,8 @@
 //! arithmetic, inverse scale computed from the f32 scale before it is rounded to f16), so our
 //! bytes equal ggml's and gguf-py's; with an importance matrix they follow
 //! `quantize_row_*_impl`. Each dequantizer has a per-element scalar reference
-//! ([`dequantize_ref`]) and a block-wise fast path; tests compare the two. Q4_0, Q4_1 and Q8_0
-//! also take codes chosen elsewhere (GPTQ on their grid, [`CodeGrid`]).
+//! ([`dequantize_ref`]) and a block-wise fast path; tests compare the two. Every legacy type
+//! also takes codes chosen elsewhere (GPTQ on its grid, [`CodeGrid`]).
 
 use super::kquants::{f16_bits, make_qkx2_quants, make_qx_quants, sigma2_of};
 use super::{BlockCodec, CodeGrid, GgmlType};
@@ -44,14 +44,14 @@ pub static Q5_0: Legacy = Legacy {
     quantize: quantize_q5_0,
     quantize_imatrix: Some(|x, w, s, y| quantize_q4_0_or_q5_0_imatrix(true, x, w, s, y)),
     file_type: 8,
-    grid: None,
+    grid: Some(&GRID_Q5_0),
 };
 pub static Q5_1: Legacy = Legacy {
     ty: GgmlType::Q5_1,
     quantize: quantize_q5_1,
     quantize_imatrix: Some(|x, w, s, y| quantize_q4_1_or_q5_1_imatrix(true, x, w, s, y)),
     file_type: 9,
-    grid: None,
+    grid: Some(&GRID_Q5_1),
 };
 /// Q8_0 ignores importance weights (as ggml does).
 pub static Q8_0: Legacy = Legacy {
@@ -413,12 +413,14 @@ pub(super) fn row_sigma2(x: &[f32]) -> f32 {
 }
 
 /// The grid of a legacy type that GPTQ chooses codes on: per 32-value block a scale `d` (and for
-/// Q4_1 a minimum `m`), fitted as ggml fits them and rounded to f16.
+/// Q4_1/Q5_1 a minimum `m`), fitted as ggml fits them and rounded to f16.
 pub struct Grid32 {
     ty: GgmlType,
 }
 static GRID_Q4_0: Grid32 = Grid32 { ty: GgmlType::Q4_0 };
 static GRID_Q4_1: Grid32 = Grid32 { ty: GgmlType::Q4_1 };
+static GRID_Q5_0: Grid32 = Grid32 { ty: GgmlType::Q5_0 };
+static GRID_Q5_1: Grid32 = Grid32 { ty: GgmlType::Q5_1 };
 static GRID_Q8_0: Grid32 = Grid32 { ty: GgmlType::Q8_0 };
 
 fn f16_round(x: f32) -> f32 {
@@ -428,21 +430,27 @@ fn f16_round(x: f32) -> f32 {
 impl CodeGrid for Grid32 {
     fn spec(&self) -> IntSpec {
         IntSpec {
-            bits: if self.ty == GgmlType::Q8_0 { 8 } else { 4 },
-            symmetric: self.ty != GgmlType::Q4_1,
+            bits: match self.ty {
+                GgmlType::Q8_0 => 8,
+                GgmlType::Q5_0 | GgmlType::Q5_1 => 5,
+                _ => 4,
+            },
+            symmetric: !matches!(self.ty, GgmlType::Q4_1 | GgmlType::Q5_1),
         }
     }
     fn code_range(&self) -> (i32, i32) {
         match self.ty {
             GgmlType::Q8_0 => (-127, 127),
+            GgmlType::Q5_0 | GgmlType::Q5_1 => (0, 31),
             _ => (0, 15),
         }
     }
     fn fit(&self, w: &[f32]) -> (QParams, f32) {
         let p = |scale: f32, zero: i32| QParams { scale, zero };
         match self.ty {
-            // d = (signed max-|x| value) / -8, codes 0..15, value (q - 8)·d
-            GgmlType::Q4_0 => {
+            // d = (signed max-|x| value) / -8 (Q5_0: / -16), codes 0..15 (0..31), value
+            // (q - 8)·d ((q - 16)·d)
+            GgmlType::Q4_0 | GgmlType::Q5_0 => {
                 let (mut amax, mut max) = (0f32, 0f32);
                 for &v in w {
                     if amax < v.abs() {
@@ -450,14 +458,20 @@ impl CodeGrid for Grid32 {
                         max = v;
                     }
                 }
-                (p(f16_round(max / -8.0), 8), 0.0)
+                let half = if self.ty == GgmlType::Q4_0 { 8 } else { 16 };
+                (p(f16_round(max / -(half as f32)), half), 0.0)
             }
-            // d = (max - min) / 15, m = min, codes 0..15, value q·d + m
-            GgmlType::Q4_1 => {
+            // d = (max - min) / 15 (Q5_1: / 31), m = min, codes 0..15 (0..31), value q·d + m
+            GgmlType::Q4_1 | GgmlType::Q5_1 => {
                 let (mn, mx) = w
                     .iter()
                     .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-                (p(f16_round((mx - mn) / 15.0), 0), f16_round(mn))
+                let levels = if self.ty == GgmlType::Q4_1 {
+                    15.0
+                } else {
+                    31.0
+                };
+                (p(f16_round((mx - mn) / levels), 0), f16_round(mn))
             }
             // d = max|x| / 127, codes -127..127, value q·d
             _ => {
@@ -471,39 +485,50 @@ impl CodeGrid for Grid32 {
     }
 }
 
-/// Packs one row of chosen codes into Q4_0, Q4_1 or Q8_0 blocks (GPTQ on a ggml grid): per
-/// 32-column block, its scale `d` and (Q4_1) minimum `m`, already f16-representable, and 32
-/// codes (0..15 for the 4-bit types, -127..127 for Q8_0). Decodes to `(q - 8)·d`, `q·d + m`
-/// and `q·d` as ggml's dequantizers do.
+/// Packs one row of chosen codes into legacy blocks (GPTQ on a ggml grid): per 32-column block,
+/// its scale `d` and (Q4_1, Q5_1) minimum `m`, already f16-representable, and 32 codes (0..15
+/// for the 4-bit types, 0..31 for the 5-bit ones, -127..127 for Q8_0), laid out as ggml's
+/// `quantize_row_*_ref` lays them out. Decodes to `(q - 8)·d`, `(q - 16)·d`, `q·d + m` and `q·d`
+/// as ggml's dequantizers do.
 fn pack_codes_row(ty: GgmlType, codes: &[i8], d: &[f32], m: &[f32], out: &mut [u8]) {
     let (bs, bytes) = ty.block();
-    assert!(
-        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0),
-        "{ty}"
-    );
     assert_eq!(codes.len() % bs, 0);
+    // (has a minimum, has a 5th-bit word)
+    let (with_min, with_qh) = match ty {
+        GgmlType::Q4_0 | GgmlType::Q8_0 => (false, false),
+        GgmlType::Q4_1 => (true, false),
+        GgmlType::Q5_0 => (false, true),
+        GgmlType::Q5_1 => (true, true),
+        _ => panic!("{ty} is not a legacy type"),
+    };
     for (b, (q, y)) in codes
         .chunks_exact(bs)
         .zip(out.chunks_exact_mut(bytes))
         .enumerate()
     {
         put_f16(y, d[b]);
-        let nib = |y: &mut [u8]| {
+        let mut at = 2;
+        if with_min {
+            put_f16(&mut y[2..], m[b]);
+            at = 4;
+        }
+        if ty == GgmlType::Q8_0 {
+            for j in 0..32 {
+                y[2 + j] = q[j] as u8;
+            }
+            continue;
+        }
+        if with_qh {
+            let mut qh = 0u32;
             for j in 0..16 {
-                y[j] = (q[j] as u8 & 0x0f) | ((q[j + 16] as u8 & 0x0f) << 4);
+                qh |= ((q[j] as u32 >> 4) & 1) << j;
+                qh |= ((q[j + 16] as u32 >> 4) & 1) << (j + 16);
             }
-        };
-        match ty {
-            GgmlType::Q4_0 => nib(&mut y[2..]),
-            GgmlType::Q4_1 => {
-                put_f16(&mut y[2..], m[b]);
-                nib(&mut y[4..]);
-            }
-            _ => {
-                for j in 0..32 {
-                    y[2 + j] = q[j] as u8;
-                }
-            }
+            y[at..at + 4].copy_from_slice(&qh.to_le_bytes());
+            at += 4;
+        }
+        for j in 0..16 {
+            y[at + j] = (q[j] as u8 & 0x0f) | ((q[j + 16] as u8 & 0x0f) << 4);
         }
     }
 }

@@ -841,19 +841,21 @@ fn gptq_writes_compressed_tensors_and_beats_rtn_on_held_out_tokens() {
     let qc = &read_json(&d.path().join("g1/config.json"))["quantization_config"];
     assert_eq!(qc["format"], "pack-quantized");
     assert_eq!(qc["config_groups"]["group_0"]["weights"]["group_size"], 64);
-    // GGUF grids GPTQ can target are the legacy types; the K-quants and IQ4 are refused, as
-    // is --mse-clip without GPTQ
+    // GGUF grids GPTQ can target are the legacy types, Q4_K, Q5_K and Q6_K; the others (here
+    // IQ4_NL) are refused, as is --mse-clip without GPTQ
     let r = quantize(&[
         fx.as_os_str(),
         "--to".as_ref(),
-        "q4_k".as_ref(),
+        "iq4_nl".as_ref(),
         "--method".as_ref(),
         "gptq".as_ref(),
         "-o".as_ref(),
         d.path().join("x.gguf").as_os_str(),
     ]);
     assert!(
-        r.code != 0 && r.stderr.contains("q4_0, q4_1, q5_0, q5_1, q8_0"),
+        r.code != 0
+            && r.stderr
+                .contains("q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k"),
         "{}",
         r.stderr
     );

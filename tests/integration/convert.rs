@@ -404,7 +404,7 @@ fn eval_matches_reference_chunking_perplexity_and_kl() {
     assert!(kl_sum > 0.0, "Q4_0 must differ from the original");
 }
 
-/// GPTQ into GGUF grids (the legacy types Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): llama.cpp loads the file; the embeddings and output
+/// GPTQ into GGUF grids (the legacy types, Q4_K, Q5_K, Q6_K and the Q4_K_M mixture): llama.cpp loads the file; the embeddings and output
 /// head are llama-quantize's bytes (only decoder linears get GPTQ); every linear's held-out
 /// layer-output error beats llama.cpp's round-to-nearest; the model's next-token distributions
 /// stay closer to the original's than RTN's do (mean KL on text it was not calibrated on).
@@ -439,7 +439,9 @@ fn gptq_into_gguf_grids_beats_round_to_nearest() {
         .ok();
         crate::util::read_json(&j)["kld_mean"].as_f64().unwrap()
     };
-    for t in ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"] {
+    for t in [
+        "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "q4_k_m",
+    ] {
         let (rtn, gq) = (
             d.path().join(format!("rtn-{t}.gguf")),
             d.path().join(format!("gptq-{t}.gguf")),
@@ -499,9 +501,10 @@ fn gptq_into_gguf_grids_beats_round_to_nearest() {
     }
 }
 
-/// AWQ into GGUF types with and without a code grid (Q4_0, the Q4_K_M mixture) and AWQ + GPTQ
-/// into both (in Q4_K_M, GPTQ chooses the codes of the linears whose type has a grid; the others
-/// are scaled and clipped as plain AWQ does, then rounded by their type): llama.cpp loads and runs each file; the types are the mixture's; the embeddings and
+/// AWQ into GGUF types and mixtures (Q4_0, Q4_K_M, Q3_K_M) and AWQ + GPTQ into them (in Q3_K_M,
+/// GPTQ chooses the codes of the Q4_K/Q5_K linears; the Q3_K ones, which have no code grid, are
+/// scaled and clipped as plain AWQ does, then rounded by their type): llama.cpp loads and runs
+/// each file; the types are the mixture's; the embeddings and
 /// output head are llama-quantize's bytes, while the linears and the norms the scales were folded
 /// into differ from round to nearest; every linear's held-out layer-output error is below RTN's.
 #[test]
@@ -513,6 +516,7 @@ fn awq_into_gguf_types_loads_in_llama_cpp_and_beats_round_to_nearest() {
         ("q4_k_m", "awq"),
         ("q4_0", "awq+gptq"),
         ("q4_k_m", "awq+gptq"),
+        ("q3_k_m", "awq+gptq"),
     ] {
         let rtn = d.path().join(format!("rtn-{t}.gguf"));
         if !rtn.exists() {

@@ -64,7 +64,30 @@ fn code_grid(ty: GgmlType) -> &'static dyn crate::ggml::CodeGrid {
 }
 
 impl Grid {
-    fn fit(self, cfg: &GptqConfig, w: &[f32]) -> GroupGrid {
+    /// Parameters of the groups of one fitting unit `w` (a group for integer grids, a block for
+    /// ggml grids: Q4_K fits 256 values at once into eight 32-value groups).
+    fn fit(self, cfg: &GptqConfig, w: &[f32], out: &mut Vec<GroupGrid>) {
+        out.clear();
+        if let Grid::Ggml(ty) = self {
+            let g = code_grid(ty);
+            let mut ps = vec![
+                (
+                    QParams {
+                        scale: 0.0,
+                        zero: 0
+                    },
+                    0.0
+                );
+                w.len() / g.group()
+            ];
+            g.fit(w, &mut ps);
+            out.extend(ps.into_iter().map(|(p, offset)| GroupGrid { p, offset }));
+            return;
+        }
+        out.push(self.fit_int(cfg, w));
+    }
+
+    fn fit_int(self, cfg: &GptqConfig, w: &[f32]) -> GroupGrid {
         match self {
             Grid::Int => {
                 let (mn, mx) = rtn::min_max(w);
@@ -96,10 +119,7 @@ impl Grid {
                     offset: 0.0,
                 }
             }
-            Grid::Ggml(ty) => {
-                let (p, offset) = code_grid(ty).fit(w);
-                GroupGrid { p, offset }
-            }
+            Grid::Ggml(_) => unreachable!("ggml grids are fitted block by block"),
         }
     }
 
@@ -268,29 +288,40 @@ pub fn gptq(
             }
         }
     }
-    if let Grid::Ggml(ty) = cfg.grid {
-        if ty.grid().is_none() {
-            return Err(GptqError::NoGrid(ty));
+    // the columns fitted at once: the group, or a ggml block of several groups
+    let span = match cfg.grid {
+        Grid::Int => group,
+        Grid::Ggml(ty) => {
+            let g = ty.grid().ok_or(GptqError::NoGrid(ty))?;
+            if cfg.group != Some(g.group()) {
+                return Err(GptqError::Group {
+                    cols,
+                    group: g.group(),
+                });
+            }
+            let block = ty.block().0;
+            if !cols.is_multiple_of(block) {
+                return Err(GptqError::Group { cols, group: block });
+            }
+            block
         }
-        let block = ty.block().0;
-        if cfg.group != Some(block) {
-            return Err(GptqError::Group { cols, group: block });
-        }
-    }
-    let fit_group = |wm: &Mat<f32>, r: usize, c0: usize, c1: usize| -> GroupGrid {
-        let mut col = Vec::with_capacity(c1 - c0);
-        for c in c0..c1 {
+    };
+    let fit_unit = |wm: &Mat<f32>, r: usize, c0: usize, out: &mut Vec<GroupGrid>| {
+        let mut col = Vec::with_capacity(span);
+        for c in c0..c0 + span {
             col.push(wm[(r, c)]);
         }
-        cfg.grid.fit(cfg, &col)
+        cfg.grid.fit(cfg, &col, out)
     };
+    let mut fitted = Vec::with_capacity(span / group);
     // static groups: parameters of the original column groups, before any permutation
     let static_params: Option<Vec<GroupGrid>> =
         (cfg.group.is_some() && cfg.static_groups).then(|| {
             let mut v = Vec::with_capacity(rows * ngroups);
             for r in 0..rows {
-                for g in 0..ngroups {
-                    v.push(fit_group(&wm, r, g * group, (g + 1) * group));
+                for u in 0..cols / span {
+                    fit_unit(&wm, r, u * span, &mut fitted);
+                    v.extend_from_slice(&fitted);
                 }
             }
             v
@@ -308,10 +339,14 @@ pub fn gptq(
         hm = Mat::from_fn(cols, cols, |i, j| hm[(perm[i], perm[j])]);
     }
     // per-channel parameters are fitted once on the whole row
-    let channel_params: Option<Vec<GroupGrid>> = cfg
-        .group
-        .is_none()
-        .then(|| (0..rows).map(|r| fit_group(&wm, r, 0, cols)).collect());
+    let channel_params: Option<Vec<GroupGrid>> = cfg.group.is_none().then(|| {
+        (0..rows)
+            .map(|r| {
+                fit_unit(&wm, r, 0, &mut fitted);
+                fitted[0]
+            })
+            .collect()
+    });
 
     // U: upper Cholesky factor of (H + λI)⁻¹, raising λ until both factorisations succeed
     let mean_diag = (0..cols).map(|c| hm[(c, c)]).sum::<f64>() / cols as f64;
@@ -332,11 +367,13 @@ pub fn gptq(
             let l2 = hinv.llt(Side::Lower).ok()?;
             drop(hinv);
             let lo = l2.L();
-            Some(Mat::<f32>::from_fn(
-                cols,
-                cols,
-                |i, j| if j >= i { lo[(j, i)] as f32 } else { 0.0 },
-            ))
+            Some(Mat::<f32>::from_fn(cols, cols, |i, j| {
+                if j >= i {
+                    lo[(j, i)] as f32
+                } else {
+                    0.0
+                }
+            }))
         })();
         match attempt {
             Some(u) if (0..cols).all(|c| u[(c, c)].is_finite() && u[(c, c)] > 0.0) => break u,
@@ -374,13 +411,17 @@ pub fn gptq(
             } else if let Some(cp) = &channel_params {
                 cur.copy_from_slice(cp);
             } else if c % group == 0 {
-                // fitted on W as it stands (in-block updates not yet written back), as the
-                // reference does
-                for (r, p) in cur.iter_mut().enumerate() {
-                    *p = fit_group(&wm, r, c, c + group);
+                if c % span == 0 {
+                    // fitted on W as it stands (in-block updates not yet written back), as
+                    // the reference does
+                    for r in 0..rows {
+                        fit_unit(&wm, r, c, &mut fitted);
+                        let at = r * ngroups + c / group;
+                        params_p[at..at + fitted.len()].copy_from_slice(&fitted);
+                    }
                 }
-                for (r, p) in cur.iter().enumerate() {
-                    params_p[r * ngroups + c / group] = *p;
+                for (r, p) in cur.iter_mut().enumerate() {
+                    *p = params_p[r * ngroups + c / group];
                 }
             }
             let d = u[(c, c)];
@@ -591,13 +632,13 @@ mod tests {
         }
     }
 
-    /// On ggml's legacy grids (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): the packed blocks decode (with ggml's dequantizer)
-    /// to GPTQ's values, every block's parameters are f16 and codes in range, and the layer
+    /// On ggml's grids (the legacy types, Q4_K, Q5_K, Q6_K): the packed blocks decode (with
+    /// ggml's dequantizer) to GPTQ's values, the legacy blocks' parameters are f16, and the layer
     /// output error is well below llama.cpp's own round-to-nearest for the type.
     #[test]
     fn gptq_on_ggml_grids_beats_ggml_rtn() {
         use crate::ggml::{dequantize_row, pack_codes_row, quantize_row};
-        let (rows, cols, tokens) = (32, 256, 1024);
+        let (rows, cols, tokens) = (32, 512, 1024);
         let w = weight_matrix(rows, cols, 0.02, 11);
         let x = inputs(tokens, cols, 12);
         let h = hessian_of(&x, tokens, cols);
@@ -607,11 +648,15 @@ mod tests {
             GgmlType::Q5_0,
             GgmlType::Q5_1,
             GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
         ] {
             let grid = Grid::Ggml(ty);
+            let group = ty.grid().unwrap().group();
             for act_order in [false, true] {
                 let cfg = GptqConfig {
-                    group: Some(32),
+                    group: Some(group),
                     grid,
                     act_order,
                     static_groups: act_order,
@@ -620,7 +665,7 @@ mod tests {
                 };
                 let out = gptq(&w, rows, cols, &h, &cfg).unwrap();
                 let wq = out.dequantize(rows, cols);
-                let groups = cols / 32;
+                let groups = cols / group;
                 let rb = ty.row_bytes(cols);
                 let (mut packed, mut rtn) = (vec![0f32; rows * cols], vec![0f32; rows * cols]);
                 let mut bytes = vec![0u8; rb];
@@ -629,7 +674,9 @@ mod tests {
                         .iter()
                         .map(|p| p.scale)
                         .collect();
-                    assert!(d.iter().all(|&v| half::f16::from_f32(v).to_f32() == v));
+                    if group == ty.block().0 {
+                        assert!(d.iter().all(|&v| half::f16::from_f32(v).to_f32() == v));
+                    }
                     pack_codes_row(
                         ty,
                         &out.codes[r * cols..(r + 1) * cols],

@@ -5,7 +5,8 @@
 //! scale searches shared with the other families (`make_qx_quants`, `make_qkx2_quants`) live
 //! here too.
 
-use super::{BlockCodec, GgmlType};
+use super::{BlockCodec, CodeGrid, GgmlType};
+use crate::rtn::{IntSpec, QParams};
 use half::f16;
 
 pub const QK_K: usize = 256;
@@ -239,6 +240,24 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Q4_K/Q5_K's 12 scale bytes from eight 6-bit scales `ls` and mins `lm` (inverse of
+/// [`scale_min_k4`]).
+fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
+    let mut sc = [0u8; 12];
+    for j in 0..8 {
+        let (a, b) = (ls[j], lm[j]);
+        if j < 4 {
+            sc[j] = a;
+            sc[j + 4] = b;
+        } else {
+            sc[j + 4] = (a & 0xf) | ((b & 0xf) << 4);
+            sc[j - 4] |= (a >> 4) << 6;
+            sc[j] |= (b >> 4) << 6;
+        }
+    }
+    sc
+}
+
 /// Packs 2-bit levels as Q2_K/Q3_K do: for each 128-value half, byte l holds values
 /// l, l+32, l+64, l+96 at bit offsets 0, 2, 4, 6.
 fn pack_2bit(l: &[u8], qs: &mut [u8]) {
@@ -462,19 +481,12 @@ fn q45_k_scales(
         0.0
     };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let mut sc = [0u8; 12];
+    let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     for j in 0..8 {
-        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
-        if j < 4 {
-            sc[j] = ls;
-            sc[j + 4] = lm;
-        } else {
-            sc[j + 4] = (ls & 0xf) | ((lm & 0xf) << 4);
-            sc[j - 4] |= (ls >> 4) << 6;
-            sc[j] |= (lm >> 4) << 6;
-        }
+        ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
     }
+    let sc = pack_scale_min_k4(&ls, &lm);
     let d = f16_bits(max_scale / 63.0);
     let dmin = f16_bits(max_min / 63.0);
     let (dd, dm) = (f16_at(&d), f16_at(&dmin));
@@ -592,6 +604,11 @@ pub fn quantize_block_q6_k(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
             l[16 * j + ii] = (q + 32) as i8;
         }
     }
+    pack_q6_k(&l, y);
+}
+
+/// Q6_K's ql and qh from levels 0..63.
+fn pack_q6_k(l: &[i8], y: &mut [u8]) {
     let (ql, rest) = y.split_at_mut(128);
     let qh = &mut rest[..64];
     for (c, j) in (0..QK_K).step_by(128).enumerate() {
@@ -902,22 +919,13 @@ fn q45_k_scales_imatrix(
     }
     let d_block = make_qp_quants(&scales, 63, &mut ls, &sw);
     let m_block = make_qp_quants(&mins, 63, &mut lm, &sw);
-    let mut sc = [0u8; 12];
-    for j in 0..8 {
-        let (a, b) = if clamp63 {
-            (ls[j].min(63), lm[j].min(63))
-        } else {
-            (ls[j], lm[j])
-        };
-        if j < 4 {
-            sc[j] = a;
-            sc[j + 4] = b;
-        } else {
-            sc[j + 4] = (a & 0xf) | ((b & 0xf) << 4);
-            sc[j - 4] |= (a >> 4) << 6;
-            sc[j] |= (b >> 4) << 6;
+    if clamp63 {
+        for j in 0..8 {
+            ls[j] = ls[j].min(63);
+            lm[j] = lm[j].min(63);
         }
     }
+    let sc = pack_scale_min_k4(&ls, &lm);
     let d = f16_bits(d_block);
     let dmin = f16_bits(m_block);
     let (dd, dm) = (f16_at(&d), f16_at(&dmin));
@@ -994,6 +1002,7 @@ pub struct KQuant {
     dequantize: fn(&[u8], &mut [f32]),
     file_type: u32,
     fallback: GgmlType,
+    grid: Option<&'static GridK>,
 }
 
 pub static Q2_K: KQuant = KQuant {
@@ -1003,6 +1012,7 @@ pub static Q2_K: KQuant = KQuant {
     dequantize: dequantize_block_q2_k,
     file_type: 10,
     fallback: GgmlType::Q4_0,
+    grid: None,
 };
 pub static Q3_K: KQuant = KQuant {
     ty: GgmlType::Q3_K,
@@ -1011,6 +1021,7 @@ pub static Q3_K: KQuant = KQuant {
     dequantize: dequantize_block_q3_k,
     file_type: 12,
     fallback: GgmlType::Q4_0,
+    grid: None,
 };
 pub static Q4_K: KQuant = KQuant {
     ty: GgmlType::Q4_K,
@@ -1019,6 +1030,7 @@ pub static Q4_K: KQuant = KQuant {
     dequantize: dequantize_block_q4_k,
     file_type: 15,
     fallback: GgmlType::Q5_0,
+    grid: Some(&GRID_Q4_K),
 };
 pub static Q5_K: KQuant = KQuant {
     ty: GgmlType::Q5_K,
@@ -1027,6 +1039,7 @@ pub static Q5_K: KQuant = KQuant {
     dequantize: dequantize_block_q5_k,
     file_type: 17,
     fallback: GgmlType::Q5_1,
+    grid: Some(&GRID_Q5_K),
 };
 pub static Q6_K: KQuant = KQuant {
     ty: GgmlType::Q6_K,
@@ -1035,6 +1048,7 @@ pub static Q6_K: KQuant = KQuant {
     dequantize: dequantize_block_q6_k,
     file_type: 18,
     fallback: GgmlType::Q8_0,
+    grid: Some(&GRID_Q6_K),
 };
 
 impl BlockCodec for KQuant {
@@ -1055,5 +1069,152 @@ impl BlockCodec for KQuant {
     }
     fn dequantize_block(&self, b: &[u8], y: &mut [f32]) {
         (self.dequantize)(b, y)
+    }
+    fn grid(&self) -> Option<&'static dyn CodeGrid> {
+        self.grid.map(|g| g as &'static dyn CodeGrid)
+    }
+}
+
+/// The grid of a K-quant that GPTQ chooses codes on: per super-block ggml's own scale search
+/// (the plain quantizer), read back as ggml's dequantizer reads it — per 32-value sub-block
+/// `q·(d·sc) − dmin·m` (Q4_K, Q5_K) or per 16-value sub-block `(q − 32)·(d·sc)` (Q6_K).
+/// Packing recovers a stored `d` (and `dmin`) and 6- or 8-bit sub-block levels whose products
+/// are exactly the fitted parameters, so the block decodes to exactly the values GPTQ chose.
+pub struct GridK {
+    ty: GgmlType,
+}
+static GRID_Q4_K: GridK = GridK { ty: GgmlType::Q4_K };
+static GRID_Q5_K: GridK = GridK { ty: GgmlType::Q5_K };
+static GRID_Q6_K: GridK = GridK { ty: GgmlType::Q6_K };
+
+/// `c` (f16-representable) and levels `l[j]` in `lo..=hi` with `c · l[j] == v[j]` exactly in
+/// f32, as a block decoder computes `d · sc`. The fitted values are such products (an f16 times
+/// a small integer is exact in f32), so trying `c = v_max / k` over the levels finds one.
+fn factor_levels(v: &[f32], lo: i32, hi: i32, l: &mut [i32]) -> Option<f32> {
+    let big = v
+        .iter()
+        .fold(0f32, |a, &x| if x.abs() > a.abs() { x } else { a });
+    if big == 0.0 {
+        l.fill(0);
+        return Some(0.0);
+    }
+    'k: for k in (lo..=hi).rev().filter(|&k| k != 0) {
+        let c = big / k as f32;
+        if !c.is_finite() || f16::from_f32(c).to_f32() != c {
+            continue;
+        }
+        for (lj, &x) in l.iter_mut().zip(v) {
+            let q = (x / c).round();
+            if !(lo as f32..=hi as f32).contains(&q) || c * q != x {
+                continue 'k;
+            }
+            *lj = q as i32;
+        }
+        return Some(c);
+    }
+    None
+}
+
+impl CodeGrid for GridK {
+    fn spec(&self) -> IntSpec {
+        match self.ty {
+            GgmlType::Q4_K => IntSpec {
+                bits: 4,
+                symmetric: false,
+            },
+            GgmlType::Q5_K => IntSpec {
+                bits: 5,
+                symmetric: false,
+            },
+            _ => IntSpec {
+                bits: 6,
+                symmetric: true,
+            },
+        }
+    }
+    fn code_range(&self) -> (i32, i32) {
+        match self.ty {
+            GgmlType::Q4_K => (0, 15),
+            GgmlType::Q5_K => (0, 31),
+            _ => (0, 63),
+        }
+    }
+    fn group(&self) -> usize {
+        if self.ty == GgmlType::Q6_K {
+            16
+        } else {
+            32
+        }
+    }
+    fn fit(&self, w: &[f32], out: &mut [(QParams, f32)]) {
+        let mut b = [0u8; 210];
+        match self.ty {
+            GgmlType::Q6_K => {
+                quantize_block_q6_k(w, None, &mut b);
+                let d = f16_at(&b[208..210]);
+                for (j, o) in out.iter_mut().enumerate().take(16) {
+                    let scale = d * (b[192 + j] as i8) as f32;
+                    *o = (QParams { scale, zero: 32 }, 0.0);
+                }
+            }
+            _ => {
+                if self.ty == GgmlType::Q4_K {
+                    quantize_block_q4_k(w, &mut b);
+                } else {
+                    quantize_block_q5_k(w, &mut b);
+                }
+                let (d, min) = (f16_at(&b[0..2]), f16_at(&b[2..4]));
+                for (j, o) in out.iter_mut().enumerate().take(8) {
+                    let (s, m) = scale_min_k4(j, &b[4..16]);
+                    *o = (
+                        QParams {
+                            scale: d * s as f32,
+                            zero: 0,
+                        },
+                        -(min * m as f32),
+                    );
+                }
+            }
+        }
+    }
+    fn pack_row(&self, codes: &[i8], d: &[f32], m: &[f32], out: &mut [u8]) {
+        let (bs, bb) = self.ty.block();
+        let per = bs / self.group();
+        assert_eq!(codes.len() % bs, 0);
+        let stuck = || panic!("{}: parameters no block can store", self.ty);
+        for (b, (q, y)) in codes
+            .chunks_exact(bs)
+            .zip(out.chunks_exact_mut(bb))
+            .enumerate()
+        {
+            let (db, mb) = (&d[b * per..(b + 1) * per], &m[b * per..(b + 1) * per]);
+            if self.ty == GgmlType::Q6_K {
+                let mut l = [0i32; 16];
+                let c = factor_levels(db, -128, 127, &mut l).unwrap_or_else(stuck);
+                pack_q6_k(q, y);
+                for (j, &v) in l.iter().enumerate() {
+                    y[192 + j] = v as i8 as u8;
+                }
+                y[208..210].copy_from_slice(&f16_bits(c));
+                continue;
+            }
+            let mins: Vec<f32> = mb.iter().map(|&v| -v).collect();
+            let (mut ls, mut lm) = ([0i32; 8], [0i32; 8]);
+            let c = factor_levels(db, 0, 63, &mut ls).unwrap_or_else(stuck);
+            let cm = factor_levels(&mins, 0, 63, &mut lm).unwrap_or_else(stuck);
+            y[0..2].copy_from_slice(&f16_bits(c));
+            y[2..4].copy_from_slice(&f16_bits(cm));
+            let sc = pack_scale_min_k4(&ls.map(|v| v as u8), &lm.map(|v| v as u8));
+            y[4..16].copy_from_slice(&sc);
+            let mut l = [0u8; QK_K];
+            for (a, &v) in l.iter_mut().zip(q) {
+                *a = v as u8;
+            }
+            if self.ty == GgmlType::Q4_K {
+                pack_q4_k(&l, &mut y[16..144]);
+            } else {
+                pack_q5_k(&l, &mut y[16..176]);
+            }
+        }
     }
 }

@@ -445,7 +445,19 @@ impl CodeGrid for Grid32 {
             _ => (0, 15),
         }
     }
-    fn fit(&self, w: &[f32]) -> (QParams, f32) {
+    fn group(&self) -> usize {
+        32
+    }
+    fn fit(&self, w: &[f32], out: &mut [(QParams, f32)]) {
+        out[0] = self.fit_block(w);
+    }
+    fn pack_row(&self, codes: &[i8], d: &[f32], m: &[f32], out: &mut [u8]) {
+        pack_codes_row(self.ty, codes, d, m, out)
+    }
+}
+
+impl Grid32 {
+    fn fit_block(&self, w: &[f32]) -> (QParams, f32) {
         let p = |scale: f32, zero: i32| QParams { scale, zero };
         match self.ty {
             // d = (signed max-|x| value) / -8 (Q5_0: / -16), codes 0..15 (0..31), value
@@ -479,9 +491,6 @@ impl CodeGrid for Grid32 {
                 (p(f16_round(amax / 127.0), 0), 0.0)
             }
         }
-    }
-    fn pack_row(&self, codes: &[i8], d: &[f32], m: &[f32], out: &mut [u8]) {
-        pack_codes_row(self.ty, codes, d, m, out)
     }
 }
 

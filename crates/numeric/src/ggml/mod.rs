@@ -154,16 +154,21 @@ pub trait BlockCodec: Sync {
     }
 }
 
-/// A ggml type's blocks seen as an integer grid: per block, `value = (q - zero)·scale + offset`
-/// with `q` in [`CodeGrid::code_range`], the parameters fitted as ggml fits them.
+/// A ggml type's blocks seen as an integer grid: per group of [`CodeGrid::group`] values (the
+/// block for the legacy types, a sub-block for the K-quants), `value = (q - zero)·scale +
+/// offset` with `q` in [`CodeGrid::code_range`], the parameters fitted as ggml fits them and
+/// computed as ggml's dequantizer computes them from the stored block.
 pub trait CodeGrid: Sync {
     /// Bit width and symmetry of the codes.
     fn spec(&self) -> IntSpec;
     fn code_range(&self) -> (i32, i32);
-    /// One block's parameters for the values `w`: (scale and zero point, offset), both as the
-    /// block stores them (f16-representable).
-    fn fit(&self, w: &[f32]) -> (QParams, f32);
-    /// Packs one row of codes with per-block scales `d` and offsets `m` into blocks.
+    /// Values sharing one scale and offset (a divisor of the block size).
+    fn group(&self) -> usize;
+    /// One block's parameters for its values `w` (the type's block size): per group (scale and
+    /// zero point, offset) into `out` (block size / [`CodeGrid::group`] entries).
+    fn fit(&self, w: &[f32], out: &mut [(QParams, f32)]);
+    /// Packs one row of codes into blocks, with per-group scales `d` and offsets `m` as
+    /// [`CodeGrid::fit`] returned them (panics on parameters no block can store).
     fn pack_row(&self, codes: &[i8], d: &[f32], m: &[f32], out: &mut [u8]);
 }
 
@@ -323,8 +328,8 @@ pub fn dequantize_row(ty: GgmlType, y: &[u8], x: &mut [f32]) {
     c.dequantize_row(y, x)
 }
 
-/// Packs one row of chosen codes into `ty`'s blocks (a type with a [`CodeGrid`]): per block
-/// its scale `d` and offset `m` (already f16-representable) and the codes.
+/// Packs one row of chosen codes into `ty`'s blocks (a type with a [`CodeGrid`]): per group its
+/// scale `d` and offset `m` as the grid's fit returned them, and the codes.
 pub fn pack_codes_row(ty: GgmlType, codes: &[i8], d: &[f32], m: &[f32], out: &mut [u8]) {
     let g = ty.grid().unwrap_or_else(|| panic!("{ty} has no code grid"));
     g.pack_row(codes, d, m, out)

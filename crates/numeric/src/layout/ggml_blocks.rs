@@ -92,7 +92,7 @@ impl Layout for GgmlBlocks {
             .grid()
             .ok_or_else(|| SchemeError::Unsupported(format!("{t} takes no codes")))?;
         let cols = rows_cols(shape).1;
-        let groups = cols / t.block().0;
+        let groups = cols / grid.group();
         let nrows = c.codes.len() / cols.max(1);
         let rb = t.row_bytes(cols);
         let mut bytes = vec![0u8; nrows * rb];

@@ -66,20 +66,22 @@ impl Method for Gptq {
                 grid: Grid::Int,
                 mse_clip: cfg.mse_clip,
             },
-            CodeGrid::Ggml(ty) => GptqConfig {
-                spec: ty
+            CodeGrid::Ggml(ty) => {
+                let grid = ty
                     .grid()
-                    .ok_or_else(|| Error::Config(format!("{ty} has no code grid")))?
-                    .spec(),
-                group: Some(ty.block().0),
-                block: 128,
-                percdamp: cfg.damp,
-                act_order: cfg.act_order,
-                static_groups: cfg.act_order,
-                scale_dtype: qs_numeric::DType::F16,
-                grid: Grid::Ggml(ty),
-                mse_clip: false,
-            },
+                    .ok_or_else(|| Error::Config(format!("{ty} has no code grid")))?;
+                GptqConfig {
+                    spec: grid.spec(),
+                    group: Some(grid.group()),
+                    block: 128,
+                    percdamp: cfg.damp,
+                    act_order: cfg.act_order,
+                    static_groups: cfg.act_order,
+                    scale_dtype: qs_numeric::DType::F16,
+                    grid: Grid::Ggml(ty),
+                    mse_clip: false,
+                }
+            }
         };
         let out = gptq(job.w, job.rows, job.cols, &job.stats.hessian.h, &gc).map_err(|err| {
             Error::Gptq {

@@ -232,8 +232,7 @@ impl Report {
                     String::new()
                 }
             ));
-            // AWQ reads its `--awq-tokens` on purpose; GPTQ fits its Hessians to all of them
-            if c.method != "awq" && c.fit_sequences * c.seq_len < 32768 {
+            if c.fits_all_tokens && c.fit_sequences * c.seq_len < 32768 {
                 s.push_str(
                     "warning: fewer than 32k calibration tokens; GPTQ can overfit them and do worse than round-to-nearest on other text (docs/QUALITY.md)\n",
                 );
@@ -253,5 +252,52 @@ pub fn human_bytes(b: u64) -> String {
         format!("{:.1} kB", b / 1e3)
     } else {
         format!("{b} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calib::CalibSummary;
+
+    /// The short-calibration warning is for methods that fit every token (GPTQ), not for AWQ's
+    /// deliberate `--awq-tokens` sample, and not for long texts.
+    #[test]
+    fn short_calibration_warns_only_methods_fitting_every_token() {
+        let table = |fits_all_tokens: bool, fit_sequences: usize| {
+            Report {
+                schema_version: SCHEMA_VERSION,
+                command: String::new(),
+                input: String::new(),
+                output: String::new(),
+                target: None,
+                rows: vec![],
+                totals: Totals {
+                    tensors: 0,
+                    changed: 0,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    compression: 1.0,
+                    bits_per_weight_changed: 0.0,
+                    lossy: 0,
+                    error: None,
+                },
+                calibration: Some(CalibSummary {
+                    method: "m",
+                    source: "text",
+                    generation_secs: None,
+                    text_tokens: 100_000,
+                    seq_len: 512,
+                    requested: fit_sequences,
+                    fit_sequences,
+                    held_sequences: 4,
+                    fits_all_tokens,
+                }),
+            }
+            .to_table()
+        };
+        assert!(table(true, 16).contains("fewer than 32k"));
+        assert!(!table(false, 16).contains("fewer than 32k"));
+        assert!(!table(true, 64).contains("fewer than 32k"));
     }
 }

@@ -236,6 +236,10 @@ pub struct CalibSummary {
     pub fit_sequences: usize,
     /// Sequences from the end of the text, held out for the layer-output error.
     pub held_sequences: usize,
+    /// Whether the method fits statistics to every calibration token (GPTQ's Hessians), so a
+    /// short text risks overfitting (AWQ reads a fixed `--awq-tokens` sample on purpose).
+    #[serde(skip)]
+    pub fits_all_tokens: bool,
 }
 
 /// ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖² on held-out calibration tokens, for round to nearest and for the
@@ -518,6 +522,7 @@ pub fn calibrate_model(
         requested: ccfg.samples,
         fit_sequences: set.fit.len(),
         held_sequences: set.held.len(),
+        fits_all_tokens: method.chooses_codes(),
     };
     let ids = |s: &[Vec<u32>]| s.iter().flatten().copied().collect::<Vec<u32>>();
     let mut x = model.embed(&ids(&set.fit)).map_err(model_err)?;

@@ -22,6 +22,8 @@ pub enum ModelError {
     Config(String),
     #[error("tensor '{name}': {msg}")]
     Tensor { name: String, msg: String },
+    #[error("generation: {0}")]
+    Generation(String),
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;
@@ -779,16 +781,16 @@ pub fn layer_forward(
     (x1, cap)
 }
 
-/// Sequences the model writes itself: each starts with `start`, then `len − 1` tokens sampled
-/// at temperature 1 with a KV cache, in equal batches of at most `batch` sequences. The seed
-/// fixes every token (sequence i draws from its own generator, seeded by `seed` and i). Memory: the output head, the cache (`batch × len × 2·kv_heads·head_dim`
+/// Sequences the model writes itself: sequence i starts with `prefixes[i]` (at least one
+/// token), then tokens sampled at temperature 1 with a KV cache up to `len`, in equal batches of
+/// at most `batch` sequences. The seed fixes every token (sequence i draws from its own
+/// generator, seeded by `seed` and i, once per sampled token). Memory: the output head, the cache (`batch × len × 2·kv_heads·head_dim`
 /// floats per layer, see [`generation_batch`]) and the layers' f32 weights when they fit in
 /// [`RESIDENT_LAYERS`] bytes, else one layer at a time, read again each step. `step` is called
 /// with the tokens written after each step.
 pub fn generate(
     model: &Model<'_>,
-    start: u32,
-    n: usize,
+    prefixes: &[Vec<u32>],
     len: usize,
     batch: usize,
     seed: u64,
@@ -809,6 +811,16 @@ pub fn generate(
         } else {
             None
         };
+    let n = prefixes.len();
+    if let Some(p) = prefixes
+        .iter()
+        .find(|p| p.is_empty() || p.iter().any(|&t| t as usize >= c.vocab))
+    {
+        return Err(ModelError::Generation(format!(
+            "prefix {p:?} is empty or outside the vocabulary of {}",
+            c.vocab
+        )));
+    }
     // equal batches of at most `batch` sequences
     let batches = n.div_ceil(batch.max(1)).max(1);
     let per = n.div_ceil(batches).max(1);
@@ -817,7 +829,10 @@ pub fn generate(
         let b = per.min(n - b0);
         let mut rngs: Vec<qs_numeric::synth::Rng> =
             (0..b).map(|i| sequence_rng(seed, b0 + i)).collect();
-        let mut seqs: Vec<Vec<u32>> = vec![vec![start]; b];
+        let mut seqs: Vec<Vec<u32>> = prefixes[b0..b0 + b]
+            .iter()
+            .map(|p| p[..p.len().min(len)].to_vec())
+            .collect();
         // per layer: keys and values, [sequence][position][kd]
         let mut kc = vec![vec![0f32; b * len * kd]; c.layers];
         let mut vc = vec![vec![0f32; b * len * kd]; c.layers];
@@ -835,6 +850,9 @@ pub fn generate(
             }
             let logits = model.apply_head(&hw, x.as_ref());
             for (i, s) in seqs.iter_mut().enumerate() {
+                if s.len() > pos + 1 {
+                    continue; // the prefix gives the next token
+                }
                 let row: Vec<f32> = (0..logits.ncols()).map(|j| logits[(i, j)]).collect();
                 s.push(sample(&row, &mut rngs[i]));
             }

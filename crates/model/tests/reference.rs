@@ -70,15 +70,17 @@ fn kv_cached_generation_samples_what_the_full_forward_pass_predicts() {
     let src = qs_formats::source::ModelSource::open(&root.join("fixtures/tiny-llama")).unwrap();
     let model = qs_model::Model::new(&src).unwrap();
     let mut steps = 0;
-    let seqs = qs_model::generate(&model, 1, 3, 10, 2, 7, &mut |n| steps += n).unwrap();
+    // one sequence opens with a given second token, the others with BOS alone
+    let prefixes = vec![vec![1], vec![1, 300], vec![1]];
+    let seqs = qs_model::generate(&model, &prefixes, 10, 2, 7, &mut |n| steps += n).unwrap();
     assert_eq!(steps, 3 * 9);
     assert_eq!(seqs.len(), 3);
     for (i, s) in seqs.iter().enumerate() {
         assert_eq!(s.len(), 10);
-        assert_eq!(s[0], 1);
+        assert_eq!(s[..prefixes[i].len()], prefixes[i][..]);
         let logits = model.logits(&s[..9]).unwrap();
         let mut rng = qs_model::sequence_rng(7, i);
-        for p in 0..9 {
+        for p in prefixes[i].len() - 1..9 {
             let row: Vec<f32> = (0..logits.ncols()).map(|j| logits[(p, j)]).collect();
             assert_eq!(
                 qs_model::sample(&row, &mut rng),
@@ -88,6 +90,9 @@ fn kv_cached_generation_samples_what_the_full_forward_pass_predicts() {
         }
     }
     // a different seed writes different text
-    let other = qs_model::generate(&model, 1, 3, 10, 3, 8, &mut |_| {}).unwrap();
+    let other = qs_model::generate(&model, &prefixes, 10, 3, 8, &mut |_| {}).unwrap();
     assert_ne!(other, seqs);
+    // prefixes outside the vocabulary are refused
+    assert!(qs_model::generate(&model, &[vec![1, 512]], 10, 1, 7, &mut |_| {}).is_err());
+    assert!(qs_model::generate(&model, &[vec![]], 10, 1, 7, &mut |_| {}).is_err());
 }

@@ -418,12 +418,15 @@ pub fn prepare_plan(method: &dyn Method, src: &ModelSource, plan: &mut Plan, lay
 }
 
 /// Calibration text the model writes itself (no `--calib`): `samples` sequences to fit and a
-/// tenth more (at least one) held out, each `seq_len` tokens sampled at temperature 1 from the
-/// BOS token (else EOS, else token 0), seeded by `--seed`. Its own distribution, so what the
-/// statistics see is what the model computes (docs/QUALITY.md measures how well it serves).
+/// tenth more (at least one) held out, each `seq_len` tokens: the BOS token (else EOS, else
+/// token 0), one ordinary token drawn over the whole vocabulary (a spread of openings, as
+/// LLM-QAT's data-free generation starts), then tokens sampled at temperature 1, seeded by
+/// `--seed`. Its own distribution, so what the statistics see is what the model computes
+/// (docs/QUALITY.md measures how well it serves).
 fn self_generated(
     model: &Model<'_>,
     src: &ModelSource,
+    tokenizer_json: &std::path::Path,
     ccfg: &CalibConfig,
     progress: &dyn Progress,
 ) -> std::result::Result<calib::CalibSet, qs_model::ModelError> {
@@ -440,10 +443,12 @@ fn self_generated(
         "the model writes its calibration text (tokens)",
         ((samples + held) * len) as u64,
     );
+    let firsts = calib::first_tokens(tokenizer_json, samples + held, model.cfg.vocab, ccfg.seed)
+        .map_err(qs_model::ModelError::Format)?;
+    let prefixes: Vec<Vec<u32>> = firsts.iter().map(|&f| vec![start, f]).collect();
     let seqs = qs_model::generate(
         model,
-        start,
-        samples + held,
+        &prefixes,
         len,
         qs_model::generation_batch(&model.cfg, len, GENERATION_CACHE),
         ccfg.seed,
@@ -505,7 +510,8 @@ pub fn calibrate_model(
         }
         None => {
             let t0 = std::time::Instant::now();
-            let set = self_generated(&model, src, &ccfg, progress).map_err(model_err)?;
+            let set = self_generated(&model, src, &dir.join("tokenizer.json"), &ccfg, progress)
+                .map_err(model_err)?;
             (set, Some(t0.elapsed().as_secs_f64()))
         }
     };

@@ -194,7 +194,8 @@ struct RunArgs {
     mse_clip: bool,
     /// Calibration text for --method: plain text or JSONL with a "text" field. Without it the
     /// model writes its own: --calib-samples sequences (and a tenth more held out) of
-    /// --calib-seq-len tokens sampled from it at temperature 1, seeded by --seed.
+    /// --calib-seq-len tokens (BOS, a seeded token from across the vocabulary, then sampled from
+    /// the model at temperature 1), seeded by --seed.
     #[arg(long, value_name = "FILE")]
     calib: Option<PathBuf>,
     /// Calibration sequences.

@@ -1181,16 +1181,33 @@ impl CodeGrid for GridK {
         let (bs, bb) = self.ty.block();
         let per = bs / self.group();
         assert_eq!(codes.len() % bs, 0);
-        let stuck = || panic!("{}: parameters no block can store", self.ty);
+        let g = self.group();
         for (b, (q, y)) in codes
             .chunks_exact(bs)
             .zip(out.chunks_exact_mut(bb))
             .enumerate()
         {
             let (db, mb) = (&d[b * per..(b + 1) * per], &m[b * per..(b + 1) * per]);
+            // parameters no block stores exactly: the type's own quantization of the values
+            let requantize = |y: &mut [u8]| {
+                let zero = if self.ty == GgmlType::Q6_K { 32 } else { 0 };
+                let v: Vec<f32> = q
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &c)| (c as i32 - zero) as f32 * db[i / g] + mb[i / g])
+                    .collect();
+                match self.ty {
+                    GgmlType::Q4_K => quantize_block_q4_k(&v, y),
+                    GgmlType::Q5_K => quantize_block_q5_k(&v, y),
+                    _ => quantize_block_q6_k(&v, None, y),
+                }
+            };
             if self.ty == GgmlType::Q6_K {
                 let mut l = [0i32; 16];
-                let c = factor_levels(db, -128, 127, &mut l).unwrap_or_else(stuck);
+                let Some(c) = factor_levels(db, -128, 127, &mut l) else {
+                    requantize(y);
+                    continue;
+                };
                 pack_q6_k(q, y);
                 for (j, &v) in l.iter().enumerate() {
                     y[192 + j] = v as i8 as u8;
@@ -1200,8 +1217,13 @@ impl CodeGrid for GridK {
             }
             let mins: Vec<f32> = mb.iter().map(|&v| -v).collect();
             let (mut ls, mut lm) = ([0i32; 8], [0i32; 8]);
-            let c = factor_levels(db, 0, 63, &mut ls).unwrap_or_else(stuck);
-            let cm = factor_levels(&mins, 0, 63, &mut lm).unwrap_or_else(stuck);
+            let (Some(c), Some(cm)) = (
+                factor_levels(db, 0, 63, &mut ls),
+                factor_levels(&mins, 0, 63, &mut lm),
+            ) else {
+                requantize(y);
+                continue;
+            };
             y[0..2].copy_from_slice(&f16_bits(c));
             y[2..4].copy_from_slice(&f16_bits(cm));
             let sc = pack_scale_min_k4(&ls.map(|v| v as u8), &lm.map(|v| v as u8));
@@ -1215,6 +1237,72 @@ impl CodeGrid for GridK {
             } else {
                 pack_q5_k(&l, &mut y[16..176]);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod grid_tests {
+    use super::*;
+
+    /// Codes on the fitted grid pack into blocks that decode (ggml's dequantizer) to exactly
+    /// `(q − zero)·scale + offset`; parameters no block can store still pack (the type's own
+    /// quantization of the values, within a step of them) instead of panicking.
+    #[test]
+    fn packed_codes_decode_to_the_grid_values() {
+        let mut rng = crate::synth::Rng::new(5);
+        for grid in [&GRID_Q4_K, &GRID_Q5_K, &GRID_Q6_K] {
+            let ty = grid.ty;
+            let (lo, hi) = grid.code_range();
+            let g = grid.group();
+            let per = QK_K / g;
+            let w: Vec<f32> = (0..2 * QK_K)
+                .map(|i| (rng.normal() as f32) * 0.02 * if i % 37 == 0 { 8.0 } else { 1.0 })
+                .collect();
+            let (mut d, mut m) = (vec![0f32; 2 * per], vec![0f32; 2 * per]);
+            let mut want = vec![0f32; 2 * QK_K];
+            let mut codes = vec![0i8; 2 * QK_K];
+            for b in 0..2 {
+                let mut ps = vec![
+                    (
+                        QParams {
+                            scale: 0.0,
+                            zero: 0
+                        },
+                        0.0
+                    );
+                    per
+                ];
+                grid.fit(&w[b * QK_K..(b + 1) * QK_K], &mut ps);
+                for (k, (p, off)) in ps.iter().enumerate() {
+                    d[b * per + k] = p.scale;
+                    m[b * per + k] = *off;
+                    for i in 0..g {
+                        let at = b * QK_K + k * g + i;
+                        let q = if p.scale == 0.0 {
+                            p.zero
+                        } else {
+                            (((w[at] - off) / p.scale).round() as i32 + p.zero).clamp(lo, hi)
+                        };
+                        codes[at] = q as i8;
+                        want[at] = (q - p.zero) as f32 * p.scale + off;
+                    }
+                }
+            }
+            let mut bytes = vec![0u8; ty.row_bytes(2 * QK_K)];
+            grid.pack_row(&codes, &d, &m, &mut bytes);
+            let mut got = vec![0f32; 2 * QK_K];
+            crate::ggml::dequantize_row(ty, &bytes, &mut got);
+            assert_eq!(got, want, "{ty}");
+            // a scale no f16 times a level gives
+            d[3] *= 1.000_001;
+            grid.pack_row(&codes, &d, &m, &mut bytes);
+            crate::ggml::dequantize_row(ty, &bytes, &mut got);
+            let step = d.iter().fold(0f32, |a, &v| a.max(v.abs()));
+            assert!(
+                got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= step),
+                "{ty}"
+            );
         }
     }
 }

@@ -168,7 +168,9 @@ pub trait CodeGrid: Sync {
     /// zero point, offset) into `out` (block size / [`CodeGrid::group`] entries).
     fn fit(&self, w: &[f32], out: &mut [(QParams, f32)]);
     /// Packs one row of codes into blocks, with per-group scales `d` and offsets `m` as
-    /// [`CodeGrid::fit`] returned them (panics on parameters no block can store).
+    /// [`CodeGrid::fit`] returned them. Parameters a block cannot store exactly (not from the
+    /// fit, or non-finite) are not an error: that block is the type's own quantization of the
+    /// values the codes stand for.
     fn pack_row(&self, codes: &[i8], d: &[f32], m: &[f32], out: &mut [u8]);
 }
 

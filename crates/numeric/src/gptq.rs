@@ -39,10 +39,11 @@ pub struct GptqConfig {
     pub mse_clip: bool,
 }
 
-/// Where GPTQ's codes go. For a ggml type with a code grid (see [`crate::ggml::CodeGrid`]:
-/// the legacy types Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) the group is the block and each block's parameters are fitted as ggml fits
-/// them (on the weights as GPTQ has updated them when the loop enters the block), stored in
-/// f16; codes are the nearest point of that stored grid.
+/// Where GPTQ's codes go. For a ggml type with a code grid (see [`crate::ggml::CodeGrid`]: the
+/// legacy types, Q4_K, Q5_K, Q6_K) the group is the grid's (the 32-value block; a K-quant's 32-
+/// or 16-value sub-block) and each block's parameters are fitted as ggml fits them, on the
+/// weights as GPTQ has updated them when the loop enters the block, and read back as stored;
+/// codes are the nearest point of that stored grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grid {
     /// `spec` bits, compressed-tensors conventions.
@@ -70,16 +71,7 @@ impl Grid {
         out.clear();
         if let Grid::Ggml(ty) = self {
             let g = code_grid(ty);
-            let mut ps = vec![
-                (
-                    QParams {
-                        scale: 0.0,
-                        zero: 0
-                    },
-                    0.0
-                );
-                w.len() / g.group()
-            ];
+            let mut ps = vec![(QParams::default(), 0.0); w.len() / g.group()];
             g.fit(w, &mut ps);
             out.extend(ps.into_iter().map(|(p, offset)| GroupGrid { p, offset }));
             return;

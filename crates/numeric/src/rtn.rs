@@ -30,7 +30,7 @@ impl IntSpec {
 }
 
 /// Scale and zero point of one group.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct QParams {
     pub scale: f32,
     pub zero: i32,

@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use quantsmith::config::{parse_tensor_type, GranularityArg};
+use quantsmith::report::ReportFormat;
 use quantsmith::{Progress, QuantizeConfig, Target};
 use std::fmt::Write as _;
 use std::io::IsTerminal;
@@ -106,7 +107,8 @@ enum Cmd {
     Verify {
         original: PathBuf,
         quantized: PathBuf,
-        /// Write the per-tensor report as JSON (schema: docs/REPORT.md).
+        /// Write the per-tensor report: .json (schema: docs/REPORT.md), .csv (one line per tensor)
+        /// or .md (a Markdown summary for CI job summaries), by the file's extension.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
         #[arg(short = 'j', long)]
@@ -160,7 +162,8 @@ struct RunArgs {
     /// Print the plan (tensor -> storage, bytes before/after) and write nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Write the per-tensor report as JSON (schema: docs/REPORT.md).
+    /// Write the per-tensor report: .json (schema: docs/REPORT.md), .csv (one line per tensor)
+    /// or .md (a Markdown summary for CI job summaries), by the file's extension.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
     /// Worker threads (default: all cores).
@@ -452,7 +455,20 @@ fn regexes(v: &[String]) -> Result<Vec<regex::Regex>> {
         .collect()
 }
 
+/// The format of a `--report` file (by extension), checked before any work is done.
+fn report_format(report: Option<&Path>, dry_run: bool) -> Result<Option<ReportFormat>> {
+    let Some(p) = report else {
+        return Ok(None);
+    };
+    let f = ReportFormat::from_path(p).map_err(anyhow::Error::msg)?;
+    if dry_run && f != ReportFormat::Json {
+        anyhow::bail!("{}: the --dry-run plan is written as JSON", p.display());
+    }
+    Ok(Some(f))
+}
+
 fn run(a: RunArgs) -> Result<()> {
+    let report_fmt = report_format(a.report.as_deref(), a.dry_run)?;
     let model = a.model.expect("clap requires MODEL");
     let (target, mixture) = a.to.expect("clap requires --to");
     let mut cfg = QuantizeConfig::new(&model, target);
@@ -553,8 +569,8 @@ fn run(a: RunArgs) -> Result<()> {
             }
         }
         Some(report) => {
-            if let Some(p) = &a.report {
-                write_report(p, &report.to_json())?;
+            if let (Some(p), Some(f)) = (&a.report, report_fmt) {
+                write_report(p, &report.render(f))?;
             }
             if !a.quiet {
                 let mut s = report.to_table();
@@ -637,15 +653,18 @@ fn main() -> std::process::ExitCode {
                 quantsmith::input_paths(&quantized),
             ]
             .concat();
-            check_reports(report.as_deref().as_slice(), &inputs)
+            report_format(report.as_deref(), false)
+                .and_then(|f| check_reports(report.as_deref().as_slice(), &inputs).map(|()| f))
                 .context("verify")
-                .and_then(|()| {
+                .and_then(|f| {
                     let bar = Bar::new(quiet);
-                    quantsmith::verify(&original, &quantized, threads, &bar).context("verify")
+                    quantsmith::verify(&original, &quantized, threads, &bar)
+                        .context("verify")
+                        .map(|r| (r, f))
                 })
-                .and_then(|r| {
-                    if let Some(p) = &report {
-                        write_report(p, &r.to_json())?;
+                .and_then(|(r, report_fmt)| {
+                    if let (Some(p), Some(f)) = (&report, report_fmt) {
+                        write_report(p, &r.render(f))?;
                     }
                     if !quiet {
                         out(&r.to_table())?;

@@ -581,3 +581,114 @@ fn write_errors_name_the_target_and_the_os_error_once() {
         assert_eq!(listing(d.path()), Vec::<String>::new());
     }
 }
+
+/// `--report` by extension: the CSV (read by Python's `csv` module) has the JSON report's rows
+/// in the same order with the same figures; the Markdown summary lists the worst tensors first
+/// in a well-formed table; other extensions, and a non-JSON `--dry-run` plan, are refused
+/// before anything is written.
+#[test]
+fn reports_as_csv_and_markdown_match_the_json_report() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let run = |ext: &str| {
+        let (o, r) = (
+            d.path().join(format!("{ext}.gguf")),
+            d.path().join(format!("r.{ext}")),
+        );
+        quantize(&[
+            fx.as_os_str(),
+            "--to".as_ref(),
+            "q4_k_m".as_ref(),
+            "-o".as_ref(),
+            o.as_os_str(),
+            "--report".as_ref(),
+            r.as_os_str(),
+            "-q".as_ref(),
+        ])
+        .ok();
+        r
+    };
+    let json = read_json(&run("json"));
+    let rows = json["rows"].as_array().unwrap();
+    let csv = run("csv");
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import csv, json, sys; print(json.dumps(list(csv.DictReader(open(sys.argv[1], newline='')))))",
+        ])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(parsed.len(), rows.len());
+    for (c, j) in parsed.iter().zip(rows) {
+        assert_eq!(c["tensor"], j["tensor"]);
+        assert_eq!(c["storage"], j["storage"]);
+        assert_eq!(c["bytes_out"].as_str().unwrap(), j["bytes_out"].to_string());
+        let shape: Vec<String> = j["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        assert_eq!(c["shape"].as_str().unwrap(), shape.join("x"));
+        match j["error"]["sqnr_db"].as_f64() {
+            Some(v) => {
+                let got: f64 = c["sqnr_db"].as_str().unwrap().parse().unwrap();
+                assert!((got - v).abs() <= 1e-9 * v.abs(), "{}", j["tensor"]);
+            }
+            None if j["error"].is_null() => assert_eq!(c["sqnr_db"], ""),
+            None => assert_eq!(c["sqnr_db"], "inf"),
+        }
+    }
+    let md = std::fs::read_to_string(run("md")).unwrap();
+    assert!(md.starts_with("### quantsmith: `"), "{md}");
+    let table: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+    let lossy = rows
+        .iter()
+        .filter(|r| r["error"]["sqnr_db"].as_f64().is_some())
+        .count();
+    assert_eq!(table.len(), 2 + lossy.min(30), "{md}");
+    let cells = |l: &str| l.matches('|').count() - l.matches("\\|").count();
+    assert!(table.iter().all(|l| cells(l) == cells(table[0])), "{md}");
+    assert!(
+        table[2].contains(&format!("`{}`", rows[0]["tensor"].as_str().unwrap())),
+        "worst first: {md}"
+    );
+    // refused up front
+    let o = d.path().join("x.gguf");
+    let bad = d.path().join("r.txt");
+    fails(
+        &[
+            fx.as_os_str(),
+            "--to".as_ref(),
+            "q4_0".as_ref(),
+            "-o".as_ref(),
+            o.as_os_str(),
+            "--report".as_ref(),
+            bad.as_os_str(),
+        ],
+        Some(&o),
+        &["r.txt", ".json, .csv or .md"],
+    );
+    assert!(!bad.exists());
+    fails(
+        &[
+            fx.as_os_str(),
+            "--to".as_ref(),
+            "q4_0".as_ref(),
+            "-o".as_ref(),
+            o.as_os_str(),
+            "--dry-run".as_ref(),
+            "--report".as_ref(),
+            csv.as_os_str(),
+        ],
+        Some(&o),
+        &["--dry-run plan is written as JSON"],
+    );
+}

@@ -6,6 +6,52 @@ use serde::Serialize;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Changed tensors listed in a Markdown report (the rest are counted).
+pub const MARKDOWN_ROWS: usize = 30;
+
+/// The format of a `--report` file, chosen by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    Json,
+    Csv,
+    Markdown,
+}
+
+impl ReportFormat {
+    /// `.json`, `.csv`, `.md` (case-insensitive); anything else is refused with the list.
+    pub fn from_path(path: &std::path::Path) -> Result<ReportFormat, String> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase());
+        match ext.as_deref() {
+            Some("json") => Ok(ReportFormat::Json),
+            Some("csv") => Ok(ReportFormat::Csv),
+            Some("md") => Ok(ReportFormat::Markdown),
+            _ => Err(format!(
+                "{}: a report file ends in .json, .csv or .md",
+                path.display()
+            )),
+        }
+    }
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Text safe inside a Markdown table cell or code span: no pipes, backticks or line breaks.
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|")
+        .replace('`', "'")
+        .replace(['\n', '\r'], " ")
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ReportRow {
     pub tensor: String,
@@ -125,6 +171,136 @@ impl Report {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("report serializes")
+    }
+
+    /// The report in `format` (the bytes a `--report` file holds).
+    pub fn render(&self, format: ReportFormat) -> String {
+        match format {
+            ReportFormat::Json => self.to_json(),
+            ReportFormat::Csv => self.to_csv(),
+            ReportFormat::Markdown => self.to_markdown(),
+        }
+    }
+
+    /// One line per tensor (worst first, as the rows), RFC 4180 quoting; empty fields where a
+    /// figure does not apply (exact copies have no error, SQNR of an exact tensor is `inf`).
+    pub fn to_csv(&self) -> String {
+        let mut s = String::from(
+            "tensor,shape,dtype_in,storage,bytes_in,bytes_out,bits_per_weight,sqnr_db,rmse,\
+             max_abs_err,cosine,layer_output_error_rtn,layer_output_error_method,note\n",
+        );
+        let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
+        for r in &self.rows {
+            let e = r.error.as_ref();
+            let l = r.layer_output_error.as_ref();
+            let fields = [
+                csv_field(&r.tensor),
+                csv_field(
+                    &r.shape
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("x"),
+                ),
+                csv_field(&r.dtype_in),
+                csv_field(&r.storage),
+                r.bytes_in.to_string(),
+                r.bytes_out.to_string(),
+                format!("{}", r.bits_per_weight),
+                e.map_or(String::new(), |e| {
+                    e.sqnr_db.map_or("inf".into(), |v| format!("{v}"))
+                }),
+                f(e.map(|e| e.rmse)),
+                f(e.map(|e| e.max_abs_err)),
+                f(e.map(|e| e.cosine)),
+                f(l.map(|l| l.rtn)),
+                f(l.map(|l| l.calibrated)),
+                csv_field(r.note.as_deref().unwrap_or("")),
+            ];
+            s.push_str(&fields.join(","));
+            s.push('\n');
+        }
+        s
+    }
+
+    /// A Markdown summary for CI job summaries and pull-request comments: what ran, totals,
+    /// calibration, and the worst changed tensors ([`MARKDOWN_ROWS`] at most).
+    pub fn to_markdown(&self) -> String {
+        let t = &self.totals;
+        let mut s = format!("### quantsmith: `{}`\n\n", md_cell(&self.output));
+        s.push_str(&format!(
+            "- input: `{}`{}\n",
+            md_cell(&self.input),
+            self.target
+                .as_ref()
+                .map_or(String::new(), |t| format!(" · target: `{}`", md_cell(t)))
+        ));
+        s.push_str(&format!(
+            "- {} tensors ({} changed, {} lossy) · {} → {} ({:.2}×) · {:.2} bits per weight over the changed tensors\n",
+            t.tensors,
+            t.changed,
+            t.lossy,
+            human_bytes(t.bytes_in),
+            human_bytes(t.bytes_out),
+            t.compression,
+            t.bits_per_weight_changed
+        ));
+        if let Some(e) = &t.error {
+            s.push_str(&format!(
+                "- pooled error of the lossy tensors: SQNR {} dB · RMSE {:.3e} · max |error| {:.3e}\n",
+                e.sqnr_db.map_or("inf".into(), |v| format!("{v:.2}")),
+                e.rmse,
+                e.max_abs_err
+            ));
+        }
+        if let Some(c) = &self.calibration {
+            s.push_str(&format!(
+                "- calibration: `{}`, {} ({} sequences of {} tokens fitted, {} held out)\n",
+                c.method, c.source, c.fit_sequences, c.seq_len, c.held_sequences
+            ));
+        }
+        let lossy: Vec<&ReportRow> = self
+            .rows
+            .iter()
+            .filter(|r| r.error.as_ref().is_some_and(|e| !e.exact()))
+            .collect();
+        if !lossy.is_empty() {
+            let calibrated = lossy.iter().any(|r| r.layer_output_error.is_some());
+            s.push_str(&format!(
+                "\n{} lossy tensors, worst SQNR first{}:\n\n",
+                lossy.len(),
+                if lossy.len() > MARKDOWN_ROWS {
+                    format!(" (the first {MARKDOWN_ROWS})")
+                } else {
+                    String::new()
+                }
+            ));
+            s.push_str("| tensor | storage | bits/weight | SQNR dB | RMSE |");
+            s.push_str(if calibrated {
+                " layer-output error RTN | layer-output error method |\n|---|---|---:|---:|---:|---:|---:|\n"
+            } else {
+                "\n|---|---|---:|---:|---:|\n"
+            });
+            for r in lossy.iter().take(MARKDOWN_ROWS) {
+                let e = r.error.as_ref().expect("lossy rows have an error");
+                s.push_str(&format!(
+                    "| `{}` | {} | {:.2} | {} | {:.3e} |",
+                    md_cell(&r.tensor),
+                    md_cell(&r.storage),
+                    r.bits_per_weight,
+                    e.sqnr_db.map_or("inf".into(), |v| format!("{v:.2}")),
+                    e.rmse
+                ));
+                if calibrated {
+                    match &r.layer_output_error {
+                        Some(l) => s.push_str(&format!(" {:.3e} | {:.3e} |", l.rtn, l.calibrated)),
+                        None => s.push_str(" | |"),
+                    }
+                }
+                s.push('\n');
+            }
+        }
+        s
     }
 
     /// The terminal table: changed tensors worst first, then a count of exact copies, then totals.
@@ -297,6 +473,51 @@ mod tests {
             .to_table()
         };
         assert!(table(true, 16).contains("fewer than 32k"));
+        // the Markdown summary of a calibrated run: the method's columns, one per row
+        let mut r = Report::new(
+            "quantize",
+            "in".into(),
+            "out|x".into(),
+            None,
+            ["a.weight", "b.weight"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| ReportRow {
+                    tensor: name.to_string(),
+                    shape: vec![2, 2],
+                    dtype_in: "F32".into(),
+                    storage: "Q4_0".into(),
+                    bytes_in: 16,
+                    bytes_out: 4,
+                    bits_per_weight: 8.0,
+                    error: Some(ErrorSummary {
+                        mse: 1.0,
+                        rmse: 1.0,
+                        max_abs_err: 1.0,
+                        sqnr_db: Some(10.0 + i as f64),
+                        cosine: 0.9,
+                    }),
+                    audit: None,
+                    note: None,
+                    layer_output_error: (i == 0).then_some(crate::calib::LayerOutputError {
+                        rtn: 0.5,
+                        calibrated: 0.25,
+                    }),
+                    stats: ErrorStats::default(),
+                })
+                .collect(),
+        );
+        r.calibration = None;
+        let md = r.to_markdown();
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+        assert_eq!(rows.len(), 4, "{md}");
+        let cells = |l: &str| l.matches('|').count() - l.matches("\\|").count();
+        assert!(rows.iter().all(|l| cells(l) == 8), "{md}");
+        assert!(
+            rows[2].contains("`a.weight`") && rows[2].contains("5.000e-1"),
+            "{md}"
+        );
+        assert!(md.starts_with("### quantsmith: `out\\|x`"), "{md}");
         assert!(!table(false, 16).contains("fewer than 32k"));
         assert!(!table(true, 64).contains("fewer than 32k"));
     }

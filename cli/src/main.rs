@@ -28,6 +28,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Print a shell completion script, e.g. `quantize completions bash >
+    /// ~/.local/share/bash-completion/completions/quantize`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// List tensors, dtypes, shapes and sizes of a safetensors or GGUF file (or model folder).
     Inspect {
         file: PathBuf,
@@ -632,6 +638,11 @@ fn main() -> std::process::ExitCode {
         Err(e) => e.exit(),
     };
     let r = match cli.command {
+        Some(Cmd::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "quantize", &mut script);
+            out(&String::from_utf8_lossy(&script))
+        }
         Some(Cmd::Inspect { file, json }) => quantsmith::inspect(&file)
             .with_context(|| format!("inspecting {}", file.display()))
             .and_then(|i| {

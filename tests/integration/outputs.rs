@@ -692,3 +692,50 @@ fn reports_as_csv_and_markdown_match_the_json_report() {
         &["--dry-run plan is written as JSON"],
     );
 }
+
+/// `quantize completions SHELL`: bash loads the script and completes our flags and
+/// subcommands from it; zsh and fish get scripts that know them too.
+#[test]
+fn shell_completions_complete_flags_and_subcommands() {
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("quantize.bash");
+    let r = quantize(&["completions", "bash"]);
+    r.ok();
+    std::fs::write(&script, &r.stdout).unwrap();
+    let complete = |line: &str| {
+        let words: Vec<&str> = line.split(' ').collect();
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {}; COMP_WORDS=({}); COMP_CWORD={}; _quantize quantize '{}' '{}'; \
+                 printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+                script.display(),
+                line,
+                words.len() - 1,
+                words[words.len() - 1],
+                words[words.len().saturating_sub(2)]
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let flags = complete("quantize --me");
+    assert!(flags.lines().any(|l| l == "--method"), "{flags}");
+    let subs = complete("quantize ev");
+    assert!(subs.lines().any(|l| l == "eval"), "{subs}");
+    for shell in ["zsh", "fish"] {
+        let r = quantize(&["completions", shell]);
+        r.ok();
+        assert!(
+            r.stdout.contains("awq-tokens") && r.stdout.contains("imatrix"),
+            "{shell}"
+        );
+    }
+    let r = quantize(&["completions", "tcsh"]);
+    assert_eq!(r.code, 2, "unknown shell is a usage error: {}", r.stderr);
+}

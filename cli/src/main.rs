@@ -664,8 +664,8 @@ fn main() -> std::process::ExitCode {
                 quantsmith::input_paths(&quantized),
             ]
             .concat();
-            report_format(report.as_deref(), false)
-                .and_then(|f| check_reports(report.as_deref().as_slice(), &inputs).map(|()| f))
+            check_reports(report.as_deref().as_slice(), &inputs)
+                .and_then(|()| report_format(report.as_deref(), false))
                 .context("verify")
                 .and_then(|f| {
                     let bar = Bar::new(quiet);

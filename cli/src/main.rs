@@ -2,10 +2,12 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use quantsmith::config::{parse_tensor_type, GranularityArg};
 use quantsmith::report::ReportFormat;
-use quantsmith::{Progress, QuantizeConfig, Target};
+use quantsmith::{QuantizeConfig, Target};
+
+mod progress;
+use progress::{peak_rss_mb, Bar};
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::io::Write as _;
@@ -52,6 +54,9 @@ enum Cmd {
         dtype: String,
         #[arg(long)]
         force: bool,
+        /// Print what was written as JSON on standard output.
+        #[arg(long)]
+        json: bool,
         #[arg(short = 'j', long)]
         threads: Option<usize>,
         #[arg(short, long)]
@@ -74,8 +79,9 @@ enum Cmd {
         /// Evaluate only the first N chunks.
         #[arg(long)]
         chunks: Option<usize>,
-        /// Write the figures as JSON.
-        #[arg(long, value_name = "FILE")]
+        /// Write the figures as JSON to FILE, or with no FILE (or `-`) print them on standard
+        /// output instead of the summary.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
         json: Option<PathBuf>,
         /// Write MODEL's logits at the scored positions as a float32 .npy (rows: positions,
         /// chunk by chunk; columns: vocabulary; positions × vocabulary × 4 bytes).
@@ -104,6 +110,9 @@ enum Cmd {
         chunks: Option<usize>,
         #[arg(long)]
         force: bool,
+        /// Print what was written as JSON on standard output.
+        #[arg(long)]
+        json: bool,
         #[arg(short = 'j', long)]
         threads: Option<usize>,
         #[arg(short, long)]
@@ -117,11 +126,74 @@ enum Cmd {
         /// or .md (a Markdown summary for CI job summaries), by the file's extension.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Print the report as JSON on standard output instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gates: GateArgs,
         #[arg(short = 'j', long)]
         threads: Option<usize>,
         #[arg(short, long)]
         quiet: bool,
     },
+}
+
+/// Quality gates (docs/REPORT.md): a violated gate still writes the report, names what failed
+/// and exits with code 3.
+#[derive(Args, Clone, Default)]
+struct GateArgs {
+    /// Fail (exit 3) when a lossy tensor's relative error ‖x−x̂‖/‖x‖ exceeds LIMIT; `total:LIMIT`
+    /// for the error pooled over all of them. Repeatable.
+    #[arg(long, value_name = "[total:]LIMIT", value_parser = quantsmith::gates::Limit::parse)]
+    max_rel_error: Vec<quantsmith::gates::Limit>,
+    /// Fail (exit 3) when a lossy tensor's SQNR is below DB; `total:DB` for the pooled SQNR.
+    /// Repeatable.
+    #[arg(long, value_name = "[total:]DB", value_parser = quantsmith::gates::Limit::parse)]
+    min_sqnr: Vec<quantsmith::gates::Limit>,
+    /// Fail (exit 3) when the mean KL divergence of the output's next-token distributions from
+    /// the input's on --eval-text exceeds X nats.
+    #[arg(long, value_name = "X")]
+    max_kld: Option<f64>,
+    /// Fail (exit 3) when the output's perplexity on --eval-text exceeds the input's by more than
+    /// X (`5%` or `0.05`).
+    #[arg(long, value_name = "X", value_parser = quantsmith::gates::parse_fraction)]
+    max_ppl_increase: Option<f64>,
+    /// Evaluate the output against the input on this text after the conversion (plain, or JSONL
+    /// with a "text" field); its figures go in the report.
+    #[arg(long, value_name = "FILE")]
+    eval_text: Option<PathBuf>,
+    /// Tokens per evaluation chunk.
+    #[arg(long, default_value_t = 512)]
+    eval_ctx: usize,
+    /// Evaluate only the first N chunks of --eval-text.
+    #[arg(long, value_name = "N")]
+    eval_chunks: Option<usize>,
+}
+
+impl GateArgs {
+    fn gates(&self) -> Result<quantsmith::gates::Gates> {
+        let g = quantsmith::gates::Gates {
+            max_rel_error: self.max_rel_error.clone(),
+            min_sqnr: self.min_sqnr.clone(),
+            max_kld: self.max_kld,
+            max_ppl_increase: self.max_ppl_increase,
+            eval: self
+                .eval_text
+                .as_ref()
+                .map(|t| quantsmith::gates::EvalSpec {
+                    text: t.clone(),
+                    ctx: self.eval_ctx,
+                    chunks: self.eval_chunks,
+                }),
+        };
+        if let Some(k) = g.max_kld {
+            if !(k.is_finite() && k >= 0.0) {
+                return Err(Usage("--max-kld must be a non-negative number".into()).into());
+            }
+        }
+        g.check_options().map_err(|e| Usage(e.to_string()))?;
+        Ok(g)
+    }
 }
 
 #[derive(Args)]
@@ -172,6 +244,11 @@ struct RunArgs {
     /// or .md (a Markdown summary for CI job summaries), by the file's extension.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Print the report (the plan for --dry-run) as JSON on standard output instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    gates: GateArgs,
     /// Worker threads (default: all cores).
     #[arg(short = 'j', long)]
     threads: Option<usize>,
@@ -249,137 +326,6 @@ struct RunArgs {
     /// GGUF: llama.cpp pre-tokenizer name to write when it is not recognised (e.g. llama-bpe).
     #[arg(long, value_name = "NAME")]
     tokenizer_pre: Option<String>,
-}
-
-/// An indicatif bar on a terminal. Elsewhere (CI logs, pipes) writing is silent and a counted
-/// stage (calibration text, calibration layers) prints a line at every tenth of the way and at
-/// its end, with the elapsed time. `--quiet`: nothing.
-struct Bar(Option<Mode>);
-
-enum Mode {
-    Terminal(ProgressBar),
-    Lines(std::sync::Mutex<Stage>),
-}
-
-#[derive(Default)]
-struct Stage {
-    what: String,
-    total: u64,
-    done: u64,
-    printed_tenths: u64,
-    started: Option<std::time::Instant>,
-}
-
-impl Bar {
-    fn new(quiet: bool) -> Bar {
-        if quiet {
-            return Bar(None);
-        }
-        if !std::io::stderr().is_terminal() {
-            return Bar(Some(Mode::Lines(Default::default())));
-        }
-        let pb = ProgressBar::new(0);
-        pb.set_style(Self::bytes_style());
-        Bar(Some(Mode::Terminal(pb)))
-    }
-
-    fn bytes_style() -> ProgressStyle {
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-    }
-}
-
-impl Progress for Bar {
-    fn start(&self, total: u64) {
-        if let Some(Mode::Terminal(p)) = &self.0 {
-            p.set_style(Self::bytes_style());
-            p.set_message("");
-            p.reset();
-            p.set_length(total);
-            p.set_position(0);
-        }
-    }
-    fn inc(&self, n: u64) {
-        if let Some(Mode::Terminal(p)) = &self.0 {
-            p.inc(n);
-        }
-    }
-    fn finish(&self) {
-        match &self.0 {
-            Some(Mode::Terminal(p)) => p.finish_and_clear(),
-            Some(Mode::Lines(st)) => {
-                let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(t0) = st.started.take() {
-                    eprintln!(
-                        "{}: {}/{} done in {:.1} s",
-                        st.what,
-                        st.done,
-                        st.total,
-                        t0.elapsed().as_secs_f64()
-                    );
-                }
-            }
-            None => {}
-        }
-    }
-    fn stage(&self, what: &str, total: u64) {
-        match &self.0 {
-            Some(Mode::Terminal(p)) => {
-                p.set_style(
-                    ProgressStyle::with_template(
-                        "{spinner} [{elapsed_precise}] {msg} {wide_bar} {pos}/{len} eta {eta}",
-                    )
-                    .expect("valid template"),
-                );
-                p.reset();
-                p.set_message(what.to_string());
-                p.set_length(total);
-                p.set_position(0);
-            }
-            Some(Mode::Lines(st)) => {
-                let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
-                *st = Stage {
-                    what: what.to_string(),
-                    total,
-                    started: Some(std::time::Instant::now()),
-                    ..Default::default()
-                };
-            }
-            None => {}
-        }
-    }
-    fn step(&self, n: u64) {
-        match &self.0 {
-            Some(Mode::Terminal(p)) => p.inc(n),
-            Some(Mode::Lines(st)) => {
-                let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
-                st.done += n;
-                let tenths = (st.done * 10).checked_div(st.total).unwrap_or(10);
-                if tenths > st.printed_tenths && st.done < st.total {
-                    st.printed_tenths = tenths;
-                    let secs = st.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
-                    eprintln!("{}: {}/{} ({secs:.1} s)", st.what, st.done, st.total);
-                }
-            }
-            None => {}
-        }
-    }
-}
-
-/// The process's peak resident memory (Linux `VmHWM`), if known.
-fn peak_rss_mb() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024)
 }
 
 /// Writes a report (temporary, then rename: a failed or interrupted write leaves nothing).
@@ -473,21 +419,21 @@ fn report_format(report: Option<&Path>, dry_run: bool) -> Result<Option<ReportFo
     Ok(Some(f))
 }
 
-fn run(a: RunArgs) -> Result<()> {
-    let report_fmt = report_format(a.report.as_deref(), a.dry_run)?;
-    let model = a.model.expect("clap requires MODEL");
-    let (target, mixture) = a.to.expect("clap requires --to");
+/// The library's configuration from the command line (what a batch manifest's job becomes too).
+fn config_of(a: &RunArgs) -> Result<QuantizeConfig> {
+    let model = a.model.clone().context("MODEL is required")?;
+    let (target, mixture) = a.to.context("--to is required")?;
     let mut cfg = QuantizeConfig::new(&model, target);
     cfg.mixture = mixture;
     cfg.pure = a.pure;
-    cfg.imatrix = a.imatrix;
+    cfg.imatrix = a.imatrix.clone();
     cfg.allow_requantize = a.allow_requantize;
     cfg.split_max_bytes = a.split_max_size;
     cfg.output_tensor_type = a.output_tensor_type;
     cfg.method = a.method;
     cfg.int_format = a.int_format;
     cfg.mse_clip = a.mse_clip;
-    cfg.calib = a.calib;
+    cfg.calib = a.calib.clone();
     cfg.calib_samples = a.calib_samples;
     cfg.calib_seq_len = a.calib_seq_len;
     cfg.seed = a.seed;
@@ -497,7 +443,7 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.awq_scaling = a.awq_scaling;
     cfg.awq_tokens = a.awq_tokens;
     cfg.token_embedding_type = a.token_embedding_type;
-    cfg.output = a.output;
+    cfg.output = a.output.clone();
     cfg.group = a.group;
     cfg.granularity = a.granularity;
     cfg.block = a.block;
@@ -517,19 +463,96 @@ fn run(a: RunArgs) -> Result<()> {
     cfg.report = a.report.clone();
     cfg.threads = a.threads;
     cfg.keep_names = a.keep_names;
-    cfg.tokenizer_pre = a.tokenizer_pre;
+    cfg.tokenizer_pre = a.tokenizer_pre.clone();
+    Ok(cfg)
+}
 
-    let bar = Bar::new(a.quiet);
+/// Quality gates were violated: the output and the report are written, the violations listed;
+/// the process exits with [`EXIT_GATE`].
+#[derive(Debug)]
+struct GateFailed(Vec<String>);
+
+impl std::fmt::Display for GateFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "quality gates failed: {n} violation{}",
+            if n == 1 { "" } else { "s" }
+        )
+    }
+}
+
+impl std::error::Error for GateFailed {}
+
+/// Options that do not work together, found after clap's parsing: exit code 2, as clap's own.
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Exit codes (README): 0 done, 1 could not run, 2 bad command line (clap), 3 a quality gate
+/// failed (everything was written), 128 + N killed by signal N.
+const EXIT_ERROR: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_GATE: u8 = 3;
+
+/// Checks up front that an evaluation text can be read.
+fn check_eval_text(g: &quantsmith::gates::Gates) -> Result<()> {
+    if let Some(e) = &g.eval {
+        std::fs::metadata(&e.text).with_context(|| format!("--eval-text {}", e.text.display()))?;
+    }
+    Ok(())
+}
+
+/// Applies the gates to a finished report: the evaluation they ask for, then the limits.
+fn gate(
+    g: &quantsmith::gates::Gates,
+    input: &Path,
+    threads: Option<usize>,
+    report: &mut quantsmith::Report,
+) -> Result<bool> {
+    quantsmith::gates::apply(g, input, threads, report)
+        .with_context(|| format!("evaluating {}", report.output))
+}
+
+/// After the report is written and shown: the violations, as an error.
+fn gate_result(report: &quantsmith::Report) -> Result<()> {
+    match &report.gates {
+        Some(g) if !g.passed => {
+            Err(GateFailed(g.violations.iter().map(|v| v.to_string()).collect()).into())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let report_fmt = report_format(a.report.as_deref(), a.dry_run)?;
+    let gates = a.gates.gates()?;
+    check_eval_text(&gates)?;
+    let cfg = config_of(&a)?;
+    let model = cfg.input.clone();
+
+    let bar = Bar::new(a.quiet || a.json);
     let outcome = quantsmith::quantize(&cfg, &bar)
         .with_context(|| format!("quantizing {}", model.display()))?;
     // the report first: it is part of the result, the summary on stdout is not
-    match &outcome.report {
+    match outcome.report {
         None => {
             let rows = outcome.plan.rows();
+            let json = serde_json::to_string_pretty(&rows)?;
             if let Some(p) = &a.report {
-                write_report(p, &serde_json::to_string_pretty(&rows)?)?;
+                write_report(p, &json)?;
             }
-            if !a.quiet {
+            if a.json {
+                out(&(json + "\n"))?;
+            } else if !a.quiet {
                 let w = rows
                     .iter()
                     .map(|r| r.tensor.len())
@@ -574,11 +597,14 @@ fn run(a: RunArgs) -> Result<()> {
                 out(&s)?;
             }
         }
-        Some(report) => {
+        Some(mut report) => {
+            gate(&gates, &model, cfg.threads, &mut report)?;
             if let (Some(p), Some(f)) = (&a.report, report_fmt) {
                 write_report(p, &report.render(f))?;
             }
-            if !a.quiet {
+            if a.json {
+                out(&(report.to_json() + "\n"))?;
+            } else if !a.quiet {
                 let mut s = report.to_table();
                 writeln!(s, "wrote {}", outcome.plan.output.display())?;
                 if let Some(mb) = peak_rss_mb() {
@@ -586,6 +612,7 @@ fn run(a: RunArgs) -> Result<()> {
                 }
                 out(&s)?;
             }
+            gate_result(&report)?;
         }
     }
     Ok(())
@@ -616,7 +643,15 @@ fn main() -> std::process::ExitCode {
     // without it an interrupted run leaves its temporaries (a stale one is removed by the next
     // run to the same target); the run itself does not depend on it
     let _ = clean_up_on_signals();
+    // https://no-color.org: set and not empty turns colour off (only clap's help and errors
+    // have any; the progress bar has none)
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let matches = match Cli::command()
+        .color(if no_color {
+            clap::ColorChoice::Never
+        } else {
+            clap::ColorChoice::Auto
+        })
         .mut_arg("to", |a| a.help(target_help()))
         .mut_arg("method", |a| a.help(method_help()))
         .try_get_matches()
@@ -624,7 +659,7 @@ fn main() -> std::process::ExitCode {
         Ok(m) => m,
         // --help, --version: through `out` (clap's own printing ignores a failed write)
         Err(e) if !e.use_stderr() => {
-            let text = if std::io::stdout().is_terminal() {
+            let text = if std::io::stdout().is_terminal() && !no_color {
                 e.render().ansi().to_string()
             } else {
                 e.render().to_string()
@@ -656,38 +691,40 @@ fn main() -> std::process::ExitCode {
             original,
             quantized,
             report,
+            json,
+            gates,
             threads,
             quiet,
-        }) => {
+        }) => (|| {
             let inputs = [
                 quantsmith::input_paths(&original),
                 quantsmith::input_paths(&quantized),
             ]
             .concat();
-            check_reports(report.as_deref().as_slice(), &inputs)
-                .and_then(|()| report_format(report.as_deref(), false))
-                .context("verify")
-                .and_then(|f| {
-                    let bar = Bar::new(quiet);
-                    quantsmith::verify(&original, &quantized, threads, &bar)
-                        .context("verify")
-                        .map(|r| (r, f))
-                })
-                .and_then(|(r, report_fmt)| {
-                    if let (Some(p), Some(f)) = (&report, report_fmt) {
-                        write_report(p, &r.render(f))?;
-                    }
-                    if !quiet {
-                        out(&r.to_table())?;
-                    }
-                    Ok(())
-                })
-        }
+            let gates = gates.gates()?;
+            check_eval_text(&gates)?;
+            check_reports(report.as_deref().as_slice(), &inputs).context("verify")?;
+            let report_fmt = report_format(report.as_deref(), false).context("verify")?;
+            let bar = Bar::new(quiet || json);
+            let mut r =
+                quantsmith::verify(&original, &quantized, threads, &bar).context("verify")?;
+            gate(&gates, &original, threads, &mut r)?;
+            if let (Some(p), Some(f)) = (&report, report_fmt) {
+                write_report(p, &r.render(f))?;
+            }
+            if json {
+                out(&(r.to_json() + "\n"))?;
+            } else if !quiet {
+                out(&r.to_table())?;
+            }
+            gate_result(&r)
+        })(),
         Some(Cmd::Export {
             model,
             output,
             dtype,
             force,
+            json,
             threads,
             quiet,
         }) => (|| {
@@ -695,7 +732,7 @@ fn main() -> std::process::ExitCode {
                 Target::Float(d) => d,
                 _ => anyhow::bail!("--dtype must be f32, f16 or bf16"),
             };
-            let bar = Bar::new(quiet);
+            let bar = Bar::new(quiet || json);
             let cfg = quantsmith::export::ExportConfig {
                 dtype,
                 force,
@@ -703,7 +740,15 @@ fn main() -> std::process::ExitCode {
             };
             let n = quantsmith::export::export(&model, &output, &cfg, &bar)
                 .with_context(|| format!("exporting {}", model.display()))?;
-            if !quiet {
+            if json {
+                let doc = serde_json::json!({
+                    "command": "export",
+                    "input": model.display().to_string(),
+                    "output": output.display().to_string(),
+                    "tensors": n,
+                });
+                out(&(serde_json::to_string_pretty(&doc)? + "\n"))?;
+            } else if !quiet {
                 out(&format!("wrote {} ({n} tensors)\n", output.display()))?;
             }
             Ok(())
@@ -715,6 +760,7 @@ fn main() -> std::process::ExitCode {
             ctx,
             chunks,
             force,
+            json,
             threads,
             quiet,
         }) => (|| {
@@ -730,7 +776,17 @@ fn main() -> std::process::ExitCode {
             let r = quantsmith::imatrix::imatrix(&cfg).with_context(|| {
                 format!("computing the importance matrix of {}", model.display())
             })?;
-            if !quiet {
+            if json {
+                let doc = serde_json::json!({
+                    "command": "imatrix",
+                    "input": model.display().to_string(),
+                    "output": output.display().to_string(),
+                    "tensors": r.entries,
+                    "chunks": r.chunks,
+                    "ctx": r.ctx,
+                });
+                out(&(serde_json::to_string_pretty(&doc)? + "\n"))?;
+            } else if !quiet {
                 out(&format!(
                     "wrote {} ({} tensors, {} chunks of {} tokens)\n",
                     output.display(),
@@ -757,6 +813,8 @@ fn main() -> std::process::ExitCode {
                 inputs.extend(quantsmith::input_paths(a));
             }
             inputs.push(text.clone());
+            let to_stdout = json.as_deref() == Some(Path::new("-"));
+            let json = json.filter(|_| !to_stdout);
             let reports: Vec<&Path> = json.iter().chain(&logits).map(|p| p.as_path()).collect();
             check_reports(&reports, &inputs)
                 .with_context(|| format!("evaluating {}", model.display()))?;
@@ -774,7 +832,9 @@ fn main() -> std::process::ExitCode {
             if let Some(p) = &json {
                 write_report(p, &(serde_json::to_string_pretty(&r)? + "\n"))?;
             }
-            if !quiet {
+            if to_stdout {
+                out(&(serde_json::to_string_pretty(&r)? + "\n"))?;
+            } else if !quiet {
                 let mut s = String::new();
                 writeln!(
                     s,
@@ -798,7 +858,8 @@ fn main() -> std::process::ExitCode {
     exit_code(r)
 }
 
-/// 0, or 1 after the error's one line (a closed standard output is no error).
+/// 0; 3 after the violated gates, one per line; or 1 after the error's one line (a closed
+/// standard output is no error).
 fn exit_code(r: Result<()>) -> std::process::ExitCode {
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -807,8 +868,18 @@ fn exit_code(r: Result<()>) -> std::process::ExitCode {
         Err(e) if e.chain().any(|c| c.is::<StdoutClosed>()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // (not eprintln!, which panics when standard error is closed too)
-            let _ = writeln!(std::io::stderr(), "error: {e:#}");
-            std::process::ExitCode::from(1)
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "error: {e:#}");
+            if let Some(g) = e.chain().find_map(|c| c.downcast_ref::<GateFailed>()) {
+                for v in &g.0 {
+                    let _ = writeln!(err, "  {v}");
+                }
+                return std::process::ExitCode::from(EXIT_GATE);
+            }
+            if e.chain().any(|c| c.is::<Usage>()) {
+                return std::process::ExitCode::from(EXIT_USAGE);
+            }
+            std::process::ExitCode::from(EXIT_ERROR)
         }
     }
 }

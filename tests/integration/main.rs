@@ -3,6 +3,7 @@
 //! the compressed-tensors package, transformers).
 
 mod bad_input;
+mod ci;
 mod cli;
 mod convert;
 mod hf_clients;

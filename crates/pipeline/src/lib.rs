@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod gates;
 pub mod meta;
 pub mod plan;
 pub mod report;

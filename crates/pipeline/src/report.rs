@@ -101,6 +101,12 @@ pub struct Report {
     /// GPTQ runs: the calibration data actually used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calibration: Option<crate::calib::CalibSummary>,
+    /// `--eval-text`: the output evaluated against the input after the conversion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<crate::eval::EvalReport>,
+    /// The quality gates of the run and their violations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gates: Option<crate::gates::GateOutcome>,
 }
 
 impl Report {
@@ -166,6 +172,8 @@ impl Report {
             rows,
             totals,
             calibration: None,
+            eval: None,
+            gates: None,
         }
     }
 
@@ -258,6 +266,32 @@ impl Report {
                 "- calibration: `{}`, {} ({} sequences of {} tokens fitted, {} held out)\n",
                 c.method, c.source, c.fit_sequences, c.seq_len, c.held_sequences
             ));
+        }
+        if let Some(e) = &self.eval {
+            s.push_str(&format!("- eval: {}\n", eval_line(e)));
+        }
+        if let Some(g) = &self.gates {
+            if g.passed {
+                s.push_str(&format!(
+                    "- gates: **passed** ({})\n",
+                    md_cell(&g.checked.join(", "))
+                ));
+            } else {
+                s.push_str(&format!(
+                    "- gates: **FAILED**, {} violation{}:\n",
+                    g.violations.len(),
+                    if g.violations.len() == 1 { "" } else { "s" }
+                ));
+                for v in g.violations.iter().take(MARKDOWN_ROWS) {
+                    s.push_str(&format!("  - `{}`\n", md_cell(&v.to_string())));
+                }
+                if g.violations.len() > MARKDOWN_ROWS {
+                    s.push_str(&format!(
+                        "  - … and {} more (see the JSON report)\n",
+                        g.violations.len() - MARKDOWN_ROWS
+                    ));
+                }
+            }
         }
         let lossy: Vec<&ReportRow> = self
             .rows
@@ -414,8 +448,38 @@ impl Report {
                 );
             }
         }
+        if let Some(e) = &self.eval {
+            s.push_str(&format!("eval: {}\n", eval_line(e)));
+        }
+        if let Some(g) = &self.gates {
+            if g.passed {
+                s.push_str(&format!("gates passed: {}\n", g.checked.join(", ")));
+            } else {
+                s.push_str(&format!(
+                    "gates FAILED ({} violation{}):\n",
+                    g.violations.len(),
+                    if g.violations.len() == 1 { "" } else { "s" }
+                ));
+                for v in &g.violations {
+                    s.push_str(&format!("  {v}\n"));
+                }
+            }
+        }
         s
     }
+}
+
+/// Perplexity, and against the original its perplexity, KL divergence and top-1 agreement.
+fn eval_line(e: &crate::eval::EvalReport) -> String {
+    let mut s = format!("{} chunks of {} tokens · PPL {:.4}", e.chunks, e.ctx, e.ppl);
+    if let (Some(pa), Some(kl), Some(t1)) = (e.ppl_against, e.kld_mean, e.top1_agreement) {
+        s.push_str(&format!(
+            " (original {pa:.4}, {:+.2} %) · mean KLD {kl:.6} · same top-1 {:.2} %",
+            100.0 * (e.ppl / pa - 1.0),
+            100.0 * t1
+        ));
+    }
+    s
 }
 
 pub fn human_bytes(b: u64) -> String {
@@ -469,6 +533,8 @@ mod tests {
                     held_sequences: 4,
                     fits_all_tokens,
                 }),
+                eval: None,
+                gates: None,
             }
             .to_table()
         };

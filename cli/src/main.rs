@@ -6,6 +6,7 @@ use quantsmith::config::{parse_tensor_type, GranularityArg};
 use quantsmith::report::ReportFormat;
 use quantsmith::{QuantizeConfig, Target};
 
+mod batch;
 mod progress;
 use progress::{peak_rss_mb, Bar};
 use std::fmt::Write as _;
@@ -30,6 +31,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the jobs of a TOML manifest (docs/SCALING.md): one after another, each output
+    /// atomic, skipping jobs whose output is up to date; a summary table (and --summary JSON).
+    Batch {
+        /// The manifest: [defaults] and [[job]] tables whose keys are this command's options.
+        #[arg(required_unless_present = "merge_summaries")]
+        manifest: Option<PathBuf>,
+        /// Run only slice i of N (from 0) of the jobs, balanced by input bytes.
+        #[arg(long, value_name = "i/N", value_parser = quantsmith::config::Shard::parse)]
+        shard: Option<quantsmith::config::Shard>,
+        /// Stop at the first job that cannot run (the rest are listed as not run).
+        #[arg(long)]
+        fail_fast: bool,
+        /// Run every job again, replacing outputs that exist.
+        #[arg(long)]
+        force: bool,
+        /// List which jobs would run and which are up to date; run none.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the JSON summary to FILE.
+        #[arg(long, value_name = "FILE")]
+        summary: Option<PathBuf>,
+        /// Join the JSON summaries of a batch's shards (then --summary FILE, --json, or a table).
+        #[arg(long, value_name = "SUMMARY", num_args = 1.., conflicts_with_all = ["manifest", "shard", "fail_fast", "force", "dry_run"])]
+        merge_summaries: Vec<PathBuf>,
+        /// Print the JSON summary on standard output instead of the table.
+        #[arg(long)]
+        json: bool,
+        #[arg(short = 'j', long)]
+        threads: Option<usize>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Print a shell completion script, e.g. `quantize completions bash >
     /// ~/.local/share/bash-completion/completions/quantize`.
     Completions {
@@ -244,6 +277,10 @@ struct RunArgs {
     /// or .md (a Markdown summary for CI job summaries), by the file's extension.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// GGUF with --split-max-size: write only slice i of N (from 0) of the split files, so N
+    /// machines write one model's parts (docs/SCALING.md).
+    #[arg(long, value_name = "i/N", value_parser = quantsmith::config::Shard::parse)]
+    shard: Option<quantsmith::config::Shard>,
     /// Print the report (the plan for --dry-run) as JSON on standard output instead of a table.
     #[arg(long)]
     json: bool,
@@ -464,6 +501,7 @@ fn config_of(a: &RunArgs) -> Result<QuantizeConfig> {
     cfg.threads = a.threads;
     cfg.keep_names = a.keep_names;
     cfg.tokenizer_pre = a.tokenizer_pre.clone();
+    cfg.shard = a.shard;
     Ok(cfg)
 }
 
@@ -535,6 +573,12 @@ fn gate_result(report: &quantsmith::Report) -> Result<()> {
 fn run(a: RunArgs) -> Result<()> {
     let report_fmt = report_format(a.report.as_deref(), a.dry_run)?;
     let gates = a.gates.gates()?;
+    if a.shard.is_some() && gates.eval.is_some() {
+        return Err(Usage(
+            "--eval-text evaluates a whole model; a --shard writes part of one".into(),
+        )
+        .into());
+    }
     check_eval_text(&gates)?;
     let cfg = config_of(&a)?;
     let model = cfg.input.clone();
@@ -606,7 +650,9 @@ fn run(a: RunArgs) -> Result<()> {
                 out(&(report.to_json() + "\n"))?;
             } else if !a.quiet {
                 let mut s = report.to_table();
-                writeln!(s, "wrote {}", outcome.plan.output.display())?;
+                for f in &outcome.files {
+                    writeln!(s, "wrote {}", f.display())?;
+                }
                 if let Some(mb) = peak_rss_mb() {
                     writeln!(s, "peak memory (RSS): {mb} MB")?;
                 }
@@ -678,6 +724,114 @@ fn main() -> std::process::ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "quantize", &mut script);
             out(&String::from_utf8_lossy(&script))
         }
+        Some(Cmd::Batch {
+            manifest,
+            shard,
+            fail_fast,
+            force,
+            dry_run,
+            summary,
+            merge_summaries,
+            json,
+            threads,
+            quiet,
+        }) => (|| {
+            let sum = match manifest {
+                None => {
+                    let parts = merge_summaries
+                        .iter()
+                        .map(|p| {
+                            let t = std::fs::read_to_string(p)
+                                .with_context(|| format!("summary {}", p.display()))?;
+                            serde_json::from_str(&t)
+                                .with_context(|| format!("summary {}", p.display()))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    quantsmith::batch::merge(parts).context("merging summaries")?
+                }
+                Some(m) => {
+                    let jobs = batch::jobs(&m)?;
+                    if let Some(p) = &summary {
+                        let mut inputs: Vec<PathBuf> = vec![m.clone()];
+                        for j in &jobs {
+                            inputs.extend(j.inputs());
+                        }
+                        check_reports(&[p.as_path()], &inputs)?;
+                    }
+                    let opts = quantsmith::batch::Options {
+                        force,
+                        fail_fast,
+                        shard,
+                        dry_run,
+                        threads,
+                    };
+                    let bar = Bar::new(quiet || json);
+                    let mut err = std::io::stderr();
+                    quantsmith::batch::run(&jobs, &opts, &bar, &mut |e| {
+                        if quiet || json {
+                            return;
+                        }
+                        // (progress on standard error: a failed write there is not fatal)
+                        let _ = match e {
+                            quantsmith::batch::Event::Start { i, n, job } => writeln!(
+                                err,
+                                "[{}/{n}] {}: {} -> {} ({})",
+                                i + 1,
+                                job.name,
+                                job.config.input.display(),
+                                job.config
+                                    .output
+                                    .as_deref()
+                                    .unwrap_or(Path::new(""))
+                                    .display(),
+                                job.target_name()
+                            ),
+                            quantsmith::batch::Event::Done { i, n, summary: s } => writeln!(
+                                err,
+                                "[{}/{n}] {}: {}{}",
+                                i + 1,
+                                s.name,
+                                match (&s.error, s.skipped) {
+                                    (Some(e), _) => format!("failed: {e}"),
+                                    (None, true) => "up to date, skipped".into(),
+                                    (None, false) => {
+                                        format!("{} in {:.1} s", s.status.as_str(), s.seconds)
+                                    }
+                                },
+                                if s.violations.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" ({} gate violations)", s.violations.len())
+                                }
+                            ),
+                        };
+                    })
+                }
+            };
+            let text = serde_json::to_string_pretty(&sum)? + "\n";
+            if let Some(p) = &summary {
+                write_report(p, &text)?;
+            }
+            if json {
+                out(&text)?;
+            } else if !quiet {
+                out(&sum.to_table())?;
+            }
+            let c = &sum.counts;
+            if c.failed > 0 {
+                anyhow::bail!("{} of {} jobs failed", c.failed, c.jobs);
+            }
+            if c.gate_failed > 0 {
+                return Err(GateFailed(
+                    sum.jobs
+                        .iter()
+                        .flat_map(|j| j.violations.iter().map(move |v| format!("{}: {v}", j.name)))
+                        .collect(),
+                )
+                .into());
+            }
+            Ok(())
+        })(),
         Some(Cmd::Inspect { file, json }) => quantsmith::inspect(&file)
             .with_context(|| format!("inspecting {}", file.display()))
             .and_then(|i| {

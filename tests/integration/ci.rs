@@ -163,3 +163,392 @@ fn model_gates_evaluate_the_output_against_the_input() {
     assert_eq!(v[0]["gate"], "max-kld");
     assert_eq!(v[0]["value"], ev["kld_mean"]);
 }
+
+/// Every file under `dir` (recursively) with its bytes, by path relative to `dir`.
+fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let e = e.unwrap().path();
+            if e.is_dir() {
+                stack.push(e);
+            } else {
+                let rel = e.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&e).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Without the state files (they record times and paths).
+fn outputs(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut t = tree(dir);
+    t.retain(|k, _| !k.contains("quantsmith-state"));
+    t
+}
+
+const MANIFEST: &str = r#"
+[defaults]
+model = "model"
+min-sqnr = ["total:15"]
+
+[[job]]
+to = "q4_k_m"
+output = "out/m-q4_k_m.gguf"
+
+[[job]]
+to = "q5_k_m"
+output = "out/m-q5_k_m.gguf"
+report = "out/m-q5_k_m.md"
+
+[[job]]
+name = "int4"
+to = "int4"
+group = 32
+output = "out/m-int4"
+min_sqnr = ["total:40"]
+
+[[job]]
+name = "q8"
+to = "q8_0"
+output = "out/m-q8_0.gguf"
+
+[[job]]
+name = "missing"
+to = "q4_0"
+model = "no-such-model"
+output = "out/missing.gguf"
+"#;
+
+fn summary_of(r: &Run) -> serde_json::Value {
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"))
+}
+
+fn statuses(sum: &serde_json::Value) -> Vec<(String, String, bool)> {
+    sum["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["name"].as_str().unwrap().to_string(),
+                j["status"].as_str().unwrap().to_string(),
+                j["skipped"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A manifest's jobs write what the same single runs write; a failing job does not stop the
+/// others (unless --fail-fast); a violated gate is exit 3 only when nothing failed; a second
+/// run skips what is up to date and redoes a job whose input or options changed, or all with
+/// --force.
+#[test]
+fn batch_runs_resumes_and_reports() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    fixture_copy(&root.join("model"));
+    let m = root.join("batch.toml");
+    std::fs::write(&m, MANIFEST).unwrap();
+    let r = quantize(&["batch", s(&m), "--json", "-j", "2"]);
+    assert_eq!(r.code, 1, "a job failed: {r:?}");
+    let sum = summary_of(&r);
+    let st = statuses(&sum);
+    let want = |st: &[(String, String, bool)], skipped: [bool; 5]| {
+        let names = ["m-q4_k_m.gguf", "m-q5_k_m.gguf", "int4", "q8", "missing"];
+        let status = ["done", "done", "gate-failed", "done", "failed"];
+        for (i, (n, s, k)) in st.iter().enumerate() {
+            assert_eq!(
+                (n.as_str(), s.as_str(), *k),
+                (names[i], status[i], skipped[i]),
+                "{st:?}"
+            );
+        }
+    };
+    want(&st, [false; 5]);
+    assert!(sum["jobs"][4]["error"]
+        .as_str()
+        .unwrap()
+        .contains("no-such-model"));
+    assert!(sum["jobs"][2]["violations"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("min-sqnr total"));
+    assert!(!root.join("out/missing.gguf").exists());
+    // the same bytes as single runs with the same options
+    let single = root.join("single");
+    std::fs::create_dir(&single).unwrap();
+    let fx = root.join("model");
+    for (args, out) in [
+        (vec!["--to", "q4_k_m"], "m-q4_k_m.gguf"),
+        (vec!["--to", "q5_k_m"], "m-q5_k_m.gguf"),
+        (vec!["--to", "int4", "--group", "32"], "m-int4"),
+        (vec!["--to", "q8_0"], "m-q8_0.gguf"),
+    ] {
+        let o = single.join(out);
+        let mut a = vec![s(&fx), "-o", s(&o), "-q"];
+        a.extend(args);
+        quantize(&a).ok();
+    }
+    let mut batch_out = outputs(&root.join("out"));
+    assert!(
+        batch_out.remove("m-q5_k_m.md").is_some(),
+        "the job's report"
+    );
+    assert_eq!(batch_out, tree(&single));
+
+    // again: every finished job is up to date (the failed one runs and fails again)
+    let stamp = |p: &str| std::fs::metadata(root.join(p)).unwrap().modified().unwrap();
+    let before = stamp("out/m-q4_k_m.gguf");
+    let r = quantize(&["batch", s(&m), "--json"]);
+    assert_eq!(r.code, 1);
+    want(&statuses(&summary_of(&r)), [true, true, true, true, false]);
+    assert_eq!(stamp("out/m-q4_k_m.gguf"), before);
+    // a removed report, a changed option, a touched input: those jobs run again
+    std::fs::remove_file(root.join("out/m-q5_k_m.md")).unwrap();
+    std::fs::write(&m, MANIFEST.replace("group = 32", "group = 64")).unwrap();
+    let r = quantize(&["batch", s(&m), "--json"]);
+    want(
+        &statuses(&summary_of(&r)),
+        [true, false, false, true, false],
+    );
+    assert!(root.join("out/m-q5_k_m.md").exists());
+    let cfg = root.join("model/config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace('{', "{ ")).unwrap();
+    let r = quantize(&["batch", s(&m), "--json"]);
+    let st = statuses(&summary_of(&r));
+    assert!(st[..4].iter().all(|j| !j.2), "{st:?}");
+    // --dry-run says what would run; --force redoes everything
+    let r = quantize(&["batch", s(&m), "--json", "--dry-run"]);
+    assert!(statuses(&summary_of(&r))[..4].iter().all(|j| j.2));
+    let r = quantize(&["batch", s(&m), "--json", "--force", "--dry-run"]);
+    assert!(
+        statuses(&summary_of(&r))[..4]
+            .iter()
+            .all(|j| j.1 == "would-run"),
+        "{r:?}"
+    );
+
+    // --fail-fast: the first failure stops the batch; without failures a gate gives 3
+    let ff = root.join("ff.toml");
+    std::fs::write(
+        &ff,
+        "[[job]]\nmodel = \"none\"\nto = \"q4_0\"\noutput = \"ff/a.gguf\"\n\
+         [[job]]\nmodel = \"model\"\nto = \"q4_0\"\noutput = \"ff/b.gguf\"\n",
+    )
+    .unwrap();
+    let r = quantize(&["batch", s(&ff), "--json", "--fail-fast"]);
+    assert_eq!(r.code, 1);
+    let st = statuses(&summary_of(&r));
+    assert_eq!((st[0].1.as_str(), st[1].1.as_str()), ("failed", "not-run"));
+    assert!(!root.join("ff/b.gguf").exists());
+    let g = root.join("g.toml");
+    std::fs::write(
+        &g,
+        "[[job]]\nmodel = \"model\"\nto = \"q4_0\"\noutput = \"g/a.gguf\"\nmin-sqnr = [\"total:60\"]\n",
+    )
+    .unwrap();
+    let r = quantize(&["batch", s(&g), "-q"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("a.gguf: min-sqnr total"), "{}", r.stderr);
+}
+
+/// Manifest mistakes are one-line errors before any job runs, naming the job.
+#[test]
+fn bad_manifests_are_refused_up_front() {
+    let d = tempfile::tempdir().unwrap();
+    let m = d.path().join("m.toml");
+    for (text, code, must) in [
+        ("[[job]]\nmodel = \"x\"\nto = \"q4_0\"\n", 1, "no 'output'"),
+        ("[[job]]\nmodel = \"x\"\nto = \"q9\"\noutput = \"o.gguf\"\n", 2, "job 0"),
+        ("[[job]]\nmodel = \"x\"\nto = \"q4_0\"\noutput = \"o.gguf\"\nthreads = 2\n", 2, "option of the batch"),
+        ("[[job]]\nmodel = \"x\"\nto = \"q4_0\"\noutput = \"o.gguf\"\nfrobnicate = 1\n", 2, "frobnicate"),
+        ("[[job]]\nmodel = \"x\"\nto = \"q4_0\"\noutput = \"o.gguf\"\n[[job]]\nmodel = \"y\"\nto = \"q8_0\"\noutput = \"o.gguf\"\n", 1, "same output"),
+        ("[job]\nmodel = 1\n", 1, "[[job]]"),
+        ("jobs = 3\n", 1, "unknown top-level key 'jobs'"),
+        ("[[job]\n", 1, "m.toml"),
+    ] {
+        std::fs::write(&m, text).unwrap();
+        let r = quantize(&["batch", s(&m)]);
+        assert_eq!(r.code, code, "{text}: {r:?}");
+        let msg = r.stderr.trim();
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+        assert!(msg.contains(must), "{must}: {msg}");
+    }
+}
+
+/// N shard processes, run one after another here as they would on N machines, write exactly
+/// what one unsharded batch writes, each job once; their summaries merge into one.
+#[test]
+fn batch_shards_are_disjoint_and_equal_one_run() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    fixture_copy(&root.join("model"));
+    let manifest = MANIFEST.replace(
+        "[[job]]\nname = \"missing\"\nto = \"q4_0\"\nmodel = \"no-such-model\"\noutput = \"out/missing.gguf\"\n",
+        "[[job]]\nto = \"q6_k\"\noutput = \"out/m-q6_k.gguf\"\n[[job]]\nto = \"fp8\"\noutput = \"out/m-fp8\"\n",
+    );
+    assert_ne!(manifest, MANIFEST);
+    std::fs::write(root.join("all.toml"), &manifest).unwrap();
+    let r = quantize(&["batch", s(&root.join("all.toml")), "-q"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let whole = outputs(&root.join("out"));
+    // 4 GGUFs, a report, two folders of 5 files
+    assert_eq!(whole.len(), 15, "{:?}", whole.keys());
+    std::fs::rename(root.join("out"), root.join("whole")).unwrap();
+    let n = 3;
+    let mut sums = vec![];
+    let mut ran = 0;
+    for i in 0..n {
+        let sp = root.join(format!("s{i}.json"));
+        let r = quantize(&[
+            "batch",
+            s(&root.join("all.toml")),
+            "--shard",
+            &format!("{i}/{n}"),
+            "--summary",
+            s(&sp),
+            "-q",
+        ]);
+        assert!(r.code == 0 || r.code == 3, "{r:?}");
+        let sum = read_json(&sp);
+        assert_eq!(sum["shard"], format!("{i}/{n}"));
+        let k = sum["jobs"].as_array().unwrap().len();
+        assert!(k >= 1, "every shard has work: {sum}");
+        ran += k;
+        sums.push(sp);
+    }
+    assert_eq!(ran, 6);
+    assert_eq!(outputs(&root.join("out")), whole);
+    let mut args = vec!["batch", "--json", "--merge-summaries"];
+    args.extend(sums.iter().map(|p| s(p)));
+    let r = quantize(&args);
+    assert_eq!(r.code, 3, "the merged batch has the gate failure: {r:?}");
+    let merged = summary_of(&r);
+    let idx: Vec<u64> = merged["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idx, [0, 1, 2, 3, 4, 5]);
+    assert_eq!(merged["counts"]["gate_failed"], 1);
+    // the same summary twice is refused
+    let r = quantize(&["batch", "--merge-summaries", s(&sums[0]), s(&sums[0])]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("two summaries"), "{}", r.stderr);
+}
+
+/// `--shard i/N` on one model with --split-max-size: each process writes its slice of the
+/// split files; together they are byte for byte the unsharded split set.
+#[test]
+fn split_files_written_by_shards_equal_one_run() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let whole = d.path().join("whole");
+    let parts = d.path().join("parts");
+    std::fs::create_dir_all(&whole).unwrap();
+    std::fs::create_dir_all(&parts).unwrap();
+    let args = |dir: &Path| {
+        vec![
+            s(&fx).to_string(),
+            "--to".into(),
+            "q4_k_m".into(),
+            "-o".into(),
+            s(&dir.join("m.gguf")).to_string(),
+            "--split-max-size".into(),
+            "300K".into(),
+            "-q".into(),
+        ]
+    };
+    quantize(&args(&whole)).ok();
+    let want = tree(&whole);
+    assert!(want.len() >= 3, "{:?}", want.keys());
+    for i in 0..2 {
+        let mut a = args(&parts);
+        a.extend(["--shard".into(), format!("{i}/2"), "--json".into()]);
+        let r = quantize(&a);
+        r.ok();
+        let rep: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        assert!(!rep["rows"].as_array().unwrap().is_empty());
+    }
+    assert_eq!(tree(&parts), want);
+    // a shard of something that is not a split GGUF is refused
+    let r = quantize(&[
+        s(&fx),
+        "--to",
+        "q4_0",
+        "-o",
+        s(&d.path().join("x.gguf")),
+        "--shard",
+        "0/2",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("--split-max-size"), "{}", r.stderr);
+}
+
+/// Jobs of one model share its calibration tokens: the model writes its calibration text once
+/// for the whole manifest, and every output is what its single run writes.
+#[test]
+fn batch_jobs_of_one_model_share_their_calibration_text() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    fixture_copy(&root.join("model"));
+    let m = root.join("m.toml");
+    std::fs::write(
+        &m,
+        "[defaults]\nmodel = \"model\"\nmethod = \"gptq\"\ncalib-samples = 4\ncalib-seq-len = 64\n\
+         [[job]]\nto = \"int4\"\ngroup = 32\noutput = \"out/int4\"\n\
+         [[job]]\nto = \"q4_0\"\noutput = \"out/q4_0.gguf\"\n\
+         [[job]]\nto = \"q8_0\"\noutput = \"out/q8_0.gguf\"\n",
+    )
+    .unwrap();
+    let r = quantize(&["batch", s(&m)]);
+    r.ok();
+    // the stages' closing lines (standard error is no terminal here)
+    let stages = |err: &str, what: &str| {
+        err.lines()
+            .filter(|l| l.starts_with(what) && l.contains(" done in "))
+            .count()
+    };
+    let writes = stages(&r.stderr, "the model writes its calibration text");
+    assert_eq!(writes, 1, "{}", r.stderr);
+    let layers = stages(&r.stderr, "calibration (layers)");
+    assert_eq!(layers, 3, "each job calibrates: {}", r.stderr);
+    let single = root.join("single");
+    std::fs::create_dir(&single).unwrap();
+    let mut single_writes = 0;
+    for (args, out) in [
+        (vec!["--to", "int4", "--group", "32"], "int4"),
+        (vec!["--to", "q4_0"], "q4_0.gguf"),
+        (vec!["--to", "q8_0"], "q8_0.gguf"),
+    ] {
+        let o = single.join(out);
+        let fx = root.join("model");
+        let mut a = vec![
+            s(&fx),
+            "-o",
+            s(&o),
+            "--method",
+            "gptq",
+            "--calib-samples",
+            "4",
+            "--calib-seq-len",
+            "64",
+        ];
+        a.extend(args);
+        let r = quantize(&a);
+        r.ok();
+        single_writes += stages(&r.stderr, "the model writes its calibration text");
+    }
+    assert_eq!(
+        writes * 3,
+        single_writes,
+        "written once, not per job: {}",
+        r.stderr
+    );
+    assert_eq!(outputs(&root.join("out")), tree(&single));
+}

@@ -181,6 +181,43 @@ pub struct QuantizeConfig {
     /// AWQ: calibration tokens (whole sequences, at least this many) the scale and clipping
     /// searches run on, per layer.
     pub awq_tokens: usize,
+    /// Calibration sets already made in this process (a batch), reused when they match.
+    pub calib_cache: Option<std::sync::Arc<crate::calib::CalibCache>>,
+    /// A split GGUF: write only this slice of its files (`--shard i/N`).
+    pub shard: Option<Shard>,
+}
+
+/// Slice `index` (from 0) of `count` disjoint slices of some work: batch jobs, or the files of
+/// one split GGUF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// `i/N` with 0 ≤ i < N (numbered from 0, as a GitHub Actions matrix index or Kubernetes'
+    /// JOB_COMPLETION_INDEX).
+    pub fn parse(s: &str) -> Result<Shard, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("'{s}': a shard is i/N, e.g. 0/4"))?;
+        let index: usize = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{i}' is not a shard index"))?;
+        let count: usize = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{n}' is not a shard count"))?;
+        if count == 0 || index >= count {
+            return Err(format!(
+                "shard {index}/{count}: shards are numbered from 0 to N-1 (0/{count} … {}/{count})",
+                count.max(1) - 1
+            ));
+        }
+        Ok(Shard { index, count })
+    }
 }
 
 /// How integer weights are laid out in a safetensors output.
@@ -253,6 +290,8 @@ impl QuantizeConfig {
             damp: 0.01,
             awq_scaling: qs_numeric::awq::Scaling::Duo,
             awq_tokens: 2048,
+            calib_cache: None,
+            shard: None,
         }
     }
 

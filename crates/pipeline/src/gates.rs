@@ -188,6 +188,18 @@ fn rel_error(sqnr_db: Option<f64>) -> f64 {
     sqnr_db.map_or(f64::INFINITY, |s| 10f64.powf(-s / 20.0))
 }
 
+/// `v ≤ limit`; NaN never is.
+fn at_most(v: f64, limit: f64) -> bool {
+    v.partial_cmp(&limit)
+        .is_some_and(|o| o != std::cmp::Ordering::Greater)
+}
+
+/// `v ≥ limit`; NaN never is.
+fn at_least(v: f64, limit: f64) -> bool {
+    v.partial_cmp(&limit)
+        .is_some_and(|o| o != std::cmp::Ordering::Less)
+}
+
 /// Every violation of `gates` by `report` and (for the model gates) `eval`. A model gate without
 /// an evaluation figure (no original's perplexity) is a violation with value NaN.
 pub fn check(gates: &Gates, report: &Report, eval: Option<&EvalReport>) -> Vec<Violation> {
@@ -204,7 +216,7 @@ pub fn check(gates: &Gates, report: &Report, eval: Option<&EvalReport>) -> Vec<V
             Scope::Tensor => {
                 for (r, e) in lossy() {
                     let v = rel_error(e.sqnr_db);
-                    if !(v <= l.value) {
+                    if !at_most(v, l.value) {
                         out.push(Violation {
                             gate: "max-rel-error",
                             subject: r.tensor.clone(),
@@ -217,7 +229,7 @@ pub fn check(gates: &Gates, report: &Report, eval: Option<&EvalReport>) -> Vec<V
             Scope::Total => {
                 // no lossy tensor: no error at all
                 let v = total_sqnr.map_or(0.0, rel_error);
-                if !(v <= l.value) {
+                if !at_most(v, l.value) {
                     out.push(Violation {
                         gate: "max-rel-error",
                         subject: "total".into(),
@@ -233,7 +245,7 @@ pub fn check(gates: &Gates, report: &Report, eval: Option<&EvalReport>) -> Vec<V
             Scope::Tensor => {
                 for (r, e) in lossy() {
                     let v = e.sqnr_db.unwrap_or(f64::NEG_INFINITY);
-                    if !(v >= l.value) {
+                    if !at_least(v, l.value) {
                         out.push(Violation {
                             gate: "min-sqnr",
                             subject: r.tensor.clone(),
@@ -248,7 +260,7 @@ pub fn check(gates: &Gates, report: &Report, eval: Option<&EvalReport>) -> Vec<V
                     None => f64::INFINITY,
                     Some(s) => s.unwrap_or(f64::NEG_INFINITY),
                 };
-                if !(v >= l.value) {
+                if !at_least(v, l.value) {
                     out.push(Violation {
                         gate: "min-sqnr",
                         subject: "total".into(),
@@ -261,7 +273,7 @@ pub fn check(gates: &Gates, report: &Report, eval: Option<&EvalReport>) -> Vec<V
     }
     if let Some(k) = gates.max_kld {
         let v = eval.and_then(|e| e.kld_mean).unwrap_or(f64::NAN);
-        if !(v <= k) {
+        if !at_most(v, k) {
             out.push(Violation {
                 gate: "max-kld",
                 subject: "eval".into(),
@@ -274,7 +286,7 @@ pub fn check(gates: &Gates, report: &Report, eval: Option<&EvalReport>) -> Vec<V
         let v = eval
             .and_then(|e| e.ppl_against.map(|pa| e.ppl / pa - 1.0))
             .unwrap_or(f64::NAN);
-        if !(v <= p) {
+        if !at_most(v, p) {
             out.push(Violation {
                 gate: "max-ppl-increase",
                 subject: "eval".into(),

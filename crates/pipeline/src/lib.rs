@@ -5,6 +5,7 @@
 //! its planned offsets and validating its bytes with the dequantization kernels → [`Report`].
 //! [`verify`] and [`inspect`] read what was written.
 
+pub mod batch;
 pub mod calib;
 pub mod checkpoint;
 pub mod commands;

@@ -465,6 +465,43 @@ fn self_generated(
     })
 }
 
+/// Calibration sets shared by the runs of one process (a batch manifest): the same model,
+/// text (or self-generation), sequence count, length and seed give the same tokens, so they are
+/// cut or written once. The statistics fitted on them are not shared: each layer's inputs come
+/// from the layers before it as that run quantized them.
+#[derive(Default)]
+pub struct CalibCache(std::sync::Mutex<HashMap<CalibKey, Arc<MadeSet>>>);
+
+/// A calibration set and, when the model wrote it, the seconds that took.
+type MadeSet = (calib::CalibSet, Option<f64>);
+
+impl std::fmt::Debug for CalibCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        write!(f, "CalibCache({n} sets)")
+    }
+}
+
+impl CalibCache {
+    /// Sets made so far (each was made once).
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CalibKey {
+    model: std::path::PathBuf,
+    text: Option<std::path::PathBuf>,
+    samples: usize,
+    seq_len: usize,
+    seed: u64,
+}
+
 /// Bytes of KV cache when the model writes its calibration text (the sequences written at once
 /// follow from it).
 const GENERATION_CACHE: usize = 1 << 30;
@@ -500,21 +537,47 @@ pub fn calibrate_model(
         seq_len,
         seed: cfg.seed,
     };
-    let (set, generation_secs) = match &cfg.calib {
-        Some(p) => {
-            let text = calib::load_text(Some(p))?;
-            (
-                calib::sequences(&dir.join("tokenizer.json"), &text, &ccfg)?,
-                None,
-            )
-        }
+    let key = CalibKey {
+        model: std::fs::canonicalize(&src.input).unwrap_or_else(|_| src.input.clone()),
+        text: cfg
+            .calib
+            .as_ref()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+        samples: ccfg.samples,
+        seq_len: ccfg.seq_len,
+        seed: ccfg.seed,
+    };
+    let cached = cfg
+        .calib_cache
+        .as_ref()
+        .and_then(|c| c.0.lock().ok()?.get(&key).cloned());
+    let made = match cached {
+        Some(c) => c,
         None => {
-            let t0 = std::time::Instant::now();
-            let set = self_generated(&model, src, &dir.join("tokenizer.json"), &ccfg, progress)
-                .map_err(model_err)?;
-            (set, Some(t0.elapsed().as_secs_f64()))
+            let made = match &cfg.calib {
+                Some(p) => {
+                    let text = calib::load_text(Some(p))?;
+                    (
+                        calib::sequences(&dir.join("tokenizer.json"), &text, &ccfg)?,
+                        None,
+                    )
+                }
+                None => {
+                    let t0 = std::time::Instant::now();
+                    let set =
+                        self_generated(&model, src, &dir.join("tokenizer.json"), &ccfg, progress)
+                            .map_err(model_err)?;
+                    (set, Some(t0.elapsed().as_secs_f64()))
+                }
+            };
+            let made = Arc::new(made);
+            if let Some(Ok(mut m)) = cfg.calib_cache.as_ref().map(|c| c.0.lock()) {
+                m.insert(key, made.clone());
+            }
+            made
         }
     };
+    let (set, generation_secs) = (&made.0, made.1);
     let summary = CalibSummary {
         method: method.name(),
         source: if generation_secs.is_some() {

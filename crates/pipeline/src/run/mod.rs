@@ -60,6 +60,9 @@ pub struct Outcome {
     pub plan: Plan,
     /// `None` for a dry run.
     pub report: Option<Report>,
+    /// What was written: the output file, every file of a split set (a shard's slice of
+    /// them), or the output folder.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -72,7 +75,8 @@ struct ChunkResult {
 /// GGUF), inside a folder for a safetensors folder output.
 struct Sink {
     dir: Option<AtomicDir>,
-    files: Vec<AtomicFile>,
+    /// `None`: another shard's file.
+    files: Vec<Option<AtomicFile>>,
 }
 
 /// One output file: its path (final, or inside the folder), header and length.
@@ -104,10 +108,21 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         None => None,
     };
     let inputs = check_outputs(&src, &plan, cfg)?;
-    if cfg.dry_run {
-        return Ok(Outcome { plan, report: None });
+    if cfg.shard.is_some() && (plan.kind != OutputKind::Gguf || cfg.split_max_bytes.is_none()) {
+        return Err(Error::Config(
+            "--shard i/N on one model writes a slice of a split GGUF: it needs a .gguf output and --split-max-size".into(),
+        ));
     }
-    check_target(&plan.output, cfg.force)?;
+    if cfg.dry_run {
+        return Ok(Outcome {
+            plan,
+            report: None,
+            files: vec![],
+        });
+    }
+    if cfg.shard.is_none() {
+        check_target(&plan.output, cfg.force)?;
+    }
     // a calibrated method quantizes every targeted weight before anything is written
     let (calibrated, calib_summary) = match &targets {
         None => (HashMap::new(), None),
@@ -121,31 +136,62 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
 
     // Fix every offset before touching data.
     let (layouts, offsets) = layout(&plan, &src, cfg)?;
+    // a shard writes a contiguous slice of the split files (and computes only their tensors)
+    let selected = |f: usize| match cfg.shard {
+        None => true,
+        Some(sh) => {
+            let n = layouts.len();
+            (sh.index * n / sh.count..(sh.index + 1) * n / sh.count).contains(&f)
+        }
+    };
     let dir = match plan.kind {
         OutputKind::SafetensorsDir => Some(AtomicDir::create(&plan.output, cfg.force)?),
         _ => None,
     };
     let mut files = Vec::with_capacity(layouts.len());
-    for l in &layouts {
+    for (i, l) in layouts.iter().enumerate() {
+        if !selected(i) {
+            files.push(None);
+            continue;
+        }
         let f = match &dir {
             Some(d) => d.file(&l.path)?,
             None => {
-                // a split set's other files
+                // a split set's other files (and, in a shard, its first)
                 check_not_input(&l.path, false, &inputs)?;
                 AtomicFile::create(&l.path, cfg.force)?
             }
         };
         f.write_at(0, &l.header)?;
         f.set_len(l.total_len)?;
-        files.push(f);
+        files.push(Some(f));
     }
+    let written: Vec<std::path::PathBuf> = match &dir {
+        Some(_) => vec![plan.output.clone()],
+        None => layouts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| selected(*i))
+            .map(|(_, l)| l.path.clone())
+            .collect(),
+    };
+    // the plan's tensors this run writes
+    let wanted: Vec<bool> = offsets
+        .iter()
+        .map(|slots| slots.iter().any(|&(f, _)| selected(f)))
+        .collect();
     let sink = Sink { dir, files };
     let outs = &sink.files;
 
     let pool = pool(cfg.threads)?;
     // Per-tensor statistics some schemes need first (per-tensor scales).
     let mut tstats = vec![TensorStats::default(); plan.tensors.len()];
-    for (ti, tp) in plan.tensors.iter().enumerate() {
+    for (ti, tp) in plan
+        .tensors
+        .iter()
+        .enumerate()
+        .filter(|(ti, _)| wanted[*ti])
+    {
         if let Action::Encode(s) = &tp.action {
             if s.needs_tensor_stats() {
                 tstats[ti] = tensor_min_max(&pool, &src, tp, cfg.allow_nonfinite)?;
@@ -159,7 +205,12 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         r1: usize,
     }
     let mut jobs = Vec::new();
-    for (ti, tp) in plan.tensors.iter().enumerate() {
+    for (ti, tp) in plan
+        .tensors
+        .iter()
+        .enumerate()
+        .filter(|(ti, _)| wanted[*ti])
+    {
         let (rows, cols) = rows_cols(&tp.shape);
         let align = match &tp.action {
             Action::Encode(s) => s.row_align(),
@@ -169,7 +220,19 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
             jobs.push(Job { tensor: ti, r0, r1 });
         }
     }
-    progress.start(src.total_bytes());
+    progress.start(if cfg.shard.is_some() {
+        plan.tensors
+            .iter()
+            .zip(&wanted)
+            .filter(|(_, w)| **w)
+            .map(|(tp, _)| {
+                let t = &src.tensors[tp.source];
+                (rows_cols(&tp.shape).0 * src.row_bytes(t)) as u64
+            })
+            .sum()
+    } else {
+        src.total_bytes()
+    });
     // Workers compute; one writer thread does all file writes (no lock contention on the
     // file, and the kernel's copy overlaps with computing). The bounded channel caps the
     // bytes in flight.
@@ -178,10 +241,18 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         let src = &src;
         let writer = scope.spawn(move || -> Result<()> {
             for ((file, offset), bytes) in rx {
+                // (a tensor with slots in another shard's file: those bytes are that shard's)
+                let out = outs[file].as_ref();
                 match bytes {
-                    Bytes::Owned(v) => outs[file].write_at(offset, &v)?,
+                    Bytes::Owned(v) => {
+                        if let Some(o) = out {
+                            o.write_at(offset, &v)?
+                        }
+                    }
                     Bytes::Mapped { tensor, start, end } => {
-                        outs[file].write_at(offset, &src.bytes(tensor)[start..end])?;
+                        if let Some(o) = out {
+                            o.write_at(offset, &src.bytes(tensor)[start..end])?;
+                        }
                         src.release(tensor, start, end);
                     }
                 }
@@ -222,11 +293,13 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         .tensors
         .iter()
         .zip(&per)
-        .map(|(tp, r)| row(tp, r, calibrated.get(&src.tensors[tp.source].info.name)))
+        .zip(&wanted)
+        .filter(|(_, w)| **w)
+        .map(|((tp, r), _)| row(tp, r, calibrated.get(&src.tensors[tp.source].info.name)))
         .collect();
 
     // Finish the container: all files are complete before any is renamed into place.
-    for f in sink.files {
+    for f in sink.files.into_iter().flatten() {
         f.commit()?;
     }
     if let Some(dir) = sink.dir {
@@ -245,6 +318,7 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     Ok(Outcome {
         plan,
         report: Some(report),
+        files: written,
     })
 }
 

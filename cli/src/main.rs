@@ -69,6 +69,26 @@ enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Compare two quantized checkpoints (both GGUF or both safetensors) tensor by tensor:
+    /// storage, sizes, bytes changed, the error of B against A and, with --against, of each
+    /// against the original.
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        /// The original both were made from: each side's error against it.
+        #[arg(long, value_name = "ORIGINAL")]
+        against: Option<PathBuf>,
+        /// Write the comparison: .json or .md (for a pull-request comment).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Print the comparison as JSON on standard output instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(short = 'j', long)]
+        threads: Option<usize>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// List tensors, dtypes, shapes and sizes of a safetensors or GGUF file (or model folder).
     Inspect {
         file: PathBuf,
@@ -829,6 +849,41 @@ fn main() -> std::process::ExitCode {
                         .collect(),
                 )
                 .into());
+            }
+            Ok(())
+        })(),
+        Some(Cmd::Diff {
+            a,
+            b,
+            against,
+            report,
+            json,
+            threads,
+            quiet,
+        }) => (|| {
+            let mut inputs = [quantsmith::input_paths(&a), quantsmith::input_paths(&b)].concat();
+            if let Some(o) = &against {
+                inputs.extend(quantsmith::input_paths(o));
+            }
+            check_reports(report.as_deref().as_slice(), &inputs).context("diff")?;
+            let fmt = report_format(report.as_deref(), false).context("diff")?;
+            if let (Some(p), Some(f)) = (&report, fmt) {
+                if !matches!(f, ReportFormat::Json | ReportFormat::Markdown) {
+                    return Err(
+                        Usage(format!("{}: a diff report is .json or .md", p.display())).into(),
+                    );
+                }
+            }
+            let bar = Bar::new(quiet || json);
+            let d = quantsmith::diff::diff(&a, &b, against.as_deref(), threads, &bar)
+                .with_context(|| format!("comparing {} with {}", b.display(), a.display()))?;
+            if let (Some(p), Some(f)) = (&report, fmt) {
+                write_report(p, &d.render(f).map_err(anyhow::Error::msg)?)?;
+            }
+            if json {
+                out(&(d.to_json() + "\n"))?;
+            } else if !quiet {
+                out(&d.to_table())?;
             }
             Ok(())
         })(),

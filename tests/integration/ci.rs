@@ -552,3 +552,110 @@ fn batch_jobs_of_one_model_share_their_calibration_text() {
     );
     assert_eq!(outputs(&root.join("out")), tree(&single));
 }
+
+/// `diff A B --against ORIGINAL`: each figure equals what numpy computes from gguf-py's
+/// independent decoding of A and B (and the original read by the safetensors package); the
+/// changed tensors are exactly those whose bytes differ; a file against itself is identical.
+#[test]
+fn diff_matches_an_independent_decoding() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let (a, b) = (d.path().join("a.gguf"), d.path().join("b.gguf"));
+    quantize(&[s(&fx), "--to", "q4_k_m", "-o", s(&a), "-q"]).ok();
+    quantize(&[
+        s(&fx),
+        "--to",
+        "q4_k_m",
+        "--tensor-type",
+        "blk\\.0\\.ffn_down=q8_0",
+        "--tensor-type",
+        "blk\\.1\\.attn_q=q4_0",
+        "-o",
+        s(&b),
+        "-q",
+    ])
+    .ok();
+    let r = quantize(&["diff", s(&a), s(&b), "--against", s(&fx), "--json"]);
+    r.ok();
+    let rep: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let (da, db) = (d.path().join("da"), d.path().join("db"));
+    let o = std::process::Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/gguf_oracle.py"))
+        .args(["decode", s(&fx), s(&a), s(&da), s(&b), s(&db)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let script = r#"
+import json, sys, numpy as np
+from safetensors.numpy import load_file
+import ml_dtypes
+def load(p):
+    return {k: v.astype(np.float64) for k, v in load_file(p).items()}
+orig = load_file(sys.argv[1] + "/model.safetensors")
+orig = {k: (v.view(ml_dtypes.bfloat16) if v.dtype == np.uint16 else v).astype(np.float64) for k, v in orig.items()}
+a, b = load(sys.argv[2] + "/model.safetensors"), load(sys.argv[3] + "/model.safetensors")
+def sqnr(x, y):
+    e = float(((x - y) ** 2).sum())
+    return None if e == 0 else 10 * np.log10(float((x ** 2).sum()) / e)
+print(json.dumps({k: [sqnr(a[k], b[k]), sqnr(orig[k], a[k]), sqnr(orig[k], b[k])] for k in a}))
+"#;
+    let o = std::process::Command::new(python())
+        .args(["-c", script, s(&fx), s(&da), s(&db)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = rep["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), want.as_object().unwrap().len());
+    let close = |got: &serde_json::Value, want: &serde_json::Value, what: &str| match want.as_f64()
+    {
+        None => assert!(got.is_null(), "{what}: {got} vs exact"),
+        Some(w) => {
+            let g = got.as_f64().unwrap_or_else(|| panic!("{what}: {got}"));
+            assert!(
+                (g - w).abs() < 1e-6 * w.abs().max(1.0),
+                "{what}: {g} vs {w}"
+            );
+        }
+    };
+    let mut changed = vec![];
+    for r in rows {
+        let name = r["tensor"].as_str().unwrap();
+        let w = &want[name];
+        close(&r["b_vs_a"]["sqnr_db"], &w[0], &format!("{name} B vs A"));
+        close(&r["a_vs_original"]["sqnr_db"], &w[1], &format!("{name} A"));
+        close(&r["b_vs_original"]["sqnr_db"], &w[2], &format!("{name} B"));
+        assert_eq!(r["identical"], w[0].is_null(), "{name}");
+        if r["identical"] == false {
+            changed.push((
+                name.to_string(),
+                r["storage_b"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    assert!(
+        changed.contains(&("model.layers.0.mlp.down_proj.weight".into(), "Q8_0".into())),
+        "{changed:?}"
+    );
+    assert!(
+        changed.contains(&(
+            "model.layers.1.self_attn.q_proj.weight".into(),
+            "Q4_0".into()
+        )),
+        "{changed:?}"
+    );
+    // most different first
+    assert_eq!(rows[0]["identical"], false);
+    // a file against itself; a Markdown report; kinds that cannot be paired
+    let r = quantize(&["diff", s(&a), s(&a), "--json"]);
+    let same: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(same["totals"]["identical"], same["totals"]["tensors"]);
+    let md = d.path().join("d.md");
+    quantize(&["diff", s(&a), s(&b), "--report", s(&md), "-q"]).ok();
+    assert!(std::fs::read_to_string(&md)
+        .unwrap()
+        .contains("| `blk.0.ffn_down.weight` | Q4_K | Q8_0 |"));
+    let r = quantize(&["diff", s(&a), s(&fx)]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("differ in kind"), "{}", r.stderr);
+}

@@ -24,10 +24,19 @@ pub(crate) struct Logical<'a> {
 
 pub(crate) use qs_formats::source::is_gguf;
 
-pub(crate) fn gguf_logical<'a>(g: &'a GgufFile, orig: &ModelSource) -> Result<Vec<Logical<'a>>> {
+/// Every tensor of a GGUF; with the original it was converted from, under the original's names
+/// and with llama.cpp's q/k row permutation noted (so rows compare with the original's).
+pub(crate) fn gguf_logical<'a>(
+    g: &'a GgufFile,
+    orig: Option<&ModelSource>,
+) -> Result<Vec<Logical<'a>>> {
     // A converted model: map the original's HF names forward to find each GGUF tensor's source.
     let mut back: HashMap<String, (String, Option<usize>)> = HashMap::new();
-    if let (Some(Value::String(a)), Some(c)) = (g.get("general.architecture"), &orig.config) {
+    if let (Some(Value::String(a)), Some(orig), Some(c)) = (
+        g.get("general.architecture"),
+        orig,
+        orig.and_then(|o| o.config.as_ref()),
+    ) {
         if let Ok(arch) = crate::arch::detect(c).copied() {
             if arch.name == a {
                 for t in &orig.tensors {

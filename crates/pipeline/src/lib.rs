@@ -18,7 +18,7 @@ pub mod plan;
 pub mod report;
 pub mod run;
 
-pub use commands::{eval, export, imatrix, inspect, verify};
+pub use commands::{diff, eval, export, imatrix, inspect, verify};
 pub use convert::{arch, mixture, tokenizer};
 pub use run::{self as exec, jobs};
 

@@ -1,8 +1,8 @@
 //! `inspect FILE`: tensors, dtypes, shapes and sizes of a safetensors or GGUF model.
 
+use crate::checkpoint::is_gguf;
 use crate::error::Result;
 use crate::report::human_bytes;
-use crate::verify::is_gguf;
 use qs_formats::gguf::GgufFile;
 use qs_formats::source::ModelSource;
 use serde::Serialize;

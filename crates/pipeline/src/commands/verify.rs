@@ -33,7 +33,7 @@ pub fn verify(
         Quantized::St(ModelSource::open(quantized)?)
     };
     let logical = match &q {
-        Quantized::Gguf(g) => gguf_logical(g, &orig)?,
+        Quantized::Gguf(g) => gguf_logical(g, Some(&orig))?,
         Quantized::St(s) => st_logical(s)?,
     };
     let by_name: HashMap<&str, usize> = orig
@@ -161,4 +161,4 @@ pub fn verify(
     ))
 }
 
-pub(crate) use crate::checkpoint::{gguf_logical, is_gguf, st_logical};
+use crate::checkpoint::{gguf_logical, is_gguf, st_logical};

@@ -175,8 +175,9 @@ enum Cmd {
     Verify {
         original: PathBuf,
         quantized: PathBuf,
-        /// Write the per-tensor report: .json (schema: docs/REPORT.md), .csv (one line per tensor)
-        /// or .md (a Markdown summary for CI job summaries), by the file's extension.
+        /// Write the per-tensor report: .json (schema: docs/REPORT.md), .csv (one line per tensor),
+        /// .md (a Markdown summary for CI job summaries) or .html (one self-contained page), by
+        /// the file's extension.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
         /// Print the report as JSON on standard output instead of a table.
@@ -293,8 +294,9 @@ struct RunArgs {
     /// Print the plan (tensor -> storage, bytes before/after) and write nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Write the per-tensor report: .json (schema: docs/REPORT.md), .csv (one line per tensor)
-    /// or .md (a Markdown summary for CI job summaries), by the file's extension.
+    /// Write the per-tensor report: .json (schema: docs/REPORT.md), .csv (one line per tensor),
+    /// .md (a Markdown summary for CI job summaries) or .html (one self-contained page), by the
+    /// file's extension.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
     /// GGUF with --split-max-size: write only slice i of N (from 0) of the split files, so N
@@ -580,6 +582,14 @@ fn gate(
         .with_context(|| format!("evaluating {}", report.output))
 }
 
+/// The tool's version, this command line and the inputs' fingerprints, for the report.
+fn run_info(inputs: &[PathBuf]) -> quantsmith::report::RunInfo {
+    let argv = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    quantsmith::report::RunInfo::new(argv, inputs)
+}
+
 /// After the report is written and shown: the violations, as an error.
 fn gate_result(report: &quantsmith::Report) -> Result<()> {
     match &report.gates {
@@ -662,6 +672,10 @@ fn run(a: RunArgs) -> Result<()> {
             }
         }
         Some(mut report) => {
+            let mut inputs = quantsmith::input_paths(&model);
+            inputs.extend(cfg.calib.iter().chain(&cfg.imatrix).cloned());
+            inputs.extend(gates.eval.iter().map(|e| e.text.clone()));
+            report.run = Some(run_info(&inputs));
             gate(&gates, &model, cfg.threads, &mut report)?;
             if let (Some(p), Some(f)) = (&a.report, report_fmt) {
                 write_report(p, &report.render(f))?;
@@ -917,6 +931,7 @@ fn main() -> std::process::ExitCode {
             let bar = Bar::new(quiet || json);
             let mut r =
                 quantsmith::verify(&original, &quantized, threads, &bar).context("verify")?;
+            r.run = Some(run_info(&inputs));
             gate(&gates, &original, threads, &mut r)?;
             if let (Some(p), Some(f)) = (&report, report_fmt) {
                 write_report(p, &r.render(f))?;

@@ -659,3 +659,150 @@ print(json.dumps({k: [sqnr(a[k], b[k]), sqnr(orig[k], a[k]), sqnr(orig[k], b[k])
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("differ in kind"), "{}", r.stderr);
 }
+
+/// The HTML report in a real browser (headless Chromium driven by Selenium): it renders with
+/// no console errors and fetches nothing, each depth plot has one point per layer for every
+/// kind of linear, clicking the SQNR header sorts the rows ascending then descending, and a
+/// screenshot is produced.
+#[test]
+fn html_report_renders_sorts_and_plots_in_chromium() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/formats/data/calib-default.txt");
+    let (out, html, json) = (
+        d.path().join("m.gguf"),
+        d.path().join("r.html"),
+        d.path().join("r.json"),
+    );
+    let common = |report: &Path, o: &Path| {
+        quantize(&[
+            s(&fx),
+            "--to",
+            "q4_k_m",
+            "-o",
+            s(o),
+            "--report",
+            s(report),
+            "--eval-text",
+            s(&text),
+            "--eval-chunks",
+            "1",
+            "--min-sqnr",
+            "total:10",
+            "-q",
+        ])
+        .ok();
+    };
+    common(&html, &out);
+    common(&json, &d.path().join("m2.gguf"));
+    let page = std::fs::read_to_string(&html).unwrap();
+    for external in ["http://", "https://", "<link", "src=\"", "@import", "url("] {
+        assert!(!page.contains(external), "self-contained: {external}");
+    }
+    let shot = d.path().join("r.png");
+    let o = std::process::Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/html_check.py"))
+        .args([s(&html), s(&shot)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(
+        v["console"],
+        serde_json::json!([]),
+        "console: {}",
+        v["console"]
+    );
+    assert_eq!(
+        v["resources"],
+        serde_json::json!([]),
+        "fetched: {}",
+        v["resources"]
+    );
+    let layers = read_json(&fx.join("config.json"))["num_hidden_layers"]
+        .as_u64()
+        .unwrap();
+    let all: Vec<u64> = (0..layers).collect();
+    for plot in ["plot-sqnr", "plot-rel"] {
+        let series = v["plots"][plot].as_object().unwrap();
+        let kinds: Vec<&str> = series.keys().map(|k| k.as_str()).collect();
+        assert_eq!(kinds, ["q", "k", "v", "o", "gate", "up", "down"], "{plot}");
+        for (k, pts) in series {
+            let got: Vec<u64> = pts
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap())
+                .collect();
+            assert_eq!(got, all, "{plot} {k}: one point per layer");
+        }
+    }
+    // the table holds every tensor; sorting by SQNR orders its numbers (copies and exact
+    // tensors, ranked above any lossy one, come last ascending)
+    let rep = read_json(&json);
+    let n = rep["rows"].as_array().unwrap().len();
+    let nums = |k: &str| -> Vec<f64> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[1].as_str().unwrap().parse::<f64>().unwrap_or(f64::NAN))
+            .collect()
+    };
+    let asc = nums("rows_ascending");
+    let desc = nums("rows_descending");
+    assert_eq!(asc.len(), n);
+    assert!(
+        asc.windows(2).all(|w| w[0] <= w[1] || w[1].is_nan()),
+        "{asc:?}"
+    );
+    assert!(
+        desc.windows(2).all(|w| w[0] >= w[1] || w[1].is_nan()),
+        "{desc:?}"
+    );
+    assert_eq!(
+        (v["sort_state_1"].as_str(), v["sort_state_2"].as_str()),
+        (Some("ascending"), Some("descending"))
+    );
+    let names: Vec<&str> = v["names_sorted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    // the lossy SQNRs shown are the JSON report's
+    let mut want: Vec<f64> = rep["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["error"]["sqnr_db"].as_f64())
+        .collect();
+    want.sort_by(f64::total_cmp);
+    // (to the last bit but one: serde_json's default float parsing may round differently)
+    assert!(
+        asc[..want.len()]
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| (a - b).abs() <= 1e-12 * b.abs()),
+        "{asc:?} vs {want:?}"
+    );
+    // a screenshot: a PNG of the page
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+    for section in [
+        "id=\"gates\"",
+        "id=\"eval\"",
+        "id=\"sizes\"",
+        "id=\"run\"",
+        "SHA-256 of the first MiB",
+    ] {
+        assert!(page.contains(section), "{section}");
+    }
+}

@@ -674,7 +674,7 @@ fn reports_as_csv_and_markdown_match_the_json_report() {
             bad.as_os_str(),
         ],
         Some(&o),
-        &["r.txt", ".json, .csv or .md"],
+        &["r.txt", ".json, .csv, .md or .html"],
     );
     assert!(!bad.exists());
     fails(

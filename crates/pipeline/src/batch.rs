@@ -10,7 +10,7 @@
 
 use crate::config::Shard;
 use crate::gates::Gates;
-use crate::report::{Report, ReportFormat};
+use crate::report::{InputFingerprint, Report, ReportFormat, RunInfo};
 use crate::{Error, Progress, QuantizeConfig, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -18,8 +18,6 @@ use std::path::{Path, PathBuf};
 
 pub const SUMMARY_SCHEMA_VERSION: u32 = 1;
 const STATE_VERSION: u32 = 1;
-/// Bytes of each input digested for its fingerprint.
-const FINGERPRINT_PREFIX: u64 = 1 << 20;
 
 /// One job of a batch.
 #[derive(Debug, Clone)]
@@ -334,31 +332,22 @@ pub fn merge(parts: Vec<Summary>) -> Result<Summary> {
     Ok(Summary::new(Some("merged".into()), jobs))
 }
 
-/// A file's identity for skipping: size, modification time, digest of its first MiB.
+/// A file's identity for skipping: size, digest of its first MiB, modification time.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct Fingerprint {
-    path: String,
-    size: u64,
+    #[serde(flatten)]
+    file: InputFingerprint,
     mtime_ns: u128,
-    head_sha256: String,
 }
 
 fn fingerprint(p: &Path) -> std::io::Result<Fingerprint> {
-    use std::io::Read;
-    let f = std::fs::File::open(p)?;
-    let m = f.metadata()?;
-    let mut h = Sha256::new();
-    let mut head = Vec::new();
-    f.take(FINGERPRINT_PREFIX).read_to_end(&mut head)?;
-    h.update(&head);
+    let mtime_ns = std::fs::metadata(p)?
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     Ok(Fingerprint {
-        path: p.display().to_string(),
-        size: m.len(),
-        mtime_ns: m
-            .modified()?
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-        head_sha256: hex(&h.finalize()),
+        file: InputFingerprint::of(p)?,
+        mtime_ns,
     })
 }
 
@@ -558,6 +547,10 @@ fn run_one(
         .report
         .ok_or_else(|| Error::Config("a batch job ran as a dry run".into()))?;
     s.status = Status::Done;
+    report.run = Some(RunInfo::new(
+        job.options.split('\0').map(String::from).collect(),
+        &job.inputs(),
+    ));
     crate::gates::apply(&job.gates, &cfg.input, cfg.threads, &mut report)?;
     if let Some((p, f)) = &job.report {
         crate::output::write_file(p, report.render(*f).as_bytes())?;

@@ -311,7 +311,11 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         "quantize",
         cfg.input.display().to_string(),
         plan.output.display().to_string(),
-        Some(cfg.target.name()),
+        // as asked for: the mixture (`q4_k_m`) rather than its main type
+        Some(match cfg.mixture {
+            Some(f) => f.name().to_ascii_lowercase(),
+            None => cfg.target.name(),
+        }),
         rows,
     );
     report.calibration = calib_summary;

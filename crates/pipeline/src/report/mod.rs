@@ -4,6 +4,8 @@
 use qs_numeric::{ErrorStats, ErrorSummary, NarrowingAudit};
 use serde::Serialize;
 
+mod html;
+
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Changed tensors listed in a Markdown report (the rest are counted).
@@ -15,6 +17,8 @@ pub enum ReportFormat {
     Json,
     Csv,
     Markdown,
+    /// One self-contained page (docs/REPORT.md).
+    Html,
 }
 
 impl ReportFormat {
@@ -28,8 +32,9 @@ impl ReportFormat {
             Some("json") => Ok(ReportFormat::Json),
             Some("csv") => Ok(ReportFormat::Csv),
             Some("md") => Ok(ReportFormat::Markdown),
+            Some("html" | "htm") => Ok(ReportFormat::Html),
             _ => Err(format!(
-                "{}: a report file ends in .json, .csv or .md",
+                "{}: a report file ends in .json, .csv, .md or .html",
                 path.display()
             )),
         }
@@ -107,6 +112,61 @@ pub struct Report {
     /// The quality gates of the run and their violations.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gates: Option<crate::gates::GateOutcome>,
+    /// How the report was made: tool version, command line, inputs (set by the front end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunInfo>,
+}
+
+/// The tool, the command line and a fingerprint of every input, so a report says what made it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    pub tool_version: String,
+    pub command_line: Vec<String>,
+    pub inputs: Vec<InputFingerprint>,
+}
+
+/// An input's size and the SHA-256 of its first MiB (a checkpoint's header is there; the whole
+/// file is not read again).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct InputFingerprint {
+    pub path: String,
+    pub size: u64,
+    pub head_sha256: String,
+}
+
+/// Bytes of each input digested for its fingerprint.
+pub const FINGERPRINT_PREFIX: u64 = 1 << 20;
+
+impl InputFingerprint {
+    pub fn of(p: &std::path::Path) -> std::io::Result<InputFingerprint> {
+        use sha2::Digest;
+        use std::io::Read;
+        let f = std::fs::File::open(p)?;
+        let size = f.metadata()?.len();
+        let mut head = Vec::new();
+        f.take(FINGERPRINT_PREFIX).read_to_end(&mut head)?;
+        let d = sha2::Sha256::digest(&head);
+        Ok(InputFingerprint {
+            path: p.display().to_string(),
+            size,
+            head_sha256: d.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+}
+
+impl RunInfo {
+    /// The fingerprints of `inputs` that are files (a folder is listed by its files).
+    pub fn new(command_line: Vec<String>, inputs: &[std::path::PathBuf]) -> RunInfo {
+        RunInfo {
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            command_line,
+            inputs: inputs
+                .iter()
+                .filter(|p| p.is_file())
+                .filter_map(|p| InputFingerprint::of(p).ok())
+                .collect(),
+        }
+    }
 }
 
 impl Report {
@@ -174,6 +234,7 @@ impl Report {
             calibration: None,
             eval: None,
             gates: None,
+            run: None,
         }
     }
 
@@ -187,6 +248,7 @@ impl Report {
             ReportFormat::Json => self.to_json(),
             ReportFormat::Csv => self.to_csv(),
             ReportFormat::Markdown => self.to_markdown(),
+            ReportFormat::Html => html::render(self),
         }
     }
 
@@ -535,6 +597,7 @@ mod tests {
                 }),
                 eval: None,
                 gates: None,
+                run: None,
             }
             .to_table()
         };

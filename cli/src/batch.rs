@@ -59,16 +59,20 @@ pub fn jobs(manifest: &Path) -> Result<Vec<Job>> {
             None => anyhow::anyhow!("manifest {shown}: {}", e.message().trim()),
         }
     })?;
-    let base = manifest.parent().unwrap_or(Path::new("")).to_path_buf();
+    // absolute, so a job's options (and their digest) do not depend on how the manifest was
+    // named or where the batch was started
+    let dir = manifest.parent().filter(|d| !d.as_os_str().is_empty());
+    let base = std::fs::canonicalize(dir.unwrap_or(Path::new(".")))
+        .with_context(|| format!("manifest {shown}"))?;
     let mut defaults = toml::Table::new();
     let mut list: Vec<toml::Table> = Vec::new();
     for (k, v) in doc {
         match (k.as_str(), v) {
-            ("defaults", toml::Value::Table(t)) => defaults = t,
+            ("defaults", toml::Value::Table(t)) => defaults = normalized(t),
             ("job", toml::Value::Array(a)) => {
                 for (i, j) in a.into_iter().enumerate() {
                     match j {
-                        toml::Value::Table(t) => list.push(t),
+                        toml::Value::Table(t) => list.push(normalized(t)),
                         _ => anyhow::bail!("manifest {shown}: job {i} is not a table"),
                     }
                 }
@@ -101,18 +105,34 @@ pub fn jobs(manifest: &Path) -> Result<Vec<Job>> {
         if out.iter().any(|o| o.name == job.name) {
             anyhow::bail!("manifest {shown}: two jobs are named '{}'", job.name);
         }
+        // a report is a job's output too: no two jobs write one file
+        if let Some((r, _)) = &job.report {
+            if let Some(o) = out.iter().find(|o| {
+                o.report.as_ref().is_some_and(|(p, _)| p == r)
+                    || o.config.output.as_deref() == Some(r.as_path())
+            }) {
+                anyhow::bail!(
+                    "manifest {shown}: jobs '{}' and '{}' both write {}",
+                    o.name,
+                    job.name,
+                    r.display()
+                );
+            }
+        }
         out.push(job);
     }
     Ok(out)
 }
 
-/// One job from its keys (defaults merged in).
-fn job(base: &Path, mut t: toml::Table) -> Result<Job> {
-    // keys with `_` or `-`, as the options are spelled
-    let t: std::collections::BTreeMap<String, toml::Value> = std::mem::take(&mut t)
-        .into_iter()
+/// Keys spelled with `-` (they may be written with `_`), before defaults and jobs are merged.
+fn normalized(t: toml::Table) -> toml::Table {
+    t.into_iter()
         .map(|(k, v)| (k.replace('_', "-"), v))
-        .collect();
+        .collect()
+}
+
+/// One job from its keys (defaults merged in).
+fn job(base: &Path, t: toml::Table) -> Result<Job> {
     let name = match t.get("name") {
         Some(v) => Some(scalar("name", v)?),
         None => None,
@@ -127,10 +147,10 @@ fn job(base: &Path, mut t: toml::Table) -> Result<Job> {
     };
     let model = t
         .get("model")
-        .context("no 'model' (the checkpoint to quantize)")?;
+        .ok_or_else(|| Usage("no 'model' (the checkpoint to quantize)".into()))?;
     let model = resolve(scalar("model", model)?);
     if !t.contains_key("output") {
-        anyhow::bail!("no 'output': every job of a manifest names its output");
+        return Err(Usage("no 'output': every job of a manifest names its output".into()).into());
     }
     let mut args: Vec<OsString> = vec!["quantize".into(), model];
     for (k, v) in &t {

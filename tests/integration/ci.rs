@@ -192,7 +192,7 @@ fn outputs(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 const MANIFEST: &str = r#"
 [defaults]
 model = "model"
-min-sqnr = ["total:15"]
+min_sqnr = ["total:15"]
 
 [[job]]
 to = "q4_k_m"
@@ -208,7 +208,7 @@ name = "int4"
 to = "int4"
 group = 32
 output = "out/m-int4"
-min_sqnr = ["total:40"]
+min-sqnr = ["total:40"]
 
 [[job]]
 name = "q8"
@@ -332,6 +332,28 @@ fn batch_runs_resumes_and_reports() {
         "{r:?}"
     );
 
+    // a job that failed after writing its output (its evaluation text is too short to
+    // evaluate) runs again, without --force, once the text is fixed
+    let ev = root.join("ev.toml");
+    let text = root.join("eval.txt");
+    std::fs::write(&text, "too short").unwrap();
+    std::fs::write(
+        &ev,
+        "[[job]]\nmodel = \"model\"\nto = \"q4_0\"\noutput = \"ev/a.gguf\"\neval-text = \"eval.txt\"\n",
+    )
+    .unwrap();
+    let r = quantize(&["batch", s(&ev), "--json"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(root.join("ev/a.gguf").exists());
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/formats/data/calib-default.txt"),
+        &text,
+    )
+    .unwrap();
+    let r = quantize(&["batch", s(&ev), "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(summary_of(&r)["jobs"][0]["ppl"].as_f64().is_some());
+
     // --fail-fast: the first failure stops the batch; without failures a gate gives 3
     let ff = root.join("ff.toml");
     std::fs::write(
@@ -362,7 +384,8 @@ fn bad_manifests_are_refused_up_front() {
     let d = tempfile::tempdir().unwrap();
     let m = d.path().join("m.toml");
     for (text, code, must) in [
-        ("[[job]]\nmodel = \"x\"\nto = \"q4_0\"\n", 1, "no 'output'"),
+        ("[[job]]\nmodel = \"x\"\nto = \"q4_0\"\n", 2, "no 'output'"),
+        ("[[job]]\nmodel = \"x\"\nto = \"q4_0\"\noutput = \"a.gguf\"\nreport = \"r.md\"\n[[job]]\nmodel = \"x\"\nto = \"q8_0\"\noutput = \"b.gguf\"\nreport = \"r.md\"\n", 1, "both write"),
         ("[[job]]\nmodel = \"x\"\nto = \"q9\"\noutput = \"o.gguf\"\n", 2, "job 0"),
         ("[[job]]\nmodel = \"x\"\nto = \"q4_0\"\noutput = \"o.gguf\"\nthreads = 2\n", 2, "option of the batch"),
         ("[[job]]\nmodel = \"x\"\nto = \"q4_0\"\noutput = \"o.gguf\"\nfrobnicate = 1\n", 2, "frobnicate"),
@@ -436,10 +459,23 @@ fn batch_shards_are_disjoint_and_equal_one_run() {
         .collect();
     assert_eq!(idx, [0, 1, 2, 3, 4, 5]);
     assert_eq!(merged["counts"]["gate_failed"], 1);
-    // the same summary twice is refused
-    let r = quantize(&["batch", "--merge-summaries", s(&sums[0]), s(&sums[0])]);
+    // the same summary twice, or one missing, is refused
+    let r = quantize(&[
+        "batch",
+        "--merge-summaries",
+        s(&sums[0]),
+        s(&sums[0]),
+        s(&sums[1]),
+    ]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("two summaries"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("shard 0/3 is in two summaries"),
+        "{}",
+        r.stderr
+    );
+    let r = quantize(&["batch", "--merge-summaries", s(&sums[0]), s(&sums[2])]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("shard 1/3 is missing"), "{}", r.stderr);
 }
 
 /// `--shard i/N` on one model with --split-max-size: each process writes its slice of the

@@ -309,6 +309,47 @@ impl Summary {
 
 /// Joins the summaries of a batch's shards: every job once, in manifest order.
 pub fn merge(parts: Vec<Summary>) -> Result<Summary> {
+    // every shard of one split, once, from one tool version
+    let mut shards: Vec<(usize, usize)> = Vec::new();
+    for p in &parts {
+        let sh = p
+            .shard
+            .as_deref()
+            .and_then(|s| Shard::parse(s).ok())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "a summary without a shard ('{}'): merge the summaries of `batch --shard i/N` runs",
+                    p.shard.as_deref().unwrap_or("null")
+                ))
+            })?;
+        shards.push((sh.index, sh.count));
+        if p.tool_version != parts[0].tool_version {
+            return Err(Error::Config(format!(
+                "summaries from quantsmith {} and {}: run every shard with one version",
+                parts[0].tool_version, p.tool_version
+            )));
+        }
+    }
+    if let Some(&(_, n)) = shards.first() {
+        if let Some(&(i, m)) = shards.iter().find(|s| s.1 != n) {
+            return Err(Error::Config(format!(
+                "shard {i}/{m} merged with shards of {n}: one batch is split one way"
+            )));
+        }
+        shards.sort();
+        if let Some(dup) = shards.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::Config(format!(
+                "shard {}/{n} is in two summaries",
+                dup[0].0
+            )));
+        }
+        if let Some(missing) = (0..n).find(|i| !shards.iter().any(|s| s.0 == *i)) {
+            return Err(Error::Config(format!(
+                "the summary of shard {missing}/{n} is missing ({} of {n} given)",
+                shards.len()
+            )));
+        }
+    }
     let mut jobs: Vec<JobSummary> = Vec::new();
     for p in parts {
         if p.schema_version != SUMMARY_SCHEMA_VERSION {
@@ -507,6 +548,7 @@ fn run_one(
         if let Some(st) = up_to_date(job, &options, &inputs) {
             *s = JobSummary {
                 index: s.index,
+                name: s.name.clone(),
                 skipped: true,
                 ..st.summary
             };
@@ -517,8 +559,12 @@ fn run_one(
         s.status = Status::WouldRun;
         return Ok(());
     }
-    // an output this batch made before (its state file says so) may be replaced; anything
-    // else only with --force
+    // what the job reads must be there before it writes anything
+    if let Some(e) = &job.gates.eval {
+        std::fs::metadata(&e.text).map_err(|err| io(&e.text, err))?;
+    }
+    // an output a batch made before (its state file says so, complete or not) may be
+    // replaced; anything else only with --force
     let ours = state_file.exists();
     let mut cfg = job.config.clone();
     cfg.force = opts.force || ours || cfg.force;
@@ -526,13 +572,16 @@ fn run_one(
     cfg.calib_cache = Some(cache.clone());
     cfg.dry_run = false;
     cfg.report = job.report.as_ref().map(|(p, _)| p.clone());
-    // no state while the job runs: an interrupted job is redone
-    if ours {
-        std::fs::remove_file(&state_file).map_err(|e| Error::Output {
-            path: state_file.clone(),
-            msg: e.to_string(),
-        })?;
-    }
+    // a pending state while the job runs (no outputs recorded, so never up to date): an
+    // interrupted or failed job is redone by the next batch, which may replace what it left
+    let pending = State {
+        version: STATE_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        options_sha256: String::new(),
+        inputs: vec![],
+        outputs: vec![],
+        summary: s.clone(),
+    };
     // a manifest's output folders are made as needed
     for p in std::iter::once(&output).chain(job.report.iter().map(|(p, _)| p)) {
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -541,6 +590,9 @@ fn run_one(
                 msg: e.to_string(),
             })?;
         }
+    }
+    if ours || !output.exists() || cfg.force {
+        write_state(&state_file, &pending)?;
     }
     let outcome = crate::quantize(&cfg, progress)?;
     let mut report = outcome
@@ -570,9 +622,13 @@ fn run_one(
         })?,
         summary: s.clone(),
     };
+    write_state(&state_file, &st)
+}
+
+fn write_state(path: &Path, st: &State) -> Result<()> {
     crate::output::write_file(
-        &state_file,
-        serde_json::to_string_pretty(&st)
+        path,
+        serde_json::to_string_pretty(st)
             .expect("state serializes")
             .as_bytes(),
     )?;
@@ -638,5 +694,8 @@ mod tests {
         assert_eq!(idx, [0, 1, 2, 3]);
         assert_eq!(m.counts.done, 4);
         assert!(merge(vec![summary("0/2", &[0]), summary("1/2", &[0])]).is_err());
+        let err = |v| merge(v).unwrap_err().to_string();
+        assert!(err(vec![summary("0/3", &[0]), summary("2/3", &[1])]).contains("1/3 is missing"));
+        assert!(err(vec![summary("0/2", &[0]), summary("1/3", &[1])]).contains("split one way"));
     }
 }

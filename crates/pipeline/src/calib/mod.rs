@@ -226,8 +226,12 @@ pub struct CalibSummary {
     pub method: &'static str,
     /// `"text"` (`--calib FILE`) or `"self-generated"` (no `--calib`: sampled from the model).
     pub source: &'static str,
-    /// Seconds the model took to write its calibration text (self-generated only).
+    /// Seconds the model took to write its calibration text (self-generated, and made by this
+    /// run).
     pub generation_secs: Option<f64>,
+    /// The set was made by an earlier job of the batch (same model and calibration options)
+    /// and reused.
+    pub shared: bool,
     pub text_tokens: usize,
     pub seq_len: usize,
     /// Sequences asked for (`--calib-samples`).
@@ -551,6 +555,7 @@ pub fn calibrate_model(
         .calib_cache
         .as_ref()
         .and_then(|c| c.0.lock().ok()?.get(&key).cloned());
+    let shared = cached.is_some();
     let made = match cached {
         Some(c) => c,
         None => {
@@ -577,15 +582,17 @@ pub fn calibrate_model(
             made
         }
     };
-    let (set, generation_secs) = (&made.0, made.1);
+    let set = &made.0;
+    let generation_secs = made.1.filter(|_| !shared);
     let summary = CalibSummary {
         method: method.name(),
-        source: if generation_secs.is_some() {
+        source: if cfg.calib.is_none() {
             "self-generated"
         } else {
             "text"
         },
         generation_secs,
+        shared,
         text_tokens: set.text_tokens,
         seq_len: ccfg.seq_len,
         requested: ccfg.samples,

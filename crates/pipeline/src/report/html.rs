@@ -351,8 +351,11 @@ pub(super) fn render(r: &Report) -> String {
             "<dt>method</dt><dd>{}</dd><dt>data</dt><dd>{}{}</dd><dt>sequences</dt><dd>{} of {} tokens fitted ({} requested), {} held out</dd>",
             esc(c.method),
             esc(c.source),
-            c.generation_secs
-                .map_or(String::new(), |s| format!(", written by the model in {s:.1} s")),
+            match (c.generation_secs, c.shared) {
+                (Some(s), _) => format!(", written by the model in {s:.1} s"),
+                (None, true) => ", made for an earlier job of the batch and reused".into(),
+                (None, false) => String::new(),
+            },
             c.fit_sequences,
             c.seq_len,
             c.requested,

@@ -490,9 +490,13 @@ impl Report {
                 c.fit_sequences,
                 c.seq_len,
                 c.held_sequences,
-                match c.generation_secs {
-                    Some(t) => format!("written by the model itself in {t:.1} s"),
-                    None => "text".to_string(),
+                match (c.source, c.generation_secs, c.shared) {
+                    (_, Some(t), _) => format!("written by the model itself in {t:.1} s"),
+                    ("self-generated", None, true) =>
+                        "written by the model itself for an earlier job, reused".to_string(),
+                    ("self-generated", None, false) => "written by the model itself".to_string(),
+                    (_, _, true) => "text, cut for an earlier job, reused".to_string(),
+                    _ => "text".to_string(),
                 },
                 c.text_tokens,
                 if c.fit_sequences < c.requested {
@@ -588,6 +592,7 @@ mod tests {
                     method: "m",
                     source: "text",
                     generation_secs: None,
+                    shared: false,
                     text_tokens: 100_000,
                     seq_len: 512,
                     requested: fit_sequences,

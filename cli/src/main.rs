@@ -299,6 +299,17 @@ struct RunArgs {
     /// file's extension.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Choose a type per quantizable tensor (from --candidates) for the least predicted error
+    /// at this many bits per weight over the whole model (llama-quantize's BPW).
+    #[arg(long, value_name = "BPW", conflicts_with = "target_size")]
+    target_bpw: Option<f64>,
+    /// As --target-bpw, for a whole output file of at most SIZE (e.g. 2G, 105M, or bytes).
+    #[arg(long, value_name = "SIZE", value_parser = quantsmith::config::parse_size)]
+    target_size: Option<u64>,
+    /// Types a size target chooses among (default GGUF: q3_k,q4_k,q5_k,q6_k,q8_0,iq4_xs;
+    /// compressed-tensors: int2,int3,int4,int8).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = Target::parse)]
+    candidates: Vec<Target>,
     /// GGUF with --split-max-size: write only slice i of N (from 0) of the split files, so N
     /// machines write one model's parts (docs/SCALING.md).
     #[arg(long, value_name = "i/N", value_parser = quantsmith::config::Shard::parse)]
@@ -524,6 +535,18 @@ fn config_of(a: &RunArgs) -> Result<QuantizeConfig> {
     cfg.keep_names = a.keep_names;
     cfg.tokenizer_pre = a.tokenizer_pre.clone();
     cfg.shard = a.shard;
+    cfg.size_target = match (a.target_bpw, a.target_size) {
+        (Some(b), _) if !(b.is_finite() && b > 0.0) => {
+            return Err(Usage("--target-bpw must be a positive number".into()).into())
+        }
+        (Some(b), _) => Some(quantsmith::allocate::SizeTarget::Bpw(b)),
+        (None, Some(n)) => Some(quantsmith::allocate::SizeTarget::Bytes(n)),
+        (None, None) => None,
+    };
+    if !a.candidates.is_empty() && cfg.size_target.is_none() {
+        return Err(Usage("--candidates applies with --target-bpw or --target-size".into()).into());
+    }
+    cfg.candidates = a.candidates.clone();
     Ok(cfg)
 }
 
@@ -580,6 +603,24 @@ fn gate(
 ) -> Result<bool> {
     quantsmith::gates::apply(g, input, threads, report)
         .with_context(|| format!("evaluating {}", report.output))
+}
+
+/// What a size target chose: the budget, the bytes used and the types, counted.
+fn allocation_line(a: &quantsmith::allocate::Allocation) -> String {
+    let mut by: std::collections::BTreeMap<&str, usize> = Default::default();
+    for t in &a.tensors {
+        *by.entry(t.storage.as_str()).or_default() += 1;
+    }
+    let types: Vec<String> = by.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    format!(
+        "size target {}: {} of {} bytes for {} tensors ({}), predicted error {:.4e}",
+        a.target,
+        a.allocated_bytes,
+        a.budget_bytes,
+        a.tensors.len(),
+        types.join(", "),
+        a.predicted_error
+    )
 }
 
 /// The tool's version, this command line and the inputs' fingerprints, for the report.
@@ -668,6 +709,9 @@ fn run(a: RunArgs) -> Result<()> {
                     "total: {} tensors, {bi} -> {bo} bytes (dry run: nothing written)",
                     rows.len()
                 )?;
+                if let Some(al) = &outcome.allocation {
+                    writeln!(s, "{}", allocation_line(al))?;
+                }
                 out(&s)?;
             }
         }
@@ -684,6 +728,9 @@ fn run(a: RunArgs) -> Result<()> {
                 out(&(report.to_json() + "\n"))?;
             } else if !a.quiet {
                 let mut s = report.to_table();
+                if let Some(al) = &outcome.allocation {
+                    writeln!(s, "{}", allocation_line(al))?;
+                }
                 for f in &outcome.files {
                     writeln!(s, "wrote {}", f.display())?;
                 }

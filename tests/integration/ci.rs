@@ -842,3 +842,148 @@ fn html_report_renders_sorts_and_plots_in_chromium() {
         assert!(page.contains(section), "{section}");
     }
 }
+
+/// `--target-size` / `--target-bpw`: the file fits, the allocation is deterministic whatever
+/// the thread count, at the recipe's own size its total weight error (measured by `verify`,
+/// weighted as the allocation predicts) is no more than llama-quantize's recipe's, llama.cpp
+/// loads it, `--dry-run` shows the plan and writes nothing, and an impossible target is one
+/// clear error.
+#[test]
+fn size_targeted_mixtures_fit_and_beat_the_recipe_at_its_size() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let p = |n: &str| d.path().join(n);
+    quantize(&[s(&fx), "--to", "q4_k_m", "-o", s(&p("recipe.gguf")), "-q"]).ok();
+    let size = std::fs::metadata(p("recipe.gguf")).unwrap().len();
+    for j in ["1", "2"] {
+        let r = quantize(&[
+            s(&fx),
+            "--to",
+            "q4_k_m",
+            "--target-size",
+            &size.to_string(),
+            "-o",
+            s(&p(&format!("t{j}.gguf"))),
+            "-j",
+            j,
+            "--json",
+        ]);
+        r.ok();
+        let rep: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let a = &rep["allocation"];
+        assert!(
+            a["allocated_bytes"].as_u64() <= a["budget_bytes"].as_u64(),
+            "{a}"
+        );
+        assert_eq!(a["tensors"].as_array().unwrap().len(), 16, "{a}");
+    }
+    let t = std::fs::read(p("t1.gguf")).unwrap();
+    assert_eq!(t, std::fs::read(p("t2.gguf")).unwrap(), "deterministic");
+    assert!(t.len() as u64 <= size, "{} > {size}", t.len());
+    // the allocation's objective, measured on the written files: Σ squared error over the
+    // linears, the embedding's per row
+    let total = |f: &str| -> f64 {
+        let r = quantize(&["verify", s(&fx), s(&p(f)), "--json"]);
+        r.ok();
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["shape"].as_array().unwrap().len() == 2)
+            .map(|r| {
+                let n: f64 = r["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .product();
+                let sq = r["error"]["mse"].as_f64().unwrap() * n;
+                if r["tensor"].as_str().unwrap().contains("embed") {
+                    sq / r["shape"][0].as_f64().unwrap()
+                } else {
+                    sq
+                }
+            })
+            .sum()
+    };
+    let (ours, recipe) = (total("t1.gguf"), total("recipe.gguf"));
+    assert!(ours < recipe, "size-targeted {ours} vs recipe {recipe}");
+    // llama.cpp loads and runs it
+    let l = crate::llama::llama_logits(&p("t1.gguf"), &p("t1.f32"));
+    assert!(l.iter().all(|x| x.is_finite()) && !l.is_empty());
+    // bits per weight over every tensor, as llama-quantize counts them
+    let r = quantize(&[
+        s(&fx),
+        "--to",
+        "q4_k_m",
+        "--target-bpw",
+        "5.5",
+        "-o",
+        s(&p("b.gguf")),
+        "--json",
+    ]);
+    r.ok();
+    let g = qs_formats::gguf::GgufFile::open(&p("b.gguf")).unwrap();
+    let bytes: u64 = g.tensors.iter().map(|t| (t.end - t.start) as u64).sum();
+    let n: u64 = g
+        .tensors
+        .iter()
+        .map(|t| t.shape().iter().product::<usize>() as u64)
+        .sum();
+    let bpw = bytes as f64 * 8.0 / n as f64;
+    assert!(bpw <= 5.5 && bpw > 5.0, "{bpw}");
+    // --dry-run: the plan with each tensor's predicted error, nothing written
+    let r = quantize(&[
+        s(&fx),
+        "--to",
+        "q4_k_m",
+        "--target-bpw",
+        "4.5",
+        "-o",
+        s(&p("dry.gguf")),
+        "--dry-run",
+    ]);
+    r.ok();
+    assert!(
+        r.stdout.contains("size-targeted: predicted error"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("size target 4.5 bits per weight"),
+        "{}",
+        r.stdout
+    );
+    assert!(!p("dry.gguf").exists());
+    // too small, and candidates of the wrong kind
+    let r = quantize(&[
+        s(&fx),
+        "--to",
+        "q4_k_m",
+        "--target-size",
+        "100K",
+        "-o",
+        s(&p("x.gguf")),
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("below the smallest candidates' size"),
+        "{}",
+        r.stderr
+    );
+    let r = quantize(&[
+        s(&fx),
+        "--to",
+        "q4_k_m",
+        "--target-bpw",
+        "4",
+        "--candidates",
+        "int4",
+        "-o",
+        s(&p("x.gguf")),
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("--candidates: int4"), "{}", r.stderr);
+    assert!(!p("x.gguf").exists());
+}

@@ -1,6 +1,7 @@
 //! quantsmith's numeric core: element codecs, quantization schemes, packing, dequantization
 //! kernels and error metrics. Pure functions over slices: no I/O, no printing, deterministic.
 
+pub mod alloc;
 pub mod awq;
 pub mod dtype;
 pub mod fp8;

@@ -185,6 +185,11 @@ pub struct QuantizeConfig {
     pub calib_cache: Option<std::sync::Arc<crate::calib::CalibCache>>,
     /// A split GGUF: write only this slice of its files (`--shard i/N`).
     pub shard: Option<Shard>,
+    /// `--target-bpw` / `--target-size`: a type per tensor chosen to fit (see
+    /// [`crate::allocate`]).
+    pub size_target: Option<crate::allocate::SizeTarget>,
+    /// The types a size target chooses among (empty: [`crate::allocate::default_candidates`]).
+    pub candidates: Vec<Target>,
 }
 
 /// Slice `index` (from 0) of `count` disjoint slices of some work: batch jobs, or the files of
@@ -292,6 +297,8 @@ impl QuantizeConfig {
             awq_tokens: 2048,
             calib_cache: None,
             shard: None,
+            size_target: None,
+            candidates: vec![],
         }
     }
 

@@ -19,7 +19,7 @@ pub mod report;
 pub mod run;
 
 pub use commands::{diff, eval, export, imatrix, inspect, verify};
-pub use convert::{arch, mixture, tokenizer};
+pub use convert::{allocate, arch, mixture, tokenizer};
 pub use run::{self as exec, jobs};
 
 pub use config::{OutputKind, QuantizeConfig, Target};

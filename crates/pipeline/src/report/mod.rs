@@ -112,6 +112,9 @@ pub struct Report {
     /// The quality gates of the run and their violations.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gates: Option<crate::gates::GateOutcome>,
+    /// `--target-bpw` / `--target-size`: the budget and the type chosen for each tensor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<crate::allocate::Allocation>,
     /// How the report was made: tool version, command line, inputs (set by the front end).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<RunInfo>,
@@ -234,6 +237,7 @@ impl Report {
             calibration: None,
             eval: None,
             gates: None,
+            allocation: None,
             run: None,
         }
     }
@@ -602,6 +606,7 @@ mod tests {
                 }),
                 eval: None,
                 gates: None,
+                allocation: None,
                 run: None,
             }
             .to_table()

@@ -63,6 +63,8 @@ pub struct Outcome {
     /// What was written: the output file, every file of a split set (a shard's slice of
     /// them), or the output folder.
     pub files: Vec<std::path::PathBuf>,
+    /// `--target-bpw` / `--target-size`: the types chosen and their predicted errors.
+    pub allocation: Option<crate::allocate::Allocation>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -91,7 +93,32 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     let mut src = ModelSource::open(&cfg.input)?;
     crate::plan::add_generated(&mut src, cfg)?;
     let imatrix = crate::plan::load_imatrix(cfg)?;
-    let mut plan = make_plan(&src, cfg, imatrix)?;
+    let mut plan = make_plan(&src, cfg, imatrix.clone())?;
+    // a size target: a type per tensor, then the plan again with those types
+    let mut allocation = None;
+    if let Some(st) = cfg.size_target {
+        let (files, _) = layout(&plan, &src, cfg)?;
+        let overhead = files.iter().map(|f| f.total_len).sum::<u64>()
+            - plan
+                .tensors
+                .iter()
+                .map(|t| t.bytes_out() as u64)
+                .sum::<u64>();
+        let (types, a) = crate::allocate::allocate(&src, &plan, cfg, st, overhead)?;
+        let mut c = cfg.clone();
+        c.size_target = None;
+        c.tensor_types = cfg.tensor_types.iter().cloned().chain(types).collect();
+        plan = make_plan(&src, &c, imatrix)?;
+        for tp in &mut plan.tensors {
+            if let Some(t) = a.tensors.iter().find(|t| t.tensor == tp.name) {
+                tp.note = Some(format!(
+                    "size-targeted: predicted error {:.4e}",
+                    t.predicted_error
+                ));
+            }
+        }
+        allocation = Some(a);
+    }
     // every option check before any work: the calibrated linears and their grids
     if cfg.mse_clip && cfg.method.0.is_none() {
         return Err(Error::Config("--mse-clip applies to --method gptq".into()));
@@ -118,6 +145,7 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
             plan,
             report: None,
             files: vec![],
+            allocation,
         });
     }
     if cfg.shard.is_none() {
@@ -319,10 +347,12 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         rows,
     );
     report.calibration = calib_summary;
+    report.allocation = allocation.clone();
     Ok(Outcome {
         plan,
         report: Some(report),
         files: written,
+        allocation,
     })
 }
 

@@ -987,3 +987,62 @@ fn size_targeted_mixtures_fit_and_beat_the_recipe_at_its_size() {
     assert!(r.stderr.contains("--candidates: int4"), "{}", r.stderr);
     assert!(!p("x.gguf").exists());
 }
+
+/// A size-targeted compressed-tensors output mixes bit widths in several config groups; the
+/// compressed-tensors package (what vLLM loads it with) decompresses every weight to exactly
+/// what we decode, and the file holds the bits per weight asked for.
+#[test]
+fn size_targeted_compressed_tensors_decode_in_the_reference_package() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let (out, dec) = (d.path().join("ct"), d.path().join("dec"));
+    let r = quantize(&[
+        s(&fx),
+        "--to",
+        "int4",
+        "--group",
+        "32",
+        "--target-bpw",
+        "6",
+        "-o",
+        s(&out),
+        "--json",
+    ]);
+    r.ok();
+    let rep: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let kinds: std::collections::BTreeSet<&str> = rep["allocation"]["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["storage"].as_str().unwrap())
+        .collect();
+    assert!(kinds.len() >= 2, "a mixture: {kinds:?}");
+    let bytes = rep["totals"]["bytes_out"].as_f64().unwrap();
+    let n: f64 = rep["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .product::<f64>()
+        })
+        .sum();
+    assert!(bytes * 8.0 / n <= 6.0, "{}", bytes * 8.0 / n);
+    let o = std::process::Command::new(convert_python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/ct_decompress.py"))
+        .args([s(&out), s(&dec)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = quantize(&["verify", s(&dec), s(&out), "--json"]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        v["totals"]["lossy"], 0,
+        "the package's weights are ours exactly"
+    );
+}

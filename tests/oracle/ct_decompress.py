@@ -26,9 +26,17 @@ def decompress(src, out):
         "pack-quantized": PackedQuantizationCompressor,
         "float-quantized": FloatQuantizationCompressor,
     }[qc.format]
-    schemes = list(qc.config_groups.values())
-    assert len(schemes) == 1, "one config group expected"
-    scheme = schemes[0]
+    # each module's scheme: the config group whose targets name it (a size-targeted mixture
+    # has several groups), else the group targeting "Linear"
+    groups = list(qc.config_groups.values())
+
+    def scheme_of(module):
+        for g in groups:
+            if module in g.targets:
+                return g
+        fallback = [g for g in groups if "Linear" in g.targets]
+        assert len(fallback) == 1, f"no config group targets {module}"
+        return fallback[0]
     sd = {}
     for f in sorted(os.listdir(src)):
         if f.endswith(".safetensors"):
@@ -45,7 +53,7 @@ def decompress(src, out):
         # scales in f32 so the package's (q - zero) * scale is computed at our precision; the
         # unpacking (bit layout, packed zero points, shape) is entirely the package's
         local["weight_scale"] = local["weight_scale"].to(torch.float32)
-        dec = compressor.decompress(local, scheme)
+        dec = compressor.decompress(local, scheme_of(m))
         result[m + ".weight"] = dec["weight"].to(torch.float32).contiguous()
     quant_parts = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx")
     for k, v in sd.items():

@@ -7,7 +7,8 @@
 //! decoded, and the squared error is weighted by what the layer's output loses: for a linear,
 //! Σᵢⱼ E[xⱼ²]·(wᵢⱼ − ŵᵢⱼ)², the expected squared error its output gains per token, with E[xⱼ²]
 //! from the importance matrix (1 without one); for an embedding table, the mean over rows of
-//! ‖w − ŵ‖², the error one lookup adds. [`qs_numeric::alloc::choose`] then picks one type per
+//! ‖w − ŵ‖², the error one lookup adds (a table tied to the output head is weighted as that
+//! head, a linear). [`qs_numeric::alloc::choose`] then picks one type per
 //! tensor. The result is a list of per-tensor overrides the plan is made again with, so every
 //! other rule (names, fallbacks, importance) is the plan's own.
 
@@ -109,8 +110,8 @@ fn regex_for(name: &str) -> regex::Regex {
 }
 
 /// The predicted error of `tp` (as planned with some type): rows encoded and decoded,
-/// weighted as the module says.
-fn predicted_error(src: &ModelSource, tp: &crate::plan::TensorPlan) -> f64 {
+/// weighted as the module says. `tied`: the embedding table is also the output head.
+fn predicted_error(src: &ModelSource, tp: &crate::plan::TensorPlan, tied: bool) -> f64 {
     let Action::Encode(scheme) = &tp.action else {
         return 0.0;
     };
@@ -137,9 +138,11 @@ fn predicted_error(src: &ModelSource, tp: &crate::plan::TensorPlan) -> f64 {
             }
         }
     }
-    if is_embedding(&tp.name) {
+    if is_embedding(&tp.name) && !tied {
         sum / rows.max(1) as f64
     } else {
+        // a linear, or a tied embedding table, which is the output head too: its logits lose
+        // this per token (a lookup's error, a row's, is small beside it)
         sum
     }
 }
@@ -227,9 +230,14 @@ pub fn allocate(
             }
         }
     }
+    // no output head of its own: the embedding table computes the logits (tied)
+    let tied = !base
+        .tensors
+        .iter()
+        .any(|t| crate::plan::is_output_head(&t.name));
     let errors: Vec<f64> = pool(cfg.threads)?.install(|| {
         tps.par_iter()
-            .map(|(_, _, tp)| predicted_error(src, tp))
+            .map(|(_, _, tp)| predicted_error(src, tp, tied))
             .collect()
     });
     for ((k, c, tp), e) in tps.iter().zip(errors) {

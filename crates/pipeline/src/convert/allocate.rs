@@ -8,7 +8,8 @@
 //! Σᵢⱼ E[xⱼ²]·(wᵢⱼ − ŵᵢⱼ)², the expected squared error its output gains per token, with E[xⱼ²]
 //! from the importance matrix (1 without one); for an embedding table, the mean over rows of
 //! ‖w − ŵ‖², the error one lookup adds (a table tied to the output head is weighted as that
-//! head, a linear). [`qs_numeric::alloc::choose`] then picks one type per
+//! head, a linear). The output head has no entry in llama-imatrix's files: with an importance
+//! matrix its E[xⱼ²] is the final norm's gain squared, in the same units as the others. [`qs_numeric::alloc::choose`] then picks one type per
 //! tensor. The result is a list of per-tensor overrides the plan is made again with, so every
 //! other rule (names, fallbacks, importance) is the plan's own.
 
@@ -109,15 +110,43 @@ fn regex_for(name: &str) -> regex::Regex {
     regex::Regex::new(&format!("^{}$", regex::escape(name))).expect("an escaped name is a regex")
 }
 
+/// The final norm's gains squared, E[xⱼ²] of the output head's input as far as the weights
+/// tell (the normalised hidden state has mean square 1 per channel on average): the head's
+/// weighting when an importance matrix weights the other linears but has no entry for it
+/// (llama-imatrix records none for the output head, nor for a tied embedding table).
+fn head_gains_squared(src: &ModelSource, cols: usize) -> Option<Vec<f32>> {
+    let st = src.tensors.iter().find(|t| {
+        matches!(
+            t.info.name.as_str(),
+            "model.norm.weight" | "output_norm.weight"
+        ) && t.info.shape == [cols]
+    })?;
+    let g = crate::run::source_rows(src, st, None, 0, 1);
+    g.iter()
+        .all(|v| v.is_finite())
+        .then(|| g.iter().map(|v| v * v).collect())
+}
+
 /// The predicted error of `tp` (as planned with some type): rows encoded and decoded,
 /// weighted as the module says. `tied`: the embedding table is also the output head.
-fn predicted_error(src: &ModelSource, tp: &crate::plan::TensorPlan, tied: bool) -> f64 {
+/// `weighted`: an importance matrix weights the plan's linears.
+fn predicted_error(
+    src: &ModelSource,
+    tp: &crate::plan::TensorPlan,
+    tied: bool,
+    weighted: bool,
+) -> f64 {
     let Action::Encode(scheme) = &tp.action else {
         return 0.0;
     };
     let (rows, cols) = rows_cols(&tp.shape);
     let st = &src.tensors[tp.source];
-    let imp = tp.imatrix.as_deref();
+    let head = crate::plan::is_output_head(&tp.name) || (tied && is_embedding(&tp.name));
+    let gains = match (&tp.imatrix, weighted && head) {
+        (None, true) => head_gains_squared(src, cols),
+        _ => None,
+    };
+    let imp = tp.imatrix.as_deref().or(gains.as_ref());
     let mut sum = 0f64;
     for (r0, r1) in chunk_rows(rows, cols, scheme.row_align(), CHUNK_ELEMS) {
         let x = crate::run::source_rows(src, st, tp.permute, r0, r1);
@@ -237,7 +266,7 @@ pub fn allocate(
         .any(|t| crate::plan::is_output_head(&t.name));
     let errors: Vec<f64> = pool(cfg.threads)?.install(|| {
         tps.par_iter()
-            .map(|(_, _, tp)| predicted_error(src, tp, tied))
+            .map(|(_, _, tp)| predicted_error(src, tp, tied, base.imatrix.is_some()))
             .collect()
     });
     for ((k, c, tp), e) in tps.iter().zip(errors) {

@@ -13,7 +13,15 @@ use std::path::{Path, PathBuf};
 const MAX_MANIFEST: u64 = 16 << 20;
 
 /// Keys whose values are paths, resolved against the manifest's folder when relative.
-const PATH_KEYS: [&str; 6] = ["model", "output", "report", "calib", "imatrix", "eval-text"];
+const PATH_KEYS: [&str; 7] = [
+    "model",
+    "output",
+    "report",
+    "calib",
+    "imatrix",
+    "imatrix-from",
+    "eval-text",
+];
 
 /// Options that belong to the whole batch (its command line), not to a job.
 const BATCH_KEYS: [&str; 7] = [

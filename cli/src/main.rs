@@ -333,6 +333,11 @@ struct RunArgs {
     /// llama-quantize --imatrix does.
     #[arg(long, value_name = "FILE")]
     imatrix: Option<PathBuf>,
+    /// GGUF: compute the importance matrix from this text (as `quantize imatrix` does: chunks
+    /// of 512 tokens, every one) and use it as --imatrix would. In a batch it is computed once
+    /// per model and text and reused by every job.
+    #[arg(long, value_name = "TEXT", conflicts_with = "imatrix")]
+    imatrix_from: Option<PathBuf>,
     /// GGUF input: re-quantize tensors that are already quantized (loses quality).
     #[arg(long)]
     allow_requantize: bool,
@@ -497,6 +502,7 @@ fn config_of(a: &RunArgs) -> Result<QuantizeConfig> {
     cfg.mixture = mixture;
     cfg.pure = a.pure;
     cfg.imatrix = a.imatrix.clone();
+    cfg.imatrix_from = a.imatrix_from.clone();
     cfg.allow_requantize = a.allow_requantize;
     cfg.split_max_bytes = a.split_max_size;
     cfg.output_tensor_type = a.output_tensor_type;
@@ -717,7 +723,13 @@ fn run(a: RunArgs) -> Result<()> {
         }
         Some(mut report) => {
             let mut inputs = quantsmith::input_paths(&model);
-            inputs.extend(cfg.calib.iter().chain(&cfg.imatrix).cloned());
+            inputs.extend(
+                cfg.calib
+                    .iter()
+                    .chain(&cfg.imatrix)
+                    .chain(&cfg.imatrix_from)
+                    .cloned(),
+            );
             inputs.extend(gates.eval.iter().map(|e| e.text.clone()));
             report.run = Some(run_info(&inputs));
             gate(&gates, &model, cfg.threads, &mut report)?;

@@ -589,6 +589,132 @@ fn batch_jobs_of_one_model_share_their_calibration_text() {
     assert_eq!(outputs(&root.join("out")), tree(&single));
 }
 
+/// `--imatrix-from TEXT` computes the importance matrix once per model and text in a batch and
+/// reuses it; each output equals a run given the file `quantize imatrix` writes from that text
+/// (whose figures are checked against llama-imatrix in `llama::imatrix_matches_llama_imatrix`).
+#[test]
+fn batch_jobs_of_one_model_share_one_importance_matrix() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    fixture_copy(&root.join("model"));
+    // about 5,000 words of varied text: several chunks of 512 tokens
+    let words = [
+        "the", "model", "reads", "every", "layer", "in", "order", "while", "numbers", "flow",
+        "through", "small", "matrices", "and", "quiet", "rivers", "carry", "old", "stones",
+    ];
+    let mut text = String::new();
+    let mut x: u64 = 7;
+    for i in 0..5000 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        text.push_str(words[(x >> 33) as usize % words.len()]);
+        text.push(if i % 13 == 12 { '.' } else { ' ' });
+    }
+    std::fs::write(root.join("calib.txt"), &text).unwrap();
+    let m = root.join("m.toml");
+    std::fs::write(
+        &m,
+        "[defaults]\nmodel = \"model\"\nimatrix-from = \"calib.txt\"\n\
+         [[job]]\nto = \"q4_k_m\"\noutput = \"out/q4_k_m.gguf\"\nreport = \"out/q4_k_m.json\"\n\
+         [[job]]\nto = \"q5_k_m\"\noutput = \"out/q5_k_m.gguf\"\nreport = \"out/q5_k_m.json\"\n",
+    )
+    .unwrap();
+    quantize(&["batch", s(&m), "-q"]).ok();
+    let im = |n: &str| read_json(&root.join("out").join(n))["imatrix"].clone();
+    let (a, b) = (im("q4_k_m.json"), im("q5_k_m.json"));
+    assert_eq!(a["source"], "computed", "{a}");
+    assert_eq!(a["shared"], false, "{a}");
+    assert_eq!(b["shared"], true, "computed once, then reused: {b}");
+    assert!(a["chunks"].as_u64().unwrap() >= 2, "{a}");
+    // the same bytes as runs given the file `quantize imatrix` writes
+    let file = root.join("im.gguf");
+    quantize(&[
+        "imatrix",
+        s(&root.join("model")),
+        "--calib",
+        s(&root.join("calib.txt")),
+        "-o",
+        s(&file),
+        "-q",
+    ])
+    .ok();
+    for t in ["q4_k_m", "q5_k_m"] {
+        let o = root.join(format!("{t}.gguf"));
+        let plain = root.join(format!("{t}-plain.gguf"));
+        quantize(&[
+            s(&root.join("model")),
+            "--to",
+            t,
+            "--imatrix",
+            s(&file),
+            "-o",
+            s(&o),
+            "-q",
+        ])
+        .ok();
+        quantize(&[s(&root.join("model")), "--to", t, "-o", s(&plain), "-q"]).ok();
+        // gguf-py reads both: every tensor (type and bytes) and key equal but the one naming
+        // the matrix's file (the text here, `im.gguf` there)
+        let got = root.join("out").join(format!("{t}.gguf"));
+        let script = r#"
+import sys, gguf
+def read(p):
+    r = gguf.GGUFReader(p)
+    kv = {k: (f.types, bytes(f.parts[-1].tobytes())) for k, f in r.fields.items()
+          if not k.startswith("GGUF.")}
+    t = {x.name: (x.tensor_type, bytes(x.data.tobytes())) for x in r.tensors}
+    return kv, t
+(ka, ta), (kb, tb), (_, tp) = read(sys.argv[1]), read(sys.argv[2]), read(sys.argv[3])
+assert ta == tb, "tensors differ"
+assert ta != tp, "the matrix changed nothing"
+diff = sorted(k for k in ka.keys() | kb.keys() if ka.get(k) != kb.get(k))
+assert diff == ["quantize.imatrix.file"], diff
+print(bytes(ka["quantize.imatrix.file"][1]).decode())
+"#;
+        let out = std::process::Command::new(python())
+            .args(["-c", script])
+            .args([&got, &o, &plain])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{t}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("calib.txt"),
+            "{t}: the file key names the text"
+        );
+    }
+    // one flag or the other; GGUF only
+    let r = quantize(&[
+        s(&root.join("model")),
+        "--to",
+        "q4_k_m",
+        "--imatrix",
+        s(&file),
+        "--imatrix-from",
+        s(&root.join("calib.txt")),
+        "-o",
+        s(&root.join("x.gguf")),
+    ]);
+    assert_eq!(r.code, 2, "{r:?}");
+    let r = quantize(&[
+        s(&root.join("model")),
+        "--to",
+        "int4",
+        "--imatrix-from",
+        s(&root.join("calib.txt")),
+        "-o",
+        s(&root.join("x")),
+    ]);
+    // refused before any work, as --imatrix is on a safetensors output
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("apply to GGUF outputs"), "{}", r.stderr);
+    assert!(!root.join("x").exists());
+}
+
 /// `diff A B --against ORIGINAL`: each figure equals what numpy computes from gguf-py's
 /// independent decoding of A and B (and the original read by the safetensors package); the
 /// changed tensors are exactly those whose bytes differ; a file against itself is identical.

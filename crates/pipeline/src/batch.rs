@@ -5,7 +5,7 @@
 //! tool's version, and a fingerprint of every input: size, modification time and a digest of
 //! its first MiB, which holds a checkpoint's header); a later batch skips a job whose state
 //! matches and whose outputs are all there. Jobs of one model share their calibration tokens
-//! ([`crate::calib::CalibCache`]). [`shard_of`] splits the jobs into balanced slices for N
+//! and an importance matrix computed from a text ([`crate::calib::CalibCache`]). [`shard_of`] splits the jobs into balanced slices for N
 //! machines, and [`merge`] joins their summaries.
 
 use crate::config::Shard;
@@ -39,6 +39,7 @@ impl Job {
         let mut v = crate::input_paths(&c.input);
         v.extend(c.calib.iter().cloned());
         v.extend(c.imatrix.iter().cloned());
+        v.extend(c.imatrix_from.iter().cloned());
         v.extend(self.gates.eval.iter().map(|e| e.text.clone()));
         // the files (a model folder is listed by its files); a missing one is the run's to
         // report

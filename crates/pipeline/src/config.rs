@@ -158,6 +158,10 @@ pub struct QuantizeConfig {
     pub output_tensor_type: Option<GgmlType>,
     /// GGUF of a converted model: type of `token_embd.weight`.
     pub token_embedding_type: Option<GgmlType>,
+    /// GGUF: compute the importance matrix from this text (as `quantize imatrix` does, chunks
+    /// of [`IMATRIX_FROM_CTX`] tokens) instead of reading one; once per model and text in a
+    /// batch.
+    pub imatrix_from: Option<PathBuf>,
     /// Round-to-nearest, or GPTQ on calibration activations.
     pub method: Method,
     /// Calibration text (plain or JSONL with "text"); when `None` the model writes its own.
@@ -191,6 +195,9 @@ pub struct QuantizeConfig {
     /// The types a size target chooses among (empty: [`crate::allocate::default_candidates`]).
     pub candidates: Vec<Target>,
 }
+
+/// Tokens per chunk of `--imatrix-from` (llama-imatrix's default context).
+pub const IMATRIX_FROM_CTX: usize = 512;
 
 /// Slice `index` (from 0) of `count` disjoint slices of some work: batch jobs, or the files of
 /// one split GGUF.
@@ -279,6 +286,7 @@ impl QuantizeConfig {
             mixture: None,
             pure: false,
             imatrix: None,
+            imatrix_from: None,
             allow_requantize: false,
             split_max_bytes: None,
             output_tensor_type: None,

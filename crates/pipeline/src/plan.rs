@@ -230,13 +230,36 @@ pub fn add_generated(src: &mut ModelSource, cfg: &QuantizeConfig) -> Result<()> 
     Ok(())
 }
 
-/// The importance matrix `--imatrix` names, loaded (GGUF outputs only).
-pub fn load_imatrix(cfg: &QuantizeConfig) -> Result<Option<qs_formats::imatrix::Imatrix>> {
+/// The importance matrix `--imatrix` names, loaded, or the one `--imatrix-from` computes (from
+/// the batch's cache when one is given: `true` then says it was computed before). GGUF outputs
+/// only.
+pub fn load_imatrix(cfg: &QuantizeConfig) -> Result<(Option<qs_formats::imatrix::Imatrix>, bool)> {
     let (kind, _) = output_for(cfg)?;
-    match &cfg.imatrix {
-        Some(p) if kind == OutputKind::Gguf => Ok(Some(qs_formats::imatrix::load(p)?)),
-        Some(_) => Err(Error::Config("--imatrix applies to GGUF outputs".into())),
-        None => Ok(None),
+    if (cfg.imatrix.is_some() || cfg.imatrix_from.is_some()) && kind != OutputKind::Gguf {
+        return Err(Error::Config(
+            "--imatrix and --imatrix-from apply to GGUF outputs".into(),
+        ));
+    }
+    match (&cfg.imatrix, &cfg.imatrix_from) {
+        (Some(_), Some(_)) => Err(Error::Config(
+            "--imatrix reads an importance matrix, --imatrix-from computes one: give one".into(),
+        )),
+        (Some(p), None) => Ok((Some(qs_formats::imatrix::load(p)?), false)),
+        (None, Some(text)) => match &cfg.calib_cache {
+            Some(c) => {
+                let (im, shared) = c.imatrix(&cfg.input, text, cfg.threads)?;
+                Ok((Some((*im).clone()), shared))
+            }
+            None => Ok((
+                Some(crate::calib::compute_imatrix(
+                    &cfg.input,
+                    text,
+                    cfg.threads,
+                )?),
+                false,
+            )),
+        },
+        (None, None) => Ok((None, false)),
     }
 }
 
@@ -439,7 +462,11 @@ pub fn make_plan(
         tensors,
         arch,
         mixture,
-        imatrix: imatrix.map(|im| (cfg.imatrix.clone().unwrap_or_default(), im)),
+        // llama-quantize records the matrix's file; a computed one records its text
+        imatrix: imatrix.map(|im| {
+            let p = cfg.imatrix.as_ref().or(cfg.imatrix_from.as_ref());
+            (p.cloned().unwrap_or_default(), im)
+        }),
         actorder: (cfg.method.0.is_some() && cfg.act_order).then_some(if cfg.act_order_group {
             "group"
         } else {

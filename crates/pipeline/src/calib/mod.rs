@@ -35,6 +35,7 @@ use qs_numeric::rtn::QParams;
 use qs_numeric::{Scheme, TensorStats};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The registered methods, one line each (`--method NAME`; `rtn` means none).
@@ -469,12 +470,16 @@ fn self_generated(
     })
 }
 
-/// Calibration sets shared by the runs of one process (a batch manifest): the same model,
-/// text (or self-generation), sequence count, length and seed give the same tokens, so they are
-/// cut or written once. The statistics fitted on them are not shared: each layer's inputs come
-/// from the layers before it as that run quantized them.
+/// Calibration shared by the runs of one process (a batch manifest). The same model, text (or
+/// self-generation), sequence count, length and seed give the same tokens, so they are cut or
+/// written once. An importance matrix (`--imatrix-from`: statistics of the float model) is
+/// computed once per model and text. The Hessians and AWQ statistics of `--method` are not
+/// shared: each layer's inputs come from the layers before it as that run quantized them.
 #[derive(Default)]
-pub struct CalibCache(std::sync::Mutex<HashMap<CalibKey, Arc<MadeSet>>>);
+pub struct CalibCache(
+    std::sync::Mutex<HashMap<CalibKey, Arc<MadeSet>>>,
+    std::sync::Mutex<HashMap<(PathBuf, PathBuf), Arc<qs_formats::imatrix::Imatrix>>>,
+);
 
 /// A calibration set and, when the model wrote it, the seconds that took.
 type MadeSet = (calib::CalibSet, Option<f64>);
@@ -487,6 +492,29 @@ impl std::fmt::Debug for CalibCache {
 }
 
 impl CalibCache {
+    /// The importance matrix of `model` on `text` (chunks of
+    /// [`crate::config::IMATRIX_FROM_CTX`] tokens): computed on first use, then the same one
+    /// (`true`: it was). The lock is held while it is computed, so it is never computed twice.
+    pub fn imatrix(
+        &self,
+        model: &Path,
+        text: &Path,
+        threads: Option<usize>,
+    ) -> Result<(Arc<qs_formats::imatrix::Imatrix>, bool)> {
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let key = (canon(model), canon(text));
+        let mut m = self
+            .1
+            .lock()
+            .map_err(|_| Error::Config("calibration cache poisoned".into()))?;
+        if let Some(im) = m.get(&key) {
+            return Ok((im.clone(), true));
+        }
+        let im = Arc::new(compute_imatrix(model, text, threads)?);
+        m.insert(key, im.clone());
+        Ok((im, false))
+    }
+
     /// Sets made so far (each was made once).
     pub fn len(&self) -> usize {
         self.0.lock().map(|m| m.len()).unwrap_or(0)
@@ -495,6 +523,22 @@ impl CalibCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// `--imatrix-from`'s matrix: the float model on the text, as `quantize imatrix` computes it.
+pub fn compute_imatrix(
+    model: &Path,
+    text: &Path,
+    threads: Option<usize>,
+) -> Result<qs_formats::imatrix::Imatrix> {
+    Ok(crate::imatrix::compute(
+        model,
+        Some(text),
+        crate::config::IMATRIX_FROM_CTX,
+        None,
+        threads,
+    )?
+    .to_imatrix())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -42,49 +42,75 @@ pub struct ImatrixSummary {
     pub entries: usize,
 }
 
-/// Computes the importance matrix of `cfg.model` on the text and writes it to `cfg.output`.
-pub fn imatrix(cfg: &ImatrixConfig) -> Result<ImatrixSummary> {
-    if cfg.ctx < 2 {
+/// Sums of squared inputs per decoder linear, as [`compute`] accumulates them.
+#[derive(Debug, Clone)]
+pub struct Computed {
+    /// Per weight tensor (GGUF name): Σ over tokens of each input channel squared.
+    pub sums: BTreeMap<String, Vec<f64>>,
+    pub chunks: usize,
+    pub ctx: usize,
+    /// Tokens every sum runs over (`chunks × ctx`).
+    pub tokens: usize,
+    /// The text's path, as llama-imatrix records its dataset.
+    pub dataset: String,
+}
+
+impl Computed {
+    /// The matrix as [`qs_formats::imatrix::load`] reads it back from the file [`imatrix`]
+    /// writes (sums and count rounded to f32, then divided), so a run given it encodes exactly
+    /// as a run given that file.
+    pub fn to_imatrix(&self) -> qs_formats::imatrix::Imatrix {
+        let n = self.tokens as f32;
+        qs_formats::imatrix::Imatrix {
+            entries: self
+                .sums
+                .iter()
+                .map(|(k, s)| (k.clone(), s.iter().map(|&v| v as f32 / n).collect()))
+                .collect(),
+            datasets: vec![self.dataset.clone()],
+            chunk_count: self.chunks as u32,
+        }
+    }
+}
+
+/// The importance matrix of `model` on `calib` (the shipped default text when `None`), cut in
+/// chunks of `ctx` tokens (at most `chunks`): the forward pass, nothing written.
+pub fn compute(
+    model: &Path,
+    calib: Option<&Path>,
+    ctx: usize,
+    chunks: Option<usize>,
+    threads: Option<usize>,
+) -> Result<Computed> {
+    if ctx < 2 {
         return Err(Error::Config("--ctx must be at least 2".into()));
     }
-    let m = super::eval::load(&cfg.model)?;
+    let m = super::eval::load(model)?;
     let tok = m.tokenizer.as_ref().ok_or_else(|| Error::Input {
-        path: cfg.model.clone(),
+        path: model.to_path_buf(),
         msg: "no tokenizer.json (or byte-level BPE GGUF metadata) to tokenize the text with".into(),
     })?;
-    let text = qs_formats::calib::load_text(cfg.calib.as_deref())?;
-    let text_path = cfg
-        .calib
-        .clone()
+    let text = qs_formats::calib::load_text(calib)?;
+    let text_path = calib
+        .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("(shipped default text)"));
-    let (ids, n_chunks) =
-        super::eval::text_chunks(tok, m.bos, &text, &text_path, cfg.ctx, cfg.chunks)?;
-    qs_formats::output::check_not_input(
-        &cfg.output,
-        false,
-        &crate::input_paths(&cfg.model)
-            .into_iter()
-            .chain(cfg.calib.clone())
-            .collect::<Vec<_>>(),
-    )?;
-    qs_formats::output::check_file_target(&cfg.output, true)?;
-    qs_formats::output::check_target(&cfg.output, cfg.force)?;
-    let pool = crate::jobs::pool(cfg.threads)?;
+    let (ids, n_chunks) = super::eval::text_chunks(tok, m.bos, &text, &text_path, ctx, chunks)?;
+    let pool = crate::jobs::pool(threads)?;
     let sums = pool.install(|| -> Result<BTreeMap<(usize, Input), Vec<f64>>> {
-        let model = Model::with_weights(m.weights.as_ref(), &m.config)
-            .map_err(|e| super::eval::model_err(&cfg.model, e))?;
-        let merr = |e| super::eval::model_err(&cfg.model, e);
+        let model_w = Model::with_weights(m.weights.as_ref(), &m.config)
+            .map_err(|e| super::eval::model_err(model, e))?;
+        let merr = |e| super::eval::model_err(model, e);
         let mut sums: BTreeMap<(usize, Input), Vec<f64>> = BTreeMap::new();
         // groups of chunks through every layer, bounding activation memory
-        let group = (8192 / cfg.ctx).max(1);
+        let group = (8192 / ctx).max(1);
         let mut c0 = 0;
         while c0 < n_chunks {
             let c1 = (c0 + group).min(n_chunks);
-            let batch = super::eval::chunk_batch(&ids, c0, c1, cfg.ctx, m.bos);
-            let mut x = model.embed(&batch).map_err(merr)?;
-            for l in 0..model.cfg.layers {
-                let layer = model.layer(l).map_err(merr)?;
-                let (y, cap) = layer_forward(&model.cfg, &layer, x.as_ref(), cfg.ctx, true);
+            let batch = super::eval::chunk_batch(&ids, c0, c1, ctx, m.bos);
+            let mut x = model_w.embed(&batch).map_err(merr)?;
+            for l in 0..model_w.cfg.layers {
+                let layer = model_w.layer(l).map_err(merr)?;
+                let (y, cap) = layer_forward(&model_w.cfg, &layer, x.as_ref(), ctx, true);
                 let cap = cap.expect("captured");
                 for input in Input::ALL {
                     let xin = input.of(&cap);
@@ -104,30 +130,57 @@ pub fn imatrix(cfg: &ImatrixConfig) -> Result<ImatrixSummary> {
         }
         Ok(sums)
     })?;
-    let tokens = n_chunks * cfg.ctx;
     // one entry per linear (linears sharing an input share its sums), sorted by name
-    let mut entries: BTreeMap<String, &[f64]> = BTreeMap::new();
+    let mut entries: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for ((l, input), s) in &sums {
         for lin in Linear::ALL.into_iter().filter(|lin| lin.input() == *input) {
-            entries.insert(format!("blk.{l}.{}.weight", gguf_linear(lin)), s);
+            entries.insert(format!("blk.{l}.{}.weight", gguf_linear(lin)), s.clone());
         }
     }
+    Ok(Computed {
+        sums: entries,
+        chunks: n_chunks,
+        ctx,
+        tokens: n_chunks * ctx,
+        dataset: text_path.display().to_string(),
+    })
+}
+
+/// Computes the importance matrix of `cfg.model` on the text and writes it to `cfg.output`.
+pub fn imatrix(cfg: &ImatrixConfig) -> Result<ImatrixSummary> {
+    qs_formats::output::check_not_input(
+        &cfg.output,
+        false,
+        &crate::input_paths(&cfg.model)
+            .into_iter()
+            .chain(cfg.calib.clone())
+            .collect::<Vec<_>>(),
+    )?;
+    qs_formats::output::check_file_target(&cfg.output, true)?;
+    qs_formats::output::check_target(&cfg.output, cfg.force)?;
+    let c = compute(
+        &cfg.model,
+        cfg.calib.as_deref(),
+        cfg.ctx,
+        cfg.chunks,
+        cfg.threads,
+    )?;
     let kvs = vec![
         ("general.type".to_string(), Value::String("imatrix".into())),
         (
             "imatrix.datasets".to_string(),
-            Value::Array(8, vec![Value::String(text_path.display().to_string())]),
+            Value::Array(8, vec![Value::String(c.dataset.clone())]),
         ),
         (
             "imatrix.chunk_count".to_string(),
-            Value::U32(n_chunks as u32),
+            Value::U32(c.chunks as u32),
         ),
-        ("imatrix.chunk_size".to_string(), Value::U32(cfg.ctx as u32)),
+        ("imatrix.chunk_size".to_string(), Value::U32(c.ctx as u32)),
     ];
     // shapes as llama-imatrix's writer stores them (trailing 1s dropped: [n] and [1])
     let mut tensors = Vec::new();
     let mut data: Vec<Vec<u8>> = Vec::new();
-    for (name, s) in &entries {
+    for (name, s) in &c.sums {
         tensors.push(gguf::TensorPlan {
             name: format!("{name}.in_sum2"),
             ne: vec![s.len() as u64],
@@ -139,7 +192,7 @@ pub fn imatrix(cfg: &ImatrixConfig) -> Result<ImatrixSummary> {
             ne: vec![1],
             ty: qs_numeric::GgmlType::F32,
         });
-        data.push((tokens as f32).to_le_bytes().to_vec());
+        data.push((c.tokens as f32).to_le_bytes().to_vec());
     }
     let out_err = |msg: String| Error::Output {
         path: cfg.output.clone(),
@@ -148,10 +201,10 @@ pub fn imatrix(cfg: &ImatrixConfig) -> Result<ImatrixSummary> {
     let layout = gguf::plan(&kvs, &tensors).map_err(|e| out_err(e.to_string()))?;
     write(&cfg.output, cfg.force, &layout, &data)?;
     Ok(ImatrixSummary {
-        chunks: n_chunks,
-        ctx: cfg.ctx,
-        tokens,
-        entries: entries.len(),
+        chunks: c.chunks,
+        ctx: c.ctx,
+        tokens: c.tokens,
+        entries: c.sums.len(),
     })
 }
 

@@ -94,6 +94,21 @@ pub struct Totals {
     pub error: Option<ErrorSummary>,
 }
 
+/// The importance matrix a GGUF run encoded with.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImatrixInfo {
+    /// `--imatrix`'s file, or `--imatrix-from`'s text.
+    pub path: String,
+    /// `"file"` (read) or `"computed"` (from the text, by our forward pass).
+    pub source: &'static str,
+    /// Chunks of text the statistics ran over (as the file records them).
+    pub chunks: u32,
+    /// Weight tensors with an entry.
+    pub entries: usize,
+    /// Computed by an earlier job of the same batch and reused.
+    pub shared: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub schema_version: u32,
@@ -106,6 +121,9 @@ pub struct Report {
     /// GPTQ runs: the calibration data actually used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calibration: Option<crate::calib::CalibSummary>,
+    /// GGUF runs with an importance matrix: where it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imatrix: Option<ImatrixInfo>,
     /// `--eval-text`: the output evaluated against the input after the conversion.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval: Option<crate::eval::EvalReport>,
@@ -235,6 +253,7 @@ impl Report {
             rows,
             totals,
             calibration: None,
+            imatrix: None,
             eval: None,
             gates: None,
             allocation: None,
@@ -604,6 +623,7 @@ mod tests {
                     held_sequences: 4,
                     fits_all_tokens,
                 }),
+                imatrix: None,
                 eval: None,
                 gates: None,
                 allocation: None,

@@ -92,7 +92,23 @@ struct FileLayout {
 pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome> {
     let mut src = ModelSource::open(&cfg.input)?;
     crate::plan::add_generated(&mut src, cfg)?;
-    let imatrix = crate::plan::load_imatrix(cfg)?;
+    let (imatrix, imatrix_shared) = crate::plan::load_imatrix(cfg)?;
+    let imatrix_info = imatrix.as_ref().map(|im| crate::report::ImatrixInfo {
+        path: cfg
+            .imatrix
+            .as_ref()
+            .or(cfg.imatrix_from.as_ref())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        source: if cfg.imatrix.is_some() {
+            "file"
+        } else {
+            "computed"
+        },
+        chunks: im.chunk_count,
+        entries: im.entries.len(),
+        shared: imatrix_shared,
+    });
     let mut plan = make_plan(&src, cfg, imatrix.clone())?;
     // a size target: a type per tensor, then the plan again with those types
     let mut allocation = None;
@@ -347,6 +363,7 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         rows,
     );
     report.calibration = calib_summary;
+    report.imatrix = imatrix_info;
     report.allocation = allocation.clone();
     Ok(Outcome {
         plan,
@@ -366,6 +383,7 @@ fn check_outputs(
 ) -> Result<Vec<std::path::PathBuf>> {
     let mut inputs = src.input_paths();
     inputs.extend(cfg.imatrix.iter().cloned());
+    inputs.extend(cfg.imatrix_from.iter().cloned());
     inputs.extend(cfg.calib.iter().cloned());
     let folder = plan.kind == OutputKind::SafetensorsDir;
     check_not_input(&plan.output, folder, &inputs)?;

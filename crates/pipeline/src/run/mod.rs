@@ -92,6 +92,11 @@ struct FileLayout {
 pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome> {
     let mut src = ModelSource::open(&cfg.input)?;
     crate::plan::add_generated(&mut src, cfg)?;
+    // an importance matrix to compute takes minutes: an output that is there (without
+    // --force) is refused first
+    if cfg.imatrix_from.is_some() && !cfg.dry_run && cfg.shard.is_none() {
+        check_target(&crate::plan::output_for(cfg)?.1, cfg.force)?;
+    }
     let (imatrix, imatrix_shared) = crate::plan::load_imatrix(cfg)?;
     let imatrix_info = imatrix.as_ref().map(|im| crate::report::ImatrixInfo {
         path: cfg

@@ -335,7 +335,8 @@ struct RunArgs {
     imatrix: Option<PathBuf>,
     /// GGUF: compute the importance matrix from this text (as `quantize imatrix` does: chunks
     /// of 512 tokens, every one) and use it as --imatrix would. In a batch it is computed once
-    /// per model and text and reused by every job.
+    /// per model and text and reused by every job. A dry run computes it too (the plan
+    /// depends on it).
     #[arg(long, value_name = "TEXT", conflicts_with = "imatrix")]
     imatrix_from: Option<PathBuf>,
     /// GGUF input: re-quantize tensors that are already quantized (loses quality).

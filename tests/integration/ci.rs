@@ -715,6 +715,61 @@ print(bytes(ka["quantize.imatrix.file"][1]).decode())
     assert!(!root.join("x").exists());
 }
 
+/// The predicted error a size target weighs each tensor by, recomputed by numpy from gguf-py's
+/// Q8_0 codec (tests/oracle/alloc_errors.py): linears weighted by the importance matrix, the
+/// output head (its own, or a tied embedding table) by the final norm's gains squared, a table
+/// only looked up per row.
+#[test]
+fn size_target_errors_match_an_independent_computation() {
+    let d = tempfile::tempdir().unwrap();
+    let tied = d.path().join("tied");
+    tied_fixture(&tied);
+    for (model, is_tied) in [(fixture(), "0"), (tied, "1")] {
+        let im = d.path().join(format!("im{is_tied}.gguf"));
+        quantize(&["imatrix", s(&model), "--ctx", "64", "-o", s(&im), "-q"]).ok();
+        let r = quantize(&[
+            s(&model),
+            "--to",
+            "q8_0",
+            "--imatrix",
+            s(&im),
+            "--target-size",
+            "1G",
+            "--candidates",
+            "q8_0",
+            "-o",
+            s(&d.path().join(format!("o{is_tied}.gguf"))),
+            "--json",
+        ]);
+        r.ok();
+        let rep: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let out = std::process::Command::new(python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/alloc_errors.py"))
+            .args([model.as_os_str(), im.as_os_str(), is_tied.as_ref()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let got = rep["allocation"]["tensors"].as_array().unwrap();
+        assert_eq!(got.len(), want.as_object().unwrap().len(), "tied={is_tied}");
+        for t in got {
+            let name = t["tensor"].as_str().unwrap();
+            let (g, w) = (
+                t["predicted_error"].as_f64().unwrap(),
+                want[name].as_f64().unwrap(),
+            );
+            assert!(
+                (g - w).abs() <= 1e-9 * w.abs().max(1e-12),
+                "tied={is_tied} {name}: {g} vs numpy {w}"
+            );
+        }
+    }
+}
+
 /// `diff A B --against ORIGINAL`: each figure equals what numpy computes from gguf-py's
 /// independent decoding of A and B (and the original read by the safetensors package); the
 /// changed tensors are exactly those whose bytes differ; a file against itself is identical.

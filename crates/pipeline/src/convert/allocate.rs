@@ -127,6 +127,12 @@ fn head_gains_squared(src: &ModelSource, cols: usize) -> Option<Vec<f32>> {
         .then(|| g.iter().map(|v| v * v).collect())
 }
 
+/// The token embedding table (which a model without an output head of its own computes its
+/// logits with), not a table of positions.
+fn is_token_embedding(name: &str) -> bool {
+    is_embedding(name) && !name.contains("wpe.") && !name.contains("embed_positions")
+}
+
 /// The predicted error of `tp` (as planned with some type): rows encoded and decoded,
 /// weighted as the module says. `tied`: the embedding table is also the output head.
 /// `weighted`: an importance matrix weights the plan's linears.
@@ -141,12 +147,15 @@ fn predicted_error(
     };
     let (rows, cols) = rows_cols(&tp.shape);
     let st = &src.tensors[tp.source];
-    let head = crate::plan::is_output_head(&tp.name) || (tied && is_embedding(&tp.name));
+    let head = crate::plan::is_output_head(&tp.name) || (tied && is_token_embedding(&tp.name));
     let gains = match (&tp.imatrix, weighted && head) {
         (None, true) => head_gains_squared(src, cols),
         _ => None,
     };
-    let imp = tp.imatrix.as_deref().or(gains.as_ref());
+    // encoded as the run will encode it (with the plan's importance, if any); the error is
+    // weighted by that importance or, for the head, by the final norm's gains
+    let enc_imp = tp.imatrix.as_deref();
+    let imp = enc_imp.or(gains.as_ref());
     let mut sum = 0f64;
     for (r0, r1) in chunk_rows(rows, cols, scheme.row_align(), CHUNK_ELEMS) {
         let x = crate::run::source_rows(src, st, tp.permute, r0, r1);
@@ -155,7 +164,7 @@ fn predicted_error(
             r0,
             &x,
             Default::default(),
-            imp.map(|v| v.as_slice()),
+            enc_imp.map(|v| v.as_slice()),
         );
         let parts: Vec<&[u8]> = enc.pieces.iter().map(|p| p.bytes.as_slice()).collect();
         let mut y = vec![0f32; x.len()];
@@ -167,7 +176,7 @@ fn predicted_error(
             }
         }
     }
-    if is_embedding(&tp.name) && !tied {
+    if is_embedding(&tp.name) && !head {
         sum / rows.max(1) as f64
     } else {
         // a linear, or a tied embedding table, which is the output head too: its logits lose

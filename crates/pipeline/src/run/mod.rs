@@ -95,7 +95,10 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
     // an importance matrix to compute takes minutes: an output that is there (without
     // --force) is refused first
     if cfg.imatrix_from.is_some() && !cfg.dry_run && cfg.shard.is_none() {
-        check_target(&crate::plan::output_for(cfg)?.1, cfg.force)?;
+        let (kind, output) = crate::plan::output_for(cfg)?;
+        if kind == OutputKind::Gguf {
+            check_target(&output, cfg.force)?;
+        }
     }
     let (imatrix, imatrix_shared) = crate::plan::load_imatrix(cfg)?;
     let imatrix_info = imatrix.as_ref().map(|im| crate::report::ImatrixInfo {

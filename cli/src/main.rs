@@ -554,6 +554,14 @@ fn config_of(a: &RunArgs) -> Result<QuantizeConfig> {
         return Err(Usage("--candidates applies with --target-bpw or --target-size".into()).into());
     }
     cfg.candidates = a.candidates.clone();
+    // an importance matrix weights ggml blocks: a usage error on any other output
+    if cfg.imatrix.is_some() || cfg.imatrix_from.is_some() {
+        let other = quantsmith::plan::output_for(&cfg)
+            .is_ok_and(|(k, _)| k != quantsmith::OutputKind::Gguf);
+        if other {
+            return Err(Usage("--imatrix and --imatrix-from apply to GGUF outputs".into()).into());
+        }
+    }
     Ok(cfg)
 }
 

@@ -709,8 +709,8 @@ print(bytes(ka["quantize.imatrix.file"][1]).decode())
         "-o",
         s(&root.join("x")),
     ]);
-    // refused before any work, as --imatrix is on a safetensors output
-    assert_eq!(r.code, 1, "{r:?}");
+    // a usage error, refused before any work, as --imatrix is on a safetensors output
+    assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("apply to GGUF outputs"), "{}", r.stderr);
     assert!(!root.join("x").exists());
 }

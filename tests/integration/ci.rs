@@ -743,17 +743,10 @@ fn size_target_errors_match_an_independent_computation() {
         ]);
         r.ok();
         let rep: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-        let out = std::process::Command::new(python())
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/alloc_errors.py"))
-            .args([model.as_os_str(), im.as_os_str(), is_tied.as_ref()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let want = oracle_json(
+            "alloc_errors.py",
+            &[model.as_os_str(), im.as_os_str(), is_tied.as_ref()],
         );
-        let want: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let got = rep["allocation"]["tensors"].as_array().unwrap();
         assert_eq!(got.len(), want.as_object().unwrap().len(), "tied={is_tied}");
         for t in got {

@@ -66,6 +66,27 @@ pub fn python() -> PathBuf {
     oracle_path("QS_PYTHON", "venv/bin/python")
 }
 
+/// Runs `tests/oracle/NAME` with the oracle Python; panics with its standard error unless it
+/// succeeds. Returns the JSON it prints last.
+pub fn oracle_json(name: &str, args: &[&OsStr]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/oracle")
+        .join(name);
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python oracle");
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|_| panic!("{name} printed no JSON:\n{stdout}"))
+}
+
 /// Runs the oracle script; panics with its message unless it prints `"ok": true`.
 pub fn oracle(args: &[&OsStr]) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/gguf_oracle.py");

@@ -9,10 +9,16 @@ Output head (lm_head, or the embedding table when tied): weighted by model.norm.
 (llama-imatrix has no entry for it). Embedding table that is only looked up: mean over rows
 of |w - q|^2.
 """
-import json, struct, sys
+import json
+import sys
+from pathlib import Path
+
 import numpy as np
 import gguf
 from gguf.quants import quantize, dequantize
+
+sys.path.insert(0, str(Path(__file__).parent))
+from st_read import read  # noqa: E402
 
 GGUF_NAME = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -21,29 +27,9 @@ GGUF_NAME = {
 }
 
 
-def load_st(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    header = json.loads(b[8:8 + n])
-    out = {}
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        s, e = v["data_offsets"]
-        raw = b[8 + n + s:8 + n + e]
-        if v["dtype"] == "BF16":
-            a = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
-        elif v["dtype"] == "F32":
-            a = np.frombuffer(raw, np.float32)
-        else:
-            raise SystemExit(f"{k}: dtype {v['dtype']}")
-        out[k] = a.reshape(v["shape"]).astype(np.float32)
-    return out
-
-
 def main():
     model_dir, im_path, tied = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-    w = load_st(f"{model_dir}/model.safetensors")
+    w = {k: v.astype(np.float32) for k, v in read(f"{model_dir}/model.safetensors").items()}
     r = gguf.GGUFReader(im_path)
     t = {x.name: np.array(x.data, dtype=np.float64).reshape(-1) for x in r.tensors}
     gains2 = w["model.norm.weight"].astype(np.float64) ** 2

@@ -369,6 +369,12 @@ struct RunArgs {
     /// Seed for choosing calibration windows.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where each layer's calibration inputs come from: `quantized` (the default; the layers
+    /// before it as quantized by this run, as GPTQ and AutoGPTQ do) or `float` (the float
+    /// model's, as llm-compressor's basic pipeline). With `float`, the jobs of a batch that
+    /// calibrate one model on the same tokens share one pass over its layers.
+    #[arg(long, default_value = "quantized", value_name = "quantized|float", value_parser = quantsmith::config::CalibInputs::parse)]
+    calib_inputs: quantsmith::config::CalibInputs,
     /// GPTQ: quantize columns by decreasing activation energy. `static` (the default): groups
     /// stay consecutive columns; `group`: groups follow the activation order, stored as a g_idx
     /// (compressed-tensors actorder "group", GPTQ desc_act).
@@ -514,6 +520,7 @@ fn config_of(a: &RunArgs) -> Result<QuantizeConfig> {
     cfg.calib_samples = a.calib_samples;
     cfg.calib_seq_len = a.calib_seq_len;
     cfg.seed = a.seed;
+    cfg.calib_inputs = a.calib_inputs;
     cfg.act_order = a.act_order.is_some();
     cfg.act_order_group = a.act_order.as_deref() == Some("group");
     cfg.damp = a.damp;

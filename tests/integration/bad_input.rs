@@ -646,6 +646,21 @@ fn runtime_failures_name_the_file_and_tensor() {
             "--ctx".as_ref(),
             "8".as_ref(),
         ],
-        &["short.txt: ", "fewer than one chunk of --ctx 8"],
+        &["short.txt: ", "fewer than one chunk of 8 tokens"],
     );
+    // --imatrix-from's chunks are 512 tokens: no --ctx to name
+    let out = d.path().join("short-imatrix.gguf");
+    expect_error(
+        &[
+            fx.as_os_str(),
+            "--to".as_ref(),
+            "q4_k_m".as_ref(),
+            "--imatrix-from".as_ref(),
+            short.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ],
+        &["short.txt: ", "fewer than one chunk of 512 tokens"],
+    );
+    assert!(!out.exists());
 }

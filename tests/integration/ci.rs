@@ -182,6 +182,14 @@ fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// How many times stage `what` finished in a run's standard error (its closing lines: standard
+/// error is no terminal here).
+fn stages(err: &str, what: &str) -> usize {
+    err.lines()
+        .filter(|l| l.starts_with(what) && l.contains(" done in "))
+        .count()
+}
+
 /// Without the state files (they record times and paths).
 fn outputs(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut t = tree(dir);
@@ -544,12 +552,6 @@ fn batch_jobs_of_one_model_share_their_calibration_text() {
     .unwrap();
     let r = quantize(&["batch", s(&m)]);
     r.ok();
-    // the stages' closing lines (standard error is no terminal here)
-    let stages = |err: &str, what: &str| {
-        err.lines()
-            .filter(|l| l.starts_with(what) && l.contains(" done in "))
-            .count()
-    };
     let writes = stages(&r.stderr, "the model writes its calibration text");
     assert_eq!(writes, 1, "{}", r.stderr);
     let layers = stages(&r.stderr, "calibration (layers)");
@@ -587,6 +589,90 @@ fn batch_jobs_of_one_model_share_their_calibration_text() {
         r.stderr
     );
     assert_eq!(outputs(&root.join("out")), tree(&single));
+}
+
+/// Calibrated jobs of one model with `--calib-inputs float` and the same calibration tokens
+/// share one pass over the layers (layer inputs and GPTQ Hessians computed once): int4, Q4_K_M
+/// and Q5_K_M with GPTQ and int4 with AWQ run the model's layers once. Each output
+/// equals the job run alone, and float inputs are not the default's quantized ones.
+#[test]
+fn batch_jobs_with_float_inputs_share_one_pass_over_the_layers() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    fixture_copy(&root.join("model"));
+    let m = root.join("m.toml");
+    std::fs::write(
+        &m,
+        "[defaults]\nmodel = \"model\"\nmethod = \"gptq\"\ncalib-samples = 4\ncalib-seq-len = 64\n\
+         calib-inputs = \"float\"\n\
+         [[job]]\nto = \"int4\"\ngroup = 32\noutput = \"out/int4\"\nreport = \"out/int4.json\"\n\
+         [[job]]\nto = \"q8_0\"\noutput = \"out/q8_0.gguf\"\nmethod = \"rtn\"\n\
+         [[job]]\nto = \"q4_k_m\"\noutput = \"out/q4_k_m.gguf\"\n\
+         [[job]]\nto = \"q5_k_m\"\noutput = \"out/q5_k_m.gguf\"\n\
+         [[job]]\nto = \"int4\"\ngroup = 32\nasym = true\nmethod = \"awq\"\noutput = \"out/awq\"\n",
+    )
+    .unwrap();
+    let r = quantize(&["batch", s(&m)]);
+    r.ok();
+    assert_eq!(
+        stages(&r.stderr, "calibration (layers)"),
+        1,
+        "one pass for four jobs: {}",
+        r.stderr
+    );
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("out/int4.json")).unwrap())
+            .unwrap();
+    assert_eq!(rep["calibration"]["pass_jobs"], 4, "{rep}");
+    assert_eq!(rep["calibration"]["inputs"], "float", "{rep}");
+    std::fs::remove_file(root.join("out/int4.json")).unwrap();
+    let single = root.join("single");
+    std::fs::create_dir(&single).unwrap();
+    let fx = root.join("model");
+    let run = |args: &[&str], out: &Path, inputs: &str| {
+        let mut a = vec![
+            s(&fx),
+            "-o",
+            s(out),
+            "--calib-samples",
+            "4",
+            "--calib-seq-len",
+            "64",
+            "--calib-inputs",
+            inputs,
+        ];
+        a.extend(args);
+        let r = quantize(&a);
+        r.ok();
+        r
+    };
+    for (args, out) in [
+        (
+            &["--to", "int4", "--group", "32", "--method", "gptq"][..],
+            "int4",
+        ),
+        (&["--to", "q8_0"][..], "q8_0.gguf"),
+        (&["--to", "q4_k_m", "--method", "gptq"][..], "q4_k_m.gguf"),
+        (&["--to", "q5_k_m", "--method", "gptq"][..], "q5_k_m.gguf"),
+        (
+            &["--to", "int4", "--group", "32", "--asym", "--method", "awq"][..],
+            "awq",
+        ),
+    ] {
+        let r = run(args, &single.join(out), "float");
+        assert_eq!(
+            stages(&r.stderr, "calibration (layers)"),
+            usize::from(out != "q8_0.gguf")
+        );
+    }
+    assert_eq!(outputs(&root.join("out")), tree(&single));
+    // the default feeds each layer the quantized layers' outputs: other codes
+    let q = root.join("quantized.gguf");
+    run(&["--to", "q4_k_m", "--method", "gptq"], &q, "quantized");
+    assert_ne!(
+        std::fs::read(&q).unwrap(),
+        std::fs::read(single.join("q4_k_m.gguf")).unwrap()
+    );
 }
 
 /// `--imatrix-from TEXT` computes the importance matrix once per model and text in a batch and

@@ -234,6 +234,7 @@ impl Weights for ModelSource {
 }
 
 /// One decoder layer's weights, f32, `[out, in]`.
+#[derive(Clone)]
 pub struct Layer {
     pub input_norm: Vec<f32>,
     pub q: Mat<f32>,

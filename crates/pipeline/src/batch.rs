@@ -5,8 +5,10 @@
 //! tool's version, and a fingerprint of every input: size, modification time and a digest of
 //! its first MiB, which holds a checkpoint's header); a later batch skips a job whose state
 //! matches and whose outputs are all there. Jobs of one model share their calibration tokens
-//! and an importance matrix computed from a text ([`crate::calib::CalibCache`]). [`shard_of`] splits the jobs into balanced slices for N
-//! machines, and [`merge`] joins their summaries.
+//! and an importance matrix computed from a text ([`crate::calib::CalibCache`]); calibrated jobs
+//! with `--calib-inputs float` and the same calibration share one pass over the model's layers
+//! ([`crate::calib::calibrate_together`]), run when the first of them comes. [`shard_of`]
+//! splits the jobs into balanced slices for N machines, and [`merge`] joins their summaries.
 
 use crate::config::Shard;
 use crate::gates::Gates;
@@ -485,6 +487,29 @@ pub fn run(
         }
     };
     let cache = std::sync::Arc::new(crate::calib::CalibCache::default());
+    // calibrated jobs that can share one pass over their model's layers, by pass
+    let mut passes: Vec<Vec<usize>> = vec![];
+    if !opts.dry_run {
+        let mut by_key: std::collections::HashMap<crate::calib::PassKey, usize> =
+            Default::default();
+        for &ji in &mine {
+            let job = &jobs[ji];
+            let key = crate::calib::method_of(job.config.method)
+                .and_then(|m| crate::calib::PassKey::of(m, &job.config));
+            let Some(key) = key else { continue };
+            if !opts.force && is_up_to_date(job) {
+                continue;
+            }
+            let g = *by_key.entry(key).or_insert_with(|| {
+                passes.push(vec![]);
+                passes.len() - 1
+            });
+            passes[g].push(ji);
+        }
+        passes.retain(|p| p.len() > 1);
+    }
+    let mut calibrated: std::collections::HashMap<usize, Result<Precalibrated>> =
+        Default::default();
     let mut out = Vec::new();
     let mut stop = false;
     let n = mine.len();
@@ -503,11 +528,20 @@ pub fn run(
         }
         on_event(Event::Start { i: k, n, job });
         let t0 = std::time::Instant::now();
-        if let Err(e) = run_one(job, opts, &cache, progress, &mut s) {
-            s.status = Status::Failed;
-            s.error = Some(e.to_string());
-            s.seconds = t0.elapsed().as_secs_f64();
-            stop = opts.fail_fast;
+        // the first job of a shared pass runs it (and its time counts the pass)
+        if let Some(pass) = passes.iter().find(|p| p[0] == ji) {
+            calibrated.extend(shared_pass(jobs, pass, opts, &cache, progress));
+        }
+        let pass_secs = t0.elapsed().as_secs_f64();
+        let pre = calibrated.remove(&ji);
+        match run_one(job, opts, &cache, pre, progress, &mut s) {
+            Ok(()) => s.seconds += pass_secs,
+            Err(e) => {
+                s.status = Status::Failed;
+                s.error = Some(e.to_string());
+                s.seconds = t0.elapsed().as_secs_f64();
+                stop = opts.fail_fast;
+            }
         }
         on_event(Event::Done {
             i: k,
@@ -525,10 +559,111 @@ fn options_digest(job: &Job) -> String {
     hex(&h.finalize())
 }
 
+/// A job planned and calibrated by a shared pass, waiting for its turn to write.
+type Precalibrated = (crate::exec::Prepared, crate::calib::Calibration);
+
+/// Whether `job`'s outputs are complete and made from its current inputs and options.
+fn is_up_to_date(job: &Job) -> bool {
+    let inputs: Option<Vec<Fingerprint>> =
+        job.inputs().iter().map(|p| fingerprint(p).ok()).collect();
+    inputs.is_some_and(|i| up_to_date(job, &options_digest(job), &i).is_some())
+}
+
+/// The configuration a job runs with under the batch's options, its output folders made;
+/// `true` when the output is one an earlier batch made (its state file is there).
+fn job_config(
+    job: &Job,
+    opts: &Options,
+    cache: &std::sync::Arc<crate::calib::CalibCache>,
+) -> Result<(QuantizeConfig, bool)> {
+    let output = job.output()?;
+    // an output a batch made before (its state file says so, complete or not) may be
+    // replaced; anything else only with --force
+    let ours = state_path(output).exists();
+    let mut cfg = job.config.clone();
+    cfg.force = opts.force || ours || cfg.force;
+    cfg.threads = opts.threads.or(cfg.threads);
+    cfg.calib_cache = Some(cache.clone());
+    cfg.dry_run = false;
+    cfg.report = job.report.as_ref().map(|(p, _)| p.clone());
+    // a manifest's output folders are made as needed
+    for p in std::iter::once(output).chain(job.report.iter().map(|(p, _)| p.as_path())) {
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Output {
+                path: dir.to_path_buf(),
+                msg: e.to_string(),
+            })?;
+        }
+    }
+    Ok((cfg, ours))
+}
+
+/// Plans every job of `pass` and runs their calibration as one pass over the model's layers;
+/// each job's plan and calibration (or why it failed) by job index.
+fn shared_pass(
+    jobs: &[Job],
+    pass: &[usize],
+    opts: &Options,
+    cache: &std::sync::Arc<crate::calib::CalibCache>,
+    progress: &dyn Progress,
+) -> Vec<(usize, Result<Precalibrated>)> {
+    let mut out = vec![];
+    let mut ready = vec![];
+    for &ji in pass {
+        let prepared = job_config(&jobs[ji], opts, cache).and_then(|(cfg, _)| {
+            let p = crate::exec::prepare(&cfg)?;
+            p.check_target(&cfg)?;
+            Ok((cfg, p))
+        });
+        match prepared {
+            Ok((cfg, p)) if p.targets.is_some() => ready.push((ji, cfg, p)),
+            Ok(_) => {}
+            Err(e) => out.push((ji, Err(e))),
+        }
+    }
+    if ready.len() < 2 {
+        // nothing to share: each job calibrates on its own when its turn comes
+        return out;
+    }
+    let members: Vec<crate::calib::Member<'_>> = ready
+        .iter()
+        .filter_map(|(_, cfg, p)| {
+            p.targets.as_ref().map(|(m, t)| crate::calib::Member {
+                method: *m,
+                targets: t,
+                cfg,
+            })
+        })
+        .collect();
+    let result = crate::exec::jobs::pool(ready[0].1.threads).and_then(|pool| {
+        pool.install(|| crate::calib::calibrate_together(&ready[0].2.src, &members, progress))
+    });
+    drop(members);
+    match result {
+        Ok(cals) => {
+            for ((ji, _, p), c) in ready.into_iter().zip(cals) {
+                out.push((ji, Ok((p, c))));
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let mut first = Some(e);
+            for (ji, _, _) in ready {
+                let e = first.take().unwrap_or_else(|| {
+                    Error::Config(format!("the shared calibration pass failed: {msg}"))
+                });
+                out.push((ji, Err(e)));
+            }
+        }
+    }
+    out
+}
+
 fn run_one(
     job: &Job,
     opts: &Options,
     cache: &std::sync::Arc<crate::calib::CalibCache>,
+    pre: Option<Result<Precalibrated>>,
     progress: &dyn Progress,
     s: &mut JobSummary,
 ) -> Result<()> {
@@ -564,15 +699,7 @@ fn run_one(
     if let Some(e) = &job.gates.eval {
         std::fs::metadata(&e.text).map_err(|err| io(&e.text, err))?;
     }
-    // an output a batch made before (its state file says so, complete or not) may be
-    // replaced; anything else only with --force
-    let ours = state_file.exists();
-    let mut cfg = job.config.clone();
-    cfg.force = opts.force || ours || cfg.force;
-    cfg.threads = opts.threads.or(cfg.threads);
-    cfg.calib_cache = Some(cache.clone());
-    cfg.dry_run = false;
-    cfg.report = job.report.as_ref().map(|(p, _)| p.clone());
+    let (cfg, ours) = job_config(job, opts, cache)?;
     // a pending state while the job runs (no outputs recorded, so never up to date): an
     // interrupted or failed job is redone by the next batch, which may replace what it left
     let pending = State {
@@ -583,19 +710,16 @@ fn run_one(
         outputs: vec![],
         summary: s.clone(),
     };
-    // a manifest's output folders are made as needed
-    for p in std::iter::once(&output).chain(job.report.iter().map(|(p, _)| p)) {
-        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Output {
-                path: dir.to_path_buf(),
-                msg: e.to_string(),
-            })?;
-        }
-    }
     if ours || !output.exists() || cfg.force {
         write_state(&state_file, &pending)?;
     }
-    let outcome = crate::quantize(&cfg, progress)?;
+    let outcome = match pre {
+        None => crate::quantize(&cfg, progress)?,
+        Some(pre) => {
+            let (p, c) = pre?;
+            crate::exec::write(p, Some(c), &cfg, progress)?
+        }
+    };
     let mut report = outcome
         .report
         .ok_or_else(|| Error::Config("a batch job ran as a dry run".into()))?;

@@ -169,6 +169,8 @@ pub struct QuantizeConfig {
     pub calib_samples: usize,
     pub calib_seq_len: usize,
     pub seed: u64,
+    /// Where each layer's calibration inputs come from (`--calib-inputs`).
+    pub calib_inputs: CalibInputs,
     /// GPTQ: quantize columns by decreasing activation energy (static groups).
     pub act_order: bool,
     /// With `act_order`: groups follow the activation order and each column's group is stored
@@ -229,6 +231,38 @@ impl Shard {
             ));
         }
         Ok(Shard { index, count })
+    }
+}
+
+/// Where a calibrated run's layer inputs come from (`--calib-inputs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CalibInputs {
+    /// The layers before it as this run quantized them (GPTQ's reference, AutoGPTQ,
+    /// llm-compressor's sequential pipeline): each layer corrects what the earlier ones lost.
+    #[default]
+    Quantized,
+    /// The float model's layers (llm-compressor's basic pipeline): every job of a model with
+    /// the same calibration tokens sees the same inputs, so a batch computes them once.
+    Float,
+}
+
+impl CalibInputs {
+    pub fn parse(s: &str) -> Result<CalibInputs, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "quantized" => Ok(CalibInputs::Quantized),
+            "float" => Ok(CalibInputs::Float),
+            _ => Err(format!(
+                "unknown calibration inputs '{s}' (quantized, float)"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CalibInputs::Quantized => "quantized",
+            CalibInputs::Float => "float",
+        }
     }
 }
 
@@ -298,6 +332,7 @@ impl QuantizeConfig {
             calib_samples: 128,
             calib_seq_len: 512,
             seed: 0,
+            calib_inputs: CalibInputs::Quantized,
             act_order: false,
             act_order_group: false,
             damp: 0.01,

@@ -374,7 +374,7 @@ pub fn search_layer(
                 let d: Vec<f32> = q.iter().zip(&sw).map(|(a, b)| a - b).collect();
                 let err: Vec<f32> = d
                     .par_chunks(cols * 256)
-                    .flat_map_iter(|rows| awq::group_errors(rows, cols, group, &blocks))
+                    .flat_map_iter(|rows| awq::group_errors(rows, cols, group, blocks))
                     .collect();
                 for (k, e) in err.into_iter().enumerate() {
                     if e < best_err[k] {

@@ -233,6 +233,10 @@ pub struct CalibSummary {
     /// The set was made by an earlier job of the batch (same model and calibration options)
     /// and reused.
     pub shared: bool,
+    /// Where each layer's inputs came from (`--calib-inputs`).
+    pub inputs: crate::config::CalibInputs,
+    /// Jobs that shared this pass over the layers (1: the job's own pass).
+    pub pass_jobs: usize,
     pub text_tokens: usize,
     pub seq_len: usize,
     /// Sequences asked for (`--calib-samples`).
@@ -554,6 +558,61 @@ struct CalibKey {
 /// follow from it).
 const GENERATION_CACHE: usize = 1 << 30;
 
+/// The linears a calibrated run quantizes, by (layer, linear).
+pub type Targets = BTreeMap<(usize, Linear), Target>;
+
+/// One job of a calibration pass: its method, the linears it quantizes (from [`targets`]) and
+/// its options.
+pub struct Member<'a> {
+    pub method: &'a dyn Method,
+    pub targets: &'a BTreeMap<(usize, Linear), Target>,
+    pub cfg: &'a QuantizeConfig,
+}
+
+/// What a calibration pass gives one job: every calibrated tensor by HF name, and the summary.
+pub type Calibration = (HashMap<String, Calibrated>, CalibSummary);
+
+/// The calibration set a method reads: a method that only rewrites layers (AWQ) searches on
+/// about `awq_tokens` tokens and reads nothing more, so no more sequences are drawn or written.
+fn calib_config(method: &dyn Method, cfg: &QuantizeConfig) -> CalibConfig {
+    let search_seqs = cfg.awq_tokens.div_ceil(cfg.calib_seq_len.max(1)).max(1);
+    CalibConfig {
+        samples: if method.chooses_codes() {
+            cfg.calib_samples
+        } else {
+            cfg.calib_samples.min(search_seqs)
+        },
+        seq_len: cfg.calib_seq_len,
+        seed: cfg.seed,
+    }
+}
+
+impl CalibKey {
+    fn new(method: &dyn Method, cfg: &QuantizeConfig) -> CalibKey {
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let ccfg = calib_config(method, cfg);
+        CalibKey {
+            model: canon(&cfg.input),
+            text: cfg.calib.as_deref().map(canon),
+            samples: ccfg.samples,
+            seq_len: ccfg.seq_len,
+            seed: ccfg.seed,
+        }
+    }
+}
+
+/// Which jobs can share one calibration pass ([`calibrate_together`]): those with equal keys.
+/// `None` for a job that cannot share one (its layer inputs come from its own quantized layers).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PassKey(CalibKey);
+
+impl PassKey {
+    pub fn of(method: &dyn Method, cfg: &QuantizeConfig) -> Option<PassKey> {
+        (cfg.calib_inputs == crate::config::CalibInputs::Float)
+            .then(|| PassKey(CalibKey::new(method, cfg)))
+    }
+}
+
 /// Runs calibration and `method` on every linear in `targets` (from [`targets`]).
 pub fn calibrate_model(
     method: &dyn Method,
@@ -561,7 +620,47 @@ pub fn calibrate_model(
     targets: &BTreeMap<(usize, Linear), Target>,
     cfg: &QuantizeConfig,
     progress: &dyn Progress,
-) -> Result<(HashMap<String, Calibrated>, CalibSummary)> {
+) -> Result<Calibration> {
+    let mut out = calibrate_together(
+        src,
+        &[Member {
+            method,
+            targets,
+            cfg,
+        }],
+        progress,
+    )?;
+    Ok(out.pop().expect("one member, one calibration"))
+}
+
+/// One pass over the layers of `src` for several jobs (a batch's jobs of one model with
+/// `--calib-inputs float` and one [`PassKey`]): each layer's inputs are computed once, and so
+/// are the Hessians of every job whose method does not rewrite the layer first (GPTQ); each
+/// job's method then runs on them. A job that rewrites the layer (AWQ) searches on the same
+/// inputs and computes its own statistics of the layer it rewrote. Memory: one float layer,
+/// its statistics, and what each job has chosen so far.
+///
+/// With one job and `--calib-inputs quantized` (the default), the next layer's inputs come
+/// from this layer as the job quantized it.
+pub fn calibrate_together(
+    src: &ModelSource,
+    members: &[Member<'_>],
+    progress: &dyn Progress,
+) -> Result<Vec<Calibration>> {
+    let first = members
+        .first()
+        .ok_or_else(|| Error::Config("a calibration pass needs a job".into()))?;
+    let float_inputs = first.cfg.calib_inputs == crate::config::CalibInputs::Float;
+    let key = CalibKey::new(first.method, first.cfg);
+    if members.len() > 1
+        && members
+            .iter()
+            .any(|m| PassKey::of(m.method, m.cfg) != Some(PassKey(key.clone())))
+    {
+        return Err(Error::Config(
+            "jobs share a calibration pass only with --calib-inputs float and the same model, calibration text, samples, length and seed".into(),
+        ));
+    }
     let model_err = |err| Error::Model {
         stage: "calibration",
         path: src.input.clone(),
@@ -572,29 +671,9 @@ pub fn calibrate_model(
         path: src.input.clone(),
         msg: "calibration needs a Hugging Face folder (config.json, tokenizer.json)".into(),
     })?;
+    let cfg = first.cfg;
     let seq_len = cfg.calib_seq_len;
-    // a method that only rewrites layers (AWQ) searches on about `awq_tokens` tokens and reads
-    // nothing more: no more sequences are drawn or written than that
-    let search_seqs = cfg.awq_tokens.div_ceil(seq_len.max(1)).max(1);
-    let ccfg = CalibConfig {
-        samples: if method.chooses_codes() {
-            cfg.calib_samples
-        } else {
-            cfg.calib_samples.min(search_seqs)
-        },
-        seq_len,
-        seed: cfg.seed,
-    };
-    let key = CalibKey {
-        model: std::fs::canonicalize(&src.input).unwrap_or_else(|_| src.input.clone()),
-        text: cfg
-            .calib
-            .as_ref()
-            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
-        samples: ccfg.samples,
-        seq_len: ccfg.seq_len,
-        seed: ccfg.seed,
-    };
+    let ccfg = calib_config(first.method, cfg);
     let cached = cfg
         .calib_cache
         .as_ref()
@@ -627,28 +706,29 @@ pub fn calibrate_model(
         }
     };
     let set = &made.0;
-    let generation_secs = made.1.filter(|_| !shared);
-    let summary = CalibSummary {
-        method: method.name(),
+    let summary = |k: usize, m: &Member<'_>| CalibSummary {
+        method: m.method.name(),
         source: if cfg.calib.is_none() {
             "self-generated"
         } else {
             "text"
         },
-        generation_secs,
-        shared,
+        generation_secs: made.1.filter(|_| !shared && k == 0),
+        shared: shared || k > 0,
+        inputs: cfg.calib_inputs,
+        pass_jobs: members.len(),
         text_tokens: set.text_tokens,
         seq_len: ccfg.seq_len,
         requested: ccfg.samples,
         fit_sequences: set.fit.len(),
         held_sequences: set.held.len(),
-        fits_all_tokens: method.chooses_codes(),
+        fits_all_tokens: m.method.chooses_codes(),
     };
     let ids = |s: &[Vec<u32>]| s.iter().flatten().copied().collect::<Vec<u32>>();
     let mut x = model.embed(&ids(&set.fit)).map_err(model_err)?;
     let mut xh = model.embed(&ids(&set.held)).map_err(model_err)?;
 
-    let mut done = HashMap::new();
+    let mut done: Vec<HashMap<String, Calibrated>> = vec![HashMap::new(); members.len()];
     // Calibration tokens go through each layer in batches of whole sequences (about 4096
     // tokens), so only one batch's intermediate activations exist at a time; the statistics
     // accumulate batch by batch (running mean, as the reference does over its batches).
@@ -657,155 +737,187 @@ pub fn calibrate_model(
         .step_by(batch)
         .map(|r0| (r0, (r0 + batch).min(x.nrows())))
         .collect();
-    // a layer rewrite (AWQ) searches on the first sequences, about `awq_tokens` of them
-    let search_rows = (search_seqs * seq_len).clamp(1, x.nrows().max(1));
+    // the Hessians of `wanted` inputs of `layer`, batch by batch
+    let hessians = |layer: &Layer, x: faer::MatRef<'_, f32>, wanted: &[Input]| {
+        let mut hess: HashMap<Input, Hessian> = HashMap::new();
+        for &(r0, r1) in batches.iter().filter(|_| !wanted.is_empty()) {
+            let (_, cap) = layer_forward(&model.cfg, layer, x.subrows(r0, r1 - r0), seq_len, true);
+            let cap = cap.expect("captured");
+            for &i in wanted {
+                let xin = i.of(&cap);
+                hess.entry(i)
+                    .or_insert_with(|| Hessian::new(xin.ncols()))
+                    .add_mat(xin);
+            }
+        }
+        hess
+    };
     progress.stage("calibration (layers)", model.cfg.layers as u64);
     for l in 0..model.cfg.layers {
-        let mut layer = model.layer(l).map_err(model_err)?;
-        // the inputs that feed a linear to quantize
-        let wanted: Vec<Input> = Input::ALL
-            .into_iter()
-            .filter(|i| i.linears().any(|lin| targets.contains_key(&(l, lin))))
-            .collect();
+        let float_layer = model.layer(l).map_err(model_err)?;
         // the float layer on held-out tokens: the baseline every error is measured against
-        let (_, cap0) = layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, true);
+        let (_, cap0) = layer_forward(&model.cfg, &float_layer, xh.as_ref(), seq_len, true);
         let cap0 = cap0.expect("captured");
-        let float_w: HashMap<Linear, Mat<f32>> = Linear::ALL
-            .into_iter()
-            .filter(|lin| targets.contains_key(&(l, *lin)))
-            .map(|lin| (lin, lin.weight(&layer).clone()))
-            .collect();
-        let transforms = if wanted.is_empty() {
-            vec![]
-        } else {
-            method.transform_layer(&mut LayerCtx {
-                model: &model.cfg,
-                index: l,
-                layer: &mut layer,
-                x: x.as_ref().subrows(0, search_rows.min(x.nrows())),
-                seq_len,
-                targets,
-                cfg,
-            })?
-        };
-        let transforms: HashMap<String, Arc<Transform>> = transforms
-            .into_iter()
-            .map(|(n, t)| (n, Arc::new(t)))
-            .collect();
-        let mut hess: HashMap<Input, Hessian> = HashMap::new();
-        if method.chooses_codes() {
-            for &(r0, r1) in batches.iter().filter(|_| !wanted.is_empty()) {
-                let (_, cap) = layer_forward(
-                    &model.cfg,
-                    &layer,
-                    x.as_ref().subrows(r0, r1 - r0),
-                    seq_len,
-                    true,
-                );
-                let cap = cap.expect("captured");
-                for &i in &wanted {
-                    let xin = i.of(&cap);
-                    hess.entry(i)
-                        .or_insert_with(|| Hessian::new(xin.ncols()))
-                        .add_mat(xin);
+        // each job's layer: its own copy when it rewrites the layer, or when the next layer's
+        // inputs come from its quantized weights
+        let mut own: Vec<Option<Layer>> = Vec::with_capacity(members.len());
+        let mut transforms: Vec<HashMap<String, Arc<Transform>>> = Vec::new();
+        let mut wanted: Vec<Vec<Input>> = Vec::new();
+        for m in members {
+            // the inputs that feed a linear to quantize
+            let w: Vec<Input> = Input::ALL
+                .into_iter()
+                .filter(|i| i.linears().any(|lin| m.targets.contains_key(&(l, lin))))
+                .collect();
+            let mut layer = (!w.is_empty() || !float_inputs).then(|| float_layer.clone());
+            let t = match layer.as_mut() {
+                Some(layer) if !w.is_empty() => {
+                    let search_seqs = m.cfg.awq_tokens.div_ceil(seq_len.max(1)).max(1);
+                    let search_rows = (search_seqs * seq_len).clamp(1, x.nrows().max(1));
+                    m.method.transform_layer(&mut LayerCtx {
+                        model: &model.cfg,
+                        index: l,
+                        layer,
+                        x: x.as_ref().subrows(0, search_rows.min(x.nrows())),
+                        seq_len,
+                        targets: m.targets,
+                        cfg: m.cfg,
+                    })?
+                }
+                _ => vec![],
+            };
+            if t.is_empty() && float_inputs {
+                // the float layer serves
+                layer = None;
+            }
+            own.push(layer);
+            transforms.push(t.into_iter().map(|(n, t)| (n, Arc::new(t))).collect());
+            wanted.push(w);
+        }
+        // Hessians of the float layer's inputs, once for every job that reads them
+        let mut shared_wanted: Vec<Input> = vec![];
+        for (k, m) in members.iter().enumerate() {
+            if m.method.chooses_codes() && transforms[k].is_empty() {
+                for &i in &wanted[k] {
+                    if !shared_wanted.contains(&i) {
+                        shared_wanted.push(i);
+                    }
                 }
             }
         }
-        // held-out inputs of the (transformed) layer the method quantizes
-        let caph = if transforms.is_empty() {
-            None
-        } else {
-            layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, true).1
-        };
-        let caph = caph.as_ref().unwrap_or(&cap0);
-        for &input in &wanted {
-            let xheld = input.of(caph);
-            let x0 = input.of(&cap0);
-            for lin in input.linears() {
-                let Some(tg) = targets.get(&(l, lin)) else {
-                    continue;
-                };
-                let name = &tg.name;
-                let transform = transforms.get(name).cloned();
-                let identity = Transform::default();
-                let t = transform.as_deref().unwrap_or(&identity);
-                let w = lin.weight_mut(&mut layer);
-                let (rows, cols) = (w.nrows(), w.ncols());
-                let wv = rows_of(w);
-                let file = file_of(src, name);
-                // codes where the method chooses them and the layout takes them; else the
-                // layout's round to nearest of the (transformed) weights
-                let (out, wq) = if method.chooses_codes() && tg.grid.is_some() {
-                    let grid = tg.grid.ok_or_else(|| Error::Tensor {
-                        file: file.clone(),
-                        tensor: name.clone(),
-                        msg: format!("--method {} needs a code grid", method.name()),
-                    })?;
-                    let out = method.quantize(&LinearJob {
-                        name,
-                        file: &file,
-                        w: &wv,
-                        rows,
-                        cols,
-                        grid,
-                        stats: InputStats {
-                            hessian: &hess[&input],
-                        },
-                        cfg,
-                    })?;
-                    let wq = to_mat(&out.dequantize(rows, cols), rows, cols);
-                    (Some(Arc::new(out)), wq)
-                } else {
-                    (
-                        None,
-                        to_mat(&fake_quant(tg, t, &wv, rows, cols), rows, cols),
-                    )
-                };
-                let w0 = &float_w[&lin];
-                let w0v = rows_of(w0);
-                let y = linear(x0, w0, None);
-                let rtn = to_mat(&fake_quant(tg, &identity, &w0v, rows, cols), rows, cols);
-                // the method's error against the same function: the float weights with the
-                // transform's scales (rows of v and up carry the next group's divisors), not
-                // its clipping, which is part of the error
-                let yt = match &transform {
-                    Some(t) => {
-                        let mut v = w0v.clone();
-                        for (r, row) in v.chunks_exact_mut(cols).enumerate() {
-                            t.scale_row(r, row);
+        shared_wanted.sort_by_key(|i| Input::ALL.iter().position(|a| a == i));
+        let shared_hess = hessians(&float_layer, x.as_ref(), &shared_wanted);
+        for (k, m) in members.iter().enumerate() {
+            let transforms = &transforms[k];
+            let own_hess = match &own[k] {
+                Some(layer) if m.method.chooses_codes() && !transforms.is_empty() => {
+                    Some(hessians(layer, x.as_ref(), &wanted[k]))
+                }
+                _ => None,
+            };
+            let hess = own_hess.as_ref().unwrap_or(&shared_hess);
+            // held-out inputs of the (transformed) layer the method quantizes
+            let caph = match &own[k] {
+                Some(layer) if !transforms.is_empty() => {
+                    layer_forward(&model.cfg, layer, xh.as_ref(), seq_len, true).1
+                }
+                _ => None,
+            };
+            let caph = caph.as_ref().unwrap_or(&cap0);
+            for &input in &wanted[k] {
+                let xheld = input.of(caph);
+                let x0 = input.of(&cap0);
+                for lin in input.linears() {
+                    let Some(tg) = m.targets.get(&(l, lin)) else {
+                        continue;
+                    };
+                    let name = &tg.name;
+                    let transform = transforms.get(name).cloned();
+                    let identity = Transform::default();
+                    let t = transform.as_deref().unwrap_or(&identity);
+                    let w0 = lin.weight(&float_layer);
+                    let wv = rows_of(own[k].as_ref().map_or(w0, |layer| lin.weight(layer)));
+                    let (rows, cols) = (w0.nrows(), w0.ncols());
+                    let file = file_of(src, name);
+                    // codes where the method chooses them and the layout takes them; else the
+                    // layout's round to nearest of the (transformed) weights
+                    let (out, wq) = if m.method.chooses_codes() && tg.grid.is_some() {
+                        let grid = tg.grid.ok_or_else(|| Error::Tensor {
+                            file: file.clone(),
+                            tensor: name.clone(),
+                            msg: format!("--method {} needs a code grid", m.method.name()),
+                        })?;
+                        let out = m.method.quantize(&LinearJob {
+                            name,
+                            file: &file,
+                            w: &wv,
+                            rows,
+                            cols,
+                            grid,
+                            stats: InputStats {
+                                hessian: &hess[&input],
+                            },
+                            cfg: m.cfg,
+                        })?;
+                        let wq = to_mat(&out.dequantize(rows, cols), rows, cols);
+                        (Some(Arc::new(out)), wq)
+                    } else {
+                        (
+                            None,
+                            to_mat(&fake_quant(tg, t, &wv, rows, cols), rows, cols),
+                        )
+                    };
+                    let w0v = rows_of(w0);
+                    let y = linear(x0, w0, None);
+                    let rtn = to_mat(&fake_quant(tg, &identity, &w0v, rows, cols), rows, cols);
+                    // the method's error against the same function: the float weights with the
+                    // transform's scales (rows of v and up carry the next group's divisors), not
+                    // its clipping, which is part of the error
+                    let yt = match &transform {
+                        Some(t) => {
+                            let mut v = w0v.clone();
+                            for (r, row) in v.chunks_exact_mut(cols).enumerate() {
+                                t.scale_row(r, row);
+                            }
+                            linear(xheld, &to_mat(&v, rows, cols), None)
                         }
-                        linear(xheld, &to_mat(&v, rows, cols), None)
+                        None => y.clone(),
+                    };
+                    let error = LayerOutputError {
+                        rtn: relative_error(&y, &linear(x0, &rtn, None)),
+                        calibrated: relative_error(&yt, &linear(xheld, &wq, None)),
+                    };
+                    if let Some(layer) = own[k].as_mut() {
+                        *lin.weight_mut(layer) = wq;
                     }
-                    None => y.clone(),
-                };
-                let error = LayerOutputError {
-                    rtn: relative_error(&y, &linear(x0, &rtn, None)),
-                    calibrated: relative_error(&yt, &linear(xheld, &wq, None)),
-                };
-                *w = wq;
-                done.insert(
-                    name.clone(),
-                    Calibrated {
-                        transform,
-                        out,
-                        error: Some(error),
-                    },
-                );
+                    done[k].insert(
+                        name.clone(),
+                        Calibrated {
+                            transform,
+                            out,
+                            error: Some(error),
+                        },
+                    );
+                }
+            }
+            // the folded tensors that are no linear (norms, biases)
+            for (name, t) in transforms {
+                done[k].entry(name.clone()).or_insert_with(|| Calibrated {
+                    transform: Some(t.clone()),
+                    ..Default::default()
+                });
             }
         }
-        // the folded tensors that are no linear (norms, biases)
-        for (name, t) in &transforms {
-            done.entry(name.clone()).or_insert_with(|| Calibrated {
-                transform: Some(t.clone()),
-                ..Default::default()
-            });
-        }
-        // next layer's inputs: this layer with its quantized weights, batch by batch
+        // next layer's inputs: the float layer, or this one as the job quantized it
+        let next_layer = match (float_inputs, own.first()) {
+            (false, Some(Some(layer))) => layer,
+            _ => &float_layer,
+        };
         let mut next = Mat::<f32>::zeros(x.nrows(), x.ncols());
         for &(r0, r1) in &batches {
             let (y, _) = layer_forward(
                 &model.cfg,
-                &layer,
+                next_layer,
                 x.as_ref().subrows(r0, r1 - r0),
                 seq_len,
                 false,
@@ -813,9 +925,13 @@ pub fn calibrate_model(
             next.as_mut().subrows_mut(r0, r1 - r0).copy_from(&y);
         }
         x = next;
-        xh = layer_forward(&model.cfg, &layer, xh.as_ref(), seq_len, false).0;
+        xh = layer_forward(&model.cfg, next_layer, xh.as_ref(), seq_len, false).0;
         progress.step(1);
     }
     progress.finish();
-    Ok((done, summary))
+    Ok(done
+        .into_iter()
+        .zip(members.iter().enumerate())
+        .map(|(d, (k, m))| (d, summary(k, m)))
+        .collect())
 }

@@ -279,7 +279,7 @@ pub(crate) fn text_chunks(
     if n_chunks == 0 {
         return Err(input_err(
             path,
-            format!("{} tokens, fewer than one chunk of --ctx {ctx}", ids.len()),
+            format!("{} tokens, fewer than one chunk of {ctx} tokens", ids.len()),
         ));
     }
     Ok((ids, n_chunks))

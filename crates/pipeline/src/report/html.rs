@@ -348,7 +348,7 @@ pub(super) fn render(r: &Report) -> String {
         o.push_str("<section id=\"calibration\"><h2>Calibration</h2><dl>\n");
         let _ = writeln!(
             o,
-            "<dt>method</dt><dd>{}</dd><dt>data</dt><dd>{}{}</dd><dt>sequences</dt><dd>{} of {} tokens fitted ({} requested), {} held out</dd>",
+            "<dt>method</dt><dd>{}</dd><dt>data</dt><dd>{}{}</dd><dt>sequences</dt><dd>{} of {} tokens fitted ({} requested), {} held out{}</dd>",
             esc(c.method),
             esc(c.source),
             match (c.generation_secs, c.shared) {
@@ -359,7 +359,8 @@ pub(super) fn render(r: &Report) -> String {
             c.fit_sequences,
             c.seq_len,
             c.requested,
-            c.held_sequences
+            c.held_sequences,
+            esc(&super::pass_note(c))
         );
         o.push_str("</dl></section>\n");
     }

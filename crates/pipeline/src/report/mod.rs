@@ -348,8 +348,13 @@ impl Report {
         }
         if let Some(c) = &self.calibration {
             s.push_str(&format!(
-                "- calibration: `{}`, {} ({} sequences of {} tokens fitted, {} held out)\n",
-                c.method, c.source, c.fit_sequences, c.seq_len, c.held_sequences
+                "- calibration: `{}`, {} ({} sequences of {} tokens fitted, {} held out){}\n",
+                c.method,
+                c.source,
+                c.fit_sequences,
+                c.seq_len,
+                c.held_sequences,
+                pass_note(c)
             ));
         }
         if let Some(e) = &self.eval {
@@ -509,7 +514,7 @@ impl Report {
         s.push('\n');
         if let Some(c) = &self.calibration {
             s.push_str(&format!(
-                "calibration: {} sequences of {} tokens fitted, {} held out ({}: {} tokens{})\n",
+                "calibration: {} sequences of {} tokens fitted, {} held out ({}: {} tokens{}){}\n",
                 c.fit_sequences,
                 c.seq_len,
                 c.held_sequences,
@@ -529,7 +534,8 @@ impl Report {
                     )
                 } else {
                     String::new()
-                }
+                },
+                pass_note(c)
             ));
             if c.fits_all_tokens && c.fit_sequences * c.seq_len < 32768 {
                 s.push_str(
@@ -584,6 +590,15 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
+/// How a calibration pass fed its layers, when not the default (one job, quantized inputs).
+pub(crate) fn pass_note(c: &crate::calib::CalibSummary) -> String {
+    match (c.inputs, c.pass_jobs) {
+        (crate::config::CalibInputs::Quantized, _) => String::new(),
+        (_, 1) => "; layer inputs from the float model".into(),
+        (_, n) => format!("; layer inputs from the float model, one pass shared by {n} jobs"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,6 +631,8 @@ mod tests {
                     source: "text",
                     generation_secs: None,
                     shared: false,
+                    inputs: crate::config::CalibInputs::Quantized,
+                    pass_jobs: 1,
                     text_tokens: 100_000,
                     seq_len: 512,
                     requested: fit_sequences,

@@ -90,6 +90,65 @@ struct FileLayout {
 
 /// Plans, then (unless a dry run) writes the output and returns the report.
 pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome> {
+    let p = prepare(cfg)?;
+    if cfg.dry_run {
+        return Ok(Outcome {
+            plan: p.plan,
+            report: None,
+            files: vec![],
+            allocation: p.allocation,
+        });
+    }
+    p.check_target(cfg)?;
+    // a calibrated method quantizes every targeted weight before anything is written
+    let calibration = match &p.targets {
+        None => None,
+        Some((m, t)) => Some(
+            // inside our pool, so faer's parallel products use -j threads
+            pool(cfg.threads)?
+                .install(|| crate::calib::calibrate_model(*m, &p.src, t, cfg, progress))?,
+        ),
+    };
+    write(p, calibration, cfg, progress)
+}
+
+/// A run planned and checked, nothing written yet ([`prepare`]).
+pub struct Prepared {
+    pub src: ModelSource,
+    pub plan: Plan,
+    allocation: Option<crate::allocate::Allocation>,
+    imatrix_info: Option<crate::report::ImatrixInfo>,
+    /// A calibrated run: its method and the linears it quantizes.
+    pub targets: Option<(&'static dyn crate::calib::Method, crate::calib::Targets)>,
+    inputs: Vec<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Prepared({})", self.plan.output.display())
+    }
+}
+
+impl Prepared {
+    /// The output may be written (it is not there, or `--force`).
+    pub fn check_target(&self, cfg: &QuantizeConfig) -> Result<()> {
+        if cfg.shard.is_none() {
+            check_target(&self.plan.output, cfg.force)?;
+        }
+        Ok(())
+    }
+
+    /// The calibration pass this run can share with others ([`crate::calib::PassKey`]).
+    pub fn pass_key(&self, cfg: &QuantizeConfig) -> Option<crate::calib::PassKey> {
+        self.targets
+            .as_ref()
+            .and_then(|(m, _)| crate::calib::PassKey::of(*m, cfg))
+    }
+}
+
+/// Opens the source and plans the run (importance matrix, size target, calibrated linears);
+/// every option check that can fail before any work fails here.
+pub fn prepare(cfg: &QuantizeConfig) -> Result<Prepared> {
     let mut src = ModelSource::open(&cfg.input)?;
     crate::plan::add_generated(&mut src, cfg)?;
     // an importance matrix to compute takes minutes: an output that is there (without
@@ -164,26 +223,40 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
             "--shard i/N on one model writes a slice of a split GGUF: it needs a .gguf output and --split-max-size".into(),
         ));
     }
-    if cfg.dry_run {
-        return Ok(Outcome {
-            plan,
-            report: None,
-            files: vec![],
-            allocation,
-        });
+    Ok(Prepared {
+        src,
+        plan,
+        allocation,
+        imatrix_info,
+        targets,
+        inputs,
+    })
+}
+
+/// Writes a prepared run: `calibration` is what its method chose (from
+/// [`crate::calib::calibrate_model`] or a shared pass), `None` without a method.
+pub fn write(
+    p: Prepared,
+    calibration: Option<crate::calib::Calibration>,
+    cfg: &QuantizeConfig,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
+    let Prepared {
+        src,
+        plan,
+        allocation,
+        imatrix_info,
+        targets,
+        inputs,
+    } = p;
+    if targets.is_some() != calibration.is_some() {
+        return Err(Error::Config(
+            "a calibrated run is written with its calibration, and only then".into(),
+        ));
     }
-    if cfg.shard.is_none() {
-        check_target(&plan.output, cfg.force)?;
-    }
-    // a calibrated method quantizes every targeted weight before anything is written
-    let (calibrated, calib_summary) = match &targets {
+    let (calibrated, calib_summary) = match calibration {
         None => (HashMap::new(), None),
-        Some((m, t)) => {
-            // inside our pool, so faer's parallel products use -j threads
-            let (c, s) = pool(cfg.threads)?
-                .install(|| crate::calib::calibrate_model(*m, &src, t, cfg, progress))?;
-            (c, Some(s))
-        }
+        Some((c, s)) => (c, Some(s)),
     };
 
     // Fix every offset before touching data.

@@ -115,7 +115,8 @@ fn llama3_model(parent: &Path, scaled: bool) -> PathBuf {
 }
 
 /// Float conversions: the same file as llama.cpp's converter, byte for byte, for byte-level BPE
-/// (llama), SentencePiece (llama), Llama 3 rope scaling (generated rope_freqs), qwen2 and qwen3.
+/// (llama), SentencePiece (llama), Llama 3 rope scaling (generated rope_freqs), qwen2, qwen3 and
+/// smollm3.
 #[test]
 fn float_conversions_equal_llama_cpp_converter() {
     let d = tempfile::tempdir().unwrap();
@@ -126,11 +127,13 @@ fn float_conversions_equal_llama_cpp_converter() {
         (spm_model(d.path()), "f32", None),
         (llama3_model(d.path(), true), "f16", Some("gpt-2")),
     ];
-    for mt in ["qwen2", "qwen3"] {
+    for mt in ["qwen2", "qwen3", "smollm3"] {
         let m = d.path().join(mt);
-        synthetic_model(&m, mt, 2, 256, 512, 4, 2);
+        let layers = if mt == "smollm3" { 4 } else { 2 };
+        synthetic_model(&m, mt, layers, 256, 512, 4, 2);
         cases.push((m, "bf16", Some("gpt-2")));
     }
+    cases.push((d.path().join("smollm3"), "f16", Some("gpt-2")));
     for (i, (m, t, pre)) in cases.iter().enumerate() {
         let what = format!("{} → {t}", m.file_name().unwrap().to_string_lossy());
         let (a, b) = (
@@ -152,9 +155,15 @@ fn float_conversions_equal_llama_cpp_converter() {
 #[test]
 fn one_pass_equals_converter_then_llama_quantize() {
     let d = tempfile::tempdir().unwrap();
-    for (k, (m, pre)) in [(fixture(), Some("gpt-2")), (spm_model(d.path()), None)]
-        .into_iter()
-        .enumerate()
+    let smol = d.path().join("smollm3");
+    synthetic_model(&smol, "smollm3", 4, 256, 512, 4, 2);
+    for (k, (m, pre)) in [
+        (fixture(), Some("gpt-2")),
+        (spm_model(d.path()), None),
+        (smol, Some("gpt-2")),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let f16 = d.path().join(format!("theirs-{k}-f16.gguf"));
         convert(&m, &f16, "f16", pre);

@@ -285,7 +285,10 @@ fn synthetic_llama(
     synthetic_model(dir, "llama", layers, hidden, inter, heads, kv)
 }
 
-/// As [`synthetic_llama`] for `model_type` llama, qwen2 (q/k/v biases) or qwen3 (q/k norms).
+/// As [`synthetic_llama`] for `model_type` llama, qwen2 (q/k/v biases), qwen3 (q/k norms) or
+/// smollm3 (every 4th layer without rope; its config leaves out rope_theta, head_dim and
+/// tie_word_embeddings, so transformers' defaults apply: theta 2e6, tied embeddings, no
+/// lm_head).
 pub(crate) fn synthetic_model(
     dir: &Path,
     model_type: &str,
@@ -377,11 +380,13 @@ pub(crate) fn synthetic_model(
         ));
     }
     ts.push(("model.norm.weight".into(), vec![hidden], vec![1.0; hidden]));
-    ts.push((
-        "lm_head.weight".into(),
-        vec![vocab, hidden],
-        weight_matrix(vocab, hidden, 0.02, 9),
-    ));
+    if model_type != "smollm3" {
+        ts.push((
+            "lm_head.weight".into(),
+            vec![vocab, hidden],
+            weight_matrix(vocab, hidden, 0.02, 9),
+        ));
+    }
     let owned: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = ts
         .iter()
         .map(|(n, s, v)| (n.as_str(), Dtype::BF16, s.clone(), bf16_bytes(v)))
@@ -392,6 +397,7 @@ pub(crate) fn synthetic_model(
     cfg["architectures"] = serde_json::json!([match model_type {
         "qwen2" => "Qwen2ForCausalLM",
         "qwen3" => "Qwen3ForCausalLM",
+        "smollm3" => "SmolLM3ForCausalLM",
         _ => "LlamaForCausalLM",
     }]);
     cfg["num_hidden_layers"] = layers.into();
@@ -400,6 +406,17 @@ pub(crate) fn synthetic_model(
     cfg["num_attention_heads"] = heads.into();
     cfg["num_key_value_heads"] = kv.into();
     cfg["head_dim"] = hd.into();
+    if model_type == "smollm3" {
+        let o = cfg.as_object_mut().unwrap();
+        for k in [
+            "rope_theta",
+            "head_dim",
+            "tie_word_embeddings",
+            "rope_scaling",
+        ] {
+            o.remove(k);
+        }
+    }
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
@@ -959,14 +976,130 @@ fn output_and_embedding_type_options_equal_llama_quantize() {
     );
 }
 
-/// Qwen2 (q/k/v biases, NEOX rope: no permutation) and Qwen3 (per-head q/k RMS norms): llama.cpp
+/// SmolLM3 past conversion: GPTQ into int4 and Q4_K_M, an importance matrix, `eval` of the
+/// GGUF against the folder, and `export` back to a folder that lists the layers without rope
+/// and computes what the original does. A config whose layers without rope are not llama.cpp's
+/// fixed every-4th is refused for a GGUF (llama.cpp would run another model) but not for
+/// safetensors, which keep config.json.
+#[test]
+fn smollm3_calibrates_evaluates_and_exports() {
+    let d = tempfile::tempdir().unwrap();
+    let m = d.path().join("smol");
+    synthetic_model(&m, "smollm3", 4, 256, 512, 4, 2);
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let q = |args: &[String]| {
+        let r = quantize(args);
+        r.ok();
+        r
+    };
+    let at = |n: &str| d.path().join(n);
+    let calib = ["--calib-samples", "4", "--calib-seq-len", "64", "-q"].map(String::from);
+    for (to, out) in [("int4", "gptq-int4"), ("q4_k_m", "gptq.gguf")] {
+        let mut a = vec![
+            p(&m),
+            "--to".into(),
+            to.into(),
+            "--method".into(),
+            "gptq".into(),
+        ];
+        a.extend(["-o".into(), p(&at(out))]);
+        a.extend(calib.iter().cloned());
+        q(&a);
+    }
+    q(&[
+        "imatrix",
+        &p(&m),
+        "--ctx",
+        "64",
+        "-o",
+        &p(&at("im.gguf")),
+        "-q",
+    ]
+    .map(String::from));
+    let f32g = at("f32.gguf");
+    q(&[
+        p(&m),
+        "--to".into(),
+        "f32".into(),
+        "-o".into(),
+        p(&f32g),
+        "-q".into(),
+    ]);
+    let text = at("text.txt");
+    std::fs::write(&text, "Four score and seven years ago our fathers brought forth on this continent a new nation, conceived in liberty, and dedicated to the proposition that all men are created equal. Now we are engaged in a great civil war, testing whether that nation, or any nation so conceived and so dedicated, can long endure.".repeat(4)).unwrap();
+    let eval = |model: &Path| -> serde_json::Value {
+        let r = q(&[
+            "eval",
+            &p(model),
+            "--against",
+            &p(&m),
+            "--text",
+            &p(&text),
+            "--ctx",
+            "64",
+            "--json",
+        ]
+        .map(String::from));
+        serde_json::from_str(&r.stdout).unwrap()
+    };
+    // the F32 GGUF is the same model: no divergence; GPTQ's Q4_K_M some
+    let e = eval(&f32g);
+    assert!(e["kld_mean"].as_f64().unwrap() < 1e-6, "{e}");
+    let e = eval(&at("gptq.gguf"));
+    assert!(e["kld_mean"].as_f64().unwrap() > 0.0, "{e}");
+    // export: no_rope_layers written, the same function as the original
+    let ex = at("exported");
+    q(&["export", &p(&f32g), "-o", &p(&ex), "-q"].map(String::from));
+    let c = read_json(&ex.join("config.json"));
+    assert_eq!(c["model_type"], "smollm3");
+    assert_eq!(c["no_rope_layers"], serde_json::json!([1, 1, 1, 0]));
+    let src = qs_formats::source::ModelSource::open(&ex).unwrap();
+    let ids: Vec<u32> = IDS.iter().map(|s| s.parse().unwrap()).collect();
+    let exported = qs_model::Model::new(&src).unwrap().logits(&ids).unwrap();
+    let src0 = qs_formats::source::ModelSource::open(&m).unwrap();
+    let original = qs_model::Model::new(&src0).unwrap().logits(&ids).unwrap();
+    let mut worst = 0f32;
+    for t in 0..ids.len() {
+        for v in 0..512 {
+            worst = worst.max((exported[(t, v)] - original[(t, v)]).abs());
+        }
+    }
+    assert!(worst < 1e-3, "exported logits differ by {worst}");
+    // layers without rope where llama.cpp has none: refused for GGUF only
+    let mut cfg = read_json(&m.join("config.json"));
+    cfg["no_rope_layers"] = serde_json::json!([1, 0, 1, 1]);
+    std::fs::write(m.join("config.json"), cfg.to_string()).unwrap();
+    let bad = at("bad.gguf");
+    let r = quantize(&[p(&m), "--to".into(), "q8_0".into(), "-o".into(), p(&bad)]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("config.json")
+            && r.stderr.contains("layers without rope [1]")
+            && r.stderr.contains("[3]"),
+        "{}",
+        r.stderr
+    );
+    assert!(!bad.exists());
+    q(&[
+        p(&m),
+        "--to".into(),
+        "int8".into(),
+        "-o".into(),
+        p(&at("int8")),
+        "-q".into(),
+    ]);
+}
+
+/// Qwen2 (q/k/v biases, NEOX rope: no permutation), Qwen3 (per-head q/k RMS norms) and SmolLM3
+/// (4 layers, the 4th without rope; transformers' default theta and tied embeddings): llama.cpp
 /// loads our conversion and its logits match the numpy reference of the HF weights.
 #[test]
-fn qwen2_and_qwen3_conversions_run_in_llama_cpp() {
+fn qwen2_qwen3_and_smollm3_conversions_run_in_llama_cpp() {
     let d = tempfile::tempdir().unwrap();
-    for mt in ["qwen2", "qwen3"] {
+    for mt in ["qwen2", "qwen3", "smollm3"] {
         let m = d.path().join(mt);
-        synthetic_model(&m, mt, 2, 256, 512, 4, 2);
+        let layers = if mt == "smollm3" { 4 } else { 2 };
+        synthetic_model(&m, mt, layers, 256, 512, 4, 2);
         let g = d.path().join(format!("{mt}.gguf"));
         quantize(&[
             m.as_os_str(),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent reference: the Hugging Face llama/qwen2/qwen3 forward pass in numpy (float64),
+"""Independent reference: the Hugging Face llama/qwen2/qwen3/smollm3 forward pass in numpy (float64),
 straight from a model folder's config.json and safetensors — HF conventions (rotate-half RoPE on
 the unpermuted weights). Writes the logits of every position.
 
@@ -52,6 +52,21 @@ def inv_freq(cfg, d, theta):
     return inv
 
 
+# transformers' config defaults where they differ from llama's
+DEFAULT_THETA = {"smollm3": 2000000.0}
+
+
+def uses_rope(cfg, layers):
+    """Per layer, 1 when it applies rope: SmolLM3Config's no_rope_layers, or by default no rope
+    in every no_rope_layer_interval-th layer (4); every other family ropes every layer."""
+    if cfg.get("no_rope_layers") is not None:
+        return [int(v) for v in cfg["no_rope_layers"][:layers]]
+    if cfg.get("model_type") == "smollm3":
+        every = cfg.get("no_rope_layer_interval") or 4
+        return [int((l + 1) % every != 0) for l in range(layers)]
+    return [1] * layers
+
+
 def rope(x, pos, inv):
     # x: (T, H, D), HF rotate_half convention
     d = x.shape[-1]
@@ -71,7 +86,10 @@ def main():
         W.update(load(f))
     H, KV = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     hd = cfg.get("head_dim") or cfg["hidden_size"] // H
-    eps, theta = cfg["rms_norm_eps"], cfg.get("rope_theta", 10000.0)
+    eps = cfg.get("rms_norm_eps", 1e-6)
+    theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta") \
+        or DEFAULT_THETA.get(cfg.get("model_type"), 10000.0)
+    roped = uses_rope(cfg, cfg["num_hidden_layers"])
     T = len(ids)
     pos = np.arange(T, dtype=np.float64)
     x = W["model.embed_tokens.weight"][ids]
@@ -90,7 +108,8 @@ def main():
             q = rms(q, W[p + "self_attn.q_norm.weight"], eps)
             k = rms(k, W[p + "self_attn.k_norm.weight"], eps)
         inv = inv_freq(cfg, hd, theta)
-        q, k = rope(q, pos, inv), rope(k, pos, inv)
+        if roped[l]:
+            q, k = rope(q, pos, inv), rope(k, pos, inv)
         rep = H // KV
         k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
         att = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd) + mask

@@ -1,5 +1,6 @@
 //! The calibration forward pass: llama-style decoder layers (llama/Mistral, Qwen2 with q/k/v
-//! biases, Qwen3 with per-head q/k norms) in f32 on CPU, with faer's multi-threaded matrix
+//! biases, Qwen3 with per-head q/k norms, SmolLM3 with layers without rope; [`FAMILIES`]) in
+//! f32 on CPU, with faer's multi-threaded matrix
 //! products. Layers run one at a time so only one layer's weights are in memory, and each layer
 //! can hand back the inputs its linear layers saw (what GPTQ and AWQ calibrate on).
 //!
@@ -43,6 +44,84 @@ pub struct Config {
     pub rope_factors: Vec<f32>,
     /// Position multiplier (linear rope scaling: 1/factor).
     pub pos_scale: f64,
+    /// Per layer, whether it applies rope (SmolLM3's NoPE layers do not).
+    pub rope_layers: Vec<bool>,
+}
+
+/// A Hugging Face model type the forward pass runs, with what its transformers (5.x) config
+/// class fills in when config.json leaves it out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Family {
+    pub model_type: &'static str,
+    pub rope_theta: f64,
+    /// Without `no_rope_layers`, every this-many-th layer (the 4th, 8th, …) has no rope.
+    pub nope_interval: Option<usize>,
+}
+
+/// The model types the forward pass runs, one line each.
+pub const FAMILIES: &[Family] = &[
+    Family {
+        model_type: "llama",
+        rope_theta: 10000.0,
+        nope_interval: None,
+    },
+    Family {
+        model_type: "mistral",
+        rope_theta: 10000.0,
+        nope_interval: None,
+    },
+    Family {
+        model_type: "qwen2",
+        rope_theta: 10000.0,
+        nope_interval: None,
+    },
+    Family {
+        model_type: "qwen3",
+        rope_theta: 10000.0,
+        nope_interval: None,
+    },
+    Family {
+        model_type: "smollm3",
+        rope_theta: 2_000_000.0,
+        nope_interval: Some(4),
+    },
+];
+
+/// Per layer, whether it applies rope: `no_rope_layers` (1 = rope, as transformers reads it),
+/// else every `no_rope_layer_interval`-th layer (the family's default) without, else all.
+pub fn rope_layers(c: &Json, family: &Family, layers: usize) -> Result<Vec<bool>> {
+    if let Some(v) = c.get("no_rope_layers").filter(|v| !v.is_null()) {
+        let list = v.as_array().filter(|a| a.len() >= layers).ok_or_else(|| {
+            ModelError::Config(format!(
+                "no_rope_layers must list at least num_hidden_layers = {layers} values of 0 or 1"
+            ))
+        })?;
+        return list[..layers]
+            .iter()
+            .map(|x| match x.as_u64() {
+                Some(0) => Ok(false),
+                Some(1) => Ok(true),
+                _ => Err(ModelError::Config(format!(
+                    "no_rope_layers: {x} is not 0 or 1"
+                ))),
+            })
+            .collect();
+    }
+    let Some(default) = family.nope_interval else {
+        return Ok(vec![true; layers]);
+    };
+    let every = match c.get("no_rope_layer_interval").filter(|v| !v.is_null()) {
+        None => default,
+        Some(v) => v
+            .as_u64()
+            .filter(|&n| n >= 1 && n <= 1 << 20)
+            .ok_or_else(|| {
+                ModelError::Config(format!(
+                    "no_rope_layer_interval = {v}: expected a whole number from 1"
+                ))
+            })? as usize,
+    };
+    Ok((0..layers).map(|l| (l + 1) % every != 0).collect())
 }
 
 /// The rope scaling parameters of a config.json (`rope_parameters` or `rope_scaling`), if any.
@@ -91,11 +170,17 @@ pub fn llama3_rope_factors(r: &Json, theta: f64, head_dim: usize) -> Vec<f32> {
 impl Config {
     pub fn from_hf(c: &Json) -> Result<Config> {
         let mt = c.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
-        if !matches!(mt, "llama" | "mistral" | "qwen2" | "qwen3") {
-            return Err(ModelError::Config(format!(
-                "unsupported architecture '{mt}' (llama, mistral, qwen2, qwen3)"
-            )));
-        }
+        let family = FAMILIES
+            .iter()
+            .find(|f| f.model_type == mt)
+            .ok_or_else(|| {
+                let names: Vec<&str> = FAMILIES.iter().map(|f| f.model_type).collect();
+                ModelError::Config(format!(
+                    "unsupported architecture '{}' ({})",
+                    qs_formats::error::shown(mt),
+                    names.join(", ")
+                ))
+            })?;
         let hp = HParams::from_config(c).map_err(ModelError::Config)?;
         let (hidden, heads) = (hp.n_embd as usize, hp.n_head as usize);
         let head_dim = hp.head_dim as usize;
@@ -104,7 +189,7 @@ impl Config {
             .get("rope_theta")
             .or_else(|| rope.and_then(|r| r.get("rope_theta")))
             .and_then(|v| v.as_f64())
-            .unwrap_or(10000.0);
+            .unwrap_or(family.rope_theta);
         let mut rope_factors = vec![1.0; head_dim / 2];
         let mut pos_scale = 1.0;
         if let Some(r) = rope {
@@ -139,6 +224,7 @@ impl Config {
                 as usize,
             rope_factors,
             pos_scale,
+            rope_layers: rope_layers(c, family, hp.n_layer as usize)?,
         })
     }
 }
@@ -236,6 +322,8 @@ impl Weights for ModelSource {
 /// One decoder layer's weights, f32, `[out, in]`.
 #[derive(Clone)]
 pub struct Layer {
+    /// Whether its attention applies rope (SmolLM3's NoPE layers do not).
+    pub rope: bool,
     pub input_norm: Vec<f32>,
     pub q: Mat<f32>,
     pub k: Mat<f32>,
@@ -440,6 +528,7 @@ impl<'a> Model<'a> {
         let p = format!("model.layers.{l}.");
         let (qd, kd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         Ok(Layer {
+            rope: c.rope_layers.get(l).copied().unwrap_or(true),
             input_norm: self.tensor(&format!("{p}input_layernorm.weight"), &[c.hidden])?,
             q: self.matrix(&Linear::Q.weight_name(l), qd, c.hidden)?,
             k: self.matrix(&Linear::K.weight_name(l), kd, c.hidden)?,
@@ -668,8 +757,10 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
         head_norm(&mut q, c.heads, hd, qn, c.eps);
         head_norm(&mut k, c.kv_heads, hd, kn, c.eps);
     }
-    rope(&mut q, c.heads, seq_len, c);
-    rope(&mut k, c.kv_heads, seq_len, c);
+    if w.rope {
+        rope(&mut q, c.heads, seq_len, c);
+        rope(&mut k, c.kv_heads, seq_len, c);
+    }
     let rep = c.heads / c.kv_heads.max(1);
     let scale = 1.0 / (hd as f32).sqrt();
     // causal attention per (sequence, head): two small matrix products each, in parallel
@@ -921,8 +1012,10 @@ fn decode_step(
         head_norm(&mut q, c.heads, hd, qn, c.eps);
         head_norm(&mut k, c.kv_heads, hd, kn, c.eps);
     }
-    rope_at(&mut q, c.heads, c, |_| pos);
-    rope_at(&mut k, c.kv_heads, c, |_| pos);
+    if w.rope {
+        rope_at(&mut q, c.heads, c, |_| pos);
+        rope_at(&mut k, c.kv_heads, c, |_| pos);
+    }
     for i in 0..b {
         let at = (i * len + pos) * kd;
         for d in 0..kd {

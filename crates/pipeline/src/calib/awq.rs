@@ -452,6 +452,7 @@ mod tests {
             vocab: 16,
             rope_factors: vec![1.0; 32],
             pos_scale: 1.0,
+            rope_layers: vec![true],
         }
     }
 
@@ -464,6 +465,7 @@ mod tests {
         let mut rng = Rng::new(seed);
         let kd = c.kv_heads * c.head_dim;
         Layer {
+            rope: true,
             input_norm: (0..HIDDEN)
                 .map(|_| 1.0 + 0.2 * rng.normal() as f32)
                 .collect(),

@@ -123,6 +123,14 @@ pub(crate) fn config_json(
     c.insert("vocab_size".into(), json!(vocab));
     c.insert("hidden_act".into(), json!("silu"));
     c.insert("tie_word_embeddings".into(), json!(tied));
+    let layers = u(g, &format!("{p}.block_count")).filter(|&l| l <= qs_numeric::limits::MAX_LAYERS);
+    if let (Some(n), Some(layers)) = (a.nope_every, layers) {
+        // the layers llama.cpp runs without rope, as transformers lists them (1: rope)
+        let l: Vec<u8> = (0..layers as usize)
+            .map(|l| u8::from((l + 1) % n != 0))
+            .collect();
+        c.insert("no_rope_layers".into(), json!(l));
+    }
     c.insert(
         "attention_bias".into(),
         json!(g.tensors.iter().any(|t| t.name.ends_with("attn_q.bias"))),
@@ -415,7 +423,11 @@ pub fn export(
     let a = ARCHS.iter().find(|a| a.name == an).ok_or_else(|| {
         err(
             &g,
-            format!("cannot export architecture '{an}' (supported: llama, qwen2, qwen3)"),
+            format!(
+                "cannot export architecture '{}' (supported: {})",
+                qs_formats::error::shown(an),
+                ARCHS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+            ),
         )
     })?;
     if !matches!(cfg.dtype, DType::F32 | DType::F16 | DType::BF16) {

@@ -25,4 +25,5 @@ pub const ARCH: Arch = Arch {
     llama3_rope_freqs: true,
     sentencepiece: true,
     layers_70b: Some(80),
+    nope_every: None,
 };

@@ -15,9 +15,10 @@ use serde_json::Value as Json;
 mod llama;
 mod qwen2;
 mod qwen3;
+mod smollm3;
 
 /// The architectures we convert, one line each; each is described in its own module.
-pub const ARCHS: &[Arch] = &[llama::ARCH, qwen2::ARCH, qwen3::ARCH];
+pub const ARCHS: &[Arch] = &[llama::ARCH, qwen2::ARCH, qwen3::ARCH, smollm3::ARCH];
 
 /// What differs between the architectures we convert.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,6 +42,9 @@ pub struct Arch {
     pub sentencepiece: bool,
     /// Layer count of llama.cpp's LLM_TYPE_70B, which llama-quantize's mixtures single out.
     pub layers_70b: Option<u64>,
+    /// llama.cpp leaves rope out of every this-many-th layer (its fixed `n_no_rope_layer_step`;
+    /// nothing in the file says so), so a model whose layers differ cannot be converted.
+    pub nope_every: Option<usize>,
 }
 
 /// A Hugging Face `model_type` and the defaults its transformers (5.x) config class fills in.
@@ -66,6 +70,32 @@ impl Arch {
     pub fn is_70b(&self, layers: u64) -> bool {
         self.layers_70b == Some(layers)
     }
+}
+
+/// The README's table of supported architectures, from [`ARCHS`] and the model types the
+/// forward pass runs ([`qs_model::FAMILIES`]); a test keeps the README equal to it.
+pub fn support_table() -> String {
+    let mut s = String::from(
+        "| HF class | `model_type` | llama.cpp architecture | GGUF conversion and export | `--method`, `eval`, `imatrix` |\n|---|---|---|---|---|\n",
+    );
+    for a in ARCHS {
+        let types: Vec<&str> = a.model_types.iter().map(|m| m.name).collect();
+        let runs = types
+            .iter()
+            .all(|t| qs_model::FAMILIES.iter().any(|f| f.model_type == *t));
+        s.push_str(&format!(
+            "| {} | {} | `{}` | yes | {} |\n",
+            a.hf_class,
+            types
+                .iter()
+                .map(|t| format!("`{t}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            a.name,
+            if runs { "yes" } else { "no" }
+        ));
+    }
+    s
 }
 
 /// The model type entry of an HF `model_type`, across every architecture.
@@ -157,7 +187,11 @@ pub fn with_defaults(c: &Json) -> Json {
     put("max_position_embeddings", max_pos.into());
     put("rms_norm_eps", 1e-6.into());
     if !theta_in_rope {
-        put("rope_theta", 10000.0.into());
+        let theta = qs_model::FAMILIES
+            .iter()
+            .find(|f| f.model_type == mt)
+            .map_or(10000.0, |f| f.rope_theta);
+        put("rope_theta", theta.into());
     }
     match (head_dim, hidden, heads) {
         (HeadDim::FromHidden, Some(h), Some(n)) if n > 0 && h >= n => {
@@ -220,6 +254,7 @@ pub fn heads(c: &Json) -> Result<(u64, u64)> {
 #[allow(clippy::type_complexity)]
 pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(String, Value)>)> {
     let hp = hparams_of(c)?;
+    check_rope_layers(arch, c, hp.n_layer as usize)?;
     let c = &with_defaults(c);
     let a = arch.name;
     let mut kv: Vec<(String, Value)> = Vec::new();
@@ -322,6 +357,39 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
         ));
     }
     Ok((kv, own))
+}
+
+/// The layers without rope must be where llama.cpp puts them for `arch` (none, or every
+/// [`Arch::nope_every`]-th).
+fn check_rope_layers(arch: &Arch, c: &Json, layers: usize) -> Result<()> {
+    let mt = c.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+    let Some(family) = qs_model::FAMILIES.iter().find(|f| f.model_type == mt) else {
+        return Ok(());
+    };
+    let have = qs_model::rope_layers(c, family, layers).map_err(|e| match e {
+        qs_model::ModelError::Config(m) => cfg_err(m),
+        e => Error::Config(e.to_string()),
+    })?;
+    let want: Vec<bool> = (0..layers)
+        .map(|l| arch.nope_every.is_none_or(|n| (l + 1) % n != 0))
+        .collect();
+    if have != want {
+        let list = |v: &[bool]| {
+            v.iter()
+                .enumerate()
+                .filter(|(_, r)| !**r)
+                .map(|(l, _)| l.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(cfg_err(format!(
+            "layers without rope [{}], but llama.cpp's {} runs [{}] without rope: a GGUF would compute another model",
+            list(&have),
+            arch.name,
+            list(&want)
+        )));
+    }
+    Ok(())
 }
 
 /// A generated tensor: HF-style name, shape, f32 values.
@@ -507,5 +575,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unsupported architecture 'gpt_neox'"));
+    }
+
+    /// README.md's architecture table is the one [`support_table`] makes from the registry.
+    #[test]
+    fn readme_lists_the_registered_architectures() {
+        let readme = include_str!("../../../../../README.md");
+        let (start, end) = (
+            "<!-- architectures: start -->\n",
+            "<!-- architectures: end -->",
+        );
+        let a = readme.find(start).expect("README marks the table") + start.len();
+        let b = readme[a..].find(end).expect("README marks the table's end") + a;
+        assert_eq!(
+            &readme[a..b],
+            support_table(),
+            "README.md's architecture table is stale; the current one:\n{}",
+            support_table()
+        );
     }
 }

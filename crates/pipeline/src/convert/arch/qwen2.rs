@@ -16,4 +16,5 @@ pub const ARCH: Arch = Arch {
     llama3_rope_freqs: false,
     sentencepiece: false,
     layers_70b: None,
+    nope_every: None,
 };

@@ -115,8 +115,8 @@ fn llama3_model(parent: &Path, scaled: bool) -> PathBuf {
 }
 
 /// Float conversions: the same file as llama.cpp's converter, byte for byte, for byte-level BPE
-/// (llama), SentencePiece (llama), Llama 3 rope scaling (generated rope_freqs), qwen2, qwen3 and
-/// smollm3.
+/// (llama), SentencePiece (llama), Llama 3 rope scaling (generated rope_freqs), qwen2, qwen3,
+/// smollm3 and olmo2.
 #[test]
 fn float_conversions_equal_llama_cpp_converter() {
     let d = tempfile::tempdir().unwrap();
@@ -127,7 +127,7 @@ fn float_conversions_equal_llama_cpp_converter() {
         (spm_model(d.path()), "f32", None),
         (llama3_model(d.path(), true), "f16", Some("gpt-2")),
     ];
-    for mt in ["qwen2", "qwen3", "smollm3"] {
+    for mt in ["qwen2", "qwen3", "smollm3", "olmo2"] {
         let m = d.path().join(mt);
         let layers = if mt == "smollm3" { 4 } else { 2 };
         synthetic_model(&m, mt, layers, 256, 512, 4, 2);
@@ -157,10 +157,13 @@ fn one_pass_equals_converter_then_llama_quantize() {
     let d = tempfile::tempdir().unwrap();
     let smol = d.path().join("smollm3");
     synthetic_model(&smol, "smollm3", 4, 256, 512, 4, 2);
+    let olmo = d.path().join("olmo2");
+    synthetic_model(&olmo, "olmo2", 2, 256, 512, 4, 2);
     for (k, (m, pre)) in [
         (fixture(), Some("gpt-2")),
         (spm_model(d.path()), None),
         (smol, Some("gpt-2")),
+        (olmo, Some("gpt-2")),
     ]
     .into_iter()
     .enumerate()

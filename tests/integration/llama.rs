@@ -285,8 +285,8 @@ fn synthetic_llama(
     synthetic_model(dir, "llama", layers, hidden, inter, heads, kv)
 }
 
-/// As [`synthetic_llama`] for `model_type` llama, qwen2 (q/k/v biases), qwen3 (q/k norms) or
-/// smollm3 (every 4th layer without rope; its config leaves out rope_theta, head_dim and
+/// As [`synthetic_llama`] for `model_type` llama, qwen2 (q/k/v biases), qwen3 (q/k norms),
+/// olmo2 (output norms instead of input norms, q/k norms over all heads) or smollm3 (every 4th layer without rope; its config leaves out rope_theta, head_dim and
 /// tie_word_embeddings, so transformers' defaults apply: theta 2e6, tied embeddings, no
 /// lm_head).
 pub(crate) fn synthetic_model(
@@ -311,11 +311,21 @@ pub(crate) fn synthetic_model(
     for l in 0..layers {
         let p = format!("model.layers.{l}.");
         let s = 100 * l as u64;
-        ts.push((
-            format!("{p}input_layernorm.weight"),
-            vec![hidden],
-            vec![1.0; hidden],
-        ));
+        // OLMo 2 norms the blocks' outputs (with gains far from 1, so a misplaced norm shows)
+        let olmo2 = model_type == "olmo2";
+        let gains = |seed: u64| -> Vec<f32> {
+            weight_matrix(1, hidden, 0.3, s + seed)
+                .iter()
+                .map(|v| 1.0 + v)
+                .collect()
+        };
+        if !olmo2 {
+            ts.push((
+                format!("{p}input_layernorm.weight"),
+                vec![hidden],
+                vec![1.0; hidden],
+            ));
+        }
         ts.push((
             format!("{p}self_attn.q_proj.weight"),
             vec![heads * hd, hidden],
@@ -349,6 +359,15 @@ pub(crate) fn synthetic_model(
                 ));
             }
         }
+        if olmo2 {
+            for (n, dim, seed) in [("q", heads * hd, 15), ("k", kv * hd, 16)] {
+                let w = weight_matrix(1, dim, 0.1, s + seed)
+                    .iter()
+                    .map(|v| 1.0 + v)
+                    .collect();
+                ts.push((format!("{p}self_attn.{n}_norm.weight"), vec![dim], w));
+            }
+        }
         if model_type == "qwen3" {
             for n in ["q", "k"] {
                 let w = weight_matrix(1, hd, 0.1, s + 14)
@@ -361,8 +380,15 @@ pub(crate) fn synthetic_model(
         ts.push((
             format!("{p}post_attention_layernorm.weight"),
             vec![hidden],
-            vec![1.0; hidden],
+            if olmo2 { gains(17) } else { vec![1.0; hidden] },
         ));
+        if olmo2 {
+            ts.push((
+                format!("{p}post_feedforward_layernorm.weight"),
+                vec![hidden],
+                gains(18),
+            ));
+        }
         ts.push((
             format!("{p}mlp.gate_proj.weight"),
             vec![inter, hidden],
@@ -398,6 +424,7 @@ pub(crate) fn synthetic_model(
         "qwen2" => "Qwen2ForCausalLM",
         "qwen3" => "Qwen3ForCausalLM",
         "smollm3" => "SmolLM3ForCausalLM",
+        "olmo2" => "Olmo2ForCausalLM",
         _ => "LlamaForCausalLM",
     }]);
     cfg["num_hidden_layers"] = layers.into();
@@ -406,6 +433,10 @@ pub(crate) fn synthetic_model(
     cfg["num_attention_heads"] = heads.into();
     cfg["num_key_value_heads"] = kv.into();
     cfg["head_dim"] = hd.into();
+    if model_type == "olmo2" {
+        // transformers' Olmo2Config has no head_dim (nor does the converter write one)
+        cfg.as_object_mut().unwrap().remove("head_dim");
+    }
     if model_type == "smollm3" {
         let o = cfg.as_object_mut().unwrap();
         for k in [
@@ -976,23 +1007,31 @@ fn output_and_embedding_type_options_equal_llama_quantize() {
     );
 }
 
-/// SmolLM3 past conversion: GPTQ into int4 and Q4_K_M, an importance matrix, `eval` of the
-/// GGUF against the folder, and `export` back to a folder that lists the layers without rope
-/// and computes what the original does. A config whose layers without rope are not llama.cpp's
-/// fixed every-4th is refused for a GGUF (llama.cpp would run another model) but not for
-/// safetensors, which keep config.json.
+/// SmolLM3 and OLMo 2 past conversion: GPTQ into int4 and Q4_K_M, an importance matrix,
+/// `eval` of the GGUF against the folder, and `export` back to a folder that computes what the
+/// original does (SmolLM3's lists the layers without rope). A SmolLM3 config whose layers
+/// without rope are not llama.cpp's fixed every-4th is refused for a GGUF (llama.cpp would run
+/// another model) but not for safetensors, which keep config.json; AWQ, which folds its scales
+/// into the norms before attention and MLP, is refused for OLMo 2, which has none there.
 #[test]
-fn smollm3_calibrates_evaluates_and_exports() {
+fn smollm3_and_olmo2_calibrate_evaluate_and_export() {
     let d = tempfile::tempdir().unwrap();
-    let m = d.path().join("smol");
-    synthetic_model(&m, "smollm3", 4, 256, 512, 4, 2);
+    for mt in ["smollm3", "olmo2"] {
+        family_workflow(&d.path().join(mt), mt);
+    }
+}
+
+fn family_workflow(dir: &Path, mt: &str) {
+    let m = dir.join("model");
+    let layers = if mt == "smollm3" { 4 } else { 2 };
+    synthetic_model(&m, mt, layers, 256, 512, 4, 2);
     let p = |x: &Path| x.to_str().unwrap().to_string();
     let q = |args: &[String]| {
         let r = quantize(args);
         r.ok();
         r
     };
-    let at = |n: &str| d.path().join(n);
+    let at = |n: &str| dir.join(n);
     let calib = ["--calib-samples", "4", "--calib-seq-len", "64", "-q"].map(String::from);
     for (to, out) in [("int4", "gptq-int4"), ("q4_k_m", "gptq.gguf")] {
         let mut a = vec![
@@ -1044,15 +1083,14 @@ fn smollm3_calibrates_evaluates_and_exports() {
     };
     // the F32 GGUF is the same model: no divergence; GPTQ's Q4_K_M some
     let e = eval(&f32g);
-    assert!(e["kld_mean"].as_f64().unwrap() < 1e-6, "{e}");
+    assert!(e["kld_mean"].as_f64().unwrap() < 1e-6, "{mt}: {e}");
     let e = eval(&at("gptq.gguf"));
-    assert!(e["kld_mean"].as_f64().unwrap() > 0.0, "{e}");
-    // export: no_rope_layers written, the same function as the original
+    assert!(e["kld_mean"].as_f64().unwrap() > 0.0, "{mt}: {e}");
+    // export: the same function as the original
     let ex = at("exported");
     q(&["export", &p(&f32g), "-o", &p(&ex), "-q"].map(String::from));
     let c = read_json(&ex.join("config.json"));
-    assert_eq!(c["model_type"], "smollm3");
-    assert_eq!(c["no_rope_layers"], serde_json::json!([1, 1, 1, 0]));
+    assert_eq!(c["model_type"], mt);
     let src = qs_formats::source::ModelSource::open(&ex).unwrap();
     let ids: Vec<u32> = IDS.iter().map(|s| s.parse().unwrap()).collect();
     let exported = qs_model::Model::new(&src).unwrap().logits(&ids).unwrap();
@@ -1064,7 +1102,27 @@ fn smollm3_calibrates_evaluates_and_exports() {
             worst = worst.max((exported[(t, v)] - original[(t, v)]).abs());
         }
     }
-    assert!(worst < 1e-3, "exported logits differ by {worst}");
+    assert!(worst < 1e-3, "{mt}: exported logits differ by {worst}");
+    if mt == "olmo2" {
+        let r = quantize(&[
+            p(&m),
+            "--to".into(),
+            "int4".into(),
+            "--method".into(),
+            "awq".into(),
+            "-o".into(),
+            p(&at("awq")),
+        ]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(
+            r.stderr.contains("input_layernorm") && r.stderr.contains("--method gptq"),
+            "{}",
+            r.stderr
+        );
+        assert!(!at("awq").exists());
+        return;
+    }
+    assert_eq!(c["no_rope_layers"], serde_json::json!([1, 1, 1, 0]));
     // layers without rope where llama.cpp has none: refused for GGUF only
     let mut cfg = read_json(&m.join("config.json"));
     cfg["no_rope_layers"] = serde_json::json!([1, 0, 1, 1]);
@@ -1091,12 +1149,13 @@ fn smollm3_calibrates_evaluates_and_exports() {
 }
 
 /// Qwen2 (q/k/v biases, NEOX rope: no permutation), Qwen3 (per-head q/k RMS norms) and SmolLM3
-/// (4 layers, the 4th without rope; transformers' default theta and tied embeddings): llama.cpp
+/// (4 layers, the 4th without rope; transformers' default theta and tied embeddings) and OLMo 2
+/// (norms after attention and MLP, none before; q/k norms over all heads): llama.cpp
 /// loads our conversion and its logits match the numpy reference of the HF weights.
 #[test]
-fn qwen2_qwen3_and_smollm3_conversions_run_in_llama_cpp() {
+fn qwen2_qwen3_smollm3_and_olmo2_conversions_run_in_llama_cpp() {
     let d = tempfile::tempdir().unwrap();
-    for mt in ["qwen2", "qwen3", "smollm3"] {
+    for mt in ["qwen2", "qwen3", "smollm3", "olmo2"] {
         let m = d.path().join(mt);
         let layers = if mt == "smollm3" { 4 } else { 2 };
         synthetic_model(&m, mt, layers, 256, 512, 4, 2);

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent reference: the Hugging Face llama/qwen2/qwen3/smollm3 forward pass in numpy (float64),
+"""Independent reference: the Hugging Face llama/qwen2/qwen3/smollm3/olmo2 forward pass in numpy (float64),
 straight from a model folder's config.json and safetensors — HF conventions (rotate-half RoPE on
 the unpermuted weights). Writes the logits of every position.
 
@@ -54,6 +54,7 @@ def inv_freq(cfg, d, theta):
 
 # transformers' config defaults where they differ from llama's
 DEFAULT_THETA = {"smollm3": 2000000.0}
+DEFAULT_EPS = {"olmo2": 1e-5}
 
 
 def uses_rope(cfg, layers):
@@ -86,7 +87,12 @@ def main():
         W.update(load(f))
     H, KV = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     hd = cfg.get("head_dim") or cfg["hidden_size"] // H
-    eps = cfg.get("rms_norm_eps", 1e-6)
+    mt = cfg.get("model_type")
+    eps = cfg.get("rms_norm_eps") or DEFAULT_EPS.get(mt, 1e-6)
+    # OLMo 2 (Olmo2DecoderLayer): no norm before attention or MLP; their outputs are normed
+    # (post_attention_layernorm, post_feedforward_layernorm), and q/k are normed over all heads
+    # before the split into heads
+    olmo2 = mt == "olmo2"
     theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta") \
         or DEFAULT_THETA.get(cfg.get("model_type"), 10000.0)
     roped = uses_rope(cfg, cfg["num_hidden_layers"])
@@ -96,15 +102,18 @@ def main():
     mask = np.triu(np.full((T, T), -np.inf), 1)
     for l in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{l}."
-        h = rms(x, W[p + "input_layernorm.weight"], eps)
+        h = x if olmo2 else rms(x, W[p + "input_layernorm.weight"], eps)
         def lin(name, v):
             y = v @ W[p + name + ".weight"].T
             b = W.get(p + name + ".bias")
             return y if b is None else y + b
-        q = lin("self_attn.q_proj", h).reshape(T, H, hd)
-        k = lin("self_attn.k_proj", h).reshape(T, KV, hd)
+        q, k = lin("self_attn.q_proj", h), lin("self_attn.k_proj", h)
+        if olmo2:
+            q = rms(q, W[p + "self_attn.q_norm.weight"], eps)
+            k = rms(k, W[p + "self_attn.k_norm.weight"], eps)
+        q, k = q.reshape(T, H, hd), k.reshape(T, KV, hd)
         v = lin("self_attn.v_proj", h).reshape(T, KV, hd)
-        if p + "self_attn.q_norm.weight" in W:
+        if not olmo2 and p + "self_attn.q_norm.weight" in W:
             q = rms(q, W[p + "self_attn.q_norm.weight"], eps)
             k = rms(k, W[p + "self_attn.k_norm.weight"], eps)
         inv = inv_freq(cfg, hd, theta)
@@ -116,10 +125,16 @@ def main():
         att = np.exp(att - att.max(-1, keepdims=True))
         att /= att.sum(-1, keepdims=True)
         o = np.einsum("hts,shd->thd", att, v).reshape(T, H * hd)
-        x = x + lin("self_attn.o_proj", o)
-        h = rms(x, W[p + "post_attention_layernorm.weight"], eps)
+        o = lin("self_attn.o_proj", o)
+        if olmo2:
+            x = x + rms(o, W[p + "post_attention_layernorm.weight"], eps)
+            h = x
+        else:
+            x = x + o
+            h = rms(x, W[p + "post_attention_layernorm.weight"], eps)
         g, u = lin("mlp.gate_proj", h), lin("mlp.up_proj", h)
-        x = x + lin("mlp.down_proj", g / (1 + np.exp(-g)) * u)
+        m = lin("mlp.down_proj", g / (1 + np.exp(-g)) * u)
+        x = x + (rms(m, W[p + "post_feedforward_layernorm.weight"], eps) if olmo2 else m)
     x = rms(x, W["model.norm.weight"], eps)
     head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
     (x @ head.T).astype("<f4").tofile(sys.argv[2])

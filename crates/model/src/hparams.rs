@@ -175,7 +175,15 @@ impl HParams {
                     (Some(Linear::O), _) => (Some(e), Some(q)),
                     (Some(Linear::Gate | Linear::Up), _) => (ff, Some(e)),
                     (Some(Linear::Down), _) => (Some(e), ff),
-                    (None, "input_layernorm" | "post_attention_layernorm") => (Some(e), None),
+                    (
+                        None,
+                        "input_layernorm"
+                        | "post_attention_layernorm"
+                        | "post_feedforward_layernorm",
+                    ) => (Some(e), None),
+                    // per head (Qwen3), or over all heads (OLMo 2)
+                    (None, "self_attn.q_norm") if shape == [q] => (Some(q), None),
+                    (None, "self_attn.k_norm") if shape == [kv] => (Some(kv), None),
                     (None, "self_attn.q_norm" | "self_attn.k_norm") => (Some(hd), None),
                     _ => continue,
                 };

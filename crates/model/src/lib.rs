@@ -1,5 +1,6 @@
 //! The calibration forward pass: llama-style decoder layers (llama/Mistral, Qwen2 with q/k/v
-//! biases, Qwen3 with per-head q/k norms, SmolLM3 with layers without rope; [`FAMILIES`]) in
+//! biases, Qwen3 with per-head q/k norms, SmolLM3 with layers without rope, OLMo 2 with norms
+//! after attention and MLP instead of before; [`FAMILIES`]) in
 //! f32 on CPU, with faer's multi-threaded matrix
 //! products. Layers run one at a time so only one layer's weights are in memory, and each layer
 //! can hand back the inputs its linear layers saw (what GPTQ and AWQ calibrate on).
@@ -46,6 +47,8 @@ pub struct Config {
     pub pos_scale: f64,
     /// Per layer, whether it applies rope (SmolLM3's NoPE layers do not).
     pub rope_layers: Vec<bool>,
+    /// OLMo 2: attention and MLP outputs are normed, their inputs not.
+    pub post_norms: bool,
 }
 
 /// A Hugging Face model type the forward pass runs, with what its transformers (5.x) config
@@ -54,6 +57,10 @@ pub struct Config {
 pub struct Family {
     pub model_type: &'static str,
     pub rope_theta: f64,
+    pub rms_norm_eps: f64,
+    /// Norms after attention and MLP (`post_attention_layernorm`, `post_feedforward_layernorm`)
+    /// and none before them (OLMo 2).
+    pub post_norms: bool,
     /// Without `no_rope_layers`, every this-many-th layer (the 4th, 8th, …) has no rope.
     pub nope_interval: Option<usize>,
 }
@@ -63,27 +70,44 @@ pub const FAMILIES: &[Family] = &[
     Family {
         model_type: "llama",
         rope_theta: 10000.0,
+        rms_norm_eps: 1e-6,
+        post_norms: false,
         nope_interval: None,
     },
     Family {
         model_type: "mistral",
         rope_theta: 10000.0,
+        rms_norm_eps: 1e-6,
+        post_norms: false,
         nope_interval: None,
     },
     Family {
         model_type: "qwen2",
         rope_theta: 10000.0,
+        rms_norm_eps: 1e-6,
+        post_norms: false,
         nope_interval: None,
     },
     Family {
         model_type: "qwen3",
         rope_theta: 10000.0,
+        rms_norm_eps: 1e-6,
+        post_norms: false,
         nope_interval: None,
     },
     Family {
         model_type: "smollm3",
         rope_theta: 2_000_000.0,
+        rms_norm_eps: 1e-6,
+        post_norms: false,
         nope_interval: Some(4),
+    },
+    Family {
+        model_type: "olmo2",
+        rope_theta: 10000.0,
+        rms_norm_eps: 1e-5,
+        post_norms: true,
+        nope_interval: None,
     },
 ];
 
@@ -216,7 +240,7 @@ impl Config {
             eps: c
                 .get("rms_norm_eps")
                 .and_then(|v| v.as_f64())
-                .unwrap_or(1e-6) as f32,
+                .unwrap_or(family.rms_norm_eps) as f32,
             theta,
             vocab: hp
                 .vocab
@@ -225,6 +249,7 @@ impl Config {
             rope_factors,
             pos_scale,
             rope_layers: rope_layers(c, family, hp.n_layer as usize)?,
+            post_norms: family.post_norms,
         })
     }
 }
@@ -324,7 +349,11 @@ impl Weights for ModelSource {
 pub struct Layer {
     /// Whether its attention applies rope (SmolLM3's NoPE layers do not).
     pub rope: bool,
-    pub input_norm: Vec<f32>,
+    /// RMSNorm before attention (none in OLMo 2).
+    pub input_norm: Option<Vec<f32>>,
+    /// OLMo 2: RMSNorm of the attention output and of the MLP output, before each is added.
+    pub attn_out_norm: Option<Vec<f32>>,
+    pub mlp_out_norm: Option<Vec<f32>>,
     pub q: Mat<f32>,
     pub k: Mat<f32>,
     pub v: Mat<f32>,
@@ -334,7 +363,8 @@ pub struct Layer {
     pub v_bias: Option<Vec<f32>>,
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
-    pub post_norm: Vec<f32>,
+    /// RMSNorm before the MLP (`post_attention_layernorm`; none in OLMo 2).
+    pub post_norm: Option<Vec<f32>>,
     pub gate: Mat<f32>,
     pub up: Mat<f32>,
     pub down: Mat<f32>,
@@ -527,9 +557,25 @@ impl<'a> Model<'a> {
         let c = &self.cfg;
         let p = format!("model.layers.{l}.");
         let (qd, kd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let norm = |present: bool, name: &str| -> Result<Option<Vec<f32>>> {
+            present
+                .then(|| self.tensor(&format!("{p}{name}.weight"), &[c.hidden]))
+                .transpose()
+        };
+        // q/k norms per head (Qwen3), or over all heads (OLMo 2: `all` values)
+        let qk_norm = |name: &str, all: usize| -> Result<Option<Vec<f32>>> {
+            let n = format!("{p}self_attn.{name}.weight");
+            match self.w.shape(&n) {
+                None => Ok(None),
+                Some(s) if s == [all] && c.post_norms => self.tensor(&n, &[all]).map(Some),
+                Some(_) => self.tensor(&n, &[c.head_dim]).map(Some),
+            }
+        };
         Ok(Layer {
             rope: c.rope_layers.get(l).copied().unwrap_or(true),
-            input_norm: self.tensor(&format!("{p}input_layernorm.weight"), &[c.hidden])?,
+            input_norm: norm(!c.post_norms, "input_layernorm")?,
+            attn_out_norm: norm(c.post_norms, "post_attention_layernorm")?,
+            mlp_out_norm: norm(c.post_norms, "post_feedforward_layernorm")?,
             q: self.matrix(&Linear::Q.weight_name(l), qd, c.hidden)?,
             k: self.matrix(&Linear::K.weight_name(l), kd, c.hidden)?,
             v: self.matrix(&Linear::V.weight_name(l), kd, c.hidden)?,
@@ -537,9 +583,9 @@ impl<'a> Model<'a> {
             q_bias: self.optional(&format!("{p}self_attn.q_proj.bias"), qd)?,
             k_bias: self.optional(&format!("{p}self_attn.k_proj.bias"), kd)?,
             v_bias: self.optional(&format!("{p}self_attn.v_proj.bias"), kd)?,
-            q_norm: self.optional(&format!("{p}self_attn.q_norm.weight"), c.head_dim)?,
-            k_norm: self.optional(&format!("{p}self_attn.k_norm.weight"), c.head_dim)?,
-            post_norm: self.tensor(&format!("{p}post_attention_layernorm.weight"), &[c.hidden])?,
+            q_norm: qk_norm("q_norm", qd)?,
+            k_norm: qk_norm("k_norm", kd)?,
+            post_norm: norm(!c.post_norms, "post_attention_layernorm")?,
             gate: {
                 let name = Linear::Gate.weight_name(l);
                 let inter = self.dims(&name)?.first().copied().unwrap_or(0);
@@ -729,6 +775,15 @@ fn rope_at(x: &mut Mat<f32>, heads: usize, c: &Config, pos: impl Fn(usize) -> us
         });
 }
 
+/// q/k RMSNorm: per head when `w` has one head's values (Qwen3), else over all heads (OLMo 2).
+fn qk_norm(x: &mut Mat<f32>, heads: usize, head_dim: usize, w: &[f32], eps: f32) {
+    if w.len() == head_dim {
+        head_norm(x, heads, head_dim, w, eps)
+    } else {
+        head_norm(x, 1, heads * head_dim, w, eps)
+    }
+}
+
 /// Per-head RMSNorm (Qwen3's q/k norms).
 fn head_norm(x: &mut Mat<f32>, heads: usize, head_dim: usize, w: &[f32], eps: f32) {
     for t in 0..x.nrows() {
@@ -754,8 +809,8 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
     let mut k = linear(h, &w.k, w.k_bias.as_deref());
     let v = linear(h, &w.v, w.v_bias.as_deref());
     if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-        head_norm(&mut q, c.heads, hd, qn, c.eps);
-        head_norm(&mut k, c.kv_heads, hd, kn, c.eps);
+        qk_norm(&mut q, c.heads, hd, qn, c.eps);
+        qk_norm(&mut k, c.kv_heads, hd, kn, c.eps);
     }
     if w.rope {
         rope(&mut q, c.heads, seq_len, c);
@@ -855,14 +910,18 @@ pub fn layer_forward(
     seq_len: usize,
     capture: bool,
 ) -> (Mat<f32>, Option<Captured>) {
-    let h = rms_norm(x, &w.input_norm, c.eps);
+    let h = pre_norm(x, w.input_norm.as_deref(), c.eps);
     let attn = attention_heads(c, w, h.as_ref(), seq_len);
     let o = linear(attn.as_ref(), &w.o, None);
-    let mut x1 = o;
+    let mut x1 = post_norm(o, w.attn_out_norm.as_deref(), c.eps);
     add_into(&mut x1, x);
-    let h2 = rms_norm(x1.as_ref(), &w.post_norm, c.eps);
+    let h2 = pre_norm(x1.as_ref(), w.post_norm.as_deref(), c.eps);
     let act = mlp_inner(w, h2.as_ref());
-    let d = linear(act.as_ref(), &w.down, None);
+    let d = post_norm(
+        linear(act.as_ref(), &w.down, None),
+        w.mlp_out_norm.as_deref(),
+        c.eps,
+    );
     add_into(&mut x1, d.as_ref());
     let cap = capture.then(|| Captured {
         qkv_in: h,
@@ -1004,13 +1063,13 @@ fn decode_step(
     let b = x.nrows();
     let hd = c.head_dim;
     let kd = c.kv_heads * hd;
-    let h = rms_norm(x.as_ref(), &w.input_norm, c.eps);
+    let h = pre_norm(x.as_ref(), w.input_norm.as_deref(), c.eps);
     let mut q = linear(h.as_ref(), &w.q, w.q_bias.as_deref());
     let mut k = linear(h.as_ref(), &w.k, w.k_bias.as_deref());
     let v = linear(h.as_ref(), &w.v, w.v_bias.as_deref());
     if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-        head_norm(&mut q, c.heads, hd, qn, c.eps);
-        head_norm(&mut k, c.kv_heads, hd, kn, c.eps);
+        qk_norm(&mut q, c.heads, hd, qn, c.eps);
+        qk_norm(&mut k, c.kv_heads, hd, kn, c.eps);
     }
     if w.rope {
         rope_at(&mut q, c.heads, c, |_| pos);
@@ -1069,10 +1128,26 @@ fn decode_step(
         .collect();
     let attn = Mat::<f32>::from_fn(b, c.heads * hd, |i, e| rows[i * c.heads + e / hd][e % hd]);
     let o = linear(attn.as_ref(), &w.o, None);
-    let mut x1 = o;
+    let mut x1 = post_norm(o, w.attn_out_norm.as_deref(), c.eps);
     add_into(&mut x1, x.as_ref());
-    let h2 = rms_norm(x1.as_ref(), &w.post_norm, c.eps);
-    let m = mlp_out(w, h2.as_ref());
+    let h2 = pre_norm(x1.as_ref(), w.post_norm.as_deref(), c.eps);
+    let m = post_norm(mlp_out(w, h2.as_ref()), w.mlp_out_norm.as_deref(), c.eps);
     add_into(&mut x1, m.as_ref());
     x1
+}
+
+/// A block's input: RMSNorm-ed by `w` when the layer has that norm, else as it is.
+fn pre_norm(x: MatRef<'_, f32>, w: Option<&[f32]>, eps: f32) -> Mat<f32> {
+    match w {
+        Some(w) => rms_norm(x, w, eps),
+        None => x.to_owned(),
+    }
+}
+
+/// A block's output: RMSNorm-ed by `w` when the layer has that norm (OLMo 2).
+fn post_norm(y: Mat<f32>, w: Option<&[f32]>, eps: f32) -> Mat<f32> {
+    match w {
+        Some(w) => rms_norm(y.as_ref(), w, eps),
+        None => y,
+    }
 }

@@ -405,8 +405,8 @@ pub fn search_layer(
     }
     let [in_norm, post_norm, v_bias] = folded_tensors(l);
     for (name, vec) in [
-        (in_norm, Some(&mut layer.input_norm)),
-        (post_norm, Some(&mut layer.post_norm)),
+        (in_norm, layer.input_norm.as_mut()),
+        (post_norm, layer.post_norm.as_mut()),
         (v_bias, layer.v_bias.as_mut()),
     ] {
         if let (Some(t), Some(v)) = (tf.get(&name), vec) {
@@ -453,6 +453,7 @@ mod tests {
             rope_factors: vec![1.0; 32],
             pos_scale: 1.0,
             rope_layers: vec![true],
+            post_norms: false,
         }
     }
 
@@ -466,9 +467,13 @@ mod tests {
         let kd = c.kv_heads * c.head_dim;
         Layer {
             rope: true,
-            input_norm: (0..HIDDEN)
-                .map(|_| 1.0 + 0.2 * rng.normal() as f32)
-                .collect(),
+            input_norm: Some(
+                (0..HIDDEN)
+                    .map(|_| 1.0 + 0.2 * rng.normal() as f32)
+                    .collect(),
+            ),
+            attn_out_norm: None,
+            mlp_out_norm: None,
             q: matrix(&mut rng, HIDDEN, HIDDEN),
             k: matrix(&mut rng, kd, HIDDEN),
             v: matrix(&mut rng, kd, HIDDEN),
@@ -478,9 +483,11 @@ mod tests {
             v_bias: Some((0..kd).map(|_| 0.1 * rng.normal() as f32).collect()),
             q_norm: None,
             k_norm: None,
-            post_norm: (0..HIDDEN)
-                .map(|_| 1.0 + 0.2 * rng.normal() as f32)
-                .collect(),
+            post_norm: Some(
+                (0..HIDDEN)
+                    .map(|_| 1.0 + 0.2 * rng.normal() as f32)
+                    .collect(),
+            ),
             gate: matrix(&mut rng, INTER, HIDDEN),
             up: matrix(&mut rng, INTER, HIDDEN),
             down: matrix(&mut rng, HIDDEN, INTER),
@@ -655,9 +662,9 @@ mod tests {
                 }
                 None => {
                     let v = if name.ends_with("input_layernorm.weight") {
-                        &mut scaled.input_norm
+                        scaled.input_norm.as_mut().unwrap()
                     } else if name.ends_with("post_attention_layernorm.weight") {
-                        &mut scaled.post_norm
+                        scaled.post_norm.as_mut().unwrap()
                     } else {
                         scaled.v_bias.as_mut().unwrap()
                     };
@@ -685,7 +692,7 @@ mod tests {
         cfg.awq_scaling = awq::Scaling::Plain;
         let mut l = layer(&c, 6);
         // the attention group reads the normed input: flat with a unit norm weight
-        l.input_norm = vec![1.0; HIDDEN];
+        l.input_norm = Some(vec![1.0; HIDDEN]);
         let tf = run(&c, &cfg, &tg, &x, &mut l);
         let q = Linear::Q.weight_name(0);
         assert!(
@@ -695,7 +702,7 @@ mod tests {
         // with loud channels the same search does scale
         let loud = inputs(2 * SEQ, 7, true);
         let mut l = layer(&c, 6);
-        l.input_norm = vec![1.0; HIDDEN];
+        l.input_norm = Some(vec![1.0; HIDDEN]);
         let tf = run(&c, &cfg, &tg, &loud, &mut l);
         assert!(tf.iter().any(|(n, t)| n == &q && t.col_mul.is_some()));
     }

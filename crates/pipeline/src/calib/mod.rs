@@ -323,6 +323,21 @@ pub fn targets(
     crate::arch::checked_model(src)?;
     let layers = crate::arch::hparams_of(src.config.as_ref().unwrap_or(&serde_json::Value::Null))?
         .n_layer as usize;
+    // a method that folds its scales into the norms before attention and the MLP (AWQ) needs
+    // them: OLMo 2 norms the blocks' outputs instead
+    if let Some(norm) = method
+        .folded_tensors(0)
+        .into_iter()
+        .find(|n| n.ends_with("layernorm.weight") && !src.tensors.iter().any(|t| &t.info.name == n))
+    {
+        return Err(Error::Input {
+            path: src.input.clone(),
+            msg: format!(
+                "--method {} folds its scales into the norm before each block ({norm}), which this model does not have; use --method gptq",
+                method.name()
+            ),
+        });
+    }
     let mut out = BTreeMap::new();
     for t in &plan.tensors {
         let Action::Encode(scheme) = &t.action else {

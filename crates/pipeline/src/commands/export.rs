@@ -375,7 +375,7 @@ pub(crate) fn inverse_names(
         "lm_head.weight".to_string(),
     ];
     for l in 0..n_layer {
-        for (part, _) in arch::layer_names() {
+        for (part, _) in arch::layer_names(a) {
             for sfx in ["weight", "bias"] {
                 hf.push(format!("model.layers.{l}.{part}.{sfx}"));
             }

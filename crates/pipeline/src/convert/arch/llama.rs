@@ -2,7 +2,7 @@
 //! interleaved rope, SentencePiece or byte-level BPE vocabularies, Llama 3 rope frequencies as
 //! a generated tensor).
 
-use super::{Arch, HeadDim, ModelType};
+use super::{Arch, HeadDim, ModelType, LLAMA_NORMS};
 
 pub const ARCH: Arch = Arch {
     name: "llama",
@@ -26,4 +26,5 @@ pub const ARCH: Arch = Arch {
     sentencepiece: true,
     layers_70b: Some(80),
     nope_every: None,
+    layer_norms: LLAMA_NORMS,
 };

@@ -13,12 +13,19 @@ use qs_numeric::limits::MAX_CONTEXT;
 use serde_json::Value as Json;
 
 mod llama;
+mod olmo2;
 mod qwen2;
 mod qwen3;
 mod smollm3;
 
 /// The architectures we convert, one line each; each is described in its own module.
-pub const ARCHS: &[Arch] = &[llama::ARCH, qwen2::ARCH, qwen3::ARCH, smollm3::ARCH];
+pub const ARCHS: &[Arch] = &[
+    llama::ARCH,
+    qwen2::ARCH,
+    qwen3::ARCH,
+    smollm3::ARCH,
+    olmo2::ARCH,
+];
 
 /// What differs between the architectures we convert.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,6 +52,9 @@ pub struct Arch {
     /// llama.cpp leaves rope out of every this-many-th layer (its fixed `n_no_rope_layer_step`;
     /// nothing in the file says so), so a model whose layers differ cannot be converted.
     pub nope_every: Option<usize>,
+    /// A decoder layer's norms: HF name under `model.layers.N.` → llama.cpp name under `blk.N.`
+    /// ([`LLAMA_NORMS`] for the llama-style layers).
+    pub layer_norms: &'static [(&'static str, &'static str)],
 }
 
 /// A Hugging Face `model_type` and the defaults its transformers (5.x) config class fills in.
@@ -185,12 +195,13 @@ pub fn with_defaults(c: &Json) -> Json {
         }
     };
     put("max_position_embeddings", max_pos.into());
-    put("rms_norm_eps", 1e-6.into());
+    let family = qs_model::FAMILIES.iter().find(|f| f.model_type == mt);
+    put(
+        "rms_norm_eps",
+        family.map_or(1e-6, |f| f.rms_norm_eps).into(),
+    );
     if !theta_in_rope {
-        let theta = qs_model::FAMILIES
-            .iter()
-            .find(|f| f.model_type == mt)
-            .map_or(10000.0, |f| f.rope_theta);
+        let theta = family.map_or(10000.0, |f| f.rope_theta);
         put("rope_theta", theta.into());
     }
     match (head_dim, hidden, heads) {
@@ -425,9 +436,9 @@ pub enum Mapped {
     Skip,
 }
 
-/// A decoder layer's non-linear modules: HF name under `model.layers.N.` → llama.cpp name
-/// under `blk.N.`.
-const NORM_NAMES: &[(&str, &str)] = &[
+/// The norms of a llama-style decoder layer (norm before attention and before the MLP,
+/// optional per-head q/k norms): HF name under `model.layers.N.` → llama.cpp name under `blk.N.`.
+pub const LLAMA_NORMS: &[(&str, &str)] = &[
     ("input_layernorm", "attn_norm"),
     ("self_attn.q_norm", "attn_q_norm"),
     ("self_attn.k_norm", "attn_k_norm"),
@@ -447,10 +458,10 @@ pub fn gguf_linear(l: Linear) -> &'static str {
     }
 }
 
-/// Every module of a decoder layer, HF name → llama.cpp name: the norms, then the linears of
-/// `qs_model::Linear` (the one list of them). `export` walks it backwards.
-pub(crate) fn layer_names() -> impl Iterator<Item = (&'static str, &'static str)> {
-    NORM_NAMES.iter().copied().chain(
+/// Every module of a decoder layer, HF name → llama.cpp name: the architecture's norms, then
+/// the linears of `qs_model::Linear` (the one list of them). `export` walks it backwards.
+pub(crate) fn layer_names(arch: &Arch) -> impl Iterator<Item = (&'static str, &'static str)> {
+    arch.layer_norms.iter().copied().chain(
         Linear::ALL
             .into_iter()
             .map(|l| (l.hf_name(), gguf_linear(l))),
@@ -488,7 +499,7 @@ pub fn map_tensor(arch: &Arch, c: &Json, hf: &str) -> Result<Mapped> {
     let rest = stem.strip_prefix("model.layers.").ok_or_else(unknown)?;
     let (bid, part) = rest.split_once('.').ok_or_else(unknown)?;
     let bid: usize = bid.parse().map_err(|_| unknown())?;
-    let (_, gg) = layer_names()
+    let (_, gg) = layer_names(arch)
         .find(|(h, _)| *h == part)
         .ok_or_else(unknown)?;
     let permute_heads = if arch.permute_qk && matches!(gg, "attn_q" | "attn_k") {

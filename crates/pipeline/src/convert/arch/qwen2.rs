@@ -1,6 +1,6 @@
 //! llama.cpp's "qwen2" architecture: Qwen2 / Qwen2.5 (q/k/v biases, byte-level BPE).
 
-use super::{Arch, HeadDim, ModelType};
+use super::{Arch, HeadDim, ModelType, LLAMA_NORMS};
 
 pub const ARCH: Arch = Arch {
     name: "qwen2",
@@ -17,4 +17,5 @@ pub const ARCH: Arch = Arch {
     sentencepiece: false,
     layers_70b: None,
     nope_every: None,
+    layer_norms: LLAMA_NORMS,
 };

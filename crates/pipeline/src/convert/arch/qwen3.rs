@@ -1,6 +1,6 @@
 //! llama.cpp's "qwen3" architecture: Qwen3 (q/k norms, head_dim 128 by default).
 
-use super::{Arch, HeadDim, ModelType};
+use super::{Arch, HeadDim, ModelType, LLAMA_NORMS};
 
 pub const ARCH: Arch = Arch {
     name: "qwen3",
@@ -17,4 +17,5 @@ pub const ARCH: Arch = Arch {
     sentencepiece: false,
     layers_70b: None,
     nope_every: None,
+    layer_norms: LLAMA_NORMS,
 };

@@ -2,7 +2,7 @@
 //! out, which llama.cpp assumes rather than reads; rope theta 2,000,000 and tied embeddings by
 //! default). The converter treats it as llama: q/k rows permuted, the same keys and tensors.
 
-use super::{Arch, HeadDim, ModelType};
+use super::{Arch, HeadDim, ModelType, LLAMA_NORMS};
 
 pub const ARCH: Arch = Arch {
     name: "smollm3",
@@ -19,4 +19,5 @@ pub const ARCH: Arch = Arch {
     sentencepiece: true,
     layers_70b: None,
     nope_every: Some(4),
+    layer_norms: LLAMA_NORMS,
 };

@@ -138,7 +138,7 @@ pub fn rope_layers(c: &Json, family: &Family, layers: usize) -> Result<Vec<bool>
         None => default,
         Some(v) => v
             .as_u64()
-            .filter(|&n| n >= 1 && n <= 1 << 20)
+            .filter(|n| (1..=1 << 20).contains(n))
             .ok_or_else(|| {
                 ModelError::Config(format!(
                     "no_rope_layer_interval = {v}: expected a whole number from 1"

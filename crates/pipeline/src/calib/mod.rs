@@ -1,6 +1,7 @@
 //! Calibrated quantization (`--method NAME`): run the model layer by layer on calibration
 //! text and let a method choose each linear's codes from the inputs it sees. Layer L+1's
-//! inputs come from layer L run with its already-quantized weights. Only one layer's weights,
+//! inputs come from layer L run with its already-quantized weights (`--calib-inputs float`:
+//! with its float weights, which lets several jobs share the pass). Only one layer's weights,
 //! the activations between layers (tokens × hidden) and one batch of ~4096 tokens'
 //! intermediate values are in memory.
 //!
@@ -492,8 +493,10 @@ fn self_generated(
 /// Calibration shared by the runs of one process (a batch manifest). The same model, text (or
 /// self-generation), sequence count, length and seed give the same tokens, so they are cut or
 /// written once. An importance matrix (`--imatrix-from`: statistics of the float model) is
-/// computed once per model and text. The Hessians and AWQ statistics of `--method` are not
-/// shared: each layer's inputs come from the layers before it as that run quantized them.
+/// computed once per model and text. Layer statistics (GPTQ's Hessians) are shared only by a
+/// batch's `--calib-inputs float` jobs, through one pass over the layers
+/// ([`calibrate_together`]), not through this cache: by default each layer's inputs come from
+/// the layers before it as that run quantized them.
 #[derive(Default)]
 pub struct CalibCache(
     std::sync::Mutex<HashMap<CalibKey, Arc<MadeSet>>>,
@@ -590,7 +593,7 @@ pub type Calibration = (HashMap<String, Calibrated>, CalibSummary);
 /// The calibration set a method reads: a method that only rewrites layers (AWQ) searches on
 /// about `awq_tokens` tokens and reads nothing more, so no more sequences are drawn or written.
 fn calib_config(method: &dyn Method, cfg: &QuantizeConfig) -> CalibConfig {
-    let search_seqs = cfg.awq_tokens.div_ceil(cfg.calib_seq_len.max(1)).max(1);
+    let search_seqs = search_seqs(cfg);
     CalibConfig {
         samples: if method.chooses_codes() {
             cfg.calib_samples
@@ -600,6 +603,11 @@ fn calib_config(method: &dyn Method, cfg: &QuantizeConfig) -> CalibConfig {
         seq_len: cfg.calib_seq_len,
         seed: cfg.seed,
     }
+}
+
+/// Whole calibration sequences a layer rewrite (AWQ) searches on: about `--awq-tokens` tokens.
+fn search_seqs(cfg: &QuantizeConfig) -> usize {
+    cfg.awq_tokens.div_ceil(cfg.calib_seq_len.max(1)).max(1)
 }
 
 impl CalibKey {
@@ -787,8 +795,7 @@ pub fn calibrate_together(
             let mut layer = (!w.is_empty() || !float_inputs).then(|| float_layer.clone());
             let t = match layer.as_mut() {
                 Some(layer) if !w.is_empty() => {
-                    let search_seqs = m.cfg.awq_tokens.div_ceil(seq_len.max(1)).max(1);
-                    let search_rows = (search_seqs * seq_len).clamp(1, x.nrows().max(1));
+                    let search_rows = (search_seqs(m.cfg) * seq_len).clamp(1, x.nrows().max(1));
                     m.method.transform_layer(&mut LayerCtx {
                         model: &model.cfg,
                         index: l,

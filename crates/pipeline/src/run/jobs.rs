@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const CHUNK_ELEMS: usize = 1 << 20;
 
 /// Builds a thread pool of `threads` workers (all cores when `None`).
-pub fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+pub(crate) fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
     let mut b = rayon::ThreadPoolBuilder::new();
     if let Some(n) = threads {
         b = b.num_threads(n.max(1));

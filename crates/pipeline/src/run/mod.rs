@@ -137,13 +137,6 @@ impl Prepared {
         }
         Ok(())
     }
-
-    /// The calibration pass this run can share with others ([`crate::calib::PassKey`]).
-    pub fn pass_key(&self, cfg: &QuantizeConfig) -> Option<crate::calib::PassKey> {
-        self.targets
-            .as_ref()
-            .and_then(|(m, _)| crate::calib::PassKey::of(*m, cfg))
-    }
 }
 
 /// Opens the source and plans the run (importance matrix, size target, calibrated linears);

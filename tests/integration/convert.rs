@@ -5,7 +5,8 @@
 //! GPTQ into GGUF grids, and the compressed-tensors, GPTQ and AWQ layouts against their readers.
 
 use crate::llama::{
-    argmaxes, cosine, llama_logits, llama_quantize, reference_logits, synthetic_model, IDS,
+    argmaxes, cosine, family_layers, llama_logits, llama_quantize, reference_logits,
+    synthetic_model, IDS,
 };
 use crate::util::{convert_python, fixture, llama_bin, llama_src, python, quantize};
 use qs_formats::gguf::{GgufFile, Value};
@@ -127,13 +128,22 @@ fn float_conversions_equal_llama_cpp_converter() {
         (spm_model(d.path()), "f32", None),
         (llama3_model(d.path(), true), "f16", Some("gpt-2")),
     ];
-    for mt in ["qwen2", "qwen3", "smollm3", "olmo2"] {
+    for mt in [
+        "qwen2",
+        "qwen3",
+        "smollm3",
+        "olmo2",
+        "gemma2",
+        "gemma3_text",
+    ] {
         let m = d.path().join(mt);
-        let layers = if mt == "smollm3" { 4 } else { 2 };
-        synthetic_model(&m, mt, layers, 256, 512, 4, 2);
+        synthetic_model(&m, mt, family_layers(mt), 256, 512, 4, 2);
         cases.push((m, "bf16", Some("gpt-2")));
     }
     cases.push((d.path().join("smollm3"), "f16", Some("gpt-2")));
+    // Gemma's norms are stored as 1 + w: in f16 arithmetic for an f16 output, else in f32
+    cases.push((d.path().join("gemma3_text"), "f16", Some("gpt-2")));
+    cases.push((d.path().join("gemma2"), "f32", None));
     for (i, (m, t, pre)) in cases.iter().enumerate() {
         let what = format!("{} → {t}", m.file_name().unwrap().to_string_lossy());
         let (a, b) = (
@@ -152,24 +162,23 @@ fn float_conversions_equal_llama_cpp_converter() {
 
 /// HF folder → K-quant mixture in one pass equals llama.cpp's two steps (converter to F16, then
 /// llama-quantize), byte for byte.
+/// The converter's default output type ("auto") keeps a bf16 model bf16: that file is what
+/// llama-quantize reads (an f16 one would round the smallest weights to f16 subnormals).
 #[test]
 fn one_pass_equals_converter_then_llama_quantize() {
     let d = tempfile::tempdir().unwrap();
-    let smol = d.path().join("smollm3");
-    synthetic_model(&smol, "smollm3", 4, 256, 512, 4, 2);
-    let olmo = d.path().join("olmo2");
-    synthetic_model(&olmo, "olmo2", 2, 256, 512, 4, 2);
-    for (k, (m, pre)) in [
-        (fixture(), Some("gpt-2")),
-        (spm_model(d.path()), None),
-        (smol, Some("gpt-2")),
-        (olmo, Some("gpt-2")),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let f16 = d.path().join(format!("theirs-{k}-f16.gguf"));
-        convert(&m, &f16, "f16", pre);
+    let mut cases = vec![
+        (fixture(), Some("gpt-2"), "f16"),
+        (spm_model(d.path()), None, "f16"),
+    ];
+    for mt in ["smollm3", "olmo2", "gemma2", "gemma3_text"] {
+        let m = d.path().join(mt);
+        synthetic_model(&m, mt, family_layers(mt), 256, 512, 4, 2);
+        cases.push((m, (mt != "gemma2").then_some("gpt-2"), "bf16"));
+    }
+    for (k, (m, pre, outtype)) in cases.into_iter().enumerate() {
+        let f16 = d.path().join(format!("theirs-{k}-{outtype}.gguf"));
+        convert(&m, &f16, outtype, pre);
         for ft in ["Q4_K_M", "Q3_K_S", "Q5_K_M", "Q6_K", "Q4_0", "IQ4_XS"] {
             let what = format!("{} → {ft}", m.file_name().unwrap().to_string_lossy());
             let theirs = d.path().join(format!("theirs-{k}-{ft}.gguf"));

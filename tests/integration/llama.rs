@@ -285,10 +285,23 @@ fn synthetic_llama(
     synthetic_model(dir, "llama", layers, hidden, inter, heads, kv)
 }
 
+/// Layers of a synthetic model of `model_type` with every kind of layer its family has:
+/// SmolLM3's 4th has no rope; Gemma 2's 2nd and Gemma 3's 6th attend to the whole context.
+pub(crate) fn family_layers(model_type: &str) -> usize {
+    match model_type {
+        "smollm3" => 4,
+        "gemma2" => 3,
+        "gemma3_text" => 7,
+        _ => 2,
+    }
+}
+
 /// As [`synthetic_llama`] for `model_type` llama, qwen2 (q/k/v biases), qwen3 (q/k norms),
-/// olmo2 (output norms instead of input norms, q/k norms over all heads) or smollm3 (every 4th layer without rope; its config leaves out rope_theta, head_dim and
-/// tie_word_embeddings, so transformers' defaults apply: theta 2e6, tied embeddings, no
-/// lm_head).
+/// olmo2 (output norms instead of input norms, q/k norms over all heads), smollm3 (every 4th
+/// layer without rope; its config leaves out rope_theta, head_dim and tie_word_embeddings, so
+/// transformers' defaults apply: theta 2e6, tied embeddings, no lm_head), gemma2 or
+/// gemma3_text (`1 + w` norms before and after both blocks, a 16-token sliding window, tied
+/// embeddings; Gemma 3's q/k norms; Gemma 2 gets a SentencePiece tokenizer.model too).
 pub(crate) fn synthetic_model(
     dir: &Path,
     model_type: &str,
@@ -313,13 +326,22 @@ pub(crate) fn synthetic_model(
         let s = 100 * l as u64;
         // OLMo 2 norms the blocks' outputs (with gains far from 1, so a misplaced norm shows)
         let olmo2 = model_type == "olmo2";
+        // Gemma stores gains as w (applied as 1 + w), norms before and after both blocks
+        let gemma = model_type.starts_with("gemma");
         let gains = |seed: u64| -> Vec<f32> {
+            let offset = if gemma { 0.0 } else { 1.0 };
             weight_matrix(1, hidden, 0.3, s + seed)
                 .iter()
-                .map(|v| 1.0 + v)
+                .map(|v| offset + v)
                 .collect()
         };
-        if !olmo2 {
+        if gemma {
+            ts.push((
+                format!("{p}input_layernorm.weight"),
+                vec![hidden],
+                gains(19),
+            ));
+        } else if !olmo2 {
             ts.push((
                 format!("{p}input_layernorm.weight"),
                 vec![hidden],
@@ -368,11 +390,11 @@ pub(crate) fn synthetic_model(
                 ts.push((format!("{p}self_attn.{n}_norm.weight"), vec![dim], w));
             }
         }
-        if model_type == "qwen3" {
+        if model_type == "qwen3" || model_type == "gemma3_text" {
             for n in ["q", "k"] {
                 let w = weight_matrix(1, hd, 0.1, s + 14)
                     .iter()
-                    .map(|v| 1.0 + v)
+                    .map(|v| if gemma { *v } else { 1.0 + v })
                     .collect();
                 ts.push((format!("{p}self_attn.{n}_norm.weight"), vec![hd], w));
             }
@@ -380,9 +402,20 @@ pub(crate) fn synthetic_model(
         ts.push((
             format!("{p}post_attention_layernorm.weight"),
             vec![hidden],
-            if olmo2 { gains(17) } else { vec![1.0; hidden] },
+            if olmo2 || gemma {
+                gains(17)
+            } else {
+                vec![1.0; hidden]
+            },
         ));
-        if olmo2 {
+        if gemma {
+            ts.push((
+                format!("{p}pre_feedforward_layernorm.weight"),
+                vec![hidden],
+                gains(20),
+            ));
+        }
+        if olmo2 || gemma {
             ts.push((
                 format!("{p}post_feedforward_layernorm.weight"),
                 vec![hidden],
@@ -405,8 +438,13 @@ pub(crate) fn synthetic_model(
             weight_matrix(hidden, inter, 0.02, s + 8),
         ));
     }
-    ts.push(("model.norm.weight".into(), vec![hidden], vec![1.0; hidden]));
-    if model_type != "smollm3" {
+    let final_norm = if model_type.starts_with("gemma") {
+        weight_matrix(1, hidden, 0.3, 21)
+    } else {
+        vec![1.0; hidden]
+    };
+    ts.push(("model.norm.weight".into(), vec![hidden], final_norm));
+    if model_type != "smollm3" && !model_type.starts_with("gemma") {
         ts.push((
             "lm_head.weight".into(),
             vec![vocab, hidden],
@@ -425,6 +463,8 @@ pub(crate) fn synthetic_model(
         "qwen3" => "Qwen3ForCausalLM",
         "smollm3" => "SmolLM3ForCausalLM",
         "olmo2" => "Olmo2ForCausalLM",
+        "gemma2" => "Gemma2ForCausalLM",
+        "gemma3_text" => "Gemma3ForCausalLM",
         _ => "LlamaForCausalLM",
     }]);
     cfg["num_hidden_layers"] = layers.into();
@@ -448,9 +488,32 @@ pub(crate) fn synthetic_model(
             o.remove(k);
         }
     }
+    if model_type.starts_with("gemma") {
+        // transformers' defaults for what is left out; a short sliding window, so that
+        // calibration and the logit tests reach past it; Gemma 2 keeps its soft-capping
+        let o = cfg.as_object_mut().unwrap();
+        for k in [
+            "rope_theta",
+            "rope_scaling",
+            "rms_norm_eps",
+            "max_position_embeddings",
+            "hidden_act",
+            "tie_word_embeddings",
+        ] {
+            o.remove(k);
+        }
+        o.insert("sliding_window".into(), 16.into());
+        o.insert("query_pre_attn_scalar".into(), hd.into());
+        o.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
+    }
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
+    }
+    if model_type == "gemma2" {
+        // Gemma 2's converter reads only a SentencePiece vocabulary
+        let spm = fixture().parent().unwrap().join("tiny-llama-spm");
+        std::fs::copy(spm.join("tokenizer.model"), dir.join("tokenizer.model")).unwrap();
     }
 }
 
@@ -1023,7 +1086,7 @@ fn smollm3_and_olmo2_calibrate_evaluate_and_export() {
 
 fn family_workflow(dir: &Path, mt: &str) {
     let m = dir.join("model");
-    let layers = if mt == "smollm3" { 4 } else { 2 };
+    let layers = family_layers(mt);
     synthetic_model(&m, mt, layers, 256, 512, 4, 2);
     let p = |x: &Path| x.to_str().unwrap().to_string();
     let q = |args: &[String]| {
@@ -1157,7 +1220,7 @@ fn qwen2_qwen3_smollm3_and_olmo2_conversions_run_in_llama_cpp() {
     let d = tempfile::tempdir().unwrap();
     for mt in ["qwen2", "qwen3", "smollm3", "olmo2"] {
         let m = d.path().join(mt);
-        let layers = if mt == "smollm3" { 4 } else { 2 };
+        let layers = family_layers(mt);
         synthetic_model(&m, mt, layers, 256, 512, 4, 2);
         let g = d.path().join(format!("{mt}.gguf"));
         quantize(&[

@@ -179,6 +179,7 @@ impl HParams {
                         None,
                         "input_layernorm"
                         | "post_attention_layernorm"
+                        | "pre_feedforward_layernorm"
                         | "post_feedforward_layernorm",
                     ) => (Some(e), None),
                     // per head (Qwen3), or over all heads (OLMo 2)

@@ -39,16 +39,70 @@ pub struct Config {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub eps: f32,
-    pub theta: f64,
+    /// Rope of the layers that attend to the whole context.
+    pub rope: Rope,
+    /// Rope of the sliding-window layers, when it differs (Gemma 3).
+    pub rope_local: Option<Rope>,
     pub vocab: usize,
-    /// Per rotary pair, the divisor of its frequency (Llama 3 scaling; else all 1).
-    pub rope_factors: Vec<f32>,
-    /// Position multiplier (linear rope scaling: 1/factor).
-    pub pos_scale: f64,
     /// Per layer, whether it applies rope (SmolLM3's NoPE layers do not).
     pub rope_layers: Vec<bool>,
-    /// OLMo 2: attention and MLP outputs are normed, their inputs not.
-    pub post_norms: bool,
+    /// Per layer, the sliding window it attends within (a query sees keys fewer than this
+    /// many positions back), or `None` for the whole context.
+    pub windows: Vec<Option<usize>>,
+    /// Which norms a layer has (the family's).
+    pub norms: Norms,
+    /// Added to every RMSNorm gain as read (Gemma's `1 + w`).
+    pub norm_offset: f32,
+    /// Token embeddings are multiplied by √hidden (Gemma).
+    pub embed_scale: Option<f32>,
+    pub act: Act,
+    /// Attention scores are q·k times this (1/√head_dim, or Gemma's `query_pre_attn_scalar`^-½).
+    pub attn_scale: f32,
+    /// Gemma 2: scores become `cap·tanh(s/cap)` before the softmax.
+    pub attn_softcap: Option<f32>,
+    /// Gemma 2: logits become `cap·tanh(l/cap)`.
+    pub final_softcap: Option<f32>,
+}
+
+/// Rotary position embedding parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    pub theta: f64,
+    /// Per rotary pair, the divisor of its frequency (Llama 3 scaling; else all 1).
+    pub factors: Vec<f32>,
+    /// Position multiplier (linear rope scaling: 1/factor).
+    pub pos_scale: f64,
+}
+
+/// The norms of a decoder layer, by their Hugging Face module names (`None`: the layer has no
+/// such norm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Norms {
+    /// Before attention.
+    pub attn_in: Option<&'static str>,
+    /// On the attention output, before the residual add.
+    pub attn_out: Option<&'static str>,
+    /// Before the MLP.
+    pub mlp_in: Option<&'static str>,
+    /// On the MLP output, before the residual add.
+    pub mlp_out: Option<&'static str>,
+}
+
+/// Llama's: a norm before attention and one before the MLP.
+pub const PRE_NORMS: Norms = Norms {
+    attn_in: Some("input_layernorm"),
+    attn_out: None,
+    mlp_in: Some("post_attention_layernorm"),
+    mlp_out: None,
+};
+
+/// The MLP's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// silu(gate)·up.
+    Silu,
+    /// gelu(gate)·up with the tanh approximation (`gelu_pytorch_tanh`).
+    GeluTanh,
 }
 
 /// A Hugging Face model type the forward pass runs, with what its transformers (5.x) config
@@ -58,58 +112,148 @@ pub struct Family {
     pub model_type: &'static str,
     pub rope_theta: f64,
     pub rms_norm_eps: f64,
-    /// Norms after attention and MLP (`post_attention_layernorm`, `post_feedforward_layernorm`)
-    /// and none before them (OLMo 2).
-    pub post_norms: bool,
+    pub norms: Norms,
     /// Without `no_rope_layers`, every this-many-th layer (the 4th, 8th, …) has no rope.
     pub nope_interval: Option<usize>,
+    /// Gemma: norms multiply by `1 + w`, embeddings are scaled by √hidden, the MLP is GELU
+    /// (tanh), attention is scaled by `query_pre_attn_scalar`^-½, logits may be soft-capped.
+    pub gemma: bool,
+    /// Without `layer_types`, every this-many-th layer attends to the whole context and the
+    /// others to `sliding_window` tokens.
+    pub sliding_interval: Option<usize>,
+    /// Sliding-window layers' own rope theta by default (their rope parameters are kept apart,
+    /// by layer type, as transformers' Gemma 3 config keeps them).
+    pub sliding_rope_theta: Option<f64>,
 }
 
-/// The model types the forward pass runs, one line each.
+const fn llama_like(model_type: &'static str, rope_theta: f64) -> Family {
+    Family {
+        model_type,
+        rope_theta,
+        rms_norm_eps: 1e-6,
+        norms: PRE_NORMS,
+        nope_interval: None,
+        gemma: false,
+        sliding_interval: None,
+        sliding_rope_theta: None,
+    }
+}
+
+/// Gemma's norms: before and after both attention and MLP.
+const GEMMA_NORMS: Norms = Norms {
+    attn_in: Some("input_layernorm"),
+    attn_out: Some("post_attention_layernorm"),
+    mlp_in: Some("pre_feedforward_layernorm"),
+    mlp_out: Some("post_feedforward_layernorm"),
+};
+
+/// The model types the forward pass runs, one entry each.
 pub const FAMILIES: &[Family] = &[
+    llama_like("llama", 10000.0),
+    llama_like("mistral", 10000.0),
+    llama_like("qwen2", 10000.0),
+    llama_like("qwen3", 10000.0),
     Family {
-        model_type: "llama",
-        rope_theta: 10000.0,
-        rms_norm_eps: 1e-6,
-        post_norms: false,
-        nope_interval: None,
-    },
-    Family {
-        model_type: "mistral",
-        rope_theta: 10000.0,
-        rms_norm_eps: 1e-6,
-        post_norms: false,
-        nope_interval: None,
-    },
-    Family {
-        model_type: "qwen2",
-        rope_theta: 10000.0,
-        rms_norm_eps: 1e-6,
-        post_norms: false,
-        nope_interval: None,
-    },
-    Family {
-        model_type: "qwen3",
-        rope_theta: 10000.0,
-        rms_norm_eps: 1e-6,
-        post_norms: false,
-        nope_interval: None,
-    },
-    Family {
-        model_type: "smollm3",
-        rope_theta: 2_000_000.0,
-        rms_norm_eps: 1e-6,
-        post_norms: false,
         nope_interval: Some(4),
+        ..llama_like("smollm3", 2_000_000.0)
     },
     Family {
-        model_type: "olmo2",
-        rope_theta: 10000.0,
         rms_norm_eps: 1e-5,
-        post_norms: true,
-        nope_interval: None,
+        norms: Norms {
+            attn_in: None,
+            attn_out: Some("post_attention_layernorm"),
+            mlp_in: None,
+            mlp_out: Some("post_feedforward_layernorm"),
+        },
+        ..llama_like("olmo2", 10000.0)
+    },
+    Family {
+        norms: GEMMA_NORMS,
+        gemma: true,
+        sliding_interval: Some(2),
+        ..llama_like("gemma2", 10000.0)
+    },
+    Family {
+        norms: GEMMA_NORMS,
+        gemma: true,
+        sliding_interval: Some(6),
+        sliding_rope_theta: Some(10000.0),
+        ..llama_like("gemma3_text", 1_000_000.0)
     },
 ];
+
+/// Per layer, whether it attends within a sliding window: `layer_types`
+/// ("sliding_attention"/"full_attention"), else the family's pattern, else none does.
+pub fn sliding_layers(c: &Json, family: &Family, layers: usize) -> Result<Vec<bool>> {
+    if let Some(v) = c.get("layer_types").filter(|v| !v.is_null()) {
+        let list = v.as_array().filter(|a| a.len() >= layers).ok_or_else(|| {
+            ModelError::Config(format!(
+                "layer_types must list at least num_hidden_layers = {layers} layer types"
+            ))
+        })?;
+        return list[..layers]
+            .iter()
+            .map(|x| match x.as_str() {
+                Some("sliding_attention") => Ok(true),
+                Some("full_attention") => Ok(false),
+                _ => Err(ModelError::Config(format!(
+                    "layer_types: {x} is not \"sliding_attention\" or \"full_attention\""
+                ))),
+            })
+            .collect();
+    }
+    let Some(default) = family.sliding_interval else {
+        return Ok(vec![false; layers]);
+    };
+    let every = match c.get("sliding_window_pattern").filter(|v| !v.is_null()) {
+        None => default,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=1 << 20).contains(n))
+            .ok_or_else(|| {
+                ModelError::Config(format!(
+                    "sliding_window_pattern = {v}: expected a whole number from 1"
+                ))
+            })? as usize,
+    };
+    Ok((0..layers).map(|l| (l + 1) % every != 0).collect())
+}
+
+/// Gemma 3's rope parameters by layer type, as transformers' config class completes them:
+/// `{"full_attention": {..}, "sliding_attention": {..}}` from `rope_parameters` in that form,
+/// or from the older top-level `rope_theta`, `rope_local_base_freq` and `rope_scaling` (which
+/// applies to the full-attention layers).
+pub fn rope_by_layer_type(c: &Json, family: &Family) -> Option<Json> {
+    let local = family.sliding_rope_theta?;
+    let given = c.get("rope_parameters").filter(|v| v.is_object());
+    let mut full = given
+        .and_then(|r| r.get("full_attention"))
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({"rope_type": "default"}));
+    let mut sliding = given
+        .and_then(|r| r.get("sliding_attention"))
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({"rope_type": "default"}));
+    if let (Some(f), Some(Json::Object(s))) = (full.as_object_mut(), c.get("rope_scaling")) {
+        for (k, v) in s {
+            f.insert(k.clone(), v.clone());
+        }
+    }
+    let set_theta = |r: &mut Json, key: &str, default: f64| {
+        if let Some(o) = r.as_object_mut() {
+            if o.get("rope_theta").is_none_or(|v| v.is_null()) {
+                let t = c.get(key).filter(|v| !v.is_null()).cloned();
+                o.insert("rope_theta".into(), t.unwrap_or(default.into()));
+            }
+            if let Some(t) = o.remove("type") {
+                o.entry("rope_type").or_insert(t);
+            }
+        }
+    };
+    set_theta(&mut full, "rope_theta", family.rope_theta);
+    set_theta(&mut sliding, "rope_local_base_freq", local);
+    Some(serde_json::json!({"full_attention": full, "sliding_attention": sliding}))
+}
 
 /// Per layer, whether it applies rope: `no_rope_layers` (1 = rope, as transformers reads it),
 /// else every `no_rope_layer_interval`-th layer (the family's default) without, else all.
@@ -191,49 +335,113 @@ pub fn llama3_rope_factors(r: &Json, theta: f64, head_dim: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The family of a config.json's `model_type`, or an error naming the unsupported one.
+pub fn family_of(c: &Json) -> Result<&'static Family> {
+    let mt = c.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+    FAMILIES.iter().find(|f| f.model_type == mt).ok_or_else(|| {
+        let names: Vec<&str> = FAMILIES.iter().map(|f| f.model_type).collect();
+        ModelError::Config(format!(
+            "unsupported architecture '{}' ({})",
+            qs_formats::error::shown(mt),
+            names.join(", ")
+        ))
+    })
+}
+
+/// Rope from one set of rope parameters (`r`, possibly `None`), `theta` given.
+fn rope_of(r: Option<&Json>, theta: f64, head_dim: usize) -> Result<Rope> {
+    let mut rope = Rope {
+        theta,
+        factors: vec![1.0; head_dim / 2],
+        pos_scale: 1.0,
+    };
+    if let Some(r) = r {
+        let factor = r.get("factor").and_then(|v| v.as_f64());
+        match (rope_type(r), factor) {
+            ("default", _) => {}
+            ("linear", Some(f)) if f > 0.0 => rope.pos_scale = 1.0 / f,
+            (t, _) if t.eq_ignore_ascii_case("llama3") => {
+                rope.factors = llama3_rope_factors(r, theta, head_dim)
+            }
+            (t, _) => {
+                return Err(ModelError::Config(format!(
+                    "rope scaling '{t}' is not supported by the calibration pass (default, linear and llama3 are)"
+                )))
+            }
+        }
+    }
+    Ok(rope)
+}
+
+fn positive(c: &Json, key: &str) -> Result<Option<f32>> {
+    match c.get(key).filter(|v| !v.is_null()) {
+        None => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(x) if x.is_finite() && x > 0.0 => Ok(Some(x as f32)),
+            Some(0.0) => Ok(None),
+            _ => Err(ModelError::Config(format!(
+                "{key} = {v}: expected a positive number"
+            ))),
+        },
+    }
+}
+
 impl Config {
     pub fn from_hf(c: &Json) -> Result<Config> {
-        let mt = c.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
-        let family = FAMILIES
-            .iter()
-            .find(|f| f.model_type == mt)
-            .ok_or_else(|| {
-                let names: Vec<&str> = FAMILIES.iter().map(|f| f.model_type).collect();
-                ModelError::Config(format!(
-                    "unsupported architecture '{}' ({})",
-                    qs_formats::error::shown(mt),
-                    names.join(", ")
-                ))
-            })?;
+        let family = family_of(c)?;
         let hp = HParams::from_config(c).map_err(ModelError::Config)?;
         let (hidden, heads) = (hp.n_embd as usize, hp.n_head as usize);
         let head_dim = hp.head_dim as usize;
-        let rope = rope_params(c);
-        let theta = c
-            .get("rope_theta")
-            .or_else(|| rope.and_then(|r| r.get("rope_theta")))
-            .and_then(|v| v.as_f64())
-            .unwrap_or(family.rope_theta);
-        let mut rope_factors = vec![1.0; head_dim / 2];
-        let mut pos_scale = 1.0;
-        if let Some(r) = rope {
-            let factor = r.get("factor").and_then(|v| v.as_f64());
-            match (rope_type(r), factor) {
-                ("default", _) => {}
-                ("linear", Some(f)) if f > 0.0 => pos_scale = 1.0 / f,
-                (t, _) if t.eq_ignore_ascii_case("llama3") => {
-                    rope_factors = llama3_rope_factors(r, theta, head_dim)
-                }
-                (t, _) => {
-                    return Err(ModelError::Config(format!(
-                        "rope scaling '{t}' is not supported by the calibration pass (default, linear and llama3 are)"
-                    )))
-                }
+        let layers = hp.n_layer as usize;
+        let (rope, rope_local) = match rope_by_layer_type(c, family) {
+            Some(by_type) => {
+                let of = |t: &str| {
+                    let r = &by_type[t];
+                    let theta = r["rope_theta"].as_f64().ok_or_else(|| {
+                        ModelError::Config(format!(
+                            "rope_parameters.{t}.rope_theta is not a number"
+                        ))
+                    })?;
+                    rope_of(Some(r), theta, head_dim)
+                };
+                (of("full_attention")?, Some(of("sliding_attention")?))
             }
-        }
+            None => {
+                let r = rope_params(c);
+                let theta = c
+                    .get("rope_theta")
+                    .or_else(|| r.and_then(|r| r.get("rope_theta")))
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(family.rope_theta);
+                (rope_of(r, theta, head_dim)?, None)
+            }
+        };
+        let window = match c.get("sliding_window").filter(|v| !v.is_null()) {
+            None => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .filter(|w| (1..=qs_numeric::limits::MAX_CONTEXT).contains(w))
+                    .ok_or_else(|| {
+                        ModelError::Config(format!(
+                            "sliding_window = {v}: expected a whole number of tokens from 1"
+                        ))
+                    })? as usize,
+            ),
+        };
+        let windows = match window {
+            Some(w) if family.sliding_interval.is_some() => sliding_layers(c, family, layers)?
+                .into_iter()
+                .map(|s| s.then_some(w))
+                .collect(),
+            _ => vec![None; layers],
+        };
+        let attn_scale = match (family.gemma, positive(c, "query_pre_attn_scalar")?) {
+            (true, Some(q)) => 1.0 / q.sqrt(),
+            _ => 1.0 / (head_dim as f32).sqrt(),
+        };
         Ok(Config {
             hidden,
-            layers: hp.n_layer as usize,
+            layers,
             heads,
             kv_heads: hp.n_head_kv as usize,
             head_dim,
@@ -241,16 +449,69 @@ impl Config {
                 .get("rms_norm_eps")
                 .and_then(|v| v.as_f64())
                 .unwrap_or(family.rms_norm_eps) as f32,
-            theta,
+            rope,
+            rope_local,
             vocab: hp
                 .vocab
                 .ok_or_else(|| ModelError::Config("lacks vocab_size".into()))?
                 as usize,
-            rope_factors,
-            pos_scale,
-            rope_layers: rope_layers(c, family, hp.n_layer as usize)?,
-            post_norms: family.post_norms,
+            rope_layers: rope_layers(c, family, layers)?,
+            windows,
+            norms: family.norms,
+            norm_offset: if family.gemma { 1.0 } else { 0.0 },
+            embed_scale: family.gemma.then(|| (hidden as f32).sqrt()),
+            act: if family.gemma {
+                Act::GeluTanh
+            } else {
+                Act::Silu
+            },
+            attn_scale,
+            attn_softcap: if family.gemma {
+                positive(c, "attn_logit_softcapping")?
+            } else {
+                None
+            },
+            final_softcap: if family.gemma {
+                positive(c, "final_logit_softcapping")?
+            } else {
+                None
+            },
         })
+    }
+
+    /// A llama-style configuration (pre-norms, SiLU, rope everywhere, no windows): what
+    /// synthetic layers in tests use.
+    pub fn llama(
+        hidden: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        layers: usize,
+    ) -> Config {
+        Config {
+            hidden,
+            layers,
+            heads,
+            kv_heads,
+            head_dim,
+            eps: 1e-6,
+            rope: Rope {
+                theta: 10000.0,
+                factors: vec![1.0; head_dim / 2],
+                pos_scale: 1.0,
+            },
+            rope_local: None,
+            vocab: 16,
+            rope_layers: vec![true; layers],
+            windows: vec![None; layers],
+            norms: PRE_NORMS,
+            norm_offset: 0.0,
+            embed_scale: None,
+            act: Act::Silu,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            attn_softcap: None,
+            final_softcap: None,
+        }
     }
 }
 
@@ -349,9 +610,13 @@ impl Weights for ModelSource {
 pub struct Layer {
     /// Whether its attention applies rope (SmolLM3's NoPE layers do not).
     pub rope: bool,
-    /// RMSNorm before attention (none in OLMo 2).
+    /// The sliding window its attention keeps to ([`Config::windows`]); such a layer uses
+    /// [`Config::rope_local`] when there is one.
+    pub window: Option<usize>,
+    /// RMSNorm gains (as applied: Gemma's `1 + w`) before attention (none in OLMo 2).
     pub input_norm: Option<Vec<f32>>,
-    /// OLMo 2: RMSNorm of the attention output and of the MLP output, before each is added.
+    /// OLMo 2, Gemma: RMSNorm of the attention output and of the MLP output, before each is
+    /// added to the residual.
     pub attn_out_norm: Option<Vec<f32>>,
     pub mlp_out_norm: Option<Vec<f32>>,
     pub q: Mat<f32>,
@@ -363,7 +628,7 @@ pub struct Layer {
     pub v_bias: Option<Vec<f32>>,
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
-    /// RMSNorm before the MLP (`post_attention_layernorm`; none in OLMo 2).
+    /// RMSNorm before the MLP ([`Norms::mlp_in`]; none in OLMo 2).
     pub post_norm: Option<Vec<f32>>,
     pub gate: Mat<f32>,
     pub up: Mat<f32>,
@@ -557,25 +822,36 @@ impl<'a> Model<'a> {
         let c = &self.cfg;
         let p = format!("model.layers.{l}.");
         let (qd, kd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-        let norm = |present: bool, name: &str| -> Result<Option<Vec<f32>>> {
-            present
-                .then(|| self.tensor(&format!("{p}{name}.weight"), &[c.hidden]))
-                .transpose()
+        let gains = |mut w: Vec<f32>| {
+            if c.norm_offset != 0.0 {
+                w.iter_mut().for_each(|v| *v += c.norm_offset);
+            }
+            w
         };
-        // q/k norms per head (Qwen3), or over all heads (OLMo 2: `all` values)
+        let norm = |name: Option<&str>| -> Result<Option<Vec<f32>>> {
+            name.map(|n| {
+                self.tensor(&format!("{p}{n}.weight"), &[c.hidden])
+                    .map(gains)
+            })
+            .transpose()
+        };
+        // q/k norms per head (Qwen3, Gemma 3), or over all heads (OLMo 2: `all` values)
         let qk_norm = |name: &str, all: usize| -> Result<Option<Vec<f32>>> {
             let n = format!("{p}self_attn.{name}.weight");
             match self.w.shape(&n) {
                 None => Ok(None),
-                Some(s) if s == [all] && c.post_norms => self.tensor(&n, &[all]).map(Some),
-                Some(_) => self.tensor(&n, &[c.head_dim]).map(Some),
+                Some(s) if s == [all] && c.norms.attn_in.is_none() => {
+                    self.tensor(&n, &[all]).map(|w| Some(gains(w)))
+                }
+                Some(_) => self.tensor(&n, &[c.head_dim]).map(|w| Some(gains(w))),
             }
         };
         Ok(Layer {
             rope: c.rope_layers.get(l).copied().unwrap_or(true),
-            input_norm: norm(!c.post_norms, "input_layernorm")?,
-            attn_out_norm: norm(c.post_norms, "post_attention_layernorm")?,
-            mlp_out_norm: norm(c.post_norms, "post_feedforward_layernorm")?,
+            window: c.windows.get(l).copied().flatten(),
+            input_norm: norm(c.norms.attn_in)?,
+            attn_out_norm: norm(c.norms.attn_out)?,
+            mlp_out_norm: norm(c.norms.mlp_out)?,
             q: self.matrix(&Linear::Q.weight_name(l), qd, c.hidden)?,
             k: self.matrix(&Linear::K.weight_name(l), kd, c.hidden)?,
             v: self.matrix(&Linear::V.weight_name(l), kd, c.hidden)?,
@@ -585,7 +861,7 @@ impl<'a> Model<'a> {
             v_bias: self.optional(&format!("{p}self_attn.v_proj.bias"), kd)?,
             q_norm: qk_norm("q_norm", qd)?,
             k_norm: qk_norm("k_norm", kd)?,
-            post_norm: norm(!c.post_norms, "post_attention_layernorm")?,
+            post_norm: norm(c.norms.mlp_in)?,
             gate: {
                 let name = Linear::Gate.weight_name(l);
                 let inter = self.dims(&name)?.first().copied().unwrap_or(0);
@@ -617,15 +893,26 @@ impl<'a> Model<'a> {
         }
         let idx: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
         let v = self.w.rows(name, &idx)?;
+        let scale = c.embed_scale.unwrap_or(1.0);
         Ok(Mat::from_fn(ids.len(), c.hidden, |i, j| {
-            v[i * c.hidden + j]
+            v[i * c.hidden + j] * scale
         }))
+    }
+
+    /// The final norm's gains (as applied).
+    fn final_norm(&self) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        let mut w = self.tensor("model.norm.weight", &[c.hidden])?;
+        if c.norm_offset != 0.0 {
+            w.iter_mut().for_each(|v| *v += c.norm_offset);
+        }
+        Ok(w)
     }
 
     /// The final norm and the output head matrix (vocab × hidden), for [`Model::apply_head`].
     pub fn head_weights(&self) -> Result<(Vec<f32>, Mat<f32>)> {
         let c = &self.cfg;
-        let norm = self.tensor("model.norm.weight", &[c.hidden])?;
+        let norm = self.final_norm()?;
         let name = if self.w.shape("lm_head.weight").is_some() {
             "lm_head.weight"
         } else {
@@ -637,7 +924,11 @@ impl<'a> Model<'a> {
     /// Logits (tokens × vocab) of final hidden states `x` with loaded head weights.
     pub fn apply_head(&self, hw: &(Vec<f32>, Mat<f32>), x: MatRef<'_, f32>) -> Mat<f32> {
         let h = rms_norm(x, &hw.0, self.cfg.eps);
-        linear(h.as_ref(), &hw.1, None)
+        let mut out = linear(h.as_ref(), &hw.1, None);
+        if let Some(cap) = self.cfg.final_softcap {
+            softcap(&mut out, cap);
+        }
+        out
     }
 
     /// Final hidden states (before the final norm) of sequences of `seq_len` tokens laid end to
@@ -653,16 +944,8 @@ impl<'a> Model<'a> {
 
     /// Final norm and output head: logits (tokens × vocab).
     pub fn head(&self, x: &Mat<f32>) -> Result<Mat<f32>> {
-        let c = &self.cfg;
-        let norm = self.tensor("model.norm.weight", &[c.hidden])?;
-        let h = rms_norm(x.as_ref(), &norm, c.eps);
-        let name = if self.w.shape("lm_head.weight").is_some() {
-            "lm_head.weight"
-        } else {
-            "model.embed_tokens.weight"
-        };
-        let w = self.matrix(name, c.vocab, c.hidden)?;
-        Ok(linear(h.as_ref(), &w, None))
+        let hw = self.head_weights()?;
+        Ok(self.apply_head(&hw, x.as_ref()))
     }
 
     /// Logits of every position of one sequence.
@@ -735,25 +1018,47 @@ pub fn linear(x: MatRef<'_, f32>, w: &Mat<f32>, b: Option<&[f32]>) -> Mat<f32> {
     out
 }
 
+/// `cap·tanh(x/cap)` of every value (Gemma's soft-capping).
+fn softcap(x: &mut Mat<f32>, cap: f32) {
+    x.as_mut().par_col_iter_mut().for_each(|col| {
+        for v in col.iter_mut() {
+            *v = (*v / cap).tanh() * cap;
+        }
+    });
+}
+
+/// The rope a layer applies ([`Config::rope_local`] for sliding-window layers that have one).
+fn rope_of_layer<'c>(c: &'c Config, w: &Layer) -> &'c Rope {
+    match (&c.rope_local, w.window) {
+        (Some(local), Some(_)) => local,
+        _ => &c.rope,
+    }
+}
+
 /// Rotate-half RoPE on every head of `x` (tokens × heads·head_dim), positions restarting at 0
 /// every `seq_len` tokens.
-fn rope(x: &mut Mat<f32>, heads: usize, seq_len: usize, c: &Config) {
-    rope_at(x, heads, c, |t| t % seq_len.max(1))
+fn rope(x: &mut Mat<f32>, heads: usize, seq_len: usize, head_dim: usize, r: &Rope) {
+    rope_at(x, heads, head_dim, r, |t| t % seq_len.max(1))
 }
 
 /// Rotate-half RoPE with row t at position `pos(t)`.
-fn rope_at(x: &mut Mat<f32>, heads: usize, c: &Config, pos: impl Fn(usize) -> usize) {
-    let head_dim = c.head_dim;
+fn rope_at(
+    x: &mut Mat<f32>,
+    heads: usize,
+    head_dim: usize,
+    r: &Rope,
+    pos: impl Fn(usize) -> usize,
+) {
     let half = head_dim / 2;
     let inv: Vec<f64> = (0..half)
-        .map(|i| 1.0 / c.theta.powf((2 * i) as f64 / head_dim as f64) / c.rope_factors[i] as f64)
+        .map(|i| 1.0 / r.theta.powf((2 * i) as f64 / head_dim as f64) / r.factors[i] as f64)
         .collect();
     let pos: Vec<usize> = (0..x.nrows()).map(pos).collect();
     // (sin, cos) of every position's angles, once per position rather than per row and head
     let npos = pos.iter().max().map_or(0, |&p| p + 1);
     let table: Vec<(f64, f64)> = (0..npos)
         .flat_map(|p| {
-            let p = p as f64 * c.pos_scale;
+            let p = p as f64 * r.pos_scale;
             inv.iter().map(move |&f| (p * f).sin_cos())
         })
         .collect();
@@ -813,11 +1118,12 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
         qk_norm(&mut k, c.kv_heads, hd, kn, c.eps);
     }
     if w.rope {
-        rope(&mut q, c.heads, seq_len, c);
-        rope(&mut k, c.kv_heads, seq_len, c);
+        let r = rope_of_layer(c, w);
+        rope(&mut q, c.heads, seq_len, hd, r);
+        rope(&mut k, c.kv_heads, seq_len, hd, r);
     }
     let rep = c.heads / c.kv_heads.max(1);
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = c.attn_scale;
     // causal attention per (sequence, head): two small matrix products each, in parallel
     let blocks: Vec<(usize, usize)> = (0..tokens)
         .step_by(seq_len.max(1))
@@ -844,6 +1150,13 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
             for i in 0..n {
                 let col = st.col_as_slice_mut(i);
                 let (seen, later) = col.split_at_mut(i + 1);
+                // keys before the sliding window get no weight
+                let first = w.window.map_or(0, |win| (i + 1).saturating_sub(win));
+                let (gone, seen) = seen.split_at_mut(first);
+                gone.fill(0.0);
+                if let Some(cap) = c.attn_softcap {
+                    seen.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+                }
                 let mx = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
                 let mut sum = 0f32;
                 for e in seen.iter_mut() {
@@ -881,24 +1194,34 @@ pub fn attention_out(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize) 
     linear(attention_heads(c, w, h, seq_len).as_ref(), &w.o, None)
 }
 
-/// The MLP's inner activation silu(h2 gateᵀ) · (h2 upᵀ) (down_proj's input).
-pub fn mlp_inner(w: &Layer, h2: MatRef<'_, f32>) -> Mat<f32> {
+/// GELU with the tanh approximation, as `gelu_pytorch_tanh` computes it.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const K: f32 = 0.797_884_6; // √(2/π)
+    0.5 * x * (1.0 + (K * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// The MLP's inner activation act(h2 gateᵀ) · (h2 upᵀ) (down_proj's input).
+pub fn mlp_inner(c: &Config, w: &Layer, h2: MatRef<'_, f32>) -> Mat<f32> {
     let mut g = linear(h2, &w.gate, None);
     let u = linear(h2, &w.up, None);
+    let act = c.act;
     g.as_mut()
         .par_col_iter_mut()
         .zip(u.par_col_iter())
         .for_each(|(gc, uc)| {
             for (a, &b) in gc.iter_mut().zip(uc.iter()) {
-                *a = *a / (1.0 + (-*a).exp()) * b;
+                *a = match act {
+                    Act::Silu => *a / (1.0 + (-*a).exp()),
+                    Act::GeluTanh => gelu_tanh(*a),
+                } * b;
             }
         });
     g
 }
 
 /// The MLP block's output for normed inputs `h2`.
-pub fn mlp_out(w: &Layer, h2: MatRef<'_, f32>) -> Mat<f32> {
-    linear(mlp_inner(w, h2).as_ref(), &w.down, None)
+pub fn mlp_out(c: &Config, w: &Layer, h2: MatRef<'_, f32>) -> Mat<f32> {
+    linear(mlp_inner(c, w, h2).as_ref(), &w.down, None)
 }
 
 /// One decoder layer on `x` (tokens × hidden, sequences of `seq_len` tokens back to back, causal
@@ -916,7 +1239,7 @@ pub fn layer_forward(
     let mut x1 = post_norm(o, w.attn_out_norm.as_deref(), c.eps);
     add_into(&mut x1, x);
     let h2 = pre_norm(x1.as_ref(), w.post_norm.as_deref(), c.eps);
-    let act = mlp_inner(w, h2.as_ref());
+    let act = mlp_inner(c, w, h2.as_ref());
     let d = post_norm(
         linear(act.as_ref(), &w.down, None),
         w.mlp_out_norm.as_deref(),
@@ -1072,8 +1395,9 @@ fn decode_step(
         qk_norm(&mut k, c.kv_heads, hd, kn, c.eps);
     }
     if w.rope {
-        rope_at(&mut q, c.heads, c, |_| pos);
-        rope_at(&mut k, c.kv_heads, c, |_| pos);
+        let r = rope_of_layer(c, w);
+        rope_at(&mut q, c.heads, hd, r, |_| pos);
+        rope_at(&mut k, c.kv_heads, hd, r, |_| pos);
     }
     for i in 0..b {
         let at = (i * len + pos) * kd;
@@ -1083,7 +1407,9 @@ fn decode_step(
         }
     }
     let rep = c.heads / c.kv_heads.max(1);
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = c.attn_scale;
+    // the earliest position the sliding window keeps
+    let first = w.window.map_or(0, |win| (pos + 1).saturating_sub(win));
     let (kc, vc) = (&*kc, &*vc);
     let rows: Vec<Vec<f32>> = (0..b * c.heads)
         .into_par_iter()
@@ -1091,14 +1417,13 @@ fn decode_step(
             let (i, head) = (ih / c.heads, ih % c.heads);
             let kvh = head / rep;
             // this sequence's cached keys and values of this head: (pos + 1) × hd, rows kd apart
-            let at = i * len * kd + kvh * hd;
-            let span = pos * kd + hd;
-            let keys =
-                MatRef::from_row_major_slice_with_stride(&kc[at..at + span], pos + 1, hd, kd);
-            let vals =
-                MatRef::from_row_major_slice_with_stride(&vc[at..at + span], pos + 1, hd, kd);
+            let at = i * len * kd + first * kd + kvh * hd;
+            let n = pos + 1 - first;
+            let span = (n - 1) * kd + hd;
+            let keys = MatRef::from_row_major_slice_with_stride(&kc[at..at + span], n, hd, kd);
+            let vals = MatRef::from_row_major_slice_with_stride(&vc[at..at + span], n, hd, kd);
             let qh = q.as_ref().submatrix(i, head * hd, 1, hd);
-            let mut scores = Mat::<f32>::zeros(pos + 1, 1);
+            let mut scores = Mat::<f32>::zeros(n, 1);
             matmul(
                 scores.as_mut(),
                 Accum::Replace,
@@ -1108,6 +1433,9 @@ fn decode_step(
                 Par::Seq,
             );
             let sc = scores.col_as_slice_mut(0);
+            if let Some(cap) = c.attn_softcap {
+                sc.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+            }
             let mx = sc.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
             let mut sum = 0f32;
             for s in sc.iter_mut() {
@@ -1131,7 +1459,7 @@ fn decode_step(
     let mut x1 = post_norm(o, w.attn_out_norm.as_deref(), c.eps);
     add_into(&mut x1, x.as_ref());
     let h2 = pre_norm(x1.as_ref(), w.post_norm.as_deref(), c.eps);
-    let m = post_norm(mlp_out(w, h2.as_ref()), w.mlp_out_norm.as_deref(), c.eps);
+    let m = post_norm(mlp_out(c, w, h2.as_ref()), w.mlp_out_norm.as_deref(), c.eps);
     add_into(&mut x1, m.as_ref());
     x1
 }

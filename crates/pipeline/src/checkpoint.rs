@@ -16,6 +16,8 @@ pub(crate) struct Logical<'a> {
     pub name: String,
     /// Output row r holds original row `permuted_source_row(r, rows, heads)` (llama q/k).
     pub permute: Option<usize>,
+    /// The stored values are the original's plus 1 (Gemma's norms in a GGUF).
+    pub shift: bool,
     pub shape: Vec<usize>,
     pub scheme: Scheme,
     pub slots: Vec<&'a [u8]>,
@@ -31,7 +33,7 @@ pub(crate) fn gguf_logical<'a>(
     orig: Option<&ModelSource>,
 ) -> Result<Vec<Logical<'a>>> {
     // A converted model: map the original's HF names forward to find each GGUF tensor's source.
-    let mut back: HashMap<String, (String, Option<usize>)> = HashMap::new();
+    let mut back: HashMap<String, (String, Option<usize>, bool)> = HashMap::new();
     if let (Some(Value::String(a)), Some(orig), Some(c)) = (
         g.get("general.architecture"),
         orig,
@@ -43,9 +45,10 @@ pub(crate) fn gguf_logical<'a>(
                     if let Ok(Mapped::Tensor {
                         name,
                         permute_heads,
+                        shift,
                     }) = crate::arch::map_tensor(&arch, c, &t.info.name)
                     {
-                        back.insert(name, (t.info.name.clone(), permute_heads));
+                        back.insert(name, (t.info.name.clone(), permute_heads, shift));
                     }
                 }
             }
@@ -62,10 +65,14 @@ pub(crate) fn gguf_logical<'a>(
             ))
         })?;
         let b = g.bytes(t);
-        let (name, permute) = back.get(&t.name).cloned().unwrap_or((t.name.clone(), None));
+        let (name, permute, shift) =
+            back.get(&t.name)
+                .cloned()
+                .unwrap_or((t.name.clone(), None, false));
         v.push(Logical {
             name,
             permute,
+            shift,
             shape: t.shape(),
             scheme,
             slots: vec![b],
@@ -167,6 +174,7 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
         claimed.extend(w.stored);
         v.push(Logical {
             permute: None,
+            shift: false,
             bytes: w.slots.iter().map(|x| x.len() as u64).sum(),
             name: w.name,
             shape: w.shape,
@@ -184,6 +192,7 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
                 let b = s.bytes(t);
                 v.push(Logical {
                     permute: None,
+                    shift: false,
                     name: name.clone(),
                     shape: t.info.shape.clone(),
                     scheme: Scheme::Float(FloatLayout {

@@ -46,6 +46,8 @@ pub struct TensorPlan {
     pub note: Option<String>,
     /// Output row r comes from source row `arch::permuted_source_row(r, rows, heads)`.
     pub permute: Option<usize>,
+    /// 1 is added to every value (Gemma's norms in a GGUF, [`arch::Arch::norm_shift`]).
+    pub shift: bool,
     /// Importance weights (one per column) for a ggml type.
     pub imatrix: Option<std::sync::Arc<Vec<f32>>>,
     /// The ggml type of a quantized GGUF input tensor (`dtype` is then F32, what it decodes to).
@@ -358,17 +360,28 @@ pub fn make_plan(
     for i in order {
         let st = &src.tensors[i];
         let name = &st.info.name;
-        let (out_name, permute) = match &conv {
+        let (out_name, permute, shift) = match &conv {
             Some(cv) => match cv.map(name)? {
                 Mapped::Skip => continue,
                 Mapped::Tensor {
                     name,
                     permute_heads,
-                } => (name, permute_heads),
+                    shift,
+                } => (name, permute_heads, shift),
             },
-            _ => (name.clone(), None),
+            _ => (name.clone(), None, false),
         };
-        let shape = &st.info.shape;
+        // Gemma 3: the converter keeps only the tokenizer's rows of the embeddings
+        let kept_rows = match &conv {
+            Some(cv) if cv.arch.embeddings_to_vocab && out_name == "token_embd.weight" => cv
+                .tokenizer_rows(src)?
+                .filter(|&n| st.info.shape.len() == 2 && n < st.info.shape[0]),
+            _ => None,
+        };
+        let shape = &match kept_rows {
+            Some(n) => vec![n, st.info.shape[1]],
+            None => st.info.shape.clone(),
+        };
         let dtype = st.info.dtype;
         let file = src.path_of(st);
         let terr = |msg: String| Error::Tensor {
@@ -412,9 +425,10 @@ pub fn make_plan(
                 a
             }
         };
-        // a permuted tensor is re-encoded (exactly, in its own float type) rather than copied
-        let action = match (action, permute) {
-            (Action::Copy, Some(_)) if dtype.is_float() => {
+        // a permuted or shifted tensor is re-encoded (exactly, in its own float type) rather
+        // than copied
+        let action = match (action, permute.is_some() || shift) {
+            (Action::Copy, true) if dtype.is_float() => {
                 Action::Encode(Scheme::Float(FloatLayout {
                     dtype: gguf_float(dtype),
                     clamp: false,
@@ -449,6 +463,7 @@ pub fn make_plan(
             outputs,
             note,
             permute,
+            shift,
             imatrix: imatrix_of,
             src_ggml: st.ggml,
             src_bytes: st.info.end - st.info.start,
@@ -825,7 +840,10 @@ fn output_tensors(
                 SlotType::Dtype(dtype)
             },
             shape: shape.to_vec(),
-            nbytes: st.info.end - st.info.start,
+            // the first rows, when not all are kept
+            nbytes: (st.info.end - st.info.start)
+                / st.info.shape.first().copied().unwrap_or(1).max(1)
+                * shape.first().copied().unwrap_or(1),
         }],
         Action::Encode(s) => s
             .slots(shape)
@@ -960,7 +978,16 @@ impl<'a> Conv<'a> {
             None => Ok(Mapped::Tensor {
                 name: name.to_string(),
                 permute_heads: None,
+                shift: false,
             }),
+        }
+    }
+
+    /// The token embedding rows the converter keeps (the tokenizer's token count).
+    fn tokenizer_rows(&self, src: &ModelSource) -> Result<Option<usize>> {
+        match (self.config, src.hf_dir.as_deref()) {
+            (Some(c), Some(dir)) => crate::tokenizer::tokenizer_rows(dir, c),
+            _ => Ok(None),
         }
     }
 

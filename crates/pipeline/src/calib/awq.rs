@@ -422,7 +422,7 @@ fn block_out(ctx: &LayerCtx<'_>, block: Block, x: MatRef<'_, f32>) -> Mat<f32> {
     match block {
         Block::Attention => attention_out(ctx.model, ctx.layer, x, ctx.seq_len),
         Block::O => linear(x, &ctx.layer.o, None),
-        Block::Mlp => mlp_out(ctx.layer, x),
+        Block::Mlp => mlp_out(ctx.model, ctx.layer, x),
         Block::Down => linear(x, &ctx.layer.down, None),
     }
 }
@@ -441,20 +441,7 @@ mod tests {
     const SEQ: usize = 32;
 
     fn config(kv_heads: usize) -> Config {
-        Config {
-            hidden: HIDDEN,
-            layers: 1,
-            heads: 4,
-            kv_heads,
-            head_dim: 64,
-            eps: 1e-6,
-            theta: 10000.0,
-            vocab: 16,
-            rope_factors: vec![1.0; 32],
-            pos_scale: 1.0,
-            rope_layers: vec![true],
-            post_norms: false,
-        }
+        Config::llama(HIDDEN, 4, kv_heads, 64, 1)
     }
 
     fn matrix(rng: &mut Rng, rows: usize, cols: usize) -> Mat<f32> {
@@ -467,6 +454,7 @@ mod tests {
         let kd = c.kv_heads * c.head_dim;
         Layer {
             rope: true,
+            window: None,
             input_norm: Some(
                 (0..HIDDEN)
                     .map(|_| 1.0 + 0.2 * rng.normal() as f32)

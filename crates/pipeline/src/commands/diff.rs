@@ -221,7 +221,7 @@ pub fn diff(
         ];
         if let Some(o) = &orig {
             let ot = &o.tensors[by_orig[la[i].name.as_str()]];
-            let w = crate::run::source_rows(o, ot, la[i].permute, job.r0, job.r1);
+            let w = crate::run::source_rows(o, ot, la[i].permute, la[i].shift, job.r0, job.r1);
             s[1] = ErrorStats::of(&w, &x);
             s[2] = ErrorStats::of(&w, &y);
         }

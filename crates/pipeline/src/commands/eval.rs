@@ -87,17 +87,19 @@ fn input_err(path: &Path, msg: String) -> Error {
 /// GGUF tensors by HF name, dequantized with the q/k permutation undone.
 struct GgufWeights {
     g: GgufFile,
-    /// HF name → (tensor index, permutation heads).
-    map: BTreeMap<String, (usize, Option<usize>)>,
+    /// HF name → (tensor index, permutation heads, stored as 1 + the HF value).
+    map: BTreeMap<String, (usize, Option<usize>, bool)>,
 }
 
 impl Weights for GgufWeights {
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.map.get(name).map(|&(i, _)| self.g.tensors[i].shape())
+        self.map
+            .get(name)
+            .map(|&(i, _, _)| self.g.tensors[i].shape())
     }
 
     fn read(&self, name: &str) -> qs_model::Result<Vec<f32>> {
-        let &(i, permute) = self.map.get(name).ok_or_else(|| ModelError::Tensor {
+        let &(i, permute, shift) = self.map.get(name).ok_or_else(|| ModelError::Tensor {
             name: name.into(),
             msg: "missing".into(),
         })?;
@@ -117,6 +119,9 @@ impl Weights for GgufWeights {
             .for_each(|(r, row)| {
                 let q = permute.map_or(r, |h| crate::export::inverse_row(r, rows, h));
                 scheme.decode(&shape, q, q + 1, &[&all[q * rb..(q + 1) * rb]], row);
+                if shift {
+                    row.iter_mut().for_each(|v| *v -= 1.0);
+                }
             });
         Ok(out)
     }
@@ -188,8 +193,8 @@ pub(crate) fn load(path: &Path) -> Result<Loaded> {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                let (hf, p) = names[&t.name].clone();
-                (hf, (i, p))
+                let h = names[&t.name].clone();
+                (h.hf, (i, h.permute, h.shift))
             })
             .collect();
         let tokenizer = match crate::export::tokenizer_files(&g)?.and_then(|t| t.json) {

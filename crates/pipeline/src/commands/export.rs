@@ -332,8 +332,18 @@ pub(crate) fn tokenizer_files(g: &GgufFile) -> Result<Option<TokenizerFiles>> {
     }))
 }
 
-/// GGUF name → (HF name, q/k permutation heads).
-pub(crate) type NameMap = BTreeMap<String, (String, Option<usize>)>;
+/// Where a GGUF tensor came from in the HF model.
+#[derive(Debug, Clone)]
+pub(crate) struct HfOf {
+    pub hf: String,
+    /// llama's q/k row permutation (heads).
+    pub permute: Option<usize>,
+    /// Stored as 1 + the HF value (Gemma's norms).
+    pub shift: bool,
+}
+
+/// GGUF name → where it came from.
+pub(crate) type NameMap = BTreeMap<String, HfOf>;
 
 /// config.json for a GGUF's hyper-parameters, checked ([`qs_model::HParams`]) against each
 /// other and the GGUF's tensors, and the GGUF name → (HF name, permutation heads) map.
@@ -351,23 +361,19 @@ pub(crate) fn gguf_config(
     let shapes: Vec<(String, Vec<usize>)> = g
         .tensors
         .iter()
-        .map(|t| (names[&t.name].0.clone(), t.shape()))
+        .map(|t| (names[&t.name].hf.clone(), t.shape()))
         .collect();
     hp.check_tensors(shapes.iter().map(|(n, s)| (n.as_str(), s.as_slice())))
-        .map_err(|(hf, m)| match names.iter().find(|(_, (h, _))| *h == hf) {
+        .map_err(|(hf, m)| match names.iter().find(|(_, h)| h.hf == hf) {
             Some((gg, _)) => tensor_err(g, gg, format!("{m} (the GGUF's hyper-parameters)")),
             None => err(g, format!("{m} (the GGUF's hyper-parameters)")),
         })?;
     Ok((config, names))
 }
 
-/// GGUF name → (HF name, permutation heads) by running the forward map over every HF name
-/// the architecture can have.
-pub(crate) fn inverse_names(
-    a: &Arch,
-    cfg: &Json,
-    g: &GgufFile,
-) -> Result<BTreeMap<String, (String, Option<usize>)>> {
+/// GGUF name → where it came from, by running the forward map over every HF name the
+/// architecture can have.
+pub(crate) fn inverse_names(a: &Arch, cfg: &Json, g: &GgufFile) -> Result<NameMap> {
     let n_layer = cfg["num_hidden_layers"].as_u64().unwrap_or(0);
     let mut hf = vec![
         "model.embed_tokens.weight".to_string(),
@@ -386,9 +392,17 @@ pub(crate) fn inverse_names(
         if let arch::Mapped::Tensor {
             name,
             permute_heads,
+            shift,
         } = arch::map_tensor(a, cfg, &h)?
         {
-            m.insert(name, (h, permute_heads));
+            m.insert(
+                name,
+                HfOf {
+                    hf: h,
+                    permute: permute_heads,
+                    shift,
+                },
+            );
         }
     }
     for t in &g.tensors {
@@ -451,11 +465,12 @@ pub fn export(
         t: &'a GgufTensor,
         hf: String,
         permute: Option<usize>,
+        shift: bool,
         scheme: Scheme,
     }
     let mut outs = Vec::new();
     for t in &g.tensors {
-        let (hf, permute) = names[&t.name].clone();
+        let HfOf { hf, permute, shift } = names[&t.name].clone();
         let scheme = Scheme::for_ggml(t.ty).ok_or_else(|| {
             let ty = t.ty;
             tensor_err(
@@ -468,6 +483,7 @@ pub fn export(
             t,
             hf,
             permute,
+            shift,
             scheme,
         });
     }
@@ -519,6 +535,9 @@ pub fn export(
             };
             o.scheme
                 .decode(&shape, q, q + 1, &[&all[q * rb..(q + 1) * rb]], out);
+            if o.shift {
+                out.iter_mut().for_each(|v| *v -= 1.0);
+            }
         }
         let mut bytes = vec![0u8; y.len() * cfg.dtype.size()];
         qs_numeric::dtype::encode_float(cfg.dtype, &y, &mut bytes);

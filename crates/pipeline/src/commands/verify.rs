@@ -108,7 +108,7 @@ pub fn verify(
         let (_, cols) = rows_cols(&l.shape);
         let ot = &orig.tensors[by_name[l.name.as_str()]];
         // the original may be a GGUF of any block type we read: decoded as the run reads it
-        let x = crate::run::source_rows(&orig, ot, l.permute, j.r0, j.r1);
+        let x = crate::run::source_rows(&orig, ot, l.permute, l.shift, j.r0, j.r1);
         debug_assert_eq!(x.len(), (j.r1 - j.r0) * cols);
         let parts: Vec<&[u8]> = l
             .slots

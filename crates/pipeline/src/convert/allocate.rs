@@ -121,7 +121,7 @@ fn head_gains_squared(src: &ModelSource, cols: usize) -> Option<Vec<f32>> {
             "model.norm.weight" | "output_norm.weight"
         ) && t.info.shape == [cols]
     })?;
-    let g = crate::run::source_rows(src, st, None, 0, 1);
+    let g = crate::run::source_rows(src, st, None, false, 0, 1);
     g.iter()
         .all(|v| v.is_finite())
         .then(|| g.iter().map(|v| v * v).collect())
@@ -158,7 +158,7 @@ fn predicted_error(
     let imp = enc_imp.or(gains.as_ref());
     let mut sum = 0f64;
     for (r0, r1) in chunk_rows(rows, cols, scheme.row_align(), CHUNK_ELEMS) {
-        let x = crate::run::source_rows(src, st, tp.permute, r0, r1);
+        let x = crate::run::source_rows(src, st, tp.permute, tp.shift, r0, r1);
         let enc = scheme.encode_weighted(
             &tp.shape,
             r0,

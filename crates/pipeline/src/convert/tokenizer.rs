@@ -2,6 +2,7 @@
 //! `tokenizer_config.json`, `config.json`), as llama.cpp's converter writes it: SentencePiece
 //! ("llama") and byte-level BPE ("gpt2") vocabularies.
 
+use crate::arch::VocabStyle;
 use crate::error::{Error, Result};
 use qs_formats::gguf::Value;
 use serde_json::Value as Json;
@@ -82,7 +83,8 @@ pub fn gguf_tokenizer(
     let tcfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
     let spm_path = dir.join("tokenizer.model");
     let mut kv = Vec::new();
-    if arch.sentencepiece {
+    let llama = arch.vocab == VocabStyle::Llama;
+    if llama {
         if let Some(b) = tcfg.get("add_prefix_space").and_then(|v| v.as_bool()) {
             kv.push((
                 "tokenizer.ggml.add_space_prefix".to_string(),
@@ -93,7 +95,7 @@ pub fn gguf_tokenizer(
     let (vocab, merges) = if spm_path.is_file() {
         (spm_vocab(&spm_path, dir, config, &tcfg)?, false)
     } else if let Some(tok) = &tok {
-        if arch.sentencepiece && is_llama_hf(tok) {
+        if llama && is_llama_hf(tok) {
             (llama_hf_vocab(dir, tok, config, &tcfg)?, false)
         } else {
             (bpe_vocab(dir, tok, config, pre_override)?, true)
@@ -104,7 +106,35 @@ pub fn gguf_tokenizer(
     let n = vocab.n;
     kv.extend(vocab.kv);
     kv.extend(special_vocab(dir, tok.as_ref(), &tcfg, config, n, merges)?);
+    if arch.vocab == VocabStyle::Gemma && spm_path.is_file() {
+        kv.push((
+            "tokenizer.ggml.add_space_prefix".to_string(),
+            Value::Bool(false),
+        ));
+    }
     Ok(Some(kv))
+}
+
+/// Gemma 3's converter keeps as many token embedding rows as the tokenizer has tokens: the
+/// SentencePiece vocabulary as padded to `vocab_size`, else tokenizer.json's `model.vocab`
+/// entries plus its `added_tokens` entries (counted as listed).
+pub fn tokenizer_rows(dir: &Path, config: &Json) -> Result<Option<usize>> {
+    let spm_path = dir.join("tokenizer.model");
+    if spm_path.is_file() {
+        let tcfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
+        return Ok(Some(spm_vocab(&spm_path, dir, config, &tcfg)?.n as usize));
+    }
+    let Some(tok) = read_json(&dir.join("tokenizer.json"))? else {
+        return Ok(None);
+    };
+    let count = |v: Option<&Json>| match v {
+        Some(Json::Object(m)) => m.len(),
+        Some(Json::Array(a)) => a.len(),
+        _ => 0,
+    };
+    Ok(Some(
+        count(tok.get("model").and_then(|m| m.get("vocab"))) + count(tok.get("added_tokens")),
+    ))
 }
 
 struct Vocab {

@@ -576,8 +576,30 @@ fn tensor_err(src: &ModelSource, tp: &TensorPlan, msg: String) -> Error {
 
 /// Rows `r0..r1` of a source tensor as f32, whatever it is stored as (float, or a ggml block
 /// type of a GGUF input); with `permute`, output row r is source row
-/// `arch::permuted_source_row(r, rows, heads)`.
+/// `arch::permuted_source_row(r, rows, heads)`; with `shift`, 1 is added to every value as
+/// llama.cpp's converter adds it (in f16 for an f16 tensor, else in f32).
 pub(crate) fn source_rows(
+    src: &ModelSource,
+    st: &SourceTensor,
+    permute: Option<usize>,
+    shift: bool,
+    r0: usize,
+    r1: usize,
+) -> Vec<f32> {
+    let mut x = source_rows_unshifted(src, st, permute, r0, r1);
+    if shift {
+        let f16 = st.info.dtype == DType::F16 && st.ggml.is_none();
+        for v in &mut x {
+            *v += 1.0;
+            if f16 {
+                *v = round_to(DType::F16, *v);
+            }
+        }
+    }
+    x
+}
+
+fn source_rows_unshifted(
     src: &ModelSource,
     st: &SourceTensor,
     permute: Option<usize>,
@@ -617,7 +639,7 @@ fn decode_rows(
     r1: usize,
     allow_nonfinite: bool,
 ) -> Result<Vec<f32>> {
-    let x = source_rows(src, &src.tensors[tp.source], tp.permute, r0, r1);
+    let x = source_rows(src, &src.tensors[tp.source], tp.permute, tp.shift, r0, r1);
     let cols = rows_cols(&tp.shape).1;
     // Branch-free scan (vectorizes); the position is looked up only on failure.
     let any_nonfinite = x.chunks(256).any(|c| {

@@ -2,7 +2,7 @@
 //! interleaved rope, SentencePiece or byte-level BPE vocabularies, Llama 3 rope frequencies as
 //! a generated tensor).
 
-use super::{Arch, HeadDim, ModelType, LLAMA_NORMS};
+use super::{Arch, HeadDim, Keys, ModelType, OwnKey, VocabStyle, LLAMA_NORMS};
 
 pub const ARCH: Arch = Arch {
     name: "llama",
@@ -11,20 +11,26 @@ pub const ARCH: Arch = Arch {
             name: "llama",
             max_position_embeddings: 2048,
             head_dim: HeadDim::FromHidden,
+            defaults: &[],
         },
         ModelType {
             name: "mistral",
             max_position_embeddings: 131072,
             head_dim: HeadDim::FromHidden,
+            defaults: &[],
         },
     ],
     hf_class: "LlamaForCausalLM",
     permute_qk: true,
-    vocab_size_key: true,
-    rope_dim_key: true,
+    keys: Keys::Text,
+    own_keys: &[OwnKey::VocabSize, OwnKey::RopeDim],
     llama3_rope_freqs: true,
-    sentencepiece: true,
+    vocab: VocabStyle::Llama,
     layers_70b: Some(80),
     nope_every: None,
+    norm_shift: false,
+    dropped: &[],
+    embeddings_to_vocab: false,
+    swa_every: None,
     layer_norms: LLAMA_NORMS,
 };

@@ -12,6 +12,8 @@ use qs_model::Linear;
 use qs_numeric::limits::MAX_CONTEXT;
 use serde_json::Value as Json;
 
+mod gemma2;
+mod gemma3;
 mod llama;
 mod olmo2;
 mod qwen2;
@@ -25,6 +27,8 @@ pub const ARCHS: &[Arch] = &[
     qwen3::ARCH,
     smollm3::ARCH,
     olmo2::ARCH,
+    gemma2::ARCH,
+    gemma3::ARCH,
 ];
 
 /// What differs between the architectures we convert.
@@ -38,15 +42,24 @@ pub struct Arch {
     pub hf_class: &'static str,
     /// llama.cpp's converter permutes q/k rows (rotate-half → interleaved rope).
     pub permute_qk: bool,
-    /// Writes `{arch}.vocab_size`.
-    pub vocab_size_key: bool,
-    /// Writes `{arch}.rope.dimension_count`.
-    pub rope_dim_key: bool,
+    /// The hyper-parameter keys the converter writes before `general.file_type`.
+    pub keys: Keys,
+    /// The architecture's own keys, written after `general.file_type`, in this order.
+    pub own_keys: &'static [OwnKey],
     /// Llama 3 rope scaling becomes a generated `rope_freqs` tensor.
     pub llama3_rope_freqs: bool,
-    /// The converter reads SentencePiece vocabularies (tokenizer.model, or a SentencePiece-style
-    /// tokenizer.json) and `add_prefix_space` for it.
-    pub sentencepiece: bool,
+    /// How the converter reads the vocabulary.
+    pub vocab: VocabStyle,
+    /// Gemma: an RMSNorm multiplies by `1 + w`; the converter stores `1 + w` (every HF tensor
+    /// named `*norm.weight`), so llama.cpp multiplies by what is stored.
+    pub norm_shift: bool,
+    /// HF tensors the converter leaves out (Gemma 2's `lm_head.weight`, tied anyway).
+    pub dropped: &'static [&'static str],
+    /// Gemma 3: token embedding rows beyond the tokenizer's vocabulary are dropped.
+    pub embeddings_to_vocab: bool,
+    /// llama.cpp's fixed sliding-window pattern: every this-many-th layer attends to the whole
+    /// context, the others to `sliding_window` tokens (nothing in the file says which).
+    pub swa_every: Option<usize>,
     /// Layer count of llama.cpp's LLM_TYPE_70B, which llama-quantize's mixtures single out.
     pub layers_70b: Option<u64>,
     /// llama.cpp leaves rope out of every this-many-th layer (its fixed `n_no_rope_layer_step`;
@@ -63,6 +76,44 @@ pub struct ModelType {
     pub name: &'static str,
     pub max_position_embeddings: u64,
     pub head_dim: HeadDim,
+    /// Other keys the config class fills in (number values).
+    pub defaults: &'static [(&'static str, f64)],
+}
+
+/// Which list of hyper-parameter keys the converter writes before `general.file_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// Its generic text-model list (`TextModel.set_gguf_parameters`).
+    Text,
+    /// Gemma 2's own list: no rope keys.
+    Gemma2,
+}
+
+/// A key of the architecture's own, after `general.file_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnKey {
+    /// `{arch}.vocab_size`.
+    VocabSize,
+    /// `{arch}.rope.dimension_count` (the head dimension).
+    RopeDim,
+    /// `{arch}.attn_logit_softcapping` (always written).
+    AttnSoftcap,
+    /// `{arch}.final_logit_softcapping`, when set and not 0.
+    FinalSoftcap,
+    /// `{arch}.attention.sliding_window`, unless `sliding_window_pattern` is 1.
+    SlidingWindow,
+}
+
+/// How the converter reads a model's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VocabStyle {
+    /// Byte-level BPE from tokenizer.json ("gpt2"), or tokenizer.model when present.
+    Bpe,
+    /// Llama's: tokenizer.model, or a SentencePiece-style tokenizer.json, with
+    /// `add_prefix_space` written first.
+    Llama,
+    /// Gemma's: tokenizer.model with `add_space_prefix` false written last, else byte-level BPE.
+    Gemma,
 }
 
 /// How transformers fills in a missing `head_dim`.
@@ -173,6 +224,7 @@ fn get_f64(c: &Json, keys: &[&str]) -> Result<Option<f64>> {
 /// (5.x), which is what llama.cpp's converter reads (`AutoConfig.from_pretrained(..).to_dict()`):
 /// a key the file leaves out still gets written, with transformers' value.
 pub fn with_defaults(c: &Json) -> Json {
+    let before = c;
     let mut c = c.clone();
     let mt = c
         .get("model_type")
@@ -182,7 +234,7 @@ pub fn with_defaults(c: &Json) -> Json {
     let Some(m) = model_type(&mt) else {
         return c;
     };
-    let (max_pos, head_dim) = (m.max_position_embeddings, m.head_dim);
+    let (max_pos, head_dim, defaults) = (m.max_position_embeddings, m.head_dim, m.defaults);
     let theta_in_rope = qs_model::rope_params(&c).is_some_and(|r| r.get("rope_theta").is_some());
     let hidden = c.get("hidden_size").and_then(|v| v.as_u64());
     let heads = c.get("num_attention_heads").and_then(|v| v.as_u64());
@@ -195,12 +247,17 @@ pub fn with_defaults(c: &Json) -> Json {
         }
     };
     put("max_position_embeddings", max_pos.into());
+    for &(k, v) in defaults {
+        put(k, v.into());
+    }
     let family = qs_model::FAMILIES.iter().find(|f| f.model_type == mt);
     put(
         "rms_norm_eps",
         family.map_or(1e-6, |f| f.rms_norm_eps).into(),
     );
-    if !theta_in_rope {
+    // Gemma 3 keeps rope parameters by layer type, as its transformers config class does
+    let by_type = family.and_then(|f| qs_model::rope_by_layer_type(before, f));
+    if by_type.is_none() && !theta_in_rope {
         let theta = family.map_or(10000.0, |f| f.rope_theta);
         put("rope_theta", theta.into());
     }
@@ -210,6 +267,12 @@ pub fn with_defaults(c: &Json) -> Json {
         }
         (HeadDim::Fixed(d), _, _) => put("head_dim", d.into()),
         _ => {}
+    }
+    if let Some(r) = by_type {
+        for k in ["rope_theta", "rope_local_base_freq", "rope_scaling"] {
+            obj.remove(k);
+        }
+        obj.insert("rope_parameters".into(), r);
     }
     c
 }
@@ -266,11 +329,32 @@ pub fn heads(c: &Json) -> Result<(u64, u64)> {
 pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(String, Value)>)> {
     let hp = hparams_of(c)?;
     check_rope_layers(arch, c, hp.n_layer as usize)?;
+    check_window_layers(arch, c, hp.n_layer as usize)?;
     let c = &with_defaults(c);
     let a = arch.name;
     let mut kv: Vec<(String, Value)> = Vec::new();
     let mut put = |k: &str, v: Value| kv.push((format!("{a}.{k}"), v));
     // every integer below is within qs_numeric::limits, so it fits the u32 it is written as
+    if arch.keys == Keys::Gemma2 {
+        let ctx = hp
+            .context
+            .ok_or_else(|| cfg_err("lacks max_position_embeddings".into()))?;
+        let ff = hp
+            .n_ff
+            .ok_or_else(|| cfg_err("lacks intermediate_size".into()))?;
+        let eps =
+            get_f64(c, &["rms_norm_eps"])?.ok_or_else(|| cfg_err("lacks rms_norm_eps".into()))?;
+        put("context_length", Value::U32(ctx as u32));
+        put("embedding_length", Value::U32(hp.n_embd as u32));
+        put("block_count", Value::U32(hp.n_layer as u32));
+        put("feed_forward_length", Value::U32(ff as u32));
+        put("attention.head_count", Value::U32(hp.n_head as u32));
+        put("attention.head_count_kv", Value::U32(hp.n_head_kv as u32));
+        put("attention.layer_norm_rms_epsilon", Value::F32(eps as f32));
+        put("attention.key_length", Value::U32(hp.head_dim as u32));
+        put("attention.value_length", Value::U32(hp.head_dim as u32));
+        return Ok((kv, own_keys(arch, c, &hp)?));
+    }
     put("block_count", Value::U32(hp.n_layer as u32));
     if let Some(n) = hp.context {
         put("context_length", Value::U32(n as u32));
@@ -281,10 +365,12 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
     }
     put("attention.head_count", Value::U32(hp.n_head as u32));
     put("attention.head_count_kv", Value::U32(hp.n_head_kv as u32));
+    // rope of the layers that attend to everything (Gemma 3 gives sliding-window layers their own)
     let rope = c
         .get("rope_parameters")
         .or_else(|| c.get("rope_scaling"))
-        .filter(|v| !v.is_null());
+        .filter(|v| !v.is_null())
+        .map(|r| r.get("full_attention").unwrap_or(r));
     if let Some(r) = rope {
         let ty = r
             .get("rope_type")
@@ -347,6 +433,14 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
     if let Some(t) = theta {
         put("rope.freq_base", Value::F32(t as f32));
     }
+    let swa = qs_model::rope_params(c).and_then(|r| r.get("sliding_attention"));
+    if let Some(t) = swa
+        .map(|r| get_f64(r, &["rope_theta"]))
+        .transpose()?
+        .flatten()
+    {
+        put("rope.freq_base_swa", Value::F32(t as f32));
+    }
     if let Some(e) = get_f64(c, &["rms_norm_eps", "norm_eps"])? {
         put("attention.layer_norm_rms_epsilon", Value::F32(e as f32));
     }
@@ -354,20 +448,77 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
         put("attention.key_length", Value::U32(hp.head_dim as u32));
         put("attention.value_length", Value::U32(hp.head_dim as u32));
     }
+    Ok((kv, own_keys(arch, c, &hp)?))
+}
+
+/// The architecture's own keys ([`Arch::own_keys`]) from config.json completed with defaults.
+fn own_keys(arch: &Arch, c: &Json, hp: &HParams) -> Result<Vec<(String, Value)>> {
+    let a = arch.name;
     let mut own: Vec<(String, Value)> = Vec::new();
-    if arch.vocab_size_key {
-        let v = hp
-            .vocab
-            .ok_or_else(|| cfg_err("lacks vocab_size".to_string()))?;
-        own.push((format!("{a}.vocab_size"), Value::U32(v as u32)));
+    for k in arch.own_keys {
+        let (key, v) = match k {
+            OwnKey::VocabSize => {
+                let v = hp
+                    .vocab
+                    .ok_or_else(|| cfg_err("lacks vocab_size".to_string()))?;
+                ("vocab_size", Value::U32(v as u32))
+            }
+            OwnKey::RopeDim => ("rope.dimension_count", Value::U32(hp.head_dim as u32)),
+            OwnKey::AttnSoftcap => match get_f64(c, &["attn_logit_softcapping"])? {
+                Some(x) => ("attn_logit_softcapping", Value::F32(x as f32)),
+                None => return Err(cfg_err("lacks attn_logit_softcapping".into())),
+            },
+            OwnKey::FinalSoftcap => match get_f64(c, &["final_logit_softcapping"])? {
+                Some(x) if x != 0.0 => ("final_logit_softcapping", Value::F32(x as f32)),
+                _ => continue,
+            },
+            OwnKey::SlidingWindow => {
+                if get_f64(c, &["sliding_window_pattern"])? == Some(1.0) {
+                    continue;
+                }
+                match get_u64(c, &["sliding_window"], MAX_CONTEXT)? {
+                    Some(w) => ("attention.sliding_window", Value::U32(w as u32)),
+                    None => continue,
+                }
+            }
+        };
+        own.push((format!("{a}.{key}"), v));
     }
-    if arch.rope_dim_key {
-        own.push((
-            format!("{a}.rope.dimension_count"),
-            Value::U32(hp.head_dim as u32),
-        ));
+    Ok(own)
+}
+
+/// The sliding-window layers must be where llama.cpp puts them for `arch` (every layer but each
+/// [`Arch::swa_every`]-th), and the attention scale llama.cpp assumes must be the model's.
+fn check_window_layers(arch: &Arch, c: &Json, layers: usize) -> Result<()> {
+    let Some(n) = arch.swa_every else {
+        return Ok(());
+    };
+    let Ok(family) = qs_model::family_of(c) else {
+        return Ok(());
+    };
+    let have = qs_model::sliding_layers(c, family, layers).map_err(|e| match e {
+        qs_model::ModelError::Config(m) => cfg_err(m),
+        e => Error::Config(e.to_string()),
+    })?;
+    let want: Vec<bool> = (0..layers).map(|l| (l + 1) % n != 0).collect();
+    let window = c.get("sliding_window").is_some_and(|v| !v.is_null());
+    if window && have != want {
+        let list = |v: &[bool]| {
+            v.iter()
+                .enumerate()
+                .filter(|(_, s)| !**s)
+                .map(|(l, _)| l.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(cfg_err(format!(
+            "layers attending to the whole context [{}], but llama.cpp's {} has [{}] do so: a GGUF would compute another model",
+            list(&have),
+            arch.name,
+            list(&want)
+        )));
     }
-    Ok((kv, own))
+    Ok(())
 }
 
 /// The layers without rope must be where llama.cpp puts them for `arch` (none, or every
@@ -427,10 +578,12 @@ pub fn generated_tensors(arch: &Arch, c: &Json) -> Result<Vec<Generated>> {
 /// What happens to one HF tensor in the GGUF.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mapped {
-    /// Stored under this GGUF name; rows permuted with this head count when `Some`.
+    /// Stored under this GGUF name; rows permuted with this head count when `Some`; 1 added to
+    /// every value when `shift` (Gemma's norms, see [`Arch::norm_shift`]).
     Tensor {
         name: String,
         permute_heads: Option<usize>,
+        shift: bool,
     },
     /// Not stored (e.g. `rotary_emb.inv_freq`, recomputed by llama.cpp).
     Skip,
@@ -443,6 +596,16 @@ pub const LLAMA_NORMS: &[(&str, &str)] = &[
     ("self_attn.q_norm", "attn_q_norm"),
     ("self_attn.k_norm", "attn_k_norm"),
     ("post_attention_layernorm", "ffn_norm"),
+];
+
+/// Gemma's norms: before and after attention, before and after the MLP, per-head q/k norms.
+pub const GEMMA_NORMS: &[(&str, &str)] = &[
+    ("input_layernorm", "attn_norm"),
+    ("self_attn.q_norm", "attn_q_norm"),
+    ("self_attn.k_norm", "attn_k_norm"),
+    ("post_attention_layernorm", "post_attention_norm"),
+    ("pre_feedforward_layernorm", "ffn_norm"),
+    ("post_feedforward_layernorm", "post_ffw_norm"),
 ];
 
 /// llama.cpp's name (under `blk.N.`) of a decoder layer's linear.
@@ -470,9 +633,10 @@ pub(crate) fn layer_names(arch: &Arch) -> impl Iterator<Item = (&'static str, &'
 
 /// HF tensor name → GGUF name (and permutation), or an error naming the tensor.
 pub fn map_tensor(arch: &Arch, c: &Json, hf: &str) -> Result<Mapped> {
-    if hf.ends_with("rotary_emb.inv_freq") {
+    if hf.ends_with("rotary_emb.inv_freq") || arch.dropped.contains(&hf) {
         return Ok(Mapped::Skip);
     }
+    let shift = arch.norm_shift && hf.ends_with("norm.weight");
     let unknown = || {
         Error::Config(format!(
             "tensor '{hf}' has no GGUF name for architecture {}",
@@ -487,6 +651,7 @@ pub fn map_tensor(arch: &Arch, c: &Json, hf: &str) -> Result<Mapped> {
         Ok(Mapped::Tensor {
             name: format!("{n}.{suffix}"),
             permute_heads: None,
+            shift,
         })
     };
     match stem {
@@ -511,6 +676,7 @@ pub fn map_tensor(arch: &Arch, c: &Json, hf: &str) -> Result<Mapped> {
     Ok(Mapped::Tensor {
         name: format!("blk.{bid}.{gg}.{suffix}"),
         permute_heads,
+        shift,
     })
 }
 
@@ -549,21 +715,24 @@ mod tests {
             map_tensor(a, &c, "model.layers.1.self_attn.k_proj.weight").unwrap(),
             Mapped::Tensor {
                 name: "blk.1.attn_k.weight".into(),
-                permute_heads: Some(2)
+                permute_heads: Some(2),
+                shift: false
             }
         );
         assert_eq!(
             map_tensor(a, &c, "model.layers.0.mlp.down_proj.weight").unwrap(),
             Mapped::Tensor {
                 name: "blk.0.ffn_down.weight".into(),
-                permute_heads: None
+                permute_heads: None,
+                shift: false
             }
         );
         assert_eq!(
             map_tensor(a, &c, "lm_head.weight").unwrap(),
             Mapped::Tensor {
                 name: "output.weight".into(),
-                permute_heads: None
+                permute_heads: None,
+                shift: false
             }
         );
         assert!(map_tensor(a, &c, "model.vision.x.weight").is_err());
@@ -579,7 +748,8 @@ mod tests {
             map_tensor(aq, &q, "model.layers.0.self_attn.q_proj.bias").unwrap(),
             Mapped::Tensor {
                 name: "blk.0.attn_q.bias".into(),
-                permute_heads: None
+                permute_heads: None,
+                shift: false
             }
         );
         assert!(detect(&json!({"model_type": "gpt_neox"}))

@@ -3,7 +3,7 @@
 //! norms over all heads; NEOX rope, so q/k rows are not permuted; rms_norm_eps 1e-5 by
 //! default). The converter writes only the common text-model keys.
 
-use super::{Arch, HeadDim, ModelType};
+use super::{Arch, HeadDim, Keys, ModelType, VocabStyle};
 
 pub const ARCH: Arch = Arch {
     name: "olmo2",
@@ -11,15 +11,20 @@ pub const ARCH: Arch = Arch {
         name: "olmo2",
         max_position_embeddings: 2048,
         head_dim: HeadDim::Absent,
+        defaults: &[],
     }],
     hf_class: "Olmo2ForCausalLM",
     permute_qk: false,
-    vocab_size_key: false,
-    rope_dim_key: false,
+    keys: Keys::Text,
+    own_keys: &[],
     llama3_rope_freqs: false,
-    sentencepiece: false,
+    vocab: VocabStyle::Bpe,
     layers_70b: None,
     nope_every: None,
+    norm_shift: false,
+    dropped: &[],
+    embeddings_to_vocab: false,
+    swa_every: None,
     layer_norms: &[
         ("self_attn.q_norm", "attn_q_norm"),
         ("self_attn.k_norm", "attn_k_norm"),

@@ -1,6 +1,6 @@
 //! llama.cpp's "qwen2" architecture: Qwen2 / Qwen2.5 (q/k/v biases, byte-level BPE).
 
-use super::{Arch, HeadDim, ModelType, LLAMA_NORMS};
+use super::{Arch, HeadDim, Keys, ModelType, VocabStyle, LLAMA_NORMS};
 
 pub const ARCH: Arch = Arch {
     name: "qwen2",
@@ -8,14 +8,19 @@ pub const ARCH: Arch = Arch {
         name: "qwen2",
         max_position_embeddings: 32768,
         head_dim: HeadDim::Absent,
+        defaults: &[],
     }],
     hf_class: "Qwen2ForCausalLM",
     permute_qk: false,
-    vocab_size_key: false,
-    rope_dim_key: false,
+    keys: Keys::Text,
+    own_keys: &[],
     llama3_rope_freqs: false,
-    sentencepiece: false,
+    vocab: VocabStyle::Bpe,
     layers_70b: None,
     nope_every: None,
+    norm_shift: false,
+    dropped: &[],
+    embeddings_to_vocab: false,
+    swa_every: None,
     layer_norms: LLAMA_NORMS,
 };

@@ -1,6 +1,6 @@
 //! llama.cpp's "qwen3" architecture: Qwen3 (q/k norms, head_dim 128 by default).
 
-use super::{Arch, HeadDim, ModelType, LLAMA_NORMS};
+use super::{Arch, HeadDim, Keys, ModelType, VocabStyle, LLAMA_NORMS};
 
 pub const ARCH: Arch = Arch {
     name: "qwen3",
@@ -8,14 +8,19 @@ pub const ARCH: Arch = Arch {
         name: "qwen3",
         max_position_embeddings: 32768,
         head_dim: HeadDim::Fixed(128),
+        defaults: &[],
     }],
     hf_class: "Qwen3ForCausalLM",
     permute_qk: false,
-    vocab_size_key: false,
-    rope_dim_key: false,
+    keys: Keys::Text,
+    own_keys: &[],
     llama3_rope_freqs: false,
-    sentencepiece: false,
+    vocab: VocabStyle::Bpe,
     layers_70b: None,
     nope_every: None,
+    norm_shift: false,
+    dropped: &[],
+    embeddings_to_vocab: false,
+    swa_every: None,
     layer_norms: LLAMA_NORMS,
 };

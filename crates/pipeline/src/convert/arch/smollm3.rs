@@ -2,7 +2,7 @@
 //! out, which llama.cpp assumes rather than reads; rope theta 2,000,000 and tied embeddings by
 //! default). The converter treats it as llama: q/k rows permuted, the same keys and tensors.
 
-use super::{Arch, HeadDim, ModelType, LLAMA_NORMS};
+use super::{Arch, HeadDim, Keys, ModelType, OwnKey, VocabStyle, LLAMA_NORMS};
 
 pub const ARCH: Arch = Arch {
     name: "smollm3",
@@ -10,14 +10,19 @@ pub const ARCH: Arch = Arch {
         name: "smollm3",
         max_position_embeddings: 32768,
         head_dim: HeadDim::Absent,
+        defaults: &[],
     }],
     hf_class: "SmolLM3ForCausalLM",
     permute_qk: true,
-    vocab_size_key: true,
-    rope_dim_key: true,
+    keys: Keys::Text,
+    own_keys: &[OwnKey::VocabSize, OwnKey::RopeDim],
     llama3_rope_freqs: true,
-    sentencepiece: true,
+    vocab: VocabStyle::Llama,
     layers_70b: None,
     nope_every: Some(4),
+    norm_shift: false,
+    dropped: &[],
+    embeddings_to_vocab: false,
+    swa_every: None,
     layer_norms: LLAMA_NORMS,
 };

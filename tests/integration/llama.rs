@@ -300,7 +300,7 @@ pub(crate) fn family_layers(model_type: &str) -> usize {
 /// olmo2 (output norms instead of input norms, q/k norms over all heads), smollm3 (every 4th
 /// layer without rope; its config leaves out rope_theta, head_dim and tie_word_embeddings, so
 /// transformers' defaults apply: theta 2e6, tied embeddings, no lm_head), gemma2 or
-/// gemma3_text (`1 + w` norms before and after both blocks, a 16-token sliding window, tied
+/// gemma3_text (`1 + w` norms before and after both blocks, a 4-token sliding window, tied
 /// embeddings; Gemma 3's q/k norms; Gemma 2 gets a SentencePiece tokenizer.model too).
 pub(crate) fn synthetic_model(
     dir: &Path,
@@ -489,8 +489,8 @@ pub(crate) fn synthetic_model(
         }
     }
     if model_type.starts_with("gemma") {
-        // transformers' defaults for what is left out; a short sliding window, so that
-        // calibration and the logit tests reach past it; Gemma 2 keeps its soft-capping
+        // transformers' defaults for what is left out; a sliding window short enough for the
+        // logit tests' 12 tokens to reach past it; Gemma 2 keeps its soft-capping
         let o = cfg.as_object_mut().unwrap();
         for k in [
             "rope_theta",
@@ -502,7 +502,7 @@ pub(crate) fn synthetic_model(
         ] {
             o.remove(k);
         }
-        o.insert("sliding_window".into(), 16.into());
+        o.insert("sliding_window".into(), 4.into());
         o.insert("query_pre_attn_scalar".into(), hd.into());
         o.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
     }
@@ -1070,16 +1070,19 @@ fn output_and_embedding_type_options_equal_llama_quantize() {
     );
 }
 
-/// SmolLM3 and OLMo 2 past conversion: GPTQ into int4 and Q4_K_M, an importance matrix,
-/// `eval` of the GGUF against the folder, and `export` back to a folder that computes what the
-/// original does (SmolLM3's lists the layers without rope). A SmolLM3 config whose layers
-/// without rope are not llama.cpp's fixed every-4th is refused for a GGUF (llama.cpp would run
-/// another model) but not for safetensors, which keep config.json; AWQ, which folds its scales
-/// into the norms before attention and MLP, is refused for OLMo 2, which has none there.
+/// SmolLM3, OLMo 2, Gemma 2 and Gemma 3 past conversion: GPTQ into int4 and Q4_K_M, an
+/// importance matrix, `eval` of the GGUF against the folder, and `export` back to a folder that
+/// computes what the original does (SmolLM3's lists the layers without rope, Gemma's the
+/// sliding-window layers and stores norms as w again). A SmolLM3 config whose layers without
+/// rope are not llama.cpp's fixed every-4th, or a Gemma one whose window layers are not
+/// llama.cpp's pattern, is refused for a GGUF (llama.cpp would run another model); SmolLM3's
+/// is not for safetensors, which keep config.json. AWQ, which folds its scales into the norms
+/// before attention and MLP, is refused for OLMo 2, which has none there, and for Gemma, whose
+/// norms apply 1 + w.
 #[test]
-fn smollm3_and_olmo2_calibrate_evaluate_and_export() {
+fn smollm3_olmo2_and_gemma_calibrate_evaluate_and_export() {
     let d = tempfile::tempdir().unwrap();
-    for mt in ["smollm3", "olmo2"] {
+    for mt in ["smollm3", "olmo2", "gemma2", "gemma3_text"] {
         family_workflow(&d.path().join(mt), mt);
     }
 }
@@ -1166,6 +1169,47 @@ fn family_workflow(dir: &Path, mt: &str) {
         }
     }
     assert!(worst < 1e-3, "{mt}: exported logits differ by {worst}");
+    if mt.starts_with("gemma") {
+        // the exported config lists llama.cpp's window layers; AWQ is refused (its scales
+        // would fold into norms applied as 1 + w)
+        let every = if mt == "gemma2" { 2 } else { 6 };
+        let types: Vec<&str> = (0..layers)
+            .map(|l| {
+                if (l + 1) % every != 0 {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect();
+        assert_eq!(c["layer_types"], serde_json::json!(types), "{mt}");
+        let r = quantize(&[
+            p(&m),
+            "--to".into(),
+            "int4".into(),
+            "--method".into(),
+            "awq".into(),
+            "-o".into(),
+            p(&at("awq")),
+        ]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(r.stderr.contains("1 + w"), "{}", r.stderr);
+        assert!(!at("awq").exists());
+        // window layers where llama.cpp has none: refused for GGUF
+        let mut cfg = read_json(&m.join("config.json"));
+        cfg["layer_types"] = serde_json::json!(vec!["full_attention"; layers]);
+        std::fs::write(m.join("config.json"), cfg.to_string()).unwrap();
+        let bad = at("bad.gguf");
+        let r = quantize(&[p(&m), "--to".into(), "q8_0".into(), "-o".into(), p(&bad)]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(
+            r.stderr.contains("config.json") && r.stderr.contains("whole context"),
+            "{}",
+            r.stderr
+        );
+        assert!(!bad.exists());
+        return;
+    }
     if mt == "olmo2" {
         let r = quantize(&[
             p(&m),
@@ -1213,12 +1257,21 @@ fn family_workflow(dir: &Path, mt: &str) {
 
 /// Qwen2 (q/k/v biases, NEOX rope: no permutation), Qwen3 (per-head q/k RMS norms) and SmolLM3
 /// (4 layers, the 4th without rope; transformers' default theta and tied embeddings) and OLMo 2
-/// (norms after attention and MLP, none before; q/k norms over all heads): llama.cpp
+/// (norms after attention and MLP, none before; q/k norms over all heads), Gemma 2 (3 layers:
+/// soft-capped attention and logits, every other layer in a 4-token window) and Gemma 3
+/// (7 layers: the 6th full, the others windowed with their own rope theta; q/k norms): llama.cpp
 /// loads our conversion and its logits match the numpy reference of the HF weights.
 #[test]
-fn qwen2_qwen3_smollm3_and_olmo2_conversions_run_in_llama_cpp() {
+fn dense_family_conversions_run_in_llama_cpp() {
     let d = tempfile::tempdir().unwrap();
-    for mt in ["qwen2", "qwen3", "smollm3", "olmo2"] {
+    for mt in [
+        "qwen2",
+        "qwen3",
+        "smollm3",
+        "olmo2",
+        "gemma2",
+        "gemma3_text",
+    ] {
         let m = d.path().join(mt);
         let layers = family_layers(mt);
         synthetic_model(&m, mt, layers, 256, 512, 4, 2);
@@ -1235,7 +1288,9 @@ fn qwen2_qwen3_smollm3_and_olmo2_conversions_run_in_llama_cpp() {
         let gg = qs_formats::gguf::GgufFile::open(&g).unwrap();
         assert_eq!(
             gg.get("general.architecture"),
-            Some(&qs_formats::gguf::Value::String(mt.into()))
+            Some(&qs_formats::gguf::Value::String(
+                mt.trim_end_matches("_text").into()
+            ))
         );
         let ours = llama_logits(&g, &d.path().join(format!("{mt}.f32")));
         let reference = reference_logits(&m, &d.path().join(format!("{mt}-ref.f32")));

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Independent reference: the Hugging Face llama/qwen2/qwen3/smollm3/olmo2 forward pass in numpy (float64),
+"""Independent reference: the Hugging Face llama/qwen2/qwen3/smollm3/olmo2/gemma2/gemma3_text forward
+pass in numpy (float64),
 straight from a model folder's config.json and safetensors — HF conventions (rotate-half RoPE on
 the unpermuted weights). Writes the logits of every position.
 
@@ -53,8 +54,26 @@ def inv_freq(cfg, d, theta):
 
 
 # transformers' config defaults where they differ from llama's
-DEFAULT_THETA = {"smollm3": 2000000.0}
+DEFAULT_THETA = {"smollm3": 2000000.0, "gemma3_text": 1000000.0}
 DEFAULT_EPS = {"olmo2": 1e-5}
+# Gemma2Config / Gemma3TextConfig: every this-many-th layer is full attention, the others slide
+GEMMA_PATTERN = {"gemma2": 2, "gemma3_text": 6}
+GEMMA_DEFAULTS = {
+    "gemma2": {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
+    "gemma3_text": {},
+}
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def sliding(cfg, layers):
+    """Per layer, whether it attends within the sliding window (Gemma's layer_types)."""
+    if cfg.get("layer_types"):
+        return [t == "sliding_attention" for t in cfg["layer_types"][:layers]]
+    every = cfg.get("sliding_window_pattern") or GEMMA_PATTERN[cfg["model_type"]]
+    return [(l + 1) % every != 0 for l in range(layers)]
 
 
 def uses_rope(cfg, layers):
@@ -86,8 +105,9 @@ def main():
     for f in sorted(d.glob("*.safetensors")):
         W.update(load(f))
     H, KV = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
-    hd = cfg.get("head_dim") or cfg["hidden_size"] // H
     mt = cfg.get("model_type")
+    gemma = mt in GEMMA_PATTERN
+    hd = cfg.get("head_dim") or (256 if gemma else cfg["hidden_size"] // H)
     eps = cfg.get("rms_norm_eps") or DEFAULT_EPS.get(mt, 1e-6)
     # OLMo 2 (Olmo2DecoderLayer): no norm before attention or MLP; their outputs are normed
     # (post_attention_layernorm, post_feedforward_layernorm), and q/k are normed over all heads
@@ -95,14 +115,29 @@ def main():
     olmo2 = mt == "olmo2"
     theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta") \
         or DEFAULT_THETA.get(cfg.get("model_type"), 10000.0)
-    roped = uses_rope(cfg, cfg["num_hidden_layers"])
+    L = cfg["num_hidden_layers"]
+    roped = uses_rope(cfg, L)
+    # Gemma (Gemma2/Gemma3 modeling): RMSNorm multiplies by 1 + w; norms before and after
+    # attention and MLP; embeddings times sqrt(hidden); GELU (tanh) MLP; scores scaled by
+    # query_pre_attn_scalar^-1/2 and soft-capped (Gemma 2); sliding-window layers; Gemma 3's
+    # sliding layers use rope_local_base_freq (10000); final logits soft-capped (Gemma 2)
+    norm_w = (lambda w: 1.0 + w) if gemma else (lambda w: w)
+    extra = dict(GEMMA_DEFAULTS.get(mt, {}))
+    extra.update({k: cfg[k] for k in ("attn_logit_softcapping", "final_logit_softcapping") if k in cfg})
+    window = cfg.get("sliding_window") if gemma else None
+    slides = sliding(cfg, L) if gemma else [False] * L
+    local_theta = cfg.get("rope_local_base_freq", 10000.0) if mt == "gemma3_text" else theta
+    scale = (cfg.get("query_pre_attn_scalar") or 256) ** -0.5 if gemma else 1 / np.sqrt(hd)
     T = len(ids)
     pos = np.arange(T, dtype=np.float64)
     x = W["model.embed_tokens.weight"][ids]
-    mask = np.triu(np.full((T, T), -np.inf), 1)
-    for l in range(cfg["num_hidden_layers"]):
+    if gemma:
+        x = x * np.sqrt(cfg["hidden_size"])
+    causal = np.triu(np.full((T, T), -np.inf), 1)
+    for l in range(L):
         p = f"model.layers.{l}."
-        h = x if olmo2 else rms(x, W[p + "input_layernorm.weight"], eps)
+        n = lambda name: norm_w(W[p + name + ".weight"])  # noqa: E731
+        h = x if olmo2 else rms(x, n("input_layernorm"), eps)
         def lin(name, v):
             y = v @ W[p + name + ".weight"].T
             b = W.get(p + name + ".bias")
@@ -114,30 +149,42 @@ def main():
         q, k = q.reshape(T, H, hd), k.reshape(T, KV, hd)
         v = lin("self_attn.v_proj", h).reshape(T, KV, hd)
         if not olmo2 and p + "self_attn.q_norm.weight" in W:
-            q = rms(q, W[p + "self_attn.q_norm.weight"], eps)
-            k = rms(k, W[p + "self_attn.k_norm.weight"], eps)
-        inv = inv_freq(cfg, hd, theta)
+            q = rms(q, n("self_attn.q_norm"), eps)
+            k = rms(k, n("self_attn.k_norm"), eps)
+        inv = inv_freq(cfg, hd, local_theta if slides[l] else theta)
         if roped[l]:
             q, k = rope(q, pos, inv), rope(k, pos, inv)
         rep = H // KV
         k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
-        att = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd) + mask
+        att = np.einsum("thd,shd->hts", q, k) * scale
+        if gemma and extra.get("attn_logit_softcapping"):
+            cap = extra["attn_logit_softcapping"]
+            att = np.tanh(att / cap) * cap
+        mask = causal
+        if slides[l] and window:
+            t, s_ = np.arange(T)[:, None], np.arange(T)[None, :]
+            mask = np.where(t - s_ >= window, -np.inf, causal)
+        att = att + mask
         att = np.exp(att - att.max(-1, keepdims=True))
         att /= att.sum(-1, keepdims=True)
         o = np.einsum("hts,shd->thd", att, v).reshape(T, H * hd)
         o = lin("self_attn.o_proj", o)
-        if olmo2:
-            x = x + rms(o, W[p + "post_attention_layernorm.weight"], eps)
-            h = x
+        if olmo2 or gemma:
+            x = x + rms(o, n("post_attention_layernorm"), eps)
+            h = rms(x, n("pre_feedforward_layernorm"), eps) if gemma else x
         else:
             x = x + o
             h = rms(x, W[p + "post_attention_layernorm.weight"], eps)
         g, u = lin("mlp.gate_proj", h), lin("mlp.up_proj", h)
-        m = lin("mlp.down_proj", g / (1 + np.exp(-g)) * u)
-        x = x + (rms(m, W[p + "post_feedforward_layernorm.weight"], eps) if olmo2 else m)
-    x = rms(x, W["model.norm.weight"], eps)
+        m = lin("mlp.down_proj", (gelu_tanh(g) if gemma else g / (1 + np.exp(-g))) * u)
+        x = x + (rms(m, n("post_feedforward_layernorm"), eps) if olmo2 or gemma else m)
+    x = rms(x, norm_w(W["model.norm.weight"]), eps)
     head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
-    (x @ head.T).astype("<f4").tofile(sys.argv[2])
+    logits = x @ head.T
+    if gemma and extra.get("final_logit_softcapping"):
+        cap = extra["final_logit_softcapping"]
+        logits = np.tanh(logits / cap) * cap
+    logits.astype("<f4").tofile(sys.argv[2])
 
 
 if __name__ == "__main__":

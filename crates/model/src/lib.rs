@@ -124,6 +124,8 @@ pub struct Family {
     /// Sliding-window layers' own rope theta by default (their rope parameters are kept apart,
     /// by layer type, as transformers' Gemma 3 config keeps them).
     pub sliding_rope_theta: Option<f64>,
+    /// Other values the config class fills in when config.json leaves them out.
+    pub defaults: &'static [(&'static str, f64)],
 }
 
 const fn llama_like(model_type: &'static str, rope_theta: f64) -> Family {
@@ -136,6 +138,7 @@ const fn llama_like(model_type: &'static str, rope_theta: f64) -> Family {
         gemma: false,
         sliding_interval: None,
         sliding_rope_theta: None,
+        defaults: &[],
     }
 }
 
@@ -171,6 +174,13 @@ pub const FAMILIES: &[Family] = &[
         norms: GEMMA_NORMS,
         gemma: true,
         sliding_interval: Some(2),
+        defaults: &[
+            ("head_dim", 256.0),
+            ("attn_logit_softcapping", 50.0),
+            ("final_logit_softcapping", 30.0),
+            ("sliding_window", 4096.0),
+            ("query_pre_attn_scalar", 256.0),
+        ],
         ..llama_like("gemma2", 10000.0)
     },
     Family {
@@ -178,9 +188,33 @@ pub const FAMILIES: &[Family] = &[
         gemma: true,
         sliding_interval: Some(6),
         sliding_rope_theta: Some(10000.0),
+        defaults: &[
+            ("head_dim", 256.0),
+            ("sliding_window", 4096.0),
+            ("query_pre_attn_scalar", 256.0),
+        ],
         ..llama_like("gemma3_text", 1_000_000.0)
     },
 ];
+
+/// config.json with the values the family's config class fills in ([`Family::defaults`]) where
+/// it leaves them out (absent or null); whole numbers as integers.
+pub fn with_family_defaults(c: &Json, family: &Family) -> Json {
+    let mut c = c.clone();
+    if let Some(o) = c.as_object_mut() {
+        for &(k, v) in family.defaults {
+            if o.get(k).is_none_or(|x| x.is_null()) {
+                let v: Json = if v.fract() == 0.0 && v.abs() < 1e15 {
+                    (v as i64).into()
+                } else {
+                    v.into()
+                };
+                o.insert(k.to_string(), v);
+            }
+        }
+    }
+    c
+}
 
 /// Per layer, whether it attends within a sliding window: `layer_types`
 /// ("sliding_attention"/"full_attention"), else the family's pattern, else none does.
@@ -389,6 +423,7 @@ fn positive(c: &Json, key: &str) -> Result<Option<f32>> {
 impl Config {
     pub fn from_hf(c: &Json) -> Result<Config> {
         let family = family_of(c)?;
+        let c = &with_family_defaults(c, family);
         let hp = HParams::from_config(c).map_err(ModelError::Config)?;
         let (hidden, heads) = (hp.n_embd as usize, hp.n_head as usize);
         let head_dim = hp.head_dim as usize;

@@ -339,6 +339,27 @@ pub fn targets(
             ),
         });
     }
+    // Gemma's norms multiply by 1 + w and its MLP's input norm is another tensor: folding scales
+    // into them is not done yet
+    let gemma = src
+        .config
+        .as_ref()
+        .and_then(|c| qs_model::family_of(c).ok())
+        .is_some_and(|f| f.gemma);
+    if gemma
+        && method
+            .folded_tensors(0)
+            .iter()
+            .any(|n| n.ends_with("layernorm.weight"))
+    {
+        return Err(Error::Input {
+            path: src.input.clone(),
+            msg: format!(
+                "--method {} folds its scales into the norms before attention and MLP, which this Gemma model applies as 1 + w: not supported yet; use --method gptq",
+                method.name()
+            ),
+        });
+    }
     let mut out = BTreeMap::new();
     for t in &plan.tensors {
         let Action::Encode(scheme) = &t.action else {

@@ -144,6 +144,13 @@ pub(crate) fn config_json(
             c.insert(k.into(), json!(v));
         }
     }
+    if let (Some(keys), Some(layers)) = (a.hf_keys, layers) {
+        let key = |k: &str| {
+            let k = format!("{p}.{k}");
+            u(g, &k).map(|v| v as f64).or_else(|| f(g, &k))
+        };
+        keys(&key, layers, &mut c);
+    }
     let td = match dtype {
         DType::BF16 => "bfloat16",
         DType::F16 => "float16",

@@ -4,6 +4,7 @@
 //! beyond the tokenizer's vocabulary.
 
 use super::{Arch, HeadDim, Keys, ModelType, OwnKey, VocabStyle, GEMMA_NORMS};
+use serde_json::{json, Map, Value as Json};
 
 pub const ARCH: Arch = Arch {
     name: "gemma3",
@@ -11,7 +12,6 @@ pub const ARCH: Arch = Arch {
         name: "gemma3_text",
         max_position_embeddings: 131072,
         head_dim: HeadDim::Fixed(256),
-        defaults: &[("sliding_window", 4096.0), ("query_pre_attn_scalar", 256.0)],
     }],
     hf_class: "Gemma3ForCausalLM",
     permute_qk: false,
@@ -25,5 +25,19 @@ pub const ARCH: Arch = Arch {
     dropped: &[],
     embeddings_to_vocab: true,
     swa_every: Some(6),
+    hf_keys: Some(hf_keys),
     layer_norms: GEMMA_NORMS,
 };
+
+/// The layer count llama.cpp takes for Gemma 3 27B (queries scaled by (hidden / heads)^-½).
+const LAYERS_27B: u64 = 62;
+
+fn hf_keys(key: &dyn Fn(&str) -> Option<f64>, layers: u64, c: &mut Map<String, Json>) {
+    super::gemma2::gemma_keys(key, layers, LAYERS_27B, 6, c);
+    // the sliding-window layers' rope theta (llama.cpp's default: the global one)
+    let local = key("rope.freq_base_swa").or(key("rope.freq_base"));
+    c.insert(
+        "rope_local_base_freq".into(),
+        json!(local.map(|t| (t as f32).to_string().parse::<f64>().unwrap_or(t))),
+    );
+}

@@ -11,13 +11,11 @@ pub const ARCH: Arch = Arch {
             name: "llama",
             max_position_embeddings: 2048,
             head_dim: HeadDim::FromHidden,
-            defaults: &[],
         },
         ModelType {
             name: "mistral",
             max_position_embeddings: 131072,
             head_dim: HeadDim::FromHidden,
-            defaults: &[],
         },
     ],
     hf_class: "LlamaForCausalLM",
@@ -32,5 +30,6 @@ pub const ARCH: Arch = Arch {
     dropped: &[],
     embeddings_to_vocab: false,
     swa_every: None,
+    hf_keys: None,
     layer_norms: LLAMA_NORMS,
 };

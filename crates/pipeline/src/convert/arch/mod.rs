@@ -32,7 +32,7 @@ pub const ARCHS: &[Arch] = &[
 ];
 
 /// What differs between the architectures we convert.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Arch {
     /// `general.architecture` and key prefix.
     pub name: &'static str,
@@ -60,6 +60,9 @@ pub struct Arch {
     /// llama.cpp's fixed sliding-window pattern: every this-many-th layer attends to the whole
     /// context, the others to `sliding_window` tokens (nothing in the file says which).
     pub swa_every: Option<usize>,
+    /// `export`: the architecture's own config.json keys from the GGUF's (read by key name
+    /// without the architecture prefix, as numbers), over the common ones.
+    pub hf_keys: Option<HfKeys>,
     /// Layer count of llama.cpp's LLM_TYPE_70B, which llama-quantize's mixtures single out.
     pub layers_70b: Option<u64>,
     /// llama.cpp leaves rope out of every this-many-th layer (its fixed `n_no_rope_layer_step`;
@@ -70,14 +73,15 @@ pub struct Arch {
     pub layer_norms: &'static [(&'static str, &'static str)],
 }
 
+/// See [`Arch::hf_keys`]: GGUF key lookup, block count, config.json to complete.
+pub type HfKeys = fn(&dyn Fn(&str) -> Option<f64>, u64, &mut serde_json::Map<String, Json>);
+
 /// A Hugging Face `model_type` and the defaults its transformers (5.x) config class fills in.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelType {
     pub name: &'static str,
     pub max_position_embeddings: u64,
     pub head_dim: HeadDim,
-    /// Other keys the config class fills in (number values).
-    pub defaults: &'static [(&'static str, f64)],
 }
 
 /// Which list of hyper-parameter keys the converter writes before `general.file_type`.
@@ -234,7 +238,7 @@ pub fn with_defaults(c: &Json) -> Json {
     let Some(m) = model_type(&mt) else {
         return c;
     };
-    let (max_pos, head_dim, defaults) = (m.max_position_embeddings, m.head_dim, m.defaults);
+    let (max_pos, head_dim) = (m.max_position_embeddings, m.head_dim);
     let theta_in_rope = qs_model::rope_params(&c).is_some_and(|r| r.get("rope_theta").is_some());
     let hidden = c.get("hidden_size").and_then(|v| v.as_u64());
     let heads = c.get("num_attention_heads").and_then(|v| v.as_u64());
@@ -247,10 +251,12 @@ pub fn with_defaults(c: &Json) -> Json {
         }
     };
     put("max_position_embeddings", max_pos.into());
-    for &(k, v) in defaults {
-        put(k, v.into());
-    }
     let family = qs_model::FAMILIES.iter().find(|f| f.model_type == mt);
+    if let Some(f) = family {
+        for &(k, v) in f.defaults {
+            put(k, v.into());
+        }
+    }
     put(
         "rms_norm_eps",
         family.map_or(1e-6, |f| f.rms_norm_eps).into(),

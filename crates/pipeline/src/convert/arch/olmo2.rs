@@ -11,7 +11,6 @@ pub const ARCH: Arch = Arch {
         name: "olmo2",
         max_position_embeddings: 2048,
         head_dim: HeadDim::Absent,
-        defaults: &[],
     }],
     hf_class: "Olmo2ForCausalLM",
     permute_qk: false,
@@ -25,6 +24,7 @@ pub const ARCH: Arch = Arch {
     dropped: &[],
     embeddings_to_vocab: false,
     swa_every: None,
+    hf_keys: None,
     layer_norms: &[
         ("self_attn.q_norm", "attn_q_norm"),
         ("self_attn.k_norm", "attn_k_norm"),

@@ -8,7 +8,6 @@ pub const ARCH: Arch = Arch {
         name: "qwen3",
         max_position_embeddings: 32768,
         head_dim: HeadDim::Fixed(128),
-        defaults: &[],
     }],
     hf_class: "Qwen3ForCausalLM",
     permute_qk: false,
@@ -22,5 +21,6 @@ pub const ARCH: Arch = Arch {
     dropped: &[],
     embeddings_to_vocab: false,
     swa_every: None,
+    hf_keys: None,
     layer_norms: LLAMA_NORMS,
 };

@@ -10,7 +10,6 @@ pub const ARCH: Arch = Arch {
         name: "smollm3",
         max_position_embeddings: 32768,
         head_dim: HeadDim::Absent,
-        defaults: &[],
     }],
     hf_class: "SmolLM3ForCausalLM",
     permute_qk: true,
@@ -24,5 +23,6 @@ pub const ARCH: Arch = Arch {
     dropped: &[],
     embeddings_to_vocab: false,
     swa_every: None,
+    hf_keys: None,
     layer_norms: LLAMA_NORMS,
 };

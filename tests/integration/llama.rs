@@ -301,7 +301,8 @@ pub(crate) fn family_layers(model_type: &str) -> usize {
 /// layer without rope; its config leaves out rope_theta, head_dim and tie_word_embeddings, so
 /// transformers' defaults apply: theta 2e6, tied embeddings, no lm_head), gemma2 or
 /// gemma3_text (`1 + w` norms before and after both blocks, a 4-token sliding window, tied
-/// embeddings; Gemma 3's q/k norms; Gemma 2 gets a SentencePiece tokenizer.model too).
+/// embeddings; Gemma 3's q/k norms; Gemma 2 gets a SentencePiece tokenizer.model too) or phi3
+/// (fused qkv_proj and gate_up_proj; Phi-4-mini's partial rotary and LongRoPE).
 pub(crate) fn synthetic_model(
     dir: &Path,
     model_type: &str,
@@ -451,6 +452,29 @@ pub(crate) fn synthetic_model(
             weight_matrix(vocab, hidden, 0.02, 9),
         ));
     }
+    if model_type == "phi3" {
+        // Phi-3 stores q, k, v as one qkv_proj and gate, up as one gate_up_proj (gate first)
+        let take = |ts: &mut Vec<(String, Vec<usize>, Vec<f32>)>, n: &str| {
+            let i = ts.iter().position(|t| t.0 == n).unwrap();
+            ts.remove(i)
+        };
+        for l in 0..layers {
+            let p = format!("model.layers.{l}.");
+            for (parts, fused) in [
+                (&["q_proj", "k_proj", "v_proj"][..], "self_attn.qkv_proj"),
+                (&["gate_proj", "up_proj"][..], "mlp.gate_up_proj"),
+            ] {
+                let block = if parts.len() == 3 { "self_attn" } else { "mlp" };
+                let (mut rows, mut data) = (0, Vec::new());
+                for part in parts {
+                    let (_, shape, v) = take(&mut ts, &format!("{p}{block}.{part}.weight"));
+                    rows += shape[0];
+                    data.extend(v);
+                }
+                ts.push((format!("{p}{fused}.weight"), vec![rows, hidden], data));
+            }
+        }
+    }
     let owned: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = ts
         .iter()
         .map(|(n, s, v)| (n.as_str(), Dtype::BF16, s.clone(), bf16_bytes(v)))
@@ -465,6 +489,7 @@ pub(crate) fn synthetic_model(
         "olmo2" => "Olmo2ForCausalLM",
         "gemma2" => "Gemma2ForCausalLM",
         "gemma3_text" => "Gemma3ForCausalLM",
+        "phi3" => "Phi3ForCausalLM",
         _ => "LlamaForCausalLM",
     }]);
     cfg["num_hidden_layers"] = layers.into();
@@ -505,6 +530,32 @@ pub(crate) fn synthetic_model(
         o.insert("sliding_window".into(), 4.into());
         o.insert("query_pre_attn_scalar".into(), hd.into());
         o.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
+    }
+    if model_type == "phi3" {
+        // Phi-4-mini's rope: over 3/4 of each head, LongRoPE (short factors up to the original
+        // context, which is at least llama.cpp's padded context, so both pick them)
+        let o = cfg.as_object_mut().unwrap();
+        for k in [
+            "rope_theta",
+            "head_dim",
+            "rms_norm_eps",
+            "attention_bias",
+            "mlp_bias",
+        ] {
+            o.remove(k);
+        }
+        let pairs = hd * 3 / 8;
+        o.insert("max_position_embeddings".into(), 4096.into());
+        o.insert("original_max_position_embeddings".into(), 256.into());
+        o.insert(
+            "rope_scaling".into(),
+            serde_json::json!({
+                "type": "longrope",
+                "partial_rotary_factor": 0.75,
+                "long_factor": (0..pairs).map(|i| 1.0 + 0.1 * i as f64).collect::<Vec<_>>(),
+                "short_factor": (0..pairs).map(|i| 1.0 + 0.05 * i as f64).collect::<Vec<_>>(),
+            }),
+        );
     }
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json"] {
@@ -1070,8 +1121,8 @@ fn output_and_embedding_type_options_equal_llama_quantize() {
     );
 }
 
-/// SmolLM3, OLMo 2, Gemma 2 and Gemma 3 past conversion: GPTQ into int4 and Q4_K_M, an
-/// importance matrix, `eval` of the GGUF against the folder, and `export` back to a folder that
+/// SmolLM3, OLMo 2, Gemma 2, Gemma 3 and Phi-3 (fused linears, each part calibrated on its
+/// own and the codes joined) past conversion: GPTQ into int4 and Q4_K_M, an importance matrix, `eval` of the GGUF against the folder, and `export` back to a folder that
 /// computes what the original does (SmolLM3's lists the layers without rope, Gemma's the
 /// sliding-window layers and stores norms as w again). A SmolLM3 config whose layers without
 /// rope are not llama.cpp's fixed every-4th, or a Gemma one whose window layers are not
@@ -1080,9 +1131,9 @@ fn output_and_embedding_type_options_equal_llama_quantize() {
 /// before attention and MLP, is refused for OLMo 2, which has none there, and for Gemma, whose
 /// norms apply 1 + w.
 #[test]
-fn smollm3_olmo2_and_gemma_calibrate_evaluate_and_export() {
+fn smollm3_olmo2_gemma_and_phi3_calibrate_evaluate_and_export() {
     let d = tempfile::tempdir().unwrap();
-    for mt in ["smollm3", "olmo2", "gemma2", "gemma3_text"] {
+    for mt in ["smollm3", "olmo2", "gemma2", "gemma3_text", "phi3"] {
         family_workflow(&d.path().join(mt), mt);
     }
 }
@@ -1169,6 +1220,36 @@ fn family_workflow(dir: &Path, mt: &str) {
         }
     }
     assert!(worst < 1e-3, "{mt}: exported logits differ by {worst}");
+    if mt == "phi3" {
+        // LongRoPE's factors come back from the GGUF's tensors into rope_scaling; AWQ, which
+        // scales q, k, v (and gate, up) apart, is refused for the fused tensors
+        assert_eq!(c["rope_scaling"]["rope_type"], "longrope", "{c}");
+        assert_eq!(c["rope_scaling"]["partial_rotary_factor"], 0.75, "{c}");
+        let r = quantize(&[
+            p(&m),
+            "--to".into(),
+            "int4".into(),
+            "--method".into(),
+            "awq".into(),
+            "-o".into(),
+            p(&at("awq")),
+        ]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(
+            r.stderr.contains("_proj.weight") && r.stderr.contains("fused"),
+            "{}",
+            r.stderr
+        );
+        assert!(!at("awq").exists());
+        // the importance matrix has the fused tensors' entries
+        let im = qs_formats::imatrix::load(&at("im.gguf")).unwrap();
+        assert!(
+            im.entries.contains_key("blk.0.attn_qkv.weight"),
+            "{:?}",
+            im.entries.keys()
+        );
+        return;
+    }
     if mt.starts_with("gemma") {
         // the exported config lists llama.cpp's window layers; AWQ is refused (its scales
         // would fold into norms applied as 1 + w)
@@ -1271,8 +1352,10 @@ fn dense_family_conversions_run_in_llama_cpp() {
         "olmo2",
         "gemma2",
         "gemma3_text",
+        "phi3",
     ] {
-        let m = d.path().join(mt);
+        // llama.cpp expects Phi-3's own special tokens in a model whose name says "phi3"
+        let m = d.path().join(format!("tiny-{}", mt.replace("phi3", "phi")));
         let layers = family_layers(mt);
         synthetic_model(&m, mt, layers, 256, 512, 4, 2);
         let g = d.path().join(format!("{mt}.gguf"));

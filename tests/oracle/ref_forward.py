@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Independent reference: the Hugging Face llama/qwen2/qwen3/smollm3/olmo2/gemma2/gemma3_text forward
-pass in numpy (float64),
+"""Independent reference: the Hugging Face llama/qwen2/qwen3/smollm3/olmo2/gemma2/gemma3_text/phi3
+forward pass in numpy (float64),
 straight from a model folder's config.json and safetensors — HF conventions (rotate-half RoPE on
 the unpermuted weights). Writes the logits of every position.
 
@@ -55,7 +55,7 @@ def inv_freq(cfg, d, theta):
 
 # transformers' config defaults where they differ from llama's
 DEFAULT_THETA = {"smollm3": 2000000.0, "gemma3_text": 1000000.0}
-DEFAULT_EPS = {"olmo2": 1e-5}
+DEFAULT_EPS = {"olmo2": 1e-5, "phi3": 1e-5}
 # Gemma2Config / Gemma3TextConfig: every this-many-th layer is full attention, the others slide
 GEMMA_PATTERN = {"gemma2": 2, "gemma3_text": 6}
 GEMMA_DEFAULTS = {
@@ -87,14 +87,34 @@ def uses_rope(cfg, layers):
     return [1] * layers
 
 
-def rope(x, pos, inv):
-    # x: (T, H, D), HF rotate_half convention
-    d = x.shape[-1]
+def rope(x, pos, inv, mscale=1.0):
+    # x: (T, H, D), HF rotate_half convention over the first 2 * len(inv) dimensions (partial
+    # rotary: the rest pass through); cos and sin scaled by LongRoPE's attention factor
+    r = 2 * len(inv)
+    xr, xp = x[..., :r], x[..., r:]
     ang = pos[:, None] * inv[None, :]
-    cos = np.concatenate([np.cos(ang)] * 2, -1)[:, None, :]
-    sin = np.concatenate([np.sin(ang)] * 2, -1)[:, None, :]
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
-    return x * cos + np.concatenate([-x2, x1], -1) * sin
+    cos = np.concatenate([np.cos(ang)] * 2, -1)[:, None, :] * mscale
+    sin = np.concatenate([np.sin(ang)] * 2, -1)[:, None, :] * mscale
+    x1, x2 = xr[..., : r // 2], xr[..., r // 2:]
+    return np.concatenate([xr * cos + np.concatenate([-x2, x1], -1) * sin, xp], -1)
+
+
+def phi3_rope(cfg, hd, theta, T):
+    """Phi3Config: rotary dims = head_dim * partial_rotary_factor; LongRoPE (transformers'
+    _compute_longrope_parameters): short factors up to original_max_position_embeddings, long
+    beyond, cos/sin times sqrt(1 + ln(max/orig) / ln(orig))."""
+    r = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    f = r.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    dim = int(hd * f)
+    base = theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    kind = r.get("rope_type", r.get("type", "default"))
+    if kind not in ("longrope", "su"):
+        return 1.0 / base, 1.0
+    orig = r.get("original_max_position_embeddings", cfg.get("original_max_position_embeddings", 4096))
+    factors = r["long_factor"] if T > orig else r["short_factor"]
+    scale = cfg["max_position_embeddings"] / orig
+    mscale = np.sqrt(1 + np.log(scale) / np.log(orig)) if scale > 1 else 1.0
+    return 1.0 / (np.array(factors, dtype=np.float64) * base), mscale
 
 
 def main():
@@ -130,6 +150,20 @@ def main():
     scale = (cfg.get("query_pre_attn_scalar") or 256) ** -0.5 if gemma else 1 / np.sqrt(hd)
     T = len(ids)
     pos = np.arange(T, dtype=np.float64)
+    # Phi-3 (Phi3DecoderLayer): q, k, v fused in qkv_proj, gate and up in gate_up_proj (gate
+    # first); partial rotary and LongRoPE
+    phi3 = mt == "phi3"
+    if phi3:
+        inter = W["model.layers.0.mlp.gate_up_proj.weight"].shape[0] // 2
+        for l in range(L):
+            p = f"model.layers.{l}."
+            qkv = W.pop(p + "self_attn.qkv_proj.weight")
+            W[p + "self_attn.q_proj.weight"] = qkv[: H * hd]
+            W[p + "self_attn.k_proj.weight"] = qkv[H * hd: (H + KV) * hd]
+            W[p + "self_attn.v_proj.weight"] = qkv[(H + KV) * hd:]
+            gu = W.pop(p + "mlp.gate_up_proj.weight")
+            W[p + "mlp.gate_proj.weight"], W[p + "mlp.up_proj.weight"] = gu[:inter], gu[inter:]
+        phi_inv, phi_mscale = phi3_rope(cfg, hd, theta, T)
     x = W["model.embed_tokens.weight"][ids]
     if gemma:
         x = x * np.sqrt(cfg["hidden_size"])
@@ -151,9 +185,12 @@ def main():
         if not olmo2 and p + "self_attn.q_norm.weight" in W:
             q = rms(q, n("self_attn.q_norm"), eps)
             k = rms(k, n("self_attn.k_norm"), eps)
-        inv = inv_freq(cfg, hd, local_theta if slides[l] else theta)
+        if phi3:
+            inv, mscale = phi_inv, phi_mscale
+        else:
+            inv, mscale = inv_freq(cfg, hd, local_theta if slides[l] else theta), 1.0
         if roped[l]:
-            q, k = rope(q, pos, inv), rope(k, pos, inv)
+            q, k = rope(q, pos, inv, mscale), rope(k, pos, inv, mscale)
         rep = H // KV
         k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
         att = np.einsum("thd,shd->hts", q, k) * scale

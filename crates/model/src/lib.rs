@@ -68,10 +68,97 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rope {
     pub theta: f64,
-    /// Per rotary pair, the divisor of its frequency (Llama 3 scaling; else all 1).
+    /// Rotated dimensions of each head (the first ones; `partial_rotary_factor` × head_dim).
+    pub dims: usize,
+    /// Per rotary pair, the divisor of its frequency (Llama 3 scaling, LongRoPE's short factors;
+    /// else all 1).
     pub factors: Vec<f32>,
     /// Position multiplier (linear rope scaling: 1/factor).
     pub pos_scale: f64,
+    /// cos and sin are multiplied by this (LongRoPE's attention factor; else 1).
+    pub mscale: f64,
+    /// LongRoPE: the divisors for sequences longer than the original context, and that context.
+    pub long: Option<(Vec<f32>, usize)>,
+}
+
+/// LongRoPE (Phi-3): per rotary pair frequency divisors for long and short sequences, and the
+/// attention factor cos and sin are scaled by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    pub long: Vec<f32>,
+    pub short: Vec<f32>,
+    pub attn_factor: f64,
+    pub original: usize,
+}
+
+/// The rotated dimensions of each head: `partial_rotary_factor` (in the rope parameters or at
+/// the top level) of the hidden size per head, as llama.cpp's converter computes it.
+pub fn rotary_dims(c: &Json, hidden: usize, heads: usize, head_dim: usize) -> usize {
+    let f = rope_params(c)
+        .and_then(|r| r.get("partial_rotary_factor"))
+        .or_else(|| c.get("partial_rotary_factor"))
+        .and_then(|v| v.as_f64())
+        .filter(|f| *f > 0.0 && *f <= 1.0);
+    match f {
+        Some(f) if f < 1.0 => ((f * hidden as f64) as usize / heads.max(1)).min(head_dim),
+        _ => head_dim,
+    }
+}
+
+/// LongRoPE's parameters, when the rope type is `longrope` (or the older `su`) with long and
+/// short factors: checked to have one factor per rotary pair of `dims`.
+pub fn longrope(c: &Json, dims: usize) -> Result<Option<LongRope>> {
+    let Some(r) = rope_params(c) else {
+        return Ok(None);
+    };
+    let (Some(long), Some(short)) = (r.get("long_factor"), r.get("short_factor")) else {
+        return Ok(None);
+    };
+    if !matches!(rope_type(r), "longrope" | "su") {
+        return Ok(None);
+    }
+    let list = |v: &Json, k: &str| -> Result<Vec<f32>> {
+        v.as_array()
+            .filter(|a| a.len() == dims / 2)
+            .and_then(|a| {
+                a.iter()
+                    .map(|x| {
+                        x.as_f64()
+                            .filter(|f| f.is_finite() && *f > 0.0)
+                            .map(|f| f as f32)
+                    })
+                    .collect::<Option<Vec<f32>>>()
+            })
+            .ok_or_else(|| {
+                ModelError::Config(format!(
+                    "rope {k} must list {} positive numbers (one per rotary pair)",
+                    dims / 2
+                ))
+            })
+    };
+    let key = "original_max_position_embeddings";
+    let original = r
+        .get(key)
+        .or_else(|| c.get(key))
+        .and_then(|v| v.as_u64())
+        .filter(|&o| o >= 2)
+        .ok_or_else(|| ModelError::Config(format!("longrope without {key}")))?;
+    let max = c
+        .get("max_position_embeddings")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(original);
+    let scale = max as f64 / original as f64;
+    let attn_factor = match r.get("attention_factor").and_then(|v| v.as_f64()) {
+        Some(f) => f,
+        None if scale > 1.0 => (1.0 + scale.ln() / (original as f64).ln()).sqrt(),
+        None => 1.0,
+    };
+    Ok(Some(LongRope {
+        long: list(long, "long_factor")?,
+        short: list(short, "short_factor")?,
+        attn_factor,
+        original: original as usize,
+    }))
 }
 
 /// The norms of a decoder layer, by their Hugging Face module names (`None`: the layer has no
@@ -171,6 +258,11 @@ pub const FAMILIES: &[Family] = &[
         ..llama_like("olmo2", 10000.0)
     },
     Family {
+        rms_norm_eps: 1e-5,
+        defaults: &[("original_max_position_embeddings", 4096.0)],
+        ..llama_like("phi3", 10000.0)
+    },
+    Family {
         norms: GEMMA_NORMS,
         gemma: true,
         sliding_interval: Some(2),
@@ -197,6 +289,15 @@ pub const FAMILIES: &[Family] = &[
     },
 ];
 
+/// A [`Family::defaults`] value as JSON: whole numbers as integers.
+pub fn default_value(v: f64) -> Json {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        (v as i64).into()
+    } else {
+        v.into()
+    }
+}
+
 /// config.json with the values the family's config class fills in ([`Family::defaults`]) where
 /// it leaves them out (absent or null); whole numbers as integers.
 pub fn with_family_defaults(c: &Json, family: &Family) -> Json {
@@ -204,12 +305,7 @@ pub fn with_family_defaults(c: &Json, family: &Family) -> Json {
     if let Some(o) = c.as_object_mut() {
         for &(k, v) in family.defaults {
             if o.get(k).is_none_or(|x| x.is_null()) {
-                let v: Json = if v.fract() == 0.0 && v.abs() < 1e15 {
-                    (v as i64).into()
-                } else {
-                    v.into()
-                };
-                o.insert(k.to_string(), v);
+                o.insert(k.to_string(), default_value(v));
             }
         }
     }
@@ -382,20 +478,30 @@ pub fn family_of(c: &Json) -> Result<&'static Family> {
     })
 }
 
-/// Rope from one set of rope parameters (`r`, possibly `None`), `theta` given.
-fn rope_of(r: Option<&Json>, theta: f64, head_dim: usize) -> Result<Rope> {
+/// Rope from one set of rope parameters (`r`, possibly `None`), `theta` given, over `dims`
+/// dimensions of each head; LongRoPE when `lr`.
+fn rope_of(r: Option<&Json>, theta: f64, dims: usize, lr: Option<LongRope>) -> Result<Rope> {
     let mut rope = Rope {
         theta,
-        factors: vec![1.0; head_dim / 2],
+        dims,
+        factors: vec![1.0; dims / 2],
         pos_scale: 1.0,
+        mscale: 1.0,
+        long: None,
     };
+    if let Some(lr) = lr {
+        rope.factors = lr.short;
+        rope.mscale = lr.attn_factor;
+        rope.long = Some((lr.long, lr.original));
+        return Ok(rope);
+    }
     if let Some(r) = r {
         let factor = r.get("factor").and_then(|v| v.as_f64());
         match (rope_type(r), factor) {
             ("default", _) => {}
             ("linear", Some(f)) if f > 0.0 => rope.pos_scale = 1.0 / f,
             (t, _) if t.eq_ignore_ascii_case("llama3") => {
-                rope.factors = llama3_rope_factors(r, theta, head_dim)
+                rope.factors = llama3_rope_factors(r, theta, dims)
             }
             (t, _) => {
                 return Err(ModelError::Config(format!(
@@ -437,7 +543,7 @@ impl Config {
                             "rope_parameters.{t}.rope_theta is not a number"
                         ))
                     })?;
-                    rope_of(Some(r), theta, head_dim)
+                    rope_of(Some(r), theta, head_dim, None)
                 };
                 (of("full_attention")?, Some(of("sliding_attention")?))
             }
@@ -448,7 +554,8 @@ impl Config {
                     .or_else(|| r.and_then(|r| r.get("rope_theta")))
                     .and_then(|v| v.as_f64())
                     .unwrap_or(family.rope_theta);
-                (rope_of(r, theta, head_dim)?, None)
+                let dims = rotary_dims(c, hidden, heads, head_dim);
+                (rope_of(r, theta, dims, longrope(c, dims)?)?, None)
             }
         };
         let window = match c.get("sliding_window").filter(|v| !v.is_null()) {
@@ -532,8 +639,11 @@ impl Config {
             eps: 1e-6,
             rope: Rope {
                 theta: 10000.0,
+                dims: head_dim,
                 factors: vec![1.0; head_dim / 2],
                 pos_scale: 1.0,
+                mscale: 1.0,
+                long: None,
             },
             rope_local: None,
             vocab: 16,
@@ -720,6 +830,22 @@ impl Linear {
         }
     }
 
+    /// Fused modules (Phi-3): HF module name under `model.layers.N.` → the linears whose rows
+    /// it holds, in order.
+    pub const FUSED: [(&'static str, &'static [Linear]); 2] = [
+        ("self_attn.qkv_proj", &[Linear::Q, Linear::K, Linear::V]),
+        ("mlp.gate_up_proj", &[Linear::Gate, Linear::Up]),
+    ];
+
+    /// (layer, its linears) of a fused HF weight name `model.layers.N.<fused module>.weight`.
+    pub fn parse_fused(name: &str) -> Option<(usize, &'static [Linear])> {
+        let rest = name.strip_prefix("model.layers.")?;
+        let (l, module) = rest.split_once('.')?;
+        let module = module.strip_suffix(".weight")?;
+        let (_, parts) = Linear::FUSED.into_iter().find(|(m, _)| *m == module)?;
+        Some((l.parse().ok()?, parts))
+    }
+
     /// The HF weight name of this linear in layer `l`.
     pub fn weight_name(self, l: usize) -> String {
         format!("model.layers.{l}.{}.weight", self.hf_name())
@@ -881,15 +1007,47 @@ impl<'a> Model<'a> {
                 Some(_) => self.tensor(&n, &[c.head_dim]).map(|w| Some(gains(w))),
             }
         };
+        // Phi-3 keeps q, k, v in one `qkv_proj` and gate, up in one `gate_up_proj`
+        let qkv = format!("{p}self_attn.qkv_proj.weight");
+        let (q, k, v) = if self.w.shape(&qkv).is_some() {
+            let m = self.matrix(&qkv, qd + 2 * kd, c.hidden)?;
+            let rows = |r0: usize, n: usize| m.as_ref().subrows(r0, n).to_owned();
+            (rows(0, qd), rows(qd, kd), rows(qd + kd, kd))
+        } else {
+            (
+                self.matrix(&Linear::Q.weight_name(l), qd, c.hidden)?,
+                self.matrix(&Linear::K.weight_name(l), kd, c.hidden)?,
+                self.matrix(&Linear::V.weight_name(l), kd, c.hidden)?,
+            )
+        };
+        let gate_up = format!("{p}mlp.gate_up_proj.weight");
+        let (gate, up) = match self.w.shape(&gate_up) {
+            Some(s) => {
+                let inter = s.first().copied().unwrap_or(0) / 2;
+                let m = self.matrix(&gate_up, 2 * inter, c.hidden)?;
+                (
+                    m.as_ref().subrows(0, inter).to_owned(),
+                    m.as_ref().subrows(inter, inter).to_owned(),
+                )
+            }
+            None => {
+                let name = Linear::Gate.weight_name(l);
+                let inter = self.dims(&name)?.first().copied().unwrap_or(0);
+                let gate = self.matrix(&name, inter, c.hidden)?;
+                let name = Linear::Up.weight_name(l);
+                let inter = self.dims(&name)?.first().copied().unwrap_or(0);
+                (gate, self.matrix(&name, inter, c.hidden)?)
+            }
+        };
         Ok(Layer {
             rope: c.rope_layers.get(l).copied().unwrap_or(true),
             window: c.windows.get(l).copied().flatten(),
             input_norm: norm(c.norms.attn_in)?,
             attn_out_norm: norm(c.norms.attn_out)?,
             mlp_out_norm: norm(c.norms.mlp_out)?,
-            q: self.matrix(&Linear::Q.weight_name(l), qd, c.hidden)?,
-            k: self.matrix(&Linear::K.weight_name(l), kd, c.hidden)?,
-            v: self.matrix(&Linear::V.weight_name(l), kd, c.hidden)?,
+            q,
+            k,
+            v,
             o: self.matrix(&Linear::O.weight_name(l), c.hidden, qd)?,
             q_bias: self.optional(&format!("{p}self_attn.q_proj.bias"), qd)?,
             k_bias: self.optional(&format!("{p}self_attn.k_proj.bias"), kd)?,
@@ -897,16 +1055,8 @@ impl<'a> Model<'a> {
             q_norm: qk_norm("q_norm", qd)?,
             k_norm: qk_norm("k_norm", kd)?,
             post_norm: norm(c.norms.mlp_in)?,
-            gate: {
-                let name = Linear::Gate.weight_name(l);
-                let inter = self.dims(&name)?.first().copied().unwrap_or(0);
-                self.matrix(&name, inter, c.hidden)?
-            },
-            up: {
-                let name = Linear::Up.weight_name(l);
-                let inter = self.dims(&name)?.first().copied().unwrap_or(0);
-                self.matrix(&name, inter, c.hidden)?
-            },
+            gate,
+            up,
             down: {
                 let name = Linear::Down.weight_name(l);
                 let inter = self.dims(&name)?.get(1).copied().unwrap_or(0);
@@ -1073,20 +1223,28 @@ fn rope_of_layer<'c>(c: &'c Config, w: &Layer) -> &'c Rope {
 /// Rotate-half RoPE on every head of `x` (tokens × heads·head_dim), positions restarting at 0
 /// every `seq_len` tokens.
 fn rope(x: &mut Mat<f32>, heads: usize, seq_len: usize, head_dim: usize, r: &Rope) {
-    rope_at(x, heads, head_dim, r, |t| t % seq_len.max(1))
+    rope_at(x, heads, head_dim, r, seq_len, |t| t % seq_len.max(1))
 }
 
-/// Rotate-half RoPE with row t at position `pos(t)`.
+/// Rotate-half RoPE over the first `r.dims` dimensions of each head, with row t at position
+/// `pos(t)`, in sequences of `seq_len` tokens (LongRoPE's long factors beyond the original
+/// context).
 fn rope_at(
     x: &mut Mat<f32>,
     heads: usize,
     head_dim: usize,
     r: &Rope,
+    seq_len: usize,
     pos: impl Fn(usize) -> usize,
 ) {
-    let half = head_dim / 2;
+    let dims = r.dims.min(head_dim);
+    let half = dims / 2;
+    let factors = match &r.long {
+        Some((long, original)) if seq_len > *original => long,
+        _ => &r.factors,
+    };
     let inv: Vec<f64> = (0..half)
-        .map(|i| 1.0 / r.theta.powf((2 * i) as f64 / head_dim as f64) / r.factors[i] as f64)
+        .map(|i| 1.0 / r.theta.powf((2 * i) as f64 / dims as f64) / factors[i] as f64)
         .collect();
     let pos: Vec<usize> = (0..x.nrows()).map(pos).collect();
     // (sin, cos) of every position's angles, once per position rather than per row and head
@@ -1094,14 +1252,19 @@ fn rope_at(
     let table: Vec<(f64, f64)> = (0..npos)
         .flat_map(|p| {
             let p = p as f64 * r.pos_scale;
-            inv.iter().map(move |&f| (p * f).sin_cos())
+            let m = r.mscale;
+            inv.iter().map(move |&f| {
+                let (s, c) = (p * f).sin_cos();
+                (s * m, c * m)
+            })
         })
         .collect();
     x.as_mut()
         .subcols_mut(0, heads * head_dim)
         .par_col_chunks_mut(head_dim)
         .for_each(|head| {
-            let (mut lo, mut hi) = head.split_at_col_mut(half);
+            let (rotated, _) = head.split_at_col_mut(dims);
+            let (mut lo, mut hi) = rotated.split_at_col_mut(half);
             for i in 0..half {
                 let a = lo.as_mut().col_mut(i);
                 let b = hi.as_mut().col_mut(i);
@@ -1431,8 +1594,8 @@ fn decode_step(
     }
     if w.rope {
         let r = rope_of_layer(c, w);
-        rope_at(&mut q, c.heads, hd, r, |_| pos);
-        rope_at(&mut k, c.kv_heads, hd, r, |_| pos);
+        rope_at(&mut q, c.heads, hd, r, len, |_| pos);
+        rope_at(&mut k, c.kv_heads, hd, r, len, |_| pos);
     }
     for i in 0..b {
         let at = (i * len + pos) * kd;

@@ -57,6 +57,9 @@ pub fn gguf_metadata(
                 .to_string(),
         };
         kvs.push(("general.architecture".to_string(), Value::String(arch_name)));
+        if let (Some(a), Some(c)) = (plan.arch, &src.config) {
+            kvs.extend(crate::arch::early_keys(a, c)?);
+        }
         // what llama.cpp's converter writes from the folder (its model-card heuristics for
         // basename/finetune/version/license are not reproduced)
         kvs.push(("general.type".to_string(), Value::String("model".into())));

@@ -511,6 +511,7 @@ mod tests {
                         scheme,
                         grid: scheme.code_grid(&shape),
                         imatrix: None,
+                        fused: None,
                     },
                 )
             })

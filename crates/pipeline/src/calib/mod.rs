@@ -93,7 +93,7 @@ pub struct LinearJob<'a> {
 /// What a method chose for one weight: method-neutral codes and parameters in the original
 /// row and column order (`rows × cols` codes, `rows × groups` parameters and offsets, each
 /// column's group).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CodeSet {
     pub codes: Vec<i8>,
     pub params: Vec<QParams>,
@@ -162,6 +162,9 @@ pub struct Target {
     pub scheme: Scheme,
     pub grid: Option<CodeGrid>,
     pub imatrix: Option<Arc<Vec<f32>>>,
+    /// The tensor is fused (Phi-3's `qkv_proj`, `gate_up_proj`): the linears whose rows it
+    /// holds, in order; each is calibrated as its own target and their codes are joined.
+    pub fused: Option<&'static [Linear]>,
 }
 
 /// One layer for [`Method::transform_layer`].
@@ -219,6 +222,42 @@ pub struct Calibrated {
     pub transform: Option<Arc<Transform>>,
     pub out: Option<Arc<CodeSet>>,
     pub error: Option<LayerOutputError>,
+}
+
+/// One fused tensor's result from its parts' (in any order): codes joined in the fused
+/// tensor's row order, errors averaged over its rows.
+fn join_parts(
+    order: &[Linear],
+    mut parts: Vec<(Linear, Option<Arc<CodeSet>>, LayerOutputError, usize)>,
+) -> Calibrated {
+    parts.sort_by_key(|p| order.iter().position(|l| *l == p.0));
+    let rows: usize = parts.iter().map(|p| p.3).sum::<usize>().max(1);
+    let mean = |f: fn(&LayerOutputError) -> f64| {
+        parts.iter().map(|p| f(&p.2) * p.3 as f64).sum::<f64>() / rows as f64
+    };
+    let error = LayerOutputError {
+        rtn: mean(|e| e.rtn),
+        calibrated: mean(|e| e.calibrated),
+    };
+    let out = if parts.iter().all(|p| p.1.is_some()) {
+        let mut joined = CodeSet::default();
+        for p in &parts {
+            let c = p.1.as_ref().expect("checked");
+            joined.codes.extend_from_slice(&c.codes);
+            joined.params.extend_from_slice(&c.params);
+            joined.offsets.extend_from_slice(&c.offsets);
+            // one input, one Hessian: every part orders its columns alike
+            joined.g_idx.clone_from(&c.g_idx);
+        }
+        Some(Arc::new(joined))
+    } else {
+        None
+    };
+    Calibrated {
+        transform: None,
+        out,
+        error: Some(error),
+    }
 }
 
 /// The calibration data a run used.
@@ -388,8 +427,27 @@ pub fn targets(
             // a ggml type without a code grid keeps llama.cpp's own quantizer
             continue;
         }
-        match Linear::parse(name).filter(|(l, _)| *l < layers) {
-            Some(key) => {
+        // a fused tensor is one target per linear it holds
+        #[allow(clippy::type_complexity)]
+        let keys: Option<(Vec<(usize, Linear)>, Option<&'static [Linear]>)> =
+            match Linear::parse(name).filter(|(l, _)| *l < layers) {
+                Some(key) => Some((vec![key], None)),
+                None => Linear::parse_fused(name)
+                    .filter(|(l, _)| *l < layers)
+                    .map(|(l, parts)| (parts.iter().map(|&lin| (l, lin)).collect(), Some(parts))),
+            };
+        if keys.as_ref().is_some_and(|(_, f)| f.is_some()) && !method.folded_tensors(0).is_empty() {
+            return Err(Error::Tensor {
+                file: file_of(src, name),
+                tensor: name.clone(),
+                msg: format!(
+                    "--method {} rescales linears separately, which this fused tensor holds together: not supported yet; use --method gptq",
+                    method.name()
+                ),
+            });
+        }
+        match keys {
+            Some((keys, fused)) => {
                 method
                     .supports(scheme, grid.as_ref())
                     .map_err(|m| Error::Tensor {
@@ -401,15 +459,18 @@ pub fn targets(
                             scheme.label()
                         ),
                     })?;
-                out.insert(
-                    key,
-                    Target {
-                        name: name.clone(),
-                        scheme: *scheme,
-                        grid,
-                        imatrix: t.imatrix.clone(),
-                    },
-                );
+                for key in keys {
+                    out.insert(
+                        key,
+                        Target {
+                            name: name.clone(),
+                            scheme: *scheme,
+                            grid,
+                            imatrix: t.imatrix.clone(),
+                            fused,
+                        },
+                    );
+                }
             }
             // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer
             None if matches!(scheme, Scheme::Ggml(_)) => {}
@@ -867,6 +928,12 @@ pub fn calibrate_together(
                 _ => None,
             };
             let caph = caph.as_ref().unwrap_or(&cap0);
+            // the parts of fused tensors calibrated so far
+            #[allow(clippy::type_complexity)]
+            let mut pending: BTreeMap<
+                String,
+                Vec<(Linear, Option<Arc<CodeSet>>, LayerOutputError, usize)>,
+            > = BTreeMap::new();
             for &input in &wanted[k] {
                 let xheld = input.of(caph);
                 let x0 = input.of(&cap0);
@@ -933,14 +1000,26 @@ pub fn calibrate_together(
                     if let Some(layer) = own[k].as_mut() {
                         *lin.weight_mut(layer) = wq;
                     }
-                    done[k].insert(
-                        name.clone(),
-                        Calibrated {
-                            transform,
-                            out,
-                            error: Some(error),
-                        },
-                    );
+                    match tg.fused {
+                        None => {
+                            done[k].insert(
+                                name.clone(),
+                                Calibrated {
+                                    transform,
+                                    out,
+                                    error: Some(error),
+                                },
+                            );
+                        }
+                        Some(parts) => {
+                            let have = pending.entry(name.clone()).or_default();
+                            have.push((lin, out, error, rows));
+                            if have.len() == parts.len() {
+                                let have = pending.remove(name).unwrap_or_default();
+                                done[k].insert(name.clone(), join_parts(parts, have));
+                            }
+                        }
+                    }
                 }
             }
             // the folded tensors that are no linear (norms, biases)

@@ -192,6 +192,7 @@ pub(crate) fn load(path: &Path) -> Result<Loaded> {
             .tensors
             .iter()
             .enumerate()
+            .filter(|(_, t)| !crate::export::GENERATED.contains(&t.name.as_str()))
             .map(|(i, t)| {
                 let h = names[&t.name].clone();
                 (h.hf, (i, h.permute, h.shift))

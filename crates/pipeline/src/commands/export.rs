@@ -104,20 +104,44 @@ pub(crate) fn config_json(
             json!((t as f32).to_string().parse::<f64>().unwrap_or(t)),
         );
     }
-    match s(g, &format!("{p}.rope.scaling.type")) {
-        Some(ty @ ("linear" | "yarn")) => {
-            let mut r = Map::new();
-            r.insert("rope_type".into(), json!(ty));
-            if let Some(fa) = f(g, &format!("{p}.rope.scaling.factor")) {
-                r.insert("factor".into(), json!(fa));
+    if let (Some(long), Some(short)) = (f32_values(g, GENERATED[0]), f32_values(g, GENERATED[1])) {
+        // LongRoPE: the factors the converter wrote as tensors, over the rotary dimensions
+        let mut r = Map::new();
+        r.insert("rope_type".into(), json!("longrope"));
+        r.insert("long_factor".into(), json!(long));
+        r.insert("short_factor".into(), json!(short));
+        if let (Some(dims), Some(hd)) = (
+            u(g, &format!("{p}.rope.dimension_count")),
+            u(g, &format!("{p}.attention.key_length")).or(hidden.checked_div(heads)),
+        ) {
+            if dims < hd {
+                r.insert(
+                    "partial_rotary_factor".into(),
+                    json!(dims as f64 / hd as f64),
+                );
             }
-            if let Some(o) = u(g, &format!("{p}.rope.scaling.original_context_length")) {
-                r.insert("original_max_position_embeddings".into(), json!(o));
-            }
-            c.insert("rope_scaling".into(), Json::Object(r));
         }
-        _ => {
-            c.insert("rope_scaling".into(), Json::Null);
+        if let Some(o) = u(g, &format!("{p}.rope.scaling.original_context_length")) {
+            r.insert("original_max_position_embeddings".into(), json!(o));
+            c.insert("original_max_position_embeddings".into(), json!(o));
+        }
+        c.insert("rope_scaling".into(), Json::Object(r));
+    } else {
+        match s(g, &format!("{p}.rope.scaling.type")) {
+            Some(ty @ ("linear" | "yarn")) => {
+                let mut r = Map::new();
+                r.insert("rope_type".into(), json!(ty));
+                if let Some(fa) = f(g, &format!("{p}.rope.scaling.factor")) {
+                    r.insert("factor".into(), json!(fa));
+                }
+                if let Some(o) = u(g, &format!("{p}.rope.scaling.original_context_length")) {
+                    r.insert("original_max_position_embeddings".into(), json!(o));
+                }
+                c.insert("rope_scaling".into(), Json::Object(r));
+            }
+            _ => {
+                c.insert("rope_scaling".into(), Json::Null);
+            }
         }
     }
     c.insert("vocab_size".into(), json!(vocab));
@@ -158,6 +182,28 @@ pub(crate) fn config_json(
     };
     c.insert("torch_dtype".into(), json!(td));
     Ok(Json::Object(c))
+}
+
+/// Tensors llama.cpp's converter generates from config.json (LongRoPE's factors): read back
+/// into config.json, not exported as weights.
+pub(crate) const GENERATED: [&str; 2] = ["rope_factors_long.weight", "rope_factors_short.weight"];
+
+/// The f32 values of a 1-D F32 GGUF tensor.
+fn f32_values(g: &GgufFile, name: &str) -> Option<Vec<f64>> {
+    let t = g.tensors.iter().find(|t| t.name == name)?;
+    if t.ty != qs_numeric::GgmlType::F32 {
+        return None;
+    }
+    Some(
+        g.bytes(t)
+            .chunks_exact(4)
+            .map(|b| {
+                // the shortest decimal that reads back to the f32
+                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                v.to_string().parse::<f64>().unwrap_or(v as f64)
+            })
+            .collect(),
+    )
 }
 
 /// The pre-tokenizer definition llama.cpp's pre name stands for.
@@ -368,6 +414,7 @@ pub(crate) fn gguf_config(
     let shapes: Vec<(String, Vec<usize>)> = g
         .tensors
         .iter()
+        .filter(|t| !GENERATED.contains(&t.name.as_str()))
         .map(|t| (names[&t.name].hf.clone(), t.shape()))
         .collect();
     hp.check_tensors(shapes.iter().map(|(n, s)| (n.as_str(), s.as_slice())))
@@ -412,7 +459,11 @@ pub(crate) fn inverse_names(a: &Arch, cfg: &Json, g: &GgufFile) -> Result<NameMa
             );
         }
     }
-    for t in &g.tensors {
+    for t in g
+        .tensors
+        .iter()
+        .filter(|t| !GENERATED.contains(&t.name.as_str()))
+    {
         if t.name == "rope_freqs.weight" {
             return Err(err(
                 g,
@@ -476,7 +527,11 @@ pub fn export(
         scheme: Scheme,
     }
     let mut outs = Vec::new();
-    for t in &g.tensors {
+    for t in g
+        .tensors
+        .iter()
+        .filter(|t| !GENERATED.contains(&t.name.as_str()))
+    {
         let HfOf { hf, permute, shift } = names[&t.name].clone();
         let scheme = Scheme::for_ggml(t.ty).ok_or_else(|| {
             let ty = t.ty;

@@ -132,9 +132,24 @@ pub fn compute(
     })?;
     // one entry per linear (linears sharing an input share its sums), sorted by name
     let mut entries: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    // a fused tensor (Phi-3's attn_qkv; its ffn_up holds gate and up) reads its linears' input
+    let fused: Vec<(&str, Input)> = crate::arch::detect(&m.config)
+        .map(|a| {
+            a.fused
+                .iter()
+                .filter_map(|(hf, gg)| {
+                    let (_, parts) = Linear::FUSED.into_iter().find(|(m, _)| m == hf)?;
+                    Some((*gg, parts.first()?.input()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     for ((l, input), s) in &sums {
         for lin in Linear::ALL.into_iter().filter(|lin| lin.input() == *input) {
             entries.insert(format!("blk.{l}.{}.weight", gguf_linear(lin)), s.clone());
+        }
+        for (gg, _) in fused.iter().filter(|(_, i)| i == input) {
+            entries.insert(format!("blk.{l}.{gg}.weight"), s.clone());
         }
     }
     Ok(Computed {

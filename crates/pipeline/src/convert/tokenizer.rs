@@ -92,7 +92,14 @@ pub fn gguf_tokenizer(
             ));
         }
     }
-    let (vocab, merges) = if spm_path.is_file() {
+    // Phi-4 names GPT2Tokenizer: byte-level BPE whatever else the folder holds
+    let gpt2_class = tcfg.get("tokenizer_class").and_then(|v| v.as_str()) == Some("GPT2Tokenizer");
+    let (vocab, merges) = if arch.vocab == VocabStyle::Phi3 && gpt2_class {
+        match &tok {
+            Some(tok) => (bpe_vocab(dir, tok, config, pre_override)?, true),
+            None => return Ok(None),
+        }
+    } else if spm_path.is_file() {
         (spm_vocab(&spm_path, dir, config, &tcfg)?, false)
     } else if let Some(tok) = &tok {
         if llama && is_llama_hf(tok) {

@@ -32,6 +32,7 @@ pub const ARCH: Arch = Arch {
     swa_every: Some(2),
     hf_keys: Some(hf_keys),
     layer_norms: GEMMA_NORMS,
+    fused: &[],
 };
 
 /// The layer count llama.cpp takes for Gemma 2 27B, whose queries it scales by

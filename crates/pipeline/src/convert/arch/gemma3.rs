@@ -27,6 +27,7 @@ pub const ARCH: Arch = Arch {
     swa_every: Some(6),
     hf_keys: Some(hf_keys),
     layer_norms: GEMMA_NORMS,
+    fused: &[],
 };
 
 /// The layer count llama.cpp takes for Gemma 3 27B (queries scaled by (hidden / heads)^-½).

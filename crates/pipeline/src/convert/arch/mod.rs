@@ -16,6 +16,7 @@ mod gemma2;
 mod gemma3;
 mod llama;
 mod olmo2;
+mod phi3;
 mod qwen2;
 mod qwen3;
 mod smollm3;
@@ -29,6 +30,7 @@ pub const ARCHS: &[Arch] = &[
     olmo2::ARCH,
     gemma2::ARCH,
     gemma3::ARCH,
+    phi3::ARCH,
 ];
 
 /// What differs between the architectures we convert.
@@ -71,6 +73,9 @@ pub struct Arch {
     /// A decoder layer's norms: HF name under `model.layers.N.` → llama.cpp name under `blk.N.`
     /// ([`LLAMA_NORMS`] for the llama-style layers).
     pub layer_norms: &'static [(&'static str, &'static str)],
+    /// Fused linears (Phi-3's `qkv_proj`, `gate_up_proj`): HF module → llama.cpp name, kept
+    /// fused.
+    pub fused: &'static [(&'static str, &'static str)],
 }
 
 /// See [`Arch::hf_keys`]: GGUF key lookup, block count, config.json to complete.
@@ -91,6 +96,8 @@ pub enum Keys {
     Text,
     /// Gemma 2's own list: no rope keys.
     Gemma2,
+    /// Phi-3's own list: the original context and the rotary dimensions among them.
+    Phi3,
 }
 
 /// A key of the architecture's own, after `general.file_type`.
@@ -106,6 +113,8 @@ pub enum OwnKey {
     FinalSoftcap,
     /// `{arch}.attention.sliding_window`, unless `sliding_window_pattern` is 1.
     SlidingWindow,
+    /// `{arch}.attention.sliding_window`, 0 when the model has none (Phi-3).
+    SlidingWindowOrZero,
 }
 
 /// How the converter reads a model's vocabulary.
@@ -118,6 +127,9 @@ pub enum VocabStyle {
     Llama,
     /// Gemma's: tokenizer.model with `add_space_prefix` false written last, else byte-level BPE.
     Gemma,
+    /// Phi-3's: byte-level BPE when tokenizer_config.json names `GPT2Tokenizer` (Phi-4), else
+    /// tokenizer.model.
+    Phi3,
 }
 
 /// How transformers fills in a missing `head_dim`.
@@ -254,7 +266,7 @@ pub fn with_defaults(c: &Json) -> Json {
     let family = qs_model::FAMILIES.iter().find(|f| f.model_type == mt);
     if let Some(f) = family {
         for &(k, v) in f.defaults {
-            put(k, v.into());
+            put(k, qs_model::default_value(v));
         }
     }
     put(
@@ -341,6 +353,55 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
     let mut kv: Vec<(String, Value)> = Vec::new();
     let mut put = |k: &str, v: Value| kv.push((format!("{a}.{k}"), v));
     // every integer below is within qs_numeric::limits, so it fits the u32 it is written as
+    if arch.keys == Keys::Phi3 {
+        let ctx = hp
+            .context
+            .ok_or_else(|| cfg_err("lacks max_position_embeddings".into()))?;
+        let rope = qs_model::rope_params(c);
+        let key = ["original_max_position_embeddings"];
+        let orig = match rope
+            .map(|r| get_u64(r, &key, MAX_CONTEXT))
+            .transpose()?
+            .flatten()
+        {
+            Some(o) => o,
+            None => get_u64(c, &key, MAX_CONTEXT)?
+                .ok_or_else(|| cfg_err("lacks original_max_position_embeddings".into()))?,
+        };
+        let ff = hp
+            .n_ff
+            .ok_or_else(|| cfg_err("lacks intermediate_size".into()))?;
+        let eps =
+            get_f64(c, &["rms_norm_eps"])?.ok_or_else(|| cfg_err("lacks rms_norm_eps".into()))?;
+        let dims = qs_model::rotary_dims(
+            c,
+            hp.n_embd as usize,
+            hp.n_head as usize,
+            hp.head_dim as usize,
+        );
+        let theta = match rope
+            .map(|r| get_f64(r, &["rope_theta"]))
+            .transpose()?
+            .flatten()
+        {
+            Some(t) => t,
+            None => get_f64(c, &["rope_theta"])?.unwrap_or(10000.0),
+        };
+        put("context_length", Value::U32(ctx as u32));
+        put(
+            "rope.scaling.original_context_length",
+            Value::U32(orig as u32),
+        );
+        put("embedding_length", Value::U32(hp.n_embd as u32));
+        put("feed_forward_length", Value::U32(ff as u32));
+        put("block_count", Value::U32(hp.n_layer as u32));
+        put("attention.head_count", Value::U32(hp.n_head as u32));
+        put("attention.head_count_kv", Value::U32(hp.n_head_kv as u32));
+        put("attention.layer_norm_rms_epsilon", Value::F32(eps as f32));
+        put("rope.dimension_count", Value::U32(dims as u32));
+        put("rope.freq_base", Value::F32(theta as f32));
+        return Ok((kv, own_keys(arch, c, &hp)?));
+    }
     if arch.keys == Keys::Gemma2 {
         let ctx = hp
             .context
@@ -478,6 +539,10 @@ fn own_keys(arch: &Arch, c: &Json, hp: &HParams) -> Result<Vec<(String, Value)>>
                 Some(x) if x != 0.0 => ("final_logit_softcapping", Value::F32(x as f32)),
                 _ => continue,
             },
+            OwnKey::SlidingWindowOrZero => {
+                let w = get_u64(c, &["sliding_window"], MAX_CONTEXT)?.unwrap_or(0);
+                ("attention.sliding_window", Value::U32(w as u32))
+            }
             OwnKey::SlidingWindow => {
                 if get_f64(c, &["sliding_window_pattern"])? == Some(1.0) {
                     continue;
@@ -566,6 +631,20 @@ pub type Generated = (String, Vec<usize>, Vec<f32>);
 /// Tensors llama.cpp's converter computes rather than copies (named as [`map_tensor`] expects):
 /// Llama 3 rope scaling becomes a `rope_freqs` tensor of per-pair frequency divisors.
 pub fn generated_tensors(arch: &Arch, c: &Json) -> Result<Vec<Generated>> {
+    if let Some(lr) = longrope(c)? {
+        return Ok(vec![
+            (
+                "rope_factors_long.weight".into(),
+                vec![lr.long.len()],
+                lr.long,
+            ),
+            (
+                "rope_factors_short.weight".into(),
+                vec![lr.short.len()],
+                lr.short,
+            ),
+        ]);
+    }
     let Some(r) = qs_model::rope_params(c) else {
         return Ok(vec![]);
     };
@@ -579,6 +658,35 @@ pub fn generated_tensors(arch: &Arch, c: &Json) -> Result<Vec<Generated>> {
     let dim = hparams_of(c)?.head_dim as usize;
     let f = qs_model::llama3_rope_factors(r, theta, dim);
     Ok(vec![("rope_freqs.weight".to_string(), vec![f.len()], f)])
+}
+
+/// LongRoPE's factors of a config.json completed with defaults (Phi-3), checked: one per
+/// rotary pair.
+fn longrope(c: &Json) -> Result<Option<qs_model::LongRope>> {
+    let c = &with_defaults(c);
+    let hp = hparams_of(c)?;
+    let dims = qs_model::rotary_dims(
+        c,
+        hp.n_embd as usize,
+        hp.n_head as usize,
+        hp.head_dim as usize,
+    );
+    qs_model::longrope(c, dims).map_err(|e| match e {
+        qs_model::ModelError::Config(m) => cfg_err(m),
+        e => Error::Config(e.to_string()),
+    })
+}
+
+/// Keys written before the common metadata: the converter adds LongRoPE's attention factor
+/// while it generates the factor tensors, before anything else.
+pub fn early_keys(arch: &Arch, c: &Json) -> Result<Vec<(String, Value)>> {
+    Ok(match longrope(c)? {
+        Some(lr) => vec![(
+            format!("{}.rope.scaling.attn_factor", arch.name),
+            Value::F32(lr.attn_factor as f32),
+        )],
+        None => vec![],
+    })
 }
 
 /// What happens to one HF tensor in the GGUF.
@@ -627,14 +735,20 @@ pub fn gguf_linear(l: Linear) -> &'static str {
     }
 }
 
-/// Every module of a decoder layer, HF name → llama.cpp name: the architecture's norms, then
-/// the linears of `qs_model::Linear` (the one list of them). `export` walks it backwards.
+/// Every module of a decoder layer, HF name → llama.cpp name: the architecture's norms, the
+/// linears of `qs_model::Linear` (the one list of them), then its fused linears. `export`
+/// inverts it, the later of two HF names for one llama.cpp name winning (Phi-3's
+/// `gate_up_proj` over `up_proj`).
 pub(crate) fn layer_names(arch: &Arch) -> impl Iterator<Item = (&'static str, &'static str)> {
-    arch.layer_norms.iter().copied().chain(
-        Linear::ALL
-            .into_iter()
-            .map(|l| (l.hf_name(), gguf_linear(l))),
-    )
+    arch.layer_norms
+        .iter()
+        .copied()
+        .chain(
+            Linear::ALL
+                .into_iter()
+                .map(|l| (l.hf_name(), gguf_linear(l))),
+        )
+        .chain(arch.fused.iter().copied())
 }
 
 /// HF tensor name → GGUF name (and permutation), or an error naming the tensor.
@@ -665,6 +779,8 @@ pub fn map_tensor(arch: &Arch, c: &Json, hf: &str) -> Result<Mapped> {
         "model.norm" => return plain("output_norm"),
         "lm_head" => return plain("output"),
         "rope_freqs" => return plain("rope_freqs"),
+        "rope_factors_long" => return plain("rope_factors_long"),
+        "rope_factors_short" => return plain("rope_factors_short"),
         _ => {}
     }
     let rest = stem.strip_prefix("model.layers.").ok_or_else(unknown)?;

@@ -31,4 +31,5 @@ pub const ARCH: Arch = Arch {
         ("post_attention_layernorm", "post_attention_norm"),
         ("post_feedforward_layernorm", "post_ffw_norm"),
     ],
+    fused: &[],
 };

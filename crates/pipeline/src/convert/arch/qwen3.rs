@@ -23,4 +23,5 @@ pub const ARCH: Arch = Arch {
     swa_every: None,
     hf_keys: None,
     layer_norms: LLAMA_NORMS,
+    fused: &[],
 };

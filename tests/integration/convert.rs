@@ -90,6 +90,71 @@ fn spm_model(parent: &Path) -> PathBuf {
     m
 }
 
+/// A Qwen3 model in block-scaled FP8, as Qwen's and DeepSeek's FP8 releases store it: every
+/// linear's weight in E4M3 with one `weight_scale_inv` per 128×128 block (the MLP's 320 columns
+/// end in a partial block), `quantization_config.quant_method = "fp8"`.
+pub(crate) fn block_fp8_model(dir: &Path) -> PathBuf {
+    let m = dir.join("qwen3-fp8");
+    synthetic_model(&m, "qwen3", 2, 256, 320, 4, 2);
+    let src = qs_formats::source::ModelSource::open(&m).unwrap();
+    use qs_model::Weights;
+    const B: usize = 128;
+    let mut out: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for t in &src.tensors {
+        let name = t.info.name.clone();
+        let shape = t.info.shape.clone();
+        let v = src.read(&name).unwrap();
+        if !name.ends_with("_proj.weight") {
+            out.push((
+                name,
+                safetensors::Dtype::BF16,
+                shape,
+                crate::util::bf16_bytes(&v),
+            ));
+            continue;
+        }
+        let (rows, cols) = (shape[0], shape[1]);
+        let (sr, sc) = (rows.div_ceil(B), cols.div_ceil(B));
+        let mut scales = vec![0f32; sr * sc];
+        for (i, s) in scales.iter_mut().enumerate() {
+            let (bi, bj) = (i / sc, i % sc);
+            let mut amax = 0f32;
+            for r in bi * B..((bi + 1) * B).min(rows) {
+                for c in bj * B..((bj + 1) * B).min(cols) {
+                    amax = amax.max(v[r * cols + c].abs());
+                }
+            }
+            *s = amax / qs_numeric::fp8::E4M3.max_finite();
+        }
+        let codes: Vec<u8> = (0..rows * cols)
+            .map(|k| {
+                let s = scales[(k / cols / B) * sc + (k % cols) / B];
+                qs_numeric::fp8::E4M3.encode(v[k] / s)
+            })
+            .collect();
+        out.push((name.clone(), safetensors::Dtype::F8_E4M3, shape, codes));
+        out.push((
+            format!("{name}_scale_inv"),
+            safetensors::Dtype::F32,
+            vec![sr, sc],
+            scales.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ));
+    }
+    drop(src);
+    let owned: Vec<(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)> = out
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+        .collect();
+    crate::util::write_st(&m.join("model.safetensors"), &owned);
+    let mut c = crate::util::read_json(&m.join("config.json"));
+    c["quantization_config"] = serde_json::json!({
+        "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+        "weight_block_size": [128, 128]
+    });
+    std::fs::write(m.join("config.json"), c.to_string()).unwrap();
+    m
+}
+
 /// The fixture with Llama 3 rope scaling (short original context so most rotary pairs are
 /// scaled or blended at the test's positions).
 fn llama3_model(parent: &Path, scaled: bool) -> PathBuf {
@@ -142,6 +207,10 @@ fn float_conversions_equal_llama_cpp_converter() {
         cases.push((m, "bf16", Some("gpt-2")));
     }
     cases.push((d.path().join("smollm3"), "f16", Some("gpt-2")));
+    // block-scaled FP8 weights, dequantized as the converter dequantizes them
+    let fp8 = block_fp8_model(d.path());
+    cases.push((fp8.clone(), "bf16", Some("gpt-2")));
+    cases.push((fp8, "f16", Some("gpt-2")));
     // Gemma's norms are stored as 1 + w: in f16 arithmetic for an f16 output, else in f32
     cases.push((d.path().join("gemma3_text"), "f16", Some("gpt-2")));
     cases.push((d.path().join("gemma2"), "f32", None));
@@ -177,6 +246,8 @@ fn one_pass_equals_converter_then_llama_quantize() {
         synthetic_model(&m, mt, family_layers(mt), 256, 512, 4, 2);
         cases.push((m, (mt != "gemma2").then_some("gpt-2"), "bf16"));
     }
+    // block-scaled FP8: the converter's default output type for it is bf16 too
+    cases.push((block_fp8_model(d.path()), Some("gpt-2"), "bf16"));
     for (k, (m, pre, outtype)) in cases.into_iter().enumerate() {
         let f16 = d.path().join(format!("theirs-{k}-{outtype}.gguf"));
         convert(&m, &f16, outtype, pre);
@@ -1100,4 +1171,140 @@ fn awq_format_dequantizes_like_autoawq() {
         assert!(r.stderr.contains(msg), "{args:?}: {}", r.stderr);
         assert!(!o.exists(), "{args:?}");
     }
+}
+
+/// A block-scaled FP8 checkpoint (Qwen/DeepSeek FP8 releases) as input: read as its FP8 codes
+/// times their blocks' scales (the conversions above equal the converter's), so the F32 GGUF is
+/// the same model to `eval`; GPTQ calibrates on the dequantized weights; a compressed-tensors
+/// output carries its own quantization_config, not the input's; scales that do not fit the
+/// weights' blocks, and an FP8 weight without scales, are refused naming the tensor.
+#[test]
+fn block_scaled_fp8_sources_read_as_their_scaled_values() {
+    let d = tempfile::tempdir().unwrap();
+    let m = block_fp8_model(d.path());
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let f32g = d.path().join("f32.gguf");
+    quantize(&[
+        p(&m),
+        "--to".into(),
+        "f32".into(),
+        "-o".into(),
+        p(&f32g),
+        "-q".into(),
+    ])
+    .ok();
+    let text = d.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog. ".repeat(40),
+    )
+    .unwrap();
+    let r = quantize(
+        &[
+            "eval",
+            &p(&f32g),
+            "--against",
+            &p(&m),
+            "--text",
+            &p(&text),
+            "--ctx",
+            "64",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    r.ok();
+    let e: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(e["kld_mean"].as_f64().unwrap() < 1e-6, "{e}");
+    let gptq = d.path().join("gptq");
+    quantize(&[
+        p(&m),
+        "--to".into(),
+        "int4".into(),
+        "--group".into(),
+        "64".into(),
+        "--method".into(),
+        "gptq".into(),
+        "--calib-samples".into(),
+        "4".into(),
+        "--calib-seq-len".into(),
+        "64".into(),
+        "-o".into(),
+        p(&gptq),
+        "-q".into(),
+    ])
+    .ok();
+    let c = crate::util::read_json(&gptq.join("config.json"));
+    assert_eq!(
+        c["quantization_config"]["quant_method"],
+        "compressed-tensors"
+    );
+    // scales for 64×64 blocks do not fit the 128×128 ones stored
+    let mut cfg = crate::util::read_json(&m.join("config.json"));
+    cfg["quantization_config"]["weight_block_size"] = serde_json::json!([64, 64]);
+    std::fs::write(m.join("config.json"), cfg.to_string()).unwrap();
+    let r = quantize(&[
+        p(&m),
+        "--to".into(),
+        "q8_0".into(),
+        "-o".into(),
+        p(&d.path().join("bad.gguf")),
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("model.safetensors")
+            && r.stderr.contains("_proj.weight_scale_inv")
+            && r.stderr.contains("blocks of [64, 64]"),
+        "{}",
+        r.stderr
+    );
+    assert!(!d.path().join("bad.gguf").exists());
+    // an FP8 weight whose scale tensor is missing
+    cfg["quantization_config"]["weight_block_size"] = serde_json::json!([128, 128]);
+    std::fs::write(m.join("config.json"), cfg.to_string()).unwrap();
+    let st = m.join("model.safetensors");
+    let src = qs_formats::source::ModelSource::open(&m).unwrap();
+    let keep: Vec<String> = src.files[0]
+        .tensors
+        .iter()
+        .map(|t| t.name.clone())
+        .filter(|n| n != "model.layers.1.mlp.up_proj.weight_scale_inv")
+        .collect();
+    let bytes: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = src.files[0]
+        .tensors
+        .iter()
+        .filter(|t| keep.contains(&t.name))
+        .map(|t| {
+            let dt = match t.dtype {
+                qs_numeric::DType::F8E4M3 => safetensors::Dtype::F8_E4M3,
+                qs_numeric::DType::F32 => safetensors::Dtype::F32,
+                _ => safetensors::Dtype::BF16,
+            };
+            (
+                t.name.clone(),
+                dt,
+                t.shape.clone(),
+                src.files[0].bytes(t).to_vec(),
+            )
+        })
+        .collect();
+    drop(src);
+    let owned: Vec<(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)> = bytes
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+        .collect();
+    crate::util::write_st(&st, &owned);
+    let r = quantize(&[
+        p(&m),
+        "--to".into(),
+        "q8_0".into(),
+        "-o".into(),
+        p(&d.path().join("bad.gguf")),
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("model.layers.1.mlp.up_proj.weight") && r.stderr.contains("without its"),
+        "{}",
+        r.stderr
+    );
 }

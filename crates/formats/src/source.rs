@@ -8,6 +8,130 @@ use qs_numeric::{DType, GgmlType};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+/// Pairs each `NAME_scale_inv` of a `quant_method: "fp8"` checkpoint with its weight `NAME`
+/// (checked: a 2-D FP8 weight, a float scale tensor of one value per block) and drops the
+/// scale tensors and the unused activation scales from the tensor list.
+fn attach_block_scales(
+    files: &[SafetensorsFile],
+    tensors: Vec<SourceTensor>,
+    q: &serde_json::Value,
+    config: &Path,
+) -> Result<Vec<SourceTensor>> {
+    let block = match q.get("weight_block_size").filter(|v| !v.is_null()) {
+        None => None,
+        Some(v) => {
+            let b: Option<Vec<usize>> = v.as_array().and_then(|a| {
+                a.iter()
+                    .map(|x| {
+                        x.as_u64()
+                            .filter(|&n| (1..=1 << 20).contains(&n))
+                            .map(|n| n as usize)
+                    })
+                    .collect()
+            });
+            match b.as_deref() {
+                Some(&[r, c]) => Some([r, c]),
+                _ => {
+                    return Err(file_err(
+                        config,
+                        format!("quantization_config.weight_block_size = {v}: expected two whole numbers (rows, columns) from 1"),
+                    ))
+                }
+            }
+        }
+    };
+    let by_name: HashMap<String, usize> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.info.name.clone(), i))
+        .collect();
+    let mut scales: Vec<(usize, BlockScale)> = Vec::new();
+    for t in &tensors {
+        let Some(weight) = t.info.name.strip_suffix("_scale_inv") else {
+            continue;
+        };
+        let path = &files[t.file].path;
+        let Some(&wi) = by_name.get(weight) else {
+            return Err(tensor_err(
+                path,
+                &t.info.name,
+                format!("scales a weight '{weight}' the checkpoint does not have"),
+            ));
+        };
+        let w = &tensors[wi];
+        if !matches!(w.info.dtype, DType::F8E4M3 | DType::F8E5M2) || w.info.shape.len() != 2 {
+            return Err(tensor_err(
+                path,
+                weight,
+                format!(
+                    "has scales ({}) but is {} {:?}, not a 2-D FP8 weight",
+                    t.info.name, w.info.dtype, w.info.shape
+                ),
+            ));
+        }
+        if !matches!(t.info.dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(tensor_err(
+                path,
+                &t.info.name,
+                format!("is {}, not a float scale", t.info.dtype),
+            ));
+        }
+        let (rows, cols) = (w.info.shape[0], w.info.shape[1]);
+        let n: usize = t.info.shape.iter().product();
+        // the scales as a (block rows × block columns) grid
+        let (grid, blk) = match block {
+            Some([br, bc]) => ([rows.div_ceil(br), cols.div_ceil(bc)], [br, bc]),
+            None if n == 1 => ([1, 1], [rows.max(1), cols.max(1)]),
+            None => ([rows, 1], [1, cols.max(1)]),
+        };
+        let fits = match block {
+            Some(_) => t.info.shape == grid,
+            None => n == grid[0] * grid[1],
+        };
+        if !fits {
+            return Err(tensor_err(
+                path,
+                &t.info.name,
+                format!(
+                    "shape {:?}, but weight {weight} {:?} in blocks of {:?} needs {:?}",
+                    t.info.shape, w.info.shape, blk, grid
+                ),
+            ));
+        }
+        let mut info = t.info.clone();
+        info.shape = grid.to_vec();
+        scales.push((
+            wi,
+            BlockScale {
+                file: t.file,
+                info,
+                block: blk,
+            },
+        ));
+    }
+    let mut tensors = tensors;
+    for (wi, b) in scales {
+        tensors[wi].scale = Some(Box::new(b));
+    }
+    if let Some(t) = tensors
+        .iter()
+        .find(|t| matches!(t.info.dtype, DType::F8E4M3 | DType::F8E5M2) && t.scale.is_none())
+    {
+        return Err(tensor_err(
+            &files[t.file].path,
+            &t.info.name,
+            format!(
+                "is {} without its {}_scale_inv: its values cannot be known",
+                t.info.dtype, t.info.name
+            ),
+        ));
+    }
+    tensors.retain(|t| {
+        !t.info.name.ends_with("_scale_inv") && !t.info.name.ends_with("activation_scale")
+    });
+    Ok(tensors)
+}
+
 /// Name of the sharded-checkpoint index.
 pub const INDEX_NAME: &str = "model.safetensors.index.json";
 
@@ -37,6 +161,21 @@ pub struct SourceTensor {
     pub info: StTensor,
     /// The ggml block type of a quantized GGUF tensor.
     pub ggml: Option<GgmlType>,
+    /// FP8 weights of a block-scaled checkpoint: the scales their values are multiplied by.
+    pub scale: Option<Box<BlockScale>>,
+}
+
+/// The scales of a block-scaled FP8 weight (`quant_method: "fp8"`: DeepSeek-V3, Qwen's FP8
+/// releases): value = FP8 code × the scale of its block, as llama.cpp's converter and
+/// transformers dequantize it (`weight_scale_inv`, one per `block[0]` rows × `block[1]`
+/// columns; one for the whole tensor or per row without a block size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockScale {
+    /// The scale tensor (float), in `files[file]`.
+    pub file: usize,
+    pub info: StTensor,
+    /// Weight rows and columns each scale covers.
+    pub block: [usize; 2],
 }
 
 #[derive(Debug)]
@@ -123,6 +262,7 @@ impl ModelSource {
                     generated: false,
                     info: t.clone(),
                     ggml: None,
+                    scale: None,
                 });
             }
         }
@@ -141,6 +281,14 @@ impl ModelSource {
         } else {
             (None, None)
         };
+        let tensors = match config
+            .as_ref()
+            .and_then(|c| c.get("quantization_config"))
+            .filter(|q| q.get("quant_method").and_then(|m| m.as_str()) == Some("fp8"))
+        {
+            Some(q) => attach_block_scales(&files, tensors, q, &config_path)?,
+            None => tensors,
+        };
         Ok(ModelSource {
             input: path.to_path_buf(),
             files,
@@ -150,6 +298,41 @@ impl ModelSource {
             gguf: None,
             generated: Vec::new(),
         })
+    }
+
+    /// Whether the weights are block-scaled FP8 that reading dequantizes.
+    pub fn block_scaled(&self) -> bool {
+        self.tensors.iter().any(|t| t.scale.is_some())
+    }
+
+    /// Multiplies rows `r0..` of `t` (decoded FP8 codes, `cols` per row, in `out`) by their
+    /// blocks' scales; nothing for a tensor without scales.
+    pub fn apply_scale(&self, t: &SourceTensor, r0: usize, cols: usize, out: &mut [f32]) {
+        let Some(b) = &t.scale else {
+            return;
+        };
+        let scols = b.info.shape.get(1).copied().unwrap_or(1).max(1);
+        let bytes = self.files[b.file].bytes(&b.info);
+        let size = b.info.dtype.size();
+        let mut row = vec![0f32; scols];
+        let mut loaded = usize::MAX;
+        for (k, vals) in out.chunks_mut(cols.max(1)).enumerate() {
+            let sr = (r0 + k) / b.block[0].max(1);
+            if sr != loaded {
+                let at = (sr * scols * size).min(bytes.len());
+                let end = (at + scols * size).min(bytes.len());
+                row.iter_mut().for_each(|v| *v = 1.0);
+                qs_numeric::dtype::decode_f32(
+                    b.info.dtype,
+                    &bytes[at..end],
+                    &mut row[..(end - at) / size],
+                );
+                loaded = sr;
+            }
+            for (c, v) in vals.iter_mut().enumerate() {
+                *v *= row[(c / b.block[1].max(1)).min(scols - 1)];
+            }
+        }
     }
 
     fn open_gguf(path: &Path) -> Result<ModelSource> {
@@ -186,6 +369,7 @@ impl ModelSource {
                 generated: false,
                 info,
                 ggml,
+                scale: None,
             });
         }
         Ok(ModelSource {
@@ -213,6 +397,7 @@ impl ModelSource {
                 end: bytes.len(),
             },
             ggml: None,
+            scale: None,
         });
         self.generated.push((from, bytes));
     }

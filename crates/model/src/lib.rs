@@ -718,6 +718,8 @@ impl Weights for ModelSource {
         }
         let mut out = vec![0f32; t.info.numel()];
         qs_numeric::dtype::decode_f32(t.info.dtype, self.bytes(t), &mut out);
+        let cols = t.info.shape.last().copied().unwrap_or(1);
+        self.apply_scale(t, 0, cols, &mut out);
         Ok(out)
     }
 
@@ -740,11 +742,9 @@ impl Weights for ModelSource {
                     msg: format!("token id {id} out of range"),
                 });
             }
-            qs_numeric::dtype::decode_f32(
-                t.info.dtype,
-                &bytes[id * row..(id + 1) * row],
-                &mut out[k * cols..(k + 1) * cols],
-            );
+            let o = &mut out[k * cols..(k + 1) * cols];
+            qs_numeric::dtype::decode_f32(t.info.dtype, &bytes[id * row..(id + 1) * row], o);
+            self.apply_scale(t, id, cols, o);
         }
         Ok(out)
     }

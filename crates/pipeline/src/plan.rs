@@ -296,10 +296,13 @@ pub fn make_plan(
             cfg.target.name()
         )));
     }
+    // block-scaled FP8 is dequantized as it is read (`ModelSource::apply_scale`); other
+    // quantized checkpoints are refused
     if let Some(qc) = src
         .config
         .as_ref()
         .and_then(|c| c.get("quantization_config"))
+        .filter(|_| !src.block_scaled())
     {
         let method = qc
             .get("quant_method")
@@ -427,7 +430,7 @@ pub fn make_plan(
         };
         // a permuted or shifted tensor is re-encoded (exactly, in its own float type) rather
         // than copied
-        let action = match (action, permute.is_some() || shift) {
+        let action = match (action, permute.is_some() || shift || st.scale.is_some()) {
             (Action::Copy, true) if dtype.is_float() => {
                 Action::Encode(Scheme::Float(FloatLayout {
                     dtype: gguf_float(dtype),

@@ -227,8 +227,11 @@ pub(crate) fn load(path: &Path) -> Result<Loaded> {
         });
     }
     let src = ModelSource::open(path)?;
-    // every quantized weight's layout checked once, before the forward pass reads any
-    st_logical(&src)?;
+    // every quantized weight's layout checked once, before the forward pass reads any (a
+    // block-scaled FP8 checkpoint was checked as it was opened)
+    if !src.block_scaled() {
+        st_logical(&src)?;
+    }
     let config = src
         .config
         .clone()
@@ -255,8 +258,14 @@ pub(crate) fn load(path: &Path) -> Result<Loaded> {
         .and_then(|v| v.as_u64())
         .filter(|_| add_bos)
         .map(|b| b as u32);
+    // block-scaled FP8 (read as codes times scales) or plain float and compressed-tensors
+    let weights: Box<dyn Weights> = if src.block_scaled() {
+        Box::new(src)
+    } else {
+        Box::new(StWeights { src })
+    };
     Ok(Loaded {
-        weights: Box::new(StWeights { src }),
+        weights,
         config,
         tokenizer,
         bos,

@@ -613,10 +613,17 @@ fn source_rows_unshifted(
     let mut x = vec![0f32; (r1 - r0) * cols];
     let decode = |row: usize, out: &mut [f32]| match st.ggml {
         Some(ty) => qs_numeric::ggml::dequantize_row(ty, &all[row * rb..(row + 1) * rb], out),
-        None => decode_f32(dtype, &all[row * rb..(row + 1) * rb], out),
+        None => {
+            decode_f32(dtype, &all[row * rb..(row + 1) * rb], out);
+            src.apply_scale(st, row, cols, out);
+        }
     };
     match (permute, st.ggml) {
-        (None, None) => decode_f32(dtype, &all[r0 * rb..r1 * rb], &mut x),
+        (None, None) => {
+            decode_f32(dtype, &all[r0 * rb..r1 * rb], &mut x);
+            // block-scaled FP8: codes times their blocks' scales
+            src.apply_scale(st, r0, cols, &mut x);
+        }
         (p, _) => {
             for (k, out) in x.chunks_mut(cols.max(1)).enumerate() {
                 let r = r0 + k;
@@ -734,6 +741,11 @@ fn run_chunk<'a>(
         Action::Encode(scheme) => {
             let quantizing = !matches!(scheme, Scheme::Float(FloatLayout { .. }));
             let mut x = decode_rows(src, tp, r0, r1, cfg.allow_nonfinite && !quantizing)?;
+            if quantizing && st.scale.is_some() {
+                // dequantized FP8 goes through bf16 first, as llama.cpp's converter writes it by
+                // default (its "auto" type) before llama-quantize reads it
+                x.iter_mut().for_each(|v| *v = round_to(DType::BF16, *v));
+            }
             let (rows, _) = rows_cols(&tp.shape);
             let src_rows: Vec<usize> = (r0..r1)
                 .map(|r| {

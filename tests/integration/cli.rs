@@ -522,7 +522,7 @@ fn include_exclude_and_tensor_type_overrides() {
 }
 
 #[test]
-fn already_quantized_input_is_refused() {
+fn quantized_inputs_are_dequantized_or_refused() {
     let d = tempfile::tempdir().unwrap();
     let o = d.path().join("q");
     quantize(&[
@@ -534,16 +534,43 @@ fn already_quantized_input_is_refused() {
         "-q".as_ref(),
     ])
     .ok();
-    let r = quantize(&[
+    // a compressed-tensors checkpoint is read as its dequantized weights and quantized again
+    let qq = d.path().join("qq");
+    quantize(&[
         o.as_os_str(),
         "--to".as_ref(),
         "int4".as_ref(),
         "-o".as_ref(),
-        d.path().join("qq").as_os_str(),
+        qq.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    let c = crate::util::read_json(&qq.join("config.json"));
+    assert_eq!(
+        c["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"],
+        4
+    );
+    // a quantization method no reader knows (nothing in the checkpoint it can decode): refused
+    let bnb = d.path().join("bnb");
+    std::fs::create_dir_all(&bnb).unwrap();
+    for e in std::fs::read_dir(fixture()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), bnb.join(e.file_name())).unwrap();
+    }
+    let mut cfg = crate::util::read_json(&bnb.join("config.json"));
+    cfg["quantization_config"] =
+        serde_json::json!({"quant_method": "bitsandbytes", "load_in_4bit": true});
+    std::fs::write(bnb.join("config.json"), cfg.to_string()).unwrap();
+    let r = quantize(&[
+        bnb.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "-o".as_ref(),
+        d.path().join("out").as_os_str(),
     ]);
     assert_ne!(r.code, 0);
     assert!(
-        r.stderr.contains("already quantized") && r.stderr.contains("compressed-tensors"),
+        r.stderr.contains("already quantized") && r.stderr.contains("bitsandbytes"),
         "{}",
         r.stderr
     );

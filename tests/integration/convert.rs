@@ -1308,3 +1308,83 @@ fn block_scaled_fp8_sources_read_as_their_scaled_values() {
         r.stderr
     );
 }
+
+/// GPTQ (AutoGPTQ layout) and compressed-tensors (pack-quantized) checkpoints as input, made by
+/// quantize from the fixture: llama.cpp's converter dequantizes them, and so do we, to the same
+/// bytes (f32, bf16, f16: its dequantized weights after the others), and quantized to
+/// Q4_K_M/Q6_K/Q8_0 they equal its default output (bf16) run through llama-quantize. An AutoAWQ
+/// checkpoint (which the converter does not read) converts to an F32 GGUF that `eval` finds
+/// identical to the checkpoint.
+#[test]
+fn quantized_checkpoints_convert_as_the_converter_dequantizes_them() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let made = |name: &str, format: &str| {
+        let m = d.path().join(name);
+        quantize(&[
+            p(&fixture()),
+            "--to".into(),
+            "int4".into(),
+            "--group".into(),
+            "64".into(),
+            "--format".into(),
+            format.into(),
+            "-o".into(),
+            p(&m),
+            "-q".into(),
+        ])
+        .ok();
+        m
+    };
+    for m in [made("gptq", "gptq"), made("ct", "compressed-tensors")] {
+        let name = m.file_name().unwrap().to_string_lossy().to_string();
+        for t in ["f32", "bf16", "f16"] {
+            let (a, b) = (
+                d.path().join(format!("{name}-ours-{t}.gguf")),
+                d.path().join(format!("{name}-theirs-{t}.gguf")),
+            );
+            ours(&m, &a, t);
+            convert(&m, &b, t, Some("gpt-2"));
+            assert_identical(&a, &b, &format!("{name} → {t}"));
+        }
+        let bf16 = d.path().join(format!("{name}-theirs-bf16.gguf"));
+        for ft in ["Q4_K_M", "Q6_K", "Q8_0"] {
+            let theirs = d.path().join(format!("{name}-lq-{ft}.gguf"));
+            llama_quantize(&[
+                bf16.as_os_str(),
+                theirs.as_os_str(),
+                ft.as_ref(),
+                "2".as_ref(),
+            ]);
+            let a = d.path().join(format!("{name}-ours-{ft}.gguf"));
+            ours(&m, &a, &ft.to_lowercase());
+            assert_identical(&a, &theirs, &format!("{name} → {ft}"));
+        }
+    }
+    let awq = made("awq", "awq");
+    let g = d.path().join("awq.gguf");
+    ours(&awq, &g, "f32");
+    let text = d.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog. ".repeat(40),
+    )
+    .unwrap();
+    let r = quantize(
+        &[
+            "eval",
+            &p(&g),
+            "--against",
+            &p(&awq),
+            "--text",
+            &p(&text),
+            "--ctx",
+            "64",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    r.ok();
+    let e: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(e["kld_mean"].as_f64().unwrap() < 1e-6, "{e}");
+}

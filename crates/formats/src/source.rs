@@ -163,7 +163,20 @@ pub struct SourceTensor {
     pub ggml: Option<GgmlType>,
     /// FP8 weights of a block-scaled checkpoint: the scales their values are multiplied by.
     pub scale: Option<Box<BlockScale>>,
+    /// A weight stored in a quantized layout (GPTQ, AWQ, compressed-tensors): `dtype` is F32,
+    /// what it decodes to, and its bytes are in [`ModelSource::slots`].
+    pub packed: Option<Box<Packed>>,
 }
+
+/// How a packed weight is stored: its layout and the tensors holding its slots, in the
+/// layout's slot order (indices into [`ModelSource::slots`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packed {
+    pub scheme: qs_numeric::Scheme,
+    pub slots: Vec<usize>,
+}
+
+impl Eq for Packed {}
 
 /// The scales of a block-scaled FP8 weight (`quant_method: "fp8"`: DeepSeek-V3, Qwen's FP8
 /// releases): value = FP8 code × the scale of its block, as llama.cpp's converter and
@@ -193,6 +206,8 @@ pub struct ModelSource {
     pub gguf: Option<GgufFile>,
     /// Bytes of generated tensors, with the file they were derived from (for messages).
     pub generated: Vec<(PathBuf, Vec<u8>)>,
+    /// The stored tensors of packed weights ([`SourceTensor::packed`]), out of `tensors`.
+    pub slots: Vec<SourceTensor>,
 }
 
 #[derive(serde::Deserialize)]
@@ -263,6 +278,7 @@ impl ModelSource {
                     info: t.clone(),
                     ggml: None,
                     scale: None,
+                    packed: None,
                 });
             }
         }
@@ -297,7 +313,87 @@ impl ModelSource {
             config,
             gguf: None,
             generated: Vec::new(),
+            slots: Vec::new(),
         })
+    }
+
+    /// Replaces the stored tensors of each packed weight `(name, shape, layout, the stored
+    /// tensors' names in slot order)` by one logical tensor (where its first stored tensor was),
+    /// read by decoding ([`ModelSource::packed_rows`]).
+    pub fn pack(&mut self, weights: Vec<(String, Vec<usize>, qs_numeric::Scheme, Vec<String>)>) {
+        let mut at: HashMap<String, usize> = HashMap::new();
+        let mut logical: Vec<(usize, SourceTensor)> = Vec::new();
+        for (name, shape, scheme, stored) in weights {
+            let mut slots = Vec::with_capacity(stored.len());
+            let mut first: Option<(usize, usize)> = None;
+            for sname in &stored {
+                let Some(i) = self.tensors.iter().position(|t| &t.info.name == sname) else {
+                    continue;
+                };
+                let idx = *at.entry(sname.clone()).or_insert_with(|| {
+                    self.slots.push(self.tensors[i].clone());
+                    self.slots.len() - 1
+                });
+                first = Some(first.map_or((i, self.tensors[i].file), |f| {
+                    if i < f.0 {
+                        (i, self.tensors[i].file)
+                    } else {
+                        f
+                    }
+                }));
+                slots.push(idx);
+            }
+            let Some((pos, file)) = first else {
+                continue;
+            };
+            logical.push((
+                pos,
+                SourceTensor {
+                    file,
+                    generated: false,
+                    info: StTensor {
+                        name,
+                        dtype: DType::F32,
+                        shape,
+                        start: 0,
+                        end: 0,
+                    },
+                    ggml: None,
+                    scale: None,
+                    packed: Some(Box::new(Packed { scheme, slots })),
+                },
+            ));
+        }
+        // the logical tensors take their first slot's place; the stored ones leave
+        let mut out = Vec::with_capacity(self.tensors.len());
+        for (i, t) in std::mem::take(&mut self.tensors).into_iter().enumerate() {
+            for (_, l) in logical.iter().filter(|(p, _)| *p == i) {
+                out.push(l.clone());
+            }
+            if !at.contains_key(&t.info.name) {
+                out.push(t);
+            }
+        }
+        self.tensors = out;
+    }
+
+    /// Rows `r0..r1` of a packed weight, decoded into `out` (`(r1 - r0) × cols`).
+    pub fn packed_rows(&self, t: &SourceTensor, r0: usize, r1: usize, out: &mut [f32]) {
+        let Some(p) = &t.packed else {
+            return;
+        };
+        let shape = &t.info.shape;
+        let parts: Vec<&[u8]> = p
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, &si)| {
+                let b = self.bytes(&self.slots[si]);
+                let r = p.scheme.slot_range(i, shape, r0, r1);
+                &b[r.start.min(b.len())..r.end.min(b.len())]
+            })
+            .collect();
+        p.scheme.decode(shape, r0, r1, &parts, out);
     }
 
     /// Whether the weights are block-scaled FP8 that reading dequantizes.
@@ -370,6 +466,7 @@ impl ModelSource {
                 info,
                 ggml,
                 scale: None,
+                packed: None,
             });
         }
         Ok(ModelSource {
@@ -380,6 +477,7 @@ impl ModelSource {
             config: None,
             gguf: Some(g),
             generated: Vec::new(),
+            slots: Vec::new(),
         })
     }
 
@@ -398,6 +496,7 @@ impl ModelSource {
             },
             ggml: None,
             scale: None,
+            packed: None,
         });
         self.generated.push((from, bytes));
     }

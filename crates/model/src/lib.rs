@@ -717,6 +717,11 @@ impl Weights for ModelSource {
             });
         }
         let mut out = vec![0f32; t.info.numel()];
+        if t.packed.is_some() {
+            let rows = t.info.shape.first().copied().unwrap_or(1);
+            self.packed_rows(t, 0, rows, &mut out);
+            return Ok(out);
+        }
         qs_numeric::dtype::decode_f32(t.info.dtype, self.bytes(t), &mut out);
         let cols = t.info.shape.last().copied().unwrap_or(1);
         self.apply_scale(t, 0, cols, &mut out);
@@ -743,6 +748,10 @@ impl Weights for ModelSource {
                 });
             }
             let o = &mut out[k * cols..(k + 1) * cols];
+            if t.packed.is_some() {
+                self.packed_rows(t, id, id + 1, o);
+                continue;
+            }
             qs_numeric::dtype::decode_f32(t.info.dtype, &bytes[id * row..(id + 1) * row], o);
             self.apply_scale(t, id, cols, o);
         }

@@ -134,6 +134,54 @@ fn stored<'a>(src: &'a ModelSource, t: &'a SourceTensor) -> Stored<'a> {
     }
 }
 
+/// A quantized safetensors checkpoint (GPTQ, AWQ, compressed-tensors: `quantization_config`
+/// in config.json) as an input: each weight a layout's reader claims becomes one tensor read by
+/// decoding its stored tensors ([`ModelSource::pack`]), so the run quantizes the dequantized
+/// weights. Block-scaled FP8 is handled as the source is opened; other inputs are unchanged.
+pub(crate) fn unpack_quantized(src: &mut ModelSource) -> Result<()> {
+    let quantized = src
+        .config
+        .as_ref()
+        .and_then(|c| c.get("quantization_config"))
+        .is_some();
+    if !quantized || src.gguf.is_some() || src.block_scaled() {
+        return Ok(());
+    }
+    let weights: Vec<(String, Vec<usize>, Scheme, Vec<String>)> = {
+        let logical = st_logical(src)?;
+        let mut v = Vec::new();
+        for l in logical
+            .into_iter()
+            .filter(|l| l.slots.len() > 1 || !matches!(l.scheme, Scheme::Float(_)))
+        {
+            // each slot is one stored tensor's bytes
+            let mut names = Vec::with_capacity(l.slots.len());
+            for slot in &l.slots {
+                let t = src.tensors.iter().find(|t| {
+                    let b = src.bytes(t);
+                    b.as_ptr() == slot.as_ptr() && b.len() == slot.len()
+                });
+                match t {
+                    Some(t) => names.push(t.info.name.clone()),
+                    None => {
+                        return Err(Error::Input {
+                            path: src.input.clone(),
+                            msg: format!(
+                                "weight '{}': a stored part is not a whole tensor",
+                                l.name
+                            ),
+                        })
+                    }
+                }
+            }
+            v.push((l.name, l.shape, l.scheme, names));
+        }
+        v
+    };
+    src.pack(weights);
+    Ok(())
+}
+
 /// Every logical tensor of a safetensors checkpoint: the weights a layout's reader claims,
 /// then every other float tensor as it is stored.
 pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {

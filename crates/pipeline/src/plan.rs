@@ -302,7 +302,7 @@ pub fn make_plan(
         .config
         .as_ref()
         .and_then(|c| c.get("quantization_config"))
-        .filter(|_| !src.block_scaled())
+        .filter(|_| !src.block_scaled() && !src.tensors.iter().any(|t| t.packed.is_some()))
     {
         let method = qc
             .get("quant_method")
@@ -430,7 +430,8 @@ pub fn make_plan(
         };
         // a permuted or shifted tensor is re-encoded (exactly, in its own float type) rather
         // than copied
-        let action = match (action, permute.is_some() || shift || st.scale.is_some()) {
+        let decoded = st.scale.is_some() || st.packed.is_some();
+        let action = match (action, permute.is_some() || shift || decoded) {
             (Action::Copy, true) if dtype.is_float() => {
                 Action::Encode(Scheme::Float(FloatLayout {
                     dtype: gguf_float(dtype),
@@ -642,18 +643,20 @@ fn choose_target(
 
 /// Tensor order of the output. A float conversion of an HF folder (`converter`) is what
 /// llama.cpp's converter writes: shard by shard (sorted file names), each shard's tensors
-/// sorted by HF name, generated tensors first. Anything else converted is what llama-quantize
+/// sorted by HF name, generated tensors first, dequantized packed weights last. Anything else converted is what llama-quantize
 /// writes: its loader's order, by layer then GGUF name, which also makes the mixture's
 /// per-layer counters independent of the input. Without a conversion: the input's order.
 fn tensor_order(src: &ModelSource, conv: Option<&Conv<'_>>, converter: bool) -> Vec<usize> {
     let mut order: Vec<usize> = (0..src.tensors.len()).collect();
     if let Some(cv) = conv {
         if converter {
-            // generated tensors come first, as the converter yields them first
+            // generated tensors come first, as the converter yields them first; weights it
+            // dequantizes from a GPTQ or compressed-tensors layout come last
             order.sort_by(|&a, &b| {
                 let (ta, tb) = (&src.tensors[a], &src.tensors[b]);
-                (!ta.generated, ta.file, &ta.info.name).cmp(&(
+                (!ta.generated, ta.packed.is_some(), ta.file, &ta.info.name).cmp(&(
                     !tb.generated,
+                    tb.packed.is_some(),
                     tb.file,
                     &tb.info.name,
                 ))

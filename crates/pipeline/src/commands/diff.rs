@@ -71,14 +71,14 @@ pub struct DiffReport {
 
 enum Side {
     Gguf(GgufFile),
-    St(ModelSource),
+    St(Box<ModelSource>),
 }
 
 fn open(p: &Path) -> Result<Side> {
     Ok(if is_gguf(p) {
         Side::Gguf(GgufFile::open(p)?)
     } else {
-        Side::St(ModelSource::open(p)?)
+        Side::St(Box::new(ModelSource::open(p)?))
     })
 }
 

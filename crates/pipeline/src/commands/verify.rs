@@ -17,7 +17,7 @@ use std::path::Path;
 
 enum Quantized {
     Gguf(GgufFile),
-    St(ModelSource),
+    St(Box<ModelSource>),
 }
 
 pub fn verify(
@@ -30,7 +30,7 @@ pub fn verify(
     let q = if is_gguf(quantized) {
         Quantized::Gguf(GgufFile::open(quantized)?)
     } else {
-        Quantized::St(ModelSource::open(quantized)?)
+        Quantized::St(Box::new(ModelSource::open(quantized)?))
     };
     let logical = match &q {
         Quantized::Gguf(g) => gguf_logical(g, Some(&orig))?,

@@ -143,6 +143,8 @@ impl Prepared {
 /// every option check that can fail before any work fails here.
 pub fn prepare(cfg: &QuantizeConfig) -> Result<Prepared> {
     let mut src = ModelSource::open(&cfg.input)?;
+    // a GPTQ, AWQ or compressed-tensors checkpoint is read as its dequantized weights
+    crate::checkpoint::unpack_quantized(&mut src)?;
     crate::plan::add_generated(&mut src, cfg)?;
     // an importance matrix to compute takes minutes: an output that is there (without
     // --force) is refused first
@@ -613,12 +615,14 @@ fn source_rows_unshifted(
     let mut x = vec![0f32; (r1 - r0) * cols];
     let decode = |row: usize, out: &mut [f32]| match st.ggml {
         Some(ty) => qs_numeric::ggml::dequantize_row(ty, &all[row * rb..(row + 1) * rb], out),
+        None if st.packed.is_some() => src.packed_rows(st, row, row + 1, out),
         None => {
             decode_f32(dtype, &all[row * rb..(row + 1) * rb], out);
             src.apply_scale(st, row, cols, out);
         }
     };
     match (permute, st.ggml) {
+        (None, None) if st.packed.is_some() => src.packed_rows(st, r0, r1, &mut x),
         (None, None) => {
             decode_f32(dtype, &all[r0 * rb..r1 * rb], &mut x);
             // block-scaled FP8: codes times their blocks' scales
@@ -741,9 +745,10 @@ fn run_chunk<'a>(
         Action::Encode(scheme) => {
             let quantizing = !matches!(scheme, Scheme::Float(FloatLayout { .. }));
             let mut x = decode_rows(src, tp, r0, r1, cfg.allow_nonfinite && !quantizing)?;
-            if quantizing && st.scale.is_some() {
-                // dequantized FP8 goes through bf16 first, as llama.cpp's converter writes it by
-                // default (its "auto" type) before llama-quantize reads it
+            if quantizing && (st.scale.is_some() || st.packed.is_some()) {
+                // dequantized weights (block-scaled FP8, GPTQ, compressed-tensors) go through
+                // bf16 first, as llama.cpp's converter writes them by default (its "auto"
+                // type) before llama-quantize reads them
                 x.iter_mut().for_each(|v| *v = round_to(DType::BF16, *v));
             }
             let (rows, _) = rows_cols(&tp.shape);

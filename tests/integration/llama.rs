@@ -1289,6 +1289,17 @@ fn family_workflow(dir: &Path, mt: &str) {
             r.stderr
         );
         assert!(!bad.exists());
+        // a query scale llama.cpp does not use: refused for GGUF too
+        cfg["query_pre_attn_scalar"] = 100.into();
+        std::fs::write(m.join("config.json"), cfg.to_string()).unwrap();
+        let r = quantize(&[p(&m), "--to".into(), "q8_0".into(), "-o".into(), p(&bad)]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(
+            r.stderr.contains("query_pre_attn_scalar = 100"),
+            "{}",
+            r.stderr
+        );
+        assert!(!bad.exists());
         return;
     }
     if mt == "olmo2" {

@@ -30,6 +30,7 @@ pub const ARCH: Arch = Arch {
     dropped: &["lm_head.weight"],
     embeddings_to_vocab: false,
     swa_every: Some(2),
+    query_scale_27b_layers: Some(LAYERS_27B),
     hf_keys: Some(hf_keys),
     layer_norms: GEMMA_NORMS,
     fused: &[],

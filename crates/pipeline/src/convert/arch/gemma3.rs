@@ -25,6 +25,7 @@ pub const ARCH: Arch = Arch {
     dropped: &[],
     embeddings_to_vocab: true,
     swa_every: Some(6),
+    query_scale_27b_layers: Some(LAYERS_27B),
     hf_keys: Some(hf_keys),
     layer_norms: GEMMA_NORMS,
     fused: &[],

@@ -62,6 +62,10 @@ pub struct Arch {
     /// llama.cpp's fixed sliding-window pattern: every this-many-th layer attends to the whole
     /// context, the others to `sliding_window` tokens (nothing in the file says which).
     pub swa_every: Option<usize>,
+    /// Gemma: llama.cpp scales queries by head_dim^-½, or by (hidden / heads)^-½ for the model
+    /// with this many layers (27B), whatever `query_pre_attn_scalar` says; a config that
+    /// disagrees is refused for GGUF.
+    pub query_scale_27b_layers: Option<u64>,
     /// `export`: the architecture's own config.json keys from the GGUF's (read by key name
     /// without the architecture prefix, as numbers), over the common ones.
     pub hf_keys: Option<HfKeys>,
@@ -561,6 +565,23 @@ fn own_keys(arch: &Arch, c: &Json, hp: &HParams) -> Result<Vec<(String, Value)>>
 /// The sliding-window layers must be where llama.cpp puts them for `arch` (every layer but each
 /// [`Arch::swa_every`]-th), and the attention scale llama.cpp assumes must be the model's.
 fn check_window_layers(arch: &Arch, c: &Json, layers: usize) -> Result<()> {
+    if let Some(l27) = arch.query_scale_27b_layers {
+        let c = &with_defaults(c);
+        let hp = hparams_of(c)?;
+        let assumed = if hp.n_layer == l27 {
+            hp.n_embd / hp.n_head.max(1)
+        } else {
+            hp.head_dim
+        };
+        if let Some(q) = get_f64(c, &["query_pre_attn_scalar"])? {
+            if q != assumed as f64 {
+                return Err(cfg_err(format!(
+                    "query_pre_attn_scalar = {q}, but llama.cpp's {} scales queries by {assumed}^-1/2 for this model: a GGUF would compute another model",
+                    arch.name
+                )));
+            }
+        }
+    }
     let Some(n) = arch.swa_every else {
         return Ok(());
     };

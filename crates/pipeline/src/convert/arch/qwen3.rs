@@ -21,6 +21,7 @@ pub const ARCH: Arch = Arch {
     dropped: &[],
     embeddings_to_vocab: false,
     swa_every: None,
+    query_scale_27b_layers: None,
     hf_keys: None,
     layer_norms: LLAMA_NORMS,
     fused: &[],

@@ -1193,28 +1193,8 @@ fn block_scaled_fp8_sources_read_as_their_scaled_values() {
         "-q".into(),
     ])
     .ok();
-    let text = d.path().join("text.txt");
-    std::fs::write(
-        &text,
-        "The quick brown fox jumps over the lazy dog. ".repeat(40),
-    )
-    .unwrap();
-    let r = quantize(
-        &[
-            "eval",
-            &p(&f32g),
-            "--against",
-            &p(&m),
-            "--text",
-            &p(&text),
-            "--ctx",
-            "64",
-            "--json",
-        ]
-        .map(String::from),
-    );
-    r.ok();
-    let e: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    // the same model: no divergence
+    let e = eval_against(&f32g, &m, d.path());
     assert!(e["kld_mean"].as_f64().unwrap() < 1e-6, "{e}");
     let gptq = d.path().join("gptq");
     quantize(&[
@@ -1364,27 +1344,30 @@ fn quantized_checkpoints_convert_as_the_converter_dequantizes_them() {
     let awq = made("awq", "awq");
     let g = d.path().join("awq.gguf");
     ours(&awq, &g, "f32");
-    let text = d.path().join("text.txt");
+    // the same model: no divergence
+    let e = eval_against(&g, &awq, d.path());
+    assert!(e["kld_mean"].as_f64().unwrap() < 1e-6, "{e}");
+}
+
+/// `quantize eval MODEL --against ORIGINAL` on a short text (64-token chunks), as JSON.
+fn eval_against(model: &Path, original: &Path, dir: &Path) -> serde_json::Value {
+    let text = dir.join("eval-text.txt");
     std::fs::write(
         &text,
         "The quick brown fox jumps over the lazy dog. ".repeat(40),
     )
     .unwrap();
-    let r = quantize(
-        &[
-            "eval",
-            &p(&g),
-            "--against",
-            &p(&awq),
-            "--text",
-            &p(&text),
-            "--ctx",
-            "64",
-            "--json",
-        ]
-        .map(String::from),
-    );
+    let r = quantize(&[
+        "eval".as_ref(),
+        model.as_os_str(),
+        "--against".as_ref(),
+        original.as_os_str(),
+        "--text".as_ref(),
+        text.as_os_str(),
+        "--ctx".as_ref(),
+        "64".as_ref(),
+        "--json".as_ref(),
+    ]);
     r.ok();
-    let e: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    assert!(e["kld_mean"].as_f64().unwrap() < 1e-6, "{e}");
+    serde_json::from_str(&r.stdout).unwrap()
 }

@@ -313,40 +313,65 @@ pub fn with_family_defaults(c: &Json, family: &Family) -> Json {
 }
 
 /// Per layer, whether it attends within a sliding window: `layer_types`
-/// ("sliding_attention"/"full_attention"), else the family's pattern, else none does.
+/// ("sliding_attention"/"full_attention"), else every layer but each `sliding_window_pattern`-th
+/// (the family's default), else none.
 pub fn sliding_layers(c: &Json, family: &Family, layers: usize) -> Result<Vec<bool>> {
-    if let Some(v) = c.get("layer_types").filter(|v| !v.is_null()) {
-        let list = v.as_array().filter(|a| a.len() >= layers).ok_or_else(|| {
+    layer_pattern(
+        c,
+        layers,
+        (
+            "layer_types",
+            "\"sliding_attention\" or \"full_attention\"",
+            |x| match x.as_str() {
+                Some("sliding_attention") => Some(true),
+                Some("full_attention") => Some(false),
+                _ => None,
+            },
+        ),
+        ("sliding_window_pattern", family.sliding_interval),
+        false,
+    )
+}
+
+/// A per-layer flag from config.json: the list under `list.0` (each entry read by `list.2`,
+/// described by `list.1` in errors), else true for every layer but each `every.0`-th (its
+/// default `every.1`), else `otherwise` for every layer.
+#[allow(clippy::type_complexity)]
+fn layer_pattern(
+    c: &Json,
+    layers: usize,
+    list: (&str, &str, fn(&Json) -> Option<bool>),
+    every: (&str, Option<usize>),
+    otherwise: bool,
+) -> Result<Vec<bool>> {
+    let (key, what, entry) = list;
+    if let Some(v) = c.get(key).filter(|v| !v.is_null()) {
+        let items = v.as_array().filter(|a| a.len() >= layers).ok_or_else(|| {
             ModelError::Config(format!(
-                "layer_types must list at least num_hidden_layers = {layers} layer types"
+                "{key} must list at least num_hidden_layers = {layers} values ({what})"
             ))
         })?;
-        return list[..layers]
+        return items[..layers]
             .iter()
-            .map(|x| match x.as_str() {
-                Some("sliding_attention") => Ok(true),
-                Some("full_attention") => Ok(false),
-                _ => Err(ModelError::Config(format!(
-                    "layer_types: {x} is not \"sliding_attention\" or \"full_attention\""
-                ))),
+            .map(|x| {
+                entry(x).ok_or_else(|| ModelError::Config(format!("{key}: {x} is not {what}")))
             })
             .collect();
     }
-    let Some(default) = family.sliding_interval else {
-        return Ok(vec![false; layers]);
+    let (key, default) = every;
+    let Some(default) = default else {
+        return Ok(vec![otherwise; layers]);
     };
-    let every = match c.get("sliding_window_pattern").filter(|v| !v.is_null()) {
+    let n = match c.get(key).filter(|v| !v.is_null()) {
         None => default,
         Some(v) => v
             .as_u64()
             .filter(|n| (1..=1 << 20).contains(n))
             .ok_or_else(|| {
-                ModelError::Config(format!(
-                    "sliding_window_pattern = {v}: expected a whole number from 1"
-                ))
+                ModelError::Config(format!("{key} = {v}: expected a whole number from 1"))
             })? as usize,
     };
-    Ok((0..layers).map(|l| (l + 1) % every != 0).collect())
+    Ok((0..layers).map(|l| (l + 1) % n != 0).collect())
 }
 
 /// Gemma 3's rope parameters by layer type, as transformers' config class completes them:
@@ -386,40 +411,19 @@ pub fn rope_by_layer_type(c: &Json, family: &Family) -> Option<Json> {
 }
 
 /// Per layer, whether it applies rope: `no_rope_layers` (1 = rope, as transformers reads it),
-/// else every `no_rope_layer_interval`-th layer (the family's default) without, else all.
+/// else every layer but each `no_rope_layer_interval`-th (the family's default), else all.
 pub fn rope_layers(c: &Json, family: &Family, layers: usize) -> Result<Vec<bool>> {
-    if let Some(v) = c.get("no_rope_layers").filter(|v| !v.is_null()) {
-        let list = v.as_array().filter(|a| a.len() >= layers).ok_or_else(|| {
-            ModelError::Config(format!(
-                "no_rope_layers must list at least num_hidden_layers = {layers} values of 0 or 1"
-            ))
-        })?;
-        return list[..layers]
-            .iter()
-            .map(|x| match x.as_u64() {
-                Some(0) => Ok(false),
-                Some(1) => Ok(true),
-                _ => Err(ModelError::Config(format!(
-                    "no_rope_layers: {x} is not 0 or 1"
-                ))),
-            })
-            .collect();
-    }
-    let Some(default) = family.nope_interval else {
-        return Ok(vec![true; layers]);
-    };
-    let every = match c.get("no_rope_layer_interval").filter(|v| !v.is_null()) {
-        None => default,
-        Some(v) => v
-            .as_u64()
-            .filter(|n| (1..=1 << 20).contains(n))
-            .ok_or_else(|| {
-                ModelError::Config(format!(
-                    "no_rope_layer_interval = {v}: expected a whole number from 1"
-                ))
-            })? as usize,
-    };
-    Ok((0..layers).map(|l| (l + 1) % every != 0).collect())
+    layer_pattern(
+        c,
+        layers,
+        ("no_rope_layers", "0 or 1", |x| match x.as_u64() {
+            Some(0) => Some(false),
+            Some(1) => Some(true),
+            _ => None,
+        }),
+        ("no_rope_layer_interval", family.nope_interval),
+        true,
+    )
 }
 
 /// The rope scaling parameters of a config.json (`rope_parameters` or `rope_scaling`), if any.

@@ -4,7 +4,7 @@
 //! sliding window; embeddings scaled by √hidden; tied output head). The converter writes its own
 //! short list of keys (no rope keys: llama.cpp's default theta 10000 is Gemma 2's).
 
-use super::{Arch, HeadDim, Keys, ModelType, OwnKey, VocabStyle, GEMMA_NORMS};
+use super::{Arch, HeadDim, Keys, ModelType, OwnKey, VocabStyle, GEMMA_NORMS, TEXT};
 use serde_json::{json, Map, Value as Json};
 
 pub const ARCH: Arch = Arch {
@@ -15,25 +15,20 @@ pub const ARCH: Arch = Arch {
         head_dim: HeadDim::Fixed(256),
     }],
     hf_class: "Gemma2ForCausalLM",
-    permute_qk: false,
     keys: Keys::Gemma2,
     own_keys: &[
         OwnKey::AttnSoftcap,
         OwnKey::FinalSoftcap,
         OwnKey::SlidingWindow,
     ],
-    llama3_rope_freqs: false,
     vocab: VocabStyle::Gemma,
-    layers_70b: None,
-    nope_every: None,
     norm_shift: true,
     dropped: &["lm_head.weight"],
-    embeddings_to_vocab: false,
     swa_every: Some(2),
     query_scale_27b_layers: Some(LAYERS_27B),
     hf_keys: Some(hf_keys),
     layer_norms: GEMMA_NORMS,
-    fused: &[],
+    ..TEXT
 };
 
 /// The layer count llama.cpp takes for Gemma 2 27B, whose queries it scales by
@@ -49,7 +44,7 @@ fn hf_keys(key: &dyn Fn(&str) -> Option<f64>, layers: u64, c: &mut Map<String, J
 }
 
 /// A GGUF f32 value as the shortest decimal that reads back to it.
-fn short(x: f64) -> f64 {
+pub(super) fn short(x: f64) -> f64 {
     (x as f32).to_string().parse().unwrap_or(x)
 }
 

@@ -3,7 +3,7 @@
 //! window with their own rope theta, `rope.freq_base_swa`). The converter drops embedding rows
 //! beyond the tokenizer's vocabulary.
 
-use super::{Arch, HeadDim, Keys, ModelType, OwnKey, VocabStyle, GEMMA_NORMS};
+use super::{Arch, HeadDim, ModelType, OwnKey, VocabStyle, GEMMA_NORMS, TEXT};
 use serde_json::{json, Map, Value as Json};
 
 pub const ARCH: Arch = Arch {
@@ -14,21 +14,15 @@ pub const ARCH: Arch = Arch {
         head_dim: HeadDim::Fixed(256),
     }],
     hf_class: "Gemma3ForCausalLM",
-    permute_qk: false,
-    keys: Keys::Text,
     own_keys: &[OwnKey::FinalSoftcap, OwnKey::SlidingWindow],
-    llama3_rope_freqs: false,
     vocab: VocabStyle::Gemma,
-    layers_70b: None,
-    nope_every: None,
     norm_shift: true,
-    dropped: &[],
     embeddings_to_vocab: true,
     swa_every: Some(6),
     query_scale_27b_layers: Some(LAYERS_27B),
     hf_keys: Some(hf_keys),
     layer_norms: GEMMA_NORMS,
-    fused: &[],
+    ..TEXT
 };
 
 /// The layer count llama.cpp takes for Gemma 3 27B (queries scaled by (hidden / heads)^-½).
@@ -40,6 +34,6 @@ fn hf_keys(key: &dyn Fn(&str) -> Option<f64>, layers: u64, c: &mut Map<String, J
     let local = key("rope.freq_base_swa").or(key("rope.freq_base"));
     c.insert(
         "rope_local_base_freq".into(),
-        json!(local.map(|t| (t as f32).to_string().parse::<f64>().unwrap_or(t))),
+        json!(local.map(super::gemma2::short)),
     );
 }

@@ -2,7 +2,7 @@
 //! interleaved rope, SentencePiece or byte-level BPE vocabularies, Llama 3 rope frequencies as
 //! a generated tensor).
 
-use super::{Arch, HeadDim, Keys, ModelType, OwnKey, VocabStyle, LLAMA_NORMS};
+use super::{Arch, HeadDim, ModelType, OwnKey, VocabStyle, TEXT};
 
 pub const ARCH: Arch = Arch {
     name: "llama",
@@ -20,18 +20,9 @@ pub const ARCH: Arch = Arch {
     ],
     hf_class: "LlamaForCausalLM",
     permute_qk: true,
-    keys: Keys::Text,
     own_keys: &[OwnKey::VocabSize, OwnKey::RopeDim],
     llama3_rope_freqs: true,
     vocab: VocabStyle::Llama,
     layers_70b: Some(80),
-    nope_every: None,
-    norm_shift: false,
-    dropped: &[],
-    embeddings_to_vocab: false,
-    swa_every: None,
-    query_scale_27b_layers: None,
-    hf_keys: None,
-    layer_norms: LLAMA_NORMS,
-    fused: &[],
+    ..TEXT
 };

@@ -82,6 +82,30 @@ pub struct Arch {
     pub fused: &'static [(&'static str, &'static str)],
 }
 
+/// A plain text model as llama.cpp's converter treats one: llama-style layer norms, its
+/// generic keys, byte-level BPE, no transform. An architecture module writes what differs and
+/// takes the rest from here (`..TEXT`).
+pub const TEXT: Arch = Arch {
+    name: "",
+    model_types: &[],
+    hf_class: "",
+    permute_qk: false,
+    keys: Keys::Text,
+    own_keys: &[],
+    llama3_rope_freqs: false,
+    vocab: VocabStyle::Bpe,
+    layers_70b: None,
+    nope_every: None,
+    norm_shift: false,
+    dropped: &[],
+    embeddings_to_vocab: false,
+    swa_every: None,
+    query_scale_27b_layers: None,
+    hf_keys: None,
+    layer_norms: LLAMA_NORMS,
+    fused: &[],
+};
+
 /// See [`Arch::hf_keys`]: GGUF key lookup, block count, config.json to complete.
 pub type HfKeys = fn(&dyn Fn(&str) -> Option<f64>, u64, &mut serde_json::Map<String, Json>);
 
@@ -588,27 +612,10 @@ fn check_window_layers(arch: &Arch, c: &Json, layers: usize) -> Result<()> {
     let Ok(family) = qs_model::family_of(c) else {
         return Ok(());
     };
-    let have = qs_model::sliding_layers(c, family, layers).map_err(|e| match e {
-        qs_model::ModelError::Config(m) => cfg_err(m),
-        e => Error::Config(e.to_string()),
-    })?;
+    let have = qs_model::sliding_layers(c, family, layers).map_err(model_err)?;
     let want: Vec<bool> = (0..layers).map(|l| (l + 1) % n != 0).collect();
-    let window = c.get("sliding_window").is_some_and(|v| !v.is_null());
-    if window && have != want {
-        let list = |v: &[bool]| {
-            v.iter()
-                .enumerate()
-                .filter(|(_, s)| !**s)
-                .map(|(l, _)| l.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return Err(cfg_err(format!(
-            "layers attending to the whole context [{}], but llama.cpp's {} has [{}] do so: a GGUF would compute another model",
-            list(&have),
-            arch.name,
-            list(&want)
-        )));
+    if c.get("sliding_window").is_some_and(|v| !v.is_null()) {
+        check_pattern(arch, &have, &want, "layers attending to the whole context")?;
     }
     Ok(())
 }
@@ -616,34 +623,44 @@ fn check_window_layers(arch: &Arch, c: &Json, layers: usize) -> Result<()> {
 /// The layers without rope must be where llama.cpp puts them for `arch` (none, or every
 /// [`Arch::nope_every`]-th).
 fn check_rope_layers(arch: &Arch, c: &Json, layers: usize) -> Result<()> {
-    let mt = c.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
-    let Some(family) = qs_model::FAMILIES.iter().find(|f| f.model_type == mt) else {
+    let Ok(family) = qs_model::family_of(c) else {
         return Ok(());
     };
-    let have = qs_model::rope_layers(c, family, layers).map_err(|e| match e {
-        qs_model::ModelError::Config(m) => cfg_err(m),
-        e => Error::Config(e.to_string()),
-    })?;
+    let have = qs_model::rope_layers(c, family, layers).map_err(model_err)?;
     let want: Vec<bool> = (0..layers)
         .map(|l| arch.nope_every.is_none_or(|n| (l + 1) % n != 0))
         .collect();
-    if have != want {
-        let list = |v: &[bool]| {
-            v.iter()
-                .enumerate()
-                .filter(|(_, r)| !**r)
-                .map(|(l, _)| l.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return Err(cfg_err(format!(
-            "layers without rope [{}], but llama.cpp's {} runs [{}] without rope: a GGUF would compute another model",
-            list(&have),
-            arch.name,
-            list(&want)
-        )));
+    check_pattern(arch, &have, &want, "layers without rope")
+}
+
+/// A per-layer pattern of the config (`have`) must be the one llama.cpp assumes (`want`); the
+/// error lists the layers where each is false (`what` names them).
+fn check_pattern(arch: &Arch, have: &[bool], want: &[bool], what: &str) -> Result<()> {
+    if have == want {
+        return Ok(());
     }
-    Ok(())
+    let list = |v: &[bool]| {
+        v.iter()
+            .enumerate()
+            .filter(|(_, f)| !**f)
+            .map(|(l, _)| l.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(cfg_err(format!(
+        "{what} [{}], but llama.cpp's {} has [{}]: a GGUF would compute another model",
+        list(have),
+        arch.name,
+        list(want)
+    )))
+}
+
+/// A qs-model configuration error as one of config.json.
+fn model_err(e: qs_model::ModelError) -> Error {
+    match e {
+        qs_model::ModelError::Config(m) => cfg_err(m),
+        e => Error::Config(e.to_string()),
+    }
 }
 
 /// A generated tensor: HF-style name, shape, f32 values.
@@ -692,10 +709,7 @@ fn longrope(c: &Json) -> Result<Option<qs_model::LongRope>> {
         hp.n_head as usize,
         hp.head_dim as usize,
     );
-    qs_model::longrope(c, dims).map_err(|e| match e {
-        qs_model::ModelError::Config(m) => cfg_err(m),
-        e => Error::Config(e.to_string()),
-    })
+    qs_model::longrope(c, dims).map_err(model_err)
 }
 
 /// Keys written before the common metadata: the converter adds LongRoPE's attention factor

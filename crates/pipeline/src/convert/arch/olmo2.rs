@@ -3,7 +3,7 @@
 //! norms over all heads; NEOX rope, so q/k rows are not permuted; rms_norm_eps 1e-5 by
 //! default). The converter writes only the common text-model keys.
 
-use super::{Arch, HeadDim, Keys, ModelType, VocabStyle};
+use super::{Arch, HeadDim, ModelType, TEXT};
 
 pub const ARCH: Arch = Arch {
     name: "olmo2",
@@ -13,24 +13,11 @@ pub const ARCH: Arch = Arch {
         head_dim: HeadDim::Absent,
     }],
     hf_class: "Olmo2ForCausalLM",
-    permute_qk: false,
-    keys: Keys::Text,
-    own_keys: &[],
-    llama3_rope_freqs: false,
-    vocab: VocabStyle::Bpe,
-    layers_70b: None,
-    nope_every: None,
-    norm_shift: false,
-    dropped: &[],
-    embeddings_to_vocab: false,
-    swa_every: None,
-    query_scale_27b_layers: None,
-    hf_keys: None,
     layer_norms: &[
         ("self_attn.q_norm", "attn_q_norm"),
         ("self_attn.k_norm", "attn_k_norm"),
         ("post_attention_layernorm", "post_attention_norm"),
         ("post_feedforward_layernorm", "post_ffw_norm"),
     ],
-    fused: &[],
+    ..TEXT
 };

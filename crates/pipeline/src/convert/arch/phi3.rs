@@ -4,7 +4,7 @@
 //! with their attention factor). The converter writes its own list of keys, and a sliding
 //! window of 0 when the model has none.
 
-use super::{Arch, HeadDim, Keys, ModelType, OwnKey, VocabStyle, LLAMA_NORMS};
+use super::{Arch, HeadDim, Keys, ModelType, OwnKey, VocabStyle, TEXT};
 
 pub const ARCH: Arch = Arch {
     name: "phi3",
@@ -14,22 +14,12 @@ pub const ARCH: Arch = Arch {
         head_dim: HeadDim::Absent,
     }],
     hf_class: "Phi3ForCausalLM",
-    permute_qk: false,
     keys: Keys::Phi3,
     own_keys: &[OwnKey::SlidingWindowOrZero],
-    llama3_rope_freqs: false,
     vocab: VocabStyle::Phi3,
-    layers_70b: None,
-    nope_every: None,
-    norm_shift: false,
-    dropped: &[],
-    embeddings_to_vocab: false,
-    swa_every: None,
-    query_scale_27b_layers: None,
-    hf_keys: None,
-    layer_norms: LLAMA_NORMS,
     fused: &[
         ("self_attn.qkv_proj", "attn_qkv"),
         ("mlp.gate_up_proj", "ffn_up"),
     ],
+    ..TEXT
 };

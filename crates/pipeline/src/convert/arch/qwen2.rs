@@ -1,6 +1,6 @@
 //! llama.cpp's "qwen2" architecture: Qwen2 / Qwen2.5 (q/k/v biases, byte-level BPE).
 
-use super::{Arch, HeadDim, Keys, ModelType, VocabStyle, LLAMA_NORMS};
+use super::{Arch, HeadDim, ModelType, TEXT};
 
 pub const ARCH: Arch = Arch {
     name: "qwen2",
@@ -10,19 +10,5 @@ pub const ARCH: Arch = Arch {
         head_dim: HeadDim::Absent,
     }],
     hf_class: "Qwen2ForCausalLM",
-    permute_qk: false,
-    keys: Keys::Text,
-    own_keys: &[],
-    llama3_rope_freqs: false,
-    vocab: VocabStyle::Bpe,
-    layers_70b: None,
-    nope_every: None,
-    norm_shift: false,
-    dropped: &[],
-    embeddings_to_vocab: false,
-    swa_every: None,
-    query_scale_27b_layers: None,
-    hf_keys: None,
-    layer_norms: LLAMA_NORMS,
-    fused: &[],
+    ..TEXT
 };

@@ -201,6 +201,9 @@ fn float_conversions_equal_llama_cpp_converter() {
         "gemma2",
         "gemma3_text",
         "phi3",
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
     ] {
         let m = d.path().join(mt);
         synthetic_model(&m, mt, family_layers(mt), 256, 512, 4, 2);
@@ -241,7 +244,16 @@ fn one_pass_equals_converter_then_llama_quantize() {
         (fixture(), Some("gpt-2"), "f16"),
         (spm_model(d.path()), None, "f16"),
     ];
-    for mt in ["smollm3", "olmo2", "gemma2", "gemma3_text", "phi3"] {
+    for mt in [
+        "smollm3",
+        "olmo2",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
+    ] {
         let m = d.path().join(mt);
         synthetic_model(&m, mt, family_layers(mt), 256, 512, 4, 2);
         cases.push((m, (mt != "gemma2").then_some("gpt-2"), "bf16"));

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Independent reference: the Hugging Face llama/qwen2/qwen3/smollm3/olmo2/gemma2/gemma3_text/phi3
-forward pass in numpy (float64),
+and mixture-of-experts mixtral/qwen2_moe/qwen3_moe forward pass in numpy (float64),
 straight from a model folder's config.json and safetensors — HF conventions (rotate-half RoPE on
 the unpermuted weights). Writes the logits of every position.
 
@@ -54,8 +54,8 @@ def inv_freq(cfg, d, theta):
 
 
 # transformers' config defaults where they differ from llama's
-DEFAULT_THETA = {"smollm3": 2000000.0, "gemma3_text": 1000000.0}
-DEFAULT_EPS = {"olmo2": 1e-5, "phi3": 1e-5}
+DEFAULT_THETA = {"smollm3": 2000000.0, "gemma3_text": 1000000.0, "mixtral": 1000000.0}
+DEFAULT_EPS = {"olmo2": 1e-5, "phi3": 1e-5, "mixtral": 1e-5}
 # Gemma2Config / Gemma3TextConfig: every this-many-th layer is full attention, the others slide
 GEMMA_PATTERN = {"gemma2": 2, "gemma3_text": 6}
 GEMMA_DEFAULTS = {
@@ -115,6 +115,42 @@ def phi3_rope(cfg, hd, theta, T):
     scale = cfg["max_position_embeddings"] / orig
     mscale = np.sqrt(1 + np.log(scale) / np.log(orig)) if scale > 1 else 1.0
     return 1.0 / (np.array(factors, dtype=np.float64) * base), mscale
+
+
+# Mixture of experts (MixtralSparseMoeBlock, Qwen2MoeSparseMoeBlock, Qwen3MoeSparseMoeBlock):
+# expert module, its gate/up/down names, router
+MOE = {
+    "mixtral": ("block_sparse_moe.experts", "w1", "w3", "w2", "block_sparse_moe.gate"),
+    "qwen2_moe": ("mlp.experts", "gate_proj", "up_proj", "down_proj", "mlp.gate"),
+    "qwen3_moe": ("mlp.experts", "gate_proj", "up_proj", "down_proj", "mlp.gate"),
+}
+
+
+def moe(cfg, mt, lin, h):
+    """Softmax over the router's logits, the top num_experts_per_tok experts per token (their
+    probabilities renormalised when Mixtral, or norm_topk_prob), each a SiLU-gated MLP; Qwen2-MoE
+    adds its shared expert scaled by sigmoid(shared_expert_gate)."""
+    experts, gate, up, down, router = MOE[mt]
+    n = cfg.get("num_local_experts") or cfg["num_experts"]
+    k = cfg["num_experts_per_tok"]
+    logits = lin(router, h)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    out = np.zeros_like(h)
+    for t in range(h.shape[0]):
+        top = np.argsort(-probs[t], kind="stable")[:k]
+        w = probs[t, top]
+        if mt == "mixtral" or cfg.get("norm_topk_prob"):
+            w = w / w.sum()
+        for e, we in zip(top, w):
+            x = h[t:t + 1]
+            g, u = lin(f"{experts}.{e}.{gate}", x), lin(f"{experts}.{e}.{up}", x)
+            out[t] += we * lin(f"{experts}.{e}.{down}", g / (1 + np.exp(-g)) * u)[0]
+    if mt == "qwen2_moe":
+        g, u = lin("mlp.shared_expert.gate_proj", h), lin("mlp.shared_expert.up_proj", h)
+        s = lin("mlp.shared_expert.down_proj", g / (1 + np.exp(-g)) * u)
+        out += s / (1 + np.exp(-lin("mlp.shared_expert_gate", h)))
+    return out
 
 
 def main():
@@ -212,8 +248,11 @@ def main():
         else:
             x = x + o
             h = rms(x, W[p + "post_attention_layernorm.weight"], eps)
-        g, u = lin("mlp.gate_proj", h), lin("mlp.up_proj", h)
-        m = lin("mlp.down_proj", (gelu_tanh(g) if gemma else g / (1 + np.exp(-g))) * u)
+        if mt in MOE:
+            m = moe(cfg, mt, lin, h)
+        else:
+            g, u = lin("mlp.gate_proj", h), lin("mlp.up_proj", h)
+            m = lin("mlp.down_proj", (gelu_tanh(g) if gemma else g / (1 + np.exp(-g))) * u)
         x = x + (rms(m, n("post_feedforward_layernorm"), eps) if olmo2 or gemma else m)
     x = rms(x, norm_w(W["model.norm.weight"]), eps)
     head = W.get("lm_head.weight", W["model.embed_tokens.weight"])

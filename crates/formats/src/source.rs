@@ -166,6 +166,11 @@ pub struct SourceTensor {
     /// A weight stored in a quantized layout (GPTQ, AWQ, compressed-tensors): `dtype` is F32,
     /// what it decodes to, and its bytes are in [`ModelSource::slots`].
     pub packed: Option<Box<Packed>>,
+    /// Several stored tensors of one shape stacked along a new leading axis (a mixture of
+    /// experts' per-expert weights, which GGUF stores as one 3-D tensor): indices into
+    /// [`ModelSource::slots`], in order. Its `info` holds the stacked shape, its bytes are the
+    /// parts'.
+    pub stacked: Option<Vec<usize>>,
 }
 
 /// How a packed weight is stored: its layout and the tensors holding its slots, in the
@@ -279,6 +284,7 @@ impl ModelSource {
                     ggml: None,
                     scale: None,
                     packed: None,
+                    stacked: None,
                 });
             }
         }
@@ -361,6 +367,7 @@ impl ModelSource {
                     ggml: None,
                     scale: None,
                     packed: Some(Box::new(Packed { scheme, slots })),
+                    stacked: None,
                 },
             ));
         }
@@ -394,6 +401,148 @@ impl ModelSource {
             })
             .collect();
         p.scheme.decode(shape, r0, r1, &parts, out);
+    }
+
+    /// Replaces each group `(name, parts)` of tensors of one shape `[rows, cols]` by one logical
+    /// tensor `name` of shape `[parts, rows, cols]` (a mixture of experts' per-expert weights,
+    /// as GGUF stores them); `file` is the shard the stacked tensor counts as being in (the
+    /// converter writes it once it has read the last of its layer's experts). The parts leave
+    /// the tensor list for [`ModelSource::slots`]; an error names a missing part or one whose
+    /// shape or type differs from the first's.
+    pub fn stack(&mut self, groups: Vec<(String, usize, Vec<String>)>) -> Result<()> {
+        let mut taken: HashMap<String, usize> = HashMap::new();
+        let mut stacked = Vec::with_capacity(groups.len());
+        let index: HashMap<&str, usize> = self
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.info.name.as_str(), i))
+            .collect();
+        for (name, file, parts) in groups {
+            let mut ids = Vec::with_capacity(parts.len());
+            let mut first: Option<&SourceTensor> = None;
+            for p in &parts {
+                let Some(&i) = index.get(p.as_str()) else {
+                    let at = first.map_or(self.input.clone(), |f| self.path_of(f).to_path_buf());
+                    return Err(tensor_err(
+                        &at,
+                        p,
+                        format!("missing: {name} stacks {} tensors", parts.len()),
+                    ));
+                };
+                let t = &self.tensors[i];
+                let (dt, shape) = (t.info.dtype, &t.info.shape);
+                if let Some(f) = first {
+                    let decoded = |t: &SourceTensor| t.scale.is_some() || t.packed.is_some();
+                    if shape != &f.info.shape || dt != f.info.dtype || decoded(t) != decoded(f) {
+                        return Err(tensor_err(
+                            self.path_of(t),
+                            p,
+                            format!(
+                                "is {dt} {shape:?}, but {} is {} {:?}: experts stacked into {name} must be alike",
+                                f.info.name, f.info.dtype, f.info.shape
+                            ),
+                        ));
+                    }
+                } else if shape.len() != 2 {
+                    return Err(tensor_err(
+                        self.path_of(t),
+                        p,
+                        format!("has shape {shape:?}: only 2-D tensors are stacked"),
+                    ));
+                }
+                first = Some(t);
+                ids.push(i);
+            }
+            let Some(f) = first else { continue };
+            let decoded = f.scale.is_some() || f.packed.is_some() || f.ggml.is_some();
+            let dtype = if decoded { DType::F32 } else { f.info.dtype };
+            let mut shape = vec![ids.len()];
+            shape.extend(&f.info.shape);
+            let bytes = shape.iter().product::<usize>() * dtype.size();
+            let mut slots = Vec::with_capacity(ids.len());
+            for &i in &ids {
+                let n = &self.tensors[i].info.name;
+                let at = *taken.entry(n.clone()).or_insert_with(|| {
+                    self.slots.push(self.tensors[i].clone());
+                    self.slots.len() - 1
+                });
+                slots.push(at);
+            }
+            stacked.push(SourceTensor {
+                file,
+                generated: false,
+                info: StTensor {
+                    name,
+                    dtype,
+                    shape,
+                    start: 0,
+                    end: bytes,
+                },
+                ggml: None,
+                scale: None,
+                packed: None,
+                stacked: Some(slots),
+            });
+        }
+        self.tensors.retain(|t| !taken.contains_key(&t.info.name));
+        self.tensors.extend(stacked);
+        Ok(())
+    }
+
+    /// Whether reading `t` decodes a quantized form (block-scaled FP8, a packed layout, ggml
+    /// blocks), as opposed to widening stored floats.
+    pub fn dequantized(&self, t: &SourceTensor) -> bool {
+        t.scale.is_some()
+            || t.packed.is_some()
+            || t.ggml.is_some()
+            || t.stacked
+                .as_ref()
+                .is_some_and(|p| p.first().is_some_and(|&i| self.dequantized(&self.slots[i])))
+    }
+
+    /// Whether `t`'s stored bytes are its bytes in the order an output holds them, so they can
+    /// be copied (not a decoded or stacked tensor).
+    pub fn copyable(&self, t: &SourceTensor) -> bool {
+        t.scale.is_none() && t.packed.is_none() && t.stacked.is_none()
+    }
+
+    /// Rows `r0..r1` of any tensor (rows: its elements over the last dimension), as f32 in
+    /// `out` (`(r1 - r0) × cols`): stored floats widened, ggml blocks, packed layouts and
+    /// block-scaled FP8 decoded, stacked tensors read from their parts. The one reader every
+    /// consumer goes through.
+    pub fn read_rows(&self, t: &SourceTensor, r0: usize, r1: usize, out: &mut [f32]) {
+        let cols = t.info.shape.last().copied().unwrap_or(1).max(1);
+        if let Some(parts) = &t.stacked {
+            let per = t.info.shape.get(1).copied().unwrap_or(0).max(1);
+            let mut r = r0;
+            while r < r1 {
+                let (p, pr) = (r / per, r % per);
+                let n = (per - pr).min(r1 - r);
+                let Some(&si) = parts.get(p) else { return };
+                let o = &mut out[(r - r0) * cols..(r - r0 + n) * cols];
+                self.read_rows(&self.slots[si], pr, pr + n, o);
+                r += n;
+            }
+            return;
+        }
+        if t.packed.is_some() {
+            return self.packed_rows(t, r0, r1, out);
+        }
+        let rb = self.row_bytes(t);
+        let all = self.bytes(t);
+        let bytes = &all[(r0 * rb).min(all.len())..(r1 * rb).min(all.len())];
+        match t.ggml {
+            Some(ty) => {
+                for (b, o) in bytes.chunks(rb.max(1)).zip(out.chunks_mut(cols)) {
+                    qs_numeric::ggml::dequantize_row(ty, b, o);
+                }
+            }
+            None => {
+                qs_numeric::dtype::decode_f32(t.info.dtype, bytes, out);
+                self.apply_scale(t, r0, cols, out);
+            }
+        }
     }
 
     /// Whether the weights are block-scaled FP8 that reading dequantizes.
@@ -467,6 +616,7 @@ impl ModelSource {
                 ggml,
                 scale: None,
                 packed: None,
+                stacked: None,
             });
         }
         Ok(ModelSource {
@@ -497,6 +647,7 @@ impl ModelSource {
             ggml: None,
             scale: None,
             packed: None,
+            stacked: None,
         });
         self.generated.push((from, bytes));
     }

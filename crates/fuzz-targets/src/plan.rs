@@ -65,7 +65,7 @@ pub fn run(data: &[u8]) {
     let Ok(mut src) = ModelSource::open(&model) else {
         return;
     };
-    if plan::add_generated(&mut src, &cfg).is_err() {
+    if plan::prepare_conversion(&mut src, &cfg).is_err() {
         return;
     }
     let Ok(p) = plan::make_plan(&src, &cfg, None) else {

@@ -4,7 +4,7 @@
 //! sizes a loop, an allocation or a written key from a config value reads it from here.
 
 use crate::Linear;
-use qs_numeric::limits::{MAX_CONTEXT, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
+use qs_numeric::limits::{MAX_CONTEXT, MAX_EXPERTS, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
 use serde_json::Value as Json;
 
 /// The keys llama.cpp's converter accepts for each hyper-parameter, in its order.
@@ -34,7 +34,25 @@ pub struct HParams {
     pub head_dim: u64,
     pub vocab: Option<u64>,
     pub context: Option<u64>,
+    /// A mixture of experts in the feed-forward blocks.
+    pub moe: Option<MoeParams>,
 }
+
+/// A mixture-of-experts model's sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeParams {
+    /// Experts per layer (`num_local_experts`, `num_experts`, `n_routed_experts`).
+    pub experts: u64,
+    /// Experts each token is routed to (`num_experts_per_tok`).
+    pub used: u64,
+    /// An expert's feed-forward width (`moe_intermediate_size`, else `intermediate_size`).
+    pub ff: u64,
+    /// The shared expert's width (`shared_expert_intermediate_size`), if there is one.
+    pub shared_ff: Option<u64>,
+}
+
+/// The keys giving a layer's number of experts, as llama.cpp's converter looks for them.
+pub const EXPERT_KEYS: &[&str] = &["num_local_experts", "num_experts", "n_routed_experts"];
 
 /// The integer under the first of `keys` that is present (and not null): `None` when none is;
 /// an error naming the key when it is not a whole number from 0 to `max`.
@@ -130,16 +148,87 @@ impl HParams {
                 n_head * head_dim
             ));
         }
+        let n_ff = positive(FF_KEYS, MAX_WIDTH)?;
+        let moe = match positive(EXPERT_KEYS, MAX_EXPERTS)? {
+            None => None,
+            Some(experts) => {
+                let used = need(&["num_experts_per_tok"], MAX_EXPERTS)?;
+                if used > experts {
+                    return Err(format!(
+                        "num_experts_per_tok = {used} is more than the {experts} experts"
+                    ));
+                }
+                let ff = match positive(&["moe_intermediate_size"], MAX_WIDTH)? {
+                    Some(f) => f,
+                    None => n_ff.ok_or("lacks moe_intermediate_size (or intermediate_size)")?,
+                };
+                let shared_ff = positive(&["shared_expert_intermediate_size"], MAX_WIDTH)?;
+                Some(MoeParams {
+                    experts,
+                    used,
+                    ff,
+                    shared_ff,
+                })
+            }
+        };
         Ok(HParams {
             n_layer,
             n_embd,
-            n_ff: positive(FF_KEYS, MAX_WIDTH)?,
+            n_ff,
             n_head,
             n_head_kv,
             head_dim,
             vocab: positive(&["vocab_size"], MAX_VOCAB)?,
             context: int(c, CTX_KEYS, MAX_CONTEXT)?,
+            moe,
         })
+    }
+
+    /// The shape a mixture-of-experts module under `model.layers.N.` has (`None`: not one):
+    /// an expert's projection (`…experts.E.gate_proj`, Mixtral's `w1`/`w3`: `[ff, hidden]`;
+    /// `down_proj`/`w2`: `[hidden, ff]`), the experts stacked (`…experts.gate_proj`:
+    /// `[experts, ff, hidden]`), the router (`mlp.gate`, `block_sparse_moe.gate`:
+    /// `[experts, hidden]`), the shared expert and its gate (`[1, hidden]`, or `[hidden]`).
+    fn moe_shape(&self, module: &str, dims: usize) -> Option<Result<Vec<Option<usize>>, String>> {
+        let m = self.moe?;
+        let (e, ff, n) = (
+            Some(self.n_embd as usize),
+            Some(m.ff as usize),
+            Some(m.experts as usize),
+        );
+        let proj = |p: &str, ff: Option<usize>| match p {
+            "gate_proj" | "up_proj" | "w1" | "w3" => Some(vec![ff, e]),
+            "down_proj" | "w2" => Some(vec![e, ff]),
+            _ => None,
+        };
+        if let Some((_, rest)) = module.split_once("experts.") {
+            return match rest.split_once('.') {
+                Some((x, p)) => {
+                    let x: u64 = x.parse().ok()?;
+                    if x >= m.experts {
+                        return Some(Err(format!(
+                            "expert {x}, but the config has {} experts",
+                            m.experts
+                        )));
+                    }
+                    proj(p, ff).map(Ok)
+                }
+                None => proj(rest, ff).map(|mut s| {
+                    s.insert(0, n);
+                    Ok(s)
+                }),
+            };
+        }
+        match module {
+            "mlp.gate" | "block_sparse_moe.gate" => Some(Ok(vec![n, e])),
+            // (a GGUF written by llama-quantize drops the leading 1)
+            "mlp.shared_expert_gate" if dims == 1 => Some(Ok(vec![e])),
+            "mlp.shared_expert_gate" => Some(Ok(vec![Some(1), e])),
+            _ => module
+                .strip_prefix("mlp.shared_expert.")
+                .and_then(|p| proj(p, m.shared_ff.map(|f| f as usize)))
+                .map(Ok),
+        }
     }
 
     /// Checks the hyper-parameters against the weights present (Hugging Face names and
@@ -168,29 +257,36 @@ impl HParams {
                 }
                 layers.insert(l);
                 let (module, sfx) = part.rsplit_once('.').unwrap_or((part, ""));
-                let lin = Linear::ALL.into_iter().find(|x| x.hf_name() == module);
-                let (out, inp) = match (lin, module) {
-                    (Some(Linear::Q), _) => (Some(q), Some(e)),
-                    (Some(Linear::K | Linear::V), _) => (Some(kv), Some(e)),
-                    (Some(Linear::O), _) => (Some(e), Some(q)),
-                    (Some(Linear::Gate | Linear::Up), _) => (ff, Some(e)),
-                    (Some(Linear::Down), _) => (Some(e), ff),
-                    (
-                        None,
-                        "input_layernorm"
-                        | "post_attention_layernorm"
-                        | "pre_feedforward_layernorm"
-                        | "post_feedforward_layernorm",
-                    ) => (Some(e), None),
-                    // per head (Qwen3), or over all heads (OLMo 2)
-                    (None, "self_attn.q_norm") if shape == [q] => (Some(q), None),
-                    (None, "self_attn.k_norm") if shape == [kv] => (Some(kv), None),
-                    (None, "self_attn.q_norm" | "self_attn.k_norm") => (Some(hd), None),
-                    _ => continue,
-                };
-                match (lin.is_some(), sfx) {
-                    (true, "weight") => vec![out, inp],
-                    _ => vec![out],
+                if let Some(want) = self.moe_shape(module, shape.len()) {
+                    match want {
+                        Ok(w) => w,
+                        Err(msg) => return bad(msg),
+                    }
+                } else {
+                    let lin = Linear::ALL.into_iter().find(|x| x.hf_name() == module);
+                    let (out, inp) = match (lin, module) {
+                        (Some(Linear::Q), _) => (Some(q), Some(e)),
+                        (Some(Linear::K | Linear::V), _) => (Some(kv), Some(e)),
+                        (Some(Linear::O), _) => (Some(e), Some(q)),
+                        (Some(Linear::Gate | Linear::Up), _) => (ff, Some(e)),
+                        (Some(Linear::Down), _) => (Some(e), ff),
+                        (
+                            None,
+                            "input_layernorm"
+                            | "post_attention_layernorm"
+                            | "pre_feedforward_layernorm"
+                            | "post_feedforward_layernorm",
+                        ) => (Some(e), None),
+                        // per head (Qwen3), or over all heads (OLMo 2)
+                        (None, "self_attn.q_norm") if shape == [q] => (Some(q), None),
+                        (None, "self_attn.k_norm") if shape == [kv] => (Some(kv), None),
+                        (None, "self_attn.q_norm" | "self_attn.k_norm") => (Some(hd), None),
+                        _ => continue,
+                    };
+                    match (lin.is_some(), sfx) {
+                        (true, "weight") => vec![out, inp],
+                        _ => vec![out],
+                    }
                 }
             } else {
                 match name {
@@ -217,7 +313,12 @@ impl HParams {
                 ));
             }
             // the feed-forward width the first MLP weight shows is what the others must have
-            if ff.is_none() && name.contains(".mlp.") && shape.len() == 2 {
+            if ff.is_none()
+                && name.contains(".mlp.")
+                && !name.contains("expert")
+                && !name.contains(".mlp.gate.")
+                && shape.len() == 2
+            {
                 ff = Some(if name.contains("down_proj") {
                     shape[1]
                 } else {

@@ -62,6 +62,19 @@ pub struct Config {
     pub attn_softcap: Option<f32>,
     /// Gemma 2: logits become `cap·tanh(l/cap)`.
     pub final_softcap: Option<f32>,
+    /// A mixture of experts in place of every layer's MLP.
+    pub moe: Option<MoeConfig>,
+}
+
+/// How a layer's tokens are routed to its experts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MoeConfig {
+    pub names: MoeNames,
+    pub experts: usize,
+    /// Experts per token (the top-k of the router's softmax).
+    pub used: usize,
+    /// The chosen experts' weights are renormalised to sum to 1.
+    pub renormalize: bool,
 }
 
 /// Rotary position embedding parameters.
@@ -213,7 +226,38 @@ pub struct Family {
     pub sliding_rope_theta: Option<f64>,
     /// Other values the config class fills in when config.json leaves them out.
     pub defaults: &'static [(&'static str, f64)],
+    /// A mixture of experts in place of every layer's MLP.
+    pub moe: Option<MoeNames>,
 }
+
+/// How a family names and routes its experts (modules under `model.layers.N.`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeNames {
+    /// The module holding expert `E` as `{experts}.E`.
+    pub experts: &'static str,
+    /// An expert's gate, up and down projections.
+    pub gate: &'static str,
+    pub up: &'static str,
+    pub down: &'static str,
+    /// The router: one logit per expert.
+    pub router: &'static str,
+    /// A shared expert every token goes through (gate/up/down_proj under it), scaled by the
+    /// sigmoid of its own one-row gate.
+    pub shared: Option<(&'static str, &'static str)>,
+    /// The config key saying whether the chosen experts' softmax weights are renormalised to
+    /// sum to 1 (false when absent); `None`: always renormalised.
+    pub renorm_key: Option<&'static str>,
+}
+
+const QWEN_MOE: MoeNames = MoeNames {
+    experts: "mlp.experts",
+    gate: "gate_proj",
+    up: "up_proj",
+    down: "down_proj",
+    router: "mlp.gate",
+    shared: None,
+    renorm_key: Some("norm_topk_prob"),
+};
 
 const fn llama_like(model_type: &'static str, rope_theta: f64) -> Family {
     Family {
@@ -226,6 +270,7 @@ const fn llama_like(model_type: &'static str, rope_theta: f64) -> Family {
         sliding_interval: None,
         sliding_rope_theta: None,
         defaults: &[],
+        moe: None,
     }
 }
 
@@ -287,7 +332,49 @@ pub const FAMILIES: &[Family] = &[
         ],
         ..llama_like("gemma3_text", 1_000_000.0)
     },
+    Family {
+        rms_norm_eps: 1e-5,
+        moe: Some(MoeNames {
+            experts: "block_sparse_moe.experts",
+            gate: "w1",
+            up: "w3",
+            down: "w2",
+            router: "block_sparse_moe.gate",
+            shared: None,
+            renorm_key: None,
+        }),
+        ..llama_like("mixtral", 1_000_000.0)
+    },
+    Family {
+        moe: Some(MoeNames {
+            shared: Some(("mlp.shared_expert", "mlp.shared_expert_gate")),
+            ..QWEN_MOE
+        }),
+        ..llama_like("qwen2_moe", 10000.0)
+    },
+    Family {
+        moe: Some(QWEN_MOE),
+        ..llama_like("qwen3_moe", 10000.0)
+    },
 ];
+
+/// Whether the chosen experts' weights are renormalised to sum to 1 in a config.json's
+/// mixture of experts (false for a model without experts).
+pub fn renormalizes_experts(c: &Json) -> Result<bool> {
+    let Some(m) = family_of(c)?.moe else {
+        return Ok(false);
+    };
+    let Some(key) = m.renorm_key else {
+        return Ok(true);
+    };
+    match c.get(key) {
+        None | Some(Json::Null) => Ok(false),
+        Some(Json::Bool(b)) => Ok(*b),
+        Some(v) => Err(ModelError::Config(format!(
+            "{key} = {v} is not true or false"
+        ))),
+    }
+}
 
 /// A [`Family::defaults`] value as JSON: whole numbers as integers.
 pub fn default_value(v: f64) -> Json {
@@ -622,6 +709,21 @@ impl Config {
             } else {
                 None
             },
+            moe: match (family.moe, hp.moe) {
+                (Some(names), Some(m)) => Some(MoeConfig {
+                    names,
+                    experts: m.experts as usize,
+                    used: m.used as usize,
+                    renormalize: renormalizes_experts(c)?,
+                }),
+                (Some(_), None) => {
+                    return Err(ModelError::Config(format!(
+                        "lacks the number of experts ({})",
+                        hparams::EXPERT_KEYS.join(" or ")
+                    )))
+                }
+                _ => None,
+            },
         })
     }
 
@@ -660,6 +762,7 @@ impl Config {
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             attn_softcap: None,
             final_softcap: None,
+            moe: None,
         }
     }
 }
@@ -721,14 +824,8 @@ impl Weights for ModelSource {
             });
         }
         let mut out = vec![0f32; t.info.numel()];
-        if t.packed.is_some() {
-            let rows = t.info.shape.first().copied().unwrap_or(1);
-            self.packed_rows(t, 0, rows, &mut out);
-            return Ok(out);
-        }
-        qs_numeric::dtype::decode_f32(t.info.dtype, self.bytes(t), &mut out);
-        let cols = t.info.shape.last().copied().unwrap_or(1);
-        self.apply_scale(t, 0, cols, &mut out);
+        let rows = t.info.numel() / t.info.shape.last().copied().unwrap_or(1).max(1);
+        self.read_rows(t, 0, rows, &mut out);
         Ok(out)
     }
 
@@ -741,8 +838,6 @@ impl Weights for ModelSource {
             });
         }
         let cols = t.info.shape[1];
-        let row = cols * t.info.dtype.size();
-        let bytes = self.bytes(t);
         let mut out = vec![0f32; ids.len() * cols];
         for (k, &id) in ids.iter().enumerate() {
             if id >= t.info.shape[0] {
@@ -751,16 +846,29 @@ impl Weights for ModelSource {
                     msg: format!("token id {id} out of range"),
                 });
             }
-            let o = &mut out[k * cols..(k + 1) * cols];
-            if t.packed.is_some() {
-                self.packed_rows(t, id, id + 1, o);
-                continue;
-            }
-            qs_numeric::dtype::decode_f32(t.info.dtype, &bytes[id * row..(id + 1) * row], o);
-            self.apply_scale(t, id, cols, o);
+            self.read_rows(t, id, id + 1, &mut out[k * cols..(k + 1) * cols]);
         }
         Ok(out)
     }
+}
+
+/// One expert (or a shared expert): a gated MLP, `[out, in]`.
+#[derive(Clone)]
+pub struct Expert {
+    pub gate: Mat<f32>,
+    pub up: Mat<f32>,
+    pub down: Mat<f32>,
+}
+
+/// A mixture-of-experts feed-forward block.
+#[derive(Clone)]
+pub struct MoeLayer {
+    /// One logit per expert: `[experts, hidden]`.
+    pub router: Mat<f32>,
+    pub experts: Vec<Expert>,
+    /// Qwen2-MoE's shared expert and its gate's row (the shared output is scaled by the
+    /// sigmoid of `h · gate`).
+    pub shared: Option<(Expert, Vec<f32>)>,
 }
 
 /// One decoder layer's weights, f32, `[out, in]`.
@@ -791,6 +899,8 @@ pub struct Layer {
     pub gate: Mat<f32>,
     pub up: Mat<f32>,
     pub down: Mat<f32>,
+    /// A mixture of experts in place of the MLP (`gate`, `up`, `down` are then empty).
+    pub moe: Option<MoeLayer>,
 }
 
 /// The linears of a decoder layer, the one list calibration and export use.
@@ -1002,13 +1112,6 @@ impl<'a> Model<'a> {
             }
             w
         };
-        let norm = |name: Option<&str>| -> Result<Option<Vec<f32>>> {
-            name.map(|n| {
-                self.tensor(&format!("{p}{n}.weight"), &[c.hidden])
-                    .map(gains)
-            })
-            .transpose()
-        };
         // q/k norms per head (Qwen3, Gemma 3), or over all heads (OLMo 2: `all` values)
         let qk_norm = |name: &str, all: usize| -> Result<Option<Vec<f32>>> {
             let n = format!("{p}self_attn.{name}.weight");
@@ -1033,6 +1136,22 @@ impl<'a> Model<'a> {
                 self.matrix(&Linear::V.weight_name(l), kd, c.hidden)?,
             )
         };
+        if let Some(m) = &c.moe {
+            return Ok(Layer {
+                gate: Mat::zeros(0, c.hidden),
+                up: Mat::zeros(0, c.hidden),
+                down: Mat::zeros(c.hidden, 0),
+                moe: Some(self.moe_layer(l, m)?),
+                ..self.attention_layer(
+                    l,
+                    q,
+                    k,
+                    v,
+                    qk_norm("q_norm", qd)?,
+                    qk_norm("k_norm", kd)?,
+                )?
+            });
+        }
         let gate_up = format!("{p}mlp.gate_up_proj.weight");
         let (gate, up) = match self.w.shape(&gate_up) {
             Some(s) => {
@@ -1053,6 +1172,45 @@ impl<'a> Model<'a> {
             }
         };
         Ok(Layer {
+            gate,
+            up,
+            down: {
+                let name = Linear::Down.weight_name(l);
+                let inter = self.dims(&name)?.get(1).copied().unwrap_or(0);
+                self.matrix(&name, c.hidden, inter)?
+            },
+            moe: None,
+            ..self.attention_layer(l, q, k, v, qk_norm("q_norm", qd)?, qk_norm("k_norm", kd)?)?
+        })
+    }
+
+    /// Layer `l` with its attention weights (`q`, `k`, `v` and their norms given), its norms,
+    /// and an empty MLP.
+    fn attention_layer(
+        &self,
+        l: usize,
+        q: Mat<f32>,
+        k: Mat<f32>,
+        v: Mat<f32>,
+        q_norm: Option<Vec<f32>>,
+        k_norm: Option<Vec<f32>>,
+    ) -> Result<Layer> {
+        let c = &self.cfg;
+        let p = format!("model.layers.{l}.");
+        let (qd, kd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let norm = |name: Option<&str>| -> Result<Option<Vec<f32>>> {
+            name.map(|n| {
+                self.tensor(&format!("{p}{n}.weight"), &[c.hidden])
+                    .map(|mut w| {
+                        if c.norm_offset != 0.0 {
+                            w.iter_mut().for_each(|v| *v += c.norm_offset);
+                        }
+                        w
+                    })
+            })
+            .transpose()
+        };
+        Ok(Layer {
             rope: c.rope_layers.get(l).copied().unwrap_or(true),
             window: c.windows.get(l).copied().flatten(),
             input_norm: norm(c.norms.attn_in)?,
@@ -1065,16 +1223,85 @@ impl<'a> Model<'a> {
             q_bias: self.optional(&format!("{p}self_attn.q_proj.bias"), qd)?,
             k_bias: self.optional(&format!("{p}self_attn.k_proj.bias"), kd)?,
             v_bias: self.optional(&format!("{p}self_attn.v_proj.bias"), kd)?,
-            q_norm: qk_norm("q_norm", qd)?,
-            k_norm: qk_norm("k_norm", kd)?,
+            q_norm,
+            k_norm,
             post_norm: norm(c.norms.mlp_in)?,
-            gate,
-            up,
-            down: {
-                let name = Linear::Down.weight_name(l);
-                let inter = self.dims(&name)?.get(1).copied().unwrap_or(0);
-                self.matrix(&name, c.hidden, inter)?
-            },
+            gate: Mat::zeros(0, c.hidden),
+            up: Mat::zeros(0, c.hidden),
+            down: Mat::zeros(c.hidden, 0),
+            moe: None,
+        })
+    }
+
+    /// Layer `l`'s experts, router and shared expert. Experts are read per expert
+    /// (`{experts}.E.{proj}`) or, once stacked for a GGUF conversion, from the stacked
+    /// `{experts}.{proj}` (`[experts, rows, cols]`).
+    fn moe_layer(&self, l: usize, m: &MoeConfig) -> Result<MoeLayer> {
+        let c = &self.cfg;
+        let n = m.names;
+        let p = format!("model.layers.{l}.");
+        let proj = |name: &str, down: bool| -> Result<Vec<Mat<f32>>> {
+            let stacked = format!("{p}{}.{name}.weight", n.experts);
+            if let Some(s) = self.w.shape(&stacked) {
+                let (rows, cols) = (
+                    s.get(1).copied().unwrap_or(0),
+                    s.get(2).copied().unwrap_or(0),
+                );
+                let ff = if down { cols } else { rows };
+                let (r, cl) = if down { (c.hidden, ff) } else { (ff, c.hidden) };
+                let v = self.tensor(&stacked, &[m.experts, r, cl])?;
+                return Ok(v
+                    .chunks(r * cl)
+                    .map(|e| Mat::from_fn(r, cl, |i, j| e[i * cl + j]))
+                    .collect());
+            }
+            (0..m.experts)
+                .map(|x| {
+                    let name = format!("{p}{}.{x}.{name}.weight", n.experts);
+                    let s = self.dims(&name)?;
+                    let ff = if down { s.get(1) } else { s.first() };
+                    let ff = ff.copied().unwrap_or(0);
+                    if down {
+                        self.matrix(&name, c.hidden, ff)
+                    } else {
+                        self.matrix(&name, ff, c.hidden)
+                    }
+                })
+                .collect()
+        };
+        let (gates, ups, downs) = (
+            proj(n.gate, false)?,
+            proj(n.up, false)?,
+            proj(n.down, true)?,
+        );
+        let experts = gates
+            .into_iter()
+            .zip(ups)
+            .zip(downs)
+            .map(|((gate, up), down)| Expert { gate, up, down })
+            .collect();
+        let shared = match n.shared {
+            None => None,
+            Some((module, gate)) => {
+                let name = |x: &str| format!("{p}{module}.{x}.weight");
+                let ff = self.dims(&name("gate_proj"))?.first().copied().unwrap_or(0);
+                let e = Expert {
+                    gate: self.matrix(&name("gate_proj"), ff, c.hidden)?,
+                    up: self.matrix(&name("up_proj"), ff, c.hidden)?,
+                    down: self.matrix(&name("down_proj"), c.hidden, ff)?,
+                };
+                let g = format!("{p}{gate}.weight");
+                let g = match self.dims(&g)?.len() {
+                    1 => self.tensor(&g, &[c.hidden])?,
+                    _ => self.tensor(&g, &[1, c.hidden])?,
+                };
+                Some((e, g))
+            }
+        };
+        Ok(MoeLayer {
+            router: self.matrix(&format!("{p}{}.weight", n.router), m.experts, c.hidden)?,
+            experts,
+            shared,
         })
     }
 
@@ -1413,8 +1640,97 @@ pub fn gelu_tanh(x: f32) -> f32 {
 
 /// The MLP's inner activation act(h2 gateᵀ) · (h2 upᵀ) (down_proj's input).
 pub fn mlp_inner(c: &Config, w: &Layer, h2: MatRef<'_, f32>) -> Mat<f32> {
-    let mut g = linear(h2, &w.gate, None);
-    let u = linear(h2, &w.up, None);
+    gated(c, &w.gate, &w.up, h2)
+}
+
+/// The experts each token goes to, with their weights: per token, the `used` largest of the
+/// router's softmax (ties to the lower expert), renormalised to sum to 1 when the model does.
+pub fn route(m: &MoeConfig, logits: MatRef<'_, f32>) -> Vec<Vec<(usize, f32)>> {
+    (0..logits.nrows())
+        .map(|t| {
+            let row: Vec<f32> = (0..logits.ncols()).map(|e| logits[(t, e)]).collect();
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exp: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();
+            let sum: f32 = exp.iter().sum();
+            let mut order: Vec<usize> = (0..exp.len()).collect();
+            order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]).then(a.cmp(&b)));
+            let chosen: Vec<(usize, f32)> = order[..m.used.min(order.len())]
+                .iter()
+                .map(|&e| (e, exp[e] / sum))
+                .collect();
+            let total: f32 = chosen.iter().map(|(_, w)| w).sum();
+            chosen
+                .into_iter()
+                .map(|(e, w)| (e, if m.renormalize { w / total } else { w }))
+                .collect()
+        })
+        .collect()
+}
+
+/// A mixture-of-experts block's output for normed inputs `h2`: each token's chosen experts'
+/// outputs, weighted ([`route`]), plus the shared expert's scaled by its sigmoid gate. Experts
+/// run in parallel; their outputs are added in expert order (the same sums for any thread
+/// count).
+pub fn moe_out(c: &Config, m: &MoeLayer, h2: MatRef<'_, f32>) -> Mat<f32> {
+    let Some(mc) = &c.moe else {
+        return Mat::zeros(h2.nrows(), c.hidden);
+    };
+    let routes = route(mc, linear(h2, &m.router, None).as_ref());
+    let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); m.experts.len()];
+    for (t, r) in routes.iter().enumerate() {
+        for &(e, w) in r {
+            if let Some(v) = by_expert.get_mut(e) {
+                v.push((t, w));
+            }
+        }
+    }
+    let outs: Vec<Mat<f32>> = m
+        .experts
+        .par_iter()
+        .zip(by_expert.par_iter())
+        .map(|(e, toks)| {
+            let x = Mat::from_fn(toks.len(), h2.ncols(), |i, j| h2[(toks[i].0, j)]);
+            expert_out(c, e, x.as_ref())
+        })
+        .collect();
+    let mut out = Mat::<f32>::zeros(h2.nrows(), c.hidden);
+    for (y, toks) in outs.iter().zip(&by_expert) {
+        for (i, &(t, w)) in toks.iter().enumerate() {
+            for j in 0..c.hidden {
+                out[(t, j)] += w * y[(i, j)];
+            }
+        }
+    }
+    if let Some((e, g)) = &m.shared {
+        let y = expert_out(c, e, h2);
+        for t in 0..h2.nrows() {
+            let s: f32 = (0..h2.ncols()).map(|j| h2[(t, j)] * g[j]).sum();
+            let s = 1.0 / (1.0 + (-s).exp());
+            for j in 0..c.hidden {
+                out[(t, j)] += s * y[(t, j)];
+            }
+        }
+    }
+    out
+}
+
+/// One expert's output: down(act(x gateᵀ) · (x upᵀ)).
+pub fn expert_out(c: &Config, e: &Expert, x: MatRef<'_, f32>) -> Mat<f32> {
+    linear(gated(c, &e.gate, &e.up, x).as_ref(), &e.down, None)
+}
+
+/// The feed-forward block's output for normed inputs `h2`: the MLP, or the mixture of experts.
+pub fn ffn_out(c: &Config, w: &Layer, h2: MatRef<'_, f32>) -> Mat<f32> {
+    match &w.moe {
+        Some(m) => moe_out(c, m, h2),
+        None => mlp_out(c, w, h2),
+    }
+}
+
+/// act(x gateᵀ) · (x upᵀ).
+fn gated(c: &Config, gate: &Mat<f32>, up: &Mat<f32>, x: MatRef<'_, f32>) -> Mat<f32> {
+    let mut g = linear(x, gate, None);
+    let u = linear(x, up, None);
     let act = c.act;
     g.as_mut()
         .par_col_iter_mut()
@@ -1450,12 +1766,15 @@ pub fn layer_forward(
     let mut x1 = post_norm(o, w.attn_out_norm.as_deref(), c.eps);
     add_into(&mut x1, x);
     let h2 = pre_norm(x1.as_ref(), w.post_norm.as_deref(), c.eps);
-    let act = mlp_inner(c, w, h2.as_ref());
-    let d = post_norm(
-        linear(act.as_ref(), &w.down, None),
-        w.mlp_out_norm.as_deref(),
-        c.eps,
-    );
+    let (act, ffn) = match &w.moe {
+        Some(m) => (Mat::zeros(0, 0), moe_out(c, m, h2.as_ref())),
+        None => {
+            let act = mlp_inner(c, w, h2.as_ref());
+            let d = linear(act.as_ref(), &w.down, None);
+            (act, d)
+        }
+    };
+    let d = post_norm(ffn, w.mlp_out_norm.as_deref(), c.eps);
     add_into(&mut x1, d.as_ref());
     let cap = capture.then(|| Captured {
         qkv_in: h,
@@ -1670,7 +1989,7 @@ fn decode_step(
     let mut x1 = post_norm(o, w.attn_out_norm.as_deref(), c.eps);
     add_into(&mut x1, x.as_ref());
     let h2 = pre_norm(x1.as_ref(), w.post_norm.as_deref(), c.eps);
-    let m = post_norm(mlp_out(c, w, h2.as_ref()), w.mlp_out_norm.as_deref(), c.eps);
+    let m = post_norm(ffn_out(c, w, h2.as_ref()), w.mlp_out_norm.as_deref(), c.eps);
     add_into(&mut x1, m.as_ref());
     x1
 }

@@ -28,6 +28,8 @@ pub const MAX_VOCAB: u64 = 1 << 22;
 pub const MAX_WIDTH: u64 = 1 << 20;
 /// Attention heads (query or key/value) of one layer.
 pub const MAX_HEADS: u64 = 1 << 12;
+/// Experts in a mixture-of-experts layer (DeepSeek-V3 has 256, the largest released have 512).
+pub const MAX_EXPERTS: u64 = 1 << 12;
 /// Context length written as `context_length` (llama.cpp sizes its default context from it).
 pub const MAX_CONTEXT: u64 = u32::MAX as u64;
 

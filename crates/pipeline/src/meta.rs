@@ -68,16 +68,8 @@ pub fn gguf_metadata(
         if let Some(org) = org {
             kvs.push(("general.organization".to_string(), Value::String(org)));
         }
-        let params: usize = plan
-            .tensors
-            .iter()
-            .map(|t| t.shape.iter().product::<usize>())
-            .sum();
-        if params > 0 {
-            kvs.push((
-                "general.size_label".to_string(),
-                Value::String(size_label(params)),
-            ));
+        if let Some(label) = plan_size_label(plan) {
+            kvs.push(("general.size_label".to_string(), Value::String(label)));
         }
         // as llama.cpp's converter orders them: shared hyper-parameters, file type, the
         // architecture's own, quantization version, tokenizer
@@ -196,6 +188,37 @@ fn general_name(src: &ModelSource) -> (String, Option<String>) {
         None => (None, id.as_str()),
     };
     (id_to_title(name), org)
+}
+
+/// gguf-py's size label of a plan's tensors (`None` without parameters): the parameter count,
+/// or for a mixture of experts "{experts}x{parameters one token meets with one expert}" (the
+/// stacked `_exps` tensors count one expert's share, everything else in full).
+fn plan_size_label(plan: &Plan) -> Option<String> {
+    let (mut total, mut shared, mut expert) = (0usize, 0usize, 0usize);
+    let (mut expert_sum, mut expert_tensors) = (0usize, 0usize);
+    for t in &plan.tensors {
+        let size: usize = t.shape.iter().product();
+        let name = t
+            .outputs
+            .first()
+            .map_or(t.name.as_str(), |o| o.name.as_str());
+        match t.shape.first() {
+            Some(&n) if name.contains("_exps.") && t.shape.len() >= 3 && n > 0 => {
+                expert += size / n;
+                expert_sum += n;
+                expert_tensors += 1;
+            }
+            _ => shared += size,
+        }
+        total += size;
+    }
+    if total == 0 {
+        return None;
+    }
+    Some(match expert_sum.checked_div(expert_tensors) {
+        Some(n) if n > 0 => format!("{n}x{}", size_label(shared + expert)),
+        _ => size_label(total),
+    })
 }
 
 /// gguf-py's `size_label`: parameter count in K/M/B/T with at least two significant digits.

@@ -216,8 +216,10 @@ pub fn converter_layout(src: &ModelSource, cfg: &QuantizeConfig) -> bool {
     src.gguf.is_none() && matches!(cfg.target, Target::Float(_))
 }
 
-/// Adds the tensors a conversion to GGUF computes (see [`arch::generated_tensors`]) to `src`.
-pub fn add_generated(src: &mut ModelSource, cfg: &QuantizeConfig) -> Result<()> {
+/// Readies `src` for a conversion to GGUF: adds the tensors the conversion computes (see
+/// [`arch::generated_tensors`]) and stacks a mixture of experts' per-expert weights into the
+/// 3-D tensors GGUF holds ([`arch::expert_groups`]).
+pub fn prepare_conversion(src: &mut ModelSource, cfg: &QuantizeConfig) -> Result<()> {
     let (kind, _) = output_for(cfg)?;
     if kind != OutputKind::Gguf || cfg.keep_names || src.gguf.is_some() {
         return Ok(());
@@ -229,6 +231,8 @@ pub fn add_generated(src: &mut ModelSource, cfg: &QuantizeConfig) -> Result<()> 
     for (name, shape, data) in arch::generated_tensors(arch, &c)? {
         src.add_generated(&name, dir.join("config.json"), shape, &data);
     }
+    let groups = arch::expert_groups(arch, src)?;
+    src.stack(groups)?;
     Ok(())
 }
 
@@ -347,6 +351,8 @@ pub fn make_plan(
                     .count(),
                 n_ffn_down: names.iter().filter(|n| n.contains("ffn_down")).count(),
                 has_imatrix: imatrix.is_some(),
+                n_expert: cv.n_expert()?,
+                n_layer: n_layer as usize,
             };
             let f = if cfg.pure {
                 None
@@ -359,6 +365,7 @@ pub fn make_plan(
     };
     let mut counters = mixture::Counters::default();
     let order = tensor_order(src, conv.as_ref(), converter_layout(src, cfg));
+    let squeeze = kind == OutputKind::Gguf && !converter_layout(src, cfg);
     let mut tensors = Vec::with_capacity(src.tensors.len());
     for i in order {
         let st = &src.tensors[i];
@@ -381,10 +388,18 @@ pub fn make_plan(
                 .filter(|&n| st.info.shape.len() == 2 && n < st.info.shape[0]),
             _ => None,
         };
-        let shape = &match kept_rows {
+        let mut shape = match kept_rows {
             Some(n) => vec![n, st.info.shape[1]],
             None => st.info.shape.clone(),
         };
+        if squeeze {
+            // llama-quantize writes `ggml_n_dims` dimensions: outer dimensions of 1 go (Qwen2-MoE's
+            // [1, hidden] shared-expert gate becomes 1-D)
+            while shape.len() > 1 && shape[0] == 1 {
+                shape.remove(0);
+            }
+        }
+        let shape = &shape;
         let dtype = st.info.dtype;
         let file = src.path_of(st);
         let terr = |msg: String| Error::Tensor {
@@ -428,10 +443,9 @@ pub fn make_plan(
                 a
             }
         };
-        // a permuted or shifted tensor is re-encoded (exactly, in its own float type) rather
+        // a permuted, shifted, decoded or stacked tensor is re-encoded (exactly, in its own float type) rather
         // than copied
-        let decoded = st.scale.is_some() || st.packed.is_some();
-        let action = match (action, permute.is_some() || shift || decoded) {
+        let action = match (action, permute.is_some() || shift || !src.copyable(st)) {
             (Action::Copy, true) if dtype.is_float() => {
                 Action::Encode(Scheme::Float(FloatLayout {
                     dtype: gguf_float(dtype),
@@ -601,8 +615,14 @@ fn choose_target(
             t => Target::Ggml(t),
         })
         .or(forced);
+    // llama.cpp's converter writes routers F32 whatever the output type, and llama-quantize
+    // keeps them so
+    let router = converted
+        && (out_name.ends_with("ffn_gate_inp.weight")
+            || out_name.ends_with("ffn_gate_inp_shexp.weight"));
     match (forced, llama_mix) {
         (Some(t), _) => t,
+        (None, _) if router && dtype.is_float() => Target::Float(DType::F32),
         (None, Some((f, info))) => {
             // llama-quantize's selection: its quantizable tensors, its per-tensor types
             let excluded = cfg
@@ -941,18 +961,11 @@ struct Conv<'a> {
 impl<'a> Conv<'a> {
     fn of(src: &'a ModelSource) -> Result<Option<Conv<'a>>> {
         if let Some(g) = &src.gguf {
-            let name = match g.get("general.architecture") {
-                Some(qs_formats::gguf::Value::String(s)) => s.as_str(),
-                _ => "",
-            };
-            return Ok(arch::ARCHS
-                .iter()
-                .find(|a| a.name == name)
-                .map(|arch| Conv {
-                    arch,
-                    config: None,
-                    gguf: Some(g),
-                }));
+            return Ok(arch::of_gguf(g).map(|arch| Conv {
+                arch,
+                config: None,
+                gguf: Some(g),
+            }));
         }
         let Some(c) = &src.config else {
             return Err(Error::Input {
@@ -1013,6 +1026,14 @@ impl<'a> Conv<'a> {
                 Ok((h, self.gguf_u64("attention.head_count_kv").unwrap_or(h)))
             }
         }
+    }
+
+    /// Experts per layer (0 without).
+    fn n_expert(&self) -> Result<u64> {
+        Ok(match self.config {
+            Some(c) => arch::hparams_of(c)?.moe.map_or(0, |m| m.experts),
+            None => self.gguf_u64("expert_count").unwrap_or(0),
+        })
     }
 
     fn n_layer(&self) -> u64 {

@@ -479,6 +479,7 @@ mod tests {
             gate: matrix(&mut rng, INTER, HIDDEN),
             up: matrix(&mut rng, INTER, HIDDEN),
             down: matrix(&mut rng, HIDDEN, INTER),
+            moe: None,
         }
     }
 

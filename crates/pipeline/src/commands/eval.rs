@@ -170,15 +170,12 @@ pub(crate) fn load(path: &Path) -> Result<Loaded> {
             Some(Value::String(s)) => s.clone(),
             _ => String::new(),
         };
-        let arch = crate::arch::ARCHS
-            .iter()
-            .find(|a| a.name == an)
-            .ok_or_else(|| {
-                input_err(
-                    path,
-                    format!("architecture '{an}' cannot be evaluated (llama, qwen2, qwen3)"),
-                )
-            })?;
+        let arch = crate::arch::of_gguf(&g).ok_or_else(|| {
+            input_err(
+                path,
+                format!("architecture '{an}' cannot be evaluated (llama, qwen2, qwen3)"),
+            )
+        })?;
         let tied = !g.tensors.iter().any(|t| t.name == "output.weight");
         let vocab = g
             .tensors

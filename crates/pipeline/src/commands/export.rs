@@ -144,6 +144,22 @@ pub(crate) fn config_json(
             }
         }
     }
+    if let Some(m) = a.moe {
+        for (key, gk) in [
+            (m.count_key, "expert_count"),
+            ("num_experts_per_tok", "expert_used_count"),
+            ("moe_intermediate_size", "expert_feed_forward_length"),
+            (
+                "shared_expert_intermediate_size",
+                "expert_shared_feed_forward_length",
+            ),
+        ] {
+            if let Some(n) = u(g, &format!("{p}.{gk}")) {
+                c.insert(key.into(), json!(n));
+            }
+        }
+        c.insert("norm_topk_prob".into(), json!(m.renormalize));
+    }
     c.insert("vocab_size".into(), json!(vocab));
     c.insert("hidden_act".into(), json!("silu"));
     c.insert("tie_word_embeddings".into(), json!(tied));
@@ -440,6 +456,11 @@ pub(crate) fn inverse_names(a: &Arch, cfg: &Json, g: &GgufFile) -> Result<NameMa
                 hf.push(format!("model.layers.{l}.{part}.{sfx}"));
             }
         }
+        if let Some(m) = &a.moe {
+            for (proj, _) in m.projs {
+                hf.push(format!("model.layers.{l}.{}.{proj}.weight", m.experts));
+            }
+        }
     }
     let mut m = BTreeMap::new();
     for h in hf {
@@ -492,7 +513,7 @@ pub fn export(
     check_not_input(output, true, &[input.to_path_buf()])?;
     let g = GgufFile::open(input)?;
     let an = s(&g, "general.architecture").unwrap_or("");
-    let a = ARCHS.iter().find(|a| a.name == an).ok_or_else(|| {
+    let a = arch::of_gguf(&g).ok_or_else(|| {
         err(
             &g,
             format!(
@@ -502,6 +523,15 @@ pub fn export(
             ),
         )
     })?;
+    if a.moe.is_some() {
+        return Err(err(
+            &g,
+            format!(
+                "is a mixture of experts ({}): export does not write its stacked experts back as Hugging Face per-expert tensors yet",
+                a.hf_class
+            ),
+        ));
+    }
     if !matches!(cfg.dtype, DType::F32 | DType::F16 | DType::BF16) {
         return Err(Error::Config(format!(
             "export writes F32, F16 or BF16, not {}",

@@ -119,6 +119,11 @@ pub struct ModelInfo {
     pub n_ffn_down: usize,
     /// Quantizing with an importance matrix.
     pub has_imatrix: bool,
+    /// Experts per layer (0 for a dense model): llama-quantize singles out 8-expert models
+    /// (Mixtral) and finds an MoE model's ffn_down layer from its name.
+    pub n_expert: u64,
+    /// Decoder layers.
+    pub n_layer: usize,
 }
 
 /// Counters llama-quantize advances as it meets attn_v and ffn_down tensors in file order.
@@ -172,18 +177,34 @@ pub fn tensor_type(f: Ftype, name: &str, m: &ModelInfo, c: &mut Counters) -> Ggm
         if m.is_70b && matches!(t, T::Q3_K | T::Q4_K) {
             t = T::Q5_K;
         }
+        if m.n_expert == 8 {
+            t = T::Q8_0;
+        }
         c.i_attention_wv += 1;
         return t;
     }
+    if name.contains("attn_k.weight") && m.n_expert == 8 {
+        return T::Q8_0;
+    }
     if name.contains("ffn_down") {
-        let (i, n) = (c.i_ffn_down as i64, m.n_ffn_down as i64);
+        // an MoE model's layer comes from the name (its experts' tensors are not one per layer)
+        let layer = name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|l| l.parse::<usize>().ok());
+        let (i, n) = match layer {
+            Some(l) if m.n_expert > 1 => (l, m.n_layer),
+            _ => (c.i_ffn_down, m.n_ffn_down),
+        };
+        let more = use_more_bits(i, n);
+        let (i, n) = (i as i64, n as i64);
         match f {
             P(T::Q2_K) => t = T::Q3_K,
             M(Mix::Q3_K_M) => t = if i < n / 16 { T::Q5_K } else { T::Q4_K },
             M(Mix::Q3_K_L) => t = T::Q5_K,
-            M(Mix::Q4_K_M) if use_more_bits(c.i_ffn_down, m.n_ffn_down) => t = T::Q6_K,
+            M(Mix::Q4_K_M) if more => t = T::Q6_K,
             P(T::IQ4_NL | T::IQ4_XS) if i < n / 8 && !m.has_imatrix => t = T::Q5_K,
-            M(Mix::Q5_K_M) if use_more_bits(c.i_ffn_down, m.n_ffn_down) => t = T::Q6_K,
+            M(Mix::Q5_K_M) if more => t = T::Q6_K,
             M(Mix::Q4_K_S) if i < n / 8 => t = T::Q5_K,
             // with an imatrix, guard the first ffn_down layers of the legacy 4/5-bit types
             P(T::Q4_0) if m.has_imatrix && i < n / 8 => t = T::Q4_1,
@@ -193,7 +214,15 @@ pub fn tensor_type(f: Ftype, name: &str, m: &ModelInfo, c: &mut Counters) -> Ggm
         c.i_ffn_down += 1;
         return t;
     }
-    if name.contains("attn_output.weight") {
+    if name.contains("attn_output.weight") && m.n_expert == 8 {
+        if matches!(
+            f,
+            P(T::Q2_K | T::IQ4_NL | T::IQ4_XS)
+                | M(Mix::Q3_K_S | Mix::Q3_K_M | Mix::Q4_K_S | Mix::Q4_K_M)
+        ) {
+            t = T::Q5_K;
+        }
+    } else if name.contains("attn_output.weight") {
         t = match f {
             P(T::Q2_K) => T::Q3_K,
             M(Mix::Q3_K_M) => T::Q4_K,
@@ -217,6 +246,8 @@ mod tests {
             n_attention_wv: 32,
             n_ffn_down: 32,
             has_imatrix: false,
+            n_expert: 0,
+            n_layer: 32,
         };
         let mut c = Counters::default();
         let v: Vec<GgmlType> = (0..32)

@@ -19,7 +19,7 @@ use qs_formats::output::{
 };
 use qs_formats::safetensors::{plan_layout, StEntry};
 use qs_formats::source::{ModelSource, SourceTensor};
-use qs_numeric::dtype::{decode_f32, round_to};
+use qs_numeric::dtype::round_to;
 use qs_numeric::layout::FloatLayout;
 use qs_numeric::layout::{float_max, float_min_normal, rows_cols};
 use qs_numeric::metrics::audit_narrowing;
@@ -145,7 +145,7 @@ pub fn prepare(cfg: &QuantizeConfig) -> Result<Prepared> {
     let mut src = ModelSource::open(&cfg.input)?;
     // a GPTQ, AWQ or compressed-tensors checkpoint is read as its dequantized weights
     crate::checkpoint::unpack_quantized(&mut src)?;
-    crate::plan::add_generated(&mut src, cfg)?;
+    crate::plan::prepare_conversion(&mut src, cfg)?;
     // an importance matrix to compute takes minutes: an output that is there (without
     // --force) is refused first
     if cfg.imatrix_from.is_some() && !cfg.dry_run && cfg.shard.is_none() {
@@ -608,33 +608,14 @@ fn source_rows_unshifted(
     r0: usize,
     r1: usize,
 ) -> Vec<f32> {
-    let dtype = st.info.dtype;
     let (rows, cols) = rows_cols(&st.info.shape);
-    let rb = src.row_bytes(st);
-    let all = src.bytes(st);
     let mut x = vec![0f32; (r1 - r0) * cols];
-    let decode = |row: usize, out: &mut [f32]| match st.ggml {
-        Some(ty) => qs_numeric::ggml::dequantize_row(ty, &all[row * rb..(row + 1) * rb], out),
-        None if st.packed.is_some() => src.packed_rows(st, row, row + 1, out),
-        None => {
-            decode_f32(dtype, &all[row * rb..(row + 1) * rb], out);
-            src.apply_scale(st, row, cols, out);
-        }
-    };
-    match (permute, st.ggml) {
-        (None, None) if st.packed.is_some() => src.packed_rows(st, r0, r1, &mut x),
-        (None, None) => {
-            decode_f32(dtype, &all[r0 * rb..r1 * rb], &mut x);
-            // block-scaled FP8: codes times their blocks' scales
-            src.apply_scale(st, r0, cols, &mut x);
-        }
-        (p, _) => {
+    match permute {
+        None => src.read_rows(st, r0, r1, &mut x),
+        Some(heads) => {
             for (k, out) in x.chunks_mut(cols.max(1)).enumerate() {
-                let r = r0 + k;
-                decode(
-                    p.map_or(r, |heads| crate::arch::permuted_source_row(r, rows, heads)),
-                    out,
-                );
+                let r = crate::arch::permuted_source_row(r0 + k, rows, heads);
+                src.read_rows(st, r, r + 1, out);
             }
         }
     }
@@ -745,7 +726,7 @@ fn run_chunk<'a>(
         Action::Encode(scheme) => {
             let quantizing = !matches!(scheme, Scheme::Float(FloatLayout { .. }));
             let mut x = decode_rows(src, tp, r0, r1, cfg.allow_nonfinite && !quantizing)?;
-            if quantizing && (st.scale.is_some() || st.packed.is_some()) {
+            if quantizing && src.dequantized(st) && st.ggml.is_none() {
                 // dequantized weights (block-scaled FP8, GPTQ, compressed-tensors) go through
                 // bf16 first, as llama.cpp's converter writes them by default (its "auto"
                 // type) before llama-quantize reads them

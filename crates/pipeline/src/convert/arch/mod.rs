@@ -9,16 +9,19 @@ use qs_formats::gguf::Value;
 use qs_formats::source::ModelSource;
 use qs_model::hparams::{self, HParams};
 use qs_model::Linear;
-use qs_numeric::limits::MAX_CONTEXT;
+use qs_numeric::limits::{MAX_CONTEXT, MAX_WIDTH};
 use serde_json::Value as Json;
 
 mod gemma2;
 mod gemma3;
 mod llama;
+mod mixtral;
 mod olmo2;
 mod phi3;
 mod qwen2;
+mod qwen2moe;
 mod qwen3;
+mod qwen3moe;
 mod smollm3;
 
 /// The architectures we convert, one line each; each is described in its own module.
@@ -31,6 +34,9 @@ pub const ARCHS: &[Arch] = &[
     gemma2::ARCH,
     gemma3::ARCH,
     phi3::ARCH,
+    mixtral::ARCH,
+    qwen2moe::ARCH,
+    qwen3moe::ARCH,
 ];
 
 /// What differs between the architectures we convert.
@@ -80,7 +86,47 @@ pub struct Arch {
     /// Fused linears (Phi-3's `qkv_proj`, `gate_up_proj`): HF module → llama.cpp name, kept
     /// fused.
     pub fused: &'static [(&'static str, &'static str)],
+    /// A mixture of experts in every layer's feed-forward block.
+    pub moe: Option<Moe>,
 }
+
+/// A mixture-of-experts layer as the converter writes it: each projection's per-expert
+/// matrices (`model.layers.N.{experts}.E.{proj}.weight`) stacked into one 3-D tensor, read
+/// as `model.layers.N.{experts}.{proj}.weight` ([`ModelSource::stack`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Moe {
+    /// The module holding the experts, under `model.layers.N.`.
+    pub experts: &'static str,
+    /// Each expert's projections: HF name → llama.cpp name of the stacked tensor.
+    pub projs: &'static [(&'static str, &'static str)],
+    /// The layer's other modules: router, shared expert and its gate (HF → llama.cpp).
+    pub modules: &'static [(&'static str, &'static str)],
+    /// llama.cpp renormalises the chosen experts' weights to sum to 1 (Mixtral, Qwen3-MoE) or
+    /// not (Qwen2-MoE), whatever `norm_topk_prob` says; a config that disagrees is refused.
+    pub renormalize: bool,
+    /// The config.json key of the number of experts (what `export` and `eval` write back).
+    pub count_key: &'static str,
+}
+
+/// The architecture of a GGUF's `general.architecture`: one with experts when the file has
+/// `{arch}.expert_count` (Mixtral is llama.cpp's "llama" with experts).
+pub fn of_gguf(g: &qs_formats::gguf::GgufFile) -> Option<&'static Arch> {
+    let name = match g.get("general.architecture") {
+        Some(Value::String(s)) => s.as_str(),
+        _ => "",
+    };
+    let experts = g.get(&format!("{name}.expert_count")).is_some();
+    let mut of_name = ARCHS.iter().filter(|a| a.name == name);
+    let first = of_name.clone().next();
+    of_name.find(|a| a.moe.is_some() == experts).or(first)
+}
+
+/// llama.cpp's names of the stacked experts of a Qwen-MoE layer (`mlp.experts`).
+pub const QWEN_EXPERTS: &[(&str, &str)] = &[
+    ("down_proj", "ffn_down_exps"),
+    ("gate_proj", "ffn_gate_exps"),
+    ("up_proj", "ffn_up_exps"),
+];
 
 /// A plain text model as llama.cpp's converter treats one: llama-style layer norms, its
 /// generic keys, byte-level BPE, no transform. An architecture module writes what differs and
@@ -104,6 +150,7 @@ pub const TEXT: Arch = Arch {
     hf_keys: None,
     layer_norms: LLAMA_NORMS,
     fused: &[],
+    moe: None,
 };
 
 /// See [`Arch::hf_keys`]: GGUF key lookup, block count, config.json to complete.
@@ -143,6 +190,10 @@ pub enum OwnKey {
     SlidingWindow,
     /// `{arch}.attention.sliding_window`, 0 when the model has none (Phi-3).
     SlidingWindowOrZero,
+    /// `{arch}.expert_feed_forward_length` (`moe_intermediate_size`), when given.
+    ExpertFf,
+    /// `{arch}.expert_shared_feed_forward_length`, when given.
+    ExpertSharedFf,
 }
 
 /// How the converter reads a model's vocabulary.
@@ -181,7 +232,7 @@ impl Arch {
 /// forward pass runs ([`qs_model::FAMILIES`]); a test keeps the README equal to it.
 pub fn support_table() -> String {
     let mut s = String::from(
-        "| HF class | `model_type` | llama.cpp architecture | GGUF conversion and export | `--method`, `eval`, `imatrix` |\n|---|---|---|---|---|\n",
+        "| HF class | `model_type` | llama.cpp architecture | GGUF conversion | `export` | `--method`, `eval`, `imatrix` |\n|---|---|---|---|---|---|\n",
     );
     for a in ARCHS {
         let types: Vec<&str> = a.model_types.iter().map(|m| m.name).collect();
@@ -189,7 +240,7 @@ pub fn support_table() -> String {
             .iter()
             .all(|t| qs_model::FAMILIES.iter().any(|f| f.model_type == *t));
         s.push_str(&format!(
-            "| {} | {} | `{}` | yes | {} |\n",
+            "| {} | {} | `{}` | yes | {} | {} |\n",
             a.hf_class,
             types
                 .iter()
@@ -197,6 +248,7 @@ pub fn support_table() -> String {
                 .collect::<Vec<_>>()
                 .join(", "),
             a.name,
+            if a.moe.is_none() { "yes" } else { "no" },
             if runs { "yes" } else { "no" }
         ));
     }
@@ -376,6 +428,7 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
     let hp = hparams_of(c)?;
     check_rope_layers(arch, c, hp.n_layer as usize)?;
     check_window_layers(arch, c, hp.n_layer as usize)?;
+    check_moe(arch, c, &hp)?;
     let c = &with_defaults(c);
     let a = arch.name;
     let mut kv: Vec<(String, Value)> = Vec::new();
@@ -539,6 +592,10 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
     if let Some(e) = get_f64(c, &["rms_norm_eps", "norm_eps"])? {
         put("attention.layer_norm_rms_epsilon", Value::F32(e as f32));
     }
+    if let Some(m) = hp.moe {
+        put("expert_count", Value::U32(m.experts as u32));
+        put("expert_used_count", Value::U32(m.used as u32));
+    }
     if c.get("head_dim").is_some_and(|v| !v.is_null()) {
         put("attention.key_length", Value::U32(hp.head_dim as u32));
         put("attention.value_length", Value::U32(hp.head_dim as u32));
@@ -567,6 +624,16 @@ fn own_keys(arch: &Arch, c: &Json, hp: &HParams) -> Result<Vec<(String, Value)>>
                 Some(x) if x != 0.0 => ("final_logit_softcapping", Value::F32(x as f32)),
                 _ => continue,
             },
+            OwnKey::ExpertFf => match get_u64(c, &["moe_intermediate_size"], MAX_WIDTH)? {
+                Some(n) => ("expert_feed_forward_length", Value::U32(n as u32)),
+                None => continue,
+            },
+            OwnKey::ExpertSharedFf => {
+                match get_u64(c, &["shared_expert_intermediate_size"], MAX_WIDTH)? {
+                    Some(n) => ("expert_shared_feed_forward_length", Value::U32(n as u32)),
+                    None => continue,
+                }
+            }
             OwnKey::SlidingWindowOrZero => {
                 let w = get_u64(c, &["sliding_window"], MAX_CONTEXT)?.unwrap_or(0);
                 ("attention.sliding_window", Value::U32(w as u32))
@@ -616,6 +683,54 @@ fn check_window_layers(arch: &Arch, c: &Json, layers: usize) -> Result<()> {
     let want: Vec<bool> = (0..layers).map(|l| (l + 1) % n != 0).collect();
     if c.get("sliding_window").is_some_and(|v| !v.is_null()) {
         check_pattern(arch, &have, &want, "layers attending to the whole context")?;
+    }
+    Ok(())
+}
+
+/// llama.cpp's MoE architectures route every layer's tokens through experts, renormalising
+/// the chosen experts' weights or not as the architecture fixes it ([`Moe::renormalize`]): a
+/// config that says otherwise (dense layers among the sparse ones, `norm_topk_prob`) is
+/// refused, as is a MoE config for an architecture without experts.
+fn check_moe(arch: &Arch, c: &Json, hp: &HParams) -> Result<()> {
+    let c = &with_defaults(c);
+    let Some(moe) = arch.moe else {
+        if hp.moe.is_some() {
+            return Err(cfg_err(format!(
+                "gives experts ({}), but {} has none",
+                hparams::EXPERT_KEYS.join("/"),
+                arch.name
+            )));
+        }
+        return Ok(());
+    };
+    if hp.moe.is_none() {
+        return Err(cfg_err(format!(
+            "lacks the number of experts ({})",
+            hparams::EXPERT_KEYS.join(" or ")
+        )));
+    }
+    if get_u64(c, &["decoder_sparse_step"], u64::MAX)?.is_some_and(|s| s != 1) {
+        return Err(cfg_err(format!(
+            "decoder_sparse_step is not 1, but llama.cpp's {} has experts in every layer: a GGUF would compute another model",
+            arch.name
+        )));
+    }
+    if c.get("mlp_only_layers")
+        .and_then(|v| v.as_array())
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Err(cfg_err(format!(
+            "mlp_only_layers lists dense layers, but llama.cpp's {} has experts in every layer: a GGUF would compute another model",
+            arch.name
+        )));
+    }
+    let renorm = qs_model::renormalizes_experts(c).map_err(model_err)?;
+    if renorm != moe.renormalize {
+        return Err(cfg_err(format!(
+            "norm_topk_prob = {renorm}, but llama.cpp's {} {} the chosen experts' weights: a GGUF would compute another model",
+            arch.name,
+            if moe.renormalize { "renormalises" } else { "does not renormalise" }
+        )));
     }
     Ok(())
 }
@@ -784,6 +899,47 @@ pub(crate) fn layer_names(arch: &Arch) -> impl Iterator<Item = (&'static str, &'
                 .map(|l| (l.hf_name(), gguf_linear(l))),
         )
         .chain(arch.fused.iter().copied())
+        .chain(arch.moe.map_or(&[][..], |m| m.modules).iter().copied())
+}
+
+/// The stacked expert tensors of an MoE model, per layer and projection: (the stacked name
+/// [`map_tensor`] reads, the shard it counts as being in, its per-expert parts in expert
+/// order). The shard is the last one holding any of the layer's experts: the converter writes
+/// a layer's stacked tensors once it has read all of them.
+pub fn expert_groups(arch: &Arch, src: &ModelSource) -> Result<Vec<(String, usize, Vec<String>)>> {
+    let Some(moe) = arch.moe else {
+        return Ok(vec![]);
+    };
+    let c = src.config.as_ref().unwrap_or(&Json::Null);
+    let hp = hparams_of(c)?;
+    let Some(m) = hp.moe else {
+        return Ok(vec![]);
+    };
+    let file_of: std::collections::HashMap<&str, usize> = src
+        .tensors
+        .iter()
+        .map(|t| (t.info.name.as_str(), t.file))
+        .collect();
+    let mut groups = Vec::new();
+    for l in 0..hp.n_layer {
+        let prefix = format!("model.layers.{l}.{}", moe.experts);
+        let parts = |p: &str| -> Vec<String> {
+            (0..m.experts)
+                .map(|x| format!("{prefix}.{x}.{p}.weight"))
+                .collect()
+        };
+        let file = moe
+            .projs
+            .iter()
+            .flat_map(|(p, _)| parts(p))
+            .filter_map(|n| file_of.get(n.as_str()).copied())
+            .max()
+            .unwrap_or(0);
+        for (p, _) in moe.projs {
+            groups.push((format!("{prefix}.{p}.weight"), file, parts(p)));
+        }
+    }
+    Ok(groups)
 }
 
 /// HF tensor name → GGUF name (and permutation), or an error naming the tensor.
@@ -821,6 +977,19 @@ pub fn map_tensor(arch: &Arch, c: &Json, hf: &str) -> Result<Mapped> {
     let rest = stem.strip_prefix("model.layers.").ok_or_else(unknown)?;
     let (bid, part) = rest.split_once('.').ok_or_else(unknown)?;
     let bid: usize = bid.parse().map_err(|_| unknown())?;
+    if let Some(moe) = arch.moe {
+        let stacked = part
+            .strip_prefix(moe.experts)
+            .and_then(|p| p.strip_prefix('.'))
+            .and_then(|p| moe.projs.iter().find(|(h, _)| *h == p));
+        if let Some((_, gg)) = stacked {
+            return Ok(Mapped::Tensor {
+                name: format!("blk.{bid}.{gg}.{suffix}"),
+                permute_heads: None,
+                shift,
+            });
+        }
+    }
     let (_, gg) = layer_names(arch)
         .find(|(h, _)| *h == part)
         .ok_or_else(unknown)?;

@@ -683,6 +683,29 @@ impl ModelSource {
         }
     }
 
+    /// Drops the resident pages of rows `r0..r1` of `t` (a stacked tensor's from its parts; a
+    /// packed one keeps its slots' pages, which several rows share).
+    pub fn release_rows(&self, t: &SourceTensor, r0: usize, r1: usize) {
+        if let Some(parts) = &t.stacked {
+            let per = t.info.shape.get(1).copied().unwrap_or(0).max(1);
+            let mut r = r0;
+            while r < r1 {
+                let (p, pr) = (r / per, r % per);
+                let n = (per - pr).min(r1 - r);
+                if let Some(&si) = parts.get(p) {
+                    self.release_rows(&self.slots[si], pr, pr + n);
+                }
+                r += n;
+            }
+            return;
+        }
+        if t.packed.is_some() {
+            return;
+        }
+        let rb = self.row_bytes(t);
+        self.release(t, r0 * rb, r1 * rb);
+    }
+
     /// Bytes of one row of `t` as stored.
     pub fn row_bytes(&self, t: &SourceTensor) -> usize {
         let cols = t.info.shape.last().copied().unwrap_or(1);

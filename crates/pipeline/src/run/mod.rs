@@ -839,7 +839,7 @@ fn run_chunk<'a>(
     }
     if tp.permute.is_none() {
         // permuted tensors read rows out of order: their pages go when the map does
-        src.release(st, b0, b1);
+        src.release_rows(st, r0, r1);
     }
     Ok(res)
 }

@@ -375,6 +375,12 @@ struct RunArgs {
     /// calibrate one model on the same tokens share one pass over its layers.
     #[arg(long, default_value = "quantized", value_name = "quantized|float", value_parser = quantsmith::config::CalibInputs::parse)]
     calib_inputs: quantsmith::config::CalibInputs,
+    /// Mixtures of experts: every calibration token feeds every expert's statistics (as
+    /// llm-compressor's calibrate_all_experts), not only the tokens the router sends it. Each
+    /// layer's output still follows the router. Without it, an expert the router sends fewer
+    /// than 16 tokens keeps round to nearest (listed in the report).
+    #[arg(long)]
+    calib_all_experts: bool,
     /// GPTQ: quantize columns by decreasing activation energy. `static` (the default): groups
     /// stay consecutive columns; `group`: groups follow the activation order, stored as a g_idx
     /// (compressed-tensors actorder "group", GPTQ desc_act).
@@ -521,6 +527,7 @@ fn config_of(a: &RunArgs) -> Result<QuantizeConfig> {
     cfg.calib_seq_len = a.calib_seq_len;
     cfg.seed = a.seed;
     cfg.calib_inputs = a.calib_inputs;
+    cfg.calib_all_experts = a.calib_all_experts;
     cfg.act_order = a.act_order.is_some();
     cfg.act_order_group = a.act_order.as_deref() == Some("group");
     cfg.damp = a.damp;

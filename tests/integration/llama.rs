@@ -1631,3 +1631,122 @@ fn imatrix_matches_llama_imatrix() {
     eprintln!("Q4_K_M bytes equal to llama-imatrix's: ours {close:.4}, no matrix {none:.4}");
     assert!(close > 0.95 && none < 0.9, "ours {close}, no matrix {none}");
 }
+
+/// Mixtures of experts (Mixtral, Qwen2-MoE with its shared expert, Qwen3-MoE) calibrate: GPTQ
+/// into Q4_K_M calibrates each expert on the tokens the router sends it (its stacked tensor's
+/// codes joined in expert order, which llama.cpp runs); the F32 GGUF evaluates to the folder's own model (its stacked experts read back);
+/// with too few calibration tokens the starved experts are listed (round to nearest), and
+/// `--calib-all-experts` feeds them every token; AWQ and `export` are refused with a reason.
+#[test]
+fn mixtures_of_experts_calibrate_and_evaluate() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let text = d.path().join("text.txt");
+    std::fs::write(&text, "Four score and seven years ago our fathers brought forth on this continent a new nation, conceived in liberty, and dedicated to the proposition that all men are created equal. Now we are engaged in a great civil war, testing whether that nation, or any nation so conceived and so dedicated, can long endure.".repeat(8)).unwrap();
+    for mt in ["mixtral", "qwen2_moe", "qwen3_moe"] {
+        let dir = d.path().join(mt);
+        let m = dir.join("model");
+        synthetic_model(&m, mt, 2, 256, 512, 4, 2);
+        let at = |n: &str| dir.join(n);
+        let run = |args: &[String]| {
+            let r = quantize(args);
+            r.ok();
+            r
+        };
+        let to = |out: &str, extra: &[&str]| {
+            let mut a: Vec<String> = vec![p(&m), "--to".into(), "q4_k_m".into()];
+            a.extend(extra.iter().map(|s| s.to_string()));
+            a.extend(["-o".into(), p(&at(out))]);
+            run(&a)
+        };
+        let eval = |model: &Path| -> f64 {
+            let r = run(&[
+                "eval",
+                &p(model),
+                "--against",
+                &p(&m),
+                "--text",
+                &p(&text),
+                "--ctx",
+                "64",
+                "--json",
+            ]
+            .map(String::from));
+            let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+            v["kld_mean"].as_f64().unwrap()
+        };
+        run(&[
+            p(&m),
+            "--to".into(),
+            "f32".into(),
+            "-o".into(),
+            p(&at("f32.gguf")),
+            "-q".into(),
+        ]);
+        assert!(
+            eval(&at("f32.gguf")) < 1e-6,
+            "{mt}: the F32 GGUF is the same model"
+        );
+        to("rtn.gguf", &["-q"]);
+        let calib = [
+            "--method",
+            "gptq",
+            "--calib-samples",
+            "16",
+            "--calib-seq-len",
+            "128",
+        ];
+        let r = to("gptq.gguf", &calib);
+        assert!(
+            r.stdout.contains("mlp.experts.down_proj.weight")
+                || r.stdout.contains("block_sparse_moe.experts.w2.weight"),
+            "{mt}: {}",
+            r.stdout
+        );
+        let (rtn, gptq) = (eval(&at("rtn.gguf")), eval(&at("gptq.gguf")));
+        eprintln!("{mt}: Q4_K_M KLD round to nearest {rtn:.5}, GPTQ {gptq:.5}");
+        assert!(gptq.is_finite() && gptq > 0.0, "{mt}: {gptq}");
+        // llama.cpp runs the stacked experts' GPTQ codes
+        let l = llama_logits(&at("gptq.gguf"), &at("gptq.f32"));
+        assert!(l.iter().all(|v| v.is_finite()), "{mt}");
+        // 16 tokens for 4 or 8 experts: some see too few, and are listed
+        let few = [
+            "--method",
+            "gptq",
+            "--calib-samples",
+            "1",
+            "--calib-seq-len",
+            "16",
+        ];
+        let r = to("few.gguf", &few);
+        assert!(
+            r.stdout.contains("experts rounded to nearest"),
+            "{mt}: {}",
+            r.stdout
+        );
+        let mut all = few.to_vec();
+        all.push("--calib-all-experts");
+        let r = to("all.gguf", &all);
+        assert!(
+            !r.stdout.contains("experts rounded to nearest"),
+            "{mt}: {}",
+            r.stdout
+        );
+        let r = quantize(&[
+            p(&m),
+            "--to".into(),
+            "int4".into(),
+            "--method".into(),
+            "awq".into(),
+            "-o".into(),
+            p(&at("awq")),
+        ]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(r.stderr.contains("mixture of experts"), "{}", r.stderr);
+        let r =
+            quantize(&["export", &p(&at("f32.gguf")), "-o", &p(&at("exported"))].map(String::from));
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(r.stderr.contains("mixture of experts"), "{}", r.stderr);
+        assert!(!at("exported").exists());
+    }
+}

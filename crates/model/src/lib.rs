@@ -358,6 +358,26 @@ pub const FAMILIES: &[Family] = &[
     },
 ];
 
+/// The layer and projection (`Gate`, `Up`, `Down`) of a mixture of experts' stacked tensor
+/// `model.layers.N.{experts}.{proj}.weight`.
+pub fn parse_stacked(names: &MoeNames, name: &str) -> Option<(usize, Linear)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (l, module) = rest.split_once('.')?;
+    let proj = module
+        .strip_suffix(".weight")?
+        .strip_prefix(names.experts)?
+        .strip_prefix('.')?;
+    let lin = [
+        (names.gate, Linear::Gate),
+        (names.up, Linear::Up),
+        (names.down, Linear::Down),
+    ]
+    .into_iter()
+    .find(|(n, _)| *n == proj)?
+    .1;
+    Some((l.parse().ok()?, lin))
+}
+
 /// Whether the chosen experts' weights are renormalised to sum to 1 in a config.json's
 /// mixture of experts (false for a model without experts).
 pub fn renormalizes_experts(c: &Json) -> Result<bool> {
@@ -1712,6 +1732,11 @@ pub fn moe_out(c: &Config, m: &MoeLayer, h2: MatRef<'_, f32>) -> Mat<f32> {
         }
     }
     out
+}
+
+/// One expert's inner activation act(x gateᵀ) · (x upᵀ) (its down projection's input).
+pub fn expert_inner(c: &Config, e: &Expert, x: MatRef<'_, f32>) -> Mat<f32> {
+    gated(c, &e.gate, &e.up, x)
 }
 
 /// One expert's output: down(act(x gateᵀ) · (x upᵀ)).

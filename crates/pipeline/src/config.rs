@@ -171,6 +171,9 @@ pub struct QuantizeConfig {
     pub seed: u64,
     /// Where each layer's calibration inputs come from (`--calib-inputs`).
     pub calib_inputs: CalibInputs,
+    /// A mixture of experts: every calibration token feeds every expert's statistics, not only
+    /// the tokens the router sends it (`--calib-all-experts`).
+    pub calib_all_experts: bool,
     /// GPTQ: quantize columns by decreasing activation energy (static groups).
     pub act_order: bool,
     /// With `act_order`: groups follow the activation order and each column's group is stored
@@ -333,6 +336,7 @@ impl QuantizeConfig {
             calib_seq_len: 512,
             seed: 0,
             calib_inputs: CalibInputs::Quantized,
+            calib_all_experts: false,
             act_order: false,
             act_order_group: false,
             damp: 0.01,

@@ -513,6 +513,7 @@ mod tests {
                         grid: scheme.code_grid(&shape),
                         imatrix: None,
                         fused: None,
+                        experts: None,
                     },
                 )
             })

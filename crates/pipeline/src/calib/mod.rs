@@ -19,6 +19,7 @@
 //! and the method on them by the layer-output error ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖².
 
 pub mod awq;
+pub mod experts;
 pub mod gptq;
 
 use crate::config::QuantizeConfig;
@@ -165,6 +166,9 @@ pub struct Target {
     /// The tensor is fused (Phi-3's `qkv_proj`, `gate_up_proj`): the linears whose rows it
     /// holds, in order; each is calibrated as its own target and their codes are joined.
     pub fused: Option<&'static [Linear]>,
+    /// The tensor stacks a mixture of experts' projection (the key's `Gate`, `Up` or `Down`)
+    /// for this many experts, calibrated by [`experts`] on the tokens routed to each.
+    pub experts: Option<usize>,
 }
 
 /// One layer for [`Method::transform_layer`].
@@ -261,7 +265,7 @@ fn join_parts(
 }
 
 /// The calibration data a run used.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CalibSummary {
     /// The method's `--method` name.
     pub method: &'static str,
@@ -289,11 +293,22 @@ pub struct CalibSummary {
     /// short text risks overfitting (AWQ reads a fixed `--awq-tokens` sample on purpose).
     #[serde(skip)]
     pub fits_all_tokens: bool,
+    /// Experts that saw fewer than [`experts::MIN_EXPERT_TOKENS`] calibration tokens and were
+    /// rounded to nearest instead.
+    pub starved_experts: Vec<StarvedExpert>,
+}
+
+/// An expert the router sent too few calibration tokens to.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct StarvedExpert {
+    pub layer: usize,
+    pub expert: usize,
+    pub tokens: usize,
 }
 
 /// ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖² on held-out calibration tokens, for round to nearest and for the
 /// method (serialised as `gptq`, the report schema's name for it).
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct LayerOutputError {
     pub rtn: f64,
     #[serde(rename = "gptq")]
@@ -399,6 +414,21 @@ pub fn targets(
             ),
         });
     }
+    // a mixture of experts: its experts' names and count
+    let moe = src.config.as_ref().and_then(|c| {
+        let names = qs_model::family_of(c).ok()?.moe?;
+        let n = crate::arch::hparams_of(c).ok()?.moe?.experts as usize;
+        Some((names, n))
+    });
+    if moe.is_some() && !method.folded_tensors(0).is_empty() {
+        return Err(Error::Input {
+            path: src.input.clone(),
+            msg: format!(
+                "--method {} folds its scales into the MLP's input norm and linears, which a mixture of experts routes between experts: not supported yet; use --method gptq",
+                method.name()
+            ),
+        });
+    }
     let mut out = BTreeMap::new();
     for t in &plan.tensors {
         let Action::Encode(scheme) = &t.action else {
@@ -436,6 +466,14 @@ pub fn targets(
                     .filter(|(l, _)| *l < layers)
                     .map(|(l, parts)| (parts.iter().map(|&lin| (l, lin)).collect(), Some(parts))),
             };
+        // a GGUF's stacked experts: one target per projection, its experts calibrated apart
+        let stacked = moe.and_then(|(names, n)| {
+            qs_model::parse_stacked(&names, name)
+                .filter(|(l, _)| *l < layers)
+                .map(|key| (key, n))
+        });
+        let experts = stacked.map(|(_, n)| n);
+        let keys = keys.or(stacked.map(|(key, _)| (vec![key], None)));
         if keys.as_ref().is_some_and(|(_, f)| f.is_some()) && !method.folded_tensors(0).is_empty() {
             return Err(Error::Tensor {
                 file: file_of(src, name),
@@ -468,6 +506,7 @@ pub fn targets(
                             grid,
                             imatrix: t.imatrix.clone(),
                             fused,
+                            experts,
                         },
                     );
                 }
@@ -811,7 +850,7 @@ pub fn calibrate_together(
         }
     };
     let set = &made.0;
-    let summary = |k: usize, m: &Member<'_>| CalibSummary {
+    let summary = |k: usize, m: &Member<'_>, starved: Vec<StarvedExpert>| CalibSummary {
         method: m.method.name(),
         source: if cfg.calib.is_none() {
             "self-generated"
@@ -828,12 +867,14 @@ pub fn calibrate_together(
         fit_sequences: set.fit.len(),
         held_sequences: set.held.len(),
         fits_all_tokens: m.method.chooses_codes(),
+        starved_experts: starved,
     };
     let ids = |s: &[Vec<u32>]| s.iter().flatten().copied().collect::<Vec<u32>>();
     let mut x = model.embed(&ids(&set.fit)).map_err(model_err)?;
     let mut xh = model.embed(&ids(&set.held)).map_err(model_err)?;
 
     let mut done: Vec<HashMap<String, Calibrated>> = vec![HashMap::new(); members.len()];
+    let mut starved: Vec<Vec<StarvedExpert>> = vec![Vec::new(); members.len()];
     // Calibration tokens go through each layer in batches of whole sequences (about 4096
     // tokens), so only one batch's intermediate activations exist at a time; the statistics
     // accumulate batch by batch (running mean, as the reference does over its batches).
@@ -872,9 +913,21 @@ pub fn calibrate_together(
             // the inputs that feed a linear to quantize
             let w: Vec<Input> = Input::ALL
                 .into_iter()
-                .filter(|i| i.linears().any(|lin| m.targets.contains_key(&(l, lin))))
+                .filter(|i| {
+                    i.linears().any(|lin| {
+                        m.targets
+                            .get(&(l, lin))
+                            .is_some_and(|t| t.experts.is_none())
+                    })
+                })
                 .collect();
-            let mut layer = (!w.is_empty() || !float_inputs).then(|| float_layer.clone());
+            let experts = Linear::ALL.iter().any(|&lin| {
+                m.targets
+                    .get(&(l, lin))
+                    .is_some_and(|t| t.experts.is_some())
+            });
+            let mut layer =
+                (!w.is_empty() || experts || !float_inputs).then(|| float_layer.clone());
             let t = match layer.as_mut() {
                 Some(layer) if !w.is_empty() => {
                     let search_rows = (search_seqs(m.cfg) * seq_len).clamp(1, x.nrows().max(1));
@@ -938,7 +991,7 @@ pub fn calibrate_together(
                 let xheld = input.of(caph);
                 let x0 = input.of(&cap0);
                 for lin in input.linears() {
-                    let Some(tg) = m.targets.get(&(l, lin)) else {
+                    let Some(tg) = m.targets.get(&(l, lin)).filter(|t| t.experts.is_none()) else {
                         continue;
                     };
                     let name = &tg.name;
@@ -1022,6 +1075,36 @@ pub fn calibrate_together(
                     }
                 }
             }
+            // a mixture of experts: each expert from the tokens routed to it
+            let stacked: Vec<(Linear, &Target)> = [Linear::Gate, Linear::Up, Linear::Down]
+                .into_iter()
+                .filter_map(|lin| {
+                    m.targets
+                        .get(&(l, lin))
+                        .filter(|t| t.experts.is_some())
+                        .map(|t| (lin, t))
+                })
+                .collect();
+            if !stacked.is_empty() && m.method.chooses_codes() {
+                let r = experts::calibrate(
+                    src,
+                    m,
+                    &model.cfg,
+                    &float_layer,
+                    own[k].as_mut(),
+                    x.as_ref(),
+                    cap0.mlp_in.as_ref(),
+                    &batches,
+                    seq_len,
+                    &stacked,
+                )?;
+                done[k].extend(r.tensors);
+                starved[k].extend(r.starved.into_iter().map(|(expert, tokens)| StarvedExpert {
+                    layer: l,
+                    expert,
+                    tokens,
+                }));
+            }
             // the folded tensors that are no linear (norms, biases)
             for (name, t) in transforms {
                 done[k].entry(name.clone()).or_insert_with(|| Calibrated {
@@ -1054,6 +1137,7 @@ pub fn calibrate_together(
     Ok(done
         .into_iter()
         .zip(members.iter().enumerate())
-        .map(|(d, (k, m))| (d, summary(k, m)))
+        .zip(starved)
+        .map(|((d, (k, m)), st)| (d, summary(k, m, st)))
         .collect())
 }

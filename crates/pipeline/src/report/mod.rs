@@ -483,6 +483,7 @@ impl Report {
                     "",
                     l.rtn,
                     self.calibration
+                        .as_ref()
                         .map_or("calibrated".to_string(), |c| c.method.to_ascii_uppercase()),
                     l.calibrated
                 ));
@@ -537,6 +538,23 @@ impl Report {
                 },
                 pass_note(c)
             ));
+            if !c.starved_experts.is_empty() {
+                let list: Vec<String> = c
+                    .starved_experts
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "layer {} expert {} ({} tokens)",
+                            e.layer, e.expert, e.tokens
+                        )
+                    })
+                    .collect();
+                s.push_str(&format!(
+                    "experts rounded to nearest (the router sent them fewer than {} calibration tokens; --calib-all-experts feeds them all): {}\n",
+                    crate::calib::experts::MIN_EXPERT_TOKENS,
+                    list.join(", ")
+                ));
+            }
             if c.fits_all_tokens && c.fit_sequences * c.seq_len < 32768 {
                 s.push_str(
                     "warning: fewer than 32k calibration tokens; GPTQ can overfit them and do worse than round-to-nearest on other text (docs/QUALITY.md)\n",
@@ -639,6 +657,7 @@ mod tests {
                     fit_sequences,
                     held_sequences: 4,
                     fits_all_tokens,
+                    starved_experts: vec![],
                 }),
                 imatrix: None,
                 eval: None,

@@ -1,0 +1,227 @@
+//! Calibrating a mixture of experts: each expert's input statistics come from the calibration
+//! tokens the float router sends it (or from every token with `--calib-all-experts`, as
+//! llm-compressor's `calibrate_all_experts` offers), and the method quantizes its gate, up and
+//! down projections from them. A layer's experts are one stacked tensor in a GGUF: their codes
+//! are joined in expert order.
+//!
+//! Memory: the layer's normed MLP inputs for the calibration tokens (one more matrix the size
+//! of the layer's inputs) and one expert's two Hessians at a time.
+
+use super::{
+    file_of, relative_error, rows_of, to_mat, CodeSet, InputStats, LayerOutputError, LinearJob,
+    Member, Target,
+};
+use crate::error::{Error, Result};
+use faer::{Mat, MatRef};
+use qs_formats::source::ModelSource;
+use qs_model::{layer_forward, linear, route, Config, Layer, Linear};
+use qs_numeric::gptq::Hessian;
+use std::sync::Arc;
+
+/// An expert that sees fewer calibration tokens than this keeps round to nearest on the same
+/// grid (its Hessian is the identity), as GPTQModel's fail-safe does, and is reported.
+pub const MIN_EXPERT_TOKENS: usize = 16;
+
+/// What calibrating one layer's experts produced: per stacked tensor, its joined codes and
+/// error; the experts that fell back to round to nearest, with their token counts.
+pub(super) struct ExpertsDone {
+    pub tensors: Vec<(String, super::Calibrated)>,
+    pub starved: Vec<(usize, usize)>,
+}
+
+/// The normed MLP inputs of `layer` for the rows of `x`, in `batches`.
+fn mlp_inputs(
+    c: &Config,
+    layer: &Layer,
+    x: MatRef<'_, f32>,
+    batches: &[(usize, usize)],
+    seq_len: usize,
+) -> Mat<f32> {
+    let mut h2 = Mat::<f32>::zeros(x.nrows(), x.ncols());
+    for &(r0, r1) in batches {
+        let (_, cap) = layer_forward(c, layer, x.subrows(r0, r1 - r0), seq_len, true);
+        let cap = cap.expect("captured");
+        h2.as_mut().subrows_mut(r0, r1 - r0).copy_from(&cap.mlp_in);
+    }
+    h2
+}
+
+/// The rows of `h2` routed to each expert by `layer`'s router (all rows for each expert when
+/// `all`).
+fn routed(c: &Config, layer: &Layer, h2: MatRef<'_, f32>, all: bool) -> Vec<Vec<usize>> {
+    let (Some(mc), Some(moe)) = (&c.moe, &layer.moe) else {
+        return vec![];
+    };
+    if all {
+        return vec![(0..h2.nrows()).collect(); moe.experts.len()];
+    }
+    let mut by: Vec<Vec<usize>> = vec![Vec::new(); moe.experts.len()];
+    for (t, r) in route(mc, linear(h2, &moe.router, None).as_ref())
+        .into_iter()
+        .enumerate()
+    {
+        for (e, _) in r {
+            if let Some(v) = by.get_mut(e) {
+                v.push(t);
+            }
+        }
+    }
+    by
+}
+
+fn gather(h2: MatRef<'_, f32>, rows: &[usize]) -> Mat<f32> {
+    Mat::from_fn(rows.len(), h2.ncols(), |i, j| h2[(rows[i], j)])
+}
+
+/// Calibrates layer `l`'s stacked experts (`targets`: the projection each stacked tensor holds)
+/// for one job: `x` / `xh` are the layer's fit / held-out inputs. With `own`, its experts'
+/// weights become the quantized ones (the next layer's inputs come from them).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn calibrate(
+    src: &ModelSource,
+    m: &Member<'_>,
+    c: &Config,
+    float_layer: &Layer,
+    mut own: Option<&mut Layer>,
+    x: MatRef<'_, f32>,
+    xh_mlp: MatRef<'_, f32>,
+    batches: &[(usize, usize)],
+    seq_len: usize,
+    targets: &[(Linear, &Target)],
+) -> Result<ExpertsDone> {
+    let Some(moe) = &float_layer.moe else {
+        return Ok(ExpertsDone {
+            tensors: vec![],
+            starved: vec![],
+        });
+    };
+    let h2 = mlp_inputs(c, float_layer, x, batches, seq_len);
+    let fit = routed(c, float_layer, h2.as_ref(), m.cfg.calib_all_experts);
+    let held = routed(c, float_layer, xh_mlp, false);
+    #[allow(clippy::type_complexity)]
+    let mut parts: Vec<(
+        Linear,
+        &Target,
+        Vec<CodeSet>,
+        Vec<(LayerOutputError, usize)>,
+    )> = targets
+        .iter()
+        .map(|&(lin, t)| (lin, t, Vec::new(), Vec::new()))
+        .collect();
+    let mut starved = Vec::new();
+    for (e, expert) in moe.experts.iter().enumerate() {
+        let xe = gather(h2.as_ref(), &fit[e]);
+        let xhe = gather(xh_mlp, &held[e]);
+        let few = fit[e].len() < MIN_EXPERT_TOKENS;
+        if few {
+            starved.push((e, fit[e].len()));
+        }
+        let hessian = |x: MatRef<'_, f32>, cols: usize| {
+            let mut h = Hessian::new(cols);
+            if few {
+                h.h = Mat::identity(cols, cols);
+                h.n = 1;
+            } else {
+                h.add_mat(x);
+            }
+            h
+        };
+        let act = qs_model::expert_inner(c, expert, xe.as_ref());
+        let act_held = qs_model::expert_inner(c, expert, xhe.as_ref());
+        let h_in = hessian(xe.as_ref(), xe.ncols());
+        let h_down = hessian(act.as_ref(), act.ncols());
+        for (lin, tg, codes, errors) in parts.iter_mut() {
+            let (w, hess, xin) = match lin {
+                Linear::Gate => (&expert.gate, &h_in, xhe.as_ref()),
+                Linear::Up => (&expert.up, &h_in, xhe.as_ref()),
+                _ => (&expert.down, &h_down, act_held.as_ref()),
+            };
+            let (rows, cols) = (w.nrows(), w.ncols());
+            let grid = tg.grid.ok_or_else(|| Error::Tensor {
+                file: file_of(src, &tg.name),
+                tensor: tg.name.clone(),
+                msg: format!("--method {} needs a code grid", m.method.name()),
+            })?;
+            let wv = rows_of(w);
+            let name = format!("{} (expert {e})", tg.name);
+            let out = m.method.quantize(&LinearJob {
+                name: &name,
+                file: &file_of(src, &tg.name),
+                w: &wv,
+                rows,
+                cols,
+                grid,
+                stats: InputStats { hessian: hess },
+                cfg: m.cfg,
+            })?;
+            if codes
+                .first()
+                .is_some_and(|f: &CodeSet| f.g_idx != out.g_idx)
+            {
+                return Err(Error::Tensor {
+                    file: file_of(src, &tg.name),
+                    tensor: tg.name.clone(),
+                    msg: "experts stacked in one tensor share one column order: --act-order group is not supported for them".into(),
+                });
+            }
+            let wq = to_mat(&out.dequantize(rows, cols), rows, cols);
+            let rtn = to_mat(
+                &super::fake_quant(tg, &Default::default(), &wv, rows, cols),
+                rows,
+                cols,
+            );
+            let error = if xin.nrows() == 0 {
+                LayerOutputError::default()
+            } else {
+                let y = linear(xin, w, None);
+                LayerOutputError {
+                    rtn: relative_error(&y, &linear(xin, &rtn, None)),
+                    calibrated: relative_error(&y, &linear(xin, &wq, None)),
+                }
+            };
+            if let Some(layer) = own.as_deref_mut() {
+                if let Some(om) = layer.moe.as_mut() {
+                    let oe = &mut om.experts[e];
+                    *match lin {
+                        Linear::Gate => &mut oe.gate,
+                        Linear::Up => &mut oe.up,
+                        _ => &mut oe.down,
+                    } = wq;
+                }
+            }
+            codes.push(out);
+            errors.push((error, xin.nrows()));
+        }
+    }
+    let tensors = parts
+        .into_iter()
+        .map(|(_, tg, codes, errors)| {
+            let mut joined = CodeSet::default();
+            for c in codes {
+                joined.codes.extend(c.codes);
+                joined.params.extend(c.params);
+                joined.offsets.extend(c.offsets);
+                // every expert's columns in one order (checked above)
+                joined.g_idx = c.g_idx;
+            }
+            // errors weighted by the held-out tokens each expert saw
+            let n: usize = errors.iter().map(|(_, n)| n).sum::<usize>().max(1);
+            let mean = |f: fn(&LayerOutputError) -> f64| {
+                errors.iter().map(|(e, k)| f(e) * *k as f64).sum::<f64>() / n as f64
+            };
+            let error = LayerOutputError {
+                rtn: mean(|e| e.rtn),
+                calibrated: mean(|e| e.calibrated),
+            };
+            (
+                tg.name.clone(),
+                super::Calibrated {
+                    transform: None,
+                    out: Some(Arc::new(joined)),
+                    error: Some(error),
+                },
+            )
+        })
+        .collect();
+    Ok(ExpertsDone { tensors, starved })
+}

@@ -365,7 +365,7 @@ pub fn make_plan(
     };
     let mut counters = mixture::Counters::default();
     let order = tensor_order(src, conv.as_ref(), converter_layout(src, cfg));
-    let squeeze = kind == OutputKind::Gguf && !converter_layout(src, cfg);
+    let squeeze = conv.is_some() && !converter_layout(src, cfg);
     let mut tensors = Vec::with_capacity(src.tensors.len());
     for i in order {
         let st = &src.tensors[i];
@@ -393,8 +393,8 @@ pub fn make_plan(
             None => st.info.shape.clone(),
         };
         if squeeze {
-            // llama-quantize writes `ggml_n_dims` dimensions: outer dimensions of 1 go (Qwen2-MoE's
-            // [1, hidden] shared-expert gate becomes 1-D)
+            // a model quantized as llama-quantize writes it has `ggml_n_dims` dimensions: outer
+            // dimensions of 1 go (Qwen2-MoE's [1, hidden] shared-expert gate becomes 1-D)
             while shape.len() > 1 && shape[0] == 1 {
                 shape.remove(0);
             }
@@ -457,7 +457,11 @@ pub fn make_plan(
         let outputs = output_tensors(&action, &out_name, kind, st, shape);
         let imatrix_of = match (&action, &imatrix) {
             (Action::Encode(Scheme::Ggml(_)), Some(im)) => match im.entries.get(&out_name) {
-                Some(v) if v.len() == *shape.last().unwrap_or(&0) => {
+                // one value per column, or (stacked experts) per column of each matrix
+                Some(v)
+                    if v.len() == *shape.last().unwrap_or(&0)
+                        || (shape.len() == 3 && v.len() == shape[0] * shape[2]) =>
+                {
                     Some(std::sync::Arc::new(v.clone()))
                 }
                 Some(v) => {

@@ -62,9 +62,26 @@ impl Layout for GgmlBlocks {
         let nrows = x.len() / cols.max(1);
         let rb = t.row_bytes(cols);
         let mut out = vec![0u8; nrows * rb];
+        // a stacked 3-D tensor (a mixture's experts) may have importance per matrix, as
+        // llama-quantize reads llama-imatrix's per-expert entries: matrix i's rows use slice i
+        let per_matrix = match shape {
+            [n, rows, _] if importance.is_some_and(|w| w.len() == n * cols) => Some(*rows),
+            _ => None,
+        };
         if cols > 0 {
-            for (xr, yr) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rb)) {
-                match importance {
+            for (k, (xr, yr)) in x
+                .chunks_exact(cols)
+                .zip(out.chunks_exact_mut(rb))
+                .enumerate()
+            {
+                let w = match (importance, per_matrix) {
+                    (Some(w), Some(rows)) => {
+                        let m = (r0 + k) / rows.max(1);
+                        Some(&w[m * cols..(m + 1) * cols])
+                    }
+                    (w, _) => w,
+                };
+                match w {
                     Some(w) => ggml::quantize_row_weighted(t, xr, w, yr),
                     None => ggml::quantize_row(t, xr, yr),
                 }

@@ -227,7 +227,8 @@ pub trait Layout: std::fmt::Debug + Sync {
     fn slot_range(&self, slot: usize, shape: &[usize], r0: usize, r1: usize) -> Range<usize>;
     /// Encodes rows `r0..r0 + x.len()/cols` given as f32 (round to nearest, or the type's own
     /// quantizer); `stats` when [`Self::needs_tensor_stats`]; `importance` one weight per
-    /// column (ggml types with an importance matrix).
+    /// column (ggml types with an importance matrix; a stacked 3-D tensor may give one per
+    /// column of each matrix).
     fn encode(
         &self,
         shape: &[usize],

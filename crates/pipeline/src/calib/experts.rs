@@ -165,8 +165,17 @@ pub(super) fn calibrate(
                 });
             }
             let wq = to_mat(&out.dequantize(rows, cols), rows, cols);
+            // round to nearest with this expert's own importance (a matrix has one per expert)
+            let mut own_tg = (*tg).clone();
+            own_tg.imatrix =
+                tg.imatrix
+                    .as_ref()
+                    .map(|m| match m.len() == moe.experts.len() * cols {
+                        true => Arc::new(m[e * cols..(e + 1) * cols].to_vec()),
+                        false => m.clone(),
+                    });
             let rtn = to_mat(
-                &super::fake_quant(tg, &Default::default(), &wv, rows, cols),
+                &super::fake_quant(&own_tg, &Default::default(), &wv, rows, cols),
                 rows,
                 cols,
             );

@@ -45,8 +45,11 @@ pub struct ImatrixSummary {
 /// Sums of squared inputs per decoder linear, as [`compute`] accumulates them.
 #[derive(Debug, Clone)]
 pub struct Computed {
-    /// Per weight tensor (GGUF name): Σ over tokens of each input channel squared.
+    /// Per weight tensor (GGUF name): Σ over tokens of each input channel squared (a stacked
+    /// experts' tensor: per expert, over the tokens routed to it, one after the other).
     pub sums: BTreeMap<String, Vec<f64>>,
+    /// Tokens each matrix's sums run over, where not every token (stacked experts: per expert).
+    pub counts: BTreeMap<String, Vec<u64>>,
     pub chunks: usize,
     pub ctx: usize,
     /// Tokens every sum runs over (`chunks × ctx`).
@@ -60,15 +63,46 @@ impl Computed {
     /// writes (sums and count rounded to f32, then divided), so a run given it encodes exactly
     /// as a run given that file.
     pub fn to_imatrix(&self) -> qs_formats::imatrix::Imatrix {
-        let n = self.tokens as f32;
         qs_formats::imatrix::Imatrix {
             entries: self
                 .sums
                 .iter()
-                .map(|(k, s)| (k.clone(), s.iter().map(|&v| v as f32 / n).collect()))
+                .map(|(k, s)| {
+                    let counts = self.counts_of(k);
+                    let per = s.len() / counts.len().max(1);
+                    let v = s
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| match counts.get(i / per.max(1)) {
+                            Some(&c) if c > 0 => v as f32 / c as f32,
+                            _ => 1.0,
+                        })
+                        .collect();
+                    (k.clone(), v)
+                })
                 .collect(),
             datasets: vec![self.dataset.clone()],
             chunk_count: self.chunks as u32,
+        }
+    }
+}
+
+impl Computed {
+    /// The token count of each matrix of entry `name`.
+    fn counts_of(&self, name: &str) -> Vec<u64> {
+        self.counts
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| vec![self.tokens as u64])
+    }
+}
+
+/// Adds the squares of every row of `x` to `acc` (one sum per column).
+fn add_squares(acc: &mut [f64], x: faer::MatRef<'_, f32>) {
+    for r in 0..x.nrows() {
+        for (c, a) in acc.iter_mut().enumerate() {
+            let v = x[(r, c)] as f64;
+            *a += v * v;
         }
     }
 }
@@ -96,6 +130,9 @@ pub fn compute(
         .unwrap_or_else(|| PathBuf::from("(shipped default text)"));
     let (ids, n_chunks) = super::eval::text_chunks(tok, m.bos, &text, &text_path, ctx, chunks)?;
     let pool = crate::jobs::pool(threads)?;
+    // a mixture of experts: per stacked tensor, each expert's sums (one after the other) and
+    // token counts; the router and the shared expert over every token
+    let mut moe: BTreeMap<String, (Vec<f64>, Vec<u64>)> = BTreeMap::new();
     let sums = pool.install(|| -> Result<BTreeMap<(usize, Input), Vec<f64>>> {
         let model_w = Model::with_weights(m.weights.as_ref(), &m.config)
             .map_err(|e| super::eval::model_err(model, e))?;
@@ -114,15 +151,17 @@ pub fn compute(
                 let cap = cap.expect("captured");
                 for input in Input::ALL {
                     let xin = input.of(&cap);
+                    if xin.ncols() == 0 {
+                        // (an MoE layer has no dense MLP)
+                        continue;
+                    }
                     let acc = sums
                         .entry((l, input))
                         .or_insert_with(|| vec![0f64; xin.ncols()]);
-                    for r in 0..xin.nrows() {
-                        for (c, a) in acc.iter_mut().enumerate() {
-                            let v = xin[(r, c)] as f64;
-                            *a += v * v;
-                        }
-                    }
+                    add_squares(acc, xin);
+                }
+                if let (Some(mc), Some(ml)) = (&model_w.cfg.moe, &layer.moe) {
+                    moe_sums(&mut moe, l, &model_w.cfg, mc, ml, cap.mlp_in.as_ref());
                 }
                 x = y;
             }
@@ -144,8 +183,19 @@ pub fn compute(
                 .collect()
         })
         .unwrap_or_default();
+    let experts = qs_model::family_of(&m.config).is_ok_and(|f| f.moe.is_some());
+    let mut counts = BTreeMap::new();
+    for (name, (s, n)) in moe {
+        entries.insert(name.clone(), s);
+        if n.len() > 1 {
+            counts.insert(name, n);
+        }
+    }
     for ((l, input), s) in &sums {
         for lin in Linear::ALL.into_iter().filter(|lin| lin.input() == *input) {
+            if experts && matches!(lin, Linear::Gate | Linear::Up | Linear::Down) {
+                continue;
+            }
             entries.insert(format!("blk.{l}.{}.weight", gguf_linear(lin)), s.clone());
         }
         for (gg, _) in fused.iter().filter(|(_, i)| i == input) {
@@ -154,11 +204,72 @@ pub fn compute(
     }
     Ok(Computed {
         sums: entries,
+        counts,
         chunks: n_chunks,
         ctx,
         tokens: n_chunks * ctx,
         dataset: text_path.display().to_string(),
     })
+}
+
+/// Adds layer `l`'s mixture-of-experts sums for normed MLP inputs `h2`: the router
+/// (`ffn_gate_inp`) and the shared expert's gate and up over every token, each expert's gate and
+/// up over the tokens routed to it, each expert's (and the shared expert's) down over its own
+/// activations, as llama-imatrix accumulates them per expert with per-expert counts.
+fn moe_sums(
+    acc: &mut BTreeMap<String, (Vec<f64>, Vec<u64>)>,
+    l: usize,
+    c: &qs_model::Config,
+    mc: &qs_model::MoeConfig,
+    ml: &qs_model::MoeLayer,
+    h2: faer::MatRef<'_, f32>,
+) {
+    let n = ml.experts.len();
+    let (cols, tokens) = (h2.ncols(), h2.nrows() as u64);
+    let mut all = |name: &str, x: faer::MatRef<'_, f32>| {
+        let e = acc
+            .entry(format!("blk.{l}.{name}.weight"))
+            .or_insert_with(|| (vec![0f64; x.ncols()], vec![0]));
+        add_squares(&mut e.0, x);
+        e.1[0] += tokens;
+    };
+    all("ffn_gate_inp", h2);
+    if let Some((shared, _)) = &ml.shared {
+        all("ffn_gate_inp_shexp", h2);
+        all("ffn_gate_shexp", h2);
+        all("ffn_up_shexp", h2);
+        all(
+            "ffn_down_shexp",
+            qs_model::expert_inner(c, shared, h2).as_ref(),
+        );
+    }
+    let routes = qs_model::route(mc, qs_model::linear(h2, &ml.router, None).as_ref());
+    let ff = ml.experts.first().map_or(0, |e| e.down.ncols());
+    for name in ["ffn_gate_exps", "ffn_up_exps"] {
+        acc.entry(format!("blk.{l}.{name}.weight"))
+            .or_insert_with(|| (vec![0f64; n * cols], vec![0; n]));
+    }
+    acc.entry(format!("blk.{l}.ffn_down_exps.weight"))
+        .or_insert_with(|| (vec![0f64; n * ff], vec![0; n]));
+    for (e, expert) in ml.experts.iter().enumerate() {
+        let rows: Vec<usize> = (0..routes.len())
+            .filter(|&t| routes[t].iter().any(|&(x, _)| x == e))
+            .collect();
+        let x = faer::Mat::from_fn(rows.len(), cols, |i, j| h2[(rows[i], j)]);
+        for name in ["ffn_gate_exps", "ffn_up_exps"] {
+            let v = acc
+                .get_mut(&format!("blk.{l}.{name}.weight"))
+                .expect("made above");
+            add_squares(&mut v.0[e * cols..(e + 1) * cols], x.as_ref());
+            v.1[e] += rows.len() as u64;
+        }
+        let act = qs_model::expert_inner(c, expert, x.as_ref());
+        let v = acc
+            .get_mut(&format!("blk.{l}.ffn_down_exps.weight"))
+            .expect("made above");
+        add_squares(&mut v.0[e * ff..(e + 1) * ff], act.as_ref());
+        v.1[e] += rows.len() as u64;
+    }
 }
 
 /// Computes the importance matrix of `cfg.model` on the text and writes it to `cfg.output`.
@@ -196,18 +307,30 @@ pub fn imatrix(cfg: &ImatrixConfig) -> Result<ImatrixSummary> {
     let mut tensors = Vec::new();
     let mut data: Vec<Vec<u8>> = Vec::new();
     for (name, s) in &c.sums {
+        let counts = c.counts_of(name);
+        let n = counts.len() as u64;
+        let (ne_sums, ne_counts) = if n > 1 {
+            (vec![s.len() as u64 / n, n], vec![1, n])
+        } else {
+            (vec![s.len() as u64], vec![1])
+        };
         tensors.push(gguf::TensorPlan {
             name: format!("{name}.in_sum2"),
-            ne: vec![s.len() as u64],
+            ne: ne_sums,
             ty: qs_numeric::GgmlType::F32,
         });
         data.push(s.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect());
         tensors.push(gguf::TensorPlan {
             name: format!("{name}.counts"),
-            ne: vec![1],
+            ne: ne_counts,
             ty: qs_numeric::GgmlType::F32,
         });
-        data.push((c.tokens as f32).to_le_bytes().to_vec());
+        data.push(
+            counts
+                .iter()
+                .flat_map(|&v| (v as f32).to_le_bytes())
+                .collect(),
+        );
     }
     let out_err = |msg: String| Error::Output {
         path: cfg.output.clone(),

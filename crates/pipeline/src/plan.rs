@@ -151,13 +151,26 @@ pub fn is_output_head(name: &str) -> bool {
         || name == "output.weight"
 }
 
-/// The default rule: 2-D float `.weight` matrices of linear layers.
+/// A mixture of experts' router or shared-expert gate by its usual HF names: kept unquantized
+/// unless asked (`--include`, `--tensor-type`), as llm-compressor's MoE recipes ignore them.
+pub fn is_router(name: &str) -> bool {
+    [
+        ".mlp.gate.weight",
+        ".block_sparse_moe.gate.weight",
+        ".shared_expert_gate.weight",
+    ]
+    .iter()
+    .any(|s| name.ends_with(s))
+}
+
+/// The default rule: 2-D float `.weight` matrices of linear layers (not routers).
 pub fn is_linear_weight(name: &str, shape: &[usize], dtype: DType) -> bool {
     dtype.is_float()
         && shape.len() == 2
         && name.ends_with(".weight")
         && !is_embedding(name)
         && !is_output_head(name)
+        && !is_router(name)
 }
 
 /// Decides the container from the output path (or the default output name).

@@ -513,6 +513,16 @@ pub fn targets(
             }
             // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer
             None if matches!(scheme, Scheme::Ggml(_)) => {}
+            None if moe.is_some() && name.contains(".experts.") => {
+                return Err(Error::Tensor {
+                    file: file_of(src, name),
+                    tensor: name.clone(),
+                    msg: format!(
+                        "--method {} calibrates experts stacked as in a GGUF; into safetensors layouts (one tensor per expert) not yet: quantize to GGUF, or leave out --method (round to nearest)",
+                        method.name()
+                    ),
+                })
+            }
             None => {
                 return Err(Error::Tensor {
                     file: file_of(src, name),

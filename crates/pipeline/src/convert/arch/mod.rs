@@ -912,6 +912,8 @@ pub fn expert_groups(arch: &Arch, src: &ModelSource) -> Result<Vec<(String, usiz
     };
     let c = src.config.as_ref().unwrap_or(&Json::Null);
     let hp = hparams_of(c)?;
+    // (a config llama.cpp would not honour is refused before its experts are looked for)
+    check_moe(arch, c, &hp)?;
     let Some(m) = hp.moe else {
         return Ok(vec![]);
     };

@@ -507,22 +507,40 @@ impl ModelSource {
         t.scale.is_none() && t.packed.is_none() && t.stacked.is_none()
     }
 
+    /// Rows `r0..r1` of a stacked tensor as spans of its parts: (part, its rows `pr0..pr1`,
+    /// their offset in `r0..r1`); none for another tensor.
+    fn stacked_spans(
+        &self,
+        t: &SourceTensor,
+        r0: usize,
+        r1: usize,
+    ) -> Vec<(&SourceTensor, usize, usize, usize)> {
+        let Some(parts) = &t.stacked else {
+            return vec![];
+        };
+        let per = t.info.shape.get(1).copied().unwrap_or(0).max(1);
+        let mut spans = Vec::new();
+        let mut r = r0;
+        while r < r1 {
+            let (p, pr) = (r / per, r % per);
+            let n = (per - pr).min(r1 - r);
+            let Some(&si) = parts.get(p) else { break };
+            spans.push((&self.slots[si], pr, pr + n, r - r0));
+            r += n;
+        }
+        spans
+    }
+
     /// Rows `r0..r1` of any tensor (rows: its elements over the last dimension), as f32 in
     /// `out` (`(r1 - r0) × cols`): stored floats widened, ggml blocks, packed layouts and
     /// block-scaled FP8 decoded, stacked tensors read from their parts. The one reader every
     /// consumer goes through.
     pub fn read_rows(&self, t: &SourceTensor, r0: usize, r1: usize, out: &mut [f32]) {
         let cols = t.info.shape.last().copied().unwrap_or(1).max(1);
-        if let Some(parts) = &t.stacked {
-            let per = t.info.shape.get(1).copied().unwrap_or(0).max(1);
-            let mut r = r0;
-            while r < r1 {
-                let (p, pr) = (r / per, r % per);
-                let n = (per - pr).min(r1 - r);
-                let Some(&si) = parts.get(p) else { return };
-                let o = &mut out[(r - r0) * cols..(r - r0 + n) * cols];
-                self.read_rows(&self.slots[si], pr, pr + n, o);
-                r += n;
+        if t.stacked.is_some() {
+            for (part, pr0, pr1, at) in self.stacked_spans(t, r0, r1) {
+                let o = &mut out[at * cols..(at + pr1 - pr0) * cols];
+                self.read_rows(part, pr0, pr1, o);
             }
             return;
         }
@@ -686,16 +704,9 @@ impl ModelSource {
     /// Drops the resident pages of rows `r0..r1` of `t` (a stacked tensor's from its parts; a
     /// packed one keeps its slots' pages, which several rows share).
     pub fn release_rows(&self, t: &SourceTensor, r0: usize, r1: usize) {
-        if let Some(parts) = &t.stacked {
-            let per = t.info.shape.get(1).copied().unwrap_or(0).max(1);
-            let mut r = r0;
-            while r < r1 {
-                let (p, pr) = (r / per, r % per);
-                let n = (per - pr).min(r1 - r);
-                if let Some(&si) = parts.get(p) {
-                    self.release_rows(&self.slots[si], pr, pr + n);
-                }
-                r += n;
+        if t.stacked.is_some() {
+            for (part, pr0, pr1, _) in self.stacked_spans(t, r0, r1) {
+                self.release_rows(part, pr0, pr1);
             }
             return;
         }

@@ -43,6 +43,7 @@ fn ggml_codecs_match_gguf_py_bit_for_bit() {
         GgmlType::Q4_1,
         GgmlType::Q5_0,
         GgmlType::Q5_1,
+        GgmlType::MXFP4,
     ] {
         let mut q = vec![0u8; x.len() / 256 * ty.row_bytes(256)];
         let mut y = vec![0f32; x.len()];
@@ -176,6 +177,7 @@ fn ggml_codecs_match_ggml_quantize_chunk() {
         GgmlType::Q6_K,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
+        GgmlType::MXFP4,
     ] {
         let (q_path, deq_path) = (
             d.path().join(format!("{ty}.q")),

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Independent reference: the Hugging Face llama/qwen2/qwen3/smollm3/olmo2/gemma2/gemma3_text/phi3
-and mixture-of-experts mixtral/qwen2_moe/qwen3_moe forward pass in numpy (float64),
+and mixture-of-experts mixtral/qwen2_moe/qwen3_moe/gpt_oss forward pass in numpy (float64),
 straight from a model folder's config.json and safetensors — HF conventions (rotate-half RoPE on
-the unpermuted weights). Writes the logits of every position.
+the unpermuted weights); gpt-oss experts either float or MXFP4 (blocks and scales). Writes the
+logits of every position.
 
   ref_forward.py MODEL_DIR OUT.f32 TOKEN_ID...
 """
@@ -17,12 +18,15 @@ from st_read import read  # noqa: E402
 
 
 def load(path):
-    """Float tensors of a safetensors file, as float64."""
+    """Float tensors of a safetensors file, as float64; uint8 ones (MXFP4 blocks and scales) raw."""
     out = {}
     for k, a in read(path).items():
-        if a.dtype.kind != "f":
+        if a.dtype == np.uint8:
+            out[k] = a
+        elif a.dtype.kind != "f":
             raise SystemExit(f"{k}: dtype {a.dtype} not handled")
-        out[k] = a.astype(np.float64)
+        else:
+            out[k] = a.astype(np.float64)
     return out
 
 
@@ -30,15 +34,53 @@ def rms(x, w, eps):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
 
+# GptOssConfig's rope when config.json names none
+GPT_OSS_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                "truncate": False, "original_max_position_embeddings": 4096}
+
+
+def yarn(cfg, r, d, theta):
+    """transformers' _compute_yarn_parameters: per frequency a blend of the original (fast, above
+    beta_fast rotations over the original context) and the factor-interpolated (slow, below
+    beta_slow) inverse frequency, linear in between over the dimension index; the correction range
+    floored/ceiled only when `truncate` (default true; gpt-oss says false). cos and sin are
+    multiplied by the attention factor (0.1 ln(factor) + 1 unless given)."""
+    dim = int(d * r.get("partial_rotary_factor", 1.0))
+    # a top-level original_max_position_embeddings wins over the rope dict's one
+    # (standardize_rope_params)
+    key = "original_max_position_embeddings"
+    orig = cfg.get(key) or r.get(key) or cfg["max_position_embeddings"]
+    factor = r.get("factor") or cfg["max_position_embeddings"] / orig
+    mscale = lambda s, m=1.0: 1.0 if s <= 1 else 0.1 * m * np.log(s) + 1.0  # noqa: E731
+    attn = r.get("attention_factor")
+    if attn is None:
+        m, m_all = r.get("mscale"), r.get("mscale_all_dim")
+        attn = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+    fast, slow = r.get("beta_fast") or 32, r.get("beta_slow") or 1
+    corr = lambda rot: dim * np.log(orig / (rot * 2 * np.pi)) / (2 * np.log(theta))  # noqa: E731
+    lo, hi = corr(fast), corr(slow)
+    if r.get("truncate", True):
+        lo, hi = np.floor(lo), np.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, dim - 1)
+    if lo == hi:
+        hi += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - lo) / (hi - lo), 0, 1)
+    base = theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    return (1 / (factor * base)) * ramp + (1 / base) * (1 - ramp), attn
+
+
 def inv_freq(cfg, d, theta):
-    """HF's rotary inverse frequencies, with linear or Llama 3 scaling (transformers'
-    _compute_llama3_parameters: long wavelengths divided by `factor`, a smooth blend between
-    the low- and high-frequency wavelengths)."""
+    """HF's rotary inverse frequencies and the factor on cos/sin, with linear, Llama 3
+    (transformers' _compute_llama3_parameters: long wavelengths divided by `factor`, a smooth
+    blend between the low- and high-frequency wavelengths) or YaRN scaling."""
     inv = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
-    r = cfg.get("rope_scaling") or {}
+    r = cfg.get("rope_scaling") or cfg.get("rope_parameters") \
+        or (GPT_OSS_ROPE if cfg.get("model_type") == "gpt_oss" else {})
     kind = r.get("rope_type", r.get("type", "default"))
+    if kind == "yarn":
+        return yarn(cfg, r, d, theta)
     if kind == "linear":
-        return inv / r["factor"]
+        return inv / r["factor"], 1.0
     if kind == "llama3":
         factor, lo, hi = r["factor"], r["low_freq_factor"], r["high_freq_factor"]
         old = r["original_max_position_embeddings"]
@@ -47,17 +89,20 @@ def inv_freq(cfg, d, theta):
         smooth = (old / wavelen - lo) / (hi - lo)
         blended = (1 - smooth) * scaled / factor + smooth * scaled
         mid = (wavelen >= old / hi) & (wavelen <= old / lo)
-        return np.where(mid, blended, scaled)
+        return np.where(mid, blended, scaled), 1.0
     if kind != "default":
         raise SystemExit(f"rope scaling {kind} not handled")
-    return inv
+    return inv, 1.0
 
 
 # transformers' config defaults where they differ from llama's
-DEFAULT_THETA = {"smollm3": 2000000.0, "gemma3_text": 1000000.0, "mixtral": 1000000.0}
-DEFAULT_EPS = {"olmo2": 1e-5, "phi3": 1e-5, "mixtral": 1e-5}
+DEFAULT_THETA = {"smollm3": 2000000.0, "gemma3_text": 1000000.0, "mixtral": 1000000.0,
+                 "gpt_oss": 150000.0}
+DEFAULT_EPS = {"olmo2": 1e-5, "phi3": 1e-5, "mixtral": 1e-5, "gpt_oss": 1e-5}
 # Gemma2Config / Gemma3TextConfig: every this-many-th layer is full attention, the others slide
 GEMMA_PATTERN = {"gemma2": 2, "gemma3_text": 6}
+# and GptOssConfig's default layer_types alternate the same way, sliding first
+SLIDING_PATTERN = {**GEMMA_PATTERN, "gpt_oss": 2}
 GEMMA_DEFAULTS = {
     "gemma2": {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
     "gemma3_text": {},
@@ -69,10 +114,10 @@ def gelu_tanh(x):
 
 
 def sliding(cfg, layers):
-    """Per layer, whether it attends within the sliding window (Gemma's layer_types)."""
+    """Per layer, whether it attends within the sliding window (Gemma's, gpt-oss's layer_types)."""
     if cfg.get("layer_types"):
         return [t == "sliding_attention" for t in cfg["layer_types"][:layers]]
-    every = cfg.get("sliding_window_pattern") or GEMMA_PATTERN[cfg["model_type"]]
+    every = cfg.get("sliding_window_pattern") or SLIDING_PATTERN[cfg["model_type"]]
     return [(l + 1) % every != 0 for l in range(layers)]
 
 
@@ -153,6 +198,54 @@ def moe(cfg, mt, lin, h):
     return out
 
 
+# FP4 (e2m1) values of the 16 codes, as transformers' FP4_VALUES
+FP4 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+
+
+def mxfp4(blocks, scales):
+    """transformers' convert_moe_packed_tensors: blocks [E, out, in/32, 16] hold two FP4 codes a
+    byte, low nibble first; scales [E, out, in/32] are e8m0 exponents (bias 127) of each 32-value
+    block. Returns [E, in, out], the float experts' layout (the stored one is transposed)."""
+    v = np.empty(blocks.shape[:-1] + (32,))
+    v[..., 0::2], v[..., 1::2] = FP4[blocks & 0x0F], FP4[blocks >> 4]
+    v = np.ldexp(v, scales.astype(np.int32)[..., None] - 127)
+    return v.reshape(*blocks.shape[:2], -1).transpose(0, 2, 1)
+
+
+def expert_matrix(W, name):
+    """A gpt-oss expert stack [E, in, out], stored float or as MXFP4 blocks and scales (dequantized
+    per layer on use, so the packed form stays small in memory)."""
+    if name in W:
+        return W[name]
+    return mxfp4(W[name + "_blocks"], W[name + "_scales"])
+
+
+def gpt_oss_moe(cfg, W, p, lin, h):
+    """GptOssMLP: the router (with bias) picks the top num_experts_per_tok logits and softmaxes
+    just those; each expert is x @ gate_up + bias with gate and up interleaved (even and odd
+    columns), a clamped SwiGLU — gate capped above at swiglu_limit, up clamped to ±limit,
+    (up + 1) * gate * sigmoid(alpha * gate) — then @ down + bias."""
+    k, limit = cfg["num_experts_per_tok"], cfg.get("swiglu_limit", 7.0)
+    alpha = cfg.get("swiglu_alpha", 1.702)
+    pre = p + "mlp.experts."
+    gate_up, down = expert_matrix(W, pre + "gate_up_proj"), expert_matrix(W, pre + "down_proj")
+    gate_up_b, down_b = W[pre + "gate_up_proj_bias"], W[pre + "down_proj_bias"]
+    logits = lin("mlp.router", h)
+    out = np.zeros_like(h)
+    for t in range(h.shape[0]):
+        top = np.argsort(-logits[t], kind="stable")[:k]
+        w = np.exp(logits[t, top] - logits[t, top].max())
+        w /= w.sum()
+        for e, we in zip(top, w):
+            gu = h[t] @ gate_up[e] + gate_up_b[e]
+            g, u = np.minimum(gu[0::2], limit), np.clip(gu[1::2], -limit, limit)
+            # sigmoid as exp(-log(1 + e^-z)): the gate is unbounded below
+            glu = g * np.exp(-np.logaddexp(0, -alpha * g))
+            out[t] += we * ((u + 1) * glu @ down[e] + down_b[e])
+    return out
+
+
 def main():
     d = Path(sys.argv[1])
     cfg = json.loads((d / "config.json").read_text())
@@ -163,7 +256,11 @@ def main():
     H, KV = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     mt = cfg.get("model_type")
     gemma = mt in GEMMA_PATTERN
-    hd = cfg.get("head_dim") or (256 if gemma else cfg["hidden_size"] // H)
+    # gpt-oss (GptOssDecoderLayer): llama-shaped with q/k/v/o biases, YaRN rope, sliding layers
+    # (window 128 by default), attention sinks and its own MoE (gpt_oss_moe); GptOssConfig's
+    # head_dim defaults to 64, not hidden / heads
+    gpt_oss = mt == "gpt_oss"
+    hd = cfg.get("head_dim") or (256 if gemma else 64 if gpt_oss else cfg["hidden_size"] // H)
     eps = cfg.get("rms_norm_eps") or DEFAULT_EPS.get(mt, 1e-6)
     # OLMo 2 (Olmo2DecoderLayer): no norm before attention or MLP; their outputs are normed
     # (post_attention_layernorm, post_feedforward_layernorm), and q/k are normed over all heads
@@ -180,8 +277,8 @@ def main():
     norm_w = (lambda w: 1.0 + w) if gemma else (lambda w: w)
     extra = dict(GEMMA_DEFAULTS.get(mt, {}))
     extra.update({k: cfg[k] for k in ("attn_logit_softcapping", "final_logit_softcapping") if k in cfg})
-    window = cfg.get("sliding_window") if gemma else None
-    slides = sliding(cfg, L) if gemma else [False] * L
+    window = cfg.get("sliding_window", 128 if gpt_oss else None) if gemma or gpt_oss else None
+    slides = sliding(cfg, L) if gemma or gpt_oss else [False] * L
     local_theta = cfg.get("rope_local_base_freq", 10000.0) if mt == "gemma3_text" else theta
     scale = (cfg.get("query_pre_attn_scalar") or 256) ** -0.5 if gemma else 1 / np.sqrt(hd)
     T = len(ids)
@@ -224,7 +321,7 @@ def main():
         if phi3:
             inv, mscale = phi_inv, phi_mscale
         else:
-            inv, mscale = inv_freq(cfg, hd, local_theta if slides[l] else theta), 1.0
+            inv, mscale = inv_freq(cfg, hd, local_theta if slides[l] else theta)
         if roped[l]:
             q, k = rope(q, pos, inv, mscale), rope(k, pos, inv, mscale)
         rep = H // KV
@@ -238,8 +335,13 @@ def main():
             t, s_ = np.arange(T)[:, None], np.arange(T)[None, :]
             mask = np.where(t - s_ >= window, -np.inf, causal)
         att = att + mask
+        sinks = W.get(p + "self_attn.sinks")
+        if sinks is not None:
+            # gpt-oss: each head's learned sink logit joins every softmax row, then is dropped,
+            # so the kept weights sum to less than 1
+            att = np.concatenate([att, np.broadcast_to(sinks[:, None, None], (H, T, 1))], -1)
         att = np.exp(att - att.max(-1, keepdims=True))
-        att /= att.sum(-1, keepdims=True)
+        att = (att / att.sum(-1, keepdims=True))[..., :T]
         o = np.einsum("hts,shd->thd", att, v).reshape(T, H * hd)
         o = lin("self_attn.o_proj", o)
         if olmo2 or gemma:
@@ -250,6 +352,8 @@ def main():
             h = rms(x, W[p + "post_attention_layernorm.weight"], eps)
         if mt in MOE:
             m = moe(cfg, mt, lin, h)
+        elif gpt_oss:
+            m = gpt_oss_moe(cfg, W, p, lin, h)
         else:
             g, u = lin("mlp.gate_proj", h), lin("mlp.up_proj", h)
             m = lin("mlp.down_proj", (gelu_tanh(g) if gemma else g / (1 + np.exp(-g))) * u)

@@ -649,7 +649,10 @@ fn choose_target(
             if !excluded && dtype.is_float() && mixture::allows_quantization(out_name, shape.len())
             {
                 Target::Ggml(match f {
-                    Some(f) => mixture::tensor_type(f, out_name, &info, counters),
+                    Some(f) => {
+                        let experts = shape.len() == 3 && shape[0] > 1;
+                        mixture::tensor_type(f, out_name, experts, &info, counters)
+                    }
                     None => default_ggml,
                 })
             } else {

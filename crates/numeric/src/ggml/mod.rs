@@ -3,7 +3,7 @@
 //! [`GgmlType`] is GGUF's catalogue of tensor types (id, name, block geometry: one table,
 //! [`TYPES`]). The types we can write and read each have a [`BlockCodec`] in one file per
 //! family — [`float`] (F32, F16, BF16), [`legacy`] (Q4_0 … Q8_0), [`kquants`] (Q2_K … Q6_K),
-//! [`iq4`] (IQ4_NL, IQ4_XS) — registered once in [`CODECS`]. Everything else (targets accepted
+//! [`iq4`] (IQ4_NL, IQ4_XS), [`mxfp4`] (MXFP4) — registered once in [`CODECS`]. Everything else (targets accepted
 //! on the command line, help texts, `general.file_type`, llama-quantize's fallbacks, the grids
 //! GPTQ can choose codes on) is read from that registry.
 //!
@@ -15,6 +15,7 @@ pub mod float;
 pub mod iq4;
 pub mod kquants;
 pub mod legacy;
+pub mod mxfp4;
 
 use crate::rtn::{IntSpec, QParams};
 
@@ -95,7 +96,7 @@ pub const TYPES: [(GgmlType, u32, &str, usize, usize); 32] = [
 ];
 
 /// The types we encode and decode, one line each.
-pub static CODECS: [&dyn BlockCodec; 15] = [
+pub static CODECS: [&dyn BlockCodec; 16] = [
     &float::F32,
     &float::F16,
     &float::BF16,
@@ -111,6 +112,7 @@ pub static CODECS: [&dyn BlockCodec; 15] = [
     &kquants::Q6_K,
     &iq4::Iq4Nl,
     &iq4::Iq4Xs,
+    &mxfp4::MXFP4,
 ];
 
 /// How one ggml type is encoded and decoded. Row functions take whole rows (a multiple of the

@@ -23,10 +23,12 @@ pub enum Mix {
     Q4_K_M,
     Q5_K_S,
     Q5_K_M,
+    /// Experts MXFP4, every other quantized tensor Q8_0 (gpt-oss as released).
+    MXFP4_MOE,
 }
 
 /// (mixture, name, `general.file_type`, type of the tensors it does not single out).
-const MIXES: [(Mix, &str, u32, GgmlType); 7] = [
+const MIXES: [(Mix, &str, u32, GgmlType); 8] = [
     (Mix::Q3_K_S, "Q3_K_S", 11, GgmlType::Q3_K),
     (Mix::Q3_K_M, "Q3_K_M", 12, GgmlType::Q3_K),
     (Mix::Q3_K_L, "Q3_K_L", 13, GgmlType::Q3_K),
@@ -34,6 +36,7 @@ const MIXES: [(Mix, &str, u32, GgmlType); 7] = [
     (Mix::Q4_K_M, "Q4_K_M", 15, GgmlType::Q4_K),
     (Mix::Q5_K_S, "Q5_K_S", 16, GgmlType::Q5_K),
     (Mix::Q5_K_M, "Q5_K_M", 17, GgmlType::Q5_K),
+    (Mix::MXFP4_MOE, "MXFP4_MOE", 38, GgmlType::MXFP4),
 ];
 
 fn mix_row(m: Mix) -> &'static (Mix, &'static str, u32, GgmlType) {
@@ -52,19 +55,22 @@ impl Ftype {
     }
 
     /// Parses a llama-quantize type name; `Q3_K`, `Q4_K`, `Q5_K` are its aliases for the `_M`
-    /// mixtures.
+    /// mixtures, and `MXFP4` ours for `MXFP4_MOE`.
     pub fn parse(s: &str) -> Option<Ftype> {
         let u = s.to_ascii_uppercase();
         let alias = match u.as_str() {
             "Q3_K" => Some(Mix::Q3_K_M),
             "Q4_K" => Some(Mix::Q4_K_M),
             "Q5_K" => Some(Mix::Q5_K_M),
+            // MXFP4 has no file type of its own: it is the experts' type of MXFP4_MOE
+            "MXFP4" => Some(Mix::MXFP4_MOE),
             _ => MIXES.iter().find(|r| r.1 == u).map(|r| r.0),
         };
         if let Some(m) = alias {
             return Some(Ftype::Mix(m));
         }
         GgmlType::quantized_types()
+            .filter(|t| *t != GgmlType::MXFP4)
             .find(|t| t.name() == u)
             .map(Ftype::Pure)
     }
@@ -72,7 +78,12 @@ impl Ftype {
     /// Every file type, for help texts: the block types, then the mixtures.
     pub fn names() -> String {
         GgmlType::quantized_types()
-            .filter(|t| !matches!(t, GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K))
+            .filter(|t| {
+                !matches!(
+                    t,
+                    GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::MXFP4
+                )
+            })
             .map(|t| t.name())
             .chain(MIXES.iter().map(|r| r.1))
             .map(|n| n.to_ascii_lowercase())
@@ -139,13 +150,27 @@ fn use_more_bits(i: usize, n: usize) -> bool {
 }
 
 /// llama-quantize's choice for one tensor (before the row-length fallback), given its GGUF
-/// name; tensors must be visited in file order so the counters match.
-pub fn tensor_type(f: Ftype, name: &str, m: &ModelInfo, c: &mut Counters) -> GgmlType {
+/// name and whether it stacks several experts (a 3-D tensor of more than one matrix);
+/// tensors must be visited in file order so the counters match.
+pub fn tensor_type(
+    f: Ftype,
+    name: &str,
+    experts: bool,
+    m: &ModelInfo,
+    c: &mut Counters,
+) -> GgmlType {
     use Ftype::{Mix as M, Pure as P};
     use GgmlType as T;
     let mut t = f.default_type();
     let is_output = name == "output.weight";
     let is_embd = name == "token_embd.weight";
+    if f == M(Mix::MXFP4_MOE) {
+        return if experts && !is_output {
+            T::MXFP4
+        } else {
+            T::Q8_0
+        };
+    }
     if is_output || (m.tied_embeddings && is_embd) {
         // (the row-length check of this branch is applied by the caller's fallback)
         if t != T::Q8_0 {
@@ -251,7 +276,15 @@ mod tests {
         };
         let mut c = Counters::default();
         let v: Vec<GgmlType> = (0..32)
-            .map(|_| tensor_type(Ftype::Mix(Mix::Q4_K_M), "blk.0.attn_v.weight", &m, &mut c))
+            .map(|_| {
+                tensor_type(
+                    Ftype::Mix(Mix::Q4_K_M),
+                    "blk.0.attn_v.weight",
+                    false,
+                    &m,
+                    &mut c,
+                )
+            })
             .collect();
         let q6: Vec<usize> = v
             .iter()
@@ -265,18 +298,41 @@ mod tests {
             vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
         );
         assert_eq!(
-            tensor_type(Ftype::Mix(Mix::Q4_K_M), "output.weight", &m, &mut c),
+            tensor_type(Ftype::Mix(Mix::Q4_K_M), "output.weight", false, &m, &mut c),
             GgmlType::Q6_K
         );
         assert_eq!(
-            tensor_type(Ftype::Mix(Mix::Q4_K_M), "token_embd.weight", &m, &mut c),
+            tensor_type(
+                Ftype::Mix(Mix::Q4_K_M),
+                "token_embd.weight",
+                false,
+                &m,
+                &mut c
+            ),
             GgmlType::Q4_K
         );
         assert_eq!(
-            tensor_type(Ftype::Pure(GgmlType::Q8_0), "output.weight", &m, &mut c),
+            tensor_type(
+                Ftype::Pure(GgmlType::Q8_0),
+                "output.weight",
+                false,
+                &m,
+                &mut c
+            ),
             GgmlType::Q8_0
         );
         assert_eq!(Ftype::parse("q4_k"), Some(Ftype::Mix(Mix::Q4_K_M)));
         assert!(!allows_quantization("blk.0.attn_norm.weight", 1));
+        let mx = Ftype::Mix(Mix::MXFP4_MOE);
+        for (name, experts, want) in [
+            ("blk.0.ffn_down_exps.weight", true, GgmlType::MXFP4),
+            ("blk.0.attn_q.weight", false, GgmlType::Q8_0),
+            ("output.weight", false, GgmlType::Q8_0),
+            ("token_embd.weight", false, GgmlType::Q8_0),
+        ] {
+            assert_eq!(tensor_type(mx, name, experts, &m, &mut c), want, "{name}");
+        }
+        assert_eq!(Ftype::parse("mxfp4_moe"), Some(mx));
+        assert_eq!(Ftype::parse("mxfp4"), Some(mx));
     }
 }

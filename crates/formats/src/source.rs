@@ -4,6 +4,7 @@
 use crate::error::{file_err, io_err, tensor_err, Result};
 use crate::gguf::GgufFile;
 use crate::safetensors::{SafetensorsFile, StTensor};
+use qs_numeric::ggml::mxfp4;
 use qs_numeric::{DType, GgmlType};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -132,6 +133,85 @@ fn attach_block_scales(
     Ok(tensors)
 }
 
+/// Whether a view's stored tensors (`t`, in [`ViewSpec::stored`] order) fit it: their types
+/// and shapes for its shape. The error gives the index of the tensor at fault.
+fn check_view(spec: &ViewSpec, t: &[&SourceTensor]) -> std::result::Result<(), (usize, String)> {
+    let sh = &spec.shape;
+    let plain = |k: usize| {
+        let s = t[k];
+        if !s.info.dtype.is_float() || s.scale.is_some() || s.packed.is_some() || s.ggml.is_some() {
+            return Err((
+                k,
+                format!(
+                    "is {}, not a float tensor {} can read",
+                    s.info.dtype, spec.name
+                ),
+            ));
+        }
+        Ok(())
+    };
+    let want = |k: usize, shape: Vec<usize>, dtype: Option<DType>| {
+        let s = t[k];
+        if s.info.shape != shape || dtype.is_some_and(|d| d != s.info.dtype) {
+            return Err((
+                k,
+                format!(
+                    "is {} {:?}, but {} {:?} needs {}{:?}",
+                    s.info.dtype,
+                    s.info.shape,
+                    spec.name,
+                    sh,
+                    dtype.map_or(String::new(), |d| format!("{d} ")),
+                    shape
+                ),
+            ));
+        }
+        Ok(())
+    };
+    let (need, step, offset) = match spec.kind {
+        ViewKind::Transposed { step, offset } | ViewKind::Mxfp4 { step, offset } => {
+            (3, step, offset)
+        }
+        ViewKind::Columns { step, offset } => (2, step, offset),
+    };
+    if sh.len() != need
+        || t.len()
+            != if matches!(spec.kind, ViewKind::Mxfp4 { .. }) {
+                2
+            } else {
+                1
+            }
+        || step == 0
+        || offset >= step
+    {
+        return Err((0, format!("cannot be read as {} {sh:?}", spec.name)));
+    }
+    match spec.kind {
+        ViewKind::Transposed { .. } => {
+            plain(0)?;
+            want(0, vec![sh[0], sh[2], sh[1] * step], None)
+        }
+        ViewKind::Columns { .. } => {
+            plain(0)?;
+            want(0, vec![sh[0], sh[1] * step], None)
+        }
+        ViewKind::Mxfp4 { .. } => {
+            if sh[2] % mxfp4::QK != 0 {
+                return Err((
+                    0,
+                    format!(
+                        "{} has rows of {} values: MXFP4 blocks are 32",
+                        spec.name, sh[2]
+                    ),
+                ));
+            }
+            let nb = sh[2] / mxfp4::QK;
+            want(0, vec![sh[0], sh[1] * step, nb, 16], Some(DType::U8))?;
+            want(1, vec![sh[0], sh[1] * step, nb], Some(DType::U8))
+        }
+    }
+}
+
 /// Name of the sharded-checkpoint index.
 pub const INDEX_NAME: &str = "model.safetensors.index.json";
 
@@ -171,6 +251,50 @@ pub struct SourceTensor {
     /// [`ModelSource::slots`], in order. Its `info` holds the stacked shape, its bytes are the
     /// parts'.
     pub stacked: Option<Vec<usize>>,
+    /// A tensor read through a rearrangement of stored ones ([`View`]).
+    pub view: Option<Box<View>>,
+}
+
+/// A logical tensor whose values are stored tensors rearranged: a checkpoint's fused,
+/// transposed or MXFP4 experts (gpt-oss) read as the per-projection `[experts, rows, cols]`
+/// tensors llama.cpp's converter writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub kind: ViewKind,
+    /// The stored tensors it reads (indices into [`ModelSource::slots`]), as `kind` says.
+    pub slots: Vec<usize>,
+    /// Written before the other tensors (the converter's `generate_extra_tensors`).
+    pub early: bool,
+    /// The name it is ordered under among the tensors the converter writes.
+    pub sort_name: String,
+}
+
+/// How a [`View`] reads its stored tensors (`[E, n, cols]` is its shape, `e` an expert, `j` a
+/// row, `i` a column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewKind {
+    /// One float tensor `[E, cols, m]`, transposed: `out[e, j, i] = s[e, i, offset + step·j]`.
+    Transposed { step: usize, offset: usize },
+    /// One float tensor `[E, m]`: `out[e, j] = s[e, offset + step·j]`.
+    Columns { step: usize, offset: usize },
+    /// OCP Microscaling FP4 codes `[E, m, cols/32, 16]` (u8) and their E8M0 exponents
+    /// `[E, m, cols/32]` (u8): row `j` of expert `e` is stored row `offset + step·j`. The view
+    /// is a ggml MXFP4 tensor ([`ModelSource::ggml_rows`] gives its blocks).
+    Mxfp4 { step: usize, offset: usize },
+}
+
+/// A view to make ([`ModelSource::view`]): its name and shape, how it reads, the stored
+/// tensors' names in the order `kind` reads them, whether the converter writes it early, and
+/// the name it sorts under (a stored tensor's, whose file it counts as being in, plus a
+/// suffix ordering views made from one tensor).
+#[derive(Debug, Clone)]
+pub struct ViewSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: ViewKind,
+    pub stored: Vec<String>,
+    pub early: bool,
+    pub sort_as: (String, String),
 }
 
 /// How a packed weight is stored: its layout and the tensors holding its slots, in the
@@ -285,6 +409,7 @@ impl ModelSource {
                     scale: None,
                     packed: None,
                     stacked: None,
+                    view: None,
                 });
             }
         }
@@ -368,6 +493,7 @@ impl ModelSource {
                     scale: None,
                     packed: Some(Box::new(Packed { scheme, slots })),
                     stacked: None,
+                    view: None,
                 },
             ));
         }
@@ -483,6 +609,7 @@ impl ModelSource {
                 scale: None,
                 packed: None,
                 stacked: Some(slots),
+                view: None,
             });
         }
         self.tensors.retain(|t| !taken.contains_key(&t.info.name));
@@ -490,11 +617,208 @@ impl ModelSource {
         Ok(())
     }
 
+    /// Replaces stored tensors by views of them ([`ViewSpec`]); the stored tensors leave the
+    /// tensor list for [`ModelSource::slots`]. An error names a missing stored tensor or one
+    /// whose type or shape does not fit its view.
+    pub fn view(&mut self, specs: Vec<ViewSpec>) -> Result<()> {
+        let index: HashMap<String, usize> = self
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.info.name.clone(), i))
+            .collect();
+        let mut taken: HashMap<String, usize> = HashMap::new();
+        let mut made = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let mut stored = Vec::with_capacity(spec.stored.len());
+            for n in &spec.stored {
+                let Some(&i) = index.get(n) else {
+                    return Err(tensor_err(
+                        &self.input,
+                        n,
+                        format!("missing: {} is read from it", spec.name),
+                    ));
+                };
+                stored.push(i);
+            }
+            let infos: Vec<&SourceTensor> = stored.iter().map(|&i| &self.tensors[i]).collect();
+            if let Err((k, msg)) = check_view(&spec, &infos) {
+                let t = infos[k];
+                return Err(tensor_err(self.path_of(t), &t.info.name, msg));
+            }
+            let mut slots = Vec::with_capacity(stored.len());
+            for &i in &stored {
+                let n = &self.tensors[i].info.name;
+                let at = *taken.entry(n.clone()).or_insert_with(|| {
+                    self.slots.push(self.tensors[i].clone());
+                    self.slots.len() - 1
+                });
+                slots.push(at);
+            }
+            let file = index
+                .get(&spec.sort_as.0)
+                .map_or(infos[0].file, |&i| self.tensors[i].file);
+            let (dtype, ggml) = match spec.kind {
+                ViewKind::Mxfp4 { .. } => (DType::F32, Some(GgmlType::MXFP4)),
+                _ => (infos[0].info.dtype, None),
+            };
+            let cols = spec.shape.last().copied().unwrap_or(1);
+            let rows: usize = spec.shape[..spec.shape.len() - 1].iter().product();
+            let bytes = rows
+                * match ggml {
+                    Some(g) => g.row_bytes(cols),
+                    None => cols * dtype.size(),
+                };
+            made.push(SourceTensor {
+                file,
+                generated: false,
+                info: StTensor {
+                    name: spec.name,
+                    dtype,
+                    shape: spec.shape,
+                    start: 0,
+                    end: bytes,
+                },
+                ggml,
+                scale: None,
+                packed: None,
+                stacked: None,
+                view: Some(Box::new(View {
+                    kind: spec.kind,
+                    slots,
+                    early: spec.early,
+                    sort_name: format!("{}{}", spec.sort_as.0, spec.sort_as.1),
+                })),
+            });
+        }
+        self.tensors.retain(|t| !taken.contains_key(&t.info.name));
+        self.tensors.extend(made);
+        Ok(())
+    }
+
+    /// Rows `r0..r1` of a view, decoded into `out`.
+    fn view_rows(&self, t: &SourceTensor, v: &View, r0: usize, r1: usize, out: &mut [f32]) {
+        let shape = &t.info.shape;
+        let cols = shape.last().copied().unwrap_or(1).max(1);
+        let n = shape
+            .get(shape.len().wrapping_sub(2))
+            .copied()
+            .unwrap_or(1)
+            .max(1);
+        let s = &self.slots[v.slots[0]];
+        let bytes = self.bytes(s);
+        match v.kind {
+            ViewKind::Transposed { step, offset } => {
+                // per expert, each stored row (one input column) gives a strided span of the
+                // wanted output rows
+                let m = s.info.shape[2];
+                let size = s.info.dtype.size();
+                let mut span = Vec::new();
+                let mut r = r0;
+                while r < r1 {
+                    let (e, j0) = (r / n, r % n);
+                    let j1 = n.min(j0 + (r1 - r));
+                    let (c0, c1) = (offset + step * j0, offset + step * (j1 - 1) + 1);
+                    span.resize(c1 - c0, 0f32);
+                    for i in 0..cols {
+                        let at = ((e * cols + i) * m + c0) * size;
+                        let end = at + (c1 - c0) * size;
+                        qs_numeric::dtype::decode_f32(s.info.dtype, &bytes[at..end], &mut span);
+                        for j in j0..j1 {
+                            out[(r - r0 + j - j0) * cols + i] = span[(j - j0) * step];
+                        }
+                    }
+                    r += j1 - j0;
+                }
+            }
+            ViewKind::Columns { step, offset } => {
+                let m = s.info.shape[1];
+                let mut row = vec![0f32; m];
+                let size = s.info.dtype.size();
+                for (k, o) in out.chunks_mut(cols).enumerate() {
+                    let e = r0 + k;
+                    let src = &bytes[e * m * size..(e + 1) * m * size];
+                    qs_numeric::dtype::decode_f32(s.info.dtype, src, &mut row);
+                    for (j, x) in o.iter_mut().enumerate() {
+                        *x = row[offset + step * j];
+                    }
+                }
+            }
+            ViewKind::Mxfp4 { .. } => {
+                let rb = GgmlType::MXFP4.row_bytes(cols);
+                let mut blocks = vec![0u8; (r1 - r0) * rb];
+                self.ggml_rows(t, r0, r1, &mut blocks);
+                for (b, o) in blocks.chunks(rb).zip(out.chunks_mut(cols)) {
+                    qs_numeric::ggml::dequantize_row(GgmlType::MXFP4, b, o);
+                }
+            }
+        }
+    }
+
+    /// Rows `r0..r1` of a view that is a ggml tensor (MXFP4 experts) as that type's blocks, in
+    /// `out` (`(r1 - r0) × row bytes`); nothing for another tensor.
+    pub fn ggml_rows(&self, t: &SourceTensor, r0: usize, r1: usize, out: &mut [u8]) {
+        let Some(v) = &t.view else { return };
+        let ViewKind::Mxfp4 { step, offset } = v.kind else {
+            return;
+        };
+        let shape = &t.info.shape;
+        let cols = shape.last().copied().unwrap_or(1);
+        let n = shape[shape.len() - 2].max(1);
+        let (codes, scales) = (&self.slots[v.slots[0]], &self.slots[v.slots[1]]);
+        let (codes, scales) = (self.bytes(codes), self.bytes(scales));
+        let m = n * step;
+        let nb = cols / mxfp4::QK;
+        let rb = nb * mxfp4::BLOCK_BYTES;
+        for (k, o) in out.chunks_mut(rb).take(r1 - r0).enumerate() {
+            let r = r0 + k;
+            let sr = (r / n) * m + offset + step * (r % n);
+            for b in 0..nb {
+                let c = &codes[(sr * nb + b) * 16..(sr * nb + b + 1) * 16];
+                let block = &mut o[b * mxfp4::BLOCK_BYTES..(b + 1) * mxfp4::BLOCK_BYTES];
+                mxfp4::from_microscaling(c, scales[sr * nb + b], block);
+            }
+        }
+    }
+
+    /// Drops the pages of the stored rows a view's rows `r0..r1` read: the MXFP4 rows
+    /// themselves; a transposed or column view's expert once its last row is read (its other
+    /// rows re-read what they still need).
+    fn release_view_rows(&self, t: &SourceTensor, v: &View, r0: usize, r1: usize) {
+        let shape = &t.info.shape;
+        let n = shape[shape.len() - 2].max(1);
+        match v.kind {
+            ViewKind::Mxfp4 { step, offset } => {
+                let cols = shape.last().copied().unwrap_or(1);
+                let nb = cols / mxfp4::QK;
+                for r in r0..r1 {
+                    let sr = (r / n) * n * step + offset + step * (r % n);
+                    let (c, s) = (&self.slots[v.slots[0]], &self.slots[v.slots[1]]);
+                    self.release(c, sr * nb * 16, (sr + 1) * nb * 16);
+                    self.release(s, sr * nb, (sr + 1) * nb);
+                }
+            }
+            ViewKind::Transposed { .. } | ViewKind::Columns { .. } => {
+                let s = &self.slots[v.slots[0]];
+                let per_expert = (s.info.end - s.info.start) / shape[0].max(1);
+                let rows_per = if shape.len() == 3 { n } else { 1 };
+                for e in r0 / rows_per..r1.div_ceil(rows_per) {
+                    if (e + 1) * rows_per <= r1 {
+                        self.release(s, e * per_expert, (e + 1) * per_expert);
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether reading `t` decodes a quantized form (block-scaled FP8, a packed layout, ggml
     /// blocks), as opposed to widening stored floats.
     pub fn dequantized(&self, t: &SourceTensor) -> bool {
         t.scale.is_some()
             || t.packed.is_some()
+            || t.view
+                .as_ref()
+                .is_some_and(|v| matches!(v.kind, ViewKind::Mxfp4 { .. }))
             || t.ggml.is_some()
             || t.stacked
                 .as_ref()
@@ -504,7 +828,7 @@ impl ModelSource {
     /// Whether `t`'s stored bytes are its bytes in the order an output holds them, so they can
     /// be copied (not a decoded or stacked tensor).
     pub fn copyable(&self, t: &SourceTensor) -> bool {
-        t.scale.is_none() && t.packed.is_none() && t.stacked.is_none()
+        t.scale.is_none() && t.packed.is_none() && t.stacked.is_none() && t.view.is_none()
     }
 
     /// Rows `r0..r1` of a stacked tensor as spans of its parts: (part, its rows `pr0..pr1`,
@@ -537,6 +861,9 @@ impl ModelSource {
     /// consumer goes through.
     pub fn read_rows(&self, t: &SourceTensor, r0: usize, r1: usize, out: &mut [f32]) {
         let cols = t.info.shape.last().copied().unwrap_or(1).max(1);
+        if let Some(v) = &t.view {
+            return self.view_rows(t, v, r0, r1, out);
+        }
         if t.stacked.is_some() {
             for (part, pr0, pr1, at) in self.stacked_spans(t, r0, r1) {
                 let o = &mut out[at * cols..(at + pr1 - pr0) * cols];
@@ -635,6 +962,7 @@ impl ModelSource {
                 scale: None,
                 packed: None,
                 stacked: None,
+                view: None,
             });
         }
         Ok(ModelSource {
@@ -666,6 +994,7 @@ impl ModelSource {
             scale: None,
             packed: None,
             stacked: None,
+            view: None,
         });
         self.generated.push((from, bytes));
     }
@@ -704,6 +1033,9 @@ impl ModelSource {
     /// Drops the resident pages of rows `r0..r1` of `t` (a stacked tensor's from its parts; a
     /// packed one keeps its slots' pages, which several rows share).
     pub fn release_rows(&self, t: &SourceTensor, r0: usize, r1: usize) {
+        if let Some(v) = &t.view {
+            return self.release_view_rows(t, v, r0, r1);
+        }
         if t.stacked.is_some() {
             for (part, pr0, pr1, _) in self.stacked_spans(t, r0, r1) {
                 self.release_rows(part, pr0, pr1);

@@ -220,7 +220,7 @@ impl HParams {
             };
         }
         match module {
-            "mlp.gate" | "block_sparse_moe.gate" => Some(Ok(vec![n, e])),
+            "mlp.gate" | "block_sparse_moe.gate" | "mlp.router" => Some(Ok(vec![n, e])),
             // (a GGUF written by llama-quantize drops the leading 1)
             "mlp.shared_expert_gate" if dims == 1 => Some(Ok(vec![e])),
             "mlp.shared_expert_gate" => Some(Ok(vec![Some(1), e])),
@@ -259,6 +259,11 @@ impl HParams {
                 let (module, sfx) = part.rsplit_once('.').unwrap_or((part, ""));
                 if let Some(want) = self.moe_shape(module, shape.len()) {
                     match want {
+                        // a bias has one value per output row
+                        Ok(mut w) if sfx == "bias" => {
+                            w.pop();
+                            w
+                        }
                         Ok(w) => w,
                         Err(msg) => return bad(msg),
                     }

@@ -356,6 +356,22 @@ pub const FAMILIES: &[Family] = &[
         moe: Some(QWEN_MOE),
         ..llama_like("qwen3_moe", 10000.0)
     },
+    Family {
+        rms_norm_eps: 1e-5,
+        sliding_interval: Some(2),
+        defaults: &[
+            ("head_dim", 64.0),
+            ("sliding_window", 128.0),
+            ("swiglu_limit", 7.0),
+        ],
+        moe: Some(MoeNames {
+            router: "mlp.router",
+            // a softmax over the chosen experts' logits
+            renorm_key: None,
+            ..QWEN_MOE
+        }),
+        ..llama_like("gpt_oss", 150_000.0)
+    },
 ];
 
 /// The layer and projection (`Gate`, `Up`, `Down`) of a mixture of experts' stacked tensor

@@ -137,14 +137,19 @@ fn stored<'a>(src: &'a ModelSource, t: &'a SourceTensor) -> Stored<'a> {
 /// A quantized safetensors checkpoint (GPTQ, AWQ, compressed-tensors: `quantization_config`
 /// in config.json) as an input: each weight a layout's reader claims becomes one tensor read by
 /// decoding its stored tensors ([`ModelSource::pack`]), so the run quantizes the dequantized
-/// weights. Block-scaled FP8 is handled as the source is opened; other inputs are unchanged.
+/// weights. Block-scaled FP8 is handled as the source is opened, MXFP4 experts by the
+/// architecture ([`crate::arch::expert_views`]); other inputs are unchanged.
 pub(crate) fn unpack_quantized(src: &mut ModelSource) -> Result<()> {
-    let quantized = src
+    let qc = src
         .config
         .as_ref()
-        .and_then(|c| c.get("quantization_config"))
-        .is_some();
-    if !quantized || src.gguf.is_some() || src.block_scaled() {
+        .and_then(|c| c.get("quantization_config"));
+    // MXFP4 experts (gpt-oss) are read through the architecture's views as GGUF is written
+    let mxfp4 = qc
+        .and_then(|q| q.get("quant_method"))
+        .and_then(|m| m.as_str())
+        == Some("mxfp4");
+    if qc.is_none() || mxfp4 || src.gguf.is_some() || src.block_scaled() {
         return Ok(());
     }
     let weights: Vec<(String, Vec<usize>, Scheme, Vec<String>)> = {

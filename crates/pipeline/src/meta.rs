@@ -30,10 +30,18 @@ pub fn gguf_metadata(
 ) -> Result<Vec<(String, Value)>> {
     let mut kvs: Vec<(String, Value)> = Vec::new();
     let converter_style = crate::plan::converter_layout(src, cfg);
-    let ft = plan
-        .mixture
-        .map(|m| m.id())
-        .or_else(|| file_type(cfg.target));
+    // a float conversion of a checkpoint with MXFP4 experts, which it keeps, is llama.cpp's
+    // MXFP4_MOE (as its converter records it)
+    let keeps_mxfp4 = src
+        .tensors
+        .iter()
+        .any(|t| t.view.is_some() && t.ggml.is_some());
+    let ft = plan.mixture.map(|m| m.id()).or_else(|| match cfg.target {
+        Target::Float(_) if keeps_mxfp4 && src.gguf.is_none() => {
+            Some(crate::mixture::Ftype::Mix(crate::mixture::Mix::MXFP4_MOE).id())
+        }
+        t => file_type(t),
+    });
     if let Some(g) = &src.gguf {
         // a GGUF input keeps its metadata (architecture, tokenizer, provenance); what this run
         // decides is written below

@@ -246,6 +246,8 @@ pub fn prepare_conversion(src: &mut ModelSource, cfg: &QuantizeConfig) -> Result
     }
     let groups = arch::expert_groups(arch, src)?;
     src.stack(groups)?;
+    let views = arch::expert_views(arch, src)?;
+    src.view(views)?;
     Ok(())
 }
 
@@ -313,13 +315,20 @@ pub fn make_plan(
             cfg.target.name()
         )));
     }
-    // block-scaled FP8 is dequantized as it is read (`ModelSource::apply_scale`); other
-    // quantized checkpoints are refused
+    // block-scaled FP8 is dequantized as it is read (`ModelSource::apply_scale`), packed
+    // layouts are unpacked, MXFP4 experts are read as ggml blocks; other quantized checkpoints
+    // are refused
     if let Some(qc) = src
         .config
         .as_ref()
         .and_then(|c| c.get("quantization_config"))
-        .filter(|_| !src.block_scaled() && !src.tensors.iter().any(|t| t.packed.is_some()))
+        .filter(|_| {
+            !src.block_scaled()
+                && !src
+                    .tensors
+                    .iter()
+                    .any(|t| t.packed.is_some() || (t.view.is_some() && t.ggml.is_some()))
+        })
     {
         let method = qc
             .get("quant_method")
@@ -437,7 +446,22 @@ pub fn make_plan(
                 "is {dtype}, not a float tensor: it can only be kept as is"
             )));
         }
-        let (action, target, note) = choose_action(kind, target, dtype, shape, cfg, &terr)?;
+        let (action, mut target, mut note) = choose_action(kind, target, dtype, shape, cfg, &terr)?;
+        // blocks GGUF stores natively in the checkpoint (gpt-oss's MXFP4 experts) stay as they
+        // are, as llama.cpp's converter keeps them, unless re-quantizing is asked for
+        let action = match (st.view.as_ref().and(st.ggml), action) {
+            (Some(q), Action::Encode(Scheme::Ggml(GgmlBlocks(t))))
+                if kind == OutputKind::Gguf && t != q && cfg.allow_requantize =>
+            {
+                Action::Encode(Scheme::Ggml(GgmlBlocks(t)))
+            }
+            (Some(q), Action::Encode(_)) if kind == OutputKind::Gguf => {
+                target = Target::Ggml(q);
+                note = Some(format!("{q} in the checkpoint: kept"));
+                Action::Copy
+            }
+            (_, a) => a,
+        };
         // a tensor already quantized (GGUF input): kept as is, decoded to float, or (only when
         // asked) re-quantized
         let action = match (st.ggml, action) {
@@ -458,7 +482,9 @@ pub fn make_plan(
         };
         // a permuted, shifted, decoded or stacked tensor is re-encoded (exactly, in its own float type) rather
         // than copied
-        let action = match (action, permute.is_some() || shift || !src.copyable(st)) {
+        // (blocks a view rearranges are copied as blocks: `ModelSource::ggml_rows`)
+        let rearranged = !src.copyable(st) && st.ggml.is_none();
+        let action = match (action, permute.is_some() || shift || rearranged) {
             (Action::Copy, true) if dtype.is_float() => {
                 Action::Encode(Scheme::Float(FloatLayout {
                     dtype: gguf_float(dtype),
@@ -634,9 +660,11 @@ fn choose_target(
         .or(forced);
     // llama.cpp's converter writes routers F32 whatever the output type, and llama-quantize
     // keeps them so
+    // (and every tensor whose name does not end in `.weight`: biases, even 2-D ones)
     let router = converted
         && (out_name.ends_with("ffn_gate_inp.weight")
-            || out_name.ends_with("ffn_gate_inp_shexp.weight"));
+            || out_name.ends_with("ffn_gate_inp_shexp.weight")
+            || !out_name.ends_with(".weight"));
     match (forced, llama_mix) {
         (Some(t), _) => t,
         (None, _) if router && dtype.is_float() => Target::Float(DType::F32),
@@ -690,17 +718,24 @@ fn tensor_order(src: &ModelSource, conv: Option<&Conv<'_>>, converter: bool) -> 
     let mut order: Vec<usize> = (0..src.tensors.len()).collect();
     if let Some(cv) = conv {
         if converter {
-            // generated tensors come first, as the converter yields them first; weights it
-            // dequantizes from a GPTQ or compressed-tensors layout come last
-            order.sort_by(|&a, &b| {
-                let (ta, tb) = (&src.tensors[a], &src.tensors[b]);
-                (!ta.generated, ta.packed.is_some(), ta.file, &ta.info.name).cmp(&(
-                    !tb.generated,
-                    tb.packed.is_some(),
-                    tb.file,
-                    &tb.info.name,
-                ))
-            });
+            // generated tensors come first, as the converter yields them first (and the
+            // MXFP4 experts it repacks before reading the rest); weights it dequantizes from a
+            // GPTQ or compressed-tensors layout come last; a view sorts as the stored tensor
+            // the converter makes it from
+            let key = |i: usize| {
+                let t = &src.tensors[i];
+                let early = t.view.as_ref().is_some_and(|v| v.early);
+                let rank = if t.generated {
+                    0
+                } else if early {
+                    1
+                } else {
+                    2
+                };
+                let name = t.view.as_ref().map_or(&t.info.name, |v| &v.sort_name);
+                (rank, t.packed.is_some(), t.file, name.clone())
+            };
+            order.sort_by_cached_key(|&i| key(i));
         } else {
             let key = |i: usize| match cv.map(&src.tensors[i].info.name) {
                 Ok(Mapped::Tensor { name, .. }) => (layer_of(&name), name),

@@ -710,6 +710,19 @@ fn run_chunk<'a>(
                 decode_rows(src, tp, r0, r1, cfg.allow_nonfinite)?;
             }
             res.stats.n = ((r1 - r0) * cols) as u64;
+            if st.view.is_some() {
+                // blocks rearranged from a checkpoint's layout (MXFP4 experts)
+                let mut b = vec![0u8; b1 - b0];
+                src.ggml_rows(st, r0, r1, &mut b);
+                src.release_rows(st, r0, r1);
+                send(
+                    tx,
+                    (offsets[0].0, offsets[0].1 + b0 as u64),
+                    Bytes::Owned(b),
+                    &cfg.input,
+                )?;
+                return Ok(res);
+            }
             // the writer releases these pages once they are written
             send(
                 tx,

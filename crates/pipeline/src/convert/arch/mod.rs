@@ -14,6 +14,7 @@ use serde_json::Value as Json;
 
 mod gemma2;
 mod gemma3;
+mod gpt_oss;
 mod llama;
 mod mixtral;
 mod olmo2;
@@ -37,6 +38,7 @@ pub const ARCHS: &[Arch] = &[
     mixtral::ARCH,
     qwen2moe::ARCH,
     qwen3moe::ARCH,
+    gpt_oss::ARCH,
 ];
 
 /// What differs between the architectures we convert.
@@ -88,7 +90,17 @@ pub struct Arch {
     pub fused: &'static [(&'static str, &'static str)],
     /// A mixture of experts in every layer's feed-forward block.
     pub moe: Option<Moe>,
+    /// Layer tensors stored without a `.weight` suffix: HF name under `model.layers.N.` →
+    /// llama.cpp's under `blk.N.` (gpt-oss's attention sinks).
+    pub bare: &'static [(&'static str, &'static str)],
+    /// Tensors the checkpoint stores rearranged (gpt-oss's fused, transposed or MXFP4
+    /// experts): the views read as the tensors [`map_tensor`] names ([`ModelSource::view`]).
+    /// The experts are then not stacked from per-expert tensors.
+    pub views: Option<Views>,
 }
+
+/// See [`Arch::views`]: the checkpoint and its hyper-parameters → the views to make.
+pub type Views = fn(&ModelSource, &HParams) -> Result<Vec<qs_formats::source::ViewSpec>>;
 
 /// A mixture-of-experts layer as the converter writes it: each projection's per-expert
 /// matrices (`model.layers.N.{experts}.E.{proj}.weight`) stacked into one 3-D tensor, read
@@ -151,6 +163,8 @@ pub const TEXT: Arch = Arch {
     layer_norms: LLAMA_NORMS,
     fused: &[],
     moe: None,
+    bare: &[],
+    views: None,
 };
 
 /// See [`Arch::hf_keys`]: GGUF key lookup, block count, config.json to complete.
@@ -194,6 +208,9 @@ pub enum OwnKey {
     ExpertFf,
     /// `{arch}.expert_shared_feed_forward_length`, when given.
     ExpertSharedFf,
+    /// `{arch}.expert_feed_forward_length` from `intermediate_size` (gpt-oss: its experts'
+    /// width).
+    ExpertFfIsFf,
 }
 
 /// How the converter reads a model's vocabulary.
@@ -634,6 +651,10 @@ fn own_keys(arch: &Arch, c: &Json, hp: &HParams) -> Result<Vec<(String, Value)>>
                     None => continue,
                 }
             }
+            OwnKey::ExpertFfIsFf => match hp.n_ff {
+                Some(n) => ("expert_feed_forward_length", Value::U32(n as u32)),
+                None => return Err(cfg_err("lacks intermediate_size".into())),
+            },
             OwnKey::SlidingWindowOrZero => {
                 let w = get_u64(c, &["sliding_window"], MAX_CONTEXT)?.unwrap_or(0);
                 ("attention.sliding_window", Value::U32(w as u32))
@@ -914,6 +935,9 @@ pub fn expert_groups(arch: &Arch, src: &ModelSource) -> Result<Vec<(String, usiz
     let hp = hparams_of(c)?;
     // (a config llama.cpp would not honour is refused before its experts are looked for)
     check_moe(arch, c, &hp)?;
+    if arch.views.is_some() {
+        return Ok(vec![]);
+    }
     let Some(m) = hp.moe else {
         return Ok(vec![]);
     };
@@ -944,6 +968,16 @@ pub fn expert_groups(arch: &Arch, src: &ModelSource) -> Result<Vec<(String, usiz
     Ok(groups)
 }
 
+/// The views of a checkpoint that stores tensors rearranged ([`Arch::views`]); none for
+/// another.
+pub fn expert_views(arch: &Arch, src: &ModelSource) -> Result<Vec<qs_formats::source::ViewSpec>> {
+    let Some(views) = arch.views else {
+        return Ok(vec![]);
+    };
+    let c = src.config.as_ref().unwrap_or(&Json::Null);
+    views(src, &hparams_of(c)?)
+}
+
 /// HF tensor name → GGUF name (and permutation), or an error naming the tensor.
 pub fn map_tensor(arch: &Arch, c: &Json, hf: &str) -> Result<Mapped> {
     if hf.ends_with("rotary_emb.inv_freq") || arch.dropped.contains(&hf) {
@@ -956,6 +990,21 @@ pub fn map_tensor(arch: &Arch, c: &Json, hf: &str) -> Result<Mapped> {
             arch.name
         ))
     };
+    if let Some((bid, part)) = hf
+        .strip_prefix("model.layers.")
+        .and_then(|r| r.split_once('.'))
+    {
+        if let (Some((_, gg)), Ok(bid)) = (
+            arch.bare.iter().find(|(h, _)| *h == part),
+            bid.parse::<usize>(),
+        ) {
+            return Ok(Mapped::Tensor {
+                name: format!("blk.{bid}.{gg}"),
+                permute_heads: None,
+                shift,
+            });
+        }
+    }
     let (stem, suffix) = match hf.rsplit_once('.') {
         Some((s, x @ ("weight" | "bias"))) => (s, x),
         _ => return Err(unknown()),

@@ -204,11 +204,17 @@ fn float_conversions_equal_llama_cpp_converter() {
         "mixtral",
         "qwen2_moe",
         "qwen3_moe",
+        "gpt_oss",
     ] {
         let m = d.path().join(mt);
         synthetic_model(&m, mt, family_layers(mt), 256, 512, 4, 2);
         cases.push((m, "bf16", Some("gpt-2")));
     }
+    // gpt-oss as released: MXFP4 experts, kept MXFP4 (in an f16 file as in a bf16 one)
+    let mx = d.path().join("gpt_oss-mxfp4");
+    crate::llama::mxfp4_gpt_oss(&d.path().join("gpt_oss"), &mx);
+    cases.push((mx.clone(), "bf16", Some("gpt-2")));
+    cases.push((mx, "f16", Some("gpt-2")));
     cases.push((d.path().join("smollm3"), "f16", Some("gpt-2")));
     // block-scaled FP8 weights, dequantized as the converter dequantizes them
     let fp8 = block_fp8_model(d.path());
@@ -253,6 +259,7 @@ fn one_pass_equals_converter_then_llama_quantize() {
         "mixtral",
         "qwen2_moe",
         "qwen3_moe",
+        "gpt_oss",
     ] {
         let m = d.path().join(mt);
         synthetic_model(&m, mt, family_layers(mt), 256, 512, 4, 2);
@@ -275,6 +282,63 @@ fn one_pass_equals_converter_then_llama_quantize() {
             let a = d.path().join(format!("ours-{k}-{ft}.gguf"));
             ours(&m, &a, &ft.to_lowercase());
             assert_identical(&a, &theirs, &what);
+        }
+    }
+}
+
+/// gpt-oss to llama-quantize's MXFP4_MOE (experts MXFP4, the rest Q8_0), from float experts
+/// (quantized to MXFP4 as ggml does) and from MXFP4 experts (kept); and an MXFP4 checkpoint to
+/// the K-quant mixtures keeps its experts MXFP4, as llama-quantize does when told to keep them
+/// (`--tensor-type exps=mxfp4`: without it, it refuses to re-quantize them), and re-quantizes
+/// them with --allow-requantize as llama-quantize --allow-requantize does.
+#[test]
+fn gpt_oss_mxfp4_equals_converter_then_llama_quantize() {
+    let d = tempfile::tempdir().unwrap();
+    let float = d.path().join("gpt_oss");
+    synthetic_model(&float, "gpt_oss", 2, 256, 512, 4, 2);
+    let mx = d.path().join("gpt_oss-mxfp4");
+    crate::llama::mxfp4_gpt_oss(&float, &mx);
+    for (k, m) in [&float, &mx].into_iter().enumerate() {
+        let bf16 = d.path().join(format!("theirs-{k}-bf16.gguf"));
+        convert(m, &bf16, "bf16", Some("gpt-2"));
+        let mut runs: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![("MXFP4_MOE", vec![], vec![])];
+        if k == 1 {
+            runs.push(("Q4_K_M", vec!["--tensor-type", "exps=mxfp4"], vec![]));
+            runs.push(("Q3_K_S", vec!["--tensor-type", "exps=mxfp4"], vec![]));
+            runs.push((
+                "Q4_K_M",
+                vec!["--allow-requantize"],
+                vec!["--allow-requantize"],
+            ));
+        }
+        for (i, (ft, their_args, our_args)) in runs.into_iter().enumerate() {
+            let what = format!(
+                "{} → {ft} {}",
+                m.file_name().unwrap().to_string_lossy(),
+                our_args.join(" ")
+            );
+            let theirs = d.path().join(format!("theirs-{k}-{i}.gguf"));
+            let mut args: Vec<&std::ffi::OsStr> = their_args.iter().map(|a| a.as_ref()).collect();
+            args.extend([
+                bf16.as_os_str(),
+                theirs.as_os_str(),
+                ft.as_ref(),
+                "2".as_ref(),
+            ]);
+            llama_quantize(&args);
+            let a = d.path().join(format!("ours-{k}-{i}.gguf"));
+            let mut ours_args: Vec<&std::ffi::OsStr> = vec![
+                m.as_os_str(),
+                "--to".as_ref(),
+                ft.as_ref(),
+                "-o".as_ref(),
+                a.as_os_str(),
+                "-q".as_ref(),
+            ];
+            ours_args.extend(our_args.iter().map(|a| std::ffi::OsStr::new(a)));
+            quantize(&ours_args).ok();
+            assert_identical(&a, &theirs, &what);
+            eprintln!("{what}: identical");
         }
     }
 }

@@ -314,6 +314,9 @@ pub(crate) fn synthetic_model(
 ) {
     use qs_numeric::synth::weight_matrix;
     use safetensors::Dtype;
+    if model_type == "gpt_oss" {
+        return synthetic_gpt_oss(dir, layers, hidden, inter / 2, heads, kv);
+    }
     std::fs::create_dir_all(dir).unwrap();
     let hd = hidden / heads;
     let vocab = 512;
@@ -634,6 +637,200 @@ pub(crate) fn synthetic_model(
         // Gemma 2's converter reads only a SentencePiece vocabulary
         let spm = fixture().parent().unwrap().join("tiny-llama-spm");
         std::fs::copy(spm.join("tokenizer.model"), dir.join("tokenizer.model")).unwrap();
+    }
+}
+
+/// A gpt-oss model as its Hugging Face checkpoints are (the released config's keys, YaRN rope,
+/// every other layer on a 4-token window): attention with biases and a sink logit per head, a
+/// router with a bias over 4 experts (top 2), each layer's experts stacked in one tensor per
+/// projection: `gate_up_proj` `[experts, hidden, 2·ff]` with gate and up interleaved by column,
+/// `down_proj` `[experts, ff, hidden]`, biases alike. Expert weights large enough that the
+/// SwiGLU clamp (±7) bites.
+fn synthetic_gpt_oss(dir: &Path, layers: usize, hidden: usize, ff: usize, heads: usize, kv: usize) {
+    use qs_numeric::synth::weight_matrix;
+    use safetensors::Dtype;
+    std::fs::create_dir_all(dir).unwrap();
+    let (hd, experts, vocab) = (hidden / heads, 4, 512);
+    let mut ts: Vec<(String, Vec<usize>, Vec<f32>)> = vec![
+        (
+            "model.embed_tokens.weight".into(),
+            vec![vocab, hidden],
+            weight_matrix(vocab, hidden, 0.02, 1),
+        ),
+        (
+            "model.norm.weight".into(),
+            vec![hidden],
+            weight_matrix(1, hidden, 0.3, 2)
+                .iter()
+                .map(|v| 1.0 + v)
+                .collect(),
+        ),
+        (
+            "lm_head.weight".into(),
+            vec![vocab, hidden],
+            weight_matrix(vocab, hidden, 0.02, 3),
+        ),
+    ];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}.");
+        let s = 100 * l as u64;
+        let gains = |seed| -> Vec<f32> {
+            weight_matrix(1, hidden, 0.3, s + seed)
+                .iter()
+                .map(|v| 1.0 + v)
+                .collect()
+        };
+        ts.push((format!("{p}input_layernorm.weight"), vec![hidden], gains(4)));
+        ts.push((
+            format!("{p}post_attention_layernorm.weight"),
+            vec![hidden],
+            gains(5),
+        ));
+        for (n, rows, cols, seed) in [
+            ("q", heads * hd, hidden, 6),
+            ("k", kv * hd, hidden, 7),
+            ("v", kv * hd, hidden, 8),
+            ("o", hidden, heads * hd, 9),
+        ] {
+            ts.push((
+                format!("{p}self_attn.{n}_proj.weight"),
+                vec![rows, cols],
+                weight_matrix(rows, cols, 0.05, s + seed),
+            ));
+            ts.push((
+                format!("{p}self_attn.{n}_proj.bias"),
+                vec![rows],
+                weight_matrix(1, rows, 0.05, s + seed + 10),
+            ));
+        }
+        ts.push((
+            format!("{p}self_attn.sinks"),
+            vec![heads],
+            weight_matrix(1, heads, 1.0, s + 21),
+        ));
+        ts.push((
+            format!("{p}mlp.router.weight"),
+            vec![experts, hidden],
+            weight_matrix(experts, hidden, 0.5, s + 22),
+        ));
+        ts.push((
+            format!("{p}mlp.router.bias"),
+            vec![experts],
+            weight_matrix(1, experts, 0.2, s + 23),
+        ));
+        let e = format!("{p}mlp.experts.");
+        ts.push((
+            format!("{e}gate_up_proj"),
+            vec![experts, hidden, 2 * ff],
+            weight_matrix(experts * hidden, 2 * ff, 0.4, s + 24),
+        ));
+        ts.push((
+            format!("{e}gate_up_proj_bias"),
+            vec![experts, 2 * ff],
+            weight_matrix(experts, 2 * ff, 0.5, s + 25),
+        ));
+        ts.push((
+            format!("{e}down_proj"),
+            vec![experts, ff, hidden],
+            weight_matrix(experts * ff, hidden, 0.02, s + 26),
+        ));
+        ts.push((
+            format!("{e}down_proj_bias"),
+            vec![experts, hidden],
+            weight_matrix(experts, hidden, 0.05, s + 27),
+        ));
+    }
+    let owned: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = ts
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), Dtype::BF16, s.clone(), bf16_bytes(v)))
+        .collect();
+    write_st(&dir.join("model.safetensors"), &owned);
+    let cfg = serde_json::json!({
+        "architectures": ["GptOssForCausalLM"],
+        "attention_bias": true,
+        "attention_dropout": 0.0,
+        "eos_token_id": 2,
+        "experts_per_token": 2,
+        "head_dim": hd,
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "initial_context_length": 4096,
+        "initializer_range": 0.02,
+        "intermediate_size": ff,
+        "layer_types": (0..layers).map(|l| if l % 2 == 0 { "sliding_attention" } else { "full_attention" }).collect::<Vec<_>>(),
+        "max_position_embeddings": 131072,
+        "model_type": "gpt_oss",
+        "num_attention_heads": heads,
+        "num_experts_per_tok": 2,
+        "num_hidden_layers": layers,
+        "num_key_value_heads": kv,
+        "num_local_experts": experts,
+        "output_router_logits": false,
+        "pad_token_id": 0,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096, "rope_type": "yarn", "truncate": false},
+        "rope_theta": 150000,
+        "router_aux_loss_coef": 0.9,
+        "sliding_window": 4,
+        "swiglu_limit": 7.0,
+        "tie_word_embeddings": false,
+        "use_cache": true,
+        "vocab_size": vocab,
+    });
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
+    }
+}
+
+/// The gpt-oss model of [`synthetic_gpt_oss`] in `src` with its experts as released: OCP MXFP4
+/// codes and exponents (random: codes uniform, exponents 2^-7…2^-3 per E2M1 unit for gate and up,
+/// which then reach the clamp, 2^-11…2^-7 for down) in `*_blocks` `[experts, out, in/32, 16]` and `*_scales`
+/// `[experts, out, in/32]`, with `quantization_config` saying so.
+pub(crate) fn mxfp4_gpt_oss(src: &Path, dir: &Path) {
+    use qs_numeric::synth::Rng;
+    use safetensors::Dtype;
+    std::fs::create_dir_all(dir).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut rng = Rng::new(77);
+    let mut out: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut names: Vec<String> = st.names().into_iter().map(|n| n.to_string()).collect();
+    names.sort();
+    for n in names {
+        let t = st.tensor(&n).unwrap();
+        if n.ends_with("experts.gate_up_proj") || n.ends_with("experts.down_proj") {
+            let (e, i, o) = (t.shape()[0], t.shape()[1], t.shape()[2]);
+            let codes: Vec<u8> = (0..e * o * i / 2).map(|_| rng.next_u64() as u8).collect();
+            // down smaller, as in the real model
+            let base = if n.ends_with("down_proj") { 116 } else { 120 };
+            let exps: Vec<u8> = (0..e * o * i / 32)
+                .map(|_| base + (rng.next_u64() % 5) as u8)
+                .collect();
+            out.push((
+                format!("{n}_blocks"),
+                Dtype::U8,
+                vec![e, o, i / 32, 16],
+                codes,
+            ));
+            out.push((format!("{n}_scales"), Dtype::U8, vec![e, o, i / 32], exps));
+        } else {
+            out.push((n.clone(), t.dtype(), t.shape().to_vec(), t.data().to_vec()));
+        }
+    }
+    let owned: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = out
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+        .collect();
+    write_st(&dir.join("model.safetensors"), &owned);
+    let mut cfg = read_json(&src.join("config.json"));
+    cfg["quantization_config"] = serde_json::json!({
+        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"],
+        "quant_method": "mxfp4"
+    });
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
 }
 
@@ -1426,12 +1623,14 @@ fn family_workflow(dir: &Path, mt: &str) {
 /// soft-capped attention and logits, every other layer in a 4-token window) and Gemma 3
 /// (7 layers: the 6th full, the others windowed with their own rope theta; q/k norms), Phi-3
 /// (fused tensors, partial rotary, LongRoPE), and the mixtures of experts Mixtral (8 experts),
-/// Qwen2-MoE (shared expert, no renormalisation) and Qwen3-MoE (renormalised top-2): llama.cpp
-/// loads our conversion and its logits match the numpy reference of the HF weights, and so do
-/// qs-model's (within 1e-3).
+/// Qwen2-MoE (shared expert, no renormalisation), Qwen3-MoE (renormalised top-2) and gpt-oss
+/// (sinks, biases, YaRN, clamped SwiGLU; float and MXFP4 experts): llama.cpp loads our
+/// conversion and its logits match the numpy reference of the HF weights, and so do qs-model's
+/// (within 1e-3).
 #[test]
 fn family_conversions_run_in_llama_cpp() {
     let d = tempfile::tempdir().unwrap();
+    let mut models: Vec<(String, std::path::PathBuf, &str)> = Vec::new();
     for mt in [
         "qwen2",
         "qwen3",
@@ -1443,11 +1642,27 @@ fn family_conversions_run_in_llama_cpp() {
         "mixtral",
         "qwen2_moe",
         "qwen3_moe",
+        "gpt_oss",
     ] {
         // llama.cpp expects Phi-3's own special tokens in a model whose name says "phi3"
         let m = d.path().join(format!("tiny-{}", mt.replace("phi3", "phi")));
-        let layers = family_layers(mt);
-        synthetic_model(&m, mt, layers, 256, 512, 4, 2);
+        synthetic_model(&m, mt, family_layers(mt), 256, 512, 4, 2);
+        let arch = match mt {
+            "mixtral" => "llama",
+            "gpt_oss" => "gpt-oss",
+            "gemma3_text" => "gemma3",
+            "qwen2_moe" => "qwen2moe",
+            "qwen3_moe" => "qwen3moe",
+            _ => mt,
+        };
+        models.push((mt.to_string(), m, arch));
+    }
+    // gpt-oss as released: MXFP4 experts, kept MXFP4 in the GGUF and read as such by the
+    // reference, llama.cpp and qs-model
+    let mx = d.path().join("tiny-gpt_oss-mxfp4");
+    mxfp4_gpt_oss(&models.last().unwrap().1, &mx);
+    models.push(("gpt_oss-mxfp4".into(), mx, "gpt-oss"));
+    for (mt, m, arch) in &models {
         let g = d.path().join(format!("{mt}.gguf"));
         quantize(&[
             m.as_os_str(),
@@ -1461,13 +1676,10 @@ fn family_conversions_run_in_llama_cpp() {
         let gg = qs_formats::gguf::GgufFile::open(&g).unwrap();
         assert_eq!(
             gg.get("general.architecture"),
-            Some(&qs_formats::gguf::Value::String(match mt {
-                "mixtral" => "llama".into(),
-                _ => mt.trim_end_matches("_text").replace('_', ""),
-            }))
+            Some(&qs_formats::gguf::Value::String(arch.to_string()))
         );
         let ours = llama_logits(&g, &d.path().join(format!("{mt}.f32")));
-        let reference = reference_logits(&m, &d.path().join(format!("{mt}-ref.f32")));
+        let reference = reference_logits(m, &d.path().join(format!("{mt}-ref.f32")));
         let worst = ours
             .iter()
             .zip(&reference)
@@ -1476,8 +1688,16 @@ fn family_conversions_run_in_llama_cpp() {
         let cos = cosine(&ours, &reference);
         eprintln!("{mt}: max |Δlogit| {worst}, cosine {cos}");
         // f32 weights: llama.cpp's f32 arithmetic and f16 KV cache are the only differences
+        // (and for gpt-oss its YaRN correction range, rounded out where the model's is not);
+        // MXFP4 weights are multiplied with activations ggml's CPU backend first rounds to
+        // Q8_0 (the file itself is the converter's, byte for byte: convert.rs)
+        let (tol, min_cos) = if mt.ends_with("mxfp4") {
+            (0.25, 0.99995)
+        } else {
+            (0.1, 0.99999)
+        };
         assert!(
-            worst < 0.1 && cos > 0.99999,
+            worst < tol && cos > min_cos,
             "{mt}: llama.cpp logits differ from the reference by {worst} (cosine {cos})"
         );
         // the same top token wherever the reference's top two are further apart than twice
@@ -1490,8 +1710,10 @@ fn family_conversions_run_in_llama_cpp() {
                 assert_eq!(a[t], b[t], "{mt}: top-1 at position {t}");
             }
         }
-        // and our own calibration forward pass (biases, q/k norms) against the same reference
-        let src = qs_formats::source::ModelSource::open(&m).unwrap();
+        // and our own calibration forward pass (biases, q/k norms, sinks, experts as the
+        // checkpoint stores them) against the same reference
+        let mut src = qs_formats::source::ModelSource::open(m).unwrap();
+        quantsmith::checkpoint::apply_views(&mut src).unwrap();
         let model = qs_model::Model::new(&src).unwrap();
         let ids: Vec<u32> = IDS.iter().map(|s| s.parse().unwrap()).collect();
         let l = model.logits(&ids).unwrap();
@@ -1501,6 +1723,7 @@ fn family_conversions_run_in_llama_cpp() {
                 worst_rust = worst_rust.max((l[(t, v)] - reference[t * 512 + v]).abs());
             }
         }
+        eprintln!("{mt}: qs-model max |Δlogit| {worst_rust}");
         assert!(
             worst_rust < 1e-3,
             "{mt}: qs-model logits differ from the reference by {worst_rust}"
@@ -1643,7 +1866,7 @@ fn mixtures_of_experts_calibrate_and_evaluate() {
     let p = |x: &Path| x.to_str().unwrap().to_string();
     let text = d.path().join("text.txt");
     std::fs::write(&text, "Four score and seven years ago our fathers brought forth on this continent a new nation, conceived in liberty, and dedicated to the proposition that all men are created equal. Now we are engaged in a great civil war, testing whether that nation, or any nation so conceived and so dedicated, can long endure.".repeat(8)).unwrap();
-    for mt in ["mixtral", "qwen2_moe", "qwen3_moe"] {
+    for mt in ["mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss"] {
         let dir = d.path().join(mt);
         let m = dir.join("model");
         synthetic_model(&m, mt, 2, 256, 512, 4, 2);

@@ -196,7 +196,7 @@ fn check_view(spec: &ViewSpec, t: &[&SourceTensor]) -> std::result::Result<(), (
             want(0, vec![sh[0], sh[1] * step], None)
         }
         ViewKind::Mxfp4 { .. } => {
-            if sh[2] % mxfp4::QK != 0 {
+            if !sh[2].is_multiple_of(mxfp4::QK) {
                 return Err((
                     0,
                     format!(

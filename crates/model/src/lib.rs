@@ -197,12 +197,15 @@ pub const PRE_NORMS: Norms = Norms {
 };
 
 /// The MLP's activation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Act {
     /// silu(gate)·up.
     Silu,
     /// gelu(gate)·up with the tanh approximation (`gelu_pytorch_tanh`).
     GeluTanh,
+    /// gpt-oss's clamped SwiGLU: with g = min(gate, limit) and u = up clamped to ±limit,
+    /// g·sigmoid(alpha·g)·(u + 1).
+    SwigluOai { alpha: f32, limit: f32 },
 }
 
 /// A Hugging Face model type the forward pass runs, with what its transformers (5.x) config
@@ -228,6 +231,8 @@ pub struct Family {
     pub defaults: &'static [(&'static str, f64)],
     /// A mixture of experts in place of every layer's MLP.
     pub moe: Option<MoeNames>,
+    /// gpt-oss: clamped SwiGLU experts ([`Act::SwigluOai`], `swiglu_limit`, `swiglu_alpha`).
+    pub swiglu_oai: bool,
 }
 
 /// How a family names and routes its experts (modules under `model.layers.N.`).
@@ -271,6 +276,7 @@ const fn llama_like(model_type: &'static str, rope_theta: f64) -> Family {
         sliding_rope_theta: None,
         defaults: &[],
         moe: None,
+        swiglu_oai: false,
     }
 }
 
@@ -370,6 +376,7 @@ pub const FAMILIES: &[Family] = &[
             renorm_key: None,
             ..QWEN_MOE
         }),
+        swiglu_oai: true,
         ..llama_like("gpt_oss", 150_000.0)
     },
 ];
@@ -607,7 +614,15 @@ pub fn family_of(c: &Json) -> Result<&'static Family> {
 
 /// Rope from one set of rope parameters (`r`, possibly `None`), `theta` given, over `dims`
 /// dimensions of each head; LongRoPE when `lr`.
-fn rope_of(r: Option<&Json>, theta: f64, dims: usize, lr: Option<LongRope>) -> Result<Rope> {
+/// `original`: the context YaRN was trained for, when the config gives one at the top level
+/// (which takes precedence over the rope parameters', as in transformers).
+fn rope_of(
+    r: Option<&Json>,
+    theta: f64,
+    dims: usize,
+    lr: Option<LongRope>,
+    original: Option<f64>,
+) -> Result<Rope> {
     let mut rope = Rope {
         theta,
         dims,
@@ -630,14 +645,71 @@ fn rope_of(r: Option<&Json>, theta: f64, dims: usize, lr: Option<LongRope>) -> R
             (t, _) if t.eq_ignore_ascii_case("llama3") => {
                 rope.factors = llama3_rope_factors(r, theta, dims)
             }
+            ("yarn", Some(f)) if f > 0.0 => {
+                let (factors, mscale) = yarn(r, f, theta, dims, original);
+                rope.factors = factors;
+                rope.mscale = mscale;
+            }
             (t, _) => {
                 return Err(ModelError::Config(format!(
-                    "rope scaling '{t}' is not supported by the calibration pass (default, linear and llama3 are)"
+                    "rope scaling '{t}' is not supported by the calibration pass (default, linear, llama3 and yarn are)"
                 )))
             }
         }
     }
     Ok(rope)
+}
+
+/// YaRN as transformers computes it (`_compute_yarn_parameters`): per rotary pair the divisor
+/// of its frequency (interpolated by `factor` below the correction range, kept above it, a
+/// linear ramp between; the range's ends rounded out unless `truncate` is false) and the
+/// attention factor cos and sin are scaled by.
+fn yarn(r: &Json, factor: f64, theta: f64, dims: usize, original: Option<f64>) -> (Vec<f32>, f64) {
+    let num = |k: &str| r.get(k).and_then(|v| v.as_f64());
+    let original = original
+        .or_else(|| num("original_max_position_embeddings"))
+        .unwrap_or(4096.0);
+    let get_mscale = |scale: f64, m: f64| {
+        if scale <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * scale.ln() + 1.0
+        }
+    };
+    let attn = match (
+        num("attention_factor"),
+        num("mscale"),
+        num("mscale_all_dim"),
+    ) {
+        (Some(a), _, _) => a,
+        (None, Some(m), Some(ma)) if m != 0.0 && ma != 0.0 => {
+            get_mscale(factor, m) / get_mscale(factor, ma)
+        }
+        _ => get_mscale(factor, 1.0),
+    };
+    let beta_fast = num("beta_fast").filter(|&b| b != 0.0).unwrap_or(32.0);
+    let beta_slow = num("beta_slow").filter(|&b| b != 0.0).unwrap_or(1.0);
+    let d = dims as f64;
+    let corr =
+        |rot: f64| d * (original / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
+    let (mut lo, mut hi) = (corr(beta_fast), corr(beta_slow));
+    if r.get("truncate").and_then(|v| v.as_bool()).unwrap_or(true) {
+        lo = lo.floor();
+        hi = hi.ceil();
+    }
+    let (lo, mut hi) = (lo.max(0.0), hi.min(d - 1.0));
+    if lo == hi {
+        hi += 0.001;
+    }
+    let factors = (0..dims / 2)
+        .map(|i| {
+            let ramp = ((i as f64 - lo) / (hi - lo)).clamp(0.0, 1.0);
+            let extrapolate = 1.0 - ramp;
+            // inv = inv₀/factor·(1 − e) + inv₀·e, as a divisor of inv₀
+            (1.0 / ((1.0 - extrapolate) / factor + extrapolate)) as f32
+        })
+        .collect();
+    (factors, attn)
 }
 
 fn positive(c: &Json, key: &str) -> Result<Option<f32>> {
@@ -670,7 +742,7 @@ impl Config {
                             "rope_parameters.{t}.rope_theta is not a number"
                         ))
                     })?;
-                    rope_of(Some(r), theta, head_dim, None)
+                    rope_of(Some(r), theta, head_dim, None, None)
                 };
                 (of("full_attention")?, Some(of("sliding_attention")?))
             }
@@ -682,7 +754,10 @@ impl Config {
                     .and_then(|v| v.as_f64())
                     .unwrap_or(family.rope_theta);
                 let dims = rotary_dims(c, hidden, heads, head_dim);
-                (rope_of(r, theta, dims, longrope(c, dims)?)?, None)
+                let original = c
+                    .get("original_max_position_embeddings")
+                    .and_then(|v| v.as_f64());
+                (rope_of(r, theta, dims, longrope(c, dims)?, original)?, None)
             }
         };
         let window = match c.get("sliding_window").filter(|v| !v.is_null()) {
@@ -731,6 +806,11 @@ impl Config {
             embed_scale: family.gemma.then(|| (hidden as f32).sqrt()),
             act: if family.gemma {
                 Act::GeluTanh
+            } else if family.swiglu_oai {
+                Act::SwigluOai {
+                    alpha: positive(c, "swiglu_alpha")?.unwrap_or(1.702),
+                    limit: positive(c, "swiglu_limit")?.unwrap_or(7.0),
+                }
             } else {
                 Act::Silu
             },
@@ -853,7 +933,8 @@ impl Weights for ModelSource {
 
     fn read(&self, name: &str) -> Result<Vec<f32>> {
         let t = source_tensor(self, name)?;
-        if !t.info.dtype.is_float() || t.ggml.is_some() {
+        // (ggml blocks, packed layouts and views decode to f32 in `read_rows`)
+        if !t.info.dtype.is_float() {
             return Err(ModelError::Tensor {
                 name: name.into(),
                 msg: format!("{} is not a float tensor", t.info.dtype),
@@ -867,7 +948,7 @@ impl Weights for ModelSource {
 
     fn rows(&self, name: &str, ids: &[usize]) -> Result<Vec<f32>> {
         let t = source_tensor(self, name)?;
-        if !t.info.dtype.is_float() || t.ggml.is_some() || t.info.shape.len() != 2 {
+        if !t.info.dtype.is_float() || t.info.shape.len() != 2 {
             return Err(ModelError::Tensor {
                 name: name.into(),
                 msg: "not a 2-D float tensor".into(),
@@ -894,17 +975,29 @@ pub struct Expert {
     pub gate: Mat<f32>,
     pub up: Mat<f32>,
     pub down: Mat<f32>,
+    /// gpt-oss: the projections' biases.
+    pub gate_bias: Option<Vec<f32>>,
+    pub up_bias: Option<Vec<f32>>,
+    pub down_bias: Option<Vec<f32>>,
 }
 
 /// A mixture-of-experts feed-forward block.
 #[derive(Clone)]
 pub struct MoeLayer {
-    /// One logit per expert: `[experts, hidden]`.
+    /// One logit per expert: `[experts, hidden]`, plus a bias (gpt-oss).
     pub router: Mat<f32>,
+    pub router_bias: Option<Vec<f32>>,
     pub experts: Vec<Expert>,
     /// Qwen2-MoE's shared expert and its gate's row (the shared output is scaled by the
     /// sigmoid of `h · gate`).
     pub shared: Option<(Expert, Vec<f32>)>,
+}
+
+impl MoeLayer {
+    /// The router's logits for normed inputs `h2` (tokens × experts).
+    pub fn router_logits(&self, h2: MatRef<'_, f32>) -> Mat<f32> {
+        linear(h2, &self.router, self.router_bias.as_deref())
+    }
 }
 
 /// One decoder layer's weights, f32, `[out, in]`.
@@ -928,6 +1021,10 @@ pub struct Layer {
     pub q_bias: Option<Vec<f32>>,
     pub k_bias: Option<Vec<f32>>,
     pub v_bias: Option<Vec<f32>>,
+    /// gpt-oss: o_proj's bias, and per head a learned logit every query's softmax also
+    /// weighs (its "sink", which takes weight from the keys and gives nothing back).
+    pub o_bias: Option<Vec<f32>>,
+    pub sinks: Option<Vec<f32>>,
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
     /// RMSNorm before the MLP ([`Norms::mlp_in`]; none in OLMo 2).
@@ -1259,6 +1356,8 @@ impl<'a> Model<'a> {
             q_bias: self.optional(&format!("{p}self_attn.q_proj.bias"), qd)?,
             k_bias: self.optional(&format!("{p}self_attn.k_proj.bias"), kd)?,
             v_bias: self.optional(&format!("{p}self_attn.v_proj.bias"), kd)?,
+            o_bias: self.optional(&format!("{p}self_attn.o_proj.bias"), c.hidden)?,
+            sinks: self.optional(&format!("{p}self_attn.sinks"), c.heads)?,
             q_norm,
             k_norm,
             post_norm: norm(c.norms.mlp_in)?,
@@ -1310,11 +1409,39 @@ impl<'a> Model<'a> {
             proj(n.up, false)?,
             proj(n.down, true)?,
         );
+        // gpt-oss's experts have biases: stacked `{experts}.{proj}.bias`, one row per expert
+        let biases = |name: &str, n_out: usize| -> Result<Vec<Option<Vec<f32>>>> {
+            let b = format!("{p}{}.{name}.bias", n.experts);
+            Ok(match self.w.shape(&b) {
+                None => vec![None; m.experts],
+                Some(_) => self
+                    .tensor(&b, &[m.experts, n_out])?
+                    .chunks(n_out.max(1))
+                    .map(|r| Some(r.to_vec()))
+                    .collect(),
+            })
+        };
+        let ff = gates.first().map_or(0, |g| g.nrows());
+        let (gb, ub, db) = (
+            biases(n.gate, ff)?,
+            biases(n.up, ff)?,
+            biases(n.down, c.hidden)?,
+        );
         let experts = gates
             .into_iter()
             .zip(ups)
             .zip(downs)
-            .map(|((gate, up), down)| Expert { gate, up, down })
+            .zip(gb.into_iter().zip(ub).zip(db))
+            .map(
+                |(((gate, up), down), ((gate_bias, up_bias), down_bias))| Expert {
+                    gate,
+                    up,
+                    down,
+                    gate_bias,
+                    up_bias,
+                    down_bias,
+                },
+            )
             .collect();
         let shared = match n.shared {
             None => None,
@@ -1325,6 +1452,9 @@ impl<'a> Model<'a> {
                     gate: self.matrix(&name("gate_proj"), ff, c.hidden)?,
                     up: self.matrix(&name("up_proj"), ff, c.hidden)?,
                     down: self.matrix(&name("down_proj"), c.hidden, ff)?,
+                    gate_bias: None,
+                    up_bias: None,
+                    down_bias: None,
                 };
                 let g = format!("{p}{gate}.weight");
                 let g = match self.dims(&g)?.len() {
@@ -1336,6 +1466,7 @@ impl<'a> Model<'a> {
         };
         Ok(MoeLayer {
             router: self.matrix(&format!("{p}{}.weight", n.router), m.experts, c.hidden)?,
+            router_bias: self.optional(&format!("{p}{}.bias", n.router), m.experts)?,
             experts,
             shared,
         })
@@ -1631,8 +1762,11 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
                 if let Some(cap) = c.attn_softcap {
                     seen.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
                 }
-                let mx = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let mut sum = 0f32;
+                let sink = w.sinks.as_ref().map(|s| s[head]);
+                let mx = seen
+                    .iter()
+                    .fold(sink.unwrap_or(f32::NEG_INFINITY), |m, &v| m.max(v));
+                let mut sum = sink.map_or(0.0, |s| (s - mx).exp());
                 for e in seen.iter_mut() {
                     *e = (*e - mx).exp();
                     sum += *e;
@@ -1665,7 +1799,11 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
 
 /// The attention block's output (o_proj of the heads) for normed inputs `h`.
 pub fn attention_out(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize) -> Mat<f32> {
-    linear(attention_heads(c, w, h, seq_len).as_ref(), &w.o, None)
+    linear(
+        attention_heads(c, w, h, seq_len).as_ref(),
+        &w.o,
+        w.o_bias.as_deref(),
+    )
 }
 
 /// GELU with the tanh approximation, as `gelu_pytorch_tanh` computes it.
@@ -1676,7 +1814,7 @@ pub fn gelu_tanh(x: f32) -> f32 {
 
 /// The MLP's inner activation act(h2 gateᵀ) · (h2 upᵀ) (down_proj's input).
 pub fn mlp_inner(c: &Config, w: &Layer, h2: MatRef<'_, f32>) -> Mat<f32> {
-    gated(c, &w.gate, &w.up, h2)
+    gated(c, (&w.gate, None), (&w.up, None), h2)
 }
 
 /// The experts each token goes to, with their weights: per token, the `used` largest of the
@@ -1711,7 +1849,7 @@ pub fn moe_out(c: &Config, m: &MoeLayer, h2: MatRef<'_, f32>) -> Mat<f32> {
     let Some(mc) = &c.moe else {
         return Mat::zeros(h2.nrows(), c.hidden);
     };
-    let routes = route(mc, linear(h2, &m.router, None).as_ref());
+    let routes = route(mc, m.router_logits(h2).as_ref());
     let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); m.experts.len()];
     for (t, r) in routes.iter().enumerate() {
         for &(e, w) in r {
@@ -1750,14 +1888,24 @@ pub fn moe_out(c: &Config, m: &MoeLayer, h2: MatRef<'_, f32>) -> Mat<f32> {
     out
 }
 
-/// One expert's inner activation act(x gateᵀ) · (x upᵀ) (its down projection's input).
+/// One expert's inner activation act(x gateᵀ) · (x upᵀ) (its down projection's input; with
+/// the expert's biases when it has them).
 pub fn expert_inner(c: &Config, e: &Expert, x: MatRef<'_, f32>) -> Mat<f32> {
-    gated(c, &e.gate, &e.up, x)
+    gated(
+        c,
+        (&e.gate, e.gate_bias.as_deref()),
+        (&e.up, e.up_bias.as_deref()),
+        x,
+    )
 }
 
 /// One expert's output: down(act(x gateᵀ) · (x upᵀ)).
 pub fn expert_out(c: &Config, e: &Expert, x: MatRef<'_, f32>) -> Mat<f32> {
-    linear(gated(c, &e.gate, &e.up, x).as_ref(), &e.down, None)
+    linear(
+        expert_inner(c, e, x).as_ref(),
+        &e.down,
+        e.down_bias.as_deref(),
+    )
 }
 
 /// The feed-forward block's output for normed inputs `h2`: the MLP, or the mixture of experts.
@@ -1768,10 +1916,15 @@ pub fn ffn_out(c: &Config, w: &Layer, h2: MatRef<'_, f32>) -> Mat<f32> {
     }
 }
 
-/// act(x gateᵀ) · (x upᵀ).
-fn gated(c: &Config, gate: &Mat<f32>, up: &Mat<f32>, x: MatRef<'_, f32>) -> Mat<f32> {
-    let mut g = linear(x, gate, None);
-    let u = linear(x, up, None);
+/// act(x gateᵀ + gate bias) · (x upᵀ + up bias).
+fn gated(
+    c: &Config,
+    (gate, gate_bias): (&Mat<f32>, Option<&[f32]>),
+    (up, up_bias): (&Mat<f32>, Option<&[f32]>),
+    x: MatRef<'_, f32>,
+) -> Mat<f32> {
+    let mut g = linear(x, gate, gate_bias);
+    let u = linear(x, up, up_bias);
     let act = c.act;
     g.as_mut()
         .par_col_iter_mut()
@@ -1779,9 +1932,14 @@ fn gated(c: &Config, gate: &Mat<f32>, up: &Mat<f32>, x: MatRef<'_, f32>) -> Mat<
         .for_each(|(gc, uc)| {
             for (a, &b) in gc.iter_mut().zip(uc.iter()) {
                 *a = match act {
-                    Act::Silu => *a / (1.0 + (-*a).exp()),
-                    Act::GeluTanh => gelu_tanh(*a),
-                } * b;
+                    Act::Silu => *a / (1.0 + (-*a).exp()) * b,
+                    Act::GeluTanh => gelu_tanh(*a) * b,
+                    Act::SwigluOai { alpha, limit } => {
+                        let g = a.min(limit);
+                        let u = b.clamp(-limit, limit);
+                        g / (1.0 + (-alpha * g).exp()) * (u + 1.0)
+                    }
+                };
             }
         });
     g
@@ -1803,7 +1961,7 @@ pub fn layer_forward(
 ) -> (Mat<f32>, Option<Captured>) {
     let h = pre_norm(x, w.input_norm.as_deref(), c.eps);
     let attn = attention_heads(c, w, h.as_ref(), seq_len);
-    let o = linear(attn.as_ref(), &w.o, None);
+    let o = linear(attn.as_ref(), &w.o, w.o_bias.as_deref());
     let mut x1 = post_norm(o, w.attn_out_norm.as_deref(), c.eps);
     add_into(&mut x1, x);
     let h2 = pre_norm(x1.as_ref(), w.post_norm.as_deref(), c.eps);
@@ -2007,8 +2165,11 @@ fn decode_step(
             if let Some(cap) = c.attn_softcap {
                 sc.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
             }
-            let mx = sc.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-            let mut sum = 0f32;
+            let sink = w.sinks.as_ref().map(|s| s[head]);
+            let mx = sc
+                .iter()
+                .fold(sink.unwrap_or(f32::NEG_INFINITY), |a, &v| a.max(v));
+            let mut sum = sink.map_or(0.0, |s| (s - mx).exp());
             for s in sc.iter_mut() {
                 *s = (*s - mx).exp();
                 sum += *s;
@@ -2026,7 +2187,7 @@ fn decode_step(
         })
         .collect();
     let attn = Mat::<f32>::from_fn(b, c.heads * hd, |i, e| rows[i * c.heads + e / hd][e % hd]);
-    let o = linear(attn.as_ref(), &w.o, None);
+    let o = linear(attn.as_ref(), &w.o, w.o_bias.as_deref());
     let mut x1 = post_norm(o, w.attn_out_norm.as_deref(), c.eps);
     add_into(&mut x1, x.as_ref());
     let h2 = pre_norm(x1.as_ref(), w.post_norm.as_deref(), c.eps);

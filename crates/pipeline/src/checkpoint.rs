@@ -266,3 +266,18 @@ pub(crate) fn st_logical(s: &ModelSource) -> Result<Vec<Logical<'_>>> {
     }
     Ok(v)
 }
+
+/// An HF folder or safetensors file opened for the forward pass: tensors its architecture
+/// stores rearranged (gpt-oss's experts) are read through the architecture's views
+/// ([`crate::arch::expert_views`]), under the names a conversion gives them. Returns whether
+/// views were made.
+pub fn apply_views(src: &mut ModelSource) -> Result<bool> {
+    match src.config.as_ref().map(crate::arch::detect) {
+        Some(Ok(a)) if a.views.is_some() => {
+            let views = crate::arch::expert_views(a, src)?;
+            src.view(views)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}

@@ -421,7 +421,7 @@ pub fn search_layer(
 fn block_out(ctx: &LayerCtx<'_>, block: Block, x: MatRef<'_, f32>) -> Mat<f32> {
     match block {
         Block::Attention => attention_out(ctx.model, ctx.layer, x, ctx.seq_len),
-        Block::O => linear(x, &ctx.layer.o, None),
+        Block::O => linear(x, &ctx.layer.o, ctx.layer.o_bias.as_deref()),
         Block::Mlp => mlp_out(ctx.model, ctx.layer, x),
         Block::Down => linear(x, &ctx.layer.down, None),
     }
@@ -469,6 +469,8 @@ mod tests {
             q_bias: None,
             k_bias: None,
             v_bias: Some((0..kd).map(|_| 0.1 * rng.normal() as f32).collect()),
+            o_bias: None,
+            sinks: None,
             q_norm: None,
             k_norm: None,
             post_norm: Some(

@@ -56,7 +56,7 @@ fn routed(c: &Config, layer: &Layer, h2: MatRef<'_, f32>, all: bool) -> Vec<Vec<
         return vec![(0..h2.nrows()).collect(); moe.experts.len()];
     }
     let mut by: Vec<Vec<usize>> = vec![Vec::new(); moe.experts.len()];
-    for (t, r) in route(mc, linear(h2, &moe.router, None).as_ref())
+    for (t, r) in route(mc, moe.router_logits(h2).as_ref())
         .into_iter()
         .enumerate()
     {

@@ -223,10 +223,13 @@ pub(crate) fn load(path: &Path) -> Result<Loaded> {
             bos,
         });
     }
-    let src = ModelSource::open(path)?;
+    let mut src = ModelSource::open(path)?;
+    // tensors the checkpoint stores rearranged (gpt-oss's experts) are read through the
+    // architecture's views, as a conversion reads them
+    let viewed = crate::checkpoint::apply_views(&mut src)?;
     // every quantized weight's layout checked once, before the forward pass reads any (a
     // block-scaled FP8 checkpoint was checked as it was opened)
-    if !src.block_scaled() {
+    if !src.block_scaled() && !viewed {
         st_logical(&src)?;
     }
     let config = src
@@ -255,8 +258,9 @@ pub(crate) fn load(path: &Path) -> Result<Loaded> {
         .and_then(|v| v.as_u64())
         .filter(|_| add_bos)
         .map(|b| b as u32);
-    // block-scaled FP8 (read as codes times scales) or plain float and compressed-tensors
-    let weights: Box<dyn Weights> = if src.block_scaled() {
+    // block-scaled FP8 (read as codes times scales) and views read through the source's own
+    // reader; plain float and compressed-tensors through their layouts
+    let weights: Box<dyn Weights> = if src.block_scaled() || viewed {
         Box::new(src)
     } else {
         Box::new(StWeights { src })

@@ -458,8 +458,13 @@ pub(crate) fn inverse_names(a: &Arch, cfg: &Json, g: &GgufFile) -> Result<NameMa
         }
         if let Some(m) = &a.moe {
             for (proj, _) in m.projs {
-                hf.push(format!("model.layers.{l}.{}.{proj}.weight", m.experts));
+                for sfx in ["weight", "bias"] {
+                    hf.push(format!("model.layers.{l}.{}.{proj}.{sfx}", m.experts));
+                }
             }
+        }
+        for (part, _) in a.bare {
+            hf.push(format!("model.layers.{l}.{part}"));
         }
     }
     let mut m = BTreeMap::new();

@@ -243,7 +243,7 @@ fn moe_sums(
             qs_model::expert_inner(c, shared, h2).as_ref(),
         );
     }
-    let routes = qs_model::route(mc, qs_model::linear(h2, &ml.router, None).as_ref());
+    let routes = qs_model::route(mc, ml.router_logits(h2).as_ref());
     let ff = ml.experts.first().map_or(0, |e| e.down.ncols());
     for name in ["ffn_gate_exps", "ffn_up_exps"] {
         acc.entry(format!("blk.{l}.{name}.weight"))

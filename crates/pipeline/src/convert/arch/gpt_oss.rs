@@ -13,6 +13,39 @@ use super::{Arch, HeadDim, ModelType, Moe, OwnKey, QWEN_EXPERTS, TEXT};
 use crate::error::Result;
 use qs_formats::source::{ModelSource, ViewKind, ViewSpec};
 use qs_model::hparams::HParams;
+use serde_json::{json, Map, Value as Json};
+
+/// config.json of a gpt-oss GGUF (`eval` reads it so): the released model's YaRN, whose
+/// correction range is not rounded out (`truncate: false`; nothing in the GGUF says so), its
+/// sliding window on every other layer and its SwiGLU clamp.
+fn hf_keys(key: &dyn Fn(&str) -> Option<f64>, layers: u64, c: &mut Map<String, Json>) {
+    if let Some(Json::Object(r)) = c.get_mut("rope_scaling") {
+        r.insert("truncate".into(), json!(false));
+        for (k, g) in [
+            ("beta_fast", "rope.scaling.yarn_beta_fast"),
+            ("beta_slow", "rope.scaling.yarn_beta_slow"),
+        ] {
+            if let Some(v) = key(g) {
+                r.insert(k.into(), json!(super::gemma2::short(v)));
+            }
+        }
+    }
+    if let Some(w) = key("attention.sliding_window") {
+        c.insert("sliding_window".into(), json!(w as u64));
+        let types: Vec<&str> = (0..layers)
+            .map(|l| {
+                if l % 2 == 0 {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect();
+        c.insert("layer_types".into(), json!(types));
+    }
+    c.insert("swiglu_limit".into(), json!(7.0));
+    c.insert("attention_bias".into(), json!(true));
+}
 
 pub const ARCH: Arch = Arch {
     name: "gpt-oss",
@@ -38,6 +71,9 @@ pub const ARCH: Arch = Arch {
     }),
     bare: &[("self_attn.sinks", "attn_sinks.weight")],
     views: Some(views),
+    // llama.cpp's clamped SwiGLU has gpt-oss's constants built in
+    fixed: &[("swiglu_limit", 7.0, 7.0), ("swiglu_alpha", 1.702, 1.702)],
+    hf_keys: Some(hf_keys),
     ..TEXT
 };
 

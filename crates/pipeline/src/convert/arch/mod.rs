@@ -97,6 +97,9 @@ pub struct Arch {
     /// experts): the views read as the tensors [`map_tensor`] names ([`ModelSource::view`]).
     /// The experts are then not stacked from per-expert tensors.
     pub views: Option<Views>,
+    /// Config values llama.cpp's graph hard-codes for the architecture (key, its value,
+    /// transformers' default when absent): a config that differs is refused.
+    pub fixed: &'static [(&'static str, f64, f64)],
 }
 
 /// See [`Arch::views`]: the checkpoint and its hyper-parameters → the views to make.
@@ -165,6 +168,7 @@ pub const TEXT: Arch = Arch {
     moe: None,
     bare: &[],
     views: None,
+    fixed: &[],
 };
 
 /// See [`Arch::hf_keys`]: GGUF key lookup, block count, config.json to complete.
@@ -446,6 +450,15 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
     check_rope_layers(arch, c, hp.n_layer as usize)?;
     check_window_layers(arch, c, hp.n_layer as usize)?;
     check_moe(arch, c, &hp)?;
+    for &(key, value, default) in arch.fixed {
+        let v = get_f64(c, &[key])?.unwrap_or(default);
+        if (v - value).abs() > 1e-6 * value.abs() {
+            return Err(cfg_err(format!(
+                "{key} = {v}, but llama.cpp's {} computes with {value}: a GGUF would compute another model",
+                arch.name
+            )));
+        }
+    }
     let c = &with_defaults(c);
     let a = arch.name;
     let mut kv: Vec<(String, Value)> = Vec::new();

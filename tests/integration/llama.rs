@@ -1974,7 +1974,8 @@ fn mixtures_of_experts_calibrate_and_evaluate() {
     }
 }
 
-/// Importance matrices of mixtures of experts (Mixtral, Qwen2-MoE with its shared expert):
+/// Importance matrices of mixtures of experts (Mixtral, Qwen2-MoE with its shared expert, gpt-oss
+/// with its biases and sinks):
 /// `quantize imatrix` writes the entries llama-imatrix writes (routers, shared expert, and each
 /// stacked experts' tensor with per-expert sums `[cols, experts]` and per-expert token counts
 /// `[1, experts]`), counts within 2 % and each entry's sums within 5 % in total and at cosine
@@ -1986,7 +1987,7 @@ fn moe_imatrix_matches_llama_imatrix() {
     let text = d.path().join("text.txt");
     std::fs::write(&text, qs_formats::calib::DEFAULT_TEXT).unwrap();
     let p = |x: &Path| x.to_str().unwrap().to_string();
-    for mt in ["mixtral", "qwen2_moe"] {
+    for mt in ["mixtral", "qwen2_moe", "gpt_oss"] {
         let m = d.path().join(mt);
         synthetic_model(&m, mt, 2, 256, 512, 4, 2);
         let at = |n: &str| d.path().join(format!("{mt}-{n}"));

@@ -1413,8 +1413,8 @@ fn output_and_embedding_type_options_equal_llama_quantize() {
 /// rope are not llama.cpp's fixed every-4th, or a Gemma one whose window layers are not
 /// llama.cpp's pattern, is refused for a GGUF (llama.cpp would run another model); SmolLM3's
 /// is not for safetensors, which keep config.json. AWQ, which folds its scales into the norms
-/// before attention and MLP, is refused for OLMo 2, which has none there, and for Gemma, whose
-/// norms apply 1 + w.
+/// before attention and MLP, is refused for OLMo 2, which has none there; for Gemma it folds
+/// them into gains applied as 1 + w (int4 and Q4_K_M, evaluated).
 #[test]
 fn smollm3_olmo2_gemma_and_phi3_calibrate_evaluate_and_export() {
     let d = tempfile::tempdir().unwrap();
@@ -1541,8 +1541,43 @@ fn family_workflow(dir: &Path, mt: &str) {
         return;
     }
     if mt.starts_with("gemma") {
-        // the exported config lists llama.cpp's window layers; AWQ is refused (its scales
-        // would fold into norms applied as 1 + w)
+        // AWQ folds its scales into the norms before attention and before the MLP
+        // (pre_feedforward_layernorm), stored as w and applied as 1 + w: into int4
+        // (compressed-tensors) and Q4_K_M, each evaluated against the folder beside round to
+        // nearest; llama.cpp runs the GGUF
+        for (to, out) in [("int4", "awq-int4"), ("q4_k_m", "awq.gguf")] {
+            let rtn = at(&format!("rtn-{out}"));
+            q(&[
+                p(&m),
+                "--to".into(),
+                to.into(),
+                "-o".into(),
+                p(&rtn),
+                "-q".into(),
+            ]);
+            let mut a = vec![
+                p(&m),
+                "--to".into(),
+                to.into(),
+                "--method".into(),
+                "awq".into(),
+            ];
+            a.extend(["-o".into(), p(&at(out))]);
+            a.extend(calib.iter().cloned());
+            q(&a);
+            let (e_rtn, e_awq) = (
+                eval(&rtn)["kld_mean"].as_f64().unwrap(),
+                eval(&at(out))["kld_mean"].as_f64().unwrap(),
+            );
+            eprintln!("{mt} {to}: KLD round to nearest {e_rtn:.5}, AWQ {e_awq:.5}");
+            assert!(
+                e_awq.is_finite() && e_awq < e_rtn,
+                "{mt} {to}: AWQ {e_awq} vs RTN {e_rtn}"
+            );
+        }
+        let l = llama_logits(&at("awq.gguf"), &at("awq.f32"));
+        assert!(l.iter().all(|v| v.is_finite()), "{mt}");
+        // the exported config lists llama.cpp's window layers
         let every = if mt == "gemma2" { 2 } else { 6 };
         let types: Vec<&str> = (0..layers)
             .map(|l| {
@@ -1554,8 +1589,6 @@ fn family_workflow(dir: &Path, mt: &str) {
             })
             .collect();
         assert_eq!(c["layer_types"], serde_json::json!(types), "{mt}");
-        let r = awq_refused();
-        assert!(r.stderr.contains("1 + w"), "{}", r.stderr);
         // window layers where llama.cpp has none: refused for GGUF
         let mut cfg = read_json(&m.join("config.json"));
         cfg["layer_types"] = serde_json::json!(vec!["full_attention"; layers]);

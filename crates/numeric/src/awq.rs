@@ -144,14 +144,16 @@ pub struct Clip {
 }
 
 /// What AWQ does to one stored tensor, element by element for row `r`, column `c`:
-/// `w · col_mul[c] / col_div[c] / row_div[r]`, then each (row, group) clamped to
-/// ±amax · (1 − step / GRID) of the scaled values. 1-D tensors (norms, biases) are one row.
+/// `(w + offset) · col_mul[c] / col_div[c] / row_div[r] − offset`, then each (row, group)
+/// clamped to ±amax · (1 − step / GRID) of the scaled values. 1-D tensors (norms, biases) are
+/// one row. `offset`: a norm gain stored as `w` and applied as `w + offset` (Gemma's `1 + w`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Transform {
     pub col_mul: Option<Arc<[f32]>>,
     pub col_div: Option<Arc<[f32]>>,
     pub row_div: Option<Arc<[f32]>>,
     pub clip: Option<Clip>,
+    pub offset: f32,
 }
 
 impl Transform {
@@ -174,8 +176,19 @@ impl Transform {
         }
     }
 
+    /// The same transform on values already stored as applied (`w + offset`).
+    pub fn on_applied(&self) -> Transform {
+        Transform {
+            offset: 0.0,
+            ..self.clone()
+        }
+    }
+
     /// The scaling part of [`Transform::apply`] on one row (source row `r`).
     pub fn scale_row(&self, r: usize, row: &mut [f32]) {
+        if self.offset != 0.0 {
+            row.iter_mut().for_each(|v| *v += self.offset);
+        }
         if let Some(m) = &self.col_mul {
             for (v, s) in row.iter_mut().zip(m.iter()) {
                 *v *= s;
@@ -191,6 +204,9 @@ impl Transform {
             for v in row.iter_mut() {
                 *v /= s;
             }
+        }
+        if self.offset != 0.0 {
+            row.iter_mut().for_each(|v| *v -= self.offset);
         }
     }
 
@@ -337,11 +353,24 @@ mod tests {
                 group: 2,
                 steps: vec![0, 0, 10, 0].into(),
             }),
+            offset: 0.0,
         };
         let mut x = vec![1.0f32, 1.0, 1.0, 1.0, 4.0, -2.0, 3.0, 1.0];
         t.apply(&[0, 1], 4, &mut x);
         // row 1: [8, -2, 3, 1] / 2 = [4, -1, 1.5, 0.5]; group 0 clipped to ±2
         assert_eq!(x, vec![2.0, 1.0, 1.0, 1.0, 2.0, -1.0, 1.5, 0.5]);
+        // a gain stored as w, applied as 1 + w: (1 + w) / s − 1, or on the applied gain (1 + w) / s
+        let g = Transform {
+            col_div: Some(vec![2.0, 4.0].into()),
+            offset: 1.0,
+            ..Default::default()
+        };
+        let mut w = vec![1.0f32, -0.5];
+        g.apply(&[0], 2, &mut w);
+        assert_eq!(w, vec![0.0, -0.875]);
+        let mut applied = vec![2.0f32, 0.5];
+        g.on_applied().apply(&[0], 2, &mut applied);
+        assert_eq!(applied, vec![1.0, 0.125]);
         // rows given out of order use their own divisors and steps
         let mut y = vec![4.0f32, -2.0, 3.0, 1.0];
         t.apply(&[1], 4, &mut y);

@@ -24,7 +24,7 @@ use super::{
 use crate::config::QuantizeConfig;
 use crate::error::{Error, Result};
 use faer::{Mat, MatRef};
-use qs_model::{attention_out, linear, mlp_out, Layer, Linear};
+use qs_model::{attention_out, linear, mlp_out, Layer, Linear, Norms};
 use qs_numeric::awq::{self, Clip, Transform};
 use qs_numeric::layout::CodeGrid;
 use qs_numeric::Scheme;
@@ -38,19 +38,24 @@ pub struct Awq;
 #[derive(Debug)]
 pub struct AwqGptq;
 
-/// Tensors of layer `l` AWQ may change besides the linears (the previous ops it folds into).
-pub fn folded_tensors(l: usize) -> [String; 3] {
+/// Tensors of layer `l` AWQ may change besides the linears (the previous ops it folds into):
+/// the model's norms before attention and before the MLP (Gemma's MLP input norm is
+/// `pre_feedforward_layernorm`; the llama names when the model lacks one, which the
+/// calibration refuses) and v's bias.
+pub fn folded_tensors(l: usize, norms: &Norms) -> [String; 3] {
+    let norm =
+        |n: Option<&str>, llama: &str| format!("model.layers.{l}.{}.weight", n.unwrap_or(llama));
     [
-        format!("model.layers.{l}.input_layernorm.weight"),
-        format!("model.layers.{l}.post_attention_layernorm.weight"),
+        norm(norms.attn_in, "input_layernorm"),
+        norm(norms.mlp_in, "post_attention_layernorm"),
         format!("model.layers.{l}.self_attn.v_proj.bias"),
     ]
 }
 
 /// Every tensor of layer `l` AWQ may rewrite: the folded ones and all seven linears (a linear
 /// kept in float still carries its group's scales).
-fn rewritten(l: usize) -> Vec<String> {
-    let mut v = folded_tensors(l).to_vec();
+fn rewritten(l: usize, norms: &Norms) -> Vec<String> {
+    let mut v = folded_tensors(l, norms).to_vec();
     v.extend(Linear::ALL.iter().map(|lin| lin.weight_name(l)));
     v
 }
@@ -88,8 +93,8 @@ impl Method for Awq {
     fn chooses_codes(&self) -> bool {
         false
     }
-    fn folded_tensors(&self, l: usize) -> Vec<String> {
-        rewritten(l)
+    fn folded_tensors(&self, l: usize, norms: &Norms) -> Vec<String> {
+        rewritten(l, norms)
     }
     fn transform_layer(&self, ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
         search_layer(ctx, |_| true)
@@ -125,8 +130,8 @@ impl Method for AwqGptq {
     fn chooses_codes(&self) -> bool {
         true
     }
-    fn folded_tensors(&self, l: usize) -> Vec<String> {
-        rewritten(l)
+    fn folded_tensors(&self, l: usize, norms: &Norms) -> Vec<String> {
+        rewritten(l, norms)
     }
     fn transform_layer(&self, ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
         // GPTQ fits each group's range itself: clipping first would only add error it cannot
@@ -290,9 +295,15 @@ pub fn search_layer(
     // 2. the transforms that fold the scales
     let mut tf: BTreeMap<String, Transform> = BTreeMap::new();
     let [s_attn, s_o, s_mlp, s_down] = scales;
-    let [in_norm, post_norm, v_bias] = folded_tensors(l);
+    let [in_norm, post_norm, v_bias] = folded_tensors(l, &mc.norms);
+    // (norm gains stored as w and applied as w + offset: Gemma's 1 + w)
+    let norm_div = |s: &Arc<[f32]>| Transform {
+        col_div: Some(s.clone()),
+        offset: mc.norm_offset,
+        ..Default::default()
+    };
     if let Some(s) = &s_attn {
-        tf.entry(in_norm).or_default().col_div = Some(s.clone());
+        tf.insert(in_norm, norm_div(s));
         for lin in [Linear::Q, Linear::K, Linear::V] {
             tf.entry(lin.weight_name(l)).or_default().col_mul = Some(s.clone());
         }
@@ -305,7 +316,7 @@ pub fn search_layer(
         tf.entry(Linear::O.weight_name(l)).or_default().col_mul = Some(s.clone());
     }
     if let Some(s) = &s_mlp {
-        tf.entry(post_norm).or_default().col_div = Some(s.clone());
+        tf.insert(post_norm, norm_div(s));
         for lin in [Linear::Gate, Linear::Up] {
             tf.entry(lin.weight_name(l)).or_default().col_mul = Some(s.clone());
         }
@@ -403,15 +414,16 @@ pub fn search_layer(
             *w = to_mat(&v, rows, cols);
         }
     }
-    let [in_norm, post_norm, v_bias] = folded_tensors(l);
+    let [in_norm, post_norm, v_bias] = folded_tensors(l, &mc.norms);
     for (name, vec) in [
         (in_norm, layer.input_norm.as_mut()),
         (post_norm, layer.post_norm.as_mut()),
         (v_bias, layer.v_bias.as_mut()),
     ] {
         if let (Some(t), Some(v)) = (tf.get(&name), vec) {
+            // the layer holds the gains as applied
             let n = v.len();
-            t.apply(&[0], n, v);
+            t.on_applied().apply(&[0], n, v);
         }
     }
     Ok(tf.into_iter().filter(|(_, t)| !t.is_identity()).collect())
@@ -627,18 +639,50 @@ mod tests {
     #[test]
     fn folding_keeps_the_float_layer() {
         let c = config(4);
+        folding_keeps(&c, layer(&c, 5));
+    }
+
+    /// Gemma: the MLP's input norm is `pre_feedforward_layernorm`, the blocks' outputs are normed
+    /// too, and gains are stored as `w`, applied as `1 + w`: the folded stored gains still give
+    /// the same function.
+    #[test]
+    fn folding_into_gemma_norms_keeps_the_float_layer() {
+        let mut c = config(4);
+        c.norms = qs_model::Norms {
+            attn_in: Some("input_layernorm"),
+            attn_out: Some("post_attention_layernorm"),
+            mlp_in: Some("pre_feedforward_layernorm"),
+            mlp_out: Some("post_feedforward_layernorm"),
+        };
+        c.norm_offset = 1.0;
+        c.act = qs_model::Act::GeluTanh;
+        let mut l = layer(&c, 5);
+        let mut rng = Rng::new(9);
+        let mut gains = || {
+            Some(
+                (0..HIDDEN)
+                    .map(|_| 1.0 + 0.2 * rng.normal() as f32)
+                    .collect(),
+            )
+        };
+        l.attn_out_norm = gains();
+        l.mlp_out_norm = gains();
+        folding_keeps(&c, l);
+    }
+
+    /// With scales on every group and clipping off, the layer with every transform applied to its
+    /// stored tensors computes what the float layer does.
+    fn folding_keeps(c: &Config, float: Layer) {
         let x = inputs(4 * SEQ, 4, true);
-        let float = layer(&c, 5);
-        let y = layer_forward(&c, &float, x.as_ref(), SEQ, false).0;
+        let y = layer_forward(c, &float, x.as_ref(), SEQ, false).0;
         let tg = targets(int(4, false, Granularity::Group(32)));
         let cfg = QuantizeConfig::new("x", crate::config::Target::Int(4));
-        let mut l = layer(&c, 5);
-        let tf = run(&c, &cfg, &tg, &x, &mut l);
-        // scales on every group, clipping off: the transformed float layer is the same function
-        assert!(tf
-            .iter()
-            .any(|(n, _)| n.ends_with("input_layernorm.weight")));
-        let mut scaled = layer(&c, 5);
+        let mut l = float.clone();
+        let tf = run(c, &cfg, &tg, &x, &mut l);
+        let [in_norm, mlp_norm, _] = folded_tensors(0, &c.norms);
+        assert!(tf.iter().any(|(n, _)| n == &in_norm));
+        assert!(tf.iter().any(|(n, _)| n == &mlp_norm));
+        let mut scaled = float.clone();
         for (name, t) in &tf {
             let t = Transform {
                 clip: None,
@@ -654,19 +698,27 @@ mod tests {
                     *w = to_mat(&v, rows, cols);
                 }
                 None => {
-                    let v = if name.ends_with("input_layernorm.weight") {
+                    let v = if name == &in_norm {
                         scaled.input_norm.as_mut().unwrap()
-                    } else if name.ends_with("post_attention_layernorm.weight") {
+                    } else if name == &mlp_norm {
                         scaled.post_norm.as_mut().unwrap()
                     } else {
                         scaled.v_bias.as_mut().unwrap()
                     };
+                    // as stored (w), transformed, then applied again (w + offset)
                     let n = v.len();
+                    let off = if name == &in_norm || name == &mlp_norm {
+                        c.norm_offset
+                    } else {
+                        0.0
+                    };
+                    v.iter_mut().for_each(|g| *g -= off);
                     t.apply(&[0], n, v);
+                    v.iter_mut().for_each(|g| *g += off);
                 }
             }
         }
-        let ys = layer_forward(&c, &scaled, x.as_ref(), SEQ, false).0;
+        let ys = layer_forward(c, &scaled, x.as_ref(), SEQ, false).0;
         let e = rel(&y, &ys);
         assert!(e < 1e-10, "folded float layer differs: {e:e}");
     }

@@ -143,7 +143,7 @@ pub trait Method: std::fmt::Debug + Sync {
     }
     /// Tensors of layer `l` besides its linears that [`Method::transform_layer`] may change
     /// (they are re-encoded, not copied). None by default.
-    fn folded_tensors(&self, _l: usize) -> Vec<String> {
+    fn folded_tensors(&self, _l: usize, _norms: &qs_model::Norms) -> Vec<String> {
         vec![]
     }
     /// Rewrites a layer's float weights before its linears are quantized, returning the
@@ -380,8 +380,23 @@ pub fn targets(
         .n_layer as usize;
     // a method that folds its scales into the norms before attention and the MLP (AWQ) needs
     // them: OLMo 2 norms the blocks' outputs instead
+    let norms = src
+        .config
+        .as_ref()
+        .and_then(|c| qs_model::family_of(c).ok())
+        .map_or(qs_model::PRE_NORMS, |f| f.norms);
+    let folds = !method.folded_tensors(0, &norms).is_empty();
+    if folds && (norms.attn_in.is_none() || norms.mlp_in.is_none()) {
+        return Err(Error::Input {
+            path: src.input.clone(),
+            msg: format!(
+                "--method {} folds its scales into the norms before attention and MLP (llama's input_layernorm, post_attention_layernorm), which this model does not have (it norms the blocks' outputs); use --method gptq",
+                method.name()
+            ),
+        });
+    }
     if let Some(norm) = method
-        .folded_tensors(0)
+        .folded_tensors(0, &norms)
         .into_iter()
         .find(|n| n.ends_with("layernorm.weight") && !src.tensors.iter().any(|t| &t.info.name == n))
     {
@@ -393,34 +408,13 @@ pub fn targets(
             ),
         });
     }
-    // Gemma's norms multiply by 1 + w and its MLP's input norm is another tensor: folding scales
-    // into them is not done yet
-    let gemma = src
-        .config
-        .as_ref()
-        .and_then(|c| qs_model::family_of(c).ok())
-        .is_some_and(|f| f.gemma);
-    if gemma
-        && method
-            .folded_tensors(0)
-            .iter()
-            .any(|n| n.ends_with("layernorm.weight"))
-    {
-        return Err(Error::Input {
-            path: src.input.clone(),
-            msg: format!(
-                "--method {} folds its scales into the norms before attention and MLP, which this Gemma model applies as 1 + w: not supported yet; use --method gptq",
-                method.name()
-            ),
-        });
-    }
     // a mixture of experts: its experts' names and count
     let moe = src.config.as_ref().and_then(|c| {
         let names = qs_model::family_of(c).ok()?.moe?;
         let n = crate::arch::hparams_of(c).ok()?.moe?.experts as usize;
         Some((names, n))
     });
-    if moe.is_some() && !method.folded_tensors(0).is_empty() {
+    if moe.is_some() && folds {
         return Err(Error::Input {
             path: src.input.clone(),
             msg: format!(
@@ -474,7 +468,7 @@ pub fn targets(
         });
         let experts = stacked.map(|(_, n)| n);
         let keys = keys.or(stacked.map(|(key, _)| (vec![key], None)));
-        if keys.as_ref().is_some_and(|(_, f)| f.is_some()) && !method.folded_tensors(0).is_empty() {
+        if keys.as_ref().is_some_and(|(_, f)| f.is_some()) && folds {
             return Err(Error::Tensor {
                 file: file_of(src, name),
                 tensor: name.clone(),
@@ -560,8 +554,14 @@ pub fn targets(
 /// For a method that folds scales into other tensors (AWQ): those tensors must be re-encoded,
 /// not copied, so a copy becomes a float encode in the same dtype (same bytes when unchanged).
 pub fn prepare_plan(method: &dyn Method, src: &ModelSource, plan: &mut Plan, layers: usize) {
-    let folded: std::collections::HashSet<String> =
-        (0..layers).flat_map(|l| method.folded_tensors(l)).collect();
+    let norms = src
+        .config
+        .as_ref()
+        .and_then(|c| qs_model::family_of(c).ok())
+        .map_or(qs_model::PRE_NORMS, |f| f.norms);
+    let folded: std::collections::HashSet<String> = (0..layers)
+        .flat_map(|l| method.folded_tensors(l, &norms))
+        .collect();
     for t in &mut plan.tensors {
         if matches!(t.action, Action::Copy)
             && t.dtype.is_float()

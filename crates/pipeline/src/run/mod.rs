@@ -754,7 +754,11 @@ fn run_chunk<'a>(
                 .collect();
             if let Some(t) = transform {
                 // AWQ's scales and clipping, as the calibration applied them
-                t.apply(&src_rows, cols, &mut x);
+                // (a norm read as its applied gain, `1 + w`, is scaled as such)
+                match tp.shift {
+                    true => t.on_applied().apply(&src_rows, cols, &mut x),
+                    false => t.apply(&src_rows, cols, &mut x),
+                }
             }
             if let Scheme::Float(FloatLayout { dtype, clamp }) = *scheme {
                 if narrows(tp.dtype, dtype) {

@@ -158,6 +158,7 @@ pub fn is_router(name: &str) -> bool {
         ".mlp.gate.weight",
         ".block_sparse_moe.gate.weight",
         ".shared_expert_gate.weight",
+        ".mlp.router.weight",
     ]
     .iter()
     .any(|s| name.ends_with(s))
@@ -343,6 +344,19 @@ pub fn make_plan(
         OutputKind::Gguf if !cfg.keep_names => Conv::of(src)?,
         _ => None,
     };
+    // experts stored fused and transposed (gpt-oss) have no per-expert linears for the
+    // safetensors layouts to hold
+    if conv.is_none() {
+        if let Some(a) = src.config.as_ref().and_then(|c| arch::detect(c).ok()) {
+            if a.views.is_some() && cfg.target.is_quantized() {
+                return Err(Error::Config(format!(
+                    "{}: {} is a mixture of experts stored fused (experts.gate_up_proj): its experts are not written to safetensors layouts yet; quantize to GGUF",
+                    src.input.display(),
+                    a.hf_class
+                )));
+            }
+        }
+    }
     let arch = conv.as_ref().map(|c| c.arch);
     // A converted model with a ggml target gets llama-quantize's choices: its mixture for the
     // file type (None: --pure, one type for every quantizable tensor).

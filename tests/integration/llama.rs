@@ -1944,6 +1944,10 @@ fn mixtures_of_experts_calibrate_and_evaluate() {
             "{mt}: the F32 GGUF is the same model"
         );
         to("rtn.gguf", &["-q"]);
+        // verify reads the folder as the conversion does (experts stacked, gpt-oss's viewed)
+        let r = quantize(&["verify", &p(&m), &p(&at("rtn.gguf"))].map(String::from));
+        assert_eq!(r.code, 0, "{mt}: {r:?}");
+        assert!(r.stdout.contains("experts"), "{mt}: {}", r.stdout);
         let calib = [
             "--method",
             "gptq",

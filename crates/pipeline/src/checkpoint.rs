@@ -281,3 +281,19 @@ pub fn apply_views(src: &mut ModelSource) -> Result<bool> {
         _ => Ok(false),
     }
 }
+
+/// An HF folder opened as a GGUF conversion reads it: a mixture's per-expert weights stacked
+/// ([`crate::arch::expert_groups`]) and rearranged tensors viewed ([`apply_views`]), under the
+/// names the conversion maps (what `verify` compares a converted GGUF with).
+pub fn as_converted(src: &mut ModelSource) -> Result<()> {
+    if src.gguf.is_some() || src.config.is_none() {
+        return Ok(());
+    }
+    let Ok(arch) = crate::arch::checked_model(src) else {
+        return Ok(());
+    };
+    let groups = crate::arch::expert_groups(arch, src)?;
+    src.stack(groups)?;
+    apply_views(src)?;
+    Ok(())
+}

@@ -26,8 +26,10 @@ pub fn verify(
     threads: Option<usize>,
     progress: &dyn Progress,
 ) -> Result<Report> {
-    let orig = ModelSource::open(original)?;
+    let mut orig = ModelSource::open(original)?;
     let q = if is_gguf(quantized) {
+        // a converted GGUF holds a mixture's experts stacked (gpt-oss's rearranged)
+        crate::checkpoint::as_converted(&mut orig)?;
         Quantized::Gguf(GgufFile::open(quantized)?)
     } else {
         Quantized::St(Box::new(ModelSource::open(quantized)?))

@@ -260,6 +260,7 @@ fn block_scale_offsets(t: GgmlType) -> Option<&'static [usize]> {
         Q2_K => &[80, 82], // scales[16], qs[64], d, dmin
         Q3_K => &[108],    // hmask[32], qs[64], scales[12], d
         Q6_K => &[208],    // ql[128], qh[64], scales[16], d
+        MXFP4 => &[],      // e (E8M0: a power of two, always finite), qs[16]
         F32 | F16 | BF16 => return None,
         t => panic!("no block layout known for {t}: add it here"),
     })

@@ -335,7 +335,7 @@ fn gpt_oss_mxfp4_equals_converter_then_llama_quantize() {
                 a.as_os_str(),
                 "-q".as_ref(),
             ];
-            ours_args.extend(our_args.iter().map(|a| std::ffi::OsStr::new(a)));
+            ours_args.extend(our_args.iter().map(std::ffi::OsStr::new));
             quantize(&ours_args).ok();
             assert_identical(&a, &theirs, &what);
             eprintln!("{what}: identical");

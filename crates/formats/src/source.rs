@@ -133,6 +133,12 @@ fn attach_block_scales(
     Ok(tensors)
 }
 
+/// The stored row of an MXFP4 view's row `r` (`n` rows per expert, every `step`-th stored row
+/// from `offset`).
+fn stored_row(r: usize, n: usize, step: usize, offset: usize) -> usize {
+    (r / n) * n * step + offset + step * (r % n)
+}
+
 /// Whether a view's stored tensors (`t`, in [`ViewSpec::stored`] order) fit it: their types
 /// and shapes for its shape. The error gives the index of the tensor at fault.
 fn check_view(spec: &ViewSpec, t: &[&SourceTensor]) -> std::result::Result<(), (usize, String)> {
@@ -755,8 +761,17 @@ impl ModelSource {
         }
     }
 
-    /// Rows `r0..r1` of a view that is a ggml tensor (MXFP4 experts) as that type's blocks, in
-    /// `out` (`(r1 - r0) × row bytes`); nothing for another tensor.
+    /// The ggml type of a view whose values a checkpoint stores in blocks GGUF holds natively
+    /// (gpt-oss's MXFP4 experts, rearranged by [`ModelSource::ggml_rows`]); `None` otherwise.
+    pub fn native_blocks(&self, t: &SourceTensor) -> Option<GgmlType> {
+        match t.view.as_deref()?.kind {
+            ViewKind::Mxfp4 { .. } => t.ggml,
+            _ => None,
+        }
+    }
+
+    /// Rows `r0..r1` of a view that is a ggml tensor ([`ModelSource::native_blocks`]) as that
+    /// type's blocks, in `out` (`(r1 - r0) × row bytes`); nothing for another tensor.
     pub fn ggml_rows(&self, t: &SourceTensor, r0: usize, r1: usize, out: &mut [u8]) {
         let Some(v) = &t.view else { return };
         let ViewKind::Mxfp4 { step, offset } = v.kind else {
@@ -767,12 +782,10 @@ impl ModelSource {
         let n = shape[shape.len() - 2].max(1);
         let (codes, scales) = (&self.slots[v.slots[0]], &self.slots[v.slots[1]]);
         let (codes, scales) = (self.bytes(codes), self.bytes(scales));
-        let m = n * step;
         let nb = cols / mxfp4::QK;
         let rb = nb * mxfp4::BLOCK_BYTES;
         for (k, o) in out.chunks_mut(rb).take(r1 - r0).enumerate() {
-            let r = r0 + k;
-            let sr = (r / n) * m + offset + step * (r % n);
+            let sr = stored_row(r0 + k, n, step, offset);
             for b in 0..nb {
                 let c = &codes[(sr * nb + b) * 16..(sr * nb + b + 1) * 16];
                 let block = &mut o[b * mxfp4::BLOCK_BYTES..(b + 1) * mxfp4::BLOCK_BYTES];
@@ -789,13 +802,22 @@ impl ModelSource {
         let n = shape[shape.len() - 2].max(1);
         match v.kind {
             ViewKind::Mxfp4 { step, offset } => {
+                // per expert, the stored rows from the first to the last read, in one range
+                // (a row alone is less than a page; the other half's rows between them are
+                // read again if still wanted)
                 let cols = shape.last().copied().unwrap_or(1);
                 let nb = cols / mxfp4::QK;
-                for r in r0..r1 {
-                    let sr = (r / n) * n * step + offset + step * (r % n);
-                    let (c, s) = (&self.slots[v.slots[0]], &self.slots[v.slots[1]]);
-                    self.release(c, sr * nb * 16, (sr + 1) * nb * 16);
-                    self.release(s, sr * nb, (sr + 1) * nb);
+                let (c, s) = (&self.slots[v.slots[0]], &self.slots[v.slots[1]]);
+                let mut r = r0;
+                while r < r1 {
+                    let end = r1.min((r / n + 1) * n);
+                    let (a, b) = (
+                        stored_row(r, n, step, offset),
+                        stored_row(end - 1, n, step, offset) + 1,
+                    );
+                    self.release(c, a * nb * 16, b * nb * 16);
+                    self.release(s, a * nb, b * nb);
+                    r = end;
                 }
             }
             ViewKind::Transposed { .. } | ViewKind::Columns { .. } => {
@@ -816,9 +838,6 @@ impl ModelSource {
     pub fn dequantized(&self, t: &SourceTensor) -> bool {
         t.scale.is_some()
             || t.packed.is_some()
-            || t.view
-                .as_ref()
-                .is_some_and(|v| matches!(v.kind, ViewKind::Mxfp4 { .. }))
             || t.ggml.is_some()
             || t.stacked
                 .as_ref()

@@ -614,14 +614,14 @@ pub fn family_of(c: &Json) -> Result<&'static Family> {
 
 /// Rope from one set of rope parameters (`r`, possibly `None`), `theta` given, over `dims`
 /// dimensions of each head; LongRoPE when `lr`.
-/// `original`: the context YaRN was trained for, when the config gives one at the top level
-/// (which takes precedence over the rope parameters', as in transformers).
+/// `original`: the config's top-level `original_max_position_embeddings` (which takes
+/// precedence over the rope parameters', as in transformers) and `max_position_embeddings`.
 fn rope_of(
     r: Option<&Json>,
     theta: f64,
     dims: usize,
     lr: Option<LongRope>,
-    original: Option<f64>,
+    original: (Option<f64>, Option<f64>),
 ) -> Result<Rope> {
     let mut rope = Rope {
         theta,
@@ -645,7 +645,7 @@ fn rope_of(
             (t, _) if t.eq_ignore_ascii_case("llama3") => {
                 rope.factors = llama3_rope_factors(r, theta, dims)
             }
-            ("yarn", Some(f)) if f > 0.0 => {
+            ("yarn", f) if f.is_none_or(|f| f > 0.0) => {
                 let (factors, mscale) = yarn(r, f, theta, dims, original);
                 rope.factors = factors;
                 rope.mscale = mscale;
@@ -664,11 +664,22 @@ fn rope_of(
 /// of its frequency (interpolated by `factor` below the correction range, kept above it, a
 /// linear ramp between; the range's ends rounded out unless `truncate` is false) and the
 /// attention factor cos and sin are scaled by.
-fn yarn(r: &Json, factor: f64, theta: f64, dims: usize, original: Option<f64>) -> (Vec<f32>, f64) {
+fn yarn(
+    r: &Json,
+    factor: Option<f64>,
+    theta: f64,
+    dims: usize,
+    (top, max_pos): (Option<f64>, Option<f64>),
+) -> (Vec<f32>, f64) {
     let num = |k: &str| r.get(k).and_then(|v| v.as_f64());
-    let original = original
+    // transformers: the top-level value, else the rope parameters', else the model's context
+    let original = top
         .or_else(|| num("original_max_position_embeddings"))
+        .or(max_pos)
+        .filter(|&o| o > 0.0)
         .unwrap_or(4096.0);
+    // without a factor, the context's ratio to the original
+    let factor = factor.unwrap_or_else(|| max_pos.map_or(1.0, |m| m / original));
     let get_mscale = |scale: f64, m: f64| {
         if scale <= 1.0 {
             1.0
@@ -733,6 +744,7 @@ impl Config {
         let (hidden, heads) = (hp.n_embd as usize, hp.n_head as usize);
         let head_dim = hp.head_dim as usize;
         let layers = hp.n_layer as usize;
+        let max_pos = c.get("max_position_embeddings").and_then(|v| v.as_f64());
         let (rope, rope_local) = match rope_by_layer_type(c, family) {
             Some(by_type) => {
                 let of = |t: &str| {
@@ -742,7 +754,7 @@ impl Config {
                             "rope_parameters.{t}.rope_theta is not a number"
                         ))
                     })?;
-                    rope_of(Some(r), theta, head_dim, None, None)
+                    rope_of(Some(r), theta, head_dim, None, (None, max_pos))
                 };
                 (of("full_attention")?, Some(of("sliding_attention")?))
             }
@@ -757,7 +769,10 @@ impl Config {
                 let original = c
                     .get("original_max_position_embeddings")
                     .and_then(|v| v.as_f64());
-                (rope_of(r, theta, dims, longrope(c, dims)?, original)?, None)
+                (
+                    rope_of(r, theta, dims, longrope(c, dims)?, (original, max_pos))?,
+                    None,
+                )
             }
         };
         let window = match c.get("sliding_window").filter(|v| !v.is_null()) {

@@ -282,16 +282,21 @@ pub fn apply_views(src: &mut ModelSource) -> Result<bool> {
     }
 }
 
-/// An HF folder opened as a GGUF conversion reads it: a mixture's per-expert weights stacked
-/// ([`crate::arch::expert_groups`]) and rearranged tensors viewed ([`apply_views`]), under the
-/// names the conversion maps (what `verify` compares a converted GGUF with).
-pub fn as_converted(src: &mut ModelSource) -> Result<()> {
+/// An HF folder opened as a GGUF conversion to llama.cpp's architecture `gguf_arch` reads it:
+/// a mixture's per-expert weights stacked ([`crate::arch::expert_groups`]) and rearranged
+/// tensors viewed ([`apply_views`]), under the names the conversion maps (what `verify`
+/// compares a converted GGUF with). Unchanged when the folder is not of that architecture (a
+/// `--keep-names` GGUF keeps the folder's tensors).
+pub fn as_converted(src: &mut ModelSource, gguf_arch: &str) -> Result<()> {
     if src.gguf.is_some() || src.config.is_none() {
         return Ok(());
     }
     let Ok(arch) = crate::arch::checked_model(src) else {
         return Ok(());
     };
+    if arch.name != gguf_arch {
+        return Ok(());
+    }
     let groups = crate::arch::expert_groups(arch, src)?;
     src.stack(groups)?;
     apply_views(src)?;

@@ -32,10 +32,9 @@ pub fn gguf_metadata(
     let converter_style = crate::plan::converter_layout(src, cfg);
     // a float conversion of a checkpoint with MXFP4 experts, which it keeps, is llama.cpp's
     // MXFP4_MOE (as its converter records it)
-    let keeps_mxfp4 = src
-        .tensors
-        .iter()
-        .any(|t| t.view.is_some() && t.ggml.is_some());
+    let keeps_mxfp4 = plan.tensors.iter().any(|tp| {
+        matches!(tp.action, Action::Copy) && src.native_blocks(&src.tensors[tp.source]).is_some()
+    });
     let ft = plan.mixture.map(|m| m.id()).or_else(|| match cfg.target {
         Target::Float(_) if keeps_mxfp4 && src.gguf.is_none() => {
             Some(crate::mixture::Ftype::Mix(crate::mixture::Mix::MXFP4_MOE).id())

@@ -328,7 +328,7 @@ pub fn make_plan(
                 && !src
                     .tensors
                     .iter()
-                    .any(|t| t.packed.is_some() || (t.view.is_some() && t.ggml.is_some()))
+                    .any(|t| t.packed.is_some() || src.native_blocks(t).is_some())
         })
     {
         let method = qc
@@ -346,7 +346,7 @@ pub fn make_plan(
     };
     // experts stored fused and transposed (gpt-oss) have no per-expert linears for the
     // safetensors layouts to hold
-    if conv.is_none() {
+    if kind != OutputKind::Gguf {
         if let Some(a) = src.config.as_ref().and_then(|c| arch::detect(c).ok()) {
             if a.views.is_some() && cfg.target.is_quantized() {
                 return Err(Error::Config(format!(
@@ -463,11 +463,22 @@ pub fn make_plan(
         let (action, mut target, mut note) = choose_action(kind, target, dtype, shape, cfg, &terr)?;
         // blocks GGUF stores natively in the checkpoint (gpt-oss's MXFP4 experts) stay as they
         // are, as llama.cpp's converter keeps them, unless re-quantizing is asked for
-        let action = match (st.view.as_ref().and(st.ggml), action) {
-            (Some(q), Action::Encode(Scheme::Ggml(GgmlBlocks(t))))
+        let forced = cfg
+            .tensor_types
+            .iter()
+            .any(|(re, _)| re.is_match(name) || re.is_match(&out_name));
+        let action = match (src.native_blocks(st), action) {
+            // --allow-requantize: re-encoded as planned (another block type, or a float type
+            // --tensor-type asks for)
+            (Some(q), a @ Action::Encode(Scheme::Ggml(GgmlBlocks(t))))
                 if kind == OutputKind::Gguf && t != q && cfg.allow_requantize =>
             {
-                Action::Encode(Scheme::Ggml(GgmlBlocks(t)))
+                a
+            }
+            (Some(_), a @ Action::Encode(Scheme::Float(_)))
+                if kind == OutputKind::Gguf && cfg.allow_requantize && forced =>
+            {
+                a
             }
             (Some(q), Action::Encode(_)) if kind == OutputKind::Gguf => {
                 target = Target::Ggml(q);

@@ -91,7 +91,8 @@ impl BlockCodec for Mxfp4 {
     fn ty(&self) -> GgmlType {
         GgmlType::MXFP4
     }
-    /// llama.cpp's `LLAMA_FTYPE_MOSTLY_MXFP4_MOE` (there is no all-MXFP4 file type).
+    /// llama.cpp's `LLAMA_FTYPE_MOSTLY_MXFP4_MOE`, the one file type with MXFP4 tensors (its
+    /// experts; it is also `mixture::MIXES`' MXFP4_MOE): what `--pure --to mxfp4` records.
     fn file_type(&self) -> u32 {
         38
     }

@@ -380,11 +380,7 @@ pub fn targets(
         .n_layer as usize;
     // a method that folds its scales into the norms before attention and the MLP (AWQ) needs
     // them: OLMo 2 norms the blocks' outputs instead
-    let norms = src
-        .config
-        .as_ref()
-        .and_then(|c| qs_model::family_of(c).ok())
-        .map_or(qs_model::PRE_NORMS, |f| f.norms);
+    let norms = model_norms(src);
     let folds = !method.folded_tensors(0, &norms).is_empty();
     if folds && (norms.attn_in.is_none() || norms.mlp_in.is_none()) {
         return Err(Error::Input {
@@ -551,14 +547,19 @@ pub fn targets(
     Ok(out)
 }
 
+/// The norms of the model's decoder layers (its family's; llama's when unknown), whose names a
+/// method that folds scales (AWQ) rewrites.
+fn model_norms(src: &ModelSource) -> qs_model::Norms {
+    src.config
+        .as_ref()
+        .and_then(|c| qs_model::family_of(c).ok())
+        .map_or(qs_model::PRE_NORMS, |f| f.norms)
+}
+
 /// For a method that folds scales into other tensors (AWQ): those tensors must be re-encoded,
 /// not copied, so a copy becomes a float encode in the same dtype (same bytes when unchanged).
 pub fn prepare_plan(method: &dyn Method, src: &ModelSource, plan: &mut Plan, layers: usize) {
-    let norms = src
-        .config
-        .as_ref()
-        .and_then(|c| qs_model::family_of(c).ok())
-        .map_or(qs_model::PRE_NORMS, |f| f.norms);
+    let norms = model_norms(src);
     let folded: std::collections::HashSet<String> = (0..layers)
         .flat_map(|l| method.folded_tensors(l, &norms))
         .collect();

@@ -28,9 +28,13 @@ pub fn verify(
 ) -> Result<Report> {
     let mut orig = ModelSource::open(original)?;
     let q = if is_gguf(quantized) {
-        // a converted GGUF holds a mixture's experts stacked (gpt-oss's rearranged)
-        crate::checkpoint::as_converted(&mut orig)?;
-        Quantized::Gguf(GgufFile::open(quantized)?)
+        let g = GgufFile::open(quantized)?;
+        // a converted GGUF (llama.cpp's architecture name, not --keep-names' model type)
+        // holds a mixture's experts stacked (gpt-oss's rearranged)
+        if let Some(qs_formats::gguf::Value::String(a)) = g.get("general.architecture") {
+            crate::checkpoint::as_converted(&mut orig, a)?;
+        }
+        Quantized::Gguf(g)
     } else {
         Quantized::St(Box::new(ModelSource::open(quantized)?))
     };

@@ -710,7 +710,7 @@ fn run_chunk<'a>(
                 decode_rows(src, tp, r0, r1, cfg.allow_nonfinite)?;
             }
             res.stats.n = ((r1 - r0) * cols) as u64;
-            if st.view.is_some() {
+            if src.native_blocks(st).is_some() {
                 // blocks rearranged from a checkpoint's layout (MXFP4 experts)
                 let mut b = vec![0u8; b1 - b0];
                 src.ggml_rows(st, r0, r1, &mut b);

@@ -48,6 +48,26 @@ const GPTQ: Expect = Expect::Same {
 /// AWQ checkpoints with) also dequantizes in f16 (measured: |Δlogit| ≤ 1.1e-2).
 const AWQ: Expect = GPTQ;
 
+/// Runs tests/oracle/hf_logits.py (`cmd`, its arguments given) offline: its one JSON line.
+fn hf_logits(cmd: &mut Command) -> Vec<Value> {
+    let o = cmd
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "hf_logits.py printed no JSON:\n{stdout}\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+}
+
 /// A float32 .npy (C order): shape and values.
 fn read_npy(p: &Path) -> (Vec<usize>, Vec<f32>) {
     let b = std::fs::read(p).unwrap();
@@ -278,22 +298,7 @@ fn transformers_loads_every_safetensors_layout_with_our_logits() {
     for r in &runs {
         cmd.arg(d.path().join(&r.name)).arg(&r.npy);
     }
-    let o = cmd
-        .env("HF_HUB_OFFLINE", "1")
-        .env("TRANSFORMERS_OFFLINE", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    let results: Vec<Value> = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "hf_logits.py printed no JSON:\n{stdout}\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            )
-        });
+    let results = hf_logits(&mut cmd);
     assert_eq!(results.len(), runs.len());
     // every disagreement, for every layout, then one failure listing them
     let mut bad: Vec<String> = Vec::new();
@@ -503,22 +508,7 @@ fn transformers_loads_mixtures_of_experts_with_our_logits() {
         let experts = crate::llama::moe_layout(mt).unwrap().0;
         assert_eq!(e["matrices"], (2 * 2 * experts) as u64, "{mt}: {e}");
     }
-    let o = cmd
-        .env("HF_HUB_OFFLINE", "1")
-        .env("TRANSFORMERS_OFFLINE", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    let results: Vec<Value> = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "hf_logits.py printed no JSON:\n{stdout}\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            )
-        });
+    let results = hf_logits(&mut cmd);
     for ((mt, h), apart) in types.iter().zip(results.chunks(2)).zip(&apart) {
         let (h, hf) = (&h[0], &h[1]);
         eprintln!("{mt}: {h} (float vs int4: {apart:.3}); float model: {hf}");

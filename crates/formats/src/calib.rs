@@ -110,6 +110,37 @@ pub fn sequences(tokenizer_json: &Path, text: &str, cfg: &CalibConfig) -> Result
     })
 }
 
+/// The tokens that follow BOS in self-generated calibration text: `n` ids drawn with the seed,
+/// uniformly over the model's `vocab` (capped at the tokenizer's), skipping the tokenizer's
+/// special tokens, so the sequences start across the vocabulary rather than all at the same
+/// most likely opening.
+pub fn first_tokens(tokenizer_json: &Path, n: usize, vocab: usize, seed: u64) -> Result<Vec<u32>> {
+    let tok = tokenizers::Tokenizer::from_file(tokenizer_json)
+        .map_err(|e| file_err(tokenizer_json, format!("cannot load tokenizer: {e}")))?;
+    let special: std::collections::HashSet<u32> = tok
+        .get_added_tokens_decoder()
+        .iter()
+        .filter(|(_, t)| t.special)
+        .map(|(&id, _)| id)
+        .collect();
+    let range = vocab.min(tok.get_vocab_size(true)) as u64;
+    if range as usize <= special.len() {
+        return Err(file_err(
+            tokenizer_json,
+            format!("no ordinary token among the first {range} ids"),
+        ));
+    }
+    let mut rng = Rng::new(seed ^ 0x5eed_f125_7700_0001);
+    Ok((0..n)
+        .map(|_| loop {
+            let id = (rng.next_u64() % range) as u32;
+            if !special.contains(&id) {
+                break id;
+            }
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,35 +224,4 @@ mod tests {
         assert!(load_text(Some(&j)).is_err());
         std::fs::remove_dir_all(&d).ok();
     }
-}
-
-/// The tokens that follow BOS in self-generated calibration text: `n` ids drawn with the seed,
-/// uniformly over the model's `vocab` (capped at the tokenizer's), skipping the tokenizer's
-/// special tokens, so the sequences start across the vocabulary rather than all at the same
-/// most likely opening.
-pub fn first_tokens(tokenizer_json: &Path, n: usize, vocab: usize, seed: u64) -> Result<Vec<u32>> {
-    let tok = tokenizers::Tokenizer::from_file(tokenizer_json)
-        .map_err(|e| file_err(tokenizer_json, format!("cannot load tokenizer: {e}")))?;
-    let special: std::collections::HashSet<u32> = tok
-        .get_added_tokens_decoder()
-        .iter()
-        .filter(|(_, t)| t.special)
-        .map(|(&id, _)| id)
-        .collect();
-    let range = vocab.min(tok.get_vocab_size(true)) as u64;
-    if range as usize <= special.len() {
-        return Err(file_err(
-            tokenizer_json,
-            format!("no ordinary token among the first {range} ids"),
-        ));
-    }
-    let mut rng = Rng::new(seed ^ 0x5eed_f125_7700_0001);
-    Ok((0..n)
-        .map(|_| loop {
-            let id = (rng.next_u64() % range) as u32;
-            if !special.contains(&id) {
-                break id;
-            }
-        })
-        .collect())
 }

@@ -179,6 +179,7 @@ fn check_view(spec: &ViewSpec, t: &[&SourceTensor]) -> std::result::Result<(), (
             (3, step, offset)
         }
         ViewKind::Columns { step, offset } => (2, step, offset),
+        ViewKind::HeadRows { per, start, .. } => (3, per, start),
     };
     if sh.len() != need
         || t.len()
@@ -200,6 +201,31 @@ fn check_view(spec: &ViewSpec, t: &[&SourceTensor]) -> std::result::Result<(), (
         ViewKind::Columns { .. } => {
             plain(0)?;
             want(0, vec![sh[0], sh[1] * step], None)
+        }
+        ViewKind::HeadRows {
+            per,
+            start,
+            transpose,
+        } => {
+            let s = t[0];
+            if s.view.is_some()
+                || s.stacked.is_some()
+                || !(s.info.dtype.is_float() || s.ggml.is_some() || s.packed.is_some())
+            {
+                return Err((
+                    0,
+                    format!("is {}, not a tensor {} can read", s.info.dtype, spec.name),
+                ));
+            }
+            let (taken, width) = if transpose {
+                (sh[2], sh[1])
+            } else {
+                (sh[1], sh[2])
+            };
+            if start + taken > per {
+                return Err((0, format!("cannot be read as {} {sh:?}", spec.name)));
+            }
+            want(0, vec![sh[0] * per, width], None)
         }
         ViewKind::Mxfp4 { .. } => {
             if !sh[2].is_multiple_of(mxfp4::QK) {
@@ -287,6 +313,15 @@ pub enum ViewKind {
     /// `[E, m, cols/32]` (u8): row `j` of expert `e` is stored row `offset + step·j`. The view
     /// is a ggml MXFP4 tensor ([`ModelSource::ggml_rows`] gives its blocks).
     Mxfp4 { step: usize, offset: usize },
+    /// Per head, a run of rows of one 2-D tensor `[E·per, m]` (any form [`ModelSource::read_rows`]
+    /// reads, block-scaled FP8 too): `out[e, j, i] = s[e·per + start + j, i]`, or transposed,
+    /// `out[e, j, i] = s[e·per + start + i, j]` (DeepSeek's `kv_b_proj` split into its key and
+    /// value halves, the key half transposed).
+    HeadRows {
+        per: usize,
+        start: usize,
+        transpose: bool,
+    },
 }
 
 /// A view to make ([`ModelSource::view`]): its name and shape, how it reads, the stored
@@ -666,6 +701,8 @@ impl ModelSource {
                 .map_or(infos[0].file, |&i| self.tensors[i].file);
             let (dtype, ggml) = match spec.kind {
                 ViewKind::Mxfp4 { .. } => (DType::F32, Some(GgmlType::MXFP4)),
+                // a decoded stored tensor (block-scaled FP8, ggml blocks) is read as f32
+                ViewKind::HeadRows { .. } if self.dequantized(infos[0]) => (DType::F32, None),
                 _ => (infos[0].info.dtype, None),
             };
             let cols = spec.shape.last().copied().unwrap_or(1);
@@ -750,6 +787,43 @@ impl ModelSource {
                     }
                 }
             }
+            ViewKind::HeadRows {
+                per,
+                start,
+                transpose: false,
+            } => {
+                // rows within one head are consecutive stored rows
+                let mut r = r0;
+                while r < r1 {
+                    let (e, j0) = (r / n, r % n);
+                    let j1 = n.min(j0 + (r1 - r));
+                    let o = &mut out[(r - r0) * cols..(r - r0 + j1 - j0) * cols];
+                    let s0 = e * per + start;
+                    self.read_rows(s, s0 + j0, s0 + j1, o);
+                    r += j1 - j0;
+                }
+            }
+            ViewKind::HeadRows {
+                per,
+                start,
+                transpose: true,
+            } => {
+                // a head's `cols` stored rows of `n` values each, read once per head
+                let mut block = vec![0f32; cols * n];
+                let mut r = r0;
+                while r < r1 {
+                    let (e, j0) = (r / n, r % n);
+                    let j1 = n.min(j0 + (r1 - r));
+                    let s0 = e * per + start;
+                    self.read_rows(s, s0, s0 + cols, &mut block);
+                    for j in j0..j1 {
+                        for i in 0..cols {
+                            out[(r - r0 + j - j0) * cols + i] = block[i * n + j];
+                        }
+                    }
+                    r += j1 - j0;
+                }
+            }
             ViewKind::Mxfp4 { .. } => {
                 let rb = GgmlType::MXFP4.row_bytes(cols);
                 let mut blocks = vec![0u8; (r1 - r0) * rb];
@@ -820,6 +894,21 @@ impl ModelSource {
                     r = end;
                 }
             }
+            ViewKind::HeadRows {
+                per,
+                start,
+                transpose,
+            } => {
+                // a head's stored rows once its last row is read
+                let s = &self.slots[v.slots[0]];
+                let taken = if transpose { shape[2] } else { n };
+                for e in r0 / n..r1.div_ceil(n) {
+                    if (e + 1) * n <= r1 {
+                        let s0 = e * per + start;
+                        self.release_rows(s, s0, s0 + taken);
+                    }
+                }
+            }
             ViewKind::Transposed { .. } | ViewKind::Columns { .. } => {
                 let s = &self.slots[v.slots[0]];
                 let per_expert = (s.info.end - s.info.start) / shape[0].max(1);
@@ -839,6 +928,10 @@ impl ModelSource {
         t.scale.is_some()
             || t.packed.is_some()
             || t.ggml.is_some()
+            || t.view.as_ref().is_some_and(|v| {
+                matches!(v.kind, ViewKind::HeadRows { .. })
+                    && v.slots.iter().any(|&i| self.dequantized(&self.slots[i]))
+            })
             || t.stacked
                 .as_ref()
                 .is_some_and(|p| p.first().is_some_and(|&i| self.dequantized(&self.slots[i])))

@@ -36,6 +36,35 @@ pub struct HParams {
     pub context: Option<u64>,
     /// A mixture of experts in the feed-forward blocks.
     pub moe: Option<MoeParams>,
+    /// Multi-head latent attention (DeepSeek) instead of q/k/v projections.
+    pub mla: Option<MlaParams>,
+    /// Leading layers with a dense MLP before the mixture-of-experts ones
+    /// (`first_k_dense_replace`; 0 when every layer has experts).
+    pub dense_layers: u64,
+    /// Multi-token-prediction layers stored after the decoder's (`num_nextn_predict_layers`):
+    /// not part of the model's forward pass; llama.cpp's converter leaves them out.
+    pub extra_layers: u64,
+}
+
+/// Multi-head latent attention's sizes (DeepSeek-V2/V3): queries through a low-rank
+/// bottleneck (`q_a_proj`, `q_b_proj`) or one `q_proj`; keys and values decompressed by
+/// `kv_b_proj` from one `kv_lora_rank` vector per token, plus a rope part of `qk_rope_head_dim`
+/// shared by all heads (`kv_a_proj_with_mqa` makes both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlaParams {
+    pub q_lora: Option<u64>,
+    pub kv_lora: u64,
+    /// A head's query/key dimensions without and with rope.
+    pub qk_nope: u64,
+    pub qk_rope: u64,
+    pub v_head: u64,
+}
+
+impl MlaParams {
+    /// A head's query (and key) size.
+    pub fn qk_head(&self) -> u64 {
+        self.qk_nope + self.qk_rope
+    }
 }
 
 /// A mixture-of-experts model's sizes.
@@ -49,6 +78,9 @@ pub struct MoeParams {
     pub ff: u64,
     /// The shared expert's width (`shared_expert_intermediate_size`), if there is one.
     pub shared_ff: Option<u64>,
+    /// DeepSeek's shared experts (`n_shared_experts`, each `ff` wide; stored as one MLP
+    /// `mlp.shared_experts` of `shared · ff`): 0 for other models.
+    pub shared: u64,
 }
 
 /// The keys giving a layer's number of experts, as llama.cpp's converter looks for them.
@@ -163,14 +195,53 @@ impl HParams {
                     None => n_ff.ok_or("lacks moe_intermediate_size (or intermediate_size)")?,
                 };
                 let shared_ff = positive(&["shared_expert_intermediate_size"], MAX_WIDTH)?;
+                let shared = int(c, &["n_shared_experts"], MAX_EXPERTS)?.unwrap_or(0);
+                if shared * ff > MAX_WIDTH {
+                    return Err(format!(
+                        "n_shared_experts × moe_intermediate_size = {} is larger than {MAX_WIDTH}",
+                        shared * ff
+                    ));
+                }
                 Some(MoeParams {
                     experts,
                     used,
                     ff,
                     shared_ff,
+                    shared,
                 })
             }
         };
+        let mla = match int(c, &["kv_lora_rank"], MAX_WIDTH)? {
+            None => None,
+            Some(0) => return Err("kv_lora_rank is 0".into()),
+            Some(kv_lora) => {
+                let m = MlaParams {
+                    q_lora: positive(&["q_lora_rank"], MAX_WIDTH)?,
+                    kv_lora,
+                    qk_nope: need(&["qk_nope_head_dim"], MAX_WIDTH)?,
+                    qk_rope: need(&["qk_rope_head_dim"], MAX_WIDTH)?,
+                    v_head: need(&["v_head_dim"], MAX_WIDTH)?,
+                };
+                if !m.qk_rope.is_multiple_of(2) {
+                    return Err(format!(
+                        "qk_rope_head_dim = {} is odd: rotary embeddings need an even size",
+                        m.qk_rope
+                    ));
+                }
+                let widest = m.qk_head().max(m.v_head).max(m.kv_lora + m.qk_rope);
+                if n_head * widest > MAX_WIDTH {
+                    return Err(format!(
+                        "num_attention_heads × head size {widest} is larger than {MAX_WIDTH}"
+                    ));
+                }
+                Some(m)
+            }
+        };
+        let dense_layers = match (moe, int(c, &["first_k_dense_replace"], MAX_LAYERS)?) {
+            (Some(_), Some(k)) => k.min(n_layer),
+            _ => 0,
+        };
+        let extra_layers = int(c, &["num_nextn_predict_layers"], MAX_LAYERS)?.unwrap_or(0);
         Ok(HParams {
             n_layer,
             n_embd,
@@ -181,6 +252,9 @@ impl HParams {
             vocab: positive(&["vocab_size"], MAX_VOCAB)?,
             context: int(c, CTX_KEYS, MAX_CONTEXT)?,
             moe,
+            mla,
+            dense_layers,
+            extra_layers,
         })
     }
 
@@ -201,6 +275,9 @@ impl HParams {
             "down_proj" | "w2" => Some(vec![e, ff]),
             _ => None,
         };
+        if let Some(p) = module.strip_prefix("mlp.shared_experts.") {
+            return proj(p, Some((m.shared * m.ff) as usize)).map(Ok);
+        }
         if let Some((_, rest)) = module.split_once("experts.") {
             return match rest.split_once('.') {
                 Some((x, p)) => {
@@ -231,6 +308,35 @@ impl HParams {
         }
     }
 
+    /// The shape an attention module under `model.layers.N.` has in multi-head latent
+    /// attention (`None`: not one of its modules, or not such a model), by its suffix.
+    fn mla_shape(&self, module: &str, sfx: &str) -> Option<Vec<Option<usize>>> {
+        let m = self.mla?;
+        let (e, h) = (self.n_embd as usize, self.n_head as usize);
+        let (kv, nope, v) = (m.kv_lora as usize, m.qk_nope as usize, m.v_head as usize);
+        let qk = m.qk_head() as usize;
+        let q_lora = m.q_lora.map(|q| q as usize);
+        let lin = |out: usize, inp: Option<usize>| match (sfx, inp) {
+            ("weight", Some(i)) => Some(vec![Some(out), Some(i)]),
+            ("bias", _) | (_, None) => Some(vec![Some(out)]),
+            _ => None,
+        };
+        match module {
+            "self_attn.q_proj" => lin(h * qk, Some(e)),
+            "self_attn.q_a_proj" => lin(q_lora?, Some(e)),
+            "self_attn.q_a_layernorm" => lin(q_lora?, None),
+            "self_attn.q_b_proj" => lin(h * qk, q_lora),
+            "self_attn.kv_a_proj_with_mqa" => lin(kv + m.qk_rope as usize, Some(e)),
+            "self_attn.kv_a_layernorm" => lin(kv, None),
+            "self_attn.kv_b_proj" => lin(h * (nope + v), Some(kv)),
+            // the converter's halves of kv_b_proj (key half transposed)
+            "self_attn.k_b_proj" => Some(vec![Some(h), Some(kv), Some(nope)]),
+            "self_attn.v_b_proj" => Some(vec![Some(h), Some(v), Some(kv)]),
+            "self_attn.o_proj" => lin(e, Some(h * v)),
+            _ => None,
+        }
+    }
+
     /// Checks the hyper-parameters against the weights present (Hugging Face names and
     /// shapes): every layer from 0 to `n_layer − 1` and no other, each known tensor with the
     /// shape the hyper-parameters give it. Returns the tensor and what is wrong.
@@ -249,6 +355,9 @@ impl HParams {
                     continue;
                 };
                 let Ok(l) = l.parse::<u64>() else { continue };
+                if l >= self.n_layer && l < self.n_layer + self.extra_layers {
+                    continue;
+                }
                 if l >= self.n_layer {
                     return bad(format!(
                         "layer {l}, but num_hidden_layers is {}",
@@ -257,10 +366,13 @@ impl HParams {
                 }
                 layers.insert(l);
                 let (module, sfx) = part.rsplit_once('.').unwrap_or((part, ""));
-                if let Some(want) = self.moe_shape(module, shape.len()) {
+                if let Some(want) = self.mla_shape(module, sfx) {
+                    want
+                } else if let Some(want) = self.moe_shape(module, shape.len()) {
                     match want {
-                        // a bias has one value per output row
-                        Ok(mut w) if sfx == "bias" => {
+                        // a bias has one value per output row (DeepSeek's router: a bias
+                        // correcting the expert choice)
+                        Ok(mut w) if sfx == "bias" || sfx == "e_score_correction_bias" => {
                             w.pop();
                             w
                         }

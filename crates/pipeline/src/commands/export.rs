@@ -158,7 +158,9 @@ pub(crate) fn config_json(
                 c.insert(key.into(), json!(n));
             }
         }
-        c.insert("norm_topk_prob".into(), json!(m.renormalize));
+        if let Some(r) = m.renormalize {
+            c.insert("norm_topk_prob".into(), json!(r));
+        }
     }
     c.insert("vocab_size".into(), json!(vocab));
     c.insert("hidden_act".into(), json!("silu"));

@@ -66,8 +66,9 @@ pub const ARCH: Arch = Arch {
         projs: QWEN_EXPERTS,
         modules: &[("mlp.router", "ffn_gate_inp")],
         // a softmax over the chosen experts' logits: the renormalised softmax
-        renormalize: true,
+        renormalize: Some(true),
         count_key: "num_local_experts",
+        stored_stacked: true,
     }),
     bare: &[("self_attn.sinks", "attn_sinks.weight")],
     views: Some(views),

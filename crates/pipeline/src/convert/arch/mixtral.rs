@@ -19,8 +19,9 @@ pub const ARCH: Arch = Arch {
             ("w3", "ffn_up_exps"),
         ],
         modules: &[("block_sparse_moe.gate", "ffn_gate_inp")],
-        renormalize: true,
+        renormalize: Some(true),
         count_key: "num_local_experts",
+        stored_stacked: false,
     }),
     // llama.cpp sizes a llama model with experts by its expert count, never as the 70B
     layers_70b: None,

@@ -12,6 +12,7 @@ use qs_model::Linear;
 use qs_numeric::limits::{MAX_CONTEXT, MAX_WIDTH};
 use serde_json::Value as Json;
 
+mod deepseek2;
 mod gemma2;
 mod gemma3;
 mod gpt_oss;
@@ -39,6 +40,7 @@ pub const ARCHS: &[Arch] = &[
     qwen2moe::ARCH,
     qwen3moe::ARCH,
     gpt_oss::ARCH,
+    deepseek2::ARCH,
 ];
 
 /// What differs between the architectures we convert.
@@ -88,6 +90,13 @@ pub struct Arch {
     /// Fused linears (Phi-3's `qkv_proj`, `gate_up_proj`): HF module → llama.cpp name, kept
     /// fused.
     pub fused: &'static [(&'static str, &'static str)],
+    /// Attention linears other than llama's q/k/v/o (DeepSeek's latent attention): HF module →
+    /// llama.cpp name.
+    pub attention: &'static [(&'static str, &'static str)],
+    /// The only expert scoring function (`scoring_func`) transformers computes for the model
+    /// type, which llama.cpp reads from the file (softmax when absent): a config giving
+    /// another, or none, is refused.
+    pub scoring: Option<&'static str>,
     /// A mixture of experts in every layer's feed-forward block.
     pub moe: Option<Moe>,
     /// Layer tensors stored without a `.weight` suffix: HF name under `model.layers.N.` →
@@ -118,9 +127,13 @@ pub struct Moe {
     pub modules: &'static [(&'static str, &'static str)],
     /// llama.cpp renormalises the chosen experts' weights to sum to 1 (Mixtral, Qwen3-MoE) or
     /// not (Qwen2-MoE), whatever `norm_topk_prob` says; a config that disagrees is refused.
-    pub renormalize: bool,
+    /// `None`: as the file says (`expert_weights_norm`, DeepSeek).
+    pub renormalize: Option<bool>,
     /// The config.json key of the number of experts (what `export` and `eval` write back).
     pub count_key: &'static str,
+    /// The checkpoint stores each layer's experts already stacked (gpt-oss), read through
+    /// [`Arch::views`], not stacked from per-expert tensors.
+    pub stored_stacked: bool,
 }
 
 /// The architecture of a GGUF's `general.architecture`: one with experts when the file has
@@ -165,6 +178,8 @@ pub const TEXT: Arch = Arch {
     hf_keys: None,
     layer_norms: LLAMA_NORMS,
     fused: &[],
+    attention: &[],
+    scoring: None,
     moe: None,
     bare: &[],
     views: None,
@@ -215,6 +230,25 @@ pub enum OwnKey {
     /// `{arch}.expert_feed_forward_length` from `intermediate_size` (gpt-oss: its experts'
     /// width).
     ExpertFfIsFf,
+    /// `{arch}.leading_dense_block_count` (`first_k_dense_replace`).
+    LeadingDense,
+    /// `{arch}.attention.q_lora_rank`, when the queries have a bottleneck.
+    QLoraRank,
+    /// `{arch}.attention.kv_lora_rank`.
+    KvLoraRank,
+    /// `{arch}.attention.key_length_mla` (a head's query/key size) and `value_length_mla`.
+    KeyLengthMla,
+    ValueLengthMla,
+    /// `{arch}.expert_shared_count` (`n_shared_experts`, 0 when absent).
+    ExpertSharedCount,
+    /// `{arch}.expert_weights_scale` (`routed_scaling_factor`), when given.
+    ExpertWeightsScale,
+    /// `{arch}.expert_weights_norm`, written (true) only when `norm_topk_prob` is true.
+    ExpertWeightsNorm,
+    /// `{arch}.rope.dimension_count` from `qk_rope_head_dim`.
+    RopeDimQkRope,
+    /// `{arch}.rope.scaling.yarn_log_multiplier`: 0.1 × the rope parameters' `mscale_all_dim`.
+    YarnLogMul,
 }
 
 /// How the converter reads a model's vocabulary.
@@ -240,6 +274,8 @@ pub enum HeadDim {
     /// hidden_size / num_attention_heads.
     FromHidden,
     Fixed(u64),
+    /// The value of another key (DeepSeek-V3: `qk_rope_head_dim`).
+    FromKey(&'static str),
 }
 
 impl Arch {
@@ -385,6 +421,15 @@ pub fn with_defaults(c: &Json) -> Json {
             put("head_dim", (h / n).into())
         }
         (HeadDim::Fixed(d), _, _) => put("head_dim", d.into()),
+        (HeadDim::FromKey(k), _, _) => {
+            if let Some(v) = before.get(k).filter(|v| !v.is_null()).cloned().or_else(|| {
+                family
+                    .and_then(|f| f.defaults.iter().find(|(d, _)| *d == k))
+                    .map(|&(_, v)| qs_model::default_value(v))
+            }) {
+                put("head_dim", v)
+            }
+        }
         _ => {}
     }
     if let Some(r) = by_type {
@@ -542,7 +587,9 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
         put("feed_forward_length", Value::U32(n as u32));
     }
     put("attention.head_count", Value::U32(hp.n_head as u32));
-    put("attention.head_count_kv", Value::U32(hp.n_head_kv as u32));
+    // latent attention runs as one key/value head (its compressed vector) in llama.cpp
+    let kv_heads = if hp.mla.is_some() { 1 } else { hp.n_head_kv };
+    put("attention.head_count_kv", Value::U32(kv_heads as u32));
     // rope of the layers that attend to everything (Gemma 3 gives sliding-window layers their own)
     let rope = c
         .get("rope_parameters")
@@ -626,11 +673,57 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
         put("expert_count", Value::U32(m.experts as u32));
         put("expert_used_count", Value::U32(m.used as u32));
     }
+    for (key, gk) in [
+        ("n_group", "expert_group_count"),
+        ("topk_group", "expert_group_used_count"),
+    ] {
+        if let Some(n) = get_u64(c, &[key], qs_numeric::limits::MAX_EXPERTS)? {
+            put(gk, Value::U32(n as u32));
+        }
+    }
+    if let Some(f) = scoring_func(c)? {
+        put("expert_gating_func", Value::U32(f));
+    }
     if c.get("head_dim").is_some_and(|v| !v.is_null()) {
-        put("attention.key_length", Value::U32(hp.head_dim as u32));
-        put("attention.value_length", Value::U32(hp.head_dim as u32));
+        // latent attention's cached key: the compressed vector and the rope part; its value:
+        // the compressed vector (the converter overwrites head_dim's values in place)
+        let (k, v) = match hp.mla {
+            Some(m) => (m.kv_lora + m.qk_rope, m.kv_lora),
+            None => (hp.head_dim, hp.head_dim),
+        };
+        put("attention.key_length", Value::U32(k as u32));
+        put("attention.value_length", Value::U32(v as u32));
     }
     Ok((kv, own_keys(arch, c, &hp)?))
+}
+
+/// The config keys naming the expert scoring function, in the converter's order.
+const SCORING_KEYS: &[&str] = &[
+    "score_function",
+    "scoring_func",
+    "score_func",
+    "moe_router_activation",
+    "moe_router_activation_func",
+    "expert_selection_fn",
+];
+
+/// llama.cpp's expert gating function of a config's scoring function (`None`: not given).
+fn scoring_func(c: &Json) -> Result<Option<u32>> {
+    let Some(v) = SCORING_KEYS
+        .iter()
+        .find_map(|k| c.get(*k).filter(|v| !v.is_null()))
+    else {
+        return Ok(None);
+    };
+    match v.as_str() {
+        Some("softmax") => Ok(Some(1)),
+        Some("sigmoid") => Ok(Some(2)),
+        Some("sqrtsoftplus") => Ok(Some(3)),
+        _ => Err(cfg_err(format!(
+            "expert scoring function {} is not one llama.cpp computes (softmax, sigmoid, sqrtsoftplus)",
+            qs_formats::error::shown(&v.to_string())
+        ))),
+    }
 }
 
 /// The architecture's own keys ([`Arch::own_keys`]) from config.json completed with defaults.
@@ -668,6 +761,53 @@ fn own_keys(arch: &Arch, c: &Json, hp: &HParams) -> Result<Vec<(String, Value)>>
                 Some(n) => ("expert_feed_forward_length", Value::U32(n as u32)),
                 None => return Err(cfg_err("lacks intermediate_size".into())),
             },
+            OwnKey::LeadingDense => (
+                "leading_dense_block_count",
+                Value::U32(hp.dense_layers as u32),
+            ),
+            OwnKey::QLoraRank => match hp.mla.and_then(|m| m.q_lora) {
+                Some(q) => ("attention.q_lora_rank", Value::U32(q as u32)),
+                None => continue,
+            },
+            OwnKey::KvLoraRank => (
+                "attention.kv_lora_rank",
+                Value::U32(mla(hp)?.kv_lora as u32),
+            ),
+            OwnKey::KeyLengthMla => (
+                "attention.key_length_mla",
+                Value::U32(mla(hp)?.qk_head() as u32),
+            ),
+            OwnKey::ValueLengthMla => (
+                "attention.value_length_mla",
+                Value::U32(mla(hp)?.v_head as u32),
+            ),
+            OwnKey::ExpertSharedCount => (
+                "expert_shared_count",
+                Value::U32(hp.moe.map_or(0, |m| m.shared) as u32),
+            ),
+            OwnKey::ExpertWeightsScale => match get_f64(c, &["routed_scaling_factor"])? {
+                Some(x) => ("expert_weights_scale", Value::F32(x as f32)),
+                None => continue,
+            },
+            OwnKey::ExpertWeightsNorm => match c.get("norm_topk_prob") {
+                Some(Json::Bool(true)) => ("expert_weights_norm", Value::Bool(true)),
+                _ => continue,
+            },
+            OwnKey::RopeDimQkRope => ("rope.dimension_count", Value::U32(mla(hp)?.qk_rope as u32)),
+            OwnKey::YarnLogMul => {
+                match qs_model::rope_params(c)
+                    .map(|r| get_f64(r, &["mscale_all_dim"]))
+                    .transpose()?
+                    .flatten()
+                {
+                    // the converter multiplies in f64 and stores the f32 of the product
+                    Some(m) => (
+                        "rope.scaling.yarn_log_multiplier",
+                        Value::F32((0.1 * m) as f32),
+                    ),
+                    None => continue,
+                }
+            }
             OwnKey::SlidingWindowOrZero => {
                 let w = get_u64(c, &["sliding_window"], MAX_CONTEXT)?.unwrap_or(0);
                 ("attention.sliding_window", Value::U32(w as u32))
@@ -685,6 +825,12 @@ fn own_keys(arch: &Arch, c: &Json, hp: &HParams) -> Result<Vec<(String, Value)>>
         own.push((format!("{a}.{key}"), v));
     }
     Ok(own)
+}
+
+/// The latent attention sizes of a model whose architecture has them.
+fn mla(hp: &HParams) -> Result<qs_model::hparams::MlaParams> {
+    hp.mla
+        .ok_or_else(|| cfg_err("lacks kv_lora_rank (multi-head latent attention)".into()))
 }
 
 /// The sliding-window layers must be where llama.cpp puts them for `arch` (every layer but each
@@ -758,12 +904,27 @@ fn check_moe(arch: &Arch, c: &Json, hp: &HParams) -> Result<()> {
             arch.name
         )));
     }
+    if let Some(want) = arch.scoring {
+        let have = SCORING_KEYS
+            .iter()
+            .find_map(|k| c.get(*k).and_then(|v| v.as_str()));
+        if have != Some(want) {
+            return Err(cfg_err(format!(
+                "scoring_func is {}, but transformers scores {}'s experts with a {want} (llama.cpp reads the function from the file, softmax when absent): a GGUF would compute another model",
+                have.map_or("absent".to_string(), |h| format!("'{}'", qs_formats::error::shown(h))),
+                arch.name
+            )));
+        }
+    }
+    let Some(fixed) = moe.renormalize else {
+        return Ok(());
+    };
     let renorm = qs_model::renormalizes_experts(c).map_err(model_err)?;
-    if renorm != moe.renormalize {
+    if renorm != fixed {
         return Err(cfg_err(format!(
             "norm_topk_prob = {renorm}, but llama.cpp's {} {} the chosen experts' weights: a GGUF would compute another model",
             arch.name,
-            if moe.renormalize { "renormalises" } else { "does not renormalise" }
+            if fixed { "renormalises" } else { "does not renormalise" }
         )));
     }
     Ok(())
@@ -933,6 +1094,7 @@ pub(crate) fn layer_names(arch: &Arch) -> impl Iterator<Item = (&'static str, &'
                 .map(|l| (l.hf_name(), gguf_linear(l))),
         )
         .chain(arch.fused.iter().copied())
+        .chain(arch.attention.iter().copied())
         .chain(arch.moe.map_or(&[][..], |m| m.modules).iter().copied())
 }
 
@@ -948,7 +1110,7 @@ pub fn expert_groups(arch: &Arch, src: &ModelSource) -> Result<Vec<(String, usiz
     let hp = hparams_of(c)?;
     // (a config llama.cpp would not honour is refused before its experts are looked for)
     check_moe(arch, c, &hp)?;
-    if arch.views.is_some() {
+    if moe.stored_stacked {
         return Ok(vec![]);
     }
     let Some(m) = hp.moe else {
@@ -960,7 +1122,8 @@ pub fn expert_groups(arch: &Arch, src: &ModelSource) -> Result<Vec<(String, usiz
         .map(|t| (t.info.name.as_str(), t.file))
         .collect();
     let mut groups = Vec::new();
-    for l in 0..hp.n_layer {
+    // (leading dense layers have no experts)
+    for l in hp.dense_layers..hp.n_layer {
         let prefix = format!("model.layers.{l}.{}", moe.experts);
         let parts = |p: &str| -> Vec<String> {
             (0..m.experts)
@@ -1007,6 +1170,15 @@ pub fn map_tensor(arch: &Arch, c: &Json, hf: &str) -> Result<Mapped> {
         .strip_prefix("model.layers.")
         .and_then(|r| r.split_once('.'))
     {
+        // layers past num_hidden_layers: multi-token prediction, which the converter leaves out
+        if let (Ok(l), Some(n)) = (
+            bid.parse::<u64>(),
+            get_u64(c, hparams::LAYER_KEYS, qs_numeric::limits::MAX_LAYERS)?,
+        ) {
+            if l >= n {
+                return Ok(Mapped::Skip);
+            }
+        }
         if let (Some((_, gg)), Ok(bid)) = (
             arch.bare.iter().find(|(h, _)| *h == part),
             bid.parse::<usize>(),

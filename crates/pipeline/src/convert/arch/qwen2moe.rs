@@ -23,8 +23,9 @@ pub const ARCH: Arch = Arch {
             ("mlp.shared_expert.down_proj", "ffn_down_shexp"),
             ("mlp.shared_expert_gate", "ffn_gate_inp_shexp"),
         ],
-        renormalize: false,
+        renormalize: Some(false),
         count_key: "num_experts",
+        stored_stacked: false,
     }),
     ..TEXT
 };

@@ -16,8 +16,9 @@ pub const ARCH: Arch = Arch {
         experts: "mlp.experts",
         projs: QWEN_EXPERTS,
         modules: &[("mlp.gate", "ffn_gate_inp")],
-        renormalize: true,
+        renormalize: Some(true),
         count_key: "num_experts",
+        stored_stacked: false,
     }),
     ..TEXT
 };

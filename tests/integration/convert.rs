@@ -94,8 +94,22 @@ fn spm_model(parent: &Path) -> PathBuf {
 /// linear's weight in E4M3 with one `weight_scale_inv` per 128×128 block (the MLP's 320 columns
 /// end in a partial block), `quantization_config.quant_method = "fp8"`.
 pub(crate) fn block_fp8_model(dir: &Path) -> PathBuf {
-    let m = dir.join("qwen3-fp8");
-    synthetic_model(&m, "qwen3", 2, 256, 320, 4, 2);
+    block_fp8_of(dir, "qwen3", 320)
+}
+
+/// [`block_fp8_model`] for a synthetic `model_type` (MLP `inter` wide); DeepSeek-V3's
+/// `kv_a_proj_with_mqa` is FP8 too, as in its release.
+pub(crate) fn block_fp8_of(dir: &Path, model_type: &str, inter: usize) -> PathBuf {
+    let m = dir.join(format!("{model_type}-fp8"));
+    synthetic_model(
+        &m,
+        model_type,
+        crate::llama::family_layers(model_type),
+        256,
+        inter,
+        4,
+        2,
+    );
     let src = qs_formats::source::ModelSource::open(&m).unwrap();
     use qs_model::Weights;
     const B: usize = 128;
@@ -104,7 +118,7 @@ pub(crate) fn block_fp8_model(dir: &Path) -> PathBuf {
         let name = t.info.name.clone();
         let shape = t.info.shape.clone();
         let v = src.read(&name).unwrap();
-        if !name.ends_with("_proj.weight") {
+        if !name.ends_with("_proj.weight") && !name.ends_with("_mqa.weight") {
             out.push((
                 name,
                 safetensors::Dtype::BF16,
@@ -205,11 +219,17 @@ fn float_conversions_equal_llama_cpp_converter() {
         "qwen2_moe",
         "qwen3_moe",
         "gpt_oss",
+        "deepseek_v3",
     ] {
         let m = d.path().join(mt);
         synthetic_model(&m, mt, family_layers(mt), 256, 512, 4, 2);
         cases.push((m, "bf16", Some("gpt-2")));
     }
+    // DeepSeek-V3 as released: block-scaled FP8 (its kv_b_proj split from the FP8 codes)
+    let ds8 = block_fp8_of(d.path(), "deepseek_v3", 512);
+    cases.push((ds8.clone(), "bf16", Some("gpt-2")));
+    cases.push((ds8, "f32", Some("gpt-2")));
+    cases.push((d.path().join("deepseek_v3"), "f16", Some("gpt-2")));
     // gpt-oss as released: MXFP4 experts, kept MXFP4 (in an f16 file as in a bf16 one)
     let mx = d.path().join("gpt_oss-mxfp4");
     crate::llama::mxfp4_gpt_oss(&d.path().join("gpt_oss"), &mx);
@@ -260,11 +280,17 @@ fn one_pass_equals_converter_then_llama_quantize() {
         "qwen2_moe",
         "qwen3_moe",
         "gpt_oss",
+        "deepseek_v3",
     ] {
         let m = d.path().join(mt);
         synthetic_model(&m, mt, family_layers(mt), 256, 512, 4, 2);
         cases.push((m, (mt != "gemma2").then_some("gpt-2"), "bf16"));
     }
+    cases.push((
+        block_fp8_of(d.path(), "deepseek_v3", 512),
+        Some("gpt-2"),
+        "bf16",
+    ));
     // block-scaled FP8: the converter's default output type for it is bf16 too
     cases.push((block_fp8_model(d.path()), Some("gpt-2"), "bf16"));
     for (k, (m, pre, outtype)) in cases.into_iter().enumerate() {

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Independent reference: the Hugging Face llama/qwen2/qwen3/smollm3/olmo2/gemma2/gemma3_text/phi3
-and mixture-of-experts mixtral/qwen2_moe/qwen3_moe/gpt_oss forward pass in numpy (float64),
-straight from a model folder's config.json and safetensors — HF conventions (rotate-half RoPE on
-the unpermuted weights); gpt-oss experts either float or MXFP4 (blocks and scales). Writes the
-logits of every position.
+and mixture-of-experts mixtral/qwen2_moe/qwen3_moe/gpt_oss/deepseek_v3 forward pass in numpy
+(float64), straight from a model folder's config.json and safetensors — HF conventions
+(rotate-half RoPE on the unpermuted weights; DeepSeek-V3's interleaved); gpt-oss experts either
+float or MXFP4 (blocks and scales); any family's linears either float or block-scaled FP8
+(`weight_scale_inv`). Writes the logits of every position.
 
   ref_forward.py MODEL_DIR OUT.f32 TOKEN_ID...
 """
@@ -28,6 +29,20 @@ def load(path):
         else:
             out[k] = a.astype(np.float64)
     return out
+
+
+def dequant_fp8(W, cfg):
+    """Block-scaled FP8 checkpoints (quantization_config quant_method fp8, as DeepSeek-V3's and
+    transformers' FineGrainedFP8): each `X.weight` stored as E4M3 codes (decoded by st_read) has an
+    `X.weight_scale_inv` with one factor per weight_block_size block (default 128×128, the last
+    blocks partial); the weight is code × factor (transformers' dequantize)."""
+    q = cfg.get("quantization_config") or {}
+    br, bc = q.get("weight_block_size") or (128, 128)
+    for k in [k for k in W if k.endswith(".weight_scale_inv")]:
+        name = k[: -len("_scale_inv")]
+        w, s = W[name], W.pop(k)
+        full = np.repeat(np.repeat(s, br, axis=0), bc, axis=1)
+        W[name] = w * full[: w.shape[0], : w.shape[1]]
 
 
 def rms(x, w, eps):
@@ -246,6 +261,123 @@ def gpt_oss_moe(cfg, W, p, lin, h):
     return out
 
 
+# DeepseekV3Config's defaults for what config.json may leave out
+DEEPSEEK_V3 = {"q_lora_rank": 1536, "first_k_dense_replace": 3, "n_group": 8, "topk_group": 4,
+               "n_shared_experts": 1, "routed_scaling_factor": 2.5, "norm_topk_prob": True,
+               "rope_interleave": True, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+               "tie_word_embeddings": False}
+
+
+def rope_interleave(x, pos, inv, mscale=1.0):
+    """transformers' apply_rotary_pos_emb_interleave: x (T, H, D) holds D/2 pairs (x0, x1),
+    (x2, x3), ..., pair i rotated by frequency i; the result lays the rotated evens first, then
+    the odds (the same for q and k, so their dot products are unchanged)."""
+    ang = pos[:, None] * inv[None, :]
+    cos, sin = np.cos(ang)[:, None, :] * mscale, np.sin(ang)[:, None, :] * mscale
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+
+
+def deepseek_v3_moe(cfg, W, p, lin, h):
+    """DeepseekV3MoE: DeepseekV3TopkRouter scores each expert by sigmoid(router logit); the choice
+    adds e_score_correction_bias and is grouped — n_group groups, each scored by the sum of its 2
+    best biased scores, the topk_group best groups kept, the num_experts_per_tok best experts
+    among them; the weights are the chosen experts' unbiased scores, renormalised (+1e-20) when
+    norm_topk_prob, times routed_scaling_factor. Each expert a SiLU-gated MLP; the shared experts
+    (one MLP moe_intermediate_size × n_shared_experts wide) added for every token."""
+    c = {**DEEPSEEK_V3, **{k: v for k, v in cfg.items() if v is not None}}
+    n, k = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
+    groups, keep = c["n_group"], c["topk_group"]
+    scores = 1 / (1 + np.exp(-lin("mlp.gate", h)))
+    choice = scores + W.get(p + "mlp.gate.e_score_correction_bias", np.zeros(n))
+    def mlp(q, x):
+        return lin(q + ".down_proj", silu(lin(q + ".gate_proj", x)) * lin(q + ".up_proj", x))
+    out = mlp("mlp.shared_experts", h)
+    for t in range(h.shape[0]):
+        per_group = np.sort(choice[t].reshape(groups, n // groups), -1)[:, -2:].sum(-1)
+        kept = np.argsort(-per_group, kind="stable")[:keep]
+        in_kept = np.repeat(np.isin(np.arange(groups), kept), n // groups)
+        top = np.argsort(-np.where(in_kept, choice[t], -np.inf), kind="stable")[:k]
+        w = scores[t, top]
+        if c["norm_topk_prob"]:
+            w = w / (w.sum() + 1e-20)
+        w = w * c["routed_scaling_factor"]
+        for e, we in zip(top, w):
+            out[t] += we * mlp(f"mlp.experts.{e}", h[t:t + 1])[0]
+    return out
+
+
+def silu(x):
+    return x / (1 + np.exp(-x))
+
+
+def deepseek_v3(cfg, W, ids):
+    """DeepseekV3ForCausalLM (transformers' modeling_deepseek_v3), its logits. Multi-head latent
+    attention (DeepseekV3Attention): q = q_b_proj(q_a_layernorm(q_a_proj(x))) (q_proj when
+    q_lora_rank is null), per head qk_nope_head_dim + qk_rope_head_dim; kv_a_proj_with_mqa gives a
+    kv_lora_rank latent and one qk_rope_head_dim key shared by every head; kv_b_proj of the normed
+    latent (kv_a_layernorm) gives per head the nope key and the value (v_head_dim). Rope only on
+    the rope parts, interleaved (rope_interleave, the default) over qk_rope_head_dim (the config's
+    head_dim is always qk_rope_head_dim), YaRN frequencies and cos/sin factor as for every family;
+    scores scaled by qk_head_dim^-1/2 times yarn_get_mscale(factor, mscale_all_dim)^2 when the rope
+    is scaled and names mscale_all_dim (yarn_apply_mscale). The q_a/kv_a norms have
+    DeepseekV3RMSNorm's own eps (1e-6), not rms_norm_eps. Layers below first_k_dense_replace have
+    a dense MLP, the rest deepseek_v3_moe; layers from num_hidden_layers on (the
+    multi-token-prediction ones) are not run."""
+    c = {**DEEPSEEK_V3, **{k: v for k, v in cfg.items() if v is not None}}
+    if "q_lora_rank" in cfg and cfg["q_lora_rank"] is None:
+        c["q_lora_rank"] = None
+    H, L, eps = cfg["num_attention_heads"], cfg["num_hidden_layers"], c["rms_norm_eps"]
+    nope, rd, vd = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+    kv_lora = cfg["kv_lora_rank"]
+    theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta") \
+        or DEEPSEEK_V3["rope_theta"]
+    inv, mscale = inv_freq(cfg, rd, theta)
+    scale = (nope + rd) ** -0.5
+    r = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    if r.get("rope_type", r.get("type", "default")) != "default" and r.get("mscale_all_dim"):
+        m = 0.1 * r["mscale_all_dim"] * np.log(r["factor"]) + 1.0 if r["factor"] > 1 else 1.0
+        scale *= m * m
+    rot = rope_interleave if c["rope_interleave"] else rope
+    T = len(ids)
+    pos = np.arange(T, dtype=np.float64)
+    causal = np.triu(np.full((T, T), -np.inf), 1)
+    x = W["model.embed_tokens.weight"][ids]
+    for l in range(L):
+        p = f"model.layers.{l}."
+        def lin(name, v):
+            y = v @ W[p + name + ".weight"].T
+            b = W.get(p + name + ".bias")
+            return y if b is None else y + b
+        h = rms(x, W[p + "input_layernorm.weight"], eps)
+        if c["q_lora_rank"] is None:
+            q = lin("self_attn.q_proj", h)
+        else:
+            q_a = rms(lin("self_attn.q_a_proj", h), W[p + "self_attn.q_a_layernorm.weight"], 1e-6)
+            q = lin("self_attn.q_b_proj", q_a)
+        q = q.reshape(T, H, nope + rd)
+        q_pass, q_rot = q[..., :nope], q[..., nope:]
+        ckv = lin("self_attn.kv_a_proj_with_mqa", h)
+        latent = rms(ckv[:, :kv_lora], W[p + "self_attn.kv_a_layernorm.weight"], 1e-6)
+        k_rot = ckv[:, None, kv_lora:]
+        q_rot, k_rot = rot(q_rot, pos, inv, mscale), rot(k_rot, pos, inv, mscale)
+        kv = lin("self_attn.kv_b_proj", latent).reshape(T, H, nope + vd)
+        k_nope, v = kv[..., :nope], kv[..., nope:]
+        att = (np.einsum("thd,shd->hts", q_pass, k_nope)
+               + np.einsum("thd,sd->hts", q_rot, k_rot[:, 0])) * scale + causal
+        att = np.exp(att - att.max(-1, keepdims=True))
+        att /= att.sum(-1, keepdims=True)
+        x = x + lin("self_attn.o_proj", np.einsum("hts,shd->thd", att, v).reshape(T, H * vd))
+        h = rms(x, W[p + "post_attention_layernorm.weight"], eps)
+        if l < c["first_k_dense_replace"]:
+            m = lin("mlp.down_proj", silu(lin("mlp.gate_proj", h)) * lin("mlp.up_proj", h))
+        else:
+            m = deepseek_v3_moe(cfg, W, p, lin, h)
+        x = x + m
+    x = rms(x, W["model.norm.weight"], eps)
+    return x @ W.get("lm_head.weight", W["model.embed_tokens.weight"]).T
+
+
 def main():
     d = Path(sys.argv[1])
     cfg = json.loads((d / "config.json").read_text())
@@ -253,6 +385,10 @@ def main():
     W = {}
     for f in sorted(d.glob("*.safetensors")):
         W.update(load(f))
+    dequant_fp8(W, cfg)
+    if cfg.get("model_type") == "deepseek_v3":
+        deepseek_v3(cfg, W, ids).astype("<f4").tofile(sys.argv[2])
+        return
     H, KV = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     mt = cfg.get("model_type")
     gemma = mt in GEMMA_PATTERN

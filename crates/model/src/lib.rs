@@ -62,8 +62,13 @@ pub struct Config {
     pub attn_softcap: Option<f32>,
     /// Gemma 2: logits become `cap·tanh(l/cap)`.
     pub final_softcap: Option<f32>,
-    /// A mixture of experts in place of every layer's MLP.
+    /// A mixture of experts in place of every layer's MLP (but the leading `dense_layers`).
     pub moe: Option<MoeConfig>,
+    /// Leading layers with a dense MLP in a mixture of experts (DeepSeek's
+    /// `first_k_dense_replace`).
+    pub dense_layers: usize,
+    /// Multi-head latent attention (DeepSeek) in place of q/k/v projections.
+    pub mla: Option<hparams::MlaParams>,
 }
 
 /// How a layer's tokens are routed to its experts.
@@ -75,6 +80,12 @@ pub struct MoeConfig {
     pub used: usize,
     /// The chosen experts' weights are renormalised to sum to 1.
     pub renormalize: bool,
+    /// The chosen experts' weights are multiplied by this (DeepSeek's
+    /// `routed_scaling_factor`; else 1).
+    pub scale: f32,
+    /// Experts are chosen within the best `topk_group` of `n_group` equal groups (DeepSeek):
+    /// (n_group, topk_group).
+    pub groups: Option<(usize, usize)>,
 }
 
 /// Rotary position embedding parameters.
@@ -247,8 +258,15 @@ pub struct MoeNames {
     /// The router: one logit per expert.
     pub router: &'static str,
     /// A shared expert every token goes through (gate/up/down_proj under it), scaled by the
-    /// sigmoid of its own one-row gate.
-    pub shared: Option<(&'static str, &'static str)>,
+    /// sigmoid of its own one-row gate (Qwen2-MoE) or not (DeepSeek's, without one).
+    pub shared: Option<(&'static str, Option<&'static str>)>,
+    /// Experts scored by a sigmoid of the router's logits (DeepSeek-V3), not a softmax.
+    pub sigmoid: bool,
+    /// A per-expert bias added to the scores only to choose the experts (DeepSeek-V3's
+    /// `e_score_correction_bias`, under `model.layers.N.`).
+    pub choice_bias: Option<&'static str>,
+    /// [`MoeNames::renorm_key`]'s value when the config leaves it out.
+    pub renorm_default: bool,
     /// The config key saying whether the chosen experts' softmax weights are renormalised to
     /// sum to 1 (false when absent); `None`: always renormalised.
     pub renorm_key: Option<&'static str>,
@@ -262,6 +280,9 @@ const QWEN_MOE: MoeNames = MoeNames {
     router: "mlp.gate",
     shared: None,
     renorm_key: Some("norm_topk_prob"),
+    sigmoid: false,
+    choice_bias: None,
+    renorm_default: false,
 };
 
 const fn llama_like(model_type: &'static str, rope_theta: f64) -> Family {
@@ -348,12 +369,13 @@ pub const FAMILIES: &[Family] = &[
             router: "block_sparse_moe.gate",
             shared: None,
             renorm_key: None,
+            ..QWEN_MOE
         }),
         ..llama_like("mixtral", 1_000_000.0)
     },
     Family {
         moe: Some(MoeNames {
-            shared: Some(("mlp.shared_expert", "mlp.shared_expert_gate")),
+            shared: Some(("mlp.shared_expert", Some("mlp.shared_expert_gate"))),
             ..QWEN_MOE
         }),
         ..llama_like("qwen2_moe", 10000.0)
@@ -378,6 +400,31 @@ pub const FAMILIES: &[Family] = &[
         }),
         swiglu_oai: true,
         ..llama_like("gpt_oss", 150_000.0)
+    },
+    Family {
+        // DeepseekV3Config's (q_lora_rank left out: null means no query bottleneck)
+        defaults: &[
+            ("first_k_dense_replace", 3.0),
+            ("n_group", 8.0),
+            ("topk_group", 4.0),
+            ("n_shared_experts", 1.0),
+            ("n_routed_experts", 256.0),
+            ("num_experts_per_tok", 8.0),
+            ("moe_intermediate_size", 2048.0),
+            ("routed_scaling_factor", 2.5),
+            ("kv_lora_rank", 512.0),
+            ("qk_rope_head_dim", 64.0),
+            ("qk_nope_head_dim", 128.0),
+            ("v_head_dim", 128.0),
+        ],
+        moe: Some(MoeNames {
+            shared: Some(("mlp.shared_experts", None)),
+            sigmoid: true,
+            choice_bias: Some("mlp.gate.e_score_correction_bias"),
+            renorm_default: true,
+            ..QWEN_MOE
+        }),
+        ..llama_like("deepseek_v3", 10000.0)
     },
 ];
 
@@ -411,7 +458,7 @@ pub fn renormalizes_experts(c: &Json) -> Result<bool> {
         return Ok(true);
     };
     match c.get(key) {
-        None | Some(Json::Null) => Ok(false),
+        None | Some(Json::Null) => Ok(m.renorm_default),
         Some(Json::Bool(b)) => Ok(*b),
         Some(v) => Err(ModelError::Config(format!(
             "{key} = {v} is not true or false"
@@ -765,7 +812,11 @@ impl Config {
                     .or_else(|| r.and_then(|r| r.get("rope_theta")))
                     .and_then(|v| v.as_f64())
                     .unwrap_or(family.rope_theta);
-                let dims = rotary_dims(c, hidden, heads, head_dim);
+                // latent attention rotates only each head's (and the shared key's) rope part
+                let dims = match hp.mla {
+                    Some(m) => m.qk_rope as usize,
+                    None => rotary_dims(c, hidden, heads, head_dim),
+                };
                 let original = c
                     .get("original_max_position_embeddings")
                     .and_then(|v| v.as_f64());
@@ -794,8 +845,9 @@ impl Config {
                 .collect(),
             _ => vec![None; layers],
         };
-        let attn_scale = match (family.gemma, positive(c, "query_pre_attn_scalar")?) {
-            (true, Some(q)) => 1.0 / q.sqrt(),
+        let attn_scale = match (family.gemma, positive(c, "query_pre_attn_scalar")?, hp.mla) {
+            (true, Some(q), _) => 1.0 / q.sqrt(),
+            (_, _, Some(m)) => mla_scale(c, m),
             _ => 1.0 / (head_dim as f32).sqrt(),
         };
         Ok(Config {
@@ -846,6 +898,8 @@ impl Config {
                     experts: m.experts as usize,
                     used: m.used as usize,
                     renormalize: renormalizes_experts(c)?,
+                    scale: positive(c, "routed_scaling_factor")?.unwrap_or(1.0),
+                    groups: moe_groups(c, m.experts as usize, m.used as usize)?,
                 }),
                 (Some(_), None) => {
                     return Err(ModelError::Config(format!(
@@ -855,6 +909,8 @@ impl Config {
                 }
                 _ => None,
             },
+            dense_layers: hp.dense_layers as usize,
+            mla: hp.mla,
         })
     }
 
@@ -894,7 +950,56 @@ impl Config {
             attn_softcap: None,
             final_softcap: None,
             moe: None,
+            dense_layers: 0,
+            mla: None,
         }
+    }
+}
+
+/// Latent attention's score scale as transformers' DeepseekV3Attention computes it: a head's
+/// query size^-½, times YaRN's mscale(factor, `mscale_all_dim`)² when the rope is scaled.
+fn mla_scale(c: &Json, m: hparams::MlaParams) -> f32 {
+    let base = 1.0 / (m.qk_head() as f64).sqrt();
+    let Some(r) = rope_params(c).filter(|r| rope_type(r) != "default") else {
+        return base as f32;
+    };
+    let num = |k: &str| r.get(k).and_then(|v| v.as_f64());
+    let (Some(all), Some(factor)) = (num("mscale_all_dim").filter(|&a| a != 0.0), num("factor"))
+    else {
+        return base as f32;
+    };
+    let mscale = if factor <= 1.0 {
+        1.0
+    } else {
+        0.1 * all * factor.ln() + 1.0
+    };
+    (base * mscale * mscale) as f32
+}
+
+/// DeepSeek's expert groups (`n_group`, `topk_group`), checked: the groups split the experts
+/// evenly, have at least the two experts a group is scored by, and the groups kept hold at
+/// least `used` experts. `None` without them.
+fn moe_groups(c: &Json, experts: usize, used: usize) -> Result<Option<(usize, usize)>> {
+    let g = |k: &str| {
+        hparams::int(c, &[k], qs_numeric::limits::MAX_EXPERTS).map_err(ModelError::Config)
+    };
+    match (g("n_group")?, g("topk_group")?) {
+        (Some(n), Some(k)) => {
+            let (n, k) = (n as usize, k as usize);
+            if n == 0
+                || k == 0
+                || k > n
+                || !experts.is_multiple_of(n)
+                || experts / n < 2
+                || k * (experts / n) < used
+            {
+                return Err(ModelError::Config(format!(
+                    "n_group = {n}, topk_group = {k}: {experts} experts cannot be chosen {used} at a time from groups so made"
+                )));
+            }
+            Ok(Some((n, k)))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -1003,9 +1108,11 @@ pub struct MoeLayer {
     pub router: Mat<f32>,
     pub router_bias: Option<Vec<f32>>,
     pub experts: Vec<Expert>,
-    /// Qwen2-MoE's shared expert and its gate's row (the shared output is scaled by the
-    /// sigmoid of `h · gate`).
-    pub shared: Option<(Expert, Vec<f32>)>,
+    /// The shared expert and its gate's row (Qwen2-MoE: the shared output is scaled by the
+    /// sigmoid of `h · gate`; DeepSeek's has none).
+    pub shared: Option<(Expert, Option<Vec<f32>>)>,
+    /// DeepSeek-V3: added to the scores only to choose the experts.
+    pub choice_bias: Option<Vec<f32>>,
 }
 
 impl MoeLayer {
@@ -1049,6 +1156,26 @@ pub struct Layer {
     pub down: Mat<f32>,
     /// A mixture of experts in place of the MLP (`gate`, `up`, `down` are then empty).
     pub moe: Option<MoeLayer>,
+    /// Multi-head latent attention in place of `q`, `k`, `v` (then empty).
+    pub mla: Option<MlaLayer>,
+}
+
+/// A layer's multi-head latent attention (DeepSeek), in llama.cpp's absorbed form: per head,
+/// the key half of `kv_b_proj` transposed and its value half.
+#[derive(Clone)]
+pub struct MlaLayer {
+    /// The query bottleneck (`q_a_proj` `[q_lora, hidden]` and its norm's gains), or none
+    /// (then `q` is `q_proj`).
+    pub q_a: Option<(Mat<f32>, Vec<f32>)>,
+    /// `q_b_proj` (or `q_proj`): `[heads·(nope + rope), q_lora or hidden]`.
+    pub q: Mat<f32>,
+    /// `kv_a_proj_with_mqa` `[kv_lora + rope, hidden]` and the norm of its compressed part.
+    pub kv_a: Mat<f32>,
+    pub kv_a_norm: Vec<f32>,
+    /// Per head: `[kv_lora, nope]` (a query's no-rope part → the compressed space) and
+    /// `[v_head, kv_lora]` (the compressed attention output → the head's value).
+    pub k_b: Vec<Mat<f32>>,
+    pub v_b: Vec<Mat<f32>>,
 }
 
 /// The linears of a decoder layer, the one list calibration and export use.
@@ -1252,6 +1379,9 @@ impl<'a> Model<'a> {
 
     pub fn layer(&self, l: usize) -> Result<Layer> {
         let c = &self.cfg;
+        if let Some(m) = c.mla {
+            return self.mla_layer(l, m);
+        }
         let p = format!("model.layers.{l}.");
         let (qd, kd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let gains = |mut w: Vec<f32>| {
@@ -1284,20 +1414,68 @@ impl<'a> Model<'a> {
                 self.matrix(&Linear::V.weight_name(l), kd, c.hidden)?,
             )
         };
-        if let Some(m) = &c.moe {
+        let attn =
+            self.attention_layer(l, q, k, v, qk_norm("q_norm", qd)?, qk_norm("k_norm", kd)?)?;
+        self.with_ffn(l, attn)
+    }
+
+    /// Layer `l`'s latent attention (`m`'s sizes) and its norms, then its feed-forward block.
+    fn mla_layer(&self, l: usize, m: hparams::MlaParams) -> Result<Layer> {
+        let c = &self.cfg;
+        let p = format!("model.layers.{l}.self_attn.");
+        let (h, e) = (c.heads, c.hidden);
+        let (kv, nope, v) = (m.kv_lora as usize, m.qk_nope as usize, m.v_head as usize);
+        let qk = m.qk_head() as usize;
+        let (q_a, q) = match m.q_lora {
+            Some(r) => {
+                let r = r as usize;
+                let a = self.matrix(&format!("{p}q_a_proj.weight"), r, e)?;
+                let g = self.tensor(&format!("{p}q_a_layernorm.weight"), &[r])?;
+                (
+                    Some((a, g)),
+                    self.matrix(&format!("{p}q_b_proj.weight"), h * qk, r)?,
+                )
+            }
+            None => (None, self.matrix(&format!("{p}q_proj.weight"), h * qk, e)?),
+        };
+        let per_head = |name: &str, rows: usize, cols: usize| -> Result<Vec<Mat<f32>>> {
+            let t = self.tensor(&format!("{p}{name}.weight"), &[h, rows, cols])?;
+            Ok(t.chunks(rows * cols)
+                .map(|x| Mat::from_fn(rows, cols, |i, j| x[i * cols + j]))
+                .collect())
+        };
+        let mla = MlaLayer {
+            q_a,
+            q,
+            kv_a: self.matrix(
+                &format!("{p}kv_a_proj_with_mqa.weight"),
+                kv + m.qk_rope as usize,
+                e,
+            )?,
+            kv_a_norm: self.tensor(&format!("{p}kv_a_layernorm.weight"), &[kv])?,
+            k_b: per_head("k_b_proj", kv, nope)?,
+            v_b: per_head("v_b_proj", v, kv)?,
+        };
+        let empty = || Mat::zeros(0, e);
+        let attn = Layer {
+            mla: Some(mla),
+            ..self.attention_layer(l, empty(), empty(), empty(), None, None)?
+        };
+        self.with_ffn(l, attn)
+    }
+
+    /// `layer` (its attention read) with layer `l`'s feed-forward block: the mixture of
+    /// experts, or (in a dense model, or a leading dense layer) the MLP.
+    fn with_ffn(&self, l: usize, layer: Layer) -> Result<Layer> {
+        let c = &self.cfg;
+        let p = format!("model.layers.{l}.");
+        if let Some(m) = c.moe.as_ref().filter(|_| l >= c.dense_layers) {
             return Ok(Layer {
                 gate: Mat::zeros(0, c.hidden),
                 up: Mat::zeros(0, c.hidden),
                 down: Mat::zeros(c.hidden, 0),
                 moe: Some(self.moe_layer(l, m)?),
-                ..self.attention_layer(
-                    l,
-                    q,
-                    k,
-                    v,
-                    qk_norm("q_norm", qd)?,
-                    qk_norm("k_norm", kd)?,
-                )?
+                ..layer
             });
         }
         let gate_up = format!("{p}mlp.gate_up_proj.weight");
@@ -1328,7 +1506,7 @@ impl<'a> Model<'a> {
                 self.matrix(&name, c.hidden, inter)?
             },
             moe: None,
-            ..self.attention_layer(l, q, k, v, qk_norm("q_norm", qd)?, qk_norm("k_norm", kd)?)?
+            ..layer
         })
     }
 
@@ -1346,6 +1524,8 @@ impl<'a> Model<'a> {
         let c = &self.cfg;
         let p = format!("model.layers.{l}.");
         let (qd, kd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        // o_proj reads the heads' values (latent attention's are v_head_dim wide)
+        let od = c.mla.map_or(qd, |m| c.heads * m.v_head as usize);
         let norm = |name: Option<&str>| -> Result<Option<Vec<f32>>> {
             name.map(|n| {
                 self.tensor(&format!("{p}{n}.weight"), &[c.hidden])
@@ -1367,8 +1547,11 @@ impl<'a> Model<'a> {
             q,
             k,
             v,
-            o: self.matrix(&Linear::O.weight_name(l), c.hidden, qd)?,
-            q_bias: self.optional(&format!("{p}self_attn.q_proj.bias"), qd)?,
+            o: self.matrix(&Linear::O.weight_name(l), c.hidden, od)?,
+            q_bias: match c.mla {
+                None => self.optional(&format!("{p}self_attn.q_proj.bias"), qd)?,
+                Some(_) => None,
+            },
             k_bias: self.optional(&format!("{p}self_attn.k_proj.bias"), kd)?,
             v_bias: self.optional(&format!("{p}self_attn.v_proj.bias"), kd)?,
             o_bias: self.optional(&format!("{p}self_attn.o_proj.bias"), c.hidden)?,
@@ -1380,6 +1563,7 @@ impl<'a> Model<'a> {
             up: Mat::zeros(0, c.hidden),
             down: Mat::zeros(c.hidden, 0),
             moe: None,
+            mla: None,
         })
     }
 
@@ -1461,6 +1645,7 @@ impl<'a> Model<'a> {
         let shared = match n.shared {
             None => None,
             Some((module, gate)) => {
+                let gate = gate.map(|g| format!("{p}{g}.weight"));
                 let name = |x: &str| format!("{p}{module}.{x}.weight");
                 let ff = self.dims(&name("gate_proj"))?.first().copied().unwrap_or(0);
                 let e = Expert {
@@ -1471,10 +1656,12 @@ impl<'a> Model<'a> {
                     up_bias: None,
                     down_bias: None,
                 };
-                let g = format!("{p}{gate}.weight");
-                let g = match self.dims(&g)?.len() {
-                    1 => self.tensor(&g, &[c.hidden])?,
-                    _ => self.tensor(&g, &[1, c.hidden])?,
+                let g = match gate {
+                    None => None,
+                    Some(g) => Some(match self.dims(&g)?.len() {
+                        1 => self.tensor(&g, &[c.hidden])?,
+                        _ => self.tensor(&g, &[1, c.hidden])?,
+                    }),
                 };
                 Some((e, g))
             }
@@ -1484,6 +1671,10 @@ impl<'a> Model<'a> {
             router_bias: self.optional(&format!("{p}{}.bias", n.router), m.experts)?,
             experts,
             shared,
+            choice_bias: match n.choice_bias {
+                Some(b) => Some(self.tensor(&format!("{p}{b}"), &[m.experts])?),
+                None => None,
+            },
         })
     }
 
@@ -1728,7 +1919,9 @@ fn head_norm(x: &mut Mat<f32>, heads: usize, head_dim: usize, w: &[f32], eps: f3
 /// The attention heads' output (o_proj's input, tokens × heads·head_dim) for normed inputs `h`
 /// (sequences of `seq_len` tokens back to back, causal attention within each).
 pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize) -> Mat<f32> {
-    let tokens = h.nrows();
+    if let (Some(m), Some(p)) = (&w.mla, c.mla) {
+        return mla_heads(c, p, m, w, h, seq_len);
+    }
     let hd = c.head_dim;
     let mut q = linear(h, &w.q, w.q_bias.as_deref());
     let mut k = linear(h, &w.k, w.k_bias.as_deref());
@@ -1743,20 +1936,57 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
         rope(&mut k, c.kv_heads, seq_len, hd, r);
     }
     let rep = c.heads / c.kv_heads.max(1);
-    let scale = c.attn_scale;
-    // causal attention per (sequence, head): two small matrix products each, in parallel
+    let heads = Heads {
+        n: c.heads,
+        qk: hd,
+        v: hd,
+        kv_of: &|head| head / rep,
+    };
+    attend(
+        c,
+        w,
+        heads,
+        (q.as_ref(), k.as_ref(), v.as_ref()),
+        seq_len,
+        c.attn_scale,
+    )
+}
+
+/// How attention heads lay out their queries, keys and values (each head's columns at
+/// `head × width`): `n` heads of `qk` query/key and `v` value columns, head `h` reading key
+/// and value head `kv_of(h)`.
+struct Heads<'a> {
+    n: usize,
+    qk: usize,
+    v: usize,
+    kv_of: &'a (dyn Fn(usize) -> usize + Sync),
+}
+
+/// Causal attention per (sequence, head) of `q`, `k`, `v` (tokens × heads·width), with the
+/// layer's window, soft-cap and sinks: the heads' outputs (tokens × heads·v). Two small
+/// matrix products per block, blocks in parallel.
+fn attend(
+    c: &Config,
+    w: &Layer,
+    heads: Heads<'_>,
+    (q, k, v): (MatRef<'_, f32>, MatRef<'_, f32>, MatRef<'_, f32>),
+    seq_len: usize,
+    scale: f32,
+) -> Mat<f32> {
+    let tokens = q.nrows();
+    let (qkd, vd) = (heads.qk, heads.v);
     let blocks: Vec<(usize, usize)> = (0..tokens)
         .step_by(seq_len.max(1))
-        .flat_map(|s0| (0..c.heads).map(move |h| (s0, h)))
+        .flat_map(|s0| (0..heads.n).map(move |h| (s0, h)))
         .collect();
     let outs: Vec<Mat<f32>> = blocks
         .par_iter()
         .map(|&(s0, head)| {
             let n = seq_len.min(tokens - s0);
-            let kvh = head / rep;
-            let qh = q.as_ref().submatrix(s0, head * hd, n, hd);
-            let kh = k.as_ref().submatrix(s0, kvh * hd, n, hd);
-            let vh = v.as_ref().submatrix(s0, kvh * hd, n, hd);
+            let kvh = (heads.kv_of)(head);
+            let qh = q.submatrix(s0, head * qkd, n, qkd);
+            let kh = k.submatrix(s0, kvh * qkd, n, qkd);
+            let vh = v.submatrix(s0, kvh * vd, n, vd);
             // transposed scores: column i holds query i's scores over the keys (contiguous)
             let mut st = Mat::<f32>::zeros(n, n);
             matmul(
@@ -1791,7 +2021,7 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
                 }
                 later.fill(0.0);
             }
-            let mut out = Mat::<f32>::zeros(n, hd);
+            let mut out = Mat::<f32>::zeros(n, vd);
             matmul(
                 out.as_mut(),
                 Accum::Replace,
@@ -1803,13 +2033,128 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
             out
         })
         .collect();
-    let mut attn = Mat::<f32>::zeros(tokens, c.heads * hd);
+    let mut attn = Mat::<f32>::zeros(tokens, heads.n * vd);
     for (&(s0, head), out) in blocks.iter().zip(&outs) {
         attn.as_mut()
-            .submatrix_mut(s0, head * hd, out.nrows(), hd)
+            .submatrix_mut(s0, head * vd, out.nrows(), vd)
             .copy_from(out);
     }
     attn
+}
+
+/// The inputs latent attention's per-head matrices read (tokens × heads·width): each head's
+/// query without rope (`k_b`'s input) and its attention output in the compressed space
+/// (`v_b`'s input).
+pub struct MlaInputs {
+    /// `q_b_proj`'s input (the normed bottleneck), when the queries have one.
+    pub q_b: Option<Mat<f32>>,
+    pub q_nope: Mat<f32>,
+    pub latent: Mat<f32>,
+}
+
+/// Multi-head latent attention's heads' values (o_proj's input, tokens × heads·v_head), in
+/// llama.cpp's absorbed form: each head's query without rope is mapped into the compressed
+/// space by its `k_b` and scored against every token's normed compressed vector, its rope
+/// part against the one rope key all heads share; the weighted compressed vectors map to the
+/// head's values by its `v_b`. The rope pairs are interleaved (adjacent dimensions), as
+/// transformers' DeepseekV3 rotates them.
+fn mla_heads(
+    c: &Config,
+    p: hparams::MlaParams,
+    m: &MlaLayer,
+    w: &Layer,
+    h: MatRef<'_, f32>,
+    seq_len: usize,
+) -> Mat<f32> {
+    mla_heads_with_inputs(c, p, m, w, h, seq_len).0
+}
+
+/// The epsilon of latent attention's bottleneck norms: transformers' DeepseekV3RMSNorm default
+/// (not the config's `rms_norm_eps`; llama.cpp uses that, which DeepSeek-V3 sets equal).
+const MLA_NORM_EPS: f32 = 1e-6;
+
+/// [`mla_heads`], with the inputs of its per-head matrices.
+pub fn mla_heads_with_inputs(
+    c: &Config,
+    p: hparams::MlaParams,
+    m: &MlaLayer,
+    w: &Layer,
+    h: MatRef<'_, f32>,
+    seq_len: usize,
+) -> (Mat<f32>, MlaInputs) {
+    let tokens = h.nrows();
+    let nh = c.heads;
+    let (kv, nope, rd, vd) = (
+        p.kv_lora as usize,
+        p.qk_nope as usize,
+        p.qk_rope as usize,
+        p.v_head as usize,
+    );
+    let qk = nope + rd;
+    let q_b = m
+        .q_a
+        .as_ref()
+        .map(|(a, g)| rms_norm(linear(h, a, None).as_ref(), g, MLA_NORM_EPS));
+    let q = linear(q_b.as_ref().map_or(h, |x| x.as_ref()), &m.q, None);
+    let kva = linear(h, &m.kv_a, None);
+    let ckv = rms_norm(kva.as_ref().subcols(0, kv), &m.kv_a_norm, MLA_NORM_EPS);
+    // rope parts with their pairs de-interleaved (evens, then odds): rotate-half on that
+    // order is the interleaved rotation, and dot products do not see the order
+    let deint = |i: usize| {
+        if i < rd / 2 {
+            2 * i
+        } else {
+            2 * (i - rd / 2) + 1
+        }
+    };
+    let mut q_pe = Mat::from_fn(tokens, nh * rd, |t, j| {
+        q[(t, (j / rd) * qk + nope + deint(j % rd))]
+    });
+    let mut k_pe = Mat::from_fn(tokens, rd, |t, j| kva[(t, kv + deint(j))]);
+    rope(&mut q_pe, nh, seq_len, rd, &c.rope);
+    rope(&mut k_pe, 1, seq_len, rd, &c.rope);
+    let q_nope = Mat::from_fn(tokens, nh * nope, |t, j| q[(t, (j / nope) * qk + j % nope)]);
+    // per head, [q_nope·k_bᵀ | q_pe] against [ckv | k_pe]
+    let mut qs = Mat::<f32>::zeros(tokens, nh * (kv + rd));
+    for (head, kb) in m.k_b.iter().enumerate() {
+        let lat = linear(q_nope.as_ref().subcols(head * nope, nope), kb, None);
+        qs.as_mut()
+            .submatrix_mut(0, head * (kv + rd), tokens, kv)
+            .copy_from(&lat);
+        qs.as_mut()
+            .submatrix_mut(0, head * (kv + rd) + kv, tokens, rd)
+            .copy_from(q_pe.as_ref().subcols(head * rd, rd));
+    }
+    let mut ks = Mat::<f32>::zeros(tokens, kv + rd);
+    ks.as_mut().subcols_mut(0, kv).copy_from(&ckv);
+    ks.as_mut().subcols_mut(kv, rd).copy_from(&k_pe);
+    let heads = Heads {
+        n: nh,
+        qk: kv + rd,
+        v: kv,
+        kv_of: &|_| 0,
+    };
+    let latent = attend(
+        c,
+        w,
+        heads,
+        (qs.as_ref(), ks.as_ref(), ckv.as_ref()),
+        seq_len,
+        c.attn_scale,
+    );
+    let mut out = Mat::<f32>::zeros(tokens, nh * vd);
+    for (head, vb) in m.v_b.iter().enumerate() {
+        let y = linear(latent.as_ref().subcols(head * kv, kv), vb, None);
+        out.as_mut().subcols_mut(head * vd, vd).copy_from(&y);
+    }
+    (
+        out,
+        MlaInputs {
+            q_b,
+            q_nope,
+            latent,
+        },
+    )
 }
 
 /// The attention block's output (o_proj of the heads) for normed inputs `h`.
@@ -1833,24 +2178,63 @@ pub fn mlp_inner(c: &Config, w: &Layer, h2: MatRef<'_, f32>) -> Mat<f32> {
 }
 
 /// The experts each token goes to, with their weights: per token, the `used` largest of the
-/// router's softmax (ties to the lower expert), renormalised to sum to 1 when the model does.
-pub fn route(m: &MoeConfig, logits: MatRef<'_, f32>) -> Vec<Vec<(usize, f32)>> {
+/// router's scores (its softmax, or DeepSeek-V3's sigmoid; ties to the lower expert),
+/// renormalised to sum to 1 when the model does, times the model's scale. DeepSeek-V3
+/// chooses with `choice_bias` added to the scores, among the experts of the `topk_group`
+/// groups whose two best biased scores sum highest (the others' biased scores set to 0, as
+/// transformers masks them); the weights are the unbiased scores.
+pub fn route(
+    m: &MoeConfig,
+    logits: MatRef<'_, f32>,
+    choice_bias: Option<&[f32]>,
+) -> Vec<Vec<(usize, f32)>> {
     (0..logits.nrows())
         .map(|t| {
             let row: Vec<f32> = (0..logits.ncols()).map(|e| logits[(t, e)]).collect();
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let exp: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();
-            let sum: f32 = exp.iter().sum();
-            let mut order: Vec<usize> = (0..exp.len()).collect();
-            order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]).then(a.cmp(&b)));
+            // (a softmax's experts are ordered by its numerators, the weights divided once)
+            let (scores, mut choice): (Vec<f32>, Vec<f32>) = if m.names.sigmoid {
+                let s: Vec<f32> = row.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect();
+                let choice = match choice_bias {
+                    Some(b) => s.iter().zip(b).map(|(s, b)| s + b).collect(),
+                    None => s.clone(),
+                };
+                (s, choice)
+            } else {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let exp: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();
+                let sum: f32 = exp.iter().sum();
+                (exp.iter().map(|&e| e / sum).collect(), exp)
+            };
+            if let Some((n, k)) = m.groups {
+                let per = choice.len() / n.max(1);
+                let mut best: Vec<(usize, f32)> = choice
+                    .chunks(per.max(1))
+                    .map(|g| {
+                        let mut v = g.to_vec();
+                        v.sort_by(|a, b| b.total_cmp(a));
+                        v.iter().take(2).sum::<f32>()
+                    })
+                    .enumerate()
+                    .collect();
+                best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                let kept: Vec<usize> = best.iter().take(k).map(|g| g.0).collect();
+                for (e, v) in choice.iter_mut().enumerate() {
+                    if !kept.contains(&(e / per.max(1))) {
+                        *v = 0.0;
+                    }
+                }
+            }
+            let mut order: Vec<usize> = (0..choice.len()).collect();
+            order.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]).then(a.cmp(&b)));
             let chosen: Vec<(usize, f32)> = order[..m.used.min(order.len())]
                 .iter()
-                .map(|&e| (e, exp[e] / sum))
+                .map(|&e| (e, scores[e]))
                 .collect();
             let total: f32 = chosen.iter().map(|(_, w)| w).sum();
+            // (DeepSeek's renormalisation divides by the sum + 1e-20: the same in f32)
             chosen
                 .into_iter()
-                .map(|(e, w)| (e, if m.renormalize { w / total } else { w }))
+                .map(|(e, w)| (e, if m.renormalize { w / total } else { w } * m.scale))
                 .collect()
         })
         .collect()
@@ -1864,7 +2248,7 @@ pub fn moe_out(c: &Config, m: &MoeLayer, h2: MatRef<'_, f32>) -> Mat<f32> {
     let Some(mc) = &c.moe else {
         return Mat::zeros(h2.nrows(), c.hidden);
     };
-    let routes = route(mc, m.router_logits(h2).as_ref());
+    let routes = route(mc, m.router_logits(h2).as_ref(), m.choice_bias.as_deref());
     let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); m.experts.len()];
     for (t, r) in routes.iter().enumerate() {
         for &(e, w) in r {
@@ -1893,8 +2277,13 @@ pub fn moe_out(c: &Config, m: &MoeLayer, h2: MatRef<'_, f32>) -> Mat<f32> {
     if let Some((e, g)) = &m.shared {
         let y = expert_out(c, e, h2);
         for t in 0..h2.nrows() {
-            let s: f32 = (0..h2.ncols()).map(|j| h2[(t, j)] * g[j]).sum();
-            let s = 1.0 / (1.0 + (-s).exp());
+            let s = match g {
+                Some(g) => {
+                    let s: f32 = (0..h2.ncols()).map(|j| h2[(t, j)] * g[j]).sum();
+                    1.0 / (1.0 + (-s).exp())
+                }
+                None => 1.0,
+            };
             for j in 0..c.hidden {
                 out[(t, j)] += s * y[(t, j)];
             }

@@ -494,6 +494,7 @@ mod tests {
             up: matrix(&mut rng, INTER, HIDDEN),
             down: matrix(&mut rng, HIDDEN, INTER),
             moe: None,
+            mla: None,
         }
     }
 

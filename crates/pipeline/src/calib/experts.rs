@@ -56,9 +56,13 @@ fn routed(c: &Config, layer: &Layer, h2: MatRef<'_, f32>, all: bool) -> Vec<Vec<
         return vec![(0..h2.nrows()).collect(); moe.experts.len()];
     }
     let mut by: Vec<Vec<usize>> = vec![Vec::new(); moe.experts.len()];
-    for (t, r) in route(mc, moe.router_logits(h2).as_ref())
-        .into_iter()
-        .enumerate()
+    for (t, r) in route(
+        mc,
+        moe.router_logits(h2).as_ref(),
+        moe.choice_bias.as_deref(),
+    )
+    .into_iter()
+    .enumerate()
     {
         for (e, _) in r {
             if let Some(v) = by.get_mut(e) {

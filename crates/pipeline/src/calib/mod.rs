@@ -404,6 +404,22 @@ pub fn targets(
             ),
         });
     }
+    // latent attention (DeepSeek): its per-head matrices read inputs the layer's statistics do
+    // not hold yet
+    if src
+        .config
+        .as_ref()
+        .and_then(|c| crate::arch::hparams_of(c).ok())
+        .is_some_and(|hp| hp.mla.is_some())
+    {
+        return Err(Error::Input {
+            path: src.input.clone(),
+            msg: format!(
+                "--method {} calibrates q/k/v attention; multi-head latent attention (kv_lora_rank) is not supported yet: quantize without --method (an --imatrix from `quantize imatrix` works)",
+                method.name()
+            ),
+        });
+    }
     // a mixture of experts: its experts' names and count
     let moe = src.config.as_ref().and_then(|c| {
         let names = qs_model::family_of(c).ok()?.moe?;

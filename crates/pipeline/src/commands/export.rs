@@ -48,6 +48,7 @@ fn f(g: &GgufFile, k: &str) -> Option<f64> {
     match g.get(k)? {
         Value::F32(v) => Some(*v as f64),
         Value::F64(v) => Some(*v),
+        Value::Bool(b) => Some(f64::from(u8::from(*b))),
         v => v.as_u64().map(|x| x as f64),
     }
 }

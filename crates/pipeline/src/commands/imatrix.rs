@@ -163,6 +163,17 @@ pub fn compute(
                 if let (Some(mc), Some(ml)) = (&model_w.cfg.moe, &layer.moe) {
                     moe_sums(&mut moe, l, &model_w.cfg, mc, ml, cap.mlp_in.as_ref());
                 }
+                if let (Some(p), Some(ml)) = (model_w.cfg.mla, &layer.mla) {
+                    mla_sums(
+                        &mut moe,
+                        l,
+                        &model_w.cfg,
+                        p,
+                        (ml, &layer),
+                        cap.qkv_in.as_ref(),
+                        ctx,
+                    );
+                }
                 x = y;
             }
             c0 = c1;
@@ -184,6 +195,8 @@ pub fn compute(
         })
         .unwrap_or_default();
     let experts = qs_model::family_of(&m.config).is_ok_and(|f| f.moe.is_some());
+    // (a mixture's leading dense layers have an MLP; latent attention has no q/k/v)
+    let cfg = qs_model::Config::from_hf(&m.config).map_err(|e| super::eval::model_err(model, e))?;
     let mut counts = BTreeMap::new();
     for (name, (s, n)) in moe {
         entries.insert(name.clone(), s);
@@ -193,7 +206,23 @@ pub fn compute(
     }
     for ((l, input), s) in &sums {
         for lin in Linear::ALL.into_iter().filter(|lin| lin.input() == *input) {
-            if experts && matches!(lin, Linear::Gate | Linear::Up | Linear::Down) {
+            if experts
+                && *l >= cfg.dense_layers
+                && matches!(lin, Linear::Gate | Linear::Up | Linear::Down)
+            {
+                continue;
+            }
+            if let (Some(mla), Linear::Q | Linear::K | Linear::V) = (cfg.mla, lin) {
+                // latent attention: what reads the attention input instead
+                if lin == Linear::Q {
+                    let reads: &[&str] = match mla.q_lora {
+                        Some(_) => &["attn_q_a", "attn_kv_a_mqa"],
+                        None => &["attn_q", "attn_kv_a_mqa"],
+                    };
+                    for gg in reads {
+                        entries.insert(format!("blk.{l}.{gg}.weight"), s.clone());
+                    }
+                }
                 continue;
             }
             entries.insert(format!("blk.{l}.{}.weight", gguf_linear(lin)), s.clone());
@@ -210,6 +239,40 @@ pub fn compute(
         tokens: n_chunks * ctx,
         dataset: text_path.display().to_string(),
     })
+}
+
+/// Adds layer `l`'s latent attention sums for normed attention inputs `h` (sequences of
+/// `seq_len`): `attn_q_b` over its normed bottleneck input; `attn_k_b` and `attn_v_b` per
+/// head, as llama-imatrix records a 3-D matrix product (each head's sums one after the other,
+/// one token count): the heads' queries without rope, and their attention outputs in the
+/// compressed space.
+fn mla_sums(
+    acc: &mut BTreeMap<String, (Vec<f64>, Vec<u64>)>,
+    l: usize,
+    c: &qs_model::Config,
+    p: qs_model::hparams::MlaParams,
+    (ml, layer): (&qs_model::MlaLayer, &qs_model::Layer),
+    h: faer::MatRef<'_, f32>,
+    seq_len: usize,
+) {
+    let (_, inputs) = qs_model::mla_heads_with_inputs(c, p, ml, layer, h, seq_len);
+    let tokens = h.nrows() as u64;
+    if let Some(x) = &inputs.q_b {
+        let e = acc
+            .entry(format!("blk.{l}.attn_q_b.weight"))
+            .or_insert_with(|| (vec![0f64; x.ncols()], vec![0]));
+        add_squares(&mut e.0, x.as_ref());
+        e.1[0] += tokens;
+    }
+    for (name, x) in [("attn_k_b", &inputs.q_nope), ("attn_v_b", &inputs.latent)] {
+        let e = acc
+            .entry(format!("blk.{l}.{name}.weight"))
+            .or_insert_with(|| (vec![0f64; x.ncols()], vec![0]));
+        // heads' columns side by side: the per-head sums one after the other, and (every
+        // head seeing every token) one count, as llama-imatrix stores it
+        add_squares(&mut e.0, x.as_ref());
+        e.1[0] += tokens;
+    }
 }
 
 /// Adds layer `l`'s mixture-of-experts sums for normed MLP inputs `h2`: the router
@@ -234,8 +297,10 @@ fn moe_sums(
         e.1[0] += tokens;
     };
     all("ffn_gate_inp", h2);
-    if let Some((shared, _)) = &ml.shared {
-        all("ffn_gate_inp_shexp", h2);
+    if let Some((shared, gate)) = &ml.shared {
+        if gate.is_some() {
+            all("ffn_gate_inp_shexp", h2);
+        }
         all("ffn_gate_shexp", h2);
         all("ffn_up_shexp", h2);
         all(
@@ -243,7 +308,7 @@ fn moe_sums(
             qs_model::expert_inner(c, shared, h2).as_ref(),
         );
     }
-    let routes = qs_model::route(mc, ml.router_logits(h2).as_ref());
+    let routes = qs_model::route(mc, ml.router_logits(h2).as_ref(), ml.choice_bias.as_deref());
     let ff = ml.experts.first().map_or(0, |e| e.down.ncols());
     for name in ["ffn_gate_exps", "ffn_up_exps"] {
         acc.entry(format!("blk.{l}.{name}.weight"))

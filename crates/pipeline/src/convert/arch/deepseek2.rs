@@ -14,6 +14,71 @@ use super::{Arch, HeadDim, ModelType, Moe, OwnKey, QWEN_EXPERTS, TEXT};
 use crate::error::Result;
 use qs_formats::source::{ModelSource, ViewKind, ViewSpec};
 use qs_model::hparams::HParams;
+use serde_json::{json, Map, Value as Json};
+
+/// config.json of a deepseek2 GGUF (`eval` reads it so): the latent attention's sizes, the
+/// dense layers, the routing (groups, sigmoid scores, scale, renormalisation) and YaRN's
+/// mscale, from the keys the converter wrote. 0.1 × `mscale_all_dim` is stored; the released
+/// configs give `mscale` the same value.
+fn hf_keys(key: &dyn Fn(&str) -> Option<f64>, _layers: u64, c: &mut Map<String, Json>) {
+    let short = super::gemma2::short;
+    let int = |v: f64| json!(v as u64);
+    if let Some(heads) = c.get("num_attention_heads").cloned() {
+        c.insert("num_key_value_heads".into(), heads);
+    }
+    let rope = key("rope.dimension_count");
+    for (k, gk) in [
+        ("kv_lora_rank", "attention.kv_lora_rank"),
+        ("v_head_dim", "attention.value_length_mla"),
+        ("first_k_dense_replace", "leading_dense_block_count"),
+        ("n_shared_experts", "expert_shared_count"),
+        ("n_group", "expert_group_count"),
+        ("topk_group", "expert_group_used_count"),
+    ] {
+        if let Some(v) = key(gk) {
+            c.insert(k.into(), int(v));
+        }
+    }
+    c.insert(
+        "q_lora_rank".into(),
+        key("attention.q_lora_rank").map_or(Json::Null, int),
+    );
+    if let Some(r) = rope {
+        c.insert("qk_rope_head_dim".into(), int(r));
+        c.insert("head_dim".into(), int(r));
+        if let Some(k) = key("attention.key_length_mla") {
+            c.insert("qk_nope_head_dim".into(), int(k - r));
+        }
+    }
+    if let Some(s) = key("expert_weights_scale") {
+        c.insert("routed_scaling_factor".into(), json!(short(s)));
+    }
+    let scoring = match key("expert_gating_func") {
+        Some(2.0) => "sigmoid",
+        Some(3.0) => "sqrtsoftplus",
+        _ => "softmax",
+    };
+    c.insert("scoring_func".into(), json!(scoring));
+    c.insert(
+        "norm_topk_prob".into(),
+        json!(key("expert_weights_norm") == Some(1.0)),
+    );
+    if let Some(Json::Object(r)) = c.get_mut("rope_scaling") {
+        for (k, g) in [
+            ("beta_fast", "rope.scaling.yarn_beta_fast"),
+            ("beta_slow", "rope.scaling.yarn_beta_slow"),
+        ] {
+            if let Some(v) = key(g) {
+                r.insert(k.into(), json!(short(v)));
+            }
+        }
+        if let Some(m) = key("rope.scaling.yarn_log_multiplier") {
+            let all = (short(m) * 10.0 * 1e6).round() / 1e6;
+            r.insert("mscale_all_dim".into(), json!(all));
+            r.insert("mscale".into(), json!(all));
+        }
+    }
+}
 
 pub const ARCH: Arch = Arch {
     name: "deepseek2",
@@ -70,6 +135,7 @@ pub const ARCH: Arch = Arch {
     // transformers' DeepseekV3 scores experts with a sigmoid whatever the config says;
     // llama.cpp reads the scoring function from the file, softmax when it is absent
     scoring: Some("sigmoid"),
+    hf_keys: Some(hf_keys),
     ..TEXT
 };
 

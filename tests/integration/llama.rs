@@ -2125,8 +2125,9 @@ fn imatrix_matches_llama_imatrix() {
 /// layer): its F32 GGUF evaluates to the folder's own model (KLD 0); `quantize imatrix` has
 /// llama-imatrix's entries and counts (latent attention's per-head `attn_k_b`/`attn_v_b` and
 /// the bottleneck's `attn_q_b` included), its sums within 1 % but `attn_v_b`'s (see
-/// docs/QUALITY.md); Q4_K_M with it diverges less than without; `--method gptq` is refused
-/// with a reason, nothing written.
+/// docs/QUALITY.md); Q4_K_M with it diverges less than without, and with GPTQ less again
+/// (llama.cpp runs that file); AWQ is refused; the KV-cached generation agrees with the full
+/// forward pass.
 #[test]
 fn deepseek_v3_evaluates_and_takes_an_importance_matrix() {
     let d = tempfile::tempdir().unwrap();
@@ -2261,19 +2262,99 @@ fn deepseek_v3_evaluates_and_takes_an_importance_matrix() {
     let (k_rtn, k_im) = (eval(&rtn), eval(&imq));
     eprintln!("deepseek_v3 Q4_K_M KLD: without a matrix {k_rtn}, with ours {k_im}");
     assert!(k_im < k_rtn, "{k_im} vs {k_rtn}");
+    // GPTQ: latent attention's tensors (per head for attn_k_b/attn_v_b), the experts and the
+    // dense layer's MLP from their own inputs; llama.cpp runs the file
     let g = at("gptq.gguf");
-    let r = quantize(&[
+    q(&[
         m.as_os_str(),
         "--to".as_ref(),
         "q4_k_m".as_ref(),
         "--method".as_ref(),
         "gptq".as_ref(),
+        "--calib".as_ref(),
+        text.as_os_str(),
+        "--calib-samples".as_ref(),
+        "16".as_ref(),
+        "--calib-seq-len".as_ref(),
+        "64".as_ref(),
         "-o".as_ref(),
         g.as_os_str(),
+        "-q".as_ref(),
+    ]);
+    // verify reads the folder as the conversion does (split kv_b_proj, stacked experts, the
+    // multi-token-prediction layer left out)
+    q(&["verify".as_ref(), m.as_os_str(), rtn.as_os_str()]);
+    // into compressed-tensors int4 (round to nearest): kv_b_proj and the experts as the
+    // checkpoint has them, evaluated as they are; GPTQ into it is refused with a reason
+    let ct = at("ct");
+    q(&[
+        m.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "--group".as_ref(),
+        "32".as_ref(),
+        "-o".as_ref(),
+        ct.as_os_str(),
+        "-q".as_ref(),
+    ]);
+    let k_ct = eval(&ct);
+    assert!(k_ct.is_finite() && k_ct > 0.0, "{k_ct}");
+    let r = quantize(&[
+        m.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "--group".as_ref(),
+        "32".as_ref(),
+        "--method".as_ref(),
+        "gptq".as_ref(),
+        "-o".as_ref(),
+        at("ctg").as_os_str(),
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("kv_b_proj"), "{}", r.stderr);
+    let k_gptq = eval(&g);
+    eprintln!("deepseek_v3 Q4_K_M KLD with GPTQ: {k_gptq}");
+    assert!(k_gptq < k_rtn, "{k_gptq} vs {k_rtn}");
+    let l = llama_logits(&g, &at("gptq.f32"));
+    assert!(l.iter().all(|v| v.is_finite()) && l.len() == IDS.len() * 512);
+    // AWQ folds into q/k/v, which latent attention has not: refused, nothing written
+    let a = at("awq");
+    let r = quantize(&[
+        m.as_os_str(),
+        "--to".as_ref(),
+        "int4".as_ref(),
+        "--group".as_ref(),
+        "32".as_ref(),
+        "--method".as_ref(),
+        "awq".as_ref(),
+        "-o".as_ref(),
+        a.as_os_str(),
     ]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("latent attention"), "{}", r.stderr);
-    assert!(!g.exists());
+    assert!(!a.exists());
+    // the KV-cached generation (self-generated calibration) samples what the full forward
+    // pass predicts: latent attention caches each token's compressed vector and rope key
+    let src = qs_formats::source::ModelSource::open(&m).map(|mut s| {
+        quantsmith::checkpoint::apply_views(&mut s).unwrap();
+        s
+    });
+    let src = src.unwrap();
+    let model = qs_model::Model::new(&src).unwrap();
+    let prefixes = vec![vec![1], vec![1, 300]];
+    let seqs = qs_model::generate(&model, &prefixes, 10, 2, 7, &mut |_| {}).unwrap();
+    for (i, s) in seqs.iter().enumerate() {
+        let logits = model.logits(&s[..9]).unwrap();
+        let mut rng = qs_model::sequence_rng(7, i);
+        for p in prefixes[i].len() - 1..9 {
+            let row: Vec<f32> = (0..logits.ncols()).map(|j| logits[(p, j)]).collect();
+            assert_eq!(
+                qs_model::sample(&row, &mut rng),
+                s[p + 1],
+                "sequence {i}, position {p}"
+            );
+        }
+    }
 }
 
 /// Mixtures of experts (Mixtral, Qwen2-MoE with its shared expert, Qwen3-MoE) calibrate: GPTQ

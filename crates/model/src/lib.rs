@@ -1444,6 +1444,25 @@ impl<'a> Model<'a> {
                 .map(|x| Mat::from_fn(rows, cols, |i, j| x[i * cols + j]))
                 .collect())
         };
+        // the checkpoint's kv_b_proj `[heads·(nope + v), kv_lora]`, split here when it is not
+        // read through the conversion's views (k_b_proj, v_b_proj)
+        let (k_b, v_b) = if self.w.shape(&format!("{p}k_b_proj.weight")).is_some() {
+            (
+                per_head("k_b_proj", kv, nope)?,
+                per_head("v_b_proj", v, kv)?,
+            )
+        } else {
+            let kvb = self.matrix(&format!("{p}kv_b_proj.weight"), h * (nope + v), kv)?;
+            let at = |hh: usize| hh * (nope + v);
+            (
+                (0..h)
+                    .map(|hh| Mat::from_fn(kv, nope, |j, i| kvb[(at(hh) + i, j)]))
+                    .collect(),
+                (0..h)
+                    .map(|hh| kvb.as_ref().subrows(at(hh) + nope, v).to_owned())
+                    .collect(),
+            )
+        };
         let mla = MlaLayer {
             q_a,
             q,
@@ -1453,8 +1472,8 @@ impl<'a> Model<'a> {
                 e,
             )?,
             kv_a_norm: self.tensor(&format!("{p}kv_a_layernorm.weight"), &[kv])?,
-            k_b: per_head("k_b_proj", kv, nope)?,
-            v_b: per_head("v_b_proj", v, kv)?,
+            k_b,
+            v_b,
         };
         let empty = || Mat::zeros(0, e);
         let attn = Layer {
@@ -2084,50 +2103,10 @@ pub fn mla_heads_with_inputs(
 ) -> (Mat<f32>, MlaInputs) {
     let tokens = h.nrows();
     let nh = c.heads;
-    let (kv, nope, rd, vd) = (
-        p.kv_lora as usize,
-        p.qk_nope as usize,
-        p.qk_rope as usize,
-        p.v_head as usize,
-    );
-    let qk = nope + rd;
-    let q_b = m
-        .q_a
-        .as_ref()
-        .map(|(a, g)| rms_norm(linear(h, a, None).as_ref(), g, MLA_NORM_EPS));
-    let q = linear(q_b.as_ref().map_or(h, |x| x.as_ref()), &m.q, None);
-    let kva = linear(h, &m.kv_a, None);
-    let ckv = rms_norm(kva.as_ref().subcols(0, kv), &m.kv_a_norm, MLA_NORM_EPS);
-    // rope parts with their pairs de-interleaved (evens, then odds): rotate-half on that
-    // order is the interleaved rotation, and dot products do not see the order
-    let deint = |i: usize| {
-        if i < rd / 2 {
-            2 * i
-        } else {
-            2 * (i - rd / 2) + 1
-        }
-    };
-    let mut q_pe = Mat::from_fn(tokens, nh * rd, |t, j| {
-        q[(t, (j / rd) * qk + nope + deint(j % rd))]
-    });
-    let mut k_pe = Mat::from_fn(tokens, rd, |t, j| kva[(t, kv + deint(j))]);
-    rope(&mut q_pe, nh, seq_len, rd, &c.rope);
-    rope(&mut k_pe, 1, seq_len, rd, &c.rope);
-    let q_nope = Mat::from_fn(tokens, nh * nope, |t, j| q[(t, (j / nope) * qk + j % nope)]);
-    // per head, [q_nope·k_bᵀ | q_pe] against [ckv | k_pe]
-    let mut qs = Mat::<f32>::zeros(tokens, nh * (kv + rd));
-    for (head, kb) in m.k_b.iter().enumerate() {
-        let lat = linear(q_nope.as_ref().subcols(head * nope, nope), kb, None);
-        qs.as_mut()
-            .submatrix_mut(0, head * (kv + rd), tokens, kv)
-            .copy_from(&lat);
-        qs.as_mut()
-            .submatrix_mut(0, head * (kv + rd) + kv, tokens, rd)
-            .copy_from(q_pe.as_ref().subcols(head * rd, rd));
-    }
-    let mut ks = Mat::<f32>::zeros(tokens, kv + rd);
-    ks.as_mut().subcols_mut(0, kv).copy_from(&ckv);
-    ks.as_mut().subcols_mut(kv, rd).copy_from(&k_pe);
+    let (kv, vd) = (p.kv_lora as usize, p.v_head as usize);
+    let pr = mla_project(c, p, m, h, seq_len, &|t| t % seq_len.max(1));
+    let (qs, ks, ckv) = (&pr.q, &pr.k, &pr.ckv);
+    let rd = p.qk_rope as usize;
     let heads = Heads {
         n: nh,
         qk: kv + rd,
@@ -2150,11 +2129,80 @@ pub fn mla_heads_with_inputs(
     (
         out,
         MlaInputs {
-            q_b,
-            q_nope,
+            q_b: pr.q_b,
+            q_nope: pr.q_nope,
             latent,
         },
     )
+}
+
+/// Latent attention's projections of normed inputs `h` (row t at position `pos(t)`, in
+/// sequences of `seq_len`): per head the query `[q_nope·k_bᵀ | q_pe]` (kv_lora + rope wide),
+/// the one key `[ckv | k_pe]` and value `ckv` every head reads, and the inputs of `q_b` and
+/// `k_b`.
+struct MlaProjected {
+    q: Mat<f32>,
+    k: Mat<f32>,
+    ckv: Mat<f32>,
+    q_b: Option<Mat<f32>>,
+    q_nope: Mat<f32>,
+}
+
+fn mla_project(
+    c: &Config,
+    p: hparams::MlaParams,
+    m: &MlaLayer,
+    h: MatRef<'_, f32>,
+    seq_len: usize,
+    pos: &dyn Fn(usize) -> usize,
+) -> MlaProjected {
+    let tokens = h.nrows();
+    let nh = c.heads;
+    let (kv, nope, rd) = (p.kv_lora as usize, p.qk_nope as usize, p.qk_rope as usize);
+    let qk = nope + rd;
+    let q_b = m
+        .q_a
+        .as_ref()
+        .map(|(a, g)| rms_norm(linear(h, a, None).as_ref(), g, MLA_NORM_EPS));
+    let q = linear(q_b.as_ref().map_or(h, |x| x.as_ref()), &m.q, None);
+    let kva = linear(h, &m.kv_a, None);
+    let ckv = rms_norm(kva.as_ref().subcols(0, kv), &m.kv_a_norm, MLA_NORM_EPS);
+    // rope parts with their pairs de-interleaved (evens, then odds): rotate-half on that
+    // order is the interleaved rotation, and dot products do not see the order
+    let deint = |i: usize| {
+        if i < rd / 2 {
+            2 * i
+        } else {
+            2 * (i - rd / 2) + 1
+        }
+    };
+    let mut q_pe = Mat::from_fn(tokens, nh * rd, |t, j| {
+        q[(t, (j / rd) * qk + nope + deint(j % rd))]
+    });
+    let mut k_pe = Mat::from_fn(tokens, rd, |t, j| kva[(t, kv + deint(j))]);
+    rope_at(&mut q_pe, nh, rd, &c.rope, seq_len, pos);
+    rope_at(&mut k_pe, 1, rd, &c.rope, seq_len, pos);
+    let q_nope = Mat::from_fn(tokens, nh * nope, |t, j| q[(t, (j / nope) * qk + j % nope)]);
+    let mut qs = Mat::<f32>::zeros(tokens, nh * (kv + rd));
+    for (head, kb) in m.k_b.iter().enumerate() {
+        let lat = linear(q_nope.as_ref().subcols(head * nope, nope), kb, None);
+        qs.as_mut()
+            .submatrix_mut(0, head * (kv + rd), tokens, kv)
+            .copy_from(&lat);
+        qs.as_mut()
+            .submatrix_mut(0, head * (kv + rd) + kv, tokens, rd)
+            .copy_from(q_pe.as_ref().subcols(head * rd, rd));
+    }
+    let mut ks = Mat::<f32>::zeros(tokens, kv + rd);
+    ks.as_mut().subcols_mut(0, kv).copy_from(&ckv);
+    ks.as_mut().subcols_mut(kv, rd).copy_from(&k_pe);
+    MlaProjected {
+        q: qs,
+        k: ks,
+        ckv,
+        q_b,
+        q_nope,
+    }
 }
 
 /// The attention block's output (o_proj of the heads) for normed inputs `h`.
@@ -2404,7 +2452,7 @@ pub fn generate(
     step: &mut dyn FnMut(usize),
 ) -> Result<Vec<Vec<u32>>> {
     let c = &model.cfg;
-    let kd = c.kv_heads * c.head_dim;
+    let (kd, vd) = cache_widths(c);
     let hw = model.head_weights()?;
     // the layers stay in memory while they fit in RESIDENT_LAYERS bytes (else read each step)
     let first = model.layer(0)?;
@@ -2442,7 +2490,7 @@ pub fn generate(
             .collect();
         // per layer: keys and values, [sequence][position][kd]
         let mut kc = vec![vec![0f32; b * len * kd]; c.layers];
-        let mut vc = vec![vec![0f32; b * len * kd]; c.layers];
+        let mut vc = vec![vec![0f32; b * len * vd]; c.layers];
         for pos in 0..len.saturating_sub(1) {
             let ids: Vec<u32> = seqs.iter().map(|s| s[pos]).collect();
             let mut x = model.embed(&ids)?;
@@ -2470,18 +2518,40 @@ pub fn generate(
     Ok(out)
 }
 
+/// A token's cached key and value widths in one layer: every key/value head's, or latent
+/// attention's compressed vector with its rope key, and the compressed vector.
+fn cache_widths(c: &Config) -> (usize, usize) {
+    match c.mla {
+        Some(p) => ((p.kv_lora + p.qk_rope) as usize, p.kv_lora as usize),
+        None => (c.kv_heads * c.head_dim, c.kv_heads * c.head_dim),
+    }
+}
+
 /// Bytes of f32 layer weights [`generate`] keeps in memory instead of reading them every step.
 pub const RESIDENT_LAYERS: usize = 2 << 30;
 
 /// Bytes a loaded layer takes.
 fn layer_bytes(w: &Layer) -> usize {
     let m = |x: &Mat<f32>| x.nrows() * x.ncols();
-    4 * (m(&w.q) + m(&w.k) + m(&w.v) + m(&w.o) + m(&w.gate) + m(&w.up) + m(&w.down))
+    let experts: usize = w.moe.as_ref().map_or(0, |e| {
+        let x = |e: &Expert| m(&e.gate) + m(&e.up) + m(&e.down);
+        m(&e.router)
+            + e.experts.iter().map(x).sum::<usize>()
+            + e.shared.as_ref().map_or(0, |s| x(&s.0))
+    });
+    let mla = w.mla.as_ref().map_or(0, |a| {
+        m(&a.q)
+            + a.q_a.as_ref().map_or(0, |q| m(&q.0))
+            + m(&a.kv_a)
+            + a.k_b.iter().chain(&a.v_b).map(m).sum::<usize>()
+    });
+    4 * (m(&w.q) + m(&w.k) + m(&w.v) + m(&w.o) + m(&w.gate) + m(&w.up) + m(&w.down) + experts + mla)
 }
 
 /// Sequences [`generate`] can write at once within `budget` bytes of KV cache.
 pub fn generation_batch(c: &Config, len: usize, budget: usize) -> usize {
-    let per = c.layers * len * 2 * c.kv_heads * c.head_dim * 4;
+    let (kd, vd) = cache_widths(c);
+    let per = c.layers * len * (kd + vd) * 4;
     (budget / per.max(1)).max(1)
 }
 
@@ -2517,29 +2587,44 @@ fn decode_step(
     vc: &mut [f32],
 ) -> Mat<f32> {
     let b = x.nrows();
-    let hd = c.head_dim;
-    let kd = c.kv_heads * hd;
     let h = pre_norm(x.as_ref(), w.input_norm.as_deref(), c.eps);
-    let mut q = linear(h.as_ref(), &w.q, w.q_bias.as_deref());
-    let mut k = linear(h.as_ref(), &w.k, w.k_bias.as_deref());
-    let v = linear(h.as_ref(), &w.v, w.v_bias.as_deref());
-    if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-        qk_norm(&mut q, c.heads, hd, qn, c.eps);
-        qk_norm(&mut k, c.kv_heads, hd, kn, c.eps);
-    }
-    if w.rope {
-        let r = rope_of_layer(c, w);
-        rope_at(&mut q, c.heads, hd, r, len, |_| pos);
-        rope_at(&mut k, c.kv_heads, hd, r, len, |_| pos);
-    }
+    // per head, query/key width `hd` and value width `hv`; `kvn` key/value heads cached (latent
+    // attention caches one: each token's compressed vector and rope key)
+    let (q, k, v, hd, hv, kvn) = match (&w.mla, c.mla) {
+        (Some(m), Some(p)) => {
+            let pr = mla_project(c, p, m, h.as_ref(), len, &|_| pos);
+            let (kv, rd) = (p.kv_lora as usize, p.qk_rope as usize);
+            (pr.q, pr.k, pr.ckv, kv + rd, kv, 1)
+        }
+        _ => {
+            let hd = c.head_dim;
+            let mut q = linear(h.as_ref(), &w.q, w.q_bias.as_deref());
+            let mut k = linear(h.as_ref(), &w.k, w.k_bias.as_deref());
+            let v = linear(h.as_ref(), &w.v, w.v_bias.as_deref());
+            if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+                qk_norm(&mut q, c.heads, hd, qn, c.eps);
+                qk_norm(&mut k, c.kv_heads, hd, kn, c.eps);
+            }
+            if w.rope {
+                let r = rope_of_layer(c, w);
+                rope_at(&mut q, c.heads, hd, r, len, |_| pos);
+                rope_at(&mut k, c.kv_heads, hd, r, len, |_| pos);
+            }
+            (q, k, v, hd, hd, c.kv_heads)
+        }
+    };
+    let (kd, vd) = (kvn * hd, kvn * hv);
     for i in 0..b {
         let at = (i * len + pos) * kd;
         for d in 0..kd {
             kc[at + d] = k[(i, d)];
+        }
+        let at = (i * len + pos) * vd;
+        for d in 0..vd {
             vc[at + d] = v[(i, d)];
         }
     }
-    let rep = c.heads / c.kv_heads.max(1);
+    let rep = c.heads / kvn.max(1);
     let scale = c.attn_scale;
     // the earliest position the sliding window keeps
     let first = w.window.map_or(0, |win| (pos + 1).saturating_sub(win));
@@ -2549,12 +2634,14 @@ fn decode_step(
         .map(|ih| {
             let (i, head) = (ih / c.heads, ih % c.heads);
             let kvh = head / rep;
-            // this sequence's cached keys and values of this head: (pos + 1) × hd, rows kd apart
-            let at = i * len * kd + first * kd + kvh * hd;
+            // this sequence's cached keys and values of this head: (pos + 1) rows, kd / vd apart
             let n = pos + 1 - first;
+            let at = i * len * kd + first * kd + kvh * hd;
             let span = (n - 1) * kd + hd;
             let keys = MatRef::from_row_major_slice_with_stride(&kc[at..at + span], n, hd, kd);
-            let vals = MatRef::from_row_major_slice_with_stride(&vc[at..at + span], n, hd, kd);
+            let at = i * len * vd + first * vd + kvh * hv;
+            let span = (n - 1) * vd + hv;
+            let vals = MatRef::from_row_major_slice_with_stride(&vc[at..at + span], n, hv, vd);
             let qh = q.as_ref().submatrix(i, head * hd, 1, hd);
             let mut scores = Mat::<f32>::zeros(n, 1);
             matmul(
@@ -2578,7 +2665,7 @@ fn decode_step(
                 *s = (*s - mx).exp();
                 sum += *s;
             }
-            let mut o = Mat::<f32>::zeros(hd, 1);
+            let mut o = Mat::<f32>::zeros(hv, 1);
             matmul(
                 o.as_mut(),
                 Accum::Replace,
@@ -2590,7 +2677,17 @@ fn decode_step(
             o.col_as_slice(0).to_vec()
         })
         .collect();
-    let attn = Mat::<f32>::from_fn(b, c.heads * hd, |i, e| rows[i * c.heads + e / hd][e % hd]);
+    let mut attn = Mat::<f32>::from_fn(b, c.heads * hv, |i, e| rows[i * c.heads + e / hv][e % hv]);
+    if let (Some(m), Some(p)) = (&w.mla, c.mla) {
+        // each head's compressed output to its values
+        let vh = p.v_head as usize;
+        let mut out = Mat::<f32>::zeros(b, c.heads * vh);
+        for (head, vb) in m.v_b.iter().enumerate() {
+            let y = linear(attn.as_ref().subcols(head * hv, hv), vb, None);
+            out.as_mut().subcols_mut(head * vh, vh).copy_from(&y);
+        }
+        attn = out;
+    }
     let o = linear(attn.as_ref(), &w.o, w.o_bias.as_deref());
     let mut x1 = post_norm(o, w.attn_out_norm.as_deref(), c.eps);
     add_into(&mut x1, x.as_ref());

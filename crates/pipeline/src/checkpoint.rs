@@ -284,7 +284,7 @@ pub fn apply_views(src: &mut ModelSource) -> Result<bool> {
 
 /// An HF folder opened as a GGUF conversion to llama.cpp's architecture `gguf_arch` reads it:
 /// a mixture's per-expert weights stacked ([`crate::arch::expert_groups`]) and rearranged
-/// tensors viewed ([`apply_views`]), under the names the conversion maps (what `verify`
+/// tensors viewed ([`apply_views`]), what it leaves out dropped, under the names the conversion maps (what `verify`
 /// compares a converted GGUF with). Unchanged when the folder is not of that architecture (a
 /// `--keep-names` GGUF keeps the folder's tensors).
 pub fn as_converted(src: &mut ModelSource, gguf_arch: &str) -> Result<()> {
@@ -300,5 +300,15 @@ pub fn as_converted(src: &mut ModelSource, gguf_arch: &str) -> Result<()> {
     let groups = crate::arch::expert_groups(arch, src)?;
     src.stack(groups)?;
     apply_views(src)?;
+    // what the conversion leaves out (DeepSeek's multi-token-prediction layers, Gemma 2's
+    // tied lm_head) is not looked for
+    if let Some(c) = src.config.clone() {
+        src.tensors.retain(|t| {
+            !matches!(
+                crate::arch::map_tensor(arch, &c, &t.info.name),
+                Ok(crate::arch::Mapped::Skip)
+            )
+        });
+    }
     Ok(())
 }

@@ -348,7 +348,7 @@ pub fn make_plan(
     // safetensors layouts to hold
     if kind != OutputKind::Gguf {
         if let Some(a) = src.config.as_ref().and_then(|c| arch::detect(c).ok()) {
-            if a.views.is_some() && cfg.target.is_quantized() {
+            if a.moe.is_some_and(|m| m.stored_stacked) && cfg.target.is_quantized() {
                 return Err(Error::Config(format!(
                     "{}: {} is a mixture of experts stored fused (experts.gate_up_proj): its experts are not written to safetensors layouts yet; quantize to GGUF",
                     src.input.display(),

@@ -21,6 +21,7 @@
 pub mod awq;
 pub mod experts;
 pub mod gptq;
+pub mod mla;
 
 use crate::config::QuantizeConfig;
 use crate::error::{Error, Result};
@@ -363,7 +364,7 @@ pub fn targets(
     src: &ModelSource,
     plan: &Plan,
     cfg: &QuantizeConfig,
-) -> Result<BTreeMap<(usize, Linear), Target>> {
+) -> Result<Targets> {
     method.check_options(cfg)?;
     if src.hf_dir.is_none() {
         return Err(Error::Input {
@@ -404,22 +405,22 @@ pub fn targets(
             ),
         });
     }
-    // latent attention (DeepSeek): its per-head matrices read inputs the layer's statistics do
-    // not hold yet
-    if src
+    // latent attention (DeepSeek): AWQ's scales fold into q/k/v, which it does not have
+    let mla = src
         .config
         .as_ref()
         .and_then(|c| crate::arch::hparams_of(c).ok())
-        .is_some_and(|hp| hp.mla.is_some())
-    {
+        .is_some_and(|hp| hp.mla.is_some());
+    if mla && folds {
         return Err(Error::Input {
             path: src.input.clone(),
             msg: format!(
-                "--method {} calibrates q/k/v attention; multi-head latent attention (kv_lora_rank) is not supported yet: quantize without --method (an --imatrix from `quantize imatrix` works)",
+                "--method {} folds its scales into q/k/v projections; multi-head latent attention (kv_lora_rank) has none: not supported yet; use --method gptq",
                 method.name()
             ),
         });
     }
+    let mut mla_targets = BTreeMap::new();
     // a mixture of experts: its experts' names and count
     let moe = src.config.as_ref().and_then(|c| {
         let names = qs_model::family_of(c).ok()?.moe?;
@@ -517,6 +518,42 @@ pub fn targets(
                     );
                 }
             }
+            None if mla && name.ends_with("self_attn.kv_b_proj.weight") => {
+                return Err(Error::Tensor {
+                    file: file_of(src, name),
+                    tensor: name.clone(),
+                    msg: format!(
+                        "--method {} calibrates latent attention in llama.cpp's split form (attn_k_b, attn_v_b); into safetensors layouts (kv_b_proj whole) not yet: quantize to GGUF, or leave out --method (round to nearest)",
+                        method.name()
+                    ),
+                })
+            }
+            None if mla && mla::MlaPart::parse(name).is_some_and(|(l, _)| l < layers) => {
+                method
+                    .supports(scheme, grid.as_ref())
+                    .map_err(|m| Error::Tensor {
+                        file: file_of(src, name),
+                        tensor: name.clone(),
+                        msg: format!(
+                            "--method {} cannot store {}: {m}",
+                            method.name(),
+                            scheme.label()
+                        ),
+                    })?;
+                if let Some(key) = mla::MlaPart::parse(name) {
+                    mla_targets.insert(
+                        key,
+                        Target {
+                            name: name.clone(),
+                            scheme: *scheme,
+                            grid,
+                            imatrix: t.imatrix.clone(),
+                            fused: None,
+                            experts: None,
+                        },
+                    );
+                }
+            }
             // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer
             None if matches!(scheme, Scheme::Ggml(_)) => {}
             None if moe.is_some() && name.contains(".experts.") => {
@@ -541,7 +578,7 @@ pub fn targets(
             }
         }
     }
-    if out.is_empty() {
+    if out.is_empty() && mla_targets.is_empty() {
         return Err(Error::Config(format!(
             "--method {} applies to integer targets (int8, int4, int3, int2) and GGUF quantized types{}, not {}",
             method.name(),
@@ -560,7 +597,10 @@ pub fn targets(
             cfg.target.name()
         )));
     }
-    Ok(out)
+    Ok(Targets {
+        linears: out,
+        mla: mla_targets,
+    })
 }
 
 /// The norms of the model's decoder layers (its family's; llama's when unknown), whose names a
@@ -724,14 +764,26 @@ struct CalibKey {
 /// follow from it).
 const GENERATION_CACHE: usize = 1 << 30;
 
-/// The linears a calibrated run quantizes, by (layer, linear).
-pub type Targets = BTreeMap<(usize, Linear), Target>;
+/// What a calibrated run quantizes: the decoder layers' linears by (layer, linear) (the map
+/// it derefs to), and latent attention's tensors by (layer, part).
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    pub linears: BTreeMap<(usize, Linear), Target>,
+    pub mla: BTreeMap<(usize, mla::MlaPart), Target>,
+}
+
+impl std::ops::Deref for Targets {
+    type Target = BTreeMap<(usize, Linear), Target>;
+    fn deref(&self) -> &Self::Target {
+        &self.linears
+    }
+}
 
 /// One job of a calibration pass: its method, the linears it quantizes (from [`targets`]) and
 /// its options.
 pub struct Member<'a> {
     pub method: &'a dyn Method,
-    pub targets: &'a BTreeMap<(usize, Linear), Target>,
+    pub targets: &'a Targets,
     pub cfg: &'a QuantizeConfig,
 }
 
@@ -788,7 +840,7 @@ impl PassKey {
 pub fn calibrate_model(
     method: &dyn Method,
     src: &ModelSource,
-    targets: &BTreeMap<(usize, Linear), Target>,
+    targets: &Targets,
     cfg: &QuantizeConfig,
     progress: &dyn Progress,
 ) -> Result<Calibration> {
@@ -948,11 +1000,12 @@ pub fn calibrate_together(
                     })
                 })
                 .collect();
+            // (latent attention's tensors are calibrated apart, as the experts are)
             let experts = Linear::ALL.iter().any(|&lin| {
                 m.targets
                     .get(&(l, lin))
                     .is_some_and(|t| t.experts.is_some())
-            });
+            }) || !mla::of_layer(&m.targets.mla, l).is_empty();
             let mut layer =
                 (!w.is_empty() || experts || !float_inputs).then(|| float_layer.clone());
             let t = match layer.as_mut() {
@@ -1101,6 +1154,21 @@ pub fn calibrate_together(
                         }
                     }
                 }
+            }
+            // latent attention: its tensors from their own inputs
+            let mla_parts = mla::of_layer(&m.targets.mla, l);
+            if !mla_parts.is_empty() && m.method.chooses_codes() {
+                done[k].extend(mla::calibrate(
+                    src,
+                    m,
+                    &model.cfg,
+                    &float_layer,
+                    own[k].as_mut(),
+                    (x.as_ref(), xh.as_ref()),
+                    &batches,
+                    seq_len,
+                    &mla_parts,
+                )?);
             }
             // a mixture of experts: each expert from the tokens routed to it
             let stacked: Vec<(Linear, &Target)> = [Linear::Gate, Linear::Up, Linear::Down]

@@ -225,8 +225,14 @@ pub(crate) fn load(path: &Path) -> Result<Loaded> {
     }
     let mut src = ModelSource::open(path)?;
     // tensors the checkpoint stores rearranged (gpt-oss's experts) are read through the
-    // architecture's views, as a conversion reads them
-    let viewed = crate::checkpoint::apply_views(&mut src)?;
+    // architecture's views, as a conversion reads them (DeepSeek's split of kv_b_proj is the
+    // conversion's: the forward pass reads the checkpoint's own)
+    let stacked = src
+        .config
+        .as_ref()
+        .and_then(|c| crate::arch::detect(c).ok())
+        .is_some_and(|a| a.moe.is_some_and(|m| m.stored_stacked));
+    let viewed = stacked && crate::checkpoint::apply_views(&mut src)?;
     // every quantized weight's layout checked once, before the forward pass reads any (a
     // block-scaled FP8 checkpoint was checked as it was opened)
     if !src.block_scaled() && !viewed {

@@ -1068,6 +1068,12 @@ pub(crate) fn moe_layout(model_type: &str) -> Option<(usize, [&'static str; 4], 
             ["mlp.experts", "gate_proj", "up_proj", "down_proj"],
             "mlp.gate",
         )),
+        // (its own generator, synthetic_deepseek_v3: layer 0 dense)
+        "deepseek_v3" => Some((
+            8,
+            ["mlp.experts", "gate_proj", "up_proj", "down_proj"],
+            "mlp.gate",
+        )),
         _ => None,
     }
 }

@@ -24,6 +24,8 @@ sd = m.state_dict()
 ours = load_file(ours_path)
 worst, worst_rounded, dtype, n = 0.0, 0.0, None, 0
 for l in range(m.config.num_hidden_layers):
+    if f"model.layers.{l}.mlp.experts.gate_up_proj" not in sd:
+        continue  # a dense layer (DeepSeek's first_k_dense_replace)
     gu = sd[f"model.layers.{l}.mlp.experts.gate_up_proj"]
     dn = sd[f"model.layers.{l}.mlp.experts.down_proj"]
     dtype = str(gu.dtype)

@@ -845,6 +845,9 @@ impl Config {
                 .collect(),
             _ => vec![None; layers],
         };
+        if hp.mla.is_some() {
+            mla_supported(c)?;
+        }
         let attn_scale = match (family.gemma, positive(c, "query_pre_attn_scalar")?, hp.mla) {
             (true, Some(q), _) => 1.0 / q.sqrt(),
             (_, _, Some(m)) => mla_scale(c, m),
@@ -954,6 +957,45 @@ impl Config {
             mla: None,
         }
     }
+}
+
+/// What the forward pass (and llama.cpp's deepseek2) computes of latent attention: interleaved
+/// rope pairs (`rope_interleave`, true by default), no projection biases (`attention_bias`),
+/// experts scored by a sigmoid (`scoring_func`, when given); another config is refused.
+pub fn mla_supported(c: &Json) -> Result<()> {
+    let refuse = |m: String| Err(ModelError::Config(m));
+    if c.get("rope_interleave") == Some(&Json::Bool(false)) {
+        return refuse("rope_interleave is false: latent attention is run with interleaved rope pairs only (as llama.cpp runs it)".into());
+    }
+    if c.get("attention_bias") == Some(&Json::Bool(true)) {
+        return refuse("attention_bias is true: latent attention with projection biases is not supported (llama.cpp has none)".into());
+    }
+    match scoring_func(c) {
+        None | Some("sigmoid") => Ok(()),
+        Some(f) => refuse(format!(
+            "scoring_func is '{}': DeepSeek-V3's experts are scored by a sigmoid",
+            qs_formats::error::shown(f)
+        )),
+    }
+}
+
+/// The config keys naming the expert scoring function, in llama.cpp's converter's order.
+pub const SCORING_KEYS: &[&str] = &[
+    "score_function",
+    "scoring_func",
+    "score_func",
+    "moe_router_activation",
+    "moe_router_activation_func",
+    "expert_selection_fn",
+];
+
+/// A config's expert scoring function as llama.cpp's converter finds it: the first of
+/// [`SCORING_KEYS`] present (`None` when that one is null or not a string, or none is).
+pub fn scoring_func(c: &Json) -> Option<&str> {
+    SCORING_KEYS
+        .iter()
+        .find_map(|k| c.get(*k))
+        .and_then(|v| v.as_str())
 }
 
 /// Latent attention's score scale as transformers' DeepseekV3Attention computes it: a head's
@@ -2229,8 +2271,8 @@ pub fn mlp_inner(c: &Config, w: &Layer, h2: MatRef<'_, f32>) -> Mat<f32> {
 /// router's scores (its softmax, or DeepSeek-V3's sigmoid; ties to the lower expert),
 /// renormalised to sum to 1 when the model does, times the model's scale. DeepSeek-V3
 /// chooses with `choice_bias` added to the scores, among the experts of the `topk_group`
-/// groups whose two best biased scores sum highest (the others' biased scores set to 0, as
-/// transformers masks them); the weights are the unbiased scores.
+/// groups whose two best biased scores sum highest (the others' experts out of the choice, as
+/// transformers and llama.cpp mask them with −∞); the weights are the unbiased scores.
 pub fn route(
     m: &MoeConfig,
     logits: MatRef<'_, f32>,
@@ -2268,7 +2310,7 @@ pub fn route(
                 let kept: Vec<usize> = best.iter().take(k).map(|g| g.0).collect();
                 for (e, v) in choice.iter_mut().enumerate() {
                     if !kept.contains(&(e / per.max(1))) {
-                        *v = 0.0;
+                        *v = f32::NEG_INFINITY;
                     }
                 }
             }
@@ -2439,8 +2481,9 @@ pub fn layer_forward(
 /// Sequences the model writes itself: sequence i starts with `prefixes[i]` (at least one
 /// token), then tokens sampled at temperature 1 with a KV cache up to `len`, in equal batches of
 /// at most `batch` sequences. The seed fixes every token (sequence i draws from its own
-/// generator, seeded by `seed` and i, once per sampled token). Memory: the output head, the cache (`batch × len × 2·kv_heads·head_dim`
-/// floats per layer, see [`generation_batch`]) and the layers' f32 weights when they fit in
+/// generator, seeded by `seed` and i, once per sampled token). Memory: the output head, the cache (`batch × len` keys and values per
+/// layer: `2·kv_heads·head_dim` floats, latent attention's `2·kv_lora + rope`; see
+/// [`generation_batch`]) and the layers' f32 weights when they fit in
 /// [`RESIDENT_LAYERS`] bytes, else one layer at a time, read again each step. `step` is called
 /// with the tokens written after each step.
 pub fn generate(
@@ -2456,16 +2499,24 @@ pub fn generate(
     let hw = model.head_weights()?;
     // the layers stay in memory while they fit in RESIDENT_LAYERS bytes (else read each step)
     let first = model.layer(0)?;
-    let resident: Option<Vec<Layer>> =
-        if layer_bytes(&first).saturating_mul(c.layers) <= RESIDENT_LAYERS {
-            let mut v = vec![first];
-            for l in 1..c.layers {
-                v.push(model.layer(l)?);
-            }
-            Some(v)
-        } else {
-            None
-        };
+    // (a mixture's leading dense layers are smaller than its expert layers: sized by the larger)
+    let widest = match c
+        .moe
+        .as_ref()
+        .filter(|_| c.dense_layers > 0 && c.dense_layers < c.layers)
+    {
+        Some(_) => layer_bytes(&model.layer(c.dense_layers)?).max(layer_bytes(&first)),
+        None => layer_bytes(&first),
+    };
+    let resident: Option<Vec<Layer>> = if widest.saturating_mul(c.layers) <= RESIDENT_LAYERS {
+        let mut v = vec![first];
+        for l in 1..c.layers {
+            v.push(model.layer(l)?);
+        }
+        Some(v)
+    } else {
+        None
+    };
     let n = prefixes.len();
     if let Some(p) = prefixes
         .iter()
@@ -2710,5 +2761,50 @@ fn post_norm(y: Mat<f32>, w: Option<&[f32]>, eps: f32) -> Mat<f32> {
     match w {
         Some(w) => rms_norm(y.as_ref(), w, eps),
         None => y,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// DeepSeek-V3's routing: the groups not kept are out of the choice even when every kept
+    /// expert's biased score is negative (transformers and llama.cpp mask them with −∞); the
+    /// weights are the unbiased sigmoid scores, renormalised and scaled.
+    #[test]
+    fn grouped_routing_masks_the_groups_not_kept() {
+        let m = MoeConfig {
+            names: MoeNames {
+                shared: Some(("mlp.shared_experts", None)),
+                sigmoid: true,
+                choice_bias: Some("mlp.gate.e_score_correction_bias"),
+                renorm_default: true,
+                ..QWEN_MOE
+            },
+            experts: 4,
+            used: 2,
+            renormalize: true,
+            scale: 2.5,
+            groups: Some((2, 1)),
+        };
+        // sigmoid(0) = 0.5: biased scores [-0.05, -0.02 | -0.3, -0.4]
+        let logits = Mat::<f32>::zeros(1, 4);
+        let bias = [-0.55f32, -0.52, -0.8, -0.9];
+        let r = route(&m, logits.as_ref(), Some(&bias));
+        let mut chosen: Vec<usize> = r[0].iter().map(|&(e, _)| e).collect();
+        chosen.sort();
+        assert_eq!(chosen, vec![0, 1]);
+        for &(_, w) in &r[0] {
+            assert!((w - 1.25).abs() < 1e-6, "{w}");
+        }
+        // without groups the best biased scores win, whatever their group
+        let flat = MoeConfig { groups: None, ..m };
+        let bias = [-0.55f32, -0.9, -0.52, -0.8];
+        let mut chosen: Vec<usize> = route(&flat, logits.as_ref(), Some(&bias))[0]
+            .iter()
+            .map(|&(e, _)| e)
+            .collect();
+        chosen.sort();
+        assert_eq!(chosen, vec![0, 2]);
     }
 }

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use faer::{Mat, MatRef};
 use qs_formats::source::ModelSource;
 use qs_model::hparams::MlaParams;
-use qs_model::{layer_forward, linear, mla_heads_with_inputs, Config, Layer};
+use qs_model::{linear, mla_heads_with_inputs, rms_norm, Config, Layer, MlaLayer};
 use qs_numeric::gptq::Hessian;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -73,18 +73,20 @@ fn add_heads(hs: &mut [Hessian], x: MatRef<'_, f32>) {
     }
 }
 
-/// The inputs latent attention reads for rows `x` of the float layer: the normed attention
-/// input and [`qs_model::MlaInputs`].
+/// The inputs latent attention reads for rows `x` of the float layer (`ml` its attention):
+/// the normed attention input and [`qs_model::MlaInputs`] (the layer's feed-forward block is
+/// not run).
 fn inputs(
     c: &Config,
     p: MlaParams,
-    layer: &Layer,
+    (layer, ml): (&Layer, &MlaLayer),
     x: MatRef<'_, f32>,
     seq_len: usize,
 ) -> (Mat<f32>, qs_model::MlaInputs) {
-    let (_, cap) = layer_forward(c, layer, x, seq_len, true);
-    let h = cap.expect("captured").qkv_in;
-    let ml = layer.mla.as_ref().expect("a latent attention layer");
+    let h = match &layer.input_norm {
+        Some(g) => rms_norm(x, g, c.eps),
+        None => x.to_owned(),
+    };
     let (_, i) = mla_heads_with_inputs(c, p, ml, layer, h.as_ref(), seq_len);
     (h, i)
 }
@@ -116,7 +118,7 @@ pub(super) fn calibrate(
         v_b: (0..heads).map(|_| Hessian::new(kv)).collect(),
     };
     for &(r0, r1) in batches {
-        let (h, i) = inputs(c, p, float_layer, x.subrows(r0, r1 - r0), seq_len);
+        let (h, i) = inputs(c, p, (float_layer, ml), x.subrows(r0, r1 - r0), seq_len);
         st.h.add_mat(h.as_ref());
         if let (Some(hq), Some(q)) = (st.q_b.as_mut(), i.q_b.as_ref()) {
             hq.add_mat(q.as_ref());
@@ -124,7 +126,7 @@ pub(super) fn calibrate(
         add_heads(&mut st.k_b, i.q_nope.as_ref());
         add_heads(&mut st.v_b, i.latent.as_ref());
     }
-    let (held_h, held) = inputs(c, p, float_layer, xh, seq_len);
+    let (held_h, held) = inputs(c, p, (float_layer, ml), xh, seq_len);
     let mut out = Vec::new();
     for &(part, tg) in targets {
         let file = file_of(src, &tg.name);

@@ -467,7 +467,10 @@ pub fn targets(
         // a fused tensor is one target per linear it holds
         #[allow(clippy::type_complexity)]
         let keys: Option<(Vec<(usize, Linear)>, Option<&'static [Linear]>)> =
-            match Linear::parse(name).filter(|(l, _)| *l < layers) {
+            // (latent attention's q_proj is one of its own tensors, not llama's q)
+            match Linear::parse(name)
+                .filter(|(l, _)| *l < layers && !(mla && mla::MlaPart::parse(name).is_some()))
+            {
                 Some(key) => Some((vec![key], None)),
                 None => Linear::parse_fused(name)
                     .filter(|(l, _)| *l < layers)

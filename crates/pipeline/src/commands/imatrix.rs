@@ -196,7 +196,10 @@ pub fn compute(
         .unwrap_or_default();
     let experts = qs_model::family_of(&m.config).is_ok_and(|f| f.moe.is_some());
     // (a mixture's leading dense layers have an MLP; latent attention has no q/k/v)
-    let cfg = qs_model::Config::from_hf(&m.config).map_err(|e| super::eval::model_err(model, e))?;
+    let cfg = pool
+        .install(|| Model::with_weights(m.weights.as_ref(), &m.config))
+        .map_err(|e| super::eval::model_err(model, e))?
+        .cfg;
     let mut counts = BTreeMap::new();
     for (name, (s, n)) in moe {
         entries.insert(name.clone(), s);

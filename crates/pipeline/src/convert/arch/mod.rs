@@ -103,8 +103,8 @@ pub struct Arch {
     /// llama.cpp's under `blk.N.` (gpt-oss's attention sinks).
     pub bare: &'static [(&'static str, &'static str)],
     /// Tensors the checkpoint stores rearranged (gpt-oss's fused, transposed or MXFP4
-    /// experts): the views read as the tensors [`map_tensor`] names ([`ModelSource::view`]).
-    /// The experts are then not stacked from per-expert tensors.
+    /// experts) or the converter splits (DeepSeek's `kv_b_proj`): the views read as the
+    /// tensors [`map_tensor`] names ([`ModelSource::view`]).
     pub views: Option<Views>,
     /// Config values llama.cpp's graph hard-codes for the architecture (key, its value,
     /// transformers' default when absent): a config that differs is refused.
@@ -697,21 +697,13 @@ pub fn hparams(arch: &Arch, c: &Json) -> Result<(Vec<(String, Value)>, Vec<(Stri
     Ok((kv, own_keys(arch, c, &hp)?))
 }
 
-/// The config keys naming the expert scoring function, in the converter's order.
-const SCORING_KEYS: &[&str] = &[
-    "score_function",
-    "scoring_func",
-    "score_func",
-    "moe_router_activation",
-    "moe_router_activation_func",
-    "expert_selection_fn",
-];
-
 /// llama.cpp's expert gating function of a config's scoring function (`None`: not given).
 fn scoring_func(c: &Json) -> Result<Option<u32>> {
-    let Some(v) = SCORING_KEYS
+    // (the first key present, as the converter's find_hparam takes it, even when null)
+    let Some(v) = qs_model::SCORING_KEYS
         .iter()
-        .find_map(|k| c.get(*k).filter(|v| !v.is_null()))
+        .find_map(|k| c.get(*k))
+        .filter(|v| !v.is_null())
     else {
         return Ok(None);
     };
@@ -761,9 +753,17 @@ fn own_keys(arch: &Arch, c: &Json, hp: &HParams) -> Result<Vec<(String, Value)>>
                 Some(n) => ("expert_feed_forward_length", Value::U32(n as u32)),
                 None => return Err(cfg_err("lacks intermediate_size".into())),
             },
+            // the config's value, as the converter writes it (the forward pass clamps it)
             OwnKey::LeadingDense => (
                 "leading_dense_block_count",
-                Value::U32(hp.dense_layers as u32),
+                Value::U32(
+                    get_u64(
+                        c,
+                        &["first_k_dense_replace"],
+                        qs_numeric::limits::MAX_LAYERS,
+                    )?
+                    .unwrap_or(0) as u32,
+                ),
             ),
             OwnKey::QLoraRank => match hp.mla.and_then(|m| m.q_lora) {
                 Some(q) => ("attention.q_lora_rank", Value::U32(q as u32)),
@@ -789,10 +789,13 @@ fn own_keys(arch: &Arch, c: &Json, hp: &HParams) -> Result<Vec<(String, Value)>>
                 Some(x) => ("expert_weights_scale", Value::F32(x as f32)),
                 None => continue,
             },
-            OwnKey::ExpertWeightsNorm => match c.get("norm_topk_prob") {
-                Some(Json::Bool(true)) => ("expert_weights_norm", Value::Bool(true)),
-                _ => continue,
-            },
+            // (transformers' default when absent, as the converter reads it)
+            OwnKey::ExpertWeightsNorm => {
+                match qs_model::renormalizes_experts(c).map_err(model_err)? {
+                    true => ("expert_weights_norm", Value::Bool(true)),
+                    false => continue,
+                }
+            }
             OwnKey::RopeDimQkRope => ("rope.dimension_count", Value::U32(mla(hp)?.qk_rope as u32)),
             OwnKey::YarnLogMul => {
                 match qs_model::rope_params(c)
@@ -905,14 +908,27 @@ fn check_moe(arch: &Arch, c: &Json, hp: &HParams) -> Result<()> {
         )));
     }
     if let Some(want) = arch.scoring {
-        let have = SCORING_KEYS
-            .iter()
-            .find_map(|k| c.get(*k).and_then(|v| v.as_str()));
+        let have = qs_model::scoring_func(c);
         if have != Some(want) {
             return Err(cfg_err(format!(
                 "scoring_func is {}, but transformers scores {}'s experts with a {want} (llama.cpp reads the function from the file, softmax when absent): a GGUF would compute another model",
                 have.map_or("absent".to_string(), |h| format!("'{}'", qs_formats::error::shown(h))),
-                arch.name
+                arch.hf_class
+            )));
+        }
+    }
+    if hp.mla.is_some() {
+        qs_model::mla_supported(c).map_err(model_err)?;
+    }
+    // llama.cpp's checks as it loads expert groups
+    if let (Some(n), Some(k)) = (
+        get_u64(c, &["n_group"], u64::MAX)?,
+        get_u64(c, &["topk_group"], u64::MAX)?,
+    ) {
+        let experts = hp.moe.map_or(0, |m| m.experts);
+        if n > 1 && (n >= experts || !experts.is_multiple_of(n) || k >= n || k == 0) {
+            return Err(cfg_err(format!(
+                "n_group = {n}, topk_group = {k} for {experts} experts: llama.cpp needs fewer groups than experts, dividing them, and fewer groups used than groups"
             )));
         }
     }
@@ -1318,6 +1334,54 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unsupported architecture 'gpt_neox'"));
+    }
+
+    /// A DeepSeek-V3 config llama.cpp would compute otherwise is refused before anything is
+    /// written: rope pairs not interleaved, projection biases, no sigmoid scoring, expert groups
+    /// llama.cpp rejects as it loads them; the released shape converts.
+    #[test]
+    fn deepseek_configs_llama_cpp_computes_otherwise_are_refused() {
+        let c = json!({"model_type": "deepseek_v3", "num_hidden_layers": 3, "hidden_size": 256,
+            "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 512,
+            "moe_intermediate_size": 128, "vocab_size": 512, "q_lora_rank": 128, "kv_lora_rank": 64,
+            "qk_nope_head_dim": 32, "qk_rope_head_dim": 32, "v_head_dim": 32, "n_routed_experts": 8,
+            "num_experts_per_tok": 2, "n_group": 4, "topk_group": 2, "first_k_dense_replace": 1,
+            "scoring_func": "sigmoid", "norm_topk_prob": true});
+        let a = detect(&c).unwrap();
+        assert_eq!(a.name, "deepseek2");
+        let (base, own) = hparams(a, &c).unwrap();
+        let kv: Vec<_> = base.into_iter().chain(own).collect();
+        let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("deepseek2.attention.head_count_kv"),
+            Some(Value::U32(1))
+        );
+        assert_eq!(get("deepseek2.attention.key_length"), Some(Value::U32(96)));
+        assert_eq!(get("deepseek2.expert_gating_func"), Some(Value::U32(2)));
+        assert_eq!(
+            get("deepseek2.expert_weights_norm"),
+            Some(Value::Bool(true))
+        );
+        // norm_topk_prob left out: transformers' default (true), as the converter writes it
+        let mut d = c.clone();
+        d.as_object_mut().unwrap().remove("norm_topk_prob");
+        let (_, own) = hparams(a, &d).unwrap();
+        assert!(own
+            .iter()
+            .any(|(k, v)| k == "deepseek2.expert_weights_norm" && *v == Value::Bool(true)));
+        for (k, v, msg) in [
+            ("rope_interleave", json!(false), "rope_interleave"),
+            ("attention_bias", json!(true), "attention_bias"),
+            ("scoring_func", json!("softmax"), "scoring_func"),
+            ("scoring_func", Json::Null, "absent"),
+            ("topk_group", json!(4), "n_group"),
+            ("n_group", json!(3), "n_group"),
+        ] {
+            let mut d = c.clone();
+            d[k] = v.clone();
+            let e = hparams(a, &d).unwrap_err().to_string();
+            assert!(e.contains(msg), "{k} = {v}: {e}");
+        }
     }
 
     /// README.md's architecture table is the one [`support_table`] makes from the registry.

@@ -16,6 +16,7 @@ use faer::{Mat, MatRef};
 use qs_formats::source::ModelSource;
 use qs_model::{layer_forward, linear, route, Config, Layer, Linear};
 use qs_numeric::gptq::Hessian;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// An expert that sees fewer calibration tokens than this keeps round to nearest on the same
@@ -237,4 +238,100 @@ pub(super) fn calibrate(
         })
         .collect();
     Ok(ExpertsDone { tensors, starved })
+}
+
+/// The shared-expert targets of layer `l` among `all`.
+pub(super) fn shared_of_layer(
+    all: &BTreeMap<(usize, Linear), Target>,
+    l: usize,
+) -> Vec<(Linear, &Target)> {
+    [Linear::Gate, Linear::Up, Linear::Down]
+        .into_iter()
+        .filter_map(|lin| all.get(&(l, lin)).map(|t| (lin, t)))
+        .collect()
+}
+
+/// Calibrates layer `l`'s shared expert (`targets`: its projections) for one job on every
+/// calibration token, as a dense MLP: gate and up from the normed MLP inputs' Hessian, down
+/// from its own inner activation's. `x` / `xh_mlp`: the layer's fit inputs and held-out normed
+/// MLP inputs. With `own`, the layer's shared expert becomes the quantized one.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn calibrate_shared(
+    src: &ModelSource,
+    m: &Member<'_>,
+    c: &Config,
+    float_layer: &Layer,
+    mut own: Option<&mut Layer>,
+    (x, xh_mlp): (MatRef<'_, f32>, MatRef<'_, f32>),
+    batches: &[(usize, usize)],
+    seq_len: usize,
+    targets: &[(Linear, &Target)],
+) -> Result<Vec<(String, super::Calibrated)>> {
+    let Some((shared, _)) = float_layer.moe.as_ref().and_then(|m| m.shared.as_ref()) else {
+        return Ok(vec![]);
+    };
+    let h2 = mlp_inputs(c, float_layer, x, batches, seq_len);
+    let act = qs_model::expert_inner(c, shared, h2.as_ref());
+    let act_held = qs_model::expert_inner(c, shared, xh_mlp);
+    let mut h_in = Hessian::new(h2.ncols());
+    h_in.add_mat(h2.as_ref());
+    let mut h_down = Hessian::new(act.ncols());
+    h_down.add_mat(act.as_ref());
+    let mut out = Vec::new();
+    for &(lin, tg) in targets {
+        let (w, hess, xin) = match lin {
+            Linear::Gate => (&shared.gate, &h_in, xh_mlp),
+            Linear::Up => (&shared.up, &h_in, xh_mlp),
+            _ => (&shared.down, &h_down, act_held.as_ref()),
+        };
+        let (rows, cols) = (w.nrows(), w.ncols());
+        let file = file_of(src, &tg.name);
+        let grid = tg.grid.ok_or_else(|| Error::Tensor {
+            file: file.clone(),
+            tensor: tg.name.clone(),
+            msg: format!("--method {} needs a code grid", m.method.name()),
+        })?;
+        let wv = rows_of(w);
+        let q = m.method.quantize(&LinearJob {
+            name: &tg.name,
+            file: &file,
+            w: &wv,
+            rows,
+            cols,
+            grid,
+            stats: InputStats { hessian: hess },
+            cfg: m.cfg,
+        })?;
+        let wq = to_mat(&q.dequantize(rows, cols), rows, cols);
+        let rtn = to_mat(
+            &super::fake_quant(tg, &Default::default(), &wv, rows, cols),
+            rows,
+            cols,
+        );
+        let y = linear(xin, w, None);
+        let error = LayerOutputError {
+            rtn: relative_error(&y, &linear(xin, &rtn, None)),
+            calibrated: relative_error(&y, &linear(xin, &wq, None)),
+        };
+        if let Some((oe, _)) = own
+            .as_deref_mut()
+            .and_then(|l| l.moe.as_mut())
+            .and_then(|om| om.shared.as_mut())
+        {
+            *match lin {
+                Linear::Gate => &mut oe.gate,
+                Linear::Up => &mut oe.up,
+                _ => &mut oe.down,
+            } = wq;
+        }
+        out.push((
+            tg.name.clone(),
+            super::Calibrated {
+                transform: None,
+                out: Some(Arc::new(q)),
+                error: Some(error),
+            },
+        ));
+    }
+    Ok(out)
 }

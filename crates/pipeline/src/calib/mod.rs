@@ -421,6 +421,7 @@ pub fn targets(
         });
     }
     let mut mla_targets = BTreeMap::new();
+    let mut shared_targets = BTreeMap::new();
     // a mixture of experts: its experts' names and count
     let moe = src.config.as_ref().and_then(|c| {
         let names = qs_model::family_of(c).ok()?.moe?;
@@ -557,6 +558,32 @@ pub fn targets(
                     );
                 }
             }
+            None if shared_expert(src, name).is_some_and(|(l, _)| l < layers) => {
+                method
+                    .supports(scheme, grid.as_ref())
+                    .map_err(|m| Error::Tensor {
+                        file: file_of(src, name),
+                        tensor: name.clone(),
+                        msg: format!(
+                            "--method {} cannot store {}: {m}",
+                            method.name(),
+                            scheme.label()
+                        ),
+                    })?;
+                if let Some(key) = shared_expert(src, name) {
+                    shared_targets.insert(
+                        key,
+                        Target {
+                            name: name.clone(),
+                            scheme: *scheme,
+                            grid,
+                            imatrix: t.imatrix.clone(),
+                            fused: None,
+                            experts: None,
+                        },
+                    );
+                }
+            }
             // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer
             None if matches!(scheme, Scheme::Ggml(_)) => {}
             None if moe.is_some() && name.contains(".experts.") => {
@@ -581,7 +608,7 @@ pub fn targets(
             }
         }
     }
-    if out.is_empty() && mla_targets.is_empty() {
+    if out.is_empty() && mla_targets.is_empty() && shared_targets.is_empty() {
         return Err(Error::Config(format!(
             "--method {} applies to integer targets (int8, int4, int3, int2) and GGUF quantized types{}, not {}",
             method.name(),
@@ -603,7 +630,32 @@ pub fn targets(
     Ok(Targets {
         linears: out,
         mla: mla_targets,
+        shared: shared_targets,
     })
+}
+
+/// (layer, projection) of a mixture's shared-expert weight (`model.layers.N.{shared}.{gate,up,
+/// down}_proj.weight`, the family's [`qs_model::MoeNames::shared`] module).
+fn shared_expert(src: &ModelSource, name: &str) -> Option<(usize, Linear)> {
+    let (module, _) = qs_model::family_of(src.config.as_ref()?)
+        .ok()?
+        .moe?
+        .shared?;
+    let rest = name.strip_prefix("model.layers.")?;
+    let (l, part) = rest.split_once('.')?;
+    let proj = part
+        .strip_prefix(module)?
+        .strip_prefix('.')?
+        .strip_suffix(".weight")?;
+    let lin = [
+        ("gate_proj", Linear::Gate),
+        ("up_proj", Linear::Up),
+        ("down_proj", Linear::Down),
+    ]
+    .into_iter()
+    .find(|(p, _)| *p == proj)?
+    .1;
+    Some((l.parse().ok()?, lin))
 }
 
 /// The norms of the model's decoder layers (its family's; llama's when unknown), whose names a
@@ -773,6 +825,9 @@ const GENERATION_CACHE: usize = 1 << 30;
 pub struct Targets {
     pub linears: BTreeMap<(usize, Linear), Target>,
     pub mla: BTreeMap<(usize, mla::MlaPart), Target>,
+    /// A mixture's shared expert (Qwen2-MoE, DeepSeek), by (layer, its projection: `Gate`,
+    /// `Up` or `Down`), calibrated on every token ([`experts::calibrate_shared`]).
+    pub shared: BTreeMap<(usize, Linear), Target>,
 }
 
 impl std::ops::Deref for Targets {
@@ -1008,7 +1063,8 @@ pub fn calibrate_together(
                 m.targets
                     .get(&(l, lin))
                     .is_some_and(|t| t.experts.is_some())
-            }) || !mla::of_layer(&m.targets.mla, l).is_empty();
+            }) || !mla::of_layer(&m.targets.mla, l).is_empty()
+                || !experts::shared_of_layer(&m.targets.shared, l).is_empty();
             let mut layer =
                 (!w.is_empty() || experts || !float_inputs).then(|| float_layer.clone());
             let t = match layer.as_mut() {
@@ -1171,6 +1227,21 @@ pub fn calibrate_together(
                     &batches,
                     seq_len,
                     &mla_parts,
+                )?);
+            }
+            // a mixture's shared expert: from every token
+            let shared_parts = experts::shared_of_layer(&m.targets.shared, l);
+            if !shared_parts.is_empty() && m.method.chooses_codes() {
+                done[k].extend(experts::calibrate_shared(
+                    src,
+                    m,
+                    &model.cfg,
+                    &float_layer,
+                    own[k].as_mut(),
+                    (x.as_ref(), cap0.mlp_in.as_ref()),
+                    &batches,
+                    seq_len,
+                    &shared_parts,
                 )?);
             }
             // a mixture of experts: each expert from the tokens routed to it

@@ -2019,6 +2019,26 @@ fn same_tensor_bytes(a: &Path, b: &Path) -> f64 {
     same as f64 / all as f64
 }
 
+/// llama-imatrix's matrix of `model` (a GGUF) over `text` in 64-token chunks, 2 threads.
+fn llama_imatrix(model: &Path, text: &Path, out: &Path) {
+    let o = Command::new(llama_bin("llama-imatrix"))
+        .args([
+            "-m".as_ref(),
+            model.as_os_str(),
+            "-f".as_ref(),
+            text.as_os_str(),
+        ])
+        .args(["-c", "64", "-t", "2", "-o"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "llama-imatrix: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// `quantize imatrix` against llama-imatrix on the same model (the F32 GGUF of the fixture) and
 /// text, 64-token chunks: the same entries, chunk count and token counts, sums within 1 %
 /// (f32 arithmetic in a different order); quantizing to Q4_K_M with our matrix gives nearly the
@@ -2040,22 +2060,7 @@ fn imatrix_matches_llama_imatrix() {
     ])
     .ok();
     let theirs = d.path().join("theirs.gguf");
-    let o = Command::new(llama_bin("llama-imatrix"))
-        .args([
-            "-m".as_ref(),
-            f32.as_os_str(),
-            "-f".as_ref(),
-            text.as_os_str(),
-        ])
-        .args(["-c", "64", "-t", "2", "-o"])
-        .arg(&theirs)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "llama-imatrix: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    llama_imatrix(&f32, &text, &theirs);
     let ours = d.path().join("ours.gguf");
     quantize(&[
         "imatrix".as_ref(),
@@ -2169,22 +2174,7 @@ fn deepseek_v3_evaluates_and_takes_an_importance_matrix() {
         "-q".as_ref(),
     ]);
     let theirs = at("theirs.im.gguf");
-    let o = Command::new(llama_bin("llama-imatrix"))
-        .args([
-            "-m".as_ref(),
-            f32g.as_os_str(),
-            "-f".as_ref(),
-            text.as_os_str(),
-        ])
-        .args(["-c", "64", "-t", "2", "-o"])
-        .arg(&theirs)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "llama-imatrix: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    llama_imatrix(&f32g, &text, &theirs);
     let (a, b) = (
         qs_formats::imatrix::load(&ours).unwrap(),
         qs_formats::imatrix::load(&theirs).unwrap(),
@@ -2518,16 +2508,7 @@ fn moe_imatrix_matches_llama_imatrix() {
             "-q".into(),
         ])
         .ok();
-        let o = Command::new(llama_bin("llama-imatrix"))
-            .args(["-m", &p(&at("f32.gguf")), "-f", &p(&text)])
-            .args(["-c", "64", "-t", "2", "-o", &p(&at("theirs.gguf"))])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "llama-imatrix: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        llama_imatrix(&at("f32.gguf"), &text, &at("theirs.gguf"));
         quantize(
             &[
                 "imatrix",

@@ -7,14 +7,11 @@
 //! Memory: the layer's normed MLP inputs for the calibration tokens (one more matrix the size
 //! of the layer's inputs) and one expert's two Hessians at a time.
 
-use super::{
-    file_of, relative_error, rows_of, to_mat, CodeSet, InputStats, LayerOutputError, LinearJob,
-    Member, Target,
-};
+use super::{file_of, CodeSet, LayerOutputError, Member, Target};
 use crate::error::{Error, Result};
 use faer::{Mat, MatRef};
 use qs_formats::source::ModelSource;
-use qs_model::{layer_forward, linear, route, Config, Layer, Linear};
+use qs_model::{layer_forward, route, Config, Layer, Linear};
 use qs_numeric::gptq::Hessian;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -141,24 +138,19 @@ pub(super) fn calibrate(
                 Linear::Up => (&expert.up, &h_in, xhe.as_ref()),
                 _ => (&expert.down, &h_down, act_held.as_ref()),
             };
-            let (rows, cols) = (w.nrows(), w.ncols());
-            let grid = tg.grid.ok_or_else(|| Error::Tensor {
-                file: file_of(src, &tg.name),
-                tensor: tg.name.clone(),
-                msg: format!("--method {} needs a code grid", m.method.name()),
-            })?;
-            let wv = rows_of(w);
+            let cols = w.ncols();
+            // round to nearest with this expert's own importance (a matrix has one per expert)
+            let mut own_tg = (*tg).clone();
+            own_tg.imatrix =
+                tg.imatrix
+                    .as_ref()
+                    .map(|m| match m.len() == moe.experts.len() * cols {
+                        true => Arc::new(m[e * cols..(e + 1) * cols].to_vec()),
+                        false => m.clone(),
+                    });
             let name = format!("{} (expert {e})", tg.name);
-            let out = m.method.quantize(&LinearJob {
-                name: &name,
-                file: &file_of(src, &tg.name),
-                w: &wv,
-                rows,
-                cols,
-                grid,
-                stats: InputStats { hessian: hess },
-                cfg: m.cfg,
-            })?;
+            let (out, wq, error) =
+                super::calibrate_matrix(src, m, tg, &own_tg, &name, w, hess, xin)?;
             if codes
                 .first()
                 .is_some_and(|f: &CodeSet| f.g_idx != out.g_idx)
@@ -169,30 +161,6 @@ pub(super) fn calibrate(
                     msg: "experts stacked in one tensor share one column order: --act-order group is not supported for them".into(),
                 });
             }
-            let wq = to_mat(&out.dequantize(rows, cols), rows, cols);
-            // round to nearest with this expert's own importance (a matrix has one per expert)
-            let mut own_tg = (*tg).clone();
-            own_tg.imatrix =
-                tg.imatrix
-                    .as_ref()
-                    .map(|m| match m.len() == moe.experts.len() * cols {
-                        true => Arc::new(m[e * cols..(e + 1) * cols].to_vec()),
-                        false => m.clone(),
-                    });
-            let rtn = to_mat(
-                &super::fake_quant(&own_tg, &Default::default(), &wv, rows, cols),
-                rows,
-                cols,
-            );
-            let error = if xin.nrows() == 0 {
-                LayerOutputError::default()
-            } else {
-                let y = linear(xin, w, None);
-                LayerOutputError {
-                    rtn: relative_error(&y, &linear(xin, &rtn, None)),
-                    calibrated: relative_error(&y, &linear(xin, &wq, None)),
-                }
-            };
             if let Some(layer) = own.as_deref_mut() {
                 if let Some(om) = layer.moe.as_mut() {
                     let oe = &mut om.experts[e];
@@ -284,35 +252,7 @@ pub(super) fn calibrate_shared(
             Linear::Up => (&shared.up, &h_in, xh_mlp),
             _ => (&shared.down, &h_down, act_held.as_ref()),
         };
-        let (rows, cols) = (w.nrows(), w.ncols());
-        let file = file_of(src, &tg.name);
-        let grid = tg.grid.ok_or_else(|| Error::Tensor {
-            file: file.clone(),
-            tensor: tg.name.clone(),
-            msg: format!("--method {} needs a code grid", m.method.name()),
-        })?;
-        let wv = rows_of(w);
-        let q = m.method.quantize(&LinearJob {
-            name: &tg.name,
-            file: &file,
-            w: &wv,
-            rows,
-            cols,
-            grid,
-            stats: InputStats { hessian: hess },
-            cfg: m.cfg,
-        })?;
-        let wq = to_mat(&q.dequantize(rows, cols), rows, cols);
-        let rtn = to_mat(
-            &super::fake_quant(tg, &Default::default(), &wv, rows, cols),
-            rows,
-            cols,
-        );
-        let y = linear(xin, w, None);
-        let error = LayerOutputError {
-            rtn: relative_error(&y, &linear(xin, &rtn, None)),
-            calibrated: relative_error(&y, &linear(xin, &wq, None)),
-        };
+        let (q, wq, error) = super::calibrate_matrix(src, m, tg, tg, &tg.name, w, hess, xin)?;
         if let Some((oe, _)) = own
             .as_deref_mut()
             .and_then(|l| l.moe.as_mut())

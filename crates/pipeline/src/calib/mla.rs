@@ -9,15 +9,12 @@
 //! Memory: the Hessians (hidden², q_lora², heads × (nope² + kv_lora²)) and one batch's
 //! attention inputs.
 
-use super::{
-    file_of, relative_error, rows_of, to_mat, CodeSet, InputStats, LayerOutputError, LinearJob,
-    Member, Target,
-};
+use super::{file_of, CodeSet, LayerOutputError, Member, Target};
 use crate::error::{Error, Result};
 use faer::{Mat, MatRef};
 use qs_formats::source::ModelSource;
 use qs_model::hparams::MlaParams;
-use qs_model::{linear, mla_heads_with_inputs, rms_norm, Config, Layer, MlaLayer};
+use qs_model::{mla_heads_with_inputs, rms_norm, Config, Layer, MlaLayer};
 use qs_numeric::gptq::Hessian;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -130,11 +127,6 @@ pub(super) fn calibrate(
     let mut out = Vec::new();
     for &(part, tg) in targets {
         let file = file_of(src, &tg.name);
-        let grid = tg.grid.ok_or_else(|| Error::Tensor {
-            file: file.clone(),
-            tensor: tg.name.clone(),
-            msg: format!("--method {} needs a code grid", m.method.name()),
-        })?;
         // the matrices (one, or one per head), each with its Hessian and held-out input
         let held_head = |x: &Mat<f32>, i: usize, w: usize| x.as_ref().subcols(i * w, w).to_owned();
         let mats: Vec<(&Mat<f32>, &Hessian, Mat<f32>)> = match part {
@@ -167,23 +159,20 @@ pub(super) fn calibrate(
         let (mut num_rtn, mut num_cal) = (0f64, 0f64);
         let mut quantized = Vec::with_capacity(n);
         for (i, (w, hess, xin)) in mats.into_iter().enumerate() {
-            let (rows, cols) = (w.nrows(), w.ncols());
-            let wv = rows_of(w);
+            let cols = w.ncols();
             let name = if n > 1 {
                 format!("{} (head {i})", tg.name)
             } else {
                 tg.name.clone()
             };
-            let q = m.method.quantize(&LinearJob {
-                name: &name,
-                file: &file,
-                w: &wv,
-                rows,
-                cols,
-                grid,
-                stats: InputStats { hessian: hess },
-                cfg: m.cfg,
-            })?;
+            // round to nearest with this matrix's own importance (a 3-D tensor has one per head)
+            let mut own_tg = tg.clone();
+            own_tg.imatrix = tg.imatrix.as_ref().map(|im| match im.len() == n * cols {
+                true => Arc::new(im[i * cols..(i + 1) * cols].to_vec()),
+                false => im.clone(),
+            });
+            let (q, wq, error) =
+                super::calibrate_matrix(src, m, tg, &own_tg, &name, w, hess, xin.as_ref())?;
             if n > 1 && i > 0 && joined.g_idx != q.g_idx {
                 return Err(Error::Tensor {
                     file: file.clone(),
@@ -191,21 +180,8 @@ pub(super) fn calibrate(
                     msg: "a head's matrices stacked in one tensor share one column order: --act-order group is not supported for them".into(),
                 });
             }
-            let wq = to_mat(&q.dequantize(rows, cols), rows, cols);
-            // round to nearest with this matrix's own importance (a 3-D tensor has one per head)
-            let mut own_tg = tg.clone();
-            own_tg.imatrix = tg.imatrix.as_ref().map(|im| match im.len() == n * cols {
-                true => Arc::new(im[i * cols..(i + 1) * cols].to_vec()),
-                false => im.clone(),
-            });
-            let rtn = to_mat(
-                &super::fake_quant(&own_tg, &Default::default(), &wv, rows, cols),
-                rows,
-                cols,
-            );
-            let y = linear(xin.as_ref(), w, None);
-            num_rtn += relative_error(&y, &linear(xin.as_ref(), &rtn, None));
-            num_cal += relative_error(&y, &linear(xin.as_ref(), &wq, None));
+            num_rtn += error.rtn;
+            num_cal += error.calibrated;
             joined.codes.extend(q.codes);
             joined.params.extend(q.params);
             joined.offsets.extend(q.offsets);

@@ -352,6 +352,57 @@ pub(crate) fn rows_of(m: &Mat<f32>) -> Vec<f32> {
     v
 }
 
+/// One matrix `w` (`[out, in]`) of target `tg` (`label` names it in messages: the tensor, or
+/// one expert or head of it) quantized by the job's method from `hess`: its codes, their
+/// dequantized weights, and its error on held-out inputs `xin` against round to nearest with
+/// `rtn_target`'s importance (no error without held-out inputs).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn calibrate_matrix(
+    src: &ModelSource,
+    m: &Member<'_>,
+    tg: &Target,
+    rtn_target: &Target,
+    label: &str,
+    w: &Mat<f32>,
+    hess: &Hessian,
+    xin: faer::MatRef<'_, f32>,
+) -> Result<(CodeSet, Mat<f32>, LayerOutputError)> {
+    let (rows, cols) = (w.nrows(), w.ncols());
+    let file = file_of(src, &tg.name);
+    let grid = tg.grid.ok_or_else(|| Error::Tensor {
+        file: file.clone(),
+        tensor: tg.name.clone(),
+        msg: format!("--method {} needs a code grid", m.method.name()),
+    })?;
+    let wv = rows_of(w);
+    let q = m.method.quantize(&LinearJob {
+        name: label,
+        file: &file,
+        w: &wv,
+        rows,
+        cols,
+        grid,
+        stats: InputStats { hessian: hess },
+        cfg: m.cfg,
+    })?;
+    let wq = to_mat(&q.dequantize(rows, cols), rows, cols);
+    let error = if xin.nrows() == 0 {
+        LayerOutputError::default()
+    } else {
+        let rtn = to_mat(
+            &fake_quant(rtn_target, &Transform::default(), &wv, rows, cols),
+            rows,
+            cols,
+        );
+        let y = linear(xin, w, None);
+        LayerOutputError {
+            rtn: relative_error(&y, &linear(xin, &rtn, None)),
+            calibrated: relative_error(&y, &linear(xin, &wq, None)),
+        }
+    };
+    Ok((q, wq, error))
+}
+
 /// A matrix from row-major values.
 pub(crate) fn to_mat(v: &[f32], rows: usize, cols: usize) -> Mat<f32> {
     Mat::from_fn(rows, cols, |r, c| v[r * cols + c])
@@ -495,31 +546,37 @@ pub fn targets(
                 ),
             });
         }
+        // the tensor as a target, once the method is known to store its layout
+        let target = || -> Result<Target> {
+            method
+                .supports(scheme, grid.as_ref())
+                .map_err(|m| Error::Tensor {
+                    file: file_of(src, name),
+                    tensor: name.clone(),
+                    msg: format!(
+                        "--method {} cannot store {}: {m}",
+                        method.name(),
+                        scheme.label()
+                    ),
+                })?;
+            Ok(Target {
+                name: name.clone(),
+                scheme: *scheme,
+                grid,
+                imatrix: t.imatrix.clone(),
+                fused: None,
+                experts: None,
+            })
+        };
         match keys {
             Some((keys, fused)) => {
-                method
-                    .supports(scheme, grid.as_ref())
-                    .map_err(|m| Error::Tensor {
-                        file: file_of(src, name),
-                        tensor: name.clone(),
-                        msg: format!(
-                            "--method {} cannot store {}: {m}",
-                            method.name(),
-                            scheme.label()
-                        ),
-                    })?;
+                let tg = Target {
+                    fused,
+                    experts,
+                    ..target()?
+                };
                 for key in keys {
-                    out.insert(
-                        key,
-                        Target {
-                            name: name.clone(),
-                            scheme: *scheme,
-                            grid,
-                            imatrix: t.imatrix.clone(),
-                            fused,
-                            experts,
-                        },
-                    );
+                    out.insert(key, tg.clone());
                 }
             }
             None if mla && name.ends_with("self_attn.kv_b_proj.weight") => {
@@ -533,55 +590,13 @@ pub fn targets(
                 })
             }
             None if mla && mla::MlaPart::parse(name).is_some_and(|(l, _)| l < layers) => {
-                method
-                    .supports(scheme, grid.as_ref())
-                    .map_err(|m| Error::Tensor {
-                        file: file_of(src, name),
-                        tensor: name.clone(),
-                        msg: format!(
-                            "--method {} cannot store {}: {m}",
-                            method.name(),
-                            scheme.label()
-                        ),
-                    })?;
                 if let Some(key) = mla::MlaPart::parse(name) {
-                    mla_targets.insert(
-                        key,
-                        Target {
-                            name: name.clone(),
-                            scheme: *scheme,
-                            grid,
-                            imatrix: t.imatrix.clone(),
-                            fused: None,
-                            experts: None,
-                        },
-                    );
+                    mla_targets.insert(key, target()?);
                 }
             }
             None if shared_expert(src, name).is_some_and(|(l, _)| l < layers) => {
-                method
-                    .supports(scheme, grid.as_ref())
-                    .map_err(|m| Error::Tensor {
-                        file: file_of(src, name),
-                        tensor: name.clone(),
-                        msg: format!(
-                            "--method {} cannot store {}: {m}",
-                            method.name(),
-                            scheme.label()
-                        ),
-                    })?;
                 if let Some(key) = shared_expert(src, name) {
-                    shared_targets.insert(
-                        key,
-                        Target {
-                            name: name.clone(),
-                            scheme: *scheme,
-                            grid,
-                            imatrix: t.imatrix.clone(),
-                            fused: None,
-                            experts: None,
-                        },
-                    );
+                    shared_targets.insert(key, target()?);
                 }
             }
             // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer

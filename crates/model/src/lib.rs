@@ -1981,7 +1981,7 @@ fn head_norm(x: &mut Mat<f32>, heads: usize, head_dim: usize, w: &[f32], eps: f3
 /// (sequences of `seq_len` tokens back to back, causal attention within each).
 pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize) -> Mat<f32> {
     if let (Some(m), Some(p)) = (&w.mla, c.mla) {
-        return mla_heads(c, p, m, w, h, seq_len);
+        return mla_heads(c, p, m, w, h, seq_len).0;
     }
     let hd = c.head_dim;
     let mut q = linear(h, &w.q, w.q_bias.as_deref());
@@ -2113,29 +2113,17 @@ pub struct MlaInputs {
     pub latent: Mat<f32>,
 }
 
+/// The epsilon of latent attention's bottleneck norms: transformers' DeepseekV3RMSNorm default
+/// (not the config's `rms_norm_eps`; llama.cpp uses that, which DeepSeek-V3 sets equal).
+const MLA_NORM_EPS: f32 = 1e-6;
+
 /// Multi-head latent attention's heads' values (o_proj's input, tokens × heads·v_head), in
 /// llama.cpp's absorbed form: each head's query without rope is mapped into the compressed
 /// space by its `k_b` and scored against every token's normed compressed vector, its rope
 /// part against the one rope key all heads share; the weighted compressed vectors map to the
 /// head's values by its `v_b`. The rope pairs are interleaved (adjacent dimensions), as
-/// transformers' DeepseekV3 rotates them.
-fn mla_heads(
-    c: &Config,
-    p: hparams::MlaParams,
-    m: &MlaLayer,
-    w: &Layer,
-    h: MatRef<'_, f32>,
-    seq_len: usize,
-) -> Mat<f32> {
-    mla_heads_with_inputs(c, p, m, w, h, seq_len).0
-}
-
-/// The epsilon of latent attention's bottleneck norms: transformers' DeepseekV3RMSNorm default
-/// (not the config's `rms_norm_eps`; llama.cpp uses that, which DeepSeek-V3 sets equal).
-const MLA_NORM_EPS: f32 = 1e-6;
-
-/// [`mla_heads`], with the inputs of its per-head matrices.
-pub fn mla_heads_with_inputs(
+/// transformers' DeepseekV3 rotates them. With them, the inputs of the per-head matrices.
+pub fn mla_heads(
     c: &Config,
     p: hparams::MlaParams,
     m: &MlaLayer,

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use faer::{Mat, MatRef};
 use qs_formats::source::ModelSource;
 use qs_model::hparams::MlaParams;
-use qs_model::{mla_heads_with_inputs, rms_norm, Config, Layer, MlaLayer};
+use qs_model::{mla_heads, rms_norm, Config, Layer, MlaLayer};
 use qs_numeric::gptq::Hessian;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -84,7 +84,7 @@ fn inputs(
         Some(g) => rms_norm(x, g, c.eps),
         None => x.to_owned(),
     };
-    let (_, i) = mla_heads_with_inputs(c, p, ml, layer, h.as_ref(), seq_len);
+    let (_, i) = mla_heads(c, p, ml, layer, h.as_ref(), seq_len);
     (h, i)
 }
 

@@ -258,7 +258,7 @@ fn mla_sums(
     h: faer::MatRef<'_, f32>,
     seq_len: usize,
 ) {
-    let (_, inputs) = qs_model::mla_heads_with_inputs(c, p, ml, layer, h, seq_len);
+    let (_, inputs) = qs_model::mla_heads(c, p, ml, layer, h, seq_len);
     let tokens = h.nrows() as u64;
     if let Some(x) = &inputs.q_b {
         let e = acc

@@ -2137,8 +2137,9 @@ fn imatrix_matches_llama_imatrix() {
 /// llama-imatrix's entries and counts (latent attention's per-head `attn_k_b`/`attn_v_b` and
 /// the bottleneck's `attn_q_b` included), its sums within 1 % but `attn_v_b`'s (see
 /// docs/QUALITY.md); Q4_K_M with it diverges less than without, and with GPTQ less again
-/// (llama.cpp runs that file); AWQ is refused; the KV-cached generation agrees with the full
-/// forward pass.
+/// (llama.cpp runs that file); GPTQ into compressed-tensors (kv_b_proj whole, experts apart)
+/// diverges less than round to nearest; AWQ is refused; the KV-cached generation agrees with
+/// the full forward pass.
 #[test]
 fn deepseek_v3_evaluates_and_takes_an_importance_matrix() {
     let d = tempfile::tempdir().unwrap();
@@ -2295,6 +2296,8 @@ fn deepseek_v3_evaluates_and_takes_an_importance_matrix() {
     ]);
     let k_ct = eval(&ct);
     assert!(k_ct.is_finite() && k_ct > 0.0, "{k_ct}");
+    // GPTQ into it: kv_b_proj whole from the normed compressed vectors, each expert apart
+    let ctg = at("ctg");
     let r = quantize(&[
         m.as_os_str(),
         "--to".as_ref(),
@@ -2303,11 +2306,26 @@ fn deepseek_v3_evaluates_and_takes_an_importance_matrix() {
         "32".as_ref(),
         "--method".as_ref(),
         "gptq".as_ref(),
+        "--calib".as_ref(),
+        text.as_os_str(),
+        "--calib-samples".as_ref(),
+        "16".as_ref(),
+        "--calib-seq-len".as_ref(),
+        "64".as_ref(),
         "-o".as_ref(),
-        at("ctg").as_os_str(),
+        ctg.as_os_str(),
     ]);
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("kv_b_proj"), "{}", r.stderr);
+    r.ok();
+    for t in [
+        "self_attn.kv_b_proj.weight",
+        "mlp.experts.3.down_proj.weight",
+    ] {
+        assert!(r.stdout.contains(t), "{t}: {}", r.stdout);
+    }
+    let k_ctg = eval(&ctg);
+    eprintln!("deepseek_v3 int4 g32 compressed-tensors KLD: RTN {k_ct}, GPTQ {k_ctg}");
+    assert!(k_ctg < k_ct, "{k_ctg} vs {k_ct}");
+    q(&["verify".as_ref(), m.as_os_str(), ctg.as_os_str()]);
     let k_gptq = eval(&g);
     eprintln!("deepseek_v3 Q4_K_M KLD with GPTQ: {k_gptq}");
     assert!(k_gptq < k_rtn, "{k_gptq} vs {k_rtn}");
@@ -2440,6 +2458,34 @@ fn mixtures_of_experts_calibrate_and_evaluate() {
         // llama.cpp runs the stacked experts' GPTQ codes
         let l = llama_logits(&at("gptq.gguf"), &at("gptq.f32"));
         assert!(l.iter().all(|v| v.is_finite()), "{mt}");
+        // into compressed-tensors each expert is its own tensor: calibrated from its own tokens
+        // and written apart (gpt-oss's experts stay stacked, which no safetensors layout takes).
+        // Attention is left in float on both sides, so the experts' gain is what is measured
+        // (the random model's own sampled text is a poor calibration set for its attention).
+        if mt != "gpt_oss" {
+            let ct = |out: &str, extra: &[&str]| {
+                let mut a: Vec<String> = vec![p(&m), "--to".into(), "int4".into()];
+                a.extend(["--group", "64", "--exclude", "self_attn", "-o"].map(String::from));
+                a.push(p(&at(out)));
+                a.extend(extra.iter().map(|s| s.to_string()));
+                run(&a)
+            };
+            ct("rtn-ct", &["-q"]);
+            let r = ct("gptq-ct", &calib);
+            let expert = if mt == "mixtral" {
+                "block_sparse_moe.experts.3.w2.weight"
+            } else {
+                "mlp.experts.3.down_proj.weight"
+            };
+            assert!(r.stdout.contains(expert), "{mt}: {}", r.stdout);
+            let (rtn, gptq) = (eval(&at("rtn-ct")), eval(&at("gptq-ct")));
+            eprintln!(
+                "{mt}: int4 g64 compressed-tensors KLD round to nearest {rtn:.5}, GPTQ {gptq:.5}"
+            );
+            assert!(gptq < 0.9 * rtn, "{mt}: GPTQ {gptq} vs RTN {rtn}");
+            let r = quantize(&["verify", &p(&m), &p(&at("gptq-ct"))].map(String::from));
+            assert_eq!(r.code, 0, "{mt}: {r:?}");
+        }
         // 16 tokens for 4 or 8 experts: some see too few, and are listed
         let few = [
             "--method",

@@ -431,21 +431,38 @@ pub const FAMILIES: &[Family] = &[
 /// The layer and projection (`Gate`, `Up`, `Down`) of a mixture of experts' stacked tensor
 /// `model.layers.N.{experts}.{proj}.weight`.
 pub fn parse_stacked(names: &MoeNames, name: &str) -> Option<(usize, Linear)> {
+    let (l, proj) = experts_module(names, name)?;
+    Some((l, expert_projection(names, proj)?))
+}
+
+/// The layer, expert and projection of one expert's weight in a checkpoint that stores each
+/// expert apart: `model.layers.N.{experts}.E.{proj}.weight`.
+pub fn parse_expert(names: &MoeNames, name: &str) -> Option<(usize, usize, Linear)> {
+    let (l, rest) = experts_module(names, name)?;
+    let (e, proj) = rest.split_once('.')?;
+    Some((l, e.parse().ok()?, expert_projection(names, proj)?))
+}
+
+/// (layer, what follows `{experts}.`) of `model.layers.N.{experts}.….weight`.
+fn experts_module<'a>(names: &MoeNames, name: &'a str) -> Option<(usize, &'a str)> {
     let rest = name.strip_prefix("model.layers.")?;
     let (l, module) = rest.split_once('.')?;
-    let proj = module
+    let rest = module
         .strip_suffix(".weight")?
         .strip_prefix(names.experts)?
         .strip_prefix('.')?;
-    let lin = [
+    Some((l.parse().ok()?, rest))
+}
+
+fn expert_projection(names: &MoeNames, proj: &str) -> Option<Linear> {
+    [
         (names.gate, Linear::Gate),
         (names.up, Linear::Up),
         (names.down, Linear::Down),
     ]
     .into_iter()
-    .find(|(n, _)| *n == proj)?
-    .1;
-    Some((l.parse().ok()?, lin))
+    .find(|(n, _)| *n == proj)
+    .map(|(_, lin)| lin)
 }
 
 /// Whether the chosen experts' weights are renormalised to sum to 1 in a config.json's
@@ -1495,15 +1512,7 @@ impl<'a> Model<'a> {
             )
         } else {
             let kvb = self.matrix(&format!("{p}kv_b_proj.weight"), h * (nope + v), kv)?;
-            let at = |hh: usize| hh * (nope + v);
-            (
-                (0..h)
-                    .map(|hh| Mat::from_fn(kv, nope, |j, i| kvb[(at(hh) + i, j)]))
-                    .collect(),
-                (0..h)
-                    .map(|hh| kvb.as_ref().subrows(at(hh) + nope, v).to_owned())
-                    .collect(),
-            )
+            split_kv_b(kvb.as_ref(), h, nope, v)
         };
         let mla = MlaLayer {
             q_a,
@@ -2103,6 +2112,40 @@ fn attend(
     attn
 }
 
+/// `kv_b_proj` `[heads·(nope + v), kv_lora]` as latent attention's per-head matrices: each
+/// head's key rows transposed (`k_b`, `[kv_lora, nope]`) and its value rows (`v_b`).
+pub fn split_kv_b(
+    kvb: MatRef<'_, f32>,
+    heads: usize,
+    nope: usize,
+    v: usize,
+) -> (Vec<Mat<f32>>, Vec<Mat<f32>>) {
+    let at = |hh: usize| hh * (nope + v);
+    (
+        (0..heads)
+            .map(|hh| kvb.subrows(at(hh), nope).transpose().to_owned())
+            .collect(),
+        (0..heads)
+            .map(|hh| kvb.subrows(at(hh) + nope, v).to_owned())
+            .collect(),
+    )
+}
+
+/// [`split_kv_b`]'s inverse: `kv_b_proj` from each head's `k_b` and `v_b`.
+pub fn join_kv_b(k_b: &[Mat<f32>], v_b: &[Mat<f32>]) -> Mat<f32> {
+    let (Some(k0), Some(v0)) = (k_b.first(), v_b.first()) else {
+        return Mat::zeros(0, 0);
+    };
+    let (kv, nope, v) = (k0.nrows(), k0.ncols(), v0.nrows());
+    let mut out = Mat::<f32>::zeros(k_b.len() * (nope + v), kv);
+    for (hh, (k, vb)) in k_b.iter().zip(v_b).enumerate() {
+        let at = hh * (nope + v);
+        out.as_mut().subrows_mut(at, nope).copy_from(k.transpose());
+        out.as_mut().subrows_mut(at + nope, v).copy_from(vb);
+    }
+    out
+}
+
 /// The inputs latent attention's per-head matrices read (tokens × heads·width): each head's
 /// query without rope (`k_b`'s input) and its attention output in the compressed space
 /// (`v_b`'s input).
@@ -2111,6 +2154,9 @@ pub struct MlaInputs {
     pub q_b: Option<Mat<f32>>,
     pub q_nope: Mat<f32>,
     pub latent: Mat<f32>,
+    /// Every token's normed compressed vector (tokens × kv_lora): the whole `kv_b_proj`'s
+    /// input in the checkpoint's unabsorbed form.
+    pub ckv: Mat<f32>,
 }
 
 /// The epsilon of latent attention's bottleneck norms: transformers' DeepseekV3RMSNorm default
@@ -2162,6 +2208,7 @@ pub fn mla_heads(
             q_b: pr.q_b,
             q_nope: pr.q_nope,
             latent,
+            ckv: pr.ckv,
         },
     )
 }
@@ -2755,6 +2802,54 @@ fn post_norm(y: Mat<f32>, w: Option<&[f32]>, eps: f32) -> Mat<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Experts stored apart and stacked parse to their layer, expert and projection (Mixtral's
+    /// w1/w3/w2 names too), and nothing else does.
+    #[test]
+    fn expert_weights_parse_by_family_names() {
+        let mix = MoeNames {
+            experts: "block_sparse_moe.experts",
+            gate: "w1",
+            up: "w3",
+            down: "w2",
+            ..QWEN_MOE
+        };
+        let e = |n: &MoeNames, s: &str| parse_expert(n, s);
+        assert_eq!(
+            e(&QWEN_MOE, "model.layers.2.mlp.experts.17.down_proj.weight"),
+            Some((2, 17, Linear::Down))
+        );
+        assert_eq!(
+            e(&mix, "model.layers.0.block_sparse_moe.experts.3.w3.weight"),
+            Some((0, 3, Linear::Up))
+        );
+        assert_eq!(
+            parse_stacked(&QWEN_MOE, "model.layers.1.mlp.experts.gate_proj.weight"),
+            Some((1, Linear::Gate))
+        );
+        for bad in [
+            "model.layers.2.mlp.experts.17.down_proj.bias",
+            "model.layers.2.mlp.experts.x.down_proj.weight",
+            "model.layers.2.mlp.shared_expert.down_proj.weight",
+            "model.layers.2.mlp.experts.gate_proj.weight",
+        ] {
+            assert_eq!(e(&QWEN_MOE, bad), None, "{bad}");
+        }
+        assert_eq!(e(&mix, "model.layers.0.block_sparse_moe.experts.3.w4.weight"), None);
+    }
+
+    /// kv_b_proj splits into per-head k_b (transposed key rows) and v_b, and joins back.
+    #[test]
+    fn kv_b_splits_per_head_and_joins_back() {
+        let (heads, nope, v, kv) = (3, 4, 5, 6);
+        let w = Mat::from_fn(heads * (nope + v), kv, |i, j| (i * 100 + j) as f32);
+        let (k_b, v_b) = split_kv_b(w.as_ref(), heads, nope, v);
+        // head 1's key row 2, column 5 is k_b[1]'s row 5, column 2
+        assert_eq!(k_b[1][(5, 2)], w[(nope + v + 2, 5)]);
+        assert_eq!(v_b[2][(0, 1)], w[(2 * (nope + v) + nope, 1)]);
+        assert_eq!((k_b[0].nrows(), k_b[0].ncols()), (kv, nope));
+        assert_eq!(join_kv_b(&k_b, &v_b), w);
+    }
 
     /// DeepSeek-V3's routing: the groups not kept are out of the choice even when every kept
     /// expert's biased score is negative (transformers and llama.cpp mask them with −∞); the

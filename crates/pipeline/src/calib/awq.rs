@@ -529,6 +529,7 @@ mod tests {
                         imatrix: None,
                         fused: None,
                         experts: None,
+                        per_expert: None,
                     },
                 )
             })

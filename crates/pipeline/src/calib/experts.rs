@@ -1,8 +1,8 @@
 //! Calibrating a mixture of experts: each expert's input statistics come from the calibration
 //! tokens the float router sends it (or from every token with `--calib-all-experts`, as
 //! llm-compressor's `calibrate_all_experts` offers), and the method quantizes its gate, up and
-//! down projections from them. A layer's experts are one stacked tensor in a GGUF: their codes
-//! are joined in expert order.
+//! down projections from them. A layer's experts are one stacked tensor in a GGUF (their codes
+//! are joined in expert order) and one tensor each in the safetensors layouts.
 //!
 //! Memory: the layer's normed MLP inputs for the calibration tokens (one more matrix the size
 //! of the layer's inputs) and one expert's two Hessians at a time.
@@ -111,6 +111,8 @@ pub(super) fn calibrate(
         .map(|&(lin, t)| (lin, t, Vec::new(), Vec::new()))
         .collect();
     let mut starved = Vec::new();
+    // experts stored apart: each one's own tensor
+    let mut written = Vec::new();
     for (e, expert) in moe.experts.iter().enumerate() {
         let xe = gather(h2.as_ref(), &fit[e]);
         let xhe = gather(xh_mlp, &held[e]);
@@ -139,28 +141,43 @@ pub(super) fn calibrate(
                 _ => (&expert.down, &h_down, act_held.as_ref()),
             };
             let cols = w.ncols();
-            // round to nearest with this expert's own importance (a matrix has one per expert)
-            let mut own_tg = (*tg).clone();
-            own_tg.imatrix =
-                tg.imatrix
-                    .as_ref()
-                    .map(|m| match m.len() == moe.experts.len() * cols {
-                        true => Arc::new(m[e * cols..(e + 1) * cols].to_vec()),
-                        false => m.clone(),
-                    });
-            let name = format!("{} (expert {e})", tg.name);
-            let (out, wq, error) =
-                super::calibrate_matrix(src, m, tg, &own_tg, &name, w, hess, xin)?;
-            if codes
-                .first()
-                .is_some_and(|f: &CodeSet| f.g_idx != out.g_idx)
-            {
-                return Err(Error::Tensor {
-                    file: file_of(src, &tg.name),
-                    tensor: tg.name.clone(),
-                    msg: "experts stacked in one tensor share one column order: --act-order group is not supported for them".into(),
-                });
+            // stored apart: the expert's own tensor (kept in float when it is no target)
+            let apart = tg
+                .per_expert
+                .as_ref()
+                .map(|each| each.get(e).and_then(|t| t.as_ref()));
+            if apart.is_some_and(|t| t.is_none()) {
+                continue;
             }
+            // round to nearest with this expert's own importance (a matrix has one per expert)
+            let own_tg = match apart.flatten() {
+                Some(t) => t.clone(),
+                None => {
+                    let mut own_tg = (*tg).clone();
+                    own_tg.imatrix =
+                        tg.imatrix
+                            .as_ref()
+                            .map(|m| match m.len() == moe.experts.len() * cols {
+                                true => Arc::new(m[e * cols..(e + 1) * cols].to_vec()),
+                                false => m.clone(),
+                            });
+                    own_tg
+                }
+            };
+            let name = match apart.flatten() {
+                Some(t) => t.name.clone(),
+                None => format!("{} (expert {e})", tg.name),
+            };
+            let (out, wq, error) = super::calibrate_matrix(
+                src,
+                m,
+                apart.flatten().unwrap_or(tg),
+                &own_tg,
+                &name,
+                w,
+                hess,
+                xin,
+            )?;
             if let Some(layer) = own.as_deref_mut() {
                 if let Some(om) = layer.moe.as_mut() {
                     let oe = &mut om.experts[e];
@@ -171,12 +188,34 @@ pub(super) fn calibrate(
                     } = wq;
                 }
             }
+            if apart.is_some() {
+                written.push((
+                    name,
+                    super::Calibrated {
+                        transform: None,
+                        out: Some(Arc::new(out)),
+                        error: Some(error),
+                    },
+                ));
+                continue;
+            }
+            if codes
+                .first()
+                .is_some_and(|f: &CodeSet| f.g_idx != out.g_idx)
+            {
+                return Err(Error::Tensor {
+                    file: file_of(src, &tg.name),
+                    tensor: tg.name.clone(),
+                    msg: "experts stacked in one tensor share one column order: --act-order group is not supported for them".into(),
+                });
+            }
             codes.push(out);
             errors.push((error, xin.nrows()));
         }
     }
     let tensors = parts
         .into_iter()
+        .filter(|(_, tg, _, _)| tg.per_expert.is_none())
         .map(|(_, tg, codes, errors)| {
             let mut joined = CodeSet::default();
             for c in codes {
@@ -204,6 +243,7 @@ pub(super) fn calibrate(
                 },
             )
         })
+        .chain(written)
         .collect();
     Ok(ExpertsDone { tensors, starved })
 }

@@ -4,7 +4,8 @@
 //! transposed) the head's query without rope, `v_b` the head's attention output in the
 //! compressed space. Each gets GPTQ from its own input's Hessian (per head for the 3-D
 //! `k_b`/`v_b`, their codes joined in head order as the GGUF stores them), from the float
-//! layer's inputs as the other linears are.
+//! layer's inputs as the other linears are. The safetensors layouts keep `kv_b_proj` whole:
+//! it is quantized as one linear from the normed compressed vectors' Hessian.
 //!
 //! Memory: the Hessians (hidden², q_lora², heads × (nope² + kv_lora²)) and one batch's
 //! attention inputs.
@@ -32,6 +33,9 @@ pub enum MlaPart {
     KB,
     /// Per head, the value half of `kv_b_proj` (`v_b_proj`, 3-D).
     VB,
+    /// `kv_b_proj` whole, as the safetensors layouts keep it: the normed compressed vectors
+    /// to every head's key (no rope) and value.
+    KvB,
 }
 
 impl MlaPart {
@@ -45,6 +49,7 @@ impl MlaPart {
             "self_attn.kv_a_proj_with_mqa" => MlaPart::KvA,
             "self_attn.k_b_proj" => MlaPart::KB,
             "self_attn.v_b_proj" => MlaPart::VB,
+            "self_attn.kv_b_proj" => MlaPart::KvB,
             _ => return None,
         };
         Some((l.parse().ok()?, part))
@@ -60,6 +65,8 @@ struct Stats {
     /// Per head: k_b's and v_b's inputs.
     k_b: Vec<Hessian>,
     v_b: Vec<Hessian>,
+    /// The whole kv_b_proj's input.
+    kv_b: Hessian,
 }
 
 /// Accumulates `cols`-wide head blocks of `x` into per-head Hessians.
@@ -113,7 +120,10 @@ pub(super) fn calibrate(
         q_b: ml.q_a.as_ref().map(|(a, _)| Hessian::new(a.nrows())),
         k_b: (0..heads).map(|_| Hessian::new(nope)).collect(),
         v_b: (0..heads).map(|_| Hessian::new(kv)).collect(),
+        kv_b: Hessian::new(kv),
     };
+    let whole = targets.iter().any(|(p, _)| *p == MlaPart::KvB);
+    let kv_b = whole.then(|| qs_model::join_kv_b(&ml.k_b, &ml.v_b));
     for &(r0, r1) in batches {
         let (h, i) = inputs(c, p, (float_layer, ml), x.subrows(r0, r1 - r0), seq_len);
         st.h.add_mat(h.as_ref());
@@ -122,6 +132,9 @@ pub(super) fn calibrate(
         }
         add_heads(&mut st.k_b, i.q_nope.as_ref());
         add_heads(&mut st.v_b, i.latent.as_ref());
+        if whole {
+            st.kv_b.add_mat(i.ckv.as_ref());
+        }
     }
     let (held_h, held) = inputs(c, p, (float_layer, ml), xh, seq_len);
     let mut out = Vec::new();
@@ -152,6 +165,10 @@ pub(super) fn calibrate(
                 .zip(&st.v_b)
                 .enumerate()
                 .map(|(i, (w, h))| (w, h, held_head(&held.latent, i, kv)))
+                .collect(),
+            MlaPart::KvB => kv_b
+                .iter()
+                .map(|w| (w, &st.kv_b, held.ckv.clone()))
                 .collect(),
         };
         let n = mats.len();
@@ -203,6 +220,12 @@ pub(super) fn calibrate(
                 MlaPart::KvA => om.kv_a = qz.next().unwrap_or_else(|| om.kv_a.clone()),
                 MlaPart::KB => om.k_b = qz.collect(),
                 MlaPart::VB => om.v_b = qz.collect(),
+                MlaPart::KvB => {
+                    if let Some(w) = qz.next() {
+                        (om.k_b, om.v_b) =
+                            qs_model::split_kv_b(w.as_ref(), heads, nope, p.v_head as usize);
+                    }
+                }
             }
         }
         out.push((
@@ -226,7 +249,7 @@ pub(super) fn of_layer(
     all: &BTreeMap<(usize, MlaPart), Target>,
     l: usize,
 ) -> Vec<(MlaPart, &Target)> {
-    all.range((l, MlaPart::QA)..=(l, MlaPart::VB))
+    all.range((l, MlaPart::QA)..=(l, MlaPart::KvB))
         .map(|(&(_, p), t)| (p, t))
         .collect()
 }

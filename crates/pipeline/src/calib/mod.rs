@@ -170,6 +170,9 @@ pub struct Target {
     /// The tensor stacks a mixture of experts' projection (the key's `Gate`, `Up` or `Down`)
     /// for this many experts, calibrated by [`experts`] on the tokens routed to each.
     pub experts: Option<usize>,
+    /// The experts are stored one tensor each (safetensors layouts): each expert's own target,
+    /// or none for an expert the run leaves unquantized. Their codes stay apart.
+    pub per_expert: Option<Vec<Option<Target>>>,
 }
 
 /// One layer for [`Method::transform_layer`].
@@ -489,6 +492,8 @@ pub fn targets(
         });
     }
     let mut out = BTreeMap::new();
+    // experts stored apart, by (layer, projection): each expert's target
+    let mut apart: BTreeMap<(usize, Linear), Vec<Option<Target>>> = BTreeMap::new();
     for t in &plan.tensors {
         let Action::Encode(scheme) = &t.action else {
             continue;
@@ -566,6 +571,7 @@ pub fn targets(
                 imatrix: t.imatrix.clone(),
                 fused: None,
                 experts: None,
+                per_expert: None,
             })
         };
         match keys {
@@ -579,16 +585,6 @@ pub fn targets(
                     out.insert(key, tg.clone());
                 }
             }
-            None if mla && name.ends_with("self_attn.kv_b_proj.weight") => {
-                return Err(Error::Tensor {
-                    file: file_of(src, name),
-                    tensor: name.clone(),
-                    msg: format!(
-                        "--method {} calibrates latent attention in llama.cpp's split form (attn_k_b, attn_v_b); into safetensors layouts (kv_b_proj whole) not yet: quantize to GGUF, or leave out --method (round to nearest)",
-                        method.name()
-                    ),
-                })
-            }
             None if mla && mla::MlaPart::parse(name).is_some_and(|(l, _)| l < layers) => {
                 if let Some(key) = mla::MlaPart::parse(name) {
                     mla_targets.insert(key, target()?);
@@ -601,15 +597,35 @@ pub fn targets(
             }
             // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer
             None if matches!(scheme, Scheme::Ggml(_)) => {}
-            None if moe.is_some() && name.contains(".experts.") => {
-                return Err(Error::Tensor {
-                    file: file_of(src, name),
-                    tensor: name.clone(),
-                    msg: format!(
-                        "--method {} calibrates experts stacked as in a GGUF; into safetensors layouts (one tensor per expert) not yet: quantize to GGUF, or leave out --method (round to nearest)",
-                        method.name()
-                    ),
-                })
+            // layers after the decoder's (DeepSeek-V3's multi-token prediction), which the
+            // forward pass does not run: round to nearest
+            None if name
+                .strip_prefix("model.layers.")
+                .and_then(|r| r.split_once('.'))
+                .and_then(|(l, _)| l.parse::<usize>().ok())
+                .is_some_and(|l| l >= layers) => {}
+            // a safetensors layout's experts, one tensor each: gathered per projection below
+            None if moe
+                .and_then(|(names, _)| qs_model::parse_expert(&names, name))
+                .is_some_and(|(l, _, _)| l < layers) =>
+            {
+                if let Some(((l, e, lin), (_, n))) = moe
+                    .and_then(|(names, _)| qs_model::parse_expert(&names, name))
+                    .zip(moe)
+                {
+                    let tg = target()?;
+                    let slot = apart.entry((l, lin)).or_insert_with(|| vec![None; n]);
+                    match slot.get_mut(e) {
+                        Some(s) => *s = Some(tg),
+                        None => {
+                            return Err(Error::Tensor {
+                                file: file_of(src, name),
+                                tensor: name.clone(),
+                                msg: format!("expert {e} of a model with {n} experts"),
+                            })
+                        }
+                    }
+                }
             }
             None => {
                 return Err(Error::Tensor {
@@ -622,6 +638,20 @@ pub fn targets(
                 })
             }
         }
+    }
+    // each projection's experts as one target, calibrated together, written apart
+    for (key, each) in apart {
+        let Some(first) = each.iter().flatten().next().cloned() else {
+            continue;
+        };
+        out.insert(
+            key,
+            Target {
+                experts: Some(each.len()),
+                per_expert: Some(each),
+                ..first
+            },
+        );
     }
     if out.is_empty() && mla_targets.is_empty() && shared_targets.is_empty() {
         return Err(Error::Config(format!(

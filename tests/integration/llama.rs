@@ -1745,17 +1745,57 @@ fn family_workflow(dir: &Path, mt: &str) {
         assert!(!at("awq").exists());
         r
     };
+    // AWQ (or AWQ then GPTQ) into int4 (compressed-tensors) and Q4_K_M, each evaluated against
+    // the folder beside round to nearest
+    let awq_beats_rtn = |method: &str| {
+        for (to, out) in [("int4", "awq-int4"), ("q4_k_m", "awq.gguf")] {
+            let rtn = at(&format!("rtn-{out}"));
+            let out = &format!("{}{out}", if method == "awq" { "" } else { "gptq-" });
+            if !rtn.exists() {
+                q(&[
+                    p(&m),
+                    "--to".into(),
+                    to.into(),
+                    "-o".into(),
+                    p(&rtn),
+                    "-q".into(),
+                ]);
+            }
+            let mut a = vec![
+                p(&m),
+                "--to".into(),
+                to.into(),
+                "--method".into(),
+                method.into(),
+            ];
+            a.extend(["-o".into(), p(&at(out))]);
+            a.extend(calib.iter().cloned());
+            q(&a);
+            let (e_rtn, e_awq) = (
+                eval(&rtn)["kld_mean"].as_f64().unwrap(),
+                eval(&at(out))["kld_mean"].as_f64().unwrap(),
+            );
+            eprintln!("{mt} {to}: KLD round to nearest {e_rtn:.5}, {method} {e_awq:.5}");
+            assert!(
+                e_awq.is_finite() && e_awq < e_rtn,
+                "{mt} {to}: {method} {e_awq} vs RTN {e_rtn}"
+            );
+        }
+    };
     if mt == "phi3" {
-        // LongRoPE's factors come back from the GGUF's tensors into rope_scaling; AWQ, which
-        // scales q, k, v (and gate, up) apart, is refused for the fused tensors
+        // LongRoPE's factors come back from the GGUF's tensors into rope_scaling
         assert_eq!(c["rope_scaling"]["rope_type"], "longrope", "{c}");
         assert_eq!(c["rope_scaling"]["partial_rotary_factor"], 0.75, "{c}");
-        let r = awq_refused();
-        assert!(
-            r.stderr.contains("_proj.weight") && r.stderr.contains("fused"),
-            "{}",
-            r.stderr
-        );
+        // AWQ scales the fused tensors as AutoAWQ does Phi-3's: qkv_proj's columns with
+        // input_layernorm, gate_up_proj's with post_attention_layernorm, its up rows with
+        // down_proj's columns (and q/k/v's v rows with o_proj's); llama.cpp runs the GGUFs
+        for method in ["awq", "awq+gptq"] {
+            awq_beats_rtn(method);
+        }
+        for out in ["awq.gguf", "gptq-awq.gguf"] {
+            let l = llama_logits(&at(out), &at("awq.f32"));
+            assert!(l.iter().all(|v| v.is_finite()), "{mt}");
+        }
         // the importance matrix has the fused tensors' entries
         let im = qs_formats::imatrix::load(&at("im.gguf")).unwrap();
         assert!(
@@ -1770,36 +1810,7 @@ fn family_workflow(dir: &Path, mt: &str) {
         // (pre_feedforward_layernorm), stored as w and applied as 1 + w: into int4
         // (compressed-tensors) and Q4_K_M, each evaluated against the folder beside round to
         // nearest; llama.cpp runs the GGUF
-        for (to, out) in [("int4", "awq-int4"), ("q4_k_m", "awq.gguf")] {
-            let rtn = at(&format!("rtn-{out}"));
-            q(&[
-                p(&m),
-                "--to".into(),
-                to.into(),
-                "-o".into(),
-                p(&rtn),
-                "-q".into(),
-            ]);
-            let mut a = vec![
-                p(&m),
-                "--to".into(),
-                to.into(),
-                "--method".into(),
-                "awq".into(),
-            ];
-            a.extend(["-o".into(), p(&at(out))]);
-            a.extend(calib.iter().cloned());
-            q(&a);
-            let (e_rtn, e_awq) = (
-                eval(&rtn)["kld_mean"].as_f64().unwrap(),
-                eval(&at(out))["kld_mean"].as_f64().unwrap(),
-            );
-            eprintln!("{mt} {to}: KLD round to nearest {e_rtn:.5}, AWQ {e_awq:.5}");
-            assert!(
-                e_awq.is_finite() && e_awq < e_rtn,
-                "{mt} {to}: AWQ {e_awq} vs RTN {e_rtn}"
-            );
-        }
+        awq_beats_rtn("awq");
         let l = llama_logits(&at("awq.gguf"), &at("awq.f32"));
         assert!(l.iter().all(|v| v.is_finite()), "{mt}");
         // the exported config lists llama.cpp's window layers
@@ -2509,17 +2520,48 @@ fn mixtures_of_experts_calibrate_and_evaluate() {
             "{mt}: {}",
             r.stdout
         );
-        let r = quantize(&[
-            p(&m),
-            "--to".into(),
-            "int4".into(),
-            "--method".into(),
-            "awq".into(),
-            "-o".into(),
-            p(&at("awq")),
-        ]);
-        assert_eq!(r.code, 1, "{r:?}");
-        assert!(r.stderr.contains("mixture of experts"), "{}", r.stderr);
+        // AWQ: the MLP norm's scale over every expert's gate/up (the router's columns in
+        // float), each expert's up → down on its own tokens, each expert clipped; into int4
+        // (compressed-tensors, experts apart) and Q4_K_M (stacked), against round to nearest.
+        // gpt-oss (biased, clamped experts stored fused) and AWQ then GPTQ are refused.
+        let awq = |out: &str, to: &str, method: &str| {
+            let mut a: Vec<String> = vec![p(&m), "--to".into(), to.into()];
+            a.extend(["--method", method, "-o"].map(String::from));
+            a.push(p(&at(out)));
+            a.extend(calib[2..].iter().map(|s| s.to_string()));
+            quantize(&a)
+        };
+        if mt == "gpt_oss" {
+            let r = awq("awq", "int4", "awq");
+            assert_eq!(r.code, 1, "{r:?}");
+            assert!(r.stderr.contains("mixture of experts"), "{}", r.stderr);
+        } else {
+            let r = awq("awq+gptq", "int4", "awq+gptq");
+            assert_eq!(r.code, 1, "{r:?}");
+            assert!(r.stderr.contains("mixture of experts"), "{}", r.stderr);
+            assert!(!at("awq+gptq").exists());
+            run(&[
+                p(&m),
+                "--to".into(),
+                "int4".into(),
+                "-o".into(),
+                p(&at("rtn-int4")),
+                "-q".into(),
+            ]);
+            for (to, out, rtn) in [
+                ("int4", "awq-int4", "rtn-int4"),
+                ("q4_k_m", "awq.gguf", "rtn.gguf"),
+            ] {
+                awq(out, to, "awq").ok();
+                let (e_rtn, e_awq) = (eval(&at(rtn)), eval(&at(out)));
+                eprintln!("{mt} {to}: KLD round to nearest {e_rtn:.5}, AWQ {e_awq:.5}");
+                assert!(e_awq < 0.9 * e_rtn, "{mt} {to}: AWQ {e_awq} vs RTN {e_rtn}");
+                let r = quantize(&["verify", &p(&m), &p(&at(out))].map(String::from));
+                assert_eq!(r.code, 0, "{mt}: {r:?}");
+            }
+            let l = llama_logits(&at("awq.gguf"), &at("awq.f32"));
+            assert!(l.iter().all(|v| v.is_finite()), "{mt}");
+        }
         let r =
             quantize(&["export", &p(&at("f32.gguf")), "-o", &p(&at("exported"))].map(String::from));
         assert_eq!(r.code, 1, "{r:?}");

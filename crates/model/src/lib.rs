@@ -2835,7 +2835,10 @@ mod tests {
         ] {
             assert_eq!(e(&QWEN_MOE, bad), None, "{bad}");
         }
-        assert_eq!(e(&mix, "model.layers.0.block_sparse_moe.experts.3.w4.weight"), None);
+        assert_eq!(
+            e(&mix, "model.layers.0.block_sparse_moe.experts.3.w4.weight"),
+            None
+        );
     }
 
     /// kv_b_proj splits into per-head k_b (transposed key rows) and v_b, and joins back.

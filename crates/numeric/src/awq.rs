@@ -147,6 +147,8 @@ pub struct Clip {
 /// `(w + offset) · col_mul[c] / col_div[c] / row_div[r] − offset`, then each (row, group)
 /// clamped to ±amax · (1 − step / GRID) of the scaled values. 1-D tensors (norms, biases) are
 /// one row. `offset`: a norm gain stored as `w` and applied as `w + offset` (Gemma's `1 + w`).
+/// A stacked tensor whose parts have their own column factors (a mixture's experts, each
+/// scaled for its own inputs) holds one `col_mul` row per `col_mul_rows` rows.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Transform {
     pub col_mul: Option<Arc<[f32]>>,
@@ -154,6 +156,8 @@ pub struct Transform {
     pub row_div: Option<Arc<[f32]>>,
     pub clip: Option<Clip>,
     pub offset: f32,
+    /// Rows per `col_mul` row; 0: one row of factors for every row.
+    pub col_mul_rows: usize,
 }
 
 impl Transform {
@@ -190,6 +194,13 @@ impl Transform {
             row.iter_mut().for_each(|v| *v += self.offset);
         }
         if let Some(m) = &self.col_mul {
+            let m = match self.col_mul_rows {
+                0 => &m[..],
+                per => {
+                    let at = r / per * row.len();
+                    &m[at..at + row.len()]
+                }
+            };
             for (v, s) in row.iter_mut().zip(m.iter()) {
                 *v *= s;
             }
@@ -210,16 +221,134 @@ impl Transform {
         }
     }
 
+    /// The transforms of tensors stacked row-wise into one (Phi-3's fused `qkv_proj`,
+    /// `gate_up_proj`): `parts` in row order, each with its row count (`None`: that part is
+    /// unchanged). The column factors must agree (the parts share one input); row divisors and
+    /// clipping steps are joined, 1 and 0 for the parts without.
+    pub fn stack(parts: &[(Option<&Transform>, usize)], cols: usize) -> Result<Transform, String> {
+        let present = || parts.iter().filter_map(|(t, _)| *t);
+        if present().any(|t| t.col_mul_rows != 0) {
+            return Err("the parts are stacked already".into());
+        }
+        let agree = |f: fn(&Transform) -> &Option<Arc<[f32]>>| -> Result<_, String> {
+            let mut vals = present().map(f);
+            let first = vals.next().cloned().flatten();
+            match vals.all(|v| *v == first) {
+                true => Ok(first),
+                false => Err("the stacked parts' column factors differ".into()),
+            }
+        };
+        if present().any(|t| t.offset != 0.0) {
+            return Err("stacked parts are linears, not norm gains".into());
+        }
+        let rows: usize = parts.iter().map(|(_, n)| n).sum();
+        let row_div = present().any(|t| t.row_div.is_some()).then(|| {
+            let mut v = Vec::with_capacity(rows);
+            for (t, n) in parts {
+                match t.and_then(|t| t.row_div.as_ref()) {
+                    Some(d) => v.extend_from_slice(&d[..*n]),
+                    None => v.extend(std::iter::repeat_n(1.0, *n)),
+                }
+            }
+            v.into()
+        });
+        let clip = match present()
+            .filter_map(|t| t.clip.as_ref())
+            .map(|c| c.group)
+            .next()
+        {
+            None => None,
+            Some(group) => {
+                if present().any(|t| t.clip.as_ref().is_some_and(|c| c.group != group)) {
+                    return Err("the stacked parts clip by different groups".into());
+                }
+                let ng = groups(cols, group);
+                let mut steps = Vec::with_capacity(rows * ng);
+                for (t, n) in parts {
+                    match t.and_then(|t| t.clip.as_ref()) {
+                        Some(c) => steps.extend_from_slice(&c.steps[..n * ng]),
+                        None => steps.extend(std::iter::repeat_n(0u8, n * ng)),
+                    }
+                }
+                Some(Clip {
+                    group,
+                    steps: steps.into(),
+                })
+            }
+        };
+        // column factors: one row for all parts when they agree, else one per part (parts of
+        // equal rows: a mixture's experts)
+        let (col_mul, col_mul_rows) = match agree(|t| &t.col_mul) {
+            Ok(m) => (m, 0),
+            Err(e) => {
+                let n = parts.first().map_or(0, |p| p.1);
+                if n == 0
+                    || parts.iter().any(|p| p.1 != n)
+                    || present().any(|t| t.col_mul_rows != 0)
+                {
+                    return Err(e);
+                }
+                let mut v = Vec::with_capacity(parts.len() * cols);
+                for (t, _) in parts {
+                    match t.and_then(|t| t.col_mul.as_ref()) {
+                        Some(m) => v.extend_from_slice(&m[..cols]),
+                        None => v.extend(std::iter::repeat_n(1.0, cols)),
+                    }
+                }
+                (Some(v.into()), n)
+            }
+        };
+        Ok(Transform {
+            col_mul,
+            col_div: agree(|t| &t.col_div)?,
+            row_div,
+            clip,
+            offset: 0.0,
+            col_mul_rows,
+        })
+    }
+
+    /// The transform of rows `start..start + n` of the tensor (a part of a stacked one), as a
+    /// transform of their own rows from 0.
+    pub fn rows(&self, start: usize, n: usize, cols: usize) -> Transform {
+        let (col_mul, col_mul_rows) = match (&self.col_mul, self.col_mul_rows) {
+            // (a range within one part)
+            (Some(m), per) if per > 0 && start / per == (start + n.max(1) - 1) / per => {
+                let at = start / per * cols;
+                (Some(m[at..at + cols].to_vec().into()), 0)
+            }
+            (m, per) => (m.clone(), per),
+        };
+        Transform {
+            col_mul,
+            col_mul_rows,
+            row_div: self
+                .row_div
+                .as_ref()
+                .map(|d| d[start..start + n].to_vec().into()),
+            clip: self.clip.as_ref().map(|c| {
+                let ng = groups(cols, c.group);
+                Clip {
+                    group: c.group,
+                    steps: c.steps[start * ng..(start + n) * ng].to_vec().into(),
+                }
+            }),
+            ..self.clone()
+        }
+    }
+
     /// An importance vector (mean x² per input column) for the transformed weight: the inputs
-    /// are divided by `col_mul`, so their squares by its square.
+    /// are divided by `col_mul`, so their squares by its square. Either may hold one row per
+    /// expert of a stacked tensor (then so does the result).
     pub fn importance(&self, imatrix: &[f32]) -> Vec<f32> {
         match &self.col_mul {
-            Some(m) => imatrix
-                .iter()
-                .zip(m.iter())
-                .map(|(v, s)| v / (s * s))
+            Some(m) if !imatrix.is_empty() && !m.is_empty() => (0..imatrix.len().max(m.len()))
+                .map(|i| {
+                    let s = m[i % m.len()];
+                    imatrix[i % imatrix.len()] / (s * s)
+                })
                 .collect(),
-            None => imatrix.to_vec(),
+            _ => imatrix.to_vec(),
         }
     }
 }
@@ -310,6 +439,85 @@ pub fn hessian_blocks(
 mod tests {
     use super::*;
 
+    /// A stacked tensor's transform does to each part's rows what the part's own does, and
+    /// its row range gives the part's back.
+    #[test]
+    fn stacked_transforms_act_as_their_parts() {
+        let cols = 8;
+        let mut rng = crate::synth::Rng::new(3);
+        let mut vals = |n: usize| -> Arc<[f32]> {
+            (0..n)
+                .map(|_| 0.5 + rng.normal().abs() as f32)
+                .collect::<Vec<_>>()
+                .into()
+        };
+        let s = vals(cols);
+        let a = Transform {
+            col_mul: Some(s.clone()),
+            clip: Some(Clip {
+                group: 4,
+                steps: vec![1, 0, 2, 3, 0, 5].into(),
+            }),
+            ..Default::default()
+        };
+        let b = Transform {
+            col_mul: Some(s.clone()),
+            row_div: Some(vals(2)),
+            ..Default::default()
+        };
+        let parts = [(Some(&a), 3), (None, 1), (Some(&b), 2)];
+        let t = Transform::stack(&parts, cols).unwrap();
+        let mut w: Vec<f32> = (0..6 * cols).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        let (mut each, mut ranged) = (w.clone(), w.clone());
+        t.apply(&(0..6).collect::<Vec<_>>(), cols, &mut w);
+        let mut at = 0;
+        for (p, n) in parts {
+            let from0: Vec<usize> = (0..n).collect();
+            // the unchanged part still shares the input's column factors
+            let own = p.cloned().unwrap_or(Transform {
+                col_mul: Some(s.clone()),
+                ..Default::default()
+            });
+            own.apply(&from0, cols, &mut each[at * cols..(at + n) * cols]);
+            let part = t.rows(at, n, cols);
+            part.apply(&from0, cols, &mut ranged[at * cols..(at + n) * cols]);
+            at += n;
+        }
+        assert_eq!(w, each);
+        assert_eq!(w, ranged);
+        let other = Transform {
+            col_mul: Some(vals(cols)),
+            ..Default::default()
+        };
+        assert!(Transform::stack(&[(Some(&a), 3), (Some(&other), 1)], cols).is_err());
+        // parts of equal rows with their own column factors (experts): one row of factors
+        // each, applied to its part's rows, and their importance per part
+        let experts = [(Some(&a), 3), (None, 3), (Some(&other), 3)];
+        let t = Transform::stack(&experts, cols).unwrap();
+        assert_eq!(t.col_mul_rows, 3);
+        let mut w: Vec<f32> = (0..9 * cols).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
+        let mut each = w.clone();
+        t.apply(&(0..9).collect::<Vec<_>>(), cols, &mut w);
+        for (k, (p, n)) in experts.into_iter().enumerate() {
+            let own = p.cloned().unwrap_or_default();
+            let rows = &mut each[k * n * cols..(k + 1) * n * cols];
+            own.apply(&(0..n).collect::<Vec<_>>(), cols, rows);
+            assert_eq!(
+                t.rows(k * n + 1, 2, cols).col_mul,
+                own.col_mul.or(Some(vec![1.0; cols].into()))
+            );
+        }
+        assert_eq!(w, each);
+        let im: Vec<f32> = (0..cols).map(|i| 1.0 + i as f32).collect();
+        let imp = t.importance(&im);
+        assert_eq!(imp.len(), 3 * cols);
+        assert_eq!(imp[cols..2 * cols], im[..]);
+        assert_eq!(
+            imp[2 * cols + 1],
+            im[1] / (other.col_mul.as_ref().unwrap()[1]).powi(2)
+        );
+    }
+
     #[test]
     fn plain_candidates_are_all_ones_for_flat_activations() {
         let x = vec![0.7f32; 8];
@@ -354,6 +562,7 @@ mod tests {
                 steps: vec![0, 0, 10, 0].into(),
             }),
             offset: 0.0,
+            col_mul_rows: 0,
         };
         let mut x = vec![1.0f32, 1.0, 1.0, 1.0, 4.0, -2.0, 3.0, 1.0];
         t.apply(&[0, 1], 4, &mut x);

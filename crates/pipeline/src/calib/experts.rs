@@ -46,7 +46,7 @@ fn mlp_inputs(
 
 /// The rows of `h2` routed to each expert by `layer`'s router (all rows for each expert when
 /// `all`).
-fn routed(c: &Config, layer: &Layer, h2: MatRef<'_, f32>, all: bool) -> Vec<Vec<usize>> {
+pub(super) fn routed(c: &Config, layer: &Layer, h2: MatRef<'_, f32>, all: bool) -> Vec<Vec<usize>> {
     let (Some(mc), Some(moe)) = (&c.moe, &layer.moe) else {
         return vec![];
     };
@@ -71,7 +71,7 @@ fn routed(c: &Config, layer: &Layer, h2: MatRef<'_, f32>, all: bool) -> Vec<Vec<
     by
 }
 
-fn gather(h2: MatRef<'_, f32>, rows: &[usize]) -> Mat<f32> {
+pub(super) fn gather(h2: MatRef<'_, f32>, rows: &[usize]) -> Mat<f32> {
     Mat::from_fn(rows.len(), h2.ncols(), |i, j| h2[(rows[i], j)])
 }
 
@@ -146,23 +146,8 @@ pub(super) fn calibrate(
                 .per_expert
                 .as_ref()
                 .map(|each| each.get(e).and_then(|t| t.as_ref()));
-            if apart.is_some_and(|t| t.is_none()) {
+            let Some(own_tg) = expert_target(tg, e, moe.experts.len(), cols) else {
                 continue;
-            }
-            // round to nearest with this expert's own importance (a matrix has one per expert)
-            let own_tg = match apart.flatten() {
-                Some(t) => t.clone(),
-                None => {
-                    let mut own_tg = (*tg).clone();
-                    own_tg.imatrix =
-                        tg.imatrix
-                            .as_ref()
-                            .map(|m| match m.len() == moe.experts.len() * cols {
-                                true => Arc::new(m[e * cols..(e + 1) * cols].to_vec()),
-                                false => m.clone(),
-                            });
-                    own_tg
-                }
             };
             let name = match apart.flatten() {
                 Some(t) => t.name.clone(),
@@ -246,6 +231,26 @@ pub(super) fn calibrate(
         .chain(written)
         .collect();
     Ok(ExpertsDone { tensors, starved })
+}
+
+/// Expert `e`'s own target among `experts` of a projection's `tg` (`cols` wide): its tensor's
+/// when the experts are stored apart (none when it is kept in float); else the stacked
+/// tensor's, with this expert's importance (a matrix has one per expert).
+pub(super) fn expert_target(tg: &Target, e: usize, experts: usize, cols: usize) -> Option<Target> {
+    match &tg.per_expert {
+        Some(each) => each.get(e).cloned().flatten(),
+        None => {
+            let mut own = tg.clone();
+            own.imatrix = tg
+                .imatrix
+                .as_ref()
+                .map(|m| match m.len() == experts * cols {
+                    true => Arc::new(m[e * cols..(e + 1) * cols].to_vec()),
+                    false => m.clone(),
+                });
+            Some(own)
+        }
+    }
 }
 
 /// The shared-expert targets of layer `l` among `all`.

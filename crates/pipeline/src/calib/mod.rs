@@ -183,8 +183,11 @@ pub struct LayerCtx<'a> {
     /// The layer's inputs to search on (whole sequences of `seq_len` tokens).
     pub x: faer::MatRef<'a, f32>,
     pub seq_len: usize,
-    pub targets: &'a BTreeMap<(usize, Linear), Target>,
+    pub targets: &'a Targets,
     pub cfg: &'a QuantizeConfig,
+    /// The checkpoint fuses q/k/v and gate/up (Phi-3): transforms are returned for the
+    /// fused tensors.
+    pub fused: bool,
 }
 
 /// `w` (rows × cols, transformed by `t`) as the planned quantizer stores and decodes it: the
@@ -483,13 +486,29 @@ pub fn targets(
         Some((names, n))
     });
     if moe.is_some() && folds {
-        return Err(Error::Input {
-            path: src.input.clone(),
-            msg: format!(
-                "--method {} folds its scales into the MLP's input norm and linears, which a mixture of experts routes between experts: not supported yet; use --method gptq",
-                method.name()
-            ),
-        });
+        // AWQ scales every expert (the router's columns in float): not yet where the experts
+        // carry biases and a clamped activation, stored fused (gpt-oss), nor with GPTQ after
+        // it (the experts are calibrated from the float layer)
+        let fused_experts = src
+            .config
+            .as_ref()
+            .and_then(|c| crate::arch::detect(c).ok())
+            .and_then(|a| a.moe)
+            .is_some_and(|m| m.stored_stacked);
+        if fused_experts || method.chooses_codes() {
+            return Err(Error::Input {
+                path: src.input.clone(),
+                msg: format!(
+                    "--method {} on a mixture of experts {}: not supported yet; use --method awq or gptq",
+                    method.name(),
+                    if fused_experts {
+                        "whose experts are stored fused with biases (gpt-oss)"
+                    } else {
+                        "(GPTQ after AWQ's scales)"
+                    }
+                ),
+            });
+        }
     }
     let mut out = BTreeMap::new();
     // experts stored apart, by (layer, projection): each expert's target
@@ -541,16 +560,6 @@ pub fn targets(
         });
         let experts = stacked.map(|(_, n)| n);
         let keys = keys.or(stacked.map(|(key, _)| (vec![key], None)));
-        if keys.as_ref().is_some_and(|(_, f)| f.is_some()) && folds {
-            return Err(Error::Tensor {
-                file: file_of(src, name),
-                tensor: name.clone(),
-                msg: format!(
-                    "--method {} rescales linears separately, which this fused tensor holds together: not supported yet; use --method gptq",
-                    method.name()
-                ),
-            });
-        }
         // the tensor as a target, once the method is known to store its layout
         let target = || -> Result<Target> {
             method
@@ -719,11 +728,20 @@ pub fn prepare_plan(method: &dyn Method, src: &ModelSource, plan: &mut Plan, lay
     let folded: std::collections::HashSet<String> = (0..layers)
         .flat_map(|l| method.folded_tensors(l, &norms))
         .collect();
+    // a mixture of experts: the router, the shared expert's gate and experts kept in float
+    // take the MLP's scales too
+    let moe = !folded.is_empty()
+        && src
+            .config
+            .as_ref()
+            .and_then(|c| qs_model::family_of(c).ok())
+            .is_some_and(|f| f.moe.is_some());
     for t in &mut plan.tensors {
+        let name = &src.tensors[t.source].info.name;
         if matches!(t.action, Action::Copy)
             && t.dtype.is_float()
             && t.src_ggml.is_none()
-            && folded.contains(&src.tensors[t.source].info.name)
+            && (folded.contains(name) || (moe && name.starts_with("model.layers.")))
         {
             t.action = Action::Encode(Scheme::float(t.dtype));
         }
@@ -1080,6 +1098,11 @@ pub fn calibrate_together(
         }
         hess
     };
+    // a checkpoint with fused q/k/v and gate/up tensors (Phi-3)
+    let fused = src
+        .tensors
+        .iter()
+        .any(|t| Linear::parse_fused(&t.info.name).is_some());
     progress.stage("calibration (layers)", model.cfg.layers as u64);
     for l in 0..model.cfg.layers {
         let float_layer = model.layer(l).map_err(model_err)?;
@@ -1113,7 +1136,7 @@ pub fn calibrate_together(
             let mut layer =
                 (!w.is_empty() || experts || !float_inputs).then(|| float_layer.clone());
             let t = match layer.as_mut() {
-                Some(layer) if !w.is_empty() => {
+                Some(layer) if !w.is_empty() || experts => {
                     let search_rows = (search_seqs(m.cfg) * seq_len).clamp(1, x.nrows().max(1));
                     m.method.transform_layer(&mut LayerCtx {
                         model: &model.cfg,
@@ -1123,6 +1146,7 @@ pub fn calibrate_together(
                         seq_len,
                         targets: m.targets,
                         cfg: m.cfg,
+                        fused,
                     })?
                 }
                 _ => vec![],
@@ -1179,12 +1203,23 @@ pub fn calibrate_together(
                         continue;
                     };
                     let name = &tg.name;
-                    let transform = transforms.get(name).cloned();
-                    let identity = Transform::default();
-                    let t = transform.as_deref().unwrap_or(&identity);
                     let w0 = lin.weight(&float_layer);
                     let wv = rows_of(own[k].as_ref().map_or(w0, |layer| lin.weight(layer)));
                     let (rows, cols) = (w0.nrows(), w0.ncols());
+                    // (a fused tensor's transform: this linear's rows of it)
+                    let transform = transforms.get(name).map(|t| match tg.fused {
+                        Some(parts) => {
+                            let start: usize = parts
+                                .iter()
+                                .take_while(|p| **p != lin)
+                                .map(|p| p.weight(&float_layer).nrows())
+                                .sum();
+                            Arc::new(t.rows(start, rows, cols))
+                        }
+                        None => t.clone(),
+                    });
+                    let identity = Transform::default();
+                    let t = transform.as_deref().unwrap_or(&identity);
                     let file = file_of(src, name);
                     // codes where the method chooses them and the layout takes them; else the
                     // layout's round to nearest of the (transformed) weights
@@ -1253,7 +1288,13 @@ pub fn calibrate_together(
                             have.push((lin, out, error, rows));
                             if have.len() == parts.len() {
                                 let have = pending.remove(name).unwrap_or_default();
-                                done[k].insert(name.clone(), join_parts(parts, have));
+                                done[k].insert(
+                                    name.clone(),
+                                    Calibrated {
+                                        transform: transforms.get(name).cloned(),
+                                        ..join_parts(parts, have)
+                                    },
+                                );
                             }
                         }
                     }

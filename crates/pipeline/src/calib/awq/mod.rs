@@ -16,7 +16,11 @@
 //!
 //! The result is a [`Transform`] per changed tensor, applied again when the run writes it; the
 //! planned layout's round to nearest then stores it (`awq`), or GPTQ chooses its codes on the
-//! transformed weights and inputs (`awq+gptq`).
+//! transformed weights and inputs (`awq+gptq`). A fused checkpoint's (Phi-3) transforms are
+//! stacked into its `qkv_proj` / `gate_up_proj` ([`Transform::stack`]); a mixture of experts'
+//! MLP is searched by [`moe`].
+
+mod moe;
 
 use super::{
     fake_quant, gptq::Gptq, rows_of, to_mat, CodeSet, LayerCtx, LinearJob, Method, Target,
@@ -52,12 +56,44 @@ pub fn folded_tensors(l: usize, norms: &Norms) -> [String; 3] {
     ]
 }
 
-/// Every tensor of layer `l` AWQ may rewrite: the folded ones and all seven linears (a linear
-/// kept in float still carries its group's scales).
+/// Every tensor of layer `l` AWQ may rewrite: the folded ones and all seven linears, or the
+/// fused tensors holding them (a linear kept in float still carries its group's scales).
 fn rewritten(l: usize, norms: &Norms) -> Vec<String> {
     let mut v = folded_tensors(l, norms).to_vec();
     v.extend(Linear::ALL.iter().map(|lin| lin.weight_name(l)));
+    v.extend(
+        Linear::FUSED
+            .iter()
+            .map(|(m, _)| format!("model.layers.{l}.{m}.weight")),
+    );
     v
+}
+
+/// The transforms by linear as the checkpoint stores them: a fused model's (Phi-3) q/k/v and
+/// gate/up transforms stacked into their fused tensor's, in its row order.
+fn as_stored(
+    l: usize,
+    layer: &Layer,
+    mut tf: BTreeMap<String, Transform>,
+) -> Result<BTreeMap<String, Transform>> {
+    for (module, parts) in Linear::FUSED {
+        let names: Vec<String> = parts.iter().map(|p| p.weight_name(l)).collect();
+        if !names.iter().any(|n| tf.contains_key(n)) {
+            continue;
+        }
+        let cols = parts[0].weight(layer).ncols();
+        let each: Vec<(Option<Transform>, usize)> = parts
+            .iter()
+            .zip(&names)
+            .map(|(p, n)| (tf.remove(n), p.weight(layer).nrows()))
+            .collect();
+        let refs: Vec<(Option<&Transform>, usize)> =
+            each.iter().map(|(t, n)| (t.as_ref(), *n)).collect();
+        let name = format!("model.layers.{l}.{module}.weight");
+        let t = Transform::stack(&refs, cols).map_err(|m| Error::Config(format!("{name}: {m}")))?;
+        tf.insert(name, t);
+    }
+    Ok(tf)
 }
 
 fn check_awq(cfg: &QuantizeConfig) -> Result<()> {
@@ -212,7 +248,8 @@ pub fn search_layer(
     let l = ctx.index;
     let mc = ctx.model;
     let seq_len = ctx.seq_len;
-    let targeted = |lin: Linear| ctx.targets.get(&(l, lin));
+    // (a mixture's experts are searched by [`moe::search`])
+    let targeted = |lin: Linear| ctx.targets.get(&(l, lin)).filter(|t| t.experts.is_none());
     let (_, cap) = qs_model::layer_forward(mc, ctx.layer, ctx.x, seq_len, true);
     let cap = cap.expect("captured");
     let inputs: [MatRef<'_, f32>; 4] = [
@@ -352,55 +389,18 @@ pub fn search_layer(
             let name = lin.weight_name(l);
             let t = tf.get(&name).cloned().unwrap_or_default();
             let mut sw = rows_of(w);
-            let all_rows: Vec<usize> = (0..rows).collect();
-            t.apply(&all_rows, cols, &mut sw);
-            let x = inputs[gi];
-            let s = input_scale(lin);
-            // one block per group, in parallel, once per input (gate and up share theirs)
-            let blocks = block_cache.entry((gi, group)).or_insert_with(|| {
-                (0..cols)
-                    .step_by(group)
-                    .collect::<Vec<_>>()
-                    .par_iter()
-                    .map(|&c0| {
-                        let n = group.min(cols - c0);
-                        awq::hessian_blocks(x.nrows(), n, n, |r, c| {
-                            x[(r, c0 + c)] / s.map_or(1.0, |s| s[c0 + c])
-                        })
-                        .remove(0)
-                    })
-                    .collect::<Vec<Vec<f32>>>()
-            });
-            let blocks = &*blocks;
-            let ng = awq::groups(cols, group);
-            let mut best_err = vec![f32::INFINITY; rows * ng];
-            let mut steps = vec![0u8; rows * ng];
-            for i in 0..awq::CLIP_STEPS as u8 {
-                let mut cw = sw.clone();
-                let st = vec![i; ng];
-                for row in cw.chunks_exact_mut(cols) {
-                    awq::clip_row(row, group, &st);
-                }
-                let q = fake_quant(tg, &t, &cw, rows, cols);
-                let d: Vec<f32> = q.iter().zip(&sw).map(|(a, b)| a - b).collect();
-                let err: Vec<f32> = d
-                    .par_chunks(cols * 256)
-                    .flat_map_iter(|rows| awq::group_errors(rows, cols, group, blocks))
-                    .collect();
-                for (k, e) in err.into_iter().enumerate() {
-                    if e < best_err[k] {
-                        best_err[k] = e;
-                        steps[k] = i;
-                    }
-                }
-            }
-            if steps.iter().any(|&s| s != 0) {
-                tf.entry(name).or_default().clip = Some(Clip {
-                    group,
-                    steps: steps.into(),
-                });
+            t.apply(&(0..rows).collect::<Vec<_>>(), cols, &mut sw);
+            // one block per group, once per input (gate and up share theirs)
+            let blocks = block_cache
+                .entry((gi, group))
+                .or_insert_with(|| input_blocks(inputs[gi], input_scale(lin), group));
+            if let Some(c) = clip_search(tg, &t, &sw, (rows, cols), group, blocks) {
+                tf.entry(name).or_default().clip = Some(c);
             }
         }
+    }
+    if ctx.layer.moe.is_some() {
+        moe::search(ctx, inputs[2], &clip, &mut tf)?;
     }
 
     // the layer as it will be quantized: transformed float weights, folded norms and bias
@@ -426,7 +426,68 @@ pub fn search_layer(
             t.on_applied().apply(&[0], n, v);
         }
     }
+    let tf = match ctx.fused {
+        true => as_stored(l, layer, tf)?,
+        false => tf,
+    };
     Ok(tf.into_iter().filter(|(_, t)| !t.is_identity()).collect())
+}
+
+/// The second moment's diagonal blocks of inputs `x` divided by `s` (AWQ's scales), one per
+/// `group` columns, in parallel: what [`clip_search`] weighs a change of weights with.
+fn input_blocks(x: MatRef<'_, f32>, s: Option<&Arc<[f32]>>, group: usize) -> Vec<Vec<f32>> {
+    let cols = x.ncols();
+    (0..cols)
+        .step_by(group)
+        .collect::<Vec<_>>()
+        .par_iter()
+        .map(|&c0| {
+            let n = group.min(cols - c0);
+            awq::hessian_blocks(x.nrows(), n, n, |r, c| {
+                x[(r, c0 + c)] / s.map_or(1.0, |s| s[c0 + c])
+            })
+            .remove(0)
+        })
+        .collect()
+}
+
+/// AWQ's clipping of a scaled weight `sw` (`t` already applied) for the quantizer of `tg`:
+/// per (row, group), of max = amax·(1 − i/20), i < 10, the one whose quantized output error on
+/// the inputs (`blocks`, [`input_blocks`]) is least. None when no row clips.
+fn clip_search(
+    tg: &Target,
+    t: &Transform,
+    sw: &[f32],
+    (rows, cols): (usize, usize),
+    group: usize,
+    blocks: &[Vec<f32>],
+) -> Option<Clip> {
+    let ng = awq::groups(cols, group);
+    let mut best_err = vec![f32::INFINITY; rows * ng];
+    let mut steps = vec![0u8; rows * ng];
+    for i in 0..awq::CLIP_STEPS as u8 {
+        let mut cw = sw.to_vec();
+        let st = vec![i; ng];
+        for row in cw.chunks_exact_mut(cols) {
+            awq::clip_row(row, group, &st);
+        }
+        let q = fake_quant(tg, t, &cw, rows, cols);
+        let d: Vec<f32> = q.iter().zip(sw).map(|(a, b)| a - b).collect();
+        let err: Vec<f32> = d
+            .par_chunks(cols * 256)
+            .flat_map_iter(|rows| awq::group_errors(rows, cols, group, blocks))
+            .collect();
+        for (k, e) in err.into_iter().enumerate() {
+            if e < best_err[k] {
+                best_err[k] = e;
+                steps[k] = i;
+            }
+        }
+    }
+    steps.iter().any(|&s| s != 0).then(|| Clip {
+        group,
+        steps: steps.into(),
+    })
 }
 
 /// The output of the block a group's loss is on, for that group's input `x`.
@@ -580,8 +641,12 @@ mod tests {
                 layer: l,
                 x: x.as_ref(),
                 seq_len: SEQ,
-                targets: tg,
+                targets: &crate::calib::Targets {
+                    linears: tg.clone(),
+                    ..Default::default()
+                },
                 cfg,
+                fused: false,
             },
             |_| true,
         )
@@ -723,6 +788,203 @@ mod tests {
         let ys = layer_forward(c, &scaled, x.as_ref(), SEQ, false).0;
         let e = rel(&y, &ys);
         assert!(e < 1e-10, "folded float layer differs: {e:e}");
+    }
+
+    /// A mixture of experts (Qwen2-MoE's: a shared expert behind a sigmoid gate), its experts
+    /// stacked as in a GGUF: with every transform applied to the stored tensors by name (the
+    /// stacked experts', the router's and the shared gate's columns, the MLP norm), clipping
+    /// off, the layer computes what the float layer does — the routing included.
+    #[test]
+    fn folding_into_experts_keeps_the_float_layer() {
+        const EXPERTS: usize = 4;
+        let mut c = config(4);
+        let names = qs_model::MoeNames {
+            experts: "mlp.experts",
+            gate: "gate_proj",
+            up: "up_proj",
+            down: "down_proj",
+            router: "mlp.gate",
+            shared: Some(("mlp.shared_expert", Some("mlp.shared_expert_gate"))),
+            sigmoid: false,
+            choice_bias: None,
+            renorm_default: false,
+            renorm_key: None,
+        };
+        c.moe = Some(qs_model::MoeConfig {
+            names,
+            experts: EXPERTS,
+            used: 2,
+            renormalize: false,
+            scale: 1.0,
+            groups: None,
+        });
+        let mut rng = Rng::new(21);
+        let expert = |rng: &mut Rng| qs_model::Expert {
+            gate: matrix(rng, INTER, HIDDEN),
+            up: matrix(rng, INTER, HIDDEN),
+            down: matrix(rng, HIDDEN, INTER),
+            gate_bias: None,
+            up_bias: None,
+            down_bias: None,
+        };
+        let mut float = layer(&c, 5);
+        float.moe = Some(qs_model::MoeLayer {
+            router: matrix(&mut rng, EXPERTS, HIDDEN),
+            router_bias: None,
+            experts: (0..EXPERTS).map(|_| expert(&mut rng)).collect(),
+            shared: Some((
+                expert(&mut rng),
+                Some((0..HIDDEN).map(|_| 0.1 * rng.normal() as f32).collect()),
+            )),
+            choice_bias: None,
+        });
+        let x = inputs(4 * SEQ, 4, true);
+        let y = layer_forward(&c, &float, x.as_ref(), SEQ, false).0;
+        // the experts stacked, the shared expert apart
+        let scheme = int(4, false, Granularity::Group(32));
+        let mut tg = targets(scheme);
+        let mut shared = BTreeMap::new();
+        for (lin, proj) in [
+            (Linear::Gate, "gate_proj"),
+            (Linear::Up, "up_proj"),
+            (Linear::Down, "down_proj"),
+        ] {
+            let t = tg.get_mut(&(0, lin)).unwrap();
+            t.name = format!("model.layers.0.mlp.experts.{proj}.weight");
+            t.experts = Some(EXPERTS);
+            shared.insert(
+                (0, lin),
+                Target {
+                    name: format!("model.layers.0.mlp.shared_expert.{proj}.weight"),
+                    experts: None,
+                    ..t.clone()
+                },
+            );
+        }
+        let cfg = QuantizeConfig::new("x", crate::config::Target::Int(4));
+        let mut l = float.clone();
+        let tf = search_layer(
+            &mut LayerCtx {
+                model: &c,
+                index: 0,
+                layer: &mut l,
+                x: x.as_ref(),
+                seq_len: SEQ,
+                targets: &crate::calib::Targets {
+                    linears: tg,
+                    shared,
+                    ..Default::default()
+                },
+                cfg: &cfg,
+                fused: false,
+            },
+            |_| true,
+        )
+        .unwrap();
+        let by: BTreeMap<&str, Transform> = tf
+            .iter()
+            .map(|(n, t)| {
+                (
+                    n.as_str(),
+                    Transform {
+                        clip: None,
+                        ..t.clone()
+                    },
+                )
+            })
+            .collect();
+        for n in [
+            "model.layers.0.post_attention_layernorm.weight",
+            "model.layers.0.mlp.gate.weight",
+            "model.layers.0.mlp.shared_expert_gate.weight",
+            "model.layers.0.mlp.experts.up_proj.weight",
+            "model.layers.0.mlp.experts.down_proj.weight",
+            "model.layers.0.mlp.shared_expert.down_proj.weight",
+        ] {
+            assert!(by.contains_key(n), "{n}: {:?}", by.keys());
+        }
+        let apply = |t: &Transform, w: &mut Mat<f32>| {
+            let (rows, cols) = (w.nrows(), w.ncols());
+            let mut v = rows_of(w);
+            t.apply(&(0..rows).collect::<Vec<_>>(), cols, &mut v);
+            *w = to_mat(&v, rows, cols);
+        };
+        let mut scaled = float.clone();
+        for (name, t) in &by {
+            if let Some((_, lin)) = Linear::parse(name) {
+                apply(t, lin.weight_mut(&mut scaled));
+            }
+        }
+        let gains = |v: &mut Vec<f32>, n: &str| {
+            let k = v.len();
+            by[n].apply(&[0], k, v);
+        };
+        gains(
+            scaled.input_norm.as_mut().unwrap(),
+            "model.layers.0.input_layernorm.weight",
+        );
+        gains(
+            scaled.post_norm.as_mut().unwrap(),
+            "model.layers.0.post_attention_layernorm.weight",
+        );
+        if by.contains_key("model.layers.0.self_attn.v_proj.bias") {
+            gains(
+                scaled.v_bias.as_mut().unwrap(),
+                "model.layers.0.self_attn.v_proj.bias",
+            );
+        }
+        let m = scaled.moe.as_mut().unwrap();
+        apply(&by["model.layers.0.mlp.gate.weight"], &mut m.router);
+        let (se, sg) = m.shared.as_mut().unwrap();
+        gains(
+            sg.as_mut().unwrap(),
+            "model.layers.0.mlp.shared_expert_gate.weight",
+        );
+        for (lin, proj) in [
+            (Linear::Gate, "gate_proj"),
+            (Linear::Up, "up_proj"),
+            (Linear::Down, "down_proj"),
+        ] {
+            fn pick(e: &mut qs_model::Expert, lin: Linear) -> &mut Mat<f32> {
+                match lin {
+                    Linear::Gate => &mut e.gate,
+                    Linear::Up => &mut e.up,
+                    _ => &mut e.down,
+                }
+            }
+            // the shared expert's own tensor
+            let name = format!("model.layers.0.mlp.shared_expert.{proj}.weight");
+            if let Some(t) = by.get(name.as_str()) {
+                apply(t, pick(se, lin));
+            }
+            // the experts' stacked one: rows of each expert in turn
+            let Some(t) = by.get(format!("model.layers.0.mlp.experts.{proj}.weight").as_str())
+            else {
+                continue;
+            };
+            let (rows, cols) = {
+                let w = pick(&mut m.experts[0], lin);
+                (w.nrows(), w.ncols())
+            };
+            let mut stacked = Mat::<f32>::zeros(EXPERTS * rows, cols);
+            for (k, e) in m.experts.iter_mut().enumerate() {
+                stacked
+                    .as_mut()
+                    .subrows_mut(k * rows, rows)
+                    .copy_from(&*pick(e, lin));
+            }
+            apply(t, &mut stacked);
+            for (k, e) in m.experts.iter_mut().enumerate() {
+                *pick(e, lin) = stacked.as_ref().subrows(k * rows, rows).to_owned();
+            }
+        }
+        let ys = layer_forward(&c, &scaled, x.as_ref(), SEQ, false).0;
+        let e = rel(&y, &ys);
+        assert!(e < 1e-10, "folded float layer differs: {e:e}");
+        // and the search changed something: the experts are scaled
+        assert!(by["model.layers.0.mlp.experts.gate_proj.weight"]
+            .col_mul
+            .is_some());
     }
 
     #[test]

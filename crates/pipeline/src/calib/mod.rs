@@ -468,11 +468,11 @@ pub fn targets(
         .as_ref()
         .and_then(|c| crate::arch::hparams_of(c).ok())
         .is_some_and(|hp| hp.mla.is_some());
-    if mla && folds {
+    if mla && folds && method.chooses_codes() {
         return Err(Error::Input {
             path: src.input.clone(),
             msg: format!(
-                "--method {} folds its scales into q/k/v projections; multi-head latent attention (kv_lora_rank) has none: not supported yet; use --method gptq",
+                "--method {} on multi-head latent attention (GPTQ after AWQ's scales): not supported yet; use --method awq or gptq",
                 method.name()
             ),
         });
@@ -485,30 +485,16 @@ pub fn targets(
         let n = crate::arch::hparams_of(c).ok()?.moe?.experts as usize;
         Some((names, n))
     });
-    if moe.is_some() && folds {
-        // AWQ scales every expert (the router's columns in float): not yet where the experts
-        // carry biases and a clamped activation, stored fused (gpt-oss), nor with GPTQ after
-        // it (the experts are calibrated from the float layer)
-        let fused_experts = src
-            .config
-            .as_ref()
-            .and_then(|c| crate::arch::detect(c).ok())
-            .and_then(|a| a.moe)
-            .is_some_and(|m| m.stored_stacked);
-        if fused_experts || method.chooses_codes() {
-            return Err(Error::Input {
-                path: src.input.clone(),
-                msg: format!(
-                    "--method {} on a mixture of experts {}: not supported yet; use --method awq or gptq",
-                    method.name(),
-                    if fused_experts {
-                        "whose experts are stored fused with biases (gpt-oss)"
-                    } else {
-                        "(GPTQ after AWQ's scales)"
-                    }
-                ),
-            });
-        }
+    if moe.is_some() && folds && method.chooses_codes() {
+        // AWQ's scales fold into every expert (the router's columns in float); GPTQ after them
+        // not yet (the experts are calibrated from the float layer)
+        return Err(Error::Input {
+            path: src.input.clone(),
+            msg: format!(
+                "--method {} on a mixture of experts (GPTQ after AWQ's scales): not supported yet; use --method awq or gptq",
+                method.name()
+            ),
+        });
     }
     let mut out = BTreeMap::new();
     // experts stored apart, by (layer, projection): each expert's target

@@ -18,8 +18,9 @@
 //! planned layout's round to nearest then stores it (`awq`), or GPTQ chooses its codes on the
 //! transformed weights and inputs (`awq+gptq`). A fused checkpoint's (Phi-3) transforms are
 //! stacked into its `qkv_proj` / `gate_up_proj` ([`Transform::stack`]); a mixture of experts'
-//! MLP is searched by [`moe`].
+//! MLP is searched by [`moe`], latent attention (DeepSeek-V3) by [`mla`].
 
+mod mla;
 mod moe;
 
 use super::{
@@ -270,62 +271,23 @@ pub fn search_layer(
             continue;
         }
         let x = inputs[gi];
-        let cols = x.ncols();
-        let x_mean = awq::act_mean(x.nrows(), cols, |r, c| x[(r, c)]);
-        let ws: Vec<Vec<f32>> = g
-            .linears
-            .iter()
-            .map(|&lin| rows_of(lin.weight(ctx.layer)))
-            .collect();
-        let wgroup = g
-            .linears
-            .iter()
-            .find_map(|&lin| targeted(lin))
-            .and_then(|t| clip_group(t, cols))
-            .unwrap_or(cols);
-        let refs: Vec<&[f32]> = ws.iter().map(|w| w.as_slice()).collect();
-        let w_mean = awq::weight_mean(&refs, cols, wgroup);
         let y0 = block_out(ctx, g.block, x);
-        let mut cands = vec![awq::Candidate {
-            ratio: 0.0,
-            duo: false,
-            scales: vec![1.0; cols],
-        }];
-        cands.extend(awq::candidates(&x_mean, &w_mean, ctx.cfg.awq_scaling));
-        let mut best: Option<(f64, usize)> = None;
-        for (ci, cand) in cands.iter().enumerate() {
-            // the group's linears as the candidate would store them, back in input scale
-            for (&lin, w) in g.linears.iter().zip(&ws) {
-                let rows = w.len() / cols;
-                let mut sw = w.clone();
-                let t = Transform {
-                    col_mul: Some(cand.scales.clone().into()),
-                    ..Default::default()
-                };
-                t.apply(&(0..rows).collect::<Vec<_>>(), cols, &mut sw);
-                let mut q = match targeted(lin) {
-                    Some(tg) => fake_quant(tg, &t, &sw, rows, cols),
-                    None => sw,
-                };
-                for row in q.chunks_exact_mut(cols) {
-                    for (v, s) in row.iter_mut().zip(&cand.scales) {
-                        *v /= s;
-                    }
-                }
-                *lin.weight_mut(ctx.layer) = to_mat(&q, rows, cols);
+        let mats: Vec<(Mat<f32>, Option<Target>)> = g
+            .linears
+            .iter()
+            .map(|&lin| (lin.weight(ctx.layer).clone(), targeted(lin).cloned()))
+            .collect();
+        let (mc, seq_len, scaling) = (ctx.model, ctx.seq_len, ctx.cfg.awq_scaling);
+        let layer = &mut *ctx.layer;
+        scales[gi] = best_scale(scaling, x, &mats, &mut |qs| {
+            for (&lin, q) in g.linears.iter().zip(qs) {
+                *lin.weight_mut(layer) = q.clone();
             }
-            let loss = mse(&y0, &block_out(ctx, g.block, x));
-            if best.is_none_or(|(b, _)| loss < b) {
-                best = Some((loss, ci));
-            }
-        }
+            mse(&y0, &block_out_of(mc, layer, g.block, x, seq_len))
+        });
         // restore the float weights
-        for (&lin, w) in g.linears.iter().zip(&ws) {
-            *lin.weight_mut(ctx.layer) = to_mat(w, w.len() / cols, cols);
-        }
-        let (_, ci) = best.expect("at least the identity");
-        if ci > 0 {
-            scales[gi] = Some(cands.swap_remove(ci).scales.into());
+        for (&lin, (w, _)) in g.linears.iter().zip(mats) {
+            *lin.weight_mut(ctx.layer) = w;
         }
     }
 
@@ -399,6 +361,9 @@ pub fn search_layer(
             }
         }
     }
+    if ctx.layer.mla.is_some() {
+        mla::search(ctx, inputs[0], &clip, &mut tf)?;
+    }
     if ctx.layer.moe.is_some() {
         moe::search(ctx, inputs[2], &clip, &mut tf)?;
     }
@@ -431,6 +396,72 @@ pub fn search_layer(
         false => tf,
     };
     Ok(tf.into_iter().filter(|(_, t)| !t.is_identity()).collect())
+}
+
+/// AWQ's scale search for the matrices `mats` (each with its planned quantizer, if quantized)
+/// reading input `x`: of the candidates ([`qs_numeric::awq::candidates`] from `x`'s mean
+/// magnitude and the matrices' weight statistic over all of them, plus s = 1), the one whose
+/// `loss` is least, `loss` being given each matrix as the candidate would store it, back in
+/// input scale (Q(W·diag(s))·diag(1/s)). `None` when s = 1 wins.
+fn best_scale(
+    scaling: awq::Scaling,
+    x: MatRef<'_, f32>,
+    mats: &[(Mat<f32>, Option<Target>)],
+    loss: &mut dyn FnMut(&[Mat<f32>]) -> f64,
+) -> Option<Arc<[f32]>> {
+    let cols = x.ncols();
+    if x.nrows() == 0 || mats.is_empty() || mats.iter().any(|(w, _)| w.ncols() != cols) {
+        return None;
+    }
+    let ws: Vec<Vec<f32>> = mats.iter().map(|(w, _)| rows_of(w)).collect();
+    let group = mats
+        .iter()
+        .find_map(|(_, t)| t.as_ref())
+        .and_then(|t| clip_group(t, cols))
+        .unwrap_or(cols);
+    let x_mean = awq::act_mean(x.nrows(), cols, |r, c| x[(r, c)]);
+    let refs: Vec<&[f32]> = ws.iter().map(|w| w.as_slice()).collect();
+    let w_mean = awq::weight_mean(&refs, cols, group);
+    let mut cands = vec![awq::Candidate {
+        ratio: 0.0,
+        duo: false,
+        scales: vec![1.0; cols],
+    }];
+    cands.extend(awq::candidates(&x_mean, &w_mean, scaling));
+    let mut best: Option<(f64, usize)> = None;
+    for (ci, cand) in cands.iter().enumerate() {
+        let t = Transform {
+            col_mul: Some(cand.scales.clone().into()),
+            ..Default::default()
+        };
+        let qs: Vec<Mat<f32>> = mats
+            .iter()
+            .zip(&ws)
+            .map(|((_, tg), w)| {
+                let rows = w.len() / cols;
+                let mut sw = w.clone();
+                t.apply(&(0..rows).collect::<Vec<_>>(), cols, &mut sw);
+                let mut q = match tg {
+                    Some(tg) => fake_quant(tg, &t, &sw, rows, cols),
+                    None => sw,
+                };
+                for row in q.chunks_exact_mut(cols) {
+                    for (v, s) in row.iter_mut().zip(&cand.scales) {
+                        *v /= s;
+                    }
+                }
+                to_mat(&q, rows, cols)
+            })
+            .collect();
+        let l = loss(&qs);
+        if best.is_none_or(|(b, _)| l < b) {
+            best = Some((l, ci));
+        }
+    }
+    match best {
+        Some((_, ci)) if ci > 0 => Some(cands.swap_remove(ci).scales.into()),
+        _ => None,
+    }
 }
 
 /// The second moment's diagonal blocks of inputs `x` divided by `s` (AWQ's scales), one per
@@ -492,11 +523,21 @@ fn clip_search(
 
 /// The output of the block a group's loss is on, for that group's input `x`.
 fn block_out(ctx: &LayerCtx<'_>, block: Block, x: MatRef<'_, f32>) -> Mat<f32> {
+    block_out_of(ctx.model, ctx.layer, block, x, ctx.seq_len)
+}
+
+fn block_out_of(
+    c: &qs_model::Config,
+    layer: &Layer,
+    block: Block,
+    x: MatRef<'_, f32>,
+    seq_len: usize,
+) -> Mat<f32> {
     match block {
-        Block::Attention => attention_out(ctx.model, ctx.layer, x, ctx.seq_len),
-        Block::O => linear(x, &ctx.layer.o, ctx.layer.o_bias.as_deref()),
-        Block::Mlp => mlp_out(ctx.model, ctx.layer, x),
-        Block::Down => linear(x, &ctx.layer.down, None),
+        Block::Attention => attention_out(c, layer, x, seq_len),
+        Block::O => linear(x, &layer.o, layer.o_bias.as_deref()),
+        Block::Mlp => mlp_out(c, layer, x),
+        Block::Down => linear(x, &layer.down, None),
     }
 }
 
@@ -985,6 +1026,146 @@ mod tests {
         assert!(by["model.layers.0.mlp.experts.gate_proj.weight"]
             .col_mul
             .is_some());
+    }
+
+    /// Latent attention (DeepSeek-V3) as a GGUF stores it (kv_b_proj split per head into
+    /// k_b, v_b): with every transform applied to the stored tensors by name (k_b's rows,
+    /// v_b's columns, the bottleneck norms, q_a/q_b/kv_a), clipping off, the layer computes
+    /// what the float layer does.
+    #[test]
+    fn folding_into_latent_attention_keeps_the_float_layer() {
+        use crate::calib::mla::MlaPart;
+        let (heads, nope, rope, vh, kv, ql) = (4, 32, 16, 32, 64, 64);
+        let mut c = config(4);
+        c.mla = Some(qs_model::hparams::MlaParams {
+            q_lora: Some(ql as u64),
+            kv_lora: kv as u64,
+            qk_nope: nope as u64,
+            qk_rope: rope as u64,
+            v_head: vh as u64,
+        });
+        let mut rng = Rng::new(33);
+        let gains = |n: usize, rng: &mut Rng| -> Vec<f32> {
+            (0..n).map(|_| 1.0 + 0.2 * rng.normal() as f32).collect()
+        };
+        let mut float = layer(&c, 7);
+        let q_a = (matrix(&mut rng, ql, HIDDEN), gains(ql, &mut rng));
+        float.mla = Some(qs_model::MlaLayer {
+            q_a: Some(q_a),
+            q: matrix(&mut rng, heads * (nope + rope), ql),
+            kv_a: matrix(&mut rng, kv + rope, HIDDEN),
+            kv_a_norm: gains(kv, &mut rng),
+            k_b: (0..heads).map(|_| matrix(&mut rng, kv, nope)).collect(),
+            v_b: (0..heads).map(|_| matrix(&mut rng, vh, kv)).collect(),
+        });
+        float.q = Mat::zeros(0, HIDDEN);
+        float.k = Mat::zeros(0, HIDDEN);
+        float.v = Mat::zeros(0, HIDDEN);
+        float.v_bias = None;
+        float.o = matrix(&mut rng, HIDDEN, heads * vh);
+        let x = inputs(4 * SEQ, 4, true);
+        let y = layer_forward(&c, &float, x.as_ref(), SEQ, false).0;
+        let scheme = int(4, false, Granularity::Group(32));
+        let mut tg = targets(scheme);
+        for lin in [Linear::Q, Linear::K, Linear::V] {
+            tg.remove(&(0, lin));
+        }
+        let name = |m: &str| format!("model.layers.0.self_attn.{m}.weight");
+        let shapes = [
+            (MlaPart::QA, "q_a_proj", [ql, HIDDEN]),
+            (MlaPart::Q, "q_b_proj", [heads * (nope + rope), ql]),
+            (MlaPart::KvA, "kv_a_proj_with_mqa", [kv + rope, HIDDEN]),
+            (MlaPart::KB, "k_b_proj", [heads * kv, nope]),
+            (MlaPart::VB, "v_b_proj", [heads * vh, kv]),
+        ];
+        let mla: BTreeMap<(usize, MlaPart), Target> = shapes
+            .iter()
+            .map(|&(part, m, shape)| {
+                (
+                    (0, part),
+                    Target {
+                        name: name(m),
+                        scheme,
+                        grid: scheme.code_grid(&shape),
+                        imatrix: None,
+                        fused: None,
+                        experts: None,
+                        per_expert: None,
+                    },
+                )
+            })
+            .collect();
+        let cfg = QuantizeConfig::new("x", crate::config::Target::Int(4));
+        let mut l = float.clone();
+        let tf = search_layer(
+            &mut LayerCtx {
+                model: &c,
+                index: 0,
+                layer: &mut l,
+                x: x.as_ref(),
+                seq_len: SEQ,
+                targets: &crate::calib::Targets {
+                    linears: tg,
+                    mla,
+                    ..Default::default()
+                },
+                cfg: &cfg,
+                fused: false,
+            },
+            |_| true,
+        )
+        .unwrap();
+        let by: BTreeMap<String, Transform> = tf
+            .into_iter()
+            .map(|(n, t)| (n, Transform { clip: None, ..t }))
+            .collect();
+        for m in ["kv_a_layernorm", "v_b_proj", "k_b_proj", "q_a_proj"] {
+            assert!(by.contains_key(&name(m)), "{m}: {:?}", by.keys());
+        }
+        let apply = |n: &str, w: &mut Mat<f32>| {
+            if let Some(t) = by.get(n) {
+                let (rows, cols) = (w.nrows(), w.ncols());
+                let mut v = rows_of(w);
+                t.apply(&(0..rows).collect::<Vec<_>>(), cols, &mut v);
+                *w = to_mat(&v, rows, cols);
+            }
+        };
+        // a stacked 3-D tensor: its heads' rows one after another
+        let apply_heads = |n: &str, ws: &mut [Mat<f32>]| {
+            let (rows, cols) = (ws[0].nrows(), ws[0].ncols());
+            let mut all = Mat::<f32>::zeros(ws.len() * rows, cols);
+            for (i, w) in ws.iter().enumerate() {
+                all.as_mut().subrows_mut(i * rows, rows).copy_from(w);
+            }
+            apply(n, &mut all);
+            for (i, w) in ws.iter_mut().enumerate() {
+                *w = all.as_ref().subrows(i * rows, rows).to_owned();
+            }
+        };
+        let gain = |n: &str, v: &mut Vec<f32>| {
+            if let Some(t) = by.get(n) {
+                let k = v.len();
+                t.apply(&[0], k, v);
+            }
+        };
+        let mut scaled = float.clone();
+        gain(
+            "model.layers.0.input_layernorm.weight",
+            scaled.input_norm.as_mut().unwrap(),
+        );
+        apply(&name("o_proj"), &mut scaled.o);
+        let m = scaled.mla.as_mut().unwrap();
+        let (a, g) = m.q_a.as_mut().unwrap();
+        apply(&name("q_a_proj"), a);
+        gain(&name("q_a_layernorm"), g);
+        apply(&name("q_b_proj"), &mut m.q);
+        apply(&name("kv_a_proj_with_mqa"), &mut m.kv_a);
+        gain(&name("kv_a_layernorm"), &mut m.kv_a_norm);
+        apply_heads(&name("k_b_proj"), &mut m.k_b);
+        apply_heads(&name("v_b_proj"), &mut m.v_b);
+        let ys = layer_forward(&c, &scaled, x.as_ref(), SEQ, false).0;
+        let e = rel(&y, &ys);
+        assert!(e < 1e-10, "folded float layer differs: {e:e}");
     }
 
     #[test]

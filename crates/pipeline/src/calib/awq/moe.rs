@@ -1,5 +1,5 @@
-//! AWQ on a layer's mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE), as AutoAWQ's and
-//! llm-compressor's mappings for them do:
+//! AWQ on a layer's mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek-V3; gpt-oss's
+//! take the first scale only), as AutoAWQ's and llm-compressor's mappings for them do:
 //! - one scale for the MLP input norm → every expert's gate and up (and the shared expert's),
 //!   searched on the whole sparse block's output, its weight statistic over all of them;
 //! - per expert (and for the shared expert) one scale for its up rows → its down columns,
@@ -14,13 +14,13 @@
 //! (transformed) float in the layer the next layer's inputs come from, as AutoAWQ computes
 //! them from the float layer.
 
-use super::{clip_group, clip_search, input_blocks, mse};
+use super::{best_scale, clip_group, clip_search, input_blocks, mse};
 use crate::calib::experts::{expert_target, gather, routed};
-use crate::calib::{fake_quant, rows_of, to_mat, LayerCtx, Target};
+use crate::calib::{rows_of, to_mat, LayerCtx, Target};
 use crate::error::{Error, Result};
 use faer::{Mat, MatRef};
 use qs_model::{expert_inner, linear, moe_out, Expert, Layer, Linear, MoeNames};
-use qs_numeric::awq::{self, Transform};
+use qs_numeric::awq::Transform;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -64,74 +64,36 @@ fn weight_mut(layer: &mut Layer, slot: Slot) -> Option<&mut Mat<f32>> {
     }
 }
 
-/// The best of AWQ's candidate scales for the matrices `slots` reading input `x` (their
-/// group's weight statistic over all of them), by `loss` of the layer with the candidate's
-/// quantized weights in place (`None`: the identity wins). The layer's weights are restored.
-fn best_scale(
+/// [`best_scale`] for matrices of the sparse block: each candidate's weights are put in the
+/// layer for `loss`; the float weights are restored.
+fn best_scale_in(
     ctx: &mut LayerCtx<'_>,
     x: MatRef<'_, f32>,
     slots: &[(Slot, Option<Target>)],
     loss: &dyn Fn(&Layer) -> f64,
 ) -> Option<Arc<[f32]>> {
-    let cols = x.ncols();
-    let ws: Vec<Vec<f32>> = slots
+    let mats: Vec<(Mat<f32>, Option<Target>)> = slots
         .iter()
-        .filter_map(|(s, _)| weight_mut(ctx.layer, *s).map(|w| rows_of(w)))
+        .filter_map(|(s, t)| weight_mut(ctx.layer, *s).map(|w| (w.clone(), t.clone())))
         .collect();
-    if ws.len() != slots.len() || x.nrows() == 0 {
+    if mats.len() != slots.len() {
         return None;
     }
-    let group = slots
-        .iter()
-        .find_map(|(_, t)| t.as_ref())
-        .and_then(|t| clip_group(t, cols))
-        .unwrap_or(cols);
-    let x_mean = awq::act_mean(x.nrows(), cols, |r, c| x[(r, c)]);
-    let refs: Vec<&[f32]> = ws.iter().map(|w| w.as_slice()).collect();
-    let w_mean = awq::weight_mean(&refs, cols, group);
-    let mut cands = vec![awq::Candidate {
-        ratio: 0.0,
-        duo: false,
-        scales: vec![1.0; cols],
-    }];
-    cands.extend(awq::candidates(&x_mean, &w_mean, ctx.cfg.awq_scaling));
-    let mut best: Option<(f64, usize)> = None;
-    for (ci, cand) in cands.iter().enumerate() {
-        let t = Transform {
-            col_mul: Some(cand.scales.clone().into()),
-            ..Default::default()
-        };
-        for ((slot, tg), w) in slots.iter().zip(&ws) {
-            let rows = w.len() / cols;
-            let mut sw = w.clone();
-            t.apply(&(0..rows).collect::<Vec<_>>(), cols, &mut sw);
-            let mut q = match tg {
-                Some(tg) => fake_quant(tg, &t, &sw, rows, cols),
-                None => sw,
-            };
-            for row in q.chunks_exact_mut(cols) {
-                for (v, s) in row.iter_mut().zip(&cand.scales) {
-                    *v /= s;
-                }
-            }
-            if let Some(m) = weight_mut(ctx.layer, *slot) {
-                *m = to_mat(&q, rows, cols);
+    let layer = &mut *ctx.layer;
+    let best = best_scale(ctx.cfg.awq_scaling, x, &mats, &mut |qs| {
+        for ((slot, _), q) in slots.iter().zip(qs) {
+            if let Some(m) = weight_mut(layer, *slot) {
+                *m = q.clone();
             }
         }
-        let l = loss(ctx.layer);
-        if best.is_none_or(|(b, _)| l < b) {
-            best = Some((l, ci));
-        }
-    }
-    for ((slot, _), w) in slots.iter().zip(&ws) {
+        loss(layer)
+    });
+    for ((slot, _), (w, _)) in slots.iter().zip(mats) {
         if let Some(m) = weight_mut(ctx.layer, *slot) {
-            *m = to_mat(w, w.len() / cols, cols);
+            *m = w;
         }
     }
-    match best {
-        Some((_, ci)) if ci > 0 => Some(cands.swap_remove(ci).scales.into()),
-        _ => None,
-    }
+    best
 }
 
 /// Searches, folds and clips layer `ctx.index`'s mixture of experts on its normed MLP inputs
@@ -153,6 +115,12 @@ pub(super) fn search(
     let n = moe.experts.len();
     let shared = moe.shared.is_some();
     let down_cols: Vec<usize> = moe.experts.iter().map(|e| e.down.ncols()).collect();
+    // (gpt-oss's experts add 1 to their clamped up projection and carry biases: dividing its
+    // rows by a scale is not undone by down's columns, so they take the MLP scale only)
+    let biased = moe
+        .experts
+        .iter()
+        .any(|e| e.up_bias.is_some() || e.gate_bias.is_some());
     let hidden = h2.ncols();
     let projections = [Linear::Gate, Linear::Up, Linear::Down];
     // the targets: each expert's own, and the shared expert's
@@ -207,7 +175,7 @@ pub(super) fn search(
 
     // 1. the MLP input's scale, on the sparse block's output
     let y0 = sparse_out(mc, ctx.layer, h2);
-    let s_mlp = best_scale(ctx, h2, &slots_in, &|layer| {
+    let s_mlp = best_scale_in(ctx, h2, &slots_in, &|layer| {
         mse(&y0, &sparse_out(mc, layer, h2))
     });
 
@@ -241,10 +209,10 @@ pub(super) fn search(
         };
         let act = expert_inner(mc, &expert, xin.as_ref());
         let tg = target(slot);
-        if tg.is_some() {
+        if tg.is_some() && !biased {
             let y = linear(act.as_ref(), &expert.down, None);
             let a = act.as_ref();
-            s_down[k] = best_scale(ctx, a, &[(slot, tg)], &|layer| {
+            s_down[k] = best_scale_in(ctx, a, &[(slot, tg)], &|layer| {
                 mse(&y, &linear(a, &down_of(layer, k), None))
             });
         }

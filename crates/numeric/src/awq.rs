@@ -64,23 +64,51 @@ pub fn act_mean(rows: usize, cols: usize, at: impl Fn(usize, usize) -> f32) -> V
 /// (`group` columns; a whole row for `group >= cols`). Each weight is row-major with `cols`
 /// columns. An all-zero group contributes 0.
 pub fn weight_mean(weights: &[&[f32]], cols: usize, group: usize) -> Vec<f32> {
-    let group = group.clamp(1, cols.max(1));
-    let mut sum = vec![0f64; cols];
-    let mut n = 0usize;
+    let mut m = WeightMean::new(cols, group);
     for w in weights {
-        for row in w.chunks_exact(cols.max(1)) {
-            n += 1;
-            for (g, part) in row.chunks(group).enumerate() {
+        m.add(w);
+    }
+    m.finish()
+}
+
+/// [`weight_mean`] accumulated one matrix at a time (the same sums in the same order), so
+/// many matrices need not be held as rows at once.
+pub struct WeightMean {
+    cols: usize,
+    group: usize,
+    sum: Vec<f64>,
+    n: usize,
+}
+
+impl WeightMean {
+    pub fn new(cols: usize, group: usize) -> WeightMean {
+        WeightMean {
+            cols,
+            group: group.clamp(1, cols.max(1)),
+            sum: vec![0f64; cols],
+            n: 0,
+        }
+    }
+
+    /// Adds the rows of `w` (row-major, `cols` wide).
+    pub fn add(&mut self, w: &[f32]) {
+        for row in w.chunks_exact(self.cols.max(1)) {
+            self.n += 1;
+            for (g, part) in row.chunks(self.group).enumerate() {
                 let amax = part.iter().fold(0f32, |a, v| a.max(v.abs()));
                 if amax > 0.0 {
                     for (k, v) in part.iter().enumerate() {
-                        sum[g * group + k] += (v.abs() / amax) as f64;
+                        self.sum[g * self.group + k] += (v.abs() / amax) as f64;
                     }
                 }
             }
         }
     }
-    sum.iter().map(|&s| (s / n.max(1) as f64) as f32).collect()
+
+    pub fn finish(self) -> Vec<f32> {
+        let n = self.n.max(1) as f64;
+        self.sum.iter().map(|&s| (s / n) as f32).collect()
+    }
 }
 
 /// The grid's candidates in search order: for each ratio k / GRID (k = 0..GRID; with
@@ -222,23 +250,16 @@ impl Transform {
     }
 
     /// The transforms of tensors stacked row-wise into one (Phi-3's fused `qkv_proj`,
-    /// `gate_up_proj`): `parts` in row order, each with its row count (`None`: that part is
-    /// unchanged). The column factors must agree (the parts share one input); row divisors and
-    /// clipping steps are joined, 1 and 0 for the parts without.
+    /// `gate_up_proj`; a mixture's experts): `parts` in row order, each with its row count
+    /// (`None`: that part is unchanged). Column factors: one row when every part has the same
+    /// (parts sharing one input), else one per part, which needs parts of equal rows; row
+    /// divisors and clipping steps are joined, 1 and 0 for the parts without.
     pub fn stack(parts: &[(Option<&Transform>, usize)], cols: usize) -> Result<Transform, String> {
         let present = || parts.iter().filter_map(|(t, _)| *t);
         if present().any(|t| t.col_mul_rows != 0) {
             return Err("the parts are stacked already".into());
         }
-        let agree = |f: fn(&Transform) -> &Option<Arc<[f32]>>| -> Result<_, String> {
-            let mut vals = present().map(f);
-            let first = vals.next().cloned().flatten();
-            match vals.all(|v| *v == first) {
-                true => Ok(first),
-                false => Err("the stacked parts' column factors differ".into()),
-            }
-        };
-        if present().any(|t| t.offset != 0.0) {
+        if present().any(|t| t.offset != 0.0 || t.col_div.is_some()) {
             return Err("stacked parts are linears, not norm gains".into());
         }
         let rows: usize = parts.iter().map(|(_, n)| n).sum();
@@ -276,17 +297,22 @@ impl Transform {
                 })
             }
         };
-        // column factors: one row for all parts when they agree, else one per part (parts of
-        // equal rows: a mixture's experts)
-        let (col_mul, col_mul_rows) = match agree(|t| &t.col_mul) {
-            Ok(m) => (m, 0),
-            Err(e) => {
+        // column factors: one row for all parts when every part has the same (an absent part
+        // has none), else one per part (parts of equal rows: a mixture's experts)
+        let same = parts.iter().all(|(t, _)| {
+            t.and_then(|t| t.col_mul.as_ref()) == parts[0].0.and_then(|t| t.col_mul.as_ref())
+        });
+        let (col_mul, col_mul_rows) = match same {
+            true => (
+                parts
+                    .first()
+                    .and_then(|(t, _)| t.and_then(|t| t.col_mul.clone())),
+                0,
+            ),
+            false => {
                 let n = parts.first().map_or(0, |p| p.1);
-                if n == 0
-                    || parts.iter().any(|p| p.1 != n)
-                    || present().any(|t| t.col_mul_rows != 0)
-                {
-                    return Err(e);
+                if n == 0 || parts.iter().any(|p| p.1 != n) {
+                    return Err("the stacked parts' column factors differ".into());
                 }
                 let mut v = Vec::with_capacity(parts.len() * cols);
                 for (t, _) in parts {
@@ -300,7 +326,7 @@ impl Transform {
         };
         Ok(Transform {
             col_mul,
-            col_div: agree(|t| &t.col_div)?,
+            col_div: None,
             row_div,
             clip,
             offset: 0.0,
@@ -312,10 +338,17 @@ impl Transform {
     /// transform of their own rows from 0.
     pub fn rows(&self, start: usize, n: usize, cols: usize) -> Transform {
         let (col_mul, col_mul_rows) = match (&self.col_mul, self.col_mul_rows) {
-            // (a range within one part)
+            // a range within one part: that part's factors
             (Some(m), per) if per > 0 && start / per == (start + n.max(1) - 1) / per => {
                 let at = start / per * cols;
                 (Some(m[at..at + cols].to_vec().into()), 0)
+            }
+            // across parts: each row's own factors
+            (Some(m), per) if per > 0 => {
+                let each: Vec<f32> = (start..start + n)
+                    .flat_map(|r| m[r / per * cols..(r / per + 1) * cols].iter().copied())
+                    .collect();
+                (Some(each.into()), 1)
             }
             (m, per) => (m.clone(), per),
         };
@@ -465,19 +498,23 @@ mod tests {
             row_div: Some(vals(2)),
             ..Default::default()
         };
-        let parts = [(Some(&a), 3), (None, 1), (Some(&b), 2)];
+        // (a part with only the shared column factors, as k is when v alone has row divisors)
+        let c = Transform {
+            col_mul: Some(s.clone()),
+            ..Default::default()
+        };
+        let parts = [(Some(&a), 3), (Some(&c), 1), (Some(&b), 2)];
         let t = Transform::stack(&parts, cols).unwrap();
+        assert_eq!(t.col_mul_rows, 0);
+        // an absent part is unchanged: its column factors are not the others'
+        assert!(Transform::stack(&[(Some(&a), 3), (None, 1), (Some(&b), 2)], cols).is_err());
         let mut w: Vec<f32> = (0..6 * cols).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
         let (mut each, mut ranged) = (w.clone(), w.clone());
         t.apply(&(0..6).collect::<Vec<_>>(), cols, &mut w);
         let mut at = 0;
         for (p, n) in parts {
             let from0: Vec<usize> = (0..n).collect();
-            // the unchanged part still shares the input's column factors
-            let own = p.cloned().unwrap_or(Transform {
-                col_mul: Some(s.clone()),
-                ..Default::default()
-            });
+            let own = p.cloned().unwrap_or_default();
             own.apply(&from0, cols, &mut each[at * cols..(at + n) * cols]);
             let part = t.rows(at, n, cols);
             part.apply(&from0, cols, &mut ranged[at * cols..(at + n) * cols]);
@@ -496,6 +533,7 @@ mod tests {
         let t = Transform::stack(&experts, cols).unwrap();
         assert_eq!(t.col_mul_rows, 3);
         let mut w: Vec<f32> = (0..9 * cols).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
+        let w_orig = w.clone();
         let mut each = w.clone();
         t.apply(&(0..9).collect::<Vec<_>>(), cols, &mut w);
         for (k, (p, n)) in experts.into_iter().enumerate() {
@@ -508,6 +546,11 @@ mod tests {
             );
         }
         assert_eq!(w, each);
+        // a row range across experts: each row keeps its expert's factors
+        let mut part = w_orig[2 * cols..7 * cols].to_vec();
+        t.rows(2, 5, cols)
+            .apply(&(0..5).collect::<Vec<_>>(), cols, &mut part);
+        assert_eq!(part, w[2 * cols..7 * cols]);
         let im: Vec<f32> = (0..cols).map(|i| 1.0 + i as f32).collect();
         let imp = t.importance(&im);
         assert_eq!(imp.len(), 3 * cols);

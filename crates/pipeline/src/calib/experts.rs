@@ -20,8 +20,9 @@ use std::sync::Arc;
 /// grid (its Hessian is the identity), as GPTQModel's fail-safe does, and is reported.
 pub const MIN_EXPERT_TOKENS: usize = 16;
 
-/// What calibrating one layer's experts produced: per stacked tensor, its joined codes and
-/// error; the experts that fell back to round to nearest, with their token counts.
+/// What calibrating one layer's experts produced: per tensor (stacked: its experts' codes
+/// joined; or one expert's), its codes and error; the experts that fell back to round to
+/// nearest, with their token counts.
 pub(super) struct ExpertsDone {
     pub tensors: Vec<(String, super::Calibrated)>,
     pub starved: Vec<(usize, usize)>,
@@ -75,7 +76,8 @@ pub(super) fn gather(h2: MatRef<'_, f32>, rows: &[usize]) -> Mat<f32> {
     Mat::from_fn(rows.len(), h2.ncols(), |i, j| h2[(rows[i], j)])
 }
 
-/// Calibrates layer `l`'s stacked experts (`targets`: the projection each stacked tensor holds)
+/// Calibrates layer `l`'s experts (`targets`: the projection each target holds, stacked or
+/// one tensor per expert)
 /// for one job: `x` / `xh` are the layer's fit / held-out inputs. With `own`, its experts'
 /// weights become the quantized ones (the next layer's inputs come from them).
 #[allow(clippy::too_many_arguments)]
@@ -146,7 +148,7 @@ pub(super) fn calibrate(
                 .per_expert
                 .as_ref()
                 .map(|each| each.get(e).and_then(|t| t.as_ref()));
-            let Some(own_tg) = expert_target(tg, e, moe.experts.len(), cols) else {
+            let Some(own_tg) = part_target(tg, e, moe.experts.len(), cols) else {
                 continue;
             };
             let name = match apart.flatten() {
@@ -233,10 +235,10 @@ pub(super) fn calibrate(
     Ok(ExpertsDone { tensors, starved })
 }
 
-/// Expert `e`'s own target among `experts` of a projection's `tg` (`cols` wide): its tensor's
-/// when the experts are stored apart (none when it is kept in float); else the stacked
-/// tensor's, with this expert's importance (a matrix has one per expert).
-pub(super) fn expert_target(tg: &Target, e: usize, experts: usize, cols: usize) -> Option<Target> {
+/// Part `e`'s own target among `experts` parts (experts, or a 3-D tensor's heads) of `tg`
+/// (`cols` wide): its tensor's when the experts are stored apart (none when it is kept in
+/// float); else the stacked tensor's, with this part's importance (a matrix has one per part).
+pub(super) fn part_target(tg: &Target, e: usize, experts: usize, cols: usize) -> Option<Target> {
     match &tg.per_expert {
         Some(each) => each.get(e).cloned().flatten(),
         None => {

@@ -183,11 +183,7 @@ pub(super) fn calibrate(
                 tg.name.clone()
             };
             // round to nearest with this matrix's own importance (a 3-D tensor has one per head)
-            let mut own_tg = tg.clone();
-            own_tg.imatrix = tg.imatrix.as_ref().map(|im| match im.len() == n * cols {
-                true => Arc::new(im[i * cols..(i + 1) * cols].to_vec()),
-                false => im.clone(),
-            });
+            let own_tg = super::experts::part_target(tg, i, n, cols).unwrap_or_else(|| tg.clone());
             let (q, wq, error) =
                 super::calibrate_matrix(src, m, tg, &own_tg, &name, w, hess, xin.as_ref())?;
             if n > 1 && i > 0 && joined.g_idx != q.g_idx {

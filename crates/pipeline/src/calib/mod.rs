@@ -142,8 +142,10 @@ pub trait Method: std::fmt::Debug + Sync {
     fn leaves_gridless(&self) -> bool {
         self.chooses_codes()
     }
-    /// Tensors of layer `l` besides its linears that [`Method::transform_layer`] may change
-    /// (they are re-encoded, not copied). None by default.
+    /// Tensors of layer `l` besides its linears that [`Method::transform_layer`] folds into
+    /// (the norms before attention and the MLP, v's bias). None by default; a method with some
+    /// may change any float tensor of the decoder layers (a mixture's router, latent
+    /// attention's norms): [`prepare_plan`] re-encodes them all.
     fn folded_tensors(&self, _l: usize, _norms: &qs_model::Norms) -> Vec<String> {
         vec![]
     }
@@ -167,8 +169,9 @@ pub struct Target {
     /// The tensor is fused (Phi-3's `qkv_proj`, `gate_up_proj`): the linears whose rows it
     /// holds, in order; each is calibrated as its own target and their codes are joined.
     pub fused: Option<&'static [Linear]>,
-    /// The tensor stacks a mixture of experts' projection (the key's `Gate`, `Up` or `Down`)
-    /// for this many experts, calibrated by [`experts`] on the tokens routed to each.
+    /// A mixture of experts' projection (the key's `Gate`, `Up` or `Down`) for this many
+    /// experts, stacked in this tensor or one tensor each ([`Target::per_expert`]), calibrated
+    /// by [`experts`] on the tokens routed to each.
     pub experts: Option<usize>,
     /// The experts are stored one tensor each (safetensors layouts): each expert's own target,
     /// or none for an expert the run leaves unquantized. Their codes stay apart.
@@ -462,21 +465,12 @@ pub fn targets(
             ),
         });
     }
-    // latent attention (DeepSeek): AWQ's scales fold into q/k/v, which it does not have
+    // latent attention (DeepSeek): its tensors are targets of their own (calib::mla)
     let mla = src
         .config
         .as_ref()
         .and_then(|c| crate::arch::hparams_of(c).ok())
         .is_some_and(|hp| hp.mla.is_some());
-    if mla && folds && method.chooses_codes() {
-        return Err(Error::Input {
-            path: src.input.clone(),
-            msg: format!(
-                "--method {} on multi-head latent attention (GPTQ after AWQ's scales): not supported yet; use --method awq or gptq",
-                method.name()
-            ),
-        });
-    }
     let mut mla_targets = BTreeMap::new();
     let mut shared_targets = BTreeMap::new();
     // a mixture of experts: its experts' names and count
@@ -485,17 +479,6 @@ pub fn targets(
         let n = crate::arch::hparams_of(c).ok()?.moe?.experts as usize;
         Some((names, n))
     });
-    if moe.is_some() && folds && method.chooses_codes() {
-        // AWQ's scales fold into every expert (the router's columns in float); GPTQ after them
-        // not yet (the experts are calibrated from the float layer)
-        return Err(Error::Input {
-            path: src.input.clone(),
-            msg: format!(
-                "--method {} on a mixture of experts (GPTQ after AWQ's scales): not supported yet; use --method awq or gptq",
-                method.name()
-            ),
-        });
-    }
     let mut out = BTreeMap::new();
     // experts stored apart, by (layer, projection): each expert's target
     let mut apart: BTreeMap<(usize, Linear), Vec<Option<Target>>> = BTreeMap::new();
@@ -545,6 +528,10 @@ pub fn targets(
                 .map(|key| (key, n))
         });
         let experts = stacked.map(|(_, n)| n);
+        // one expert's tensor of a checkpoint that stores them apart
+        let expert = moe
+            .and_then(|(names, _)| qs_model::parse_expert(&names, name))
+            .filter(|(l, _, _)| *l < layers);
         let keys = keys.or(stacked.map(|(key, _)| (vec![key], None)));
         // the tensor as a target, once the method is known to store its layout
         let target = || -> Result<Target> {
@@ -590,8 +577,33 @@ pub fn targets(
                     shared_targets.insert(key, target()?);
                 }
             }
+            // experts stored one tensor each (safetensors layouts, or a GGUF with --keep-names):
+            // gathered per projection below
+            None if expert.is_some() => {
+                if let Some(((l, e, lin), (_, n))) = expert.zip(moe) {
+                    let tg = target()?;
+                    let slot = apart.entry((l, lin)).or_insert_with(|| vec![None; n]);
+                    match slot.get_mut(e) {
+                        Some(s) => *s = Some(tg),
+                        None => {
+                            return Err(Error::Tensor {
+                                file: file_of(src, name),
+                                tensor: name.clone(),
+                                msg: format!("expert {e} of a model with {n} experts"),
+                            })
+                        }
+                    }
+                }
+            }
             // in a GGUF, embeddings and the output head keep llama.cpp's own quantizer
             None if matches!(scheme, Scheme::Ggml(_)) => {}
+            // layers after the decoder's (DeepSeek-V3's multi-token prediction), which the
+            // forward pass does not run: round to nearest
+            None if name
+                .strip_prefix("model.layers.")
+                .and_then(|r| r.split_once('.'))
+                .and_then(|(l, _)| l.parse::<usize>().ok())
+                .is_some_and(|l| l >= layers) => {}
             // layers after the decoder's (DeepSeek-V3's multi-token prediction), which the
             // forward pass does not run: round to nearest
             None if name
@@ -714,20 +726,16 @@ pub fn prepare_plan(method: &dyn Method, src: &ModelSource, plan: &mut Plan, lay
     let folded: std::collections::HashSet<String> = (0..layers)
         .flat_map(|l| method.folded_tensors(l, &norms))
         .collect();
-    // a mixture of experts: the router, the shared expert's gate and experts kept in float
-    // take the MLP's scales too
-    let moe = !folded.is_empty()
-        && src
-            .config
-            .as_ref()
-            .and_then(|c| qs_model::family_of(c).ok())
-            .is_some_and(|f| f.moe.is_some());
+    // besides those, a mixture's router, shared-expert gate and experts kept in float, and
+    // latent attention's bottleneck norms take scales too: every float tensor of the decoder
+    // layers is re-encoded (the same bytes where nothing changed)
+    let layered = !folded.is_empty();
     for t in &mut plan.tensors {
         let name = &src.tensors[t.source].info.name;
         if matches!(t.action, Action::Copy)
             && t.dtype.is_float()
             && t.src_ggml.is_none()
-            && (folded.contains(name) || (moe && name.starts_with("model.layers.")))
+            && (folded.contains(name) || (layered && name.starts_with("model.layers.")))
         {
             t.action = Action::Encode(Scheme::float(t.dtype));
         }
@@ -1175,6 +1183,35 @@ pub fn calibrate_together(
                 _ => None,
             };
             let caph = caph.as_ref().unwrap_or(&cap0);
+            // GPTQ after AWQ: latent attention and the experts, calibrated apart below, read
+            // the layer as AWQ transformed it, before its linears are quantized
+            let apart = !transforms.is_empty()
+                && m.method.chooses_codes()
+                && (!mla::of_layer(&m.targets.mla, l).is_empty()
+                    || !experts::shared_of_layer(&m.targets.shared, l).is_empty()
+                    || Linear::ALL.iter().any(|&lin| {
+                        m.targets
+                            .get(&(l, lin))
+                            .is_some_and(|t| t.experts.is_some())
+                    }));
+            let base: Option<Layer> = match &own[k] {
+                Some(layer) if apart => Some(layer.clone()),
+                _ => None,
+            };
+            let base_layer = base.as_ref().unwrap_or(&float_layer);
+            let held_mlp = match base {
+                Some(_) => caph.mlp_in.as_ref(),
+                None => cap0.mlp_in.as_ref(),
+            };
+            // their transforms go with their codes
+            let with_transforms = |v: Vec<(String, Calibrated)>| -> Vec<(String, Calibrated)> {
+                v.into_iter()
+                    .map(|(n, c)| {
+                        let transform = transforms.get(&n).cloned();
+                        (n, Calibrated { transform, ..c })
+                    })
+                    .collect()
+            };
             // the parts of fused tensors calibrated so far
             #[allow(clippy::type_complexity)]
             let mut pending: BTreeMap<
@@ -1289,32 +1326,32 @@ pub fn calibrate_together(
             // latent attention: its tensors from their own inputs
             let mla_parts = mla::of_layer(&m.targets.mla, l);
             if !mla_parts.is_empty() && m.method.chooses_codes() {
-                done[k].extend(mla::calibrate(
+                done[k].extend(with_transforms(mla::calibrate(
                     src,
                     m,
                     &model.cfg,
-                    &float_layer,
+                    base_layer,
                     own[k].as_mut(),
                     (x.as_ref(), xh.as_ref()),
                     &batches,
                     seq_len,
                     &mla_parts,
-                )?);
+                )?));
             }
             // a mixture's shared expert: from every token
             let shared_parts = experts::shared_of_layer(&m.targets.shared, l);
             if !shared_parts.is_empty() && m.method.chooses_codes() {
-                done[k].extend(experts::calibrate_shared(
+                done[k].extend(with_transforms(experts::calibrate_shared(
                     src,
                     m,
                     &model.cfg,
-                    &float_layer,
+                    base_layer,
                     own[k].as_mut(),
-                    (x.as_ref(), cap0.mlp_in.as_ref()),
+                    (x.as_ref(), held_mlp),
                     &batches,
                     seq_len,
                     &shared_parts,
-                )?);
+                )?));
             }
             // a mixture of experts: each expert from the tokens routed to it
             let stacked: Vec<(Linear, &Target)> = [Linear::Gate, Linear::Up, Linear::Down]
@@ -1331,15 +1368,15 @@ pub fn calibrate_together(
                     src,
                     m,
                     &model.cfg,
-                    &float_layer,
+                    base_layer,
                     own[k].as_mut(),
                     x.as_ref(),
-                    cap0.mlp_in.as_ref(),
+                    held_mlp,
                     &batches,
                     seq_len,
                     &stacked,
                 )?;
-                done[k].extend(r.tensors);
+                done[k].extend(with_transforms(r.tensors));
                 starved[k].extend(r.starved.into_iter().map(|(expert, tokens)| StarvedExpert {
                     layer: l,
                     expert,

@@ -10,7 +10,7 @@
 //! half (`v_b` per head on its head's compressed attention output, or `kv_b_proj` whole).
 
 use super::{best_scale, clip_group, clip_search, input_blocks, mse};
-use crate::calib::experts::expert_target;
+use crate::calib::experts::part_target;
 use crate::calib::mla::MlaPart;
 use crate::calib::{fake_quant, rows_of, to_mat, LayerCtx, Target};
 use faer::{Mat, MatRef};
@@ -70,19 +70,23 @@ pub(super) fn search(
     };
     let mats = vec![(first.0, first.1), (ml.kv_a.clone(), tg(MlaPart::KvA))];
     let y0 = attention_out(mc, ctx.layer, h, seq_len);
-    let layer = &mut *ctx.layer;
     let bottleneck = ml.q_a.is_some();
-    let s1 = best_scale(scaling, h, &mats, &mut |qs| {
-        if let Some(m) = layer.mla.as_mut() {
-            match m.q_a.as_mut() {
-                Some(a) if bottleneck => a.0 = qs[0].clone(),
-                _ => m.q = qs[0].clone(),
+    let s1 = best_scale(
+        scaling,
+        h,
+        &mats,
+        &mut *ctx.layer,
+        &|layer, i, q| {
+            if let Some(m) = layer.mla.as_mut() {
+                match (i, m.q_a.as_mut()) {
+                    (0, Some(a)) => a.0 = q,
+                    (0, None) => m.q = q,
+                    _ => m.kv_a = q,
+                }
             }
-            m.kv_a = qs[1].clone();
-        }
-        mse(&y0, &attention_out(mc, layer, h, seq_len))
-    });
-    ctx.layer.mla = Some(ml.clone());
+        },
+        &|layer| mse(&y0, &attention_out(mc, layer, h, seq_len)),
+    );
 
     // 2. q_a_layernorm → q_b, on its output
     let s2 = match (&inp.q_b, bottleneck) {
@@ -92,7 +96,9 @@ pub(super) fn search(
                 scaling,
                 xq.as_ref(),
                 &[(ml.q.clone(), tg(MlaPart::Q))],
-                &mut |qs| mse(&y, &linear(xq.as_ref(), &qs[0], None)),
+                &mut ml.q.clone(),
+                &|w, _, q| *w = q,
+                &|w| mse(&y, &linear(xq.as_ref(), w, None)),
             )
         }
         _ => None,
@@ -107,7 +113,9 @@ pub(super) fn search(
             scaling,
             ckv,
             &[(kvb.clone(), tg(MlaPart::KvB))],
-            &mut |qs| mse(&y3, &linear(ckv, &qs[0], None)),
+            &mut kvb.clone(),
+            &|w, _, q| *w = q,
+            &|w| mse(&y3, &linear(ckv, w, None)),
         ),
         true => {
             // the scale multiplies k_b's rows, which its quantizer treats alike at any scale
@@ -118,26 +126,36 @@ pub(super) fn search(
                 .k_b
                 .iter()
                 .enumerate()
-                .map(|(i, k)| {
-                    match tg(MlaPart::KB).and_then(|t| expert_target(&t, i, heads, nope)) {
+                .map(
+                    |(i, k)| match tg(MlaPart::KB).and_then(|t| part_target(&t, i, heads, nope)) {
                         Some(t) => {
                             let q = fake_quant(&t, &Transform::default(), &rows_of(k), kv, nope);
                             to_mat(&q, kv, nope)
                         }
                         None => k.clone(),
-                    }
-                })
+                    },
+                )
                 .collect();
             let mut mats = Vec::with_capacity(2 * heads);
             for (i, (k, v)) in ml.k_b.iter().zip(&ml.v_b).enumerate() {
-                let vt = tg(MlaPart::VB).and_then(|t| expert_target(&t, i, heads, kv));
+                let vt = tg(MlaPart::VB).and_then(|t| part_target(&t, i, heads, kv));
                 mats.push((k.transpose().to_owned(), None));
                 mats.push((v.clone(), vt));
             }
-            best_scale(scaling, ckv, &mats, &mut |qs| {
-                let v_b: Vec<Mat<f32>> = qs.chunks(2).map(|kvp| kvp[1].clone()).collect();
-                mse(&y3, &linear(ckv, &join_kv_b(&kq, &v_b), None))
-            })
+            // (the candidate's v_b per head; k_b's quantized values stand for its rows)
+            let mut v_b = ml.v_b.clone();
+            best_scale(
+                scaling,
+                ckv,
+                &mats,
+                &mut v_b,
+                &|v_b, i, q| {
+                    if i % 2 == 1 {
+                        v_b[i / 2] = q;
+                    }
+                },
+                &|v_b| mse(&y3, &linear(ckv, &join_kv_b(&kq, v_b), None)),
+            )
         }
     };
 
@@ -146,11 +164,7 @@ pub(super) fn search(
         col_mul: Some(s.clone()),
         ..Default::default()
     };
-    let norm = |s: &Arc<[f32]>, offset: f32| Transform {
-        col_div: Some(s.clone()),
-        offset,
-        ..Default::default()
-    };
+    let norm = super::norm_div;
     if let Some(s) = &s1 {
         let [in_norm, _, _] = super::folded_tensors(l, &mc.norms);
         tf.insert(in_norm, norm(s, mc.norm_offset));
@@ -214,7 +228,7 @@ pub(super) fn search(
         let mut steps: Vec<u8> = Vec::new();
         let mut group = None;
         for (i, v) in ml.v_b.iter().enumerate() {
-            let Some(t) = expert_target(&vt, i, heads, kv) else {
+            let Some(t) = part_target(&vt, i, heads, kv) else {
                 continue;
             };
             let Some(g) = clip_group(&t, kv) else {

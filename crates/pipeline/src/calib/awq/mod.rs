@@ -278,17 +278,14 @@ pub fn search_layer(
             .map(|&lin| (lin.weight(ctx.layer).clone(), targeted(lin).cloned()))
             .collect();
         let (mc, seq_len, scaling) = (ctx.model, ctx.seq_len, ctx.cfg.awq_scaling);
-        let layer = &mut *ctx.layer;
-        scales[gi] = best_scale(scaling, x, &mats, &mut |qs| {
-            for (&lin, q) in g.linears.iter().zip(qs) {
-                *lin.weight_mut(layer) = q.clone();
-            }
-            mse(&y0, &block_out_of(mc, layer, g.block, x, seq_len))
-        });
-        // restore the float weights
-        for (&lin, (w, _)) in g.linears.iter().zip(mats) {
-            *lin.weight_mut(ctx.layer) = w;
-        }
+        scales[gi] = best_scale(
+            scaling,
+            x,
+            &mats,
+            &mut *ctx.layer,
+            &|layer, i, q| *g.linears[i].weight_mut(layer) = q,
+            &|layer| mse(&y0, &block_out_of(mc, layer, g.block, x, seq_len)),
+        );
     }
 
     // 2. the transforms that fold the scales
@@ -296,11 +293,7 @@ pub fn search_layer(
     let [s_attn, s_o, s_mlp, s_down] = scales;
     let [in_norm, post_norm, v_bias] = folded_tensors(l, &mc.norms);
     // (norm gains stored as w and applied as w + offset: Gemma's 1 + w)
-    let norm_div = |s: &Arc<[f32]>| Transform {
-        col_div: Some(s.clone()),
-        offset: mc.norm_offset,
-        ..Default::default()
-    };
+    let norm_div = |s: &Arc<[f32]>| norm_div(s, mc.norm_offset);
     if let Some(s) = &s_attn {
         tf.insert(in_norm, norm_div(s));
         for lin in [Linear::Q, Linear::K, Linear::V] {
@@ -398,30 +391,36 @@ pub fn search_layer(
     Ok(tf.into_iter().filter(|(_, t)| !t.is_identity()).collect())
 }
 
-/// AWQ's scale search for the matrices `mats` (each with its planned quantizer, if quantized)
-/// reading input `x`: of the candidates ([`qs_numeric::awq::candidates`] from `x`'s mean
-/// magnitude and the matrices' weight statistic over all of them, plus s = 1), the one whose
-/// `loss` is least, `loss` being given each matrix as the candidate would store it, back in
-/// input scale (Q(W·diag(s))·diag(1/s)). `None` when s = 1 wins.
-fn best_scale(
+/// AWQ's scale search for the matrices `mats` (the float weights, each with its planned
+/// quantizer if quantized) reading input `x`: of the candidates
+/// ([`qs_numeric::awq::candidates`] from `x`'s mean magnitude and the matrices' weight
+/// statistic over all of them, plus s = 1), the one whose `loss` of `state` is least, after
+/// `put` has placed each matrix in `state` as the candidate would store it, back in input
+/// scale (Q(W·diag(s))·diag(1/s)). The float weights are put back at the end. `None` when
+/// s = 1 wins. One matrix's temporaries at a time: memory is `state` and `mats`.
+fn best_scale<S>(
     scaling: awq::Scaling,
     x: MatRef<'_, f32>,
     mats: &[(Mat<f32>, Option<Target>)],
-    loss: &mut dyn FnMut(&[Mat<f32>]) -> f64,
+    state: &mut S,
+    put: &dyn Fn(&mut S, usize, Mat<f32>),
+    loss: &dyn Fn(&S) -> f64,
 ) -> Option<Arc<[f32]>> {
     let cols = x.ncols();
     if x.nrows() == 0 || mats.is_empty() || mats.iter().any(|(w, _)| w.ncols() != cols) {
         return None;
     }
-    let ws: Vec<Vec<f32>> = mats.iter().map(|(w, _)| rows_of(w)).collect();
     let group = mats
         .iter()
         .find_map(|(_, t)| t.as_ref())
         .and_then(|t| clip_group(t, cols))
         .unwrap_or(cols);
     let x_mean = awq::act_mean(x.nrows(), cols, |r, c| x[(r, c)]);
-    let refs: Vec<&[f32]> = ws.iter().map(|w| w.as_slice()).collect();
-    let w_mean = awq::weight_mean(&refs, cols, group);
+    let mut w_mean = awq::WeightMean::new(cols, group);
+    for (w, _) in mats {
+        w_mean.add(&rows_of(w));
+    }
+    let w_mean = w_mean.finish();
     let mut cands = vec![awq::Candidate {
         ratio: 0.0,
         duo: false,
@@ -434,33 +433,42 @@ fn best_scale(
             col_mul: Some(cand.scales.clone().into()),
             ..Default::default()
         };
-        let qs: Vec<Mat<f32>> = mats
-            .iter()
-            .zip(&ws)
-            .map(|((_, tg), w)| {
-                let rows = w.len() / cols;
-                let mut sw = w.clone();
-                t.apply(&(0..rows).collect::<Vec<_>>(), cols, &mut sw);
-                let mut q = match tg {
-                    Some(tg) => fake_quant(tg, &t, &sw, rows, cols),
-                    None => sw,
-                };
-                for row in q.chunks_exact_mut(cols) {
-                    for (v, s) in row.iter_mut().zip(&cand.scales) {
-                        *v /= s;
-                    }
+        for (i, (w, tg)) in mats.iter().enumerate() {
+            let rows = w.nrows();
+            let mut sw = rows_of(w);
+            t.apply(&(0..rows).collect::<Vec<_>>(), cols, &mut sw);
+            let mut q = match tg {
+                Some(tg) => fake_quant(tg, &t, &sw, rows, cols),
+                None => sw,
+            };
+            for row in q.chunks_exact_mut(cols) {
+                for (v, s) in row.iter_mut().zip(&cand.scales) {
+                    *v /= s;
                 }
-                to_mat(&q, rows, cols)
-            })
-            .collect();
-        let l = loss(&qs);
+            }
+            put(state, i, to_mat(&q, rows, cols));
+        }
+        let l = loss(state);
         if best.is_none_or(|(b, _)| l < b) {
             best = Some((l, ci));
         }
     }
+    for (i, (w, _)) in mats.iter().enumerate() {
+        put(state, i, w.clone());
+    }
     match best {
         Some((_, ci)) if ci > 0 => Some(cands.swap_remove(ci).scales.into()),
         _ => None,
+    }
+}
+
+/// A norm's transform for scales `s` folded after it: its gains divided (stored as `w`,
+/// applied as `w + offset`).
+fn norm_div(s: &Arc<[f32]>, offset: f32) -> Transform {
+    Transform {
+        col_div: Some(s.clone()),
+        offset,
+        ..Default::default()
     }
 }
 

@@ -8,14 +8,15 @@
 //!   router sends it, down on its inner activations).
 //!
 //! The router and the shared expert's gate read the same normed input: they take the MLP
-//! scale on their columns in float, so the routing stays the float model's exactly. In a GGUF
+//! scale on their columns in float, so the routing is the float model's up to their rounding
+//! to the stored dtype. In a GGUF
 //! a projection's experts are one stacked tensor: their transforms are stacked
 //! ([`Transform::stack`]; down's column factors one row per expert). The experts stay in
 //! (transformed) float in the layer the next layer's inputs come from, as AutoAWQ computes
 //! them from the float layer.
 
 use super::{best_scale, clip_group, clip_search, input_blocks, mse};
-use crate::calib::experts::{expert_target, gather, routed};
+use crate::calib::experts::{gather, part_target, routed};
 use crate::calib::{rows_of, to_mat, LayerCtx, Target};
 use crate::error::{Error, Result};
 use faer::{Mat, MatRef};
@@ -64,8 +65,8 @@ fn weight_mut(layer: &mut Layer, slot: Slot) -> Option<&mut Mat<f32>> {
     }
 }
 
-/// [`best_scale`] for matrices of the sparse block: each candidate's weights are put in the
-/// layer for `loss`; the float weights are restored.
+/// [`best_scale`] for matrices of the sparse block, each candidate's weights put in the layer
+/// for `loss`.
 fn best_scale_in(
     ctx: &mut LayerCtx<'_>,
     x: MatRef<'_, f32>,
@@ -79,21 +80,18 @@ fn best_scale_in(
     if mats.len() != slots.len() {
         return None;
     }
-    let layer = &mut *ctx.layer;
-    let best = best_scale(ctx.cfg.awq_scaling, x, &mats, &mut |qs| {
-        for ((slot, _), q) in slots.iter().zip(qs) {
-            if let Some(m) = weight_mut(layer, *slot) {
-                *m = q.clone();
+    best_scale(
+        ctx.cfg.awq_scaling,
+        x,
+        &mats,
+        &mut *ctx.layer,
+        &|layer, i, q| {
+            if let Some(m) = weight_mut(layer, slots[i].0) {
+                *m = q;
             }
-        }
-        loss(layer)
-    });
-    for ((slot, _), (w, _)) in slots.iter().zip(mats) {
-        if let Some(m) = weight_mut(ctx.layer, *slot) {
-            *m = w;
-        }
-    }
-    best
+        },
+        loss,
+    )
 }
 
 /// Searches, folds and clips layer `ctx.index`'s mixture of experts on its normed MLP inputs
@@ -141,7 +139,7 @@ pub(super) fn search(
                     Linear::Down => *down_cols.get(e)?,
                     _ => hidden,
                 };
-                expert_target(stacked_tg(lin)?, e, n, cols)
+                part_target(stacked_tg(lin)?, e, n, cols)
             }
             Slot::Shared(lin) => targets.shared.get(&(l, lin)).cloned(),
         }
@@ -174,10 +172,16 @@ pub(super) fn search(
     }
 
     // 1. the MLP input's scale, on the sparse block's output
+    // (a projection the run does not encode, such as gpt-oss's MXFP4 experts kept as they
+    // are, cannot take a scale: then none is searched for its input)
+    let encoded = |lin: Linear| stacked_tg(lin).is_some();
     let y0 = sparse_out(mc, ctx.layer, h2);
-    let s_mlp = best_scale_in(ctx, h2, &slots_in, &|layer| {
-        mse(&y0, &sparse_out(mc, layer, h2))
-    });
+    let s_mlp = match encoded(Linear::Gate) && encoded(Linear::Up) {
+        true => best_scale_in(ctx, h2, &slots_in, &|layer| {
+            mse(&y0, &sparse_out(mc, layer, h2))
+        }),
+        false => None,
+    };
 
     // 2. per expert (and the shared one): its up rows → its down columns, on its own tokens
     let routes = routed(mc, ctx.layer, h2, false);
@@ -209,7 +213,8 @@ pub(super) fn search(
         };
         let act = expert_inner(mc, &expert, xin.as_ref());
         let tg = target(slot);
-        if tg.is_some() && !biased {
+        let encodes = k == n || (encoded(Linear::Up) && encoded(Linear::Down));
+        if tg.is_some() && !biased && encodes {
             let y = linear(act.as_ref(), &expert.down, None);
             let a = act.as_ref();
             s_down[k] = best_scale_in(ctx, a, &[(slot, tg)], &|layer| {
@@ -223,14 +228,7 @@ pub(super) fn search(
     // expert's projections
     if let Some(s) = &s_mlp {
         let [_, post_norm, _] = super::folded_tensors(l, &mc.norms);
-        tf.insert(
-            post_norm,
-            Transform {
-                col_div: Some(s.clone()),
-                offset: mc.norm_offset,
-                ..Default::default()
-            },
-        );
+        tf.insert(post_norm, super::norm_div(s, mc.norm_offset));
         let mut floats = vec![format!("model.layers.{l}.{}.weight", names.router)];
         if let Some((_, Some(gate))) = names.shared {
             floats.push(format!("model.layers.{l}.{gate}.weight"));

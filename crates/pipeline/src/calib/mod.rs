@@ -604,36 +604,6 @@ pub fn targets(
                 .and_then(|r| r.split_once('.'))
                 .and_then(|(l, _)| l.parse::<usize>().ok())
                 .is_some_and(|l| l >= layers) => {}
-            // layers after the decoder's (DeepSeek-V3's multi-token prediction), which the
-            // forward pass does not run: round to nearest
-            None if name
-                .strip_prefix("model.layers.")
-                .and_then(|r| r.split_once('.'))
-                .and_then(|(l, _)| l.parse::<usize>().ok())
-                .is_some_and(|l| l >= layers) => {}
-            // a safetensors layout's experts, one tensor each: gathered per projection below
-            None if moe
-                .and_then(|(names, _)| qs_model::parse_expert(&names, name))
-                .is_some_and(|(l, _, _)| l < layers) =>
-            {
-                if let Some(((l, e, lin), (_, n))) = moe
-                    .and_then(|(names, _)| qs_model::parse_expert(&names, name))
-                    .zip(moe)
-                {
-                    let tg = target()?;
-                    let slot = apart.entry((l, lin)).or_insert_with(|| vec![None; n]);
-                    match slot.get_mut(e) {
-                        Some(s) => *s = Some(tg),
-                        None => {
-                            return Err(Error::Tensor {
-                                file: file_of(src, name),
-                                tensor: name.clone(),
-                                msg: format!("expert {e} of a model with {n} experts"),
-                            })
-                        }
-                    }
-                }
-            }
             None => {
                 return Err(Error::Tensor {
                     file: file_of(src, name),

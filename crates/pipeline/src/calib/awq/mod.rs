@@ -683,6 +683,21 @@ mod tests {
         x: &Mat<f32>,
         l: &mut Layer,
     ) -> Vec<(String, Transform)> {
+        let targets = crate::calib::Targets {
+            linears: tg.clone(),
+            ..Default::default()
+        };
+        run_on(c, cfg, &targets, x, l)
+    }
+
+    /// AWQ's search on layer 0 `l` with all of `targets` (experts, latent attention too).
+    fn run_on(
+        c: &Config,
+        cfg: &QuantizeConfig,
+        targets: &crate::calib::Targets,
+        x: &Mat<f32>,
+        l: &mut Layer,
+    ) -> Vec<(String, Transform)> {
         search_layer(
             &mut LayerCtx {
                 model: c,
@@ -690,10 +705,7 @@ mod tests {
                 layer: l,
                 x: x.as_ref(),
                 seq_len: SEQ,
-                targets: &crate::calib::Targets {
-                    linears: tg.clone(),
-                    ..Default::default()
-                },
+                targets,
                 cfg,
                 fused: false,
             },
@@ -912,24 +924,12 @@ mod tests {
         }
         let cfg = QuantizeConfig::new("x", crate::config::Target::Int(4));
         let mut l = float.clone();
-        let tf = search_layer(
-            &mut LayerCtx {
-                model: &c,
-                index: 0,
-                layer: &mut l,
-                x: x.as_ref(),
-                seq_len: SEQ,
-                targets: &crate::calib::Targets {
-                    linears: tg,
-                    shared,
-                    ..Default::default()
-                },
-                cfg: &cfg,
-                fused: false,
-            },
-            |_| true,
-        )
-        .unwrap();
+        let targets = crate::calib::Targets {
+            linears: tg,
+            shared,
+            ..Default::default()
+        };
+        let tf = run_on(&c, &cfg, &targets, &x, &mut l);
         let by: BTreeMap<&str, Transform> = tf
             .iter()
             .map(|(n, t)| {
@@ -1105,24 +1105,12 @@ mod tests {
             .collect();
         let cfg = QuantizeConfig::new("x", crate::config::Target::Int(4));
         let mut l = float.clone();
-        let tf = search_layer(
-            &mut LayerCtx {
-                model: &c,
-                index: 0,
-                layer: &mut l,
-                x: x.as_ref(),
-                seq_len: SEQ,
-                targets: &crate::calib::Targets {
-                    linears: tg,
-                    mla,
-                    ..Default::default()
-                },
-                cfg: &cfg,
-                fused: false,
-            },
-            |_| true,
-        )
-        .unwrap();
+        let targets = crate::calib::Targets {
+            linears: tg,
+            mla,
+            ..Default::default()
+        };
+        let tf = run_on(&c, &cfg, &targets, &x, &mut l);
         let by: BTreeMap<String, Transform> = tf
             .into_iter()
             .map(|(n, t)| (n, Transform { clip: None, ..t }))

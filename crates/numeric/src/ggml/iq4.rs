@@ -12,7 +12,7 @@ pub const IQ4NL_VALUES: [i8; 16] = [
 
 /// ggml's `best_index_int8`: nearest grid index (binary search, lower index on ties).
 #[inline]
-fn best_index(values: &[i8; 16], x: f32) -> usize {
+pub(super) fn best_index(values: &[i8; 16], x: f32) -> usize {
     if x <= values[0] as f32 {
         return 0;
     }
@@ -60,7 +60,13 @@ fn iq4_nl_with_weights(x: &[f32], weight: &[f32], y: &mut [u8]) {
 
 /// The scale search of `quantize_row_iq4_nl_impl` for one 32-value block (ntry = 7); 0 for an
 /// all-zero block.
+#[inline]
 fn iq4_block_scale(x: &[f32], weight: &[f32]) -> f32 {
+    super::lanes::iq4_scale(x, weight)
+}
+
+/// The scalar reference of [`iq4_block_scale`], ggml's loop as written.
+pub(super) fn iq4_block_scale_ref(x: &[f32], weight: &[f32]) -> f32 {
     let values = &IQ4NL_VALUES;
     let ntry = 7i32;
     let (mut amax, mut max) = (0f32, 0f32);
@@ -109,17 +115,18 @@ pub fn quantize_block_iq4_xs(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     let sigma2 = sigma2_of(&x[..QK_K], true);
     let mut scales = [0f32; 8];
     let (mut max_scale, mut amax_scale) = (0f32, 0f32);
-    let mut w = [0f32; 32];
+    let mut w = [0f32; QK_K];
     for ib in 0..8 {
         let xb = &x[32 * ib..32 * ib + 32];
         for j in 0..32 {
-            w[j] = match qw {
+            w[32 * ib + j] = match qw {
                 Some(q) => q[32 * ib + j] * (sigma2 + xb[j] * xb[j]).sqrt(),
                 None => xb[j] * xb[j],
             };
         }
-        let d = iq4_block_scale(xb, &w);
-        scales[ib] = d;
+    }
+    super::lanes::iq4_scale_many(&x[..QK_K], &w, &mut scales);
+    for &d in &scales {
         if d.abs() > amax_scale {
             amax_scale = d.abs();
             max_scale = d;

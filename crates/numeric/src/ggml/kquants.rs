@@ -31,7 +31,20 @@ pub(super) fn nearest_int(x: f32) -> i32 {
 
 /// `make_qx_quants` (symmetric, signed levels -nmax..nmax-1 stored +nmax), `rmse_type` 1:
 /// error weights `qw` when given, else x².
+/// `make_qx_quants`, run by the lane version ([`super::lanes`]; bit for bit this function's
+/// result).
+#[inline]
 pub(super) fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<&[f32]>) -> f32 {
+    super::lanes::qx_quants(x, nmax, l_out, qw)
+}
+
+/// The scalar reference of [`make_qx_quants`], ggml's loop as written.
+pub(super) fn make_qx_quants_ref(
+    x: &[f32],
+    nmax: i32,
+    l_out: &mut [i8],
+    qw: Option<&[f32]>,
+) -> f32 {
     let n = x.len();
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
@@ -143,7 +156,45 @@ fn make_q3_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
 /// `make_qkx2_quants`: asymmetric levels 0..nmax with a min, weighted least squares over a grid
 /// of `nstep + 1` candidate scales. Returns (scale, -min).
 #[allow(clippy::too_many_arguments)]
+#[inline]
 pub(super) fn make_qkx2_quants(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    l_out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    super::lanes::qkx2_quants(x, weights, nmax, l_out, rmin, rdelta, nstep, use_mad)
+}
+
+/// [`make_qkx2_quants`] on every `n`-value sub-block of `x` (levels into `l_out`, (scale,
+/// -min) per sub-block into `out`), sub-blocks side by side in the vector lanes
+/// ([`super::lanes`]; bit for bit one call per sub-block).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(super) fn make_qkx2_quants_many(
+    x: &[f32],
+    weights: &[f32],
+    n: usize,
+    nmax: i32,
+    l_out: &mut [u8],
+    out: &mut [(f32, f32)],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) {
+    super::lanes::qkx2_many(
+        x, weights, n, nmax, l_out, out, rmin, rdelta, nstep, use_mad,
+    )
+}
+
+/// The scalar reference of [`make_qkx2_quants`], ggml's loop as written.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn make_qkx2_quants_ref(
     x: &[f32],
     weights: &[f32],
     nmax: i32,
@@ -272,28 +323,29 @@ fn pack_2bit(l: &[u8], qs: &mut [u8]) {
 /// Q2_K block (84 bytes): scales[16] (4-bit scale | 4-bit min << 4), qs[64], d, dmin.
 pub fn quantize_block_q2_k(x: &[f32], y: &mut [u8]) {
     let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 16];
-    let mut weights = [0f32; 16];
+    let mut weights = [0f32; QK_K];
     let mut mins = [0f32; 16];
     let mut scales = [0f32; 16];
     let q4scale = 15f32;
     let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for (w, v) in weights.iter_mut().zip(&x[..QK_K]) {
+        *w = v.abs();
+    }
+    let mut sm = [(0f32, 0f32); 16];
+    make_qkx2_quants_many(
+        &x[..QK_K],
+        &weights,
+        16,
+        3,
+        &mut l,
+        &mut sm,
+        -0.5,
+        0.1,
+        15,
+        true,
+    );
     for j in 0..16 {
-        let xs = &x[16 * j..16 * j + 16];
-        for k in 0..16 {
-            weights[k] = xs[k].abs();
-        }
-        let (s, m) = make_qkx2_quants(
-            xs,
-            &weights,
-            3,
-            &mut l[16 * j..16 * j + 16],
-            &mut laux,
-            -0.5,
-            0.1,
-            15,
-            true,
-        );
+        let (s, m) = sm[j];
         scales[j] = s;
         mins[j] = m;
         if s > max_scale {
@@ -440,8 +492,7 @@ fn q45_k_scales(
     nstep: i32,
     l: &mut [u8; QK_K],
 ) -> ([u8; 12], [u8; 2], [u8; 2]) {
-    let mut laux = [0u8; 32];
-    let mut weights = [0f32; 32];
+    let mut weights = [0f32; QK_K];
     let mut mins = [0f32; 8];
     let mut scales = [0f32; 8];
     let (mut max_scale, mut max_min) = (0f32, 0f32);
@@ -453,19 +504,24 @@ fn q45_k_scales(
         }
         let av_x = (sum_x2 / 32.0).sqrt();
         for k in 0..32 {
-            weights[k] = av_x + xs[k].abs();
+            weights[32 * j + k] = av_x + xs[k].abs();
         }
-        let (s, m) = make_qkx2_quants(
-            xs,
-            &weights,
-            nmax,
-            &mut l[32 * j..32 * j + 32],
-            &mut laux,
-            rmin,
-            0.1,
-            nstep,
-            false,
-        );
+    }
+    let mut sm = [(0f32, 0f32); 8];
+    make_qkx2_quants_many(
+        &x[..QK_K],
+        &weights,
+        32,
+        nmax,
+        l,
+        &mut sm,
+        rmin,
+        0.1,
+        nstep,
+        false,
+    );
+    for j in 0..8 {
+        let (s, m) = sm[j];
         scales[j] = s;
         mins[j] = m;
         if s > max_scale {
@@ -571,14 +627,15 @@ pub fn quantize_block_q6_k(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs) = (0f32, 0f32);
-    for ib in 0..16 {
-        let s = make_qx_quants(
-            &x[16 * ib..16 * ib + 16],
-            32,
-            &mut l[16 * ib..16 * ib + 16],
-            qw.map(|q| &q[16 * ib..16 * ib + 16]),
-        );
-        scales[ib] = s;
+    super::lanes::qx_many(
+        &x[..QK_K],
+        16,
+        32,
+        &mut l,
+        &mut scales,
+        qw.map(|q| &q[..QK_K]),
+    );
+    for &s in &scales {
         if s.abs() > max_abs {
             max_abs = s.abs();
             max_scale = s;
@@ -744,34 +801,36 @@ pub(super) fn sigma2_of(x: &[f32], twice: bool) -> f32 {
 /// Q2_K with importance weights (`quantize_row_q2_K_impl`).
 pub fn quantize_block_q2_k_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
     let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 16];
     let mut mins = [0f32; 16];
     let mut scales = [0f32; 16];
     let mut sw = [0f32; 16];
-    let mut weight = [0f32; 16];
+    let mut weight = [0f32; QK_K];
     let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
     let sigma2 = sigma2_of(&x[..QK_K], false);
     for j in 0..16 {
         for k in 0..16 {
             let v = x[16 * j + k];
-            weight[k] = qw[16 * j + k] * (sigma2 + v * v).sqrt();
+            weight[16 * j + k] = qw[16 * j + k] * (sigma2 + v * v).sqrt();
         }
-        for w in &weight {
+        for w in &weight[16 * j..16 * j + 16] {
             sw[j] += w;
         }
-        let (s, m) = make_qkx2_quants(
-            &x[16 * j..16 * j + 16],
-            &weight,
-            3,
-            &mut l[16 * j..16 * j + 16],
-            &mut laux,
-            -0.9,
-            0.05,
-            36,
-            false,
-        );
-        scales[j] = s;
-        mins[j] = m;
+    }
+    let mut sm = [(0f32, 0f32); 16];
+    make_qkx2_quants_many(
+        &x[..QK_K],
+        &weight,
+        16,
+        3,
+        &mut l,
+        &mut sm,
+        -0.9,
+        0.05,
+        36,
+        false,
+    );
+    for j in 0..16 {
+        (scales[j], mins[j]) = sm[j];
     }
     let dm = make_qp_quants(&scales, 15, &mut ls, &sw);
     let mm = make_qp_quants(&mins, 15, &mut lm, &sw);
@@ -798,27 +857,22 @@ pub fn quantize_block_q2_k_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
 pub fn quantize_block_q3_k_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
-    let mut weight = [0f32; 16];
+    let mut weight = [0f32; QK_K];
     let mut sw = [0f32; 16];
     let mut ls = [0i8; 16];
     let sigma2 = sigma2_of(&x[..QK_K], true);
     for j in 0..16 {
         for k in 0..16 {
             let v = x[16 * j + k];
-            weight[k] = qw[16 * j + k] * (sigma2 + v * v).sqrt();
+            weight[16 * j + k] = qw[16 * j + k] * (sigma2 + v * v).sqrt();
         }
         let mut sumw = 0f32;
-        for w in &weight {
+        for w in &weight[16 * j..16 * j + 16] {
             sumw += w;
         }
         sw[j] = sumw;
-        scales[j] = make_qx_quants(
-            &x[16 * j..16 * j + 16],
-            4,
-            &mut l[16 * j..16 * j + 16],
-            Some(&weight),
-        );
     }
+    super::lanes::qx_many(&x[..QK_K], 16, 4, &mut l, &mut scales, Some(&weight));
     let (hmask, rest) = y.split_at_mut(32);
     let (qs, rest) = rest.split_at_mut(64);
     let (sc, dbytes) = rest.split_at_mut(12);
@@ -886,8 +940,7 @@ fn q45_k_scales_imatrix(
     clamp63: bool,
     l: &mut [u8; QK_K],
 ) -> ([u8; 12], [u8; 2], [u8; 2]) {
-    let mut laux = [0u8; 32];
-    let mut weights = [0f32; 32];
+    let mut weights = [0f32; QK_K];
     let mut mins = [0f32; 8];
     let mut scales = [0f32; 8];
     let mut sw = [0f32; 8];
@@ -896,26 +949,29 @@ fn q45_k_scales_imatrix(
     for j in 0..8 {
         for k in 0..32 {
             let v = x[32 * j + k];
-            weights[k] = qw[32 * j + k] * (sigma2 + v * v).sqrt();
+            weights[32 * j + k] = qw[32 * j + k] * (sigma2 + v * v).sqrt();
         }
         let mut sumw = 0f32;
-        for w in &weights {
+        for w in &weights[32 * j..32 * j + 32] {
             sumw += w;
         }
         sw[j] = sumw;
-        let (s, m) = make_qkx2_quants(
-            &x[32 * j..32 * j + 32],
-            &weights,
-            nmax,
-            &mut l[32 * j..32 * j + 32],
-            &mut laux,
-            -0.9,
-            0.05,
-            36,
-            false,
-        );
-        scales[j] = s;
-        mins[j] = m;
+    }
+    let mut sm = [(0f32, 0f32); 8];
+    make_qkx2_quants_many(
+        &x[..QK_K],
+        &weights,
+        32,
+        nmax,
+        l,
+        &mut sm,
+        -0.9,
+        0.05,
+        36,
+        false,
+    );
+    for j in 0..8 {
+        (scales[j], mins[j]) = sm[j];
     }
     let d_block = make_qp_quants(&scales, 63, &mut ls, &sw);
     let m_block = make_qp_quants(&mins, 63, &mut lm, &sw);

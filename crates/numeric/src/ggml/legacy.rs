@@ -378,13 +378,12 @@ fn quantize_q4_1_or_q5_1_imatrix(five: bool, x: &[f32], qw: &[f32], sigma2: f32,
     for j in 0..32 {
         w[j] = qw[j] * (sigma2 + x[j] * x[j]).sqrt();
     }
-    let (mut l, mut laux) = ([0u8; 32], [0u8; 32]);
+    let mut l = [0u8; 32];
     let (d, min) = make_qkx2_quants(
         x,
         &w,
         if five { 31 } else { 15 },
         &mut l,
-        &mut laux,
         -0.9,
         0.05,
         36,

@@ -14,6 +14,7 @@
 pub mod float;
 pub mod iq4;
 pub mod kquants;
+pub mod lanes;
 pub mod legacy;
 pub mod mxfp4;
 

@@ -1,0 +1,1489 @@
+//! The scale searches of the K-quants and IQ4 with their candidates side by side in SIMD lanes.
+//!
+//! ggml's searches (`make_qx_quants`, `make_qkx2_quants`, the IQ4 block scale) try a fixed list
+//! of candidate scales one after another, each a short loop over the sub-block's values with f32
+//! sums in value order. These versions keep each candidate's arithmetic exactly as ggml orders
+//! it (same operations, same order, no fused multiply-add) and run `L` candidates at once, one
+//! per lane, so their results are bit for bit the scalar references' (`*_ref` in `kquants.rs`
+//! and `iq4.rs`); the unit tests compare the two on random and adversarial blocks at every
+//! vector width this CPU has. The lane loops are plain Rust over fixed-size arrays that LLVM
+//! vectorizes; [`multiversion!`] compiles each search again for AVX2 (8 lanes) and AVX-512
+//! (16 lanes) and picks one at run time.
+//!
+//! `make_qkx2_quants` is not a pure map over its candidates: when a candidate wins, its minimum
+//! becomes the offset the following candidates are computed from. The lane version evaluates a
+//! group of candidates with the current minimum, accepts winners in order, and after a winner
+//! that changes the minimum starts the next group at the candidate after it: candidates computed
+//! with a stale minimum are dropped, so the result is the sequential one.
+
+use super::iq4::{iq4_block_scale_ref, IQ4NL_VALUES};
+use super::kquants::{make_qkx2_quants_ref, make_qx_quants_ref, nearest_int, GROUP_MAX_EPS};
+
+/// The most values one search sees (ggml's sub-blocks have 16 or 32).
+pub(super) const N_MAX: usize = 32;
+/// The most candidates one search tries (`make_qkx2_quants` with `nstep` 36 tries 37).
+const C_MAX: usize = 48;
+
+/// How the searches run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// The scalar references, one candidate after another (as ggml runs them).
+    Scalar,
+    /// Lanes at the compilation target's baseline (SSE2 on x86-64, NEON on aarch64).
+    Base,
+    Avx2,
+    Avx512,
+}
+
+/// The widest level this CPU runs, detected once; the environment variable `QS_SIMD`
+/// (`scalar`, `base`, `avx2`, `avx512`) caps it, for benchmarks and for ruling the vector code
+/// out when chasing a problem. Every level writes the same bytes.
+pub fn level() -> Level {
+    use std::sync::OnceLock;
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cpu = cpu_level();
+        let cap = match std::env::var("QS_SIMD").as_deref() {
+            Ok("scalar") => Level::Scalar,
+            Ok("base") => Level::Base,
+            Ok("avx2") => Level::Avx2,
+            _ => Level::Avx512,
+        };
+        let rank = |l: Level| l as u8;
+        if rank(cap) < rank(cpu) {
+            cap
+        } else {
+            cpu
+        }
+    })
+}
+
+fn cpu_level() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            return Level::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Level::Avx2;
+        }
+    }
+    Level::Base
+}
+
+/// `pub(super) fn $name(args) -> R` running `$body::<V>(args)` at [`level`]'s width (or the
+/// scalar reference `$scalar`), and `$at(level, args)` running it at a given level (tests; a
+/// vector level the CPU lacks runs the baseline).
+macro_rules! multiversion {
+    ($name:ident, $at:ident, $body:ident, $scalar:path, ($($a:ident : $t:ty),*) -> $r:ty) => {
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn $name($($a: $t),*) -> $r {
+            $at(level(), $($a),*)
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn $at(lv: Level, $($a: $t),*) -> $r {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+                #[allow(clippy::too_many_arguments)]
+                fn w16($($a: $t),*) -> $r {
+                    $body::<x86::Avx512>($($a),*)
+                }
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                fn w8($($a: $t),*) -> $r {
+                    $body::<x86::Avx2>($($a),*)
+                }
+                match (lv, cpu_level()) {
+                    // SAFETY: the CPU has AVX-512 (F, BW, VL) and AVX2 (`cpu_level` checked)
+                    (Level::Avx512, Level::Avx512) => return unsafe { w16($($a),*) },
+                    // SAFETY: the CPU has AVX2 (`cpu_level` checked)
+                    (Level::Avx2, Level::Avx512 | Level::Avx2) => return unsafe { w8($($a),*) },
+                    _ => {}
+                }
+            }
+            if lv == Level::Scalar {
+                return $scalar($($a),*);
+            }
+            $body::<Portable>($($a),*)
+        }
+    };
+}
+
+/// `L` f32 lanes and the handful of operations the searches need, each exactly the IEEE
+/// operation the scalar code performs lane by lane.
+trait Lanes: Copy {
+    const L: usize;
+    /// Half as many lanes (or the same type, at 8).
+    type Half: Lanes;
+    fn splat(v: f32) -> Self;
+    /// The first `L` values of `s`.
+    fn load(s: &[f32]) -> Self;
+    /// Into the first `L` values of `s`.
+    fn store(self, s: &mut [f32]);
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+    fn abs(self) -> Self;
+    /// ggml's `nearest_int` (the 1.5·2^23 trick) clamped to `lo..=hi`, back as f32.
+    fn round_clamp(self, lo: i32, hi: i32) -> Self;
+    /// `t` where `a >= b` (false for NaN), else 0.
+    fn ge_then(a: Self, b: Self, t: Self) -> Self;
+    fn div(self, o: Self) -> Self;
+    /// `a` where `m < n`, else `b` (each lane's `if m < n { a } else { b }`).
+    fn if_lt(m: Self, n: Self, a: Self, b: Self) -> Self;
+    /// Lanes where `p` is non-zero take `a`, the others `b`.
+    fn if_nonzero(p: Self, a: Self, b: Self) -> Self;
+    /// All-ones bits where `m < n`, else 0.
+    fn lt_mask(m: Self, n: Self) -> Self;
+    /// All-ones bits where `m != n` (true for NaN, as Rust's `!=`), else 0.
+    fn ne_mask(m: Self, n: Self) -> Self;
+    fn and(self, o: Self) -> Self;
+}
+
+/// Eight lanes as a plain array: any target (LLVM vectorizes some of it).
+#[derive(Clone, Copy)]
+struct Portable([f32; 8]);
+
+impl Lanes for Portable {
+    const L: usize = 8;
+    type Half = Portable;
+    #[inline(always)]
+    fn div(self, o: Self) -> Self {
+        Portable(std::array::from_fn(|k| self.0[k] / o.0[k]))
+    }
+    #[inline(always)]
+    fn if_lt(m: Self, n: Self, a: Self, b: Self) -> Self {
+        Portable(std::array::from_fn(|k| {
+            if m.0[k] < n.0[k] {
+                a.0[k]
+            } else {
+                b.0[k]
+            }
+        }))
+    }
+    #[inline(always)]
+    fn if_nonzero(p: Self, a: Self, b: Self) -> Self {
+        Portable(std::array::from_fn(|k| {
+            if p.0[k].to_bits() != 0 {
+                a.0[k]
+            } else {
+                b.0[k]
+            }
+        }))
+    }
+    #[inline(always)]
+    fn lt_mask(m: Self, n: Self) -> Self {
+        Portable(std::array::from_fn(|k| {
+            f32::from_bits(if m.0[k] < n.0[k] { u32::MAX } else { 0 })
+        }))
+    }
+    #[inline(always)]
+    fn ne_mask(m: Self, n: Self) -> Self {
+        Portable(std::array::from_fn(|k| {
+            f32::from_bits(if m.0[k] != n.0[k] { u32::MAX } else { 0 })
+        }))
+    }
+    #[inline(always)]
+    fn and(self, o: Self) -> Self {
+        Portable(std::array::from_fn(|k| {
+            f32::from_bits(self.0[k].to_bits() & o.0[k].to_bits())
+        }))
+    }
+    #[inline(always)]
+    fn splat(v: f32) -> Self {
+        Portable([v; 8])
+    }
+    #[inline(always)]
+    fn load(s: &[f32]) -> Self {
+        Portable(s[..8].try_into().expect("8 lanes"))
+    }
+    #[inline(always)]
+    fn store(self, s: &mut [f32]) {
+        s[..8].copy_from_slice(&self.0)
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        Portable(std::array::from_fn(|k| self.0[k] + o.0[k]))
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        Portable(std::array::from_fn(|k| self.0[k] - o.0[k]))
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        Portable(std::array::from_fn(|k| self.0[k] * o.0[k]))
+    }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        Portable(self.0.map(f32::abs))
+    }
+    #[inline(always)]
+    fn round_clamp(self, lo: i32, hi: i32) -> Self {
+        Portable(self.0.map(|v| nearest_int(v).clamp(lo, hi) as f32))
+    }
+    #[inline(always)]
+    fn ge_then(a: Self, b: Self, t: Self) -> Self {
+        Portable(std::array::from_fn(|k| {
+            if a.0[k] >= b.0[k] {
+                t.0[k]
+            } else {
+                0.0
+            }
+        }))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The lanes as AVX2 and AVX-512 registers. Only the `multiversion!` wrappers compiled
+    //! with those features (and entered after the CPU check) create these values, so every
+    //! intrinsic below runs on a CPU that has it.
+    use super::Lanes;
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2(__m256);
+
+    impl Lanes for Avx2 {
+        const L: usize = 8;
+        type Half = Avx2;
+        #[inline(always)]
+        fn div(self, o: Self) -> Self {
+            unsafe { Avx2(_mm256_div_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn if_lt(m: Self, n: Self, a: Self, b: Self) -> Self {
+            unsafe {
+                Avx2(_mm256_blendv_ps(
+                    b.0,
+                    a.0,
+                    _mm256_cmp_ps::<_CMP_LT_OQ>(m.0, n.0),
+                ))
+            }
+        }
+        #[inline(always)]
+        fn if_nonzero(p: Self, a: Self, b: Self) -> Self {
+            unsafe {
+                let z = _mm256_cmpeq_epi32(_mm256_castps_si256(p.0), _mm256_setzero_si256());
+                Avx2(_mm256_blendv_ps(a.0, b.0, _mm256_castsi256_ps(z)))
+            }
+        }
+        #[inline(always)]
+        fn lt_mask(m: Self, n: Self) -> Self {
+            unsafe { Avx2(_mm256_cmp_ps::<_CMP_LT_OQ>(m.0, n.0)) }
+        }
+        #[inline(always)]
+        fn ne_mask(m: Self, n: Self) -> Self {
+            unsafe { Avx2(_mm256_cmp_ps::<_CMP_NEQ_UQ>(m.0, n.0)) }
+        }
+        #[inline(always)]
+        fn and(self, o: Self) -> Self {
+            unsafe { Avx2(_mm256_and_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            // SAFETY (every block here): AVX2 is present, see the module comment
+            unsafe { Avx2(_mm256_set1_ps(v)) }
+        }
+        #[inline(always)]
+        fn load(s: &[f32]) -> Self {
+            assert!(s.len() >= 8);
+            // SAFETY: 8 values readable (checked), unaligned load
+            unsafe { Avx2(_mm256_loadu_ps(s.as_ptr())) }
+        }
+        #[inline(always)]
+        fn store(self, s: &mut [f32]) {
+            assert!(s.len() >= 8);
+            // SAFETY: 8 values writable (checked), unaligned store
+            unsafe { _mm256_storeu_ps(s.as_mut_ptr(), self.0) }
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            unsafe { Avx2(_mm256_add_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn sub(self, o: Self) -> Self {
+            unsafe { Avx2(_mm256_sub_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn mul(self, o: Self) -> Self {
+            unsafe { Avx2(_mm256_mul_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn abs(self) -> Self {
+            unsafe {
+                let m = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+                Avx2(_mm256_and_ps(self.0, m))
+            }
+        }
+        #[inline(always)]
+        fn round_clamp(self, lo: i32, hi: i32) -> Self {
+            unsafe {
+                let t = _mm256_add_ps(self.0, _mm256_set1_ps(12_582_912.0));
+                let b = _mm256_and_si256(_mm256_castps_si256(t), _mm256_set1_epi32(0x007f_ffff));
+                let i = _mm256_sub_epi32(b, _mm256_set1_epi32(0x0040_0000));
+                let i = _mm256_max_epi32(
+                    _mm256_min_epi32(i, _mm256_set1_epi32(hi)),
+                    _mm256_set1_epi32(lo),
+                );
+                Avx2(_mm256_cvtepi32_ps(i))
+            }
+        }
+        #[inline(always)]
+        fn ge_then(a: Self, b: Self, t: Self) -> Self {
+            unsafe { Avx2(_mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(a.0, b.0), t.0)) }
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(__m512);
+
+    impl Lanes for Avx512 {
+        const L: usize = 16;
+        type Half = Avx2;
+        #[inline(always)]
+        fn div(self, o: Self) -> Self {
+            unsafe { Avx512(_mm512_div_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn if_lt(m: Self, n: Self, a: Self, b: Self) -> Self {
+            unsafe {
+                let k = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(m.0, n.0);
+                Avx512(_mm512_mask_mov_ps(b.0, k, a.0))
+            }
+        }
+        #[inline(always)]
+        fn if_nonzero(p: Self, a: Self, b: Self) -> Self {
+            unsafe {
+                let k = _mm512_test_epi32_mask(_mm512_castps_si512(p.0), _mm512_castps_si512(p.0));
+                Avx512(_mm512_mask_mov_ps(b.0, k, a.0))
+            }
+        }
+        #[inline(always)]
+        fn lt_mask(m: Self, n: Self) -> Self {
+            unsafe {
+                let k = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(m.0, n.0);
+                Avx512(_mm512_castsi512_ps(_mm512_maskz_mov_epi32(
+                    k,
+                    _mm512_set1_epi32(-1),
+                )))
+            }
+        }
+        #[inline(always)]
+        fn ne_mask(m: Self, n: Self) -> Self {
+            unsafe {
+                let k = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(m.0, n.0);
+                Avx512(_mm512_castsi512_ps(_mm512_maskz_mov_epi32(
+                    k,
+                    _mm512_set1_epi32(-1),
+                )))
+            }
+        }
+        #[inline(always)]
+        fn and(self, o: Self) -> Self {
+            unsafe {
+                Avx512(_mm512_castsi512_ps(_mm512_and_si512(
+                    _mm512_castps_si512(self.0),
+                    _mm512_castps_si512(o.0),
+                )))
+            }
+        }
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            // SAFETY (every block here): AVX-512F is present, see the module comment
+            unsafe { Avx512(_mm512_set1_ps(v)) }
+        }
+        #[inline(always)]
+        fn load(s: &[f32]) -> Self {
+            assert!(s.len() >= 16);
+            // SAFETY: 16 values readable (checked), unaligned load
+            unsafe { Avx512(_mm512_loadu_ps(s.as_ptr())) }
+        }
+        #[inline(always)]
+        fn store(self, s: &mut [f32]) {
+            assert!(s.len() >= 16);
+            // SAFETY: 16 values writable (checked), unaligned store
+            unsafe { _mm512_storeu_ps(s.as_mut_ptr(), self.0) }
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            unsafe { Avx512(_mm512_add_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn sub(self, o: Self) -> Self {
+            unsafe { Avx512(_mm512_sub_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn mul(self, o: Self) -> Self {
+            unsafe { Avx512(_mm512_mul_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn abs(self) -> Self {
+            unsafe {
+                let b =
+                    _mm512_and_si512(_mm512_castps_si512(self.0), _mm512_set1_epi32(0x7fff_ffff));
+                Avx512(_mm512_castsi512_ps(b))
+            }
+        }
+        #[inline(always)]
+        fn round_clamp(self, lo: i32, hi: i32) -> Self {
+            unsafe {
+                let t = _mm512_add_ps(self.0, _mm512_set1_ps(12_582_912.0));
+                let b = _mm512_and_si512(_mm512_castps_si512(t), _mm512_set1_epi32(0x007f_ffff));
+                let i = _mm512_sub_epi32(b, _mm512_set1_epi32(0x0040_0000));
+                let i = _mm512_max_epi32(
+                    _mm512_min_epi32(i, _mm512_set1_epi32(hi)),
+                    _mm512_set1_epi32(lo),
+                );
+                Avx512(_mm512_cvtepi32_ps(i))
+            }
+        }
+        #[inline(always)]
+        fn ge_then(a: Self, b: Self, t: Self) -> Self {
+            unsafe {
+                let m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(a.0, b.0);
+                Avx512(_mm512_maskz_mov_ps(m, t.0))
+            }
+        }
+    }
+}
+
+multiversion!(qx_quants, qx_quants_at, qx_lanes, make_qx_quants_ref,
+    (x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<&[f32]>) -> f32);
+
+/// `make_qx_quants` (kquants.rs's `make_qx_quants_ref`): candidate 0 is the first pass's
+/// `-nmax / max`, then `is` = -9..=9 without 0.
+#[inline(always)]
+fn qx_lanes<V: Lanes>(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<&[f32]>) -> f32 {
+    let n = x.len();
+    assert!(n <= N_MAX);
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let (mut w, mut wx) = ([0f32; N_MAX], [0f32; N_MAX]);
+    for i in 0..n {
+        w[i] = qw.map_or(x[i] * x[i], |q| q[i]);
+        wx[i] = w[i] * x[i];
+    }
+    const NC: usize = 19;
+    let mut isc = [0f32; C_MAX];
+    isc[0] = -(nmax as f32) / max;
+    let mut c = 1;
+    for is in -9i32..=9 {
+        if is != 0 {
+            isc[c] = -(nmax as f32 + 0.1 * is as f32) / max;
+            c += 1;
+        }
+    }
+    let (mut slx, mut sl2) = ([0f32; C_MAX], [0f32; C_MAX]);
+    let mut g = 0;
+    while g < NC {
+        let s = V::load(&isc[g..]);
+        let (mut a, mut b) = (V::splat(0.0), V::splat(0.0));
+        for i in 0..n {
+            let l = s.mul(V::splat(x[i])).round_clamp(-nmax, nmax - 1);
+            a = a.add(V::splat(wx[i]).mul(l));
+            b = b.add(V::splat(w[i]).mul(l).mul(l));
+        }
+        a.store(&mut slx[g..]);
+        b.store(&mut sl2[g..]);
+        g += V::L;
+    }
+    let mut scale = if sl2[0] != 0.0 { slx[0] / sl2[0] } else { 0.0 };
+    let mut best = scale * slx[0];
+    let mut pick = 0;
+    for c in 1..NC {
+        if sl2[c] > 0.0 && slx[c] * slx[c] > best * sl2[c] {
+            scale = slx[c] / sl2[c];
+            best = scale * slx[c];
+            pick = c;
+        }
+    }
+    for i in 0..n {
+        l_out[i] = (nmax + nearest_int(isc[pick] * x[i]).clamp(-nmax, nmax - 1)) as i8;
+    }
+    scale
+}
+
+/// How `count` sub-blocks go into lanes: sets of `V::L` (`true`), then of `V::Half::L`
+/// (`false`), as (first sub-block, lanes, full width); the rest (fewer than `V::Half::L`) go
+/// one at a time.
+fn lane_sets<V: Lanes>(count: usize) -> Vec<(usize, usize, bool)> {
+    let (full, half) = (V::L, <V::Half as Lanes>::L);
+    let mut v = Vec::new();
+    let mut b0 = 0;
+    while count - b0 >= half {
+        let (lanes, wide) = if count - b0 >= full {
+            (full, true)
+        } else {
+            (half, false)
+        };
+        v.push((b0, lanes, wide));
+        b0 += lanes;
+    }
+    v
+}
+
+/// The `lanes` sub-blocks of `n` values in `x`, value i of each side by side (row i).
+#[inline(always)]
+fn transpose(x: &[f32], n: usize, lanes: usize, out: &mut [f32; N_MAX * 16]) {
+    for k in 0..lanes {
+        for i in 0..n {
+            out[i * lanes + k] = x[k * n + i];
+        }
+    }
+}
+
+/// Per lane: the value of largest magnitude, sign kept, first one on ties (ggml's
+/// `if (ax > amax) { amax = ax; max = v; }`), and that magnitude.
+#[inline(always)]
+fn signed_absmax<V: Lanes>(xt: &[f32], n: usize) -> (V, V) {
+    let lanes = V::L;
+    let (mut max, mut amax) = (V::splat(0.0), V::splat(0.0));
+    for i in 0..n {
+        let v = V::load(&xt[i * lanes..]);
+        let ax = v.abs();
+        max = V::if_lt(amax, ax, v, max);
+        amax = V::if_lt(amax, ax, ax, amax);
+    }
+    (max, amax)
+}
+
+multiversion!(qx_many, qx_many_at, qx_blocks, qx_many_ref,
+    (x: &[f32], n: usize, nmax: i32, l_out: &mut [i8], out: &mut [f32], qw: Option<&[f32]>) -> ());
+
+/// `make_qx_quants` on each `n`-value sub-block of `x` (importance `qw` alongside), one after
+/// another.
+fn qx_many_ref(
+    x: &[f32],
+    n: usize,
+    nmax: i32,
+    l_out: &mut [i8],
+    out: &mut [f32],
+    qw: Option<&[f32]>,
+) {
+    for (b, (xs, ls)) in x.chunks_exact(n).zip(l_out.chunks_exact_mut(n)).enumerate() {
+        out[b] = make_qx_quants_ref(xs, nmax, ls, qw.map(|q| &q[b * n..(b + 1) * n]));
+    }
+}
+
+/// [`qx_many_ref`] with one sub-block per lane, all lanes through ggml's candidates in step.
+#[inline(always)]
+fn qx_blocks<V: Lanes>(
+    x: &[f32],
+    n: usize,
+    nmax: i32,
+    l_out: &mut [i8],
+    out: &mut [f32],
+    qw: Option<&[f32]>,
+) {
+    let count = x.len() / n;
+    assert!(n <= N_MAX && l_out.len() >= count * n && out.len() >= count);
+    assert!(qw.is_none_or(|q| q.len() >= count * n));
+    let sets = lane_sets::<V>(count);
+    for &(b0, lanes, wide) in &sets {
+        let r = b0 * n..(b0 + lanes) * n;
+        let (xs, qs, os) = (
+            &x[r.clone()],
+            qw.map(|q| &q[r.clone()]),
+            &mut out[b0..b0 + lanes],
+        );
+        match wide {
+            true => qx_lockstep::<V>(xs, n, nmax, &mut l_out[r], os, qs),
+            false => qx_lockstep::<V::Half>(xs, n, nmax, &mut l_out[r], os, qs),
+        }
+    }
+    let done = sets.last().map_or(0, |&(b0, lanes, _)| b0 + lanes);
+    for (b, o) in out.iter_mut().enumerate().take(count).skip(done) {
+        let r = b * n..(b + 1) * n;
+        *o = qx_lanes::<V>(
+            &x[r.clone()],
+            nmax,
+            &mut l_out[r.clone()],
+            qw.map(|q| &q[r]),
+        );
+    }
+}
+
+/// One candidate's Σ w·x·l and Σ w·l² per lane (closures are not inlined reliably into the
+/// target-feature wrappers; functions marked `inline(always)` are).
+#[inline(always)]
+fn qx_sums<V: Lanes>(
+    xt: &[f32],
+    wt: &[f32],
+    wxt: &[f32],
+    n: usize,
+    nmax: i32,
+    iscale: V,
+) -> (V, V) {
+    let lanes = V::L;
+    let (mut a, mut b) = (V::splat(0.0), V::splat(0.0));
+    for i in 0..n {
+        let l = iscale
+            .mul(V::load(&xt[i * lanes..]))
+            .round_clamp(-nmax, nmax - 1);
+        a = a.add(V::load(&wxt[i * lanes..]).mul(l));
+        b = b.add(V::load(&wt[i * lanes..]).mul(l).mul(l));
+    }
+    (a, b)
+}
+
+#[inline(always)]
+fn qx_lockstep<V: Lanes>(
+    x: &[f32],
+    n: usize,
+    nmax: i32,
+    l_out: &mut [i8],
+    out: &mut [f32],
+    qw: Option<&[f32]>,
+) {
+    let lanes = V::L;
+    let (mut xt, mut wt, mut wxt) = ([0f32; N_MAX * 16], [0f32; N_MAX * 16], [0f32; N_MAX * 16]);
+    transpose(x, n, lanes, &mut xt);
+    match qw {
+        Some(q) => transpose(q, n, lanes, &mut wt),
+        None => {
+            for i in 0..n * lanes {
+                wt[i] = xt[i] * xt[i];
+            }
+        }
+    }
+    for i in 0..n * lanes {
+        wxt[i] = wt[i] * xt[i];
+    }
+    let (max, _) = signed_absmax::<V>(&xt, n);
+    let zero = V::splat(0.0);
+    let mut pick = V::splat(-(nmax as f32)).div(max);
+    let (slx, sl2) = qx_sums(&xt, &wt, &wxt, n, nmax, pick);
+    let mut scale = V::if_nonzero(V::ne_mask(sl2, zero), slx.div(sl2), zero);
+    let mut best = scale.mul(slx);
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        let iscale = V::splat(-(nmax as f32 + 0.1 * is as f32)).div(max);
+        let (slx, sl2) = qx_sums(&xt, &wt, &wxt, n, nmax, iscale);
+        let win = V::lt_mask(zero, sl2).and(V::lt_mask(best.mul(sl2), slx.mul(slx)));
+        let s = slx.div(sl2);
+        scale = V::if_nonzero(win, s, scale);
+        best = V::if_nonzero(win, s.mul(slx), best);
+        pick = V::if_nonzero(win, iscale, pick);
+    }
+    let mut lt = [0f32; N_MAX * 16];
+    for i in 0..n {
+        pick.mul(V::load(&xt[i * lanes..]))
+            .round_clamp(-nmax, nmax - 1)
+            .store(&mut lt[i * lanes..]);
+    }
+    let mut sc = [0f32; 16];
+    scale.store(&mut sc);
+    for k in 0..lanes {
+        let xs = &x[k * n..(k + 1) * n];
+        let ls = &mut l_out[k * n..(k + 1) * n];
+        // ggml's early exit for a (near-)zero sub-block
+        let amax = xs
+            .iter()
+            .fold(0f32, |a, v| if v.abs() > a { v.abs() } else { a });
+        if amax < GROUP_MAX_EPS {
+            ls.fill(0);
+            out[k] = 0.0;
+            continue;
+        }
+        for i in 0..n {
+            ls[i] = (nmax + lt[i * lanes + k] as i32) as i8;
+        }
+        out[k] = sc[k];
+    }
+}
+
+multiversion!(qkx2_quants, qkx2_quants_at, qkx2_lanes, qkx2_ref,
+    (x: &[f32], weights: &[f32], nmax: i32, l_out: &mut [u8], rmin: f32, rdelta: f32,
+     nstep: i32, use_mad: bool) -> (f32, f32));
+
+/// The scalar reference with its scratch buffer.
+#[allow(clippy::too_many_arguments)]
+fn qkx2_ref(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    l_out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let mut laux = [0u8; N_MAX];
+    make_qkx2_quants_ref(
+        x, weights, nmax, l_out, &mut laux, rmin, rdelta, nstep, use_mad,
+    )
+}
+
+/// `make_qkx2_quants` (kquants.rs's `make_qkx2_quants_ref`). Returns (scale, -min).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn qkx2_lanes<V: Lanes>(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    l_out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    if use_mad {
+        qkx2_body::<V, true>(x, weights, nmax, l_out, rmin, rdelta, nstep)
+    } else {
+        qkx2_body::<V, false>(x, weights, nmax, l_out, rmin, rdelta, nstep)
+    }
+}
+
+#[inline(always)]
+fn qkx2_body<V: Lanes, const MAD: bool>(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    l_out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let n = x.len();
+    assert!(n <= N_MAX && (nstep as usize) < C_MAX);
+    let err = |d: f32| if MAD { d.abs() } else { d * d };
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l_out[..n].fill(0);
+        return (0.0, -min);
+    }
+    let iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        l_out[i] = l as u8;
+        best_error += weights[i] * err(scale * l as f32 + min - x[i]);
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    let nc = nstep as usize + 1;
+    let mut c0 = 0;
+    // the levels of each value (rows) for the group's candidates (lanes)
+    let mut lv = [0f32; N_MAX * 16];
+    let (mut sl, mut sl2, mut sxl) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+    let (mut ts, mut tm, mut cur) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+    let mut ok = [false; 16];
+    let lanes = V::L;
+    while c0 < nc {
+        // the group's candidates, with the minimum as it stands
+        let m = min;
+        let mut s = [0f32; 16];
+        for (k, sk) in s[..lanes].iter_mut().enumerate() {
+            *sk = (rmin + rdelta * (c0 + k) as f32 + nmax as f32) / (max - m);
+        }
+        let s = V::load(&s);
+        let (mut a, mut b, mut c) = (V::splat(0.0), V::splat(0.0), V::splat(0.0));
+        for i in 0..n {
+            let l = s.mul(V::splat(x[i] - m)).round_clamp(0, nmax);
+            l.store(&mut lv[i * lanes..]);
+            let wl = V::splat(weights[i]).mul(l);
+            a = a.add(wl);
+            b = b.add(wl.mul(l));
+            c = c.add(wl.mul(V::splat(x[i])));
+        }
+        a.store(&mut sl);
+        b.store(&mut sl2);
+        c.store(&mut sxl);
+        for k in 0..lanes {
+            let d = sum_w * sl2[k] - sl[k] * sl[k];
+            ok[k] = d > 0.0;
+            ts[k] = 0.0;
+            tm[k] = 0.0;
+            if ok[k] {
+                ts[k] = (sum_w * sxl[k] - sum_x * sl[k]) / d;
+                tm[k] = (sl2[k] * sum_x - sl[k] * sxl[k]) / d;
+                if tm[k] > 0.0 {
+                    tm[k] = 0.0;
+                    ts[k] = sxl[k] / sl2[k];
+                }
+            }
+        }
+        let (tsv, tmv) = (V::load(&ts), V::load(&tm));
+        let mut e = V::splat(0.0);
+        for i in 0..n {
+            let l = V::load(&lv[i * lanes..]);
+            let d = tsv.mul(l).add(tmv).sub(V::splat(x[i]));
+            let d = if MAD { d.abs() } else { d.mul(d) };
+            e = e.add(V::splat(weights[i]).mul(d));
+        }
+        e.store(&mut cur);
+        let mut next = c0 + lanes;
+        for k in 0..lanes.min(nc - c0) {
+            if ok[k] && cur[k] < best_error {
+                best_error = cur[k];
+                scale = ts[k];
+                min = tm[k];
+                for i in 0..n {
+                    l_out[i] = lv[i * lanes + k] as u8;
+                }
+                if min.to_bits() != m.to_bits() {
+                    // the candidates after this one depend on the new minimum
+                    next = c0 + k + 1;
+                    break;
+                }
+            }
+        }
+        c0 = next;
+    }
+    (scale, -min)
+}
+
+multiversion!(qkx2_many, qkx2_many_at, qkx2_blocks, qkx2_many_ref,
+    (x: &[f32], weights: &[f32], n: usize, nmax: i32, l_out: &mut [u8], out: &mut [(f32, f32)],
+     rmin: f32, rdelta: f32, nstep: i32, use_mad: bool) -> ());
+
+/// `make_qkx2_quants` on each of the sub-blocks of `n` values in `x` (with their `weights`;
+/// levels into `l_out`, (scale, -min) into `out`), one after another.
+#[allow(clippy::too_many_arguments)]
+fn qkx2_many_ref(
+    x: &[f32],
+    weights: &[f32],
+    n: usize,
+    nmax: i32,
+    l_out: &mut [u8],
+    out: &mut [(f32, f32)],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) {
+    for (((xs, ws), ls), o) in x
+        .chunks_exact(n)
+        .zip(weights.chunks_exact(n))
+        .zip(l_out.chunks_exact_mut(n))
+        .zip(out.iter_mut())
+    {
+        *o = qkx2_ref(xs, ws, nmax, ls, rmin, rdelta, nstep, use_mad);
+    }
+}
+
+/// [`qkx2_many_ref`] with one sub-block per lane: every lane runs ggml's sequential search on
+/// its own sub-block (its own minimum, best error and levels, updated where its candidate
+/// wins), all lanes through the same candidate list in step. Sub-blocks beyond the last full
+/// set of lanes go through the candidate-lane search.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn qkx2_blocks<V: Lanes>(
+    x: &[f32],
+    weights: &[f32],
+    n: usize,
+    nmax: i32,
+    l_out: &mut [u8],
+    out: &mut [(f32, f32)],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) {
+    let count = x.len() / n;
+    assert!(n <= N_MAX && weights.len() >= count * n && l_out.len() >= count * n);
+    assert!(out.len() >= count);
+    let sets = lane_sets::<V>(count);
+    for &(b0, lanes, wide) in &sets {
+        let r = b0 * n..(b0 + lanes) * n;
+        let (xs, ws) = (&x[r.clone()], &weights[r.clone()]);
+        let (ls, os) = (&mut l_out[r], &mut out[b0..b0 + lanes]);
+        match (wide, use_mad) {
+            (true, true) => qkx2_lockstep::<V, true>(xs, ws, n, nmax, ls, os, rmin, rdelta, nstep),
+            (true, false) => {
+                qkx2_lockstep::<V, false>(xs, ws, n, nmax, ls, os, rmin, rdelta, nstep)
+            }
+            (false, true) => {
+                qkx2_lockstep::<V::Half, true>(xs, ws, n, nmax, ls, os, rmin, rdelta, nstep)
+            }
+            (false, false) => {
+                qkx2_lockstep::<V::Half, false>(xs, ws, n, nmax, ls, os, rmin, rdelta, nstep)
+            }
+        }
+    }
+    let b0 = sets.last().map_or(0, |&(b0, lanes, _)| b0 + lanes);
+    for (b, o) in out.iter_mut().enumerate().take(count).skip(b0) {
+        let r = b * n..(b + 1) * n;
+        *o = qkx2_lanes::<V>(
+            &x[r.clone()],
+            &weights[r.clone()],
+            nmax,
+            &mut l_out[r],
+            rmin,
+            rdelta,
+            nstep,
+            use_mad,
+        );
+    }
+}
+
+/// |d| (ggml's `use_mad`) or d².
+#[inline(always)]
+fn abs_or_square<V: Lanes, const MAD: bool>(d: V) -> V {
+    if MAD {
+        d.abs()
+    } else {
+        d.mul(d)
+    }
+}
+
+/// `V::L` sub-blocks of `n` values, one per lane (see [`qkx2_blocks`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn qkx2_lockstep<V: Lanes, const MAD: bool>(
+    x: &[f32],
+    weights: &[f32],
+    n: usize,
+    nmax: i32,
+    l_out: &mut [u8],
+    out: &mut [(f32, f32)],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) {
+    let lanes = V::L;
+    // value i of every lane's sub-block, side by side
+    let (mut xt, mut wt) = ([0f32; N_MAX * 16], [0f32; N_MAX * 16]);
+    transpose(x, n, lanes, &mut xt);
+    transpose(weights, n, lanes, &mut wt);
+    let zero = V::splat(0.0);
+    let (mut min, mut max) = (V::load(&xt), V::load(&xt));
+    let mut sum_w = V::load(&wt);
+    let mut sum_x = sum_w.mul(V::load(&xt));
+    for i in 1..n {
+        let (xi, wi) = (V::load(&xt[i * lanes..]), V::load(&wt[i * lanes..]));
+        min = V::if_lt(xi, min, xi, min);
+        max = V::if_lt(max, xi, xi, max);
+        sum_w = sum_w.add(wi);
+        sum_x = sum_x.add(wi.mul(xi));
+    }
+    min = V::if_lt(zero, min, zero, min);
+    let nmaxv = V::splat(nmax as f32);
+    let iscale = nmaxv.div(max.sub(min));
+    let mut scale = V::splat(1.0).div(iscale);
+    let mut best = zero;
+    let mut lbest = [0f32; N_MAX * 16];
+    for i in 0..n {
+        let xi = V::load(&xt[i * lanes..]);
+        let l = iscale.mul(xi.sub(min)).round_clamp(0, nmax);
+        l.store(&mut lbest[i * lanes..]);
+        best = best.add(
+            V::load(&wt[i * lanes..]).mul(abs_or_square::<V, MAD>(scale.mul(l).add(min).sub(xi))),
+        );
+    }
+    // a degenerate lane (max == min) is finished before the search: its result is fixed below
+    let mut laux = [0f32; N_MAX * 16];
+    for is in 0..=nstep {
+        if nstep < 1 {
+            break;
+        }
+        let iscale = V::splat(rmin + rdelta * is as f32 + nmax as f32).div(max.sub(min));
+        let (mut sl, mut sl2, mut sxl) = (zero, zero, zero);
+        for i in 0..n {
+            let (xi, wi) = (V::load(&xt[i * lanes..]), V::load(&wt[i * lanes..]));
+            let l = iscale.mul(xi.sub(min)).round_clamp(0, nmax);
+            l.store(&mut laux[i * lanes..]);
+            let wl = wi.mul(l);
+            sl = sl.add(wl);
+            sl2 = sl2.add(wl.mul(l));
+            sxl = sxl.add(wl.mul(xi));
+        }
+        let d = sum_w.mul(sl2).sub(sl.mul(sl));
+        let ok = V::lt_mask(zero, d);
+        let mut this_scale = sum_w.mul(sxl).sub(sum_x.mul(sl)).div(d);
+        let mut this_min = sl2.mul(sum_x).sub(sl.mul(sxl)).div(d);
+        let pos = V::lt_mask(zero, this_min);
+        this_scale = V::if_nonzero(pos, sxl.div(sl2), this_scale);
+        this_min = V::if_nonzero(pos, zero, this_min);
+        let mut cur = zero;
+        for i in 0..n {
+            let l = V::load(&laux[i * lanes..]);
+            cur = cur.add(
+                V::load(&wt[i * lanes..]).mul(abs_or_square::<V, MAD>(
+                    this_scale
+                        .mul(l)
+                        .add(this_min)
+                        .sub(V::load(&xt[i * lanes..])),
+                )),
+            );
+        }
+        let win = ok.and(V::lt_mask(cur, best));
+        for i in 0..n {
+            let l = V::if_nonzero(
+                win,
+                V::load(&laux[i * lanes..]),
+                V::load(&lbest[i * lanes..]),
+            );
+            l.store(&mut lbest[i * lanes..]);
+        }
+        best = V::if_nonzero(win, cur, best);
+        scale = V::if_nonzero(win, this_scale, scale);
+        min = V::if_nonzero(win, this_min, min);
+    }
+    let (mut sa, mut ma, mut lo, mut hi) = ([0f32; 16], [0f32; 16], [0f32; 16], [0f32; 16]);
+    scale.store(&mut sa);
+    min.store(&mut ma);
+    // a degenerate lane's result: the minimum clamped before any search
+    for k in 0..lanes {
+        let xs = &x[k * n..(k + 1) * n];
+        let (mut a, mut b) = (xs[0], xs[0]);
+        for &v in &xs[1..] {
+            if v < a {
+                a = v;
+            }
+            if v > b {
+                b = v;
+            }
+        }
+        lo[k] = if a > 0.0 { 0.0 } else { a };
+        hi[k] = b;
+    }
+    for k in 0..lanes {
+        let ls = &mut l_out[k * n..(k + 1) * n];
+        if hi[k] == lo[k] {
+            ls.fill(0);
+            out[k] = (0.0, -lo[k]);
+            continue;
+        }
+        for i in 0..n {
+            ls[i] = lbest[i * lanes + k] as u8;
+        }
+        out[k] = (sa[k], -ma[k]);
+    }
+}
+
+multiversion!(iq4_scale, iq4_scale_at, iq4_lanes, iq4_block_scale_ref,
+    (x: &[f32], weight: &[f32]) -> f32);
+
+/// IQ4_NL's grid value nearest `y`, as ggml's `best_index_int8` picks it, from the 15 "past the
+/// midpoint" tests its binary search makes: `y - v[k-1] >= v[k] - y` is monotone in `y` (both
+/// sides are correctly rounded), true below the bracket and false above it, so the tests that
+/// pass count the bracket's lower index plus ggml's tie decision. Exact for every non-NaN `y`
+/// (the scale searches never see NaN); the value is v[0] plus the steps passed (small integers,
+/// exact in f32).
+#[inline(always)]
+fn iq4_value<V: Lanes>(y: V) -> V {
+    let mut q = V::splat(IQ4NL_VALUES[0] as f32);
+    for k in 1..16 {
+        let (a, b) = (IQ4NL_VALUES[k - 1] as f32, IQ4NL_VALUES[k] as f32);
+        q = q.add(V::ge_then(
+            y.sub(V::splat(a)),
+            V::splat(b).sub(y),
+            V::splat(b - a),
+        ));
+    }
+    q
+}
+
+/// The scale search of `quantize_row_iq4_nl_impl` (iq4.rs's `iq4_block_scale_ref`): candidate 0
+/// is `-max / v[0]`'s inverse, then `itry` = -7..=7.
+#[inline(always)]
+fn iq4_lanes<V: Lanes>(x: &[f32], weight: &[f32]) -> f32 {
+    let values = &IQ4NL_VALUES;
+    let n = x.len();
+    assert!(n <= N_MAX);
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        return 0.0;
+    }
+    const NC: usize = 16;
+    let mut ids = [0f32; C_MAX];
+    let d0 = -max / values[0] as f32;
+    ids[0] = 1.0 / d0;
+    for (c, itry) in (-7i32..=7).enumerate() {
+        ids[c + 1] = (itry + values[0] as i32) as f32 / max;
+    }
+    let (mut sqx, mut sq2) = ([0f32; C_MAX], [0f32; C_MAX]);
+    let mut g = 0;
+    while g < NC {
+        let s = V::load(&ids[g..]);
+        let (mut a, mut b) = (V::splat(0.0), V::splat(0.0));
+        for j in 0..n {
+            let (xj, wj) = (V::splat(x[j]), V::splat(weight[j]));
+            let q = iq4_value(s.mul(xj));
+            a = a.add(wj.mul(q).mul(xj));
+            b = b.add(wj.mul(q).mul(q));
+        }
+        a.store(&mut sqx[g..]);
+        b.store(&mut sq2[g..]);
+        g += V::L;
+    }
+    let mut d = if sq2[0] > 0.0 { sqx[0] / sq2[0] } else { 0.0 };
+    let mut best = d * sqx[0];
+    for c in 1..NC {
+        if sq2[c] > 0.0 && sqx[c] * sqx[c] > best * sq2[c] {
+            d = sqx[c] / sq2[c];
+            best = d * sqx[c];
+        }
+    }
+    d
+}
+
+multiversion!(iq4_scale_many, iq4_scale_many_at, iq4_blocks, iq4_scale_many_ref,
+    (x: &[f32], weight: &[f32], out: &mut [f32]) -> ());
+
+/// The IQ4 scale search on each 32-value block of `x`, one after another.
+fn iq4_scale_many_ref(x: &[f32], weight: &[f32], out: &mut [f32]) {
+    for ((xs, ws), o) in x
+        .chunks_exact(32)
+        .zip(weight.chunks_exact(32))
+        .zip(out.iter_mut())
+    {
+        *o = iq4_block_scale_ref(xs, ws);
+    }
+}
+
+/// [`iq4_scale_many_ref`] with one block per lane, all lanes through ggml's candidates in step.
+#[inline(always)]
+fn iq4_blocks<V: Lanes>(x: &[f32], weight: &[f32], out: &mut [f32]) {
+    let count = x.len() / 32;
+    assert!(weight.len() >= count * 32 && out.len() >= count);
+    let sets = lane_sets::<V>(count);
+    for &(b0, lanes, wide) in &sets {
+        let r = b0 * 32..(b0 + lanes) * 32;
+        let (xs, ws, os) = (&x[r.clone()], &weight[r], &mut out[b0..b0 + lanes]);
+        match wide {
+            true => iq4_lockstep::<V>(xs, ws, os),
+            false => iq4_lockstep::<V::Half>(xs, ws, os),
+        }
+    }
+    let done = sets.last().map_or(0, |&(b0, lanes, _)| b0 + lanes);
+    for (b, o) in out.iter_mut().enumerate().take(count).skip(done) {
+        let r = b * 32..(b + 1) * 32;
+        *o = iq4_lanes::<V>(&x[r.clone()], &weight[r]);
+    }
+}
+
+/// One candidate's Σ w·q·x and Σ w·q² per lane.
+#[inline(always)]
+fn iq4_sums<V: Lanes>(xt: &[f32], wt: &[f32], id: V) -> (V, V) {
+    let lanes = V::L;
+    let (mut a, mut b) = (V::splat(0.0), V::splat(0.0));
+    for j in 0..32 {
+        let (xj, wj) = (V::load(&xt[j * lanes..]), V::load(&wt[j * lanes..]));
+        let q = iq4_value(id.mul(xj));
+        a = a.add(wj.mul(q).mul(xj));
+        b = b.add(wj.mul(q).mul(q));
+    }
+    (a, b)
+}
+
+#[inline(always)]
+fn iq4_lockstep<V: Lanes>(x: &[f32], weight: &[f32], out: &mut [f32]) {
+    const N: usize = 32;
+    let lanes = V::L;
+    let v0 = IQ4NL_VALUES[0];
+    let (mut xt, mut wt) = ([0f32; N_MAX * 16], [0f32; N_MAX * 16]);
+    transpose(x, N, lanes, &mut xt);
+    transpose(weight, N, lanes, &mut wt);
+    let (max, amax) = signed_absmax::<V>(&xt, N);
+    let zero = V::splat(0.0);
+    let d0 = zero.sub(max).div(V::splat(v0 as f32));
+    let (sqx, sq2) = iq4_sums(&xt, &wt, V::splat(1.0).div(d0));
+    let mut d = V::if_nonzero(V::lt_mask(zero, sq2), sqx.div(sq2), zero);
+    let mut best = d.mul(sqx);
+    for itry in -7i32..=7 {
+        let id = V::splat((itry + v0 as i32) as f32).div(max);
+        let (sqx, sq2) = iq4_sums(&xt, &wt, id);
+        let win = V::lt_mask(zero, sq2).and(V::lt_mask(best.mul(sq2), sqx.mul(sqx)));
+        let dn = sqx.div(sq2);
+        d = V::if_nonzero(win, dn, d);
+        best = V::if_nonzero(win, dn.mul(sqx), best);
+    }
+    // ggml's early exit for a (near-)zero block
+    let d = V::if_lt(amax, V::splat(GROUP_MAX_EPS), zero, d);
+    let mut o = [0f32; 16];
+    d.store(&mut o);
+    out[..lanes].copy_from_slice(&o[..lanes]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random f32 in [-1, 1).
+    fn rng(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// Blocks of `n` values: random at several magnitudes, heavy-tailed, all-equal, zeros with
+    /// one outlier, tiny and denormal values, values near f32's limit, repeated ties, one sign.
+    fn blocks(n: usize) -> Vec<Vec<f32>> {
+        let mut s = 0x5eed_u64;
+        let mut out = Vec::new();
+        for scale in [1e-3f32, 0.02, 1.0, 37.0, 3e4] {
+            for _ in 0..300 {
+                out.push((0..n).map(|_| rng(&mut s) * scale).collect());
+                out.push(
+                    (0..n)
+                        .map(|_| {
+                            let u = rng(&mut s);
+                            u * u * u * scale * 8.0
+                        })
+                        .collect(),
+                );
+                out.push((0..n).map(|_| rng(&mut s).abs() * scale).collect());
+                out.push((0..n).map(|_| -rng(&mut s).abs() * scale).collect());
+            }
+        }
+        let mut one = vec![0f32; n];
+        one[n / 3] = 2.5;
+        out.push(one);
+        out.push(vec![0.0; n]);
+        out.push(vec![0.75; n]);
+        out.push(vec![-0.75; n]);
+        out.push(vec![1e-40; n]);
+        out.push(
+            (0..n)
+                .map(|i| if i % 2 == 0 { 1e-38 } else { -3e-39 })
+                .collect(),
+        );
+        out.push((0..n).map(|i| (i as f32 - 7.5) * 1e37).collect());
+        out.push((0..n).map(|i| ((i % 5) as f32 - 2.0) * 0.5).collect());
+        out.push((0..n).map(|i| (i % 3) as f32 * 0.125).collect());
+        out.push((0..n).map(|i| if i == 0 { -0.0 } else { 0.0 }).collect());
+        out
+    }
+
+    fn levels() -> Vec<Level> {
+        let mut v = vec![Level::Base];
+        if matches!(cpu_level(), Level::Avx2 | Level::Avx512) {
+            v.push(Level::Avx2);
+        }
+        if cpu_level() == Level::Avx512 {
+            v.push(Level::Avx512);
+        }
+        v
+    }
+
+    #[test]
+    fn qx_lanes_equal_the_scalar_search() {
+        for lv in levels() {
+            for n in [16, 32] {
+                for (bi, x) in blocks(n).iter().enumerate() {
+                    let w: Vec<f32> = x.iter().map(|v| v.abs() + 0.5).collect();
+                    for nmax in [4, 8, 16, 32] {
+                        for qw in [None, Some(w.as_slice())] {
+                            let (mut a, mut b) = (vec![0i8; n], vec![0i8; n]);
+                            let sa = make_qx_quants_ref(x, nmax, &mut a, qw);
+                            let sb = qx_quants_at(lv, x, nmax, &mut b, qw);
+                            assert_eq!(
+                                (sa.to_bits(), &a),
+                                (sb.to_bits(), &b),
+                                "{lv:?} block {bi} nmax {nmax}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn qkx2_lanes_equal_the_scalar_search() {
+        // (n, nmax, rmin, rdelta, nstep, mad): Q2_K, Q4_K, Q5_K, their imatrix forms, Q4_1/Q5_1
+        let cases = [
+            (16, 3, -0.5, 0.1, 15, true),
+            (32, 15, -1.0, 0.1, 20, false),
+            (32, 31, -0.5, 0.1, 15, false),
+            (16, 3, -0.9, 0.05, 36, false),
+            (32, 15, -0.9, 0.05, 36, false),
+            (32, 31, -0.9, 0.05, 36, false),
+            (32, 15, -0.9, 0.05, 0, false),
+        ];
+        for lv in levels() {
+            for &(n, nmax, rmin, rdelta, nstep, mad) in &cases {
+                for (bi, x) in blocks(n).iter().enumerate() {
+                    let mut s = bi as u64;
+                    let w: Vec<f32> = x.iter().map(|v| v.abs() + rng(&mut s).abs()).collect();
+                    let (mut a, mut b, mut aux) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
+                    let ra = make_qkx2_quants_ref(
+                        x, &w, nmax, &mut a, &mut aux, rmin, rdelta, nstep, mad,
+                    );
+                    let rb = qkx2_quants_at(lv, x, &w, nmax, &mut b, rmin, rdelta, nstep, mad);
+                    assert_eq!(
+                        (ra.0.to_bits(), ra.1.to_bits(), &a),
+                        (rb.0.to_bits(), rb.1.to_bits(), &b),
+                        "{lv:?} block {bi} nmax {nmax} nstep {nstep}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn qkx2_lockstep_equals_the_scalar_search() {
+        let cases = [
+            (16, 3, -0.5, 0.1, 15, true),
+            (32, 15, -1.0, 0.1, 20, false),
+            (32, 31, -0.5, 0.1, 15, false),
+            (16, 3, -0.9, 0.05, 36, false),
+            (32, 15, -0.9, 0.05, 36, false),
+            (32, 31, -0.9, 0.05, 0, false),
+        ];
+        for lv in levels() {
+            for &(n, nmax, rmin, rdelta, nstep, mad) in &cases {
+                for (bi, x) in runs(n).iter().enumerate() {
+                    let c = x.len() / n;
+                    let mut s = bi as u64;
+                    let w: Vec<f32> = x.iter().map(|v| v.abs() + rng(&mut s).abs()).collect();
+                    let (mut a, mut b) = (vec![0u8; x.len()], vec![0u8; x.len()]);
+                    let (mut ra, mut rb) = (vec![(0f32, 0f32); c], vec![(0f32, 0f32); c]);
+                    qkx2_many_ref(x, &w, n, nmax, &mut a, &mut ra, rmin, rdelta, nstep, mad);
+                    qkx2_many_at(
+                        lv, x, &w, n, nmax, &mut b, &mut rb, rmin, rdelta, nstep, mad,
+                    );
+                    let bits = |r: &[(f32, f32)]| {
+                        r.iter()
+                            .map(|p| (p.0.to_bits(), p.1.to_bits()))
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(
+                        (bits(&ra), &a),
+                        (bits(&rb), &b),
+                        "{lv:?} run {bi} nmax {nmax} nstep {nstep}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sub-blocks in runs of 24 (16 + 8 lanes) and of 7 (fewer than any lane set).
+    fn runs(n: usize) -> Vec<Vec<f32>> {
+        let all = blocks(n);
+        all.chunks(24)
+            .chain(all.chunks(7).take(40))
+            .map(|r| r.concat())
+            .collect()
+    }
+
+    #[test]
+    fn qx_lockstep_equals_the_scalar_search() {
+        for lv in levels() {
+            for n in [16, 32] {
+                for (bi, x) in runs(n).iter().enumerate() {
+                    let mut s = bi as u64;
+                    let w: Vec<f32> = x.iter().map(|v| v.abs() + rng(&mut s).abs()).collect();
+                    let c = x.len() / n;
+                    for nmax in [4, 32] {
+                        for qw in [None, Some(w.as_slice())] {
+                            let (mut a, mut b) = (vec![0i8; x.len()], vec![0i8; x.len()]);
+                            let (mut ra, mut rb) = (vec![0f32; c], vec![0f32; c]);
+                            qx_many_ref(x, n, nmax, &mut a, &mut ra, qw);
+                            qx_many_at(lv, x, n, nmax, &mut b, &mut rb, qw);
+                            let bits =
+                                |r: &[f32]| r.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(
+                                (bits(&ra), &a),
+                                (bits(&rb), &b),
+                                "{lv:?} run {bi} nmax {nmax}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn iq4_lockstep_equals_the_scalar_search() {
+        for lv in levels() {
+            for (bi, x) in runs(32).iter().enumerate() {
+                let mut s = bi as u64;
+                let w: Vec<f32> = x.iter().map(|v| v * v + rng(&mut s).abs()).collect();
+                let c = x.len() / 32;
+                let (mut ra, mut rb) = (vec![0f32; c], vec![0f32; c]);
+                iq4_scale_many_ref(x, &w, &mut ra);
+                iq4_scale_many_at(lv, x, &w, &mut rb);
+                let bits = |r: &[f32]| r.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&ra), bits(&rb), "{lv:?} run {bi}");
+            }
+        }
+    }
+
+    #[test]
+    fn iq4_lanes_equal_the_scalar_search() {
+        for lv in levels() {
+            for (bi, x) in blocks(32).iter().enumerate() {
+                let w: Vec<f32> = x.iter().map(|v| v * v).collect();
+                let a = iq4_block_scale_ref(x, &w);
+                let b = iq4_scale_at(lv, x, &w);
+                assert_eq!(a.to_bits(), b.to_bits(), "{lv:?} block {bi}");
+            }
+        }
+    }
+
+    /// The branch-free grid lookup equals ggml's binary search everywhere, ties included.
+    #[test]
+    fn iq4_grid_value_equals_the_binary_search() {
+        let mut xs: Vec<f32> = (-140 * 8..=140 * 8).map(|i| i as f32 / 8.0).collect();
+        for w in IQ4NL_VALUES.windows(2) {
+            let mid = (w[0] as f32 + w[1] as f32) / 2.0;
+            xs.extend([
+                mid,
+                f32::from_bits(mid.to_bits() + 1),
+                f32::from_bits(mid.to_bits() - 1),
+            ]);
+        }
+        xs.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -f32::MAX,
+            0.0,
+            -0.0,
+            1e-30,
+        ]);
+        for x in xs {
+            let want = IQ4NL_VALUES[crate::ggml::iq4::best_index(&IQ4NL_VALUES, x)] as f32;
+            assert_eq!(iq4_value(Portable::splat(x)).0[0], want, "{x}");
+        }
+    }
+}

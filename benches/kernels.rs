@@ -7,7 +7,8 @@
 //! Input: 16 Mi weight-like values (`synth::weights_like`) in rows of 4096; each type is timed over the same
 //! input, best of three.
 
-use qs_numeric::ggml::{self, lanes, GgmlType};
+use qs_numeric::ggml::{self, GgmlType};
+use qs_numeric::simd as lanes;
 use std::time::Instant;
 
 /// Values per row (a 7B's hidden size).

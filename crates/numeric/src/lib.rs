@@ -12,6 +12,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pack;
 pub mod rtn;
+pub mod simd;
 pub mod synth;
 
 pub use dtype::DType;

@@ -25,45 +25,18 @@ impl ErrorStats {
     }
 
     pub fn add(&mut self, x: &[f32], y: &[f32]) {
-        debug_assert_eq!(x.len(), y.len());
-        // Blocks of 256 summed in eight f32 lanes (vectorizes; relative error ~1e-6 per block),
-        // block sums accumulated in f64 so long tensors keep their accuracy.
-        const L: usize = 8;
-        for (xb, yb) in x.chunks(256).zip(y.chunks(256)) {
-            let (mut x2, mut y2, mut xy, mut e2, mut me) =
-                ([0f32; L], [0f32; L], [0f32; L], [0f32; L], [0f32; L]);
-            let (xc, yc) = (xb.chunks_exact(L), yb.chunks_exact(L));
-            let (xr, yr) = (xc.remainder(), yc.remainder());
-            for (a, b) in xc.zip(yc) {
-                for k in 0..L {
-                    let e = a[k] - b[k];
-                    x2[k] += a[k] * a[k];
-                    y2[k] += b[k] * b[k];
-                    xy[k] += a[k] * b[k];
-                    e2[k] += e * e;
-                    // compare-select rather than f32::max (whose NaN rules block vectorizing)
-                    let ea = e.abs();
-                    me[k] = if ea > me[k] { ea } else { me[k] };
-                }
-            }
-            for (k, (&a, &b)) in xr.iter().zip(yr).enumerate() {
-                let e = a - b;
-                x2[k] += a * a;
-                y2[k] += b * b;
-                xy[k] += a * b;
-                e2[k] += e * e;
-                me[k] = me[k].max(e.abs());
-            }
-            let sum = |v: [f32; L]| v.iter().map(|&t| t as f64).sum::<f64>();
-            self.sum_x2 += sum(x2);
-            self.sum_y2 += sum(y2);
-            self.sum_xy += sum(xy);
-            self.sum_err2 += sum(e2);
-            self.max_abs_err = self
-                .max_abs_err
-                .max(me.iter().fold(0f32, |a, &b| a.max(b)) as f64);
-        }
-        self.n += x.len() as u64;
+        add_lanes8(self, x, y);
+    }
+
+    /// [`ErrorStats::of`] and whether every 256-value chunk of `x` (rows of a multiple of 256
+    /// values hold whole chunks) decodes within the bound `layout::check_written` enforces per
+    /// row: all sums finite and each chunk's largest error at most its largest |x| · (1 + 1e-3)
+    /// plus the least normal f32. A chunk's largest |x| is at most its row's, so `true` means
+    /// the per-row check passes; on `false` run that check to find the value (or to pass).
+    pub fn of_bounded(x: &[f32], y: &[f32]) -> (ErrorStats, bool) {
+        let mut s = ErrorStats::default();
+        let within = add_lanes8(&mut s, x, y);
+        (s, within)
     }
 
     /// Reference: plain f64 accumulation element by element.
@@ -204,9 +177,121 @@ pub fn audit_narrowing(x: &[f32], rounded: &[f32], max: f32, min_normal: f32) ->
     a
 }
 
+crate::simd::multiversion!(add_lanes8, add_at, add_body, add_scalar,
+    (s: &mut ErrorStats, x: &[f32], y: &[f32]) -> bool);
+
+/// The same sums without explicit lanes (the `QS_SIMD=scalar` level).
+fn add_scalar(s: &mut ErrorStats, x: &[f32], y: &[f32]) -> bool {
+    add_body::<crate::simd::Portable>(s, x, y)
+}
+
+/// Blocks of 256 summed in eight f32 lanes (value j of a block in lane j % 8; relative error
+/// ~1e-6 per block), block sums accumulated in f64 so long tensors keep their accuracy. Always
+/// eight lanes, whatever the vector width, so the figures are the same on every machine: the
+/// AVX-512 build runs its half-width registers. Returns whether every block is within the
+/// bound of [`ErrorStats::of_bounded`].
+#[inline(always)]
+fn add_body<V: crate::simd::Lanes>(s: &mut ErrorStats, x: &[f32], y: &[f32]) -> bool {
+    assert_eq!(x.len(), y.len());
+    type H<V> = <V as crate::simd::Lanes>::Half;
+    body8::<H<V>>(s, x, y)
+}
+
+#[inline(always)]
+fn body8<V: crate::simd::Lanes>(s: &mut ErrorStats, x: &[f32], y: &[f32]) -> bool {
+    const L: usize = 8;
+    debug_assert_eq!(V::L, L);
+    let mut within = true;
+    for (xb, yb) in x.chunks(256).zip(y.chunks(256)) {
+        let z = V::splat(0.0);
+        let (mut x2, mut y2, mut xy, mut e2, mut me, mut mx) = (z, z, z, z, z, z);
+        let (xc, yc) = (xb.chunks_exact(L), yb.chunks_exact(L));
+        let (xr, yr) = (xc.remainder(), yc.remainder());
+        for (a, b) in xc.zip(yc) {
+            let (a, b) = (V::load(a), V::load(b));
+            let e = a.sub(b);
+            x2 = x2.add(a.mul(a));
+            y2 = y2.add(b.mul(b));
+            xy = xy.add(a.mul(b));
+            e2 = e2.add(e.mul(e));
+            // compare-select rather than f32::max: a NaN error does not replace the maximum
+            let ea = e.abs();
+            me = V::if_lt(me, ea, ea, me);
+            let aa = a.abs();
+            mx = V::if_lt(mx, aa, aa, mx);
+        }
+        let mut v = [[0f32; L]; 6];
+        for (t, r) in [x2, y2, xy, e2, me, mx].into_iter().zip(v.iter_mut()) {
+            t.store(r);
+        }
+        let [mut x2, mut y2, mut xy, mut e2, mut me, mut mx] = v;
+        for (k, (&a, &b)) in xr.iter().zip(yr).enumerate() {
+            let e = a - b;
+            x2[k] += a * a;
+            y2[k] += b * b;
+            xy[k] += a * b;
+            e2[k] += e * e;
+            me[k] = me[k].max(e.abs());
+            mx[k] = mx[k].max(a.abs());
+        }
+        let sum = |v: [f32; L]| v.iter().map(|&t| t as f64).sum::<f64>();
+        let (sx2, sy2) = (sum(x2), sum(y2));
+        s.sum_x2 += sx2;
+        s.sum_y2 += sy2;
+        s.sum_xy += sum(xy);
+        s.sum_err2 += sum(e2);
+        let me = me.iter().fold(0f32, |a, &b| a.max(b));
+        s.max_abs_err = s.max_abs_err.max(me as f64);
+        let amax = mx.iter().fold(0f32, |a, &b| a.max(b));
+        let tol = amax + amax * 1e-3 + f32::MIN_POSITIVE;
+        within &= sx2.is_finite() && sy2.is_finite() && me <= tol;
+    }
+    s.n += x.len() as u64;
+    within
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every vector level sums exactly as the portable lanes do, and a `true` bound means the
+    /// per-row check of `layout::check_written` passes.
+    #[test]
+    fn lanes_agree_and_the_bound_implies_the_row_check() {
+        use crate::simd::Level;
+        let mut cases: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+        let x = crate::synth::weights_like(4096 + 40, 3);
+        let y: Vec<f32> = x.iter().map(|v| v + 1e-3 * v.signum()).collect();
+        cases.push((x.clone(), y.clone()));
+        let mut far = y.clone();
+        far[300] = x[300] + 10.0;
+        cases.push((x.clone(), far));
+        let mut nan = y.clone();
+        nan[7] = f32::NAN;
+        cases.push((x.clone(), nan));
+        let mut inf = y.clone();
+        inf[4000] = f32::INFINITY;
+        cases.push((x.clone(), inf));
+        cases.push((vec![3e38; 512], vec![-3e38; 512]));
+        for (case, (x, y)) in cases.into_iter().enumerate() {
+            for lv in [Level::Base, Level::Avx2, Level::Avx512] {
+                let (mut a, mut b) = (ErrorStats::default(), ErrorStats::default());
+                let wa = add_at(Level::Scalar, &mut a, &x, &y);
+                let wb = add_at(lv, &mut b, &x, &y);
+                let bits = |s: &ErrorStats| {
+                    [s.sum_x2, s.sum_y2, s.sum_xy, s.sum_err2, s.max_abs_err].map(f64::to_bits)
+                };
+                assert_eq!((bits(&a), wa), (bits(&b), wb), "{lv:?}");
+            }
+            let cols = 256;
+            let n = x.len() / cols * cols;
+            let (_, within) = ErrorStats::of_bounded(&x[..n], &y[..n]);
+            // only the first case decodes within the bound
+            assert_eq!(within, case == 0, "case {case}");
+            let checked = crate::layout::check_written(None, &x[..n], &y[..n], cols);
+            assert_eq!(checked.is_ok(), within, "case {case}");
+        }
+    }
 
     #[test]
     fn figures() {

@@ -24,7 +24,7 @@ pub(super) fn f16_at(b: &[u8]) -> f32 {
 
 /// ggml's `nearest_int`: round half to even via the 1.5·2^23 trick (|x| <= 4194303).
 #[inline]
-pub(super) fn nearest_int(x: f32) -> i32 {
+pub(crate) fn nearest_int(x: f32) -> i32 {
     let v = x + 12_582_912.0;
     (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }

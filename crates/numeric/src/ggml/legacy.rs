@@ -88,6 +88,19 @@ impl BlockCodec for Legacy {
     // Row loops with the block function known at compile time (inlined), not called through
     // the trait per 32 values.
     fn quantize_row(&self, x: &[f32], y: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(
+            crate::simd::level(),
+            crate::simd::Level::Avx2 | crate::simd::Level::Avx512
+        ) {
+            match self.ty {
+                // SAFETY: the CPU has AVX2 (`level` never reports more than the CPU has)
+                GgmlType::Q8_0 => return unsafe { avx2::q8_0_row(x, y) },
+                // SAFETY: as above
+                GgmlType::Q4_0 => return unsafe { avx2::q4_0_row(x, y) },
+                _ => {}
+            }
+        }
         match self.ty {
             GgmlType::Q4_0 => blocks(x, y, 18, quantize_q4_0),
             GgmlType::Q4_1 => blocks(x, y, 20, quantize_q4_1),
@@ -307,6 +320,122 @@ fn dequantize_block32(ty: GgmlType, b: &[u8], out: &mut [f32; 32]) {
             *o = d * (v + offset) as f32;
         }
     }
+}
+
+/// Q8_0 and Q4_0 rows on AVX2: the scalar block functions' operations on 8 values at a time
+/// (absmax is order-free; every value's product, bias and rounding is the scalar one's), so the
+/// bytes are the scalar reference's; a unit test compares them on random and adversarial rows.
+/// Blocks whose inverse scale is not finite take the scalar path.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{c_i8_bytes_ok, put_f16, quantize_q4_0, quantize_q8_0};
+    use std::arch::x86_64::*;
+
+    /// max |x| of 32 values.
+    #[target_feature(enable = "avx2")]
+    fn absmax32(v: &[__m256; 4]) -> f32 {
+        let m = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let a = _mm256_max_ps(
+            _mm256_max_ps(_mm256_and_ps(v[0], m), _mm256_and_ps(v[1], m)),
+            _mm256_max_ps(_mm256_and_ps(v[2], m), _mm256_and_ps(v[3], m)),
+        );
+        let h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_max_ss(h, _mm_shuffle_ps::<1>(h, h));
+        _mm_cvtss_f32(h)
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn load32(x: &[f32]) -> [__m256; 4] {
+        assert!(x.len() >= 32);
+        // SAFETY: 32 values readable (checked), unaligned loads
+        unsafe { std::array::from_fn(|k| _mm256_loadu_ps(x.as_ptr().add(8 * k))) }
+    }
+
+    /// Four vectors of i32 (each in -32768..=32767) as 32 bytes of their low bytes, in order.
+    #[target_feature(enable = "avx2")]
+    fn low_bytes(i: [__m256i; 4]) -> __m256i {
+        let ff = _mm256_set1_epi32(0xff);
+        let i = i.map(|v| _mm256_and_si256(v, ff));
+        let a = _mm256_packus_epi32(i[0], i[1]);
+        let b = _mm256_packus_epi32(i[2], i[3]);
+        let p = _mm256_packus_epi16(a, b);
+        _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn q8_0_row(x: &[f32], y: &mut [u8]) {
+        for (xb, yb) in x.chunks_exact(32).zip(y.chunks_exact_mut(34)) {
+            let v = load32(xb);
+            let amax = absmax32(&v);
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            if !id.is_finite() {
+                quantize_q8_0(xb, yb);
+                continue;
+            }
+            put_f16(yb, d);
+            let idv = _mm256_set1_ps(id);
+            let half = _mm256_set1_ps(0.5);
+            let q = v.map(|v| {
+                // roundf for |t| <= 127.5: truncate, then step away from zero on a dropped
+                // fraction of at least one half (t - trunc(t) is exact)
+                let t = _mm256_mul_ps(v, idv);
+                let i = _mm256_cvttps_epi32(t);
+                let f = _mm256_sub_ps(t, _mm256_cvtepi32_ps(i));
+                let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(f, half));
+                let down =
+                    _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(f, _mm256_set1_ps(-0.5)));
+                _mm256_add_epi32(_mm256_sub_epi32(i, up), down)
+            });
+            let b = low_bytes(q);
+            // SAFETY: yb[2..34] is 32 bytes (chunks of 34), unaligned store
+            unsafe { _mm256_storeu_si256(yb[2..34].as_mut_ptr() as *mut __m256i, b) };
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn q4_0_row(x: &[f32], y: &mut [u8]) {
+        for (xb, yb) in x.chunks_exact(32).zip(y.chunks_exact_mut(18)) {
+            let v = load32(xb);
+            let amax = absmax32(&v);
+            // the first value of that magnitude, sign kept (ggml's scan)
+            let max = if amax == 0.0 {
+                0.0
+            } else {
+                xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+            };
+            let d = max / -8.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            if !c_i8_bytes_ok(id) {
+                quantize_q4_0(xb, yb);
+                continue;
+            }
+            put_f16(yb, d);
+            let idv = _mm256_set1_ps(id);
+            let bias = _mm256_set1_ps(8.5);
+            // (int8_t)(x·id + 8.5), then at most 15; x·id is within ±8 here
+            let q = v.map(|v| _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v, idv), bias)));
+            let b = _mm256_min_epu8(low_bytes(q), _mm256_set1_epi8(15));
+            let lo = _mm256_castsi256_si128(b);
+            let hi = _mm256_extracti128_si256::<1>(b);
+            let packed = _mm_or_si128(lo, _mm_slli_epi16::<4>(hi));
+            // SAFETY: yb[2..18] is 16 bytes (chunks of 18), unaligned store
+            unsafe { _mm_storeu_si128(yb[2..18].as_mut_ptr() as *mut __m128i, packed) };
+        }
+    }
+}
+
+/// Whether a finite inverse scale keeps every `x·id + bias` of a block within i32 and i16
+/// (where the vector conversions agree with C's `(int8_t)` of the scalar code): true for every
+/// finite `id` computed from the block's own largest magnitude.
+#[inline]
+fn c_i8_bytes_ok(id: f32) -> bool {
+    id.is_finite()
 }
 
 #[inline(always)]
@@ -605,5 +734,54 @@ mod pack_codes_tests {
 
     fn f16_round_for_test(x: f32) -> f32 {
         half::f16::from_f32(x).to_f32()
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod avx2_tests {
+    use super::*;
+
+    /// The AVX2 rows write the scalar block functions' bytes, on weight-like rows and on
+    /// blocks of zeros, denormals, ties at .5 steps, one outlier, and values near f32's limit.
+    #[test]
+    fn avx2_rows_equal_the_scalar_blocks() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut x = crate::synth::weights_like(32 * 512, 11);
+        let special: [Vec<f32>; 7] = [
+            vec![0.0; 32],
+            vec![1e-40; 32],
+            (0..32).map(|i| (i as f32 - 16.0) * 0.5).collect(),
+            (0..32).map(|i| if i == 5 { -3.0 } else { 0.01 }).collect(),
+            (0..32)
+                .map(|i| if i % 2 == 0 { 3e38 } else { -1e38 })
+                .collect(),
+            (0..32).map(|i| (i as f32 - 15.5) / 15.5 * 127.0).collect(),
+            (0..32)
+                .map(|i| if i == 31 { -2.5e-39 } else { 1e-45 })
+                .collect(),
+        ];
+        for b in special {
+            x.extend(b);
+        }
+        for (ty, bb, f) in [
+            (GgmlType::Q8_0, 34, quantize_q8_0 as fn(&[f32], &mut [u8])),
+            (GgmlType::Q4_0, 18, quantize_q4_0),
+        ] {
+            let mut want = vec![0u8; x.len() / 32 * bb];
+            blocks(&x, &mut want, bb, f);
+            let mut got = vec![0u8; want.len()];
+            // SAFETY: AVX2 checked above
+            unsafe {
+                match ty {
+                    GgmlType::Q8_0 => avx2::q8_0_row(&x, &mut got),
+                    _ => avx2::q4_0_row(&x, &mut got),
+                }
+            }
+            for (k, (a, b)) in want.chunks(bb).zip(got.chunks(bb)).enumerate() {
+                assert_eq!(a, b, "{ty} block {k}");
+            }
+        }
     }
 }

@@ -153,24 +153,7 @@ fn make_q3_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
     }
 }
 
-/// `make_qkx2_quants`: asymmetric levels 0..nmax with a min, weighted least squares over a grid
-/// of `nstep + 1` candidate scales. Returns (scale, -min).
-#[allow(clippy::too_many_arguments)]
-#[inline]
-pub(super) fn make_qkx2_quants(
-    x: &[f32],
-    weights: &[f32],
-    nmax: i32,
-    l_out: &mut [u8],
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
-    use_mad: bool,
-) -> (f32, f32) {
-    super::lanes::qkx2_quants(x, weights, nmax, l_out, rmin, rdelta, nstep, use_mad)
-}
-
-/// [`make_qkx2_quants`] on every `n`-value sub-block of `x` (levels into `l_out`, (scale,
+/// `make_qkx2_quants` on every `n`-value sub-block of `x` (levels into `l_out`, (scale,
 /// -min) per sub-block into `out`), sub-blocks side by side in the vector lanes
 /// ([`super::lanes`]; bit for bit one call per sub-block).
 #[allow(clippy::too_many_arguments)]
@@ -192,7 +175,9 @@ pub(super) fn make_qkx2_quants_many(
     )
 }
 
-/// The scalar reference of [`make_qkx2_quants`], ggml's loop as written.
+/// `make_qkx2_quants`: asymmetric levels 0..nmax with a min, weighted least squares over a grid
+/// of `nstep + 1` candidate scales. Returns (scale, -min).
+/// The scalar reference, ggml's loop as written (the lane versions are in [`super::lanes`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn make_qkx2_quants_ref(
     x: &[f32],

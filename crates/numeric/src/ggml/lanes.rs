@@ -284,10 +284,6 @@ fn qx_lockstep<V: Lanes>(
     }
 }
 
-multiversion!(qkx2_quants, qkx2_quants_at, qkx2_lanes, qkx2_ref,
-    (x: &[f32], weights: &[f32], nmax: i32, l_out: &mut [u8], rmin: f32, rdelta: f32,
-     nstep: i32, use_mad: bool) -> (f32, f32));
-
 /// The scalar reference with its scratch buffer.
 #[allow(clippy::too_many_arguments)]
 fn qkx2_ref(
@@ -896,38 +892,6 @@ mod tests {
                             );
                         }
                     }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn qkx2_lanes_equal_the_scalar_search() {
-        // (n, nmax, rmin, rdelta, nstep, mad): Q2_K, Q4_K, Q5_K, their imatrix forms, Q4_1/Q5_1
-        let cases = [
-            (16, 3, -0.5, 0.1, 15, true),
-            (32, 15, -1.0, 0.1, 20, false),
-            (32, 31, -0.5, 0.1, 15, false),
-            (16, 3, -0.9, 0.05, 36, false),
-            (32, 15, -0.9, 0.05, 36, false),
-            (32, 31, -0.9, 0.05, 36, false),
-            (32, 15, -0.9, 0.05, 0, false),
-        ];
-        for lv in levels() {
-            for &(n, nmax, rmin, rdelta, nstep, mad) in &cases {
-                for (bi, x) in blocks(n).iter().enumerate() {
-                    let mut s = bi as u64;
-                    let w: Vec<f32> = x.iter().map(|v| v.abs() + rng(&mut s).abs()).collect();
-                    let (mut a, mut b, mut aux) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
-                    let ra = make_qkx2_quants_ref(
-                        x, &w, nmax, &mut a, &mut aux, rmin, rdelta, nstep, mad,
-                    );
-                    let rb = qkx2_quants_at(lv, x, &w, nmax, &mut b, rmin, rdelta, nstep, mad);
-                    assert_eq!(
-                        (ra.0.to_bits(), ra.1.to_bits(), &a),
-                        (rb.0.to_bits(), rb.1.to_bits(), &b),
-                        "{lv:?} block {bi} nmax {nmax} nstep {nstep}"
-                    );
                 }
             }
         }

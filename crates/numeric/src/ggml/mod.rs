@@ -134,6 +134,18 @@ pub trait BlockCodec: Sync {
         let _ = (qw, row_sigma2);
         self.quantize_block(x, y)
     }
+    /// A whole row with importance weights ([`BlockCodec::quantize_block_weighted`] block by
+    /// block unless a type batches its blocks).
+    fn quantize_row_weighted(&self, x: &[f32], qw: &[f32], row_sigma2: f32, y: &mut [u8]) {
+        let (bs, bb) = self.ty().block();
+        for ((xb, wb), yb) in x
+            .chunks_exact(bs)
+            .zip(qw.chunks_exact(bs))
+            .zip(y.chunks_exact_mut(bb))
+        {
+            self.quantize_block_weighted(xb, wb, row_sigma2, yb);
+        }
+    }
     fn dequantize_block(&self, b: &[u8], y: &mut [f32]);
     /// The scalar reference decoder the fast path is tested against (default: the same).
     fn dequantize_block_ref(&self, b: &[u8], y: &mut [f32]) {
@@ -304,14 +316,7 @@ pub fn quantize_row_weighted(ty: GgmlType, x: &[f32], qw: &[f32], y: &mut [u8]) 
     let (bs, bb) = ty.block();
     assert_eq!(qw.len(), x.len(), "one importance weight per column");
     assert_eq!(y.len(), x.len() / bs * bb);
-    let sigma2 = legacy::row_sigma2(x);
-    for ((xb, wb), yb) in x
-        .chunks_exact(bs)
-        .zip(qw.chunks_exact(bs))
-        .zip(y.chunks_exact_mut(bb))
-    {
-        c.quantize_block_weighted(xb, wb, sigma2, yb);
-    }
+    c.quantize_row_weighted(x, qw, legacy::row_sigma2(x), y)
 }
 
 /// Scalar reference dequantizer: decodes element by element straight from the block layout

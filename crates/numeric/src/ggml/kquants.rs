@@ -95,7 +95,7 @@ pub(super) fn make_qx_quants_ref(
 }
 
 /// `make_q3_quants` with `do_rmse` (Q3_K): levels -nmax..nmax-1, refined by coordinate descent.
-fn make_q3_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
+pub(super) fn make_q3_quants_ref(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
     let n = x.len();
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
@@ -405,8 +405,8 @@ pub fn quantize_block_q3_k(x: &[f32], y: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
     let (mut max_scale, mut amax) = (0f32, 0f32);
+    super::lanes::q3_many(&x[..QK_K], 16, 4, &mut l, &mut scales);
     for j in 0..16 {
-        scales[j] = make_q3_quants(&x[16 * j..16 * j + 16], 4, &mut l[16 * j..16 * j + 16]);
         let s = scales[j].abs();
         if s > amax {
             amax = s;

@@ -17,7 +17,9 @@
 //! with a stale minimum are dropped, so the result is the sequential one.
 
 use super::iq4::{iq4_block_scale_ref, IQ4NL_VALUES};
-use super::kquants::{make_qkx2_quants_ref, make_qx_quants_ref, nearest_int, GROUP_MAX_EPS};
+use super::kquants::{
+    make_q3_quants_ref, make_qkx2_quants_ref, make_qx_quants_ref, nearest_int, GROUP_MAX_EPS,
+};
 #[cfg(test)]
 use crate::simd::Level;
 use crate::simd::{multiversion, Lanes};
@@ -659,6 +661,112 @@ fn qkx2_lockstep<V: Lanes, const MAD: bool>(
     }
 }
 
+multiversion!(q3_many, q3_many_at, q3_blocks, q3_many_ref,
+    (x: &[f32], n: usize, nmax: i32, l_out: &mut [i8], out: &mut [f32]) -> ());
+
+/// `make_q3_quants` on each `n`-value sub-block of `x`, one after another.
+fn q3_many_ref(x: &[f32], n: usize, nmax: i32, l_out: &mut [i8], out: &mut [f32]) {
+    for (b, (xs, ls)) in x.chunks_exact(n).zip(l_out.chunks_exact_mut(n)).enumerate() {
+        out[b] = make_q3_quants_ref(xs, nmax, ls);
+    }
+}
+
+/// [`q3_many_ref`] with one sub-block per lane: every lane runs ggml's first pass and its
+/// coordinate descent (at most five sweeps, stopping after a sweep without a change) on its own
+/// sub-block; a lane that has stopped takes no further updates.
+#[inline(always)]
+fn q3_blocks<V: Lanes>(x: &[f32], n: usize, nmax: i32, l_out: &mut [i8], out: &mut [f32]) {
+    let count = x.len() / n;
+    assert!(n <= N_MAX && l_out.len() >= count * n && out.len() >= count);
+    let sets = lane_sets::<V>(count);
+    for &(b0, lanes, wide) in &sets {
+        let r = b0 * n..(b0 + lanes) * n;
+        let (xs, os) = (&x[r.clone()], &mut out[b0..b0 + lanes]);
+        match wide {
+            true => q3_lockstep::<V>(xs, n, nmax, &mut l_out[r], os),
+            false => q3_lockstep::<V::Half>(xs, n, nmax, &mut l_out[r], os),
+        }
+    }
+    let done = sets.last().map_or(0, |&(b0, lanes, _)| b0 + lanes);
+    for (b, o) in out.iter_mut().enumerate().take(count).skip(done) {
+        let r = b * n..(b + 1) * n;
+        *o = make_q3_quants_ref(&x[r.clone()], nmax, &mut l_out[r]);
+    }
+}
+
+#[inline(always)]
+fn q3_lockstep<V: Lanes>(x: &[f32], n: usize, nmax: i32, l_out: &mut [i8], out: &mut [f32]) {
+    let lanes = V::L;
+    let mut xt = [0f32; N_MAX * 16];
+    transpose(x, n, lanes, &mut xt);
+    let (max, _) = signed_absmax::<V>(&xt, n);
+    let zero = V::splat(0.0);
+    let ones = V::lt_mask(zero, V::splat(1.0));
+    let (lo, hi) = (-nmax, nmax - 1);
+    let iscale = V::splat(-(nmax as f32)).div(max);
+    let mut lt = [0f32; N_MAX * 16];
+    let (mut sumlx, mut suml2) = (zero, zero);
+    for i in 0..n {
+        let xi = V::load(&xt[i * lanes..]);
+        let l = iscale.mul(xi).round_clamp(lo, hi);
+        l.store(&mut lt[i * lanes..]);
+        let w = xi.mul(xi);
+        sumlx = sumlx.add(w.mul(xi).mul(l));
+        suml2 = suml2.add(w.mul(l).mul(l));
+    }
+    let mut active = ones;
+    for _ in 0..5 {
+        let mut changed = zero;
+        for i in 0..n {
+            let xi = V::load(&xt[i * lanes..]);
+            let li = V::load(&lt[i * lanes..]);
+            let w = xi.mul(xi);
+            let mut slx = sumlx.sub(w.mul(xi).mul(li));
+            let pos = V::lt_mask(zero, slx);
+            let mut sl2 = suml2.sub(w.mul(li).mul(li));
+            let new_l = xi.mul(sl2).div(slx).round_clamp(lo, hi);
+            let differs = V::ne_mask(new_l, li);
+            slx = slx.add(w.mul(xi).mul(new_l));
+            sl2 = sl2.add(w.mul(new_l).mul(new_l));
+            let better = V::lt_mask(zero, sl2).and(V::lt_mask(
+                sumlx.mul(sumlx).mul(sl2),
+                slx.mul(slx).mul(suml2),
+            ));
+            let take = active.and(pos).and(differs).and(better);
+            V::if_nonzero(take, new_l, li).store(&mut lt[i * lanes..]);
+            sumlx = V::if_nonzero(take, slx, sumlx);
+            suml2 = V::if_nonzero(take, sl2, suml2);
+            changed = V::if_nonzero(take, ones, changed);
+        }
+        active = active.and(changed);
+        let mut a = [0f32; 16];
+        active.store(&mut a);
+        if a[..lanes].iter().all(|v| v.to_bits() == 0) {
+            break;
+        }
+    }
+    let scale = V::if_nonzero(V::lt_mask(zero, suml2), sumlx.div(suml2), zero);
+    let mut sc = [0f32; 16];
+    scale.store(&mut sc);
+    for k in 0..lanes {
+        let xs = &x[k * n..(k + 1) * n];
+        let ls = &mut l_out[k * n..(k + 1) * n];
+        // ggml's early exit for a (near-)zero sub-block
+        let amax = xs
+            .iter()
+            .fold(0f32, |a, v| if v.abs() > a { v.abs() } else { a });
+        if amax < GROUP_MAX_EPS {
+            ls.fill(0);
+            out[k] = 0.0;
+            continue;
+        }
+        for i in 0..n {
+            ls[i] = (lt[i * lanes + k] as i32 + nmax) as i8;
+        }
+        out[k] = sc[k];
+    }
+}
+
 multiversion!(iq4_scale, iq4_scale_at, iq4_lanes, iq4_block_scale_ref,
     (x: &[f32], weight: &[f32]) -> f32);
 
@@ -967,6 +1075,21 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn q3_lockstep_equals_the_scalar_search() {
+        for lv in levels() {
+            for (bi, x) in runs(16).iter().enumerate() {
+                let c = x.len() / 16;
+                let (mut a, mut b) = (vec![0i8; x.len()], vec![0i8; x.len()]);
+                let (mut ra, mut rb) = (vec![0f32; c], vec![0f32; c]);
+                q3_many_ref(x, 16, 4, &mut a, &mut ra);
+                q3_many_at(lv, x, 16, 4, &mut b, &mut rb);
+                let bits = |r: &[f32]| r.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!((bits(&ra), &a), (bits(&rb), &b), "{lv:?} run {bi}");
             }
         }
     }

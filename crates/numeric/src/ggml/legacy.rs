@@ -104,6 +104,12 @@ impl BlockCodec for Legacy {
                 GgmlType::Q8_0 => return unsafe { avx2::q8_0_row(x, y) },
                 // SAFETY: as above
                 GgmlType::Q4_0 => return unsafe { avx2::q4_0_row(x, y) },
+                // SAFETY: as above
+                GgmlType::Q5_0 => return unsafe { avx2::q5_0_row(x, y) },
+                // SAFETY: as above
+                GgmlType::Q4_1 => return unsafe { avx2::q1_row(false, x, y) },
+                // SAFETY: as above
+                GgmlType::Q5_1 => return unsafe { avx2::q1_row(true, x, y) },
                 _ => {}
             }
         }
@@ -328,13 +334,16 @@ fn dequantize_block32(ty: GgmlType, b: &[u8], out: &mut [f32; 32]) {
     }
 }
 
-/// Q8_0 and Q4_0 rows on AVX2: the scalar block functions' operations on 8 values at a time
+/// Legacy rows on AVX2: the scalar block functions' operations on 8 values at a time
 /// (absmax is order-free; every value's product, bias and rounding is the scalar one's), so the
 /// bytes are the scalar reference's; a unit test compares them on random and adversarial rows.
 /// Blocks whose inverse scale is not finite take the scalar path.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{c_i8_bytes_ok, put_f16, quantize_q4_0, quantize_q8_0};
+    use super::{
+        c_i8_bytes_ok, put_f16, quantize_q4_0, quantize_q4_1, quantize_q5_0, quantize_q5_1,
+        quantize_q8_0,
+    };
     use std::arch::x86_64::*;
 
     /// max |x| of 32 values.
@@ -399,6 +408,109 @@ mod avx2 {
             let b = low_bytes(q);
             // SAFETY: yb[2..34] is 32 bytes (chunks of 34), unaligned store
             unsafe { _mm256_storeu_si256(yb[2..34].as_mut_ptr() as *mut __m256i, b) };
+        }
+    }
+
+    /// The first value of magnitude `amax` in a block, sign kept (ggml's scan), 0 for 0.
+    fn first_of_magnitude(xb: &[f32], amax: f32) -> f32 {
+        if amax == 0.0 {
+            0.0
+        } else {
+            xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+        }
+    }
+
+    /// (int8_t)((v - sub)·id + bias) for 32 values as bytes (their low bytes), at most `hi`.
+    #[target_feature(enable = "avx2")]
+    fn codes(v: &[__m256; 4], sub: f32, id: f32, bias: f32, hi: i8) -> __m256i {
+        let (s, idv, b) = (
+            _mm256_set1_ps(sub),
+            _mm256_set1_ps(id),
+            _mm256_set1_ps(bias),
+        );
+        let q = v.map(|v| {
+            _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, s), idv), b))
+        });
+        _mm256_min_epu8(low_bytes(q), _mm256_set1_epi8(hi))
+    }
+
+    /// Values j and j + 16 (low nibbles) in byte j.
+    #[target_feature(enable = "avx2")]
+    fn nibbles(b: __m256i) -> __m128i {
+        let b = _mm256_and_si256(b, _mm256_set1_epi8(0x0f));
+        let lo = _mm256_castsi256_si128(b);
+        let hi = _mm256_extracti128_si256::<1>(b);
+        _mm_or_si128(lo, _mm_slli_epi16::<4>(hi))
+    }
+
+    /// Bit 4 of code j in bit j.
+    #[target_feature(enable = "avx2")]
+    fn fifth_bits(b: __m256i) -> u32 {
+        _mm256_movemask_epi8(_mm256_slli_epi16::<3>(b)) as u32
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn q5_0_row(x: &[f32], y: &mut [u8]) {
+        for (xb, yb) in x.chunks_exact(32).zip(y.chunks_exact_mut(22)) {
+            let v = load32(xb);
+            let max = first_of_magnitude(xb, absmax32(&v));
+            let d = max / -16.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            if !c_i8_bytes_ok(id) {
+                quantize_q5_0(xb, yb);
+                continue;
+            }
+            put_f16(yb, d);
+            let b = codes(&v, 0.0, id, 16.5, 31);
+            yb[2..6].copy_from_slice(&fifth_bits(b).to_le_bytes());
+            // SAFETY: yb[6..22] is 16 bytes (chunks of 22), unaligned store
+            unsafe { _mm_storeu_si128(yb[6..22].as_mut_ptr() as *mut __m128i, nibbles(b)) };
+        }
+    }
+
+    /// Q4_1 (`five` false) or Q5_1 rows.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn q1_row(five: bool, x: &[f32], y: &mut [u8]) {
+        let bb = if five { 24 } else { 20 };
+        for (xb, yb) in x.chunks_exact(32).zip(y.chunks_exact_mut(bb)) {
+            let v = load32(xb);
+            let mn = _mm256_min_ps(_mm256_min_ps(v[0], v[1]), _mm256_min_ps(v[2], v[3]));
+            let mx = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
+            let (mut a, mut b) = ([0f32; 8], [0f32; 8]);
+            // SAFETY: 8 values writable each, unaligned stores
+            unsafe {
+                _mm256_storeu_ps(a.as_mut_ptr(), mn);
+                _mm256_storeu_ps(b.as_mut_ptr(), mx);
+            }
+            let min = a.iter().fold(f32::MAX, |m, &v| if v < m { v } else { m });
+            let max = b.iter().fold(-f32::MAX, |m, &v| if v > m { v } else { m });
+            let d = (max - min) / if five { 31.0 } else { 15.0 };
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            // a zero at either end keeps the sign of the first zero in the block: the scalar scan
+            if min == 0.0 || max == 0.0 || !c_i8_bytes_ok(id) {
+                if five {
+                    quantize_q5_1(xb, yb)
+                } else {
+                    quantize_q4_1(xb, yb)
+                }
+                continue;
+            }
+            put_f16(yb, d);
+            put_f16(&mut yb[2..], min);
+            let b = codes(&v, min, id, 0.5, if five { 31 } else { 15 });
+            let q = if five {
+                yb[4..8].copy_from_slice(&fifth_bits(b).to_le_bytes());
+                &mut yb[8..24]
+            } else {
+                &mut yb[4..20]
+            };
+            // SAFETY: q is 16 bytes, unaligned store
+            unsafe { _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, nibbles(b)) };
         }
     }
 
@@ -811,7 +923,7 @@ mod avx2_tests {
             return;
         }
         let mut x = crate::synth::weights_like(32 * 512, 11);
-        let special: [Vec<f32>; 7] = [
+        let special: [Vec<f32>; 10] = [
             vec![0.0; 32],
             vec![1e-40; 32],
             (0..32).map(|i| (i as f32 - 16.0) * 0.5).collect(),
@@ -823,6 +935,23 @@ mod avx2_tests {
             (0..32)
                 .map(|i| if i == 31 { -2.5e-39 } else { 1e-45 })
                 .collect(),
+            (0..32)
+                .map(|i| if i % 3 == 0 { -0.0 } else { 0.0 })
+                .collect(),
+            (0..32)
+                .map(|i| {
+                    if i == 4 {
+                        0.0
+                    } else if i == 9 {
+                        -0.0
+                    } else {
+                        0.5 + i as f32
+                    }
+                })
+                .collect(),
+            (0..32)
+                .map(|i| if i == 2 { -0.0 } else { -(i as f32) })
+                .collect(),
         ];
         for b in special {
             x.extend(b);
@@ -830,6 +959,9 @@ mod avx2_tests {
         for (ty, bb, f) in [
             (GgmlType::Q8_0, 34, quantize_q8_0 as fn(&[f32], &mut [u8])),
             (GgmlType::Q4_0, 18, quantize_q4_0),
+            (GgmlType::Q5_0, 22, quantize_q5_0),
+            (GgmlType::Q4_1, 20, quantize_q4_1),
+            (GgmlType::Q5_1, 24, quantize_q5_1),
         ] {
             let mut want = vec![0u8; x.len() / 32 * bb];
             blocks(&x, &mut want, bb, f);
@@ -838,7 +970,10 @@ mod avx2_tests {
             unsafe {
                 match ty {
                     GgmlType::Q8_0 => avx2::q8_0_row(&x, &mut got),
-                    _ => avx2::q4_0_row(&x, &mut got),
+                    GgmlType::Q4_0 => avx2::q4_0_row(&x, &mut got),
+                    GgmlType::Q5_0 => avx2::q5_0_row(&x, &mut got),
+                    GgmlType::Q4_1 => avx2::q1_row(false, &x, &mut got),
+                    _ => avx2::q1_row(true, &x, &mut got),
                 }
             }
             for (k, (a, b)) in want.chunks(bb).zip(got.chunks(bb)).enumerate() {

@@ -406,11 +406,10 @@ pub fn quantize_block_q3_k(x: &[f32], y: &mut [u8]) {
     let mut scales = [0f32; 16];
     let (mut max_scale, mut amax) = (0f32, 0f32);
     super::lanes::q3_many(&x[..QK_K], 16, 4, &mut l, &mut scales);
-    for j in 0..16 {
-        let s = scales[j].abs();
-        if s > amax {
-            amax = s;
-            max_scale = scales[j];
+    for &sc in &scales {
+        if sc.abs() > amax {
+            amax = sc.abs();
+            max_scale = sc;
         }
     }
     let (hmask, rest) = y.split_at_mut(32);
@@ -892,25 +891,19 @@ fn finish_q3_k(
         if d == 0.0 {
             continue;
         }
-        for ii in 0..16 {
-            let q = nearest_int(x[16 * j + ii] / d).clamp(-4, 3);
-            l[16 * j + ii] = (q + 4) as i8;
+        let (xs, ls) = (&x[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
+        for (o, &v) in ls.iter_mut().zip(xs) {
+            *o = (nearest_int(v / d).clamp(-4, 3) + 4) as i8;
         }
     }
+    // levels 0..7: bit 2 of level 32·b + m goes to bit b of hmask[m], the low two bits to qs
     hmask.fill(0);
     let mut lu = [0u8; QK_K];
-    let (mut m, mut hm) = (0usize, 1u8);
-    for j in 0..QK_K {
-        let mut v = l[j] as u8;
-        if v > 3 {
-            hmask[m] |= hm;
-            v -= 4;
-        }
-        lu[j] = v;
-        m += 1;
-        if m == QK_K / 8 {
-            m = 0;
-            hm <<= 1;
+    for b in 0..8 {
+        for m in 0..QK_K / 8 {
+            let v = l[32 * b + m] as u8;
+            hmask[m] |= ((v >> 2) & 1) << b;
+            lu[32 * b + m] = v & 3;
         }
     }
     pack_2bit(&lu, qs);

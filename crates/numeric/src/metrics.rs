@@ -250,6 +250,64 @@ fn body8<V: crate::simd::Lanes>(s: &mut ErrorStats, x: &[f32], y: &[f32]) -> boo
     within
 }
 
+crate::simd::multiversion!(rows_within, rows_within_at, rows_within_body, rows_within_scalar,
+    (x: &[f32], y: &[f32], cols: usize) -> bool);
+
+/// Whether every row of `cols` values of `y` is within the bound `layout::check_written`
+/// enforces against `x`: |x - y| at most the row's largest |x| · (1 + 1e-3) plus the least
+/// normal f32 (`false` for NaN, and for any non-finite bound: then run that check itself).
+pub fn rows_within_bound(x: &[f32], y: &[f32], cols: usize) -> bool {
+    rows_within(x, y, cols)
+}
+
+fn rows_within_scalar(x: &[f32], y: &[f32], cols: usize) -> bool {
+    rows_within_body::<crate::simd::Portable>(x, y, cols)
+}
+
+#[inline(always)]
+fn rows_within_body<V: crate::simd::Lanes>(x: &[f32], y: &[f32], cols: usize) -> bool {
+    assert_eq!(x.len(), y.len());
+    let l = V::L;
+    let zero = V::splat(0.0);
+    let ones = V::lt_mask(zero, V::splat(1.0));
+    for (xr, yr) in x.chunks(cols.max(1)).zip(y.chunks(cols.max(1))) {
+        let mut m = zero;
+        let body = xr.len() / l * l;
+        for c in (0..body).step_by(l) {
+            let a = V::load(&xr[c..]).abs();
+            m = V::if_lt(m, a, a, m);
+        }
+        let mut lanes = [0f32; 16];
+        m.store(&mut lanes);
+        let amax = lanes[..l]
+            .iter()
+            .chain(xr[body..].iter())
+            .fold(0f32, |a, v| a.max(v.abs()));
+        let tol = amax + amax * 1e-3 + f32::MIN_POSITIVE;
+        if !tol.is_finite() {
+            return false;
+        }
+        let tv = V::splat(tol);
+        let mut ok = ones;
+        for c in (0..body).step_by(l) {
+            let e = V::load(&xr[c..]).sub(V::load(&yr[c..])).abs();
+            ok = ok.and(V::ge_then(tv, e, ones));
+        }
+        ok.store(&mut lanes);
+        if lanes[..l].iter().any(|v| v.to_bits() == 0) {
+            return false;
+        }
+        if !xr[body..]
+            .iter()
+            .zip(&yr[body..])
+            .all(|(&a, &b)| (a - b).abs() <= tol)
+        {
+            return false;
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +348,18 @@ mod tests {
             assert_eq!(within, case == 0, "case {case}");
             let checked = crate::layout::check_written(None, &x[..n], &y[..n], cols);
             assert_eq!(checked.is_ok(), within, "case {case}");
+            // rows of any length: every level agrees with the per-row check
+            for cols in [576, 100, 4096 + 40] {
+                let n = x.len() / cols * cols;
+                let want = crate::layout::check_written(None, &x[..n], &y[..n], cols).is_ok();
+                for lv in [Level::Scalar, Level::Base, Level::Avx2, Level::Avx512] {
+                    assert_eq!(
+                        rows_within_at(lv, &x[..n], &y[..n], cols),
+                        want,
+                        "case {case} {cols} {lv:?}"
+                    );
+                }
+            }
         }
     }
 

@@ -263,7 +263,8 @@ pub trait Layout: std::fmt::Debug + Sync {
         None
     }
     /// Decodes rows `r0..r1` from the slot bytes given by [`Self::slot_range`] for the same
-    /// rows (`parts[i]` is slot i's range).
+    /// rows (`parts[i]` is slot i's range), writing every value of `out` (callers pass reused
+    /// buffers).
     fn decode(&self, shape: &[usize], r0: usize, r1: usize, parts: &[&[u8]], out: &mut [f32]);
 }
 

@@ -844,8 +844,8 @@ fn run_chunk<'a>(
             };
             // Validate what is written: decode the very bytes and compare with what was meant.
             let parts: Vec<&[u8]> = enc.pieces.iter().map(|p| p.bytes.as_slice()).collect();
+            // every layout's decode writes every value
             let mut y = scratch::take(x.len());
-            y.fill(0.0);
             scheme.decode(&tp.shape, r0, r1, &parts, &mut y);
             if let Scheme::Float(FloatLayout { dtype, clamp }) = *scheme {
                 let max = float_max(dtype);
@@ -856,12 +856,16 @@ fn run_chunk<'a>(
                 );
             }
             // The error statistics and, for whole 256-value chunks per row, the bound the
-            // per-row check enforces, in one pass; the exact check runs where that bound fails
-            // (to name the value) and wherever it cannot stand in for it.
-            let fused = intended.is_none() && !cfg.allow_nonfinite && cols % 256 == 0;
+            // per-row check enforces, in one pass (other rows: the bound in its own vector
+            // pass); the exact check runs where the bound fails (to name the value) and
+            // wherever it cannot stand in for it.
+            let plain = intended.is_none() && !cfg.allow_nonfinite;
+            let fused = plain && cols % 256 == 0;
             let mut within = false;
             if fused {
                 (res.stats, within) = ErrorStats::of_bounded(&x, &y);
+            } else if plain {
+                within = qs_numeric::metrics::rows_within_bound(&x, &y, cols);
             }
             if !within {
                 qs_numeric::layout::check_written(intended.as_deref(), &x, &y, cols).map_err(

@@ -265,25 +265,7 @@ fn qx_lockstep<V: Lanes>(
             .round_clamp(-nmax, nmax - 1)
             .store(&mut lt[i * lanes..]);
     }
-    let mut sc = [0f32; 16];
-    scale.store(&mut sc);
-    for k in 0..lanes {
-        let xs = &x[k * n..(k + 1) * n];
-        let ls = &mut l_out[k * n..(k + 1) * n];
-        // ggml's early exit for a (near-)zero sub-block
-        let amax = xs
-            .iter()
-            .fold(0f32, |a, v| if v.abs() > a { v.abs() } else { a });
-        if amax < GROUP_MAX_EPS {
-            ls.fill(0);
-            out[k] = 0.0;
-            continue;
-        }
-        for i in 0..n {
-            ls[i] = (nmax + lt[i * lanes + k] as i32) as i8;
-        }
-        out[k] = sc[k];
-    }
+    symmetric_levels_out::<V>(x, n, nmax, &lt, scale, l_out, out);
 }
 
 /// The scalar reference with its scratch buffer.
@@ -440,6 +422,40 @@ fn qkx2_body<V: Lanes, const MAD: bool>(
         c0 = next;
     }
     (scale, -min)
+}
+
+/// Each lane's symmetric levels (rows of `lt`, -nmax..nmax-1) stored from 0 into its sub-block
+/// of `l_out` and its scale into `out`; a sub-block whose largest magnitude is below ggml's
+/// epsilon gets zeros, as ggml's early exit does.
+#[inline(always)]
+fn symmetric_levels_out<V: Lanes>(
+    x: &[f32],
+    n: usize,
+    nmax: i32,
+    lt: &[f32],
+    scale: V,
+    l_out: &mut [i8],
+    out: &mut [f32],
+) {
+    let lanes = V::L;
+    let mut sc = [0f32; 16];
+    scale.store(&mut sc);
+    for k in 0..lanes {
+        let xs = &x[k * n..(k + 1) * n];
+        let ls = &mut l_out[k * n..(k + 1) * n];
+        let amax = xs
+            .iter()
+            .fold(0f32, |a, v| if v.abs() > a { v.abs() } else { a });
+        if amax < GROUP_MAX_EPS {
+            ls.fill(0);
+            out[k] = 0.0;
+            continue;
+        }
+        for i in 0..n {
+            ls[i] = (lt[i * lanes + k] as i32 + nmax) as i8;
+        }
+        out[k] = sc[k];
+    }
 }
 
 multiversion!(qkx2_many, qkx2_many_at, qkx2_blocks, qkx2_many_ref,
@@ -746,25 +762,7 @@ fn q3_lockstep<V: Lanes>(x: &[f32], n: usize, nmax: i32, l_out: &mut [i8], out: 
         }
     }
     let scale = V::if_nonzero(V::lt_mask(zero, suml2), sumlx.div(suml2), zero);
-    let mut sc = [0f32; 16];
-    scale.store(&mut sc);
-    for k in 0..lanes {
-        let xs = &x[k * n..(k + 1) * n];
-        let ls = &mut l_out[k * n..(k + 1) * n];
-        // ggml's early exit for a (near-)zero sub-block
-        let amax = xs
-            .iter()
-            .fold(0f32, |a, v| if v.abs() > a { v.abs() } else { a });
-        if amax < GROUP_MAX_EPS {
-            ls.fill(0);
-            out[k] = 0.0;
-            continue;
-        }
-        for i in 0..n {
-            ls[i] = (lt[i * lanes + k] as i32 + nmax) as i8;
-        }
-        out[k] = sc[k];
-    }
+    symmetric_levels_out::<V>(x, n, nmax, &lt, scale, l_out, out);
 }
 
 multiversion!(iq4_scale, iq4_scale_at, iq4_lanes, iq4_block_scale_ref,

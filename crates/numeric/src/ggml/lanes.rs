@@ -1,20 +1,23 @@
-//! The scale searches of the K-quants and IQ4 with their candidates side by side in SIMD lanes.
+//! ggml's scale searches on SIMD lanes: `make_qx_quants` (Q6_K, Q3_K and Q4_0/Q5_0 with an
+//! importance matrix), `make_qkx2_quants` (Q2_K, Q4_K, Q5_K, Q4_1/Q5_1 with an importance
+//! matrix), `make_q3_quants` (Q3_K) and the IQ4 block scale.
 //!
-//! ggml's searches (`make_qx_quants`, `make_qkx2_quants`, the IQ4 block scale) try a fixed list
-//! of candidate scales one after another, each a short loop over the sub-block's values with f32
-//! sums in value order. These versions keep each candidate's arithmetic exactly as ggml orders
-//! it (same operations, same order, no fused multiply-add) and run `L` candidates at once, one
-//! per lane, so their results are bit for bit the scalar references' (`*_ref` in `kquants.rs`
-//! and `iq4.rs`); the unit tests compare the two on random and adversarial blocks at every
-//! vector width this CPU has. The lane loops are plain Rust over fixed-size arrays that LLVM
-//! vectorizes; `simd::multiversion!` compiles each search again for AVX2 (8 lanes) and AVX-512
-//! (16 lanes) and picks one at run time.
+//! ggml tries a fixed list of candidate scales per sub-block, one after another, each a short
+//! loop over the sub-block's values with f32 sums in value order. Here each lane runs that whole
+//! sequential search for its own sub-block (a super-block's 8 or 16, a row's 32-value blocks):
+//! all lanes go through the same candidates in step, each keeping its own best error, scale,
+//! minimum and levels (`*_lockstep`). Every lane does ggml's operations in ggml's order (no sum
+//! reordered, no multiply-add fused), so the results are bit for bit the scalar references'
+//! (`*_ref` in `kquants.rs` and `iq4.rs`); the unit tests compare the two on random and
+//! adversarial blocks at every vector level this CPU has. Sub-blocks left over after the last
+//! full set of lanes (and single searches) put the candidates in the lanes instead
+//! (`qx_lanes`, `qkx2_lanes`, `iq4_lanes`). `make_qkx2_quants` is not a pure map over its
+//! candidates (a winner's minimum is the offset of the next ones), so `qkx2_lanes` evaluates a
+//! set of candidates with the current minimum, accepts winners in order, and after a winner
+//! that moves the minimum starts the next set at the candidate after it.
 //!
-//! `make_qkx2_quants` is not a pure map over its candidates: when a candidate wins, its minimum
-//! becomes the offset the following candidates are computed from. The lane version evaluates a
-//! group of candidates with the current minimum, accepts winners in order, and after a winner
-//! that changes the minimum starts the next group at the candidate after it: candidates computed
-//! with a stale minimum are dropped, so the result is the sequential one.
+//! The lanes are `crate::simd`'s; `simd::multiversion!` compiles each search for AVX-512 (16
+//! lanes), AVX2 (8) and the baseline, and picks one at run time.
 
 use super::iq4::{iq4_block_scale_ref, IQ4NL_VALUES};
 use super::kquants::{

@@ -41,14 +41,7 @@ multiversion!(qx_quants, qx_quants_at, qx_lanes, make_qx_quants_ref,
 fn qx_lanes<V: Lanes>(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<&[f32]>) -> f32 {
     let n = x.len();
     assert!(n <= N_MAX);
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (max, amax) = first_absmax(x);
     if amax < GROUP_MAX_EPS {
         l_out[..n].fill(0);
         return 0.0;
@@ -101,20 +94,43 @@ fn qx_lanes<V: Lanes>(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<&[f32]>
 /// How `count` sub-blocks go into lanes: sets of `V::L` (`true`), then of `V::Half::L`
 /// (`false`), as (first sub-block, lanes, full width); the rest (fewer than `V::Half::L`) go
 /// one at a time.
-fn lane_sets<V: Lanes>(count: usize) -> Vec<(usize, usize, bool)> {
+fn lane_sets<V: Lanes>(count: usize) -> impl Iterator<Item = (usize, usize, bool)> {
     let (full, half) = (V::L, <V::Half as Lanes>::L);
-    let mut v = Vec::new();
     let mut b0 = 0;
-    while count - b0 >= half {
-        let (lanes, wide) = if count - b0 >= full {
-            (full, true)
+    std::iter::from_fn(move || {
+        if count - b0 < half {
+            return None;
+        }
+        let set = if count - b0 >= full {
+            (b0, full, true)
         } else {
-            (half, false)
+            (b0, half, false)
         };
-        v.push((b0, lanes, wide));
-        b0 += lanes;
+        b0 += set.1;
+        Some(set)
+    })
+}
+
+/// The first sub-block [`lane_sets`] leaves to the one-at-a-time search (the full width is a
+/// multiple of the half width).
+fn lane_sets_end<V: Lanes>(count: usize) -> usize {
+    let half = <V::Half as Lanes>::L;
+    count / half * half
+}
+
+/// ggml's scan for the value of largest magnitude (sign kept, first one on ties) and that
+/// magnitude.
+#[inline(always)]
+fn first_absmax(x: &[f32]) -> (f32, f32) {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
     }
-    v
+    (max, amax)
 }
 
 /// The `lanes` sub-blocks of `n` values in `x`, value i of each side by side (row i).
@@ -173,8 +189,7 @@ fn qx_blocks<V: Lanes>(
     let count = x.len() / n;
     assert!(n <= N_MAX && l_out.len() >= count * n && out.len() >= count);
     assert!(qw.is_none_or(|q| q.len() >= count * n));
-    let sets = lane_sets::<V>(count);
-    for &(b0, lanes, wide) in &sets {
+    for (b0, lanes, wide) in lane_sets::<V>(count) {
         let r = b0 * n..(b0 + lanes) * n;
         let (xs, qs, os) = (
             &x[r.clone()],
@@ -186,7 +201,7 @@ fn qx_blocks<V: Lanes>(
             false => qx_lockstep::<V::Half>(xs, n, nmax, &mut l_out[r], os, qs),
         }
     }
-    let done = sets.last().map_or(0, |&(b0, lanes, _)| b0 + lanes);
+    let done = lane_sets_end::<V>(count);
     for (b, o) in out.iter_mut().enumerate().take(count).skip(done) {
         let r = b * n..(b + 1) * n;
         *o = qx_lanes::<V>(
@@ -511,8 +526,7 @@ fn qkx2_blocks<V: Lanes>(
     let count = x.len() / n;
     assert!(n <= N_MAX && weights.len() >= count * n && l_out.len() >= count * n);
     assert!(out.len() >= count);
-    let sets = lane_sets::<V>(count);
-    for &(b0, lanes, wide) in &sets {
+    for (b0, lanes, wide) in lane_sets::<V>(count) {
         let r = b0 * n..(b0 + lanes) * n;
         let (xs, ws) = (&x[r.clone()], &weights[r.clone()]);
         let (ls, os) = (&mut l_out[r], &mut out[b0..b0 + lanes]);
@@ -529,7 +543,7 @@ fn qkx2_blocks<V: Lanes>(
             }
         }
     }
-    let b0 = sets.last().map_or(0, |&(b0, lanes, _)| b0 + lanes);
+    let b0 = lane_sets_end::<V>(count);
     for (b, o) in out.iter_mut().enumerate().take(count).skip(b0) {
         let r = b * n..(b + 1) * n;
         *o = qkx2_lanes::<V>(
@@ -697,8 +711,7 @@ fn q3_many_ref(x: &[f32], n: usize, nmax: i32, l_out: &mut [i8], out: &mut [f32]
 fn q3_blocks<V: Lanes>(x: &[f32], n: usize, nmax: i32, l_out: &mut [i8], out: &mut [f32]) {
     let count = x.len() / n;
     assert!(n <= N_MAX && l_out.len() >= count * n && out.len() >= count);
-    let sets = lane_sets::<V>(count);
-    for &(b0, lanes, wide) in &sets {
+    for (b0, lanes, wide) in lane_sets::<V>(count) {
         let r = b0 * n..(b0 + lanes) * n;
         let (xs, os) = (&x[r.clone()], &mut out[b0..b0 + lanes]);
         match wide {
@@ -706,7 +719,7 @@ fn q3_blocks<V: Lanes>(x: &[f32], n: usize, nmax: i32, l_out: &mut [i8], out: &m
             false => q3_lockstep::<V::Half>(xs, n, nmax, &mut l_out[r], os),
         }
     }
-    let done = sets.last().map_or(0, |&(b0, lanes, _)| b0 + lanes);
+    let done = lane_sets_end::<V>(count);
     for (b, o) in out.iter_mut().enumerate().take(count).skip(done) {
         let r = b * n..(b + 1) * n;
         *o = make_q3_quants_ref(&x[r.clone()], nmax, &mut l_out[r]);
@@ -798,14 +811,7 @@ fn iq4_lanes<V: Lanes>(x: &[f32], weight: &[f32]) -> f32 {
     let values = &IQ4NL_VALUES;
     let n = x.len();
     assert!(n <= N_MAX);
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (max, amax) = first_absmax(x);
     if amax < GROUP_MAX_EPS {
         return 0.0;
     }
@@ -861,8 +867,7 @@ fn iq4_scale_many_ref(x: &[f32], weight: &[f32], out: &mut [f32]) {
 fn iq4_blocks<V: Lanes>(x: &[f32], weight: &[f32], out: &mut [f32]) {
     let count = x.len() / 32;
     assert!(weight.len() >= count * 32 && out.len() >= count);
-    let sets = lane_sets::<V>(count);
-    for &(b0, lanes, wide) in &sets {
+    for (b0, lanes, wide) in lane_sets::<V>(count) {
         let r = b0 * 32..(b0 + lanes) * 32;
         let (xs, ws, os) = (&x[r.clone()], &weight[r], &mut out[b0..b0 + lanes]);
         match wide {
@@ -870,7 +875,7 @@ fn iq4_blocks<V: Lanes>(x: &[f32], weight: &[f32], out: &mut [f32]) {
             false => iq4_lockstep::<V::Half>(xs, ws, os),
         }
     }
-    let done = sets.last().map_or(0, |&(b0, lanes, _)| b0 + lanes);
+    let done = lane_sets_end::<V>(count);
     for (b, o) in out.iter_mut().enumerate().take(count).skip(done) {
         let r = b * 32..(b + 1) * 32;
         *o = iq4_lanes::<V>(&x[r.clone()], &weight[r]);

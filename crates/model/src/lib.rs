@@ -7,9 +7,9 @@
 //!
 //! Hugging Face conventions: weights `[out, in]`, rotate-half RoPE on the unpermuted q/k.
 
-use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use qs_formats::source::ModelSource;
+use qs_numeric::linalg::matmul;
 use rayon::prelude::*;
 use serde_json::Value as Json;
 

@@ -412,7 +412,7 @@ pub fn clip_row(row: &mut [f32], group: usize, steps: &[u8]) {
 /// over the tokens per candidate. One matrix product per group (`D_g H_g`, then a row-wise
 /// dot with `D_g`), in f32, sequential: the caller parallelises over row chunks.
 pub fn group_errors(d: &[f32], cols: usize, group: usize, blocks: &[Vec<f32>]) -> Vec<f32> {
-    use faer::linalg::matmul::matmul;
+    use crate::linalg::matmul;
     use faer::{Accum, Mat, MatRef, Par};
     let (cols, group) = (cols.max(1), group.max(1));
     let rows = d.len() / cols;
@@ -446,7 +446,7 @@ pub fn hessian_blocks(
     group: usize,
     at: impl Fn(usize, usize) -> f32,
 ) -> Vec<Vec<f32>> {
-    use faer::linalg::matmul::matmul;
+    use crate::linalg::matmul;
     use faer::{Accum, Mat, Par};
     let group = group.max(1);
     let mut out = Vec::with_capacity(groups(cols, group));

@@ -10,8 +10,8 @@
 
 use crate::dtype::DType;
 use crate::ggml::GgmlType;
+use crate::linalg::matmul;
 use crate::rtn::{self, IntSpec, QParams};
-use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Accum, Mat, Par, Side};
 
@@ -367,6 +367,8 @@ pub fn gptq(
                 }
             }))
         })();
+        // (faer's factorisations leave the vector registers dirty, as its products do)
+        crate::linalg::clear_upper_everywhere();
         match attempt {
             Some(u) if (0..cols).all(|c| u[(c, c)].is_finite() && u[(c, c)] > 0.0) => break u,
             _ if percdamp < 1e3 => percdamp = if percdamp > 0.0 { percdamp * 2.0 } else { 0.01 },

@@ -9,6 +9,7 @@ pub mod ggml;
 pub mod gptq;
 pub mod layout;
 pub mod limits;
+pub mod linalg;
 pub mod metrics;
 pub mod pack;
 pub mod rtn;

@@ -1,0 +1,102 @@
+//! faer's matrix product, leaving the vector registers clean behind it.
+//!
+//! faer's AVX-512 kernels return with the upper halves of the vector registers in use (no
+//! `vzeroupper`). Until something clears them, every SSE-encoded instruction that thread runs
+//! — all of our scalar Rust code at the x86-64 baseline, and the glibc calls it makes — pays a
+//! state-transition penalty: on the Sapphire Rapids CI machine glibc's `expf` went from 5 ns to
+//! 150 ns, and the calibration forward pass spent over half its time in softmax and SiLU
+//! because of it. Every faer product in quantsmith goes through [`matmul`], which clears the
+//! state on the threads it ran on. Clearing changes no value.
+
+use faer::linalg::matmul::matmul as faer_matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// `dst = alpha·a·b` (or `dst += …` with [`Accum::Add`]), as faer computes it; afterwards the
+/// upper register halves are clear on this thread and, for a parallel product, on every thread
+/// of the current rayon pool.
+pub fn matmul<T: faer::traits::ComplexField>(
+    dst: MatMut<'_, T>,
+    accum: Accum,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    alpha: T,
+    par: Par,
+) {
+    faer_matmul(dst, accum, a, b, alpha, par);
+    match par {
+        Par::Seq => clear_upper(),
+        _ => clear_upper_everywhere(),
+    }
+}
+
+/// Clears the upper halves of the vector registers on this thread (`vzeroupper`; nothing on a
+/// CPU without AVX or off x86-64).
+#[inline]
+pub fn clear_upper() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx() {
+            // SAFETY: the CPU has AVX (checked above)
+            unsafe { zeroupper() }
+        }
+    }
+}
+
+/// [`clear_upper`] on every thread of the current rayon pool and on this one.
+pub fn clear_upper_everywhere() {
+    rayon::broadcast(|_| clear_upper());
+    clear_upper();
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx() -> bool {
+    use std::sync::OnceLock;
+    static AVX: OnceLock<bool> = OnceLock::new();
+    *AVX.get_or_init(|| std::arch::is_x86_feature_detected!("avx"))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn zeroupper() {
+    std::arch::x86_64::_mm256_zeroupper();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faer::Mat;
+
+    #[test]
+    fn matmul_is_faers_product() {
+        let a = Mat::<f32>::from_fn(37, 19, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+        let b = Mat::<f32>::from_fn(19, 23, |i, j| ((i * 5 + j) % 13) as f32 * 0.25);
+        for par in [Par::Seq, Par::rayon(0)] {
+            let mut ours = Mat::<f32>::zeros(37, 23);
+            let mut theirs = Mat::<f32>::zeros(37, 23);
+            matmul(
+                ours.as_mut(),
+                Accum::Replace,
+                a.as_ref(),
+                b.as_ref(),
+                1.5,
+                par,
+            );
+            faer_matmul(
+                theirs.as_mut(),
+                Accum::Replace,
+                a.as_ref(),
+                b.as_ref(),
+                1.5,
+                par,
+            );
+            assert_eq!(ours, theirs);
+            // and by hand: small integers, exact in f32
+            for i in 0..37 {
+                for j in 0..23 {
+                    let s: f32 = (0..19).map(|k| a[(i, k)] * b[(k, j)]).sum();
+                    assert_eq!(ours[(i, j)], 1.5 * s);
+                }
+            }
+        }
+    }
+}

@@ -3,7 +3,7 @@
 # `quantize MODEL --to int4 --group 64 --method gptq|awq --calib FILE`: wall time, CPU time,
 # peak RSS, and the compressed-tensors output scored by `quantize eval`.
 #
-# usage: benches/llmcompressor.sh [gptq|awq|awq4|awq-layers N|all]   (default: gptq)
+# usage: benches/llmcompressor.sh [gptq|awq|awq4|awq-layers N|versus [N]|all]   (default: gptq)
 #   env: MODEL (HF folder, default /tmp/qrun/smollm2-hf), CALIB (/tmp/qrun/calib.txt),
 #        HELDOUT (/tmp/qrun/heldout.txt), OUTDIR (/tmp/qrun), Q (quantize binary),
 #        VENV (~/.cache/quantsmith/venv-llmc), THREADS (2), NICE (5)
@@ -88,6 +88,46 @@ report() {
   grep -E 'PPL|KLD|top-1' "$out.eval" || true
 }
 
+# ours NAME ARGS...: quantsmith's run of the same job, timed and evaluated the same way
+ours() {
+  local name=$1; shift
+  local out=$OUTDIR/$name
+  echo "== $name: quantize $MODEL $*"
+  /usr/bin/time -v -o "$out.time" nice -n "$NICE" "$Q" "$MODEL" -j "$THREADS" "$@" -o "$out" --force \
+    > "$out.log" 2>&1 || { echo "failed, see $out.log"; tail -20 "$out.log"; return 1; }
+  nice -n "$NICE" "$Q" eval "$out" --against "$MODEL" --text "$HELDOUT" --chunks 16 \
+    > "$out.eval" 2>&1 || { echo "quantize eval failed:"; cat "$out.eval"; }
+  report "$name"
+}
+
+# secs NAME: wall seconds of a timed run
+secs() {
+  grep 'Elapsed (wall clock)' "$OUTDIR/$1.time" | awk '{print $NF}' |
+    awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; print s }'
+}
+
+# versus N: llm-compressor's GPTQ and ours on the same N windows, one after the other; the
+# ratio table (wall, CPU, peak RSS, calibration tokens per second)
+versus() {
+  local n=$1 theirs=llmc-gptq-int4-g64-$1w us=qs-gptq-int4-g64-$1w
+  run "$theirs" "${GPTQ[@]}" --samples "$n"
+  ours "$us" --to int4 --group 64 --method gptq --calib "$CALIB" --calib-samples "$n" \
+    --calib-seq-len 512
+  local tokens=$((n * 512)) a b
+  a=$(secs "$theirs"); b=$(secs "$us")
+  echo
+  echo "| run | wall s | CPU s | peak RSS MB | calibration tokens/s |"
+  echo "|---|---|---|---|---|"
+  for name in "$theirs" "$us"; do
+    local t=$OUTDIR/$name.time w
+    w=$(secs "$name")
+    awk -v n="$name" -v w="$w" -v tok="$tokens" '
+      /User time/ { u = $NF } /System time/ { s = $NF } /Maximum resident/ { r = $NF }
+      END { printf "| %s | %.1f | %.1f | %.0f | %.1f |\n", n, w, u + s, r / 1024, tok / w }' "$t"
+  done
+  awk -v a="$a" -v b="$b" 'BEGIN { printf "\nquantsmith is %.2fx faster (wall)\n", a / b }'
+}
+
 setup
 GPTQ=(--method gptq --group 64 --damp 0.01 --actorder none)
 AWQ=(--method awq --group 64 --asym --duo-scaling true)
@@ -102,6 +142,8 @@ case ${1:-gptq} in
   awq4) run llmc-awq-int4-g64-asym-4w "${AWQ[@]}" --samples 4 ;;
   # timing only: the first N decoder layers, 88 windows (the output is not evaluated)
   awq-layers) run "llmc-awq-int4-g64-asym-first$2" "${AWQ[@]}" --layers "$2" ;;
+  # llm-compressor's GPTQ and ours on the same N windows (default 32), with the ratio
+  versus) versus "${2:-32}" ;;
   all) run llmc-gptq-int4-g64 "${GPTQ[@]}"; run llmc-awq-int4-g64-asym-4w "${AWQ[@]}" --samples 4 ;;
-  *) echo "usage: $0 [gptq|awq|awq4|awq-layers N|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [gptq|awq|awq4|awq-layers N|versus [N]|all]" >&2; exit 2 ;;
 esac

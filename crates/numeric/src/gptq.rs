@@ -211,9 +211,10 @@ impl Hessian {
         }
     }
 
-    /// Adds the rows of a (tokens × cols) activation matrix. The batch's XᵀX is one f32 matrix
-    /// product (as the reference computes the whole Hessian, in f32 on a GPU); the running mean
-    /// across batches is kept in f64.
+    /// Adds the rows of a (tokens × cols) activation matrix. The batch's XᵀX is one f32
+    /// symmetric rank-k update (the lower triangle only, as the reference computes the whole
+    /// Hessian in f32 on a GPU; its values are those of the full product, which is exactly
+    /// symmetric); the running mean across batches is kept in f64, mirrored.
     pub fn add_mat(&mut self, x: faer::MatRef<'_, f32>) {
         let (tokens, cols) = (x.nrows(), x.ncols());
         assert_eq!(cols, self.h.nrows());
@@ -221,20 +222,15 @@ impl Hessian {
             return;
         }
         let mut g = Mat::<f32>::zeros(cols, cols);
-        matmul(
-            g.as_mut(),
-            Accum::Replace,
-            x.transpose(),
-            x,
-            1.0f32,
-            Par::rayon(0),
-        );
+        crate::linalg::gram_lower(g.as_mut(), x, Par::rayon(0));
         let total = (self.n + tokens) as f64;
         let keep = self.n as f64 / total;
         let scale = 2.0 / total;
         for j in 0..cols {
-            for i in 0..cols {
-                self.h[(i, j)] = self.h[(i, j)] * keep + g[(i, j)] as f64 * scale;
+            for i in j..cols {
+                let v = self.h[(i, j)] * keep + g[(i, j)] as f64 * scale;
+                self.h[(i, j)] = v;
+                self.h[(j, i)] = v;
             }
         }
         self.n += tokens;

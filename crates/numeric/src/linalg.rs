@@ -29,6 +29,29 @@ pub fn matmul<T: faer::traits::ComplexField>(
     }
 }
 
+/// The lower triangle (diagonal included) of `xᵀ·x` into `dst` (`x.ncols()` square), a
+/// symmetric rank-k update: half the flops of the full product. Each value is the one faer's
+/// full product computes (the same sum over the rows of `x`, in the same order); the strict
+/// upper triangle of `dst` is left as it was.
+pub fn gram_lower(dst: MatMut<'_, f32>, x: MatRef<'_, f32>, par: Par) {
+    use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
+    tri_matmul(
+        dst,
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        x.transpose(),
+        BlockStructure::Rectangular,
+        x,
+        BlockStructure::Rectangular,
+        1.0f32,
+        par,
+    );
+    match par {
+        Par::Seq => clear_upper(),
+        _ => clear_upper_everywhere(),
+    }
+}
+
 /// Clears the upper halves of the vector registers on this thread (`vzeroupper`; nothing on a
 /// CPU without AVX or off x86-64).
 #[inline]
@@ -90,11 +113,61 @@ mod tests {
                 par,
             );
             assert_eq!(ours, theirs);
+            let mut lower = Mat::<f32>::from_fn(19, 19, |_, _| -7.0);
+            let mut full = Mat::<f32>::zeros(19, 19);
+            gram_lower(lower.as_mut(), a.as_ref(), par);
+            matmul(
+                full.as_mut(),
+                Accum::Replace,
+                a.transpose(),
+                a.as_ref(),
+                1.0,
+                par,
+            );
+            for i in 0..19 {
+                for j in 0..19 {
+                    assert_eq!(lower[(i, j)], if i >= j { full[(i, j)] } else { -7.0 });
+                }
+            }
             // and by hand: small integers, exact in f32
             for i in 0..37 {
                 for j in 0..23 {
                     let s: f32 = (0..19).map(|k| a[(i, k)] * b[(k, j)]).sum();
                     assert_eq!(ours[(i, j)], 1.5 * s);
+                }
+            }
+        }
+    }
+
+    /// On calibration-sized inputs (hundreds of columns, thousands of rows, the sizes where
+    /// faer blocks and parallelises differently) the lower triangle is bit for bit the full
+    /// product's, and the full product is exactly symmetric: the Hessian may be mirrored.
+    #[test]
+    fn gram_lower_matches_full_product_bits() {
+        let mut rng = crate::synth::Rng::new(7);
+        for &(rows, cols) in &[(4096usize, 576usize), (1000, 1536), (517, 97), (3, 130)] {
+            let x = Mat::<f32>::from_fn(rows, cols, |_, _| rng.normal() as f32);
+            for par in [Par::Seq, Par::rayon(0)] {
+                let mut lower = Mat::<f32>::zeros(cols, cols);
+                let mut full = Mat::<f32>::zeros(cols, cols);
+                gram_lower(lower.as_mut(), x.as_ref(), par);
+                matmul(
+                    full.as_mut(),
+                    Accum::Replace,
+                    x.transpose(),
+                    x.as_ref(),
+                    1.0,
+                    par,
+                );
+                for j in 0..cols {
+                    for i in j..cols {
+                        assert_eq!(
+                            lower[(i, j)].to_bits(),
+                            full[(i, j)].to_bits(),
+                            "{rows}x{cols} ({i},{j})"
+                        );
+                        assert_eq!(full[(j, i)].to_bits(), full[(i, j)].to_bits());
+                    }
                 }
             }
         }

@@ -12,6 +12,11 @@ pub fn packed_words(n: usize, bits: u32) -> usize {
 /// Packs one row of signed codes; `out.len() == packed_words(codes.len(), bits)`.
 pub fn pack_row(codes: &[i8], bits: u32, out: &mut [u32]) {
     debug_assert_eq!(out.len(), packed_words(codes.len(), bits));
+    match bits {
+        4 => return pack_whole_words::<4>(codes, out),
+        8 => return pack_whole_words::<8>(codes, out),
+        _ => {}
+    }
     out.fill(0);
     let offset = 1i32 << (bits - 1);
     let mask = (1u64 << bits) - 1;
@@ -24,6 +29,26 @@ pub fn pack_row(codes: &[i8], bits: u32, out: &mut [u32]) {
         if s + bits as usize > 32 {
             out[w + 1] |= (v >> 32) as u32;
         }
+    }
+}
+
+/// [`pack_row`] for a width that divides 32 (no code across a word boundary): whole words
+/// in a loop LLVM vectorizes, then a last partial word.
+fn pack_whole_words<const BITS: u32>(codes: &[i8], out: &mut [u32]) {
+    let per = (32 / BITS) as usize;
+    let offset = 1i32 << (BITS - 1);
+    let mask = (1u32 << BITS) - 1;
+    let word = |c: &[i8]| {
+        c.iter().enumerate().fold(0u32, |w, (k, &v)| {
+            w | ((((v as i32 + offset) as u32) & mask) << (k * BITS as usize))
+        })
+    };
+    let whole = codes.len() / per;
+    for (w, c) in out.iter_mut().zip(codes.chunks_exact(per)) {
+        *w = word(c);
+    }
+    if let Some(w) = out.get_mut(whole) {
+        *w = word(&codes[whole * per..]);
     }
 }
 
@@ -46,18 +71,16 @@ pub fn unpack_row_ref(words: &[u32], bits: u32, out: &mut [i8]) {
 pub fn unpack_row(words: &[u32], bits: u32, out: &mut [i8]) {
     match bits {
         4 => {
-            let n = out.len();
-            let mut i = 0;
-            'outer: for w in words {
-                for b in w.to_le_bytes() {
-                    if i >= n {
-                        break 'outer;
-                    }
-                    out[i] = ((b & 0x0f) as i32 - 8) as i8;
-                    if i + 1 < n {
-                        out[i + 1] = ((b >> 4) as i32 - 8) as i8;
-                    }
-                    i += 2;
+            // whole words (a loop LLVM vectorizes), then the codes of a last partial word
+            let whole = out.len() / 8;
+            for (o, &w) in out.chunks_exact_mut(8).zip(words) {
+                for (k, v) in o.iter_mut().enumerate() {
+                    *v = (((w >> (4 * k)) & 0x0f) as i32 - 8) as i8;
+                }
+            }
+            if let Some(&w) = words.get(whole) {
+                for (k, v) in out[whole * 8..].iter_mut().enumerate() {
+                    *v = (((w >> (4 * k)) & 0x0f) as i32 - 8) as i8;
                 }
             }
         }

@@ -71,7 +71,7 @@ pub fn round_even_small(v: f32) -> f32 {
 }
 
 /// Quantizes `x` with fixed parameters into signed codes.
-#[inline]
+#[inline(always)]
 pub fn quantize(spec: IntSpec, p: QParams, x: &[f32], codes: &mut [i8]) {
     let (qmin, qmax) = (spec.qmin() as f32, spec.qmax() as f32);
     let zero = p.zero as f32;
@@ -91,12 +91,68 @@ pub fn dequantize(p: QParams, codes: &[i8], out: &mut [f32]) {
     }
 }
 
-/// Min and max of a slice (NaN-free input).
+// [`quantize`] compiled for each vector width (LLVM vectorizes its loop there): the same IEEE
+// operations per value, so the same codes.
+crate::simd::multiversion!(quantize_wide, quantize_wide_at, quantize_lanes, quantize,
+    (spec: IntSpec, p: QParams, x: &[f32], codes: &mut [i8]) -> ());
+
+/// [`quantize`] in a form LLVM vectorizes: selects for the clamps, and the integer read from
+/// the bits of `f + 1.5·2^23` (exact for the integers of `qmin..=qmax`; NaN gives 0, as `as`
+/// does).
+#[inline(always)]
+fn quantize_lanes<V: crate::simd::Lanes>(spec: IntSpec, p: QParams, x: &[f32], codes: &mut [i8]) {
+    let (qmin, qmax) = (spec.qmin() as f32, spec.qmax() as f32);
+    let zero = p.zero as f32;
+    let clamp = |v: f32, lo: f32, hi: f32| {
+        if v < lo {
+            lo
+        } else if v > hi {
+            hi
+        } else {
+            v
+        }
+    };
+    for (c, &v) in codes.iter_mut().zip(x) {
+        let r = round_even_small(clamp(v / p.scale, -4_194_304.0, 4_194_304.0));
+        let f = clamp(r + zero, qmin, qmax);
+        let i = (f + 12_582_912.0).to_bits() as i32 - 0x4b40_0000;
+        *c = if f.is_nan() { 0 } else { i as i8 };
+    }
+}
+
+/// Min and max of a slice (NaN values are skipped, as `f32::min`/`max` skip them; the sign
+/// of a zero extreme is unspecified). Sixteen running extremes side by side, so the loop
+/// vectorizes; the extremes of a set do not depend on the order they are taken in.
 pub fn min_max(x: &[f32]) -> (f32, f32) {
-    x.iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        })
+    min_max_wide(x)
+}
+
+crate::simd::multiversion!(min_max_wide, min_max_wide_at, min_max_lanes, min_max_scalar,
+    (x: &[f32]) -> (f32, f32));
+
+#[inline(always)]
+fn min_max_lanes<V: crate::simd::Lanes>(x: &[f32]) -> (f32, f32) {
+    min_max_scalar(x)
+}
+
+#[inline(always)]
+fn min_max_scalar(x: &[f32]) -> (f32, f32) {
+    const W: usize = 16;
+    let (mut lo, mut hi) = ([f32::INFINITY; W], [f32::NEG_INFINITY; W]);
+    let mut chunks = x.chunks_exact(W);
+    for c in &mut chunks {
+        for k in 0..W {
+            lo[k] = if c[k] < lo[k] { c[k] } else { lo[k] };
+            hi[k] = if c[k] > hi[k] { c[k] } else { hi[k] };
+        }
+    }
+    let rest = chunks.remainder();
+    (
+        lo.iter().chain(rest).fold(f32::INFINITY, |a, &v| a.min(v)),
+        hi.iter()
+            .chain(rest)
+            .fold(f32::NEG_INFINITY, |a, &v| a.max(v)),
+    )
 }
 
 /// Result of quantizing a block of rows group-wise.
@@ -130,7 +186,7 @@ pub fn quantize_rows(
             let (mn, mx) = min_max(xg);
             fit(spec, mn, mx, scale_dtype)
         });
-        quantize(spec, p, xg, cg);
+        quantize_wide(spec, p, xg, cg);
         params.push(p);
     }
     IntRows { codes, params }
@@ -149,6 +205,66 @@ mod tests {
         bits: 4,
         symmetric: false,
     };
+
+    /// Every vector width quantizes as the scalar loop does, on random groups with values
+    /// at the rounding ties, beyond the clamp and at ±0.
+    #[test]
+    fn quantize_at_every_level_equals_scalar() {
+        use crate::simd::Level;
+        let mut rng = crate::synth::Rng::new(11);
+        for &(bits, symmetric) in &[
+            (4, true),
+            (4, false),
+            (8, true),
+            (8, false),
+            (2, true),
+            (3, false),
+        ] {
+            let spec = IntSpec { bits, symmetric };
+            for len in [1usize, 7, 16, 33, 128, 4096] {
+                let mut x: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+                for (i, v) in x.iter_mut().enumerate().step_by(5) {
+                    *v = [0.5, -0.5, 1.5, -2.5, -0.0, 1e30, -1e30, f32::NAN][i % 8];
+                }
+                let (mn, mx) = min_max(&x);
+                let fitted = fit(spec, mn.max(-1e3), mx.min(1e3), DType::BF16);
+                // unit scales put the ±0.5, 1.5, -2.5 values on rounding ties
+                let ties = QParams {
+                    scale: 1.0,
+                    zero: if symmetric { 0 } else { 1 },
+                };
+                for p in [fitted, ties] {
+                    let mut want = vec![0i8; len];
+                    quantize(spec, p, &x, &mut want);
+                    for lv in [Level::Scalar, Level::Base, Level::Avx2, Level::Avx512] {
+                        let mut got = vec![0i8; len];
+                        quantize_wide_at(lv, spec, p, &x, &mut got);
+                        assert_eq!(
+                            got, want,
+                            "{lv:?} bits {bits} sym {symmetric} len {len} {p:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn min_max_equals_fold() {
+        let mut rng = crate::synth::Rng::new(5);
+        for len in [0usize, 1, 15, 16, 17, 100, 1000] {
+            let mut x: Vec<f32> = (0..len).map(|_| rng.normal() as f32 * 3.0).collect();
+            if len > 3 {
+                x[len / 2] = f32::NAN;
+            }
+            let want = x
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                    (a.min(v), b.max(v))
+                });
+            assert_eq!(min_max(&x), want, "{len}");
+        }
+    }
 
     #[test]
     fn round_even_small_equals_round_ties_even() {

@@ -98,9 +98,7 @@ impl Layout for FloatQuantized {
         let scales: Vec<f32> = match self.granularity {
             Granularity::Tensor => {
                 let s = fit(stats.min.abs().max(stats.max.abs()));
-                for (c, &v) in codes.iter_mut().zip(x) {
-                    *c = f.encode(v / s);
-                }
+                f.encode_scaled(x, s, &mut codes);
                 vec![s]
             }
             Granularity::Channel | Granularity::Group(_) => {
@@ -108,9 +106,7 @@ impl Layout for FloatQuantized {
                 let mut sc = Vec::new();
                 for (xg, cg) in x.chunks_exact(g).zip(codes.chunks_exact_mut(g)) {
                     let s = fit(absmax(xg));
-                    for (c, &v) in cg.iter_mut().zip(xg) {
-                        *c = f.encode(v / s);
-                    }
+                    f.encode_scaled(xg, s, cg);
                     sc.push(s);
                 }
                 sc
@@ -130,9 +126,8 @@ impl Layout for FloatQuantized {
                         let s = fit(amax);
                         sc[bi * bcols + bj] = s;
                         for r in rr.clone() {
-                            for c in cc.clone() {
-                                codes[r * cols + c] = f.encode(x[r * cols + c] / s);
-                            }
+                            let at = r * cols + cc.start..r * cols + cc.end;
+                            f.encode_scaled(&x[at.clone()], s, &mut codes[at]);
                         }
                     }
                 }

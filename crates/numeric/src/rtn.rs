@@ -91,8 +91,8 @@ pub fn dequantize(p: QParams, codes: &[i8], out: &mut [f32]) {
     }
 }
 
-// [`quantize`] compiled for each vector width (LLVM vectorizes its loop there): the same IEEE
-// operations per value, so the same codes.
+// [`quantize`] for each vector width: `quantize_lanes` compiled per width, the scalar
+// `quantize` as the reference (a unit test compares them at every level).
 crate::simd::multiversion!(quantize_wide, quantize_wide_at, quantize_lanes, quantize,
     (spec: IntSpec, p: QParams, x: &[f32], codes: &mut [i8]) -> ());
 
@@ -146,12 +146,19 @@ fn min_max_scalar(x: &[f32]) -> (f32, f32) {
             hi[k] = if c[k] > hi[k] { c[k] } else { hi[k] };
         }
     }
+    // halves folded onto halves (still vector operations), then the remainder
+    let mut w = W / 2;
+    while w > 0 {
+        for k in 0..w {
+            lo[k] = if lo[k + w] < lo[k] { lo[k + w] } else { lo[k] };
+            hi[k] = if hi[k + w] > hi[k] { hi[k + w] } else { hi[k] };
+        }
+        w /= 2;
+    }
     let rest = chunks.remainder();
     (
-        lo.iter().chain(rest).fold(f32::INFINITY, |a, &v| a.min(v)),
-        hi.iter()
-            .chain(rest)
-            .fold(f32::NEG_INFINITY, |a, &v| a.max(v)),
+        rest.iter().fold(lo[0], |a, &v| a.min(v)),
+        rest.iter().fold(hi[0], |a, &v| a.max(v)),
     )
 }
 

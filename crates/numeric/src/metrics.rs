@@ -25,17 +25,20 @@ impl ErrorStats {
     }
 
     pub fn add(&mut self, x: &[f32], y: &[f32]) {
-        add_lanes8(self, x, y);
+        add_lanes8(self, x, y, x.len());
     }
 
-    /// [`ErrorStats::of`] and whether every 256-value chunk of `x` (rows of a multiple of 256
-    /// values hold whole chunks) decodes within the bound `layout::check_written` enforces per
-    /// row: all sums finite and each chunk's largest error at most its largest |x| · (1 + 1e-3)
-    /// plus the least normal f32. A chunk's largest |x| is at most its row's, so `true` means
-    /// the per-row check passes; on `false` run that check to find the value (or to pass).
-    pub fn of_bounded(x: &[f32], y: &[f32]) -> (ErrorStats, bool) {
+    /// [`ErrorStats::of`] over rows of `cols` values, and whether every row decodes within the
+    /// bound `layout::check_written` enforces per row. The sums run over each row's 256-value
+    /// chunks (the last one shorter when 256 does not divide `cols`; with 256 dividing it, the
+    /// chunks and so the figures are [`ErrorStats::of`]'s); a chunk is within the bound when
+    /// its sums are finite and its largest error is at most its largest |x| · (1 + 1e-3) plus
+    /// the least normal f32. A chunk lies in one row and its largest |x| is at most the row's,
+    /// so `true` means the per-row check passes; on `false` run that check to find the value
+    /// (or to pass).
+    pub fn of_bounded(x: &[f32], y: &[f32], cols: usize) -> (ErrorStats, bool) {
         let mut s = ErrorStats::default();
-        let within = add_lanes8(&mut s, x, y);
+        let within = add_lanes8(&mut s, x, y, cols);
         (s, within)
     }
 
@@ -178,11 +181,11 @@ pub fn audit_narrowing(x: &[f32], rounded: &[f32], max: f32, min_normal: f32) ->
 }
 
 crate::simd::multiversion!(add_lanes8, add_at, add_body, add_scalar,
-    (s: &mut ErrorStats, x: &[f32], y: &[f32]) -> bool);
+    (s: &mut ErrorStats, x: &[f32], y: &[f32], cols: usize) -> bool);
 
 /// The same sums without explicit lanes (the `QS_SIMD=scalar` level).
-fn add_scalar(s: &mut ErrorStats, x: &[f32], y: &[f32]) -> bool {
-    add_body::<crate::simd::Portable>(s, x, y)
+fn add_scalar(s: &mut ErrorStats, x: &[f32], y: &[f32], cols: usize) -> bool {
+    add_body::<crate::simd::Portable>(s, x, y, cols)
 }
 
 /// Blocks of 256 summed in eight f32 lanes (value j of a block in lane j % 8; relative error
@@ -191,18 +194,29 @@ fn add_scalar(s: &mut ErrorStats, x: &[f32], y: &[f32]) -> bool {
 /// AVX-512 build runs its half-width registers. Returns whether every block is within the
 /// bound of [`ErrorStats::of_bounded`].
 #[inline(always)]
-fn add_body<V: crate::simd::Lanes>(s: &mut ErrorStats, x: &[f32], y: &[f32]) -> bool {
+fn add_body<V: crate::simd::Lanes>(s: &mut ErrorStats, x: &[f32], y: &[f32], cols: usize) -> bool {
     assert_eq!(x.len(), y.len());
     type H<V> = <V as crate::simd::Lanes>::Half;
-    body8::<H<V>>(s, x, y)
+    body8::<H<V>>(s, x, y, cols)
 }
 
 #[inline(always)]
-fn body8<V: crate::simd::Lanes>(s: &mut ErrorStats, x: &[f32], y: &[f32]) -> bool {
+fn body8<V: crate::simd::Lanes>(s: &mut ErrorStats, x: &[f32], y: &[f32], cols: usize) -> bool {
     const L: usize = 8;
     debug_assert_eq!(V::L, L);
     let mut within = true;
-    for (xb, yb) in x.chunks(256).zip(y.chunks(256)) {
+    // rows of `cols` values, each in chunks of 256 (with 256 dividing `cols`, simply the
+    // slice's chunks of 256)
+    let row = if cols == 0 || cols.is_multiple_of(256) {
+        256
+    } else {
+        cols
+    };
+    let blocks = x
+        .chunks(row)
+        .zip(y.chunks(row))
+        .flat_map(|(a, b)| a.chunks(256).zip(b.chunks(256)));
+    for (xb, yb) in blocks {
         let z = V::splat(0.0);
         let (mut x2, mut y2, mut xy, mut e2, mut me, mut mx) = (z, z, z, z, z, z);
         let (xc, yc) = (xb.chunks_exact(L), yb.chunks_exact(L));
@@ -250,64 +264,6 @@ fn body8<V: crate::simd::Lanes>(s: &mut ErrorStats, x: &[f32], y: &[f32]) -> boo
     within
 }
 
-crate::simd::multiversion!(rows_within, rows_within_at, rows_within_body, rows_within_scalar,
-    (x: &[f32], y: &[f32], cols: usize) -> bool);
-
-/// Whether every row of `cols` values of `y` is within the bound `layout::check_written`
-/// enforces against `x`: |x - y| at most the row's largest |x| · (1 + 1e-3) plus the least
-/// normal f32 (`false` for NaN, and for any non-finite bound: then run that check itself).
-pub fn rows_within_bound(x: &[f32], y: &[f32], cols: usize) -> bool {
-    rows_within(x, y, cols)
-}
-
-fn rows_within_scalar(x: &[f32], y: &[f32], cols: usize) -> bool {
-    rows_within_body::<crate::simd::Portable>(x, y, cols)
-}
-
-#[inline(always)]
-fn rows_within_body<V: crate::simd::Lanes>(x: &[f32], y: &[f32], cols: usize) -> bool {
-    assert_eq!(x.len(), y.len());
-    let l = V::L;
-    let zero = V::splat(0.0);
-    let ones = V::lt_mask(zero, V::splat(1.0));
-    for (xr, yr) in x.chunks(cols.max(1)).zip(y.chunks(cols.max(1))) {
-        let mut m = zero;
-        let body = xr.len() / l * l;
-        for c in (0..body).step_by(l) {
-            let a = V::load(&xr[c..]).abs();
-            m = V::if_lt(m, a, a, m);
-        }
-        let mut lanes = [0f32; 16];
-        m.store(&mut lanes);
-        let amax = lanes[..l]
-            .iter()
-            .chain(xr[body..].iter())
-            .fold(0f32, |a, v| a.max(v.abs()));
-        let tol = amax + amax * 1e-3 + f32::MIN_POSITIVE;
-        if !tol.is_finite() {
-            return false;
-        }
-        let tv = V::splat(tol);
-        let mut ok = ones;
-        for c in (0..body).step_by(l) {
-            let e = V::load(&xr[c..]).sub(V::load(&yr[c..])).abs();
-            ok = ok.and(V::ge_then(tv, e, ones));
-        }
-        ok.store(&mut lanes);
-        if lanes[..l].iter().any(|v| v.to_bits() == 0) {
-            return false;
-        }
-        if !xr[body..]
-            .iter()
-            .zip(&yr[body..])
-            .all(|(&a, &b)| (a - b).abs() <= tol)
-        {
-            return false;
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,8 +290,8 @@ mod tests {
         for (case, (x, y)) in cases.into_iter().enumerate() {
             for lv in [Level::Base, Level::Avx2, Level::Avx512] {
                 let (mut a, mut b) = (ErrorStats::default(), ErrorStats::default());
-                let wa = add_at(Level::Scalar, &mut a, &x, &y);
-                let wb = add_at(lv, &mut b, &x, &y);
+                let wa = add_at(Level::Scalar, &mut a, &x, &y, x.len());
+                let wb = add_at(lv, &mut b, &x, &y, x.len());
                 let bits = |s: &ErrorStats| {
                     [s.sum_x2, s.sum_y2, s.sum_xy, s.sum_err2, s.max_abs_err].map(f64::to_bits)
                 };
@@ -343,21 +299,33 @@ mod tests {
             }
             let cols = 256;
             let n = x.len() / cols * cols;
-            let (_, within) = ErrorStats::of_bounded(&x[..n], &y[..n]);
+            let (whole, within) = ErrorStats::of_bounded(&x[..n], &y[..n], cols);
             // only the first case decodes within the bound
             assert_eq!(within, case == 0, "case {case}");
             let checked = crate::layout::check_written(None, &x[..n], &y[..n], cols);
             assert_eq!(checked.is_ok(), within, "case {case}");
+            // rows that are whole chunks: the figures of `of`
+            let plain = ErrorStats::of(&x[..n], &y[..n]);
+            assert_eq!(whole.sum_err2.to_bits(), plain.sum_err2.to_bits());
+            assert_eq!(whole.sum_x2.to_bits(), plain.sum_x2.to_bits());
             // rows of any length: every level agrees with the per-row check
-            for cols in [576, 100, 4096 + 40] {
+            for cols in [576, 100, 4096 + 40, 7] {
                 let n = x.len() / cols * cols;
                 let want = crate::layout::check_written(None, &x[..n], &y[..n], cols).is_ok();
                 for lv in [Level::Scalar, Level::Base, Level::Avx2, Level::Avx512] {
+                    let mut st = ErrorStats::default();
                     assert_eq!(
-                        rows_within_at(lv, &x[..n], &y[..n], cols),
+                        add_at(lv, &mut st, &x[..n], &y[..n], cols),
                         want,
-                        "case {case} {cols} {lv:?}"
+                        "fused, case {case} {cols} {lv:?}"
                     );
+                    // the same figures as the f64 reference, to f32 block-sum accuracy
+                    let mut r = ErrorStats::default();
+                    r.add_ref(&x[..n], &y[..n]);
+                    if r.sum_err2.is_finite() && case == 0 {
+                        assert!((st.sum_err2 - r.sum_err2).abs() <= 1e-5 * r.sum_err2);
+                        assert!((st.sum_x2 - r.sum_x2).abs() <= 1e-5 * r.sum_x2);
+                    }
                 }
             }
         }

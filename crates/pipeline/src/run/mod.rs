@@ -855,17 +855,13 @@ fn run_chunk<'a>(
                         .collect(),
                 );
             }
-            // The error statistics and, for whole 256-value chunks per row, the bound the
-            // per-row check enforces, in one pass (other rows: the bound in its own vector
-            // pass); the exact check runs where the bound fails (to name the value) and
-            // wherever it cannot stand in for it.
-            let plain = intended.is_none() && !cfg.allow_nonfinite;
-            let fused = plain && cols % 256 == 0;
+            // The error statistics and the bound the per-row check enforces, in one pass; the
+            // exact check runs where the bound fails (to name the value) and wherever it
+            // cannot stand in for it.
+            let fused = intended.is_none() && !cfg.allow_nonfinite;
             let mut within = false;
             if fused {
-                (res.stats, within) = ErrorStats::of_bounded(&x, &y);
-            } else if plain {
-                within = qs_numeric::metrics::rows_within_bound(&x, &y, cols);
+                (res.stats, within) = ErrorStats::of_bounded(&x, &y, cols);
             }
             if !within {
                 qs_numeric::layout::check_written(intended.as_deref(), &x, &y, cols).map_err(

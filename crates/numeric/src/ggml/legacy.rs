@@ -122,11 +122,7 @@ impl BlockCodec for Legacy {
         }
     }
     fn dequantize_row(&self, y: &[u8], x: &mut [f32]) {
-        let bb = self.ty.block().1;
-        for (b, out) in y.chunks_exact(bb).zip(x.chunks_exact_mut(32)) {
-            let out: &mut [f32; 32] = out.try_into().expect("32-value block");
-            dequantize_block32(self.ty, b, out);
-        }
+        dequantize_row_wide(self.ty, y, x)
     }
     fn grid(&self) -> Option<&'static dyn CodeGrid> {
         self.grid.map(|g| g as &'static dyn CodeGrid)
@@ -291,7 +287,26 @@ fn quantize_q5_1(x: &[f32], y: &mut [u8]) {
     y[4..8].copy_from_slice(&qh.to_le_bytes());
 }
 
-#[inline]
+// A row of blocks, compiled for each vector width (the same operations per value: LLVM
+// vectorizes the block's loops there); the scalar loop is the reference.
+crate::simd::multiversion!(dequantize_row_wide, dequantize_row_at, dequantize_row_lanes,
+    dequantize_row_scalar, (ty: GgmlType, y: &[u8], x: &mut [f32]) -> ());
+
+#[inline(always)]
+fn dequantize_row_scalar(ty: GgmlType, y: &[u8], x: &mut [f32]) {
+    let bb = ty.block().1;
+    for (b, out) in y.chunks_exact(bb).zip(x.chunks_exact_mut(32)) {
+        let out: &mut [f32; 32] = out.try_into().expect("32-value block");
+        dequantize_block32(ty, b, out);
+    }
+}
+
+#[inline(always)]
+fn dequantize_row_lanes<V: crate::simd::Lanes>(ty: GgmlType, y: &[u8], x: &mut [f32]) {
+    dequantize_row_scalar(ty, y, x)
+}
+
+#[inline(always)]
 fn dequantize_block32(ty: GgmlType, b: &[u8], out: &mut [f32; 32]) {
     let d = get_f16(b);
     let mut q = [0i32; 32];
@@ -914,6 +929,34 @@ mod pack_codes_tests {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod avx2_tests {
     use super::*;
+
+    /// Rows decode to the same bits (signed zeros included) at every vector level, for every
+    /// legacy type, on random bytes (any scale, any codes: NaN and infinite scales too).
+    #[test]
+    fn dequantize_row_at_every_level_equals_scalar() {
+        use crate::simd::Level;
+        let mut rng = crate::synth::Rng::new(17);
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+        ] {
+            let blocks = 64;
+            let bytes: Vec<u8> = (0..blocks * ty.block().1)
+                .map(|_| rng.next_u64() as u8)
+                .collect();
+            let mut want = vec![0f32; blocks * 32];
+            dequantize_row_scalar(ty, &bytes, &mut want);
+            for lv in [Level::Scalar, Level::Base, Level::Avx2, Level::Avx512] {
+                let mut got = vec![1f32; blocks * 32];
+                dequantize_row_at(lv, ty, &bytes, &mut got);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+                assert_eq!(bits(&got), bits(&want), "{ty:?} {lv:?}");
+            }
+        }
+    }
 
     /// The AVX2 rows write the scalar block functions' bytes, on weight-like rows and on
     /// blocks of zeros, denormals, ties at .5 steps, one outlier, and values near f32's limit.

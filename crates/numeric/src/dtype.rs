@@ -117,10 +117,8 @@ pub fn decode_f32(dtype: DType, src: &[u8], out: &mut [f32]) {
         DType::BF16 => {
             #[cfg(target_endian = "little")]
             if let Ok(h) = bytemuck::try_cast_slice::<u8, u16>(&src[..2 * n]) {
-                // aligned source: one shift per value, vectorized
-                for (o, &v) in out.iter_mut().zip(h) {
-                    *o = f32::from_bits((v as u32) << 16);
-                }
+                // aligned source: one shift per value, vectorized at the CPU's width
+                widen_bf16(h, out);
                 return;
             }
             for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
@@ -147,6 +145,45 @@ pub fn decode_f32(dtype: DType, src: &[u8], out: &mut [f32]) {
         }
         other => panic!("decode_f32: {other} is not a float type"),
     }
+}
+
+crate::simd::multiversion!(widen_bf16, widen_bf16_at, widen_bf16_lanes, widen_bf16_scalar,
+    (h: &[u16], out: &mut [f32]) -> ());
+
+/// bf16 bits to f32: the 16 bits become the high half (exact).
+#[inline(always)]
+fn widen_bf16_scalar(h: &[u16], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(h) {
+        *o = f32::from_bits((v as u32) << 16);
+    }
+}
+
+#[inline(always)]
+fn widen_bf16_lanes<V: crate::simd::Lanes>(h: &[u16], out: &mut [f32]) {
+    widen_bf16_scalar(h, out)
+}
+
+crate::simd::multiversion!(any_nonfinite_wide, any_nonfinite_at, any_nonfinite_lanes,
+    any_nonfinite_scalar, (x: &[f32]) -> bool);
+
+/// Whether any value is NaN or ±inf (exponent bits all ones), at the CPU's vector width.
+pub fn any_nonfinite(x: &[f32]) -> bool {
+    any_nonfinite_wide(x)
+}
+
+/// Branch-free per 256 values (the loop vectorizes), so a finite slice costs one pass.
+#[inline(always)]
+fn any_nonfinite_scalar(x: &[f32]) -> bool {
+    x.chunks(256).any(|c| {
+        c.iter().fold(0u32, |a, v| {
+            a | ((v.to_bits() & 0x7f80_0000) == 0x7f80_0000) as u32
+        }) != 0
+    })
+}
+
+#[inline(always)]
+fn any_nonfinite_lanes<V: crate::simd::Lanes>(x: &[f32]) -> bool {
+    any_nonfinite_scalar(x)
 }
 
 /// Rounds one f32 to bf16 (round to nearest even, NaN kept quiet), as ggml and torch do.
@@ -232,6 +269,42 @@ pub fn fp8_format(dtype: DType) -> Option<Fp8Format> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bf16 widening and the non-finite scan give the scalar loops' results at every
+    /// vector level (random bits: NaN, inf, subnormal and zero patterns included).
+    #[test]
+    fn widening_and_scan_at_every_level_equal_scalar() {
+        use crate::simd::Level;
+        let mut rng = crate::synth::Rng::new(23);
+        let h: Vec<u16> = (0..1000).map(|_| rng.next_u64() as u16).collect();
+        let mut want = vec![0f32; h.len()];
+        widen_bf16_scalar(&h, &mut want);
+        let finite: Vec<f32> = want
+            .iter()
+            .map(|v| if v.is_finite() { *v } else { 1.0 })
+            .collect();
+        for lv in [Level::Scalar, Level::Base, Level::Avx2, Level::Avx512] {
+            let mut got = vec![0f32; h.len()];
+            widen_bf16_at(lv, &h, &mut got);
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{lv:?}"
+            );
+            assert!(any_nonfinite_at(lv, &want));
+            assert!(!any_nonfinite_at(lv, &finite));
+            for (i, bad) in [
+                (0usize, f32::NAN),
+                (257, f32::INFINITY),
+                (999, f32::NEG_INFINITY),
+            ] {
+                let mut one = finite.clone();
+                one[i] = bad;
+                assert!(any_nonfinite_at(lv, &one), "{lv:?} {i}");
+            }
+        }
+    }
 
     #[test]
     fn bf16_rounding_matches_half_crate_on_all_patterns() {

@@ -662,12 +662,8 @@ fn decode_rows(
 ) -> Result<Vec<f32>> {
     let x = source_rows(src, &src.tensors[tp.source], tp.permute, tp.shift, r0, r1);
     let cols = rows_cols(&tp.shape).1;
-    // Branch-free scan (vectorizes); the position is looked up only on failure.
-    let any_nonfinite = x.chunks(256).any(|c| {
-        c.iter().fold(0u32, |a, v| {
-            a | ((v.to_bits() & 0x7f80_0000) == 0x7f80_0000) as u32
-        }) != 0
-    });
+    // One vector pass; the position is looked up only on failure.
+    let any_nonfinite = qs_numeric::dtype::any_nonfinite(&x);
     if !allow_nonfinite && any_nonfinite {
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
             let n = x.iter().filter(|v| !v.is_finite()).count();

@@ -78,6 +78,9 @@ impl BlockCodec for Legacy {
             None => (self.quantize)(x, y),
         }
     }
+    fn uses_row_sigma2(&self) -> bool {
+        self.quantize_imatrix.is_some()
+    }
     fn quantize_row_weighted(&self, x: &[f32], qw: &[f32], row_sigma2: f32, y: &mut [u8]) {
         match self.quantize_imatrix {
             Some(_) => imatrix_blocks(self.ty, x, qw, row_sigma2, y),

@@ -134,6 +134,11 @@ pub trait BlockCodec: Sync {
         let _ = (qw, row_sigma2);
         self.quantize_block(x, y)
     }
+    /// Whether [`BlockCodec::quantize_row_weighted`] reads its `row_sigma2` (a sequential sum
+    /// over the row, computed only for the types that use it).
+    fn uses_row_sigma2(&self) -> bool {
+        false
+    }
     /// A whole row with importance weights ([`BlockCodec::quantize_block_weighted`] block by
     /// block unless a type batches its blocks).
     fn quantize_row_weighted(&self, x: &[f32], qw: &[f32], row_sigma2: f32, y: &mut [u8]) {
@@ -316,7 +321,12 @@ pub fn quantize_row_weighted(ty: GgmlType, x: &[f32], qw: &[f32], y: &mut [u8]) 
     let (bs, bb) = ty.block();
     assert_eq!(qw.len(), x.len(), "one importance weight per column");
     assert_eq!(y.len(), x.len() / bs * bb);
-    c.quantize_row_weighted(x, qw, legacy::row_sigma2(x), y)
+    let sigma2 = if c.uses_row_sigma2() {
+        legacy::row_sigma2(x)
+    } else {
+        0.0
+    };
+    c.quantize_row_weighted(x, qw, sigma2, y)
 }
 
 /// Scalar reference dequantizer: decodes element by element straight from the block layout

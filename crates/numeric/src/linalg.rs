@@ -3,8 +3,8 @@
 //! faer's AVX-512 kernels return with the upper halves of the vector registers in use (no
 //! `vzeroupper`). Until something clears them, every SSE-encoded instruction that thread runs
 //! — all of our scalar Rust code at the x86-64 baseline, and the glibc calls it makes — pays a
-//! state-transition penalty: on the Sapphire Rapids CI machine glibc's `expf` went from 5 ns to
-//! 150 ns, and the calibration forward pass spent over half its time in softmax and SiLU
+//! state-transition penalty: on this project's (Sapphire Rapids) machine glibc's `expf` went
+//! from 5 ns to 150 ns, and the calibration forward pass spent over half its time in softmax and SiLU
 //! because of it. Every faer product in quantsmith goes through [`matmul`], which clears the
 //! state on the threads it ran on. Clearing changes no value.
 

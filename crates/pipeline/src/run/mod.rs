@@ -587,11 +587,11 @@ pub(crate) fn source_rows(
     shift: bool,
     r0: usize,
     r1: usize,
-) -> Vec<f32> {
+) -> scratch::Scratch {
     let mut x = source_rows_unshifted(src, st, permute, r0, r1);
     if shift {
         let f16 = st.info.dtype == DType::F16 && st.ggml.is_none();
-        for v in &mut x {
+        for v in x.iter_mut() {
             *v += 1.0;
             if f16 {
                 *v = round_to(DType::F16, *v);
@@ -607,7 +607,7 @@ fn source_rows_unshifted(
     permute: Option<usize>,
     r0: usize,
     r1: usize,
-) -> Vec<f32> {
+) -> scratch::Scratch {
     let (rows, cols) = rows_cols(&st.info.shape);
     // every value is written below
     let mut x = scratch::take((r1 - r0) * cols);
@@ -625,29 +625,73 @@ fn source_rows_unshifted(
 
 /// Per-thread value buffers reused from chunk to chunk: a fresh multi-megabyte allocation per
 /// chunk costs a page fault per 4 KiB and a memset (a fifth of a Q8_0 conversion's time).
+/// A buffer keeps its full length while lent (a [`scratch::Scratch`] shows its first `n`
+/// values), so taking a shorter chunk after a longer one fills nothing.
 pub(crate) mod scratch {
     use std::cell::RefCell;
+    use std::ops::{Deref, DerefMut};
 
     thread_local! {
         static FREE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
     }
 
-    /// `n` values left from an earlier use (or zeros): the caller overwrites all of them.
-    pub(crate) fn take(n: usize) -> Vec<f32> {
-        let mut v = FREE.with(|f| f.borrow_mut().pop()).unwrap_or_default();
-        v.truncate(n);
-        v.resize(n, 0.0);
-        v
+    /// `n` values of a reused buffer (left from an earlier use, or zeros: the caller
+    /// overwrites all of them); back to this thread's pool when dropped.
+    pub(crate) struct Scratch {
+        v: Vec<f32>,
+        n: usize,
     }
 
-    /// Returns a buffer for the next [`take`] on this thread (at most two kept).
-    pub(crate) fn give(v: Vec<f32>) {
-        FREE.with(|f| {
-            let mut f = f.borrow_mut();
-            if f.len() < 2 {
-                f.push(v);
-            }
-        });
+    impl Deref for Scratch {
+        type Target = [f32];
+        fn deref(&self) -> &[f32] {
+            &self.v[..self.n]
+        }
+    }
+
+    impl DerefMut for Scratch {
+        fn deref_mut(&mut self) -> &mut [f32] {
+            &mut self.v[..self.n]
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let v = std::mem::take(&mut self.v);
+            // (at thread exit the pool may be gone: the buffer is then simply freed)
+            let _ = FREE.try_with(|f| {
+                let mut f = f.borrow_mut();
+                if f.len() < 2 {
+                    f.push(v);
+                } else if let Some(small) = f.iter_mut().min_by_key(|b| b.len()) {
+                    // keep the two longest
+                    if small.len() < v.len() {
+                        *small = v;
+                    }
+                }
+            });
+        }
+    }
+
+    /// A buffer of `n` values: one of this thread's that holds `n` already if there is one
+    /// (nothing filled), else the longest, grown with zeros.
+    pub(crate) fn take(n: usize) -> Scratch {
+        let v = FREE
+            .try_with(|f| {
+                let mut f = f.borrow_mut();
+                let at = f
+                    .iter()
+                    .position(|b| b.len() >= n)
+                    .or_else(|| (0..f.len()).max_by_key(|&i| f[i].len()));
+                at.map(|i| f.swap_remove(i))
+            })
+            .ok()
+            .flatten();
+        let mut v = v.unwrap_or_default();
+        if v.len() < n {
+            v.resize(n, 0.0);
+        }
+        Scratch { v, n }
     }
 }
 
@@ -659,7 +703,7 @@ fn decode_rows(
     r0: usize,
     r1: usize,
     allow_nonfinite: bool,
-) -> Result<Vec<f32>> {
+) -> Result<scratch::Scratch> {
     let x = source_rows(src, &src.tensors[tp.source], tp.permute, tp.shift, r0, r1);
     let cols = rows_cols(&tp.shape).1;
     // One vector pass; the position is looked up only on failure.
@@ -886,7 +930,7 @@ fn run_chunk<'a>(
                 // NaN/Inf carried through a float conversion: compare the finite values only
                 let (xf, yf): (Vec<f32>, Vec<f32>) = x
                     .iter()
-                    .zip(&y)
+                    .zip(y.iter())
                     .filter(|(a, _)| a.is_finite())
                     .map(|(a, b)| (*a, *b))
                     .unzip();
@@ -894,8 +938,6 @@ fn run_chunk<'a>(
             } else {
                 res.stats = ErrorStats::of(&x, &y);
             }
-            scratch::give(x);
-            scratch::give(y);
         }
     }
     if tp.permute.is_none() {

@@ -23,10 +23,7 @@ pub fn matmul<T: faer::traits::ComplexField>(
     par: Par,
 ) {
     faer_matmul(dst, accum, a, b, alpha, par);
-    match par {
-        Par::Seq => clear_upper(),
-        _ => clear_upper_everywhere(),
-    }
+    clear_after(par);
 }
 
 /// The lower triangle (diagonal included) of `xᵀ·x` into `dst` (`x.ncols()` square), a
@@ -46,6 +43,11 @@ pub fn gram_lower(dst: MatMut<'_, f32>, x: MatRef<'_, f32>, par: Par) {
         1.0f32,
         par,
     );
+    clear_after(par);
+}
+
+/// [`clear_upper`] where a product with `par` ran: this thread, or the whole pool.
+fn clear_after(par: Par) {
     match par {
         Par::Seq => clear_upper(),
         _ => clear_upper_everywhere(),

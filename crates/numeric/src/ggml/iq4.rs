@@ -111,14 +111,7 @@ fn iq4_block_scale(x: &[f32], weight: &[f32]) -> f32 {
 pub(super) fn iq4_block_scale_ref(x: &[f32], weight: &[f32]) -> f32 {
     let values = &IQ4NL_VALUES;
     let ntry = 7i32;
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (max, amax) = super::first_absmax(x);
     if amax < GROUP_MAX_EPS {
         return 0.0;
     }

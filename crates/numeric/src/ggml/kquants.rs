@@ -46,14 +46,7 @@ pub(super) fn make_qx_quants_ref(
     qw: Option<&[f32]>,
 ) -> f32 {
     let n = x.len();
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (max, amax) = super::first_absmax(x);
     if amax < GROUP_MAX_EPS {
         l_out[..n].fill(0);
         return 0.0;
@@ -97,14 +90,7 @@ pub(super) fn make_qx_quants_ref(
 /// `make_q3_quants` with `do_rmse` (Q3_K): levels -nmax..nmax-1, refined by coordinate descent.
 pub(super) fn make_q3_quants_ref(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
     let n = x.len();
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (max, amax) = super::first_absmax(x);
     if amax < GROUP_MAX_EPS {
         l_out[..n].fill(0);
         return 0.0;

@@ -19,6 +19,7 @@
 //! The lanes are `crate::simd`'s; `simd::multiversion!` compiles each search for AVX-512 (16
 //! lanes), AVX2 (8) and the baseline, and picks one at run time.
 
+use super::first_absmax;
 use super::iq4::{iq4_block_scale_ref, IQ4NL_VALUES};
 use super::kquants::{
     make_q3_quants_ref, make_qkx2_quants_ref, make_qx_quants_ref, nearest_int, GROUP_MAX_EPS,
@@ -116,21 +117,6 @@ fn lane_sets<V: Lanes>(count: usize) -> impl Iterator<Item = (usize, usize, bool
 fn lane_sets_end<V: Lanes>(count: usize) -> usize {
     let half = <V::Half as Lanes>::L;
     count / half * half
-}
-
-/// ggml's scan for the value of largest magnitude (sign kept, first one on ties) and that
-/// magnitude.
-#[inline(always)]
-fn first_absmax(x: &[f32]) -> (f32, f32) {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
-    (max, amax)
 }
 
 /// The `lanes` sub-blocks of `n` values in `x`, value i of each side by side (row i).

@@ -355,6 +355,21 @@ pub fn pack_codes_row(ty: GgmlType, codes: &[i8], d: &[f32], m: &[f32], out: &mu
     g.pack_row(codes, d, m, out)
 }
 
+/// ggml's scan for the value of largest magnitude (sign kept, first one on ties) and that
+/// magnitude, as `make_qx_quants`, `make_q3_quants` and the IQ4 search start.
+#[inline(always)]
+fn first_absmax(x: &[f32]) -> (f32, f32) {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    (max, amax)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 use crate::arch::VocabStyle;
 use crate::error::{Error, Result};
 use qs_formats::gguf::Value;
+use serde::Deserialize;
 use serde_json::Value as Json;
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,6 +27,105 @@ fn read_json(p: &Path) -> Result<Option<Json>> {
         .map_err(|e| bad(format!("not valid JSON: {e}")))
 }
 
+/// The parts of tokenizer.json the converter reads. The vocabulary and the merges (nearly all of
+/// the file) are read straight into lists, without a JSON map per entry; the rest stays JSON.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct TokFile {
+    model: TokModel,
+    added_tokens: Json,
+    pre_tokenizer: Json,
+    decoder: Json,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct TokModel {
+    #[serde(rename = "type")]
+    ty: Json,
+    byte_fallback: Json,
+    vocab: Entries,
+    merges: Json,
+}
+
+/// `model.vocab`: an object's entries in file order (BPE), or just the length of an array
+/// (Unigram); `pairs` is `None` for anything but an object.
+#[derive(Default)]
+struct Entries {
+    pairs: Option<Vec<(String, Json)>>,
+    len: usize,
+}
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Entries, A::Error> {
+                let mut v = Vec::new();
+                while let Some(e) = m.next_entry::<String, Json>()? {
+                    v.push(e);
+                }
+                Ok(Entries {
+                    len: v.len(),
+                    pairs: Some(v),
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> std::result::Result<Entries, A::Error> {
+                let mut len = 0;
+                while s.next_element::<IgnoredAny>()?.is_some() {
+                    len += 1;
+                }
+                Ok(Entries { pairs: None, len })
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<Entries, E> {
+                Ok(Entries::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<Entries, E> {
+                Ok(Entries::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> std::result::Result<Entries, E> {
+                Ok(Entries::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<Entries, E> {
+                Ok(Entries::default())
+            }
+            fn visit_str<E>(self, _: &str) -> std::result::Result<Entries, E> {
+                Ok(Entries::default())
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Entries, E> {
+                Ok(Entries::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// tokenizer.json, when the folder has one.
+fn read_tokenizer(p: &Path) -> Result<Option<TokFile>> {
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let bad = |msg: String| Error::Input {
+        path: p.to_path_buf(),
+        msg,
+    };
+    let t = std::fs::read(p).map_err(|e| bad(e.to_string()))?;
+    serde_json::from_slice(&t)
+        .map(Some)
+        .map_err(|e| bad(format!("not a tokenizer.json: {e}")))
+}
+
 /// llama.cpp's `does_token_look_special`.
 fn looks_special(t: &str) -> bool {
     matches!(t, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
@@ -36,8 +136,8 @@ fn looks_special(t: &str) -> bool {
 
 /// The `tokenizer.ggml.pre` name llama.cpp uses for a pre-tokenizer, recognised from the
 /// pre-tokenizer definition in tokenizer.json. Unrecognised ones need `--tokenizer-pre`.
-fn detect_pre(tok: &Json) -> Option<&'static str> {
-    let pre = tok.get("pre_tokenizer")?;
+fn detect_pre(tok: &TokFile) -> Option<&'static str> {
+    let pre = &tok.pre_tokenizer;
     let ty = pre.get("type").and_then(|t| t.as_str()).unwrap_or("");
     if ty == "ByteLevel"
         && pre
@@ -79,7 +179,7 @@ pub fn gguf_tokenizer(
     arch: &crate::arch::Arch,
     pre_override: Option<&str>,
 ) -> Result<Option<Vec<(String, Value)>>> {
-    let tok = read_json(&dir.join("tokenizer.json"))?;
+    let mut tok = read_tokenizer(&dir.join("tokenizer.json"))?;
     let tcfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
     let spm_path = dir.join("tokenizer.model");
     let mut kv = Vec::new();
@@ -95,13 +195,13 @@ pub fn gguf_tokenizer(
     // Phi-4 names GPT2Tokenizer: byte-level BPE whatever else the folder holds
     let gpt2_class = tcfg.get("tokenizer_class").and_then(|v| v.as_str()) == Some("GPT2Tokenizer");
     let (vocab, merges) = if arch.vocab == VocabStyle::Phi3 && gpt2_class {
-        match &tok {
+        match &mut tok {
             Some(tok) => (bpe_vocab(dir, tok, config, pre_override)?, true),
             None => return Ok(None),
         }
     } else if spm_path.is_file() {
         (spm_vocab(&spm_path, dir, config, &tcfg)?, false)
-    } else if let Some(tok) = &tok {
+    } else if let Some(tok) = &mut tok {
         if llama && is_llama_hf(tok) {
             (llama_hf_vocab(dir, tok, config, &tcfg)?, false)
         } else {
@@ -112,7 +212,7 @@ pub fn gguf_tokenizer(
     };
     let n = vocab.n;
     kv.extend(vocab.kv);
-    kv.extend(special_vocab(dir, tok.as_ref(), &tcfg, config, n, merges)?);
+    kv.extend(special_vocab(dir, tok.as_mut(), &tcfg, config, n, merges)?);
     if arch.vocab == VocabStyle::Gemma && spm_path.is_file() {
         kv.push((
             "tokenizer.ggml.add_space_prefix".to_string(),
@@ -131,17 +231,15 @@ pub fn tokenizer_rows(dir: &Path, config: &Json) -> Result<Option<usize>> {
         let tcfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
         return Ok(Some(spm_vocab(&spm_path, dir, config, &tcfg)?.n as usize));
     }
-    let Some(tok) = read_json(&dir.join("tokenizer.json"))? else {
+    let Some(tok) = read_tokenizer(&dir.join("tokenizer.json"))? else {
         return Ok(None);
     };
-    let count = |v: Option<&Json>| match v {
-        Some(Json::Object(m)) => m.len(),
-        Some(Json::Array(a)) => a.len(),
+    let added = match &tok.added_tokens {
+        Json::Object(m) => m.len(),
+        Json::Array(a) => a.len(),
         _ => 0,
     };
-    Ok(Some(
-        count(tok.get("model").and_then(|m| m.get("vocab"))) + count(tok.get("added_tokens")),
-    ))
+    Ok(Some(tok.model.vocab.len + added))
 }
 
 struct Vocab {
@@ -247,11 +345,9 @@ fn spm_vocab(path: &Path, dir: &Path, config: &Json, tcfg: &Json) -> Result<Voca
 
 /// A tokenizer.json that llama.cpp converts with `LlamaHfVocab`: BPE with byte fallback and a
 /// `Sequence` decoder (Llama 2 / Mistral "fast" tokenizers without tokenizer.model).
-fn is_llama_hf(tok: &Json) -> bool {
-    let m = &tok["model"];
-    m["type"] == "BPE"
-        && m["byte_fallback"].as_bool().unwrap_or(false)
-        && tok["decoder"]["type"] == "Sequence"
+fn is_llama_hf(tok: &TokFile) -> bool {
+    let m = &tok.model;
+    m.ty == "BPE" && m.byte_fallback.as_bool().unwrap_or(false) && tok.decoder["type"] == "Sequence"
 }
 
 /// Token ids the tokenizer treats as special: the `*_token` entries of tokenizer_config.json
@@ -285,13 +381,16 @@ fn special_ids(tcfg: &Json, ids: &HashMap<String, u64>) -> Vec<u64> {
 
 /// llama.cpp's `LlamaHfVocab`: the base vocab in id order (`<0xXX>` pieces are BYTE, special
 /// ids CONTROL), then added tokens beyond it; every score is -1000.
-fn llama_hf_vocab(dir: &Path, tok: &Json, config: &Json, tcfg: &Json) -> Result<Vocab> {
+fn llama_hf_vocab(dir: &Path, tok: &TokFile, config: &Json, tcfg: &Json) -> Result<Vocab> {
     let bad = |m: &str| Error::Input {
         path: dir.join("tokenizer.json"),
         msg: m.to_string(),
     };
-    let vocab = tok["model"]["vocab"]
-        .as_object()
+    let vocab = tok
+        .model
+        .vocab
+        .pairs
+        .as_ref()
         .ok_or_else(|| bad("BPE model without a vocab"))?;
     let mut ids: HashMap<String, u64> = HashMap::new();
     let mut by_id: HashMap<u64, String> = HashMap::new();
@@ -302,7 +401,7 @@ fn llama_hf_vocab(dir: &Path, tok: &Json, config: &Json, tcfg: &Json) -> Result<
     }
     let base = vocab.len() as u64;
     let mut extra: Vec<(u64, String)> = Vec::new();
-    for a in tok["added_tokens"].as_array().into_iter().flatten() {
+    for a in tok.added_tokens.as_array().into_iter().flatten() {
         if let (Some(id), Some(c)) = (a["id"].as_u64(), a["content"].as_str()) {
             ids.entry(c.to_string()).or_insert(id);
             if id >= base {
@@ -363,28 +462,36 @@ fn llama_hf_vocab(dir: &Path, tok: &Json, config: &Json, tcfg: &Json) -> Result<
 }
 
 /// Byte-level BPE ("gpt2"): vocab and added tokens by id, `[PADn]` holes, the pre-tokenizer name.
-fn bpe_vocab(dir: &Path, tok: &Json, config: &Json, pre_override: Option<&str>) -> Result<Vocab> {
+/// Takes the vocabulary's strings out of `tok`.
+fn bpe_vocab(
+    dir: &Path,
+    tok: &mut TokFile,
+    config: &Json,
+    pre_override: Option<&str>,
+) -> Result<Vocab> {
     let bad = |m: &str| Error::Input {
         path: dir.join("tokenizer.json"),
         msg: m.to_string(),
     };
-    let model = tok.get("model").ok_or_else(|| bad("no \"model\""))?;
-    let mtype = model.get("type").and_then(|t| t.as_str()).unwrap_or("");
+    let mtype = tok.model.ty.as_str().unwrap_or("");
     if mtype != "BPE" {
         return Err(bad(&format!(
             "tokenizer model '{mtype}' is not supported (BPE is, and SentencePiece via tokenizer.model)"
         )));
     }
-    let vocab = model
-        .get("vocab")
-        .and_then(|v| v.as_object())
+    let vocab = tok
+        .model
+        .vocab
+        .pairs
+        .take()
         .ok_or_else(|| bad("BPE model without a vocab"))?;
-    let mut by_id: HashMap<u64, (String, i32)> = HashMap::new();
+    // (id, token, type) in the order a map by id would see its inserts: vocab, then added tokens
+    let mut entries: Vec<(u64, String, i32)> = Vec::with_capacity(vocab.len());
     for (t, id) in vocab {
         let id = id.as_u64().ok_or_else(|| bad("non-integer token id"))?;
-        by_id.insert(id, (t.clone(), NORMAL));
+        entries.push((id, t, NORMAL));
     }
-    for a in tok["added_tokens"].as_array().into_iter().flatten() {
+    for a in tok.added_tokens.as_array().into_iter().flatten() {
         let (Some(id), Some(content)) = (a["id"].as_u64(), a["content"].as_str()) else {
             continue;
         };
@@ -394,27 +501,28 @@ fn bpe_vocab(dir: &Path, tok: &Json, config: &Json, pre_override: Option<&str>) 
         } else {
             USER_DEFINED
         };
-        by_id.insert(id, (content.to_string(), ty));
+        entries.push((id, content.to_string(), ty));
     }
-    let max_id = by_id.keys().max().copied().unwrap_or(0);
+    let max_id = entries.iter().map(|e| e.0).max().unwrap_or(0);
     let n = vocab_size(dir, config, max_id.saturating_add(1), "tokenizer.json")?;
     if max_id >= n {
         return Err(bad(&format!(
             "token id {max_id} is beyond the model's vocab_size {n}"
         )));
     }
-    let (mut tokens, mut types) = (Vec::new(), Vec::new());
-    for i in 0..n {
-        match by_id.remove(&i) {
-            Some((t, ty)) => {
-                tokens.push(t);
-                types.push(ty);
-            }
-            None => {
-                tokens.push(format!("[PAD{i}]"));
-                types.push(UNUSED);
-            }
-        }
+    // n is within limits::MAX_VOCAB (vocab_size); a later entry for an id replaces an earlier one
+    let mut by_id: Vec<Option<(String, i32)>> = vec![None; n as usize];
+    for (id, t, ty) in entries {
+        by_id[id as usize] = Some((t, ty));
+    }
+    let (mut tokens, mut types) = (
+        Vec::with_capacity(by_id.len()),
+        Vec::with_capacity(by_id.len()),
+    );
+    for (i, e) in by_id.into_iter().enumerate() {
+        let (t, ty) = e.unwrap_or_else(|| (format!("[PAD{i}]"), UNUSED));
+        tokens.push(t);
+        types.push(ty);
     }
     let pre = match pre_override {
         Some(p) => p.to_string(),
@@ -432,7 +540,7 @@ fn bpe_vocab(dir: &Path, tok: &Json, config: &Json, pre_override: Option<&str>) 
 /// add_bos/add_eos, chat template.
 fn special_vocab(
     dir: &Path,
-    tok: Option<&Json>,
+    mut tok: Option<&mut TokFile>,
     tcfg: &Json,
     config: &Json,
     n: u64,
@@ -440,30 +548,31 @@ fn special_vocab(
 ) -> Result<Vec<(String, Value)>> {
     let mut kv = Vec::new();
     if with_merges {
-        let merges: Vec<Value> = tok
-            .and_then(|t| t["model"]["merges"].as_array())
-            .map(|m| {
-                m.iter()
-                    .filter_map(|x| match x {
-                        Json::String(s) => Some(s.clone()),
-                        // [a, b] pairs: spaces inside a part become U+0120 as gguf-py does
-                        Json::Array(p) => Some(
-                            p.iter()
-                                .filter_map(|v| v.as_str())
-                                .map(|s| s.replace(' ', "\u{120}"))
-                                .collect::<Vec<_>>()
-                                .join(" "),
-                        ),
-                        _ => None,
-                    })
-                    .map(Value::String)
-                    .collect()
+        let merges = match tok.as_deref_mut().map(|t| t.model.merges.take()) {
+            Some(Json::Array(m)) => m,
+            _ => Vec::new(),
+        };
+        let merges: Vec<Value> = merges
+            .into_iter()
+            .filter_map(|x| match x {
+                Json::String(s) => Some(s),
+                // [a, b] pairs: spaces inside a part become U+0120 as gguf-py does
+                Json::Array(p) => Some(
+                    p.iter()
+                        .filter_map(|v| v.as_str())
+                        .map(|s| s.replace(' ', "\u{120}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+                _ => None,
             })
-            .unwrap_or_default();
+            .map(Value::String)
+            .collect();
         kv.push(("tokenizer.ggml.merges".to_string(), Value::Array(8, merges)));
     }
     let added: &[Json] = tok
-        .and_then(|t| t["added_tokens"].as_array())
+        .as_deref()
+        .and_then(|t| t.added_tokens.as_array())
         .map(|v| v.as_slice())
         .unwrap_or(&[]);
     for (typ, key) in [

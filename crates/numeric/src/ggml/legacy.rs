@@ -429,13 +429,23 @@ mod avx2 {
         }
     }
 
-    /// The first value of magnitude `amax` in a block, sign kept (ggml's scan), 0 for 0.
-    fn first_of_magnitude(xb: &[f32], amax: f32) -> f32 {
+    /// The first value of magnitude `amax` in a block (`v` holds its 32 values), sign kept
+    /// (ggml's scan), 0 for 0: one comparison per vector and the lowest set bit of their masks.
+    #[target_feature(enable = "avx2")]
+    fn first_of_magnitude(xb: &[f32], v: &[__m256; 4], amax: f32) -> f32 {
         if amax == 0.0 {
-            0.0
-        } else {
-            xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+            return 0.0;
         }
+        let m = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let a = _mm256_set1_ps(amax);
+        let mut hit = 0u32;
+        for (k, v) in v.iter().enumerate() {
+            let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_and_ps(*v, m), a);
+            hit |= (_mm256_movemask_ps(eq) as u32) << (8 * k);
+        }
+        xb.get(hit.trailing_zeros() as usize)
+            .copied()
+            .unwrap_or(0.0)
     }
 
     /// (int8_t)((v - sub)·id + bias) for 32 values as bytes (their low bytes), at most `hi`.
@@ -473,7 +483,7 @@ mod avx2 {
     pub(super) unsafe fn q5_0_row(x: &[f32], y: &mut [u8]) {
         for (xb, yb) in x.chunks_exact(32).zip(y.chunks_exact_mut(22)) {
             let v = load32(xb);
-            let max = first_of_magnitude(xb, absmax32(&v));
+            let max = first_of_magnitude(xb, &v, absmax32(&v));
             let d = max / -16.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             if !c_i8_bytes_ok(id) {
@@ -538,13 +548,7 @@ mod avx2 {
     pub(super) unsafe fn q4_0_row(x: &[f32], y: &mut [u8]) {
         for (xb, yb) in x.chunks_exact(32).zip(y.chunks_exact_mut(18)) {
             let v = load32(xb);
-            let amax = absmax32(&v);
-            // the first value of that magnitude, sign kept (ggml's scan)
-            let max = if amax == 0.0 {
-                0.0
-            } else {
-                xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
-            };
+            let max = first_of_magnitude(xb, &v, absmax32(&v));
             let d = max / -8.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             if !c_i8_bytes_ok(id) {

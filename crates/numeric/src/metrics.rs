@@ -190,21 +190,12 @@ fn add_scalar(s: &mut ErrorStats, x: &[f32], y: &[f32], cols: usize) -> bool {
 
 /// Blocks of 256 summed in eight f32 lanes (value j of a block in lane j % 8; relative error
 /// ~1e-6 per block), block sums accumulated in f64 so long tensors keep their accuracy. Always
-/// eight lanes, whatever the vector width, so the figures are the same on every machine: the
-/// AVX-512 build runs its half-width registers. Returns whether every block is within the
-/// bound of [`ErrorStats::of_bounded`].
+/// eight lanes per block, whatever the vector width, so the figures are the same on every
+/// machine: the AVX-512 build sums two whole blocks at once, one in each half of its registers.
+/// Returns whether every block is within the bound of [`ErrorStats::of_bounded`].
 #[inline(always)]
 fn add_body<V: crate::simd::Lanes>(s: &mut ErrorStats, x: &[f32], y: &[f32], cols: usize) -> bool {
     assert_eq!(x.len(), y.len());
-    type H<V> = <V as crate::simd::Lanes>::Half;
-    body8::<H<V>>(s, x, y, cols)
-}
-
-#[inline(always)]
-fn body8<V: crate::simd::Lanes>(s: &mut ErrorStats, x: &[f32], y: &[f32], cols: usize) -> bool {
-    const L: usize = 8;
-    debug_assert_eq!(V::L, L);
-    let mut within = true;
     // rows of `cols` values, each in chunks of 256 (with 256 dividing `cols`, simply the
     // slice's chunks of 256)
     let row = if cols == 0 || cols.is_multiple_of(256) {
@@ -212,56 +203,110 @@ fn body8<V: crate::simd::Lanes>(s: &mut ErrorStats, x: &[f32], y: &[f32], cols: 
     } else {
         cols
     };
-    let blocks = x
+    let mut blocks = x
         .chunks(row)
         .zip(y.chunks(row))
-        .flat_map(|(a, b)| a.chunks(256).zip(b.chunks(256)));
-    for (xb, yb) in blocks {
-        let z = V::splat(0.0);
-        let (mut x2, mut y2, mut xy, mut e2, mut me, mut mx) = (z, z, z, z, z, z);
-        let (xc, yc) = (xb.chunks_exact(L), yb.chunks_exact(L));
-        let (xr, yr) = (xc.remainder(), yc.remainder());
-        for (a, b) in xc.zip(yc) {
-            let (a, b) = (V::load(a), V::load(b));
-            let e = a.sub(b);
-            x2 = x2.add(a.mul(a));
-            y2 = y2.add(b.mul(b));
-            xy = xy.add(a.mul(b));
-            e2 = e2.add(e.mul(e));
-            // compare-select rather than f32::max: a NaN error does not replace the maximum
-            let ea = e.abs();
-            me = V::if_lt(me, ea, ea, me);
-            let aa = a.abs();
-            mx = V::if_lt(mx, aa, aa, mx);
+        .flat_map(|(a, b)| a.chunks(256).zip(b.chunks(256)))
+        .peekable();
+    let mut within = true;
+    while let Some((xa, ya)) = blocks.next() {
+        if V::L == 16 && xa.len() == 256 {
+            if let Some(&(xb, yb)) = blocks.peek() {
+                if xb.len() == 256 {
+                    blocks.next();
+                    within &= block_pair::<V>(s, [xa, xb], [ya, yb]);
+                    continue;
+                }
+            }
         }
-        let mut v = [[0f32; L]; 6];
-        for (t, r) in [x2, y2, xy, e2, me, mx].into_iter().zip(v.iter_mut()) {
-            t.store(r);
-        }
-        let [mut x2, mut y2, mut xy, mut e2, mut me, mut mx] = v;
-        for (k, (&a, &b)) in xr.iter().zip(yr).enumerate() {
-            let e = a - b;
-            x2[k] += a * a;
-            y2[k] += b * b;
-            xy[k] += a * b;
-            e2[k] += e * e;
-            me[k] = me[k].max(e.abs());
-            mx[k] = mx[k].max(a.abs());
-        }
-        let sum = |v: [f32; L]| v.iter().map(|&t| t as f64).sum::<f64>();
-        let (sx2, sy2) = (sum(x2), sum(y2));
-        s.sum_x2 += sx2;
-        s.sum_y2 += sy2;
-        s.sum_xy += sum(xy);
-        s.sum_err2 += sum(e2);
-        let me = me.iter().fold(0f32, |a, &b| a.max(b));
-        s.max_abs_err = s.max_abs_err.max(me as f64);
-        let amax = mx.iter().fold(0f32, |a, &b| a.max(b));
-        let tol = amax + amax * 1e-3 + f32::MIN_POSITIVE;
-        within &= sx2.is_finite() && sy2.is_finite() && me <= tol;
+        within &= block8::<<V as crate::simd::Lanes>::Half>(s, xa, ya);
     }
     s.n += x.len() as u64;
     within
+}
+
+/// One block's sums in its eight lanes: x², y², xy, err², max |err|, max |x|.
+type LaneSums = [[f32; 8]; 6];
+
+/// One block of at most 256 values, in eight lanes.
+#[inline(always)]
+fn block8<V: crate::simd::Lanes>(s: &mut ErrorStats, xb: &[f32], yb: &[f32]) -> bool {
+    const L: usize = 8;
+    debug_assert_eq!(V::L, L);
+    let z = V::splat(0.0);
+    let (mut x2, mut y2, mut xy, mut e2, mut me, mut mx) = (z, z, z, z, z, z);
+    let (xc, yc) = (xb.chunks_exact(L), yb.chunks_exact(L));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        let (a, b) = (V::load(a), V::load(b));
+        lane_step(a, b, [&mut x2, &mut y2, &mut xy, &mut e2, &mut me, &mut mx]);
+    }
+    let mut v: LaneSums = [[0f32; L]; 6];
+    for (t, r) in [x2, y2, xy, e2, me, mx].into_iter().zip(v.iter_mut()) {
+        t.store(r);
+    }
+    let [x2, y2, xy, e2, me, mx] = &mut v;
+    for (k, (&a, &b)) in xr.iter().zip(yr).enumerate() {
+        let e = a - b;
+        x2[k] += a * a;
+        y2[k] += b * b;
+        xy[k] += a * b;
+        e2[k] += e * e;
+        me[k] = me[k].max(e.abs());
+        mx[k] = mx[k].max(a.abs());
+    }
+    fold_block(s, &v)
+}
+
+/// Two whole blocks of 256 at once: block `k`'s lane j in lane `8k + j` (sixteen lanes).
+#[inline(always)]
+fn block_pair<V: crate::simd::Lanes>(s: &mut ErrorStats, xb: [&[f32]; 2], yb: [&[f32]; 2]) -> bool {
+    debug_assert_eq!(V::L, 16);
+    let z = V::splat(0.0);
+    let (mut x2, mut y2, mut xy, mut e2, mut me, mut mx) = (z, z, z, z, z, z);
+    for i in (0..256).step_by(8) {
+        let a = V::load2(&xb[0][i..], &xb[1][i..]);
+        let b = V::load2(&yb[0][i..], &yb[1][i..]);
+        lane_step(a, b, [&mut x2, &mut y2, &mut xy, &mut e2, &mut me, &mut mx]);
+    }
+    let mut v = [[0f32; 16]; 6];
+    for (t, r) in [x2, y2, xy, e2, me, mx].into_iter().zip(v.iter_mut()) {
+        t.store(r);
+    }
+    let half = |k: usize| -> LaneSums { v.map(|t| std::array::from_fn(|j| t[8 * k + j])) };
+    let first = fold_block(s, &half(0));
+    fold_block(s, &half(1)) & first
+}
+
+/// Each lane's running sums take one more value (`a` of x, `b` of y).
+#[inline(always)]
+fn lane_step<V: crate::simd::Lanes>(a: V, b: V, [x2, y2, xy, e2, me, mx]: [&mut V; 6]) {
+    let e = a.sub(b);
+    *x2 = x2.add(a.mul(a));
+    *y2 = y2.add(b.mul(b));
+    *xy = xy.add(a.mul(b));
+    *e2 = e2.add(e.mul(e));
+    // compare-select rather than f32::max: a NaN error does not replace the maximum
+    let ea = e.abs();
+    *me = V::if_lt(*me, ea, ea, *me);
+    let aa = a.abs();
+    *mx = V::if_lt(*mx, aa, aa, *mx);
+}
+
+/// A block's lane sums into `s`; whether the block is within the bound.
+#[inline(always)]
+fn fold_block(s: &mut ErrorStats, [x2, y2, xy, e2, me, mx]: &LaneSums) -> bool {
+    let sum = |v: &[f32; 8]| v.iter().map(|&t| t as f64).sum::<f64>();
+    let (sx2, sy2) = (sum(x2), sum(y2));
+    s.sum_x2 += sx2;
+    s.sum_y2 += sy2;
+    s.sum_xy += sum(xy);
+    s.sum_err2 += sum(e2);
+    let me = me.iter().fold(0f32, |a, &b| a.max(b));
+    s.max_abs_err = s.max_abs_err.max(me as f64);
+    let amax = mx.iter().fold(0f32, |a, &b| a.max(b));
+    let tol = amax + amax * 1e-3 + f32::MIN_POSITIVE;
+    sx2.is_finite() && sy2.is_finite() && me <= tol
 }
 
 #[cfg(test)]

@@ -106,6 +106,8 @@ pub(crate) trait Lanes: Copy {
     fn splat(v: f32) -> Self;
     /// The first `L` values of `s`.
     fn load(s: &[f32]) -> Self;
+    /// The first `L / 2` values of `a` in the low lanes, the first `L / 2` of `b` above them.
+    fn load2(a: &[f32], b: &[f32]) -> Self;
     /// Into the first `L` values of `s`.
     fn store(self, s: &mut [f32]);
     fn add(self, o: Self) -> Self;
@@ -184,6 +186,11 @@ impl Lanes for Portable {
     #[inline(always)]
     fn load(s: &[f32]) -> Self {
         Portable(s[..8].try_into().expect("8 lanes"))
+    }
+    #[inline(always)]
+    fn load2(a: &[f32], b: &[f32]) -> Self {
+        let (a, b) = (&a[..4], &b[..4]);
+        Portable(std::array::from_fn(|k| if k < 4 { a[k] } else { b[k - 4] }))
     }
     #[inline(always)]
     fn store(self, s: &mut [f32]) {
@@ -278,6 +285,12 @@ pub(crate) mod x86 {
             assert!(s.len() >= 8);
             // SAFETY: 8 values readable (checked), unaligned load
             unsafe { Avx2(_mm256_loadu_ps(s.as_ptr())) }
+        }
+        #[inline(always)]
+        fn load2(a: &[f32], b: &[f32]) -> Self {
+            assert!(a.len() >= 4 && b.len() >= 4);
+            // SAFETY: 4 values readable from each (checked), unaligned loads
+            unsafe { Avx2(_mm256_loadu2_m128(b.as_ptr(), a.as_ptr())) }
         }
         #[inline(always)]
         fn store(self, s: &mut [f32]) {
@@ -386,6 +399,17 @@ pub(crate) mod x86 {
             assert!(s.len() >= 16);
             // SAFETY: 16 values readable (checked), unaligned load
             unsafe { Avx512(_mm512_loadu_ps(s.as_ptr())) }
+        }
+        #[inline(always)]
+        fn load2(a: &[f32], b: &[f32]) -> Self {
+            assert!(a.len() >= 8 && b.len() >= 8);
+            // SAFETY: 8 values readable from each (checked), unaligned loads
+            unsafe {
+                // (as f64 lanes: AVX-512F has no 8 x f32 insert)
+                let lo = _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_loadu_ps(a.as_ptr())));
+                let hi = _mm256_castps_pd(_mm256_loadu_ps(b.as_ptr()));
+                Avx512(_mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, hi)))
+            }
         }
         #[inline(always)]
         fn store(self, s: &mut [f32]) {

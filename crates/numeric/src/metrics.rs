@@ -42,6 +42,11 @@ impl ErrorStats {
         (s, within)
     }
 
+    /// [`ErrorStats::of_bounded`] added to these statistics (rows of `cols` values).
+    pub fn add_bounded(&mut self, x: &[f32], y: &[f32], cols: usize) -> bool {
+        add_lanes8(self, x, y, cols)
+    }
+
     /// Reference: plain f64 accumulation element by element.
     pub fn add_ref(&mut self, x: &[f32], y: &[f32]) {
         for (&a, &b) in x.iter().zip(y) {

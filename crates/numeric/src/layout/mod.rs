@@ -420,6 +420,64 @@ impl Scheme {
         self.layout().decode(shape, r0, r1, parts, out)
     }
 
+    /// The error statistics of rows `r0..r1` as decoded from their encoded `pieces` against
+    /// `x` (those rows' original values, `cols` each), decoded a few rows at a time so each
+    /// group's values are still in cache when they are summed: the same figures, and the same
+    /// bound, as [`ErrorStats::of_bounded`] on the whole decode. Adds to `stats` and returns
+    /// whether every row is within the bound; `None` (nothing added) for a layout whose slots
+    /// are not row-major (its pieces do not split by rows).
+    pub fn error_stats_by_rows(
+        &self,
+        shape: &[usize],
+        (r0, r1): (usize, usize),
+        pieces: &[Piece],
+        x: &[f32],
+        stats: &mut crate::ErrorStats,
+    ) -> Option<bool> {
+        /// Values decoded per group: 32 KiB of f32.
+        const GROUP: usize = 8192;
+        if !matches!(self, Scheme::Ggml(_) | Scheme::Int(_) | Scheme::Fp8(_)) {
+            return None;
+        }
+        let l = self.layout();
+        let cols = rows_cols(shape).1;
+        let align = self.row_align().max(1);
+        let per = (GROUP / cols.max(1)).max(1).div_ceil(align) * align;
+        let whole: Vec<Range<usize>> = pieces
+            .iter()
+            .map(|p| l.slot_range(p.slot, shape, r0, r1))
+            .collect();
+        let groups = || (r0..r1).step_by(per).map(move |a| (a, (a + per).min(r1)));
+        // every group's bytes lie inside its piece
+        let inside = pieces.iter().zip(&whole).all(|(p, w)| {
+            p.bytes.len() == w.len()
+                && groups().all(|(a, b)| {
+                    let r = l.slot_range(p.slot, shape, a, b);
+                    w.start <= r.start && r.end <= w.end
+                })
+        });
+        if !inside || x.len() != (r1 - r0) * cols {
+            return None;
+        }
+        let mut y = vec![0f32; per * cols];
+        let mut within = true;
+        for (a, b) in groups() {
+            let parts: Vec<&[u8]> = pieces
+                .iter()
+                .zip(&whole)
+                .map(|(p, w)| {
+                    let r = l.slot_range(p.slot, shape, a, b);
+                    &p.bytes[r.start - w.start..r.end - w.start]
+                })
+                .collect();
+            let n = (b - a) * cols;
+            self.decode(shape, a, b, &parts, &mut y[..n]);
+            let xs = &x[(a - r0) * cols..(b - r0) * cols];
+            within &= stats.add_bounded(xs, &y[..n], cols);
+        }
+        Some(within)
+    }
+
     /// Stored bits per original value (all slots counted).
     pub fn bits_per_weight(&self, shape: &[usize]) -> f64 {
         let n: usize = shape.iter().product();
@@ -717,6 +775,60 @@ mod tests {
             r0 = r1;
         }
         bufs
+    }
+
+    /// Decoding a few rows at a time gives the whole decode's statistics bit for bit, and its
+    /// bound, on rows shorter and longer than a group, with a chunk starting mid-tensor; a
+    /// corrupted byte fails the bound.
+    #[test]
+    fn error_stats_by_rows_equal_the_whole_decode() {
+        let bits = |s: &ErrorStats| {
+            [s.sum_x2, s.sum_y2, s.sum_xy, s.sum_err2, s.max_abs_err].map(f64::to_bits)
+        };
+        for (rows, cols) in [(300usize, 256usize), (40, 576 * 32), (97, 320)] {
+            let shape = [rows, cols];
+            let x = weight_matrix(rows, cols, 0.02, 5);
+            for s in all_schemes() {
+                if s.check(&shape).is_err() {
+                    continue;
+                }
+                let (mn, mx) = rtn::min_max(&x);
+                let stats = TensorStats { min: mn, max: mx };
+                let align = s.row_align().max(1);
+                let r0 = rows / 3 / align * align;
+                let xs = &x[r0 * cols..];
+                let mut enc = s.encode(&shape, r0, xs, stats);
+                let mut got = ErrorStats::default();
+                let Some(within) =
+                    s.error_stats_by_rows(&shape, (r0, rows), &enc.pieces, xs, &mut got)
+                else {
+                    assert!(matches!(s, Scheme::Float(_)), "{}", s.label());
+                    continue;
+                };
+                let parts: Vec<&[u8]> = enc.pieces.iter().map(|p| p.bytes.as_slice()).collect();
+                let mut y = vec![0f32; xs.len()];
+                s.decode(&shape, r0, rows, &parts, &mut y);
+                let (want, want_within) = ErrorStats::of_bounded(xs, &y, cols);
+                assert_eq!((bits(&got), got.n), (bits(&want), want.n), "{}", s.label());
+                assert_eq!(within, want_within, "{}", s.label());
+                assert!(within, "{}", s.label());
+                // a scale byte (or code) made huge: the bound fails
+                let b = &mut enc.pieces[0].bytes;
+                let at = b.len() / 2;
+                b[at] = 0x7b;
+                b[at + 1] = 0x7b;
+                let mut bad = ErrorStats::default();
+                let w = s.error_stats_by_rows(&shape, (r0, rows), &enc.pieces, xs, &mut bad);
+                let parts: Vec<&[u8]> = enc.pieces.iter().map(|p| p.bytes.as_slice()).collect();
+                s.decode(&shape, r0, rows, &parts, &mut y);
+                assert_eq!(
+                    w,
+                    Some(ErrorStats::of_bounded(xs, &y, cols).1),
+                    "{}",
+                    s.label()
+                );
+            }
+        }
     }
 
     #[test]

@@ -884,9 +884,12 @@ fn run_chunk<'a>(
             };
             // Validate what is written: decode the very bytes and compare with what was meant.
             let parts: Vec<&[u8]> = enc.pieces.iter().map(|p| p.bytes.as_slice()).collect();
-            // every layout's decode writes every value
-            let mut y = scratch::take(x.len());
-            scheme.decode(&tp.shape, r0, r1, &parts, &mut y);
+            let decode_all = || {
+                // every layout's decode writes every value
+                let mut y = scratch::take(x.len());
+                scheme.decode(&tp.shape, r0, r1, &parts, &mut y);
+                y
+            };
             if let Scheme::Float(FloatLayout { dtype, clamp }) = *scheme {
                 let max = float_max(dtype);
                 intended = Some(
@@ -895,16 +898,34 @@ fn run_chunk<'a>(
                         .collect(),
                 );
             }
-            // The error statistics and the bound the per-row check enforces, in one pass; the
-            // exact check runs where the bound fails (to name the value) and wherever it
-            // cannot stand in for it.
+            // The error statistics and the bound the per-row check enforces, in one pass (a few
+            // rows decoded at a time where the layout allows); the exact check runs where the
+            // bound fails (to name the value) and wherever it cannot stand in for it.
             let fused = intended.is_none() && !cfg.allow_nonfinite;
             let mut within = false;
+            let mut y = None;
             if fused {
-                (res.stats, within) = ErrorStats::of_bounded(&x, &y, cols);
+                let by_rows = scheme.error_stats_by_rows(
+                    &tp.shape,
+                    (r0, r1),
+                    &enc.pieces,
+                    &x,
+                    &mut res.stats,
+                );
+                within = match by_rows {
+                    Some(w) => w,
+                    None => {
+                        let all = decode_all();
+                        let (st, w) = ErrorStats::of_bounded(&x, &all, cols);
+                        res.stats = st;
+                        y = Some(all);
+                        w
+                    }
+                };
             }
             if !within {
-                qs_numeric::layout::check_written(intended.as_deref(), &x, &y, cols).map_err(
+                let y = y.get_or_insert_with(decode_all);
+                qs_numeric::layout::check_written(intended.as_deref(), &x, y, cols).map_err(
                     |m| {
                         tensor_err(
                             src,
@@ -916,18 +937,11 @@ fn run_chunk<'a>(
                     },
                 )?;
             }
-            for p in enc.pieces {
-                send(
-                    tx,
-                    (offsets[p.slot].0, offsets[p.slot].1 + p.offset as u64),
-                    Bytes::Owned(p.bytes),
-                    &cfg.input,
-                )?;
-            }
             if fused {
                 // statistics computed above
             } else if cfg.allow_nonfinite {
                 // NaN/Inf carried through a float conversion: compare the finite values only
+                let y = y.get_or_insert_with(decode_all);
                 let (xf, yf): (Vec<f32>, Vec<f32>) = x
                     .iter()
                     .zip(y.iter())
@@ -936,7 +950,15 @@ fn run_chunk<'a>(
                     .unzip();
                 res.stats = ErrorStats::of(&xf, &yf);
             } else {
-                res.stats = ErrorStats::of(&x, &y);
+                res.stats = ErrorStats::of(&x, y.get_or_insert_with(decode_all));
+            }
+            for p in enc.pieces {
+                send(
+                    tx,
+                    (offsets[p.slot].0, offsets[p.slot].1 + p.offset as u64),
+                    Bytes::Owned(p.bytes),
+                    &cfg.input,
+                )?;
             }
         }
     }

@@ -971,6 +971,27 @@ impl ModelSource {
     /// `out` (`(r1 - r0) × cols`): stored floats widened, ggml blocks, packed layouts and
     /// block-scaled FP8 decoded, stacked tensors read from their parts. The one reader every
     /// consumer goes through.
+    /// [`ModelSource::read_rows`], and whether every value read is finite (for a plain float
+    /// tensor found while decoding it, in the same pass).
+    pub fn read_rows_finite(
+        &self,
+        t: &SourceTensor,
+        r0: usize,
+        r1: usize,
+        out: &mut [f32],
+    ) -> bool {
+        let plain =
+            t.view.is_none() && t.stacked.is_none() && t.packed.is_none() && t.ggml.is_none();
+        if plain && t.scale.is_none() {
+            let rb = self.row_bytes(t);
+            let all = self.bytes(t);
+            let bytes = &all[(r0 * rb).min(all.len())..(r1 * rb).min(all.len())];
+            return qs_numeric::dtype::decode_f32_finite(t.info.dtype, bytes, out);
+        }
+        self.read_rows(t, r0, r1, out);
+        !qs_numeric::dtype::any_nonfinite(out)
+    }
+
     pub fn read_rows(&self, t: &SourceTensor, r0: usize, r1: usize, out: &mut [f32]) {
         let cols = t.info.shape.last().copied().unwrap_or(1).max(1);
         if let Some(v) = &t.view {

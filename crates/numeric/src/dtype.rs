@@ -133,14 +133,12 @@ pub fn decode_f32(dtype: DType, src: &[u8], out: &mut [f32]) {
                 *o = f64::from_le_bytes(b) as f32;
             }
         }
-        DType::F8E4M3 => {
+        DType::F8E4M3 | DType::F8E5M2 => {
+            let f = if dtype == DType::F8E4M3 { &E4M3 } else { &E5M2 };
+            // every code's value once, then a lookup per value
+            let table: [f32; 256] = std::array::from_fn(|b| f.decode(b as u8));
             for (o, &b) in out.iter_mut().zip(src) {
-                *o = E4M3.decode(b);
-            }
-        }
-        DType::F8E5M2 => {
-            for (o, &b) in out.iter_mut().zip(src) {
-                *o = E5M2.decode(b);
+                *o = table[b as usize];
             }
         }
         other => panic!("decode_f32: {other} is not a float type"),
@@ -161,6 +159,43 @@ fn widen_bf16_scalar(h: &[u16], out: &mut [f32]) {
 #[inline(always)]
 fn widen_bf16_lanes<V: crate::simd::Lanes>(h: &[u16], out: &mut [f32]) {
     widen_bf16_scalar(h, out)
+}
+
+/// [`decode_f32`], and whether every decoded value is finite: for bf16 found while widening
+/// (one pass over the source), for the other types by [`any_nonfinite`] on the output.
+pub fn decode_f32_finite(dtype: DType, src: &[u8], out: &mut [f32]) -> bool {
+    #[cfg(target_endian = "little")]
+    if dtype == DType::BF16 && src.len() >= 2 * out.len() {
+        if let Ok(h) = bytemuck::try_cast_slice::<u8, u16>(&src[..2 * out.len()]) {
+            return widen_bf16_finite(h, out);
+        }
+    }
+    decode_f32(dtype, src, out);
+    !any_nonfinite(out)
+}
+
+crate::simd::multiversion!(widen_bf16_finite, widen_bf16_finite_at, widen_bf16_finite_lanes,
+    widen_bf16_finite_scalar, (h: &[u16], out: &mut [f32]) -> bool);
+
+/// bf16 bits to f32, and whether no value has an all-ones exponent (NaN or ±inf), per 256
+/// values without branches so the loop vectorizes.
+#[inline(always)]
+fn widen_bf16_finite_scalar(h: &[u16], out: &mut [f32]) -> bool {
+    let mut bad = 0u16;
+    for (o, h) in out.chunks_mut(256).zip(h.chunks(256)) {
+        let mut acc = 0u16;
+        for (o, &v) in o.iter_mut().zip(h) {
+            *o = f32::from_bits((v as u32) << 16);
+            acc |= ((v & 0x7f80) == 0x7f80) as u16;
+        }
+        bad |= acc;
+    }
+    bad == 0
+}
+
+#[inline(always)]
+fn widen_bf16_finite_lanes<V: crate::simd::Lanes>(h: &[u16], out: &mut [f32]) -> bool {
+    widen_bf16_finite_scalar(h, out)
 }
 
 crate::simd::multiversion!(any_nonfinite_wide, any_nonfinite_at, any_nonfinite_lanes,
@@ -294,6 +329,33 @@ mod tests {
             );
             assert!(any_nonfinite_at(lv, &want));
             assert!(!any_nonfinite_at(lv, &finite));
+            // widening and scanning in one pass: the same values, the same verdict, with one
+            // non-finite value anywhere or none
+            let fin: Vec<u16> = h
+                .iter()
+                .map(|&v| if v & 0x7f80 == 0x7f80 { 0x3f80 } else { v })
+                .collect();
+            let cases = [
+                None,
+                Some((0usize, 0x7fc0u16)),
+                Some((300, 0xff80)),
+                Some((999, 0x7f81)),
+            ];
+            for (k, bad) in cases.into_iter().enumerate() {
+                let mut hh = fin.clone();
+                if let Some((i, b)) = bad {
+                    hh[i] = b;
+                }
+                let mut w = vec![0f32; hh.len()];
+                widen_bf16_scalar(&hh, &mut w);
+                let mut g = vec![0f32; hh.len()];
+                let ok = widen_bf16_finite_at(lv, &hh, &mut g);
+                assert_eq!(ok, bad.is_none(), "{lv:?} {k:?}");
+                assert!(
+                    g.iter().zip(&w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{lv:?}"
+                );
+            }
             for (i, bad) in [
                 (0usize, f32::NAN),
                 (257, f32::INFINITY),

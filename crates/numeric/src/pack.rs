@@ -85,14 +85,18 @@ pub fn unpack_row(words: &[u32], bits: u32, out: &mut [i8]) {
             }
         }
         8 => {
-            let n = out.len();
-            for (i, b) in words
-                .iter()
-                .flat_map(|w| w.to_le_bytes())
-                .take(n)
-                .enumerate()
-            {
-                out[i] = (b as i32 - 128) as i8;
+            // byte k of a word is code k (offset by 128: the top bit flipped); whole words
+            // (a loop LLVM vectorizes), then the codes of a last partial word
+            let whole = out.len() / 4;
+            for (o, &w) in out.chunks_exact_mut(4).zip(words) {
+                for (v, b) in o.iter_mut().zip(w.to_le_bytes()) {
+                    *v = (b ^ 0x80) as i8;
+                }
+            }
+            if let Some(&w) = words.get(whole) {
+                for (v, b) in out[whole * 4..].iter_mut().zip(w.to_le_bytes()) {
+                    *v = (b ^ 0x80) as i8;
+                }
             }
         }
         _ => unpack_row_ref(words, bits, out),

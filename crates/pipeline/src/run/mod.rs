@@ -588,7 +588,19 @@ pub(crate) fn source_rows(
     r0: usize,
     r1: usize,
 ) -> scratch::Scratch {
-    let mut x = source_rows_unshifted(src, st, permute, r0, r1);
+    source_rows_finite(src, st, permute, shift, r0, r1).0
+}
+
+/// [`source_rows`], and whether every value is finite.
+fn source_rows_finite(
+    src: &ModelSource,
+    st: &SourceTensor,
+    permute: Option<usize>,
+    shift: bool,
+    r0: usize,
+    r1: usize,
+) -> (scratch::Scratch, bool) {
+    let (mut x, finite) = source_rows_unshifted(src, st, permute, r0, r1);
     if shift {
         let f16 = st.info.dtype == DType::F16 && st.ggml.is_none();
         for v in x.iter_mut() {
@@ -597,8 +609,11 @@ pub(crate) fn source_rows(
                 *v = round_to(DType::F16, *v);
             }
         }
+        // (a norm's few values: scanned again after the shift)
+        let finite = !qs_numeric::dtype::any_nonfinite(&x);
+        return (x, finite);
     }
-    x
+    (x, finite)
 }
 
 fn source_rows_unshifted(
@@ -607,20 +622,22 @@ fn source_rows_unshifted(
     permute: Option<usize>,
     r0: usize,
     r1: usize,
-) -> scratch::Scratch {
+) -> (scratch::Scratch, bool) {
     let (rows, cols) = rows_cols(&st.info.shape);
     // every value is written below
     let mut x = scratch::take((r1 - r0) * cols);
-    match permute {
-        None => src.read_rows(st, r0, r1, &mut x),
+    let finite = match permute {
+        None => src.read_rows_finite(st, r0, r1, &mut x),
         Some(heads) => {
+            let mut finite = true;
             for (k, out) in x.chunks_mut(cols.max(1)).enumerate() {
                 let r = crate::arch::permuted_source_row(r0 + k, rows, heads);
-                src.read_rows(st, r, r + 1, out);
+                finite &= src.read_rows_finite(st, r, r + 1, out);
             }
+            finite
         }
-    }
-    x
+    };
+    (x, finite)
 }
 
 /// Per-thread value buffers reused from chunk to chunk: a fresh multi-megabyte allocation per
@@ -704,11 +721,11 @@ fn decode_rows(
     r1: usize,
     allow_nonfinite: bool,
 ) -> Result<scratch::Scratch> {
-    let x = source_rows(src, &src.tensors[tp.source], tp.permute, tp.shift, r0, r1);
+    let (x, finite) =
+        source_rows_finite(src, &src.tensors[tp.source], tp.permute, tp.shift, r0, r1);
     let cols = rows_cols(&tp.shape).1;
-    // One vector pass; the position is looked up only on failure.
-    let any_nonfinite = qs_numeric::dtype::any_nonfinite(&x);
-    if !allow_nonfinite && any_nonfinite {
+    // Found while decoding; the position is looked up only on failure.
+    if !allow_nonfinite && !finite {
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
             let n = x.iter().filter(|v| !v.is_finite()).count();
             return Err(tensor_err(

@@ -13,6 +13,7 @@ use qs_numeric::linalg::matmul;
 use rayon::prelude::*;
 use serde_json::Value as Json;
 
+pub mod grad;
 pub mod hparams;
 pub use hparams::HParams;
 
@@ -1920,6 +1921,31 @@ fn rope_at(
     seq_len: usize,
     pos: impl Fn(usize) -> usize,
 ) {
+    rope_turn(x, heads, head_dim, r, seq_len, pos, false)
+}
+
+/// [`rope`]'s transpose (each pair turned back by its angle, times the same `mscale`): how a
+/// gradient goes back through rope.
+pub(crate) fn rope_transposed(
+    x: &mut Mat<f32>,
+    heads: usize,
+    seq_len: usize,
+    head_dim: usize,
+    r: &Rope,
+) {
+    rope_turn(x, heads, head_dim, r, seq_len, |t| t % seq_len.max(1), true)
+}
+
+/// [`rope_at`], or its transpose with `back`.
+fn rope_turn(
+    x: &mut Mat<f32>,
+    heads: usize,
+    head_dim: usize,
+    r: &Rope,
+    seq_len: usize,
+    pos: impl Fn(usize) -> usize,
+    back: bool,
+) {
     let dims = r.dims.min(head_dim);
     let half = dims / 2;
     let factors = match &r.long {
@@ -1953,6 +1979,7 @@ fn rope_at(
                 let b = hi.as_mut().col_mut(i);
                 for ((a, b), &p) in a.iter_mut().zip(b.iter_mut()).zip(&pos) {
                     let (s, c) = table[p * half + i];
+                    let s = if back { -s } else { s };
                     let (x0, x1) = (*a as f64, *b as f64);
                     *a = (x0 * c - x1 * s) as f32;
                     *b = (x1 * c + x0 * s) as f32;

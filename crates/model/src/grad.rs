@@ -1,0 +1,592 @@
+//! Gradients of a decoder layer's output with respect to its linears' weights: what learned
+//! rounding (sign-gradient descent on rounding offsets and clipping, AutoRound's method) needs
+//! from the model. [`forward`] runs the layer as [`crate::layer_forward`] does and keeps what the
+//! backward pass reads ([`Tape`]); [`backward`] takes the gradient of a loss with respect to the
+//! layer's output and returns it with respect to each linear's weight matrix.
+//!
+//! Written by hand for the dense layer of the Llama family (Llama, Qwen2, Qwen3, Mistral,
+//! SmolLM): RMSNorm, q/k/v with optional biases, Qwen3's per-head q/k norms, rotate-half rope,
+//! grouped-query causal attention, o_proj, the SiLU-gated MLP. [`supported`] names what a layer
+//! has beyond that (sliding windows, soft-capping, sinks, output norms, mixtures, latent
+//! attention, other activations). The unit tests check every gradient against central finite
+//! differences of the forward pass, and the forward pass against `layer_forward`.
+//!
+//! Memory: the tape holds the layer's activations for the tokens given (about
+//! `tokens·(6·hidden + 3·intermediate + q + 2·kv)` floats) and each sequence's attention
+//! probabilities (`heads·seq_len²` floats per sequence).
+
+use crate::{linear, pre_norm, rope, rope_of_layer, rope_transposed, Act, Config, Layer};
+use faer::{Accum, Mat, MatRef, Par};
+use qs_numeric::linalg::matmul;
+use rayon::prelude::*;
+
+/// What [`backward`] reads of a [`forward`] pass.
+pub struct Tape {
+    seq_len: usize,
+    /// The attention input (after the input norm), tokens × hidden.
+    h: Mat<f32>,
+    /// q and k before their head norms (Qwen3), when the layer has them.
+    q_pre: Option<Mat<f32>>,
+    k_pre: Option<Mat<f32>>,
+    /// q and k as attention reads them (normed, roped), and v.
+    q: Mat<f32>,
+    k: Mat<f32>,
+    v: Mat<f32>,
+    /// Per (sequence, head), row i: query i's probabilities over the keys (n × n, zero above
+    /// the diagonal).
+    probs: Vec<Mat<f32>>,
+    /// o_proj's input.
+    attn: Mat<f32>,
+    /// The residual after attention, and the MLP input (after the post-attention norm).
+    x1: Mat<f32>,
+    h2: Mat<f32>,
+    /// gate and up projections (before the activation), and down_proj's input.
+    g: Mat<f32>,
+    u: Mat<f32>,
+    a: Mat<f32>,
+}
+
+/// The gradient of the loss with respect to each linear's weights (each `[out, in]`, as the
+/// weights).
+pub struct WeightGrads {
+    pub q: Mat<f32>,
+    pub k: Mat<f32>,
+    pub v: Mat<f32>,
+    pub o: Mat<f32>,
+    pub gate: Mat<f32>,
+    pub up: Mat<f32>,
+    pub down: Mat<f32>,
+}
+
+/// `Err` naming what the layer has that [`backward`] does not differentiate.
+pub fn supported(c: &Config, w: &Layer) -> Result<(), String> {
+    let mut what = Vec::new();
+    if w.window.is_some() {
+        what.push("a sliding window");
+    }
+    if c.attn_softcap.is_some() {
+        what.push("attention soft-capping");
+    }
+    if w.sinks.is_some() || w.o_bias.is_some() {
+        what.push("attention sinks or an o_proj bias");
+    }
+    if w.attn_out_norm.is_some() || w.mlp_out_norm.is_some() {
+        what.push("output norms");
+    }
+    if w.input_norm.is_none() || w.post_norm.is_none() {
+        what.push("a layer without pre-norms");
+    }
+    if w.moe.is_some() {
+        what.push("a mixture of experts");
+    }
+    if w.mla.is_some() {
+        what.push("latent attention");
+    }
+    if c.act != Act::Silu {
+        what.push("an activation other than SiLU");
+    }
+    if w.q_norm.as_ref().is_some_and(|n| n.len() != c.head_dim)
+        || w.k_norm.as_ref().is_some_and(|n| n.len() != c.head_dim)
+    {
+        what.push("q/k norms over all heads");
+    }
+    if w.rope && rope_of_layer(c, w).long.is_some() {
+        what.push("LongRoPE");
+    }
+    match what.is_empty() {
+        true => Ok(()),
+        false => Err(format!(
+            "learned rounding differentiates the dense Llama/Qwen layer; this one has {}",
+            what.join(", ")
+        )),
+    }
+}
+
+/// The layer's output for `x` (tokens × hidden, sequences of `seq_len` tokens back to back,
+/// causal attention within each), as [`crate::layer_forward`] computes it, and its tape. The
+/// layer must be [`supported`].
+pub fn forward(c: &Config, w: &Layer, x: MatRef<'_, f32>, seq_len: usize) -> (Mat<f32>, Tape) {
+    let hd = c.head_dim;
+    let h = pre_norm(x, w.input_norm.as_deref(), c.eps);
+    let mut q = linear(h.as_ref(), &w.q, w.q_bias.as_deref());
+    let mut k = linear(h.as_ref(), &w.k, w.k_bias.as_deref());
+    let v = linear(h.as_ref(), &w.v, w.v_bias.as_deref());
+    let (mut q_pre, mut k_pre) = (None, None);
+    if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+        q_pre = Some(q.clone());
+        k_pre = Some(k.clone());
+        crate::head_norm(&mut q, c.heads, hd, qn, c.eps);
+        crate::head_norm(&mut k, c.kv_heads, hd, kn, c.eps);
+    }
+    if w.rope {
+        let r = rope_of_layer(c, w);
+        rope(&mut q, c.heads, seq_len, hd, r);
+        rope(&mut k, c.kv_heads, seq_len, hd, r);
+    }
+    let (attn, probs) = attend(c, q.as_ref(), k.as_ref(), v.as_ref(), seq_len);
+    let o = linear(attn.as_ref(), &w.o, None);
+    let mut x1 = o;
+    add_into(&mut x1, x);
+    let h2 = pre_norm(x1.as_ref(), w.post_norm.as_deref(), c.eps);
+    let g = linear(h2.as_ref(), &w.gate, None);
+    let u = linear(h2.as_ref(), &w.up, None);
+    let mut a = Mat::<f32>::zeros(g.nrows(), g.ncols());
+    for j in 0..g.ncols() {
+        for i in 0..g.nrows() {
+            let gv = g[(i, j)];
+            // as crate::gated computes SiLU
+            a[(i, j)] = gv / (1.0 + (-gv).exp()) * u[(i, j)];
+        }
+    }
+    let d = linear(a.as_ref(), &w.down, None);
+    let mut y = x1.clone();
+    add_into(&mut y, d.as_ref());
+    let tape = Tape {
+        seq_len,
+        h,
+        q_pre,
+        k_pre,
+        q,
+        k,
+        v,
+        probs,
+        attn,
+        x1,
+        h2,
+        g,
+        u,
+        a,
+    };
+    (y, tape)
+}
+
+/// Blocks of (first token, head): the sequences' heads.
+fn blocks(tokens: usize, seq_len: usize, heads: usize) -> Vec<(usize, usize)> {
+    (0..tokens)
+        .step_by(seq_len.max(1))
+        .flat_map(|s0| (0..heads).map(move |h| (s0, h)))
+        .collect()
+}
+
+/// Causal softmax attention per (sequence, head), as `crate::attend` computes it for a layer
+/// without window, soft-cap or sinks; also each block's probabilities (row i: query i's).
+fn attend(
+    c: &Config,
+    q: MatRef<'_, f32>,
+    k: MatRef<'_, f32>,
+    v: MatRef<'_, f32>,
+    seq_len: usize,
+) -> (Mat<f32>, Vec<Mat<f32>>) {
+    let (tokens, hd) = (q.nrows(), c.head_dim);
+    let rep = c.heads / c.kv_heads.max(1);
+    let bl = blocks(tokens, seq_len, c.heads);
+    let outs: Vec<(Mat<f32>, Mat<f32>)> = bl
+        .par_iter()
+        .map(|&(s0, head)| {
+            let n = seq_len.min(tokens - s0);
+            let kvh = head / rep;
+            let qh = q.submatrix(s0, head * hd, n, hd);
+            let kh = k.submatrix(s0, kvh * hd, n, hd);
+            let vh = v.submatrix(s0, kvh * hd, n, hd);
+            // transposed scores: column i holds query i's scores (as crate::attend)
+            let mut st = Mat::<f32>::zeros(n, n);
+            matmul(
+                st.as_mut(),
+                Accum::Replace,
+                kh,
+                qh.transpose(),
+                c.attn_scale,
+                Par::Seq,
+            );
+            for i in 0..n {
+                let col = st.col_as_slice_mut(i);
+                let (seen, later) = col.split_at_mut(i + 1);
+                let mx = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let mut sum = 0.0;
+                for e in seen.iter_mut() {
+                    *e = (*e - mx).exp();
+                    sum += *e;
+                }
+                for e in seen.iter_mut() {
+                    *e /= sum;
+                }
+                later.fill(0.0);
+            }
+            let mut out = Mat::<f32>::zeros(n, hd);
+            matmul(
+                out.as_mut(),
+                Accum::Replace,
+                st.transpose(),
+                vh,
+                1.0f32,
+                Par::Seq,
+            );
+            (out, st.transpose().to_owned())
+        })
+        .collect();
+    let mut attn = Mat::<f32>::zeros(tokens, c.heads * hd);
+    let mut probs = Vec::with_capacity(outs.len());
+    for (&(s0, head), (out, p)) in bl.iter().zip(outs) {
+        attn.as_mut()
+            .submatrix_mut(s0, head * hd, out.nrows(), hd)
+            .copy_from(&out);
+        probs.push(p);
+    }
+    (attn, probs)
+}
+
+/// `a += b`.
+fn add_into(a: &mut Mat<f32>, b: MatRef<'_, f32>) {
+    for j in 0..a.ncols() {
+        for i in 0..a.nrows() {
+            a[(i, j)] += b[(i, j)];
+        }
+    }
+}
+
+/// `dyᵀ x`: the gradient of `y = x Wᵀ` with respect to W.
+fn weight_grad(dy: MatRef<'_, f32>, x: MatRef<'_, f32>) -> Mat<f32> {
+    let mut g = Mat::<f32>::zeros(dy.ncols(), x.ncols());
+    matmul(
+        g.as_mut(),
+        Accum::Replace,
+        dy.transpose(),
+        x,
+        1.0f32,
+        Par::rayon(0),
+    );
+    g
+}
+
+/// `dy W`: the gradient of `y = x Wᵀ` with respect to x.
+fn input_grad(dy: MatRef<'_, f32>, w: &Mat<f32>) -> Mat<f32> {
+    let mut g = Mat::<f32>::zeros(dy.nrows(), w.ncols());
+    matmul(
+        g.as_mut(),
+        Accum::Replace,
+        dy,
+        w.as_ref(),
+        1.0f32,
+        Par::rayon(0),
+    );
+    g
+}
+
+/// The gradient with respect to `x` of `y = rmsnorm(x)·gain` over groups of `width` columns
+/// (a row's `width = cols`; Qwen3's head norms a head's), given the gradient `dy`: per group,
+/// `r·gain⊙dy − x·r³/width·Σ gain·dy·x` with `r = 1/√(mean(x²) + eps)` (sums in f64).
+fn rms_norm_grad(
+    x: MatRef<'_, f32>,
+    dy: MatRef<'_, f32>,
+    gain: &[f32],
+    width: usize,
+    eps: f32,
+) -> Mat<f32> {
+    let mut dx = Mat::<f32>::zeros(x.nrows(), x.ncols());
+    for t in 0..x.nrows() {
+        for g0 in (0..x.ncols()).step_by(width) {
+            let (mut ss, mut dot) = (0f64, 0f64);
+            for i in 0..width {
+                let xv = x[(t, g0 + i)] as f64;
+                ss += xv * xv;
+                dot += gain[i] as f64 * dy[(t, g0 + i)] as f64 * xv;
+            }
+            // r as the forward pass rounds it
+            let r = (1.0 / ((ss / width as f64) as f32 + eps).sqrt()) as f64;
+            let k = r * r * r / width as f64 * dot;
+            for i in 0..width {
+                let v = r * gain[i] as f64 * dy[(t, g0 + i)] as f64 - x[(t, g0 + i)] as f64 * k;
+                dx[(t, g0 + i)] = v as f32;
+            }
+        }
+    }
+    dx
+}
+
+/// The gradients of the loss with respect to the layer's weights, given its gradient with
+/// respect to the layer's output (`dy`, tokens × hidden) and the tape of the forward pass that
+/// produced the output.
+pub fn backward(c: &Config, w: &Layer, t: &Tape, dy: MatRef<'_, f32>) -> WeightGrads {
+    let hd = c.head_dim;
+    // MLP: y = x1 + down(silu(gate(h2)) ⊙ up(h2))
+    let down = weight_grad(dy, t.a.as_ref());
+    let da = input_grad(dy, &w.down);
+    let (mut dg, mut du) = (
+        Mat::<f32>::zeros(da.nrows(), da.ncols()),
+        Mat::<f32>::zeros(da.nrows(), da.ncols()),
+    );
+    for j in 0..da.ncols() {
+        for i in 0..da.nrows() {
+            let (g, u, d) = (t.g[(i, j)], t.u[(i, j)], da[(i, j)]);
+            let s = 1.0 / (1.0 + (-g).exp());
+            du[(i, j)] = d * g * s;
+            dg[(i, j)] = d * u * s * (1.0 + g * (1.0 - s));
+        }
+    }
+    let gate = weight_grad(dg.as_ref(), t.h2.as_ref());
+    let up = weight_grad(du.as_ref(), t.h2.as_ref());
+    let mut dh2 = input_grad(dg.as_ref(), &w.gate);
+    add_into(&mut dh2, input_grad(du.as_ref(), &w.up).as_ref());
+    let post = w.post_norm.as_deref().unwrap_or(&[]);
+    let mut dx1 = rms_norm_grad(t.x1.as_ref(), dh2.as_ref(), post, c.hidden, c.eps);
+    add_into(&mut dx1, dy);
+    // attention: x1 = x + o(attn)
+    let o = weight_grad(dx1.as_ref(), t.attn.as_ref());
+    let dattn = input_grad(dx1.as_ref(), &w.o);
+    let (mut dq, mut dk, dv) = attend_grad(c, t, dattn.as_ref());
+    if w.rope {
+        let r = rope_of_layer(c, w);
+        rope_transposed(&mut dq, c.heads, t.seq_len, hd, r);
+        rope_transposed(&mut dk, c.kv_heads, t.seq_len, hd, r);
+    }
+    if let (Some(qn), Some(kn), Some(qp), Some(kp)) = (&w.q_norm, &w.k_norm, &t.q_pre, &t.k_pre) {
+        dq = rms_norm_grad(qp.as_ref(), dq.as_ref(), qn, hd, c.eps);
+        dk = rms_norm_grad(kp.as_ref(), dk.as_ref(), kn, hd, c.eps);
+    }
+    WeightGrads {
+        q: weight_grad(dq.as_ref(), t.h.as_ref()),
+        k: weight_grad(dk.as_ref(), t.h.as_ref()),
+        v: weight_grad(dv.as_ref(), t.h.as_ref()),
+        o,
+        gate,
+        up,
+        down,
+    }
+}
+
+/// The gradients with respect to q, k and v (as attention read them) of the loss, given its
+/// gradient with respect to the attention output. Per sequence and key/value head (the heads
+/// that share it accumulate into its k and v): `dV += Pᵀ dO`, `dP = dO Vᵀ`,
+/// `dS = P ⊙ (dP − rowsum(P ⊙ dP))`, `dQ = scale·dS K`, `dK += scale·dSᵀ Q`.
+fn attend_grad(c: &Config, t: &Tape, dattn: MatRef<'_, f32>) -> (Mat<f32>, Mat<f32>, Mat<f32>) {
+    let (tokens, hd) = (t.q.nrows(), c.head_dim);
+    let rep = c.heads / c.kv_heads.max(1);
+    let groups: Vec<(usize, usize)> = blocks(tokens, t.seq_len, c.kv_heads);
+    // per (sequence, kv head): dq of its query heads, dk, dv
+    type Part = (Vec<Mat<f32>>, Mat<f32>, Mat<f32>);
+    let parts: Vec<Part> = groups
+        .par_iter()
+        .map(|&(s0, kvh)| {
+            let n = t.seq_len.min(tokens - s0);
+            let kh = t.k.as_ref().submatrix(s0, kvh * hd, n, hd);
+            let vh = t.v.as_ref().submatrix(s0, kvh * hd, n, hd);
+            let (mut dk, mut dv) = (Mat::<f32>::zeros(n, hd), Mat::<f32>::zeros(n, hd));
+            let mut dqs = Vec::with_capacity(rep);
+            for head in kvh * rep..(kvh + 1) * rep {
+                // blocks() lists the sequences' heads in order
+                let p = &t.probs[s0 / t.seq_len.max(1) * c.heads + head];
+                let qh = t.q.as_ref().submatrix(s0, head * hd, n, hd);
+                let doh = dattn.submatrix(s0, head * hd, n, hd);
+                matmul(
+                    dv.as_mut(),
+                    Accum::Add,
+                    p.transpose(),
+                    doh,
+                    1.0f32,
+                    Par::Seq,
+                );
+                let mut dp = Mat::<f32>::zeros(n, n);
+                matmul(
+                    dp.as_mut(),
+                    Accum::Replace,
+                    doh,
+                    vh.transpose(),
+                    1.0f32,
+                    Par::Seq,
+                );
+                for i in 0..n {
+                    let dot: f32 = (0..=i).map(|j| p[(i, j)] * dp[(i, j)]).sum();
+                    for j in 0..n {
+                        dp[(i, j)] = if j <= i {
+                            p[(i, j)] * (dp[(i, j)] - dot)
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+                let mut dq = Mat::<f32>::zeros(n, hd);
+                matmul(
+                    dq.as_mut(),
+                    Accum::Replace,
+                    dp.as_ref(),
+                    kh,
+                    c.attn_scale,
+                    Par::Seq,
+                );
+                matmul(
+                    dk.as_mut(),
+                    Accum::Add,
+                    dp.transpose(),
+                    qh,
+                    c.attn_scale,
+                    Par::Seq,
+                );
+                dqs.push(dq);
+            }
+            (dqs, dk, dv)
+        })
+        .collect();
+    let mut dq = Mat::<f32>::zeros(tokens, c.heads * hd);
+    let mut dk = Mat::<f32>::zeros(tokens, c.kv_heads * hd);
+    let mut dv = Mat::<f32>::zeros(tokens, c.kv_heads * hd);
+    for (&(s0, kvh), (dqs, k, v)) in groups.iter().zip(parts) {
+        let n = k.nrows();
+        for (r, q) in dqs.iter().enumerate() {
+            dq.as_mut()
+                .submatrix_mut(s0, (kvh * rep + r) * hd, n, hd)
+                .copy_from(q);
+        }
+        dk.as_mut().submatrix_mut(s0, kvh * hd, n, hd).copy_from(&k);
+        dv.as_mut().submatrix_mut(s0, kvh * hd, n, hd).copy_from(&v);
+    }
+    (dq, dk, dv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qs_numeric::synth::Rng;
+
+    fn mat(rng: &mut Rng, r: usize, c: usize, s: f64) -> Mat<f32> {
+        Mat::from_fn(r, c, |_, _| (rng.normal() * s) as f32)
+    }
+
+    fn vec_near_one(rng: &mut Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| (1.0 + 0.2 * rng.normal()) as f32).collect()
+    }
+
+    /// A random layer: GQA (4 query heads on 2 kv heads), with q/k/v biases (Qwen2) and
+    /// with Qwen3's head norms when asked.
+    fn layer(c: &Config, inter: usize, qk_norm: bool, seed: u64) -> Layer {
+        let mut rng = Rng::new(seed);
+        let (h, hd) = (c.hidden, c.head_dim);
+        let s = 0.5 / (h as f64).sqrt();
+        Layer {
+            rope: true,
+            window: None,
+            input_norm: Some(vec_near_one(&mut rng, h)),
+            attn_out_norm: None,
+            mlp_out_norm: None,
+            q: mat(&mut rng, c.heads * hd, h, 3.0 * s),
+            k: mat(&mut rng, c.kv_heads * hd, h, 3.0 * s),
+            v: mat(&mut rng, c.kv_heads * hd, h, 2.0 * s),
+            o: mat(&mut rng, h, c.heads * hd, 2.0 * s),
+            q_bias: Some(
+                (0..c.heads * hd)
+                    .map(|_| (0.1 * rng.normal()) as f32)
+                    .collect(),
+            ),
+            k_bias: Some(
+                (0..c.kv_heads * hd)
+                    .map(|_| (0.1 * rng.normal()) as f32)
+                    .collect(),
+            ),
+            v_bias: Some(
+                (0..c.kv_heads * hd)
+                    .map(|_| (0.1 * rng.normal()) as f32)
+                    .collect(),
+            ),
+            o_bias: None,
+            sinks: None,
+            q_norm: qk_norm.then(|| vec_near_one(&mut rng, hd)),
+            k_norm: qk_norm.then(|| vec_near_one(&mut rng, hd)),
+            post_norm: Some(vec_near_one(&mut rng, h)),
+            gate: mat(&mut rng, inter, h, 3.0 * s),
+            up: mat(&mut rng, inter, h, 3.0 * s),
+            down: mat(&mut rng, h, inter, 2.0 * s),
+            moe: None,
+            mla: None,
+        }
+    }
+
+    fn config() -> Config {
+        Config::llama(16, 4, 2, 4, 1)
+    }
+
+    /// The forward pass is the model's: the same output as `layer_forward`.
+    #[test]
+    fn forward_equals_layer_forward() {
+        let c = config();
+        for qk in [false, true] {
+            let w = layer(&c, 24, qk, 7);
+            let mut rng = Rng::new(9);
+            // two sequences of 5 tokens
+            let x = mat(&mut rng, 10, c.hidden, 1.0);
+            let (y, _) = forward(&c, &w, x.as_ref(), 5);
+            let (want, _) = crate::layer_forward(&c, &w, x.as_ref(), 5, false);
+            for i in 0..y.nrows() {
+                for j in 0..y.ncols() {
+                    let (a, b) = (y[(i, j)], want[(i, j)]);
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{qk} ({i},{j}): {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every weight gradient agrees with central finite differences of the forward pass for
+    /// the loss `Σ R ⊙ y` (R random, so dL/dy = R), on a GQA layer with biases, with and
+    /// without Qwen3's head norms.
+    #[test]
+    fn weight_gradients_match_finite_differences() {
+        let c = config();
+        for qk in [false, true] {
+            let w = layer(&c, 24, qk, 11);
+            let mut rng = Rng::new(13);
+            let (tokens, seq) = (12, 6);
+            let x = mat(&mut rng, tokens, c.hidden, 1.0);
+            let r = mat(&mut rng, tokens, c.hidden, 1.0);
+            let loss = |w: &Layer| -> f64 {
+                let (y, _) = forward(&c, w, x.as_ref(), seq);
+                let mut l = 0f64;
+                for i in 0..tokens {
+                    for j in 0..c.hidden {
+                        l += r[(i, j)] as f64 * y[(i, j)] as f64;
+                    }
+                }
+                l
+            };
+            let (_, tape) = forward(&c, &w, x.as_ref(), seq);
+            let g = backward(&c, &w, &tape, r.as_ref());
+            type Pick = fn(&mut Layer) -> &mut Mat<f32>;
+            let picks: [(&str, Pick, &Mat<f32>); 7] = [
+                ("q", |l| &mut l.q, &g.q),
+                ("k", |l| &mut l.k, &g.k),
+                ("v", |l| &mut l.v, &g.v),
+                ("o", |l| &mut l.o, &g.o),
+                ("gate", |l| &mut l.gate, &g.gate),
+                ("up", |l| &mut l.up, &g.up),
+                ("down", |l| &mut l.down, &g.down),
+            ];
+            for (name, pick, grad) in picks {
+                let mut wp = w.clone();
+                let (rows, cols) = (grad.nrows(), grad.ncols());
+                let mut worst = 0f64;
+                for k in 0..12 {
+                    let (i, j) = ((k * 7 + 3) % rows, (k * 5 + 1) % cols);
+                    let w0 = pick(&mut wp)[(i, j)];
+                    let mut central = |eps: f32| {
+                        pick(&mut wp)[(i, j)] = w0 + eps;
+                        let lp = loss(&wp);
+                        pick(&mut wp)[(i, j)] = w0 - eps;
+                        let lm = loss(&wp);
+                        pick(&mut wp)[(i, j)] = w0;
+                        // (the step as f32 represents it)
+                        (lp - lm) / ((w0 + eps) as f64 - (w0 - eps) as f64)
+                    };
+                    // Richardson: the steps' O(eps²) error cancels
+                    let fd = (4.0 * central(4e-2) - central(8e-2)) / 3.0;
+                    let an = grad[(i, j)] as f64;
+                    let err = (fd - an).abs() / (fd.abs().max(an.abs()).max(0.05));
+                    worst = worst.max(err);
+                }
+                assert!(
+                    worst < 1e-2,
+                    "{name} (qk norms {qk}): relative error {worst}"
+                );
+            }
+        }
+    }
+}

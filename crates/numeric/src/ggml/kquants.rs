@@ -390,9 +390,38 @@ pub fn dequantize_block_q2_k(b: &[u8], y: &mut [f32]) {
 pub fn quantize_block_q3_k(x: &[f32], y: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
-    let (mut max_scale, mut amax) = (0f32, 0f32);
     super::lanes::q3_many(&x[..QK_K], 16, 4, &mut l, &mut scales);
-    for &sc in &scales {
+    pack_q3_k(x, &mut l, &scales, y);
+}
+
+/// Q3_K rows: the sub-block searches of two super-blocks at a time (the lane searches then
+/// run two independent sets in step, hiding each other's latency); the same bytes as
+/// [`quantize_block_q3_k`] per block.
+fn quantize_row_q3_k(x: &[f32], y: &mut [u8]) {
+    const PAIR: usize = 2 * QK_K;
+    let (mut xs, mut ys) = (x.chunks_exact(PAIR), y.chunks_exact_mut(2 * 110));
+    for (xp, yp) in (&mut xs).zip(&mut ys) {
+        let mut l = [[0i8; QK_K]; 2];
+        let mut scales = [0f32; 32];
+        super::lanes::q3_many(xp, 16, 4, l.as_flattened_mut(), &mut scales);
+        let [l0, l1] = &mut l;
+        let (y0, y1) = yp.split_at_mut(110);
+        pack_q3_k(&xp[..QK_K], l0, &scales[..16], y0);
+        pack_q3_k(&xp[QK_K..], l1, &scales[16..], y1);
+    }
+    for (xb, yb) in xs
+        .remainder()
+        .chunks_exact(QK_K)
+        .zip(ys.into_remainder().chunks_exact_mut(110))
+    {
+        quantize_block_q3_k(xb, yb);
+    }
+}
+
+/// A Q3_K block from its sub-blocks' levels and scales (`make_q3_quants`'s results).
+fn pack_q3_k(x: &[f32], l: &mut [i8; QK_K], scales: &[f32], y: &mut [u8]) {
+    let (mut max_scale, mut amax) = (0f32, 0f32);
+    for &sc in scales {
         if sc.abs() > amax {
             amax = sc.abs();
             max_scale = sc;
@@ -419,7 +448,7 @@ pub fn quantize_block_q3_k(x: &[f32], y: &mut [u8]) {
     } else {
         dbytes.copy_from_slice(&f16_bits(0.0));
     }
-    finish_q3_k(x, &mut l, hmask, qs, sc, f16_at(dbytes));
+    finish_q3_k(x, l, hmask, qs, sc, f16_at(dbytes));
 }
 
 pub fn dequantize_block_q3_k(b: &[u8], y: &mut [f32]) {
@@ -441,12 +470,16 @@ pub fn dequantize_block_q3_k(b: &[u8], y: &mut [f32]) {
             for half in 0..2 {
                 let dl = dall * scales[is] as f32;
                 is += 1;
-                for l in 0..16 {
-                    let k = l + 16 * half;
-                    let v = ((q[k] >> shift) & 3) as i32 - if hm[k] & m != 0 { 0 } else { 4 };
-                    y[out] = dl * v as f32;
-                    out += 1;
+                // (zipped slices: no bounds checks, the 16 values vectorize)
+                let (qh, mh) = (
+                    &q[16 * half..16 * half + 16],
+                    &hm[16 * half..16 * half + 16],
+                );
+                for ((o, &qv), &h) in y[out..out + 16].iter_mut().zip(qh).zip(mh) {
+                    let v = ((qv >> shift) & 3) as i32 - 4 * ((h & m) == 0) as i32;
+                    *o = dl * v as f32;
                 }
+                out += 16;
             }
             m <<= 1;
         }
@@ -1089,6 +1122,19 @@ impl BlockCodec for KQuant {
     }
     fn dequantize_block(&self, b: &[u8], y: &mut [f32]) {
         (self.dequantize)(b, y)
+    }
+    fn quantize_row(&self, x: &[f32], y: &mut [u8]) {
+        match self.ty {
+            GgmlType::Q3_K => quantize_row_q3_k(x, y),
+            _ => {
+                for (xb, yb) in x
+                    .chunks_exact(QK_K)
+                    .zip(y.chunks_exact_mut(self.ty.block().1))
+                {
+                    (self.quantize)(xb, yb)
+                }
+            }
+        }
     }
     fn grid(&self) -> Option<&'static dyn CodeGrid> {
         self.grid.map(|g| g as &'static dyn CodeGrid)

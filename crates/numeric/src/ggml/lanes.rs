@@ -697,12 +697,17 @@ fn q3_many_ref(x: &[f32], n: usize, nmax: i32, l_out: &mut [i8], out: &mut [f32]
 fn q3_blocks<V: Lanes>(x: &[f32], n: usize, nmax: i32, l_out: &mut [i8], out: &mut [f32]) {
     let count = x.len() / n;
     assert!(n <= N_MAX && l_out.len() >= count * n && out.len() >= count);
-    for (b0, lanes, wide) in lane_sets::<V>(count) {
-        let r = b0 * n..(b0 + lanes) * n;
-        let (xs, os) = (&x[r.clone()], &mut out[b0..b0 + lanes]);
-        match wide {
-            true => q3_lockstep::<V>(xs, n, nmax, &mut l_out[r], os),
-            false => q3_lockstep::<V::Half>(xs, n, nmax, &mut l_out[r], os),
+    let mut sets = lane_sets::<V>(count).peekable();
+    while let Some((b0, lanes, wide)) = sets.next() {
+        // two full sets side by side where there are
+        let pair = wide && sets.next_if(|s| s.2).is_some();
+        let m = if pair { 2 * lanes } else { lanes };
+        let r = b0 * n..(b0 + m) * n;
+        let (xs, os) = (&x[r.clone()], &mut out[b0..b0 + m]);
+        match (wide, pair) {
+            (true, true) => q3_lockstep_sets::<V, 2>(xs, n, nmax, &mut l_out[r], os),
+            (true, false) => q3_lockstep::<V>(xs, n, nmax, &mut l_out[r], os),
+            _ => q3_lockstep::<V::Half>(xs, n, nmax, &mut l_out[r], os),
         }
     }
     let done = lane_sets_end::<V>(count);
@@ -712,59 +717,100 @@ fn q3_blocks<V: Lanes>(x: &[f32], n: usize, nmax: i32, l_out: &mut [i8], out: &m
     }
 }
 
+/// [`q3_lockstep_sets`] on one set of lanes.
 #[inline(always)]
 fn q3_lockstep<V: Lanes>(x: &[f32], n: usize, nmax: i32, l_out: &mut [i8], out: &mut [f32]) {
+    q3_lockstep_sets::<V, 1>(x, n, nmax, l_out, out)
+}
+
+/// `S` sets of `V::L` sub-blocks (`S·V::L` sub-blocks of `n` values in `x`), the sets' searches
+/// interleaved value by value: each set's sweep is one long dependency chain (a division per
+/// value), and independent chains side by side keep the vector unit busy. Every lane does
+/// exactly what it would alone.
+#[inline(always)]
+fn q3_lockstep_sets<V: Lanes, const S: usize>(
+    x: &[f32],
+    n: usize,
+    nmax: i32,
+    l_out: &mut [i8],
+    out: &mut [f32],
+) {
     let lanes = V::L;
-    let mut xt = [0f32; N_MAX * 16];
-    transpose(x, n, lanes, &mut xt);
-    let (max, _) = signed_absmax::<V>(&xt, n);
+    let per = lanes * n;
+    let mut xt = [[0f32; N_MAX * 16]; S];
+    for (s, t) in xt.iter_mut().enumerate() {
+        transpose(&x[s * per..(s + 1) * per], n, lanes, t);
+    }
     let zero = V::splat(0.0);
     let ones = V::lt_mask(zero, V::splat(1.0));
     let (lo, hi) = (-nmax, nmax - 1);
-    let iscale = V::splat(-(nmax as f32)).div(max);
-    let mut lt = [0f32; N_MAX * 16];
-    let (mut sumlx, mut suml2) = (zero, zero);
-    for i in 0..n {
-        let xi = V::load(&xt[i * lanes..]);
-        let l = iscale.mul(xi).round_clamp(lo, hi);
-        l.store(&mut lt[i * lanes..]);
-        let w = xi.mul(xi);
-        sumlx = sumlx.add(w.mul(xi).mul(l));
-        suml2 = suml2.add(w.mul(l).mul(l));
+    // (loops, not closures: a closure is not compiled for the caller's vector width)
+    let mut iscale = [zero; S];
+    for s in 0..S {
+        let (max, _) = signed_absmax::<V>(&xt[s], n);
+        iscale[s] = V::splat(-(nmax as f32)).div(max);
     }
-    let mut active = ones;
-    for _ in 0..5 {
-        let mut changed = zero;
-        for i in 0..n {
-            let xi = V::load(&xt[i * lanes..]);
-            let li = V::load(&lt[i * lanes..]);
+    let mut lt = [[0f32; N_MAX * 16]; S];
+    let (mut sumlx, mut suml2) = ([zero; S], [zero; S]);
+    for i in 0..n {
+        for s in 0..S {
+            let xi = V::load(&xt[s][i * lanes..]);
+            let l = iscale[s].mul(xi).round_clamp(lo, hi);
+            l.store(&mut lt[s][i * lanes..]);
             let w = xi.mul(xi);
-            let mut slx = sumlx.sub(w.mul(xi).mul(li));
-            let pos = V::lt_mask(zero, slx);
-            let mut sl2 = suml2.sub(w.mul(li).mul(li));
-            let new_l = xi.mul(sl2).div(slx).round_clamp(lo, hi);
-            let differs = V::ne_mask(new_l, li);
-            slx = slx.add(w.mul(xi).mul(new_l));
-            sl2 = sl2.add(w.mul(new_l).mul(new_l));
-            let better = V::lt_mask(zero, sl2).and(V::lt_mask(
-                sumlx.mul(sumlx).mul(sl2),
-                slx.mul(slx).mul(suml2),
-            ));
-            let take = active.and(pos).and(differs).and(better);
-            V::if_nonzero(take, new_l, li).store(&mut lt[i * lanes..]);
-            sumlx = V::if_nonzero(take, slx, sumlx);
-            suml2 = V::if_nonzero(take, sl2, suml2);
-            changed = V::if_nonzero(take, ones, changed);
+            sumlx[s] = sumlx[s].add(w.mul(xi).mul(l));
+            suml2[s] = suml2[s].add(w.mul(l).mul(l));
         }
-        active = active.and(changed);
-        let mut a = [0f32; 16];
-        active.store(&mut a);
-        if a[..lanes].iter().all(|v| v.to_bits() == 0) {
+    }
+    let mut active = [ones; S];
+    for _ in 0..5 {
+        let mut changed = [zero; S];
+        for i in 0..n {
+            for s in 0..S {
+                let xi = V::load(&xt[s][i * lanes..]);
+                let li = V::load(&lt[s][i * lanes..]);
+                let w = xi.mul(xi);
+                let mut slx = sumlx[s].sub(w.mul(xi).mul(li));
+                let pos = V::lt_mask(zero, slx);
+                let mut sl2 = suml2[s].sub(w.mul(li).mul(li));
+                let new_l = xi.mul(sl2).div(slx).round_clamp(lo, hi);
+                let differs = V::ne_mask(new_l, li);
+                slx = slx.add(w.mul(xi).mul(new_l));
+                sl2 = sl2.add(w.mul(new_l).mul(new_l));
+                let better = V::lt_mask(zero, sl2).and(V::lt_mask(
+                    sumlx[s].mul(sumlx[s]).mul(sl2),
+                    slx.mul(slx).mul(suml2[s]),
+                ));
+                let take = active[s].and(pos).and(differs).and(better);
+                V::if_nonzero(take, new_l, li).store(&mut lt[s][i * lanes..]);
+                sumlx[s] = V::if_nonzero(take, slx, sumlx[s]);
+                suml2[s] = V::if_nonzero(take, sl2, suml2[s]);
+                changed[s] = V::if_nonzero(take, ones, changed[s]);
+            }
+        }
+        let mut any = false;
+        for s in 0..S {
+            active[s] = active[s].and(changed[s]);
+            let mut a = [0f32; 16];
+            active[s].store(&mut a);
+            any |= a[..lanes].iter().any(|v| v.to_bits() != 0);
+        }
+        if !any {
             break;
         }
     }
-    let scale = V::if_nonzero(V::lt_mask(zero, suml2), sumlx.div(suml2), zero);
-    symmetric_levels_out::<V>(x, n, nmax, &lt, scale, l_out, out);
+    for s in 0..S {
+        let scale = V::if_nonzero(V::lt_mask(zero, suml2[s]), sumlx[s].div(suml2[s]), zero);
+        symmetric_levels_out::<V>(
+            &x[s * per..(s + 1) * per],
+            n,
+            nmax,
+            &lt[s],
+            scale,
+            &mut l_out[s * per..(s + 1) * per],
+            &mut out[s * lanes..(s + 1) * lanes],
+        );
+    }
 }
 
 multiversion!(iq4_scale, iq4_scale_at, iq4_lanes, iq4_block_scale_ref,
@@ -1073,8 +1119,13 @@ mod tests {
 
     #[test]
     fn q3_lockstep_equals_the_scalar_search() {
+        // runs of 24 and 7 sub-blocks, and of 32 and 56 (two full AVX-512 sets side by side)
+        let all = blocks(16);
+        let mut cases = runs(16);
+        cases.extend(all.chunks(32).map(|r| r.concat()));
+        cases.extend(all.chunks(56).take(20).map(|r| r.concat()));
         for lv in levels() {
-            for (bi, x) in runs(16).iter().enumerate() {
+            for (bi, x) in cases.iter().enumerate() {
                 let c = x.len() / 16;
                 let (mut a, mut b) = (vec![0i8; x.len()], vec![0i8; x.len()]);
                 let (mut ra, mut rb) = (vec![0f32; c], vec![0f32; c]);

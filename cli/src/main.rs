@@ -389,6 +389,20 @@ struct RunArgs {
     /// GPTQ: Hessian damping relative to its mean diagonal (raised automatically if needed).
     #[arg(long, default_value_t = 0.01)]
     damp: f64,
+    /// signround: signed gradient steps per decoder layer.
+    #[arg(long, default_value_t = 200)]
+    iters: usize,
+    /// signround: learning rate of the rounding offsets and clipping factors (default
+    /// 1/--iters), decayed linearly to 0.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// signround: calibration sequences per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// signround: the rounding it starts from: round to nearest (rtn, as AutoRound) or GPTQ's
+    /// codes on the same inputs (gptq).
+    #[arg(long, default_value = "rtn", value_parser = quantsmith::config::SignRoundInit::parse)]
+    init: quantsmith::config::SignRoundInit,
     /// AWQ: candidate scales x_mean^r / w_mean^(1-r) (duo, the default of AutoAWQ and
     /// llm-compressor), x_mean^r (plain), or half the grid each way (both).
     #[arg(long, default_value = "duo", value_parser = quantsmith::qs_numeric_types::awq::Scaling::parse)]
@@ -531,6 +545,10 @@ fn config_of(a: &RunArgs) -> Result<QuantizeConfig> {
     cfg.act_order = a.act_order.is_some();
     cfg.act_order_group = a.act_order.as_deref() == Some("group");
     cfg.damp = a.damp;
+    cfg.signround_iters = a.iters;
+    cfg.signround_lr = a.lr;
+    cfg.signround_batch = a.batch;
+    cfg.signround_init = a.init;
     cfg.awq_scaling = a.awq_scaling;
     cfg.awq_tokens = a.awq_tokens;
     cfg.token_embedding_type = a.token_embedding_type;

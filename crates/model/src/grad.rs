@@ -442,62 +442,63 @@ fn attend_grad(c: &Config, t: &Tape, dattn: MatRef<'_, f32>) -> (Mat<f32>, Mat<f
     (dq, dk, dv)
 }
 
+/// A matrix of normal values of deviation `s`.
+pub fn random_mat(rng: &mut qs_numeric::synth::Rng, r: usize, c: usize, s: f64) -> Mat<f32> {
+    Mat::from_fn(r, c, |_, _| (rng.normal() * s) as f32)
+}
+
+fn vec_near_one(rng: &mut qs_numeric::synth::Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| (1.0 + 0.2 * rng.normal()) as f32).collect()
+}
+
+/// A random dense layer of `c`'s shape with `inter` MLP rows, q/k/v biases (Qwen2) and,
+/// when asked, Qwen3's head norms: for the tests of the methods built on this module.
+pub fn random_layer(c: &Config, inter: usize, qk_norm: bool, seed: u64) -> Layer {
+    let mut rng = qs_numeric::synth::Rng::new(seed);
+    let (h, hd) = (c.hidden, c.head_dim);
+    let s = 0.5 / (h as f64).sqrt();
+    Layer {
+        rope: true,
+        window: None,
+        input_norm: Some(vec_near_one(&mut rng, h)),
+        attn_out_norm: None,
+        mlp_out_norm: None,
+        q: random_mat(&mut rng, c.heads * hd, h, 3.0 * s),
+        k: random_mat(&mut rng, c.kv_heads * hd, h, 3.0 * s),
+        v: random_mat(&mut rng, c.kv_heads * hd, h, 2.0 * s),
+        o: random_mat(&mut rng, h, c.heads * hd, 2.0 * s),
+        q_bias: Some(
+            (0..c.heads * hd)
+                .map(|_| (0.1 * rng.normal()) as f32)
+                .collect(),
+        ),
+        k_bias: Some(
+            (0..c.kv_heads * hd)
+                .map(|_| (0.1 * rng.normal()) as f32)
+                .collect(),
+        ),
+        v_bias: Some(
+            (0..c.kv_heads * hd)
+                .map(|_| (0.1 * rng.normal()) as f32)
+                .collect(),
+        ),
+        o_bias: None,
+        sinks: None,
+        q_norm: qk_norm.then(|| vec_near_one(&mut rng, hd)),
+        k_norm: qk_norm.then(|| vec_near_one(&mut rng, hd)),
+        post_norm: Some(vec_near_one(&mut rng, h)),
+        gate: random_mat(&mut rng, inter, h, 3.0 * s),
+        up: random_mat(&mut rng, inter, h, 3.0 * s),
+        down: random_mat(&mut rng, h, inter, 2.0 * s),
+        moe: None,
+        mla: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use qs_numeric::synth::Rng;
-
-    fn mat(rng: &mut Rng, r: usize, c: usize, s: f64) -> Mat<f32> {
-        Mat::from_fn(r, c, |_, _| (rng.normal() * s) as f32)
-    }
-
-    fn vec_near_one(rng: &mut Rng, n: usize) -> Vec<f32> {
-        (0..n).map(|_| (1.0 + 0.2 * rng.normal()) as f32).collect()
-    }
-
-    /// A random layer: GQA (4 query heads on 2 kv heads), with q/k/v biases (Qwen2) and
-    /// with Qwen3's head norms when asked.
-    fn layer(c: &Config, inter: usize, qk_norm: bool, seed: u64) -> Layer {
-        let mut rng = Rng::new(seed);
-        let (h, hd) = (c.hidden, c.head_dim);
-        let s = 0.5 / (h as f64).sqrt();
-        Layer {
-            rope: true,
-            window: None,
-            input_norm: Some(vec_near_one(&mut rng, h)),
-            attn_out_norm: None,
-            mlp_out_norm: None,
-            q: mat(&mut rng, c.heads * hd, h, 3.0 * s),
-            k: mat(&mut rng, c.kv_heads * hd, h, 3.0 * s),
-            v: mat(&mut rng, c.kv_heads * hd, h, 2.0 * s),
-            o: mat(&mut rng, h, c.heads * hd, 2.0 * s),
-            q_bias: Some(
-                (0..c.heads * hd)
-                    .map(|_| (0.1 * rng.normal()) as f32)
-                    .collect(),
-            ),
-            k_bias: Some(
-                (0..c.kv_heads * hd)
-                    .map(|_| (0.1 * rng.normal()) as f32)
-                    .collect(),
-            ),
-            v_bias: Some(
-                (0..c.kv_heads * hd)
-                    .map(|_| (0.1 * rng.normal()) as f32)
-                    .collect(),
-            ),
-            o_bias: None,
-            sinks: None,
-            q_norm: qk_norm.then(|| vec_near_one(&mut rng, hd)),
-            k_norm: qk_norm.then(|| vec_near_one(&mut rng, hd)),
-            post_norm: Some(vec_near_one(&mut rng, h)),
-            gate: mat(&mut rng, inter, h, 3.0 * s),
-            up: mat(&mut rng, inter, h, 3.0 * s),
-            down: mat(&mut rng, h, inter, 2.0 * s),
-            moe: None,
-            mla: None,
-        }
-    }
 
     fn config() -> Config {
         Config::llama(16, 4, 2, 4, 1)
@@ -508,10 +509,10 @@ mod tests {
     fn forward_equals_layer_forward() {
         let c = config();
         for qk in [false, true] {
-            let w = layer(&c, 24, qk, 7);
+            let w = random_layer(&c, 24, qk, 7);
             let mut rng = Rng::new(9);
             // two sequences of 5 tokens
-            let x = mat(&mut rng, 10, c.hidden, 1.0);
+            let x = random_mat(&mut rng, 10, c.hidden, 1.0);
             let (y, _) = forward(&c, &w, x.as_ref(), 5);
             let (want, _) = crate::layer_forward(&c, &w, x.as_ref(), 5, false);
             for i in 0..y.nrows() {
@@ -533,11 +534,11 @@ mod tests {
     fn weight_gradients_match_finite_differences() {
         let c = config();
         for qk in [false, true] {
-            let w = layer(&c, 24, qk, 11);
+            let w = random_layer(&c, 24, qk, 11);
             let mut rng = Rng::new(13);
             let (tokens, seq) = (12, 6);
-            let x = mat(&mut rng, tokens, c.hidden, 1.0);
-            let r = mat(&mut rng, tokens, c.hidden, 1.0);
+            let x = random_mat(&mut rng, tokens, c.hidden, 1.0);
+            let r = random_mat(&mut rng, tokens, c.hidden, 1.0);
             let loss = |w: &Layer| -> f64 {
                 let (y, _) = forward(&c, w, x.as_ref(), seq);
                 let mut l = 0f64;

@@ -168,6 +168,9 @@ pub struct GptqOutput {
     pub g_idx: Vec<u32>,
     /// The damping (relative) that made the factorisations succeed.
     pub percdamp: f64,
+    /// `rows × cols`, original order: the value each code was rounded from (the weight after
+    /// the earlier columns' error feedback), from which learned rounding starts.
+    pub pre_rounding: Vec<f32>,
 }
 
 impl GptqOutput {
@@ -374,6 +377,7 @@ pub fn gptq(
     drop(hm);
 
     let mut codes_p = vec![0i8; rows * cols]; // permuted column order
+    let mut pre_p = vec![0f32; rows * cols];
     let unit = GroupGrid {
         p: QParams {
             scale: 1.0,
@@ -420,6 +424,7 @@ pub fn gptq(
                 let x = w1[(r, i)];
                 let (q, xq) = cfg.grid.quantize(cfg, cur[r], x);
                 codes_p[r * cols + c] = q;
+                pre_p[r * cols + c] = x;
                 e[r] = (x - xq) / d;
             }
             for j in i..count {
@@ -455,10 +460,12 @@ pub fn gptq(
 
     // back to the original column order
     let mut codes = vec![0i8; rows * cols];
+    let mut pre_rounding = vec![0f32; rows * cols];
     let mut g_idx = vec![0u32; cols];
     for (c, &orig) in perm.iter().enumerate() {
         for r in 0..rows {
             codes[r * cols + orig] = codes_p[r * cols + c];
+            pre_rounding[r * cols + orig] = pre_p[r * cols + c];
         }
         g_idx[orig] = if static_params.is_some() {
             (orig / group) as u32
@@ -479,6 +486,7 @@ pub fn gptq(
         offsets: grids.iter().map(|g| g.offset).collect(),
         g_idx,
         percdamp,
+        pre_rounding,
     })
 }
 

@@ -35,6 +35,9 @@ pub struct IntRounding {
     /// Per group: `min(w, 0)` and `max(w, 0)` of the float weights.
     lo: Vec<f32>,
     hi: Vec<f32>,
+    /// [`IntRounding::on_grid`]'s given grids, used exactly while a group's factors are 1 (its
+    /// range gives them back only to within a rounding of the scale).
+    base: Option<Vec<QParams>>,
 }
 
 /// Gradients of the loss with respect to [`IntRounding`]'s parameters.
@@ -90,12 +93,63 @@ impl IntRounding {
             beta: vec![1.0; n],
             lo,
             hi,
+            base: None,
+        }
+    }
+
+    /// Offsets 0 and factors 1 on given grids: each group's range is the whole span its scale
+    /// and zero point `params` (row-major over rows × groups) represent, so that weights already
+    /// on those grids (another method's codes, e.g. GPTQ's, decoded) start at exactly those
+    /// codes and the factors clip that span. Each scale must be positive and finite.
+    pub fn on_grid(
+        spec: IntSpec,
+        group: Option<usize>,
+        scale_dtype: DType,
+        params: &[QParams],
+        rows: usize,
+        cols: usize,
+    ) -> IntRounding {
+        let group = group.unwrap_or(cols).max(1);
+        assert!(
+            cols.is_multiple_of(group),
+            "{cols} columns in groups of {group}"
+        );
+        let n = rows * (cols / group);
+        assert_eq!(params.len(), n);
+        let (qmin, qmax) = (spec.qmin() as f32, spec.qmax() as f32);
+        let (mut lo, mut hi) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for p in params {
+            if spec.symmetric {
+                let half = (qmax - qmin) / 2.0 * p.scale;
+                lo.push(-half);
+                hi.push(half);
+            } else {
+                let z = p.zero as f32;
+                lo.push(((qmin - z) * p.scale).min(0.0));
+                hi.push(((qmax - z) * p.scale).max(0.0));
+            }
+        }
+        IntRounding {
+            spec,
+            group,
+            scale_dtype,
+            rows,
+            cols,
+            v: vec![0.0; rows * cols],
+            alpha: vec![1.0; n],
+            beta: vec![1.0; n],
+            lo,
+            hi,
+            base: Some(params.to_vec()),
         }
     }
 
     fn grid(&self, k: usize) -> GroupGrid {
         let (lo, hi) = (self.lo[k] * self.beta[k], self.hi[k] * self.alpha[k]);
-        let p = fit(self.spec, lo, hi, self.scale_dtype);
+        let p = match &self.base {
+            Some(b) if self.alpha[k] == 1.0 && self.beta[k] == 1.0 => b[k],
+            _ => fit(self.spec, lo, hi, self.scale_dtype),
+        };
         let (qmin, qmax) = (self.spec.qmin() as f32, self.spec.qmax() as f32);
         let levels = qmax - qmin;
         // the scale before its clamp to the dtype's smallest step
@@ -282,6 +336,52 @@ mod tests {
                         assert_eq!(&codes[k * gs..(k + 1) * gs], &c[..]);
                         assert_eq!(params[k], p);
                     }
+                }
+            }
+        }
+    }
+
+    /// Started on another method's grids, the untuned parameters give back that method's codes
+    /// for the weights it decoded (random scales and zero points, every scale dtype).
+    #[test]
+    fn on_grid_keeps_given_codes() {
+        let mut rng = Rng::new(4);
+        let (rows, cols, g) = (5, 48, 16);
+        for symmetric in [true, false] {
+            for bits in [2, 3, 4, 8] {
+                let spec = IntSpec { bits, symmetric };
+                for dt in [DType::F32, DType::BF16, DType::F16] {
+                    let params: Vec<QParams> = (0..rows * cols / g)
+                        .map(|_| QParams {
+                            scale: crate::dtype::round_to(dt, (rng.uniform() * 0.05 + 1e-4) as f32),
+                            zero: if symmetric {
+                                0
+                            } else {
+                                spec.qmin()
+                                    + (rng.next_u64() % (spec.qmax() - spec.qmin() + 1) as u64)
+                                        as i32
+                            },
+                        })
+                        .collect();
+                    let codes: Vec<i8> = (0..rows * cols)
+                        .map(|_| {
+                            (spec.qmin()
+                                + (rng.next_u64() % (spec.qmax() - spec.qmin() + 1) as u64) as i32)
+                                as i8
+                        })
+                        .collect();
+                    let w: Vec<f32> = codes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &c)| {
+                            let p = params[i / g];
+                            (c as i32 - p.zero) as f32 * p.scale
+                        })
+                        .collect();
+                    let r = IntRounding::on_grid(spec, Some(g), dt, &params, rows, cols);
+                    let (got, gp) = r.codes(&w);
+                    assert_eq!(got, codes, "{bits} {symmetric} {dt:?}");
+                    assert_eq!(gp, params, "{bits} {symmetric} {dt:?}");
                 }
             }
         }

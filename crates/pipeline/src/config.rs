@@ -181,6 +181,13 @@ pub struct QuantizeConfig {
     pub act_order_group: bool,
     /// GPTQ: relative damping of the Hessian.
     pub damp: f64,
+    /// signround: steps per layer (`--iters`), learning rate (`--lr`, default 1/iters) and
+    /// calibration sequences per step (`--batch`).
+    pub signround_iters: usize,
+    pub signround_lr: Option<f64>,
+    pub signround_batch: usize,
+    /// signround: the rounding the tuning starts from (`--init`).
+    pub signround_init: SignRoundInit,
     /// Layout of integer safetensors outputs.
     pub int_format: IntFormat,
     /// GPTQ on integer grids: search each group's clipping for the least |x - q|^2.4.
@@ -293,6 +300,25 @@ impl IntFormat {
     }
 }
 
+/// The rounding learned rounding starts from: round to nearest (as AutoRound), or GPTQ's codes
+/// for the same inputs (each offset then moves a code by at most one step from GPTQ's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignRoundInit {
+    #[default]
+    Rtn,
+    Gptq,
+}
+
+impl SignRoundInit {
+    pub fn parse(s: &str) -> Result<SignRoundInit, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "rtn" => Ok(SignRoundInit::Rtn),
+            "gptq" => Ok(SignRoundInit::Gptq),
+            _ => Err(format!("unknown start '{s}' (rtn, gptq)")),
+        }
+    }
+}
+
 /// How integer codes are chosen: round to nearest (`None`), or the calibration method of that
 /// name in the registry ([`crate::calib::METHODS`], which [`crate::calib::parse_method`]
 /// checks names against).
@@ -340,6 +366,10 @@ impl QuantizeConfig {
             act_order: false,
             act_order_group: false,
             damp: 0.01,
+            signround_iters: 200,
+            signround_lr: None,
+            signround_batch: 8,
+            signround_init: SignRoundInit::Rtn,
             awq_scaling: qs_numeric::awq::Scaling::Duo,
             awq_tokens: 2048,
             calib_cache: None,

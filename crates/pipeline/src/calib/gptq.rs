@@ -5,7 +5,7 @@
 use super::{CodeSet, LinearJob, Method};
 use crate::config::QuantizeConfig;
 use crate::error::{Error, Result};
-use qs_numeric::gptq::{gptq, GptqConfig, Grid};
+use qs_numeric::gptq::{gptq, GptqConfig, GptqOutput, Grid};
 use qs_numeric::layout::CodeGrid;
 use qs_numeric::Scheme;
 
@@ -41,55 +41,7 @@ impl Method for Gptq {
     }
 
     fn quantize(&self, job: &LinearJob<'_>) -> Result<CodeSet> {
-        let cfg = job.cfg;
-        let gc = match job.grid {
-            CodeGrid::Int {
-                spec,
-                group,
-                scale_dtype,
-                stores_g_idx,
-            } => GptqConfig {
-                spec,
-                group,
-                block: 128,
-                percdamp: cfg.damp,
-                act_order: cfg.act_order,
-                // act-order: static groups (the identity grouping, which every loader reads
-                // without a g_idx) unless the layout stores a g_idx and `--act-order group`
-                // asks for groups in activation order
-                static_groups: if stores_g_idx {
-                    !cfg.act_order_group
-                } else {
-                    cfg.act_order
-                },
-                scale_dtype,
-                grid: Grid::Int,
-                mse_clip: cfg.mse_clip,
-            },
-            CodeGrid::Ggml(ty) => {
-                let grid = ty
-                    .grid()
-                    .ok_or_else(|| Error::Config(format!("{ty} has no code grid")))?;
-                GptqConfig {
-                    spec: grid.spec(),
-                    group: Some(grid.group()),
-                    block: 128,
-                    percdamp: cfg.damp,
-                    act_order: cfg.act_order,
-                    static_groups: cfg.act_order,
-                    scale_dtype: qs_numeric::DType::F16,
-                    grid: Grid::Ggml(ty),
-                    mse_clip: false,
-                }
-            }
-        };
-        let out = gptq(job.w, job.rows, job.cols, &job.stats.hessian.h, &gc).map_err(|err| {
-            Error::Gptq {
-                file: job.file.to_path_buf(),
-                tensor: job.name.to_string(),
-                err,
-            }
-        })?;
+        let out = run(job)?;
         Ok(CodeSet {
             codes: out.codes,
             params: out.params,
@@ -97,4 +49,56 @@ impl Method for Gptq {
             g_idx: out.g_idx,
         })
     }
+}
+
+/// GPTQ on one linear, with everything it computed (learned rounding starts from its
+/// pre-rounding weights).
+pub(crate) fn run(job: &LinearJob<'_>) -> Result<GptqOutput> {
+    let cfg = job.cfg;
+    let gc = match job.grid {
+        CodeGrid::Int {
+            spec,
+            group,
+            scale_dtype,
+            stores_g_idx,
+        } => GptqConfig {
+            spec,
+            group,
+            block: 128,
+            percdamp: cfg.damp,
+            act_order: cfg.act_order,
+            // act-order: static groups (the identity grouping, which every loader reads
+            // without a g_idx) unless the layout stores a g_idx and `--act-order group`
+            // asks for groups in activation order
+            static_groups: if stores_g_idx {
+                !cfg.act_order_group
+            } else {
+                cfg.act_order
+            },
+            scale_dtype,
+            grid: Grid::Int,
+            mse_clip: cfg.mse_clip,
+        },
+        CodeGrid::Ggml(ty) => {
+            let grid = ty
+                .grid()
+                .ok_or_else(|| Error::Config(format!("{ty} has no code grid")))?;
+            GptqConfig {
+                spec: grid.spec(),
+                group: Some(grid.group()),
+                block: 128,
+                percdamp: cfg.damp,
+                act_order: cfg.act_order,
+                static_groups: cfg.act_order,
+                scale_dtype: qs_numeric::DType::F16,
+                grid: Grid::Ggml(ty),
+                mse_clip: false,
+            }
+        }
+    };
+    gptq(job.w, job.rows, job.cols, &job.stats.hessian.h, &gc).map_err(|err| Error::Gptq {
+        file: job.file.to_path_buf(),
+        tensor: job.name.to_string(),
+        err,
+    })
 }

@@ -22,6 +22,7 @@ pub mod awq;
 pub mod experts;
 pub mod gptq;
 pub mod mla;
+pub mod signround;
 
 use crate::config::QuantizeConfig;
 use crate::error::{Error, Result};
@@ -42,7 +43,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The registered methods, one line each (`--method NAME`; `rtn` means none).
-pub static METHODS: [&dyn Method; 3] = [&gptq::Gptq, &awq::Awq, &awq::AwqGptq];
+pub static METHODS: [&dyn Method; 4] =
+    [&gptq::Gptq, &awq::Awq, &awq::AwqGptq, &signround::SIGNROUND];
 
 /// `--method NAME`: a registered method's name, or `rtn` for round to nearest.
 pub fn parse_method(name: &str) -> std::result::Result<crate::config::Method, String> {
@@ -148,6 +150,11 @@ pub trait Method: std::fmt::Debug + Sync {
     /// attention's norms): [`prepare_plan`] re-encodes them all.
     fn folded_tensors(&self, _l: usize, _norms: &qs_model::Norms) -> Vec<String> {
         vec![]
+    }
+    /// Whether [`Method::transform_layer`] reads every calibration sequence (learned rounding)
+    /// rather than about `--awq-tokens` tokens of them (AWQ's search).
+    fn transforms_on_all_inputs(&self) -> bool {
+        false
     }
     /// Rewrites a layer's float weights before its linears are quantized, returning the
     /// transform of every tensor it changed (by HF name). None by default.
@@ -1101,7 +1108,11 @@ pub fn calibrate_together(
                 (!w.is_empty() || experts || !float_inputs).then(|| float_layer.clone());
             let t = match layer.as_mut() {
                 Some(layer) if !w.is_empty() || experts => {
-                    let search_rows = (search_seqs(m.cfg) * seq_len).clamp(1, x.nrows().max(1));
+                    let search_rows = if m.method.transforms_on_all_inputs() {
+                        x.nrows()
+                    } else {
+                        (search_seqs(m.cfg) * seq_len).clamp(1, x.nrows().max(1))
+                    };
                     m.method.transform_layer(&mut LayerCtx {
                         model: &model.cfg,
                         index: l,

@@ -1,0 +1,623 @@
+//! Learned rounding (`--method signround`, Intel AutoRound's SignRound) as a calibration
+//! method: per decoder layer, the rounding offsets and clipping factors of every linear it
+//! quantizes ([`qs_numeric::signround`]) are tuned together by signed gradient steps on the
+//! layer's output error, through the layer's own backward pass ([`qs_model::grad`]).
+//!
+//! As the reference: the target is the float layer's output; the layer's inputs are the
+//! calibration inputs of this run (by default the outputs of the layers before it as already
+//! quantized); each step takes `--batch` sequences at random (seeded by `--seed` and the layer),
+//! the loss is their output's mean squared error, the learning rate (`--lr`, default
+//! 1/`--iters`) decays linearly to 0 over `--iters` steps (default 200), offsets stay in
+//! [−0.5, 0.5] and factors in [0, 1], and the parameters of the step with the lowest loss are
+//! kept, not the last. The reference's target is the float layer on the float model's inputs;
+//! here it is the float layer on the same inputs the quantized layer sees (as GPTQ measures
+//! its error), which needs no second stream of activations.
+//!
+//! Written so far: compressed-tensors integer grids (and the AutoGPTQ / AutoAWQ layouts, which
+//! take the same codes), dense Llama-family layers. GGUF block types and the zero-step search
+//! (`--iters 0`) are refused with a message until they exist.
+
+use super::{CodeSet, InputStats, LayerCtx, LinearJob, Method};
+use crate::config::{QuantizeConfig, SignRoundInit};
+use crate::error::{Error, Result};
+use faer::Mat;
+use qs_model::{grad, layer_forward, Input, Linear};
+use qs_numeric::awq::Transform;
+use qs_numeric::gptq::Hessian;
+use qs_numeric::layout::CodeGrid;
+use qs_numeric::signround::IntRounding;
+use qs_numeric::Scheme;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// The most steps `--iters` accepts.
+pub const MAX_ITERS: usize = 100_000;
+
+/// The method, with the codes each layer's tuning chose until the run asks for them
+/// ([`Method::quantize`]), by run (the address of its configuration: the jobs of a batch that
+/// share one calibration pass each have their own) and tensor name.
+#[derive(Debug)]
+pub struct SignRound {
+    chosen: Mutex<BTreeMap<(usize, String), CodeSet>>,
+}
+
+fn run_key(cfg: &QuantizeConfig) -> usize {
+    cfg as *const QuantizeConfig as usize
+}
+
+pub static SIGNROUND: SignRound = SignRound {
+    chosen: Mutex::new(BTreeMap::new()),
+};
+
+/// The options of one run.
+pub struct Opts {
+    pub iters: usize,
+    pub lr: f32,
+    pub batch: usize,
+}
+
+fn opts(cfg: &QuantizeConfig) -> Opts {
+    let iters = cfg.signround_iters;
+    Opts {
+        iters,
+        lr: cfg.signround_lr.unwrap_or(1.0 / iters.max(1) as f64) as f32,
+        batch: cfg.signround_batch,
+    }
+}
+
+/// Row-major values of a `[out, in]` weight matrix.
+fn row_major(m: &Mat<f32>) -> Vec<f32> {
+    let (r, c) = (m.nrows(), m.ncols());
+    let mut v = vec![0f32; r * c];
+    for j in 0..c {
+        for (i, &x) in m.col(j).iter().enumerate() {
+            v[i * c + j] = x;
+        }
+    }
+    v
+}
+
+fn from_row_major(v: &[f32], rows: usize, cols: usize) -> Mat<f32> {
+    Mat::from_fn(rows, cols, |i, j| v[i * cols + j])
+}
+
+/// `k` distinct indices of `0..n` (all of them when `k >= n`), by a seeded partial shuffle.
+fn pick(n: usize, k: usize, rng: &mut qs_numeric::synth::Rng) -> Vec<usize> {
+    let mut all: Vec<usize> = (0..n).collect();
+    let k = k.min(n);
+    for i in 0..k {
+        let j = i + (rng.next_u64() % (n - i) as u64) as usize;
+        all.swap(i, j);
+    }
+    all.truncate(k);
+    all.sort_unstable();
+    all
+}
+
+/// The rows of whole sequences `seqs` (each `seq_len` rows) of `m`, in order.
+fn gather(m: faer::MatRef<'_, f32>, seqs: &[usize], seq_len: usize) -> Mat<f32> {
+    let mut out = Mat::<f32>::zeros(seqs.len() * seq_len, m.ncols());
+    for (k, &s) in seqs.iter().enumerate() {
+        out.as_mut()
+            .subrows_mut(k * seq_len, seq_len)
+            .copy_from(m.subrows(s * seq_len, seq_len));
+    }
+    out
+}
+
+/// One linear being tuned: which, its float weights (row-major) and its parameters.
+pub struct Tuned {
+    pub lin: Linear,
+    pub w: Vec<f32>,
+    pub r: IntRounding,
+}
+
+/// What [`tune`] found: the parameters of the step with the lowest loss, that loss, and the
+/// loss of the first step (round to nearest).
+pub struct Outcome {
+    pub params: Vec<IntRounding>,
+    pub best_loss: f64,
+    pub first_loss: f64,
+}
+
+/// The mean squared error of `y` against `t` and its gradient with respect to `y`.
+fn mse_and_grad(y: &Mat<f32>, t: &Mat<f32>) -> (f64, Mat<f32>) {
+    let n = (y.nrows() * y.ncols()).max(1) as f64;
+    let mut dy = Mat::<f32>::zeros(y.nrows(), y.ncols());
+    let mut loss = 0f64;
+    for j in 0..y.ncols() {
+        for i in 0..y.nrows() {
+            let d = y[(i, j)] as f64 - t[(i, j)] as f64;
+            loss += d * d;
+            dy[(i, j)] = (2.0 * d / n) as f32;
+        }
+    }
+    (loss / n, dy)
+}
+
+/// Tunes the parameters of `parts` (linears of `layer`) on inputs `x` (whole sequences of
+/// `seq` tokens) so that the layer with their fake-quantized weights gives the float layer's
+/// outputs: `o.iters` signed steps, each on `o.batch` sequences drawn by `seed`. Pure and
+/// deterministic; `Err` names a non-finite loss.
+pub fn tune(
+    c: &qs_model::Config,
+    layer: &qs_model::Layer,
+    x: faer::MatRef<'_, f32>,
+    seq: usize,
+    parts: &mut [Tuned],
+    o: &Opts,
+    seed: u64,
+) -> std::result::Result<Outcome, String> {
+    let nseq = x.nrows() / seq.max(1);
+    if nseq == 0 {
+        return Err(format!("no whole calibration sequence of {seq} tokens"));
+    }
+    let x = x.subrows(0, nseq * seq);
+    // the float layer's outputs: the target
+    let (target, _) = layer_forward(c, layer, x, seq, false);
+    let mut rng = qs_numeric::synth::Rng::new(seed);
+    let mut work = layer.clone();
+    let mut best = Outcome {
+        params: parts.iter().map(|t| t.r.clone()).collect(),
+        best_loss: f64::INFINITY,
+        first_loss: f64::NAN,
+    };
+    let mut wq = Vec::new();
+    for it in 0..o.iters {
+        let seqs = pick(nseq, o.batch, &mut rng);
+        let xb = gather(x, &seqs, seq);
+        let tb = gather(target.as_ref(), &seqs, seq);
+        for t in parts.iter() {
+            wq.resize(t.w.len(), 0.0);
+            t.r.qdq(&t.w, &mut wq);
+            let m = t.lin.weight_mut(&mut work);
+            *m = from_row_major(&wq, m.nrows(), m.ncols());
+        }
+        let (y, tape) = grad::forward(c, &work, xb.as_ref(), seq);
+        let (loss, dy) = mse_and_grad(&y, &tb);
+        if !loss.is_finite() {
+            return Err(format!(
+                "the tuning loss became {loss} at step {it} (non-finite activations)"
+            ));
+        }
+        if it == 0 {
+            best.first_loss = loss;
+        }
+        if loss < best.best_loss {
+            best.best_loss = loss;
+            best.params = parts.iter().map(|t| t.r.clone()).collect();
+        }
+        let g = grad::backward(c, &work, &tape, dy.as_ref());
+        let lr = o.lr * (1.0 - it as f32 / o.iters as f32);
+        for t in parts.iter_mut() {
+            let gm = match t.lin {
+                Linear::Q => &g.q,
+                Linear::K => &g.k,
+                Linear::V => &g.v,
+                Linear::O => &g.o,
+                Linear::Gate => &g.gate,
+                Linear::Up => &g.up,
+                Linear::Down => &g.down,
+            };
+            let pg = t.r.grads(&t.w, &row_major(gm));
+            t.r.step(&pg, lr, lr);
+        }
+    }
+    Ok(best)
+}
+
+/// Replaces each part's starting point by GPTQ's codes for it (its weights become the values
+/// GPTQ rounded, after its error feedback, and its grids GPTQ's): each linear by [`Gptq`] on the Hessian of its
+/// input in the float layer on `x`, groups in column order.
+#[allow(clippy::too_many_arguments)]
+fn start_from_gptq(
+    c: &qs_model::Config,
+    layer: &qs_model::Layer,
+    x: faer::MatRef<'_, f32>,
+    seq: usize,
+    parts: &mut [Tuned],
+    names: &[String],
+    grids: &[CodeGrid],
+    cfg: &QuantizeConfig,
+) -> Result<()> {
+    let mut cfg = cfg.clone();
+    // column-ordered groups: the tuned grids are contiguous groups
+    cfg.act_order = false;
+    cfg.act_order_group = false;
+    let wanted: Vec<Input> = Input::ALL
+        .into_iter()
+        .filter(|i| parts.iter().any(|t| t.lin.input() == *i))
+        .collect();
+    let mut hess: Vec<(Input, Hessian)> = Vec::new();
+    let batch = (4096 / seq).max(1) * seq;
+    let rows = x.nrows() / seq * seq;
+    for r0 in (0..rows).step_by(batch) {
+        let n = batch.min(rows - r0);
+        let (_, cap) = layer_forward(c, layer, x.subrows(r0, n), seq, true);
+        let cap = cap.ok_or_else(|| Error::Config("signround: no captured inputs".into()))?;
+        for &i in &wanted {
+            let xin = i.of(&cap);
+            match hess.iter_mut().find(|(k, _)| *k == i) {
+                Some((_, h)) => h.add_mat(xin),
+                None => {
+                    let mut h = Hessian::new(xin.ncols());
+                    h.add_mat(xin);
+                    hess.push((i, h));
+                }
+            }
+        }
+    }
+    for ((t, name), grid) in parts.iter_mut().zip(names).zip(grids) {
+        let CodeGrid::Int {
+            spec,
+            group,
+            scale_dtype,
+            ..
+        } = *grid
+        else {
+            continue;
+        };
+        let Some((_, h)) = hess.iter().find(|(k, _)| *k == t.lin.input()) else {
+            continue;
+        };
+        let (rows, cols) = (t.r.rows, t.r.cols);
+        let out = super::gptq::run(&LinearJob {
+            name,
+            file: std::path::Path::new(name),
+            w: &t.w,
+            rows,
+            cols,
+            grid: *grid,
+            stats: InputStats { hessian: h },
+            cfg: &cfg,
+        })?;
+        let g = group.unwrap_or(cols).max(1);
+        if out
+            .g_idx
+            .iter()
+            .enumerate()
+            .any(|(j, &k)| k as usize != j / g)
+        {
+            return Err(Error::Config(format!(
+                "{name}: GPTQ's groups are not in column order"
+            )));
+        }
+        // GPTQ's codes are its pre-rounding weights rounded on its grids: the start
+        t.r = IntRounding::on_grid(spec, group, scale_dtype, &out.params, rows, cols);
+        t.w = out.pre_rounding;
+    }
+    Ok(())
+}
+
+impl Method for SignRound {
+    fn name(&self) -> &'static str {
+        "signround"
+    }
+
+    fn check_options(&self, cfg: &QuantizeConfig) -> Result<()> {
+        if cfg.signround_iters == 0 {
+            return Err(Error::Config(
+                "--iters 0 (AutoRound's search without tuning) is not written yet: give --iters 1 or more".into(),
+            ));
+        }
+        if cfg.signround_iters > MAX_ITERS {
+            return Err(Error::Config(format!(
+                "--iters {}: at most {MAX_ITERS} steps",
+                cfg.signround_iters
+            )));
+        }
+        if let Some(lr) = cfg.signround_lr {
+            if !(lr > 0.0 && lr <= 1.0) {
+                return Err(Error::Config(format!(
+                    "--lr {lr}: the learning rate must be in (0, 1] (offsets move within ±0.5, factors within [0, 1])"
+                )));
+            }
+        }
+        if cfg.signround_batch == 0 || cfg.signround_batch > 4096 {
+            return Err(Error::Config(format!(
+                "--batch {}: between 1 and 4096 calibration sequences per step",
+                cfg.signround_batch
+            )));
+        }
+        Ok(())
+    }
+
+    fn supports(
+        &self,
+        scheme: &Scheme,
+        grid: Option<&CodeGrid>,
+    ) -> std::result::Result<(), String> {
+        match grid {
+            Some(CodeGrid::Int { .. }) => Ok(()),
+            Some(CodeGrid::Ggml(t)) => Err(format!(
+                "signround does not write GGUF types yet ({t}); it writes the integer safetensors layouts"
+            )),
+            None => Err(format!("{} takes no chosen codes", scheme.label())),
+        }
+    }
+
+    fn transforms_on_all_inputs(&self) -> bool {
+        true
+    }
+
+    fn transform_layer(&self, ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
+        let c = ctx.model;
+        let l = ctx.index;
+        let layer = &*ctx.layer;
+        grad::supported(c, layer).map_err(|m| Error::Config(format!("layer {l}: {m}")))?;
+        let seq = ctx.seq_len.max(1);
+        let x = ctx.x;
+        if x.nrows() / seq == 0 {
+            return Err(Error::Config(format!(
+                "layer {l}: no whole calibration sequence of {seq} tokens to tune on"
+            )));
+        }
+        // the linears of this layer to tune, with their tensor names
+        let mut names: Vec<String> = Vec::new();
+        let mut parts: Vec<Tuned> = Vec::new();
+        let mut grids = Vec::new();
+        for lin in Linear::ALL {
+            let Some(t) = ctx.targets.get(&(l, lin)) else {
+                continue;
+            };
+            if t.fused.is_some() || t.experts.is_some() {
+                return Err(Error::Config(format!(
+                    "{}: signround tunes plain linears (not fused or expert tensors)",
+                    t.name
+                )));
+            }
+            let Some(
+                grid @ CodeGrid::Int {
+                    spec,
+                    group,
+                    scale_dtype,
+                    ..
+                },
+            ) = t.grid
+            else {
+                return Err(Error::Config(format!(
+                    "{}: signround needs an integer grid",
+                    t.name
+                )));
+            };
+            let m = lin.weight(layer);
+            let (rows, cols) = (m.nrows(), m.ncols());
+            if group.is_some_and(|g| g == 0 || !cols.is_multiple_of(g)) {
+                return Err(Error::Config(format!(
+                    "{}: {cols} columns are not whole groups of {group:?}",
+                    t.name
+                )));
+            }
+            let w = row_major(m);
+            let r = IntRounding::new(spec, group, scale_dtype, &w, rows, cols);
+            names.push(t.name.clone());
+            grids.push(grid);
+            parts.push(Tuned { lin, w, r });
+        }
+        if parts.is_empty() {
+            return Ok(vec![]);
+        }
+        if ctx.cfg.signround_init == SignRoundInit::Gptq {
+            start_from_gptq(c, layer, x, seq, &mut parts, &names, &grids, ctx.cfg)?;
+        }
+        let o = opts(ctx.cfg);
+        let seed = ctx.cfg.seed ^ (l as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let best = tune(c, layer, x, seq, &mut parts, &o, seed)
+            .map_err(|m| Error::Config(format!("layer {l}: {m}")))?;
+        let mut chosen = self
+            .chosen
+            .lock()
+            .map_err(|_| Error::Config("signround: a tuning thread panicked".into()))?;
+        for ((t, name), r) in parts.iter().zip(names).zip(&best.params) {
+            let (codes, params) = r.codes(&t.w);
+            let g_idx = (0..r.cols).map(|j| (j / r.group) as u32).collect();
+            chosen.insert(
+                (run_key(ctx.cfg), name),
+                CodeSet {
+                    codes,
+                    offsets: vec![0.0; params.len()],
+                    params,
+                    g_idx,
+                },
+            );
+        }
+        // the float weights stay: the codes are the method's output
+        Ok(vec![])
+    }
+
+    fn quantize(&self, job: &LinearJob<'_>) -> Result<CodeSet> {
+        let mut chosen = self
+            .chosen
+            .lock()
+            .map_err(|_| Error::Config("signround: a tuning thread panicked".into()))?;
+        let out = chosen
+            .remove(&(run_key(job.cfg), job.name.to_string()))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{}: signround has no tuned codes for this tensor (its layer was not tuned)",
+                    job.name
+                ))
+            })?;
+        if out.codes.len() != job.rows * job.cols {
+            return Err(Error::Config(format!(
+                "{}: tuned codes for {} values, the tensor has {}",
+                job.name,
+                out.codes.len(),
+                job.rows * job.cols
+            )));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use qs_model::grad::{random_layer, random_mat};
+    use qs_model::{Config, Layer};
+    use qs_numeric::dtype::DType;
+    use qs_numeric::rtn::IntSpec;
+
+    fn block_mse(c: &Config, a: &Layer, b: &Layer, x: faer::MatRef<'_, f32>, seq: usize) -> f64 {
+        let (ya, _) = layer_forward(c, a, x, seq, false);
+        let (yb, _) = layer_forward(c, b, x, seq, false);
+        mse_and_grad(&yb, &ya).0
+    }
+
+    fn with_weights(layer: &Layer, ws: &[(Linear, Vec<f32>)]) -> Layer {
+        let mut l = layer.clone();
+        for (lin, w) in ws {
+            let m = lin.weight_mut(&mut l);
+            *m = from_row_major(w, m.nrows(), m.ncols());
+        }
+        l
+    }
+
+    /// On a random GQA layer with biases, tuning from round to nearest lowers the layer's
+    /// output error by at least 30 % (measured: about half) on held-out sequences, int4 groups of 16 symmetric and asymmetric and
+    /// int3 per channel; started from GPTQ (each linear on its float inputs' Hessian, as the
+    /// calibration loop runs it) it starts at exactly GPTQ's codes and ends no worse. The codes it
+    /// returns decode to the tuned weights. (On these inputs — low-rank with loud channels —
+    /// GPTQ's error feedback beats signed steps from round to nearest, 2.1e-2 against 3.4e-2 at
+    /// int4; on SmolLM2 both starts beat GPTQ end to end: docs/QUALITY.md.)
+    #[test]
+    fn tuning_lowers_a_layers_held_out_error() {
+        let c = Config::llama(64, 4, 2, 16, 1);
+        let layer = random_layer(&c, 96, false, 5);
+        let seq = 16;
+        let mut rng = qs_numeric::synth::Rng::new(3);
+        // activations as real ones are: correlated (a low-rank part) with a few loud channels
+        let mix = random_mat(&mut rng, 8, c.hidden, 1.0);
+        let loud: Vec<f32> = (0..c.hidden)
+            .map(|j| if j % 13 == 5 { 8.0 } else { 1.0 })
+            .collect();
+        let mut acts = |n: usize| {
+            let z = random_mat(&mut rng, n, 8, 1.0);
+            let noise = random_mat(&mut rng, n, c.hidden, 0.3);
+            let low = qs_model::linear(z.as_ref(), &mix.transpose().to_owned(), None);
+            Mat::from_fn(n, c.hidden, |i, j| (low[(i, j)] + noise[(i, j)]) * loud[j])
+        };
+        let x = acts(32 * seq);
+        let held = acts(8 * seq);
+        let qcfg = crate::config::QuantizeConfig::new("x", crate::config::Target::Int(4));
+        let e = |ws: &[(Linear, Vec<f32>)]| {
+            block_mse(&c, &layer, &with_weights(&layer, ws), held.as_ref(), seq)
+        };
+        let o = Opts {
+            iters: 150,
+            lr: 1.0 / 150.0,
+            batch: 8,
+        };
+        for (bits, symmetric, group) in [(4, true, Some(16)), (4, false, Some(16)), (3, true, None)]
+        {
+            let spec = IntSpec { bits, symmetric };
+            let grid = CodeGrid::Int {
+                spec,
+                group,
+                scale_dtype: DType::F32,
+                stores_g_idx: false,
+            };
+            let fresh = || -> Vec<Tuned> {
+                Linear::ALL
+                    .iter()
+                    .map(|&lin| {
+                        let m = lin.weight(&layer);
+                        let w = row_major(m);
+                        let r = IntRounding::new(spec, group, DType::F32, &w, m.nrows(), m.ncols());
+                        Tuned { lin, w, r }
+                    })
+                    .collect()
+            };
+            let names: Vec<String> = Linear::ALL.iter().map(|l| format!("{l:?}")).collect();
+            let grids = vec![grid; names.len()];
+            let decoded = |parts: &[Tuned], rs: &[IntRounding]| -> Vec<(Linear, Vec<f32>)> {
+                parts
+                    .iter()
+                    .zip(rs)
+                    .map(|(t, r)| {
+                        let mut q = vec![0f32; t.w.len()];
+                        r.qdq(&t.w, &mut q);
+                        // the stored codes stand for exactly these weights
+                        let (codes, params) = r.codes(&t.w);
+                        for (k, (&code, &want)) in codes.iter().zip(&q).enumerate() {
+                            let p = params[k / r.group];
+                            assert_eq!((code as i32 - p.zero) as f32 * p.scale, want);
+                        }
+                        (t.lin, q)
+                    })
+                    .collect()
+            };
+            let start = |parts: &[Tuned]| {
+                decoded(
+                    parts,
+                    &parts.iter().map(|t| t.r.clone()).collect::<Vec<_>>(),
+                )
+            };
+            let mut from_rtn = fresh();
+            let rtn = start(&from_rtn);
+            let mut from_gptq = fresh();
+            start_from_gptq(
+                &c,
+                &layer,
+                x.as_ref(),
+                seq,
+                &mut from_gptq,
+                &names,
+                &grids,
+                &qcfg,
+            )
+            .unwrap();
+            let gptq = start(&from_gptq);
+            // the start is GPTQ's own codes
+            for (lin, q) in &gptq {
+                let i = Input::ALL.into_iter().find(|i| *i == lin.input()).unwrap();
+                let (_, cap) = layer_forward(&c, &layer, x.as_ref(), seq, true);
+                let mut h = qs_numeric::gptq::Hessian::new(i.of(cap.as_ref().unwrap()).ncols());
+                h.add_mat(i.of(cap.as_ref().unwrap()));
+                let m = lin.weight(&layer);
+                let want = super::super::gptq::Gptq
+                    .quantize(&LinearJob {
+                        name: "w",
+                        file: std::path::Path::new("x"),
+                        w: &row_major(m),
+                        rows: m.nrows(),
+                        cols: m.ncols(),
+                        grid,
+                        stats: InputStats { hessian: &h },
+                        cfg: &qcfg,
+                    })
+                    .unwrap()
+                    .dequantize(m.nrows(), m.ncols());
+                assert_eq!(q, &want, "{lin:?}");
+            }
+            let a = tune(&c, &layer, x.as_ref(), seq, &mut from_rtn, &o, 1).unwrap();
+            let b = tune(&c, &layer, x.as_ref(), seq, &mut from_gptq, &o, 1).unwrap();
+            assert!(a.best_loss < a.first_loss && b.best_loss <= b.first_loss);
+            let (e_rtn, e_gptq) = (e(&rtn), e(&gptq));
+            let e_a = e(&decoded(&from_rtn, &a.params));
+            let e_b = e(&decoded(&from_gptq, &b.params));
+            eprintln!(
+                "int{bits} sym {symmetric} group {group:?}: rtn {e_rtn:.3e} gptq {e_gptq:.3e} signround from rtn {e_a:.3e} from gptq {e_b:.3e}"
+            );
+            assert!(
+                e_a < 0.7 * e_rtn,
+                "int{bits} {symmetric}: rtn {e_rtn}, tuned {e_a}"
+            );
+            assert!(
+                e_b <= e_gptq,
+                "int{bits} {symmetric}: gptq {e_gptq}, tuned {e_b}"
+            );
+        }
+    }
+
+    #[test]
+    fn picks_distinct_sorted_indices() {
+        let mut rng = qs_numeric::synth::Rng::new(1);
+        for (n, k) in [(10, 3), (5, 5), (4, 9), (1, 1)] {
+            let p = pick(n, k, &mut rng);
+            assert_eq!(p.len(), k.min(n));
+            assert!(p.windows(2).all(|w| w[0] < w[1]) && p.iter().all(|&i| i < n));
+        }
+    }
+}

@@ -928,17 +928,24 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
         );
         assert!(!o.exists(), "{flags:?}");
     }
+    // GGUF types without a code grid (here IQ4_NL) are refused, naming those it writes
     let o = d.path().join("x.gguf");
     let r = quantize(&[
         fx.as_os_str(),
         "--to".as_ref(),
-        "q4_0".as_ref(),
+        "iq4_nl".as_ref(),
         "--method".as_ref(),
         "signround".as_ref(),
         "-o".as_ref(),
         o.as_os_str(),
     ]);
-    assert!(r.code != 0 && r.stderr.contains("GGUF"), "{}", r.stderr);
+    assert!(
+        r.code != 0
+            && r.stderr
+                .contains("q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k"),
+        "{}",
+        r.stderr
+    );
     assert!(!o.exists());
 }
 

@@ -599,6 +599,89 @@ fn eval_matches_reference_chunking_perplexity_and_kl() {
     assert!(kl_sum > 0.0, "Q4_0 must differ from the original");
 }
 
+/// Learned rounding into GGUF grids (Q4_0, Q4_1 and the Q4_K_M mixture, whose Q4_K and Q6_K
+/// linears it tunes): llama.cpp loads the file; every tensor but the decoder linears is
+/// llama-quantize's bytes; on held-out text the next-token distributions stay closer to the
+/// original's than round to nearest's (mean KL).
+#[test]
+fn signround_into_gguf_grids_beats_round_to_nearest() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let text = d.path().join("held-out.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog while seven brave men, living and dead, \
+         remember the proposition that a new nation was conceived in liberty. We cannot hallow \
+         this ground, but the world will note what they did here, and the people shall not \
+         perish from the earth. Government of the people endures.",
+    )
+    .unwrap();
+    let kld = |g: &Path| {
+        let j = g.with_extension("eval.json");
+        quantize(&[
+            "eval".as_ref(),
+            g.as_os_str(),
+            "--against".as_ref(),
+            fx.as_os_str(),
+            "--text".as_ref(),
+            text.as_os_str(),
+            "--ctx".as_ref(),
+            "16".as_ref(),
+            "--json".as_ref(),
+            j.as_os_str(),
+            "-q".as_ref(),
+        ])
+        .ok();
+        crate::util::read_json(&j)["kld_mean"].as_f64().unwrap()
+    };
+    let calib = d.path().join("calib.txt");
+    std::fs::write(&calib, qs_formats::calib::DEFAULT_TEXT).unwrap();
+    for t in ["q4_0", "q4_1", "q4_k_m"] {
+        let (rtn, sr) = (
+            d.path().join(format!("rtn-{t}.gguf")),
+            d.path().join(format!("sr-{t}.gguf")),
+        );
+        ours(&fx, &rtn, t);
+        quantize(&[
+            fx.as_os_str(),
+            "--to".as_ref(),
+            t.as_ref(),
+            "--method".as_ref(),
+            "signround".as_ref(),
+            "--iters".as_ref(),
+            "40".as_ref(),
+            "--batch".as_ref(),
+            "4".as_ref(),
+            "--calib".as_ref(),
+            calib.as_os_str(),
+            "--calib-samples".as_ref(),
+            "16".as_ref(),
+            "--calib-seq-len".as_ref(),
+            "48".as_ref(),
+            "-o".as_ref(),
+            sr.as_os_str(),
+            "-q".as_ref(),
+        ])
+        .ok();
+        llama_logits(&sr, &d.path().join("l.f32"));
+        let (a, b) = (GgufFile::open(&sr).unwrap(), GgufFile::open(&rtn).unwrap());
+        let mut tuned = 0;
+        for (ta, tb) in a.tensors.iter().zip(&b.tensors) {
+            assert_eq!((&ta.name, ta.ty), (&tb.name, tb.ty));
+            if ta.name.starts_with("blk.") && ta.ne.len() == 2 {
+                tuned += 1;
+                assert!(a.bytes(ta) != b.bytes(tb), "{t}: {} unchanged", ta.name);
+            } else {
+                assert!(a.bytes(ta) == b.bytes(tb), "{t}: {} differs", ta.name);
+            }
+        }
+        assert_eq!(tuned, 14);
+        let (ks, kr) = (kld(&sr), kld(&rtn));
+        eprintln!("{t}: mean KLD vs original: signround {ks:.5}, RTN {kr:.5}");
+        assert!(ks < kr, "{t}: signround KLD {ks} vs RTN {kr}");
+    }
+}
+
 /// GPTQ into GGUF grids (the legacy types, Q4_K, Q5_K, Q6_K and the Q4_K_M mixture): llama.cpp loads the file; the embeddings and output
 /// head are llama-quantize's bytes (only decoder linears get GPTQ); every linear's held-out
 /// layer-output error beats llama.cpp's round-to-nearest; the model's next-token distributions

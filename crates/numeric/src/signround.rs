@@ -38,6 +38,16 @@ pub struct IntRounding {
     /// [`IntRounding::on_grid`]'s given grids, used exactly while a group's factors are 1 (its
     /// range gives them back only to within a rounding of the scale).
     base: Option<Vec<QParams>>,
+    /// A ggml block type's grids ([`IntRounding::on_ggml_grid`]): fixed, with per-group offsets
+    /// and the type's code range; only the rounding offsets are tuned.
+    fixed: Option<Fixed>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Fixed {
+    offsets: Vec<f32>,
+    qmin: i32,
+    qmax: i32,
 }
 
 /// Gradients of the loss with respect to [`IntRounding`]'s parameters.
@@ -94,6 +104,7 @@ impl IntRounding {
             lo,
             hi,
             base: None,
+            fixed: None,
         }
     }
 
@@ -141,13 +152,89 @@ impl IntRounding {
             lo,
             hi,
             base: Some(params.to_vec()),
+            fixed: None,
+        }
+    }
+
+    /// Offsets 0 on a ggml block type's grids, fixed: per group (row-major over rows × groups of
+    /// `group` columns) the scale and zero point `params` and the value added after scaling
+    /// `offsets` (Q4_1's minimum, the K-quants' `−dmin·m`), as the type's [`crate::ggml::CodeGrid`]
+    /// fits them, codes in `code_range`. A value is `(c − z)·s + offset`, as the block decodes
+    /// it; the clipping factors stay 1 (the type's fit chooses the range).
+    pub fn on_ggml_grid(
+        spec: IntSpec,
+        code_range: (i32, i32),
+        group: usize,
+        params: &[QParams],
+        offsets: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> IntRounding {
+        let group = group.max(1);
+        assert!(
+            cols.is_multiple_of(group),
+            "{cols} columns in groups of {group}"
+        );
+        let n = rows * (cols / group);
+        assert_eq!((params.len(), offsets.len()), (n, n));
+        IntRounding {
+            spec,
+            group,
+            scale_dtype: DType::F32,
+            rows,
+            cols,
+            v: vec![0.0; rows * cols],
+            alpha: vec![1.0; n],
+            beta: vec![1.0; n],
+            lo: vec![0.0; n],
+            hi: vec![0.0; n],
+            base: Some(params.to_vec()),
+            fixed: Some(Fixed {
+                offsets: offsets.to_vec(),
+                qmin: code_range.0,
+                qmax: code_range.1,
+            }),
+        }
+    }
+
+    /// The smallest and largest code.
+    fn code_range(&self) -> (f32, f32) {
+        match &self.fixed {
+            Some(f) => (f.qmin as f32, f.qmax as f32),
+            None => (self.spec.qmin() as f32, self.spec.qmax() as f32),
+        }
+    }
+
+    /// Group `k`'s value added after scaling (0 on integer grids).
+    fn offset(&self, k: usize) -> f32 {
+        self.fixed.as_ref().map_or(0.0, |f| f.offsets[k])
+    }
+
+    /// Each group's value added after scaling, as the layout stores it (0 on integer grids).
+    pub fn offsets(&self) -> Vec<f32> {
+        match &self.fixed {
+            Some(f) => f.offsets.clone(),
+            None => vec![0.0; self.alpha.len()],
+        }
+    }
+
+    /// The code of `x` (offset `m` removed) with rounding offset `v` on scale `s`, zero `z`
+    /// (unclamped; a zero scale, as a ggml block of zeros has, gives the zero point).
+    #[inline]
+    fn code(x: f32, m: f32, s: f32, z: f32, v: f32) -> f32 {
+        if s == 0.0 {
+            z
+        } else {
+            round((x - m) / s + v) + z
         }
     }
 
     fn grid(&self, k: usize) -> GroupGrid {
         let (lo, hi) = (self.lo[k] * self.beta[k], self.hi[k] * self.alpha[k]);
         let p = match &self.base {
-            Some(b) if self.alpha[k] == 1.0 && self.beta[k] == 1.0 => b[k],
+            Some(b) if self.fixed.is_some() || (self.alpha[k] == 1.0 && self.beta[k] == 1.0) => {
+                b[k]
+            }
             _ => fit(self.spec, lo, hi, self.scale_dtype),
         };
         let (qmin, qmax) = (self.spec.qmin() as f32, self.spec.qmax() as f32);
@@ -175,21 +262,23 @@ impl IntRounding {
         }
     }
 
-    /// The fake-quantized weights `(clamp(round(w/s + v) + z) − z)·s` for the current
-    /// parameters.
+    /// The fake-quantized weights `(clamp(round((w − m)/s + v) + z) − z)·s + m` for the current
+    /// parameters (`m` 0 but on ggml grids).
     pub fn qdq(&self, w: &[f32], out: &mut [f32]) {
-        let (qmin, qmax) = (self.spec.qmin() as f32, self.spec.qmax() as f32);
+        let (qmin, qmax) = self.code_range();
         for (k, (wg, og)) in w
             .chunks(self.group)
             .zip(out.chunks_mut(self.group))
             .enumerate()
         {
             let g = self.grid(k);
-            let (s, z) = (g.p.scale, g.p.zero as f32);
+            let (s, z, m) = (g.p.scale, g.p.zero as f32, self.offset(k));
             let vg = &self.v[k * self.group..(k + 1) * self.group];
+            // (types without a minimum add nothing: a −0 stays −0, as their blocks decode)
+            let adds = !self.spec.symmetric;
             for ((o, &x), &v) in og.iter_mut().zip(wg).zip(vg) {
-                let c = (round(x / s + v) + z).clamp(qmin, qmax);
-                *o = (c - z) * s;
+                let c = Self::code(x, m, s, z, v).clamp(qmin, qmax);
+                *o = if adds { (c - z) * s + m } else { (c - z) * s };
             }
         }
     }
@@ -197,7 +286,7 @@ impl IntRounding {
     /// The codes and each group's scale and zero point for the current parameters (what the
     /// layout stores; they decode to [`IntRounding::qdq`]'s values).
     pub fn codes(&self, w: &[f32]) -> (Vec<i8>, Vec<QParams>) {
-        let (qmin, qmax) = (self.spec.qmin() as f32, self.spec.qmax() as f32);
+        let (qmin, qmax) = self.code_range();
         let mut codes = vec![0i8; w.len()];
         let mut params = Vec::with_capacity(self.alpha.len());
         for (k, (wg, cg)) in w
@@ -206,10 +295,10 @@ impl IntRounding {
             .enumerate()
         {
             let g = self.grid(k);
-            let (s, z) = (g.p.scale, g.p.zero as f32);
+            let (s, z, m) = (g.p.scale, g.p.zero as f32, self.offset(k));
             let vg = &self.v[k * self.group..(k + 1) * self.group];
             for ((c, &x), &v) in cg.iter_mut().zip(wg).zip(vg) {
-                *c = (round(x / s + v) + z).clamp(qmin, qmax) as i8;
+                *c = Self::code(x, m, s, z, v).clamp(qmin, qmax) as i8;
             }
             params.push(g.p);
         }
@@ -219,7 +308,7 @@ impl IntRounding {
     /// The straight-through gradients of the loss, given its gradient `dq` with respect to the
     /// fake-quantized weights (as [`IntRounding::qdq`] computed them from `w`).
     pub fn grads(&self, w: &[f32], dq: &[f32]) -> IntGrads {
-        let (qmin, qmax) = (self.spec.qmin() as f32, self.spec.qmax() as f32);
+        let (qmin, qmax) = self.code_range();
         let mut gv = vec![0f32; w.len()];
         let (mut ga, mut gb) = (vec![0f32; self.alpha.len()], vec![0f32; self.beta.len()]);
         for (k, ((wg, dg), vo)) in w
@@ -231,6 +320,19 @@ impl IntRounding {
             let g = self.grid(k);
             let (s, z) = (g.p.scale, g.p.zero as f32);
             let vg = &self.v[k * self.group..(k + 1) * self.group];
+            if self.fixed.is_some() {
+                // fixed grids: only the offsets move (a zero scale stops them)
+                let m = self.offset(k);
+                for (((o, &x), &d), &v) in vo.iter_mut().zip(wg).zip(dg).zip(vg) {
+                    let c = Self::code(x, m, s, z, v);
+                    *o = if s != 0.0 && (qmin..=qmax).contains(&c) {
+                        d * s
+                    } else {
+                        0.0
+                    };
+                }
+                continue;
+            }
             // Σ dL/dw̃·dw̃/ds, and Σ dL/dw̃ over the clamped codes (the zero point's path)
             let (mut ds, mut dz) = (0f64, 0f64);
             for (((o, &x), &d), &v) in vo.iter_mut().zip(wg).zip(dg).zip(vg) {
@@ -384,6 +486,95 @@ mod tests {
                     assert_eq!(gp, params, "{bits} {symmetric} {dt:?}");
                 }
             }
+        }
+    }
+
+    /// On a ggml block type's own grids, with random offsets, the codes packed into the type's
+    /// blocks decode (by ggml's dequantizer) to exactly the fake-quantized weights; with no
+    /// offsets the codes are the type's round to nearest on its fit; offsets' gradients are the
+    /// scale times the weights' gradient (0 where a code is clamped).
+    #[test]
+    fn ggml_grids_decode_to_the_tuned_weights() {
+        use crate::ggml::GgmlType;
+        let (rows, cols) = (3, 512);
+        let w = weights(rows, cols, 9);
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+        ] {
+            let g = ty.grid().unwrap();
+            let (block, group) = (ty.block().0, g.group());
+            let mut ps = vec![(QParams::default(), 0f32); block / group];
+            let (mut params, mut offsets) = (vec![], vec![]);
+            for b in w.chunks(block) {
+                g.fit(b, &mut ps);
+                params.extend(ps.iter().map(|p| p.0));
+                offsets.extend(ps.iter().map(|p| p.1));
+            }
+            let mut r = IntRounding::on_ggml_grid(
+                g.spec(),
+                g.code_range(),
+                group,
+                &params,
+                &offsets,
+                rows,
+                cols,
+            );
+            let mut rng = Rng::new(ty as u64);
+            for v in r.v.iter_mut() {
+                *v = (rng.uniform() - 0.5) as f32;
+            }
+            let mut q = vec![0f32; w.len()];
+            r.qdq(&w, &mut q);
+            let (codes, ps2) = r.codes(&w);
+            assert_eq!(ps2, params, "{ty}");
+            let offs = r.offsets();
+            let mut bytes = vec![0u8; ty.row_bytes(cols)];
+            let mut back = vec![0f32; cols];
+            for row in 0..rows {
+                let gs = cols / group;
+                let d: Vec<f32> = ps2[row * gs..(row + 1) * gs]
+                    .iter()
+                    .map(|p| p.scale)
+                    .collect();
+                g.pack_row(
+                    &codes[row * cols..(row + 1) * cols],
+                    &d,
+                    &offs[row * gs..(row + 1) * gs],
+                    &mut bytes,
+                );
+                crate::ggml::dequantize_row(ty, &bytes, &mut back);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&back),
+                    bits(&q[row * cols..(row + 1) * cols]),
+                    "{ty} row {row}"
+                );
+            }
+            // gradients: only the offsets, scale times dL/dw̃ inside the code range
+            let dq: Vec<f32> = (0..w.len()).map(|i| (i % 7) as f32 - 3.0).collect();
+            let gr = r.grads(&w, &dq);
+            assert!(gr.alpha.iter().chain(&gr.beta).all(|&x| x == 0.0));
+            let (qmin, qmax) = g.code_range();
+            for (i, (&gv, &c)) in gr.v.iter().zip(&codes).enumerate() {
+                let p = params[i / group];
+                let inside = p.scale != 0.0 && {
+                    let raw = ((w[i] - offsets[i / group]) / p.scale + r.v[i]).round_ties_even()
+                        + p.zero as f32;
+                    raw >= qmin as f32 && raw <= qmax as f32
+                };
+                let want = if inside { dq[i] * p.scale } else { 0.0 };
+                assert_eq!(gv, want, "{ty} {i} code {c}");
+            }
+            // untuned: factors never move, a step moves offsets only
+            r.step(&gr, 0.1, 0.1);
+            assert!(r.alpha.iter().chain(&r.beta).all(|&x| x == 1.0));
         }
     }
 

@@ -389,10 +389,16 @@ impl IntRounding {
     }
 }
 
-/// Round half to even (torch.round), exact for any f32.
+/// Round half to even (torch.round), exact for any f32 (small values by the add-and-subtract
+/// trick, which compiles to two additions where `round_ties_even` is a libm call at the
+/// baseline x86-64 level).
 #[inline]
 fn round(x: f32) -> f32 {
-    x.round_ties_even()
+    if x.abs() <= 4_194_304.0 {
+        crate::rtn::round_even_small(x)
+    } else {
+        x.round_ties_even()
+    }
 }
 
 #[cfg(test)]

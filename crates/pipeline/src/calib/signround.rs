@@ -21,7 +21,7 @@
 //! keep llama.cpp's quantizer, and their float weights in the tuning's forward pass. Dense
 //! Llama-family layers. AutoRound's zero-step search (`--iters 0`) is refused until it exists.
 
-use super::{CodeSet, InputStats, LayerCtx, LinearJob, Method};
+use super::{rows_of, to_mat, CodeSet, InputStats, LayerCtx, LinearJob, Method};
 use crate::config::{QuantizeConfig, SignRoundInit};
 use crate::error::{Error, Result};
 use faer::Mat;
@@ -67,22 +67,6 @@ fn opts(cfg: &QuantizeConfig) -> Opts {
         lr: cfg.signround_lr.unwrap_or(1.0 / iters.max(1) as f64) as f32,
         batch: cfg.signround_batch,
     }
-}
-
-/// Row-major values of a `[out, in]` weight matrix.
-fn row_major(m: &Mat<f32>) -> Vec<f32> {
-    let (r, c) = (m.nrows(), m.ncols());
-    let mut v = vec![0f32; r * c];
-    for j in 0..c {
-        for (i, &x) in m.col(j).iter().enumerate() {
-            v[i * c + j] = x;
-        }
-    }
-    v
-}
-
-fn from_row_major(v: &[f32], rows: usize, cols: usize) -> Mat<f32> {
-    Mat::from_fn(rows, cols, |i, j| v[i * cols + j])
 }
 
 /// `k` distinct indices of `0..n` (all of them when `k >= n`), by a seeded partial shuffle.
@@ -157,8 +141,15 @@ pub fn tune(
         return Err(format!("no whole calibration sequence of {seq} tokens"));
     }
     let x = x.subrows(0, nseq * seq);
-    // the float layer's outputs: the target
-    let (target, _) = layer_forward(c, layer, x, seq, false);
+    // the float layer's outputs: the target (in batches of about 4096 tokens, so one batch's
+    // intermediate values exist at a time)
+    let mut target = Mat::<f32>::zeros(x.nrows(), x.ncols());
+    let chunk = (4096 / seq).max(1) * seq;
+    for r0 in (0..x.nrows()).step_by(chunk) {
+        let n = chunk.min(x.nrows() - r0);
+        let (y, _) = layer_forward(c, layer, x.subrows(r0, n), seq, false);
+        target.as_mut().subrows_mut(r0, n).copy_from(&y);
+    }
     let mut rng = qs_numeric::synth::Rng::new(seed);
     let mut work = layer.clone();
     let mut best = Outcome {
@@ -175,7 +166,7 @@ pub fn tune(
             wq.resize(t.w.len(), 0.0);
             t.r.qdq(&t.w, &mut wq);
             let m = t.lin.weight_mut(&mut work);
-            *m = from_row_major(&wq, m.nrows(), m.ncols());
+            *m = to_mat(&wq, m.nrows(), m.ncols());
         }
         let (y, tape) = grad::forward(c, &work, xb.as_ref(), seq);
         let (loss, dy) = mse_and_grad(&y, &tb);
@@ -203,7 +194,7 @@ pub fn tune(
                 Linear::Up => &g.up,
                 Linear::Down => &g.down,
             };
-            let pg = t.r.grads(&t.w, &row_major(gm));
+            let pg = t.r.grads(&t.w, &rows_of(gm));
             t.r.step(&pg, lr, lr);
         }
     }
@@ -417,7 +408,7 @@ impl Method for SignRound {
             }
             let m = lin.weight(layer);
             let (rows, cols) = (m.nrows(), m.ncols());
-            let w = row_major(m);
+            let w = rows_of(m);
             let (grid, r) = match t.grid {
                 Some(
                     grid @ CodeGrid::Int {
@@ -529,7 +520,7 @@ mod tests {
         let mut l = layer.clone();
         for (lin, w) in ws {
             let m = lin.weight_mut(&mut l);
-            *m = from_row_major(w, m.nrows(), m.ncols());
+            *m = to_mat(w, m.nrows(), m.ncols());
         }
         l
     }
@@ -587,7 +578,7 @@ mod tests {
                     .iter()
                     .map(|&lin| {
                         let m = lin.weight(&layer);
-                        let w = row_major(m);
+                        let w = rows_of(m);
                         let (rows, cols) = (m.nrows(), m.ncols());
                         let r = match grid {
                             CodeGrid::Int {
@@ -655,7 +646,7 @@ mod tests {
                     .quantize(&LinearJob {
                         name: "w",
                         file: std::path::Path::new("x"),
-                        w: &row_major(m),
+                        w: &rows_of(m),
                         rows: m.nrows(),
                         cols: m.ncols(),
                         grid,

@@ -822,32 +822,8 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
     let text = d.path().join("calib.txt");
     std::fs::write(&text, qs_formats::calib::DEFAULT_TEXT).unwrap();
     let held = d.path().join("held-out.txt");
-    std::fs::write(
-        &held,
-        "The quick brown fox jumps over the lazy dog while seven brave men, living and dead, \
-         remember the proposition that a new nation was conceived in liberty. We cannot hallow \
-         this ground, but the world will note what they did here, and the people shall not \
-         perish from the earth. Government of the people endures.",
-    )
-    .unwrap();
-    let kld = |o: &Path| {
-        let j = o.with_extension("eval.json");
-        quantize(&[
-            "eval".as_ref(),
-            o.as_os_str(),
-            "--against".as_ref(),
-            fx.as_os_str(),
-            "--text".as_ref(),
-            held.as_os_str(),
-            "--ctx".as_ref(),
-            "16".as_ref(),
-            "--json".as_ref(),
-            j.as_os_str(),
-            "-q".as_ref(),
-        ])
-        .ok();
-        read_json(&j)["kld_mean"].as_f64().unwrap()
-    };
+    std::fs::write(&held, HELD_OUT_TEXT).unwrap();
+    let kld = |o: &Path| kld_against(o, &fx, &held);
     for asym in [false, true] {
         let extra: &[&str] = if asym { &["--asym"] } else { &[] };
         let rtn = d.path().join(format!("rtn-{asym}"));

@@ -608,32 +608,8 @@ fn signround_into_gguf_grids_beats_round_to_nearest() {
     let d = tempfile::tempdir().unwrap();
     let fx = fixture();
     let text = d.path().join("held-out.txt");
-    std::fs::write(
-        &text,
-        "The quick brown fox jumps over the lazy dog while seven brave men, living and dead, \
-         remember the proposition that a new nation was conceived in liberty. We cannot hallow \
-         this ground, but the world will note what they did here, and the people shall not \
-         perish from the earth. Government of the people endures.",
-    )
-    .unwrap();
-    let kld = |g: &Path| {
-        let j = g.with_extension("eval.json");
-        quantize(&[
-            "eval".as_ref(),
-            g.as_os_str(),
-            "--against".as_ref(),
-            fx.as_os_str(),
-            "--text".as_ref(),
-            text.as_os_str(),
-            "--ctx".as_ref(),
-            "16".as_ref(),
-            "--json".as_ref(),
-            j.as_os_str(),
-            "-q".as_ref(),
-        ])
-        .ok();
-        crate::util::read_json(&j)["kld_mean"].as_f64().unwrap()
-    };
+    std::fs::write(&text, crate::util::HELD_OUT_TEXT).unwrap();
+    let kld = |g: &Path| crate::util::kld_against(g, &fx, &text);
     let calib = d.path().join("calib.txt");
     std::fs::write(&calib, qs_formats::calib::DEFAULT_TEXT).unwrap();
     for t in ["q4_0", "q4_1", "q4_k_m"] {
@@ -691,32 +667,8 @@ fn gptq_into_gguf_grids_beats_round_to_nearest() {
     let d = tempfile::tempdir().unwrap();
     let fx = fixture();
     let text = d.path().join("held-out.txt");
-    std::fs::write(
-        &text,
-        "The quick brown fox jumps over the lazy dog while seven brave men, living and dead, \
-         remember the proposition that a new nation was conceived in liberty. We cannot hallow \
-         this ground, but the world will note what they did here, and the people shall not \
-         perish from the earth. Government of the people endures.",
-    )
-    .unwrap();
-    let kld = |g: &Path| {
-        let j = g.with_extension("eval.json");
-        quantize(&[
-            "eval".as_ref(),
-            g.as_os_str(),
-            "--against".as_ref(),
-            fx.as_os_str(),
-            "--text".as_ref(),
-            text.as_os_str(),
-            "--ctx".as_ref(),
-            "16".as_ref(),
-            "--json".as_ref(),
-            j.as_os_str(),
-            "-q".as_ref(),
-        ])
-        .ok();
-        crate::util::read_json(&j)["kld_mean"].as_f64().unwrap()
-    };
+    std::fs::write(&text, crate::util::HELD_OUT_TEXT).unwrap();
+    let kld = |g: &Path| crate::util::kld_against(g, &fx, &text);
     for t in [
         "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "q4_k_m",
     ] {

@@ -250,3 +250,30 @@ pub fn fixture_copy(dir: &Path) {
         std::fs::copy(fixture().join(&f), dir.join(&f)).unwrap();
     }
 }
+
+/// A short English text none of the fixtures' calibration sees.
+pub const HELD_OUT_TEXT: &str = "The quick brown fox jumps over the lazy dog while seven brave \
+    men, living and dead, remember the proposition that a new nation was conceived in liberty. \
+    We cannot hallow this ground, but the world will note what they did here, and the people \
+    shall not perish from the earth. Government of the people endures.";
+
+/// `quantize eval MODEL --against ORIGINAL` on `text` in 16-token windows: the mean KL
+/// divergence of MODEL's next-token distributions from ORIGINAL's.
+pub fn kld_against(model: &Path, original: &Path, text: &Path) -> f64 {
+    let j = model.with_extension("eval.json");
+    quantize(&[
+        "eval".as_ref(),
+        model.as_os_str(),
+        "--against".as_ref(),
+        original.as_os_str(),
+        "--text".as_ref(),
+        text.as_os_str(),
+        "--ctx".as_ref(),
+        "16".as_ref(),
+        "--json".as_ref(),
+        j.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+    read_json(&j)["kld_mean"].as_f64().unwrap()
+}

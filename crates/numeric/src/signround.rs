@@ -197,6 +197,41 @@ impl IntRounding {
         }
     }
 
+    /// Round to nearest on a ggml type's own grids ([`IntRounding::on_ggml_grid`]): each block
+    /// of `w` fitted by the type's [`crate::ggml::CodeGrid`], offsets 0. `Err` when the type has
+    /// no code grid or the rows are not whole blocks.
+    pub fn on_ggml_fit(
+        ty: crate::ggml::GgmlType,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<IntRounding, String> {
+        let g = ty.grid().ok_or_else(|| format!("{ty} has no code grid"))?;
+        let (block, group) = (ty.block().0, g.group());
+        if !cols.is_multiple_of(block) || w.len() != rows * cols {
+            return Err(format!(
+                "{cols} columns are not whole {ty} blocks of {block}"
+            ));
+        }
+        let mut ps = vec![(QParams::default(), 0f32); block / group];
+        let n = rows * cols / group;
+        let (mut params, mut offsets) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for b in w.chunks(block) {
+            g.fit(b, &mut ps);
+            params.extend(ps.iter().map(|p| p.0));
+            offsets.extend(ps.iter().map(|p| p.1));
+        }
+        Ok(IntRounding::on_ggml_grid(
+            g.spec(),
+            g.code_range(),
+            group,
+            &params,
+            &offsets,
+            rows,
+            cols,
+        ))
+    }
+
     /// The smallest and largest code.
     fn code_range(&self) -> (f32, f32) {
         match &self.fixed {
@@ -531,6 +566,11 @@ mod tests {
                 &offsets,
                 rows,
                 cols,
+            );
+            // (on_ggml_fit is this fit)
+            assert_eq!(
+                IntRounding::on_ggml_fit(ty, &w, rows, cols).as_ref(),
+                Ok(&r)
             );
             let mut rng = Rng::new(ty as u64);
             for v in r.v.iter_mut() {

@@ -201,40 +201,6 @@ pub fn tune(
     Ok(best)
 }
 
-/// Round to nearest on a ggml type's own grids: each block fitted by the type's
-/// [`qs_numeric::ggml::CodeGrid`], offsets 0.
-fn ggml_start(
-    ty: qs_numeric::GgmlType,
-    w: &[f32],
-    rows: usize,
-    cols: usize,
-) -> std::result::Result<IntRounding, String> {
-    let g = ty.grid().ok_or_else(|| format!("{ty} has no code grid"))?;
-    let (block, group) = (ty.block().0, g.group());
-    if !cols.is_multiple_of(block) {
-        return Err(format!(
-            "{cols} columns are not whole {ty} blocks of {block}"
-        ));
-    }
-    let mut ps = vec![(qs_numeric::rtn::QParams::default(), 0f32); block / group];
-    let n = rows * cols / group;
-    let (mut params, mut offsets) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for b in w.chunks(block) {
-        g.fit(b, &mut ps);
-        params.extend(ps.iter().map(|p| p.0));
-        offsets.extend(ps.iter().map(|p| p.1));
-    }
-    Ok(IntRounding::on_ggml_grid(
-        g.spec(),
-        g.code_range(),
-        group,
-        &params,
-        &offsets,
-        rows,
-        cols,
-    ))
-}
-
 /// Replaces each part's starting point by GPTQ's codes for it (its weights become the values
 /// GPTQ rounded, after its error feedback, and its grids GPTQ's): each linear by [`Gptq`] on the Hessian of its
 /// input in the float layer on `x`, groups in column order.
@@ -368,12 +334,8 @@ impl Method for SignRound {
         scheme: &Scheme,
         grid: Option<&CodeGrid>,
     ) -> std::result::Result<(), String> {
-        match grid {
-            Some(CodeGrid::Int { .. }) => Ok(()),
-            Some(CodeGrid::Ggml(t)) if t.grid().is_some() => Ok(()),
-            Some(CodeGrid::Ggml(t)) => Err(format!("{t} has no code grid")),
-            None => Err(format!("{} takes no chosen codes", scheme.label())),
-        }
+        // the grids GPTQ chooses codes on
+        super::gptq::Gptq.supports(scheme, grid)
     }
 
     fn transforms_on_all_inputs(&self) -> bool {
@@ -431,7 +393,7 @@ impl Method for SignRound {
                 }
                 Some(grid @ CodeGrid::Ggml(ty)) => (
                     grid,
-                    ggml_start(ty, &w, rows, cols)
+                    IntRounding::on_ggml_fit(ty, &w, rows, cols)
                         .map_err(|m| Error::Config(format!("{}: {m}", t.name)))?,
                 ),
                 None => {
@@ -587,7 +549,9 @@ mod tests {
                                 scale_dtype,
                                 ..
                             } => IntRounding::new(spec, group, scale_dtype, &w, rows, cols),
-                            CodeGrid::Ggml(ty) => ggml_start(ty, &w, rows, cols).unwrap(),
+                            CodeGrid::Ggml(ty) => {
+                                IntRounding::on_ggml_fit(ty, &w, rows, cols).unwrap()
+                            }
                         };
                         Tuned { lin, w, r }
                     })

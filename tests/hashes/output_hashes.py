@@ -116,6 +116,13 @@ def cases(tmp: Path):
                                     "--imatrix", imat.name] + awq, "awq-q4_k_m-im.gguf")
     add("awq-gptq-gguf-q4_0", [str(tl), "--to", "q4_0", "--method", "awq+gptq"] + awq,
         "awq-gptq-q4_0.gguf")
+    # learned rounding (few steps: the bytes, not the quality, are what is pinned)
+    sr = ["--method", "signround", "--iters", "8", "--batch", "4"] + CALIB
+    add("signround-int4-g32-asym", [str(tl), "--to", "int4", "--group", "32", "--asym"] + sr,
+        "signround-int4-g32-asym")
+    add("signround-gguf-q4_k_m", [str(tl), "--to", "q4_k_m"] + sr, "signround-q4_k_m.gguf")
+    add("signround-gguf-q4_0-from-gptq", [str(tl), "--to", "q4_0", "--init", "gptq"] + sr,
+        "signround-gptq-q4_0.gguf")
     # GGUF -> HF export
     add("export-q4_0", ["export", "@gguf-q4_0"], "export-q4_0")
     add("export-f16-bf16", ["export", "@gguf-f16", "--dtype", "bf16"], "export-f16")

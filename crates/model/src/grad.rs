@@ -15,7 +15,10 @@
 //! `tokens·(6·hidden + 3·intermediate + q + 2·kv)` floats) and each sequence's attention
 //! probabilities (`heads·seq_len²` floats per sequence).
 
-use crate::{linear, pre_norm, rope, rope_of_layer, rope_transposed, Act, Config, Layer};
+use crate::{
+    attend_keeping, linear, pre_norm, rope, rope_of_layer, rope_transposed, Act, Config, Heads,
+    Layer,
+};
 use faer::{Accum, Mat, MatRef, Par};
 use qs_numeric::linalg::matmul;
 use rayon::prelude::*;
@@ -56,6 +59,22 @@ pub struct WeightGrads {
     pub gate: Mat<f32>,
     pub up: Mat<f32>,
     pub down: Mat<f32>,
+}
+
+impl WeightGrads {
+    /// The gradient of `lin`'s weights.
+    pub fn of(&self, lin: crate::Linear) -> &Mat<f32> {
+        use crate::Linear;
+        match lin {
+            Linear::Q => &self.q,
+            Linear::K => &self.k,
+            Linear::V => &self.v,
+            Linear::O => &self.o,
+            Linear::Gate => &self.gate,
+            Linear::Up => &self.up,
+            Linear::Down => &self.down,
+        }
+    }
 }
 
 /// `Err` naming what the layer has that [`backward`] does not differentiate.
@@ -123,7 +142,22 @@ pub fn forward(c: &Config, w: &Layer, x: MatRef<'_, f32>, seq_len: usize) -> (Ma
         rope(&mut q, c.heads, seq_len, hd, r);
         rope(&mut k, c.kv_heads, seq_len, hd, r);
     }
-    let (attn, probs) = attend(c, q.as_ref(), k.as_ref(), v.as_ref(), seq_len);
+    let rep = c.heads / c.kv_heads.max(1);
+    let heads = Heads {
+        n: c.heads,
+        qk: hd,
+        v: hd,
+        kv_of: &|head| head / rep,
+    };
+    let (attn, probs) = attend_keeping(
+        c,
+        w,
+        heads,
+        (q.as_ref(), k.as_ref(), v.as_ref()),
+        seq_len,
+        c.attn_scale,
+        true,
+    );
     let o = linear(attn.as_ref(), &w.o, None);
     let mut x1 = o;
     add_into(&mut x1, x);
@@ -166,73 +200,6 @@ fn blocks(tokens: usize, seq_len: usize, heads: usize) -> Vec<(usize, usize)> {
         .step_by(seq_len.max(1))
         .flat_map(|s0| (0..heads).map(move |h| (s0, h)))
         .collect()
-}
-
-/// Causal softmax attention per (sequence, head), as `crate::attend` computes it for a layer
-/// without window, soft-cap or sinks; also each block's probabilities (row i: query i's).
-fn attend(
-    c: &Config,
-    q: MatRef<'_, f32>,
-    k: MatRef<'_, f32>,
-    v: MatRef<'_, f32>,
-    seq_len: usize,
-) -> (Mat<f32>, Vec<Mat<f32>>) {
-    let (tokens, hd) = (q.nrows(), c.head_dim);
-    let rep = c.heads / c.kv_heads.max(1);
-    let bl = blocks(tokens, seq_len, c.heads);
-    let outs: Vec<(Mat<f32>, Mat<f32>)> = bl
-        .par_iter()
-        .map(|&(s0, head)| {
-            let n = seq_len.min(tokens - s0);
-            let kvh = head / rep;
-            let qh = q.submatrix(s0, head * hd, n, hd);
-            let kh = k.submatrix(s0, kvh * hd, n, hd);
-            let vh = v.submatrix(s0, kvh * hd, n, hd);
-            // transposed scores: column i holds query i's scores (as crate::attend)
-            let mut st = Mat::<f32>::zeros(n, n);
-            matmul(
-                st.as_mut(),
-                Accum::Replace,
-                kh,
-                qh.transpose(),
-                c.attn_scale,
-                Par::Seq,
-            );
-            for i in 0..n {
-                let col = st.col_as_slice_mut(i);
-                let (seen, later) = col.split_at_mut(i + 1);
-                let mx = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let mut sum = 0.0;
-                for e in seen.iter_mut() {
-                    *e = (*e - mx).exp();
-                    sum += *e;
-                }
-                for e in seen.iter_mut() {
-                    *e /= sum;
-                }
-                later.fill(0.0);
-            }
-            let mut out = Mat::<f32>::zeros(n, hd);
-            matmul(
-                out.as_mut(),
-                Accum::Replace,
-                st.transpose(),
-                vh,
-                1.0f32,
-                Par::Seq,
-            );
-            (out, st.transpose().to_owned())
-        })
-        .collect();
-    let mut attn = Mat::<f32>::zeros(tokens, c.heads * hd);
-    let mut probs = Vec::with_capacity(outs.len());
-    for (&(s0, head), (out, p)) in bl.iter().zip(outs) {
-        attn.as_mut()
-            .submatrix_mut(s0, head * hd, out.nrows(), hd)
-            .copy_from(&out);
-        probs.push(p);
-    }
-    (attn, probs)
 }
 
 /// `a += b`.

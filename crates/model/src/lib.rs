@@ -2052,11 +2052,11 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
 /// How attention heads lay out their queries, keys and values (each head's columns at
 /// `head × width`): `n` heads of `qk` query/key and `v` value columns, head `h` reading key
 /// and value head `kv_of(h)`.
-struct Heads<'a> {
-    n: usize,
-    qk: usize,
-    v: usize,
-    kv_of: &'a (dyn Fn(usize) -> usize + Sync),
+pub(crate) struct Heads<'a> {
+    pub(crate) n: usize,
+    pub(crate) qk: usize,
+    pub(crate) v: usize,
+    pub(crate) kv_of: &'a (dyn Fn(usize) -> usize + Sync),
 }
 
 /// Causal attention per (sequence, head) of `q`, `k`, `v` (tokens × heads·width), with the
@@ -2066,17 +2066,32 @@ fn attend(
     c: &Config,
     w: &Layer,
     heads: Heads<'_>,
-    (q, k, v): (MatRef<'_, f32>, MatRef<'_, f32>, MatRef<'_, f32>),
+    qkv: (MatRef<'_, f32>, MatRef<'_, f32>, MatRef<'_, f32>),
     seq_len: usize,
     scale: f32,
 ) -> Mat<f32> {
+    attend_keeping(c, w, heads, qkv, seq_len, scale, false).0
+}
+
+/// [`attend`], keeping with `keep` each block's probabilities too (in block order: sequence,
+/// then head; row i is query i's over the keys, zero above the diagonal), as the backward pass
+/// of [`grad`] reads them.
+pub(crate) fn attend_keeping(
+    c: &Config,
+    w: &Layer,
+    heads: Heads<'_>,
+    (q, k, v): (MatRef<'_, f32>, MatRef<'_, f32>, MatRef<'_, f32>),
+    seq_len: usize,
+    scale: f32,
+    keep: bool,
+) -> (Mat<f32>, Vec<Mat<f32>>) {
     let tokens = q.nrows();
     let (qkd, vd) = (heads.qk, heads.v);
     let blocks: Vec<(usize, usize)> = (0..tokens)
         .step_by(seq_len.max(1))
         .flat_map(|s0| (0..heads.n).map(move |h| (s0, h)))
         .collect();
-    let outs: Vec<Mat<f32>> = blocks
+    let outs: Vec<(Mat<f32>, Option<Mat<f32>>)> = blocks
         .par_iter()
         .map(|&(s0, head)| {
             let n = seq_len.min(tokens - s0);
@@ -2127,16 +2142,18 @@ fn attend(
                 1.0f32,
                 Par::Seq,
             );
-            out
+            (out, keep.then(|| st.transpose().to_owned()))
         })
         .collect();
     let mut attn = Mat::<f32>::zeros(tokens, heads.n * vd);
-    for (&(s0, head), out) in blocks.iter().zip(&outs) {
+    let mut probs = Vec::with_capacity(if keep { outs.len() } else { 0 });
+    for (&(s0, head), (out, p)) in blocks.iter().zip(outs) {
         attn.as_mut()
             .submatrix_mut(s0, head * vd, out.nrows(), vd)
-            .copy_from(out);
+            .copy_from(&out);
+        probs.extend(p);
     }
-    attn
+    (attn, probs)
 }
 
 /// `kv_b_proj` `[heads·(nope + v), kv_lora]` as latent attention's per-head matrices: each

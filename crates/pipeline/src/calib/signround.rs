@@ -185,16 +185,7 @@ pub fn tune(
         let g = grad::backward(c, &work, &tape, dy.as_ref());
         let lr = o.lr * (1.0 - it as f32 / o.iters as f32);
         for t in parts.iter_mut() {
-            let gm = match t.lin {
-                Linear::Q => &g.q,
-                Linear::K => &g.k,
-                Linear::V => &g.v,
-                Linear::O => &g.o,
-                Linear::Gate => &g.gate,
-                Linear::Up => &g.up,
-                Linear::Down => &g.down,
-            };
-            let pg = t.r.grads(&t.w, &rows_of(gm));
+            let pg = t.r.grads(&t.w, &rows_of(g.of(t.lin)));
             t.r.step(&pg, lr, lr);
         }
     }

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 
 
@@ -39,40 +38,6 @@ def parse():
                    help="keep only the first N decoder layers (timing runs; output not evaluable)")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args()
-
-
-M64 = (1 << 64) - 1
-
-
-def windows(tokenizer_json, text, seq_len, samples, seed):
-    from tokenizers import Tokenizer
-
-    ids = Tokenizer.from_file(tokenizer_json).encode(text, add_special_tokens=False).ids
-    n = len(ids) // seq_len
-    if n < 2:
-        sys.exit(f"calibration text is {len(ids)} tokens: need at least two windows")
-    held = max(n // 10, 1)
-    fit = n - held
-    take = min(samples, fit)
-    # quantsmith's seeded partial shuffle of the fit windows (SplitMix64, qs_numeric::synth::Rng),
-    # the first `take` kept, in text order: the same windows as `--calib-samples N --seed S`
-    state = (seed ^ 0x9E3779B97F4A7C15) & M64
-
-    def next_u64():
-        nonlocal state
-        state = (state + 0x9E3779B97F4A7C15) & M64
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-        return z ^ (z >> 31)
-
-    order = list(range(fit))
-    for i in range(take):
-        j = i + next_u64() % (fit - i)
-        order[i], order[j] = order[j], order[i]
-    chosen = sorted(order[:take])
-    wins = [ids[w * seq_len:(w + 1) * seq_len] for w in chosen]
-    return wins, chosen, len(ids), n, held
 
 
 def patch_pin_memory_for_cpu():
@@ -105,6 +70,8 @@ def main():
 
     import llmcompressor
     from llmcompressor import oneshot
+
+    from calib_windows import windows  # benches/calib_windows.py (the script's folder)
 
     text = open(a.calib, encoding="utf-8").read()
     wins, chosen, ntok, nwin, held = windows(os.path.join(a.model, "tokenizer.json"), text,

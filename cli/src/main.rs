@@ -389,7 +389,8 @@ struct RunArgs {
     /// GPTQ: Hessian damping relative to its mean diagonal (raised automatically if needed).
     #[arg(long, default_value_t = 0.01)]
     damp: f64,
-    /// signround: signed gradient steps per decoder layer.
+    /// signround: signed gradient steps per decoder layer; 0 writes the importance-weighted
+    /// scale/min search alone (AutoRound's iters=0; not llama-quantize's bytes).
     #[arg(long, default_value_t = 200)]
     iters: usize,
     /// signround: learning rate of the rounding offsets and clipping factors (default
@@ -399,9 +400,10 @@ struct RunArgs {
     /// signround: calibration sequences per step.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// signround: the rounding it starts from: round to nearest (rtn, as AutoRound) or GPTQ's
+    /// signround: the rounding it starts from: the importance-weighted scale/min search
+    /// (search), round to nearest on the plain grid (rtn, as AutoRound's tuned mode) or GPTQ's
     /// codes on the same inputs (gptq).
-    #[arg(long, default_value = "rtn", value_parser = quantsmith::config::SignRoundInit::parse)]
+    #[arg(long, default_value = "search", value_parser = quantsmith::config::SignRoundInit::parse)]
     init: quantsmith::config::SignRoundInit,
     /// AWQ: candidate scales x_mean^r / w_mean^(1-r) (duo, the default of AutoAWQ and
     /// llm-compressor), x_mean^r (plain), or half the grid each way (both).

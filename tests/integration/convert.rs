@@ -599,10 +599,11 @@ fn eval_matches_reference_chunking_perplexity_and_kl() {
     assert!(kl_sum > 0.0, "Q4_0 must differ from the original");
 }
 
-/// Learned rounding into GGUF grids (Q4_0, Q4_1 and the Q4_K_M mixture, whose Q4_K and Q6_K
-/// linears it tunes): llama.cpp loads the file; every tensor but the decoder linears is
-/// llama-quantize's bytes; on held-out text the next-token distributions stay closer to the
-/// original's than round to nearest's (mean KL).
+/// Learned rounding into GGUF grids (Q4_0, Q4_1, the Q4_K_M, Q3_K_M and Q2_K mixtures, whose
+/// K-quant linears it tunes), tuned from round to nearest and, with `--iters 0`, the
+/// importance-weighted search alone: llama.cpp loads the file; every tensor but the decoder
+/// linears is llama-quantize's bytes; on held-out text the next-token distributions stay closer
+/// to the original's than round to nearest's (mean KL).
 #[test]
 fn signround_into_gguf_grids_beats_round_to_nearest() {
     let d = tempfile::tempdir().unwrap();
@@ -612,12 +613,22 @@ fn signround_into_gguf_grids_beats_round_to_nearest() {
     let kld = |g: &Path| crate::util::kld_against(g, &fx, &text);
     let calib = d.path().join("calib.txt");
     std::fs::write(&calib, qs_formats::calib::DEFAULT_TEXT).unwrap();
-    for t in ["q4_0", "q4_1", "q4_k_m"] {
+    for (t, iters, init) in [
+        ("q4_0", "40", "rtn"),
+        ("q4_1", "40", "rtn"),
+        ("q4_k_m", "40", "rtn"),
+        ("q3_k_m", "40", "search"),
+        ("q4_k_m", "0", "search"),
+        ("q3_k_m", "0", "search"),
+        ("q2_k", "0", "search"),
+    ] {
         let (rtn, sr) = (
             d.path().join(format!("rtn-{t}.gguf")),
-            d.path().join(format!("sr-{t}.gguf")),
+            d.path().join(format!("sr-{t}-{iters}.gguf")),
         );
-        ours(&fx, &rtn, t);
+        if !rtn.exists() {
+            ours(&fx, &rtn, t);
+        }
         quantize(&[
             fx.as_os_str(),
             "--to".as_ref(),
@@ -625,7 +636,9 @@ fn signround_into_gguf_grids_beats_round_to_nearest() {
             "--method".as_ref(),
             "signround".as_ref(),
             "--iters".as_ref(),
-            "40".as_ref(),
+            iters.as_ref(),
+            "--init".as_ref(),
+            init.as_ref(),
             "--batch".as_ref(),
             "4".as_ref(),
             "--calib".as_ref(),
@@ -653,12 +666,12 @@ fn signround_into_gguf_grids_beats_round_to_nearest() {
         }
         assert_eq!(tuned, 14);
         let (ks, kr) = (kld(&sr), kld(&rtn));
-        eprintln!("{t}: mean KLD vs original: signround {ks:.5}, RTN {kr:.5}");
-        assert!(ks < kr, "{t}: signround KLD {ks} vs RTN {kr}");
+        eprintln!("{t} ({iters} steps from {init}): mean KLD vs original: signround {ks:.5}, RTN {kr:.5}");
+        assert!(ks < kr, "{t} ({iters} steps): signround KLD {ks} vs RTN {kr}");
     }
 }
 
-/// GPTQ into GGUF grids (the legacy types, Q4_K, Q5_K, Q6_K and the Q4_K_M mixture): llama.cpp loads the file; the embeddings and output
+/// GPTQ into GGUF grids (the legacy types, every K-quant and the Q4_K_M mixture): llama.cpp loads the file; the embeddings and output
 /// head are llama-quantize's bytes (only decoder linears get GPTQ); every linear's held-out
 /// layer-output error beats llama.cpp's round-to-nearest; the model's next-token distributions
 /// stay closer to the original's than RTN's do (mean KL on text it was not calibrated on).
@@ -670,7 +683,7 @@ fn gptq_into_gguf_grids_beats_round_to_nearest() {
     std::fs::write(&text, crate::util::HELD_OUT_TEXT).unwrap();
     let kld = |g: &Path| crate::util::kld_against(g, &fx, &text);
     for t in [
-        "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "q4_k_m",
+        "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q4_k_m",
     ] {
         let (rtn, gq) = (
             d.path().join(format!("rtn-{t}.gguf")),
@@ -732,8 +745,7 @@ fn gptq_into_gguf_grids_beats_round_to_nearest() {
 }
 
 /// AWQ into GGUF types and mixtures (Q4_0, Q4_K_M, Q3_K_M) and AWQ + GPTQ into them (in Q3_K_M,
-/// GPTQ chooses the codes of the Q4_K/Q5_K linears; the Q3_K ones, which have no code grid, are
-/// scaled and clipped as plain AWQ does, then rounded by their type): llama.cpp loads and runs
+/// GPTQ chooses the codes of its Q3_K, Q4_K and Q5_K linears): llama.cpp loads and runs
 /// each file; the types are the mixture's; the embeddings and
 /// output head are llama-quantize's bytes, while the linears and the norms the scales were folded
 /// into differ from round to nearest; every linear's held-out layer-output error is below RTN's.

@@ -13,6 +13,7 @@ pub mod linalg;
 pub mod metrics;
 pub mod pack;
 pub mod rtn;
+pub mod search;
 pub mod signround;
 pub mod simd;
 pub mod synth;

@@ -198,13 +198,16 @@ impl IntRounding {
     }
 
     /// Round to nearest on a ggml type's own grids ([`IntRounding::on_ggml_grid`]): each block
-    /// of `w` fitted by the type's [`crate::ggml::CodeGrid`], offsets 0. `Err` when the type has
-    /// no code grid or the rows are not whole blocks.
+    /// of `w` fitted by the type's [`crate::ggml::CodeGrid`] — ggml's own fit, or with an
+    /// `importance` per column the importance-weighted search
+    /// ([`crate::ggml::CodeGrid::fit_weighted`]) — offsets 0. `Err` when the type has no code
+    /// grid or the rows are not whole blocks.
     pub fn on_ggml_fit(
         ty: crate::ggml::GgmlType,
         w: &[f32],
         rows: usize,
         cols: usize,
+        importance: Option<&[f32]>,
     ) -> Result<IntRounding, String> {
         let g = ty.grid().ok_or_else(|| format!("{ty} has no code grid"))?;
         let (block, group) = (ty.block().0, g.group());
@@ -213,14 +216,26 @@ impl IntRounding {
                 "{cols} columns are not whole {ty} blocks of {block}"
             ));
         }
-        let mut ps = vec![(QParams::default(), 0f32); block / group];
-        let n = rows * cols / group;
-        let (mut params, mut offsets) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for b in w.chunks(block) {
-            g.fit(b, &mut ps);
-            params.extend(ps.iter().map(|p| p.0));
-            offsets.extend(ps.iter().map(|p| p.1));
+        if importance.is_some_and(|q| q.len() != cols) {
+            return Err(format!("an importance per column: {cols} wanted"));
         }
+        // blocks are fitted independently: in parallel, in order
+        use rayon::prelude::*;
+        let per = block / group;
+        let mut fitted = vec![(QParams::default(), 0f32); rows * cols / group];
+        fitted
+            .par_chunks_mut(per)
+            .zip(w.par_chunks(block))
+            .enumerate()
+            .for_each(|(k, (ps, b))| match importance {
+                Some(q) => {
+                    let c0 = (k * block) % cols;
+                    g.fit_weighted(b, &q[c0..c0 + block], ps)
+                }
+                None => g.fit(b, ps),
+            });
+        let params: Vec<QParams> = fitted.iter().map(|p| p.0).collect();
+        let offsets: Vec<f32> = fitted.iter().map(|p| p.1).collect();
         Ok(IntRounding::on_ggml_grid(
             g.spec(),
             g.code_range(),
@@ -539,22 +554,20 @@ mod tests {
         use crate::ggml::GgmlType;
         let (rows, cols) = (3, 512);
         let w = weights(rows, cols, 9);
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-            GgmlType::Q4_K,
-            GgmlType::Q5_K,
-            GgmlType::Q6_K,
-        ] {
+        let mut rng = Rng::new(4);
+        let importance: Vec<f32> = (0..cols).map(|_| rng.uniform() as f32 * 4.0).collect();
+        let types = GgmlType::quantized_types().filter(|t| t.grid().is_some());
+        for (ty, weighted) in types.flat_map(|t| [(t, false), (t, true)]) {
             let g = ty.grid().unwrap();
             let (block, group) = (ty.block().0, g.group());
             let mut ps = vec![(QParams::default(), 0f32); block / group];
             let (mut params, mut offsets) = (vec![], vec![]);
             for b in w.chunks(block) {
-                g.fit(b, &mut ps);
+                if weighted {
+                    g.fit_weighted(b, &importance[..block], &mut ps);
+                } else {
+                    g.fit(b, &mut ps);
+                }
                 params.extend(ps.iter().map(|p| p.0));
                 offsets.extend(ps.iter().map(|p| p.1));
             }
@@ -568,8 +581,10 @@ mod tests {
                 cols,
             );
             // (on_ggml_fit is this fit)
+            let per_col: Vec<f32> = (0..cols).map(|j| importance[j % block]).collect();
             assert_eq!(
-                IntRounding::on_ggml_fit(ty, &w, rows, cols).as_ref(),
+                IntRounding::on_ggml_fit(ty, &w, rows, cols, weighted.then_some(&per_col[..]))
+                    .as_ref(),
                 Ok(&r)
             );
             let mut rng = Rng::new(ty as u64);

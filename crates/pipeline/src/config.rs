@@ -300,11 +300,15 @@ impl IntFormat {
     }
 }
 
-/// The rounding learned rounding starts from: round to nearest (as AutoRound), or GPTQ's codes
-/// for the same inputs (each offset then moves a code by at most one step from GPTQ's).
+/// The rounding learned rounding starts from (and, with `--iters 0`, writes): the
+/// importance-weighted search of each group's scale and minimum ([`qs_numeric::search`],
+/// AutoRound's `iters=0` mode; the default), round to nearest on the layout's plain grid (as
+/// AutoRound's tuned mode starts), or GPTQ's codes for the same inputs (each offset then moves
+/// a code by at most one step from GPTQ's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SignRoundInit {
     #[default]
+    Search,
     Rtn,
     Gptq,
 }
@@ -312,9 +316,10 @@ pub enum SignRoundInit {
 impl SignRoundInit {
     pub fn parse(s: &str) -> Result<SignRoundInit, String> {
         match s.to_ascii_lowercase().as_str() {
+            "search" => Ok(SignRoundInit::Search),
             "rtn" => Ok(SignRoundInit::Rtn),
             "gptq" => Ok(SignRoundInit::Gptq),
-            _ => Err(format!("unknown start '{s}' (rtn, gptq)")),
+            _ => Err(format!("unknown start '{s}' (search, rtn, gptq)")),
         }
     }
 }
@@ -369,7 +374,7 @@ impl QuantizeConfig {
             signround_iters: 200,
             signround_lr: None,
             signround_batch: 8,
-            signround_init: SignRoundInit::Rtn,
+            signround_init: SignRoundInit::Search,
             awq_scaling: qs_numeric::awq::Scaling::Duo,
             awq_tokens: 2048,
             calib_cache: None,

@@ -430,22 +430,17 @@ fn pack_q3_k(x: &[f32], l: &mut [i8; QK_K], scales: &[f32], y: &mut [u8]) {
     let (hmask, rest) = y.split_at_mut(32);
     let (qs, rest) = rest.split_at_mut(64);
     let (sc, dbytes) = rest.split_at_mut(12);
-    sc.fill(0);
     if max_scale != 0.0 {
         let iscale = -32.0 / max_scale;
-        for j in 0..16 {
-            // C stores nearest_int's result in an int8_t first
-            let v = (nearest_int(iscale * scales[j]) as i8).clamp(-32, 31) as i32 + 32;
-            if j < 8 {
-                sc[j] = (v & 0xf) as u8;
-            } else {
-                sc[j - 8] |= ((v & 0xf) << 4) as u8;
-            }
-            let hi = v >> 4;
-            sc[j % 4 + 8] |= (hi << (2 * (j / 4))) as u8;
-        }
+        // C stores nearest_int's result in an int8_t first
+        let levels: Vec<i32> = scales
+            .iter()
+            .map(|&v| (nearest_int(iscale * v) as i8).clamp(-32, 31) as i32)
+            .collect();
+        pack_q3_k_levels(&levels, sc);
         dbytes.copy_from_slice(&f16_bits(1.0 / iscale));
     } else {
+        sc.fill(0);
         dbytes.copy_from_slice(&f16_bits(0.0));
     }
     finish_q3_k(x, l, hmask, qs, sc, f16_at(dbytes));
@@ -456,11 +451,7 @@ pub fn dequantize_block_q3_k(b: &[u8], y: &mut [f32]) {
     let qs = &b[32..96];
     let sc = &b[96..108];
     let dall = f16_at(&b[108..110]);
-    let mut scales = [0i32; 16];
-    for (j, s) in scales.iter_mut().enumerate() {
-        let lo = if j < 8 { sc[j] & 0xf } else { sc[j - 8] >> 4 };
-        *s = (lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
-    }
+    let scales = q3_k_levels(sc);
     let mut is = 0;
     let mut out = 0;
     let mut m = 1u8;
@@ -879,17 +870,9 @@ pub fn quantize_block_q3_k_imatrix(x: &[f32], qw: &[f32], y: &mut [u8]) {
     let (hmask, rest) = y.split_at_mut(32);
     let (qs, rest) = rest.split_at_mut(64);
     let (sc, dbytes) = rest.split_at_mut(12);
-    sc.fill(0);
     let d_block = make_qx_quants(&scales, 32, &mut ls, Some(&sw));
-    for j in 0..16 {
-        let v = ls[j] as i32;
-        if j < 8 {
-            sc[j] = (v & 0xf) as u8;
-        } else {
-            sc[j - 8] |= ((v & 0xf) << 4) as u8;
-        }
-        sc[j % 4 + 8] |= ((v >> 4) << (2 * (j / 4))) as u8;
-    }
+    // (make_qx_quants's levels are offset by 32)
+    pack_q3_k_levels(&ls.map(|v| v as i32 - 32), sc);
     dbytes.copy_from_slice(&f16_bits(d_block));
     finish_q3_k(x, &mut l, hmask, qs, sc, f16_at(dbytes));
 }
@@ -903,9 +886,7 @@ fn finish_q3_k(
     sc: &[u8],
     dall: f32,
 ) {
-    for j in 0..16 {
-        let lo = if j < 8 { sc[j] & 0xf } else { sc[j - 8] >> 4 };
-        let s = (lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
+    for (j, s) in q3_k_levels(sc).into_iter().enumerate() {
         let d = dall * s as f32;
         if d == 0.0 {
             continue;
@@ -915,7 +896,12 @@ fn finish_q3_k(
             *o = (nearest_int(v / d).clamp(-4, 3) + 4) as i8;
         }
     }
-    // levels 0..7: bit 2 of level 32·b + m goes to bit b of hmask[m], the low two bits to qs
+    pack_q3_k_codes(l, hmask, qs);
+}
+
+/// Q3_K's codes 0..7: bit 2 of code 32·b + m goes to bit b of `hmask[m]`, the low two bits to
+/// `qs`.
+fn pack_q3_k_codes(l: &[i8; QK_K], hmask: &mut [u8], qs: &mut [u8]) {
     hmask.fill(0);
     let mut lu = [0u8; QK_K];
     for b in 0..8 {
@@ -1065,7 +1051,7 @@ pub static Q2_K: KQuant = KQuant {
     dequantize: dequantize_block_q2_k,
     file_type: 10,
     fallback: GgmlType::Q4_0,
-    grid: None,
+    grid: Some(&GRID_Q2_K),
 };
 pub static Q3_K: KQuant = KQuant {
     ty: GgmlType::Q3_K,
@@ -1074,7 +1060,7 @@ pub static Q3_K: KQuant = KQuant {
     dequantize: dequantize_block_q3_k,
     file_type: 12,
     fallback: GgmlType::Q4_0,
-    grid: None,
+    grid: Some(&GRID_Q3_K),
 };
 pub static Q4_K: KQuant = KQuant {
     ty: GgmlType::Q4_K,
@@ -1149,6 +1135,8 @@ impl BlockCodec for KQuant {
 pub struct GridK {
     ty: GgmlType,
 }
+static GRID_Q2_K: GridK = GridK { ty: GgmlType::Q2_K };
+static GRID_Q3_K: GridK = GridK { ty: GgmlType::Q3_K };
 static GRID_Q4_K: GridK = GridK { ty: GgmlType::Q4_K };
 static GRID_Q5_K: GridK = GridK { ty: GgmlType::Q5_K };
 static GRID_Q6_K: GridK = GridK { ty: GgmlType::Q6_K };
@@ -1181,42 +1169,114 @@ fn factor_levels(v: &[f32], lo: i32, hi: i32, l: &mut [i32]) -> Option<f32> {
     None
 }
 
-impl CodeGrid for GridK {
-    fn spec(&self) -> IntSpec {
+impl GridK {
+    /// Whether values are `(q − zero)·scale` with signed sub-block scales (Q3_K, Q6_K) rather
+    /// than `q·scale − min` (Q2_K, Q4_K, Q5_K).
+    fn symmetric(&self) -> bool {
+        matches!(self.ty, GgmlType::Q3_K | GgmlType::Q6_K)
+    }
+    /// The code of value 0 for the symmetric types.
+    fn zero(&self) -> i32 {
         match self.ty {
-            GgmlType::Q4_K => IntSpec {
-                bits: 4,
-                symmetric: false,
-            },
-            GgmlType::Q5_K => IntSpec {
-                bits: 5,
-                symmetric: false,
-            },
-            _ => IntSpec {
-                bits: 6,
-                symmetric: true,
-            },
+            GgmlType::Q3_K => 4,
+            GgmlType::Q6_K => 32,
+            _ => 0,
         }
     }
-    fn code_range(&self) -> (i32, i32) {
+    /// Sub-block scale levels (and min levels) a block stores.
+    fn level_range(&self) -> (i32, i32) {
         match self.ty {
-            GgmlType::Q4_K => (0, 15),
-            GgmlType::Q5_K => (0, 31),
+            GgmlType::Q2_K => (0, 15),
+            GgmlType::Q3_K => (-32, 31),
+            GgmlType::Q6_K => (-128, 127),
             _ => (0, 63),
         }
     }
-    fn group(&self) -> usize {
-        if self.ty == GgmlType::Q6_K {
-            16
+    /// The type's own quantization of one block (ggml's plain quantizer).
+    fn quantize_block(&self, x: &[f32], y: &mut [u8]) {
+        let y = &mut y[..self.ty.block().1];
+        match self.ty {
+            GgmlType::Q2_K => quantize_block_q2_k(x, y),
+            GgmlType::Q3_K => quantize_block_q3_k(x, y),
+            GgmlType::Q4_K => quantize_block_q4_k(x, y),
+            GgmlType::Q5_K => quantize_block_q5_k(x, y),
+            _ => quantize_block_q6_k(x, None, y),
+        }
+    }
+}
+
+/// Q3_K's sixteen 6-bit scale levels (−32..31) from its 12 packed bytes.
+fn q3_k_levels(sc: &[u8]) -> [i32; 16] {
+    let mut l = [0i32; 16];
+    for (j, s) in l.iter_mut().enumerate() {
+        let lo = if j < 8 { sc[j] & 0xf } else { sc[j - 8] >> 4 };
+        *s = (lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
+    }
+    l
+}
+
+/// Packs Q3_K's sixteen scale levels (−32..31) into its 12 bytes.
+fn pack_q3_k_levels(l: &[i32], sc: &mut [u8]) {
+    sc.fill(0);
+    for (j, &s) in l.iter().enumerate() {
+        let v = s + 32;
+        if j < 8 {
+            sc[j] = (v & 0xf) as u8;
         } else {
-            32
+            sc[j - 8] |= ((v & 0xf) << 4) as u8;
+        }
+        sc[j % 4 + 8] |= ((v >> 4) << (2 * (j / 4))) as u8;
+    }
+}
+
+impl CodeGrid for GridK {
+    fn spec(&self) -> IntSpec {
+        let bits = match self.ty {
+            GgmlType::Q2_K => 2,
+            GgmlType::Q3_K => 3,
+            GgmlType::Q4_K => 4,
+            GgmlType::Q5_K => 5,
+            _ => 6,
+        };
+        IntSpec {
+            bits,
+            symmetric: self.symmetric(),
+        }
+    }
+    fn code_range(&self) -> (i32, i32) {
+        (0, (1 << self.spec().bits) - 1)
+    }
+    fn group(&self) -> usize {
+        match self.ty {
+            GgmlType::Q4_K | GgmlType::Q5_K => 32,
+            _ => 16,
         }
     }
     fn fit(&self, w: &[f32], out: &mut [(QParams, f32)]) {
         let mut b = [0u8; 210];
+        self.quantize_block(w, &mut b);
         match self.ty {
+            GgmlType::Q2_K => {
+                let (d, min) = (f16_at(&b[80..82]), f16_at(&b[82..84]));
+                for (j, o) in out.iter_mut().enumerate().take(16) {
+                    let s = b[j];
+                    let scale = d * (s & 0xf) as f32;
+                    *o = (QParams { scale, zero: 0 }, -(min * (s >> 4) as f32));
+                }
+            }
+            GgmlType::Q3_K => {
+                let d = f16_at(&b[108..110]);
+                for (o, l) in out.iter_mut().zip(q3_k_levels(&b[96..108])) {
+                    *o = (
+                        QParams {
+                            scale: d * l as f32,
+                            zero: 4,
+                        },
+                        0.0,
+                    );
+                }
+            }
             GgmlType::Q6_K => {
-                quantize_block_q6_k(w, None, &mut b);
                 let d = f16_at(&b[208..210]);
                 for (j, o) in out.iter_mut().enumerate().take(16) {
                     let scale = d * (b[192 + j] as i8) as f32;
@@ -1224,11 +1284,6 @@ impl CodeGrid for GridK {
                 }
             }
             _ => {
-                if self.ty == GgmlType::Q4_K {
-                    quantize_block_q4_k(w, &mut b);
-                } else {
-                    quantize_block_q5_k(w, &mut b);
-                }
                 let (d, min) = (f16_at(&b[0..2]), f16_at(&b[2..4]));
                 for (j, o) in out.iter_mut().enumerate().take(8) {
                     let (s, m) = scale_min_k4(j, &b[4..16]);
@@ -1241,6 +1296,106 @@ impl CodeGrid for GridK {
                     );
                 }
             }
+        }
+    }
+    fn fit_weighted(&self, w: &[f32], qw: &[f32], out: &mut [(QParams, f32)]) {
+        let g = self.group();
+        let per = QK_K / g;
+        let (lo, hi) = self.level_range();
+        // sub-block weights: the sums of their importance (as ggml weighs the super-block fit)
+        let mut sw = [0f32; 16];
+        for (s, q) in sw.iter_mut().zip(qw.chunks_exact(g)) {
+            *s = q.iter().sum();
+        }
+        let sw = &sw[..per];
+        if self.symmetric() {
+            let zero = self.zero();
+            let mut sc = [0f32; 16];
+            for (s, (x, q)) in sc.iter_mut().zip(w.chunks_exact(g).zip(qw.chunks_exact(g))) {
+                *s = crate::search::sym(x, q, zero as f32, (-zero, zero - 1), true, |s| s);
+            }
+            // the super-block scale: the sub-block scales on levels lo..=hi, weighted
+            let d = crate::search::sym(&sc[..per], sw, -lo as f32, (lo, hi), true, |d| {
+                f16::from_f32(d).to_f32()
+            });
+            let (zl, zh) = (-zero as f32, (zero - 1) as f32);
+            for (j, (o, &s)) in out.iter_mut().zip(&sc[..per]).enumerate() {
+                let (x, q) = (&w[j * g..(j + 1) * g], &qw[j * g..(j + 1) * g]);
+                let l = if d == 0.0 {
+                    0
+                } else {
+                    // the stored level nearest the sub-block's scale, or a neighbour of it when
+                    // that fits the sub-block better
+                    let l0 = nearest_int(s / d).clamp(lo, hi);
+                    (l0 - 2..=l0 + 2)
+                        .filter(|l| (lo..=hi).contains(l))
+                        .map(|l| (crate::search::error(x, q, d * l as f32, 0.0, zl, zh), l))
+                        .fold((f32::INFINITY, l0), |a, b| if b.0 < a.0 { b } else { a })
+                        .1
+                };
+                *o = (
+                    QParams {
+                        scale: d * l as f32,
+                        zero,
+                    },
+                    0.0,
+                );
+            }
+            return;
+        }
+        let top = self.code_range().1;
+        let (mut sc, mut mins) = ([0f32; 16], [0f32; 16]);
+        for (j, (x, q)) in w.chunks_exact(g).zip(qw.chunks_exact(g)).enumerate() {
+            let (s, m) = crate::search::asym(x, q, top, true, |s, m| (s, m));
+            sc[j] = s;
+            mins[j] = -m;
+        }
+        // the super-block scale and minimum: ggml's weighted make_qp_quants over the levels
+        let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
+        let ones = [1f32; 16];
+        let sw = if sw.iter().sum::<f32>() > 0.0 {
+            sw
+        } else {
+            &ones[..per]
+        };
+        let d = f16::from_f32(make_qp_quants(&sc[..per], hi, &mut ls, sw)).to_f32();
+        let dmin = f16::from_f32(make_qp_quants(&mins[..per], hi, &mut lm, sw)).to_f32();
+        let near = |v: f32, step: f32| {
+            if step > 0.0 {
+                nearest_int(v / step).clamp(0, hi)
+            } else {
+                0
+            }
+        };
+        for j in 0..per {
+            let (x, q) = (&w[j * g..(j + 1) * g], &qw[j * g..(j + 1) * g]);
+            // the stored levels nearest the sub-block's scale and minimum, or the neighbours
+            // that fit it best with the stored super-block values
+            let (l0, m0) = (near(sc[j], d), near(mins[j], dmin));
+            let mut best = (f32::INFINITY, l0, m0);
+            for l in (l0 - 2).max(0)..=(l0 + 2).min(hi) {
+                for m in (m0 - 2).max(0)..=(m0 + 2).min(hi) {
+                    let e = crate::search::error(
+                        x,
+                        q,
+                        d * l as f32,
+                        -(dmin * m as f32),
+                        0.0,
+                        top as f32,
+                    );
+                    if e < best.0 {
+                        best = (e, l, m);
+                    }
+                }
+            }
+            let (_, l, m) = best;
+            out[j] = (
+                QParams {
+                    scale: d * l as f32,
+                    zero: 0,
+                },
+                -(dmin * m as f32),
+            );
         }
     }
     fn pack_row(&self, codes: &[i8], d: &[f32], m: &[f32], out: &mut [u8]) {
@@ -1256,18 +1411,49 @@ impl CodeGrid for GridK {
             let (db, mb) = (&d[b * per..(b + 1) * per], &m[b * per..(b + 1) * per]);
             // parameters no block stores exactly: the type's own quantization of the values
             let requantize = |y: &mut [u8]| {
-                let zero = if self.ty == GgmlType::Q6_K { 32 } else { 0 };
+                let zero = self.zero();
                 let v: Vec<f32> = q
                     .iter()
                     .enumerate()
                     .map(|(i, &c)| (c as i32 - zero) as f32 * db[i / g] + mb[i / g])
                     .collect();
-                match self.ty {
-                    GgmlType::Q4_K => quantize_block_q4_k(&v, y),
-                    GgmlType::Q5_K => quantize_block_q5_k(&v, y),
-                    _ => quantize_block_q6_k(&v, None, y),
-                }
+                self.quantize_block(&v, y)
             };
+            if self.ty == GgmlType::Q3_K {
+                let mut l = [0i32; 16];
+                let Some(c) = factor_levels(db, -32, 31, &mut l) else {
+                    requantize(y);
+                    continue;
+                };
+                let (hmask, rest) = y.split_at_mut(32);
+                let (qs, rest) = rest.split_at_mut(64);
+                let (sc, dbytes) = rest.split_at_mut(12);
+                pack_q3_k_levels(&l, sc);
+                dbytes.copy_from_slice(&f16_bits(c));
+                let mut lv = [0i8; QK_K];
+                lv.copy_from_slice(q);
+                pack_q3_k_codes(&lv, hmask, qs);
+                continue;
+            }
+            if self.ty == GgmlType::Q2_K {
+                let mins: Vec<f32> = mb.iter().map(|&v| -v).collect();
+                let (mut ls, mut lm) = ([0i32; 16], [0i32; 16]);
+                let (Some(c), Some(cm)) = (
+                    factor_levels(db, 0, 15, &mut ls),
+                    factor_levels(&mins, 0, 15, &mut lm),
+                ) else {
+                    requantize(y);
+                    continue;
+                };
+                for j in 0..16 {
+                    y[j] = (ls[j] | (lm[j] << 4)) as u8;
+                }
+                let l: Vec<u8> = q.iter().map(|&v| v as u8).collect();
+                pack_2bit(&l, &mut y[16..80]);
+                y[80..82].copy_from_slice(&f16_bits(c));
+                y[82..84].copy_from_slice(&f16_bits(cm));
+                continue;
+            }
             if self.ty == GgmlType::Q6_K {
                 let mut l = [0i32; 16];
                 let Some(c) = factor_levels(db, -128, 127, &mut l) else {
@@ -1317,7 +1503,7 @@ mod grid_tests {
     #[test]
     fn packed_codes_decode_to_the_grid_values() {
         let mut rng = crate::synth::Rng::new(5);
-        for grid in [&GRID_Q4_K, &GRID_Q5_K, &GRID_Q6_K] {
+        for grid in [&GRID_Q2_K, &GRID_Q3_K, &GRID_Q4_K, &GRID_Q5_K, &GRID_Q6_K] {
             let ty = grid.ty;
             let (lo, hi) = grid.code_range();
             let g = grid.group();

@@ -187,6 +187,10 @@ pub trait CodeGrid: Sync {
     /// One block's parameters for its values `w` (the type's block size): per group (scale and
     /// zero point, offset) into `out` (block size / [`CodeGrid::group`] entries).
     fn fit(&self, w: &[f32], out: &mut [(QParams, f32)]);
+    /// Like [`CodeGrid::fit`], by the importance-weighted search of [`crate::search`] (learned
+    /// rounding's zero-step mode, AutoRound's `iters=0`), importance `qw` per value of `w`:
+    /// parameters the block stores exactly, not the ones llama-quantize would choose.
+    fn fit_weighted(&self, w: &[f32], qw: &[f32], out: &mut [(QParams, f32)]);
     /// Packs one row of codes into blocks, with per-group scales `d` and offsets `m` as
     /// [`CodeGrid::fit`] returned them. Parameters a block cannot store exactly (not from the
     /// fit, or non-finite) are not an error: that block is the type's own quantization of the
@@ -501,5 +505,73 @@ mod tests {
         assert_eq!(get_f16(&y), 1.0);
         assert_eq!(y[2], 0x80); // q[0]=0, q[16]=8
         assert_eq!(y[3], (7 + 8) | (11 << 4));
+    }
+
+    /// Every code grid's importance-weighted fit ([`CodeGrid::fit_weighted`], learned rounding's
+    /// zero-step search): its parameters are ones the blocks store exactly (packed codes decode
+    /// through ggml's dequantizer to exactly the grid values), and its importance-weighted error
+    /// is below ggml's own importance-matrix quantizer's (llama-quantize `--imatrix`, the
+    /// reference bytes) on weights whose importance varies by column.
+    #[test]
+    fn weighted_fit_stores_exactly_and_beats_ggmls_imatrix_quantizer() {
+        let mut rng = crate::synth::Rng::new(11);
+        for ty in GgmlType::quantized_types().filter(|t| t.grid().is_some()) {
+            let g = ty.grid().unwrap();
+            let (bs, group) = (ty.block().0, g.group());
+            let (lo, hi) = g.code_range();
+            let n = 64 * bs;
+            let x = crate::synth::weights_like(n, 3);
+            // importance per column (a row of `bs` columns repeated): a few loud channels
+            let cols: Vec<f32> = (0..bs)
+                .map(|j| {
+                    let u = rng.uniform() as f32;
+                    if j % 11 == 3 {
+                        50.0 * u
+                    } else {
+                        0.1 + u
+                    }
+                })
+                .collect();
+            let qw: Vec<f32> = (0..n).map(|i| cols[i % bs]).collect();
+            let mut ps = vec![(QParams::default(), 0f32); bs / group];
+            let (mut codes, mut want) = (vec![0i8; n], vec![0f32; n]);
+            let (mut d, mut m) = (Vec::new(), Vec::new());
+            for (b, (xb, wb)) in x.chunks(bs).zip(qw.chunks(bs)).enumerate() {
+                g.fit_weighted(xb, wb, &mut ps);
+                for (k, (p, off)) in ps.iter().enumerate() {
+                    d.push(p.scale);
+                    m.push(*off);
+                    for i in 0..group {
+                        let at = b * bs + k * group + i;
+                        let q = if p.scale == 0.0 {
+                            p.zero
+                        } else {
+                            (((x[at] - off) / p.scale).round() as i32 + p.zero).clamp(lo, hi)
+                        };
+                        codes[at] = q as i8;
+                        want[at] = (q - p.zero) as f32 * p.scale + off;
+                    }
+                }
+            }
+            let mut bytes = vec![0u8; ty.row_bytes(n)];
+            g.pack_row(&codes, &d, &m, &mut bytes);
+            let mut got = vec![0f32; n];
+            dequantize_row(ty, &bytes, &mut got);
+            assert_eq!(got, want, "{ty}: the fitted parameters pack exactly");
+            let mut theirs = vec![0u8; ty.row_bytes(n)];
+            quantize_row_weighted(ty, &x, &qw, &mut theirs);
+            let mut deq = vec![0f32; n];
+            dequantize_row(ty, &theirs, &mut deq);
+            let werr = |y: &[f32]| -> f64 {
+                x.iter()
+                    .zip(y)
+                    .zip(&qw)
+                    .map(|((a, b), w)| (*w as f64) * ((a - b) as f64).powi(2))
+                    .sum()
+            };
+            let (ours, ggml) = (werr(&got), werr(&deq));
+            eprintln!("{ty}: weighted error ours {ours:.4e}, ggml imatrix {ggml:.4e}");
+            assert!(ours < ggml, "{ty}: ours {ours} vs ggml's {ggml}");
+        }
     }
 }

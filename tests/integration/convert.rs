@@ -666,8 +666,13 @@ fn signround_into_gguf_grids_beats_round_to_nearest() {
         }
         assert_eq!(tuned, 14);
         let (ks, kr) = (kld(&sr), kld(&rtn));
-        eprintln!("{t} ({iters} steps from {init}): mean KLD vs original: signround {ks:.5}, RTN {kr:.5}");
-        assert!(ks < kr, "{t} ({iters} steps): signround KLD {ks} vs RTN {kr}");
+        eprintln!(
+            "{t} ({iters} steps from {init}): mean KLD vs original: signround {ks:.5}, RTN {kr:.5}"
+        );
+        assert!(
+            ks < kr,
+            "{t} ({iters} steps): signround KLD {ks} vs RTN {kr}"
+        );
     }
 }
 

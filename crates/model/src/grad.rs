@@ -274,9 +274,34 @@ fn rms_norm_grad(
 /// respect to the layer's output (`dy`, tokens × hidden) and the tape of the forward pass that
 /// produced the output.
 pub fn backward(c: &Config, w: &Layer, t: &Tape, dy: MatRef<'_, f32>) -> WeightGrads {
+    let mut g: [Option<Mat<f32>>; 7] = Default::default();
+    backward_each(c, w, t, dy, |lin, m| g[lin as usize] = Some(m));
+    let mut take = |lin: crate::Linear| g[lin as usize].take().expect("every weight's gradient");
+    use crate::Linear as L;
+    WeightGrads {
+        q: take(L::Q),
+        k: take(L::K),
+        v: take(L::V),
+        o: take(L::O),
+        gate: take(L::Gate),
+        up: take(L::Up),
+        down: take(L::Down),
+    }
+}
+
+/// [`backward`], handing each weight's gradient to `f` as soon as it is computed (down, up,
+/// gate, o, then q, k, v), so that a caller can use and drop it before the next exists.
+pub fn backward_each(
+    c: &Config,
+    w: &Layer,
+    t: &Tape,
+    dy: MatRef<'_, f32>,
+    mut f: impl FnMut(crate::Linear, Mat<f32>),
+) {
+    use crate::Linear as L;
     let hd = c.head_dim;
     // MLP: y = x1 + down(silu(gate(h2)) ⊙ up(h2))
-    let down = weight_grad(dy, t.a.as_ref());
+    f(L::Down, weight_grad(dy, t.a.as_ref()));
     let da = input_grad(dy, &w.down);
     let (mut dg, mut du) = (
         Mat::<f32>::zeros(da.nrows(), da.ncols()),
@@ -290,15 +315,15 @@ pub fn backward(c: &Config, w: &Layer, t: &Tape, dy: MatRef<'_, f32>) -> WeightG
             dg[(i, j)] = d * u * s * (1.0 + g * (1.0 - s));
         }
     }
-    let gate = weight_grad(dg.as_ref(), t.h2.as_ref());
-    let up = weight_grad(du.as_ref(), t.h2.as_ref());
+    f(L::Gate, weight_grad(dg.as_ref(), t.h2.as_ref()));
+    f(L::Up, weight_grad(du.as_ref(), t.h2.as_ref()));
     let mut dh2 = input_grad(dg.as_ref(), &w.gate);
     add_into(&mut dh2, input_grad(du.as_ref(), &w.up).as_ref());
     let post = w.post_norm.as_deref().unwrap_or(&[]);
     let mut dx1 = rms_norm_grad(t.x1.as_ref(), dh2.as_ref(), post, c.hidden, c.eps);
     add_into(&mut dx1, dy);
     // attention: x1 = x + o(attn)
-    let o = weight_grad(dx1.as_ref(), t.attn.as_ref());
+    f(L::O, weight_grad(dx1.as_ref(), t.attn.as_ref()));
     let dattn = input_grad(dx1.as_ref(), &w.o);
     let (mut dq, mut dk, dv) = attend_grad(c, t, dattn.as_ref());
     if w.rope {
@@ -310,15 +335,9 @@ pub fn backward(c: &Config, w: &Layer, t: &Tape, dy: MatRef<'_, f32>) -> WeightG
         dq = rms_norm_grad(qp.as_ref(), dq.as_ref(), qn, hd, c.eps);
         dk = rms_norm_grad(kp.as_ref(), dk.as_ref(), kn, hd, c.eps);
     }
-    WeightGrads {
-        q: weight_grad(dq.as_ref(), t.h.as_ref()),
-        k: weight_grad(dk.as_ref(), t.h.as_ref()),
-        v: weight_grad(dv.as_ref(), t.h.as_ref()),
-        o,
-        gate,
-        up,
-        down,
-    }
+    f(L::Q, weight_grad(dq.as_ref(), t.h.as_ref()));
+    f(L::K, weight_grad(dk.as_ref(), t.h.as_ref()));
+    f(L::V, weight_grad(dv.as_ref(), t.h.as_ref()));
 }
 
 /// The gradients with respect to q, k and v (as attention read them) of the loss, given its

@@ -105,10 +105,42 @@ pub struct Tuned {
     pub r: IntRounding,
 }
 
-/// What [`tune`] found: the parameters of the step with the lowest loss, that loss, and the
-/// loss of the first step (round to nearest).
+/// One linear's codes on its grids (per group: scale and zero point, value added after scaling).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chosen {
+    pub codes: Vec<i8>,
+    pub params: Vec<qs_numeric::rtn::QParams>,
+    pub offsets: Vec<f32>,
+}
+
+impl Chosen {
+    /// The codes `r` gives the float weights `w`.
+    pub fn of(r: &IntRounding, w: &[f32]) -> Chosen {
+        let (codes, params) = r.codes(w);
+        Chosen {
+            codes,
+            params,
+            offsets: r.offsets(),
+        }
+    }
+
+    /// The weights the codes stand for (row-major), in groups of `group`.
+    pub fn values(&self, group: usize) -> Vec<f32> {
+        self.codes
+            .iter()
+            .enumerate()
+            .map(|(k, &c)| {
+                let p = self.params[k / group];
+                (c as i32 - p.zero) as f32 * p.scale + self.offsets[k / group]
+            })
+            .collect()
+    }
+}
+
+/// What [`tune`] found: the codes of the step with the lowest loss (kept as codes, a byte per
+/// weight, not as a second copy of the parameters), that loss, and the loss of the first step.
 pub struct Outcome {
-    pub params: Vec<IntRounding>,
+    pub best: Vec<Chosen>,
     pub best_loss: f64,
     pub first_loss: f64,
 }
@@ -158,7 +190,7 @@ pub fn tune(
     let mut rng = qs_numeric::synth::Rng::new(seed);
     let mut work = layer.clone();
     let mut best = Outcome {
-        params: parts.iter().map(|t| t.r.clone()).collect(),
+        best: parts.iter().map(|t| Chosen::of(&t.r, &t.w)).collect(),
         best_loss: f64::INFINITY,
         first_loss: f64::NAN,
     };
@@ -185,14 +217,20 @@ pub fn tune(
         }
         if loss < best.best_loss {
             best.best_loss = loss;
-            best.params = parts.iter().map(|t| t.r.clone()).collect();
+            for (b, t) in best.best.iter_mut().zip(parts.iter()) {
+                *b = Chosen::of(&t.r, &t.w);
+            }
         }
-        let g = grad::backward(c, &work, &tape, dy.as_ref());
         let lr = o.lr * (1.0 - it as f32 / o.iters as f32);
-        for t in parts.iter_mut() {
-            let pg = t.r.grads(&t.w, &rows_of(g.of(t.lin)));
-            t.r.step(&pg, lr, lr);
-        }
+        // each weight's gradient is used for its step as soon as the backward pass has it, and
+        // dropped (the forward used `work`, which the steps do not touch)
+        grad::backward_each(c, &work, &tape, dy.as_ref(), |lin, g| {
+            if let Some(t) = parts.iter_mut().find(|t| t.lin == lin) {
+                let pg = t.r.grads(&t.w, &rows_of(&g));
+                drop(g);
+                t.r.step(&pg, lr, lr);
+            }
+        });
     }
     Ok(best)
 }
@@ -249,7 +287,11 @@ fn importance(
         };
         let (_, s, n) = &mut sums[at];
         for j in 0..xin.ncols() {
-            s[j] += xin.col(j).iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+            s[j] += xin
+                .col(j)
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>();
         }
         *n += xin.nrows();
     })?;
@@ -402,7 +444,11 @@ impl Method for SignRound {
         } else {
             Vec::new()
         };
-        let imp_of = |lin: Linear| imp.iter().find(|(i, _)| *i == lin.input()).map(|v| &v.1[..]);
+        let imp_of = |lin: Linear| {
+            imp.iter()
+                .find(|(i, _)| *i == lin.input())
+                .map(|v| &v.1[..])
+        };
         // the linears of this layer to tune, with their tensor names
         let mut names: Vec<String> = Vec::new();
         let mut parts: Vec<Tuned> = Vec::new();
@@ -438,14 +484,8 @@ impl Method for SignRound {
                     let r = match imp_of(lin) {
                         Some(q) => {
                             let g = group.unwrap_or(cols);
-                            let ps = qs_numeric::search::int_params(
-                                spec,
-                                g,
-                                scale_dtype,
-                                &w,
-                                cols,
-                                q,
-                            );
+                            let ps =
+                                qs_numeric::search::int_params(spec, g, scale_dtype, &w, cols, q);
                             IntRounding::on_grid(spec, Some(g), scale_dtype, &ps, rows, cols)
                         }
                         None => IntRounding::new(spec, group, scale_dtype, &w, rows, cols),
@@ -478,25 +518,24 @@ impl Method for SignRound {
         let seed = ctx.cfg.seed ^ (l as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let best = if o.iters == 0 {
             // the start alone (the zero-step search)
-            parts.iter().map(|t| t.r.clone()).collect()
+            parts.iter().map(|t| Chosen::of(&t.r, &t.w)).collect()
         } else {
             tune(c, layer, x, seq, &mut parts, &o, seed)
                 .map_err(|m| Error::Config(format!("layer {l}: {m}")))?
-                .params
+                .best
         };
         let mut chosen = self
             .chosen
             .lock()
             .map_err(|_| Error::Config("signround: a tuning thread panicked".into()))?;
-        for ((t, name), r) in parts.iter().zip(names).zip(&best) {
-            let (codes, params) = r.codes(&t.w);
-            let g_idx = (0..r.cols).map(|j| (j / r.group) as u32).collect();
+        for ((t, name), b) in parts.iter().zip(names).zip(best) {
+            let g_idx = (0..t.r.cols).map(|j| (j / t.r.group) as u32).collect();
             chosen.insert(
                 (run_key(ctx.cfg), name),
                 CodeSet {
-                    codes,
-                    offsets: r.offsets(),
-                    params,
+                    codes: b.codes,
+                    offsets: b.offsets,
+                    params: b.params,
                     g_idx,
                 },
             );
@@ -692,8 +731,15 @@ mod tests {
             let b = tune(&c, &layer, x.as_ref(), seq, &mut from_gptq, &o, 1).unwrap();
             assert!(a.best_loss < a.first_loss && b.best_loss <= b.first_loss);
             let (e_rtn, e_gptq) = (e(&rtn), e(&gptq));
-            let e_a = e(&decoded(&from_rtn, &a.params));
-            let e_b = e(&decoded(&from_gptq, &b.params));
+            let values = |parts: &[Tuned], o: &Outcome| -> Vec<(Linear, Vec<f32>)> {
+                parts
+                    .iter()
+                    .zip(&o.best)
+                    .map(|(t, b)| (t.lin, b.values(t.r.group)))
+                    .collect()
+            };
+            let e_a = e(&values(&from_rtn, &a));
+            let e_b = e(&values(&from_gptq, &b));
             eprintln!(
                 "{grid:?}: rtn {e_rtn:.3e} gptq {e_gptq:.3e} signround from rtn {e_a:.3e} from gptq {e_b:.3e}"
             );
@@ -714,7 +760,13 @@ mod tests {
         let seq = 16;
         let mut rng = qs_numeric::synth::Rng::new(4);
         let loud: Vec<f32> = (0..512)
-            .map(|j| if j % 13 == 5 { 6.0 } else { 0.5 + rng.uniform() as f32 })
+            .map(|j| {
+                if j % 13 == 5 {
+                    6.0
+                } else {
+                    0.5 + rng.uniform() as f32
+                }
+            })
             .collect();
         let mut acts = |n: usize| {
             let z = random_mat(&mut rng, n, c.hidden, 1.0);
@@ -792,10 +844,17 @@ mod tests {
                 searched.push((lin, decode(&w, &b)));
             }
             let (er, es) = (e(&rtn), e(&searched));
-            let ei = if theirs.is_empty() { f64::NAN } else { e(&theirs) };
+            let ei = if theirs.is_empty() {
+                f64::NAN
+            } else {
+                e(&theirs)
+            };
             eprintln!("{grid:?}: rtn {er:.4e} ggml imatrix {ei:.4e} search {es:.4e}");
             assert!(es < er, "{grid:?}: search {es} vs rtn {er}");
-            assert!(theirs.is_empty() || es < ei, "{grid:?}: search {es} vs ggml imatrix {ei}");
+            assert!(
+                theirs.is_empty() || es < ei,
+                "{grid:?}: search {es} vs ggml imatrix {ei}"
+            );
         }
     }
 

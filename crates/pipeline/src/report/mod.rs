@@ -557,7 +557,7 @@ impl Report {
             }
             if c.fits_all_tokens && c.fit_sequences * c.seq_len < 32768 {
                 s.push_str(
-                    "warning: fewer than 32k calibration tokens; GPTQ can overfit them and do worse than round-to-nearest on other text (docs/QUALITY.md)\n",
+                    "warning: fewer than 32k calibration tokens; a method that fits them all (GPTQ, learned rounding) can overfit them and do worse than round-to-nearest on other text (docs/QUALITY.md)\n",
                 );
             }
         }

@@ -20,18 +20,21 @@
 #        THREADS (2), NICE (5), CHUNKS (8, evaluation chunks of 512 tokens),
 #        LLAMA_BIN (~/.cache/quantsmith/llama.cpp/bin: llama-imatrix there loads each output and
 #        prints llama.cpp's own perplexity on the same chunks; LLAMA_BIN= skips it), LR (SignRound
-#        lr; default AutoRound's)
+#        lr; default AutoRound's), COMPILE (auto|on|off: enable_torch_compile; auto = AutoRound's
+#        default: on for SignRound with iters >= 10 on Linux, off for RTN / iters=0)
 #   outputs: OUTDIR/ar-TYPE-iITERS.gguf, with .log (AutoRound), .time (/usr/bin/time -v),
 #        .eval (quantize eval), .llama (llama-imatrix), .gguf.json (settings, versions, timings)
 #
 # Settings: scheme = format = gguf:TYPE; AutoRound(model, tokenizer, dataset=the windows,
 #   nsamples=32, seqlen=512, batch_size=8 (its default), device_map="cpu", amp=False (f32
 #   throughout; its default would use bf16 autocast where the device supports it),
-#   enable_torch_compile=False, low_gpu_mem_usage=False, seed=42 (its default)); the model is
-#   loaded in f32 by transformers and handed over.  SignRound's other options stay at their
-#   defaults (minmax tuning on, lr = minmax_lr = 1/iters, gradient_accumulate_steps 1, nblocks
-#   1, enable_quanted_input: each block tuned on the outputs of the already-quantized blocks
-#   before it, enable_alg_ext off).  AutoRound itself turns low_cpu_mem_usage off for GGUF.
+#   enable_torch_compile=None (its default: torch.compile for SignRound, which works on this
+#   CPU with gcc; none for RTN), low_gpu_mem_usage=False (its default), seed=42 (its default));
+#   the model is loaded in f32 by transformers and handed over.  SignRound's other options stay
+#   at their defaults (minmax tuning on, lr = minmax_lr = 1/iters, gradient_accumulate_steps 1,
+#   nblocks 1, enable_quanted_input: each block tuned on the outputs of the already-quantized
+#   blocks before it, enable_alg_ext off; AutoRound warns that iters=0 or enable_alg_ext is its
+#   recommendation for GGUF).  AutoRound itself turns low_cpu_mem_usage off for GGUF.
 # Calibration: benches/calib_windows.py, quantsmith's choice for --calib-samples 32
 #   --calib-seq-len 512 --seed 0: calib.txt tokenized with tokenizer.json, no BOS, 97 disjoint
 #   512-token windows, the last 9 held out, 32 of the other 88 chosen by the seeded SplitMix64
@@ -116,6 +119,7 @@ run() {
   local out=$OUTDIR/$name.gguf log=$OUTDIR/$name.log
   local extra=()
   [ -n "${LR:-}" ] && extra+=(--lr "$LR")
+  extra+=(--compile "${COMPILE:-auto}")
   echo "== $name: AutoRound gguf:$type iters=$iters"
   /usr/bin/time -v -o "$OUTDIR/$name.time" nice -n "$NICE" "$VENV/bin/python" \
     "$HERE/autoround_run.py" --model "$MODEL" --calib "$CALIB" --out "$out" --type "$type" \

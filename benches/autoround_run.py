@@ -42,6 +42,9 @@ def parse():
     p.add_argument("--batch-size", type=int, default=8, help="AutoRound batch_size (its default 8)")
     p.add_argument("--seed", type=int, default=0, help="window choice, as quantsmith --seed")
     p.add_argument("--ar-seed", type=int, default=42, help="AutoRound's seed (its default 42)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="enable_torch_compile: auto = AutoRound's default (on for SignRound on "
+                        "Linux, off for RTN), on, off")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", default=None, help="AutoRound's output folder (default OUT.d)")
     return p.parse_args()
@@ -81,10 +84,12 @@ def main():
         kw["lr"] = a.lr
     ar = AutoRound(model, tokenizer, scheme=fmt, iters=a.iters, dataset=batches,
                    nsamples=len(wins), seqlen=a.seq_len, batch_size=a.batch_size,
-                   device_map="cpu", amp=False, enable_torch_compile=False,
+                   device_map="cpu", amp=False,
+                   enable_torch_compile={"auto": None, "on": True, "off": False}[a.compile],
                    low_gpu_mem_usage=False, seed=a.ar_seed, **kw)
     qc = getattr(ar, "quantize_config", None)
-    print(f"AutoRound: {type(ar).__name__}, quantize config {type(qc).__name__}: "
+    print(f"AutoRound: {type(ar).__name__}, torch.compile (at construction) "
+          f"{ar.enable_torch_compile}, quantize config {type(qc).__name__}: "
           f"{ {k: v for k, v in vars(qc).items() if not k.startswith('_')} if qc else None}",
           flush=True)
 
@@ -111,6 +116,7 @@ def main():
         "mode": "optimized RTN (imatrix)" if a.iters == 0 else "SignRound",
         "calib_windows": chosen, "seq_len": a.seq_len, "nsamples": len(wins),
         "batch_size": a.batch_size, "ar_seed": a.ar_seed, "threads": a.threads,
+        "torch_compile": bool(ar.enable_torch_compile),
         "bytes": os.path.getsize(a.out),
         "load_s": round(t_load, 2), "quantize_and_save_s": round(t_q, 2),
         "total_s": round(time.perf_counter() - t0, 2),

@@ -98,11 +98,25 @@ fn gather(m: faer::MatRef<'_, f32>, seqs: &[usize], seq_len: usize) -> Mat<f32> 
     out
 }
 
-/// One linear being tuned: which, its float weights (row-major) and its parameters.
+/// One linear being tuned: which, the weights its parameters round (row-major: the float
+/// weights, or GPTQ's before rounding) and its parameters; `float`, the float weights when `w`
+/// is not them.
 pub struct Tuned {
     pub lin: Linear,
     pub w: Vec<f32>,
     pub r: IntRounding,
+    pub float: Option<Vec<f32>>,
+}
+
+impl Tuned {
+    pub fn new(lin: Linear, w: Vec<f32>, r: IntRounding) -> Tuned {
+        Tuned {
+            lin,
+            w,
+            r,
+            float: None,
+        }
+    }
 }
 
 /// One linear's codes on its grids (per group: scale and zero point, value added after scaling).
@@ -162,11 +176,13 @@ fn mse_and_grad(y: &Mat<f32>, t: &Mat<f32>) -> (f64, Mat<f32>) {
 
 /// Tunes the parameters of `parts` (linears of `layer`) on inputs `x` (whole sequences of
 /// `seq` tokens) so that the layer with their fake-quantized weights gives the float layer's
-/// outputs: `o.iters` signed steps, each on `o.batch` sequences drawn by `seed`. Pure and
-/// deterministic; `Err` names a non-finite loss.
+/// outputs: `o.iters` signed steps, each on `o.batch` sequences drawn by `seed`. Deterministic;
+/// `Err` names a non-finite loss. The steps run on `layer` itself (its linears hold the
+/// fake-quantized weights meanwhile: no second copy of the block), which ends as it started,
+/// float weights restored from `parts`.
 pub fn tune(
     c: &qs_model::Config,
-    layer: &qs_model::Layer,
+    layer: &mut qs_model::Layer,
     x: faer::MatRef<'_, f32>,
     seq: usize,
     parts: &mut [Tuned],
@@ -187,8 +203,28 @@ pub fn tune(
         let (y, _) = layer_forward(c, layer, x.subrows(r0, n), seq, false);
         target.as_mut().subrows_mut(r0, n).copy_from(&y);
     }
+    let out = steps(c, layer, x, seq, &target, parts, o, seed);
+    for t in parts.iter() {
+        let m = t.lin.weight_mut(layer);
+        *m = to_mat(t.float.as_ref().unwrap_or(&t.w), m.nrows(), m.ncols());
+    }
+    out
+}
+
+/// [`tune`]'s steps on `work`, against `target` (the float layer's outputs on `x`).
+#[allow(clippy::too_many_arguments)]
+fn steps(
+    c: &qs_model::Config,
+    work: &mut qs_model::Layer,
+    x: faer::MatRef<'_, f32>,
+    seq: usize,
+    target: &Mat<f32>,
+    parts: &mut [Tuned],
+    o: &Opts,
+    seed: u64,
+) -> std::result::Result<Outcome, String> {
+    let nseq = x.nrows() / seq;
     let mut rng = qs_numeric::synth::Rng::new(seed);
-    let mut work = layer.clone();
     let mut best = Outcome {
         best: parts.iter().map(|t| Chosen::of(&t.r, &t.w)).collect(),
         best_loss: f64::INFINITY,
@@ -202,10 +238,10 @@ pub fn tune(
         for t in parts.iter() {
             wq.resize(t.w.len(), 0.0);
             t.r.qdq(&t.w, &mut wq);
-            let m = t.lin.weight_mut(&mut work);
+            let m = t.lin.weight_mut(work);
             *m = to_mat(&wq, m.nrows(), m.ncols());
         }
-        let (y, tape) = grad::forward(c, &work, xb.as_ref(), seq);
+        let (y, tape) = grad::forward(c, work, xb.as_ref(), seq);
         let (loss, dy) = mse_and_grad(&y, &tb);
         if !loss.is_finite() {
             return Err(format!(
@@ -224,7 +260,7 @@ pub fn tune(
         let lr = o.lr * (1.0 - it as f32 / o.iters as f32);
         // each weight's gradient is used for its step as soon as the backward pass has it, and
         // dropped (the forward used `work`, which the steps do not touch)
-        grad::backward_each(c, &work, &tape, dy.as_ref(), |lin, g| {
+        grad::backward_each(c, work, &tape, dy.as_ref(), |lin, g| {
             if let Some(t) = parts.iter_mut().find(|t| t.lin == lin) {
                 let pg = t.r.grads(&t.w, &rows_of(&g));
                 drop(g);
@@ -379,7 +415,7 @@ fn start_from_gptq(
                 )
             }
         };
-        t.w = out.pre_rounding;
+        t.float = Some(std::mem::replace(&mut t.w, out.pre_rounding));
     }
     Ok(())
 }
@@ -506,7 +542,7 @@ impl Method for SignRound {
             };
             names.push(t.name.clone());
             grids.push(grid);
-            parts.push(Tuned { lin, w, r });
+            parts.push(Tuned::new(lin, w, r));
         }
         if parts.is_empty() {
             return Ok(vec![]);
@@ -520,7 +556,7 @@ impl Method for SignRound {
             // the start alone (the zero-step search)
             parts.iter().map(|t| Chosen::of(&t.r, &t.w)).collect()
         } else {
-            tune(c, layer, x, seq, &mut parts, &o, seed)
+            tune(c, ctx.layer, x, seq, &mut parts, &o, seed)
                 .map_err(|m| Error::Config(format!("layer {l}: {m}")))?
                 .best
         };
@@ -540,7 +576,7 @@ impl Method for SignRound {
                 },
             );
         }
-        // the float weights stay: the codes are the method's output
+        // the float weights stay (tune restored them): the codes are the method's output
         Ok(vec![])
     }
 
@@ -659,7 +695,7 @@ mod tests {
                                 IntRounding::on_ggml_fit(ty, &w, rows, cols, None).unwrap()
                             }
                         };
-                        Tuned { lin, w, r }
+                        Tuned::new(lin, w, r)
                     })
                     .collect()
             };
@@ -727,8 +763,13 @@ mod tests {
                     .dequantize(m.nrows(), m.ncols());
                 assert_eq!(q, &want, "{lin:?}");
             }
-            let a = tune(&c, &layer, x.as_ref(), seq, &mut from_rtn, &o, 1).unwrap();
-            let b = tune(&c, &layer, x.as_ref(), seq, &mut from_gptq, &o, 1).unwrap();
+            let mut work = layer.clone();
+            let a = tune(&c, &mut work, x.as_ref(), seq, &mut from_rtn, &o, 1).unwrap();
+            let b = tune(&c, &mut work, x.as_ref(), seq, &mut from_gptq, &o, 1).unwrap();
+            // the layer is given back as it was
+            assert!(Linear::ALL
+                .iter()
+                .all(|l| l.weight(&work) == l.weight(&layer)));
             assert!(a.best_loss < a.first_loss && b.best_loss <= b.first_loss);
             let (e_rtn, e_gptq) = (e(&rtn), e(&gptq));
             let values = |parts: &[Tuned], o: &Outcome| -> Vec<(Linear, Vec<f32>)> {

@@ -123,11 +123,11 @@ def cases(tmp: Path):
     add("signround-gguf-q4_k_m", [str(tl), "--to", "q4_k_m"] + sr, "signround-q4_k_m.gguf")
     add("signround-gguf-q4_0-from-gptq", [str(tl), "--to", "q4_0", "--init", "gptq"] + sr,
         "signround-gptq-q4_0.gguf")
-    # its zero-step search alone, and GPTQ on the Q2_K / Q3_K grids
+    # its zero-step search alone, and GPTQ on the Q3_K grids
     add("signround-gguf-q3_k_m-iters0", [str(tl), "--to", "q3_k_m", "--method", "signround",
                                          "--iters", "0"] + CALIB, "signround-q3_k_m-0.gguf")
-    add("gptq-gguf-q2_k", [str(tl), "--to", "q2_k", "--method", "gptq"] + CALIB,
-        "gptq-q2_k.gguf")
+    add("gptq-gguf-q3_k", [str(tl), "--to", "q3_k_s", "--method", "gptq"] + CALIB,
+        "gptq-q3_k.gguf")
     # GGUF -> HF export
     add("export-q4_0", ["export", "@gguf-q4_0"], "export-q4_0")
     add("export-f16-bf16", ["export", "@gguf-f16", "--dtype", "bf16"], "export-f16")

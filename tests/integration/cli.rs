@@ -813,8 +813,8 @@ fn group_that_does_not_divide_the_row_names_the_tensor() {
 /// --method signround: learned rounding tunes each decoder layer's offsets and clipping on the
 /// calibration text and writes compressed-tensors that verify, with the same bytes whatever the
 /// thread count; on held-out text its logits are closer to the float model's (mean KL
-/// divergence) than round to nearest's, symmetric and asymmetric. Bad options are refused with
-/// the flag named and nothing written.
+/// divergence) than round to nearest's, symmetric and asymmetric, and so are the zero-step
+/// search's (`--iters 0`). Bad options are refused with the flag named and nothing written.
 #[test]
 fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
     let d = tempfile::tempdir().unwrap();
@@ -877,9 +877,38 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
         let (ks, kr) = (kld(&d.path().join(format!("sr-{asym}-1"))), kld(&rtn));
         eprintln!("int4 g32 asym {asym}: mean KLD vs original: signround {ks:.5}, RTN {kr:.5}");
         assert!(ks < kr, "asym {asym}: signround KLD {ks} vs RTN {kr}");
+        // the zero-step search alone (--iters 0)
+        let z = d.path().join(format!("sr0-{asym}"));
+        let mut s = a.clone();
+        s.extend([
+            "--method".as_ref(),
+            "signround".as_ref(),
+            "--iters".as_ref(),
+            "0".as_ref(),
+            "--calib".as_ref(),
+            text.as_os_str(),
+            "--calib-samples".as_ref(),
+            "16".as_ref(),
+            "--calib-seq-len".as_ref(),
+            "48".as_ref(),
+            "-o".as_ref(),
+            z.as_os_str(),
+            "-q".as_ref(),
+        ]);
+        quantize(&s).ok();
+        quantize(&[
+            "verify".as_ref(),
+            fx.as_os_str(),
+            z.as_os_str(),
+            "-q".as_ref(),
+        ])
+        .ok();
+        let k0 = kld(&z);
+        eprintln!("int4 g32 asym {asym}: --iters 0 {k0:.5}");
+        assert!(k0 < kr, "asym {asym}: --iters 0 KLD {k0} vs RTN {kr}");
     }
     for (flags, says) in [
-        (&["--iters", "0"][..], "--iters 0"),
+        (&["--init", "bogus"][..], "--init"),
         (&["--iters", "1000000"][..], "--iters 1000000"),
         (&["--iters=-3"][..], "--iters"),
         (&["--lr", "5"][..], "--lr 5"),
@@ -918,7 +947,7 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
     assert!(
         r.code != 0
             && r.stderr
-                .contains("q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k"),
+                .contains("q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k"),
         "{}",
         r.stderr
     );
@@ -997,7 +1026,7 @@ fn gptq_writes_compressed_tensors_and_beats_rtn_on_held_out_tokens() {
     assert!(
         r.code != 0
             && r.stderr
-                .contains("q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k"),
+                .contains("q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k"),
         "{}",
         r.stderr
     );

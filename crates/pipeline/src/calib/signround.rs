@@ -128,7 +128,7 @@ pub struct Chosen {
 }
 
 impl Chosen {
-    /// The codes `r` gives the float weights `w`.
+    /// The codes `r` gives the weights `w` it rounds.
     pub fn of(r: &IntRounding, w: &[f32]) -> Chosen {
         let (codes, params) = r.codes(w);
         Chosen {

@@ -50,30 +50,13 @@ pub struct Tape {
 }
 
 /// The gradient of the loss with respect to each linear's weights (each `[out, in]`, as the
-/// weights).
-pub struct WeightGrads {
-    pub q: Mat<f32>,
-    pub k: Mat<f32>,
-    pub v: Mat<f32>,
-    pub o: Mat<f32>,
-    pub gate: Mat<f32>,
-    pub up: Mat<f32>,
-    pub down: Mat<f32>,
-}
+/// weights), by [`crate::Linear`].
+pub struct WeightGrads([Mat<f32>; 7]);
 
 impl WeightGrads {
     /// The gradient of `lin`'s weights.
     pub fn of(&self, lin: crate::Linear) -> &Mat<f32> {
-        use crate::Linear;
-        match lin {
-            Linear::Q => &self.q,
-            Linear::K => &self.k,
-            Linear::V => &self.v,
-            Linear::O => &self.o,
-            Linear::Gate => &self.gate,
-            Linear::Up => &self.up,
-            Linear::Down => &self.down,
-        }
+        &self.0[lin as usize]
     }
 }
 
@@ -274,19 +257,9 @@ fn rms_norm_grad(
 /// respect to the layer's output (`dy`, tokens × hidden) and the tape of the forward pass that
 /// produced the output.
 pub fn backward(c: &Config, w: &Layer, t: &Tape, dy: MatRef<'_, f32>) -> WeightGrads {
-    let mut g: [Option<Mat<f32>>; 7] = Default::default();
-    backward_each(c, w, t, dy, |lin, m| g[lin as usize] = Some(m));
-    let mut take = |lin: crate::Linear| g[lin as usize].take().expect("every weight's gradient");
-    use crate::Linear as L;
-    WeightGrads {
-        q: take(L::Q),
-        k: take(L::K),
-        v: take(L::V),
-        o: take(L::O),
-        gate: take(L::Gate),
-        up: take(L::Up),
-        down: take(L::Down),
-    }
+    let mut g: [Mat<f32>; 7] = std::array::from_fn(|_| Mat::zeros(0, 0));
+    backward_each(c, w, t, dy, |lin, m| g[lin as usize] = m);
+    WeightGrads(g)
 }
 
 /// [`backward`], handing each weight's gradient to `f` as soon as it is computed (down, up,
@@ -537,29 +510,20 @@ mod tests {
             };
             let (_, tape) = forward(&c, &w, x.as_ref(), seq);
             let g = backward(&c, &w, &tape, r.as_ref());
-            type Pick = fn(&mut Layer) -> &mut Mat<f32>;
-            let picks: [(&str, Pick, &Mat<f32>); 7] = [
-                ("q", |l| &mut l.q, &g.q),
-                ("k", |l| &mut l.k, &g.k),
-                ("v", |l| &mut l.v, &g.v),
-                ("o", |l| &mut l.o, &g.o),
-                ("gate", |l| &mut l.gate, &g.gate),
-                ("up", |l| &mut l.up, &g.up),
-                ("down", |l| &mut l.down, &g.down),
-            ];
-            for (name, pick, grad) in picks {
+            for lin in crate::Linear::ALL {
+                let (name, grad) = (format!("{lin:?}"), g.of(lin));
                 let mut wp = w.clone();
                 let (rows, cols) = (grad.nrows(), grad.ncols());
                 let mut worst = 0f64;
                 for k in 0..12 {
                     let (i, j) = ((k * 7 + 3) % rows, (k * 5 + 1) % cols);
-                    let w0 = pick(&mut wp)[(i, j)];
+                    let w0 = lin.weight_mut(&mut wp)[(i, j)];
                     let mut central = |eps: f32| {
-                        pick(&mut wp)[(i, j)] = w0 + eps;
+                        lin.weight_mut(&mut wp)[(i, j)] = w0 + eps;
                         let lp = loss(&wp);
-                        pick(&mut wp)[(i, j)] = w0 - eps;
+                        lin.weight_mut(&mut wp)[(i, j)] = w0 - eps;
                         let lm = loss(&wp);
-                        pick(&mut wp)[(i, j)] = w0;
+                        lin.weight_mut(&mut wp)[(i, j)] = w0;
                         // (the step as f32 represents it)
                         (lp - lm) / ((w0 + eps) as f64 - (w0 - eps) as f64)
                     };

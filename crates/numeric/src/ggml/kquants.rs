@@ -1229,6 +1229,22 @@ fn pack_q3_k_levels(l: &[i32], sc: &mut [u8]) {
     }
 }
 
+/// The stored `d`, `dmin` and levels `0..=hi` of sub-block scales `d` and offsets `m` (each
+/// `−dmin·level`), as [`factor_levels`] finds them; `None` when a block cannot store them.
+fn factor_scales_mins(
+    d: &[f32],
+    m: &[f32],
+    hi: i32,
+    ls: &mut [i32],
+    lm: &mut [i32],
+) -> Option<(f32, f32)> {
+    let mins: Vec<f32> = m.iter().map(|&v| -v).collect();
+    Some((
+        factor_levels(d, 0, hi, ls)?,
+        factor_levels(&mins, 0, hi, lm)?,
+    ))
+}
+
 impl CodeGrid for GridK {
     fn spec(&self) -> IntSpec {
         let bits = match self.ty {
@@ -1419,9 +1435,10 @@ impl CodeGrid for GridK {
                     .collect();
                 self.quantize_block(&v, y)
             };
+            let (lo, hi) = self.level_range();
             if self.ty == GgmlType::Q3_K {
                 let mut l = [0i32; 16];
-                let Some(c) = factor_levels(db, -32, 31, &mut l) else {
+                let Some(c) = factor_levels(db, lo, hi, &mut l) else {
                     requantize(y);
                     continue;
                 };
@@ -1430,18 +1447,12 @@ impl CodeGrid for GridK {
                 let (sc, dbytes) = rest.split_at_mut(12);
                 pack_q3_k_levels(&l, sc);
                 dbytes.copy_from_slice(&f16_bits(c));
-                let mut lv = [0i8; QK_K];
-                lv.copy_from_slice(q);
-                pack_q3_k_codes(&lv, hmask, qs);
+                pack_q3_k_codes(q.try_into().expect("a block of codes"), hmask, qs);
                 continue;
             }
             if self.ty == GgmlType::Q2_K {
-                let mins: Vec<f32> = mb.iter().map(|&v| -v).collect();
                 let (mut ls, mut lm) = ([0i32; 16], [0i32; 16]);
-                let (Some(c), Some(cm)) = (
-                    factor_levels(db, 0, 15, &mut ls),
-                    factor_levels(&mins, 0, 15, &mut lm),
-                ) else {
+                let Some((c, cm)) = factor_scales_mins(db, mb, hi, &mut ls, &mut lm) else {
                     requantize(y);
                     continue;
                 };
@@ -1456,7 +1467,7 @@ impl CodeGrid for GridK {
             }
             if self.ty == GgmlType::Q6_K {
                 let mut l = [0i32; 16];
-                let Some(c) = factor_levels(db, -128, 127, &mut l) else {
+                let Some(c) = factor_levels(db, lo, hi, &mut l) else {
                     requantize(y);
                     continue;
                 };
@@ -1467,12 +1478,8 @@ impl CodeGrid for GridK {
                 y[208..210].copy_from_slice(&f16_bits(c));
                 continue;
             }
-            let mins: Vec<f32> = mb.iter().map(|&v| -v).collect();
             let (mut ls, mut lm) = ([0i32; 8], [0i32; 8]);
-            let (Some(c), Some(cm)) = (
-                factor_levels(db, 0, 63, &mut ls),
-                factor_levels(&mins, 0, 63, &mut lm),
-            ) else {
+            let Some((c, cm)) = factor_scales_mins(db, mb, hi, &mut ls, &mut lm) else {
                 requantize(y);
                 continue;
             };

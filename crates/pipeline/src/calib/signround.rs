@@ -322,8 +322,8 @@ fn importance(
             }
         };
         let (_, s, n) = &mut sums[at];
-        for j in 0..xin.ncols() {
-            s[j] += xin
+        for (j, sj) in s.iter_mut().enumerate() {
+            *sj += xin
                 .col(j)
                 .iter()
                 .map(|&v| (v as f64) * (v as f64))

@@ -120,7 +120,9 @@ def cases(tmp: Path):
     sr = ["--method", "signround", "--iters", "8", "--batch", "4"] + CALIB
     add("signround-int4-g32-asym", [str(tl), "--to", "int4", "--group", "32", "--asym"] + sr,
         "signround-int4-g32-asym")
-    add("signround-gguf-q4_k_m", [str(tl), "--to", "q4_k_m"] + sr, "signround-q4_k_m.gguf")
+    # 12 steps: one refit of the K-quant scales (every 10 steps)
+    sr12 = ["--method", "signround", "--iters", "12", "--batch", "4"] + CALIB
+    add("signround-gguf-q4_k_m", [str(tl), "--to", "q4_k_m"] + sr12, "signround-q4_k_m.gguf")
     add("signround-gguf-q4_0-from-gptq", [str(tl), "--to", "q4_0", "--init", "gptq"] + sr,
         "signround-gptq-q4_0.gguf")
     # its zero-step search alone, and GPTQ on the Q3_K grids

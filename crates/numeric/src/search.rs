@@ -27,27 +27,43 @@ fn weights_or_ones(w: &[f32]) -> std::borrow::Cow<'_, [f32]> {
 /// the order of additions is fixed, so results do not depend on the machine or thread count).
 const LANES: usize = 8;
 
-#[inline(always)]
-fn code(v: f32, off: f32, is: f32, lo: f32, hi: f32) -> f32 {
-    crate::rtn::round_even_small(((v - off) * is).clamp(-4e6, 4e6)).clamp(lo, hi)
+/// `v`, or zeros (no rounding offsets) of `n` values.
+fn offsets_or_zeros(v: Option<&[f32]>, n: usize) -> std::borrow::Cow<'_, [f32]> {
+    match v {
+        Some(v) => {
+            assert_eq!(v.len(), n, "a rounding offset per value");
+            std::borrow::Cow::Borrowed(v)
+        }
+        None => std::borrow::Cow::Owned(vec![0.0; n]),
+    }
 }
 
-/// `Σw·q`, `Σw·q²`, `Σw·x·q` for the codes `q = clamp(round((x − off)·is), lo, hi)`.
-fn code_sums(x: &[f32], w: &[f32], off: f32, is: f32, lo: f32, hi: f32) -> [f64; 3] {
+/// The code of `x`: `clamp(round((x − off)·is + r), lo, hi)`, `r` its rounding offset.
+#[inline(always)]
+fn code(x: f32, r: f32, off: f32, is: f32, lo: f32, hi: f32) -> f32 {
+    crate::rtn::round_even_small(((x - off) * is + r).clamp(-4e6, 4e6)).clamp(lo, hi)
+}
+
+/// `Σw·q`, `Σw·q²`, `Σw·x·q` for the codes `q = clamp(round((x − off)·is + r), lo, hi)`.
+fn code_sums(x: &[f32], w: &[f32], r: &[f32], off: f32, is: f32, lo: f32, hi: f32) -> [f64; 3] {
     let mut a = [[0f32; LANES]; 3];
-    let (xc, wc) = (x.chunks_exact(LANES), w.chunks_exact(LANES));
-    let (xr, wr) = (xc.remainder(), wc.remainder());
-    for (xs, ws) in xc.zip(wc) {
+    let (xc, wc, rc) = (
+        x.chunks_exact(LANES),
+        w.chunks_exact(LANES),
+        r.chunks_exact(LANES),
+    );
+    let (xr, wr, rr) = (xc.remainder(), wc.remainder(), rc.remainder());
+    for ((xs, ws), rs) in xc.zip(wc).zip(rc) {
         for k in 0..LANES {
-            let q = code(xs[k], off, is, lo, hi);
+            let q = code(xs[k], rs[k], off, is, lo, hi);
             let wq = ws[k] * q;
             a[0][k] += wq;
             a[1][k] += wq * q;
             a[2][k] += wq * xs[k];
         }
     }
-    for (k, (&v, &wk)) in xr.iter().zip(wr).enumerate() {
-        let q = code(v, off, is, lo, hi);
+    for (k, ((&v, &wk), &rk)) in xr.iter().zip(wr).zip(rr).enumerate() {
+        let q = code(v, rk, off, is, lo, hi);
         a[0][k] += wk * q;
         a[1][k] += wk * q * q;
         a[2][k] += wk * q * v;
@@ -76,10 +92,12 @@ fn error_of(mo: [f64; 3], cs: [f64; 3], s: f32, m: f32) -> f64 {
     (sxx - 2.0 * s * sxl - 2.0 * m * sx + s * s * sl2 + 2.0 * s * m * sl + m * m * sw).max(0.0)
 }
 
-/// Weighted squared error of `x` (importance `w`; plain when it has none) against its nearest
-/// values `s·q + m`, `q` in `lo..=hi` (a zero or non-finite scale: every value `m`).
-pub fn error(x: &[f32], w: &[f32], s: f32, m: f32, lo: f32, hi: f32) -> f32 {
+/// Weighted squared error of `x` (importance `w`; plain when it has none) against its values
+/// `s·q + m`, `q = clamp(round((x − m)/s + v), lo, hi)` (nearest without rounding offsets `v`;
+/// a zero or non-finite scale: every value `m`).
+pub fn error(x: &[f32], w: &[f32], v: Option<&[f32]>, s: f32, m: f32, lo: f32, hi: f32) -> f32 {
     let w = weights_or_ones(w);
+    let r = offsets_or_zeros(v, x.len());
     let is = if s == 0.0 || !s.is_finite() {
         0.0
     } else {
@@ -87,16 +105,20 @@ pub fn error(x: &[f32], w: &[f32], s: f32, m: f32, lo: f32, hi: f32) -> f32 {
     };
     let s = if is == 0.0 { 0.0 } else { s };
     let mut a = [0f32; LANES];
-    let (xc, wc) = (x.chunks_exact(LANES), w.chunks_exact(LANES));
-    let (xr, wr) = (xc.remainder(), wc.remainder());
-    for (xs, ws) in xc.zip(wc) {
+    let (xc, wc, rc) = (
+        x.chunks_exact(LANES),
+        w.chunks_exact(LANES),
+        r.chunks_exact(LANES),
+    );
+    let (xr, wr, rr) = (xc.remainder(), wc.remainder(), rc.remainder());
+    for ((xs, ws), rs) in xc.zip(wc).zip(rc) {
         for k in 0..LANES {
-            let d = xs[k] - (s * code(xs[k], m, is, lo, hi) + m);
+            let d = xs[k] - (s * code(xs[k], rs[k], m, is, lo, hi) + m);
             a[k] += ws[k] * d * d;
         }
     }
-    for (k, (&v, &wk)) in xr.iter().zip(wr).enumerate() {
-        let d = v - (s * code(v, m, is, lo, hi) + m);
+    for (k, ((&v, &wk), &rk)) in xr.iter().zip(wr).zip(rr).enumerate() {
+        let d = v - (s * code(v, rk, m, is, lo, hi) + m);
         a[k] += wk * d * d;
     }
     a.iter().sum()
@@ -109,10 +131,12 @@ pub fn error(x: &[f32], w: &[f32], s: f32, m: f32, lo: f32, hi: f32) -> f32 {
 /// to ±80 % in steps of 5 % (AutoRound sweeps ±75 % in 201 steps; these do as well measured,
 /// with the refit); each is tried
 /// as it is and refitted to its codes by least squares, rounded by `snap`, and scored on its
-/// codes. All-zero groups give 0.
+/// codes. Codes are `round(x/s + v)` with rounding offsets `v` (learned rounding's refits);
+/// nearest without. All-zero groups give 0.
 pub fn sym(
     x: &[f32],
     w: &[f32],
+    v: Option<&[f32]>,
     nmax: f32,
     (lo, hi): (i32, i32),
     signed: bool,
@@ -130,6 +154,7 @@ pub fn sym(
     }
     let base = if signed { -max } else { amax };
     let w = weights_or_ones(w);
+    let r = offsets_or_zeros(v, x.len());
     let mo = moments(x, &w);
     let (lo, hi) = (lo as f32, hi as f32);
     let mut best = (f64::INFINITY, 0f32);
@@ -138,7 +163,7 @@ pub fn sym(
     let coarse = (6i32..=16).flat_map(|k| [-0.05 * k as f32, 0.05 * k as f32]);
     for f in fine.chain(coarse) {
         let is = nmax * (1.0 + f) / base;
-        let cs = code_sums(x, &w, 0.0, is, lo, hi);
+        let cs = code_sums(x, &w, &r, 0.0, is, lo, hi);
         let fit = if cs[1] > 0.0 {
             (cs[2] / cs[1]) as f32
         } else {
@@ -161,10 +186,12 @@ pub fn sym(
 /// levels from the minimum so far up to the maximum,
 /// the scale and minimum refitted to those codes, the minimum held at or below 0 when
 /// `clamp_min` — the K-quants store `−m` unsigned). `snap` rounds a candidate `(s, m)` to what
-/// the layout stores; candidates are scored on their codes.
+/// the layout stores; candidates are scored on their codes, `round((x − m)/s + v)` with
+/// rounding offsets `v` (nearest without).
 pub fn asym(
     x: &[f32],
     w: &[f32],
+    v: Option<&[f32]>,
     nmax: i32,
     clamp_min: bool,
     snap: impl Fn(f32, f32) -> (f32, f32),
@@ -183,12 +210,13 @@ pub fn asym(
         return snap(0.0, if mn.is_finite() { mn } else { 0.0 });
     }
     let w = weights_or_ones(w);
+    let r = offsets_or_zeros(v, x.len());
     let mo = moments(x, &w);
     let [sw, sx, _] = mo;
     let top = nmax as f32;
     let (s0, m0) = snap((mx - mn) / top, mn);
     let mut best = (
-        error_of(mo, code_sums(x, &w, mn, top / (mx - mn), 0.0, top), s0, m0),
+        error_of(mo, code_sums(x, &w, &r, mn, top / (mx - mn), 0.0, top), s0, m0),
         s0,
         m0,
     );
@@ -203,7 +231,7 @@ pub fn asym(
             top - 0.9 + 0.05 * k as f32
         };
         let is = factor / (mx - mn);
-        let cs = code_sums(x, &w, mn, is, 0.0, top);
+        let cs = code_sums(x, &w, &r, mn, is, 0.0, top);
         let [sl, sl2, sxl] = cs;
         let det = sw * sl2 - sl * sl;
         if det.is_nan() || det <= 0.0 {
@@ -262,6 +290,7 @@ pub fn int_params(
                 let s = sym(
                     g,
                     wg,
+                    None,
                     (qmax - qmin) as f32 / 2.0,
                     (qmin, qmax),
                     false,
@@ -278,7 +307,7 @@ pub fn int_params(
                         .round_ties_even()
                         .clamp(qmin as f32, qmax as f32)
                 };
-                let (s, m) = asym(g, wg, qmax - qmin, true, |s, m| {
+                let (s, m) = asym(g, wg, None, qmax - qmin, true, |s, m| {
                     let s = tiny(round_to(scale_dtype, s));
                     (s, (qmin as f32 - zero_of(s, m)) * s)
                 });
@@ -319,7 +348,7 @@ mod tests {
                 max = v;
             }
         }
-        error(x, w, max / -nmax, 0.0, lo, hi)
+        error(x, w, None, max / -nmax, 0.0, lo, hi)
     }
 
     /// The weighted search never does worse than the plain max-scaled grid (it is one of its
@@ -329,18 +358,18 @@ mod tests {
         let (mut a, mut b, mut c, mut d) = (0f64, 0f64, 0f64, 0f64);
         for seed in 0..200 {
             let (x, w) = noisy(32, seed);
-            let s = sym(&x, &w, 8.0, (-8, 7), true, |s| s);
-            let e = error(&x, &w, s, 0.0, -8.0, 7.0);
+            let s = sym(&x, &w, None, 8.0, (-8, 7), true, |s| s);
+            let e = error(&x, &w, None, s, 0.0, -8.0, 7.0);
             let r = rtn_sym_err(&x, &w, 8.0, -8.0, 7.0);
             assert!(e <= r * 1.000_01, "seed {seed}: {e} vs {r}");
             a += e as f64;
             b += r as f64;
-            let (s, m) = asym(&x, &w, 15, true, |s, m| (s, m));
+            let (s, m) = asym(&x, &w, None, 15, true, |s, m| (s, m));
             let (mn, mx) = x
                 .iter()
                 .fold((0f32, 0f32), |(p, q), &v| (p.min(v), q.max(v)));
-            let e = error(&x, &w, s, m, 0.0, 15.0);
-            let r = error(&x, &w, (mx - mn) / 15.0, mn, 0.0, 15.0);
+            let e = error(&x, &w, None, s, m, 0.0, 15.0);
+            let r = error(&x, &w, None, (mx - mn) / 15.0, mn, 0.0, 15.0);
             assert!(e <= r * 1.000_01 && m <= 0.0, "seed {seed}: {e} vs {r}");
             c += e as f64;
             d += r as f64;

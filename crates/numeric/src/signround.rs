@@ -45,6 +45,7 @@ pub struct IntRounding {
 
 #[derive(Debug, Clone, PartialEq)]
 struct Fixed {
+    ty: crate::ggml::GgmlType,
     offsets: Vec<f32>,
     qmin: i32,
     qmax: i32,
@@ -157,28 +158,38 @@ impl IntRounding {
     }
 
     /// Offsets 0 on a ggml block type's grids, fixed: per group (row-major over rows × groups of
-    /// `group` columns) the scale and zero point `params` and the value added after scaling
-    /// `offsets` (Q4_1's minimum, the K-quants' `−dmin·m`), as the type's [`crate::ggml::CodeGrid`]
-    /// fits them, codes in `code_range`. A value is `(c − z)·s + offset`, as the block decodes
-    /// it; the clipping factors stay 1 (the type's fit chooses the range).
+    /// the type's [`crate::ggml::CodeGrid::group`] columns) the scale and zero point `params`
+    /// and the value added after scaling `offsets` (Q4_1's minimum, the K-quants' `−dmin·m`),
+    /// as the type's grid fits them. A value is `(c − z)·s + offset`, as the block decodes it;
+    /// the clipping factors stay 1 (the type's fit chooses the range; [`IntRounding::refit`]
+    /// fits it again for the current offsets). `Err` when the type has no code grid or the
+    /// sizes disagree.
     pub fn on_ggml_grid(
-        spec: IntSpec,
-        code_range: (i32, i32),
-        group: usize,
+        ty: crate::ggml::GgmlType,
         params: &[QParams],
         offsets: &[f32],
         rows: usize,
         cols: usize,
-    ) -> IntRounding {
-        let group = group.max(1);
-        assert!(
-            cols.is_multiple_of(group),
-            "{cols} columns in groups of {group}"
-        );
+    ) -> Result<IntRounding, String> {
+        let g = ty.grid().ok_or_else(|| format!("{ty} has no code grid"))?;
+        let group = g.group();
+        if !cols.is_multiple_of(ty.block().0) {
+            return Err(format!(
+                "{cols} columns are not whole {ty} blocks of {}",
+                ty.block().0
+            ));
+        }
         let n = rows * (cols / group);
-        assert_eq!((params.len(), offsets.len()), (n, n));
-        IntRounding {
-            spec,
+        if (params.len(), offsets.len()) != (n, n) {
+            return Err(format!(
+                "{} scales and {} offsets for {n} groups",
+                params.len(),
+                offsets.len()
+            ));
+        }
+        let (qmin, qmax) = g.code_range();
+        Ok(IntRounding {
+            spec: g.spec(),
             group,
             scale_dtype: DType::F32,
             rows,
@@ -190,11 +201,12 @@ impl IntRounding {
             hi: vec![0.0; n],
             base: Some(params.to_vec()),
             fixed: Some(Fixed {
+                ty,
                 offsets: offsets.to_vec(),
-                qmin: code_range.0,
-                qmax: code_range.1,
+                qmin,
+                qmax,
             }),
-        }
+        })
     }
 
     /// Round to nearest on a ggml type's own grids ([`IntRounding::on_ggml_grid`]): each block
@@ -209,42 +221,44 @@ impl IntRounding {
         cols: usize,
         importance: Option<&[f32]>,
     ) -> Result<IntRounding, String> {
-        let g = ty.grid().ok_or_else(|| format!("{ty} has no code grid"))?;
-        let (block, group) = (ty.block().0, g.group());
-        if !cols.is_multiple_of(block) || w.len() != rows * cols {
-            return Err(format!(
-                "{cols} columns are not whole {ty} blocks of {block}"
-            ));
+        if w.len() != rows * cols {
+            return Err(format!("{} weights for {rows} × {cols}", w.len()));
         }
-        if importance.is_some_and(|q| q.len() != cols) {
-            return Err(format!("an importance per column: {cols} wanted"));
+        let (params, offsets) = fit_ggml_blocks(ty, w, cols, importance, None)?;
+        IntRounding::on_ggml_grid(ty, &params, &offsets, rows, cols)
+    }
+
+    /// On a ggml type's grids ([`IntRounding::on_ggml_grid`]): each block's scales and offsets
+    /// searched again for the current rounding offsets (the importance-weighted search scoring
+    /// the codes `round((w − offset)/scale + v)`; plain least squares without an `importance`),
+    /// as AutoRound re-runs its scale/min search on the offset weights every few steps. The
+    /// offsets stay. `Err` on other grids or wrong sizes.
+    pub fn refit(&mut self, w: &[f32], importance: Option<&[f32]>) -> Result<(), String> {
+        let Some(f) = &self.fixed else {
+            return Err("only a ggml type's grids are refitted".into());
+        };
+        if w.len() != self.v.len() {
+            return Err(format!("{} weights for {} offsets", w.len(), self.v.len()));
         }
-        // blocks are fitted independently: in parallel, in order
-        use rayon::prelude::*;
-        let per = block / group;
-        let mut fitted = vec![(QParams::default(), 0f32); rows * cols / group];
-        fitted
-            .par_chunks_mut(per)
-            .zip(w.par_chunks(block))
-            .enumerate()
-            .for_each(|(k, (ps, b))| match importance {
-                Some(q) => {
-                    let c0 = (k * block) % cols;
-                    g.fit_weighted(b, &q[c0..c0 + block], ps)
-                }
-                None => g.fit(b, ps),
-            });
-        let params: Vec<QParams> = fitted.iter().map(|p| p.0).collect();
-        let offsets: Vec<f32> = fitted.iter().map(|p| p.1).collect();
-        Ok(IntRounding::on_ggml_grid(
-            g.spec(),
-            g.code_range(),
-            group,
-            &params,
-            &offsets,
-            rows,
-            cols,
-        ))
+        let ones;
+        let qw = match importance {
+            Some(q) => q,
+            None => {
+                ones = vec![1f32; self.cols];
+                &ones[..]
+            }
+        };
+        let (params, offsets) = fit_ggml_blocks(f.ty, w, self.cols, Some(qw), Some(&self.v))?;
+        self.base = Some(params);
+        if let Some(f) = &mut self.fixed {
+            f.offsets = offsets;
+        }
+        Ok(())
+    }
+
+    /// Whether the grids are a ggml type's ([`IntRounding::refit`] applies).
+    pub fn is_ggml(&self) -> bool {
+        self.fixed.is_some()
     }
 
     /// The smallest and largest code.
@@ -439,6 +453,56 @@ impl IntRounding {
     }
 }
 
+/// Each block of `w` (rows of `cols`) on `ty`'s grid: per group the scale and zero point and
+/// the value added after scaling. ggml's own fit without `importance` and rounding offsets `v`;
+/// otherwise the importance-weighted search ([`crate::ggml::CodeGrid::fit_weighted`]) scoring
+/// the codes with offsets `v`. Blocks are independent: fitted in parallel, in order.
+fn fit_ggml_blocks(
+    ty: crate::ggml::GgmlType,
+    w: &[f32],
+    cols: usize,
+    importance: Option<&[f32]>,
+    v: Option<&[f32]>,
+) -> Result<(Vec<QParams>, Vec<f32>), String> {
+    use rayon::prelude::*;
+    let g = ty.grid().ok_or_else(|| format!("{ty} has no code grid"))?;
+    let (block, group) = (ty.block().0, g.group());
+    if cols == 0 || !cols.is_multiple_of(block) || !w.len().is_multiple_of(cols) {
+        return Err(format!(
+            "{cols} columns are not whole {ty} blocks of {block}"
+        ));
+    }
+    if importance.is_some_and(|q| q.len() != cols) {
+        return Err(format!("an importance per column: {cols} wanted"));
+    }
+    if v.is_some_and(|v| v.len() != w.len()) {
+        return Err(format!("a rounding offset per weight: {} wanted", w.len()));
+    }
+    let ones;
+    let importance = match (importance, v) {
+        (None, Some(_)) => {
+            ones = vec![1f32; cols];
+            Some(&ones[..])
+        }
+        (q, _) => q,
+    };
+    let per = block / group;
+    let mut fitted = vec![(QParams::default(), 0f32); w.len() / group];
+    fitted
+        .par_chunks_mut(per)
+        .zip(w.par_chunks(block))
+        .enumerate()
+        .for_each(|(k, (ps, b))| match importance {
+            Some(q) => {
+                let c0 = (k * block) % cols;
+                let vb = v.map(|v| &v[k * block..(k + 1) * block]);
+                g.fit_weighted(b, &q[c0..c0 + block], vb, ps)
+            }
+            None => g.fit(b, ps),
+        });
+    Ok(fitted.into_iter().unzip())
+}
+
 /// Round half to even (torch.round), exact for any f32 (small values by the add-and-subtract
 /// trick, which compiles to two additions where `round_ties_even` is a libm call at the
 /// baseline x86-64 level).
@@ -564,22 +628,14 @@ mod tests {
             let (mut params, mut offsets) = (vec![], vec![]);
             for b in w.chunks(block) {
                 if weighted {
-                    g.fit_weighted(b, &importance[..block], &mut ps);
+                    g.fit_weighted(b, &importance[..block], None, &mut ps);
                 } else {
                     g.fit(b, &mut ps);
                 }
                 params.extend(ps.iter().map(|p| p.0));
                 offsets.extend(ps.iter().map(|p| p.1));
             }
-            let mut r = IntRounding::on_ggml_grid(
-                g.spec(),
-                g.code_range(),
-                group,
-                &params,
-                &offsets,
-                rows,
-                cols,
-            );
+            let mut r = IntRounding::on_ggml_grid(ty, &params, &offsets, rows, cols).unwrap();
             // (on_ggml_fit is this fit)
             let per_col: Vec<f32> = (0..cols).map(|j| importance[j % block]).collect();
             assert_eq!(
@@ -591,10 +647,26 @@ mod tests {
             for v in r.v.iter_mut() {
                 *v = (rng.uniform() - 0.5) as f32;
             }
+            // a refit for offsets 0 is the fit itself
+            let mut again = r.clone();
+            again.v.fill(0.0);
+            if weighted {
+                again.refit(&w, Some(&per_col)).unwrap();
+                assert_eq!(again.codes(&w).1, params, "{ty}");
+            }
             let mut q = vec![0f32; w.len()];
             r.qdq(&w, &mut q);
             let (codes, ps2) = r.codes(&w);
             assert_eq!(ps2, params, "{ty}");
+            // refitted for these offsets, the grids still decode exactly (below, on a copy)
+            let mut refitted = r.clone();
+            refitted
+                .refit(&w, weighted.then_some(&per_col[..]))
+                .unwrap();
+            let (rcodes, rps) = refitted.codes(&w);
+            assert_ne!(rps, params, "{ty}: the refit moved no scale");
+            let mut rq = vec![0f32; w.len()];
+            refitted.qdq(&w, &mut rq);
             let offs = r.offsets();
             let mut bytes = vec![0u8; ty.row_bytes(cols)];
             let mut back = vec![0f32; cols];
@@ -616,6 +688,21 @@ mod tests {
                     bits(&back),
                     bits(&q[row * cols..(row + 1) * cols]),
                     "{ty} row {row}"
+                );
+                let rs = &rps[row * gs..(row + 1) * gs];
+                let d: Vec<f32> = rs.iter().map(|p| p.scale).collect();
+                let ro = refitted.offsets();
+                g.pack_row(
+                    &rcodes[row * cols..(row + 1) * cols],
+                    &d,
+                    &ro[row * gs..(row + 1) * gs],
+                    &mut bytes,
+                );
+                crate::ggml::dequantize_row(ty, &bytes, &mut back);
+                assert_eq!(
+                    bits(&back),
+                    bits(&rq[row * cols..(row + 1) * cols]),
+                    "{ty} row {row}, refitted"
                 );
             }
             // gradients: only the offsets, scale times dL/dw̃ inside the code range

@@ -1314,8 +1314,16 @@ impl CodeGrid for GridK {
             }
         }
     }
-    fn fit_weighted(&self, w: &[f32], qw: &[f32], out: &mut [(QParams, f32)]) {
+    fn fit_weighted(
+        &self,
+        w: &[f32],
+        qw: &[f32],
+        v: Option<&[f32]>,
+        out: &mut [(QParams, f32)],
+    ) {
         let g = self.group();
+        // sub-block j's rounding offsets
+        let vj = |j: usize| v.map(|v| &v[j * g..(j + 1) * g]);
         let per = QK_K / g;
         let (lo, hi) = self.level_range();
         // sub-block weights: the sums of their importance (as ggml weighs the super-block fit)
@@ -1327,11 +1335,15 @@ impl CodeGrid for GridK {
         if self.symmetric() {
             let zero = self.zero();
             let mut sc = [0f32; 16];
-            for (s, (x, q)) in sc.iter_mut().zip(w.chunks_exact(g).zip(qw.chunks_exact(g))) {
-                *s = crate::search::sym(x, q, zero as f32, (-zero, zero - 1), true, |s| s);
+            for (j, (s, (x, q))) in sc
+                .iter_mut()
+                .zip(w.chunks_exact(g).zip(qw.chunks_exact(g)))
+                .enumerate()
+            {
+                *s = crate::search::sym(x, q, vj(j), zero as f32, (-zero, zero - 1), true, |s| s);
             }
             // the super-block scale: the sub-block scales on levels lo..=hi, weighted
-            let d = crate::search::sym(&sc[..per], sw, -lo as f32, (lo, hi), true, |d| {
+            let d = crate::search::sym(&sc[..per], sw, None, -lo as f32, (lo, hi), true, |d| {
                 f16::from_f32(d).to_f32()
             });
             let (zl, zh) = (-zero as f32, (zero - 1) as f32);
@@ -1345,7 +1357,10 @@ impl CodeGrid for GridK {
                     let l0 = nearest_int(s / d).clamp(lo, hi);
                     (l0 - 2..=l0 + 2)
                         .filter(|l| (lo..=hi).contains(l))
-                        .map(|l| (crate::search::error(x, q, d * l as f32, 0.0, zl, zh), l))
+                        .map(|l| {
+                            let e = crate::search::error(x, q, vj(j), d * l as f32, 0.0, zl, zh);
+                            (e, l)
+                        })
                         .fold((f32::INFINITY, l0), |a, b| if b.0 < a.0 { b } else { a })
                         .1
                 };
@@ -1362,7 +1377,7 @@ impl CodeGrid for GridK {
         let top = self.code_range().1;
         let (mut sc, mut mins) = ([0f32; 16], [0f32; 16]);
         for (j, (x, q)) in w.chunks_exact(g).zip(qw.chunks_exact(g)).enumerate() {
-            let (s, m) = crate::search::asym(x, q, top, true, |s, m| (s, m));
+            let (s, m) = crate::search::asym(x, q, vj(j), top, true, |s, m| (s, m));
             sc[j] = s;
             mins[j] = -m;
         }
@@ -1394,6 +1409,7 @@ impl CodeGrid for GridK {
                     let e = crate::search::error(
                         x,
                         q,
+                        vj(j),
                         d * l as f32,
                         -(dmin * m as f32),
                         0.0,

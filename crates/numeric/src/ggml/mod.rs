@@ -189,8 +189,17 @@ pub trait CodeGrid: Sync {
     fn fit(&self, w: &[f32], out: &mut [(QParams, f32)]);
     /// Like [`CodeGrid::fit`], by the importance-weighted search of [`crate::search`] (learned
     /// rounding's zero-step mode, AutoRound's `iters=0`), importance `qw` per value of `w`:
-    /// parameters the block stores exactly, not the ones llama-quantize would choose.
-    fn fit_weighted(&self, w: &[f32], qw: &[f32], out: &mut [(QParams, f32)]);
+    /// parameters the block stores exactly, not the ones llama-quantize would choose. With
+    /// rounding offsets `v` (one per value) the candidates are scored on the codes
+    /// `round((w − offset)/scale + v)` (learned rounding's refits during tuning, as AutoRound
+    /// re-runs its search on the offset weights).
+    fn fit_weighted(
+        &self,
+        w: &[f32],
+        qw: &[f32],
+        v: Option<&[f32]>,
+        out: &mut [(QParams, f32)],
+    );
     /// Packs one row of codes into blocks, with per-group scales `d` and offsets `m` as
     /// [`CodeGrid::fit`] returned them. Parameters a block cannot store exactly (not from the
     /// fit, or non-finite) are not an error: that block is the type's own quantization of the
@@ -537,7 +546,7 @@ mod tests {
             let (mut codes, mut want) = (vec![0i8; n], vec![0f32; n]);
             let (mut d, mut m) = (Vec::new(), Vec::new());
             for (b, (xb, wb)) in x.chunks(bs).zip(qw.chunks(bs)).enumerate() {
-                g.fit_weighted(xb, wb, &mut ps);
+                g.fit_weighted(xb, wb, None, &mut ps);
                 for (k, (p, off)) in ps.iter().enumerate() {
                     d.push(p.scale);
                     m.push(*off);

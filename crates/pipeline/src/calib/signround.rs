@@ -17,12 +17,15 @@
 //! search ([`qs_numeric::search`], AutoRound's `iters=0` mode; the importance of a column is its
 //! input's mean square over this layer's calibration tokens); `rtn`, the layout's plain round to
 //! nearest (as AutoRound's tuned mode starts); `gptq`, GPTQ's codes. With `--iters 0` the start
-//! is what is written (no tuning, no target pass).
+//! is what is written (no tuning, no target). One float pass over the calibration tokens gives
+//! both the importance and the tuning's target.
 //!
 //! Grids: compressed-tensors integer grids (and the AutoGPTQ / AutoAWQ layouts, which take the
 //! same codes), offsets and clipping tuned; every ggml type with a code grid (the legacy types
 //! and all K-quants: as GPTQ), each block's scales and minimums from the start, fixed, offsets
-//! tuned — the K-quants' scale search is not re-run during the tuning. IQ4 types in a mixture
+//! tuned, and every [`REFIT_EVERY`] steps each block's scales and minimums searched again for
+//! the current offsets (as AutoRound re-runs its scale/min search on the offset weights; the
+//! scales take no gradient). IQ4 types in a mixture
 //! keep llama.cpp's quantizer, and their float weights in the tuning's forward pass. Dense
 //! Llama-family layers.
 
@@ -41,6 +44,10 @@ use std::sync::Mutex;
 
 /// The most steps `--iters` accepts.
 pub const MAX_ITERS: usize = 100_000;
+
+/// Steps between refits of a ggml type's scales and minimums to the current rounding offsets
+/// (AutoRound's 10).
+pub const REFIT_EVERY: usize = 10;
 
 /// The method, with the codes each layer's tuning chose until the run asks for them
 /// ([`Method::quantize`]), by run (the address of its configuration: the jobs of a batch that
@@ -100,12 +107,14 @@ fn gather(m: faer::MatRef<'_, f32>, seqs: &[usize], seq_len: usize) -> Mat<f32> 
 
 /// One linear being tuned: which, the weights its parameters round (row-major: the float
 /// weights, or GPTQ's before rounding) and its parameters; `float`, the float weights when `w`
-/// is not them.
+/// is not them; `importance`, its input columns' importance (the refits on ggml grids weigh by
+/// it; plain least squares without).
 pub struct Tuned {
     pub lin: Linear,
     pub w: Vec<f32>,
     pub r: IntRounding,
     pub float: Option<Vec<f32>>,
+    pub importance: Option<Vec<f32>>,
 }
 
 impl Tuned {
@@ -115,6 +124,7 @@ impl Tuned {
             w,
             r,
             float: None,
+            importance: None,
         }
     }
 }
@@ -175,16 +185,18 @@ fn mse_and_grad(y: &Mat<f32>, t: &Mat<f32>) -> (f64, Mat<f32>) {
 }
 
 /// Tunes the parameters of `parts` (linears of `layer`) on inputs `x` (whole sequences of
-/// `seq` tokens) so that the layer with their fake-quantized weights gives the float layer's
-/// outputs: `o.iters` signed steps, each on `o.batch` sequences drawn by `seed`. Deterministic;
-/// `Err` names a non-finite loss. The steps run on `layer` itself (its linears hold the
-/// fake-quantized weights meanwhile: no second copy of the block), which ends as it started,
-/// float weights restored from `parts`.
+/// `seq` tokens) so that the layer with their fake-quantized weights gives `target` (the float
+/// layer's outputs on `x`, from [`float_pass`]): `o.iters` signed steps, each on `o.batch`
+/// sequences drawn by `seed`. Deterministic; `Err` names a non-finite loss. The steps run on
+/// `layer` itself (its linears hold the fake-quantized weights meanwhile: no second copy of the
+/// block), which ends as it started, float weights restored from `parts`.
+#[allow(clippy::too_many_arguments)]
 pub fn tune(
     c: &qs_model::Config,
     layer: &mut qs_model::Layer,
     x: faer::MatRef<'_, f32>,
     seq: usize,
+    target: &Mat<f32>,
     parts: &mut [Tuned],
     o: &Opts,
     seed: u64,
@@ -193,17 +205,17 @@ pub fn tune(
     if nseq == 0 {
         return Err(format!("no whole calibration sequence of {seq} tokens"));
     }
-    let x = x.subrows(0, nseq * seq);
-    // the float layer's outputs: the target (in batches of about 4096 tokens, so one batch's
-    // intermediate values exist at a time)
-    let mut target = Mat::<f32>::zeros(x.nrows(), x.ncols());
-    let chunk = (4096 / seq).max(1) * seq;
-    for r0 in (0..x.nrows()).step_by(chunk) {
-        let n = chunk.min(x.nrows() - r0);
-        let (y, _) = layer_forward(c, layer, x.subrows(r0, n), seq, false);
-        target.as_mut().subrows_mut(r0, n).copy_from(&y);
+    if target.nrows() != nseq * seq || target.ncols() != x.ncols() {
+        return Err(format!(
+            "a target of {} × {} for {} × {} inputs",
+            target.nrows(),
+            target.ncols(),
+            nseq * seq,
+            x.ncols()
+        ));
     }
-    let out = steps(c, layer, x, seq, &target, parts, o, seed);
+    let x = x.subrows(0, nseq * seq);
+    let out = steps(c, layer, x, seq, target, parts, o, seed);
     for t in parts.iter() {
         let m = t.lin.weight_mut(layer);
         *m = to_mat(t.float.as_ref().unwrap_or(&t.w), m.nrows(), m.ncols());
@@ -232,6 +244,11 @@ fn steps(
     };
     let mut wq = Vec::new();
     for it in 0..o.iters {
+        if it > 0 && it % REFIT_EVERY == 0 {
+            for t in parts.iter_mut().filter(|t| t.r.is_ggml()) {
+                t.r.refit(&t.w, t.importance.as_deref())?;
+            }
+        }
         let seqs = pick(nseq, o.batch, &mut rng);
         let xb = gather(x, &seqs, seq);
         let tb = gather(target.as_ref(), &seqs, seq);
@@ -280,61 +297,76 @@ fn inputs_of(parts: &[Tuned]) -> Vec<Input> {
 }
 
 /// Runs the float layer on `x` (whole sequences of `seq` tokens, in batches of about 4096
-/// tokens) and hands each batch's values of the inputs `wanted` to `f`.
-fn each_input(
+/// tokens, so one batch's intermediate values exist at a time) and hands `f` each batch's first
+/// row, its outputs and, when `capture`, its captured inputs.
+fn each_batch(
     c: &qs_model::Config,
     layer: &qs_model::Layer,
     x: faer::MatRef<'_, f32>,
     seq: usize,
-    wanted: &[Input],
-    mut f: impl FnMut(Input, faer::MatRef<'_, f32>),
-) -> Result<()> {
+    capture: bool,
+    mut f: impl FnMut(usize, &Mat<f32>, Option<&qs_model::Captured>),
+) {
     let batch = (4096 / seq).max(1) * seq;
     let rows = x.nrows() / seq * seq;
     for r0 in (0..rows).step_by(batch) {
         let n = batch.min(rows - r0);
-        let (_, cap) = layer_forward(c, layer, x.subrows(r0, n), seq, true);
-        let cap = cap.ok_or_else(|| Error::Config("signround: no captured inputs".into()))?;
-        for &i in wanted {
-            f(i, i.of(&cap));
-        }
+        let (y, cap) = layer_forward(c, layer, x.subrows(r0, n), seq, capture);
+        f(r0, &y, cap.as_ref());
     }
-    Ok(())
 }
 
-/// Per input `wanted`, each column's mean square over the tokens of `x` in the float layer:
-/// the importance the zero-step search weighs errors by (AutoRound's and llama-imatrix's
-/// importance matrix).
-fn importance(
+/// What one float pass over the calibration tokens gives: the float layer's outputs (the
+/// tuning's target), and per input, each column's mean square over the tokens (the importance
+/// the search weighs errors by: AutoRound's and llama-imatrix's importance matrix).
+struct FloatPass {
+    target: Option<Mat<f32>>,
+    importance: Vec<(Input, Vec<f32>)>,
+}
+
+/// One pass of the float layer over `x` (whole sequences of `seq` tokens): the target when
+/// `target`, the importance of the inputs `wanted`.
+fn float_pass(
     c: &qs_model::Config,
     layer: &qs_model::Layer,
     x: faer::MatRef<'_, f32>,
     seq: usize,
     wanted: &[Input],
-) -> Result<Vec<(Input, Vec<f32>)>> {
-    let mut sums: Vec<(Input, Vec<f64>, usize)> = Vec::new();
-    each_input(c, layer, x, seq, wanted, |i, xin| {
-        let at = match sums.iter().position(|(k, _, _)| *k == i) {
-            Some(at) => at,
-            None => {
-                sums.push((i, vec![0f64; xin.ncols()], 0));
-                sums.len() - 1
-            }
-        };
-        let (_, s, n) = &mut sums[at];
-        for (j, sj) in s.iter_mut().enumerate() {
-            *sj += xin
-                .col(j)
-                .iter()
-                .map(|&v| (v as f64) * (v as f64))
-                .sum::<f64>();
+    target: bool,
+) -> FloatPass {
+    let rows = x.nrows() / seq.max(1) * seq;
+    let mut out = target.then(|| Mat::<f32>::zeros(rows, x.ncols()));
+    let mut sums: Vec<(Input, Vec<f64>)> = Vec::new();
+    each_batch(c, layer, x, seq, !wanted.is_empty(), |r0, y, cap| {
+        if let Some(t) = &mut out {
+            t.as_mut().subrows_mut(r0, y.nrows()).copy_from(y);
         }
-        *n += xin.nrows();
-    })?;
-    Ok(sums
-        .into_iter()
-        .map(|(i, s, n)| (i, s.iter().map(|&v| (v / n.max(1) as f64) as f32).collect()))
-        .collect())
+        let Some(cap) = cap else { return };
+        for &i in wanted {
+            let xin = i.of(cap);
+            let at = match sums.iter().position(|(k, _)| *k == i) {
+                Some(at) => at,
+                None => {
+                    sums.push((i, vec![0f64; xin.ncols()]));
+                    sums.len() - 1
+                }
+            };
+            for (j, sj) in sums[at].1.iter_mut().enumerate() {
+                *sj += xin
+                    .col(j)
+                    .iter()
+                    .map(|&v| (v as f64) * (v as f64))
+                    .sum::<f64>();
+            }
+        }
+    });
+    FloatPass {
+        target: out,
+        importance: sums
+            .into_iter()
+            .map(|(i, s)| (i, s.iter().map(|&v| (v / rows.max(1) as f64) as f32).collect()))
+            .collect(),
+    }
 }
 
 /// Replaces each part's starting point by GPTQ's codes for it (its weights become the values
@@ -356,16 +388,21 @@ fn start_from_gptq(
     cfg.act_order = false;
     cfg.act_order_group = false;
     let mut hess: Vec<(Input, Hessian)> = Vec::new();
-    each_input(c, layer, x, seq, &inputs_of(parts), |i, xin| {
-        match hess.iter_mut().find(|(k, _)| *k == i) {
-            Some((_, h)) => h.add_mat(xin),
-            None => {
-                let mut h = Hessian::new(xin.ncols());
-                h.add_mat(xin);
-                hess.push((i, h));
+    let wanted = inputs_of(parts);
+    each_batch(c, layer, x, seq, true, |_, _, cap| {
+        let Some(cap) = cap else { return };
+        for &i in &wanted {
+            let xin = i.of(cap);
+            match hess.iter_mut().find(|(k, _)| *k == i) {
+                Some((_, h)) => h.add_mat(xin),
+                None => {
+                    let mut h = Hessian::new(xin.ncols());
+                    h.add_mat(xin);
+                    hess.push((i, h));
+                }
             }
         }
-    })?;
+    });
     for ((t, name), grid) in parts.iter_mut().zip(names).zip(grids) {
         let Some((_, h)) = hess.iter().find(|(k, _)| *k == t.lin.input()) else {
             continue;
@@ -401,18 +438,8 @@ fn start_from_gptq(
                 spec, scale_dtype, ..
             } => IntRounding::on_grid(spec, Some(group), scale_dtype, &out.params, rows, cols),
             CodeGrid::Ggml(ty) => {
-                let g = ty
-                    .grid()
-                    .ok_or_else(|| Error::Config(format!("{name}: {ty} has no code grid")))?;
-                IntRounding::on_ggml_grid(
-                    g.spec(),
-                    g.code_range(),
-                    group,
-                    &out.params,
-                    &out.offsets,
-                    rows,
-                    cols,
-                )
+                IntRounding::on_ggml_grid(ty, &out.params, &out.offsets, rows, cols)
+                    .map_err(|m| Error::Config(format!("{name}: {m}")))?
             }
         };
         t.float = Some(std::mem::replace(&mut t.w, out.pre_rounding));
@@ -474,17 +501,29 @@ impl Method for SignRound {
             )));
         }
         let init = ctx.cfg.signround_init;
-        // the importance of each input's columns, for the search start
-        let imp = if init == SignRoundInit::Search {
-            importance(c, layer, x, seq, &Input::ALL)?
+        let o = opts(ctx.cfg);
+        // one float pass: the importance of each input's columns (for the search start and the
+        // refits of ggml grids) and the tuning's target
+        let refits = o.iters > REFIT_EVERY
+            && Linear::ALL.iter().any(|&lin| {
+                matches!(
+                    ctx.targets.get(&(l, lin)).and_then(|t| t.grid),
+                    Some(CodeGrid::Ggml(_))
+                )
+            });
+        let wanted: &[Input] = if init == SignRoundInit::Search || refits {
+            &Input::ALL
         } else {
-            Vec::new()
+            &[]
         };
+        let pass = float_pass(c, layer, x, seq, wanted, o.iters > 0);
+        let imp = pass.importance;
         let imp_of = |lin: Linear| {
             imp.iter()
                 .find(|(i, _)| *i == lin.input())
                 .map(|v| &v.1[..])
         };
+        let start_imp = |lin: Linear| imp_of(lin).filter(|_| init == SignRoundInit::Search);
         // the linears of this layer to tune, with their tensor names
         let mut names: Vec<String> = Vec::new();
         let mut parts: Vec<Tuned> = Vec::new();
@@ -517,7 +556,7 @@ impl Method for SignRound {
                             t.name
                         )));
                     }
-                    let r = match imp_of(lin) {
+                    let r = match start_imp(lin) {
                         Some(q) => {
                             let g = group.unwrap_or(cols);
                             let ps =
@@ -530,7 +569,7 @@ impl Method for SignRound {
                 }
                 Some(grid @ CodeGrid::Ggml(ty)) => (
                     grid,
-                    IntRounding::on_ggml_fit(ty, &w, rows, cols, imp_of(lin))
+                    IntRounding::on_ggml_fit(ty, &w, rows, cols, start_imp(lin))
                         .map_err(|m| Error::Config(format!("{}: {m}", t.name)))?,
                 ),
                 None => {
@@ -542,7 +581,10 @@ impl Method for SignRound {
             };
             names.push(t.name.clone());
             grids.push(grid);
-            parts.push(Tuned::new(lin, w, r));
+            parts.push(Tuned {
+                importance: imp_of(lin).map(<[f32]>::to_vec),
+                ..Tuned::new(lin, w, r)
+            });
         }
         if parts.is_empty() {
             return Ok(vec![]);
@@ -550,15 +592,15 @@ impl Method for SignRound {
         if init == SignRoundInit::Gptq {
             start_from_gptq(c, layer, x, seq, &mut parts, &names, &grids, ctx.cfg)?;
         }
-        let o = opts(ctx.cfg);
         let seed = ctx.cfg.seed ^ (l as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let best = if o.iters == 0 {
+        let best = match &pass.target {
+            Some(target) if o.iters > 0 => {
+                tune(c, ctx.layer, x, seq, target, &mut parts, &o, seed)
+                    .map_err(|m| Error::Config(format!("layer {l}: {m}")))?
+                    .best
+            }
             // the start alone (the zero-step search)
-            parts.iter().map(|t| Chosen::of(&t.r, &t.w)).collect()
-        } else {
-            tune(c, ctx.layer, x, seq, &mut parts, &o, seed)
-                .map_err(|m| Error::Config(format!("layer {l}: {m}")))?
-                .best
+            _ => parts.iter().map(|t| Chosen::of(&t.r, &t.w)).collect(),
         };
         let mut chosen = self
             .chosen
@@ -764,8 +806,9 @@ mod tests {
                 assert_eq!(q, &want, "{lin:?}");
             }
             let mut work = layer.clone();
-            let a = tune(&c, &mut work, x.as_ref(), seq, &mut from_rtn, &o, 1).unwrap();
-            let b = tune(&c, &mut work, x.as_ref(), seq, &mut from_gptq, &o, 1).unwrap();
+            let t = float_pass(&c, &layer, x.as_ref(), seq, &[], true).target.unwrap();
+            let a = tune(&c, &mut work, x.as_ref(), seq, &t, &mut from_rtn, &o, 1).unwrap();
+            let b = tune(&c, &mut work, x.as_ref(), seq, &t, &mut from_gptq, &o, 1).unwrap();
             // the layer is given back as it was
             assert!(Linear::ALL
                 .iter()
@@ -815,7 +858,7 @@ mod tests {
         };
         let x = acts(16 * seq);
         let held = acts(8 * seq);
-        let imp = importance(&c, &layer, x.as_ref(), seq, &Input::ALL).unwrap();
+        let imp = float_pass(&c, &layer, x.as_ref(), seq, &Input::ALL, false).importance;
         let imp_of = |lin: Linear| &imp.iter().find(|(i, _)| *i == lin.input()).unwrap().1;
         let e = |ws: &[(Linear, Vec<f32>)]| {
             block_mse(&c, &layer, &with_weights(&layer, ws), held.as_ref(), seq)

@@ -14,7 +14,8 @@
 #   ITERS: 0 = AutoRound's optimized RTN (imatrix from the calibration windows, then its
 #         imatrix-weighted scale/min search), N > 0 = SignRound tuning, N steps per decoder
 #         block (AutoRound's default is 200, lr 1/N).
-#   env: MODEL (HF folder, default /tmp/qrun/smollm2-hf), CALIB (/tmp/qrun/calib.txt),
+#   env: BATCH (sequences per step, default 8 as AutoRound's; not 8: names get -bBATCH), TAG
+#        (a suffix for our runs' names), MODEL (HF folder, default /tmp/qrun/smollm2-hf), CALIB (/tmp/qrun/calib.txt),
 #        HELDOUT (/tmp/qrun/heldout.txt), OUTDIR (/tmp/qrun), Q (quantize binary,
 #        /work/main/target/release/quantize), VENV (~/.cache/quantsmith/venv-autoround),
 #        THREADS (2), NICE (5), CHUNKS (8, evaluation chunks of 512 tokens),
@@ -68,7 +69,8 @@ THREADS=${THREADS:-2}
 NICE=${NICE:-5}
 CHUNKS=${CHUNKS:-8}
 LLAMA_BIN=${LLAMA_BIN-$HOME/.cache/quantsmith/llama.cpp/bin}
-SAMPLES=32 SEQ_LEN=512 BATCH=8
+SAMPLES=32 SEQ_LEN=512 BATCH=${BATCH:-8}
+BATCH_TAG=$([ "$BATCH" = 8 ] || echo "-b$BATCH")
 PY_PKGS=(auto-round==0.16.1 torch==2.14.0 transformers==5.17.0 gguf==0.19.0 sentencepiece==0.2.3)
 
 setup() {
@@ -133,7 +135,7 @@ run() {
 
 # ours TYPE ITERS: quantsmith's signround on the same windows, timed and evaluated the same way
 ours() {
-  local type=$1 iters=$2 name=qs-signround-$1-i$2
+  local type=$1 iters=$2 name=qs-signround-$1-i$2${BATCH_TAG}${TAG:+-$TAG}
   local out=$OUTDIR/$name.gguf
   echo "== $name: quantize $MODEL --to $type --method signround --iters $iters"
   /usr/bin/time -v -o "$OUTDIR/$name.time" nice -n "$NICE" "$Q" "$MODEL" --to "$type" \

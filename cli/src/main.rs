@@ -405,6 +405,11 @@ struct RunArgs {
     /// codes on the same inputs (gptq).
     #[arg(long, default_value = "search", value_parser = quantsmith::config::SignRoundInit::parse)]
     init: quantsmith::config::SignRoundInit,
+    /// signround: what a tuned layer's output is compared with: the float layer on the inputs
+    /// the quantized layer sees (layer, as GPTQ measures its error) or the float model's own
+    /// output at that layer (model, AutoRound's; keeps a second stream of activations).
+    #[arg(long, default_value = "layer", value_parser = quantsmith::config::SignRoundTarget::parse)]
+    tune_target: quantsmith::config::SignRoundTarget,
     /// AWQ: candidate scales x_mean^r / w_mean^(1-r) (duo, the default of AutoAWQ and
     /// llm-compressor), x_mean^r (plain), or half the grid each way (both).
     #[arg(long, default_value = "duo", value_parser = quantsmith::qs_numeric_types::awq::Scaling::parse)]
@@ -551,6 +556,7 @@ fn config_of(a: &RunArgs) -> Result<QuantizeConfig> {
     cfg.signround_lr = a.lr;
     cfg.signround_batch = a.batch;
     cfg.signround_init = a.init;
+    cfg.signround_target = a.tune_target;
     cfg.awq_scaling = a.awq_scaling;
     cfg.awq_tokens = a.awq_tokens;
     cfg.token_embedding_type = a.token_embedding_type;

@@ -909,6 +909,7 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
     }
     for (flags, says) in [
         (&["--init", "bogus"][..], "--init"),
+        (&["--tune-target", "bogus"][..], "--tune-target"),
         (&["--iters", "1000000"][..], "--iters 1000000"),
         (&["--iters=-3"][..], "--iters"),
         (&["--lr", "5"][..], "--lr 5"),
@@ -952,6 +953,59 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
         r.stderr
     );
     assert!(!o.exists());
+}
+
+/// `--tune-target model` (AutoRound's target: the float model's own output at each layer) tunes
+/// towards other outputs than the default (the float layer on the quantized layers' outputs)
+/// and still beats round to nearest on held-out text; with `--calib-inputs float` the layer's
+/// inputs are the float model's, so both targets are one and give the same bytes.
+#[test]
+fn signround_tune_target_model_is_the_float_models_output() {
+    let d = tempfile::tempdir().unwrap();
+    let fx = fixture();
+    let text = d.path().join("calib.txt");
+    std::fs::write(&text, qs_formats::calib::DEFAULT_TEXT).unwrap();
+    let held = d.path().join("held-out.txt");
+    std::fs::write(&held, HELD_OUT_TEXT).unwrap();
+    let run = |name: &str, extra: &[&str]| -> Vec<u8> {
+        let o = d.path().join(name);
+        let mut a: Vec<&std::ffi::OsStr> = vec![
+            fx.as_os_str(),
+            "--to".as_ref(),
+            "int4".as_ref(),
+            "--group".as_ref(),
+            "32".as_ref(),
+            "--calib".as_ref(),
+            text.as_os_str(),
+            "--calib-samples".as_ref(),
+            "16".as_ref(),
+            "--calib-seq-len".as_ref(),
+            "48".as_ref(),
+            "-o".as_ref(),
+            o.as_os_str(),
+            "-q".as_ref(),
+        ];
+        a.extend(extra.iter().map(std::ffi::OsStr::new));
+        quantize(&a).ok();
+        std::fs::read(o.join("model.safetensors")).unwrap()
+    };
+    let sr = ["--method", "signround", "--iters", "30", "--batch", "4"];
+    let with =
+        |more: &[&'static str]| -> Vec<&'static str> { sr.iter().chain(more).copied().collect() };
+    let model = run("model", &with(&["--tune-target", "model"]));
+    let layer = run("layer", &with(&[]));
+    assert!(model != layer, "the float model's outputs changed nothing");
+    run("rtn", &[]);
+    let kld = |n: &str| kld_against(&d.path().join(n), &fx, &held);
+    let (km, kl, kr) = (kld("model"), kld("layer"), kld("rtn"));
+    eprintln!("int4 g32: mean KLD --tune-target model {km:.5}, layer {kl:.5}, RTN {kr:.5}");
+    assert!(km < kr, "--tune-target model: KLD {km} vs RTN {kr}");
+    let fm = run(
+        "f-model",
+        &with(&["--tune-target", "model", "--calib-inputs", "float"]),
+    );
+    let fl = run("f-layer", &with(&["--calib-inputs", "float"]));
+    assert!(fm == fl, "float inputs: the two targets are one");
 }
 
 /// --method gptq: calibrates on a text (the shipped page), writes compressed-tensors that verify, and

@@ -216,7 +216,12 @@ pub fn asym(
     let top = nmax as f32;
     let (s0, m0) = snap((mx - mn) / top, mn);
     let mut best = (
-        error_of(mo, code_sums(x, &w, &r, mn, top / (mx - mn), 0.0, top), s0, m0),
+        error_of(
+            mo,
+            code_sums(x, &w, &r, mn, top / (mx - mn), 0.0, top),
+            s0,
+            m0,
+        ),
         s0,
         m0,
     );

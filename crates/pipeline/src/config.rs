@@ -188,6 +188,8 @@ pub struct QuantizeConfig {
     pub signround_batch: usize,
     /// signround: the rounding the tuning starts from (`--init`).
     pub signround_init: SignRoundInit,
+    /// signround: what a tuned layer's output is compared with (`--tune-target`).
+    pub signround_target: SignRoundTarget,
     /// Layout of integer safetensors outputs.
     pub int_format: IntFormat,
     /// GPTQ on integer grids: search each group's clipping for the least |x - q|^2.4.
@@ -324,6 +326,28 @@ impl SignRoundInit {
     }
 }
 
+/// What learned rounding compares a tuned layer's output with: the float model's own output at
+/// that layer (`model`: the float layer on the float model's inputs, AutoRound's target — a
+/// layer then also makes up for what the quantized layers before it lost), or the float layer
+/// on the inputs the quantized layer sees (`layer`: as GPTQ measures its error; no second
+/// stream of activations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignRoundTarget {
+    #[default]
+    Layer,
+    Model,
+}
+
+impl SignRoundTarget {
+    pub fn parse(s: &str) -> Result<SignRoundTarget, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "layer" => Ok(SignRoundTarget::Layer),
+            "model" => Ok(SignRoundTarget::Model),
+            _ => Err(format!("unknown target '{s}' (model, layer)")),
+        }
+    }
+}
+
 /// How integer codes are chosen: round to nearest (`None`), or the calibration method of that
 /// name in the registry ([`crate::calib::METHODS`], which [`crate::calib::parse_method`]
 /// checks names against).
@@ -375,6 +399,7 @@ impl QuantizeConfig {
             signround_lr: None,
             signround_batch: 8,
             signround_init: SignRoundInit::Search,
+            signround_target: SignRoundTarget::Layer,
             awq_scaling: qs_numeric::awq::Scaling::Duo,
             awq_tokens: 2048,
             calib_cache: None,

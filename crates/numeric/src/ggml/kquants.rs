@@ -1314,13 +1314,7 @@ impl CodeGrid for GridK {
             }
         }
     }
-    fn fit_weighted(
-        &self,
-        w: &[f32],
-        qw: &[f32],
-        v: Option<&[f32]>,
-        out: &mut [(QParams, f32)],
-    ) {
+    fn fit_weighted(&self, w: &[f32], qw: &[f32], v: Option<&[f32]>, out: &mut [(QParams, f32)]) {
         let g = self.group();
         // sub-block j's rounding offsets
         let vj = |j: usize| v.map(|v| &v[j * g..(j + 1) * g]);

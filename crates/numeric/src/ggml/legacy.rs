@@ -775,19 +775,14 @@ impl CodeGrid for Grid32 {
     fn fit(&self, w: &[f32], out: &mut [(QParams, f32)]) {
         out[0] = self.fit_block(w);
     }
-    fn fit_weighted(
-        &self,
-        w: &[f32],
-        qw: &[f32],
-        v: Option<&[f32]>,
-        out: &mut [(QParams, f32)],
-    ) {
+    fn fit_weighted(&self, w: &[f32], qw: &[f32], v: Option<&[f32]>, out: &mut [(QParams, f32)]) {
         let p = |scale: f32, zero: i32| QParams { scale, zero };
         out[0] = match self.ty {
             // codes 0..15 (0..31) around 8 (16), d from the signed extreme
             GgmlType::Q4_0 | GgmlType::Q5_0 => {
                 let half = if self.ty == GgmlType::Q4_0 { 8 } else { 16 };
-                let d = crate::search::sym(w, qw, v, half as f32, (-half, half - 1), true, f16_round);
+                let d =
+                    crate::search::sym(w, qw, v, half as f32, (-half, half - 1), true, f16_round);
                 (p(d, half), 0.0)
             }
             // q·d + m, m the block's own minimum (not held at or below 0)

@@ -193,13 +193,7 @@ pub trait CodeGrid: Sync {
     /// rounding offsets `v` (one per value) the candidates are scored on the codes
     /// `round((w − offset)/scale + v)` (learned rounding's refits during tuning, as AutoRound
     /// re-runs its search on the offset weights).
-    fn fit_weighted(
-        &self,
-        w: &[f32],
-        qw: &[f32],
-        v: Option<&[f32]>,
-        out: &mut [(QParams, f32)],
-    );
+    fn fit_weighted(&self, w: &[f32], qw: &[f32], v: Option<&[f32]>, out: &mut [(QParams, f32)]);
     /// Packs one row of codes into blocks, with per-group scales `d` and offsets `m` as
     /// [`CodeGrid::fit`] returned them. Parameters a block cannot store exactly (not from the
     /// fit, or non-finite) are not an error: that block is the type's own quantization of the

@@ -156,6 +156,12 @@ pub trait Method: std::fmt::Debug + Sync {
     fn transforms_on_all_inputs(&self) -> bool {
         false
     }
+    /// Whether [`Method::transform_layer`] reads the float model's inputs of the layer beside
+    /// the run's ([`LayerCtx::x_float`]).
+    fn wants_float_model_inputs(&self, cfg: &QuantizeConfig) -> bool {
+        let _ = cfg;
+        false
+    }
     /// Rewrites a layer's float weights before its linears are quantized, returning the
     /// transform of every tensor it changed (by HF name). None by default.
     fn transform_layer(&self, _ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
@@ -192,6 +198,9 @@ pub struct LayerCtx<'a> {
     pub layer: &'a mut Layer,
     /// The layer's inputs to search on (whole sequences of `seq_len` tokens).
     pub x: faer::MatRef<'a, f32>,
+    /// The float model's inputs of the layer on the same tokens, when the method wants them
+    /// ([`Method::wants_float_model_inputs`]) and `x` is not them (`--calib-inputs quantized`).
+    pub x_float: Option<faer::MatRef<'a, f32>>,
     pub seq_len: usize,
     pub targets: &'a Targets,
     pub cfg: &'a QuantizeConfig,
@@ -1043,6 +1052,13 @@ pub fn calibrate_together(
     let ids = |s: &[Vec<u32>]| s.iter().flatten().copied().collect::<Vec<u32>>();
     let mut x = model.embed(&ids(&set.fit)).map_err(model_err)?;
     let mut xh = model.embed(&ids(&set.held)).map_err(model_err)?;
+    // the float model's inputs of each layer beside `x`, for a method that compares with them
+    // (when `x` is the quantized layers' outputs)
+    let mut xf = (!float_inputs
+        && members
+            .iter()
+            .any(|m| m.method.wants_float_model_inputs(m.cfg)))
+    .then(|| x.clone());
 
     let mut done: Vec<HashMap<String, Calibrated>> = vec![HashMap::new(); members.len()];
     let mut starved: Vec<Vec<StarvedExpert>> = vec![Vec::new(); members.len()];
@@ -1118,6 +1134,10 @@ pub fn calibrate_together(
                         index: l,
                         layer,
                         x: x.as_ref().subrows(0, search_rows.min(x.nrows())),
+                        x_float: xf
+                            .as_ref()
+                            .filter(|_| m.method.wants_float_model_inputs(m.cfg))
+                            .map(|f| f.as_ref().subrows(0, search_rows.min(f.nrows()))),
                         seq_len,
                         targets: m.targets,
                         cfg: m.cfg,
@@ -1377,18 +1397,24 @@ pub fn calibrate_together(
             (false, Some(Some(layer))) => layer,
             _ => &float_layer,
         };
-        let mut next = Mat::<f32>::zeros(x.nrows(), x.ncols());
-        for &(r0, r1) in &batches {
-            let (y, _) = layer_forward(
-                &model.cfg,
-                next_layer,
-                x.as_ref().subrows(r0, r1 - r0),
-                seq_len,
-                false,
-            );
-            next.as_mut().subrows_mut(r0, r1 - r0).copy_from(&y);
+        let advance = |layer: &Layer, x: &Mat<f32>| {
+            let mut next = Mat::<f32>::zeros(x.nrows(), x.ncols());
+            for &(r0, r1) in &batches {
+                let (y, _) = layer_forward(
+                    &model.cfg,
+                    layer,
+                    x.as_ref().subrows(r0, r1 - r0),
+                    seq_len,
+                    false,
+                );
+                next.as_mut().subrows_mut(r0, r1 - r0).copy_from(&y);
+            }
+            next
+        };
+        x = advance(next_layer, &x);
+        if let Some(f) = &mut xf {
+            *f = advance(&float_layer, f);
         }
-        x = next;
         xh = layer_forward(&model.cfg, next_layer, xh.as_ref(), seq_len, false).0;
         progress.step(1);
     }

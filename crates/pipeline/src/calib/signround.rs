@@ -9,9 +9,10 @@
 //! the loss is their output's mean squared error, the learning rate (`--lr`, default
 //! 1/`--iters`) decays linearly to 0 over `--iters` steps (default 200), offsets stay in
 //! [−0.5, 0.5] and factors in [0, 1], and the parameters of the step with the lowest loss are
-//! kept, not the last. The reference's target is the float layer on the float model's inputs;
-//! here it is the float layer on the same inputs the quantized layer sees (as GPTQ measures
-//! its error), which needs no second stream of activations.
+//! kept, not the last. The target (`--tune-target`): by default the float layer on the same
+//! inputs the quantized layer sees (as GPTQ measures its error; no second stream of
+//! activations); `model`, the reference's, the float layer on the float model's inputs (the
+//! calibration loop then carries those beside the run's, [`super::LayerCtx::x_float`]).
 //!
 //! Start (`--init`): by default each group's scale and minimum from the importance-weighted
 //! search ([`qs_numeric::search`], AutoRound's `iters=0` mode; the importance of a column is its
@@ -30,7 +31,7 @@
 //! Llama-family layers.
 
 use super::{rows_of, to_mat, CodeSet, InputStats, LayerCtx, LinearJob, Method};
-use crate::config::{QuantizeConfig, SignRoundInit};
+use crate::config::{QuantizeConfig, SignRoundInit, SignRoundTarget};
 use crate::error::{Error, Result};
 use faer::Mat;
 use qs_model::{grad, layer_forward, Input, Linear};
@@ -364,7 +365,12 @@ fn float_pass(
         target: out,
         importance: sums
             .into_iter()
-            .map(|(i, s)| (i, s.iter().map(|&v| (v / rows.max(1) as f64) as f32).collect()))
+            .map(|(i, s)| {
+                (
+                    i,
+                    s.iter().map(|&v| (v / rows.max(1) as f64) as f32).collect(),
+                )
+            })
             .collect(),
     }
 }
@@ -488,6 +494,10 @@ impl Method for SignRound {
         true
     }
 
+    fn wants_float_model_inputs(&self, cfg: &QuantizeConfig) -> bool {
+        cfg.signround_target == SignRoundTarget::Model && cfg.signround_iters > 0
+    }
+
     fn transform_layer(&self, ctx: &mut LayerCtx<'_>) -> Result<Vec<(String, Transform)>> {
         let c = ctx.model;
         let l = ctx.index;
@@ -516,7 +526,16 @@ impl Method for SignRound {
         } else {
             &[]
         };
-        let pass = float_pass(c, layer, x, seq, wanted, o.iters > 0);
+        // the target on the float model's inputs (`--tune-target model`, AutoRound's) when the
+        // loop gave them apart (with `--calib-inputs float`, `x` is them)
+        let model_x = ctx
+            .x_float
+            .filter(|_| self.wants_float_model_inputs(ctx.cfg));
+        let pass = float_pass(c, layer, x, seq, wanted, o.iters > 0 && model_x.is_none());
+        let target = match model_x {
+            Some(xf) if o.iters > 0 => float_pass(c, layer, xf, seq, &[], true).target,
+            _ => pass.target,
+        };
         let imp = pass.importance;
         let imp_of = |lin: Linear| {
             imp.iter()
@@ -593,7 +612,7 @@ impl Method for SignRound {
             start_from_gptq(c, layer, x, seq, &mut parts, &names, &grids, ctx.cfg)?;
         }
         let seed = ctx.cfg.seed ^ (l as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let best = match &pass.target {
+        let best = match &target {
             Some(target) if o.iters > 0 => {
                 tune(c, ctx.layer, x, seq, target, &mut parts, &o, seed)
                     .map_err(|m| Error::Config(format!("layer {l}: {m}")))?
@@ -806,7 +825,9 @@ mod tests {
                 assert_eq!(q, &want, "{lin:?}");
             }
             let mut work = layer.clone();
-            let t = float_pass(&c, &layer, x.as_ref(), seq, &[], true).target.unwrap();
+            let t = float_pass(&c, &layer, x.as_ref(), seq, &[], true)
+                .target
+                .unwrap();
             let a = tune(&c, &mut work, x.as_ref(), seq, &t, &mut from_rtn, &o, 1).unwrap();
             let b = tune(&c, &mut work, x.as_ref(), seq, &t, &mut from_gptq, &o, 1).unwrap();
             // the layer is given back as it was

@@ -15,7 +15,7 @@
 #         imatrix-weighted scale/min search), N > 0 = SignRound tuning, N steps per decoder
 #         block (AutoRound's default is 200, lr 1/N).
 #   env: BATCH (sequences per step, default 8 as AutoRound's; not 8: names get -bBATCH), TAG
-#        (a suffix for our runs' names), MODEL (HF folder, default /tmp/qrun/smollm2-hf), CALIB (/tmp/qrun/calib.txt),
+#        (a suffix for our runs' names), FLAGS (more options for our runs), MODEL (HF folder, default /tmp/qrun/smollm2-hf), CALIB (/tmp/qrun/calib.txt),
 #        HELDOUT (/tmp/qrun/heldout.txt), OUTDIR (/tmp/qrun), Q (quantize binary,
 #        /work/main/target/release/quantize), VENV (~/.cache/quantsmith/venv-autoround),
 #        THREADS (2), NICE (5), CHUNKS (8, evaluation chunks of 512 tokens),
@@ -140,7 +140,7 @@ ours() {
   echo "== $name: quantize $MODEL --to $type --method signround --iters $iters"
   /usr/bin/time -v -o "$OUTDIR/$name.time" nice -n "$NICE" "$Q" "$MODEL" --to "$type" \
     --method signround --iters "$iters" --batch "$BATCH" --calib "$CALIB" \
-    --calib-samples "$SAMPLES" --calib-seq-len "$SEQ_LEN" -j "$THREADS" -o "$out" --force \
+    --calib-samples "$SAMPLES" --calib-seq-len "$SEQ_LEN" -j "$THREADS" -o "$out" --force ${FLAGS:-} \
     > "$OUTDIR/$name.log" 2>&1 || { echo "failed, see $OUTDIR/$name.log"; tail -20 "$OUTDIR/$name.log"; return 1; }
   evaluate "$name"
   report "$name"

@@ -617,41 +617,52 @@ fn signround_into_gguf_grids_beats_round_to_nearest() {
     let kld = |g: &Path| crate::util::kld_against(g, &fx, &text);
     let calib = d.path().join("calib.txt");
     std::fs::write(&calib, qs_formats::calib::DEFAULT_TEXT).unwrap();
-    for (t, iters, init) in [
-        ("q4_0", "40", "rtn"),
-        ("q4_1", "40", "rtn"),
-        ("q4_k_m", "40", "rtn"),
-        ("q3_k_m", "40", "search"),
+    // (no text: the corpus-free calibration, sequences the model samples itself)
+    for (t, iters, init, text) in [
+        ("q4_0", "40", "rtn", true),
+        ("q4_1", "40", "rtn", true),
+        ("q4_k_m", "40", "rtn", true),
+        ("q3_k_m", "40", "search", true),
+        ("q4_0", "40", "search", false),
     ] {
         let (rtn, sr) = (
             d.path().join(format!("rtn-{t}.gguf")),
-            d.path().join(format!("sr-{t}-{iters}.gguf")),
+            d.path().join(format!("sr-{t}-{iters}-{init}-{text}.gguf")),
         );
         if !rtn.exists() {
             ours(&fx, &rtn, t);
         }
-        quantize(&[
-            fx.as_os_str(),
-            "--to".as_ref(),
-            t.as_ref(),
-            "--method".as_ref(),
-            "signround".as_ref(),
-            "--iters".as_ref(),
-            iters.as_ref(),
-            "--init".as_ref(),
-            init.as_ref(),
-            "--batch".as_ref(),
-            "4".as_ref(),
-            "--calib".as_ref(),
-            calib.as_os_str(),
-            "--calib-samples".as_ref(),
-            "16".as_ref(),
-            "--calib-seq-len".as_ref(),
-            "48".as_ref(),
-            "-o".as_ref(),
-            sr.as_os_str(),
-            "-q".as_ref(),
-        ])
+        let calib_args: &[&std::ffi::OsStr] = if text {
+            &["--calib".as_ref(), calib.as_os_str()]
+        } else {
+            &[]
+        };
+        quantize(
+            &[
+                &[
+                    fx.as_os_str(),
+                    "--to".as_ref(),
+                    t.as_ref(),
+                    "--method".as_ref(),
+                    "signround".as_ref(),
+                    "--iters".as_ref(),
+                    iters.as_ref(),
+                    "--init".as_ref(),
+                    init.as_ref(),
+                    "--batch".as_ref(),
+                    "4".as_ref(),
+                    "--calib-samples".as_ref(),
+                    "16".as_ref(),
+                    "--calib-seq-len".as_ref(),
+                    "48".as_ref(),
+                    "-o".as_ref(),
+                    sr.as_os_str(),
+                    "-q".as_ref(),
+                ][..],
+                calib_args,
+            ]
+            .concat(),
+        )
         .ok();
         llama_logits(&sr, &d.path().join("l.f32"));
         let (a, b) = (GgufFile::open(&sr).unwrap(), GgufFile::open(&rtn).unwrap());
@@ -668,7 +679,7 @@ fn signround_into_gguf_grids_beats_round_to_nearest() {
         assert_eq!(tuned, 14);
         let (ks, kr) = (kld(&sr), kld(&rtn));
         eprintln!(
-            "{t} ({iters} steps from {init}): mean KLD vs original: signround {ks:.5}, RTN {kr:.5}"
+            "{t} ({iters} steps from {init}, text {text}): mean KLD vs original: signround {ks:.5}, RTN {kr:.5}"
         );
         assert!(
             ks < kr,

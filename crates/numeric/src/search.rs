@@ -1,6 +1,8 @@
 //! Importance-weighted search of a group's scale (and minimum): the zero-step mode of learned
-//! rounding (`--method signround --iters 0`), after Intel AutoRound's `iters=0` ("optimized
-//! RTN"), which in turn adapts llama.cpp's `make_qkx*_quants` / `make_qx_quants` searches.
+//! rounding (`--method signround --iters 0`), its default start and, with the tuned rounding
+//! offsets added before rounding, its refits of the ggml types' scales during tuning; after
+//! Intel AutoRound's `iters=0` ("optimized RTN") and its GGUF tuning, which in turn adapt
+//! llama.cpp's `make_qkx*_quants` / `make_qx_quants` searches.
 //!
 //! Each weight's error counts by its importance `w` (per column: the mean square of that input
 //! channel over the calibration tokens, AutoRound's and llama-imatrix's importance matrix) —

@@ -38,8 +38,9 @@ pub struct IntRounding {
     /// [`IntRounding::on_grid`]'s given grids, used exactly while a group's factors are 1 (its
     /// range gives them back only to within a rounding of the scale).
     base: Option<Vec<QParams>>,
-    /// A ggml block type's grids ([`IntRounding::on_ggml_grid`]): fixed, with per-group offsets
-    /// and the type's code range; only the rounding offsets are tuned.
+    /// A ggml block type's grids ([`IntRounding::on_ggml_grid`]), with per-group offsets and
+    /// the type's code range: the rounding offsets are tuned, the scales take no gradient
+    /// (fitted by the type's search, again by [`IntRounding::refit`]).
     fixed: Option<Fixed>,
 }
 
@@ -157,7 +158,7 @@ impl IntRounding {
         }
     }
 
-    /// Offsets 0 on a ggml block type's grids, fixed: per group (row-major over rows × groups of
+    /// Offsets 0 on a ggml block type's grids: per group (row-major over rows × groups of
     /// the type's [`crate::ggml::CodeGrid::group`] columns) the scale and zero point `params`
     /// and the value added after scaling `offsets` (Q4_1's minimum, the K-quants' `−dmin·m`),
     /// as the type's grid fits them. A value is `(c − z)·s + offset`, as the block decodes it;

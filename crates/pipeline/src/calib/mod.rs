@@ -156,9 +156,9 @@ pub trait Method: std::fmt::Debug + Sync {
     fn transforms_on_all_inputs(&self) -> bool {
         false
     }
-    /// Whether [`Method::transform_layer`] reads the float model's inputs of the layer beside
-    /// the run's ([`LayerCtx::x_float`]).
-    fn wants_float_model_inputs(&self, cfg: &QuantizeConfig) -> bool {
+    /// Whether [`Method::transform_layer`] reads the float model's outputs of the layer
+    /// ([`LayerCtx::float_out`]).
+    fn wants_float_model_outputs(&self, cfg: &QuantizeConfig) -> bool {
         let _ = cfg;
         false
     }
@@ -198,9 +198,10 @@ pub struct LayerCtx<'a> {
     pub layer: &'a mut Layer,
     /// The layer's inputs to search on (whole sequences of `seq_len` tokens).
     pub x: faer::MatRef<'a, f32>,
-    /// The float model's inputs of the layer on the same tokens, when the method wants them
-    /// ([`Method::wants_float_model_inputs`]) and `x` is not them (`--calib-inputs quantized`).
-    pub x_float: Option<faer::MatRef<'a, f32>>,
+    /// The float model's outputs of the layer on the same tokens as `x`, when the method wants
+    /// them ([`Method::wants_float_model_outputs`]) and `x` is not the float model's inputs
+    /// (`--calib-inputs quantized`; with `float`, they are the float layer's outputs on `x`).
+    pub float_out: Option<faer::MatRef<'a, f32>>,
     pub seq_len: usize,
     pub targets: &'a Targets,
     pub cfg: &'a QuantizeConfig,
@@ -962,7 +963,9 @@ pub fn calibrate_model(
 /// are the Hessians of every job whose method does not rewrite the layer first (GPTQ); each
 /// job's method then runs on them. A job that rewrites the layer (AWQ) searches on the same
 /// inputs and computes its own statistics of the layer it rewrote. Memory: one float layer,
-/// its statistics, and what each job has chosen so far.
+/// its statistics, and what each job has chosen so far; the calibration activations, twice
+/// when a method compares with the float model's outputs
+/// ([`Method::wants_float_model_outputs`]: the float model's own stream beside the run's).
 ///
 /// With one job and `--calib-inputs quantized` (the default), the next layer's inputs come
 /// from this layer as the job quantized it.
@@ -1052,12 +1055,12 @@ pub fn calibrate_together(
     let ids = |s: &[Vec<u32>]| s.iter().flatten().copied().collect::<Vec<u32>>();
     let mut x = model.embed(&ids(&set.fit)).map_err(model_err)?;
     let mut xh = model.embed(&ids(&set.held)).map_err(model_err)?;
-    // the float model's inputs of each layer beside `x`, for a method that compares with them
-    // (when `x` is the quantized layers' outputs)
+    // the float model's inputs of each layer beside `x`, for a method that compares with the
+    // float model's outputs (when `x` is the quantized layers' outputs)
     let mut xf = (!float_inputs
         && members
             .iter()
-            .any(|m| m.method.wants_float_model_inputs(m.cfg)))
+            .any(|m| m.method.wants_float_model_outputs(m.cfg)))
     .then(|| x.clone());
 
     let mut done: Vec<HashMap<String, Calibrated>> = vec![HashMap::new(); members.len()];
@@ -1090,9 +1093,26 @@ pub fn calibrate_together(
         .tensors
         .iter()
         .any(|t| Linear::parse_fused(&t.info.name).is_some());
+    // a layer's outputs on whole-sequence batches of `x`
+    let advance = |layer: &Layer, x: &Mat<f32>| {
+        let mut next = Mat::<f32>::zeros(x.nrows(), x.ncols());
+        for &(r0, r1) in &batches {
+            let (y, _) = layer_forward(
+                &model.cfg,
+                layer,
+                x.as_ref().subrows(r0, r1 - r0),
+                seq_len,
+                false,
+            );
+            next.as_mut().subrows_mut(r0, r1 - r0).copy_from(&y);
+        }
+        next
+    };
     progress.stage("calibration (layers)", model.cfg.layers as u64);
     for l in 0..model.cfg.layers {
         let float_layer = model.layer(l).map_err(model_err)?;
+        // the float model's outputs of this layer (its next inputs), when a method wants them
+        let xf_next = xf.as_ref().map(|f| advance(&float_layer, f));
         // the float layer on held-out tokens: the baseline every error is measured against
         let (_, cap0) = layer_forward(&model.cfg, &float_layer, xh.as_ref(), seq_len, true);
         let cap0 = cap0.expect("captured");
@@ -1134,9 +1154,9 @@ pub fn calibrate_together(
                         index: l,
                         layer,
                         x: x.as_ref().subrows(0, search_rows.min(x.nrows())),
-                        x_float: xf
+                        float_out: xf_next
                             .as_ref()
-                            .filter(|_| m.method.wants_float_model_inputs(m.cfg))
+                            .filter(|_| m.method.wants_float_model_outputs(m.cfg))
                             .map(|f| f.as_ref().subrows(0, search_rows.min(f.nrows()))),
                         seq_len,
                         targets: m.targets,
@@ -1397,23 +1417,9 @@ pub fn calibrate_together(
             (false, Some(Some(layer))) => layer,
             _ => &float_layer,
         };
-        let advance = |layer: &Layer, x: &Mat<f32>| {
-            let mut next = Mat::<f32>::zeros(x.nrows(), x.ncols());
-            for &(r0, r1) in &batches {
-                let (y, _) = layer_forward(
-                    &model.cfg,
-                    layer,
-                    x.as_ref().subrows(r0, r1 - r0),
-                    seq_len,
-                    false,
-                );
-                next.as_mut().subrows_mut(r0, r1 - r0).copy_from(&y);
-            }
-            next
-        };
         x = advance(next_layer, &x);
-        if let Some(f) = &mut xf {
-            *f = advance(&float_layer, f);
+        if xf_next.is_some() {
+            xf = xf_next;
         }
         xh = layer_forward(&model.cfg, next_layer, xh.as_ref(), seq_len, false).0;
         progress.step(1);

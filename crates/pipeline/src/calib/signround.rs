@@ -11,15 +11,17 @@
 //! [−0.5, 0.5] and factors in [0, 1], and the parameters of the step with the lowest loss are
 //! kept, not the last. The target (`--tune-target`): by default the float layer on the same
 //! inputs the quantized layer sees (as GPTQ measures its error; no second stream of
-//! activations); `model`, the reference's, the float layer on the float model's inputs (the
-//! calibration loop then carries those beside the run's, [`super::LayerCtx::x_float`]).
+//! activations); `model`, the reference's, the float model's own outputs of the layer (the
+//! calibration loop then carries the float model's activations beside the run's and hands
+//! them over, [`super::LayerCtx::float_out`]).
 //!
 //! Start (`--init`): by default each group's scale and minimum from the importance-weighted
 //! search ([`qs_numeric::search`], AutoRound's `iters=0` mode; the importance of a column is its
 //! input's mean square over this layer's calibration tokens); `rtn`, the layout's plain round to
 //! nearest (as AutoRound's tuned mode starts); `gptq`, GPTQ's codes. With `--iters 0` the start
 //! is what is written (no tuning, no target). One float pass over the calibration tokens gives
-//! both the importance and the tuning's target.
+//! both the importance and the tuning's target (the latter from the loop with `--tune-target
+//! model`).
 //!
 //! Grids: compressed-tensors integer grids (and the AutoGPTQ / AutoAWQ layouts, which take the
 //! same codes), offsets and clipping tuned; every ggml type with a code grid (the legacy types
@@ -197,7 +199,7 @@ pub fn tune(
     layer: &mut qs_model::Layer,
     x: faer::MatRef<'_, f32>,
     seq: usize,
-    target: &Mat<f32>,
+    target: faer::MatRef<'_, f32>,
     parts: &mut [Tuned],
     o: &Opts,
     seed: u64,
@@ -206,7 +208,7 @@ pub fn tune(
     if nseq == 0 {
         return Err(format!("no whole calibration sequence of {seq} tokens"));
     }
-    if target.nrows() != nseq * seq || target.ncols() != x.ncols() {
+    if target.nrows() < nseq * seq || target.ncols() != x.ncols() {
         return Err(format!(
             "a target of {} × {} for {} × {} inputs",
             target.nrows(),
@@ -216,7 +218,16 @@ pub fn tune(
         ));
     }
     let x = x.subrows(0, nseq * seq);
-    let out = steps(c, layer, x, seq, target, parts, o, seed);
+    let out = steps(
+        c,
+        layer,
+        x,
+        seq,
+        target.subrows(0, nseq * seq),
+        parts,
+        o,
+        seed,
+    );
     for t in parts.iter() {
         let m = t.lin.weight_mut(layer);
         *m = to_mat(t.float.as_ref().unwrap_or(&t.w), m.nrows(), m.ncols());
@@ -231,7 +242,7 @@ fn steps(
     work: &mut qs_model::Layer,
     x: faer::MatRef<'_, f32>,
     seq: usize,
-    target: &Mat<f32>,
+    target: faer::MatRef<'_, f32>,
     parts: &mut [Tuned],
     o: &Opts,
     seed: u64,
@@ -252,7 +263,7 @@ fn steps(
         }
         let seqs = pick(nseq, o.batch, &mut rng);
         let xb = gather(x, &seqs, seq);
-        let tb = gather(target.as_ref(), &seqs, seq);
+        let tb = gather(target, &seqs, seq);
         for t in parts.iter() {
             wq.resize(t.w.len(), 0.0);
             t.r.qdq(&t.w, &mut wq);
@@ -336,6 +347,12 @@ fn float_pass(
     target: bool,
 ) -> FloatPass {
     let rows = x.nrows() / seq.max(1) * seq;
+    if wanted.is_empty() && !target {
+        return FloatPass {
+            target: None,
+            importance: Vec::new(),
+        };
+    }
     let mut out = target.then(|| Mat::<f32>::zeros(rows, x.ncols()));
     let mut sums: Vec<(Input, Vec<f64>)> = Vec::new();
     each_batch(c, layer, x, seq, !wanted.is_empty(), |r0, y, cap| {
@@ -494,7 +511,7 @@ impl Method for SignRound {
         true
     }
 
-    fn wants_float_model_inputs(&self, cfg: &QuantizeConfig) -> bool {
+    fn wants_float_model_outputs(&self, cfg: &QuantizeConfig) -> bool {
         cfg.signround_target == SignRoundTarget::Model && cfg.signround_iters > 0
     }
 
@@ -526,17 +543,12 @@ impl Method for SignRound {
         } else {
             &[]
         };
-        // the target on the float model's inputs (`--tune-target model`, AutoRound's) when the
-        // loop gave them apart (with `--calib-inputs float`, `x` is them)
-        let model_x = ctx
-            .x_float
-            .filter(|_| self.wants_float_model_inputs(ctx.cfg));
-        let pass = float_pass(c, layer, x, seq, wanted, o.iters > 0 && model_x.is_none());
-        let target = match model_x {
-            Some(xf) if o.iters > 0 => float_pass(c, layer, xf, seq, &[], true).target,
-            _ => pass.target,
-        };
-        let imp = pass.importance;
+        // the target: the float model's outputs (`--tune-target model`, AutoRound's) when the
+        // loop hands them over (with `--calib-inputs float` they are the float layer's on `x`)
+        let model_out = ctx.float_out.filter(|_| o.iters > 0);
+        let pass = float_pass(c, layer, x, seq, wanted, o.iters > 0 && model_out.is_none());
+        let target = model_out.or(pass.target.as_ref().map(|t| t.as_ref()));
+        let imp = &pass.importance;
         let imp_of = |lin: Linear| {
             imp.iter()
                 .find(|(i, _)| *i == lin.input())
@@ -612,7 +624,7 @@ impl Method for SignRound {
             start_from_gptq(c, layer, x, seq, &mut parts, &names, &grids, ctx.cfg)?;
         }
         let seed = ctx.cfg.seed ^ (l as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let best = match &target {
+        let best = match target {
             Some(target) if o.iters > 0 => {
                 tune(c, ctx.layer, x, seq, target, &mut parts, &o, seed)
                     .map_err(|m| Error::Config(format!("layer {l}: {m}")))?
@@ -828,8 +840,28 @@ mod tests {
             let t = float_pass(&c, &layer, x.as_ref(), seq, &[], true)
                 .target
                 .unwrap();
-            let a = tune(&c, &mut work, x.as_ref(), seq, &t, &mut from_rtn, &o, 1).unwrap();
-            let b = tune(&c, &mut work, x.as_ref(), seq, &t, &mut from_gptq, &o, 1).unwrap();
+            let a = tune(
+                &c,
+                &mut work,
+                x.as_ref(),
+                seq,
+                t.as_ref(),
+                &mut from_rtn,
+                &o,
+                1,
+            )
+            .unwrap();
+            let b = tune(
+                &c,
+                &mut work,
+                x.as_ref(),
+                seq,
+                t.as_ref(),
+                &mut from_gptq,
+                &o,
+                1,
+            )
+            .unwrap();
             // the layer is given back as it was
             assert!(Linear::ALL
                 .iter()

@@ -704,7 +704,7 @@ mod tests {
                 index: 0,
                 layer: l,
                 x: x.as_ref(),
-                x_float: None,
+                float_out: None,
                 seq_len: SEQ,
                 targets,
                 cfg,

@@ -664,48 +664,39 @@ mod tests {
             refitted
                 .refit(&w, weighted.then_some(&per_col[..]))
                 .unwrap();
-            let (rcodes, rps) = refitted.codes(&w);
-            assert_ne!(rps, params, "{ty}: the refit moved no scale");
+            assert_ne!(
+                refitted.codes(&w).1,
+                params,
+                "{ty}: the refit moved no scale"
+            );
             let mut rq = vec![0f32; w.len()];
             refitted.qdq(&w, &mut rq);
-            let offs = r.offsets();
-            let mut bytes = vec![0u8; ty.row_bytes(cols)];
-            let mut back = vec![0f32; cols];
-            for row in 0..rows {
+            // the codes and grids of `r` packed into the type's blocks, row by row, decoded by
+            // ggml's dequantizer
+            let through_ggml = |r: &IntRounding| -> Vec<f32> {
+                let (codes, ps) = r.codes(&w);
+                let offs = r.offsets();
                 let gs = cols / group;
-                let d: Vec<f32> = ps2[row * gs..(row + 1) * gs]
-                    .iter()
-                    .map(|p| p.scale)
-                    .collect();
-                g.pack_row(
-                    &codes[row * cols..(row + 1) * cols],
-                    &d,
-                    &offs[row * gs..(row + 1) * gs],
-                    &mut bytes,
-                );
-                crate::ggml::dequantize_row(ty, &bytes, &mut back);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&back),
-                    bits(&q[row * cols..(row + 1) * cols]),
-                    "{ty} row {row}"
-                );
-                let rs = &rps[row * gs..(row + 1) * gs];
-                let d: Vec<f32> = rs.iter().map(|p| p.scale).collect();
-                let ro = refitted.offsets();
-                g.pack_row(
-                    &rcodes[row * cols..(row + 1) * cols],
-                    &d,
-                    &ro[row * gs..(row + 1) * gs],
-                    &mut bytes,
-                );
-                crate::ggml::dequantize_row(ty, &bytes, &mut back);
-                assert_eq!(
-                    bits(&back),
-                    bits(&rq[row * cols..(row + 1) * cols]),
-                    "{ty} row {row}, refitted"
-                );
-            }
+                let mut bytes = vec![0u8; ty.row_bytes(cols)];
+                let mut back = vec![0f32; w.len()];
+                for (row, out) in back.chunks_mut(cols).enumerate() {
+                    let d: Vec<f32> = ps[row * gs..(row + 1) * gs]
+                        .iter()
+                        .map(|p| p.scale)
+                        .collect();
+                    g.pack_row(
+                        &codes[row * cols..(row + 1) * cols],
+                        &d,
+                        &offs[row * gs..(row + 1) * gs],
+                        &mut bytes,
+                    );
+                    crate::ggml::dequantize_row(ty, &bytes, out);
+                }
+                back
+            };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&through_ggml(&r)), bits(&q), "{ty}");
+            assert_eq!(bits(&through_ggml(&refitted)), bits(&rq), "{ty}, refitted");
             // gradients: only the offsets, scale times dL/dw̃ inside the code range
             let dq: Vec<f32> = (0..w.len()).map(|i| (i % 7) as f32 - 3.0).collect();
             let gr = r.grads(&w, &dq);

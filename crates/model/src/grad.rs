@@ -16,8 +16,8 @@
 //! probabilities (`heads·seq_len²` floats per sequence).
 
 use crate::{
-    attend_keeping, linear, pre_norm, rope, rope_of_layer, rope_transposed, Act, Config, Heads,
-    Layer,
+    add_into, attend_keeping, linear, pre_norm, rope, rope_of_layer, rope_transposed, Act, Config,
+    Heads, Layer,
 };
 use faer::{Accum, Mat, MatRef, Par};
 use qs_numeric::linalg::matmul;
@@ -148,13 +148,15 @@ pub fn forward(c: &Config, w: &Layer, x: MatRef<'_, f32>, seq_len: usize) -> (Ma
     let g = linear(h2.as_ref(), &w.gate, None);
     let u = linear(h2.as_ref(), &w.up, None);
     let mut a = Mat::<f32>::zeros(g.nrows(), g.ncols());
-    for j in 0..g.ncols() {
-        for i in 0..g.nrows() {
-            let gv = g[(i, j)];
-            // as crate::gated computes SiLU
-            a[(i, j)] = gv / (1.0 + (-gv).exp()) * u[(i, j)];
-        }
-    }
+    a.as_mut()
+        .par_col_iter_mut()
+        .zip(g.par_col_iter().zip(u.par_col_iter()))
+        .for_each(|(ac, (gc, uc))| {
+            for ((a, &gv), &uv) in ac.iter_mut().zip(gc.iter()).zip(uc.iter()) {
+                // as crate::gated computes SiLU
+                *a = gv / (1.0 + (-gv).exp()) * uv;
+            }
+        });
     let d = linear(a.as_ref(), &w.down, None);
     let mut y = x1.clone();
     add_into(&mut y, d.as_ref());
@@ -183,15 +185,6 @@ fn blocks(tokens: usize, seq_len: usize, heads: usize) -> Vec<(usize, usize)> {
         .step_by(seq_len.max(1))
         .flat_map(|s0| (0..heads).map(move |h| (s0, h)))
         .collect()
-}
-
-/// `a += b`.
-fn add_into(a: &mut Mat<f32>, b: MatRef<'_, f32>) {
-    for j in 0..a.ncols() {
-        for i in 0..a.nrows() {
-            a[(i, j)] += b[(i, j)];
-        }
-    }
 }
 
 /// `dyᵀ x`: the gradient of `y = x Wᵀ` with respect to W.
@@ -232,24 +225,50 @@ fn rms_norm_grad(
     width: usize,
     eps: f32,
 ) -> Mat<f32> {
-    let mut dx = Mat::<f32>::zeros(x.nrows(), x.ncols());
-    for t in 0..x.nrows() {
-        for g0 in (0..x.ncols()).step_by(width) {
-            let (mut ss, mut dot) = (0f64, 0f64);
-            for i in 0..width {
-                let xv = x[(t, g0 + i)] as f64;
-                ss += xv * xv;
-                dot += gain[i] as f64 * dy[(t, g0 + i)] as f64 * xv;
-            }
-            // r as the forward pass rounds it
-            let r = (1.0 / ((ss / width as f64) as f32 + eps).sqrt()) as f64;
-            let k = r * r * r / width as f64 * dot;
-            for i in 0..width {
-                let v = r * gain[i] as f64 * dy[(t, g0 + i)] as f64 - x[(t, g0 + i)] as f64 * k;
-                dx[(t, g0 + i)] = v as f32;
-            }
+    let (rows, cols) = (x.nrows(), x.ncols());
+    let groups = cols / width.max(1);
+    // per (group, row): Σx², Σgain·dy·x, column by column (faer stores columns), each row's
+    // sums still in column order
+    let mut ss = vec![0f64; groups * rows];
+    let mut dot = vec![0f64; groups * rows];
+    for j in 0..groups * width {
+        let (s, d) = (
+            &mut ss[j / width * rows..][..rows],
+            &mut dot[j / width * rows..][..rows],
+        );
+        let gj = gain[j % width] as f64;
+        for (((s, d), &xv), &dv) in s
+            .iter_mut()
+            .zip(d)
+            .zip(x.col(j).iter())
+            .zip(dy.col(j).iter())
+        {
+            *s += xv as f64 * xv as f64;
+            *d += gj * dv as f64 * xv as f64;
         }
     }
+    // per (group, row): r (as the forward pass rounds it) and k = r³/width·Σgain·dy·x
+    let rk: Vec<(f64, f64)> = ss
+        .iter()
+        .zip(&dot)
+        .map(|(&s, &d)| {
+            let r = (1.0 / ((s / width as f64) as f32 + eps).sqrt()) as f64;
+            (r, r * r * r / width as f64 * d)
+        })
+        .collect();
+    let mut dx = Mat::<f32>::zeros(rows, cols);
+    dx.as_mut()
+        .par_col_iter_mut()
+        .enumerate()
+        .take(groups * width)
+        .for_each(|(j, col)| {
+            let gj = gain[j % width] as f64;
+            let rk = &rk[j / width * rows..][..rows];
+            let it = col.iter_mut().zip(x.col(j).iter()).zip(dy.col(j).iter());
+            for (((o, &xv), &dv), &(r, k)) in it.zip(rk) {
+                *o = (r * gj * dv as f64 - xv as f64 * k) as f32;
+            }
+        });
     dx
 }
 
@@ -280,14 +299,20 @@ pub fn backward_each(
         Mat::<f32>::zeros(da.nrows(), da.ncols()),
         Mat::<f32>::zeros(da.nrows(), da.ncols()),
     );
-    for j in 0..da.ncols() {
-        for i in 0..da.nrows() {
-            let (g, u, d) = (t.g[(i, j)], t.u[(i, j)], da[(i, j)]);
-            let s = 1.0 / (1.0 + (-g).exp());
-            du[(i, j)] = d * g * s;
-            dg[(i, j)] = d * u * s * (1.0 + g * (1.0 - s));
-        }
-    }
+    dg.as_mut()
+        .par_col_iter_mut()
+        .zip(du.as_mut().par_col_iter_mut())
+        .zip(da.par_col_iter())
+        .enumerate()
+        .for_each(|(j, ((dgc, duc), dac))| {
+            let (gc, uc) = (t.g.col(j), t.u.col(j));
+            let it = dgc.iter_mut().zip(duc.iter_mut()).zip(dac.iter());
+            for (((dg, du), &d), (&g, &u)) in it.zip(gc.iter().zip(uc.iter())) {
+                let s = 1.0 / (1.0 + (-g).exp());
+                *du = d * g * s;
+                *dg = d * u * s * (1.0 + g * (1.0 - s));
+            }
+        });
     f(L::Gate, weight_grad(dg.as_ref(), t.h2.as_ref()));
     f(L::Up, weight_grad(du.as_ref(), t.h2.as_ref()));
     let mut dh2 = input_grad(dg.as_ref(), &w.gate);

@@ -1854,8 +1854,8 @@ pub fn rms_norm(x: MatRef<'_, f32>, w: &[f32], eps: f32) -> Mat<f32> {
     out
 }
 
-/// `a += b`, element by element.
-fn add_into(a: &mut Mat<f32>, b: MatRef<'_, f32>) {
+/// `a += b`, element by element (columns in parallel).
+pub(crate) fn add_into(a: &mut Mat<f32>, b: MatRef<'_, f32>) {
     a.as_mut()
         .par_col_iter_mut()
         .enumerate()

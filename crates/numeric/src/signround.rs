@@ -327,15 +327,30 @@ impl IntRounding {
         }
     }
 
+    /// Groups per parallel task of [`IntRounding::qdq`], [`IntRounding::codes`] and
+    /// [`IntRounding::grads`] (about 16 K weights): the work is per group, so the results do not
+    /// depend on how it is split.
+    fn task_groups(&self) -> usize {
+        (16_384 / self.group).max(1)
+    }
+
     /// The fake-quantized weights `(clamp(round((w − m)/s + v) + z) − z)·s + m` for the current
-    /// parameters (`m` 0 but on ggml grids).
+    /// parameters (`m` 0 but on ggml grids). Groups in parallel ([`IntRounding::qdq_from`] is
+    /// the serial reference).
     pub fn qdq(&self, w: &[f32], out: &mut [f32]) {
-        let (qmin, qmax) = self.code_range();
-        for (k, (wg, og)) in w
-            .chunks(self.group)
-            .zip(out.chunks_mut(self.group))
+        use rayon::prelude::*;
+        let n = self.task_groups() * self.group;
+        out.par_chunks_mut(n)
+            .zip(w.par_chunks(n))
             .enumerate()
-        {
+            .for_each(|(t, (o, w))| self.qdq_from(t * self.task_groups(), w, o));
+    }
+
+    /// [`IntRounding::qdq`] of the groups from `k0` on (`w` and `out` hold whole groups), on
+    /// one thread.
+    pub fn qdq_from(&self, k0: usize, w: &[f32], out: &mut [f32]) {
+        let (qmin, qmax) = self.code_range();
+        for (k, (wg, og)) in (k0..).zip(w.chunks(self.group).zip(out.chunks_mut(self.group))) {
             let g = self.grid(k);
             let (s, z, m) = (g.p.scale, g.p.zero as f32, self.offset(k));
             let vg = &self.v[k * self.group..(k + 1) * self.group];
@@ -349,39 +364,71 @@ impl IntRounding {
     }
 
     /// The codes and each group's scale and zero point for the current parameters (what the
-    /// layout stores; they decode to [`IntRounding::qdq`]'s values).
+    /// layout stores; they decode to [`IntRounding::qdq`]'s values). Groups in parallel.
     pub fn codes(&self, w: &[f32]) -> (Vec<i8>, Vec<QParams>) {
+        use rayon::prelude::*;
         let (qmin, qmax) = self.code_range();
         let mut codes = vec![0i8; w.len()];
-        let mut params = Vec::with_capacity(self.alpha.len());
-        for (k, (wg, cg)) in w
-            .chunks(self.group)
-            .zip(codes.chunks_mut(self.group))
+        let mut params = vec![QParams::default(); self.alpha.len()];
+        let tg = self.task_groups();
+        codes
+            .par_chunks_mut(tg * self.group)
+            .zip(w.par_chunks(tg * self.group))
+            .zip(params.par_chunks_mut(tg))
             .enumerate()
-        {
-            let g = self.grid(k);
-            let (s, z, m) = (g.p.scale, g.p.zero as f32, self.offset(k));
-            let vg = &self.v[k * self.group..(k + 1) * self.group];
-            for ((c, &x), &v) in cg.iter_mut().zip(wg).zip(vg) {
-                *c = Self::code(x, m, s, z, v).clamp(qmin, qmax) as i8;
-            }
-            params.push(g.p);
-        }
+            .for_each(|(t, ((cs, ws), ps))| {
+                let groups = cs.chunks_mut(self.group).zip(ws.chunks(self.group)).zip(ps);
+                for (k, ((cg, wg), p)) in (t * tg..).zip(groups) {
+                    let g = self.grid(k);
+                    let (s, z, m) = (g.p.scale, g.p.zero as f32, self.offset(k));
+                    let vg = &self.v[k * self.group..(k + 1) * self.group];
+                    for ((c, &x), &v) in cg.iter_mut().zip(wg).zip(vg) {
+                        *c = Self::code(x, m, s, z, v).clamp(qmin, qmax) as i8;
+                    }
+                    *p = g.p;
+                }
+            });
         (codes, params)
     }
 
     /// The straight-through gradients of the loss, given its gradient `dq` with respect to the
-    /// fake-quantized weights (as [`IntRounding::qdq`] computed them from `w`).
+    /// fake-quantized weights (as [`IntRounding::qdq`] computed them from `w`). Groups in
+    /// parallel ([`IntRounding::grads_from`] is the serial reference).
     pub fn grads(&self, w: &[f32], dq: &[f32]) -> IntGrads {
-        let (qmin, qmax) = self.code_range();
+        use rayon::prelude::*;
         let mut gv = vec![0f32; w.len()];
         let (mut ga, mut gb) = (vec![0f32; self.alpha.len()], vec![0f32; self.beta.len()]);
-        for (k, ((wg, dg), vo)) in w
-            .chunks(self.group)
-            .zip(dq.chunks(self.group))
-            .zip(gv.chunks_mut(self.group))
+        let tg = self.task_groups();
+        let n = tg * self.group;
+        gv.par_chunks_mut(n)
+            .zip(ga.par_chunks_mut(tg))
+            .zip(gb.par_chunks_mut(tg))
+            .zip(w.par_chunks(n).zip(dq.par_chunks(n)))
             .enumerate()
-        {
+            .for_each(|(t, (((gv, ga), gb), (w, dq)))| {
+                self.grads_from(t * tg, w, dq, (gv, ga, gb))
+            });
+        IntGrads {
+            v: gv,
+            alpha: ga,
+            beta: gb,
+        }
+    }
+
+    /// [`IntRounding::grads`] of the groups from `k0` on (whole groups of `w` and `dq`), into
+    /// `out` (the offsets' gradients and the two factors'), on one thread.
+    pub fn grads_from(
+        &self,
+        k0: usize,
+        w: &[f32],
+        dq: &[f32],
+        out: (&mut [f32], &mut [f32], &mut [f32]),
+    ) {
+        let (qmin, qmax) = self.code_range();
+        let (gv, ga, gb) = out;
+        let groups = w.chunks(self.group).zip(dq.chunks(self.group));
+        for (j, ((wg, dg), vo)) in groups.zip(gv.chunks_mut(self.group)).enumerate() {
+            let k = k0 + j;
             let g = self.grid(k);
             let (s, z) = (g.p.scale, g.p.zero as f32);
             let vg = &self.v[k * self.group..(k + 1) * self.group];
@@ -420,13 +467,8 @@ impl IntRounding {
                 ds -= dz * (g.lo / s) as f64;
                 direct = dz;
             }
-            ga[k] = (ds * g.ds_dhi as f64 * self.hi[k] as f64) as f32;
-            gb[k] = ((ds * g.ds_dlo as f64 + direct) * self.lo[k] as f64) as f32;
-        }
-        IntGrads {
-            v: gv,
-            alpha: ga,
-            beta: gb,
+            ga[j] = (ds * g.ds_dhi as f64 * self.hi[k] as f64) as f32;
+            gb[j] = ((ds * g.ds_dlo as f64 + direct) * self.lo[k] as f64) as f32;
         }
     }
 
@@ -504,16 +546,14 @@ fn fit_ggml_blocks(
     Ok(fitted.into_iter().unzip())
 }
 
-/// Round half to even (torch.round), exact for any f32 (small values by the add-and-subtract
-/// trick, which compiles to two additions where `round_ties_even` is a libm call at the
-/// baseline x86-64 level).
+/// Round half to even (torch.round) by the add-and-subtract trick (two additions where
+/// `round_ties_even` is a libm call at the baseline x86-64 level), after a clamp to ±2^22:
+/// exact there, and beyond it every caller's code is outside any grid's range, which is all
+/// they ask of it. (A branch to `round_ties_even` for large values compiled to a select that
+/// called libm for every value.)
 #[inline]
 fn round(x: f32) -> f32 {
-    if x.abs() <= 4_194_304.0 {
-        crate::rtn::round_even_small(x)
-    } else {
-        x.round_ties_even()
-    }
+    crate::rtn::round_even_small(x.clamp(-4_194_304.0, 4_194_304.0))
 }
 
 #[cfg(test)]
@@ -561,6 +601,66 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The parallel qdq, codes and gradients equal one serial pass over all groups, bit for bit
+    /// (random offsets and factors; integer grids, groups and whole rows, and a ggml grid; more
+    /// groups than one task takes).
+    #[test]
+    fn parallel_groups_equal_the_serial_reference() {
+        let (rows, cols) = (96, 512);
+        let w = weights(rows, cols, 21);
+        let mut rng = Rng::new(8);
+        let dq: Vec<f32> = (0..w.len()).map(|_| rng.normal() as f32).collect();
+        let mut cases = Vec::new();
+        for symmetric in [true, false] {
+            let spec = IntSpec { bits: 3, symmetric };
+            for group in [Some(32), None] {
+                cases.push(IntRounding::new(spec, group, DType::F16, &w, rows, cols));
+            }
+        }
+        let ty = crate::ggml::GgmlType::Q4_K;
+        cases.push(IntRounding::on_ggml_fit(ty, &w, rows, cols, None).unwrap());
+        for mut r in cases {
+            for v in r.v.iter_mut() {
+                *v = (rng.uniform() - 0.5) as f32;
+            }
+            for f in r.alpha.iter_mut().chain(r.beta.iter_mut()) {
+                *f = 0.7 + 0.3 * rng.uniform() as f32;
+            }
+            assert!(w.len() / r.group > r.task_groups());
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let (mut par, mut ser) = (vec![0f32; w.len()], vec![0f32; w.len()]);
+            r.qdq(&w, &mut par);
+            r.qdq_from(0, &w, &mut ser);
+            assert_eq!(bits(&par), bits(&ser));
+            let (codes, params) = r.codes(&w);
+            let decoded: Vec<f32> = codes
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| {
+                    let (p, k) = (params[i / r.group], i / r.group);
+                    let s = (c as i32 - p.zero) as f32 * p.scale;
+                    if r.spec.symmetric {
+                        s
+                    } else {
+                        s + r.offset(k)
+                    }
+                })
+                .collect();
+            assert_eq!(bits(&decoded), bits(&ser));
+            let g = r.grads(&w, &dq);
+            let mut want = (
+                vec![0f32; w.len()],
+                vec![0f32; r.alpha.len()],
+                vec![0f32; r.beta.len()],
+            );
+            r.grads_from(0, &w, &dq, (&mut want.0, &mut want.1, &mut want.2));
+            assert_eq!(bits(&g.v), bits(&want.0));
+            assert_eq!(bits(&g.alpha), bits(&want.1));
+            assert_eq!(bits(&g.beta), bits(&want.2));
+            assert!(g.v.iter().any(|&x| x != 0.0));
         }
     }
 

@@ -366,17 +366,28 @@ fn relative_error(y: &Mat<f32>, yq: &Mat<f32>) -> f64 {
     }
 }
 
-/// Row-major copy of a matrix.
+/// Row-major copy of a matrix: blocks of [`TILE`] rows in parallel, each read a column's
+/// [`TILE`] contiguous values at a time.
 pub(crate) fn rows_of(m: &Mat<f32>) -> Vec<f32> {
+    use rayon::prelude::*;
     let (r, c) = (m.nrows(), m.ncols());
-    let mut v = Vec::with_capacity(r * c);
-    for i in 0..r {
-        for j in 0..c {
-            v.push(m[(i, j)]);
-        }
+    let mut v = vec![0f32; r * c];
+    if c == 0 {
+        return v;
     }
+    v.par_chunks_mut(TILE * c).enumerate().for_each(|(b, out)| {
+        let i0 = b * TILE;
+        for j in 0..c {
+            for (k, &x) in m.col(j).subrows(i0, out.len() / c).iter().enumerate() {
+                out[k * c + j] = x;
+            }
+        }
+    });
     v
 }
+
+/// Rows or columns per block of [`rows_of`] and [`to_mat`]: a cache line of f32.
+const TILE: usize = 16;
 
 /// One matrix `w` (`[out, in]`) of target `tg` (`label` names it in messages: the tensor, or
 /// one expert or head of it) quantized by the job's method from `hess`: its codes, their
@@ -429,9 +440,25 @@ pub(crate) fn calibrate_matrix(
     Ok((q, wq, error))
 }
 
-/// A matrix from row-major values.
+/// A matrix from row-major values: blocks of [`TILE`] columns in parallel, each reading a row's
+/// [`TILE`] contiguous values at a time.
 pub(crate) fn to_mat(v: &[f32], rows: usize, cols: usize) -> Mat<f32> {
-    Mat::from_fn(rows, cols, |r, c| v[r * cols + c])
+    use rayon::prelude::*;
+    assert_eq!(v.len(), rows * cols);
+    let mut m = Mat::<f32>::zeros(rows, cols);
+    m.as_mut()
+        .par_col_chunks_mut(TILE)
+        .enumerate()
+        .for_each(|(b, mut block)| {
+            let j0 = b * TILE;
+            for i in 0..rows {
+                let row = &v[i * cols + j0..][..block.ncols()];
+                for (k, &x) in row.iter().enumerate() {
+                    block[(i, k)] = x;
+                }
+            }
+        });
+    m
 }
 
 /// The linears a calibrated run quantizes, by (layer, linear), from the plan. Every check
@@ -1431,4 +1458,28 @@ pub fn calibrate_together(
         .zip(starved)
         .map(|((d, (k, m)), st)| (d, summary(k, m, st)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiled, parallel copies between row-major values and faer's columns equal the plain
+    /// element-by-element copies, on shapes that are not multiples of a tile.
+    #[test]
+    fn tiled_copies_equal_the_plain_ones() {
+        for (r, c) in [(37, 53), (16, 16), (1, 70), (70, 1), (0, 5), (5, 0)] {
+            let v: Vec<f32> = (0..r * c).map(|k| k as f32 * 0.5 - 3.0).collect();
+            let want = Mat::from_fn(r, c, |i, j| v[i * c + j]);
+            let m = to_mat(&v, r, c);
+            assert_eq!(m, want, "{r} × {c}");
+            let mut plain = Vec::new();
+            for i in 0..r {
+                for j in 0..c {
+                    plain.push(want[(i, j)]);
+                }
+            }
+            assert_eq!(rows_of(&m), plain, "{r} × {c}");
+        }
+    }
 }

@@ -7,6 +7,7 @@
 # usage: benches/autoround.sh [TYPE [ITERS]]   one run (default: q4_k_m 0)
 #        benches/autoround.sh all0             the four iters=0 runs: q4_0 q4_k_m q3_k_m q2_k
 #        benches/autoround.sh ours TYPE ITERS  quantsmith's --method signround on the same windows
+#        METHOD=M benches/autoround.sh ours TYPE   quantsmith's --method M (awq, gptq, awq+gptq, ...)
 #        benches/autoround.sh table            a Markdown table of the runs found in OUTDIR
 #        benches/autoround.sh setup            create the venv only
 #   TYPE: an AutoRound GGUF format without "gguf:": q4_0 q4_1 q5_0 q5_1 q8_0 q2_k_s q3_k_s
@@ -133,13 +134,21 @@ run() {
   report "$name"
 }
 
-# ours TYPE ITERS: quantsmith's signround on the same windows, timed and evaluated the same way
+# ours TYPE ITERS: quantsmith's signround (or METHOD) on the same windows, timed and evaluated
+# the same way
 ours() {
-  local type=$1 iters=$2 name=qs-signround-$1-i$2${BATCH_TAG}${TAG:+-$TAG}
+  local type=$1 iters=$2 method=${METHOD:-signround} name args
+  if [ "$method" = signround ]; then
+    name=qs-signround-$type-i$iters${BATCH_TAG}${TAG:+-$TAG}
+    args=(--iters "$iters" --batch "$BATCH")
+  else
+    name=qs-${method//+/-}-$type${TAG:+-$TAG}
+    args=()
+  fi
   local out=$OUTDIR/$name.gguf
-  echo "== $name: quantize $MODEL --to $type --method signround --iters $iters"
+  echo "== $name: quantize $MODEL --to $type --method $method ${args[*]}"
   /usr/bin/time -v -o "$OUTDIR/$name.time" nice -n "$NICE" "$Q" "$MODEL" --to "$type" \
-    --method signround --iters "$iters" --batch "$BATCH" --calib "$CALIB" \
+    --method "$method" "${args[@]}" --calib "$CALIB" \
     --calib-samples "$SAMPLES" --calib-seq-len "$SEQ_LEN" -j "$THREADS" -o "$out" --force ${FLAGS:-} \
     > "$OUTDIR/$name.log" 2>&1 || { echo "failed, see $OUTDIR/$name.log"; tail -20 "$OUTDIR/$name.log"; return 1; }
   evaluate "$name"
@@ -182,7 +191,7 @@ table() {
   echo "| run | file bytes | wall s | CPU s | peak RSS MB | PPL | mean KLD | top-1 % | llama.cpp PPL | tensor types |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
   local f name
-  for f in "$OUTDIR"/ar-*.gguf "$OUTDIR"/qs-signround-*.gguf; do
+  for f in "$OUTDIR"/ar-*.gguf "$OUTDIR"/qs-*.gguf; do
     [ -e "$f" ] && [ -e "${f%.gguf}.time" ] || continue
     name=$(basename "$f" .gguf)
     echo "| $name | $(fields "$name" | sed 's/|/ | /g') |"
@@ -192,8 +201,8 @@ table() {
 case ${1:-q4_k_m} in
   setup) setup ;;
   all0) setup; for t in q4_0 q4_k_m q3_k_m q2_k; do run "$t" 0 || true; done ;;
-  ours) ours "${2:?type}" "${3:?iters}" ;;
+  ours) ours "${2:?type}" "${3:-0}" ;;
   table) table ;;
   q[0-9]*) setup; run "$1" "${2:-0}" ;;
-  *) echo "usage: $0 [TYPE [ITERS] | all0 | ours TYPE ITERS | table | setup]" >&2; exit 2 ;;
+  *) echo "usage: $0 [TYPE [ITERS] | all0 | ours TYPE [ITERS] | table | setup]" >&2; exit 2 ;;
 esac

@@ -907,7 +907,15 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
         eprintln!("int4 g32 asym {asym}: --iters 0 {k0:.5}");
         assert!(k0 < kr, "asym {asym}: --iters 0 KLD {k0} vs RTN {kr}");
     }
+    // a calibration text shorter than one window
+    let short = d.path().join("short.txt");
+    std::fs::write(&short, "a few words only").unwrap();
+    let short = short.to_str().unwrap();
     for (flags, says) in [
+        (
+            &["--calib", short, "--calib-seq-len", "512"][..],
+            "calibration needs at least two sequences of 512",
+        ),
         (&["--init", "bogus"][..], "--init"),
         (&["--tune-target", "bogus"][..], "--tune-target"),
         (&["--iters", "1000000"][..], "--iters 1000000"),

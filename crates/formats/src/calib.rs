@@ -84,7 +84,7 @@ pub fn sequences(tokenizer_json: &Path, text: &str, cfg: &CalibConfig) -> Result
         return Err(file_err(
             tokenizer_json,
             format!(
-                "calibration text is {} tokens: GPTQ needs at least two sequences of {seq} (one is held out)",
+                "calibration text is {} tokens: calibration needs at least two sequences of {seq} (one is held out; a longer text or a smaller --calib-seq-len)",
                 ids.len()
             ),
         ));

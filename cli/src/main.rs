@@ -830,9 +830,10 @@ fn method_help() -> String {
 /// kernel at once: blocks under 256 MB from its heaps rather than fresh mappings, and no trim
 /// of a heap's free top below 2 GB. Learned rounding's steps allocate and free the same tens of
 /// megabytes of activations and gradients every step; by default each came back as fresh
-/// zeroed pages (SmolLM2, 10 steps × 4 sequences: 28 s of 290 s CPU in the kernel, 227 s wall
-/// with this against 261 s without). Peak RSS is unchanged (the streaming conversion of the
-/// 7B-shaped one-layer checkpoint: 98–103 MB either way). Other platforms keep their defaults.
+/// zeroed pages (SmolLM2, 10 steps × 4 sequences: 28 s of 290 s CPU in the kernel; 227 s wall
+/// with these settings through GLIBC_TUNABLES against 261 s without). Peak RSS is unchanged
+/// (the streaming conversion of the 7B-shaped one-layer checkpoint: 98–103 MB either way).
+/// Other platforms keep their defaults.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets two allocator parameters; called first thing in main, before

@@ -366,7 +366,7 @@ fn relative_error(y: &Mat<f32>, yq: &Mat<f32>) -> f64 {
     }
 }
 
-/// Row-major copy of a matrix: blocks of [`TILE`] rows in parallel, each read a column's
+/// Row-major copy of a matrix: blocks of [`TILE`] rows in parallel, each reading a column's
 /// [`TILE`] contiguous values at a time.
 pub(crate) fn rows_of(m: &Mat<f32>) -> Vec<f32> {
     use rayon::prelude::*;

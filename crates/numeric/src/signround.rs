@@ -349,25 +349,40 @@ impl IntRounding {
     /// [`IntRounding::qdq`] of the groups from `k0` on (`w` and `out` hold whole groups), on
     /// one thread.
     pub fn qdq_from(&self, k0: usize, w: &[f32], out: &mut [f32]) {
-        let (qmin, qmax) = self.code_range();
         for (k, (wg, og)) in (k0..).zip(w.chunks(self.group).zip(out.chunks_mut(self.group))) {
-            let g = self.grid(k);
-            let (s, z, m) = (g.p.scale, g.p.zero as f32, self.offset(k));
-            let vg = &self.v[k * self.group..(k + 1) * self.group];
+            let (p, m, codes) = self.group_codes(k, wg);
+            let (s, z) = (p.scale, p.zero as f32);
             // (types without a minimum add nothing: a −0 stays −0, as their blocks decode)
             let adds = !self.spec.symmetric;
-            for ((o, &x), &v) in og.iter_mut().zip(wg).zip(vg) {
-                let c = Self::code(x, m, s, z, v).clamp(qmin, qmax);
+            for (o, c) in og.iter_mut().zip(codes) {
                 *o = if adds { (c - z) * s + m } else { (c - z) * s };
             }
         }
+    }
+
+    /// Group `k`'s grid (scale and zero point), the value added after scaling, and the clamped
+    /// codes of its weights `wg` for the current parameters: what [`IntRounding::qdq`] decodes
+    /// and [`IntRounding::codes`] stores.
+    fn group_codes<'a>(
+        &'a self,
+        k: usize,
+        wg: &'a [f32],
+    ) -> (QParams, f32, impl Iterator<Item = f32> + 'a) {
+        let (qmin, qmax) = self.code_range();
+        let p = self.grid(k).p;
+        let (s, z, m) = (p.scale, p.zero as f32, self.offset(k));
+        let vg = &self.v[k * self.group..(k + 1) * self.group];
+        let codes = wg
+            .iter()
+            .zip(vg)
+            .map(move |(&x, &v)| Self::code(x, m, s, z, v).clamp(qmin, qmax));
+        (p, m, codes)
     }
 
     /// The codes and each group's scale and zero point for the current parameters (what the
     /// layout stores; they decode to [`IntRounding::qdq`]'s values). Groups in parallel.
     pub fn codes(&self, w: &[f32]) -> (Vec<i8>, Vec<QParams>) {
         use rayon::prelude::*;
-        let (qmin, qmax) = self.code_range();
         let mut codes = vec![0i8; w.len()];
         let mut params = vec![QParams::default(); self.alpha.len()];
         let tg = self.task_groups();
@@ -379,13 +394,11 @@ impl IntRounding {
             .for_each(|(t, ((cs, ws), ps))| {
                 let groups = cs.chunks_mut(self.group).zip(ws.chunks(self.group)).zip(ps);
                 for (k, ((cg, wg), p)) in (t * tg..).zip(groups) {
-                    let g = self.grid(k);
-                    let (s, z, m) = (g.p.scale, g.p.zero as f32, self.offset(k));
-                    let vg = &self.v[k * self.group..(k + 1) * self.group];
-                    for ((c, &x), &v) in cg.iter_mut().zip(wg).zip(vg) {
-                        *c = Self::code(x, m, s, z, v).clamp(qmin, qmax) as i8;
+                    let (gp, _, codes) = self.group_codes(k, wg);
+                    for (c, q) in cg.iter_mut().zip(codes) {
+                        *c = q as i8;
                     }
-                    *p = g.p;
+                    *p = gp;
                 }
             });
         (codes, params)

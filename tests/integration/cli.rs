@@ -942,12 +942,12 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
         );
         assert!(!o.exists(), "{flags:?}");
     }
-    // GGUF types without a code grid (here IQ4_NL) are refused, naming those it writes
+    // targets without a code grid (here F16) are refused, naming the GGUF types it writes
     let o = d.path().join("x.gguf");
     let r = quantize(&[
         fx.as_os_str(),
         "--to".as_ref(),
-        "iq4_nl".as_ref(),
+        "f16".as_ref(),
         "--method".as_ref(),
         "signround".as_ref(),
         "-o".as_ref(),
@@ -955,8 +955,9 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
     ]);
     assert!(
         r.code != 0
-            && r.stderr
-                .contains("q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k"),
+            && r.stderr.contains(
+                "q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs"
+            ),
         "{}",
         r.stderr
     );
@@ -1074,12 +1075,12 @@ fn gptq_writes_compressed_tensors_and_beats_rtn_on_held_out_tokens() {
     let qc = &read_json(&d.path().join("g1/config.json"))["quantization_config"];
     assert_eq!(qc["format"], "pack-quantized");
     assert_eq!(qc["config_groups"]["group_0"]["weights"]["group_size"], 64);
-    // GGUF grids GPTQ can target are the legacy types, Q4_K, Q5_K and Q6_K; the others (here
-    // IQ4_NL) are refused, as is --mse-clip without GPTQ
+    // GPTQ's targets are the integer grids and the GGUF types with a code grid (all the
+    // quantized ones); others (here F16) are refused, as is --mse-clip without GPTQ
     let r = quantize(&[
         fx.as_os_str(),
         "--to".as_ref(),
-        "iq4_nl".as_ref(),
+        "f16".as_ref(),
         "--method".as_ref(),
         "gptq".as_ref(),
         "-o".as_ref(),
@@ -1087,8 +1088,9 @@ fn gptq_writes_compressed_tensors_and_beats_rtn_on_held_out_tokens() {
     ]);
     assert!(
         r.code != 0
-            && r.stderr
-                .contains("q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k"),
+            && r.stderr.contains(
+                "q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs"
+            ),
         "{}",
         r.stderr
     );

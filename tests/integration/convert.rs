@@ -600,14 +600,20 @@ fn eval_matches_reference_chunking_perplexity_and_kl() {
 }
 
 /// Learned rounding into GGUF grids (Q4_0, Q4_1, the Q4_K_M and Q3_K_M mixtures, whose
-/// K-quant linears it tunes), tuned from round to nearest and from the importance-weighted
+/// K-quant linears it tunes, and IQ4_NL and IQ4_XS on their non-linear grid), tuned from round
+/// to nearest and from the importance-weighted
 /// search: llama.cpp loads the file; every tensor but the decoder linears is llama-quantize's
 /// bytes; on held-out text the next-token distributions stay closer to the original's than
 /// round to nearest's (mean KL). (The search alone, `--iters 0`, is not: on this fixture's
 /// 768 calibration tokens its Q4_K_M and Q3_K_M files measured 0.357 and 0.727 against round
 /// to nearest's 0.333 and 0.679 here — on real text and SmolLM2 it is well below, see
 /// docs/QUALITY.md; its compressed-tensors output is checked in the cli tests. Nor is Q2_K
-/// here, tuned or by GPTQ: 1.20 and 1.18 against 0.93, where on SmolLM2 both are far below.)
+/// here, tuned or by GPTQ: 1.20 and 1.18 against 0.93, where on SmolLM2 both are far below.
+/// Nor IQ4_XS: its layers' held-out output errors halve (3.1e-2 → 1.4e-2 and 2.3e-2 →
+/// 1.3e-2 for the two ffn_down), yet the model's KL on this random fixture moved either way
+/// with small changes to the search (0.370–0.390 on the shipped text, 0.278–0.370 on the
+/// sampled calibration, against round to nearest's 0.332); it is loaded and its bytes checked
+/// here, its quality measured on SmolLM2 in docs/QUALITY.md.)
 #[test]
 fn signround_into_gguf_grids_beats_round_to_nearest() {
     let d = tempfile::tempdir().unwrap();
@@ -618,12 +624,15 @@ fn signround_into_gguf_grids_beats_round_to_nearest() {
     let calib = d.path().join("calib.txt");
     std::fs::write(&calib, qs_formats::calib::DEFAULT_TEXT).unwrap();
     // (no text: the corpus-free calibration, sequences the model samples itself)
-    for (t, iters, init, text) in [
-        ("q4_0", "40", "rtn", true),
-        ("q4_1", "40", "rtn", true),
-        ("q4_k_m", "40", "rtn", true),
-        ("q3_k_m", "40", "search", true),
-        ("q4_0", "40", "search", false),
+    // (the last field: whether the model's KL must beat round to nearest's; see above for IQ4_XS)
+    for (t, iters, init, text, beats) in [
+        ("q4_0", "40", "rtn", true, true),
+        ("q4_1", "40", "rtn", true, true),
+        ("q4_k_m", "40", "rtn", true, true),
+        ("q3_k_m", "40", "search", true, true),
+        ("q4_0", "40", "search", false, true),
+        ("iq4_nl", "40", "rtn", true, true),
+        ("iq4_xs", "40", "rtn", true, false),
     ] {
         let (rtn, sr) = (
             d.path().join(format!("rtn-{t}.gguf")),
@@ -682,13 +691,13 @@ fn signround_into_gguf_grids_beats_round_to_nearest() {
             "{t} ({iters} steps from {init}, text {text}): mean KLD vs original: signround {ks:.5}, RTN {kr:.5}"
         );
         assert!(
-            ks < kr,
+            ks < kr || !beats,
             "{t} ({iters} steps): signround KLD {ks} vs RTN {kr}"
         );
     }
 }
 
-/// GPTQ into GGUF grids (the legacy types, the K-quants and the Q4_K_M mixture; not Q2_K here:
+/// GPTQ into GGUF grids (the legacy types, the K-quants, the Q4_K_M mixture and IQ4_NL/IQ4_XS; not Q2_K here:
 /// on this random fixture GPTQ's Q2_K ends further from the original than round to nearest,
 /// mean KL 1.18 vs 0.93, while on SmolLM2 its Q2_K file is the closest of all, docs/QUALITY.md): llama.cpp loads the file; the embeddings and output
 /// head are llama-quantize's bytes (only decoder linears get GPTQ); every linear's held-out
@@ -702,7 +711,8 @@ fn gptq_into_gguf_grids_beats_round_to_nearest() {
     std::fs::write(&text, crate::util::HELD_OUT_TEXT).unwrap();
     let kld = |g: &Path| crate::util::kld_against(g, &fx, &text);
     for t in [
-        "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q3_k", "q4_k", "q5_k", "q6_k", "q4_k_m",
+        "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q3_k", "q4_k", "q5_k", "q6_k", "q4_k_m", "iq4_nl",
+        "iq4_xs",
     ] {
         let (rtn, gq) = (
             d.path().join(format!("rtn-{t}.gguf")),

@@ -40,10 +40,11 @@ pub struct GptqConfig {
 }
 
 /// Where GPTQ's codes go. For a ggml type with a code grid (see [`crate::ggml::CodeGrid`]: the
-/// legacy types, Q4_K, Q5_K, Q6_K) the group is the grid's (the 32-value block; a K-quant's 32-
-/// or 16-value sub-block) and each block's parameters are fitted as ggml fits them, on the
-/// weights as GPTQ has updated them when the loop enters the block, and read back as stored;
-/// codes are the nearest point of that stored grid.
+/// legacy types, the K-quants, IQ4_NL and IQ4_XS) the group is the grid's (the 32-value block; a
+/// K-quant's 32- or 16-value sub-block) and each block's parameters are fitted as ggml fits
+/// them, on the weights as GPTQ has updated them when the loop enters the block, and read back
+/// as stored; codes are the nearest point of that stored grid (on IQ4's non-linear grid the
+/// nearest level, whose value is the code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grid {
     /// `spec` bits, compressed-tensors conventions.
@@ -125,7 +126,14 @@ impl Grid {
             }
             Grid::Ggml(ty) => ty,
         };
-        let (qmin, qmax) = code_grid(ty).code_range();
+        let grid = code_grid(ty);
+        if let Some(l) = grid.levels() {
+            // a non-linear grid: the nearest level (its value is the code)
+            let y = if g.p.scale == 0.0 { 0.0 } else { x / g.p.scale };
+            let q = l.code(y, 0.0).0;
+            return (q as i8, q * g.p.scale);
+        }
+        let (qmin, qmax) = grid.code_range();
         let q = if g.p.scale == 0.0 {
             g.p.zero.clamp(qmin, qmax)
         } else {
@@ -630,7 +638,7 @@ mod tests {
         }
     }
 
-    /// On ggml's grids (the legacy types, Q4_K, Q5_K, Q6_K): the packed blocks decode (with
+    /// On ggml's grids (the legacy types, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS): the packed blocks decode (with
     /// ggml's dequantizer) to GPTQ's values, the legacy blocks' parameters are f16, and the layer
     /// output error is well below llama.cpp's own round-to-nearest for the type.
     #[test]
@@ -649,6 +657,8 @@ mod tests {
             GgmlType::Q4_K,
             GgmlType::Q5_K,
             GgmlType::Q6_K,
+            GgmlType::IQ4_NL,
+            GgmlType::IQ4_XS,
         ] {
             let grid = Grid::Ggml(ty);
             let group = ty.grid().unwrap().group();

@@ -16,6 +16,7 @@
 //! its dtype passes it.
 
 use crate::dtype::DType;
+use crate::ggml::iq4::Levels;
 use crate::rtn::{fit, IntSpec, QParams};
 
 /// The tuned parameters of one weight matrix (`rows × cols`, groups of `group` columns, or one
@@ -50,6 +51,8 @@ struct Fixed {
     offsets: Vec<f32>,
     qmin: i32,
     qmax: i32,
+    /// A non-linear grid's levels (IQ4's): the codes are level values, `value = code·scale`.
+    levels: Option<&'static Levels>,
 }
 
 /// Gradients of the loss with respect to [`IntRounding`]'s parameters.
@@ -206,6 +209,7 @@ impl IntRounding {
                 offsets: offsets.to_vec(),
                 qmin,
                 qmax,
+                levels: g.levels(),
             }),
         })
     }
@@ -294,6 +298,22 @@ impl IntRounding {
         }
     }
 
+    /// The non-linear grid's levels, if the grids are one.
+    fn levels(&self) -> Option<&'static Levels> {
+        self.fixed.as_ref().and_then(|f| f.levels)
+    }
+
+    /// The level of `x` with rounding offset `v` on scale `s`, and the width of the segment
+    /// it rounds in ([`Levels::code`]; a zero scale: the level nearest 0, width 0).
+    #[inline]
+    fn level(l: &Levels, x: f32, s: f32, v: f32) -> (f32, f32) {
+        if s == 0.0 {
+            (l.code(0.0, 0.0).0, 0.0)
+        } else {
+            l.code(x / s, v)
+        }
+    }
+
     fn grid(&self, k: usize) -> GroupGrid {
         let (lo, hi) = (self.lo[k] * self.beta[k], self.hi[k] * self.alpha[k]);
         let p = match &self.base {
@@ -350,33 +370,31 @@ impl IntRounding {
     /// one thread.
     pub fn qdq_from(&self, k0: usize, w: &[f32], out: &mut [f32]) {
         for (k, (wg, og)) in (k0..).zip(w.chunks(self.group).zip(out.chunks_mut(self.group))) {
-            let (p, m, codes) = self.group_codes(k, wg);
+            let (p, m) = self.group_codes(k, wg, og);
             let (s, z) = (p.scale, p.zero as f32);
             // (types without a minimum add nothing: a −0 stays −0, as their blocks decode)
-            let adds = !self.spec.symmetric;
-            for (o, c) in og.iter_mut().zip(codes) {
-                *o = if adds { (c - z) * s + m } else { (c - z) * s };
+            if self.spec.symmetric {
+                og.iter_mut().for_each(|c| *c = (*c - z) * s);
+            } else {
+                og.iter_mut().for_each(|c| *c = (*c - z) * s + m);
             }
         }
     }
 
-    /// Group `k`'s grid (scale and zero point), the value added after scaling, and the clamped
-    /// codes of its weights `wg` for the current parameters: what [`IntRounding::qdq`] decodes
-    /// and [`IntRounding::codes`] stores.
-    fn group_codes<'a>(
-        &'a self,
-        k: usize,
-        wg: &'a [f32],
-    ) -> (QParams, f32, impl Iterator<Item = f32> + 'a) {
+    /// Group `k`'s grid (scale and zero point) and the value added after scaling, with the
+    /// clamped codes of its weights `wg` for the current parameters written to `out`: what
+    /// [`IntRounding::qdq`] decodes and [`IntRounding::codes`] stores.
+    fn group_codes(&self, k: usize, wg: &[f32], out: &mut [f32]) -> (QParams, f32) {
         let (qmin, qmax) = self.code_range();
         let p = self.grid(k).p;
         let (s, z, m) = (p.scale, p.zero as f32, self.offset(k));
         let vg = &self.v[k * self.group..(k + 1) * self.group];
-        let codes = wg
-            .iter()
-            .zip(vg)
-            .map(move |(&x, &v)| Self::code(x, m, s, z, v).clamp(qmin, qmax));
-        (p, m, codes)
+        let each = out.iter_mut().zip(wg).zip(vg);
+        match self.levels() {
+            Some(l) => each.for_each(|((o, &x), &v)| *o = Self::level(l, x, s, v).0),
+            None => each.for_each(|((o, &x), &v)| *o = Self::code(x, m, s, z, v).clamp(qmin, qmax)),
+        }
+        (p, m)
     }
 
     /// The codes and each group's scale and zero point for the current parameters (what the
@@ -392,13 +410,13 @@ impl IntRounding {
             .zip(params.par_chunks_mut(tg))
             .enumerate()
             .for_each(|(t, ((cs, ws), ps))| {
+                let mut buf = vec![0f32; self.group];
                 let groups = cs.chunks_mut(self.group).zip(ws.chunks(self.group)).zip(ps);
                 for (k, ((cg, wg), p)) in (t * tg..).zip(groups) {
-                    let (gp, _, codes) = self.group_codes(k, wg);
-                    for (c, q) in cg.iter_mut().zip(codes) {
+                    *p = self.group_codes(k, wg, &mut buf).0;
+                    for (c, &q) in cg.iter_mut().zip(&buf) {
                         *c = q as i8;
                     }
-                    *p = gp;
                 }
             });
         (codes, params)
@@ -445,6 +463,13 @@ impl IntRounding {
             let g = self.grid(k);
             let (s, z) = (g.p.scale, g.p.zero as f32);
             let vg = &self.v[k * self.group..(k + 1) * self.group];
+            if let Some(l) = self.levels() {
+                // a non-linear grid: the value moves by the scale times the segment's width
+                for (((o, &x), &d), &v) in vo.iter_mut().zip(wg).zip(dg).zip(vg) {
+                    *o = d * s * Self::level(l, x, s, v).1;
+                }
+                continue;
+            }
             if self.fixed.is_some() {
                 // fixed grids: only the offsets move (a zero scale stops them)
                 let m = self.offset(k);
@@ -633,8 +658,9 @@ mod tests {
                 cases.push(IntRounding::new(spec, group, DType::F16, &w, rows, cols));
             }
         }
-        let ty = crate::ggml::GgmlType::Q4_K;
-        cases.push(IntRounding::on_ggml_fit(ty, &w, rows, cols, None).unwrap());
+        for ty in [crate::ggml::GgmlType::Q4_K, crate::ggml::GgmlType::IQ4_XS] {
+            cases.push(IntRounding::on_ggml_fit(ty, &w, rows, cols, None).unwrap());
+        }
         for mut r in cases {
             for v in r.v.iter_mut() {
                 *v = (rng.uniform() - 0.5) as f32;
@@ -822,7 +848,20 @@ mod tests {
                         + p.zero as f32;
                     raw >= qmin as f32 && raw <= qmax as f32
                 };
-                let want = if inside { dq[i] * p.scale } else { 0.0 };
+                let want = match g.levels() {
+                    // a non-linear grid: the scale times the width of the segment between the
+                    // levels around w/s (none beyond the end levels)
+                    Some(l) if p.scale != 0.0 => {
+                        let (y, t) = (w[i] / p.scale, &l.values);
+                        match t.windows(2).find(|s| s[0] as f32 <= y && y < s[1] as f32) {
+                            Some(s) if y > t[0] as f32 => dq[i] * p.scale * (s[1] - s[0]) as f32,
+                            _ => 0.0,
+                        }
+                    }
+                    Some(_) => 0.0,
+                    None if inside => dq[i] * p.scale,
+                    None => 0.0,
+                };
                 assert_eq!(gv, want, "{ty} {i} code {c}");
             }
             // untuned: factors never move, a step moves offsets only

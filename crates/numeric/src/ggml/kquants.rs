@@ -1144,7 +1144,7 @@ static GRID_Q6_K: GridK = GridK { ty: GgmlType::Q6_K };
 /// `c` (f16-representable) and levels `l[j]` in `lo..=hi` with `c · l[j] == v[j]` exactly in
 /// f32, as a block decoder computes `d · sc`. The fitted values are such products (an f16 times
 /// a small integer is exact in f32), so trying `c = v_max / k` over the levels finds one.
-fn factor_levels(v: &[f32], lo: i32, hi: i32, l: &mut [i32]) -> Option<f32> {
+pub(super) fn factor_levels(v: &[f32], lo: i32, hi: i32, l: &mut [i32]) -> Option<f32> {
     let big = v
         .iter()
         .fold(0f32, |a, &x| if x.abs() > a.abs() { x } else { a });

@@ -199,6 +199,12 @@ pub trait CodeGrid: Sync {
     /// fit, or non-finite) are not an error: that block is the type's own quantization of the
     /// values the codes stand for.
     fn pack_row(&self, codes: &[i8], d: &[f32], m: &[f32], out: &mut [u8]);
+    /// A non-linear grid (IQ4's): the codes are these levels' values, `value = code·scale`
+    /// (zero point and offset 0), chosen by [`iq4::Levels::code`] instead of rounding.
+    /// `None`: every integer of [`CodeGrid::code_range`] is a code.
+    fn levels(&self) -> Option<&'static iq4::Levels> {
+        None
+    }
 }
 
 impl GgmlType {
@@ -546,7 +552,11 @@ mod tests {
                     m.push(*off);
                     for i in 0..group {
                         let at = b * bs + k * group + i;
-                        let q = if p.scale == 0.0 {
+                        let q = if let Some(l) = g.levels() {
+                            // a non-linear grid: the nearest level is the code
+                            let y = if p.scale == 0.0 { 0.0 } else { x[at] / p.scale };
+                            l.values[iq4::best_index(&l.values, y)] as i32
+                        } else if p.scale == 0.0 {
                             p.zero
                         } else {
                             (((x[at] - off) / p.scale).round() as i32 + p.zero).clamp(lo, hi)

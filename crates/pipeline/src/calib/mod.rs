@@ -138,7 +138,7 @@ pub trait Method: std::fmt::Debug + Sync {
     fn chooses_codes(&self) -> bool {
         true
     }
-    /// Whether a linear whose planned ggml type takes no chosen codes (K-quants, Q5_0, …) is
+    /// Whether a linear whose planned ggml type takes no chosen codes (MXFP4) is
     /// left to llama.cpp's own quantizer, untouched by the method. By default a method that
     /// chooses codes leaves it; one that also transforms (AWQ+GPTQ) still scales it.
     fn leaves_gridless(&self) -> bool {

@@ -24,13 +24,13 @@
 //! model`).
 //!
 //! Grids: compressed-tensors integer grids (and the AutoGPTQ / AutoAWQ layouts, which take the
-//! same codes), offsets and clipping tuned; every ggml type with a code grid (the legacy types
-//! and all K-quants: as GPTQ), each block's scales and minimums from the start, fixed, offsets
-//! tuned, and every [`REFIT_EVERY`] steps each block's scales and minimums searched again for
-//! the current offsets (as AutoRound re-runs its scale/min search on the offset weights; the
-//! scales take no gradient). IQ4 types in a mixture
-//! keep llama.cpp's quantizer, and their float weights in the tuning's forward pass. Dense
-//! Llama-family layers.
+//! same codes), offsets and clipping tuned; every ggml type with a code grid (the legacy types,
+//! all K-quants and the IQ4 types: as GPTQ), each block's scales and minimums from the start,
+//! fixed, offsets tuned, and every [`REFIT_EVERY`] steps each block's scales and minimums
+//! searched again for the current offsets (as AutoRound re-runs its scale/min search on the
+//! offset weights; the scales take no gradient). On IQ4's non-linear grid an offset rounds
+//! between the two levels around a weight in that segment's own units
+//! ([`qs_numeric::ggml::iq4::Levels::code`]). Dense Llama-family layers.
 
 use super::{rows_of, to_mat, CodeSet, InputStats, LayerCtx, LinearJob, Method};
 use crate::config::{QuantizeConfig, SignRoundInit, SignRoundTarget};
@@ -704,7 +704,7 @@ mod tests {
 
     /// On a random GQA layer with biases, tuning from round to nearest lowers the layer's
     /// output error on held-out sequences by at least 30 % (measured: 37–76 %), int4 groups of
-    /// 16 symmetric and asymmetric, int3 per channel, ggml's Q4_0 and Q4_1 blocks; started from GPTQ (each linear on its float inputs' Hessian, as the
+    /// 16 symmetric and asymmetric, int3 per channel, ggml's Q4_0, Q4_1 and IQ4_NL blocks; started from GPTQ (each linear on its float inputs' Hessian, as the
     /// calibration loop runs it) it starts at exactly GPTQ's codes and ends no worse. The codes it
     /// returns decode to the tuned weights. (On these inputs — low-rank with loud channels —
     /// GPTQ's error feedback beats signed steps from round to nearest, 2.1e-2 against 3.4e-2 at
@@ -749,6 +749,7 @@ mod tests {
             int(3, true, None),
             CodeGrid::Ggml(qs_numeric::GgmlType::Q4_0),
             CodeGrid::Ggml(qs_numeric::GgmlType::Q4_1),
+            CodeGrid::Ggml(qs_numeric::GgmlType::IQ4_NL),
         ] {
             let fresh = || -> Vec<Tuned> {
                 Linear::ALL
@@ -942,6 +943,8 @@ mod tests {
             ggml(G::Q4_K),
             ggml(G::Q5_K),
             ggml(G::Q6_K),
+            ggml(G::IQ4_NL),
+            ggml(G::IQ4_XS),
         ] {
             let (mut rtn, mut searched, mut theirs) = (vec![], vec![], vec![]);
             for lin in Linear::ALL {

@@ -2,14 +2,17 @@
 //! [−0.5, 0.5] added before rounding, per group clipping factors `α` (of the group's maximum)
 //! and `β` (of its minimum) in [0, 1], tuned by signed gradient steps on a block's output
 //! error. This module is the weight side for a compressed-tensors integer grid
-//! ([`crate::layout::CodeGrid::Int`]): the fake-quantized weights for the current parameters
-//! ([`IntRounding::qdq`]), their straight-through gradients ([`IntRounding::grads`]), the signed
-//! step ([`IntRounding::step`]) and the codes to store ([`IntRounding::codes`]).
+//! ([`crate::layout::CodeGrid::Int`]) or a ggml type's grid ([`crate::ggml::CodeGrid`]): the
+//! fake-quantized weights for the current parameters ([`IntRounding::qdq`]), their
+//! straight-through gradients ([`IntRounding::grads`]), the signed step ([`IntRounding::step`])
+//! and the codes to store ([`IntRounding::codes`]).
 //!
-//! The grid is the layout's own: the group's range `[β·min(w, 0), α·max(w, 0)]` goes through
-//! [`crate::rtn::fit`] (the scale rounded to the stored dtype, the zero point rounded), codes are
-//! `clamp(round(w/s + v) + z)`; with `v = 0` and `α = β = 1` that is exactly the layout's round
-//! to nearest (unit test), so the tuned weights are the written ones.
+//! An integer grid is the layout's own: the group's range `[β·min(w, 0), α·max(w, 0)]` goes
+//! through [`crate::rtn::fit`] (the scale rounded to the stored dtype, the zero point rounded),
+//! codes are `clamp(round(w/s + v) + z)`; with `v = 0` and `α = β = 1` that is exactly the
+//! layout's round to nearest (unit test), so the tuned weights are the written ones. On a ggml
+//! grid the blocks' fitted scales (and minimums) are kept and only `v` moves; IQ4's non-linear
+//! grid rounds `w/s` between its two neighbouring levels ([`crate::ggml::iq4::Levels::code`]).
 //!
 //! Gradients follow the reference's straight-through estimator: rounding passes the gradient
 //! unchanged, a clamp passes it inside its range and stops it outside; the scale's rounding to

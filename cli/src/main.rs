@@ -405,10 +405,10 @@ struct RunArgs {
     /// codes on the same inputs (gptq).
     #[arg(long, default_value = "search", value_parser = quantsmith::config::SignRoundInit::parse)]
     init: quantsmith::config::SignRoundInit,
-    /// signround: what a tuned layer's output is compared with: the float layer on the inputs
-    /// the quantized layer sees (layer, as GPTQ measures its error) or the float model's own
-    /// output at that layer (model, AutoRound's; keeps a second stream of activations).
-    #[arg(long, default_value = "layer", value_parser = quantsmith::config::SignRoundTarget::parse)]
+    /// signround: what a tuned layer's output is compared with: the float model's own output at
+    /// that layer (model, AutoRound's; keeps a second stream of activations) or the float layer
+    /// on the inputs the quantized layer sees (layer, as GPTQ measures its error).
+    #[arg(long, default_value = "model", value_parser = quantsmith::config::SignRoundTarget::parse)]
     tune_target: quantsmith::config::SignRoundTarget,
     /// AWQ: candidate scales x_mean^r / w_mean^(1-r) (duo, the default of AutoAWQ and
     /// llm-compressor), x_mean^r (plain), or half the grid each way (both).

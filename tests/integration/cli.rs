@@ -964,10 +964,11 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
     assert!(!o.exists());
 }
 
-/// `--tune-target model` (AutoRound's target: the float model's own output at each layer) tunes
-/// towards other outputs than the default (the float layer on the quantized layers' outputs)
-/// and still beats round to nearest on held-out text; with `--calib-inputs float` the layer's
-/// inputs are the float model's, so both targets are one and give the same bytes.
+/// `--tune-target model` (the default, AutoRound's target: the float model's own output at each
+/// layer) tunes towards other outputs than `--tune-target layer` (the float layer on the
+/// quantized layers' outputs), both beat round to nearest on held-out text; with
+/// `--calib-inputs float` the layer's inputs are the float model's, so both targets are one and
+/// give the same bytes.
 #[test]
 fn signround_tune_target_model_is_the_float_models_output() {
     let d = tempfile::tempdir().unwrap();
@@ -1001,19 +1002,21 @@ fn signround_tune_target_model_is_the_float_models_output() {
     let sr = ["--method", "signround", "--iters", "30", "--batch", "4"];
     let with =
         |more: &[&'static str]| -> Vec<&'static str> { sr.iter().chain(more).copied().collect() };
-    let model = run("model", &with(&["--tune-target", "model"]));
-    let layer = run("layer", &with(&[]));
+    let model = run("model", &with(&[]));
+    assert!(model == run("model2", &with(&["--tune-target", "model"])));
+    let layer = run("layer", &with(&["--tune-target", "layer"]));
     assert!(model != layer, "the float model's outputs changed nothing");
     run("rtn", &[]);
     let kld = |n: &str| kld_against(&d.path().join(n), &fx, &held);
     let (km, kl, kr) = (kld("model"), kld("layer"), kld("rtn"));
     eprintln!("int4 g32: mean KLD --tune-target model {km:.5}, layer {kl:.5}, RTN {kr:.5}");
     assert!(km < kr, "--tune-target model: KLD {km} vs RTN {kr}");
-    let fm = run(
-        "f-model",
-        &with(&["--tune-target", "model", "--calib-inputs", "float"]),
+    assert!(kl < kr, "--tune-target layer: KLD {kl} vs RTN {kr}");
+    let fm = run("f-model", &with(&["--calib-inputs", "float"]));
+    let fl = run(
+        "f-layer",
+        &with(&["--tune-target", "layer", "--calib-inputs", "float"]),
     );
-    let fl = run("f-layer", &with(&["--calib-inputs", "float"]));
     assert!(fm == fl, "float inputs: the two targets are one");
 }
 

@@ -330,11 +330,12 @@ impl SignRoundInit {
 /// that layer (`model`: the float layer on the float model's inputs, AutoRound's target — a
 /// layer then also makes up for what the quantized layers before it lost), or the float layer
 /// on the inputs the quantized layer sees (`layer`: as GPTQ measures its error; no second
-/// stream of activations).
+/// stream of activations). `model` is the default: on SmolLM2 it gave 20–33 % less KL
+/// divergence than `layer` at each of Q4_0, Q4_K_M, Q3_K_M and Q2_K (docs/QUALITY.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SignRoundTarget {
-    #[default]
     Layer,
+    #[default]
     Model,
 }
 
@@ -399,7 +400,7 @@ impl QuantizeConfig {
             signround_lr: None,
             signround_batch: 8,
             signround_init: SignRoundInit::Search,
-            signround_target: SignRoundTarget::Layer,
+            signround_target: SignRoundTarget::Model,
             awq_scaling: qs_numeric::awq::Scaling::Duo,
             awq_tokens: 2048,
             calib_cache: None,

@@ -50,6 +50,13 @@ fn code(x: f32, r: f32, off: f32, is: f32, lo: f32, hi: f32) -> f32 {
 
 /// `Σw·q`, `Σw·q²`, `Σw·x·q` for the codes `q = clamp(round((x − off)·is + r), lo, hi)`.
 fn code_sums(x: &[f32], w: &[f32], r: &[f32], off: f32, is: f32, lo: f32, hi: f32) -> [f64; 3] {
+    sums_of(x, w, r, |x, r| code(x, r, off, is, lo, hi))
+}
+
+/// `Σw·q`, `Σw·q²`, `Σw·x·q` for the codes `q = code(x, r)` of each value `x` with its rounding
+/// offset `r`, in [`LANES`] fixed lanes.
+#[inline(always)]
+fn sums_of(x: &[f32], w: &[f32], r: &[f32], code: impl Fn(f32, f32) -> f32) -> [f64; 3] {
     let mut a = [[0f32; LANES]; 3];
     let (xc, wc, rc) = (
         x.chunks_exact(LANES),
@@ -59,7 +66,7 @@ fn code_sums(x: &[f32], w: &[f32], r: &[f32], off: f32, is: f32, lo: f32, hi: f3
     let (xr, wr, rr) = (xc.remainder(), wc.remainder(), rc.remainder());
     for ((xs, ws), rs) in xc.zip(wc).zip(rc) {
         for k in 0..LANES {
-            let q = code(xs[k], rs[k], off, is, lo, hi);
+            let q = code(xs[k], rs[k]);
             let wq = ws[k] * q;
             a[0][k] += wq;
             a[1][k] += wq * q;
@@ -67,7 +74,7 @@ fn code_sums(x: &[f32], w: &[f32], r: &[f32], off: f32, is: f32, lo: f32, hi: f3
         }
     }
     for (k, ((&v, &wk), &rk)) in xr.iter().zip(wr).zip(rr).enumerate() {
-        let q = code(v, rk, off, is, lo, hi);
+        let q = code(v, rk);
         a[0][k] += wk * q;
         a[1][k] += wk * q * q;
         a[2][k] += wk * q * v;
@@ -100,6 +107,21 @@ fn error_of(mo: [f64; 3], cs: [f64; 3], s: f32, m: f32) -> f64 {
 /// `s·q + m`, `q = clamp(round((x − m)/s + v), lo, hi)` (nearest without rounding offsets `v`;
 /// a zero or non-finite scale: every value `m`).
 pub fn error(x: &[f32], w: &[f32], v: Option<&[f32]>, s: f32, m: f32, lo: f32, hi: f32) -> f32 {
+    error_with(x, w, v, s, m, |x, r, is| code(x, r, m, is, lo, hi))
+}
+
+/// Weighted squared error of `x` (importance `w`; plain when it has none, rounding offsets `v`
+/// or none) against `s·q + m`, `q = code(x, v, 1/s)` (1/s 0 and every value `m` for a zero or
+/// non-finite scale), in [`LANES`] fixed lanes.
+#[inline(always)]
+fn error_with(
+    x: &[f32],
+    w: &[f32],
+    v: Option<&[f32]>,
+    s: f32,
+    m: f32,
+    code: impl Fn(f32, f32, f32) -> f32,
+) -> f32 {
     let w = weights_or_ones(w);
     let r = offsets_or_zeros(v, x.len());
     let is = if s == 0.0 || !s.is_finite() {
@@ -117,15 +139,39 @@ pub fn error(x: &[f32], w: &[f32], v: Option<&[f32]>, s: f32, m: f32, lo: f32, h
     let (xr, wr, rr) = (xc.remainder(), wc.remainder(), rc.remainder());
     for ((xs, ws), rs) in xc.zip(wc).zip(rc) {
         for k in 0..LANES {
-            let d = xs[k] - (s * code(xs[k], rs[k], m, is, lo, hi) + m);
+            let d = xs[k] - (s * code(xs[k], rs[k], is) + m);
             a[k] += ws[k] * d * d;
         }
     }
     for (k, ((&v, &wk), &rk)) in xr.iter().zip(wr).zip(rr).enumerate() {
-        let d = v - (s * code(v, rk, m, is, lo, hi) + m);
+        let d = v - (s * code(v, rk, is) + m);
         a[k] += wk * d * d;
     }
     a.iter().sum()
+}
+
+/// A symmetric candidate's two scales — `1/is` and the least-squares refit to its codes (sums
+/// `cs`, moments `mo`) — rounded by `snap` and scored on those codes: `best` (error, scale)
+/// becomes the better one if either beats it.
+fn keep_best(
+    best: &mut (f64, f32),
+    mo: [f64; 3],
+    cs: [f64; 3],
+    is: f32,
+    snap: impl Fn(f32) -> f32,
+) {
+    let fit = if cs[1] > 0.0 {
+        (cs[2] / cs[1]) as f32
+    } else {
+        1.0 / is
+    };
+    for s in [1.0 / is, fit] {
+        let s = snap(s);
+        let e = error_of(mo, cs, s, 0.0);
+        if e < best.0 {
+            *best = (e, s);
+        }
+    }
 }
 
 /// Symmetric grid `value = s·q`, `q` in `lo..=hi`: the scale (signed: negative when the
@@ -168,79 +214,24 @@ pub fn sym(
     for f in fine.chain(coarse) {
         let is = nmax * (1.0 + f) / base;
         let cs = code_sums(x, &w, &r, 0.0, is, lo, hi);
-        let fit = if cs[1] > 0.0 {
-            (cs[2] / cs[1]) as f32
-        } else {
-            1.0 / is
-        };
-        for s in [1.0 / is, fit] {
-            let s = snap(s);
-            let e = error_of(mo, cs, s, 0.0);
-            if e < best.0 {
-                best = (e, s);
-            }
-        }
+        keep_best(&mut best, mo, cs, is, &snap);
     }
     best.1
-}
-
-/// `Σw·q`, `Σw·q²`, `Σw·x·q` for the codes `q` = the levels of `x·is` with offsets `r`.
-fn level_sums(x: &[f32], w: &[f32], r: &[f32], levels: &Levels, is: f32) -> [f64; 3] {
-    let mut a = [[0f32; LANES]; 3];
-    let (xc, wc, rc) = (
-        x.chunks_exact(LANES),
-        w.chunks_exact(LANES),
-        r.chunks_exact(LANES),
-    );
-    let (xr, wr, rr) = (xc.remainder(), wc.remainder(), rc.remainder());
-    for ((xs, ws), rs) in xc.zip(wc).zip(rc) {
-        for k in 0..LANES {
-            let q = levels.code(xs[k] * is, rs[k]).0;
-            let wq = ws[k] * q;
-            a[0][k] += wq;
-            a[1][k] += wq * q;
-            a[2][k] += wq * xs[k];
-        }
-    }
-    for (k, ((&v, &wk), &rk)) in xr.iter().zip(wr).zip(rr).enumerate() {
-        let q = levels.code(v * is, rk).0;
-        a[0][k] += wk * q;
-        a[1][k] += wk * q * q;
-        a[2][k] += wk * q * v;
-    }
-    a.map(|l| l.iter().map(|&v| v as f64).sum())
 }
 
 /// Weighted squared error of `x` (importance `w`; plain when it has none) against its values
 /// `s·q` on a non-linear grid, `q` = the level of `x/s` with rounding offsets `v` (nearest
 /// without; a zero or non-finite scale: every value 0).
+/// (Not inlined: on its own the levels' loads are hoisted and the lanes vectorize.)
+#[inline(never)]
 pub fn level_error(x: &[f32], w: &[f32], v: Option<&[f32]>, levels: &Levels, s: f32) -> f32 {
-    let w = weights_or_ones(w);
-    let r = offsets_or_zeros(v, x.len());
-    let is = if s == 0.0 || !s.is_finite() {
-        0.0
-    } else {
-        1.0 / s
-    };
-    let s = if is == 0.0 { 0.0 } else { s };
-    let mut a = [0f32; LANES];
-    let (xc, wc, rc) = (
-        x.chunks_exact(LANES),
-        w.chunks_exact(LANES),
-        r.chunks_exact(LANES),
-    );
-    let (xr, wr, rr) = (xc.remainder(), wc.remainder(), rc.remainder());
-    for ((xs, ws), rs) in xc.zip(wc).zip(rc) {
-        for k in 0..LANES {
-            let d = xs[k] - s * levels.code(xs[k] * is, rs[k]).0;
-            a[k] += ws[k] * d * d;
-        }
-    }
-    for (k, ((&x, &wk), &rk)) in xr.iter().zip(wr).zip(rr).enumerate() {
-        let d = x - s * levels.code(x * is, rk).0;
-        a[k] += wk * d * d;
-    }
-    a.iter().sum()
+    error_with(x, w, v, s, 0.0, |x, r, is| levels.code(x * is, r).0)
+}
+
+/// [`sums_of`] for the levels of `x·is` with offsets `r` (not inlined, as [`level_error`]).
+#[inline(never)]
+fn level_sums(x: &[f32], w: &[f32], r: &[f32], levels: &Levels, is: f32) -> [f64; 3] {
+    sums_of(x, w, r, |x, r| levels.code(x * is, r).0)
 }
 
 /// Non-linear grid `value = s·q`, `q` one of `levels` (IQ4's): the scale with the lowest
@@ -277,18 +268,7 @@ pub fn levels(
     for (f, end) in steps.flat_map(|f| ends.map(|e| (f, e))) {
         let is = end * (1.0 + f) / max;
         let cs = level_sums(x, &w, &r, levels, is);
-        let fit = if cs[1] > 0.0 {
-            (cs[2] / cs[1]) as f32
-        } else {
-            1.0 / is
-        };
-        for s in [1.0 / is, fit] {
-            let s = snap(s);
-            let e = error_of(mo, cs, s, 0.0);
-            if e < best.0 {
-                best = (e, s);
-            }
-        }
+        keep_best(&mut best, mo, cs, is, &snap);
     }
     best.1
 }

@@ -150,6 +150,30 @@ fn error_with(
     a.iter().sum()
 }
 
+/// The value of largest magnitude (sign kept, the first on ties), if the group is not all
+/// (near) zero and it is finite.
+fn signed_extreme(x: &[f32]) -> Option<f32> {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    (amax >= 1e-15 && amax.is_finite()).then_some(max)
+}
+
+/// The level in `lo..=hi` nearest `l0`'s neighbourhood with the lowest `error(l)`: `l0` itself
+/// (already clamped into range) unless one of its neighbours within 2 does better (the first
+/// of equals) — how a super-block's sub-block scale levels are refined.
+pub fn best_neighbour(l0: i32, (lo, hi): (i32, i32), error: impl Fn(i32) -> f32) -> i32 {
+    (l0 - 2..=l0 + 2)
+        .filter(|l| (lo..=hi).contains(l))
+        .map(|l| (error(l), l))
+        .fold((f32::INFINITY, l0), |a, b| if b.0 < a.0 { b } else { a })
+        .1
+}
+
 /// A symmetric candidate's two scales — `1/is` and the least-squares refit to its codes (sums
 /// `cs`, moments `mo`) — rounded by `snap` and scored on those codes: `best` (error, scale)
 /// becomes the better one if either beats it.
@@ -192,16 +216,10 @@ pub fn sym(
     signed: bool,
     snap: impl Fn(f32) -> f32,
 ) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax < 1e-15 || !amax.is_finite() {
+    let Some(max) = signed_extreme(x) else {
         return 0.0;
-    }
+    };
+    let amax = max.abs();
     let base = if signed { -max } else { amax };
     let w = weights_or_ones(w);
     let r = offsets_or_zeros(v, x.len());
@@ -248,16 +266,9 @@ pub fn levels(
     levels: &Levels,
     snap: impl Fn(f32) -> f32,
 ) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax < 1e-15 || !amax.is_finite() {
+    let Some(max) = signed_extreme(x) else {
         return 0.0;
-    }
+    };
     let w = weights_or_ones(w);
     let r = offsets_or_zeros(v, x.len());
     let mo = moments(x, &w);

@@ -443,14 +443,9 @@ impl CodeGrid for GridIq4 {
                 0
             } else {
                 let l0 = nearest_int(sc[j] / d).clamp(lo, hi);
-                (l0 - 2..=l0 + 2)
-                    .filter(|l| (lo..=hi).contains(l))
-                    .map(|l| {
-                        let e = crate::search::level_error(x, q, vj(j), &IQ4_LEVELS, d * l as f32);
-                        (e, l)
-                    })
-                    .fold((f32::INFINITY, l0), |a, b| if b.0 < a.0 { b } else { a })
-                    .1
+                crate::search::best_neighbour(l0, (lo, hi), |l| {
+                    crate::search::level_error(x, q, vj(j), &IQ4_LEVELS, d * l as f32)
+                })
             };
             *o = zero(d * l as f32);
         }

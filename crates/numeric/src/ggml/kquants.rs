@@ -1349,14 +1349,9 @@ impl CodeGrid for GridK {
                     // the stored level nearest the sub-block's scale, or a neighbour of it when
                     // that fits the sub-block better
                     let l0 = nearest_int(s / d).clamp(lo, hi);
-                    (l0 - 2..=l0 + 2)
-                        .filter(|l| (lo..=hi).contains(l))
-                        .map(|l| {
-                            let e = crate::search::error(x, q, vj(j), d * l as f32, 0.0, zl, zh);
-                            (e, l)
-                        })
-                        .fold((f32::INFINITY, l0), |a, b| if b.0 < a.0 { b } else { a })
-                        .1
+                    crate::search::best_neighbour(l0, (lo, hi), |l| {
+                        crate::search::error(x, q, vj(j), d * l as f32, 0.0, zl, zh)
+                    })
                 };
                 *o = (
                     QParams {

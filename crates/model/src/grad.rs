@@ -1,6 +1,6 @@
 //! Gradients of a decoder layer's output with respect to its linears' weights: what learned
 //! rounding (sign-gradient descent on rounding offsets and clipping, AutoRound's method) needs
-//! from the model. [`forward`] runs the layer as [`crate::layer_forward`] does and keeps what the
+//! from the model. [`forward`] runs the layer through [`crate::layer_forward`]'s own attention and MLP steps and keeps what the
 //! backward pass reads ([`Tape`]); [`backward`] takes the gradient of a loss with respect to the
 //! layer's output and returns it with respect to each linear's weight matrix.
 //!
@@ -16,8 +16,8 @@
 //! probabilities (`heads·seq_len²` floats per sequence).
 
 use crate::{
-    add_into, attend_keeping, linear, pre_norm, rope, rope_of_layer, rope_transposed, Act, Config,
-    Heads, Layer,
+    add_into, dense_attend, dense_qkv, linear, pre_norm, rope_of_layer, rope_transposed, Act,
+    Config, Layer, Qkv,
 };
 use faer::{Accum, Mat, MatRef, Par};
 use qs_numeric::linalg::matmul;
@@ -108,39 +108,16 @@ pub fn supported(c: &Config, w: &Layer) -> Result<(), String> {
 /// causal attention within each), as [`crate::layer_forward`] computes it, and its tape. The
 /// layer must be [`supported`].
 pub fn forward(c: &Config, w: &Layer, x: MatRef<'_, f32>, seq_len: usize) -> (Mat<f32>, Tape) {
-    let hd = c.head_dim;
     let h = pre_norm(x, w.input_norm.as_deref(), c.eps);
-    let mut q = linear(h.as_ref(), &w.q, w.q_bias.as_deref());
-    let mut k = linear(h.as_ref(), &w.k, w.k_bias.as_deref());
-    let v = linear(h.as_ref(), &w.v, w.v_bias.as_deref());
-    let (mut q_pre, mut k_pre) = (None, None);
-    if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-        q_pre = Some(q.clone());
-        k_pre = Some(k.clone());
-        crate::head_norm(&mut q, c.heads, hd, qn, c.eps);
-        crate::head_norm(&mut k, c.kv_heads, hd, kn, c.eps);
-    }
-    if w.rope {
-        let r = rope_of_layer(c, w);
-        rope(&mut q, c.heads, seq_len, hd, r);
-        rope(&mut k, c.kv_heads, seq_len, hd, r);
-    }
-    let rep = c.heads / c.kv_heads.max(1);
-    let heads = Heads {
-        n: c.heads,
-        qk: hd,
-        v: hd,
-        kv_of: &|head| head / rep,
-    };
-    let (attn, probs) = attend_keeping(
-        c,
-        w,
-        heads,
-        (q.as_ref(), k.as_ref(), v.as_ref()),
-        seq_len,
-        c.attn_scale,
-        true,
-    );
+    let qkv = dense_qkv(c, w, h.as_ref(), seq_len, true);
+    let (attn, probs) = dense_attend(c, w, &qkv, seq_len, true);
+    let Qkv {
+        q,
+        k,
+        v,
+        q_pre,
+        k_pre,
+    } = qkv;
     let o = linear(attn.as_ref(), &w.o, None);
     let mut x1 = o;
     add_into(&mut x1, x);
@@ -153,8 +130,7 @@ pub fn forward(c: &Config, w: &Layer, x: MatRef<'_, f32>, seq_len: usize) -> (Ma
         .zip(g.par_col_iter().zip(u.par_col_iter()))
         .for_each(|(ac, (gc, uc))| {
             for ((a, &gv), &uv) in ac.iter_mut().zip(gc.iter()).zip(uc.iter()) {
-                // as crate::gated computes SiLU
-                *a = gv / (1.0 + (-gv).exp()) * uv;
+                *a = c.act.gated(gv, uv);
             }
         });
     let d = linear(a.as_ref(), &w.down, None);
@@ -275,91 +251,124 @@ fn rms_norm_grad(
 /// The gradients of the loss with respect to the layer's weights, given its gradient with
 /// respect to the layer's output (`dy`, tokens × hidden) and the tape of the forward pass that
 /// produced the output.
-pub fn backward(c: &Config, w: &Layer, t: &Tape, dy: MatRef<'_, f32>) -> WeightGrads {
+pub fn backward(c: &Config, w: &Layer, t: Tape, dy: MatRef<'_, f32>) -> WeightGrads {
     let mut g: [Mat<f32>; 7] = std::array::from_fn(|_| Mat::zeros(0, 0));
     backward_each(c, w, t, dy, |lin, m| g[lin as usize] = m);
     WeightGrads(g)
 }
 
 /// [`backward`], handing each weight's gradient to `f` as soon as it is computed (down, up,
-/// gate, o, then q, k, v), so that a caller can use and drop it before the next exists.
+/// gate, o, then q, k, v), so that a caller can use and drop it before the next exists. The
+/// tape is consumed as the pass goes back through the layer: each activation is dropped after
+/// its last use, and the gate and up activations' gradients overwrite them.
 pub fn backward_each(
     c: &Config,
     w: &Layer,
-    t: &Tape,
+    t: Tape,
     dy: MatRef<'_, f32>,
     mut f: impl FnMut(crate::Linear, Mat<f32>),
 ) {
     use crate::Linear as L;
     let hd = c.head_dim;
+    let Tape {
+        seq_len,
+        h,
+        q_pre,
+        k_pre,
+        q,
+        k,
+        v,
+        probs,
+        attn,
+        x1,
+        h2,
+        g: mut dg,
+        u: mut du,
+        a,
+    } = t;
     // MLP: y = x1 + down(silu(gate(h2)) ⊙ up(h2))
-    f(L::Down, weight_grad(dy, t.a.as_ref()));
+    f(L::Down, weight_grad(dy, a.as_ref()));
+    drop(a);
     let da = input_grad(dy, &w.down);
-    let (mut dg, mut du) = (
-        Mat::<f32>::zeros(da.nrows(), da.ncols()),
-        Mat::<f32>::zeros(da.nrows(), da.ncols()),
-    );
+    // the gate and up activations' gradients, in place of the activations
     dg.as_mut()
         .par_col_iter_mut()
         .zip(du.as_mut().par_col_iter_mut())
         .zip(da.par_col_iter())
-        .enumerate()
-        .for_each(|(j, ((dgc, duc), dac))| {
-            let (gc, uc) = (t.g.col(j), t.u.col(j));
+        .for_each(|((dgc, duc), dac)| {
             let it = dgc.iter_mut().zip(duc.iter_mut()).zip(dac.iter());
-            for (((dg, du), &d), (&g, &u)) in it.zip(gc.iter().zip(uc.iter())) {
+            for ((dg, du), &d) in it {
+                let (g, u) = (*dg, *du);
                 let s = 1.0 / (1.0 + (-g).exp());
                 *du = d * g * s;
                 *dg = d * u * s * (1.0 + g * (1.0 - s));
             }
         });
-    f(L::Gate, weight_grad(dg.as_ref(), t.h2.as_ref()));
-    f(L::Up, weight_grad(du.as_ref(), t.h2.as_ref()));
+    drop(da);
+    f(L::Gate, weight_grad(dg.as_ref(), h2.as_ref()));
+    f(L::Up, weight_grad(du.as_ref(), h2.as_ref()));
+    drop(h2);
     let mut dh2 = input_grad(dg.as_ref(), &w.gate);
+    drop(dg);
     add_into(&mut dh2, input_grad(du.as_ref(), &w.up).as_ref());
+    drop(du);
     let post = w.post_norm.as_deref().unwrap_or(&[]);
-    let mut dx1 = rms_norm_grad(t.x1.as_ref(), dh2.as_ref(), post, c.hidden, c.eps);
+    let mut dx1 = rms_norm_grad(x1.as_ref(), dh2.as_ref(), post, c.hidden, c.eps);
+    drop((x1, dh2));
     add_into(&mut dx1, dy);
     // attention: x1 = x + o(attn)
-    f(L::O, weight_grad(dx1.as_ref(), t.attn.as_ref()));
+    f(L::O, weight_grad(dx1.as_ref(), attn.as_ref()));
+    drop(attn);
     let dattn = input_grad(dx1.as_ref(), &w.o);
-    let (mut dq, mut dk, dv) = attend_grad(c, t, dattn.as_ref());
+    drop(dx1);
+    let (mut dq, mut dk, dv) = attend_grad(c, seq_len, (&q, &k, &v), &probs, dattn.as_ref());
+    drop((q, k, v, probs, dattn));
     if w.rope {
         let r = rope_of_layer(c, w);
-        rope_transposed(&mut dq, c.heads, t.seq_len, hd, r);
-        rope_transposed(&mut dk, c.kv_heads, t.seq_len, hd, r);
+        rope_transposed(&mut dq, c.heads, seq_len, hd, r);
+        rope_transposed(&mut dk, c.kv_heads, seq_len, hd, r);
     }
-    if let (Some(qn), Some(kn), Some(qp), Some(kp)) = (&w.q_norm, &w.k_norm, &t.q_pre, &t.k_pre) {
+    if let (Some(qn), Some(kn), Some(qp), Some(kp)) = (&w.q_norm, &w.k_norm, &q_pre, &k_pre) {
         dq = rms_norm_grad(qp.as_ref(), dq.as_ref(), qn, hd, c.eps);
         dk = rms_norm_grad(kp.as_ref(), dk.as_ref(), kn, hd, c.eps);
     }
-    f(L::Q, weight_grad(dq.as_ref(), t.h.as_ref()));
-    f(L::K, weight_grad(dk.as_ref(), t.h.as_ref()));
-    f(L::V, weight_grad(dv.as_ref(), t.h.as_ref()));
+    drop((q_pre, k_pre));
+    f(L::Q, weight_grad(dq.as_ref(), h.as_ref()));
+    drop(dq);
+    f(L::K, weight_grad(dk.as_ref(), h.as_ref()));
+    drop(dk);
+    f(L::V, weight_grad(dv.as_ref(), h.as_ref()));
 }
 
 /// The gradients with respect to q, k and v (as attention read them) of the loss, given its
-/// gradient with respect to the attention output. Per sequence and key/value head (the heads
+/// gradient with respect to the attention output and the forward pass's q, k, v and
+/// probabilities (sequences of `seq_len` tokens). Per sequence and key/value head (the heads
 /// that share it accumulate into its k and v): `dV += Pᵀ dO`, `dP = dO Vᵀ`,
 /// `dS = P ⊙ (dP − rowsum(P ⊙ dP))`, `dQ = scale·dS K`, `dK += scale·dSᵀ Q`.
-fn attend_grad(c: &Config, t: &Tape, dattn: MatRef<'_, f32>) -> (Mat<f32>, Mat<f32>, Mat<f32>) {
-    let (tokens, hd) = (t.q.nrows(), c.head_dim);
+fn attend_grad(
+    c: &Config,
+    seq_len: usize,
+    (q, k, v): (&Mat<f32>, &Mat<f32>, &Mat<f32>),
+    probs: &[Mat<f32>],
+    dattn: MatRef<'_, f32>,
+) -> (Mat<f32>, Mat<f32>, Mat<f32>) {
+    let (tokens, hd) = (q.nrows(), c.head_dim);
     let rep = c.heads / c.kv_heads.max(1);
-    let groups: Vec<(usize, usize)> = blocks(tokens, t.seq_len, c.kv_heads);
+    let groups: Vec<(usize, usize)> = blocks(tokens, seq_len, c.kv_heads);
     // per (sequence, kv head): dq of its query heads, dk, dv
     type Part = (Vec<Mat<f32>>, Mat<f32>, Mat<f32>);
     let parts: Vec<Part> = groups
         .par_iter()
         .map(|&(s0, kvh)| {
-            let n = t.seq_len.min(tokens - s0);
-            let kh = t.k.as_ref().submatrix(s0, kvh * hd, n, hd);
-            let vh = t.v.as_ref().submatrix(s0, kvh * hd, n, hd);
+            let n = seq_len.min(tokens - s0);
+            let kh = k.as_ref().submatrix(s0, kvh * hd, n, hd);
+            let vh = v.as_ref().submatrix(s0, kvh * hd, n, hd);
             let (mut dk, mut dv) = (Mat::<f32>::zeros(n, hd), Mat::<f32>::zeros(n, hd));
             let mut dqs = Vec::with_capacity(rep);
             for head in kvh * rep..(kvh + 1) * rep {
                 // blocks() lists the sequences' heads in order
-                let p = &t.probs[s0 / t.seq_len.max(1) * c.heads + head];
-                let qh = t.q.as_ref().submatrix(s0, head * hd, n, hd);
+                let p = &probs[s0 / seq_len.max(1) * c.heads + head];
+                let qh = q.as_ref().submatrix(s0, head * hd, n, hd);
                 let doh = dattn.submatrix(s0, head * hd, n, hd);
                 matmul(
                     dv.as_mut(),
@@ -534,7 +543,7 @@ mod tests {
                 l
             };
             let (_, tape) = forward(&c, &w, x.as_ref(), seq);
-            let g = backward(&c, &w, &tape, r.as_ref());
+            let g = backward(&c, &w, tape, r.as_ref());
             for lin in crate::Linear::ALL {
                 let (name, grad) = (format!("{lin:?}"), g.of(lin));
                 let mut wp = w.clone();

@@ -220,6 +220,22 @@ pub enum Act {
     SwigluOai { alpha: f32, limit: f32 },
 }
 
+impl Act {
+    /// The gated MLP's activation of one gate value `g` and up value `u`.
+    #[inline]
+    pub fn gated(self, g: f32, u: f32) -> f32 {
+        match self {
+            Act::Silu => g / (1.0 + (-g).exp()) * u,
+            Act::GeluTanh => gelu_tanh(g) * u,
+            Act::SwigluOai { alpha, limit } => {
+                let g = g.min(limit);
+                let u = u.clamp(-limit, limit);
+                g / (1.0 + (-alpha * g).exp()) * (u + 1.0)
+            }
+        }
+    }
+}
+
 /// A Hugging Face model type the forward pass runs, with what its transformers (5.x) config
 /// class fills in when config.json leaves it out.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -2019,11 +2035,40 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
     if let (Some(m), Some(p)) = (&w.mla, c.mla) {
         return mla_heads(c, p, m, w, h, seq_len).0;
     }
+    let qkv = dense_qkv(c, w, h, seq_len, false);
+    dense_attend(c, w, &qkv, seq_len, false).0
+}
+
+/// Grouped-query attention's q, k and v (tokens × heads·head_dim, kv_heads·head_dim) as
+/// attention reads them: q and k through their head norms (Qwen3's) and rope; with `keep`, q
+/// and k before their norms too (when the layer has them; the backward pass of [`grad`] reads
+/// them).
+pub(crate) struct Qkv {
+    pub(crate) q: Mat<f32>,
+    pub(crate) k: Mat<f32>,
+    pub(crate) v: Mat<f32>,
+    pub(crate) q_pre: Option<Mat<f32>>,
+    pub(crate) k_pre: Option<Mat<f32>>,
+}
+
+/// [`Qkv`] of a dense (not latent) attention layer for normed inputs `h`.
+pub(crate) fn dense_qkv(
+    c: &Config,
+    w: &Layer,
+    h: MatRef<'_, f32>,
+    seq_len: usize,
+    keep: bool,
+) -> Qkv {
     let hd = c.head_dim;
     let mut q = linear(h, &w.q, w.q_bias.as_deref());
     let mut k = linear(h, &w.k, w.k_bias.as_deref());
     let v = linear(h, &w.v, w.v_bias.as_deref());
+    let (mut q_pre, mut k_pre) = (None, None);
     if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+        if keep {
+            q_pre = Some(q.clone());
+            k_pre = Some(k.clone());
+        }
         qk_norm(&mut q, c.heads, hd, qn, c.eps);
         qk_norm(&mut k, c.kv_heads, hd, kn, c.eps);
     }
@@ -2032,20 +2077,39 @@ pub fn attention_heads(c: &Config, w: &Layer, h: MatRef<'_, f32>, seq_len: usize
         rope(&mut q, c.heads, seq_len, hd, r);
         rope(&mut k, c.kv_heads, seq_len, hd, r);
     }
+    Qkv {
+        q,
+        k,
+        v,
+        q_pre,
+        k_pre,
+    }
+}
+
+/// Causal grouped-query attention over [`dense_qkv`]'s output: the heads' output and, with
+/// `keep`, each (sequence, head)'s probabilities ([`attend_keeping`]).
+pub(crate) fn dense_attend(
+    c: &Config,
+    w: &Layer,
+    qkv: &Qkv,
+    seq_len: usize,
+    keep: bool,
+) -> (Mat<f32>, Vec<Mat<f32>>) {
     let rep = c.heads / c.kv_heads.max(1);
     let heads = Heads {
         n: c.heads,
-        qk: hd,
-        v: hd,
+        qk: c.head_dim,
+        v: c.head_dim,
         kv_of: &|head| head / rep,
     };
-    attend(
+    attend_keeping(
         c,
         w,
         heads,
-        (q.as_ref(), k.as_ref(), v.as_ref()),
+        (qkv.q.as_ref(), qkv.k.as_ref(), qkv.v.as_ref()),
         seq_len,
         c.attn_scale,
+        keep,
     )
 }
 
@@ -2504,15 +2568,7 @@ fn gated(
         .zip(u.par_col_iter())
         .for_each(|(gc, uc)| {
             for (a, &b) in gc.iter_mut().zip(uc.iter()) {
-                *a = match act {
-                    Act::Silu => *a / (1.0 + (-*a).exp()) * b,
-                    Act::GeluTanh => gelu_tanh(*a) * b,
-                    Act::SwigluOai { alpha, limit } => {
-                        let g = a.min(limit);
-                        let u = b.clamp(-limit, limit);
-                        g / (1.0 + (-alpha * g).exp()) * (u + 1.0)
-                    }
-                };
+                *a = act.gated(*a, b);
             }
         });
     g

@@ -96,7 +96,12 @@ pub(crate) fn run(job: &LinearJob<'_>) -> Result<GptqOutput> {
             }
         }
     };
-    gptq(job.w, job.rows, job.cols, &job.stats.hessian.h, &gc).map_err(|err| Error::Gptq {
+    let hessian = job.stats.hessian.ok_or_else(|| Error::Tensor {
+        file: job.file.to_path_buf(),
+        tensor: job.name.to_string(),
+        msg: "GPTQ needs the Hessian of the linear's inputs (none was computed)".into(),
+    })?;
+    gptq(job.w, job.rows, job.cols, &hessian.h, &gc).map_err(|err| Error::Gptq {
         file: job.file.to_path_buf(),
         tensor: job.name.to_string(),
         err,

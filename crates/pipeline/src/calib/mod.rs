@@ -75,8 +75,9 @@ pub fn method(name: &str) -> std::result::Result<Option<&'static dyn Method>, St
 
 /// Statistics of a linear's captured inputs that a method asks for.
 pub struct InputStats<'a> {
-    /// `H = (2/n) Σ xᵀx` over the calibration tokens.
-    pub hessian: &'a Hessian,
+    /// `H = (2/n) Σ xᵀx` over the calibration tokens, when the method reads it
+    /// ([`Method::reads_hessians`]).
+    pub hessian: Option<&'a Hessian>,
 }
 
 /// One linear for a method to quantize.
@@ -137,6 +138,13 @@ pub trait Method: std::fmt::Debug + Sync {
     /// stores the (transformed) weights.
     fn chooses_codes(&self) -> bool {
         true
+    }
+    /// Whether [`Method::quantize`] reads its linear's input Hessian ([`InputStats::hessian`]);
+    /// the calibration loop computes them only for a method that does (by default one that
+    /// chooses codes). For a 7B-shaped layer they are 1.4 GB of f64 and a pass over every
+    /// calibration token.
+    fn reads_hessians(&self) -> bool {
+        self.chooses_codes()
     }
     /// Whether a linear whose planned ggml type takes no chosen codes (MXFP4) is
     /// left to llama.cpp's own quantizer, untouched by the method. By default a method that
@@ -419,7 +427,9 @@ pub(crate) fn calibrate_matrix(
         rows,
         cols,
         grid,
-        stats: InputStats { hessian: hess },
+        stats: InputStats {
+            hessian: Some(hess),
+        },
         cfg: m.cfg,
     })?;
     let wq = to_mat(&q.dequantize(rows, cols), rows, cols);
@@ -1148,7 +1158,11 @@ pub fn calibrate_together(
         let mut own: Vec<Option<Layer>> = Vec::with_capacity(members.len());
         let mut transforms: Vec<HashMap<String, Arc<Transform>>> = Vec::new();
         let mut wanted: Vec<Vec<Input>> = Vec::new();
-        for m in members {
+        // the last job takes the float layer itself and the others copies of it (it is read
+        // again below): one f32 copy of the layer fewer while a method transforms or tunes it
+        // (0.8 GB for a 7B-shaped layer)
+        let mut float_slot = Some(float_layer);
+        for (k, m) in members.iter().enumerate() {
             // the inputs that feed a linear to quantize
             let w: Vec<Input> = Input::ALL
                 .into_iter()
@@ -1167,8 +1181,14 @@ pub fn calibrate_together(
                     .is_some_and(|t| t.experts.is_some())
             }) || !mla::of_layer(&m.targets.mla, l).is_empty()
                 || !experts::shared_of_layer(&m.targets.shared, l).is_empty();
-            let mut layer =
-                (!w.is_empty() || experts || !float_inputs).then(|| float_layer.clone());
+            let needs_layer = !w.is_empty() || experts || !float_inputs;
+            let mut layer = if !needs_layer {
+                None
+            } else if k + 1 == members.len() {
+                float_slot.take()
+            } else {
+                float_slot.clone()
+            };
             let t = match layer.as_mut() {
                 Some(layer) if !w.is_empty() || experts => {
                     let search_rows = if m.method.transforms_on_all_inputs() {
@@ -1201,10 +1221,14 @@ pub fn calibrate_together(
             transforms.push(t.into_iter().map(|(n, t)| (n, Arc::new(t))).collect());
             wanted.push(w);
         }
+        let float_layer = match float_slot {
+            Some(layer) => layer,
+            None => model.layer(l).map_err(model_err)?,
+        };
         // Hessians of the float layer's inputs, once for every job that reads them
         let mut shared_wanted: Vec<Input> = vec![];
         for (k, m) in members.iter().enumerate() {
-            if m.method.chooses_codes() && transforms[k].is_empty() {
+            if m.method.reads_hessians() && transforms[k].is_empty() {
                 for &i in &wanted[k] {
                     if !shared_wanted.contains(&i) {
                         shared_wanted.push(i);
@@ -1217,7 +1241,7 @@ pub fn calibrate_together(
         for (k, m) in members.iter().enumerate() {
             let transforms = &transforms[k];
             let own_hess = match &own[k] {
-                Some(layer) if m.method.chooses_codes() && !transforms.is_empty() => {
+                Some(layer) if m.method.reads_hessians() && !transforms.is_empty() => {
                     Some(hessians(layer, x.as_ref(), &wanted[k]))
                 }
                 _ => None,
@@ -1308,7 +1332,7 @@ pub fn calibrate_together(
                             cols,
                             grid,
                             stats: InputStats {
-                                hessian: &hess[&input],
+                                hessian: hess.get(&input),
                             },
                             cfg: m.cfg,
                         })?;

@@ -9,11 +9,11 @@
 //! the loss is their output's mean squared error, the learning rate (`--lr`, default
 //! 1/`--iters`) decays linearly to 0 over `--iters` steps (default 200), offsets stay in
 //! [−0.5, 0.5] and factors in [0, 1], and the parameters of the step with the lowest loss are
-//! kept, not the last. The target (`--tune-target`): by default the float layer on the same
-//! inputs the quantized layer sees (as GPTQ measures its error; no second stream of
-//! activations); `model`, the reference's, the float model's own outputs of the layer (the
-//! calibration loop then carries the float model's activations beside the run's and hands
-//! them over, [`super::LayerCtx::float_out`]).
+//! kept, not the last. The target (`--tune-target`): by default (`model`, the reference's) the
+//! float model's own outputs of the layer (the calibration loop then carries the float
+//! model's activations beside the run's and hands them over, [`super::LayerCtx::float_out`]);
+//! `layer`, the float layer on the same inputs the quantized layer sees (as GPTQ measures its
+//! error; no second stream of activations).
 //!
 //! Start (`--init`): by default each group's scale and minimum from the importance-weighted
 //! search ([`qs_numeric::search`], AutoRound's `iters=0` mode; the importance of a column is its
@@ -272,6 +272,7 @@ fn steps(
         }
         let (y, tape) = grad::forward(c, work, xb.as_ref(), seq);
         let (loss, dy) = mse_and_grad(&y, &tb);
+        drop((xb, tb, y));
         if !loss.is_finite() {
             return Err(format!(
                 "the tuning loss became {loss} at step {it} (non-finite activations)"
@@ -289,10 +290,12 @@ fn steps(
         let lr = o.lr * (1.0 - it as f32 / o.iters as f32);
         // each weight's gradient is used for its step as soon as the backward pass has it, and
         // dropped (the forward used `work`, which the steps do not touch)
-        grad::backward_each(c, work, &tape, dy.as_ref(), |lin, g| {
+        grad::backward_each(c, work, tape, dy.as_ref(), |lin, g| {
             if let Some(t) = parts.iter_mut().find(|t| t.lin == lin) {
-                let pg = t.r.grads(&t.w, &rows_of(&g));
+                let rows = rows_of(&g);
                 drop(g);
+                let pg = t.r.grads(&t.w, &rows);
+                drop(rows);
                 t.r.step(&pg, lr, lr);
             }
         });
@@ -438,7 +441,7 @@ fn start_from_gptq(
             rows,
             cols,
             grid: *grid,
-            stats: InputStats { hessian: h },
+            stats: InputStats { hessian: Some(h) },
             cfg: &cfg,
         })?;
         let group = match *grid {
@@ -507,6 +510,10 @@ impl Method for SignRound {
         super::gptq::Gptq.supports(scheme, grid)
     }
 
+    /// The codes come from the tuning (`--init gptq` takes its own Hessians there).
+    fn reads_hessians(&self) -> bool {
+        false
+    }
     fn transforms_on_all_inputs(&self) -> bool {
         true
     }
@@ -830,7 +837,7 @@ mod tests {
                         rows: m.nrows(),
                         cols: m.ncols(),
                         grid,
-                        stats: InputStats { hessian: &h },
+                        stats: InputStats { hessian: Some(&h) },
                         cfg: &qcfg,
                     })
                     .unwrap()

@@ -1005,6 +1005,195 @@ mod tests {
         }
     }
 
+    /// Learned rounding (the default start, the zero-step search; 60 steps) against GPTQ (each
+    /// linear on its float inputs' Hessian) on one synthetic layer, held-out output error, in
+    /// two regimes of inputs. Independent channels with loud ones (as
+    /// `zero_step_search_beats_...`): the tuned codes are below GPTQ's (by 17–29 %) and round
+    /// to nearest's on every grid — but the gain is the search's: GPTQ's error feedback has
+    /// little to work with, and on the integer grids the steps (clipping factors included)
+    /// raise the search's own held-out error (int4 1.17e-1 → 1.36e-1). The same channels plus
+    /// a rank-16 common part (strongly correlated inputs): tuning lowers the search's error by
+    /// 40–52 % and stays below round to nearest, but GPTQ, which exploits the correlations
+    /// linear by linear, is lower still on a single layer (int4 5.1e-2 against 3.3e-2). End
+    /// to end on SmolLM2, each layer tuned towards the float model's outputs, tuning has a
+    /// quarter to two fifths of GPTQ's KL divergence (docs/QUALITY.md).
+    #[test]
+    fn tuning_against_gptq_on_synthetic_layers() {
+        let c = Config::llama(256, 4, 2, 64, 1);
+        let layer = random_layer(&c, 512, false, 8);
+        let seq = 16;
+        let int = |bits, symmetric| CodeGrid::Int {
+            spec: IntSpec { bits, symmetric },
+            group: Some(32),
+            scale_dtype: DType::F16,
+            stores_g_idx: false,
+        };
+        use qs_numeric::GgmlType as G;
+        let grids = [
+            int(4, true),
+            int(3, false),
+            CodeGrid::Ggml(G::Q4_0),
+            CodeGrid::Ggml(G::Q4_K),
+        ];
+        for rank in [0usize, 16] {
+            let mut rng = qs_numeric::synth::Rng::new(4);
+            let loud: Vec<f32> = (0..c.hidden)
+                .map(|j| {
+                    if j % 13 == 5 {
+                        6.0
+                    } else {
+                        0.5 + rng.uniform() as f32
+                    }
+                })
+                .collect();
+            let mix = random_mat(&mut rng, rank.max(1), c.hidden, 1.0);
+            let mut acts = |n: usize| {
+                let z = random_mat(&mut rng, n, c.hidden, 1.0);
+                let common = random_mat(&mut rng, n, rank.max(1), 1.0);
+                let low = qs_model::linear(common.as_ref(), &mix.transpose().to_owned(), None);
+                let part = if rank > 0 { 1.0 } else { 0.0 };
+                Mat::from_fn(n, c.hidden, |i, j| {
+                    (z[(i, j)] + part * low[(i, j)]) * loud[j]
+                })
+            };
+            // more calibration values than weights, as in a real model's layer
+            let x = acts(256 * seq);
+            let held = acts(32 * seq);
+            let pass = float_pass(&c, &layer, x.as_ref(), seq, &Input::ALL, true);
+            let target = pass.target.unwrap();
+            let imp_of = |lin: Linear| {
+                pass.importance
+                    .iter()
+                    .find(|(i, _)| *i == lin.input())
+                    .map(|v| v.1.clone())
+                    .unwrap()
+            };
+            let e = |ws: &[(Linear, Vec<f32>)]| {
+                block_mse(&c, &layer, &with_weights(&layer, ws), held.as_ref(), seq)
+            };
+            let qcfg = crate::config::QuantizeConfig::new("x", crate::config::Target::Int(4));
+            let o = Opts {
+                iters: 60,
+                lr: 1.0 / 60.0,
+                batch: 8,
+            };
+            for grid in grids {
+                // round to nearest, or the search by each input column's importance
+                let start = |search: bool| -> Vec<Tuned> {
+                    Linear::ALL
+                        .iter()
+                        .map(|&lin| {
+                            let m = lin.weight(&layer);
+                            let w = rows_of(m);
+                            let (rows, cols) = (m.nrows(), m.ncols());
+                            let q = imp_of(lin);
+                            let r = match grid {
+                                CodeGrid::Int {
+                                    spec,
+                                    group,
+                                    scale_dtype,
+                                    ..
+                                } => match search {
+                                    true => {
+                                        let g = group.unwrap_or(cols);
+                                        let ps = qs_numeric::search::int_params(
+                                            spec,
+                                            g,
+                                            scale_dtype,
+                                            &w,
+                                            cols,
+                                            &q,
+                                        );
+                                        IntRounding::on_grid(
+                                            spec,
+                                            Some(g),
+                                            scale_dtype,
+                                            &ps,
+                                            rows,
+                                            cols,
+                                        )
+                                    }
+                                    false => {
+                                        IntRounding::new(spec, group, scale_dtype, &w, rows, cols)
+                                    }
+                                },
+                                CodeGrid::Ggml(ty) => {
+                                    let q = search.then_some(&q[..]);
+                                    IntRounding::on_ggml_fit(ty, &w, rows, cols, q).unwrap()
+                                }
+                            };
+                            Tuned {
+                                importance: Some(q),
+                                ..Tuned::new(lin, w, r)
+                            }
+                        })
+                        .collect()
+                };
+                let decoded = |parts: &[Tuned]| -> Vec<(Linear, Vec<f32>)> {
+                    parts
+                        .iter()
+                        .map(|t| {
+                            let mut q = vec![0f32; t.w.len()];
+                            t.r.qdq(&t.w, &mut q);
+                            (t.lin, q)
+                        })
+                        .collect()
+                };
+                let names: Vec<String> = Linear::ALL.iter().map(|l| format!("{l:?}")).collect();
+                let mut gptq = start(false);
+                let grids = vec![grid; names.len()];
+                start_from_gptq(
+                    &c,
+                    &layer,
+                    x.as_ref(),
+                    seq,
+                    &mut gptq,
+                    &names,
+                    &grids,
+                    &qcfg,
+                )
+                .unwrap();
+                let mut tuned = start(true);
+                let (e_rtn, e_gptq, e_search) = (
+                    e(&decoded(&start(false))),
+                    e(&decoded(&gptq)),
+                    e(&decoded(&tuned)),
+                );
+                let mut work = layer.clone();
+                let out = tune(
+                    &c,
+                    &mut work,
+                    x.as_ref(),
+                    seq,
+                    target.as_ref(),
+                    &mut tuned,
+                    &o,
+                    1,
+                )
+                .unwrap();
+                let e_tuned = e(&tuned
+                    .iter()
+                    .zip(&out.best)
+                    .map(|(t, b)| (t.lin, b.values(t.r.group)))
+                    .collect::<Vec<_>>());
+                eprintln!(
+                    "rank {rank} {grid:?}: rtn {e_rtn:.3e} gptq {e_gptq:.3e} search {e_search:.3e} tuned {e_tuned:.3e}"
+                );
+                assert!(
+                    e_tuned < e_rtn,
+                    "rank {rank} {grid:?}: tuned {e_tuned}, rtn {e_rtn}"
+                );
+                match rank {
+                    0 => assert!(e_tuned < e_gptq, "{grid:?}: tuned {e_tuned}, gptq {e_gptq}"),
+                    _ => assert!(
+                        e_tuned < 0.8 * e_search,
+                        "{grid:?}: tuned {e_tuned}, search {e_search}"
+                    ),
+                }
+            }
+        }
+    }
+
     #[test]
     fn picks_distinct_sorted_indices() {
         let mut rng = qs_numeric::synth::Rng::new(1);

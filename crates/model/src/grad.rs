@@ -1,8 +1,9 @@
 //! Gradients of a decoder layer's output with respect to its linears' weights: what learned
 //! rounding (sign-gradient descent on rounding offsets and clipping, AutoRound's method) needs
-//! from the model. [`forward`] runs the layer through [`crate::layer_forward`]'s own attention and MLP steps and keeps what the
-//! backward pass reads ([`Tape`]); [`backward`] takes the gradient of a loss with respect to the
-//! layer's output and returns it with respect to each linear's weight matrix.
+//! from the model. [`forward`] runs the layer through [`crate::layer_forward`]'s own attention
+//! and MLP steps and keeps what the backward pass reads ([`Tape`]); [`backward`] takes the
+//! gradient of a loss with respect to the layer's output and returns it with respect to each
+//! linear's weight matrix.
 //!
 //! Written by hand for the dense layer of the Llama family (Llama, Qwen2, Qwen3, Mistral,
 //! SmolLM): RMSNorm, q/k/v with optional biases, Qwen3's per-head q/k norms, rotate-half rope,

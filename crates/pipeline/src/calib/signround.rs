@@ -473,6 +473,40 @@ fn start_from_gptq(
     Ok(())
 }
 
+/// The rounding a linear's tuning starts from on `grid` (`w`: `rows × cols`, row-major): the
+/// layout's round to nearest, or with `importance` (per input column) each group's scale and
+/// minimum from the importance-weighted search (the zero-step mode; ggml's own fit without).
+/// `Err` says why the weights do not fit the grid.
+pub(crate) fn start_rounding(
+    grid: CodeGrid,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    importance: Option<&[f32]>,
+) -> std::result::Result<IntRounding, String> {
+    match grid {
+        CodeGrid::Int {
+            spec,
+            group,
+            scale_dtype,
+            ..
+        } => {
+            if group.is_some_and(|g| g == 0 || !cols.is_multiple_of(g)) {
+                return Err(format!("{cols} columns are not whole groups of {group:?}"));
+            }
+            Ok(match importance {
+                Some(q) => {
+                    let g = group.unwrap_or(cols);
+                    let ps = qs_numeric::search::int_params(spec, g, scale_dtype, w, cols, q);
+                    IntRounding::on_grid(spec, Some(g), scale_dtype, &ps, rows, cols)
+                }
+                None => IntRounding::new(spec, group, scale_dtype, w, rows, cols),
+            })
+        }
+        CodeGrid::Ggml(ty) => IntRounding::on_ggml_fit(ty, w, rows, cols, importance),
+    }
+}
+
 impl Method for SignRound {
     fn name(&self) -> &'static str {
         "signround"
@@ -579,44 +613,11 @@ impl Method for SignRound {
             let m = lin.weight(layer);
             let (rows, cols) = (m.nrows(), m.ncols());
             let w = rows_of(m);
-            let (grid, r) = match t.grid {
-                Some(
-                    grid @ CodeGrid::Int {
-                        spec,
-                        group,
-                        scale_dtype,
-                        ..
-                    },
-                ) => {
-                    if group.is_some_and(|g| g == 0 || !cols.is_multiple_of(g)) {
-                        return Err(Error::Config(format!(
-                            "{}: {cols} columns are not whole groups of {group:?}",
-                            t.name
-                        )));
-                    }
-                    let r = match start_imp(lin) {
-                        Some(q) => {
-                            let g = group.unwrap_or(cols);
-                            let ps =
-                                qs_numeric::search::int_params(spec, g, scale_dtype, &w, cols, q);
-                            IntRounding::on_grid(spec, Some(g), scale_dtype, &ps, rows, cols)
-                        }
-                        None => IntRounding::new(spec, group, scale_dtype, &w, rows, cols),
-                    };
-                    (grid, r)
-                }
-                Some(grid @ CodeGrid::Ggml(ty)) => (
-                    grid,
-                    IntRounding::on_ggml_fit(ty, &w, rows, cols, start_imp(lin))
-                        .map_err(|m| Error::Config(format!("{}: {m}", t.name)))?,
-                ),
-                None => {
-                    return Err(Error::Config(format!(
-                        "{}: signround needs a code grid",
-                        t.name
-                    )))
-                }
-            };
+            let grid = t
+                .grid
+                .ok_or_else(|| Error::Config(format!("{}: signround needs a code grid", t.name)))?;
+            let r = start_rounding(grid, &w, rows, cols, start_imp(lin))
+                .map_err(|m| Error::Config(format!("{}: {m}", t.name)))?;
             names.push(t.name.clone());
             grids.push(grid);
             parts.push(Tuned {
@@ -765,17 +766,7 @@ mod tests {
                         let m = lin.weight(&layer);
                         let w = rows_of(m);
                         let (rows, cols) = (m.nrows(), m.ncols());
-                        let r = match grid {
-                            CodeGrid::Int {
-                                spec,
-                                group,
-                                scale_dtype,
-                                ..
-                            } => IntRounding::new(spec, group, scale_dtype, &w, rows, cols),
-                            CodeGrid::Ggml(ty) => {
-                                IntRounding::on_ggml_fit(ty, &w, rows, cols, None).unwrap()
-                            }
-                        };
+                        let r = start_rounding(grid, &w, rows, cols, None).unwrap();
                         Tuned::new(lin, w, r)
                     })
                     .collect()
@@ -893,6 +884,20 @@ mod tests {
         }
     }
 
+    /// Per input channel, a gain for synthetic activations: every 13th channel loud (6), the
+    /// others between 0.5 and 1.5.
+    fn loud_channels(rng: &mut qs_numeric::synth::Rng, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|j| {
+                if j % 13 == 5 {
+                    6.0
+                } else {
+                    0.5 + rng.uniform() as f32
+                }
+            })
+            .collect()
+    }
+
     /// The zero-step search (`--iters 0`: each group's scale and minimum by the importance of
     /// its input columns) against round to nearest on every grid it writes, and for the ggml
     /// types against ggml's own importance-matrix quantizer given the same importance
@@ -904,15 +909,7 @@ mod tests {
         let layer = random_layer(&c, 512, false, 8);
         let seq = 16;
         let mut rng = qs_numeric::synth::Rng::new(4);
-        let loud: Vec<f32> = (0..512)
-            .map(|j| {
-                if j % 13 == 5 {
-                    6.0
-                } else {
-                    0.5 + rng.uniform() as f32
-                }
-            })
-            .collect();
+        let loud = loud_channels(&mut rng, 512);
         let mut acts = |n: usize| {
             let z = random_mat(&mut rng, n, c.hidden, 1.0);
             Mat::from_fn(n, c.hidden, |i, j| z[(i, j)] * loud[j])
@@ -959,34 +956,17 @@ mod tests {
                 let (rows, cols) = (m.nrows(), m.ncols());
                 let w = rows_of(m);
                 let q = imp_of(lin);
-                let (a, b) = match grid {
-                    CodeGrid::Int {
-                        spec,
-                        group,
-                        scale_dtype,
-                        ..
-                    } => {
-                        let g = group.unwrap_or(cols);
-                        let ps = qs_numeric::search::int_params(spec, g, scale_dtype, &w, cols, q);
-                        (
-                            IntRounding::new(spec, group, scale_dtype, &w, rows, cols),
-                            IntRounding::on_grid(spec, Some(g), scale_dtype, &ps, rows, cols),
-                        )
+                if let CodeGrid::Ggml(ty) = grid {
+                    let mut bytes = vec![0u8; ty.row_bytes(cols)];
+                    let mut deq = vec![0f32; w.len()];
+                    for (row, out) in w.chunks(cols).zip(deq.chunks_mut(cols)) {
+                        qs_numeric::ggml::quantize_row_weighted(ty, row, q, &mut bytes);
+                        qs_numeric::ggml::dequantize_row(ty, &bytes, out);
                     }
-                    CodeGrid::Ggml(ty) => {
-                        let mut bytes = vec![0u8; ty.row_bytes(cols)];
-                        let mut deq = vec![0f32; w.len()];
-                        for (row, out) in w.chunks(cols).zip(deq.chunks_mut(cols)) {
-                            qs_numeric::ggml::quantize_row_weighted(ty, row, q, &mut bytes);
-                            qs_numeric::ggml::dequantize_row(ty, &bytes, out);
-                        }
-                        theirs.push((lin, deq));
-                        (
-                            IntRounding::on_ggml_fit(ty, &w, rows, cols, None).unwrap(),
-                            IntRounding::on_ggml_fit(ty, &w, rows, cols, Some(q)).unwrap(),
-                        )
-                    }
-                };
+                    theirs.push((lin, deq));
+                }
+                let a = start_rounding(grid, &w, rows, cols, None).unwrap();
+                let b = start_rounding(grid, &w, rows, cols, Some(q)).unwrap();
                 rtn.push((lin, decode(&w, &a)));
                 searched.push((lin, decode(&w, &b)));
             }
@@ -1037,15 +1017,7 @@ mod tests {
         ];
         for rank in [0usize, 16] {
             let mut rng = qs_numeric::synth::Rng::new(4);
-            let loud: Vec<f32> = (0..c.hidden)
-                .map(|j| {
-                    if j % 13 == 5 {
-                        6.0
-                    } else {
-                        0.5 + rng.uniform() as f32
-                    }
-                })
-                .collect();
+            let loud = loud_channels(&mut rng, c.hidden);
             let mix = random_mat(&mut rng, rank.max(1), c.hidden, 1.0);
             let mut acts = |n: usize| {
                 let z = random_mat(&mut rng, n, c.hidden, 1.0);
@@ -1087,41 +1059,8 @@ mod tests {
                             let w = rows_of(m);
                             let (rows, cols) = (m.nrows(), m.ncols());
                             let q = imp_of(lin);
-                            let r = match grid {
-                                CodeGrid::Int {
-                                    spec,
-                                    group,
-                                    scale_dtype,
-                                    ..
-                                } => match search {
-                                    true => {
-                                        let g = group.unwrap_or(cols);
-                                        let ps = qs_numeric::search::int_params(
-                                            spec,
-                                            g,
-                                            scale_dtype,
-                                            &w,
-                                            cols,
-                                            &q,
-                                        );
-                                        IntRounding::on_grid(
-                                            spec,
-                                            Some(g),
-                                            scale_dtype,
-                                            &ps,
-                                            rows,
-                                            cols,
-                                        )
-                                    }
-                                    false => {
-                                        IntRounding::new(spec, group, scale_dtype, &w, rows, cols)
-                                    }
-                                },
-                                CodeGrid::Ggml(ty) => {
-                                    let q = search.then_some(&q[..]);
-                                    IntRounding::on_ggml_fit(ty, &w, rows, cols, q).unwrap()
-                                }
-                            };
+                            let r = start_rounding(grid, &w, rows, cols, search.then_some(&q[..]))
+                                .unwrap();
                             Tuned {
                                 importance: Some(q),
                                 ..Tuned::new(lin, w, r)

@@ -9,6 +9,7 @@
 #        benches/autoround.sh ours TYPE ITERS  quantsmith's --method signround on the same windows
 #        METHOD=M benches/autoround.sh ours TYPE   quantsmith's --method M (awq, gptq, awq+gptq, ...)
 #        benches/autoround.sh table            a Markdown table of the runs found in OUTDIR
+#        benches/autoround.sh evaluate NAME    score OUTDIR/NAME.gguf again (an interrupted run)
 #        benches/autoround.sh setup            create the venv only
 #   TYPE: an AutoRound GGUF format without "gguf:": q4_0 q4_1 q5_0 q5_1 q8_0 q2_k_s q3_k_s
 #         q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k; q2_k is taken as q2_k_s (see below).
@@ -203,6 +204,7 @@ case ${1:-q4_k_m} in
   all0) setup; for t in q4_0 q4_k_m q3_k_m q2_k; do run "$t" 0 || true; done ;;
   ours) ours "${2:?type}" "${3:-0}" ;;
   table) table ;;
+  evaluate) evaluate "${2:?name}"; report "$2" ;;
   q[0-9]*) setup; run "$1" "${2:-0}" ;;
-  *) echo "usage: $0 [TYPE [ITERS] | all0 | ours TYPE [ITERS] | table | setup]" >&2; exit 2 ;;
+  *) echo "usage: $0 [TYPE [ITERS] | all0 | ours TYPE [ITERS] | table | evaluate NAME | setup]" >&2; exit 2 ;;
 esac

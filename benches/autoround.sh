@@ -20,7 +20,9 @@
 #        (a suffix for our runs' names), FLAGS (more options for our runs), MODEL (HF folder, default /tmp/qrun/smollm2-hf), CALIB (/tmp/qrun/calib.txt),
 #        HELDOUT (/tmp/qrun/heldout.txt), OUTDIR (/tmp/qrun), Q (quantize binary,
 #        /work/main/target/release/quantize), VENV (~/.cache/quantsmith/venv-autoround),
-#        THREADS (2), NICE (5), CHUNKS (8, evaluation chunks of 512 tokens),
+#        THREADS (2), NICE (5: the runs' niceness; it orders processes within one autogroup, so a
+#        run started under `setsid` competes as an equal with other sessions' jobs unless its
+#        /proc/PID/autogroup is niced too), CHUNKS (8, evaluation chunks of 512 tokens),
 #        LLAMA_BIN (~/.cache/quantsmith/llama.cpp/bin: llama-imatrix there loads each output and
 #        prints llama.cpp's own perplexity on the same chunks; LLAMA_BIN= skips it), LR (SignRound
 #        lr; default AutoRound's), COMPILE (auto|on|off: enable_torch_compile; auto = AutoRound's

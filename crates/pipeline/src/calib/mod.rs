@@ -1,9 +1,10 @@
 //! Calibrated quantization (`--method NAME`): run the model layer by layer on calibration
 //! text and let a method choose each linear's codes from the inputs it sees. Layer L+1's
 //! inputs come from layer L run with its already-quantized weights (`--calib-inputs float`:
-//! with its float weights, which lets several jobs share the pass). Only one layer's weights,
-//! the activations between layers (tokens × hidden) and one batch of ~4096 tokens'
-//! intermediate values are in memory.
+//! with its float weights, which lets several jobs share the pass). One layer's weights, the
+//! activations between layers (tokens × hidden) and one batch of ~4096 tokens' intermediate
+//! values are in memory, and the codes chosen for the layers so far (one byte per weight: the
+//! run writes the file after the last layer, so these still grow with the model).
 //!
 //! The loop (calibration sequences, forward pass, capture, statistics per input, propagation,
 //! held-out comparison with round-to-nearest) is written once here; a method is one module

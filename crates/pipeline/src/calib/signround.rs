@@ -759,18 +759,7 @@ mod tests {
             CodeGrid::Ggml(qs_numeric::GgmlType::Q4_1),
             CodeGrid::Ggml(qs_numeric::GgmlType::IQ4_NL),
         ] {
-            let fresh = || -> Vec<Tuned> {
-                Linear::ALL
-                    .iter()
-                    .map(|&lin| {
-                        let m = lin.weight(&layer);
-                        let w = rows_of(m);
-                        let (rows, cols) = (m.nrows(), m.ncols());
-                        let r = start_rounding(grid, &w, rows, cols, None).unwrap();
-                        Tuned::new(lin, w, r)
-                    })
-                    .collect()
-            };
+            let fresh = || started(&layer, grid, |_| None);
             let names: Vec<String> = Linear::ALL.iter().map(|l| format!("{l:?}")).collect();
             let grids = vec![grid; names.len()];
             let decoded = |parts: &[Tuned], rs: &[IntRounding]| -> Vec<(Linear, Vec<f32>)> {
@@ -882,6 +871,31 @@ mod tests {
             assert!(e_a < 0.7 * e_rtn, "{grid:?}: rtn {e_rtn}, tuned {e_a}");
             assert!(e_b <= e_gptq, "{grid:?}: gptq {e_gptq}, tuned {e_b}");
         }
+    }
+
+    /// Every linear of `layer` started on `grid` ([`start_rounding`]). `importance` gives a
+    /// linear's input importance (kept on the part, for the refits) and whether its start is the
+    /// search by it; `None`: round to nearest, no importance.
+    fn started(
+        layer: &Layer,
+        grid: CodeGrid,
+        importance: impl Fn(Linear) -> Option<(Vec<f32>, bool)>,
+    ) -> Vec<Tuned> {
+        Linear::ALL
+            .iter()
+            .map(|&lin| {
+                let m = lin.weight(layer);
+                let w = rows_of(m);
+                let (rows, cols) = (m.nrows(), m.ncols());
+                let imp = importance(lin);
+                let search = imp.as_ref().and_then(|(q, s)| s.then_some(&q[..]));
+                let r = start_rounding(grid, &w, rows, cols, search).unwrap();
+                Tuned {
+                    importance: imp.map(|(q, _)| q),
+                    ..Tuned::new(lin, w, r)
+                }
+            })
+            .collect()
     }
 
     /// Per input channel, a gain for synthetic activations: every 13th channel loud (6), the
@@ -1051,23 +1065,7 @@ mod tests {
             };
             for grid in grids {
                 // round to nearest, or the search by each input column's importance
-                let start = |search: bool| -> Vec<Tuned> {
-                    Linear::ALL
-                        .iter()
-                        .map(|&lin| {
-                            let m = lin.weight(&layer);
-                            let w = rows_of(m);
-                            let (rows, cols) = (m.nrows(), m.ncols());
-                            let q = imp_of(lin);
-                            let r = start_rounding(grid, &w, rows, cols, search.then_some(&q[..]))
-                                .unwrap();
-                            Tuned {
-                                importance: Some(q),
-                                ..Tuned::new(lin, w, r)
-                            }
-                        })
-                        .collect()
-                };
+                let start = |search: bool| started(&layer, grid, |lin| Some((imp_of(lin), search)));
                 let decoded = |parts: &[Tuned]| -> Vec<(Linear, Vec<f32>)> {
                     parts
                         .iter()

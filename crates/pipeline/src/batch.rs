@@ -636,7 +636,21 @@ fn shared_pass(
         })
         .collect();
     let result = crate::exec::jobs::pool(ready[0].1.threads).and_then(|pool| {
-        pool.install(|| crate::calib::calibrate_together(&ready[0].2.src, &members, progress))
+        // every job's codes are held until its turn to write (its output is not open yet)
+        let mut held: Vec<std::collections::HashMap<String, crate::calib::Calibrated>> =
+            vec![Default::default(); members.len()];
+        pool.install(|| {
+            crate::calib::calibrate_together(
+                &ready[0].2.src,
+                &members,
+                progress,
+                &mut |k, _, done| {
+                    held[k].extend(done);
+                    Ok(())
+                },
+            )
+        })
+        .map(|summaries| held.into_iter().zip(summaries).collect::<Vec<_>>())
     });
     drop(members);
     match result {

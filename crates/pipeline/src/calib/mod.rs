@@ -3,8 +3,9 @@
 //! inputs come from layer L run with its already-quantized weights (`--calib-inputs float`:
 //! with its float weights, which lets several jobs share the pass). One layer's weights, the
 //! activations between layers (tokens × hidden) and one batch of ~4096 tokens' intermediate
-//! values are in memory, and the codes chosen for the layers so far (one byte per weight: the
-//! run writes the file after the last layer, so these still grow with the model).
+//! values are in memory, and the codes chosen in that layer: each layer's results go to a
+//! [`LayerSink`] as it is done, and a run writes them there and then (a batch's shared pass
+//! holds every job's codes until its jobs write, one byte per weight).
 //!
 //! The loop (calibration sequences, forward pass, capture, statistics per input, propagation,
 //! held-out comparison with round-to-nearest) is written once here; a method is one module
@@ -976,7 +977,17 @@ impl PassKey {
     }
 }
 
-/// Runs calibration and `method` on every linear in `targets` (from [`targets`]).
+/// What a calibration pass hands over after each layer: every tensor one job calibrated in that
+/// layer, by HF name (each name once in a pass).
+pub type LayerDone = HashMap<String, Calibrated>;
+
+/// Where a pass's per-layer results go: `sink(job, layer, its tensors)`, called once per job
+/// and layer in layer order. The run writes them there and then ([`crate::exec::quantize`]),
+/// so a run holds one layer's codes, not the model's; [`calibrate_model`] collects them.
+pub type LayerSink<'s> = dyn FnMut(usize, usize, LayerDone) -> Result<()> + 's;
+
+/// Runs calibration and `method` on every linear in `targets` (from [`targets`]) and collects
+/// every layer's results (the codes of the whole model: a run streams them instead).
 pub fn calibrate_model(
     method: &dyn Method,
     src: &ModelSource,
@@ -984,7 +995,8 @@ pub fn calibrate_model(
     cfg: &QuantizeConfig,
     progress: &dyn Progress,
 ) -> Result<Calibration> {
-    let mut out = calibrate_together(
+    let mut all = HashMap::new();
+    let mut summary = calibrate_together(
         src,
         &[Member {
             method,
@@ -992,8 +1004,12 @@ pub fn calibrate_model(
             cfg,
         }],
         progress,
+        &mut |_, _, done| {
+            all.extend(done);
+            Ok(())
+        },
     )?;
-    Ok(out.pop().expect("one member, one calibration"))
+    Ok((all, summary.pop().expect("one member, one summary")))
 }
 
 /// One pass over the layers of `src` for several jobs (a batch's jobs of one model with
@@ -1007,11 +1023,15 @@ pub fn calibrate_model(
 ///
 /// With one job and `--calib-inputs quantized` (the default), the next layer's inputs come
 /// from this layer as the job quantized it.
+///
+/// Each layer's results go to `sink` as soon as the layer is done ([`LayerSink`]); the pass
+/// returns each job's summary.
 pub fn calibrate_together(
     src: &ModelSource,
     members: &[Member<'_>],
     progress: &dyn Progress,
-) -> Result<Vec<Calibration>> {
+    sink: &mut LayerSink<'_>,
+) -> Result<Vec<CalibSummary>> {
     let first = members
         .first()
         .ok_or_else(|| Error::Config("a calibration pass needs a job".into()))?;
@@ -1101,7 +1121,6 @@ pub fn calibrate_together(
             .any(|m| m.method.wants_float_model_outputs(m.cfg)))
     .then(|| x.clone());
 
-    let mut done: Vec<HashMap<String, Calibrated>> = vec![HashMap::new(); members.len()];
     let mut starved: Vec<Vec<StarvedExpert>> = vec![Vec::new(); members.len()];
     // Calibration tokens go through each layer in batches of whole sequences (about 4096
     // tokens), so only one batch's intermediate activations exist at a time; the statistics
@@ -1148,6 +1167,8 @@ pub fn calibrate_together(
     };
     progress.stage("calibration (layers)", model.cfg.layers as u64);
     for l in 0..model.cfg.layers {
+        // what each job chose in this layer, handed to `sink` at its end
+        let mut done: Vec<LayerDone> = vec![HashMap::new(); members.len()];
         let float_layer = model.layer(l).map_err(model_err)?;
         // the float model's outputs of this layer (its next inputs), when a method wants them
         let xf_next = xf.as_ref().map(|f| advance(&float_layer, f));
@@ -1474,14 +1495,17 @@ pub fn calibrate_together(
             xf = xf_next;
         }
         xh = layer_forward(&model.cfg, next_layer, xh.as_ref(), seq_len, false).0;
+        for (k, d) in done.into_iter().enumerate() {
+            sink(k, l, d)?;
+        }
         progress.step(1);
     }
     progress.finish();
-    Ok(done
-        .into_iter()
-        .zip(members.iter().enumerate())
+    Ok(members
+        .iter()
+        .enumerate()
         .zip(starved)
-        .map(|((d, (k, m)), st)| (d, summary(k, m, st)))
+        .map(|((k, m), st)| summary(k, m, st))
         .collect())
 }
 

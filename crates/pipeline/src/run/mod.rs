@@ -100,16 +100,21 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
         });
     }
     p.check_target(cfg)?;
-    // a calibrated method quantizes every targeted weight before anything is written
-    let calibration = match &p.targets {
-        None => None,
-        Some((m, t)) => Some(
-            // inside our pool, so faer's parallel products use -j threads
-            pool(cfg.threads)?
-                .install(|| crate::calib::calibrate_model(*m, &p.src, t, cfg, progress))?,
-        ),
+    // a calibrated method's layers are written as the calibration finishes each of them
+    let calibrate = match p.targets.is_some() {
+        true => Calibrate::Streamed,
+        false => Calibrate::Held(None),
     };
-    write(p, calibration, cfg, progress)
+    write_run(p, calibrate, cfg, progress)
+}
+
+/// Where a run's calibrated tensors come from.
+enum Calibrate {
+    /// Chosen already (a batch's shared pass), or `None` without a method.
+    Held(Option<crate::calib::Calibration>),
+    /// The run's own pass, each layer written as it is done: the codes of one layer are held,
+    /// not the model's.
+    Streamed,
 }
 
 /// A run planned and checked, nothing written yet ([`prepare`]).
@@ -228,11 +233,27 @@ pub fn prepare(cfg: &QuantizeConfig) -> Result<Prepared> {
     })
 }
 
-/// Writes a prepared run: `calibration` is what its method chose (from
-/// [`crate::calib::calibrate_model`] or a shared pass), `None` without a method.
+/// Writes a prepared run: `calibration` is what its method chose (from a batch's shared
+/// [`crate::calib::calibrate_together`] pass), `None` without a method.
 pub fn write(
     p: Prepared,
     calibration: Option<crate::calib::Calibration>,
+    cfg: &QuantizeConfig,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
+    if p.targets.is_some() != calibration.is_some() {
+        return Err(Error::Config(
+            "a calibrated run is written with its calibration, and only then".into(),
+        ));
+    }
+    write_run(p, Calibrate::Held(calibration), cfg, progress)
+}
+
+/// Writes the output: every calibrated tensor as its calibration arrives (all at once, or
+/// layer by layer from the run's own pass), then every other tensor.
+fn write_run(
+    p: Prepared,
+    calibrate: Calibrate,
     cfg: &QuantizeConfig,
     progress: &dyn Progress,
 ) -> Result<Outcome> {
@@ -244,15 +265,6 @@ pub fn write(
         targets,
         inputs,
     } = p;
-    if targets.is_some() != calibration.is_some() {
-        return Err(Error::Config(
-            "a calibrated run is written with its calibration, and only then".into(),
-        ));
-    }
-    let (calibrated, calib_summary) = match calibration {
-        None => (HashMap::new(), None),
-        Some((c, s)) => (c, Some(s)),
-    };
 
     // Fix every offset before touching data.
     let (layouts, offsets) = layout(&plan, &src, cfg)?;
@@ -319,44 +331,48 @@ pub fn write(
         }
     }
 
-    struct Job {
-        tensor: usize,
-        r0: usize,
-        r1: usize,
-    }
-    let mut jobs = Vec::new();
+    // the plan's tensors this run writes, by the source tensor a calibration names
+    let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
     for (ti, tp) in plan
         .tensors
         .iter()
         .enumerate()
         .filter(|(ti, _)| wanted[*ti])
     {
-        let (rows, cols) = rows_cols(&tp.shape);
-        let align = match &tp.action {
-            Action::Encode(s) => s.row_align(),
-            Action::Copy => 1,
-        };
-        for (r0, r1) in chunk_rows(rows, cols, align, CHUNK_ELEMS) {
-            jobs.push(Job { tensor: ti, r0, r1 });
-        }
+        by_name
+            .entry(src.tensors[tp.source].info.name.as_str())
+            .or_default()
+            .push(ti);
     }
-    progress.start(if cfg.shard.is_some() {
+    let tensor_bytes =
+        |tp: &TensorPlan| (rows_cols(&tp.shape).0 * src.row_bytes(&src.tensors[tp.source])) as u64;
+    let total = if cfg.shard.is_some() {
         plan.tensors
             .iter()
             .zip(&wanted)
             .filter(|(_, w)| **w)
-            .map(|(tp, _)| {
-                let t = &src.tensors[tp.source];
-                (rows_cols(&tp.shape).0 * src.row_bytes(t)) as u64
-            })
+            .map(|(tp, _)| tensor_bytes(tp))
             .sum()
     } else {
         src.total_bytes()
-    });
+    };
+
+    struct Job {
+        tensor: usize,
+        r0: usize,
+        r1: usize,
+    }
+    // Per tensor, its chunks' results merged in chunk order (deterministic sums), and the
+    // calibration's layer-output error.
+    let mut per: Vec<ChunkResult> = vec![ChunkResult::default(); plan.tensors.len()];
+    let mut written_yet = vec![false; plan.tensors.len()];
+    let mut layer_errors: Vec<Option<crate::calib::LayerOutputError>> =
+        vec![None; plan.tensors.len()];
+    let no_calibration = HashMap::new();
     // Workers compute; one writer thread does all file writes (no lock contention on the
     // file, and the kernel's copy overlaps with computing). The bounded channel caps the
     // bytes in flight.
-    let results = std::thread::scope(|scope| -> Result<Vec<ChunkResult>> {
+    let calib_summary = std::thread::scope(|scope| -> Result<_> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<((usize, u64), Bytes<'_>)>(WRITE_QUEUE);
         let src = &src;
         let writer = scope.spawn(move || -> Result<()> {
@@ -379,43 +395,128 @@ pub fn write(
             }
             Ok(())
         });
-        let results = run_jobs(&pool, &jobs, |j| {
-            let tp = &plan.tensors[j.tensor];
-            let r = run_chunk(
-                src,
-                tp,
-                &offsets[j.tensor],
-                j.r0,
-                j.r1,
-                tstats[j.tensor],
-                cfg,
-                calibrated.get(&src.tensors[tp.source].info.name),
-                &tx,
-            );
-            progress.inc(((j.r1 - j.r0) * src.row_bytes(&src.tensors[tp.source])) as u64);
-            r
-        });
+        // writes `tensors` (plan order; `None`: every one not written yet) with `calibrated`'s
+        // codes and transforms, by source name; returns the bytes of input they cover
+        let mut write_tensors = |tensors: Option<Vec<usize>>,
+                                 calibrated: &HashMap<String, crate::calib::Calibrated>,
+                                 show: bool|
+         -> Result<u64> {
+            let tensors = tensors.unwrap_or_else(|| {
+                (0..plan.tensors.len())
+                    .filter(|&ti| wanted[ti] && !written_yet[ti])
+                    .collect()
+            });
+            let mut jobs = Vec::new();
+            for &ti in &tensors {
+                let tp = &plan.tensors[ti];
+                if std::mem::replace(&mut written_yet[ti], true) {
+                    return Err(tensor_err(
+                        src,
+                        tp,
+                        "calibrated twice in one pass (a method's bug)".into(),
+                    ));
+                }
+                layer_errors[ti] = calibrated
+                    .get(&src.tensors[tp.source].info.name)
+                    .and_then(|c| c.error);
+                let (rows, cols) = rows_cols(&tp.shape);
+                let align = match &tp.action {
+                    Action::Encode(s) => s.row_align(),
+                    Action::Copy => 1,
+                };
+                for (r0, r1) in chunk_rows(rows, cols, align, CHUNK_ELEMS) {
+                    jobs.push(Job { tensor: ti, r0, r1 });
+                }
+            }
+            let results = run_jobs(&pool, &jobs, |j| {
+                let tp = &plan.tensors[j.tensor];
+                let r = run_chunk(
+                    src,
+                    tp,
+                    &offsets[j.tensor],
+                    j.r0,
+                    j.r1,
+                    tstats[j.tensor],
+                    cfg,
+                    calibrated.get(&src.tensors[tp.source].info.name),
+                    &tx,
+                );
+                if show {
+                    progress.inc(((j.r1 - j.r0) * src.row_bytes(&src.tensors[tp.source])) as u64);
+                }
+                r
+            })?;
+            for (j, r) in jobs.iter().zip(&results) {
+                per[j.tensor].stats.merge(&r.stats);
+                per[j.tensor].audit.merge(&r.audit);
+            }
+            Ok(tensors
+                .iter()
+                .map(|&ti| tensor_bytes(&plan.tensors[ti]))
+                .sum())
+        };
+        // the tensors of the plan a calibration names
+        let named = |calibrated: &HashMap<String, crate::calib::Calibrated>| {
+            let mut t: Vec<usize> = calibrated
+                .keys()
+                .filter_map(|n| by_name.get(n.as_str()))
+                .flatten()
+                .copied()
+                .collect();
+            t.sort_unstable();
+            t
+        };
+        let run = (|| -> Result<_> {
+            let (summary, before) = match calibrate {
+                Calibrate::Held(None) => (None, 0),
+                Calibrate::Held(Some((calibrated, summary))) => {
+                    let before = write_tensors(Some(named(&calibrated)), &calibrated, false)?;
+                    (Some(summary), before)
+                }
+                Calibrate::Streamed => {
+                    let (method, t) = targets.as_ref().ok_or_else(|| {
+                        Error::Config("a streamed calibration needs a method".into())
+                    })?;
+                    let mut before = 0;
+                    // inside our pool, so faer's parallel products use -j threads
+                    let mut summaries = pool.install(|| {
+                        crate::calib::calibrate_together(
+                            src,
+                            &[crate::calib::Member {
+                                method: *method,
+                                targets: t,
+                                cfg,
+                            }],
+                            progress,
+                            &mut |_, _, layer| {
+                                before += write_tensors(Some(named(&layer)), &layer, false)?;
+                                Ok(())
+                            },
+                        )
+                    })?;
+                    (summaries.pop(), before)
+                }
+            };
+            // the rest, with the bytes written so far on the bar
+            progress.start(total);
+            progress.inc(before);
+            write_tensors(None, &no_calibration, true)?;
+            Ok(summary)
+        })();
         drop(tx);
         let written = writer.join().expect("writer thread does not panic");
         // a write error makes workers fail with "writer stopped": report the write error
         written?;
-        results
+        run
     })?;
     progress.finish();
 
-    // Merge chunk results per tensor, in job order (deterministic sums).
-    let mut per: Vec<ChunkResult> = vec![ChunkResult::default(); plan.tensors.len()];
-    for (j, r) in jobs.iter().zip(&results) {
-        per[j.tensor].stats.merge(&r.stats);
-        per[j.tensor].audit.merge(&r.audit);
-    }
     let rows = plan
         .tensors
         .iter()
-        .zip(&per)
-        .zip(&wanted)
-        .filter(|(_, w)| **w)
-        .map(|((tp, r), _)| row(tp, r, calibrated.get(&src.tensors[tp.source].info.name)))
+        .enumerate()
+        .filter(|(ti, _)| wanted[*ti])
+        .map(|(ti, tp)| row(tp, &per[ti], layer_errors[ti]))
         .collect();
 
     // Finish the container: all files are complete before any is renamed into place.
@@ -1001,7 +1102,11 @@ fn narrows(from: DType, to: DType) -> bool {
     }
 }
 
-fn row(tp: &TensorPlan, r: &ChunkResult, gptq: Option<&crate::calib::Calibrated>) -> ReportRow {
+fn row(
+    tp: &TensorPlan,
+    r: &ChunkResult,
+    layer_output_error: Option<crate::calib::LayerOutputError>,
+) -> ReportRow {
     let n: usize = tp.shape.iter().product();
     let out = tp.bytes_out() as u64;
     let changed = matches!(tp.action, Action::Encode(_));
@@ -1026,7 +1131,7 @@ fn row(tp: &TensorPlan, r: &ChunkResult, gptq: Option<&crate::calib::Calibrated>
         error: changed.then(|| r.stats.summary()),
         audit,
         note: tp.note.clone(),
-        layer_output_error: gptq.and_then(|c| c.error),
+        layer_output_error,
         stats: r.stats,
     }
 }

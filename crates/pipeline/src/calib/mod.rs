@@ -983,34 +983,8 @@ pub type LayerDone = HashMap<String, Calibrated>;
 
 /// Where a pass's per-layer results go: `sink(job, layer, its tensors)`, called once per job
 /// and layer in layer order. The run writes them there and then ([`crate::exec::quantize`]),
-/// so a run holds one layer's codes, not the model's; [`calibrate_model`] collects them.
+/// so a run holds one layer's codes, not the model's; a batch's shared pass collects them.
 pub type LayerSink<'s> = dyn FnMut(usize, usize, LayerDone) -> Result<()> + 's;
-
-/// Runs calibration and `method` on every linear in `targets` (from [`targets`]) and collects
-/// every layer's results (the codes of the whole model: a run streams them instead).
-pub fn calibrate_model(
-    method: &dyn Method,
-    src: &ModelSource,
-    targets: &Targets,
-    cfg: &QuantizeConfig,
-    progress: &dyn Progress,
-) -> Result<Calibration> {
-    let mut all = HashMap::new();
-    let mut summary = calibrate_together(
-        src,
-        &[Member {
-            method,
-            targets,
-            cfg,
-        }],
-        progress,
-        &mut |_, _, done| {
-            all.extend(done);
-            Ok(())
-        },
-    )?;
-    Ok((all, summary.pop().expect("one member, one summary")))
-}
 
 /// One pass over the layers of `src` for several jobs (a batch's jobs of one model with
 /// `--calib-inputs float` and one [`PassKey`]): each layer's inputs are computed once, and so

@@ -590,13 +590,47 @@ fn runtime_failures_name_the_file_and_tensor() {
         out.as_os_str(),
     ];
     a.extend(calib);
-    expect_error(
-        &a,
+    // nothing at the target, nor a temporary beside it
+    let must = [
+        "calibration: ",
+        "miss",
+        "tensor 'model.layers.1.mlp.up_proj.weight'",
+        "missing",
+    ];
+    fails(&a, Some(&out), &must);
+    // a NaN in layer 1 stops the pass after layer 0's tensors are written: nothing is left at
+    // the target (GGUF, learned rounding) nor a temporary beside it
+    let nan = d.path().join("nan");
+    fixture_copy(&nan);
+    let st = nan.join("model.safetensors");
+    let mut buf = std::fs::read(&st).unwrap();
+    let (n, meta) = safetensors::SafeTensors::read_metadata(&buf).unwrap();
+    let info = meta.info("model.layers.1.mlp.up_proj.weight").unwrap();
+    assert_eq!(info.dtype, Dtype::BF16);
+    let at = 8 + n + info.data_offsets.0 + 2 * 5;
+    buf[at..at + 2].copy_from_slice(&0x7fc0u16.to_le_bytes());
+    std::fs::write(&st, buf).unwrap();
+    let gguf = d.path().join("out.gguf");
+    let mut b: Vec<&std::ffi::OsStr> = vec![
+        nan.as_os_str(),
+        "--to".as_ref(),
+        "q4_k_m".as_ref(),
+        "--method".as_ref(),
+        "signround".as_ref(),
+        "--iters".as_ref(),
+        "2".as_ref(),
+        "-o".as_ref(),
+        gguf.as_os_str(),
+    ];
+    b.extend(calib);
+    fails(
+        &b,
+        Some(&gguf),
         &[
             "calibration: ",
-            "miss",
+            "nan",
             "tensor 'model.layers.1.mlp.up_proj.weight'",
-            "missing",
+            "non-finite weight NaN at row 0, column 5",
         ],
     );
     expect_error(

@@ -1106,6 +1106,23 @@ pub trait Weights: Sync {
     }
 }
 
+/// `Ok` when `v` (rows of `per` values; `row` maps a row of `v` to the tensor's) holds no NaN or
+/// Inf, else the error naming the first.
+fn finite(name: &str, v: &[f32], per: usize, row: impl Fn(usize) -> usize) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(ModelError::Tensor {
+            name: name.into(),
+            msg: format!(
+                "non-finite weight {} at row {}, column {}",
+                v[i],
+                row(i / per),
+                i % per
+            ),
+        }),
+    }
+}
+
 fn source_tensor<'s>(
     src: &'s ModelSource,
     name: &str,
@@ -1429,7 +1446,8 @@ impl<'a> Model<'a> {
         })
     }
 
-    /// A tensor as f32, checked against the expected shape.
+    /// A tensor as f32, checked against the expected shape and for NaN/Inf (a forward pass
+    /// through one is meaningless: calibration, `eval` and `imatrix` stop at it, naming it).
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let have = self.dims(name)?;
         if have != shape {
@@ -1438,7 +1456,14 @@ impl<'a> Model<'a> {
                 msg: format!("shape {have:?}, expected {shape:?}"),
             });
         }
-        self.w.read(name)
+        let v = self.w.read(name)?;
+        // (a vector: one row)
+        let per = match shape.get(1..) {
+            Some(rest) if !rest.is_empty() => rest.iter().product::<usize>(),
+            _ => v.len(),
+        };
+        finite(name, &v, per.max(1), |r| r)?;
+        Ok(v)
     }
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Mat<f32>> {
@@ -1778,6 +1803,7 @@ impl<'a> Model<'a> {
         }
         let idx: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
         let v = self.w.rows(name, &idx)?;
+        finite(name, &v, c.hidden, |k| idx[k])?;
         let scale = c.embed_scale.unwrap_or(1.0);
         Ok(Mat::from_fn(ids.len(), c.hidden, |i, j| {
             v[i * c.hidden + j] * scale

@@ -1107,8 +1107,11 @@ pub trait Weights: Sync {
 }
 
 /// `Ok` when `v` (rows of `per` values; `row` maps a row of `v` to the tensor's) holds no NaN or
-/// Inf, else the error naming the first.
+/// Inf, else the error naming the first (the scan is the run's vector-width one).
 fn finite(name: &str, v: &[f32], per: usize, row: impl Fn(usize) -> usize) -> Result<()> {
+    if !qs_numeric::dtype::any_nonfinite(v) {
+        return Ok(());
+    }
     match v.iter().position(|x| !x.is_finite()) {
         None => Ok(()),
         Some(i) => Err(ModelError::Tensor {

@@ -17,11 +17,11 @@
 //! probabilities (`heads·seq_len²` floats per sequence).
 
 use crate::{
-    add_into, dense_attend, dense_qkv, linear, pre_norm, rope_of_layer, rope_transposed, Act,
-    Config, Layer, Qkv,
+    add_bias, add_into, dense_attend, finish_qkv, pre_norm, rope_of_layer, rope_transposed, Act,
+    Config, Layer, Linear, Qkv,
 };
-use faer::{Accum, Mat, MatRef, Par};
-use qs_numeric::linalg::matmul;
+use faer::{Accum, Mat, MatMut, MatRef, Par};
+use qs_numeric::linalg::{matmul, rows_into};
 use rayon::prelude::*;
 
 /// What [`backward`] reads of a [`forward`] pass.
@@ -36,29 +36,130 @@ pub struct Tape {
     q: Mat<f32>,
     k: Mat<f32>,
     v: Mat<f32>,
-    /// Per (sequence, head), row i: query i's probabilities over the keys (n × n, zero above
-    /// the diagonal).
+    /// Per (sequence, head), column i: query i's probabilities over the keys (n × n, zero
+    /// below the diagonal).
     probs: Vec<Mat<f32>>,
     /// o_proj's input.
     attn: Mat<f32>,
     /// The residual after attention, and the MLP input (after the post-attention norm).
     x1: Mat<f32>,
     h2: Mat<f32>,
-    /// gate and up projections (before the activation), and down_proj's input.
-    g: Mat<f32>,
-    u: Mat<f32>,
+    /// gate's and up's projections side by side (before the activation), and down_proj's
+    /// input.
+    gu: Mat<f32>,
     a: Mat<f32>,
 }
 
-/// The gradient of the loss with respect to each linear's weights (each `[out, in]`, as the
-/// weights), by [`crate::Linear`].
-pub struct WeightGrads([Mat<f32>; 7]);
+/// The gradient of the loss with respect to each linear's weights (each `[out, in]`, row-major
+/// as [`Weights`]), by [`Linear`].
+pub struct WeightGrads([Vec<f32>; 7]);
 
 impl WeightGrads {
-    /// The gradient of `lin`'s weights.
-    pub fn of(&self, lin: crate::Linear) -> &Mat<f32> {
+    /// The gradient of `lin`'s weights, row-major `[out, in]`.
+    pub fn of(&self, lin: Linear) -> &[f32] {
         &self.0[lin as usize]
     }
+}
+
+/// The seven linears' weights that [`forward`] and [`backward`] use in place of the layer's:
+/// row-major `[out, in]` values (as learned rounding writes its fake-quantized weights, so a
+/// step writes them in place), q, k and v back to back and gate and up back to back. Each
+/// group of linears with one input is then one matrix product, and a row-major `[out, in]`
+/// block is the transposed weight as a column-major matrix: the products read it as it is.
+/// Every value is the one the separate products give (each output's sum is the same, in the
+/// same order).
+pub struct Weights {
+    hidden: usize,
+    q_out: usize,
+    kv_out: usize,
+    inter: usize,
+    qkv: Vec<f32>,
+    o: Vec<f32>,
+    gate_up: Vec<f32>,
+    down: Vec<f32>,
+}
+
+impl Weights {
+    /// The layer's own weights.
+    pub fn of(w: &Layer) -> Weights {
+        let (hidden, q_out, kv_out, inter) =
+            (w.q.ncols(), w.q.nrows(), w.k.nrows(), w.gate.nrows());
+        let mut lw = Weights {
+            hidden,
+            q_out,
+            kv_out,
+            inter,
+            qkv: vec![0.0; (q_out + 2 * kv_out) * hidden],
+            o: vec![0.0; w.o.nrows() * w.o.ncols()],
+            gate_up: vec![0.0; 2 * inter * hidden],
+            down: vec![0.0; w.down.nrows() * w.down.ncols()],
+        };
+        for lin in Linear::ALL {
+            let m = lin.weight(w);
+            assert_eq!(
+                (m.nrows(), m.ncols()),
+                lw.shape(lin),
+                "{lin:?}'s shape in a dense layer"
+            );
+            rows_into(m.as_ref(), lw.rows_mut(lin));
+        }
+        lw
+    }
+
+    /// `lin`'s `[out, in]`.
+    pub fn shape(&self, lin: Linear) -> (usize, usize) {
+        match lin {
+            Linear::Q => (self.q_out, self.hidden),
+            Linear::K | Linear::V => (self.kv_out, self.hidden),
+            Linear::O => (self.hidden, self.q_out),
+            Linear::Gate | Linear::Up => (self.inter, self.hidden),
+            Linear::Down => (self.hidden, self.inter),
+        }
+    }
+
+    /// (its buffer's index, its first value) of `lin`'s rows.
+    fn place(&self, lin: Linear) -> (usize, usize) {
+        let h = self.hidden;
+        match lin {
+            Linear::Q => (0, 0),
+            Linear::K => (0, self.q_out * h),
+            Linear::V => (0, (self.q_out + self.kv_out) * h),
+            Linear::O => (1, 0),
+            Linear::Gate => (2, 0),
+            Linear::Up => (2, self.inter * h),
+            Linear::Down => (3, 0),
+        }
+    }
+
+    /// `lin`'s weights, row-major `[out, in]`.
+    pub fn rows(&self, lin: Linear) -> &[f32] {
+        let ((b, at), (o, i)) = (self.place(lin), self.shape(lin));
+        &[&self.qkv, &self.o, &self.gate_up, &self.down][b][at..at + o * i]
+    }
+
+    /// `lin`'s weights to write, row-major `[out, in]`.
+    pub fn rows_mut(&mut self, lin: Linear) -> &mut [f32] {
+        let ((b, at), (o, i)) = (self.place(lin), self.shape(lin));
+        let buf = match b {
+            0 => &mut self.qkv,
+            1 => &mut self.o,
+            2 => &mut self.gate_up,
+            _ => &mut self.down,
+        };
+        &mut buf[at..at + o * i]
+    }
+
+    /// `Wᵀ` (in × out) of the rows `buf` holds, `out` of them.
+    fn t(buf: &[f32], out: usize) -> MatRef<'_, f32> {
+        MatRef::from_column_major_slice(buf, buf.len() / out.max(1), out)
+    }
+}
+
+/// `x·wt`: a linear's output for inputs `x` (tokens × in) from its transposed weights `wt`.
+fn product(x: MatRef<'_, f32>, wt: MatRef<'_, f32>) -> Mat<f32> {
+    let mut out = Mat::<f32>::zeros(x.nrows(), wt.ncols());
+    matmul(out.as_mut(), Accum::Replace, x, wt, 1.0f32, Par::rayon(0));
+    out
 }
 
 /// `Err` naming what the layer has that [`backward`] does not differentiate.
@@ -106,11 +207,31 @@ pub fn supported(c: &Config, w: &Layer) -> Result<(), String> {
 }
 
 /// The layer's output for `x` (tokens × hidden, sequences of `seq_len` tokens back to back,
-/// causal attention within each), as [`crate::layer_forward`] computes it, and its tape. The
-/// layer must be [`supported`].
-pub fn forward(c: &Config, w: &Layer, x: MatRef<'_, f32>, seq_len: usize) -> (Mat<f32>, Tape) {
+/// causal attention within each), as [`crate::layer_forward`] computes it with the linears'
+/// weights `lw` (the layer's own linears are not read), and its tape. The layer must be
+/// [`supported`].
+pub fn forward(
+    c: &Config,
+    w: &Layer,
+    lw: &Weights,
+    x: MatRef<'_, f32>,
+    seq_len: usize,
+) -> (Mat<f32>, Tape) {
     let h = pre_norm(x, w.input_norm.as_deref(), c.eps);
-    let qkv = dense_qkv(c, w, h.as_ref(), seq_len, true);
+    let (qo, kvo) = (lw.q_out, lw.kv_out);
+    let all = product(h.as_ref(), Weights::t(&lw.qkv, qo + 2 * kvo));
+    let part = |j0: usize, n: usize, b: Option<&[f32]>| {
+        let mut m = all.as_ref().subcols(j0, n).to_owned();
+        if let Some(b) = b {
+            add_bias(&mut m, b);
+        }
+        m
+    };
+    let q = part(0, qo, w.q_bias.as_deref());
+    let k = part(qo, kvo, w.k_bias.as_deref());
+    let v = part(qo + kvo, kvo, w.v_bias.as_deref());
+    drop(all);
+    let qkv = finish_qkv(c, w, (q, k, v), seq_len, true);
     let (attn, probs) = dense_attend(c, w, &qkv, seq_len, true);
     let Qkv {
         q,
@@ -119,13 +240,17 @@ pub fn forward(c: &Config, w: &Layer, x: MatRef<'_, f32>, seq_len: usize) -> (Ma
         q_pre,
         k_pre,
     } = qkv;
-    let o = linear(attn.as_ref(), &w.o, None);
+    let o = product(attn.as_ref(), Weights::t(&lw.o, lw.hidden));
     let mut x1 = o;
     add_into(&mut x1, x);
     let h2 = pre_norm(x1.as_ref(), w.post_norm.as_deref(), c.eps);
-    let g = linear(h2.as_ref(), &w.gate, None);
-    let u = linear(h2.as_ref(), &w.up, None);
-    let mut a = Mat::<f32>::zeros(g.nrows(), g.ncols());
+    let inter = lw.inter;
+    let gu = product(h2.as_ref(), Weights::t(&lw.gate_up, 2 * inter));
+    let mut a = Mat::<f32>::zeros(gu.nrows(), inter);
+    let (g, u) = (
+        gu.as_ref().subcols(0, inter),
+        gu.as_ref().subcols(inter, inter),
+    );
     a.as_mut()
         .par_col_iter_mut()
         .zip(g.par_col_iter().zip(u.par_col_iter()))
@@ -134,7 +259,7 @@ pub fn forward(c: &Config, w: &Layer, x: MatRef<'_, f32>, seq_len: usize) -> (Ma
                 *a = c.act.gated(gv, uv);
             }
         });
-    let d = linear(a.as_ref(), &w.down, None);
+    let d = product(a.as_ref(), Weights::t(&lw.down, lw.hidden));
     let mut y = x1.clone();
     add_into(&mut y, d.as_ref());
     let tape = Tape {
@@ -149,8 +274,7 @@ pub fn forward(c: &Config, w: &Layer, x: MatRef<'_, f32>, seq_len: usize) -> (Ma
         attn,
         x1,
         h2,
-        g,
-        u,
+        gu,
         a,
     };
     (y, tape)
@@ -164,32 +288,21 @@ fn blocks(tokens: usize, seq_len: usize, heads: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// `dyᵀ x`: the gradient of `y = x Wᵀ` with respect to W.
-fn weight_grad(dy: MatRef<'_, f32>, x: MatRef<'_, f32>) -> Mat<f32> {
-    let mut g = Mat::<f32>::zeros(dy.ncols(), x.ncols());
+/// `xᵀ dy` into `buf`: the gradient of `y = x Wᵀ` with respect to W, row-major `[out, in]`
+/// (its transpose, column-major).
+fn weight_grad<'b>(dy: MatRef<'_, f32>, x: MatRef<'_, f32>, buf: &'b mut Vec<f32>) -> &'b [f32] {
+    buf.clear();
+    buf.resize(dy.ncols() * x.ncols(), 0.0);
+    let dst = MatMut::from_column_major_slice_mut(buf, x.ncols(), dy.ncols());
     matmul(
-        g.as_mut(),
+        dst,
         Accum::Replace,
-        dy.transpose(),
-        x,
-        1.0f32,
-        Par::rayon(0),
-    );
-    g
-}
-
-/// `dy W`: the gradient of `y = x Wᵀ` with respect to x.
-fn input_grad(dy: MatRef<'_, f32>, w: &Mat<f32>) -> Mat<f32> {
-    let mut g = Mat::<f32>::zeros(dy.nrows(), w.ncols());
-    matmul(
-        g.as_mut(),
-        Accum::Replace,
+        x.transpose(),
         dy,
-        w.as_ref(),
         1.0f32,
         Par::rayon(0),
     );
-    g
+    buf
 }
 
 /// The gradient with respect to `x` of `y = rmsnorm(x)·gain` over groups of `width` columns
@@ -250,24 +363,25 @@ fn rms_norm_grad(
 }
 
 /// The gradients of the loss with respect to the layer's weights, given its gradient with
-/// respect to the layer's output (`dy`, tokens × hidden) and the tape of the forward pass that
-/// produced the output.
-pub fn backward(c: &Config, w: &Layer, t: Tape, dy: MatRef<'_, f32>) -> WeightGrads {
-    let mut g: [Mat<f32>; 7] = std::array::from_fn(|_| Mat::zeros(0, 0));
-    backward_each(c, w, t, dy, |lin, m| g[lin as usize] = m);
+/// respect to the layer's output (`dy`, tokens × hidden) and the tape of the forward pass with
+/// weights `lw` that produced the output.
+pub fn backward(c: &Config, w: &Layer, lw: &Weights, t: Tape, dy: MatRef<'_, f32>) -> WeightGrads {
+    let mut g: [Vec<f32>; 7] = std::array::from_fn(|_| Vec::new());
+    backward_each(c, w, lw, t, dy, |lin, m| g[lin as usize] = m.to_vec());
     WeightGrads(g)
 }
 
-/// [`backward`], handing each weight's gradient to `f` as soon as it is computed (down, up,
-/// gate, o, then q, k, v), so that a caller can use and drop it before the next exists. The
-/// tape is consumed as the pass goes back through the layer: each activation is dropped after
-/// its last use, and the gate and up activations' gradients overwrite them.
+/// [`backward`], handing each weight's gradient (row-major `[out, in]`) to `f` as soon as it
+/// is computed (down, gate, up, o, then q, k, v), so that a caller can use it before the next
+/// exists. The tape is consumed as the pass goes back through the layer: each activation is
+/// dropped after its last use, and the gate and up activations' gradients overwrite them.
 pub fn backward_each(
     c: &Config,
     w: &Layer,
+    lw: &Weights,
     t: Tape,
     dy: MatRef<'_, f32>,
-    mut f: impl FnMut(crate::Linear, Mat<f32>),
+    mut f: impl FnMut(Linear, &[f32]),
 ) {
     use crate::Linear as L;
     let hd = c.head_dim;
@@ -283,44 +397,57 @@ pub fn backward_each(
         attn,
         x1,
         h2,
-        g: mut dg,
-        u: mut du,
+        gu: mut dgu,
         a,
     } = t;
+    let mut buf = Vec::new();
+    let (hidden, inter) = (lw.hidden, lw.inter);
     // MLP: y = x1 + down(silu(gate(h2)) ⊙ up(h2))
-    f(L::Down, weight_grad(dy, a.as_ref()));
+    f(L::Down, weight_grad(dy, a.as_ref(), &mut buf));
     drop(a);
-    let da = input_grad(dy, &w.down);
+    let da = product(dy, Weights::t(&lw.down, hidden).transpose());
     // the gate and up activations' gradients, in place of the activations
-    dg.as_mut()
-        .par_col_iter_mut()
-        .zip(du.as_mut().par_col_iter_mut())
-        .zip(da.par_col_iter())
-        .for_each(|((dgc, duc), dac)| {
-            let it = dgc.iter_mut().zip(duc.iter_mut()).zip(dac.iter());
-            for ((dg, du), &d) in it {
-                let (g, u) = (*dg, *du);
-                let s = 1.0 / (1.0 + (-g).exp());
-                *du = d * g * s;
-                *dg = d * u * s * (1.0 + g * (1.0 - s));
-            }
-        });
+    {
+        let (dg, du) = dgu.as_mut().split_at_col_mut(inter);
+        dg.par_col_iter_mut()
+            .zip(du.par_col_iter_mut())
+            .zip(da.par_col_iter())
+            .for_each(|((dgc, duc), dac)| {
+                let it = dgc.iter_mut().zip(duc.iter_mut()).zip(dac.iter());
+                for ((dg, du), &d) in it {
+                    let (g, u) = (*dg, *du);
+                    let s = 1.0 / (1.0 + (-g).exp());
+                    *du = d * g * s;
+                    *dg = d * u * s * (1.0 + g * (1.0 - s));
+                }
+            });
+    }
     drop(da);
-    f(L::Gate, weight_grad(dg.as_ref(), h2.as_ref()));
-    f(L::Up, weight_grad(du.as_ref(), h2.as_ref()));
+    // gate's and up's gradients in one product: gate's rows, then up's
+    let both = weight_grad(dgu.as_ref(), h2.as_ref(), &mut buf);
+    let (gate, up) = both.split_at(inter * hidden);
+    f(L::Gate, gate);
+    f(L::Up, up);
     drop(h2);
-    let mut dh2 = input_grad(dg.as_ref(), &w.gate);
-    drop(dg);
-    add_into(&mut dh2, input_grad(du.as_ref(), &w.up).as_ref());
-    drop(du);
+    let gut = Weights::t(&lw.gate_up, 2 * inter);
+    let (dg, du) = (
+        dgu.as_ref().subcols(0, inter),
+        dgu.as_ref().subcols(inter, inter),
+    );
+    let mut dh2 = product(dg, gut.subcols(0, inter).transpose());
+    add_into(
+        &mut dh2,
+        product(du, gut.subcols(inter, inter).transpose()).as_ref(),
+    );
+    drop(dgu);
     let post = w.post_norm.as_deref().unwrap_or(&[]);
     let mut dx1 = rms_norm_grad(x1.as_ref(), dh2.as_ref(), post, c.hidden, c.eps);
     drop((x1, dh2));
     add_into(&mut dx1, dy);
     // attention: x1 = x + o(attn)
-    f(L::O, weight_grad(dx1.as_ref(), attn.as_ref()));
+    f(L::O, weight_grad(dx1.as_ref(), attn.as_ref(), &mut buf));
     drop(attn);
-    let dattn = input_grad(dx1.as_ref(), &w.o);
+    let dattn = product(dx1.as_ref(), Weights::t(&lw.o, hidden).transpose());
     drop(dx1);
     let (mut dq, mut dk, dv) = attend_grad(c, seq_len, (&q, &k, &v), &probs, dattn.as_ref());
     drop((q, k, v, probs, dattn));
@@ -334,11 +461,22 @@ pub fn backward_each(
         dk = rms_norm_grad(kp.as_ref(), dk.as_ref(), kn, hd, c.eps);
     }
     drop((q_pre, k_pre));
-    f(L::Q, weight_grad(dq.as_ref(), h.as_ref()));
+    // q's, k's and v's gradients in one product, from their output gradients side by side
+    let (qo, kvo) = (lw.q_out, lw.kv_out);
+    let mut dqkv = Mat::<f32>::zeros(dq.nrows(), qo + 2 * kvo);
+    dqkv.as_mut().subcols_mut(0, qo).copy_from(&dq);
     drop(dq);
-    f(L::K, weight_grad(dk.as_ref(), h.as_ref()));
+    dqkv.as_mut().subcols_mut(qo, kvo).copy_from(&dk);
     drop(dk);
-    f(L::V, weight_grad(dv.as_ref(), h.as_ref()));
+    dqkv.as_mut().subcols_mut(qo + kvo, kvo).copy_from(&dv);
+    drop(dv);
+    let all = weight_grad(dqkv.as_ref(), h.as_ref(), &mut buf);
+    drop((dqkv, h));
+    let (gq, rest) = all.split_at(qo * hidden);
+    let (gk, gv) = rest.split_at(kvo * hidden);
+    f(L::Q, gq);
+    f(L::K, gk);
+    f(L::V, gv);
 }
 
 /// The gradients with respect to q, k and v (as attention read them) of the loss, given its
@@ -367,42 +505,36 @@ fn attend_grad(
             let (mut dk, mut dv) = (Mat::<f32>::zeros(n, hd), Mat::<f32>::zeros(n, hd));
             let mut dqs = Vec::with_capacity(rep);
             for head in kvh * rep..(kvh + 1) * rep {
-                // blocks() lists the sequences' heads in order
-                let p = &probs[s0 / seq_len.max(1) * c.heads + head];
+                // blocks() lists the sequences' heads in order; column i of `pt` is query
+                // i's probabilities (Pᵀ)
+                let pt = &probs[s0 / seq_len.max(1) * c.heads + head];
                 let qh = q.as_ref().submatrix(s0, head * hd, n, hd);
                 let doh = dattn.submatrix(s0, head * hd, n, hd);
+                matmul(dv.as_mut(), Accum::Add, pt.as_ref(), doh, 1.0f32, Par::Seq);
+                // dPᵀ = V dOᵀ, then dSᵀ in its place, a query's column at a time
+                let mut ds = Mat::<f32>::zeros(n, n);
                 matmul(
-                    dv.as_mut(),
-                    Accum::Add,
-                    p.transpose(),
-                    doh,
-                    1.0f32,
-                    Par::Seq,
-                );
-                let mut dp = Mat::<f32>::zeros(n, n);
-                matmul(
-                    dp.as_mut(),
+                    ds.as_mut(),
                     Accum::Replace,
-                    doh,
-                    vh.transpose(),
+                    vh,
+                    doh.transpose(),
                     1.0f32,
                     Par::Seq,
                 );
                 for i in 0..n {
-                    let dot: f32 = (0..=i).map(|j| p[(i, j)] * dp[(i, j)]).sum();
-                    for j in 0..n {
-                        dp[(i, j)] = if j <= i {
-                            p[(i, j)] * (dp[(i, j)] - dot)
-                        } else {
-                            0.0
-                        };
+                    let (p, d) = (&pt.col_as_slice(i)[..=i], ds.col_as_slice_mut(i));
+                    let (seen, later) = d.split_at_mut(i + 1);
+                    let dot: f32 = p.iter().zip(seen.iter()).map(|(&p, &d)| p * d).sum();
+                    for (d, &p) in seen.iter_mut().zip(p) {
+                        *d = p * (*d - dot);
                     }
+                    later.fill(0.0);
                 }
                 let mut dq = Mat::<f32>::zeros(n, hd);
                 matmul(
                     dq.as_mut(),
                     Accum::Replace,
-                    dp.as_ref(),
+                    ds.transpose(),
                     kh,
                     c.attn_scale,
                     Par::Seq,
@@ -410,7 +542,7 @@ fn attend_grad(
                 matmul(
                     dk.as_mut(),
                     Accum::Add,
-                    dp.transpose(),
+                    ds.as_ref(),
                     qh,
                     c.attn_scale,
                     Par::Seq,
@@ -498,24 +630,27 @@ mod tests {
         Config::llama(16, 4, 2, 4, 1)
     }
 
-    /// The forward pass is the model's: the same output as `layer_forward`.
+    /// The forward pass is the model's: the same output as `layer_forward`, bit for bit (its
+    /// fused q/k/v and gate/up products give each value the separate products give), on a
+    /// small layer and on one wide enough for several of the product's tiles.
     #[test]
     fn forward_equals_layer_forward() {
-        let c = config();
-        for qk in [false, true] {
-            let w = random_layer(&c, 24, qk, 7);
-            let mut rng = Rng::new(9);
-            // two sequences of 5 tokens
-            let x = random_mat(&mut rng, 10, c.hidden, 1.0);
-            let (y, _) = forward(&c, &w, x.as_ref(), 5);
-            let (want, _) = crate::layer_forward(&c, &w, x.as_ref(), 5, false);
-            for i in 0..y.nrows() {
-                for j in 0..y.ncols() {
-                    let (a, b) = (y[(i, j)], want[(i, j)]);
-                    assert!(
-                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                        "{qk} ({i},{j}): {a} vs {b}"
-                    );
+        for (c, inter, seq) in [
+            (config(), 24, 5),
+            (Config::llama(192, 6, 2, 32, 1), 520, 37),
+        ] {
+            for qk in [false, true] {
+                let w = random_layer(&c, inter, qk, 7);
+                let mut rng = Rng::new(9);
+                // two sequences
+                let x = random_mat(&mut rng, 2 * seq, c.hidden, 1.0);
+                let (y, _) = forward(&c, &w, &Weights::of(&w), x.as_ref(), seq);
+                let (want, _) = crate::layer_forward(&c, &w, x.as_ref(), seq, false);
+                for i in 0..y.nrows() {
+                    for j in 0..y.ncols() {
+                        let (a, b) = (y[(i, j)], want[(i, j)]);
+                        assert_eq!(a.to_bits(), b.to_bits(), "{qk} ({i},{j}): {a} vs {b}");
+                    }
                 }
             }
         }
@@ -534,7 +669,7 @@ mod tests {
             let x = random_mat(&mut rng, tokens, c.hidden, 1.0);
             let r = random_mat(&mut rng, tokens, c.hidden, 1.0);
             let loss = |w: &Layer| -> f64 {
-                let (y, _) = forward(&c, w, x.as_ref(), seq);
+                let (y, _) = forward(&c, w, &Weights::of(w), x.as_ref(), seq);
                 let mut l = 0f64;
                 for i in 0..tokens {
                     for j in 0..c.hidden {
@@ -543,12 +678,13 @@ mod tests {
                 }
                 l
             };
-            let (_, tape) = forward(&c, &w, x.as_ref(), seq);
-            let g = backward(&c, &w, tape, r.as_ref());
+            let lw = Weights::of(&w);
+            let (_, tape) = forward(&c, &w, &lw, x.as_ref(), seq);
+            let g = backward(&c, &w, &lw, tape, r.as_ref());
             for lin in crate::Linear::ALL {
                 let (name, grad) = (format!("{lin:?}"), g.of(lin));
                 let mut wp = w.clone();
-                let (rows, cols) = (grad.nrows(), grad.ncols());
+                let (rows, cols) = lw.shape(lin);
                 let mut worst = 0f64;
                 for k in 0..12 {
                     let (i, j) = ((k * 7 + 3) % rows, (k * 5 + 1) % cols);
@@ -564,7 +700,7 @@ mod tests {
                     };
                     // Richardson: the steps' O(eps²) error cancels
                     let fd = (4.0 * central(4e-2) - central(8e-2)) / 3.0;
-                    let an = grad[(i, j)] as f64;
+                    let an = grad[i * cols + j] as f64;
                     let err = (fd - an).abs() / (fd.abs().max(an.abs()).max(0.05));
                     worst = worst.max(err);
                 }

@@ -1923,13 +1923,17 @@ pub fn linear(x: MatRef<'_, f32>, w: &Mat<f32>, b: Option<&[f32]>) -> Mat<f32> {
         Par::rayon(0),
     );
     if let Some(b) = b {
-        for i in 0..out.nrows() {
-            for j in 0..out.ncols() {
-                out[(i, j)] += b[j];
-            }
-        }
+        add_bias(&mut out, b);
     }
     out
+}
+
+/// Adds `b[j]` to every value of column `j`.
+pub(crate) fn add_bias(out: &mut Mat<f32>, b: &[f32]) {
+    out.as_mut()
+        .par_col_iter_mut()
+        .zip(b.par_iter())
+        .for_each(|(col, &bj)| col.iter_mut().for_each(|v| *v += bj));
 }
 
 /// `cap·tanh(x/cap)` of every value (Gemma's soft-capping).
@@ -2088,10 +2092,21 @@ pub(crate) fn dense_qkv(
     seq_len: usize,
     keep: bool,
 ) -> Qkv {
-    let hd = c.head_dim;
-    let mut q = linear(h, &w.q, w.q_bias.as_deref());
-    let mut k = linear(h, &w.k, w.k_bias.as_deref());
+    let q = linear(h, &w.q, w.q_bias.as_deref());
+    let k = linear(h, &w.k, w.k_bias.as_deref());
     let v = linear(h, &w.v, w.v_bias.as_deref());
+    finish_qkv(c, w, (q, k, v), seq_len, keep)
+}
+
+/// [`Qkv`] from the projections q, k and v (biases added): Qwen3's head norms and rope.
+pub(crate) fn finish_qkv(
+    c: &Config,
+    w: &Layer,
+    (mut q, mut k, v): (Mat<f32>, Mat<f32>, Mat<f32>),
+    seq_len: usize,
+    keep: bool,
+) -> Qkv {
+    let hd = c.head_dim;
     let (mut q_pre, mut k_pre) = (None, None);
     if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
         if keep {
@@ -2167,8 +2182,8 @@ fn attend(
 }
 
 /// [`attend`], keeping with `keep` each block's probabilities too (in block order: sequence,
-/// then head; row i is query i's over the keys, zero above the diagonal), as the backward pass
-/// of [`grad`] reads them.
+/// then head; column i is query i's over the keys, zero below the diagonal), as the backward
+/// pass of [`grad`] reads them.
 pub(crate) fn attend_keeping(
     c: &Config,
     w: &Layer,
@@ -2235,7 +2250,7 @@ pub(crate) fn attend_keeping(
                 1.0f32,
                 Par::Seq,
             );
-            (out, keep.then(|| st.transpose().to_owned()))
+            (out, keep.then_some(st))
         })
         .collect();
     let mut attn = Mat::<f32>::zeros(tokens, heads.n * vd);

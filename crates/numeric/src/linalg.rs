@@ -9,7 +9,8 @@
 //! state on the threads it ran on. Clearing changes no value.
 
 use faer::linalg::matmul::matmul as faer_matmul;
-use faer::{Accum, MatMut, MatRef, Par};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
 /// `dst = alpha·a·b` (or `dst += …` with [`Accum::Add`]), as faer computes it; afterwards the
 /// upper register halves are clear on this thread and, for a parallel product, on every thread
@@ -84,6 +85,56 @@ fn has_avx() -> bool {
 #[target_feature(enable = "avx")]
 unsafe fn zeroupper() {
     std::arch::x86_64::_mm256_zeroupper();
+}
+
+/// Row-major copy of a matrix ([`rows_into`]).
+pub fn rows_of(m: &Mat<f32>) -> Vec<f32> {
+    let mut v = vec![0f32; m.nrows() * m.ncols()];
+    rows_into(m.as_ref(), &mut v);
+    v
+}
+
+/// Writes `m`'s values row by row into `out` (`rows × cols` long): blocks of [`TILE`] rows in
+/// parallel, each reading a column's [`TILE`] contiguous values at a time.
+pub fn rows_into(m: MatRef<'_, f32>, out: &mut [f32]) {
+    let (r, c) = (m.nrows(), m.ncols());
+    assert_eq!(out.len(), r * c);
+    if c == 0 {
+        return;
+    }
+    out.par_chunks_mut(TILE * c)
+        .enumerate()
+        .for_each(|(b, out)| {
+            let i0 = b * TILE;
+            for j in 0..c {
+                for (k, &x) in m.col(j).subrows(i0, out.len() / c).iter().enumerate() {
+                    out[k * c + j] = x;
+                }
+            }
+        });
+}
+
+/// Rows or columns per block of [`rows_of`] and [`to_mat`]: a cache line of f32.
+const TILE: usize = 16;
+
+/// A matrix from row-major values: blocks of [`TILE`] columns in parallel, each reading a row's
+/// [`TILE`] contiguous values at a time.
+pub fn to_mat(v: &[f32], rows: usize, cols: usize) -> Mat<f32> {
+    assert_eq!(v.len(), rows * cols);
+    let mut m = Mat::<f32>::zeros(rows, cols);
+    m.as_mut()
+        .par_col_chunks_mut(TILE)
+        .enumerate()
+        .for_each(|(b, mut block)| {
+            let j0 = b * TILE;
+            for i in 0..rows {
+                let row = &v[i * cols + j0..][..block.ncols()];
+                for (k, &x) in row.iter().enumerate() {
+                    block[(i, k)] = x;
+                }
+            }
+        });
+    m
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ use qs_model::{layer_forward, linear, Input, Layer, Linear, Model};
 use qs_numeric::awq::Transform;
 use qs_numeric::gptq::Hessian;
 use qs_numeric::layout::CodeGrid;
+pub(crate) use qs_numeric::linalg::{rows_of, to_mat};
 use qs_numeric::rtn::QParams;
 use qs_numeric::{Scheme, TensorStats};
 use serde::Serialize;
@@ -376,29 +377,6 @@ fn relative_error(y: &Mat<f32>, yq: &Mat<f32>) -> f64 {
     }
 }
 
-/// Row-major copy of a matrix: blocks of [`TILE`] rows in parallel, each reading a column's
-/// [`TILE`] contiguous values at a time.
-pub(crate) fn rows_of(m: &Mat<f32>) -> Vec<f32> {
-    use rayon::prelude::*;
-    let (r, c) = (m.nrows(), m.ncols());
-    let mut v = vec![0f32; r * c];
-    if c == 0 {
-        return v;
-    }
-    v.par_chunks_mut(TILE * c).enumerate().for_each(|(b, out)| {
-        let i0 = b * TILE;
-        for j in 0..c {
-            for (k, &x) in m.col(j).subrows(i0, out.len() / c).iter().enumerate() {
-                out[k * c + j] = x;
-            }
-        }
-    });
-    v
-}
-
-/// Rows or columns per block of [`rows_of`] and [`to_mat`]: a cache line of f32.
-const TILE: usize = 16;
-
 /// One matrix `w` (`[out, in]`) of target `tg` (`label` names it in messages: the tensor, or
 /// one expert or head of it) quantized by the job's method from `hess`: its codes, their
 /// dequantized weights, and its error on held-out inputs `xin` against round to nearest with
@@ -450,27 +428,6 @@ pub(crate) fn calibrate_matrix(
         }
     };
     Ok((q, wq, error))
-}
-
-/// A matrix from row-major values: blocks of [`TILE`] columns in parallel, each reading a row's
-/// [`TILE`] contiguous values at a time.
-pub(crate) fn to_mat(v: &[f32], rows: usize, cols: usize) -> Mat<f32> {
-    use rayon::prelude::*;
-    assert_eq!(v.len(), rows * cols);
-    let mut m = Mat::<f32>::zeros(rows, cols);
-    m.as_mut()
-        .par_col_chunks_mut(TILE)
-        .enumerate()
-        .for_each(|(b, mut block)| {
-            let j0 = b * TILE;
-            for i in 0..rows {
-                let row = &v[i * cols + j0..][..block.ncols()];
-                for (k, &x) in row.iter().enumerate() {
-                    block[(i, k)] = x;
-                }
-            }
-        });
-    m
 }
 
 /// The linears a calibrated run quantizes, by (layer, linear), from the plan. Every check

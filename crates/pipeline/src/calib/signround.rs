@@ -191,8 +191,9 @@ fn mse_and_grad(y: &Mat<f32>, t: &Mat<f32>) -> (f64, Mat<f32>) {
 /// `seq` tokens) so that the layer with their fake-quantized weights gives `target` (the float
 /// layer's outputs on `x`, from [`float_pass`]): `o.iters` signed steps, each on `o.batch`
 /// sequences drawn by `seed`. Deterministic; `Err` names a non-finite loss. The steps run on
-/// `layer` itself (its linears hold the fake-quantized weights meanwhile: no second copy of the
-/// block), which ends as it started, float weights restored from `parts`.
+/// `layer` itself with their fake-quantized weights in a [`grad::Weights`]; the layer's copies
+/// of the tuned linears are dropped meanwhile (no second copy of the block) and it ends as it
+/// started, float weights restored from `parts`.
 #[allow(clippy::too_many_arguments)]
 pub fn tune(
     c: &qs_model::Config,
@@ -229,8 +230,7 @@ pub fn tune(
         seed,
     );
     for t in parts.iter() {
-        let m = t.lin.weight_mut(layer);
-        *m = to_mat(t.float.as_ref().unwrap_or(&t.w), m.nrows(), m.ncols());
+        *t.lin.weight_mut(layer) = to_mat(t.float.as_ref().unwrap_or(&t.w), t.r.rows, t.r.cols);
     }
     out
 }
@@ -254,7 +254,12 @@ fn steps(
         best_loss: f64::INFINITY,
         first_loss: f64::NAN,
     };
-    let mut wq = Vec::new();
+    // the steps' weights, row-major as the rounding writes them; the layer's own copies of the
+    // tuned linears are not read meanwhile (`tune` puts their float weights back)
+    let mut lw = grad::Weights::of(work);
+    for t in parts.iter() {
+        *t.lin.weight_mut(work) = Mat::zeros(0, 0);
+    }
     for it in 0..o.iters {
         if it > 0 && it % REFIT_EVERY == 0 {
             for t in parts.iter_mut().filter(|t| t.r.is_ggml()) {
@@ -265,12 +270,9 @@ fn steps(
         let xb = gather(x, &seqs, seq);
         let tb = gather(target, &seqs, seq);
         for t in parts.iter() {
-            wq.resize(t.w.len(), 0.0);
-            t.r.qdq(&t.w, &mut wq);
-            let m = t.lin.weight_mut(work);
-            *m = to_mat(&wq, m.nrows(), m.ncols());
+            t.r.qdq(&t.w, lw.rows_mut(t.lin));
         }
-        let (y, tape) = grad::forward(c, work, xb.as_ref(), seq);
+        let (y, tape) = grad::forward(c, work, &lw, xb.as_ref(), seq);
         let (loss, dy) = mse_and_grad(&y, &tb);
         drop((xb, tb, y));
         if !loss.is_finite() {
@@ -290,12 +292,9 @@ fn steps(
         let lr = o.lr * (1.0 - it as f32 / o.iters as f32);
         // each weight's gradient is used for its step as soon as the backward pass has it, and
         // dropped (the forward used `work`, which the steps do not touch)
-        grad::backward_each(c, work, tape, dy.as_ref(), |lin, g| {
+        grad::backward_each(c, work, &lw, tape, dy.as_ref(), |lin, g| {
             if let Some(t) = parts.iter_mut().find(|t| t.lin == lin) {
-                let rows = rows_of(&g);
-                drop(g);
-                let pg = t.r.grads(&t.w, &rows);
-                drop(rows);
+                let pg = t.r.grads(&t.w, g);
                 t.r.step(&pg, lr, lr);
             }
         });

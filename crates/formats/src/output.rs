@@ -318,6 +318,36 @@ impl AtomicFile {
         }
     }
 
+    /// Reads `buf.len()` bytes at absolute `offset` (a file used as scratch space and read back
+    /// before it is dropped).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            self.file()
+                .read_exact_at(buf, offset)
+                .map_err(io_err(&self.shown))
+        }
+        #[cfg(not(unix))]
+        {
+            use std::os::windows::fs::FileExt;
+            let mut done = 0;
+            while done < buf.len() {
+                let n = self
+                    .file()
+                    .seek_read(&mut buf[done..], offset + done as u64)
+                    .map_err(io_err(&self.shown))?;
+                if n == 0 {
+                    return Err(io_err(&self.shown)(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ));
+                }
+                done += n;
+            }
+            Ok(())
+        }
+    }
+
     /// Asks the kernel to start writing the file's dirty pages back, without waiting (a hint:
     /// errors surface at `commit`'s flush).
     fn start_writeback(&self) {

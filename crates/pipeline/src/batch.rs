@@ -636,18 +636,18 @@ fn shared_pass(
         })
         .collect();
     let result = crate::exec::jobs::pool(ready[0].1.threads).and_then(|pool| {
-        // every job's codes are held until its turn to write (its output is not open yet)
-        let mut held: Vec<std::collections::HashMap<String, crate::calib::Calibrated>> =
-            vec![Default::default(); members.len()];
+        // every job's results wait for its turn to write (its output is not open yet), their
+        // codes in a temporary file beside its output
+        let mut held = ready
+            .iter()
+            .map(|(_, _, p)| crate::calib::spill::Spill::beside(&p.plan.output))
+            .collect::<Result<Vec<_>>>()?;
         pool.install(|| {
             crate::calib::calibrate_together(
                 &ready[0].2.src,
                 &members,
                 progress,
-                &mut |k, _, done| {
-                    held[k].extend(done);
-                    Ok(())
-                },
+                &mut |k, _, done| held[k].push(done),
             )
         })
         .map(|summaries| held.into_iter().zip(summaries).collect::<Vec<_>>())

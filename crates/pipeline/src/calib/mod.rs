@@ -5,7 +5,7 @@
 //! activations between layers (tokens × hidden) and one batch of ~4096 tokens' intermediate
 //! values are in memory, and the codes chosen in that layer: each layer's results go to a
 //! [`LayerSink`] as it is done, and a run writes them there and then (a batch's shared pass
-//! holds every job's codes until its jobs write, one byte per weight).
+//! keeps every job's codes on disk until its turn to write: [`spill`]).
 //!
 //! The loop (calibration sequences, forward pass, capture, statistics per input, propagation,
 //! held-out comparison with round-to-nearest) is written once here; a method is one module
@@ -25,6 +25,7 @@ pub mod experts;
 pub mod gptq;
 pub mod mla;
 pub mod signround;
+pub mod spill;
 
 use crate::config::QuantizeConfig;
 use crate::error::{Error, Result};
@@ -886,7 +887,7 @@ pub struct Member<'a> {
 }
 
 /// What a calibration pass gives one job: every calibrated tensor by HF name, and the summary.
-pub type Calibration = (HashMap<String, Calibrated>, CalibSummary);
+pub type Calibration = (spill::Spill, CalibSummary);
 
 /// The calibration set a method reads: a method that only rewrites layers (AWQ) searches on
 /// about `awq_tokens` tokens and reads nothing more, so no more sequences are drawn or written.
@@ -940,7 +941,8 @@ pub type LayerDone = HashMap<String, Calibrated>;
 
 /// Where a pass's per-layer results go: `sink(job, layer, its tensors)`, called once per job
 /// and layer in layer order. The run writes them there and then ([`crate::exec::quantize`]),
-/// so a run holds one layer's codes, not the model's; a batch's shared pass collects them.
+/// so a run holds one layer's codes, not the model's; a batch's shared pass keeps them on disk
+/// ([`spill::Spill`]).
 pub type LayerSink<'s> = dyn FnMut(usize, usize, LayerDone) -> Result<()> + 's;
 
 /// One pass over the layers of `src` for several jobs (a batch's jobs of one model with

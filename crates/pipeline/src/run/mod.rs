@@ -110,8 +110,9 @@ pub fn quantize(cfg: &QuantizeConfig, progress: &dyn Progress) -> Result<Outcome
 
 /// Where a run's calibrated tensors come from.
 enum Calibrate {
-    /// Chosen already (a batch's shared pass), or `None` without a method.
-    Held(Option<crate::calib::Calibration>),
+    /// Chosen already (a batch's shared pass: written a layer at a time as its codes are read
+    /// back from disk), or `None` without a method.
+    Held(Option<Box<crate::calib::Calibration>>),
     /// The run's own pass, each layer written as it is done: the codes of one layer are held,
     /// not the model's.
     Streamed,
@@ -246,7 +247,7 @@ pub fn write(
             "a calibrated run is written with its calibration, and only then".into(),
         ));
     }
-    write_run(p, Calibrate::Held(calibration), cfg, progress)
+    write_run(p, Calibrate::Held(calibration.map(Box::new)), cfg, progress)
 }
 
 /// Writes the output: every calibrated tensor as its calibration arrives (all at once, or
@@ -469,8 +470,14 @@ fn write_run(
         let run = (|| -> Result<_> {
             let (summary, before) = match calibrate {
                 Calibrate::Held(None) => (None, 0),
-                Calibrate::Held(Some((calibrated, summary))) => {
-                    let before = write_tensors(Some(named(&calibrated)), &calibrated, false)?;
+                Calibrate::Held(Some(calibration)) => {
+                    let (held, summary) = *calibration;
+                    // a layer's codes at a time, read back from where the pass left them
+                    let mut before = 0;
+                    for layer in held.into_layers() {
+                        let layer = layer?;
+                        before += write_tensors(Some(named(&layer)), &layer, false)?;
+                    }
                     (Some(summary), before)
                 }
                 Calibrate::Streamed => {

@@ -647,7 +647,20 @@ fn shared_pass(
                 &ready[0].2.src,
                 &members,
                 progress,
-                &mut |k, _, done| held[k].push(done),
+                &mut |k, _, done| {
+                    // this layer's weights have been read: their pages go now, not when the
+                    // jobs write (which read them again), as a run's own pass releases them
+                    let src = &ready[0].2.src;
+                    for t in src
+                        .tensors
+                        .iter()
+                        .filter(|t| done.contains_key(&t.info.name))
+                    {
+                        let dims = t.info.shape.len().saturating_sub(1);
+                        src.release_rows(t, 0, t.info.shape[..dims].iter().product());
+                    }
+                    held[k].push(done)
+                },
             )
         })
         .map(|summaries| held.into_iter().zip(summaries).collect::<Vec<_>>())

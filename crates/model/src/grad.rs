@@ -1,16 +1,17 @@
 //! Gradients of a decoder layer's output with respect to its linears' weights: what learned
 //! rounding (sign-gradient descent on rounding offsets and clipping, AutoRound's method) needs
-//! from the model. [`forward`] runs the layer through [`crate::layer_forward`]'s own attention
-//! and MLP steps and keeps what the backward pass reads ([`Tape`]); [`backward`] takes the
-//! gradient of a loss with respect to the layer's output and returns it with respect to each
-//! linear's weight matrix.
+//! from the model. [`forward`] runs the layer through [`crate::layer_forward`]'s own norms, rope
+//! and attention, with the linears' products from [`Weights`] (q/k/v and gate/up one product
+//! each), and keeps what the backward pass reads ([`Tape`]); [`backward`] takes the gradient of
+//! a loss with respect to the layer's output and returns it with respect to each linear's
+//! weights.
 //!
 //! Written by hand for the dense layer of the Llama family (Llama, Qwen2, Qwen3, Mistral,
 //! SmolLM): RMSNorm, q/k/v with optional biases, Qwen3's per-head q/k norms, rotate-half rope,
 //! grouped-query causal attention, o_proj, the SiLU-gated MLP. [`supported`] names what a layer
 //! has beyond that (sliding windows, soft-capping, sinks, output norms, mixtures, latent
 //! attention, other activations). The unit tests check every gradient against central finite
-//! differences of the forward pass, and the forward pass against `layer_forward`.
+//! differences of the forward pass, and the forward pass against `layer_forward` (bit for bit).
 //!
 //! Memory: the tape holds the layer's activations for the tokens given (about
 //! `tokens·(6·hidden + 3·intermediate + q + 2·kv)` floats) and each sequence's attention
@@ -129,12 +130,6 @@ impl Weights {
             Linear::Up => (2, self.inter * h),
             Linear::Down => (3, 0),
         }
-    }
-
-    /// `lin`'s weights, row-major `[out, in]`.
-    pub fn rows(&self, lin: Linear) -> &[f32] {
-        let ((b, at), (o, i)) = (self.place(lin), self.shape(lin));
-        &[&self.qkv, &self.o, &self.gate_up, &self.down][b][at..at + o * i]
     }
 
     /// `lin`'s weights to write, row-major `[out, in]`.

@@ -140,6 +140,34 @@ pub fn to_mat(v: &[f32], rows: usize, cols: usize) -> Mat<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tiled, parallel copies between row-major values and faer's columns equal the plain
+    /// element-by-element copies, on shapes that are not multiples of a tile, and from a view
+    /// whose columns are not contiguous with each other.
+    #[test]
+    fn tiled_copies_equal_the_plain_ones() {
+        for (r, c) in [(37, 53), (16, 16), (1, 70), (70, 1), (0, 5), (5, 0)] {
+            let v: Vec<f32> = (0..r * c).map(|k| k as f32 * 0.5 - 3.0).collect();
+            let want = Mat::from_fn(r, c, |i, j| v[i * c + j]);
+            let m = to_mat(&v, r, c);
+            assert_eq!(m, want, "{r} × {c}");
+            let mut plain = Vec::new();
+            for i in 0..r {
+                for j in 0..c {
+                    plain.push(want[(i, j)]);
+                }
+            }
+            assert_eq!(rows_of(&m), plain, "{r} × {c}");
+        }
+        let big = Mat::<f32>::from_fn(40, 30, |i, j| (i * 100 + j) as f32);
+        let view = big.as_ref().submatrix(3, 5, 33, 19);
+        let mut got = vec![0f32; 33 * 19];
+        rows_into(view, &mut got);
+        let want: Vec<f32> = (0..33)
+            .flat_map(|i| (0..19).map(move |j| ((i + 3) * 100 + j + 5) as f32))
+            .collect();
+        assert_eq!(got, want);
+    }
     use faer::Mat;
 
     #[test]

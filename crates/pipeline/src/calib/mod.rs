@@ -886,7 +886,8 @@ pub struct Member<'a> {
     pub cfg: &'a QuantizeConfig,
 }
 
-/// What a calibration pass gives one job: every calibrated tensor by HF name, and the summary.
+/// What a calibration pass gives one job: its per-layer results (codes on disk, [`spill`]) and
+/// the summary.
 pub type Calibration = (spill::Spill, CalibSummary);
 
 /// The calibration set a method reads: a method that only rewrites layers (AWQ) searches on
@@ -1440,28 +1441,4 @@ pub fn calibrate_together(
         .zip(starved)
         .map(|((k, m), st)| summary(k, m, st))
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The tiled, parallel copies between row-major values and faer's columns equal the plain
-    /// element-by-element copies, on shapes that are not multiples of a tile.
-    #[test]
-    fn tiled_copies_equal_the_plain_ones() {
-        for (r, c) in [(37, 53), (16, 16), (1, 70), (70, 1), (0, 5), (5, 0)] {
-            let v: Vec<f32> = (0..r * c).map(|k| k as f32 * 0.5 - 3.0).collect();
-            let want = Mat::from_fn(r, c, |i, j| v[i * c + j]);
-            let m = to_mat(&v, r, c);
-            assert_eq!(m, want, "{r} × {c}");
-            let mut plain = Vec::new();
-            for i in 0..r {
-                for j in 0..c {
-                    plain.push(want[(i, j)]);
-                }
-            }
-            assert_eq!(rows_of(&m), plain, "{r} × {c}");
-        }
-    }
 }

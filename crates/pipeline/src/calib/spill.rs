@@ -52,16 +52,6 @@ impl Spill {
         Ok(())
     }
 
-    /// The number of layers kept.
-    pub fn len(&self) -> usize {
-        self.layers.len()
-    }
-
-    /// Whether no layer is kept.
-    pub fn is_empty(&self) -> bool {
-        self.layers.is_empty()
-    }
-
     /// Each layer's results in the order they were kept, their codes read back one layer at a
     /// time. The file is removed when the iterator is dropped.
     pub fn into_layers(self) -> impl Iterator<Item = Result<LayerDone>> {
@@ -121,7 +111,7 @@ mod tests {
         for l in want.iter().cloned() {
             s.push(l).unwrap();
         }
-        assert_eq!(s.len(), 2);
+        assert_eq!(s.layers.len(), 2);
         assert!(s
             .layers
             .iter()

@@ -627,7 +627,7 @@ fn signround_into_gguf_grids_beats_round_to_nearest() {
     let calib = d.path().join("calib.txt");
     std::fs::write(&calib, qs_formats::calib::DEFAULT_TEXT).unwrap();
     // held out: the short text, or for the corpus-free runs the shipped page they never saw
-    // (50 times as many predictions: a few dozen are too few to tell a calibration from noise)
+    // (1,344 predictions against 49: a few dozen are too few to tell a calibration from noise)
     let kld = |g: &Path, with_text: bool| {
         crate::util::kld_against(g, &fx, if with_text { &text } else { &calib })
     };

@@ -195,6 +195,17 @@ pub struct Outcome {
     pub first_loss: f64,
 }
 
+/// `loss`, or the error naming step `it` when it is not finite.
+fn finite(loss: f64, it: usize) -> std::result::Result<f64, String> {
+    if loss.is_finite() {
+        Ok(loss)
+    } else {
+        Err(format!(
+            "the tuning loss became {loss} at step {it} (non-finite activations)"
+        ))
+    }
+}
+
 /// The mean squared error of `y` against `t` and its gradient with respect to `y`.
 fn mse_and_grad(y: &Mat<f32>, t: &Mat<f32>) -> (f64, Mat<f32>) {
     let n = (y.nrows() * y.ncols()).max(1) as f64;
@@ -299,12 +310,7 @@ fn steps(
      -> std::result::Result<(), String> {
         let (y, tape) = grad::forward(c, work, lw, xc.as_ref(), seq);
         drop(tape);
-        let loss = mse_and_grad(&y, &tc).0;
-        if !loss.is_finite() {
-            return Err(format!(
-                "the tuning loss became {loss} at step {it} (non-finite activations)"
-            ));
-        }
+        let loss = finite(mse_and_grad(&y, &tc).0, it)?;
         if it == 0 {
             best.first_loss = loss;
         }
@@ -334,11 +340,7 @@ fn steps(
         let (y, tape) = grad::forward(c, work, &lw, xb.as_ref(), seq);
         let (loss, dy) = mse_and_grad(&y, &tb);
         drop((xb, tb, y));
-        if !loss.is_finite() {
-            return Err(format!(
-                "the tuning loss became {loss} at step {it} (non-finite activations)"
-            ));
-        }
+        finite(loss, it)?;
         let lr = o.lr * (1.0 - it as f32 / o.iters as f32);
         // each weight's gradient is used for its step as soon as the backward pass has it, and
         // dropped (the forward used `work`, which the steps do not touch)

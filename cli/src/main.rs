@@ -401,8 +401,9 @@ struct RunArgs {
     #[arg(long, default_value_t = 8)]
     batch: usize,
     /// signround: the rounding it starts from: the importance-weighted scale/min search
-    /// (search), round to nearest on the plain grid (rtn, as AutoRound's tuned mode) or GPTQ's
-    /// codes on the same inputs (gptq).
+    /// (search), round to nearest on the plain grid (rtn, as AutoRound's tuned mode), GPTQ's
+    /// codes on the same inputs (gptq), or GPTQ's error feedback on the search's grid
+    /// (search+gptq; with --iters 0 the best zero-step mode, docs/QUALITY.md).
     #[arg(long, default_value = "search", value_parser = quantsmith::config::SignRoundInit::parse)]
     init: quantsmith::config::SignRoundInit,
     /// signround: what a tuned layer's output is compared with: the float model's own output at

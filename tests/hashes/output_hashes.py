@@ -125,6 +125,10 @@ def cases(tmp: Path):
     add("signround-gguf-q4_k_m", [str(tl), "--to", "q4_k_m"] + sr12, "signround-q4_k_m.gguf")
     add("signround-gguf-q4_0-from-gptq", [str(tl), "--to", "q4_0", "--init", "gptq"] + sr,
         "signround-gptq-q4_0.gguf")
+    # GPTQ's error feedback on the search's grids, no steps
+    add("signround-gguf-q4_k_m-search-gptq", [str(tl), "--to", "q4_k_m", "--method", "signround",
+                                              "--init", "search+gptq", "--iters", "0"] + CALIB,
+        "signround-q4_k_m-sg.gguf")
     # its zero-step search alone, and GPTQ on the Q3_K grids
     add("signround-gguf-q3_k_m-iters0", [str(tl), "--to", "q3_k_m", "--method", "signround",
                                          "--iters", "0"] + CALIB, "signround-q3_k_m-0.gguf")

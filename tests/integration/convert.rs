@@ -638,6 +638,7 @@ fn signround_into_gguf_grids_beats_round_to_nearest() {
         ("q4_1", "40", "rtn", true, true),
         ("q4_k_m", "40", "rtn", true, true),
         ("q3_k_m", "40", "search", true, true),
+        ("q4_k_m", "0", "search+gptq", true, true),
         ("q4_0", "40", "search", false, true),
         ("iq4_nl", "40", "rtn", true, true),
         ("iq4_xs", "40", "rtn", true, false),

@@ -203,6 +203,8 @@ pub enum GptqError {
     HessianShape { got: usize, cols: usize },
     #[error("row length {cols} is not a multiple of the group size {group}")]
     Group { cols: usize, group: usize },
+    #[error("{got} group parameters given, the weight has {groups} groups")]
+    GridShape { got: usize, groups: usize },
     #[error("the Hessian stays indefinite even with damping {0} (non-finite calibration inputs?)")]
     Indefinite(f64),
 }
@@ -265,6 +267,50 @@ pub fn gptq(
     h: &Mat<f64>,
     cfg: &GptqConfig,
 ) -> Result<GptqOutput, GptqError> {
+    run(w, rows, cols, h, cfg, None)
+}
+
+/// GPTQ on a grid chosen beforehand: group `g` of row `r` takes `params[r * groups + g]` and
+/// `offsets[r * groups + g]` (the value added after scaling, 0 but for a minimum), whatever
+/// the error feedback does to its weights — static groups whose parameters come from
+/// elsewhere (learned rounding's importance-weighted search). Needs `cfg.group`; the codes are
+/// the nearest points of those grids as in [`gptq`].
+pub fn gptq_on_grid(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &Mat<f64>,
+    cfg: &GptqConfig,
+    params: &[QParams],
+    offsets: &[f32],
+) -> Result<GptqOutput, GptqError> {
+    let group = cfg.group.ok_or(GptqError::Group { cols, group: cols })?;
+    if group == 0 || !cols.is_multiple_of(group) {
+        return Err(GptqError::Group { cols, group });
+    }
+    let n = rows * (cols / group);
+    if params.len() != n || offsets.len() != n {
+        return Err(GptqError::GridShape {
+            got: params.len().min(offsets.len()),
+            groups: n,
+        });
+    }
+    let given = params
+        .iter()
+        .zip(offsets)
+        .map(|(&p, &offset)| GroupGrid { p, offset })
+        .collect();
+    run(w, rows, cols, h, cfg, Some(given))
+}
+
+fn run(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &Mat<f64>,
+    cfg: &GptqConfig,
+    given: Option<Vec<GroupGrid>>,
+) -> Result<GptqOutput, GptqError> {
     if h.nrows() != cols || h.ncols() != cols {
         return Err(GptqError::HessianShape {
             got: h.nrows() * h.ncols(),
@@ -314,7 +360,7 @@ pub fn gptq(
     };
     let mut fitted = Vec::with_capacity(span / group);
     // static groups: parameters of the original column groups, before any permutation
-    let static_params: Option<Vec<GroupGrid>> =
+    let static_params: Option<Vec<GroupGrid>> = given.or_else(|| {
         (cfg.group.is_some() && cfg.static_groups).then(|| {
             let mut v = Vec::with_capacity(rows * ngroups);
             for r in 0..rows {
@@ -324,7 +370,8 @@ pub fn gptq(
                 }
             }
             v
-        });
+        })
+    });
     // act order: columns by decreasing diag(H) (stable for ties)
     let perm: Vec<usize> = if cfg.act_order {
         let mut p: Vec<usize> = (0..cols).collect();
@@ -635,6 +682,58 @@ mod tests {
                     assert!(count.iter().all(|&n| n == g));
                 }
             }
+        }
+    }
+
+    /// On a grid given beforehand: the groups keep the given parameters; with uncorrelated
+    /// inputs of equal power (H = I: no error feedback) the codes are round to nearest on that
+    /// grid; with correlated inputs the feedback lowers the layer's output error below it; a
+    /// grid of the wrong size is refused.
+    #[test]
+    fn gptq_on_a_given_grid() {
+        let (rows, cols, tokens, group) = (24, 128, 512, 32);
+        let w = weight_matrix(rows, cols, 0.02, 5);
+        for symmetric in [true, false] {
+            let cfg = GptqConfig {
+                spec: IntSpec { bits: 3, symmetric },
+                group: Some(group),
+                ..Default::default()
+            };
+            // each group's grid fitted to 80 % of its range: not what GPTQ would fit
+            let shrunk: Vec<f32> = w.iter().map(|v| 0.8 * v).collect();
+            let q = rtn::quantize_rows(cfg.spec, &shrunk, cols, group, cfg.scale_dtype, None);
+            let offsets = vec![0f32; q.params.len()];
+            let nearest: Vec<f32> = w
+                .chunks(group)
+                .zip(&q.params)
+                .flat_map(|(x, &p)| {
+                    let mut c = vec![0i8; x.len()];
+                    rtn::quantize(cfg.spec, p, x, &mut c);
+                    c.into_iter()
+                        .map(move |k| (k as i32 - p.zero) as f32 * p.scale)
+                })
+                .collect();
+            let eye = Mat::<f64>::identity(cols, cols);
+            let out = gptq_on_grid(&w, rows, cols, &eye, &cfg, &q.params, &offsets).unwrap();
+            assert_eq!(out.params, q.params);
+            assert_eq!(out.dequantize(rows, cols), nearest);
+            let x = inputs(tokens, cols, 6);
+            let h = hessian_of(&x, tokens, cols);
+            let out = gptq_on_grid(&w, rows, cols, &h, &cfg, &q.params, &offsets).unwrap();
+            assert_eq!(out.params, q.params);
+            let (eg, er) = (
+                output_error(&x, tokens, &w, &out.dequantize(rows, cols), rows, cols),
+                output_error(&x, tokens, &w, &nearest, rows, cols),
+            );
+            assert!(eg < 0.8 * er, "symmetric {symmetric}: {eg} vs {er}");
+            let short = &q.params[1..];
+            assert_eq!(
+                gptq_on_grid(&w, rows, cols, &h, &cfg, short, &offsets[1..]),
+                Err(GptqError::GridShape {
+                    got: short.len(),
+                    groups: q.params.len()
+                })
+            );
         }
     }
 

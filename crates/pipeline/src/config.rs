@@ -305,23 +305,33 @@ impl IntFormat {
 /// The rounding learned rounding starts from (and, with `--iters 0`, writes): the
 /// importance-weighted search of each group's scale and minimum ([`qs_numeric::search`],
 /// AutoRound's `iters=0` mode; the default), round to nearest on the layout's plain grid (as
-/// AutoRound's tuned mode starts), or GPTQ's codes for the same inputs (each offset then moves
-/// a code by at most one step from GPTQ's).
+/// AutoRound's tuned mode starts), GPTQ's codes for the same inputs (each offset then moves
+/// a code by at most one step from GPTQ's), or GPTQ's error feedback on the search's grid
+/// (`search+gptq`: each group keeps the search's scale and minimum while GPTQ chooses the
+/// codes; GPTQ's own grids are fitted by min and max).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SignRoundInit {
     #[default]
     Search,
     Rtn,
     Gptq,
+    SearchGptq,
 }
 
 impl SignRoundInit {
+    /// Starts from the importance-weighted search's grid.
+    pub fn searches(self) -> bool {
+        matches!(self, SignRoundInit::Search | SignRoundInit::SearchGptq)
+    }
     pub fn parse(s: &str) -> Result<SignRoundInit, String> {
         match s.to_ascii_lowercase().as_str() {
             "search" => Ok(SignRoundInit::Search),
             "rtn" => Ok(SignRoundInit::Rtn),
             "gptq" => Ok(SignRoundInit::Gptq),
-            _ => Err(format!("unknown start '{s}' (search, rtn, gptq)")),
+            "search+gptq" => Ok(SignRoundInit::SearchGptq),
+            _ => Err(format!(
+                "unknown start '{s}' (search, rtn, gptq, search+gptq)"
+            )),
         }
     }
 }

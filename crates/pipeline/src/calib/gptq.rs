@@ -5,7 +5,7 @@
 use super::{CodeSet, LinearJob, Method};
 use crate::config::QuantizeConfig;
 use crate::error::{Error, Result};
-use qs_numeric::gptq::{gptq, GptqConfig, GptqOutput, Grid};
+use qs_numeric::gptq::{gptq, gptq_on_grid, GptqConfig, GptqOutput, Grid};
 use qs_numeric::layout::CodeGrid;
 use qs_numeric::Scheme;
 
@@ -54,6 +54,15 @@ impl Method for Gptq {
 /// GPTQ on one linear, with everything it computed (learned rounding starts from its
 /// pre-rounding weights).
 pub(crate) fn run(job: &LinearJob<'_>) -> Result<GptqOutput> {
+    run_on(job, None)
+}
+
+/// [`run`], on the given grid when there is one: each group's parameters and offsets (row by
+/// row, `rows × groups`), fixed, instead of GPTQ's own fit as it reaches the group.
+pub(crate) fn run_on(
+    job: &LinearJob<'_>,
+    given: Option<(&[qs_numeric::rtn::QParams], &[f32])>,
+) -> Result<GptqOutput> {
     let cfg = job.cfg;
     let gc = match job.grid {
         CodeGrid::Int {
@@ -101,7 +110,13 @@ pub(crate) fn run(job: &LinearJob<'_>) -> Result<GptqOutput> {
         tensor: job.name.to_string(),
         msg: "GPTQ needs the Hessian of the linear's inputs (none was computed)".into(),
     })?;
-    gptq(job.w, job.rows, job.cols, &hessian.h, &gc).map_err(|err| Error::Gptq {
+    match given {
+        Some((params, offsets)) => {
+            gptq_on_grid(job.w, job.rows, job.cols, &hessian.h, &gc, params, offsets)
+        }
+        None => gptq(job.w, job.rows, job.cols, &hessian.h, &gc),
+    }
+    .map_err(|err| Error::Gptq {
         file: job.file.to_path_buf(),
         tensor: job.name.to_string(),
         err,

@@ -464,6 +464,7 @@ fn start_from_gptq(
     names: &[String],
     grids: &[CodeGrid],
     cfg: &QuantizeConfig,
+    on_start: bool,
 ) -> Result<()> {
     let mut cfg = cfg.clone();
     // column-ordered groups: the tuned grids are contiguous groups
@@ -490,16 +491,20 @@ fn start_from_gptq(
             continue;
         };
         let (rows, cols) = (t.r.rows, t.r.cols);
-        let out = super::gptq::run(&LinearJob {
-            name,
-            file: std::path::Path::new(name),
-            w: &t.w,
-            rows,
-            cols,
-            grid: *grid,
-            stats: InputStats { hessian: Some(h) },
-            cfg: &cfg,
-        })?;
+        let start = on_start.then(|| (t.r.codes(&t.w).1, t.r.offsets()));
+        let out = super::gptq::run_on(
+            &LinearJob {
+                name,
+                file: std::path::Path::new(name),
+                w: &t.w,
+                rows,
+                cols,
+                grid: *grid,
+                stats: InputStats { hessian: Some(h) },
+                cfg: &cfg,
+            },
+            start.as_ref().map(|(p, o)| (&p[..], &o[..])),
+        )?;
         let group = match *grid {
             CodeGrid::Int { group, .. } => group.unwrap_or(cols).max(1),
             CodeGrid::Ggml(ty) => ty.grid().map_or(cols, |g| g.group()),
@@ -635,7 +640,7 @@ impl Method for SignRound {
                     Some(CodeGrid::Ggml(_))
                 )
             });
-        let wanted: &[Input] = if init == SignRoundInit::Search || refits {
+        let wanted: &[Input] = if init.searches() || refits {
             &Input::ALL
         } else {
             &[]
@@ -651,7 +656,7 @@ impl Method for SignRound {
                 .find(|(i, _)| *i == lin.input())
                 .map(|v| &v.1[..])
         };
-        let start_imp = |lin: Linear| imp_of(lin).filter(|_| init == SignRoundInit::Search);
+        let start_imp = |lin: Linear| imp_of(lin).filter(|_| init.searches());
         // the linears of this layer to tune, with their tensor names
         let mut names: Vec<String> = Vec::new();
         let mut parts: Vec<Tuned> = Vec::new();
@@ -684,8 +689,11 @@ impl Method for SignRound {
         if parts.is_empty() {
             return Ok(vec![]);
         }
-        if init == SignRoundInit::Gptq {
-            start_from_gptq(c, layer, x, seq, &mut parts, &names, &grids, ctx.cfg)?;
+        if matches!(init, SignRoundInit::Gptq | SignRoundInit::SearchGptq) {
+            let on_start = init == SignRoundInit::SearchGptq;
+            start_from_gptq(
+                c, layer, x, seq, &mut parts, &names, &grids, ctx.cfg, on_start,
+            )?;
         }
         let seed = ctx.cfg.seed ^ (l as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let best = match target {
@@ -857,6 +865,7 @@ mod tests {
                 &names,
                 &grids,
                 &qcfg,
+                false,
             )
             .unwrap();
             let gptq = start(&from_gptq);
@@ -1089,7 +1098,10 @@ mod tests {
     /// 40–54 % and stays below round to nearest, but GPTQ, which exploits the correlations
     /// linear by linear, is lower still on a single layer (int4 5.1e-2 against 3.3e-2). End
     /// to end on SmolLM2, each layer tuned towards the float model's outputs, tuning has a
-    /// quarter to two fifths of GPTQ's KL divergence (docs/QUALITY.md).
+    /// quarter to two fifths of GPTQ's KL divergence (docs/QUALITY.md). Started from GPTQ's
+    /// error feedback on the search's grid (`--init search+gptq`), learned rounding is below
+    /// GPTQ in both regimes on every grid (int4: 1.06e-1 against 1.68e-1 independent,
+    /// 2.52e-2 against 3.33e-2 correlated): the search's grid is the better one for GPTQ too.
     #[test]
     fn tuning_against_gptq_on_synthetic_layers() {
         let c = Config::llama(256, 4, 2, 64, 1);
@@ -1167,8 +1179,40 @@ mod tests {
                     &names,
                     &grids,
                     &qcfg,
+                    false,
                 )
                 .unwrap();
+                let mut gs = start(true);
+                start_from_gptq(
+                    &c,
+                    &layer,
+                    x.as_ref(),
+                    seq,
+                    &mut gs,
+                    &names,
+                    &grids,
+                    &qcfg,
+                    true,
+                )
+                .unwrap();
+                let e_gs = e(&decoded(&gs));
+                let mut work = layer.clone();
+                let out = tune(
+                    &c,
+                    &mut work,
+                    x.as_ref(),
+                    seq,
+                    target.as_ref(),
+                    &mut gs,
+                    &o,
+                    1,
+                )
+                .unwrap();
+                let e_gs_tuned = e(&gs
+                    .iter()
+                    .zip(&out.best)
+                    .map(|(t, b)| (t.lin, b.values(t.r.group)))
+                    .collect::<Vec<_>>());
                 let mut tuned = start(true);
                 let (e_rtn, e_gptq, e_search) = (
                     e(&decoded(&start(false))),
@@ -1193,7 +1237,17 @@ mod tests {
                     .map(|(t, b)| (t.lin, b.values(t.r.group)))
                     .collect::<Vec<_>>());
                 eprintln!(
-                    "rank {rank} {grid:?}: rtn {e_rtn:.3e} gptq {e_gptq:.3e} search {e_search:.3e} tuned {e_tuned:.3e}"
+                    "rank {rank} {grid:?}: rtn {e_rtn:.3e} gptq {e_gptq:.3e} search {e_search:.3e} tuned {e_tuned:.3e} | search+gptq {e_gs:.3e} tuned {e_gs_tuned:.3e}"
+                );
+                // GPTQ's error feedback on the search's grid: below GPTQ on its own grids and
+                // below the search in both regimes; the check keeps its state or a better one
+                assert!(
+                    e_gs < e_gptq && e_gs < e_search,
+                    "{grid:?}: search+gptq {e_gs}"
+                );
+                assert!(
+                    e_gs_tuned < e_gptq && e_gs_tuned < e_rtn,
+                    "rank {rank} {grid:?}: tuned from search+gptq {e_gs_tuned}, gptq {e_gptq}"
                 );
                 assert!(
                     e_tuned < e_rtn,

@@ -814,7 +814,8 @@ fn group_that_does_not_divide_the_row_names_the_tensor() {
 /// calibration text and writes compressed-tensors that verify, with the same bytes whatever the
 /// thread count; on held-out text its logits are closer to the float model's (mean KL
 /// divergence) than round to nearest's, symmetric and asymmetric, and so are the zero-step
-/// search's (`--iters 0`). Bad options are refused with the flag named and nothing written.
+/// search's (`--iters 0`) and GPTQ's codes on its grid (`--init search+gptq`, also with one
+/// grid per output channel). Bad options are refused with the flag named and nothing written.
 #[test]
 fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
     let d = tempfile::tempdir().unwrap();
@@ -877,14 +878,60 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
         let (ks, kr) = (kld(&d.path().join(format!("sr-{asym}-1"))), kld(&rtn));
         eprintln!("int4 g32 asym {asym}: mean KLD vs original: signround {ks:.5}, RTN {kr:.5}");
         assert!(ks < kr, "asym {asym}: signround KLD {ks} vs RTN {kr}");
-        // the zero-step search alone (--iters 0)
-        let z = d.path().join(format!("sr0-{asym}"));
-        let mut s = a.clone();
-        s.extend([
+        // the zero-step search alone (--iters 0), and GPTQ's codes on its grid
+        for init in ["search", "search+gptq"] {
+            let z = d.path().join(format!("sr0-{asym}-{init}"));
+            let mut s = a.clone();
+            s.extend([
+                "--method".as_ref(),
+                "signround".as_ref(),
+                "--iters".as_ref(),
+                "0".as_ref(),
+                "--init".as_ref(),
+                init.as_ref(),
+                "--calib".as_ref(),
+                text.as_os_str(),
+                "--calib-samples".as_ref(),
+                "16".as_ref(),
+                "--calib-seq-len".as_ref(),
+                "48".as_ref(),
+                "-o".as_ref(),
+                z.as_os_str(),
+                "-q".as_ref(),
+            ]);
+            quantize(&s).ok();
+            quantize(&[
+                "verify".as_ref(),
+                fx.as_os_str(),
+                z.as_os_str(),
+                "-q".as_ref(),
+            ])
+            .ok();
+            let k0 = kld(&z);
+            eprintln!("int4 g32 asym {asym}: --iters 0 --init {init} {k0:.5}");
+            assert!(
+                k0 < kr,
+                "asym {asym}: --iters 0 --init {init} KLD {k0} vs RTN {kr}"
+            );
+        }
+    }
+    // one grid per output channel (no groups): GPTQ on the search's per-row grids
+    let mut k = vec![];
+    for m in [
+        &["rtn"][..],
+        &["signround", "--iters", "0", "--init", "search+gptq"],
+    ] {
+        let o = d.path().join(format!("channel-{}", m[0]));
+        let mut s: Vec<&std::ffi::OsStr> = vec![
+            fx.as_os_str(),
+            "--to".as_ref(),
+            "int4".as_ref(),
+            "--granularity".as_ref(),
+            "channel".as_ref(),
             "--method".as_ref(),
-            "signround".as_ref(),
-            "--iters".as_ref(),
-            "0".as_ref(),
+        ];
+        s.extend(m.iter().map(std::ffi::OsStr::new));
+        s.extend([
             "--calib".as_ref(),
             text.as_os_str(),
             "--calib-samples".as_ref(),
@@ -892,21 +939,26 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
             "--calib-seq-len".as_ref(),
             "48".as_ref(),
             "-o".as_ref(),
-            z.as_os_str(),
+            o.as_os_str(),
             "-q".as_ref(),
         ]);
         quantize(&s).ok();
         quantize(&[
             "verify".as_ref(),
             fx.as_os_str(),
-            z.as_os_str(),
+            o.as_os_str(),
             "-q".as_ref(),
         ])
         .ok();
-        let k0 = kld(&z);
-        eprintln!("int4 g32 asym {asym}: --iters 0 {k0:.5}");
-        assert!(k0 < kr, "asym {asym}: --iters 0 KLD {k0} vs RTN {kr}");
+        k.push(kld(&o));
     }
+    eprintln!("int4 per channel: RTN {:.5}, search+gptq {:.5}", k[0], k[1]);
+    assert!(
+        k[1] < k[0],
+        "per channel: search+gptq {} vs RTN {}",
+        k[1],
+        k[0]
+    );
     // a calibration text shorter than one window
     let short = d.path().join("short.txt");
     std::fs::write(&short, "a few words only").unwrap();

@@ -273,8 +273,9 @@ pub fn gptq(
 /// GPTQ on a grid chosen beforehand: group `g` of row `r` takes `params[r * groups + g]` and
 /// `offsets[r * groups + g]` (the value added after scaling, 0 but for a minimum), whatever
 /// the error feedback does to its weights — static groups whose parameters come from
-/// elsewhere (learned rounding's importance-weighted search). Needs `cfg.group`; the codes are
-/// the nearest points of those grids as in [`gptq`].
+/// elsewhere (learned rounding's importance-weighted search). Without `cfg.group` (one grid
+/// per row) `params` has one entry per row. The codes are the nearest points of those grids as
+/// in [`gptq`].
 pub fn gptq_on_grid(
     w: &[f32],
     rows: usize,
@@ -284,7 +285,12 @@ pub fn gptq_on_grid(
     params: &[QParams],
     offsets: &[f32],
 ) -> Result<GptqOutput, GptqError> {
-    let group = cfg.group.ok_or(GptqError::Group { cols, group: cols })?;
+    let group = cfg.group.unwrap_or(cols);
+    // a row's grid is one group of the whole row
+    let cfg = &GptqConfig {
+        group: Some(group),
+        ..*cfg
+    };
     if group == 0 || !cols.is_multiple_of(group) {
         return Err(GptqError::Group { cols, group });
     }
@@ -726,6 +732,18 @@ mod tests {
                 output_error(&x, tokens, &w, &nearest, rows, cols),
             );
             assert!(eg < 0.8 * er, "symmetric {symmetric}: {eg} vs {er}");
+            // one grid per row (no groups): the same as one group of the whole row
+            let per_row = rtn::quantize_rows(cfg.spec, &shrunk, cols, cols, cfg.scale_dtype, None);
+            let zeros = vec![0f32; rows];
+            let row_cfg = GptqConfig { group: None, ..cfg };
+            let a = gptq_on_grid(&w, rows, cols, &h, &row_cfg, &per_row.params, &zeros).unwrap();
+            let whole = GptqConfig {
+                group: Some(cols),
+                ..cfg
+            };
+            let b = gptq_on_grid(&w, rows, cols, &h, &whole, &per_row.params, &zeros).unwrap();
+            assert_eq!(a, b);
+            assert_eq!(a.params, per_row.params);
             let short = &q.params[1..];
             assert_eq!(
                 gptq_on_grid(&w, rows, cols, &h, &cfg, short, &offsets[1..]),

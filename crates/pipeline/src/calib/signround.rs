@@ -22,7 +22,9 @@
 //! Start (`--init`): by default each group's scale and minimum from the importance-weighted
 //! search ([`qs_numeric::search`], AutoRound's `iters=0` mode; the importance of a column is its
 //! input's mean square over this layer's calibration tokens); `rtn`, the layout's plain round to
-//! nearest (as AutoRound's tuned mode starts); `gptq`, GPTQ's codes. With `--iters 0` the start
+//! nearest (as AutoRound's tuned mode starts); `gptq`, GPTQ's codes; `search+gptq`, GPTQ's
+//! codes on the search's grid (each group's scale and minimum from the search, fixed; GPTQ's
+//! error feedback chooses the codes). With `--iters 0` the start
 //! is what is written (no tuning, no target). One float pass over the calibration tokens gives
 //! both the importance and the tuning's target (the latter from the loop with `--tune-target
 //! model`).
@@ -490,10 +492,8 @@ fn start_from_gptq(
     // (a 7B-shaped down_proj's alone is 0.97 GB of f64)
     let inputs: Vec<Input> = parts.iter().map(|t| t.lin.input()).collect();
     for (i, ((t, name), grid)) in parts.iter_mut().zip(names).zip(grids).enumerate() {
-        if !inputs[..i].contains(&inputs[i]) {
-            // the Hessians of inputs no linear from here on reads
-            hess.retain(|(k, _)| inputs[i..].contains(k));
-        }
+        // the Hessians of inputs no linear from here on reads
+        hess.retain(|(k, _)| inputs[i..].contains(k));
         let Some((_, h)) = hess.iter().find(|(k, _)| *k == t.lin.input()) else {
             continue;
         };

@@ -512,13 +512,7 @@ fn include_exclude_and_tensor_type_overrides() {
     );
     // the unquantized linear (the untied output head) is ignored by name with several groups too
     assert_eq!(qc["ignore"], serde_json::json!(["lm_head"]));
-    quantize(&[
-        "verify".as_ref(),
-        fx.as_os_str(),
-        o.as_os_str(),
-        "-q".as_ref(),
-    ])
-    .ok();
+    verifies(&fx, &o);
 }
 
 #[test]
@@ -863,13 +857,7 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
                 "-q".as_ref(),
             ]);
             quantize(&s).ok();
-            quantize(&[
-                "verify".as_ref(),
-                fx.as_os_str(),
-                o.as_os_str(),
-                "-q".as_ref(),
-            ])
-            .ok();
+            verifies(&fx, &o);
             outs.push(std::fs::read(o.join("model.safetensors")).unwrap());
         }
         assert!(outs[0] == outs[1], "same bytes with 1 and 2 threads");
@@ -900,13 +888,7 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
                 "-q".as_ref(),
             ]);
             quantize(&s).ok();
-            quantize(&[
-                "verify".as_ref(),
-                fx.as_os_str(),
-                z.as_os_str(),
-                "-q".as_ref(),
-            ])
-            .ok();
+            verifies(&fx, &z);
             let k0 = kld(&z);
             eprintln!("int4 g32 asym {asym}: --iters 0 --init {init} {k0:.5}");
             assert!(
@@ -943,13 +925,7 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
             "-q".as_ref(),
         ]);
         quantize(&s).ok();
-        quantize(&[
-            "verify".as_ref(),
-            fx.as_os_str(),
-            o.as_os_str(),
-            "-q".as_ref(),
-        ])
-        .ok();
+        verifies(&fx, &o);
         k.push(kld(&o));
     }
     eprintln!("int4 per channel: RTN {:.5}, search+gptq {:.5}", k[0], k[1]);
@@ -1117,13 +1093,7 @@ fn gptq_writes_compressed_tensors_and_beats_rtn_on_held_out_tokens() {
             }
         }
         assert_eq!(n, 14, "every decoder linear went through GPTQ");
-        quantize(&[
-            "verify".as_ref(),
-            fx.as_os_str(),
-            o.as_os_str(),
-            "-q".as_ref(),
-        ])
-        .ok();
+        verifies(&fx, &o);
         outs.push(std::fs::read(o.join("model.safetensors")).unwrap());
     }
     assert!(outs[0] == outs[1], "same bytes with 1 and 2 threads");

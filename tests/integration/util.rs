@@ -259,6 +259,17 @@ pub const HELD_OUT_TEXT: &str = "The quick brown fox jumps over the lazy dog whi
 
 /// `quantize eval MODEL --against ORIGINAL` on `text` in 16-token windows: the mean KL
 /// divergence of MODEL's next-token distributions from ORIGINAL's.
+/// `quantize verify ORIGINAL QUANTIZED -q` succeeds: every tensor dequantizes.
+pub fn verifies(original: &Path, quantized: &Path) {
+    quantize(&[
+        "verify".as_ref(),
+        original.as_os_str(),
+        quantized.as_os_str(),
+        "-q".as_ref(),
+    ])
+    .ok();
+}
+
 pub fn kld_against(model: &Path, original: &Path, text: &Path) -> f64 {
     let j = model.with_extension("eval.json");
     quantize(&[

@@ -1175,74 +1175,53 @@ mod tests {
                         .collect()
                 };
                 let names: Vec<String> = Linear::ALL.iter().map(|l| format!("{l:?}")).collect();
-                let mut gptq = start(false);
                 let grids = vec![grid; names.len()];
-                start_from_gptq(
-                    &c,
-                    &layer,
-                    x.as_ref(),
-                    seq,
-                    &mut gptq,
-                    &names,
-                    &grids,
-                    &qcfg,
-                    false,
-                )
-                .unwrap();
-                let mut gs = start(true);
-                start_from_gptq(
-                    &c,
-                    &layer,
-                    x.as_ref(),
-                    seq,
-                    &mut gs,
-                    &names,
-                    &grids,
-                    &qcfg,
-                    true,
-                )
-                .unwrap();
+                // GPTQ's codes from round to nearest's start (its own grids) or on the search's
+                let from_gptq = |on_search: bool| {
+                    let mut parts = start(on_search);
+                    start_from_gptq(
+                        &c,
+                        &layer,
+                        x.as_ref(),
+                        seq,
+                        &mut parts,
+                        &names,
+                        &grids,
+                        &qcfg,
+                        on_search,
+                    )
+                    .unwrap();
+                    parts
+                };
+                // the held-out error of the state tuning keeps
+                let tuned_error = |mut parts: Vec<Tuned>| {
+                    let mut work = layer.clone();
+                    let out = tune(
+                        &c,
+                        &mut work,
+                        x.as_ref(),
+                        seq,
+                        target.as_ref(),
+                        &mut parts,
+                        &o,
+                        1,
+                    )
+                    .unwrap();
+                    e(&parts
+                        .iter()
+                        .zip(&out.best)
+                        .map(|(t, b)| (t.lin, b.values(t.r.group)))
+                        .collect::<Vec<_>>())
+                };
+                let gs = from_gptq(true);
                 let e_gs = e(&decoded(&gs));
-                let mut work = layer.clone();
-                let out = tune(
-                    &c,
-                    &mut work,
-                    x.as_ref(),
-                    seq,
-                    target.as_ref(),
-                    &mut gs,
-                    &o,
-                    1,
-                )
-                .unwrap();
-                let e_gs_tuned = e(&gs
-                    .iter()
-                    .zip(&out.best)
-                    .map(|(t, b)| (t.lin, b.values(t.r.group)))
-                    .collect::<Vec<_>>());
-                let mut tuned = start(true);
+                let e_gs_tuned = tuned_error(gs);
                 let (e_rtn, e_gptq, e_search) = (
                     e(&decoded(&start(false))),
-                    e(&decoded(&gptq)),
-                    e(&decoded(&tuned)),
+                    e(&decoded(&from_gptq(false))),
+                    e(&decoded(&start(true))),
                 );
-                let mut work = layer.clone();
-                let out = tune(
-                    &c,
-                    &mut work,
-                    x.as_ref(),
-                    seq,
-                    target.as_ref(),
-                    &mut tuned,
-                    &o,
-                    1,
-                )
-                .unwrap();
-                let e_tuned = e(&tuned
-                    .iter()
-                    .zip(&out.best)
-                    .map(|(t, b)| (t.lin, b.values(t.r.group)))
-                    .collect::<Vec<_>>());
+                let e_tuned = tuned_error(start(true));
                 eprintln!(
                     "rank {rank} {grid:?}: rtn {e_rtn:.3e} gptq {e_gptq:.3e} search {e_search:.3e} tuned {e_tuned:.3e} | search+gptq {e_gs:.3e} tuned {e_gs_tuned:.3e}"
                 );

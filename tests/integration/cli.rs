@@ -819,6 +819,15 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
     let held = d.path().join("held-out.txt");
     std::fs::write(&held, HELD_OUT_TEXT).unwrap();
     let kld = |o: &Path| kld_against(o, &fx, &held);
+    // 16 calibration windows of 48 tokens from the shipped page
+    let calib: [&std::ffi::OsStr; 6] = [
+        "--calib".as_ref(),
+        text.as_os_str(),
+        "--calib-samples".as_ref(),
+        "16".as_ref(),
+        "--calib-seq-len".as_ref(),
+        "48".as_ref(),
+    ];
     for asym in [false, true] {
         let extra: &[&str] = if asym { &["--asym"] } else { &[] };
         let rtn = d.path().join(format!("rtn-{asym}"));
@@ -837,6 +846,7 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
         for j in ["1", "2"] {
             let o = d.path().join(format!("sr-{asym}-{j}"));
             let mut s = a.clone();
+            s.extend(calib);
             s.extend([
                 "--method".as_ref(),
                 "signround".as_ref(),
@@ -844,12 +854,6 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
                 "40".as_ref(),
                 "--batch".as_ref(),
                 "4".as_ref(),
-                "--calib".as_ref(),
-                text.as_os_str(),
-                "--calib-samples".as_ref(),
-                "16".as_ref(),
-                "--calib-seq-len".as_ref(),
-                "48".as_ref(),
                 "-j".as_ref(),
                 j.as_ref(),
                 "-o".as_ref(),
@@ -870,6 +874,7 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
         for init in ["search", "search+gptq"] {
             let z = d.path().join(format!("sr0-{asym}-{init}"));
             let mut s = a.clone();
+            s.extend(calib);
             s.extend([
                 "--method".as_ref(),
                 "signround".as_ref(),
@@ -877,12 +882,6 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
                 "0".as_ref(),
                 "--init".as_ref(),
                 init.as_ref(),
-                "--calib".as_ref(),
-                text.as_os_str(),
-                "--calib-samples".as_ref(),
-                "16".as_ref(),
-                "--calib-seq-len".as_ref(),
-                "48".as_ref(),
                 "-o".as_ref(),
                 z.as_os_str(),
                 "-q".as_ref(),
@@ -913,17 +912,8 @@ fn signround_writes_compressed_tensors_closer_than_rtn_on_held_out_text() {
             "--method".as_ref(),
         ];
         s.extend(m.iter().map(std::ffi::OsStr::new));
-        s.extend([
-            "--calib".as_ref(),
-            text.as_os_str(),
-            "--calib-samples".as_ref(),
-            "16".as_ref(),
-            "--calib-seq-len".as_ref(),
-            "48".as_ref(),
-            "-o".as_ref(),
-            o.as_os_str(),
-            "-q".as_ref(),
-        ]);
+        s.extend(calib);
+        s.extend(["-o".as_ref(), o.as_os_str(), "-q".as_ref()]);
         quantize(&s).ok();
         verifies(&fx, &o);
         k.push(kld(&o));

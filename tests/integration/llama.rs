@@ -1575,7 +1575,8 @@ fn split_output_loads_in_llama_cpp() {
     assert!(a == b, "same logits from the split set");
 }
 
-/// --output-tensor-type / --token-embedding-type as llama-quantize applies them.
+/// --output-tensor-type / --token-embedding-type as llama-quantize applies them, into a
+/// quantized file type and into F16 (which takes them too).
 #[test]
 fn output_and_embedding_type_options_equal_llama_quantize() {
     let d = tempfile::tempdir().unwrap();
@@ -1591,44 +1592,45 @@ fn output_and_embedding_type_options_equal_llama_quantize() {
         "-q".as_ref(),
     ])
     .ok();
-    let theirs = d.path().join("ref.gguf");
-    llama_quantize(&[
-        "--output-tensor-type".as_ref(),
-        "q8_0".as_ref(),
-        "--token-embedding-type".as_ref(),
-        "q5_k".as_ref(),
-        f32g.as_os_str(),
-        theirs.as_os_str(),
-        "Q4_K_M".as_ref(),
-        "1".as_ref(),
-    ]);
-    let ours = d.path().join("ours.gguf");
-    quantize(&[
-        m.as_os_str(),
-        "--to".as_ref(),
-        "q4_k_m".as_ref(),
-        "--output-tensor-type".as_ref(),
-        "q8_0".as_ref(),
-        "--token-embedding-type".as_ref(),
-        "q5_k".as_ref(),
-        "-o".as_ref(),
-        ours.as_os_str(),
-        "-q".as_ref(),
-    ])
-    .ok();
-    let (a, b) = (
-        qs_formats::gguf::GgufFile::open(&ours).unwrap(),
-        qs_formats::gguf::GgufFile::open(&theirs).unwrap(),
-    );
-    assert_same_tensors(&a, &b, "--output-tensor-type/--token-embedding-type");
-    assert_eq!(
-        a.tensors
-            .iter()
-            .find(|t| t.name == "output.weight")
-            .unwrap()
-            .ty,
-        qs_numeric::GgmlType::Q8_0
-    );
+    for (ftype, to) in [("Q4_K_M", "q4_k_m"), ("F16", "f16")] {
+        let theirs = d.path().join(format!("ref-{to}.gguf"));
+        llama_quantize(&[
+            "--output-tensor-type".as_ref(),
+            "q8_0".as_ref(),
+            "--token-embedding-type".as_ref(),
+            "q5_k".as_ref(),
+            f32g.as_os_str(),
+            theirs.as_os_str(),
+            ftype.as_ref(),
+            "1".as_ref(),
+        ]);
+        let ours = d.path().join(format!("ours-{to}.gguf"));
+        quantize(&[
+            m.as_os_str(),
+            "--to".as_ref(),
+            to.as_ref(),
+            "--output-tensor-type".as_ref(),
+            "q8_0".as_ref(),
+            "--token-embedding-type".as_ref(),
+            "q5_k".as_ref(),
+            "-o".as_ref(),
+            ours.as_os_str(),
+            "-q".as_ref(),
+        ])
+        .ok();
+        let (a, b) = (
+            qs_formats::gguf::GgufFile::open(&ours).unwrap(),
+            qs_formats::gguf::GgufFile::open(&theirs).unwrap(),
+        );
+        assert_same_tensors(
+            &a,
+            &b,
+            &format!("{to}: --output-tensor-type/--token-embedding-type"),
+        );
+        let ty = |name: &str| a.tensors.iter().find(|t| t.name == name).unwrap().ty;
+        assert_eq!(ty("output.weight"), qs_numeric::GgmlType::Q8_0, "{to}");
+        assert_eq!(ty("token_embd.weight"), qs_numeric::GgmlType::Q5_K, "{to}");
+    }
 }
 
 /// SmolLM3, OLMo 2, Gemma 2, Gemma 3 and Phi-3 (fused linears, each part calibrated on its

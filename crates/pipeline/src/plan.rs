@@ -399,6 +399,15 @@ pub fn make_plan(
         }
         _ => None,
     };
+    // a converted model's embeddings are tied when it has no output.weight (llama-quantize's
+    // --output-tensor-type then covers token_embd.weight), whatever the target
+    let tied = match (&llama_mix, &conv) {
+        (Some((_, info)), _) => Some(info.tied_embeddings),
+        (None, Some(cv)) => Some(!src.tensors.iter().any(|t| {
+            matches!(cv.map(&t.info.name), Ok(Mapped::Tensor { name, .. }) if name == "output.weight")
+        })),
+        (None, None) => None,
+    };
     let mut counters = mixture::Counters::default();
     let order = tensor_order(src, conv.as_ref(), converter_layout(src, cfg));
     let squeeze = conv.is_some() && !converter_layout(src, cfg);
@@ -452,6 +461,7 @@ pub fn make_plan(
             dtype,
             shape,
             llama_mix,
+            tied,
             default_ggml,
             &mut counters,
         );
@@ -658,6 +668,7 @@ fn choose_target(
     dtype: DType,
     shape: &[usize],
     llama_mix: Option<(Option<Ftype>, mixture::ModelInfo)>,
+    tied: Option<bool>,
     default_ggml: GgmlType,
     counters: &mut mixture::Counters,
 ) -> Target {
@@ -667,11 +678,12 @@ fn choose_target(
         .find(|(re, _)| re.is_match(name) || (converted && re.is_match(out_name)))
         .map(|(_, t)| *t);
     // --token-embedding-type / --output-tensor-type come first, as in llama-quantize (the
-    // output type also covers tied embeddings)
-    let special = match (out_name, &llama_mix) {
-        ("token_embd.weight", Some((_, info))) => cfg
+    // output type also covers tied embeddings), for every target of a converted model (a
+    // float one too: llama-quantize's F16 file type takes them)
+    let special = match (out_name, tied) {
+        ("token_embd.weight", Some(tied)) => cfg
             .token_embedding_type
-            .or(cfg.output_tensor_type.filter(|_| info.tied_embeddings)),
+            .or(cfg.output_tensor_type.filter(|_| tied)),
         ("output.weight", Some(_)) => cfg.output_tensor_type,
         _ => None,
     };
@@ -1200,6 +1212,7 @@ mod step_tests {
             false,
             DType::BF16,
             shape,
+            None,
             None,
             GgmlType::F16,
             &mut mixture::Counters::default(),

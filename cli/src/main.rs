@@ -140,6 +140,11 @@ enum Cmd {
         /// chunk by chunk; columns: vocabulary; positions × vocabulary × 4 bytes).
         #[arg(long, value_name = "FILE")]
         logits: Option<PathBuf>,
+        /// Write MODEL's negative log-likelihood of each scored token as a float32 .npy (one
+        /// value per scored position, chunk by chunk): two models' files on the same text pair
+        /// up position by position.
+        #[arg(long, value_name = "FILE")]
+        nll: Option<PathBuf>,
         #[arg(short = 'j', long)]
         threads: Option<usize>,
         #[arg(short, long)]
@@ -1161,6 +1166,7 @@ fn main() -> std::process::ExitCode {
             chunks,
             json,
             logits,
+            nll,
             threads,
             quiet,
         }) => (|| {
@@ -1171,7 +1177,12 @@ fn main() -> std::process::ExitCode {
             inputs.push(text.clone());
             let to_stdout = json.as_deref() == Some(Path::new("-"));
             let json = json.filter(|_| !to_stdout);
-            let reports: Vec<&Path> = json.iter().chain(&logits).map(|p| p.as_path()).collect();
+            let reports: Vec<&Path> = json
+                .iter()
+                .chain(&logits)
+                .chain(&nll)
+                .map(|p| p.as_path())
+                .collect();
             check_reports(&reports, &inputs)
                 .with_context(|| format!("evaluating {}", model.display()))?;
             let cfg = quantsmith::eval::EvalConfig {
@@ -1182,6 +1193,7 @@ fn main() -> std::process::ExitCode {
                 chunks,
                 threads,
                 logits,
+                nll,
             };
             let r = quantsmith::eval::eval(&cfg)
                 .with_context(|| format!("evaluating {}", model.display()))?;
@@ -1197,12 +1209,19 @@ fn main() -> std::process::ExitCode {
                     "{} chunks of {} tokens, {} predictions scored",
                     r.chunks, r.ctx, r.tokens_scored
                 )?;
-                writeln!(s, "PPL          {:.4}", r.ppl)?;
-                if let (Some(pb), Some(kl), Some(km), Some(t1)) =
-                    (r.ppl_against, r.kld_mean, r.kld_max, r.top1_agreement)
-                {
+                writeln!(s, "PPL          {:.4} ± {:.4}", r.ppl, r.ppl_se)?;
+                if let (Some(pb), Some(lr), Some(lrse), Some(kl), Some(klse), Some(km), Some(t1)) = (
+                    r.ppl_against,
+                    r.ln_ppl_ratio,
+                    r.ln_ppl_ratio_se,
+                    r.kld_mean,
+                    r.kld_se,
+                    r.kld_max,
+                    r.top1_agreement,
+                ) {
                     writeln!(s, "PPL original {pb:.4}  (ratio {:.4})", r.ppl / pb)?;
-                    writeln!(s, "mean KLD     {kl:.6}  (max {km:.4})")?;
+                    writeln!(s, "ln(PPL/PPL original) {lr:.6} ± {lrse:.6}")?;
+                    writeln!(s, "mean KLD     {kl:.6} ± {klse:.6}  (max {km:.4})")?;
                     writeln!(s, "same top-1   {:.2} %", 100.0 * t1)?;
                 }
                 out(&s)?;

@@ -482,7 +482,8 @@ fn llama3_rope_scaling_matches_reference() {
 
 /// `quantize eval` computes llama-perplexity's figures: checked against the numpy reference
 /// forward pass, chunk by chunk (second half of each chunk scored), for the perplexity of a
-/// Q4_0 GGUF, the original's, their mean KL divergence and top-1 agreement.
+/// Q4_0 GGUF, the original's, their mean KL divergence and top-1 agreement, with the standard
+/// errors llama-perplexity states, and the per-position log-likelihoods `--nll` writes.
 #[test]
 fn eval_matches_reference_chunking_perplexity_and_kl() {
     let d = tempfile::tempdir().unwrap();
@@ -512,6 +513,8 @@ fn eval_matches_reference_chunking_perplexity_and_kl() {
         "3".as_ref(),
         "--json".as_ref(),
         json.as_os_str(),
+        "--nll".as_ref(),
+        d.path().join("nll.npy").as_os_str(),
         "-q".as_ref(),
     ])
     .ok();
@@ -540,7 +543,8 @@ fn eval_matches_reference_chunking_perplexity_and_kl() {
     .ok();
     let nv = 512;
     let (ctx, first) = (16, 8);
-    let (mut nll, mut nll_b, mut kl_sum, mut same, mut n) = (0f64, 0f64, 0f64, 0usize, 0usize);
+    // per scored position: the GGUF's negative log-likelihood, the original's, the KL divergence
+    let (mut nll, mut nll_b, mut kl, mut same) = (vec![], vec![], vec![], 0usize);
     let logsm = |row: &[f32]| {
         let m = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
         let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
@@ -571,19 +575,27 @@ fn eval_matches_reference_chunking_perplexity_and_kl() {
                 logsm(&lq[k * nv..(k + 1) * nv]),
                 logsm(&lb[k * nv..(k + 1) * nv]),
             );
-            nll -= pq[next];
-            nll_b -= pb[next];
-            kl_sum += pb
-                .iter()
-                .zip(&pq)
-                .map(|(&b, &q)| b.exp() * (b - q))
-                .sum::<f64>();
+            nll.push(-pq[next]);
+            nll_b.push(-pb[next]);
+            kl.push(
+                pb.iter()
+                    .zip(&pq)
+                    .map(|(&b, &q)| b.exp() * (b - q))
+                    .sum::<f64>(),
+            );
             same += usize::from(am(&pq) == am(&pb));
-            n += 1;
         }
     }
+    let n = nll.len();
     let nf = n as f64;
     assert_eq!(r["tokens_scored"], n);
+    // mean and standard error of the mean, two-pass (llama-perplexity's: sqrt(var / (n - 1)))
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let se = |v: &[f64]| {
+        let m = mean(v);
+        (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / nf / (nf - 1.0)).sqrt()
+    };
+    let diff: Vec<f64> = nll.iter().zip(&nll_b).map(|(q, b)| q - b).collect();
     let close = |k: &str, want: f64, tol: f64| {
         let got = r[k].as_f64().unwrap();
         eprintln!("{k}: ours {got}, reference {want}");
@@ -592,11 +604,24 @@ fn eval_matches_reference_chunking_perplexity_and_kl() {
             "{k}: {got} vs {want}"
         );
     };
-    close("ppl", (nll / nf).exp(), 1e-3);
-    close("ppl_against", (nll_b / nf).exp(), 1e-3);
-    close("kld_mean", kl_sum / nf, 2e-2);
+    close("ppl", mean(&nll).exp(), 1e-3);
+    close("ppl_se", mean(&nll).exp() * se(&nll), 1e-2);
+    close("ppl_against", mean(&nll_b).exp(), 1e-3);
+    close("ln_ppl_ratio", mean(&diff), 2e-2);
+    close("ln_ppl_ratio_se", se(&diff), 2e-2);
+    close("kld_mean", mean(&kl), 2e-2);
+    close("kld_se", se(&kl), 2e-2);
     assert!((r["top1_agreement"].as_f64().unwrap() - same as f64 / nf).abs() < 1e-12);
-    assert!(kl_sum > 0.0, "Q4_0 must differ from the original");
+    assert!(mean(&kl) > 0.0, "Q4_0 must differ from the original");
+    // --nll: the GGUF's value at each scored position, in order
+    let (shape, got) = crate::util::read_npy(&d.path().join("nll.npy"));
+    assert_eq!(shape, [n]);
+    for (k, (g, want)) in got.iter().zip(&nll).enumerate() {
+        assert!(
+            (*g as f64 - want).abs() <= 1e-3 * want.abs().max(1.0),
+            "position {k}: --nll {g}, reference {want}"
+        );
+    }
 }
 
 /// Learned rounding into GGUF grids (Q4_0, Q4_1, the Q4_K_M and Q3_K_M mixtures, whose

@@ -68,28 +68,6 @@ fn hf_logits(cmd: &mut Command) -> Vec<Value> {
         })
 }
 
-/// A float32 .npy (C order): shape and values.
-fn read_npy(p: &Path) -> (Vec<usize>, Vec<f32>) {
-    let b = std::fs::read(p).unwrap();
-    assert_eq!(&b[..8], b"\x93NUMPY\x01\x00", "{}", p.display());
-    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
-    let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
-    assert!(header.contains("'descr': '<f4'"), "{header}");
-    let shape = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .unwrap()
-        .split(',')
-        .filter_map(|d| d.trim().parse().ok())
-        .collect();
-    let v = b[10 + hlen..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    (shape, v)
-}
-
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter()

@@ -462,7 +462,7 @@ fn no_output_replaces_or_deletes_an_input() {
     one_line_error(&r, &["g.gguf", "input"]);
     let text = d.path().join("t.txt");
     std::fs::write(&text, "some text ".repeat(200)).unwrap();
-    for (flag, p) in [("--json", &text), ("--logits", &g)] {
+    for (flag, p) in [("--json", &text), ("--logits", &g), ("--nll", &g)] {
         let r = quantize(&[
             "eval".as_ref(),
             g.as_os_str(),
@@ -522,7 +522,7 @@ fn unwritable_reports_fail_before_any_work() {
     one_line_error(&r, &["r.json"]);
     let text = d.path().join("t.txt");
     std::fs::write(&text, "some text ".repeat(200)).unwrap();
-    for flag in ["--json", "--logits"] {
+    for flag in ["--json", "--logits", "--nll"] {
         let r = quantize(&[
             "eval".as_ref(),
             fx.as_os_str(),

@@ -315,6 +315,7 @@ pub fn apply(
             chunks: spec.chunks,
             threads,
             logits: None,
+            nll: None,
         };
         report.eval = Some(crate::eval::eval(&cfg)?);
     }
@@ -431,8 +432,12 @@ mod tests {
             chunks: 1,
             tokens_scored: 255,
             ppl,
+            ppl_se: 0.0,
             ppl_against: Some(10.0),
+            ln_ppl_ratio: Some((ppl / 10.0).ln()),
+            ln_ppl_ratio_se: Some(0.0),
             kld_mean: Some(kld),
+            kld_se: Some(0.0),
             kld_max: Some(kld),
             top1_agreement: Some(1.0),
         };

@@ -40,6 +40,10 @@ pub struct EvalConfig {
     /// position, chunk by chunk; one column per vocabulary entry): what another implementation
     /// of the forward pass is compared with.
     pub logits: Option<PathBuf>,
+    /// Write MODEL's negative log-likelihood of each scored token here (float32 `.npy`, one
+    /// value per scored position, chunk by chunk): two models evaluated on the same text and
+    /// context pair up position by position, so their difference gets a standard error.
+    pub nll: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -51,10 +55,21 @@ pub struct EvalReport {
     /// Next-token predictions scored.
     pub tokens_scored: usize,
     pub ppl: f64,
+    /// One standard error of `ppl` (llama-perplexity's `PPL = … +/- …`: the perplexity times
+    /// the standard error of the mean negative log-likelihood).
+    pub ppl_se: f64,
     /// Perplexity of ORIGINAL on the same tokens.
     pub ppl_against: Option<f64>,
+    /// ln(PPL / PPL of ORIGINAL): the mean over the scored positions of MODEL's negative
+    /// log-likelihood minus ORIGINAL's (llama-perplexity's `Mean ln(PPL(Q)/PPL(base))`).
+    pub ln_ppl_ratio: Option<f64>,
+    /// One standard error of `ln_ppl_ratio`, from the per-position differences (paired, so
+    /// far smaller than either perplexity's own).
+    pub ln_ppl_ratio_se: Option<f64>,
     /// Mean KL(ORIGINAL ‖ MODEL) over the scored positions (nats).
     pub kld_mean: Option<f64>,
+    /// One standard error of `kld_mean`.
+    pub kld_se: Option<f64>,
     pub kld_max: Option<f64>,
     /// Fraction of scored positions where both models' most likely token is the same.
     pub top1_agreement: Option<f64>,
@@ -336,13 +351,17 @@ struct NpyRows {
 }
 
 impl NpyRows {
-    fn create(path: &Path, rows: usize, cols: usize) -> Result<NpyRows> {
+    /// `rows` rows of `cols` values, or with `cols` `None` a vector of `rows` values.
+    fn create(path: &Path, rows: usize, cols: Option<usize>) -> Result<NpyRows> {
         let io = |e: std::io::Error| Error::Output {
             path: path.to_path_buf(),
             msg: e.to_string(),
         };
-        let mut header =
-            format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+        let shape = match cols {
+            Some(c) => format!("({rows}, {c})"),
+            None => format!("({rows},)"),
+        };
+        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
         // magic (6) + version (2) + header length (2) + header, a multiple of 64, ending in \n
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
@@ -359,7 +378,7 @@ impl NpyRows {
             path: path.to_path_buf(),
             file,
             out,
-            cols,
+            cols: cols.unwrap_or(1),
             rows_left: rows,
         })
     }
@@ -384,6 +403,34 @@ impl NpyRows {
         })?;
         drop(self.out);
         Ok(self.file.commit()?)
+    }
+}
+
+/// A running mean and its standard error (Welford's update).
+#[derive(Debug, Clone, Copy, Default)]
+struct Mean {
+    n: usize,
+    mean: f64,
+    /// Sum of squared deviations from the running mean.
+    m2: f64,
+}
+
+impl Mean {
+    fn push(&mut self, x: f64) {
+        self.n += 1;
+        let d = x - self.mean;
+        self.mean += d / self.n as f64;
+        self.m2 += d * (x - self.mean);
+    }
+
+    /// The standard error of the mean as llama-perplexity states it:
+    /// sqrt((mean of squares − square of mean) / (n − 1)); 0 for fewer than two values.
+    fn se(&self) -> f64 {
+        if self.n < 2 {
+            return 0.0;
+        }
+        let n = self.n as f64;
+        (self.m2 / n / (n - 1.0)).max(0.0).sqrt()
     }
 }
 
@@ -448,15 +495,26 @@ pub fn eval(cfg: &EvalConfig) -> Result<EvalReport> {
             _ => None,
         };
         let first = cfg.ctx / 2;
-        let (mut nll, mut nll_base, mut kld_sum, mut kld_max, mut same, mut count) =
-            (0f64, 0f64, 0f64, 0f64, 0usize, 0usize);
+        // per scored position: MODEL's negative log-likelihood, ORIGINAL's, their difference,
+        // the KL divergence
+        let (mut nll, mut nll_base, mut diff, mut kld) = (
+            Mean::default(),
+            Mean::default(),
+            Mean::default(),
+            Mean::default(),
+        );
+        let (mut kld_max, mut same) = (0f64, 0usize);
         let hw = model.head_weights().map_err(|e| model_err(&cfg.model, e))?;
         let mut logits_out = match &cfg.logits {
             Some(p) => Some(NpyRows::create(
                 p,
                 n_chunks * (cfg.ctx - 1 - first),
-                model.cfg.vocab,
+                Some(model.cfg.vocab),
             )?),
+            None => None,
+        };
+        let mut nll_out = match &cfg.nll {
+            Some(p) => Some(NpyRows::create(p, n_chunks * (cfg.ctx - 1 - first), None)?),
             None => None,
         };
         let hw_base = match &orig {
@@ -495,17 +553,20 @@ pub fn eval(cfg: &EvalConfig) -> Result<EvalReport> {
                         w.push(&row)?;
                     }
                     let lp = log_softmax(&row);
-                    nll -= lp[next];
+                    nll.push(-lp[next]);
+                    if let Some(w) = nll_out.as_mut() {
+                        w.push(&[-lp[next] as f32])?;
+                    }
                     if let Some(lb) = &logits_b {
                         let rowb: Vec<f32> = (0..lb.ncols()).map(|j| lb[(k, j)]).collect();
                         let lpb = log_softmax(&rowb);
-                        nll_base -= lpb[next];
+                        nll_base.push(-lpb[next]);
+                        diff.push(lpb[next] - lp[next]);
                         let kl: f64 = lpb.iter().zip(&lp).map(|(&b, &q)| b.exp() * (b - q)).sum();
-                        kld_sum += kl;
+                        kld.push(kl);
                         kld_max = kld_max.max(kl);
                         same += usize::from(argmax(&lp) == argmax(&lpb));
                     }
-                    count += 1;
                 }
             }
             c0 = c1;
@@ -513,18 +574,27 @@ pub fn eval(cfg: &EvalConfig) -> Result<EvalReport> {
         if let Some(w) = logits_out {
             w.finish()?;
         }
-        let n = count as f64;
+        if let Some(w) = nll_out {
+            w.finish()?;
+        }
+        let n = nll.n as f64;
+        let ppl = nll.mean.exp();
+        let against = |v: f64| orig.as_ref().map(|_| v);
         Ok(EvalReport {
             model: cfg.model.display().to_string(),
             against: cfg.against.as_ref().map(|p| p.display().to_string()),
             ctx: cfg.ctx,
             chunks: n_chunks,
-            tokens_scored: count,
-            ppl: (nll / n).exp(),
-            ppl_against: orig.as_ref().map(|_| (nll_base / n).exp()),
-            kld_mean: orig.as_ref().map(|_| kld_sum / n),
-            kld_max: orig.as_ref().map(|_| kld_max),
-            top1_agreement: orig.as_ref().map(|_| same as f64 / n),
+            tokens_scored: nll.n,
+            ppl,
+            ppl_se: ppl * nll.se(),
+            ppl_against: against(nll_base.mean.exp()),
+            ln_ppl_ratio: against(diff.mean),
+            ln_ppl_ratio_se: against(diff.se()),
+            kld_mean: against(kld.mean),
+            kld_se: against(kld.se()),
+            kld_max: against(kld_max),
+            top1_agreement: against(same as f64 / n),
         })
     })
 }

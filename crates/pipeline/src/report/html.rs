@@ -329,16 +329,17 @@ pub(super) fn render(r: &Report) -> String {
         o.push_str("<section id=\"eval\"><h2>Evaluation</h2><dl>\n");
         let _ = writeln!(
             o,
-            "<dt>text</dt><dd>{} chunks of {} tokens, {} predictions scored</dd><dt>perplexity</dt><dd>{:.4}</dd>",
-            e.chunks, e.ctx, e.tokens_scored, e.ppl
+            "<dt>text</dt><dd>{} chunks of {} tokens, {} predictions scored</dd><dt>perplexity</dt><dd>{:.4} ± {:.4}</dd>",
+            e.chunks, e.ctx, e.tokens_scored, e.ppl, e.ppl_se
         );
         if let (Some(pa), Some(kl), Some(km), Some(t1)) =
             (e.ppl_against, e.kld_mean, e.kld_max, e.top1_agreement)
         {
             let _ = writeln!(
                 o,
-                "<dt>original's perplexity</dt><dd>{pa:.4} ({:+.2} %)</dd><dt>mean KL divergence</dt><dd>{kl:.6} (max {km:.4})</dd><dt>same top-1 token</dt><dd>{:.2} %</dd>",
+                "<dt>original's perplexity</dt><dd>{pa:.4} ({:+.2} %)</dd><dt>mean KL divergence</dt><dd>{kl:.6} ± {:.6} (max {km:.4})</dd><dt>same top-1 token</dt><dd>{:.2} %</dd>",
                 100.0 * (e.ppl / pa - 1.0),
+                e.kld_se.unwrap_or(0.0),
                 100.0 * t1
             );
         }

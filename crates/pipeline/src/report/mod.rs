@@ -584,11 +584,15 @@ impl Report {
 
 /// Perplexity, and against the original its perplexity, KL divergence and top-1 agreement.
 fn eval_line(e: &crate::eval::EvalReport) -> String {
-    let mut s = format!("{} chunks of {} tokens · PPL {:.4}", e.chunks, e.ctx, e.ppl);
+    let mut s = format!(
+        "{} chunks of {} tokens · PPL {:.4} ± {:.4}",
+        e.chunks, e.ctx, e.ppl, e.ppl_se
+    );
     if let (Some(pa), Some(kl), Some(t1)) = (e.ppl_against, e.kld_mean, e.top1_agreement) {
         s.push_str(&format!(
-            " (original {pa:.4}, {:+.2} %) · mean KLD {kl:.6} · same top-1 {:.2} %",
+            " (original {pa:.4}, {:+.2} %) · mean KLD {kl:.6} ± {:.6} · same top-1 {:.2} %",
             100.0 * (e.ppl / pa - 1.0),
+            e.kld_se.unwrap_or(0.0),
             100.0 * t1
         ));
     }

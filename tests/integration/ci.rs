@@ -151,8 +151,12 @@ fn model_gates_evaluate_the_output_against_the_input() {
     let ev: serde_json::Value = serde_json::from_str(&ev.stdout).unwrap();
     for k in [
         "ppl",
+        "ppl_se",
         "ppl_against",
+        "ln_ppl_ratio",
+        "ln_ppl_ratio_se",
         "kld_mean",
+        "kld_se",
         "top1_agreement",
         "tokens_scored",
     ] {

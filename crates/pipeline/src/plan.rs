@@ -358,6 +358,13 @@ pub fn make_plan(
         }
     }
     let arch = conv.as_ref().map(|c| c.arch);
+    // a converted model's embeddings are tied when it has no output.weight (llama-quantize's
+    // --output-tensor-type then covers token_embd.weight), whatever the target
+    let tied = conv.as_ref().map(|cv| {
+        !src.tensors.iter().any(|t| {
+            matches!(cv.map(&t.info.name), Ok(Mapped::Tensor { name, .. }) if name == "output.weight")
+        })
+    });
     // A converted model with a ggml target gets llama-quantize's choices: its mixture for the
     // file type (None: --pure, one type for every quantizable tensor).
     let default_ggml = match cfg.target {
@@ -379,7 +386,7 @@ pub fn make_plan(
             let n_layer = cv.n_layer();
             let info = mixture::ModelInfo {
                 n_gqa: h / kv.max(1),
-                tied_embeddings: !names.iter().any(|n| n == "output.weight"),
+                tied_embeddings: tied == Some(true),
                 is_70b: a.is_70b(n_layer),
                 n_attention_wv: names
                     .iter()
@@ -398,15 +405,6 @@ pub fn make_plan(
             Some((f, info))
         }
         _ => None,
-    };
-    // a converted model's embeddings are tied when it has no output.weight (llama-quantize's
-    // --output-tensor-type then covers token_embd.weight), whatever the target
-    let tied = match (&llama_mix, &conv) {
-        (Some((_, info)), _) => Some(info.tied_embeddings),
-        (None, Some(cv)) => Some(!src.tensors.iter().any(|t| {
-            matches!(cv.map(&t.info.name), Ok(Mapped::Tensor { name, .. }) if name == "output.weight")
-        })),
-        (None, None) => None,
     };
     let mut counters = mixture::Counters::default();
     let order = tensor_order(src, conv.as_ref(), converter_layout(src, cfg));
